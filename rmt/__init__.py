@@ -1,0 +1,20 @@
+"""rmt: recurrent memory (RMT, ARMT) for any Hugging Face transformer."""
+
+from rmt.config import RMTConfig
+from rmt.memory import (
+    RecurrentMemoryModel,
+    RMTForCausalLM,
+    RMTForSequenceClassification,
+    RMTOutput,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RMTConfig",
+    "RMTForCausalLM",
+    "RMTForSequenceClassification",
+    "RMTOutput",
+    "RecurrentMemoryModel",
+    "__version__",
+]

@@ -1,0 +1,60 @@
+"""Which Hugging Face model families the memory wrappers support, and the few facts they need about each.
+
+The wrappers use only public HF interfaces (`inputs_embeds`, `attention_mask`, `position_ids`, the base model and
+the output embeddings), so a family is supported when those behave as in its siblings; the tests check that
+with memory off the wrapper reproduces the backbone's own logits. Anything outside the lists below is refused
+with a clear error rather than run with silently wrong positions or heads.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+# model_type -> family notes; decoders must accept explicit position_ids and expose base_model + lm head.
+DECODER_FAMILIES: dict[str, str] = {
+    "gpt2": "learned absolute positions (n_positions)",
+    "llama": "rotary positions",
+    "mistral": "rotary positions",
+    "qwen2": "rotary positions",
+    "gpt_neox": "rotary positions",
+}
+ENCODER_FAMILIES: dict[str, str] = {
+    "bert": "learned absolute positions",
+    "roberta": "learned absolute positions (offset by padding_idx + 1)",
+}
+
+
+def model_type(backbone: nn.Module) -> str:
+    config = getattr(backbone, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise ValueError(
+            f"backbone {type(backbone).__name__} is not a Hugging Face PreTrainedModel (it has no config.model_type)"
+        )
+    return config.model_type
+
+
+def check_family(backbone: nn.Module, mode: str) -> str:
+    """Raise a ValueError naming the family when `backbone` is not supported in `mode`; return its model_type."""
+    families = DECODER_FAMILIES if mode == "decoder" else ENCODER_FAMILIES
+    kind = model_type(backbone)
+    if kind not in families:
+        raise ValueError(
+            f"unknown model family {kind!r} for mode={mode!r}; supported: {sorted(families)}"
+        )
+    return kind
+
+
+def max_positions(backbone: nn.Module) -> int | None:
+    """The number of positions the backbone can embed (None when unbounded)."""
+    config = backbone.config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            if config.model_type == "roberta":  # positions start after padding_idx
+                value -= (config.pad_token_id or 0) + 1
+            return value
+    return None
+
+
+def hidden_size(backbone: nn.Module) -> int:
+    return backbone.get_input_embeddings().weight.shape[1]

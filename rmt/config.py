@@ -1,0 +1,173 @@
+"""Typed configuration of a recurrent memory wrapper.
+
+`RMTConfig` holds every knob of the memory mechanism (not of the backbone, which keeps its own Hugging Face
+config). It is validated on construction: a bad value raises `ValueError` naming the field and the allowed
+range, so a typo fails before any model is built. Field docstrings double as CLI help text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["decoder", "encoder"]
+WriteInit = Literal["memory", "learned"]
+MemoryPositions = Literal["sequential", "shared"]
+LossAggregation = Literal["tokens", "segments", "last_segment"]
+MemoryKind = Literal["rmt", "armt"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("decoder", "encoder"),
+    "write_init": ("memory", "learned"),
+    "memory_positions": ("sequential", "shared"),
+    "loss_aggregation": ("tokens", "segments", "last_segment"),
+    "memory_kind": ("rmt", "armt"),
+}
+
+
+def _doc(text: str) -> dict[str, Any]:
+    return {"doc": " ".join(text.split())}
+
+
+@dataclass
+class RMTConfig:
+    """Configuration of the recurrent memory around a Hugging Face backbone."""
+
+    num_memory_tokens: int = field(
+        default=10,
+        metadata=_doc("Number of memory tokens M (>= 0). 0 switches memory off: each segment is processed alone."),
+    )
+    segment_size: int = field(
+        default=128,
+        metadata=_doc(
+            "Input tokens per segment T (> 0). The input is cut into segments of this size; the last one may be "
+            "shorter. T plus the memory slots must fit the backbone's position limit."
+        ),
+    )
+    mode: Mode = field(
+        default="decoder",
+        metadata=_doc(
+            "'decoder': causal LM, layout [read memory | segment | write memory]. "
+            "'encoder': sequence classification, layout [CLS][memory][SEP] segment [SEP]."
+        ),
+    )
+    bptt_depth: int = field(
+        default=-1,
+        metadata=_doc(
+            "Truncated backpropagation through time: gradients flow through at most this many memory "
+            "transitions before the end of each sample (-1: all, 0: none; >= -1)."
+        ),
+    )
+    write_init: WriteInit = field(
+        default="memory",
+        metadata=_doc(
+            "What the write slots hold on input (decoder mode): 'memory' = the current memory state, as in the "
+            "RMT paper; 'learned' = a learned write embedding."
+        ),
+    )
+    memory_positions: MemoryPositions = field(
+        default="sequential",
+        metadata=_doc(
+            "Position ids of memory slots (decoder mode): 'sequential' numbers [read | segment | write] "
+            "0..2M+T-1; 'shared' gives write slot j the same position as read slot j (0..M-1), tokens M..M+T-1."
+        ),
+    )
+    loss_aggregation: LossAggregation = field(
+        default="tokens",
+        metadata=_doc(
+            "How per-token losses are combined: 'tokens' = mean over every labelled token of every segment; "
+            "'segments' = mean over segments of each segment's mean; 'last_segment' = each sample's last "
+            "segment only. Answer-only (masked) losses use labels = -100 on ignored positions, as in HF."
+        ),
+    )
+    memory_kind: MemoryKind = field(
+        default="rmt",
+        metadata=_doc(
+            "'rmt': memory tokens carried from segment to segment. 'armt': per-layer associative memory "
+            "(decoder mode only)."
+        ),
+    )
+    d_mem: int = field(
+        default=64,
+        metadata=_doc("ARMT only: size of the associative memory's key projection before the DPFP map (> 0)."),
+    )
+    read_memory_only: bool = field(
+        default=False,
+        metadata=_doc(
+            "Control experiment: read slots only, no write slots, so memory is never updated (the initial "
+            "memory is read by every segment)."
+        ),
+    )
+
+    cls_token_id: int | None = field(
+        default=None,
+        metadata=_doc("Encoder mode: id of the [CLS] token (default: the backbone config's cls_token_id, else BERT's 101 or RoBERTa's bos_token_id)."),
+    )
+    sep_token_id: int | None = field(
+        default=None,
+        metadata=_doc("Encoder mode: id of the [SEP] token (default: the backbone config's sep_token_id, else BERT's 102 or RoBERTa's eos_token_id)."),
+    )
+
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"RMTConfig.{name} must be one of {choices}, got {value!r}")
+        for name in ("num_memory_tokens", "segment_size", "bptt_depth", "d_mem"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"RMTConfig.{name} must be an integer, got {value!r}")
+        if self.num_memory_tokens < 0:
+            raise ValueError(f"RMTConfig.num_memory_tokens must be >= 0, got {self.num_memory_tokens}")
+        if self.segment_size <= 0:
+            raise ValueError(f"RMTConfig.segment_size must be > 0, got {self.segment_size}")
+        if self.bptt_depth < -1:
+            raise ValueError(f"RMTConfig.bptt_depth must be -1 (all) or >= 0, got {self.bptt_depth}")
+        if self.d_mem <= 0:
+            raise ValueError(f"RMTConfig.d_mem must be > 0, got {self.d_mem}")
+        if self.memory_kind == "armt" and self.mode != "decoder":
+            raise ValueError("RMTConfig.memory_kind='armt' requires mode='decoder'")
+        if self.read_memory_only and self.num_memory_tokens == 0:
+            raise ValueError("RMTConfig.read_memory_only needs num_memory_tokens >= 1")
+
+    @property
+    def memory_enabled(self) -> bool:
+        return self.num_memory_tokens > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RMTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown RMTConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RMTConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"memory config not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"memory config {path} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"memory config {path} must hold a JSON object")
+        return cls.from_dict(data)
+
+
+def field_help(cls: type, name: str) -> str:
+    """The documentation of a config dataclass field, for CLI help text."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("doc", "")
+    raise KeyError(name)

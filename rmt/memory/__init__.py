@@ -1,0 +1,13 @@
+"""Memory models: the shared segment recurrence and the RMT (and ARMT) wrappers."""
+
+from rmt.memory.recurrent import RecurrentMemoryModel, RMTOutput, SegmentOutput, model_class
+from rmt.memory.rmt import RMTForCausalLM, RMTForSequenceClassification
+
+__all__ = [
+    "RMTForCausalLM",
+    "RMTForSequenceClassification",
+    "RMTOutput",
+    "RecurrentMemoryModel",
+    "SegmentOutput",
+    "model_class",
+]
