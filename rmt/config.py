@@ -104,11 +104,17 @@ class RMTConfig:
 
     cls_token_id: int | None = field(
         default=None,
-        metadata=_doc("Encoder mode: id of the [CLS] token (default: the backbone config's cls_token_id, else BERT's 101 or RoBERTa's bos_token_id)."),
+        metadata=_doc(
+            "Encoder mode: id of the [CLS] token (default: the backbone config's cls_token_id, else "
+            "BERT's 101 or RoBERTa's bos_token_id)."
+        ),
     )
     sep_token_id: int | None = field(
         default=None,
-        metadata=_doc("Encoder mode: id of the [SEP] token (default: the backbone config's sep_token_id, else BERT's 102 or RoBERTa's eos_token_id)."),
+        metadata=_doc(
+            "Encoder mode: id of the [SEP] token (default: the backbone config's sep_token_id, else "
+            "BERT's 102 or RoBERTa's eos_token_id)."
+        ),
     )
 
     def __post_init__(self) -> None:

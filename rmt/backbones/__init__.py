@@ -38,9 +38,7 @@ def check_family(backbone: nn.Module, mode: str) -> str:
     families = DECODER_FAMILIES if mode == "decoder" else ENCODER_FAMILIES
     kind = model_type(backbone)
     if kind not in families:
-        raise ValueError(
-            f"unknown model family {kind!r} for mode={mode!r}; supported: {sorted(families)}"
-        )
+        raise ValueError(f"unknown model family {kind!r} for mode={mode!r}; supported: {sorted(families)}")
     return kind
 
 

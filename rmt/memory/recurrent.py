@@ -222,9 +222,7 @@ class RecurrentMemoryModel(nn.Module):
         return self._run(plan, memory_state, backward=backward or (lambda loss: loss.backward()))
 
     # --- input preparation --------------------------------------------------------------------------------
-    def _plan(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
-    ) -> _Plan:
+    def _plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None) -> _Plan:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be a [batch, length] tensor, got {shape}")
@@ -306,9 +304,7 @@ class RecurrentMemoryModel(nn.Module):
             state = self.initial_state(batch)
         else:
             if batch_size_of(memory_state) != batch:
-                raise ValueError(
-                    f"memory_state holds {batch_size_of(memory_state)} samples but input_ids has {batch}"
-                )
+                raise ValueError(f"memory_state holds {batch_size_of(memory_state)} samples but input_ids has {batch}")
             state = memory_state
         streaming = backward is not None
         has_loss = plan.targets is not None
@@ -366,9 +362,11 @@ class RecurrentMemoryModel(nn.Module):
                             window_loss = part if window_loss is None else window_loss + part
             if segments is not None:
                 seg_rows = torch.arange(batch, device=active.device) if all_active else active.nonzero().flatten()
-                seg_logits = torch.cat([lg for r, st, lg in token_logits if st == start], 0) if (
-                    token_logits is not None
-                ) else class_logits.index_select(0, seg_rows)
+                seg_logits = (
+                    torch.cat([lg for r, st, lg in token_logits if st == start], 0)
+                    if (token_logits is not None)
+                    else class_logits.index_select(0, seg_rows)
+                )
                 segments.append(SegmentOutput(seg_rows, seg_logits, state))
 
         loss = None

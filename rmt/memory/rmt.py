@@ -48,8 +48,10 @@ class RMTForCausalLM(RecurrentMemoryModel):
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
         if config.mode != "decoder" or config.memory_kind != "rmt":
-            raise ValueError(f"RMTForCausalLM needs mode='decoder' and memory_kind='rmt', got {config.mode!r}, "
-                             f"{config.memory_kind!r}")
+            raise ValueError(
+                f"RMTForCausalLM needs mode='decoder' and memory_kind='rmt', got {config.mode!r}, "
+                f"{config.memory_kind!r}"
+            )
         check_family(backbone, "decoder")
         super().__init__(backbone, config)
         m = config.num_memory_tokens
@@ -109,8 +111,10 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
         if config.mode != "encoder" or config.memory_kind != "rmt":
-            raise ValueError(f"RMTForSequenceClassification needs mode='encoder' and memory_kind='rmt', got "
-                             f"{config.mode!r}, {config.memory_kind!r}")
+            raise ValueError(
+                f"RMTForSequenceClassification needs mode='encoder' and memory_kind='rmt', got "
+                f"{config.mode!r}, {config.memory_kind!r}"
+            )
         kind = check_family(backbone, "encoder")
         super().__init__(backbone, config)
         m = config.num_memory_tokens
