@@ -341,6 +341,9 @@ class RecurrentMemoryModel(nn.Module):
                 if mode == "stream":
                     new_state = detach(new_state)
                 state = merge_rows(state, row_index, new_state)
+                if segments is not None:  # reference path: a single group per segment
+                    all_rows = torch.arange(batch, device=active.device)
+                    segments.append(SegmentOutput(all_rows if rows is None else rows, logits, state))
 
                 ending = _rows(last_step, row_index)
                 if self.token_logits:
@@ -360,15 +363,6 @@ class RecurrentMemoryModel(nn.Module):
                             backward(part)
                         else:
                             window_loss = part if window_loss is None else window_loss + part
-            if segments is not None:
-                seg_rows = torch.arange(batch, device=active.device) if all_active else active.nonzero().flatten()
-                seg_logits = (
-                    torch.cat([lg for r, st, lg in token_logits if st == start], 0)
-                    if (token_logits is not None)
-                    else class_logits.index_select(0, seg_rows)
-                )
-                segments.append(SegmentOutput(seg_rows, seg_logits, state))
-
         loss = None
         if has_loss:
             if streaming:

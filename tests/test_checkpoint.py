@@ -1,0 +1,99 @@
+"""save_pretrained / from_pretrained: identical outputs after a round trip; missing or corrupt checkpoints give
+clear errors; a failed save never damages the checkpoint already on disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_decoder, tiny_encoder
+
+import rmt.memory.recurrent as recurrent
+from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+
+
+def trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():  # move off the initial values so the round trip is not vacuous
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+def test_decoder_round_trip_is_identical(tmp_path, family):
+    config = RMTConfig(num_memory_tokens=3, segment_size=5, write_init="learned")
+    model = trained_like(RMTForCausalLM(tiny_decoder(family), config))
+    ids = torch.randint(0, 64, (2, 13))
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = RecurrentMemoryModel.from_pretrained(tmp_path / "ckpt")
+    assert isinstance(loaded, RMTForCausalLM)
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "backbone",
+        "memory.safetensors",
+        "rmt_config.json",
+    ]
+
+
+def test_encoder_round_trip_is_identical(tmp_path):
+    config = RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=6)
+    model = trained_like(RMTForSequenceClassification(tiny_encoder(), config))
+    ids = torch.randint(5, 100, (2, 15))
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = RMTForSequenceClassification.from_pretrained(tmp_path / "ckpt")
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_missing_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*does not exist"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "rmt_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="missing memory.safetensors, backbone"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "half")
+
+
+def test_corrupt_checkpoint_errors_and_is_left_untouched(tmp_path):
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5))
+    model.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "memory.safetensors"
+    weights.write_bytes(b"\x00garbage" * 10)
+    before = weights.read_bytes()
+    with pytest.raises(ValueError, match="corrupt checkpoint: cannot read .*memory.safetensors"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "ckpt")
+    assert weights.read_bytes() == before
+
+    model.save_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "rmt_config.json").write_text('{"num_memory_tokens": 5, "segment_size": 5}')
+    with pytest.raises(ValueError, match="memory has shape \\(3, 32\\).*expected \\(5, 32\\)"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "other")
+
+    model.save_pretrained(tmp_path / "third")
+    (tmp_path / "third" / "backbone" / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match="corrupt checkpoint: cannot load the backbone"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "third")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = trained_like(RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5)))
+    model.save_pretrained(tmp_path / "ckpt")
+    ids = torch.randint(0, 64, (1, 10))
+    expected = model(ids).logits
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(recurrent, "save_file", crash)
+    with torch.no_grad():
+        model.memory.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(tmp_path / "ckpt")
+    loaded = RecurrentMemoryModel.from_pretrained(tmp_path / "ckpt")
+    torch.testing.assert_close(loaded(ids).logits, expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left behind
+
+
+def test_wrong_class_is_refused(tmp_path):
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=1, segment_size=5)).save_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match="holds a RMTForCausalLM, not a RMTForSequenceClassification"):
+        RMTForSequenceClassification.from_pretrained(tmp_path / "c")

@@ -1,0 +1,89 @@
+"""The `rmt` command: help texts, a tiny train -> eval round trip, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rmt.cli import main
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["eval"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: rmt")
+    if command == ["train"]:
+        assert "--memory-tokens" in text and "--bptt-depth" in text and "Truncated backpropagation" in text
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "rmt.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout and "train" in out.stdout and "eval" in out.stdout
+
+
+def test_train_then_eval(tmp_path, capsys):
+    output = tmp_path / "run"
+    args = [
+        "train",
+        "--task",
+        "copy",
+        "--task-size",
+        "6",
+        "--segments",
+        "3",
+        "--output",
+        str(output),
+        "--family",
+        "llama",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--memory-tokens",
+        "2",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    trained = json.loads(capsys.readouterr().out.split("model saved")[0])
+    assert (output / "model" / "memory.safetensors").exists()
+    assert (output / "checkpoint" / "trainer_state.json").exists()
+    assert len((output / "metrics.jsonl").read_text().splitlines()) > 0
+
+    assert main(["eval", str(output / "model"), "--task", "copy", "--task-size", "6", "--segments", "3"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(trained["accuracy"])
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "missing"), "--task", "copy"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", "--output", str(tmp_path / "x"), "--memory-tokens", "-1", "--no-progress"]) == 2
+    assert "num_memory_tokens must be >= 0" in capsys.readouterr().err
+    assert main(["train", "--output", str(tmp_path / "y"), "--segments", "0", "--no-progress"]) == 2
+    assert "num_segments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--output", str(tmp_path / "z"), "--task", "sorting"])
+    assert "invalid choice: 'sorting'" in capsys.readouterr().err
+
+
+def test_ci_runs_the_readme_test_command():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ci_command = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
+    readme_head = (root / "README.md").read_text().splitlines()[:10]
+    assert any(line.strip() == ci_command for line in readme_head), ci_command

@@ -1,0 +1,49 @@
+"""RMTConfig validation: every bad value names its field and the allowed range; JSON round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from rmt.config import RMTConfig, field_help
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_memory_tokens": -1}, r"num_memory_tokens must be >= 0, got -1"),
+        ({"segment_size": 0}, r"segment_size must be > 0, got 0"),
+        ({"segment_size": -5}, r"segment_size must be > 0"),
+        ({"bptt_depth": -2}, r"bptt_depth must be -1 \(all\) or >= 0"),
+        ({"mode": "seq2seq"}, r"mode must be one of \('decoder', 'encoder'\)"),
+        ({"write_init": "zeros"}, r"write_init must be one of"),
+        ({"memory_positions": "random"}, r"memory_positions must be one of"),
+        ({"loss_aggregation": "mean"}, r"loss_aggregation must be one of"),
+        ({"segment_size": 2.5}, r"segment_size must be an integer"),
+        ({"memory_kind": "armt", "mode": "encoder"}, r"memory_kind='armt' requires mode='decoder'"),
+        ({"read_memory_only": True, "num_memory_tokens": 0}, r"read_memory_only needs num_memory_tokens >= 1"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RMTConfig(**kwargs)
+
+
+def test_json_round_trip(tmp_path):
+    config = RMTConfig(num_memory_tokens=3, segment_size=17, bptt_depth=2, write_init="learned")
+    config.save(tmp_path / "c.json")
+    assert RMTConfig.load(tmp_path / "c.json") == config
+
+
+def test_unknown_or_corrupt_json_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown RMTConfig field\(s\) \['memory'\]"):
+        RMTConfig.from_dict({"memory": 3})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        RMTConfig.load(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="memory config not found"):
+        RMTConfig.load(tmp_path / "missing.json")
+
+
+def test_every_field_is_documented():
+    for name in RMTConfig.__dataclass_fields__:
+        assert len(field_help(RMTConfig, name)) > 20, name

@@ -1,0 +1,280 @@
+"""RMT wrapper oracles (DESIGN.md section 5): identity with memory off, memory carries information, BPTT reach,
+padding invariance, streaming backward == reference backward, loss aggregation values, and bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import VOCAB, tiny_decoder, tiny_encoder
+
+from rmt import RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+
+
+def decoder(family="gpt2", **config) -> RMTForCausalLM:
+    torch.manual_seed(0)
+    return RMTForCausalLM(tiny_decoder(family), RMTConfig(**{"num_memory_tokens": 4, "segment_size": 6, **config}))
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+# --- identity ---------------------------------------------------------------------------------------------
+
+
+def test_memory_off_one_segment_is_the_backbone(decoder_family):
+    backbone = tiny_decoder(decoder_family)
+    model = RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=0, segment_size=20))
+    ids = random_ids(2, 20)
+    labels = ids.clone()
+    out = model(ids, labels=labels)
+    reference = backbone(ids, labels=labels)
+    torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=1e-6)
+    # 'tokens' aggregation is the HF causal-LM loss.
+    torch.testing.assert_close(out.loss, reference.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_encoder_memory_off_one_segment_is_the_backbone():
+    backbone = tiny_encoder()
+    model = RMTForSequenceClassification(backbone, RMTConfig(mode="encoder", num_memory_tokens=0, segment_size=10))
+    ids = torch.randint(5, 100, (2, 10))
+    full = torch.cat([torch.full((2, 1), 101), ids, torch.full((2, 1), 102)], dim=1)
+    torch.testing.assert_close(model(ids).logits, backbone(full).logits, rtol=0, atol=1e-6)
+
+
+# --- memory carries information -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory_tokens", [4, 0])
+def test_perturbing_segment_1_reaches_segment_3_only_through_memory(decoder_family, memory_tokens):
+    model = decoder(decoder_family, num_memory_tokens=memory_tokens)
+    ids = random_ids(1, 18)
+    changed = ids.clone()
+    changed[0, :6] = (changed[0, :6] + 1) % VOCAB  # segment 1 only
+    last = slice(12, 18)
+    difference = (model(ids).logits[:, last] - model(changed).logits[:, last]).abs().max()
+    if memory_tokens:
+        assert difference > 1e-4
+    else:
+        assert difference == 0
+
+
+def test_encoder_memory_carries_information():
+    backbone = tiny_encoder()
+    ids = torch.randint(5, 100, (1, 24))
+    changed = ids.clone()
+    changed[0, :8] = (changed[0, :8] + 1) % 100
+    for memory_tokens in (3, 0):
+        model = RMTForSequenceClassification(
+            backbone, RMTConfig(mode="encoder", num_memory_tokens=memory_tokens, segment_size=8)
+        )
+        out, out_changed = model(ids), model(changed)
+        logits_moved = (out.logits - out_changed.logits).abs().max()
+        if memory_tokens:  # a random tiny classifier head is nearly flat, so look at the memory itself too
+            assert (out.memory_state - out_changed.memory_state).abs().max() > 1e-4
+            assert logits_moved > 0
+        else:
+            assert logits_moved == 0
+
+
+def test_read_memory_only_never_updates_memory():
+    model = decoder(read_memory_only=True)
+    ids = random_ids(1, 18)
+    out = model(ids, output_segments=True)
+    for segment in out.segment_outputs:
+        torch.testing.assert_close(segment.memory_state[0], model.memory)
+    changed = ids.clone()
+    changed[0, :6] = (changed[0, :6] + 1) % VOCAB
+    assert (model(changed).logits[:, 12:] - out.logits[:, 12:]).abs().max() == 0
+
+
+# --- BPTT -------------------------------------------------------------------------------------------------
+
+
+def segment_input_gradients(model: RMTForCausalLM, ids, labels, streaming: bool) -> list[bool]:
+    """For each segment step, whether the loss sends gradient into that segment's token embeddings."""
+    captured = []
+
+    def keep(_module, _inputs, output):
+        if output.requires_grad:  # steps run under no_grad (streaming, outside the BPTT window) have none
+            output.retain_grad()
+        captured.append(output)
+
+    handle = model.backbone.get_input_embeddings().register_forward_hook(keep)
+    try:
+        model.zero_grad()
+        if streaming:
+            model.forward_backward(ids, labels=labels)
+        else:
+            model(ids, labels=labels).loss.backward()
+    finally:
+        handle.remove()
+    return [t.grad is not None and bool(t.grad.abs().sum() > 0) for t in captured]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("depth", [0, 1, 2, -1])
+def test_bptt_depth_limits_gradient_reach(depth, streaming):
+    segments = 5
+    model = decoder(bptt_depth=depth)
+    ids = random_ids(2, 6 * segments)
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]  # loss in the last segment only
+    reached = segment_input_gradients(model, ids, labels, streaming)
+    expected_reach = segments if depth < 0 else depth + 1
+    assert reached == [False] * (segments - expected_reach) + [True] * expected_reach
+    memory_gets_gradient = model.memory.grad is not None and bool(model.memory.grad.abs().sum() > 0)
+    assert memory_gets_gradient == (depth < 0 or depth >= segments - 1)
+
+
+@pytest.mark.parametrize("aggregation", ["tokens", "segments", "last_segment"])
+@pytest.mark.parametrize("depth", [0, 1, -1])
+def test_streaming_backward_equals_reference(aggregation, depth):
+    model = decoder("llama", bptt_depth=depth, loss_aggregation=aggregation, write_init="learned")
+    ids = random_ids(3, 23, seed=1)
+    mask = torch.ones_like(ids)
+    mask[1, 14:] = 0  # fewer segments than the others
+    mask[2, :4] = 0  # left padding
+    labels = ids.clone()
+    labels[:, :8] = -100
+    model.zero_grad()
+    reference = model(ids, attention_mask=mask, labels=labels)
+    reference.loss.backward()
+    expected = grads(model)
+    model.zero_grad()
+    streamed = model.forward_backward(ids, attention_mask=mask, labels=labels)
+    actual = grads(model)
+    torch.testing.assert_close(streamed.loss, reference.loss.detach())
+    assert set(actual) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(streamed.memory_state, reference.memory_state.detach())
+
+
+def test_encoder_streaming_backward_equals_reference():
+    model = RMTForSequenceClassification(
+        tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=3, segment_size=8, bptt_depth=1)
+    )
+    ids = torch.randint(5, 100, (3, 30))
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    labels = torch.tensor([0, 1, 2])
+    model.zero_grad()
+    model(ids, attention_mask=mask, labels=labels).loss.backward()
+    expected = grads(model)
+    model.zero_grad()
+    model.forward_backward(ids, attention_mask=mask, labels=labels)
+    actual = grads(model)
+    assert set(actual) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+# --- padding --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory_positions", ["sequential", "shared"])
+def test_padded_sample_equals_sample_alone(decoder_family, memory_positions):
+    model = decoder(decoder_family, memory_positions=memory_positions)
+    ids = random_ids(3, 23, seed=2)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0  # right padding, 3 segments instead of 4
+    mask[2, :5] = 0  # left padding
+    out = model(ids, attention_mask=mask)
+    for row in range(3):
+        keep = mask[row].bool()
+        alone = model(ids[row : row + 1, keep])
+        torch.testing.assert_close(out.logits[row, keep], alone.logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.memory_state[row], alone.memory_state[0], rtol=1e-5, atol=1e-5)
+        assert out.logits[row, ~keep].abs().sum() == 0
+
+
+def test_encoder_padded_sample_equals_sample_alone():
+    model = RMTForSequenceClassification(tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=3, segment_size=8))
+    ids = torch.randint(5, 100, (2, 30))
+    mask = torch.ones_like(ids)
+    mask[1, :11] = 0
+    out = model(ids, attention_mask=mask)
+    alone = model(ids[1:, 11:])
+    torch.testing.assert_close(out.logits[1], alone.logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_memory_state_continues_across_calls():
+    model = decoder()
+    ids = random_ids(2, 24)
+    whole = model(ids)
+    first = model(ids[:, :12])
+    second = model(ids[:, 12:], memory_state=first.memory_state)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole.logits)
+    torch.testing.assert_close(second.memory_state, whole.memory_state)
+
+
+def test_segment_outputs():
+    model = decoder()
+    ids = random_ids(2, 15)
+    out = model(ids, output_segments=True)
+    assert [s.logits.shape[1] for s in out.segment_outputs] == [6, 6, 3]
+    torch.testing.assert_close(torch.cat([s.logits for s in out.segment_outputs], 1), out.logits)
+
+
+# --- loss aggregation -----------------------------------------------------------------------------------------
+
+
+def test_loss_aggregations_match_hand_computation():
+    ids = random_ids(2, 15, seed=3)
+    labels = ids.clone()
+    labels[0, :4] = -100
+    per_config = {a: decoder(loss_aggregation=a) for a in ("tokens", "segments", "last_segment")}
+    logits = per_config["tokens"](ids).logits
+    token_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="none").view(2, 14)
+    valid = labels[:, 1:] != -100
+    segment_of_target = torch.arange(14) // 6  # the target at t+1 is predicted at position t
+    tokens = token_loss[valid].mean()
+    per_segment = [token_loss[b][valid[b] & (segment_of_target == s)].mean() for b in range(2) for s in range(3)]
+    segments = torch.stack(per_segment).mean()
+    last = token_loss[valid & (segment_of_target == 2)].mean()
+    for aggregation, expected in (("tokens", tokens), ("segments", segments), ("last_segment", last)):
+        actual = per_config[aggregation](ids, labels=labels).loss
+        torch.testing.assert_close(actual, expected, msg=aggregation)
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+
+def test_empty_input_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        decoder()(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"sample\(s\) \[1\] have no tokens"):
+        decoder()(random_ids(2, 5), attention_mask=torch.tensor([[1] * 5, [0] * 5]))
+    with pytest.raises(ValueError, match=r"\[batch, length\]"):
+        decoder()(torch.zeros(5, dtype=torch.long))
+
+
+def test_shape_mismatches_are_refused():
+    model = decoder()
+    ids = random_ids(2, 10)
+    with pytest.raises(ValueError, match="labels shape"):
+        model(ids, labels=ids[:, :9])
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        model(ids, attention_mask=torch.ones(2, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="no target token"):
+        model(ids, labels=torch.full_like(ids, -100))
+    with pytest.raises(ValueError, match="memory_state holds 1 samples"):
+        model(ids, memory_state=model.initial_state(1))
+
+
+def test_segment_that_does_not_fit_the_backbone_is_refused():
+    with pytest.raises(ValueError, match=r"embeds at most 256.*lower segment_size to at most 248"):
+        RMTForCausalLM(tiny_decoder("gpt2"), RMTConfig(num_memory_tokens=4, segment_size=250))
+
+
+def test_unknown_model_family_is_refused():
+    with pytest.raises(ValueError, match="unknown model family 'bert' for mode='decoder'"):
+        RMTForCausalLM(tiny_encoder(), RMTConfig())
+    with pytest.raises(ValueError, match="unknown model family 'gpt2' for mode='encoder'"):
+        RMTForSequenceClassification(tiny_decoder("gpt2"), RMTConfig(mode="encoder"))
