@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="curriculum over segments for detect_memorize, as STEP:SEGMENTS,... e.g. 0:1,500:2,1000:4",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    train.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute each segment's activations during backward: peak memory of about one segment at any "
+        "BPTT depth, for one extra forward pass",
+    )
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint if present")
     train.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -203,6 +209,7 @@ def _train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         curriculum=curriculum,
+        recompute=args.recompute,
         seed=args.seed,
         tensorboard=args.tensorboard,
         progress=not args.no_progress,

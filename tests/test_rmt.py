@@ -132,9 +132,10 @@ def test_bptt_depth_limits_gradient_reach(depth, streaming):
     assert memory_gets_gradient == (depth < 0 or depth >= segments - 1)
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("aggregation", ["tokens", "segments", "last_segment"])
 @pytest.mark.parametrize("depth", [0, 1, -1])
-def test_streaming_backward_equals_reference(aggregation, depth):
+def test_streaming_backward_equals_reference(aggregation, depth, recompute):
     model = decoder("llama", bptt_depth=depth, loss_aggregation=aggregation, write_init="learned")
     ids = random_ids(3, 23, seed=1)
     mask = torch.ones_like(ids)
@@ -147,7 +148,7 @@ def test_streaming_backward_equals_reference(aggregation, depth):
     reference.loss.backward()
     expected = grads(model)
     model.zero_grad()
-    streamed = model.forward_backward(ids, attention_mask=mask, labels=labels)
+    streamed = model.forward_backward(ids, attention_mask=mask, labels=labels, recompute=recompute)
     actual = grads(model)
     torch.testing.assert_close(streamed.loss, reference.loss.detach())
     assert set(actual) == set(expected)

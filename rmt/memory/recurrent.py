@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
 from rmt.config import RMTConfig
@@ -212,14 +213,21 @@ class RecurrentMemoryModel(nn.Module):
         labels: torch.Tensor | None = None,
         memory_state: State | None = None,
         backward: Backward | None = None,
+        recompute: bool = False,
     ) -> RMTOutput:
         """Compute the loss and accumulate its gradients into `.grad`, with memory that does not grow with the
         number of segments. Same gradients as `forward(...).loss.backward()`. `backward` replaces
-        `loss.backward()` (e.g. `accelerator.backward`). Returns the detached loss and final memory state."""
+        `loss.backward()` (e.g. `accelerator.backward`). Returns the detached loss and final memory state
+        (logits are not kept).
+
+        Peak memory: the activations of the last `bptt_depth` + 1 segments (all segments at depth -1). With
+        `recompute=True` those segments keep only their inputs and are recomputed one at a time during the
+        backward pass (gradient checkpointing per segment): about one segment's activations at any depth, for
+        one extra forward pass of the window segments."""
         if labels is None:
             raise ValueError("forward_backward needs labels")
         plan = self._plan(input_ids, attention_mask, labels)
-        return self._run(plan, memory_state, backward=backward or (lambda loss: loss.backward()))
+        return self._run(plan, memory_state, backward=backward or (lambda loss: loss.backward()), recompute=recompute)
 
     # --- input preparation --------------------------------------------------------------------------------
     def _plan(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None) -> _Plan:
@@ -296,7 +304,12 @@ class RecurrentMemoryModel(nn.Module):
 
     # --- the loop -------------------------------------------------------------------------------------------
     def _run(
-        self, plan: _Plan, memory_state: State | None, backward: Backward | None, output_segments: bool = False
+        self,
+        plan: _Plan,
+        memory_state: State | None,
+        backward: Backward | None,
+        output_segments: bool = False,
+        recompute: bool = False,
     ) -> RMTOutput:
         batch, length = plan.input_ids.shape
         seg_size, depth = self.config.segment_size, self.config.bptt_depth
@@ -336,33 +349,50 @@ class RecurrentMemoryModel(nn.Module):
                 state_in = select_rows(state, row_index)
                 if mode in ("nograd", "stream") and s >= 1:
                     state_in = detach(state_in)  # already detached by the rule; cut the graph link as well
-                with torch.set_grad_enabled(torch.is_grad_enabled() and mode != "nograd"):
-                    logits, new_state = self.step(ids, mask, state_in)
+                ending = _rows(last_step, row_index)
+                if mode == "window" and streaming and recompute:
+                    # Keep only this step's inputs; its activations are recomputed during the backward pass.
+                    # The loss is computed inside so that the logits are not kept either.
+                    part, new_state = checkpoint(
+                        self._step_with_loss,
+                        plan,
+                        ids,
+                        mask,
+                        state_in,
+                        row_index,
+                        ending,
+                        start,
+                        width,
+                        use_reentrant=False,
+                    )
+                    logits = None
+                else:
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and mode != "nograd"):
+                        logits, new_state = self.step(ids, mask, state_in)
+                    wants_loss = has_loss and mode != "nograd"
+                    part = self._segment_loss(plan, logits, row_index, ending, start, width) if wants_loss else None
                 if mode == "stream":
                     new_state = detach(new_state)
                 state = merge_rows(state, row_index, new_state)
-                if segments is not None:  # reference path: a single group per segment
-                    all_rows = torch.arange(batch, device=active.device)
-                    segments.append(SegmentOutput(all_rows if rows is None else rows, logits, state))
 
-                ending = _rows(last_step, row_index)
-                if self.token_logits:
-                    if token_logits is not None:
+                if not streaming:
+                    if segments is not None:  # the reference path runs a single group per segment
+                        all_rows = torch.arange(batch, device=active.device)
+                        segments.append(SegmentOutput(all_rows if rows is None else rows, logits, state))
+                    if self.token_logits:
                         token_logits.append((row_index, start, logits))
-                elif bool(ending.any()):
-                    if class_logits is None:
-                        class_logits = logits.new_zeros(batch, logits.shape[-1])
-                    ending_rows = torch.arange(batch, device=ending.device) if rows is None else rows
-                    class_logits = class_logits.index_copy(0, ending_rows[ending], logits[ending])
+                    elif bool(ending.any()):
+                        if class_logits is None:
+                            class_logits = logits.new_zeros(batch, logits.shape[-1])
+                        ending_rows = torch.arange(batch, device=ending.device) if rows is None else rows
+                        class_logits = class_logits.index_copy(0, ending_rows[ending], logits[ending])
 
-                if has_loss and mode != "nograd":
-                    part = self._segment_loss(plan, logits, row_index, ending, start, width)
-                    if part is not None:
-                        loss_value = loss_value + part.detach()
-                        if mode == "stream":
-                            backward(part)
-                        else:
-                            window_loss = part if window_loss is None else window_loss + part
+                if part is not None:
+                    loss_value = loss_value + part.detach()
+                    if mode == "stream":
+                        backward(part)
+                    else:
+                        window_loss = part if window_loss is None else window_loss + part
         loss = None
         if has_loss:
             if streaming:
@@ -374,7 +404,7 @@ class RecurrentMemoryModel(nn.Module):
         if streaming:
             state = detach(state)
         logits_out = class_logits
-        if token_logits is not None:
+        if token_logits:
             logits_out = self._assemble_logits(plan, token_logits, batch, length)
         return RMTOutput(loss=loss, logits=logits_out, memory_state=state, segment_outputs=segments)
 
@@ -401,6 +431,21 @@ class RecurrentMemoryModel(nn.Module):
                 rows = None if bool(member.all()) else member.nonzero().flatten()
                 groups.append((rows, mode))
         return groups
+
+    def _step_with_loss(
+        self,
+        plan: _Plan,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        state: State,
+        rows: torch.Tensor | None,
+        ending: torch.Tensor,
+        start: int,
+        width: int,
+    ) -> tuple[torch.Tensor, State]:
+        logits, new_state = self.step(input_ids, attention_mask, state)
+        part = self._segment_loss(plan, logits, rows, ending, start, width)
+        return (logits.new_zeros(()) if part is None else part), new_state
 
     def _segment_has_loss(self, plan: _Plan, s: int) -> torch.Tensor:
         if plan.weights is None:  # classification: the loss sits on each sample's last segment

@@ -58,6 +58,9 @@ class TrainConfig:
     curriculum: list[tuple[int, int]] | None = field(
         default=None, metadata={"doc": "[(first_step, num_segments), ...]; None: the task's own length"}
     )
+    recompute: bool = field(
+        default=False, metadata={"doc": "recompute segment activations in backward (less memory, ~1/3 more compute)"}
+    )
     tensorboard: bool = False
     progress: bool = True
 
@@ -190,7 +193,7 @@ def train(
             accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size
         )
         inputs = {k: v[shard] for k, v in _to_device(batch, accelerator.device).items()}
-        out = model.forward_backward(**inputs, backward=accelerator.backward)
+        out = model.forward_backward(**inputs, backward=accelerator.backward, recompute=config.recompute)
         if accelerator.num_processes > 1:
             for p in params:
                 if p.grad is not None:

@@ -1,0 +1,134 @@
+"""Peak training memory vs number of segments, at truncated BPTT depth 2 and at full depth.
+
+Run:  python benchmarks/bptt_memory.py [--device cpu|cuda] [--segments 2 8 32] [--json out.json]
+
+One training step (loss on every token, gradients into .grad) of a GPT-2-shaped RMT for each (path, depth,
+number of segments):
+- `streaming`: `model.forward_backward` (the trainer's path): each segment's loss is backpropagated as soon as
+  no later gradient can reach that segment, so at depth k only k + 1 segments' activations are alive;
+- `recompute`: the same with `recompute=True`: window segments keep only their inputs and are recomputed one at
+  a time in the backward pass, so about one segment's activations are alive at any depth;
+- `reference`: `model(...).loss.backward()` (one graph over the whole input), for contrast.
+
+How memory is measured: on CUDA, `torch.cuda.max_memory_allocated` minus the memory allocated before the step.
+On CPU there is no allocator counter, so each measurement runs in a fresh subprocess and reports the peak
+resident set size (`ru_maxrss`) minus the resident size just before the step (model and inputs already built).
+Both are peaks of the step itself. The claim checked: at depth 2, 32 segments stay within 1.5x of 2 segments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build(segments: int, depth: int, args: argparse.Namespace):
+    from rmt import RMTConfig
+    from rmt.build import memory_model, random_backbone
+
+    backbone = random_backbone(
+        "gpt2",
+        vocab_size=args.vocab,
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_heads=args.heads,
+        max_positions=args.segment_size + 2 * args.memory_tokens,
+    )
+    model = memory_model(
+        backbone, RMTConfig(num_memory_tokens=args.memory_tokens, segment_size=args.segment_size, bptt_depth=depth)
+    ).to(args.device)
+    ids = torch.randint(0, args.vocab, (args.batch_size, segments * args.segment_size), device=args.device)
+    return model, ids
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def measure_once(path: str, segments: int, depth: int, args: argparse.Namespace) -> float:
+    """Peak bytes used by one training step, in this process."""
+    model, ids = build(segments, depth, args)
+    model.train()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = current_rss_bytes()
+    if path in ("streaming", "recompute"):
+        model.forward_backward(ids, labels=ids, recompute=path == "recompute")
+    else:
+        model(ids, labels=ids).loss.backward()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+def measure(path: str, segments: int, depth: int, args: argparse.Namespace) -> float:
+    if args.device == "cuda":
+        return measure_once(path, segments, depth, args)
+    # A fresh process per measurement: ru_maxrss is a high-water mark that never goes down.
+    command = [sys.executable, __file__, "--one", path, str(segments), str(depth), *_passthrough(args)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    names = ("device", "layers", "hidden", "heads", "vocab", "segment_size", "memory_tokens", "batch_size")
+    return [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--segments", type=int, nargs="+", default=[2, 8, 32])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=1000)
+    parser.add_argument("--segment-size", type=int, default=256)
+    parser.add_argument("--memory-tokens", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--one", nargs=3, metavar=("PATH", "SEGMENTS", "DEPTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    if args.one:
+        print(measure_once(args.one[0], int(args.one[1]), int(args.one[2]), args))
+        return
+
+    rows = []
+    print(
+        f"device={args.device}  GPT-2 shape: {args.layers} layers, hidden {args.hidden}, segment {args.segment_size}, "
+        f"memory {args.memory_tokens}, batch {args.batch_size}"
+    )
+    print(f"{'path':<10} {'depth':>5} " + " ".join(f"{n:>8} seg" for n in args.segments) + "   ratio last/first")
+    for path, depth in (("streaming", 2), ("streaming", -1), ("recompute", 2), ("recompute", -1), ("reference", 2)):
+        peaks = [measure(path, n, depth, args) for n in args.segments]
+        ratio = peaks[-1] / peaks[0]
+        rows.append({"path": path, "bptt_depth": depth, "segments": args.segments, "peak_bytes": peaks, "ratio": ratio})
+        cells = " ".join(f"{p / 2**20:>8.0f} MiB" for p in peaks)
+        print(f"{path:<10} {depth:>5} {cells}   {ratio:.2f}x")
+    depth2 = rows[0]
+    verdict = "PASS" if depth2["ratio"] <= 1.5 else "FAIL"
+    print(
+        f"\nstreaming, depth 2: {args.segments[-1]} segments use {depth2['ratio']:.2f}x the memory of "
+        f"{args.segments[0]} (target <= 1.5x): {verdict}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
