@@ -2,6 +2,7 @@
 
 from rmt.config import RMTConfig
 from rmt.memory import (
+    ARMTForCausalLM,
     RecurrentMemoryModel,
     RMTForCausalLM,
     RMTForSequenceClassification,
@@ -11,6 +12,7 @@ from rmt.memory import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARMTForCausalLM",
     "RMTConfig",
     "RMTForCausalLM",
     "RMTForSequenceClassification",

@@ -18,6 +18,16 @@ from transformers import (
 VOCAB = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and when other processes share the cores an OpenMP barrier per op
+    stalls (some files took minutes instead of seconds on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_decoder(
     family: str = "gpt2", vocab_size: int = VOCAB, hidden: int = 32, layers: int = 2, positions: int = 256
 ):

@@ -1,0 +1,359 @@
+"""ARMT inference speed and memory by sequence length: full attention vs sequential ARMT vs diagonal batching.
+
+Run (from the repository root):
+    python benchmarks/armt_speed.py --config small --device cpu --lengths 4096 8192 16384 32768
+    python benchmarks/armt_speed.py --config llama-1b --device cuda --dtype bfloat16      # 4k .. 128k
+
+For each length N, on one random sequence (batch 1, weights random, seeded identically in every measurement):
+- `full`: the backbone alone on all N tokens (HF forward, full causal attention, no cache, logits of the last token
+  only via `logits_to_keep=1`); an out-of-memory error is caught and reported as "oom";
+- `sequential`: ARMT segment by segment through `ARMTForCausalLM.encode` (the per-segment code of `forward`, without
+  the LM head on every token) and the LM head on the last token;
+- `diagonal`: the diagonal-batching engine (`rmt.inference.DiagonalARMT`, logits="last"; `--group-size` caps the
+  cells per grouped layer call, default the whole diagonal).
+All three produce the last token's logits, so each pays for the same work: every hidden state, one LM head.
+
+Each measurement runs in a fresh subprocess (so no allocator cache or earlier peak leaks into the next one): build
+the model, warm up on a short input, then time `--repeats` runs (median reported) with the device synchronised;
+the process CPU time is recorded too (on a shared CPU it is less disturbed by other processes than wall time).
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed runs (weights included; the diagonal engine's
+stacked copy of the layer weights too). On CPU there is no allocator counter: the peak resident set size of the
+worker process (`resource.getrusage(...).ru_maxrss`, Linux: KiB) after the timed runs, and the resident size just
+before them (model and engine built, warm-up done), so `peak - before` is what the run itself added.
+
+Output: a table on stdout and a JSON file (`--output`) with the device name, torch/transformers versions, the model
+config, every measurement, and the ratios: diagonal/sequential time, ARMT time per token at each length relative to
+the first length, full-attention/diagonal time, and the diagonal-vs-sequential error on the last token's logits
+(max abs, max abs relative to the largest logit, and the relative L2 error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+METHODS = ("full", "sequential", "diagonal")
+CONFIGS: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        vocab_size=1024,
+    ),
+    "small": dict(
+        hidden_size=256, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, intermediate_size=1024,
+        vocab_size=8192,
+    ),
+    # Llama-3.2-1B's shape (random weights).
+    "llama-1b": dict(
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192,
+        vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
+
+
+def build_model(args: argparse.Namespace, max_length: int):
+    """The random backbone in its ARMT wrapper, on args.device in args.dtype, identical in every worker."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rmt import RMTConfig
+    from rmt.memory.armt import ARMTForCausalLM
+
+    config = LlamaConfig(**CONFIGS[args.config], max_position_embeddings=max(max_length, args.segment_size * 2))
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        backbone = LlamaForCausalLM(config).to(getattr(torch, args.dtype)).eval()
+    memory = RMTConfig(
+        memory_kind="armt",
+        segment_size=args.segment_size,
+        num_memory_tokens=args.memory_tokens,
+        d_mem=args.d_mem,
+    )
+    model = ARMTForCausalLM(backbone, memory).eval()
+    # A non-zero W_v so memory really flows (an untrained ARMT computes what its backbone computes). Its scale keeps
+    # the random recurrence well conditioned: with W_v ~ 10x larger, a 1e-7 relative change of the memory embeddings
+    # grows to ~1e-2 in the logits after 20 segments (sequential vs itself), which would measure the random model's
+    # chaos rather than the engine; at this scale it stays ~1e-6 while memory still moves the logits by ~0.2.
+    with torch.no_grad():
+        generator = torch.Generator(device=args.device).manual_seed(1)
+        model.w_v.copy_(torch.randn(model.w_v.shape, generator=generator, device=args.device) * 0.002)
+    return model
+
+
+def sequential_last_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    seg = model.config.segment_size
+    state = model.initial_state(input_ids.shape[0])
+    mask = torch.ones_like(input_ids)
+    for start in range(0, input_ids.shape[1], seg):
+        hidden, state = model.encode(input_ids[:, start : start + seg], mask[:, start : start + seg], state)
+    return model.adapter.head(hidden[:, -1])  # [B, V]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(spec: dict) -> dict:
+    """One measurement (method, length) in this process; writes the last-token logits to spec['logits_path']."""
+    args = argparse.Namespace(**spec["args"])
+    method, length = spec["method"], spec["length"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    model = build_model(args, length)
+    vocab = model.backbone.config.vocab_size
+    generator = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(0, vocab, (args.batch_size, length), generator=generator).to(args.device)
+    warm_ids = input_ids[:, : min(length, args.segment_size * (model.adapter.num_layers + 1))]
+
+    if method == "full":
+
+        def run(ids: torch.Tensor) -> torch.Tensor:
+            return model.backbone(ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+        warm_ids = input_ids[:, : args.segment_size]
+    elif method == "sequential":
+
+        def run(ids: torch.Tensor) -> torch.Tensor:
+            return sequential_last_logits(model, ids)
+
+    else:
+        from rmt.inference import DiagonalARMT
+
+        engine = DiagonalARMT(model, group_size=args.group_size)
+
+        def run(ids: torch.Tensor) -> torch.Tensor:
+            return engine(ids, logits="last").logits
+
+    result = {"method": method, "length": length}
+    try:
+        with torch.inference_mode():
+            run(warm_ids)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                result["before_mb"] = torch.cuda.memory_allocated() / 2**20
+            else:
+                result["before_mb"] = _rss_mb()
+            times, cpu_times = [], []
+            for _ in range(args.repeats):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                logits = run(input_ids)
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
+        if cuda:
+            result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result.update(
+            status="ok", time_s=statistics.median(times), times_s=times, cpu_time_s=statistics.median(cpu_times)
+        )
+        torch.save(logits.float().cpu(), spec["logits_path"])
+    except torch.OutOfMemoryError:
+        result["status"] = "oom"
+    return result
+
+
+def measure(args: argparse.Namespace, method: str, length: int, logits_path: str) -> dict:
+    spec = {"method": method, "length": length, "logits_path": logits_path, "args": _settings(args)}
+    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"method": method, "length": length, "status": f"timeout after {args.timeout} s"}
+    if done.returncode != 0:
+        # A CPU run that exhausts memory is killed by the kernel (returncode -9) rather than raising.
+        status = "killed (out of memory?)" if done.returncode == -9 else f"error: {done.stderr.strip()[-500:]}"
+        return {"method": method, "length": length, "status": status}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("worker", "output")}
+
+
+def logits_error(diagonal: torch.Tensor, sequential: torch.Tensor) -> dict:
+    diff = (diagonal - sequential).abs()
+    return {
+        "max_abs": float(diff.max()),
+        "max_abs_relative": float(diff.max() / sequential.abs().max()),
+        "relative_l2": float((diagonal - sequential).norm() / sequential.norm()),
+    }
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=None,
+        help="sequence lengths (default: 4096, 8192, ... up to 131072 on CUDA, 32768 on CPU)",
+    )
+    parser.add_argument("--segment-size", type=int, default=1024)
+    parser.add_argument("--memory-tokens", type=int, default=16)
+    parser.add_argument("--d-mem", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="diagonal engine: at most this many cells per grouped layer call (default: the whole diagonal)",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 3 CUDA, 1 CPU)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON file (default: benchmarks/results/armt_speed-<config>-<device>.json)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    cuda = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.repeats = args.repeats or (3 if cuda else 1)
+    top = 131072 if cuda else 32768
+    args.lengths = args.lengths or [4096 * 2**i for i in range(6) if 4096 * 2**i <= top]
+    output = args.output or Path(__file__).parent / "results" / f"armt_speed-{args.config}-{args.device}.json"
+
+    import transformers
+
+    meta = {
+        "device": device_name(args.device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),
+        "model_config": CONFIGS[args.config],
+        "args": _settings(args),
+    }
+    settings = f"{args.config} config, {args.dtype}, segment {args.segment_size}, {args.memory_tokens} memory tokens"
+    print(f"# {meta['device']}, torch {meta['torch']}, {settings}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for length in args.lengths:
+            row: dict = {"length": length}
+            for method in args.methods:
+                path = os.path.join(tmp, f"{method}-{length}.pt")
+                row[method] = measure(args, method, length, path)
+                status = row[method]["status"]
+                shown = f"{row[method]['time_s']:.2f} s" if status == "ok" else status
+                print(f"  {length:>7} {method:<10} {shown}", flush=True)
+            if all(row.get(m, {}).get("status") == "ok" for m in ("sequential", "diagonal")):
+                row["logits_error"] = logits_error(
+                    torch.load(os.path.join(tmp, f"diagonal-{length}.pt")),
+                    torch.load(os.path.join(tmp, f"sequential-{length}.pt")),
+                )
+            rows.append(row)
+    ratios = compute_ratios(rows)
+    meta["load_average_at_end"] = os.getloadavg()
+    print_table(rows, ratios, cuda)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"meta": meta, "results": rows, "ratios": ratios}, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+def _time(row: dict, method: str) -> float | None:
+    entry = row.get(method, {})
+    return entry.get("time_s") if entry.get("status") == "ok" else None
+
+
+def compute_ratios(rows: list[dict]) -> list[dict]:
+    base = rows[0]
+    out = []
+    for row in rows:
+        ratio: dict = {"length": row["length"]}
+        full, seq, diag = (_time(row, m) for m in METHODS)
+        if seq and diag:
+            ratio["diagonal_over_sequential"] = diag / seq
+            # Process CPU time too: on a shared machine it is less disturbed by other processes than wall time.
+            ratio["diagonal_over_sequential_cpu_time"] = row["diagonal"]["cpu_time_s"] / row["sequential"]["cpu_time_s"]
+        if full and diag:
+            ratio["full_over_diagonal"] = full / diag
+        for method in ("sequential", "diagonal"):
+            now, first = _time(row, method), _time(base, method)
+            if now and first:  # time per token relative to the first length: flat = linear scaling
+                ratio[f"{method}_per_token_vs_first"] = (now / row["length"]) / (first / base["length"])
+        out.append(ratio)
+    return out
+
+
+def print_table(rows: list[dict], ratios: list[dict], cuda: bool) -> None:
+    memory = "peak MiB (allocated)" if cuda else "peak RSS MiB (+ added by the run)"
+    header = [
+        *("length", "full s", "seq s", "diag s", "diag/seq", "(cpu t)", "full/diag", "seq/tok", "diag/tok", "logit err")
+    ]
+    print("\n" + " | ".join(f"{h:>9}" for h in header) + f" | {memory}: full / seq / diag")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for row, ratio in zip(rows, ratios, strict=True):
+        cells = [str(row["length"])]
+        mems = []
+        for method in METHODS:
+            entry = row.get(method, {})
+            ok = entry.get("status") == "ok"
+            cells.append(fmt(entry["time_s"], ".2f") if ok else entry.get("status", "-"))
+            if not ok:
+                mems.append("-")
+            elif cuda:
+                mems.append(f"{entry['peak_mb']:.0f}")
+            else:
+                mems.append(f"{entry['peak_mb']:.0f} (+{max(0.0, entry['peak_mb'] - entry['before_mb']):.0f})")
+        cells += [
+            fmt(ratio.get("diagonal_over_sequential"), ".3f"),
+            fmt(ratio.get("diagonal_over_sequential_cpu_time"), ".3f"),
+            fmt(ratio.get("full_over_diagonal"), ".2f"),
+            fmt(ratio.get("sequential_per_token_vs_first"), ".2f"),
+            fmt(ratio.get("diagonal_per_token_vs_first"), ".2f"),
+            fmt(row.get("logits_error", {}).get("max_abs_relative"), ".1e"),
+        ]
+        print(" | ".join(f"{c:>9}" for c in cells) + " | " + " / ".join(mems))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Layer-by-layer access to Hugging Face causal LMs (GPT-2, Llama, GPT-NeoX) for models that act between layers.
+
+ARMT reads its associative memory before every decoder layer and writes it after; the diagonal engine runs different
+layers of different segments as one grouped computation. Both need the backbone taken apart: token embeddings,
+positions (a learned table or rotary), the decoder layers, the final norm and the LM head.
+
+- `DecoderAdapter` gives those parts as HF's own modules and runs each HF decoder layer as it is (no forked modeling
+  code, no patching): the sequential ARMT path, trainable.
+- `StackedLayers` is the diagonal engine's copy of the decoder layers: each weight of the L layers stacked once into
+  one [L, out, in] tensor, so any contiguous range of layers runs as batched matmuls over the group (inference only:
+  no dropout, no gradients). One class covers the three families with a few switches (RMSNorm or LayerNorm, rotary or
+  not, parallel residual, gated MLP); fused projections are re-laid out at stacking time so that every family's
+  attention input is [q | k | v] along the output dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from rmt.backbones import model_type
+
+
+@dataclass(frozen=True)
+class _Family:
+    layers: str  # attribute of the base model holding the decoder layers
+    final_norm: str
+    position_table: str | None  # learned absolute positions, added to the embeddings
+    embed_dropout: str | None
+    rotary: str | None
+
+
+_FAMILIES: dict[str, _Family] = {
+    "gpt2": _Family("h", "ln_f", "wpe", "drop", None),
+    "llama": _Family("layers", "norm", None, None, "rotary_emb"),
+    "gpt_neox": _Family("layers", "final_layer_norm", None, "emb_dropout", "rotary_emb"),
+}
+LAYERWISE_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
+
+
+class DecoderAdapter:
+    """The parts of a HF causal LM, to run it one decoder layer at a time.
+
+    Holds references to the backbone's modules (it is not itself a module, so nothing is registered twice); moving
+    the backbone to another device or dtype in place keeps them valid."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        kind = model_type(backbone)
+        if kind not in _FAMILIES:
+            raise ValueError(
+                f"model family {kind!r} cannot be run layer by layer (needed by ARMT); supported: {sorted(_FAMILIES)}"
+            )
+        if getattr(backbone.config, "add_cross_attention", False):
+            raise ValueError("backbones with cross-attention are not supported by ARMT")
+        family = _FAMILIES[kind]
+        base = backbone.base_model
+        self.family = kind
+        self.config = backbone.config
+        self.embed_tokens: nn.Module = backbone.get_input_embeddings()
+        self.layers: nn.ModuleList = getattr(base, family.layers)
+        self.final_norm: nn.Module = getattr(base, family.final_norm)
+        self.lm_head: nn.Module = backbone.get_output_embeddings()
+        self.position_table: nn.Module | None = getattr(base, family.position_table) if family.position_table else None
+        self.embed_dropout: nn.Module | None = getattr(base, family.embed_dropout) if family.embed_dropout else None
+        self.rotary: nn.Module | None = getattr(base, family.rotary) if family.rotary else None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [..., T, D] (no positions)."""
+        return self.embed_tokens(input_ids)
+
+    def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """What the family does to the input embeddings x [..., T, D] at positions [T]: the learned position table
+        (GPT-2), then embedding dropout."""
+        if self.position_table is not None:
+            x = x + self.position_table(positions)
+        if self.embed_dropout is not None:
+            x = self.embed_dropout(x)
+        return x
+
+    def rotary_table(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin) [T, rotary_dim] at positions [T] in x's dtype, from the backbone's own rotary module."""
+        if self.rotary is None:
+            return None
+        cos, sin = self.rotary(x, positions[None])
+        return cos[0], sin[0]
+
+    def layer_kwargs(self, x: torch.Tensor, positions: torch.Tensor) -> dict:
+        """Keyword arguments of every HF decoder layer call for inputs x [B, T, D] at positions [T], causal."""
+        position_ids = positions[None]  # [1, T]
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=x,
+            attention_mask=None,
+            past_key_values=None,
+            position_ids=position_ids,
+        )
+        if self.rotary is None:
+            return {"attention_mask": mask}
+        cos, sin = self.rotary(x, position_ids)
+        return {"attention_mask": mask, "position_embeddings": (cos, sin), "position_ids": position_ids}
+
+    def run_layer(self, index: int, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        return self.layers[index](x, **kwargs)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: [..., D] -> logits [..., V]."""
+        return self.lm_head(self.final_norm(x))
+
+
+# Per-layer tensors of each family, in a common layout: nn.Linear's [out, in] (GPT-2's Conv1D weights, stored
+# [in, out] for y = x W + b, are transposed) and the attention input projection fused as [q | k | v] along `out`.
+# A gated MLP keeps gate and up apart: slicing a fused output would feed the activation strided views (slower on CPU).
+def _llama_tensors(layer: nn.Module) -> dict[str, torch.Tensor | None]:
+    attn, mlp = layer.self_attn, layer.mlp
+    return {
+        "norm1_w": layer.input_layernorm.weight,
+        "norm1_b": None,
+        "qkv_w": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+        "qkv_b": _cat(attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias),
+        "out_w": attn.o_proj.weight,
+        "out_b": attn.o_proj.bias,
+        "norm2_w": layer.post_attention_layernorm.weight,
+        "norm2_b": None,
+        "gate_w": mlp.gate_proj.weight,
+        "gate_b": mlp.gate_proj.bias,
+        "up_w": mlp.up_proj.weight,
+        "up_b": mlp.up_proj.bias,
+        "down_w": mlp.down_proj.weight,
+        "down_b": mlp.down_proj.bias,
+    }
+
+
+def _gpt2_tensors(layer: nn.Module) -> dict[str, torch.Tensor | None]:
+    attn, mlp = layer.attn, layer.mlp
+    return {
+        "norm1_w": layer.ln_1.weight,
+        "norm1_b": layer.ln_1.bias,
+        "qkv_w": attn.c_attn.weight.t(),
+        "qkv_b": attn.c_attn.bias,
+        "out_w": attn.c_proj.weight.t(),
+        "out_b": attn.c_proj.bias,
+        "norm2_w": layer.ln_2.weight,
+        "norm2_b": layer.ln_2.bias,
+        "up_w": mlp.c_fc.weight.t(),
+        "up_b": mlp.c_fc.bias,
+        "down_w": mlp.c_proj.weight.t(),
+        "down_b": mlp.c_proj.bias,
+    }
+
+
+def _neox_tensors(layer: nn.Module) -> dict[str, torch.Tensor | None]:
+    attn, mlp = layer.attention, layer.mlp
+    heads = attn.config.num_attention_heads
+
+    def regroup(t: torch.Tensor | None) -> torch.Tensor | None:
+        # The fused projection's rows are per head [h][q|k|v][head_dim]; regroup them as [q|k|v][h][head_dim].
+        if t is None:
+            return None
+        return t.reshape(heads, 3, attn.head_size, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+    return {
+        "norm1_w": layer.input_layernorm.weight,
+        "norm1_b": layer.input_layernorm.bias,
+        "qkv_w": regroup(attn.query_key_value.weight),
+        "qkv_b": regroup(attn.query_key_value.bias),
+        "out_w": attn.dense.weight,
+        "out_b": attn.dense.bias,
+        "norm2_w": layer.post_attention_layernorm.weight,
+        "norm2_b": layer.post_attention_layernorm.bias,
+        "up_w": mlp.dense_h_to_4h.weight,
+        "up_b": mlp.dense_h_to_4h.bias,
+        "down_w": mlp.dense_4h_to_h.weight,
+        "down_b": mlp.dense_4h_to_h.bias,
+    }
+
+
+def _cat(*tensors: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensors[0] is None else torch.cat(tensors)
+
+
+_TENSORS = {"llama": _llama_tensors, "gpt2": _gpt2_tensors, "gpt_neox": _neox_tensors}
+
+# On CPU the group's MLP runs in row chunks whose intermediates fit this budget: one [G, B * c, 4D] intermediate
+# for the whole group falls out of cache and made the grouped MLP ~1.8x slower than per-layer calls (1 core).
+_CPU_MLP_BYTES = 16 * 2**20
+
+
+class StackedLayers:
+    """The decoder layers of a backbone with every weight stacked over layers, for grouped execution.
+
+    `forward(h, lo, hi, ...)` runs layers lo..hi-1 on h [hi - lo, B, c, D] (row g goes through layer lo + g) as one
+    computation: projections are `torch.bmm` over the stacked weights' slice [lo:hi] (a view, no copy), attention
+    uses the G * B rows as its batch. Weights are copied at construction (so they take twice the memory of the
+    backbone's layers) in the backbone's dtype and on its device: build it after moving the model."""
+
+    def __init__(self, adapter: DecoderAdapter) -> None:
+        config, layers = adapter.config, list(adapter.layers)
+        family = adapter.family
+        if family not in _TENSORS:
+            raise ValueError(f"no stacked layers for model family {family!r}")
+        per_layer = [_TENSORS[family](layer) for layer in layers]
+        self.weights: dict[str, torch.Tensor | None] = {
+            name: None if first is None else torch.stack([t[name].detach() for t in per_layer]).contiguous()
+            for name, first in per_layer[0].items()
+        }  # name -> [L, ...]
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        if family == "llama":
+            attn, self.act = layers[0].self_attn, layers[0].mlp.act_fn
+            self.head_dim, self.rotary_dim, self.eps = attn.head_dim, attn.head_dim, config.rms_norm_eps
+            self.scales = [layer.self_attn.scaling for layer in layers]
+        elif family == "gpt2":
+            self.act = layers[0].mlp.act
+            self.head_dim, self.rotary_dim, self.eps = config.hidden_size // self.heads, 0, config.layer_norm_epsilon
+            self.scales = [layer.attn.scaling for layer in layers]  # may depend on the layer index
+        else:
+            attn, self.act = layers[0].attention, layers[0].mlp.act
+            self.head_dim, self.rotary_dim, self.eps = attn.head_size, attn.rotary_ndims, config.layer_norm_eps
+            self.scales = [layer.attention.scaling for layer in layers]
+        self.rms_norm = family == "llama"
+        self.gated_mlp = family == "llama"
+        self.parallel_residual = family == "gpt_neox" and config.use_parallel_residual
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        lo: int,
+        hi: int,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Layers lo..hi-1 on h [G, B, c, D] (G = hi - lo): a chunk of c positions of G * B self-contained sequences.
+
+        rope: (cos, sin) [c, rotary_dim] at the chunk's positions (None for learned positions). past: keys and values
+        [G * B, kv_heads, p, head_dim] of the p earlier positions of the same sequences (decoding); the chunk attends
+        to them and causally to itself. Returns (output [G, B, c, D], (keys, values) over all p + c positions)."""
+        group, batch, c, dim = h.shape
+        w = {name: None if t is None else t[lo:hi] for name, t in self.weights.items()}  # this group's layers
+        flat = h.reshape(group, batch * c, dim)  # [G, N, D]: position-wise parts see tokens as rows
+        qkv = _linear(self._norm(flat, w["norm1_w"], w["norm1_b"]), w["qkv_w"], w["qkv_b"])  # [G, N, (H + 2 KV) hd]
+        sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        q, k, v = (t.reshape(group * batch, c, -1, self.head_dim).transpose(1, 2) for t in qkv.split(sizes, dim=-1))
+        if rope is not None:
+            q, k = _rotate(q, *rope, self.rotary_dim), _rotate(k, *rope, self.rotary_dim)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [G B, KV, p + c, hd]
+        attn = self._attention(q, k, v, self.scales[lo:hi], batch)  # [G B, H, c, hd]
+        attn = attn.transpose(1, 2).reshape(group, batch * c, self.heads * self.head_dim)
+        attn = _linear(attn, w["out_w"], w["out_b"])  # [G, N, D]
+        if self.parallel_residual:  # summed in HF's order, (mlp + attn) + h, for bit-equal results
+            out = self._mlp(self._norm(flat, w["norm2_w"], w["norm2_b"]), w) + attn + flat
+        else:
+            flat = flat + attn
+            out = flat + self._mlp(self._norm(flat, w["norm2_w"], w["norm2_b"]), w)
+        return out.reshape(group, batch, c, dim), (k, v)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [G, N, D] through each layer's own norm (weight [G, D])."""
+        w = weight[:, None, :]
+        if self.rms_norm:  # as HF's LlamaRMSNorm: normalise in fp32, scale in the model dtype
+            x32 = x.float()
+            x32 = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
+            return w * x32.to(x.dtype)
+        out = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * w.float() + bias[:, None, :].float()
+        return out.to(x.dtype)
+
+    def _mlp(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """x [G, N, D] -> [G, N, D]; on CPU in row chunks that keep the [G, rows, 4D] intermediate in cache."""
+        rows = x.shape[1]
+        if x.device.type == "cpu":
+            width = w["up_w"].shape[1] * (2 if self.gated_mlp else 1)  # intermediate values per row
+            rows = max(1, _CPU_MLP_BYTES // (x.shape[0] * width * x.element_size()))
+        if rows >= x.shape[1]:
+            return self._mlp_rows(x, w)
+        return torch.cat([self._mlp_rows(part, w) for part in x.split(rows, dim=1)], dim=1)
+
+    def _mlp_rows(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        up = _linear(x, w["up_w"], w["up_b"])
+        if self.gated_mlp:
+            up = self.act(_linear(x, w["gate_w"], w["gate_b"])) * up
+        else:
+            up = self.act(up)
+        return _linear(up, w["down_w"], w["down_b"])
+
+    def _attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales: list[float], batch: int
+    ) -> torch.Tensor:
+        if self.kv_heads != self.heads:  # grouped-query attention: query head i uses key/value head i // repeats
+            repeats = self.heads // self.kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        c, total = q.shape[2], k.shape[2]
+        if len(set(scales)) == 1:
+            scale = scales[0]
+        else:  # per-layer scales (GPT-2's scale_attn_by_inverse_layer_idx): fold them into the queries
+            per_row = torch.tensor(scales, dtype=q.dtype, device=q.device).repeat_interleave(batch)
+            q, scale = q * per_row[:, None, None, None], 1.0
+        if total == c:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=c > 1, scale=scale)
+        # A chunk after p cached positions: query i sits at position p + i and sees keys 0..p + i.
+        mask = torch.arange(total, device=q.device)[None, :] <= (total - c + torch.arange(c, device=q.device))[:, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [G, N, in] through weights [G, out, in] (+ bias [G, out]) as one batched matmul -> [G, N, out]."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """Rotary embedding of the first rotary_dim channels of x [N, heads, c, hd] (HF's rotate-half convention)."""
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+    out = rot * cos + rotated * sin
+    return out if rest.shape[-1] == 0 else torch.cat([out, rest], dim=-1)

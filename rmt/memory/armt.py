@@ -1,0 +1,167 @@
+"""ARMT: an associative memory in every decoder layer of a Hugging Face causal LM (GPT-2, Llama, GPT-NeoX).
+
+Per segment, the backbone runs on  [segment tokens (t) | memory tokens (M)]:  the M memory tokens are the same
+learned embeddings in every segment (their hidden states are not carried). Before each decoder layer l the hidden
+states read layer l's memory (A_l [K, D], z_l [K]); after it, the layer's outputs at the memory tokens write it
+(rules in `rmt/ops/associative.py`). Tokens come first and attention is causal, so tokens never see the memory tokens:
+on a first segment (no read) the token logits are exactly the backbone's. Every segment starts again at position 0.
+
+The backbone is run one layer at a time through `rmt.backbones.layers.DecoderAdapter` (HF's own modules, no forked
+modeling code). The segment loop, padding, truncated BPTT, streaming `forward_backward` and checkpointing are the
+shared ones of `RecurrentMemoryModel`; this class only says how one segment is processed.
+
+Memory state (passed in and returned by `step`, never stored on the module), batch first in every leaf:
+    (layers, written)
+    layers:  tuple over the L decoder layers of (A [B, K, D], z [B, K]), fp32 whatever the model dtype; K = 6 d_mem
+    written: [B] bool, False until the sample's first segment has been written. While False the first-segment rules
+             apply (no read, vbar = 0, gamma = 1). An explicit flag rather than "z == 0" so the rules are exact and
+             per sample even in the degenerate case where every write key is zero.
+Padded rows: the shared loop packs each sample's real tokens to the front, and `step` places the memory tokens
+right after each row's real tokens (positions len .. len + M - 1), with the padding after them where causal
+attention keeps it out of sight, so a padded sample computes exactly what it computes alone.
+
+Greedy decoding (`generate`, and the diagonal engine's `generate`, which follows the same rule): the input is
+cut into segments by absolute position, as in `forward`, so decoding continues the current (open) segment. The open
+segment always holds 1..T tokens and reads the memory of the segments before it; its memory write happens when it
+holds T tokens and the next token is produced, i.e. once the segment is complete. Hence the generated tokens are
+exactly the argmax of `forward(prompt + generated so far).logits[:, -1]` at every step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from rmt.backbones import hidden_size
+from rmt.backbones.layers import DecoderAdapter
+from rmt.config import RMTConfig
+from rmt.memory.recurrent import RecurrentMemoryModel, register_model
+from rmt.memory.rmt import _check_fits
+from rmt.memory.state import State
+from rmt.ops.associative import associative_read, associative_write
+
+if TYPE_CHECKING:
+    from rmt.inference.rmt_generate import GenerateOutput
+
+
+def layout_segment(
+    tokens: torch.Tensor, memory: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [real tokens | memory | padding] of width t + M from token embeddings tokens [b, t, D] (real tokens first,
+    `lengths` [b] of them), memory [M, D]. Returns (embeddings [b, t + M, D], memory positions [b, M])."""
+    b, t, dim = tokens.shape
+    m = memory.shape[0]
+    index = lengths[:, None] + torch.arange(m, device=tokens.device)  # [b, M]
+    x = torch.cat([tokens, tokens.new_zeros(b, m, dim)], dim=1)  # [b, t + M, D]
+    x = x.scatter(1, index[..., None].expand(b, m, dim), memory.to(x.dtype).expand(b, m, dim))
+    return x, index
+
+
+@register_model("decoder", "armt")
+class ARMTForCausalLM(RecurrentMemoryModel):
+    """ARMT around a Hugging Face causal LM of the GPT-2, Llama or GPT-NeoX family.
+
+    Parameters of its own: `memory` [M, D] (the memory token embeddings) and, stacked over the L layers, `w_q`,
+    `w_k` [L, d_mem, D], `w_v` [L, D, D] (zero at start, so an untrained ARMT computes what its backbone computes)
+    and `w_b` [L, 1, D]. The config's `write_init` and `memory_positions` are RMT options and do not apply."""
+
+    token_logits = True
+
+    def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
+        if config.mode != "decoder" or config.memory_kind != "armt":
+            raise ValueError(
+                f"ARMTForCausalLM needs mode='decoder' and memory_kind='armt', got {config.mode!r}, "
+                f"{config.memory_kind!r}"
+            )
+        if config.num_memory_tokens < 1:
+            raise ValueError("ARMT needs num_memory_tokens >= 1: the memory tokens are what writes the memory")
+        if config.read_memory_only:
+            raise ValueError("read_memory_only is an RMT control experiment; ARMT does not support it")
+        super().__init__(backbone, config)
+        self.adapter = DecoderAdapter(backbone)
+        _check_fits(backbone, config, config.segment_size + config.num_memory_tokens, "[segment | memory tokens]")
+        layers, dim, d_mem = self.adapter.num_layers, hidden_size(backbone), config.d_mem
+        weight = backbone.get_input_embeddings().weight
+        factory = {"dtype": weight.dtype, "device": weight.device}
+        # Memory tokens scaled like the token embeddings, so they enter the first layer at the usual magnitude.
+        std = float(weight.detach().float().std())
+        self.memory = nn.Parameter(torch.randn(config.num_memory_tokens, dim, **factory) * std)
+        self.w_q = nn.Parameter(torch.randn(layers, d_mem, dim, **factory) * dim**-0.5)
+        self.w_k = nn.Parameter(torch.randn(layers, d_mem, dim, **factory) * dim**-0.5)
+        self.w_v = nn.Parameter(torch.zeros(layers, dim, dim, **factory))
+        self.w_b = nn.Parameter(torch.randn(layers, 1, dim, **factory) * dim**-0.5)
+
+    @property
+    def key_size(self) -> int:
+        """K, the size of the DPFP keys: 6 * d_mem."""
+        return 6 * self.config.d_mem
+
+    def initial_state(self, batch_size: int) -> State:
+        device = self.memory.device
+        keys, dim = self.key_size, self.memory.shape[1]
+        layers = tuple(
+            (torch.zeros(batch_size, keys, dim, device=device), torch.zeros(batch_size, keys, device=device))
+            for _ in range(self.adapter.num_layers)
+        )
+        return layers, torch.zeros(batch_size, dtype=torch.bool, device=device)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One segment without the LM head: (last layer's hidden states at the token positions [b, t, D], before the
+        final norm; new state). input_ids/attention_mask [b, t], real tokens first."""
+        layer_states, written = state
+        first = ~written  # [b]
+        t = input_ids.shape[1]
+        x, memory_index = layout_segment(self.adapter.embed(input_ids), self.memory, attention_mask.sum(dim=1))
+        positions = torch.arange(x.shape[1], device=x.device)  # every segment starts at position 0
+        h = self.adapter.add_positions(x, positions)  # [b, t + M, D]
+        kwargs = self.adapter.layer_kwargs(h, positions)
+        gather = memory_index[..., None].expand(-1, -1, h.shape[-1])  # [b, M, D]
+        new_states = []
+        for layer, (A, z) in enumerate(layer_states):
+            h = associative_read(h, A, z, self.w_q[layer], first)
+            h = self.adapter.run_layer(layer, h, kwargs)
+            memory_out = h.gather(1, gather)  # [b, M, D] the layer's outputs at the memory tokens
+            new_states.append(
+                associative_write(memory_out, A, z, self.w_k[layer], self.w_v[layer], self.w_b[layer], first)
+            )
+        return h[:, :t], (tuple(new_states), torch.ones_like(written))
+
+    def step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        hidden, new_state = self.encode(input_ids, attention_mask, state)
+        logits = self.adapter.head(hidden)  # [b, t, V]
+        # Positions past a row's real tokens hold memory tokens or padding: no token logits there.
+        return logits * attention_mask[..., None].to(logits.dtype), new_state
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, max_new_tokens: int, memory_state: State | None = None
+    ) -> GenerateOutput:
+        """Sequential greedy decoding of `max_new_tokens` tokens after input_ids [B, P] (no padding), with the rule in
+        the module docstring (memory_state: the memory of earlier complete segments, to continue from). The
+        reference for the diagonal engine's `generate`. No early stop at EOS."""
+        from rmt.inference.rmt_generate import GenerateOutput  # rmt.inference imports this module
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        seg = self.config.segment_size
+        batch, length = input_ids.shape
+        closed = (length - 1) // seg * seg  # tokens in segments complete before the open one
+        state = self.initial_state(batch) if memory_state is None else memory_state
+        ones = torch.ones_like(input_ids[:, :seg])
+        for start in range(0, closed, seg):  # what `forward` does for these segments, minus their logits
+            _, state = self.encode(input_ids[:, start : start + seg], ones, state)
+        current = input_ids[:, closed:]  # the open segment: 1..T tokens
+        tokens, scores = [input_ids], []
+        for _ in range(max_new_tokens):
+            logits, new_state = self.step(current, torch.ones_like(current), state)
+            scores.append(logits[:, -1])
+            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)  # [B, 1]
+            tokens.append(next_token)
+            if current.shape[1] == seg:  # complete: its write becomes the memory, the new token opens a segment
+                state, current = new_state, next_token
+            else:
+                current = torch.cat([current, next_token], dim=1)
+        return GenerateOutput(torch.cat(tokens, dim=1), torch.stack(scores, dim=1))

