@@ -24,6 +24,7 @@ MEMORY_OPTIONS = {  # RMTConfig field -> CLI flag (segment_size comes from --seg
     "memory_kind": "--memory",
     "d_mem": "--d-mem",
     "read_memory_only": "--read-memory-only",
+    "xl_cache_tokens": "--xl-cache-tokens",
 }
 
 

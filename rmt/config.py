@@ -101,6 +101,16 @@ class RMTConfig:
             "memory is read by every segment)."
         ),
     )
+    xl_cache_tokens: int = field(
+        default=0,
+        metadata=_doc(
+            "Transformer-XL cache (mem_len; decoder RMT only; >= 0, 0: off): every layer also attends to the "
+            "detached keys/values of the last this-many tokens of the previous segment(s). With "
+            "num_memory_tokens=0 this is Transformer-XL; with memory tokens it is the RMT paper's MemTrXL. The "
+            "cache holds segment tokens only (memory slots travel as memory) and its tokens keep their positions: "
+            "position ids run on across segments, so learned absolute positions (GPT-2) must cover the whole input."
+        ),
+    )
 
     cls_token_id: int | None = field(
         default=None,
@@ -122,7 +132,7 @@ class RMTConfig:
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"RMTConfig.{name} must be one of {choices}, got {value!r}")
-        for name in ("num_memory_tokens", "segment_size", "bptt_depth", "d_mem"):
+        for name in ("num_memory_tokens", "segment_size", "bptt_depth", "d_mem", "xl_cache_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"RMTConfig.{name} must be an integer, got {value!r}")
@@ -134,6 +144,10 @@ class RMTConfig:
             raise ValueError(f"RMTConfig.bptt_depth must be -1 (all) or >= 0, got {self.bptt_depth}")
         if self.d_mem <= 0:
             raise ValueError(f"RMTConfig.d_mem must be > 0, got {self.d_mem}")
+        if self.xl_cache_tokens < 0:
+            raise ValueError(f"RMTConfig.xl_cache_tokens must be >= 0 (0: off), got {self.xl_cache_tokens}")
+        if self.xl_cache_tokens and (self.mode != "decoder" or self.memory_kind != "rmt"):
+            raise ValueError("RMTConfig.xl_cache_tokens > 0 needs mode='decoder' and memory_kind='rmt'")
         if self.memory_kind == "armt" and self.mode != "decoder":
             raise ValueError("RMTConfig.memory_kind='armt' requires mode='decoder'")
         if self.read_memory_only and self.num_memory_tokens == 0:

@@ -4,23 +4,36 @@ Decoder (causal LM), per segment:  inputs_embeds = [read memory (M) | segment to
     The read slots hold the current memory; the write slots hold the same memory (RMT paper) or a learned
     write embedding. With the plain causal mask, tokens see the read memory and the write slots see everything.
     The new memory is the backbone's last hidden states at the write positions; logits come from token
-    positions only.
+    positions only. Optional Transformer-XL cache (`xl_cache_tokens`): every layer also attends to the detached
+    keys/values of the last tokens of the previous segment(s), through `past_key_values` (Tr-XL without memory
+    tokens, MemTrXL with them; details in `RMTForCausalLM`).
 Encoder (sequence classification), per segment:  [CLS] [memory (M)] [SEP] segment [SEP] [PAD...]
     Bidirectional; the new memory is the last hidden states at the memory positions; class logits from the
     backbone's own head on each sample's last segment.
 
-Everything goes through `inputs_embeds`, `attention_mask` and `position_ids`: no forked modeling code.
+Everything goes through `inputs_embeds`, `attention_mask`, `position_ids` and `past_key_values` (an HF
+`DynamicCache` rebuilt from the state tensors in each step): no forked modeling code.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import Cache, DynamicCache, PreTrainedModel
 
 from rmt.backbones import check_family, hidden_size, max_positions
 from rmt.config import RMTConfig
 from rmt.memory.recurrent import RecurrentMemoryModel, register_model
+from rmt.memory.state import State
+
+if TYPE_CHECKING:
+    from rmt.inference.rmt_generate import GenerateOutput
+
+# Families whose positions come from a learned table (bounded); the others are rotary (unbounded).
+_LEARNED_POSITIONS = ("gpt2",)
 
 
 def _check_fits(backbone: nn.Module, config: RMTConfig, needed: int, layout: str) -> None:
@@ -42,7 +55,25 @@ def _memory_parameter(backbone: nn.Module, rows: int) -> nn.Parameter:
 
 @register_model("decoder", "rmt")
 class RMTForCausalLM(RecurrentMemoryModel):
-    """RMT memory around any supported Hugging Face causal LM (GPT-2, Llama, Mistral, Qwen2, GPT-NeoX)."""
+    """RMT memory around any supported Hugging Face causal LM (GPT-2, Llama, Mistral, Qwen2, GPT-NeoX).
+
+    With `config.xl_cache_tokens` = C > 0 every layer also attends to a Transformer-XL cache: the detached
+    keys/values of the last C tokens of the previous segment(s), passed to the backbone as `past_key_values`.
+    Segment window:  [cache (C) | read memory (M) | segment tokens (t) | write memory (M)]
+    - The cache holds segment tokens only. Memory slots already reach the next segment as memory; caching them
+      too would give each segment a second, stale copy of the memory, and C counts input tokens as `mem_len` does.
+    - Positions run on across segments as if the input were laid out in one line [mem | seg 1 | mem | seg 2 ...]:
+      a segment starting at position P puts its read slots at P..P+M-1 and its tokens at P+M.., and the next segment
+      starts at P+M+t, so its read slots take the previous write slots' positions ('sequential'). Cached keys keep
+      the positions they were computed at, so with M = 0 a segment plus its cache computes what one long attention
+      window over the same tokens computes. Rotary backbones handle any length; learned absolute positions (GPT-2)
+      must cover the whole input (checked, with an error naming the limit).
+    - State (a tuple, batch first in every leaf, so the shared loop can select, merge and detach rows):
+      (memory [B, M, D], keys [B, L, H, C, d], values [B, L, H, C, d], cache_mask [B, C] bool, next_position [B]).
+      Valid cache entries are right-aligned (oldest first); a False mask entry (start of the input, or fewer than C
+      tokens seen so far) is masked out of attention, so a first segment sees no cache.
+    Without the cache the state is the memory tensor [B, M, D] alone and every segment starts at position 0.
+    """
 
     token_logits = True
 
@@ -52,7 +83,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
                 f"RMTForCausalLM needs mode='decoder' and memory_kind='rmt', got {config.mode!r}, "
                 f"{config.memory_kind!r}"
             )
-        check_family(backbone, "decoder")
+        kind = check_family(backbone, "decoder")
         super().__init__(backbone, config)
         m = config.num_memory_tokens
         writes = 0 if config.read_memory_only else m
@@ -62,45 +93,172 @@ class RMTForCausalLM(RecurrentMemoryModel):
         self.write_memory = (
             _memory_parameter(backbone, m) if m > 0 and config.write_init == "learned" and writes else None
         )
+        # With the cache, positions grow with the input: a learned position table bounds the input length.
+        self._position_limit = max_positions(backbone) if kind in _LEARNED_POSITIONS else None
 
-    def initial_state(self, batch_size: int) -> torch.Tensor:
+    @property
+    def cache_tokens(self) -> int:
+        return self.config.xl_cache_tokens
+
+    def initial_state(self, batch_size: int) -> State:
         if self.memory is None:
-            return torch.zeros(batch_size, 0, hidden_size(self.backbone), device=self.device)
-        return self.memory.unsqueeze(0).expand(batch_size, -1, -1)  # [B, M, D]
+            memory = torch.zeros(batch_size, 0, hidden_size(self.backbone), device=self.device)
+        else:
+            memory = self.memory.unsqueeze(0).expand(batch_size, -1, -1)  # [B, M, D]
+        if not self.cache_tokens:
+            return memory
+        layers, heads, head_dim = _kv_shape(self.backbone)
+        dtype = self.backbone.get_input_embeddings().weight.dtype
+        keys = torch.zeros(batch_size, layers, heads, self.cache_tokens, head_dim, dtype=dtype, device=self.device)
+        cache_mask = torch.zeros(batch_size, self.cache_tokens, dtype=torch.bool, device=self.device)
+        next_position = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        return (memory, keys, torch.zeros_like(keys), cache_mask, next_position)
 
-    def step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        m, t = self.config.num_memory_tokens, input_ids.shape[1]
+        writes = 0 if self.config.read_memory_only else m
+        window = self.segment_window(input_ids, attention_mask, state, write=True)
+        out = self.backbone.base_model(
+            inputs_embeds=window.embeds,
+            attention_mask=window.attention_mask,
+            position_ids=window.position_ids,
+            past_key_values=window.cache,
+            use_cache=window.cache is not None,
+        )
+        hidden = out.last_hidden_state  # [b, M + t + writes, D]
+        logits = self.backbone.get_output_embeddings()(hidden[:, m : m + t])  # [b, t, V]
+        memory = state[0] if self.cache_tokens else state
+        new_memory = hidden[:, m + t :] if writes else memory
+        if not self.cache_tokens:
+            return logits, new_memory
+        return logits, (new_memory, *self.cache_after_segment(state, out.past_key_values, attention_mask))
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        attention_mask: torch.Tensor | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> GenerateOutput:
+        """Greedy decoding through the memory (and cache): `rmt.inference.rmt_generate.greedy_generate`."""
+        from rmt.inference.rmt_generate import greedy_generate
+
+        return greedy_generate(self, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id)
+
+    # --- pieces shared with greedy generation (rmt/inference/rmt_generate.py) ---------------------------------
+    def segment_window(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State, write: bool
+    ) -> SegmentWindow:
+        """The backbone inputs of one segment: [cache | read memory | tokens | write memory (if `write` and the
+        config has write slots)]. input_ids/attention_mask [b, t] with real tokens first."""
         config = self.config
         b, t = input_ids.shape
         m = config.num_memory_tokens
-        writes = 0 if config.read_memory_only else m
+        writes = m if (write and not config.read_memory_only) else 0
         device = input_ids.device
+        memory = state[0] if self.cache_tokens else state
         tokens = self.backbone.get_input_embeddings()(input_ids)  # [b, t, D]
-        state = state.to(tokens.dtype)
+        memory = memory.to(tokens.dtype)
+        pieces = [memory, tokens]
+        start = self._start_positions(state, b, device)  # [b, 1]
+        token_positions = start + m + torch.arange(t, device=device)  # [b, t]
+        positions = [(start + torch.arange(m, device=device)).expand(b, m), token_positions]  # read slots, tokens
         if writes:
-            write = state if self.write_memory is None else self.write_memory.unsqueeze(0).expand(b, -1, -1)
-            embeds = torch.cat([state, tokens, write.to(tokens.dtype)], dim=1)  # [b, M + t + M, D]
-        else:
-            embeds = torch.cat([state, tokens], dim=1)
+            write_embeds, write_positions = self.write_slots(state, attention_mask.sum(dim=1))
+            pieces.append(write_embeds.to(tokens.dtype))
+            positions.append(write_positions)
+        embeds = torch.cat(pieces, dim=1)  # [b, M + t + writes, D]
         ones = attention_mask.new_ones(b, m)
         mask = torch.cat([ones, attention_mask, ones[:, :writes]], dim=1)
+        positions = torch.cat(positions, dim=1)  # [b, M + t + writes]
 
+        cache = None
+        if self.cache_tokens:
+            _, keys, values, cache_mask, _ = state
+            cache = DynamicCache(
+                ddp_cache_data=[(keys[:, layer], values[:, layer]) for layer in range(keys.shape[1])],
+                config=self.backbone.config,
+            )
+            mask = torch.cat([cache_mask.to(mask.dtype), mask], dim=1)  # [b, C + M + t + writes]
+            self.check_positions(positions)
+        return SegmentWindow(embeds, mask, positions, cache)
+
+    def write_slots(self, state: State, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [b, M, D] and position ids [b, M] of the write slots of a segment with `lengths` [b] real
+        tokens (they follow the tokens: the caller appends them after the segment)."""
+        m = self.config.num_memory_tokens
+        memory = state[0] if self.cache_tokens else state
+        b, device = memory.shape[0], memory.device
+        embeds = memory if self.write_memory is None else self.write_memory.unsqueeze(0).expand(b, -1, -1)
+        start = self._start_positions(state, b, device)  # [b, 1]
         slots = torch.arange(m, device=device)
-        token_positions = (m + torch.arange(t, device=device)).expand(b, t)
-        if config.memory_positions == "sequential":
+        if self.config.memory_positions == "sequential":
             # Write slots follow each sample's last real token, exactly as if the segment had no padding.
-            write_positions = m + attention_mask.sum(dim=1, keepdim=True) + slots[:writes]
+            positions = start + m + lengths[:, None] + slots
         else:
-            write_positions = slots[:writes].expand(b, writes)
-        positions = torch.cat([slots.expand(b, m), token_positions, write_positions], dim=1)
+            positions = (start + slots).expand(b, m)
+        return embeds, positions
 
-        hidden = self.backbone.base_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        ).last_hidden_state  # [b, M + t + writes, D]
-        logits = self.backbone.get_output_embeddings()(hidden[:, m : m + t])  # [b, t, V]
-        new_state = hidden[:, m + t :] if writes else state
-        return logits, new_state
+    def _start_positions(self, state: State, batch: int, device: torch.device) -> torch.Tensor:
+        """Position [b, 1] of the segment's first read slot: 0 without the cache, else where the last one ended."""
+        if self.cache_tokens:
+            return state[4][:, None]
+        return torch.zeros(batch, 1, dtype=torch.long, device=device)
+
+    def cache_after_segment(
+        self, state: State, past: Cache, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cache part of the state after a segment: (keys, values, cache_mask, next_position) holding the last C
+        valid tokens of [old cache | this segment's tokens], detached. `past` is the HF cache the backbone returned
+        for the segment's window (with or without write slots after the tokens); attention_mask [b, t]."""
+        _, keys, values, cache_mask, next_position = state
+        c, m, t = self.cache_tokens, self.config.num_memory_tokens, attention_mask.shape[1]
+        new_keys, new_values = [], []
+        for layer in past.layers:
+            if layer.keys.shape[2] not in (c + m + t, c + 2 * m + t):
+                raise NotImplementedError(
+                    "xl_cache_tokens needs full-attention cache layers; this backbone trims its cache (sliding window)"
+                )
+            new_keys.append(layer.keys[:, :, c + m : c + m + t])  # [b, H, t, d]
+            new_values.append(layer.values[:, :, c + m : c + m + t])
+        keys = torch.cat([keys, torch.stack(new_keys, dim=1).detach()], dim=3)  # [b, L, H, C + t, d]
+        values = torch.cat([values, torch.stack(new_values, dim=1).detach()], dim=3)
+        valid = torch.cat([cache_mask, attention_mask.bool()], dim=1)  # [b, C + t]
+        # Valid entries to the right in order (stable sort), then keep the newest C: at most C tokens, oldest first.
+        keep = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices[:, -c:]  # [b, C]
+        index = keep[:, None, None, :, None].expand(-1, keys.shape[1], keys.shape[2], -1, keys.shape[4])
+        lengths = attention_mask.sum(dim=1)  # [b]
+        return keys.gather(3, index), values.gather(3, index), valid.gather(1, keep), next_position + m + lengths
+
+    def check_positions(self, positions: torch.Tensor) -> None:
+        """Raise a ValueError when position ids run past a learned position table (they grow with the cache)."""
+        if self._position_limit is not None and int(positions.max()) >= self._position_limit:
+            raise ValueError(
+                f"the Transformer-XL cache numbers positions across segments and this input reaches position "
+                f"{int(positions.max())}, but the backbone ({self.backbone.config.model_type}, learned absolute "
+                f"positions) embeds at most {self._position_limit}: shorten the input, build the backbone with more "
+                f"positions, or use a rotary backbone (llama, mistral, qwen2, gpt_neox)"
+            )
+
+
+@dataclass
+class SegmentWindow:
+    """Backbone inputs of one decoder segment (see `RMTForCausalLM.segment_window`)."""
+
+    embeds: torch.Tensor  # [b, M + t + writes, D]
+    attention_mask: torch.Tensor  # [b, C + M + t + writes] (C = 0 without the cache)
+    position_ids: torch.Tensor  # [b, M + t + writes]
+    cache: DynamicCache | None  # the Transformer-XL cache as an HF cache object, None without it
+
+
+def _kv_shape(backbone: PreTrainedModel) -> tuple[int, int, int]:
+    """(layers, key/value heads, head size) of the backbone's attention cache."""
+    config = backbone.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden_size(backbone) // heads
+    return config.num_hidden_layers, kv_heads, head_dim
 
 
 @register_model("encoder", "rmt")

@@ -1,0 +1,198 @@
+"""Transformer-XL cache baselines of `RMTForCausalLM` (config.xl_cache_tokens): Tr-XL (no memory tokens) and MemTrXL
+(memory tokens + cache). Oracles: a segment with its cache equals one long attention window over the same tokens;
+the cache is detached; mem_len trims what a layer sees; padding invariance; streaming backward; save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_decoder
+
+from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM
+from rmt.memory.state import State
+
+FAMILIES = ["gpt2", "llama", "gpt_neox"]
+
+
+def model_for(family: str = "llama", layers: int = 2, **config) -> RMTForCausalLM:
+    torch.manual_seed(0)
+    settings = {"num_memory_tokens": 0, "segment_size": 6, "xl_cache_tokens": 6, **config}
+    return RMTForCausalLM(tiny_decoder(family, layers=layers), RMTConfig(**settings)).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def leaves(state: State) -> list[torch.Tensor]:
+    return [state] if isinstance(state, torch.Tensor) else [t for s in state for t in leaves(s)]
+
+
+# --- the cache equals one long attention window ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_covering_the_input_equals_one_long_window(family):
+    # 3 segments of 6 with a 12-token cache: every token sees every earlier token, at its own position.
+    model = model_for(family, xl_cache_tokens=12)
+    ids = random_ids(2, 17)
+    torch.testing.assert_close(model(ids).logits, model.backbone(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_cache_shorter_than_a_segment_sees_exactly_the_last_mem_len_tokens(family):
+    # One layer: cached keys/values are functions of their own token only, so segment 2 with a 4-token cache must
+    # equal the backbone on [last 4 tokens of segment 1 | segment 2] at their original positions.
+    model = model_for(family, layers=1, xl_cache_tokens=4)
+    ids = random_ids(2, 12)
+    window = model.backbone(ids[:, 2:], position_ids=torch.arange(2, 12).expand(2, -1)).logits
+    torch.testing.assert_close(model(ids).logits[:, 6:], window[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+def test_memtrxl_segment_equals_a_long_window_without_the_old_read_slots():
+    # MemTrXL, segment 2: cached tokens of segment 1 (computed with memory 0 in view), then read memory 1, tokens.
+    # Oracle: one pass over [memory 0 | segment 1 | memory 1 | segment 2] at positions 0.., causal, except that
+    # segment 2's side does not see memory 0 (it is not in the cache).
+    m, t = 3, 5
+    model = model_for("llama", num_memory_tokens=m, segment_size=t, xl_cache_tokens=t)
+    ids = random_ids(1, 2 * t, seed=3)
+    memory_1 = model(ids[:, :t]).memory_state[0]  # [1, M, D]
+    embed = model.backbone.get_input_embeddings()
+    memory_0 = model.initial_state(1)[0]
+    embeds = torch.cat([memory_0, embed(ids[:, :t]), memory_1, embed(ids[:, t:])], dim=1)
+    n = embeds.shape[1]
+    allowed = torch.ones(n, n).tril().bool()
+    allowed[m + t :, :m] = False
+    mask = torch.zeros(1, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    hidden = model.backbone.base_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=torch.arange(n)[None]
+    ).last_hidden_state
+    expected = model.backbone.get_output_embeddings()(hidden[:, 2 * m + t :])
+    torch.testing.assert_close(model(ids).logits[:, t:], expected, rtol=1e-5, atol=1e-5)
+
+
+# --- detached, bounded --------------------------------------------------------------------------------------
+
+
+def segment_embedding_gradients(model: RMTForCausalLM, ids: torch.Tensor, labels: torch.Tensor) -> list[bool]:
+    """For each segment step, whether the loss sends gradient into that segment's token embeddings."""
+    captured = []
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured.append(output)
+
+    handle = model.backbone.get_input_embeddings().register_forward_hook(keep)
+    try:
+        out = model(ids, labels=labels)
+        out.loss.backward()
+    finally:
+        handle.remove()
+    assert not any(leaf.requires_grad for leaf in leaves(out.memory_state)[1:])  # K, V, mask, position
+    return [t.grad is not None and bool(t.grad.abs().sum() > 0) for t in captured]
+
+
+@pytest.mark.parametrize("memory_tokens", [0, 2])
+def test_no_gradient_flows_into_earlier_segments_through_the_cache(memory_tokens):
+    model = model_for("gpt2", num_memory_tokens=memory_tokens).train()
+    ids = random_ids(2, 12)
+    labels = torch.full_like(ids, -100)
+    labels[:, 8:] = ids[:, 8:]  # loss in segment 2 only
+    reached = segment_embedding_gradients(model, ids, labels)
+    # Through the cache alone nothing reaches segment 1; with memory tokens BPTT reaches it through the memory.
+    assert reached == [memory_tokens > 0, True]
+
+
+def test_influence_reaches_back_layers_times_mem_len():
+    # Tr-XL's receptive field: layer l of a cached token already saw the cache before it, so with mem_len = T and
+    # 2 layers a change in segment 1 reaches segment 3 but not segment 4; without the cache it reaches neither.
+    ids = random_ids(1, 24)
+    changed = ids.clone()
+    changed[0, :6] = (changed[0, :6] + 1) % VOCAB
+    for cache, reach in ((6, [True, True, False]), (0, [False, False, False])):
+        model = model_for("llama", xl_cache_tokens=cache)
+        difference = (model(ids).logits - model(changed).logits).abs()
+        assert [bool(difference[0, s * 6 : (s + 1) * 6].max() > 1e-6) for s in (1, 2, 3)] == reach
+
+
+def test_a_token_older_than_mem_len_no_longer_influences_the_output():
+    model = model_for("llama", layers=1, xl_cache_tokens=4)
+    ids = random_ids(1, 12)
+    for position, influences in ((1, False), (2, True)):  # the cache keeps positions 2..5 of segment 1
+        changed = ids.clone()
+        changed[0, position] = (changed[0, position] + 1) % VOCAB
+        difference = (model(ids).logits[:, 6:] - model(changed).logits[:, 6:]).abs().max()
+        assert bool(difference > 1e-6) == influences
+
+
+# --- the shared loop still holds --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("memory_tokens", [0, 3])
+def test_padded_sample_equals_sample_alone(family, memory_tokens):
+    model = model_for(family, num_memory_tokens=memory_tokens, xl_cache_tokens=8)
+    ids = random_ids(3, 23, seed=2)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0  # right padding, 3 segments instead of 4
+    mask[2, :10] = 0  # left padding, a short last segment
+    out = model(ids, attention_mask=mask)
+    for row in range(3):
+        keep = mask[row].bool()
+        alone = model(ids[row : row + 1, keep])
+        torch.testing.assert_close(out.logits[row, keep], alone.logits[0], rtol=1e-5, atol=1e-5)
+        for batched, single in zip(leaves(out.memory_state), leaves(alone.memory_state), strict=True):
+            torch.testing.assert_close(batched[row], single[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_streaming_backward_equals_reference_with_the_cache(recompute):
+    model = model_for("llama", num_memory_tokens=2, xl_cache_tokens=8, bptt_depth=1).train()
+    ids = random_ids(2, 22, seed=4)
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    model(ids, attention_mask=mask, labels=labels).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.forward_backward(ids, attention_mask=mask, labels=labels, recompute=recompute)
+    streamed = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert reference.keys() == streamed.keys()
+    for name in reference:
+        torch.testing.assert_close(streamed[name], reference[name], rtol=1e-4, atol=1e-6)
+
+
+def test_memory_state_continues_across_calls():
+    model = model_for("llama", num_memory_tokens=2, xl_cache_tokens=8)
+    ids = random_ids(1, 18)
+    whole = model(ids).logits
+    first = model(ids[:, :12])
+    second = model(ids[:, 12:], memory_state=first.memory_state)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+# --- config, positions, checkpoints ---------------------------------------------------------------------------
+
+
+def test_config_validates_the_cache_size():
+    with pytest.raises(ValueError, match="xl_cache_tokens must be >= 0"):
+        RMTConfig(xl_cache_tokens=-1)
+    with pytest.raises(ValueError, match="xl_cache_tokens > 0 needs mode='decoder'"):
+        RMTConfig(mode="encoder", xl_cache_tokens=4)
+
+
+def test_learned_positions_must_cover_the_input():
+    model = model_for("gpt2")  # tiny GPT-2 embeds 256 positions; positions run on across segments
+    model(random_ids(1, 256))
+    with pytest.raises(ValueError, match="reaches position 256.*embeds at most 256"):
+        model(random_ids(1, 257))
+    model_for("llama")(random_ids(1, 300))  # rotary: no bound
+
+
+def test_save_load_round_trip(tmp_path):
+    model = model_for("llama", num_memory_tokens=2, xl_cache_tokens=5)
+    ids = random_ids(2, 20)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = RecurrentMemoryModel.from_pretrained(tmp_path / "ckpt").eval()
+    assert isinstance(loaded, RMTForCausalLM) and loaded.config.xl_cache_tokens == 5
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)

@@ -1,0 +1,51 @@
+"""Smoke test of benchmarks/reproduce.py: the 2-cell smoke grid, in-process with very few steps, writes
+results.json, the Markdown table and the plots; cell parsing and the model kinds' configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("reproduce", None)
+
+
+def test_smoke_run_writes_results_table_and_plots(reproduce, tmp_path):
+    args = ["--smoke", "--steps", "2", "--output", str(tmp_path), "--no-progress", "--threads", "1"]
+    assert reproduce.main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["cells"]) == {"copy:3:rmt", "copy:3:no_memory"}
+    for record in results["cells"].values():
+        assert 0.0 <= record["score"] <= 1.0 and record["score_source"] == "generated"
+        assert record["published"] in (1.00, 0.12)
+    table = (tmp_path / "results.md").read_text()
+    assert "| 3 (25) |" in table and "(1.00)" in table and "Runtimes" in table
+    assert (tmp_path / "copy.png").stat().st_size > 0
+
+
+def test_cells_and_kinds(reproduce):
+    assert reproduce.parse_cell("copy:6:rmt") == reproduce.Cell("copy", 6, "rmt")
+    for bad in ("copy:6", "copy:x:rmt", "copy:6:lstm", "sort:6:rmt"):
+        with pytest.raises(ValueError):
+            reproduce.parse_cell(bad)
+    keys = [c.key for c in reproduce.grid()]
+    assert len(keys) == len(set(keys)) and "detect_memorize:8:rmt" in keys
+    configs = {kind: reproduce.rmt_config(kind, segment_size=12, memory_tokens=12) for kind in reproduce.KINDS}
+    assert (configs["rmt"].num_memory_tokens, configs["rmt"].xl_cache_tokens) == (12, 0)
+    assert (configs["no_memory"].num_memory_tokens, configs["no_memory"].xl_cache_tokens) == (0, 0)
+    assert (configs["trxl"].num_memory_tokens, configs["trxl"].xl_cache_tokens) == (0, 12)
+    assert (configs["memtrxl"].num_memory_tokens, configs["memtrxl"].xl_cache_tokens) == (12, 12)
+    assert configs["memory_at_start"].read_memory_only
