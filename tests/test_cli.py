@@ -27,7 +27,8 @@ def test_console_script_is_installed():
     assert "demo" in out.stdout and "train" in out.stdout and "eval" in out.stdout
 
 
-def test_train_then_eval(tmp_path, capsys):
+@pytest.mark.parametrize("memory", ["rmt", "armt"])
+def test_train_then_eval(tmp_path, capsys, memory):
     output = tmp_path / "run"
     args = [
         "train",
@@ -47,6 +48,8 @@ def test_train_then_eval(tmp_path, capsys):
         "32",
         "--memory-tokens",
         "2",
+        "--memory",
+        memory,
         "--steps",
         "4",
         "--batch-size",
