@@ -42,8 +42,10 @@ def random_backbone(
     max_positions: int = 512,
     num_labels: int = 2,
     seed: int = 0,
+    num_kv_heads: int | None = None,
 ) -> PreTrainedModel:
-    """A randomly initialised HF model of `family` (decoders: causal LM; 'bert': sequence classifier)."""
+    """A randomly initialised HF model of `family` (decoders: causal LM; 'bert': sequence classifier).
+    `num_kv_heads` (llama only) gives grouped-query attention; default: as many as attention heads."""
     if family not in RANDOM_FAMILIES:
         raise ValueError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
     if hidden_size % num_heads:
@@ -69,6 +71,7 @@ def random_backbone(
             intermediate_size=2 * hidden_size,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads or num_heads,
             max_position_embeddings=max_positions,
             **common,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,8 @@ def test_help(command, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "rmt.cli", "--help"], capture_output=True, text=True, check=True)
+    script = Path(sys.executable).parent / "rmt"  # the console script pip put next to this interpreter
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout and "train" in out.stdout and "eval" in out.stdout
 
 
@@ -84,8 +86,6 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
 
 
 def test_ci_runs_the_readme_test_command():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     ci_command = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
     readme_head = (root / "README.md").read_text().splitlines()[:10]
