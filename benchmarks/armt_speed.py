@@ -10,7 +10,9 @@ For each length N, on one random sequence (batch 1, weights random, seeded ident
 - `sequential`: ARMT segment by segment through `ARMTForCausalLM.encode` (the per-segment code of `forward`, without
   the LM head on every token) and the LM head on the last token;
 - `diagonal`: the diagonal-batching engine (`rmt.inference.DiagonalARMT`, logits="last"; `--group-size` caps the
-  cells per grouped layer call, default the whole diagonal).
+  cells per grouped layer call; default "auto": 1 on CPU, where per-layer matmuls keep their cache locality,
+  the whole diagonal elsewhere). `--full-max-length` skips full attention above a length (on CPU, 128k tokens of
+  full attention take hours).
 All three produce the last token's logits, so each pays for the same work: every hidden state, one LM head.
 
 Each measurement runs in a fresh subprocess (so no allocator cache or earlier peak leaks into the next one): build
@@ -141,6 +143,8 @@ def worker(spec: dict) -> dict:
             return engine(ids, logits="last").logits
 
     result = {"method": method, "length": length}
+    if method == "diagonal":
+        result["group_size"] = engine.group_size  # "auto" resolved: None = the whole diagonal
     try:
         with torch.inference_mode():
             run(warm_ids)
@@ -183,6 +187,18 @@ def measure(args: argparse.Namespace, method: str, length: int, logits_path: str
         status = "killed (out of memory?)" if done.returncode == -9 else f"error: {done.stderr.strip()[-500:]}"
         return {"method": method, "length": length, "status": status}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _group_size(text: str) -> int | str | None:
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, 'all' or 'auto', got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, 'all' or 'auto', got {text!r}")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -232,9 +248,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument(
         "--group-size",
+        type=_group_size,
+        default="auto",
+        help="diagonal engine: at most this many cells per grouped layer call, 'all' for the whole diagonal, or "
+        "'auto' (default: 1 on CPU, all elsewhere)",
+    )
+    parser.add_argument(
+        "--full-max-length",
         type=int,
         default=None,
-        help="diagonal engine: at most this many cells per grouped layer call (default: the whole diagonal)",
+        help="skip full attention above this length (its time grows quadratically; default: no limit)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 3 CUDA, 1 CPU)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -277,6 +300,10 @@ def main() -> None:
         for length in args.lengths:
             row: dict = {"length": length}
             for method in args.methods:
+                if method == "full" and args.full_max_length and length > args.full_max_length:
+                    row[method] = {"method": method, "length": length, "status": "skipped"}
+                    print(f"  {length:>7} {method:<10} skipped (--full-max-length {args.full_max_length})")
+                    continue
                 path = os.path.join(tmp, f"{method}-{length}.pt")
                 row[method] = measure(args, method, length, path)
                 status = row[method]["status"]

@@ -77,7 +77,7 @@ def test_engine_equals_sequential(family):
     ids = _ids(3, 4 * SEG + 5)
     with torch.no_grad():
         expected = model(ids)
-    got = DiagonalARMT(model)(ids)
+    got = DiagonalARMT(model, group_size=None)(ids)
     assert (got.logits - expected.logits).abs().max() <= 1e-4
     _assert_states_close(got.memory_state, expected.memory_state)
     # Not vacuous: memory changes these logits well beyond the tolerance.
@@ -88,7 +88,7 @@ def test_engine_equals_sequential(family):
 
 def test_engine_runs_one_grouped_call_per_diagonal():
     model = armt(tiny_decoder("llama", layers=3))
-    engine = DiagonalARMT(model)
+    engine = DiagonalARMT(model, group_size=None)
     calls = []
     forward = engine.layers.forward
 
@@ -129,7 +129,7 @@ def test_samples_of_different_lengths():
     mask[2, : lengths[2]] = 1
     with torch.no_grad():
         expected = model(ids, mask)
-    engine = DiagonalARMT(model)
+    engine = DiagonalARMT(model, group_size=None)
     got = engine(ids, mask)
     assert (got.logits - expected.logits).abs().max() <= 1e-4
     _assert_states_close(got.memory_state, expected.memory_state)
@@ -141,7 +141,7 @@ def test_samples_of_different_lengths():
 def test_continuing_from_a_memory_state():
     model = armt(tiny_decoder("gpt2", layers=3))
     ids = _ids(2, 5 * SEG + 2)
-    engine = DiagonalARMT(model)
+    engine = DiagonalARMT(model, group_size=None)
     head = engine(ids[:, : 2 * SEG], logits="none")
     assert head.logits is None
     tail = engine(ids[:, 2 * SEG :], memory_state=head.memory_state)
@@ -156,7 +156,7 @@ def test_bf16_engine_close_to_bf16_sequential():
     ids = _ids(2, 3 * SEG + 3)
     with torch.no_grad():
         reference = model(ids).logits.float()
-    got = DiagonalARMT(model)(ids).logits.float()
+    got = DiagonalARMT(model, group_size=None)(ids).logits.float()
     assert float((got - reference).norm() / reference.norm()) < 2e-2
 
 
@@ -168,7 +168,7 @@ def test_generate_equals_sequential_greedy(family, prompt):
     model = armt(tiny_decoder(family, layers=3))
     ids = _ids(2, prompt, seed=prompt)
     expected = model.generate(ids, max_new_tokens=2 * SEG + 1)
-    got = DiagonalARMT(model).generate(ids, max_new_tokens=2 * SEG + 1)
+    got = DiagonalARMT(model, group_size=None).generate(ids, max_new_tokens=2 * SEG + 1)
     assert torch.equal(got.sequences, expected.sequences)
     assert (got.scores - expected.scores).abs().max() <= 1e-4
 
@@ -180,7 +180,7 @@ def test_generate_continues_from_a_memory_state():
         state = model(ids[:, : 2 * SEG]).memory_state
     whole = model.generate(ids, max_new_tokens=SEG)
     sequential = model.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state)
-    diagonal = DiagonalARMT(model).generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state)
+    diagonal = DiagonalARMT(model, group_size=None).generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state)
     assert torch.equal(sequential.sequences, whole.sequences[:, 2 * SEG :])
     assert torch.equal(diagonal.sequences, sequential.sequences)
 
@@ -204,7 +204,7 @@ def test_smollm2_engine_equals_sequential():
     with torch.no_grad():
         expected = model(ids)
         no_memory = model.backbone(ids[:, 96:]).logits
-    engine = DiagonalARMT(model)
+    engine = DiagonalARMT(model, group_size=None)
     got = engine(ids)
     assert float((got.logits - expected.logits).abs().max()) <= 1e-4 * float(expected.logits.abs().max())
     _assert_states_close(got.memory_state, expected.memory_state, tolerance=5e-5)
@@ -214,3 +214,13 @@ def test_smollm2_engine_equals_sequential():
     sequential = model.generate(prompt, max_new_tokens=8)
     diagonal = engine.generate(prompt, max_new_tokens=8)
     assert torch.equal(diagonal.sequences, sequential.sequences)
+
+
+def test_group_size_default_and_bad_values():
+    """'auto' runs the layers of a step one by one on the CPU (faster there, see benchmarks/armt_speed.py)."""
+    model = armt(tiny_decoder("llama", layers=2))
+    assert DiagonalARMT(model).group_size == 1
+    assert DiagonalARMT(model, group_size=None).group_size is None
+    for bad in (0, -1, "fast", 1.5):
+        with pytest.raises(ValueError, match="group_size"):
+            DiagonalARMT(model, group_size=bad)

@@ -24,7 +24,8 @@ Exactness: the same arithmetic as the sequential model up to the order of floati
 Speed: grouping pays off on a GPU. On a CPU a stacked matmul over many layers has a larger working set than one
 layer's and loses cache locality: measured on a shared 2-core machine, one grouped call per step ran 0.93-1.2x the
 sequential time (slowest with few segments), `group_size=1` (the layers of a step one by one, memory reads and writes
-still batched over the diagonal) 0.81-0.96x. See benchmarks/armt_speed.py.
+still batched over the diagonal) 0.81-0.96x, so the default `group_size="auto"` picks 1 on a CPU and the whole
+diagonal elsewhere. See benchmarks/armt_speed.py.
 """
 
 from __future__ import annotations
@@ -49,15 +50,17 @@ class DiagonalARMT:
     """Diagonal-batching inference engine for an `ARMTForCausalLM` (build it after moving the model to its device
     and dtype; it copies the decoder layers' weights into stacked tensors)."""
 
-    def __init__(self, model: ARMTForCausalLM, group_size: int | None = None) -> None:
-        """group_size: at most this many cells per grouped layer call (None: every cell of the diagonal in one
-        call, the point of the engine on a GPU). On a CPU, stacked matmuls over many layers lose cache locality
-        against per-layer ones, and group_size=1 runs the layers of a step one by one (the memory reads and writes
-        stay batched over the diagonal)."""
+    def __init__(self, model: ARMTForCausalLM, group_size: int | Literal["auto"] | None = "auto") -> None:
+        """group_size: at most this many cells per grouped layer call. None: every cell of the diagonal in one call,
+        the point of the engine on a GPU. On a CPU, stacked matmuls over many layers lose cache locality against
+        per-layer ones, so group_size=1 (the layers of a step one by one, the memory reads and writes still batched
+        over the diagonal) is faster there. "auto" (default): 1 if the model is on the CPU, else None."""
         if not isinstance(model, ARMTForCausalLM):
             raise TypeError(f"DiagonalARMT runs an ARMTForCausalLM, got {type(model).__name__}")
-        if group_size is not None and group_size < 1:
-            raise ValueError(f"group_size must be >= 1 or None, got {group_size}")
+        if group_size == "auto":
+            group_size = 1 if model.memory.device.type == "cpu" else None
+        elif group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+            raise ValueError(f"group_size must be an int >= 1, None or 'auto', got {group_size!r}")
         self.group_size = group_size
         self.model = model
         self.adapter = model.adapter
