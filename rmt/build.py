@@ -43,15 +43,18 @@ def random_backbone(
     num_labels: int = 2,
     seed: int = 0,
     num_kv_heads: int | None = None,
+    pad_token_id: int | None = None,
 ) -> PreTrainedModel:
     """A randomly initialised HF model of `family` (decoders: causal LM; 'bert': sequence classifier).
-    `num_kv_heads` (llama only) gives grouped-query attention; default: as many as attention heads."""
+    `num_kv_heads` (llama only) gives grouped-query attention; default: as many as attention heads.
+    `pad_token_id`: HF zeroes that token's embedding row and never updates it (`padding_idx`), so it must be the
+    task's padding token or None (default), never a token the task uses (e.g. 0, a digit in every task here)."""
     if family not in RANDOM_FAMILIES:
         raise ValueError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
     torch.manual_seed(seed)
-    common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    common = {"vocab_size": vocab_size, "bos_token_id": None, "eos_token_id": None, "pad_token_id": pad_token_id}
     if family == "gpt2":
         config = GPT2Config(
             n_embd=hidden_size,
@@ -94,6 +97,7 @@ def random_backbone(
         intermediate_size=2 * hidden_size,
         max_position_embeddings=max_positions,
         num_labels=num_labels,
+        pad_token_id=pad_token_id,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )

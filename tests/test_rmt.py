@@ -279,3 +279,14 @@ def test_unknown_model_family_is_refused():
         RMTForCausalLM(tiny_encoder(), RMTConfig())
     with pytest.raises(ValueError, match="unknown model family 'gpt2' for mode='encoder'"):
         RMTForSequenceClassification(tiny_decoder("gpt2"), RMTConfig(mode="encoder"))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "bert"])
+def test_random_backbone_trains_every_token_embedding(family):
+    """HF freezes the embedding row of config.pad_token_id; token 0 is a digit in every task, so it must learn."""
+    backbone = random_backbone(family, vocab_size=16, num_layers=1, hidden_size=32)
+    ids = torch.tensor([[0, 1, 2, 0]])
+    out = backbone(input_ids=ids)
+    out.logits.square().sum().backward()
+    embedding = backbone.get_input_embeddings().weight
+    assert embedding[0].abs().sum() > 0 and embedding.grad[0].abs().sum() > 0
