@@ -42,7 +42,10 @@ extrapolation.png; per-cell training logs under cells/.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -169,7 +172,8 @@ TASKS: dict[str, TaskSetup] = {
         make=_associative,
         chance=0.1,
         metric="accuracy",
-        cells=[(s, k) for s in (2, 3, 5) for k in ("rmt", "no_memory", "trxl")],
+        # (1, no_memory): all 12 tokens in one window, the in-context ceiling of the backbone at this budget.
+        cells=[(1, "no_memory")] + [(s, k) for s in (2, 3, 5) for k in ("rmt", "no_memory", "trxl")],
         published={
             (2, "no_memory"): 0.50,
             (3, "no_memory"): 0.10,
@@ -183,7 +187,8 @@ TASKS: dict[str, TaskSetup] = {
         },
         steps=1500,
         paper_model="6 layers, 4 heads, d=64",
-        note="5 segments: 5 key-value pairs (14 tokens), as 12 tokens cannot be cut into 5 equal segments",
+        note="5 segments: 5 key-value pairs (14 tokens), as 12 tokens cannot be cut into 5 equal segments; "
+        "1 segment (no memory, the whole sample in one window) shows what the backbone learns in context",
     ),
     "quadratic": TaskSetup(
         title="quadratic equations",
@@ -428,11 +433,34 @@ def load_results(path: Path) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], output_dir: Path, plots: bool = True) -> None:
-    """results.json, results.md and (if `plots`) the PNG plots from every cell in `results`."""
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output_dir / "results.md").write_text(format_table(results))
+    """results.json, results.md and (if `plots`) the PNG plots from every cell in `results`. Each file is written
+    to a temporary name and renamed, so a crash never leaves a half-written results.json."""
+    for name, text in (("results.json", json.dumps(results, indent=2) + "\n"), ("results.md", format_table(results))):
+        tmp = output_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, output_dir / name)
     if plots:
         plot(results, output_dir)
+
+
+@contextlib.contextmanager
+def results_lock(output_dir: Path):
+    """Several reproduce.py processes may share an output folder (e.g. one per core, each with its own --cells):
+    each adds its cells to results.json under this lock, re-reading the file first, so none overwrites another's."""
+    with open(output_dir / ".results.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def record_cell(output_dir: Path, key: str, record: dict[str, Any]) -> None:
+    """Add one cell's record to OUTPUT/results.json (and results.md)."""
+    with results_lock(output_dir):
+        results = load_results(output_dir / "results.json")
+        results["cells"][key] = record
+        write_report(results, output_dir, plots=False)
 
 
 def _fmt(value: float | None) -> str:
@@ -614,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps if args.steps is not None else (SMOKE_STEPS if args.smoke else None)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    results = {"cells": {}} if args.fresh else load_results(output / "results.json")
+    if args.fresh:
+        with results_lock(output):
+            write_report({"cells": {}}, output, plots=False)
     eval_samples = SMOKE_EVAL_SAMPLES if args.smoke else None
     threads = torch.get_num_threads()
     if args.threads:
@@ -631,15 +661,15 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 eval_samples=eval_samples,
             )
-            results["cells"][cell.key] = record
             # After every cell, so an interrupted grid keeps what it finished (plots once, at the end: slow).
-            write_report(results, output, plots=False)
+            record_cell(output, cell.key, record)
             print(
                 f"{cell.key}: {record['score']:.3f} ({record['metric']}, {record['score_source']}) "
                 f"in {record['train_seconds']:.0f} s",
                 flush=True,
             )
-        write_report(results, output)
+        with results_lock(output):
+            write_report(load_results(output / "results.json"), output)
     finally:
         torch.set_num_threads(threads)
     print(f"wrote {output / 'results.json'}, {output / 'results.md'} and plots")

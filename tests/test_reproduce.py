@@ -49,3 +49,17 @@ def test_cells_and_kinds(reproduce):
     assert (configs["trxl"].num_memory_tokens, configs["trxl"].xl_cache_tokens) == (0, 12)
     assert (configs["memtrxl"].num_memory_tokens, configs["memtrxl"].xl_cache_tokens) == (12, 12)
     assert configs["memory_at_start"].read_memory_only
+
+
+def test_processes_sharing_an_output_folder_keep_each_others_cells(reproduce, tmp_path):
+    """Two runs with different --cells in one folder: each adds its cells to what is on disk, not to the
+    results it loaded at its start; results.json is replaced whole, never left half-written."""
+    record = {
+        **{"task": "copy", "segments": 3, "kind": "rmt", "score": 1.0, "metric": "accuracy", "published": 1.0},
+        **{"segment_size": 25, "train_seconds": 1.0, "train": {"steps": 2, "learning_rate": 3e-3, "batch_size": 32}},
+    }
+    reproduce.record_cell(tmp_path, "copy:3:rmt", record)
+    reproduce.record_cell(tmp_path, "copy:3:no_memory", {**record, "kind": "no_memory", "score": 0.1})
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert set(cells) == {"copy:3:rmt", "copy:3:no_memory"}
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import VOCAB, tiny_decoder, tiny_encoder
 
 from rmt import RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+from rmt.build import random_backbone
 
 
 def decoder(family="gpt2", **config) -> RMTForCausalLM:
