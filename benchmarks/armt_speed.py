@@ -18,6 +18,9 @@ All three produce the last token's logits, so each pays for the same work: every
 Each measurement runs in a fresh subprocess (so no allocator cache or earlier peak leaks into the next one): build
 the model, warm up on a short input, then time `--repeats` runs (median reported) with the device synchronised;
 the process CPU time is recorded too (on a shared CPU it is less disturbed by other processes than wall time).
+Then a `paired` run times sequential and diagonal alternately in one process, `--repeats` rounds with the order
+swapped every round, and reports the median per-round diagonal/sequential ratio: separate subprocesses run minutes
+apart, and on a shared machine the load changes in between; alternating cancels that (`--no-paired` skips it).
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed runs (weights included; the diagonal engine's
 stacked copy of the layer weights too). On CPU there is no allocator counter: the peak resident set size of the
 worker process (`resource.getrusage(...).ru_maxrss`, Linux: KiB) after the timed runs, and the resident size just
@@ -110,25 +113,13 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def worker(spec: dict) -> dict:
-    """One measurement (method, length) in this process; writes the last-token logits to spec['logits_path']."""
-    args = argparse.Namespace(**spec["args"])
-    method, length = spec["method"], spec["length"]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cuda = args.device.startswith("cuda")
-    model = build_model(args, length)
-    vocab = model.backbone.config.vocab_size
-    generator = torch.Generator().manual_seed(2)
-    input_ids = torch.randint(0, vocab, (args.batch_size, length), generator=generator).to(args.device)
-    warm_ids = input_ids[:, : min(length, args.segment_size * (model.adapter.num_layers + 1))]
-
+def runner(method: str, model, args: argparse.Namespace):
+    """The timed function of a method: input_ids [B, N] -> the last token's logits [B, V]."""
     if method == "full":
 
         def run(ids: torch.Tensor) -> torch.Tensor:
             return model.backbone(ids, use_cache=False, logits_to_keep=1).logits[:, -1]
 
-        warm_ids = input_ids[:, : args.segment_size]
     elif method == "sequential":
 
         def run(ids: torch.Tensor) -> torch.Tensor:
@@ -142,9 +133,57 @@ def worker(spec: dict) -> dict:
         def run(ids: torch.Tensor) -> torch.Tensor:
             return engine(ids, logits="last").logits
 
+        run.group_size = engine.group_size
+    return run
+
+
+def paired_timing(model, input_ids: torch.Tensor, warm_ids: torch.Tensor, args: argparse.Namespace) -> dict:
+    """Sequential and diagonal timed alternately in one process (the order swapped every round): a slow drift of
+    the machine (another process, frequency, cache) hits both alike, so the median per-round ratio is the
+    trustworthy diagonal/sequential figure on a shared machine."""
+    cuda = args.device.startswith("cuda")
+    runs = {method: runner(method, model, args) for method in ("sequential", "diagonal")}
+    times: dict[str, list[float]] = {"sequential": [], "diagonal": []}
+    with torch.inference_mode():
+        for run in runs.values():
+            run(warm_ids)
+        for round_index in range(args.repeats):
+            order = ("sequential", "diagonal") if round_index % 2 == 0 else ("diagonal", "sequential")
+            for method in order:
+                if cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                runs[method](input_ids)
+                if cuda:
+                    torch.cuda.synchronize()
+                times[method].append(time.perf_counter() - start)
+    ratios = [d / q for d, q in zip(times["diagonal"], times["sequential"], strict=True)]
+    return {"method": "paired", "length": input_ids.shape[1], "status": "ok", "times_s": times,
+            "diagonal_over_sequential": statistics.median(ratios), "ratios": ratios}  # fmt: skip
+
+
+def worker(spec: dict) -> dict:
+    """One measurement (method, length) in this process; writes the last-token logits to spec['logits_path']."""
+    args = argparse.Namespace(**spec["args"])
+    method, length = spec["method"], spec["length"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    model = build_model(args, length)
+    vocab = model.backbone.config.vocab_size
+    generator = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(0, vocab, (args.batch_size, length), generator=generator).to(args.device)
+    warm_ids = input_ids[:, : min(length, args.segment_size * (model.adapter.num_layers + 1))]
+
+    if method == "paired":
+        return paired_timing(model, input_ids, warm_ids, args)
+    run = runner(method, model, args)
+    if method == "full":
+        warm_ids = input_ids[:, : args.segment_size]
+
     result = {"method": method, "length": length}
     if method == "diagonal":
-        result["group_size"] = engine.group_size  # "auto" resolved: None = the whole diagonal
+        result["group_size"] = run.group_size  # "auto" resolved: None = the whole diagonal
     try:
         with torch.inference_mode():
             run(warm_ids)
@@ -269,6 +308,13 @@ def main() -> None:
         default=None,
         help="JSON file (default: benchmarks/results/armt_speed-<config>-<device>.json)",
     )
+    parser.add_argument(
+        "--no-paired",
+        dest="paired",
+        action="store_false",
+        help="skip the paired timing (sequential and diagonal alternately in one process, the ratio to trust on "
+        "a shared machine)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -309,6 +355,11 @@ def main() -> None:
                 status = row[method]["status"]
                 shown = f"{row[method]['time_s']:.2f} s" if status == "ok" else status
                 print(f"  {length:>7} {method:<10} {shown}", flush=True)
+            if args.paired and {"sequential", "diagonal"} <= set(args.methods):
+                row["paired"] = measure(args, "paired", length, os.path.join(tmp, f"paired-{length}.pt"))
+                shown = row["paired"].get("diagonal_over_sequential")
+                print(f"  {length:>7} paired     diag/seq {shown:.3f}" if shown else f"  {length:>7} paired     "
+                      f"{row['paired']['status']}", flush=True)  # fmt: skip
             if all(row.get(m, {}).get("status") == "ok" for m in ("sequential", "diagonal")):
                 row["logits_error"] = logits_error(
                     torch.load(os.path.join(tmp, f"diagonal-{length}.pt")),
@@ -334,6 +385,8 @@ def compute_ratios(rows: list[dict]) -> list[dict]:
     for row in rows:
         ratio: dict = {"length": row["length"]}
         full, seq, diag = (_time(row, m) for m in METHODS)
+        if row.get("paired", {}).get("status") == "ok":
+            ratio["diagonal_over_sequential_paired"] = row["paired"]["diagonal_over_sequential"]
         if seq and diag:
             ratio["diagonal_over_sequential"] = diag / seq
             # Process CPU time too: on a shared machine it is less disturbed by other processes than wall time.
@@ -351,7 +404,8 @@ def compute_ratios(rows: list[dict]) -> list[dict]:
 def print_table(rows: list[dict], ratios: list[dict], cuda: bool) -> None:
     memory = "peak MiB (allocated)" if cuda else "peak RSS MiB (+ added by the run)"
     header = [
-        *("length", "full s", "seq s", "diag s", "diag/seq", "(cpu t)", "full/diag", "seq/tok", "diag/tok", "logit err")
+        *("length", "full s", "seq s", "diag s", "diag/seq", "(cpu t)", "(paired)", "full/diag", "seq/tok", "diag/tok"),
+        "logit err",
     ]
     print("\n" + " | ".join(f"{h:>9}" for h in header) + f" | {memory}: full / seq / diag")
 
@@ -374,6 +428,7 @@ def print_table(rows: list[dict], ratios: list[dict], cuda: bool) -> None:
         cells += [
             fmt(ratio.get("diagonal_over_sequential"), ".3f"),
             fmt(ratio.get("diagonal_over_sequential_cpu_time"), ".3f"),
+            fmt(ratio.get("diagonal_over_sequential_paired"), ".3f"),
             fmt(ratio.get("full_over_diagonal"), ".2f"),
             fmt(ratio.get("sequential_per_token_vs_first"), ".2f"),
             fmt(ratio.get("diagonal_per_token_vs_first"), ".2f"),

@@ -39,7 +39,7 @@ def run_point(kind: str, pairs: int, args: argparse.Namespace) -> dict:
     model = memory_model(backbone, config)
     train_config = TrainConfig(
         steps=args.steps,
-        batch_size=32,
+        batch_size=args.batch_size,
         learning_rate=args.lr,
         warmup_steps=50,
         eval_every=args.steps,
@@ -48,10 +48,12 @@ def run_point(kind: str, pairs: int, args: argparse.Namespace) -> dict:
     )
     source = TaskSource(task, seed=args.seed)
     started = time.time()
-    train(model, source, train_config, Path(args.output) / f"{kind}-{pairs}")
+    history = train(model, source, train_config, Path(args.output) / f"{kind}-{pairs}")
     scores = evaluate(model, source, batches=4, batch_size=128)
     segments = -(-task.sequence_length // segment_size)
-    return {"kind": kind, "pairs": pairs, "segments": segments, "seconds": round(time.time() - started, 1), **scores}
+    final_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
+    seconds = round(time.time() - started, 1)
+    return {"kind": kind, "pairs": pairs, "segments": segments, "seconds": seconds, "final_loss": final_loss, **scores}
 
 
 def main() -> None:
@@ -62,6 +64,8 @@ def main() -> None:
     parser.add_argument("--d-mem", type=int, default=16)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--kinds", nargs="+", default=["armt", "rmt"], choices=["armt", "rmt"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/capacity")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
@@ -72,7 +76,7 @@ def main() -> None:
 
     rows = []
     for pairs in args.pairs:
-        for kind in ("armt", "rmt"):
+        for kind in args.kinds:
             row = run_point(kind, pairs, args)
             rows.append(row)
             print(
@@ -83,17 +87,15 @@ def main() -> None:
 
     lines = [
         f"Associative retrieval, {args.memory_tokens} memory tokens, {args.pairs_per_segment} pairs per segment, "
-        f"{args.steps} steps (chance 0.10)",
+        f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, d_mem {args.d_mem} (chance 0.10)",
         "",
-        "| pairs | segments | ARMT | RMT |",
-        "|---|---|---|---|",
+        "| pairs | segments | " + " | ".join(k.upper() for k in args.kinds) + " |",
+        "|---|---|" + "---|" * len(args.kinds),
     ]
     for pairs in args.pairs:
         by_kind = {r["kind"]: r for r in rows if r["pairs"] == pairs}
-        lines.append(
-            f"| {pairs} | {by_kind['armt']['segments']} | {by_kind['armt']['accuracy']:.3f} | "
-            f"{by_kind['rmt']['accuracy']:.3f} |"
-        )
+        scores = " | ".join(f"{by_kind[k]['accuracy']:.3f}" for k in args.kinds)
+        lines.append(f"| {pairs} | {by_kind[args.kinds[0]]['segments']} | {scores} |")
     table = "\n".join(lines)
     print("\n" + table)
     (Path(args.output) / "capacity.md").write_text(table + "\n")
