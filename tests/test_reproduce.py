@@ -63,3 +63,13 @@ def test_processes_sharing_an_output_folder_keep_each_others_cells(reproduce, tm
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]
     assert set(cells) == {"copy:3:rmt", "copy:3:no_memory"}
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_extrapolation_cell_reports_every_seed_and_selects_on_the_trained_length(reproduce, tmp_path):
+    cell = reproduce.Cell("detect_memorize", 2, "rmt")
+    record = reproduce.run_cell(cell, tmp_path, progress=False, steps=2, seeds=2, eval_samples=32)
+    assert set(record["seeds"]) == {"0", "1"} and set(record["seeds"]["0"]) == {"2", "4", "8", "16"}
+    best = max(record["seeds"], key=lambda s: record["seeds"][s]["2"])
+    assert record["selected_seed"] == int(best) and record["extrapolation"] == record["seeds"][best]
+    table = reproduce.format_table({"cells": {cell.key: record}})
+    assert "| seed 0" in table and "| seed 1" in table and "selected" in table
