@@ -24,8 +24,9 @@ Exactness: the same arithmetic as the sequential model up to the order of floati
 Speed: grouping pays off on a GPU. On a CPU a stacked matmul over many layers has a larger working set than one
 layer's and loses cache locality: measured on a shared 2-core machine, one grouped call per step ran 0.93-1.2x the
 sequential time (slowest with few segments), `group_size=1` (the layers of a step one by one, memory reads and writes
-still batched over the diagonal) 0.81-0.96x, so the default `group_size="auto"` picks 1 on a CPU and the whole
-diagonal elsewhere. See benchmarks/armt_speed.py.
+still batched over the diagonal) 0.81-1.0x in separate runs and 0.96-1.08x timed alternately with sequential in one
+process (the in-flight segments' activations compete for cache with a job on the other core), so the default
+`group_size="auto"` picks 1 on a CPU and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
 """
 
 from __future__ import annotations
