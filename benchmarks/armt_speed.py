@@ -229,8 +229,11 @@ def measure(args: argparse.Namespace, method: str, length: int, logits_path: str
 
 
 def _group_size(text: str) -> int | str | None:
-    if text in ("auto", "all"):
-        return None if text == "all" else text
+    """--group-size: 'auto', 'all' (None: the whole diagonal) or an integer >= 1."""
+    if text == "auto":
+        return text
+    if text == "all":
+        return None
     try:
         value = int(text)
     except ValueError as err:

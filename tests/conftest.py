@@ -33,6 +33,17 @@ def tiny_encoder(num_labels: int = 3, hidden: int = 32, layers: int = 2, positio
     return random_backbone("bert", 128, layers, hidden, 4, positions, num_labels=num_labels).eval()
 
 
+def strengthen_memory(model):
+    """Random associative-memory projections strong enough that memory visibly changes an ARMT's logits (the
+    untrained W_v = 0 would make most checks vacuous). Returns the model."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.w_q.normal_(0, 1.0)
+        model.w_k.normal_(0, 1.0)
+        model.w_v.normal_(0, 0.5)
+    return model
+
+
 @pytest.fixture(params=["gpt2", "llama", "gpt_neox"])
 def decoder_family(request) -> str:
     return request.param

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_decoder
+from conftest import VOCAB, strengthen_memory, tiny_decoder
 
 from rmt import RMTConfig
 from rmt.memory.armt import ARMTForCausalLM
@@ -20,13 +20,7 @@ def armt(family: str = "llama", trained: bool = True, **overrides) -> ARMTForCau
     (the untrained W_v = 0 would make most checks vacuous)."""
     config = RMTConfig(memory_kind="armt", num_memory_tokens=MEM, segment_size=SEG, d_mem=4, **overrides)
     model = ARMTForCausalLM(tiny_decoder(family), config).eval()
-    if trained:
-        torch.manual_seed(1)
-        with torch.no_grad():
-            model.w_q.normal_(0, 1.0)
-            model.w_k.normal_(0, 1.0)
-            model.w_v.normal_(0, 0.5)
-    return model
+    return strengthen_memory(model) if trained else model
 
 
 def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:

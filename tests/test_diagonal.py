@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_decoder
+from conftest import VOCAB, strengthen_memory, tiny_decoder
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from rmt import RMTConfig
@@ -21,13 +21,7 @@ SEG, MEM = 8, 4
 def armt(backbone: torch.nn.Module, segment_size: int = SEG, memory: int = MEM, d_mem: int = 4) -> ARMTForCausalLM:
     """ARMT with random memory weights strong enough that memory visibly changes the logits."""
     config = RMTConfig(memory_kind="armt", num_memory_tokens=memory, segment_size=segment_size, d_mem=d_mem)
-    model = ARMTForCausalLM(backbone, config).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.w_q.normal_(0, 1.0)
-        model.w_k.normal_(0, 1.0)
-        model.w_v.normal_(0, 0.5)
-    return model
+    return strengthen_memory(ARMTForCausalLM(backbone, config).eval())
 
 
 def _ids(batch: int, length: int, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:
