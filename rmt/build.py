@@ -44,17 +44,24 @@ def random_backbone(
     seed: int = 0,
     num_kv_heads: int | None = None,
     pad_token_id: int | None = None,
+    init_std: float | None = None,
 ) -> PreTrainedModel:
     """A randomly initialised HF model of `family` (decoders: causal LM; 'bert': sequence classifier).
     `num_kv_heads` (llama only) gives grouped-query attention; default: as many as attention heads.
     `pad_token_id`: HF zeroes that token's embedding row and never updates it (`padding_idx`), so it must be the
-    task's padding token or None (default), never a token the task uses (e.g. 0, a digit in every task here)."""
+    task's padding token or None (default), never a token the task uses (e.g. 0, a digit in every task here).
+    `init_std`: std of the initial weights (HF's `initializer_range`, default 0.02, sized for widths of hundreds;
+    ~1/sqrt(hidden_size) lets a tiny model leave the plateau before in-context key-value binding much sooner)."""
     if family not in RANDOM_FAMILIES:
         raise ValueError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
     torch.manual_seed(seed)
+    if init_std is not None and not init_std > 0:
+        raise ValueError(f"init_std must be > 0, got {init_std!r}")
     common = {"vocab_size": vocab_size, "bos_token_id": None, "eos_token_id": None, "pad_token_id": pad_token_id}
+    if init_std is not None:
+        common["initializer_range"] = init_std
     if family == "gpt2":
         config = GPT2Config(
             n_embd=hidden_size,
@@ -98,6 +105,7 @@ def random_backbone(
         max_position_embeddings=max_positions,
         num_labels=num_labels,
         pad_token_id=pad_token_id,
+        initializer_range=common.get("initializer_range", 0.02),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )

@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/capacity.py: a 2-step run of every model kind writes the table and the JSON."""
+"""Smoke test of benchmarks/capacity.py: a 2-step run of every model kind, after a 2-step in-context warm-up,
+writes the table and the JSON."""
 
 from __future__ import annotations
 
@@ -14,13 +15,29 @@ def test_capacity_smoke_run(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("capacity", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    argv = ["capacity.py", "--pairs", "2", "4", "--steps", "2", "--kinds", "armt", "rmt", "context"]
+    argv = [
+        "capacity.py",
+        "--pairs",
+        "2",
+        "4",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--kinds",
+        "armt",
+        "rmt",
+        "context",
+    ]
     monkeypatch.setattr(sys, "argv", [*argv, "--output", str(tmp_path)])
     module.main()
-    rows = json.loads((tmp_path / "capacity.json").read_text())["rows"]
+    record = json.loads((tmp_path / "capacity.json").read_text())
+    rows = record["rows"]
+    assert set(record["warmups"]) == {"2", "4"}
+    assert all(0.0 <= w["in_context_accuracy"] <= 1.0 for w in record["warmups"].values())
     assert {(r["kind"], r["pairs"]) for r in rows} == {(k, p) for k in ("armt", "rmt", "context") for p in (2, 4)}
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     segments = {(r["kind"], r["pairs"]): r["segments"] for r in rows}
     assert segments[("armt", 4)] == 3 and segments[("context", 4)] == 1  # 4 pairs + query: 3 segments of 4 tokens
     table = (tmp_path / "capacity.md").read_text()
-    assert "| 4 | 3 |" in table and "ARMT" in table and "in context" in table
+    assert "| 4 | 3 |" in table and "ARMT" in table and "in context" in table and "warmed up" in table

@@ -3,6 +3,7 @@ results.json, the Markdown table and the plots; cell parsing and the model kinds
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -73,3 +74,16 @@ def test_extrapolation_cell_reports_every_seed_and_selects_on_the_trained_length
     assert record["selected_seed"] == int(best) and record["extrapolation"] == record["seeds"][best]
     table = reproduce.format_table({"cells": {cell.key: record}})
     assert "| seed 0" in table and "| seed 1" in table and "selected" in table
+
+
+def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(reproduce, tmp_path):
+    setup = reproduce.TASKS["associative_retrieval"]
+    cell = reproduce.parse_cell("associative_retrieval:3:rmt")
+    few = dataclasses.replace(setup.pretraining, steps=3)
+    record = reproduce.run_cell(cell, tmp_path, progress=False, steps=2, batch_size=8, eval_samples=32, pretraining=few)
+    warmup = record["pretraining"]
+    assert warmup["steps"] == 3 and warmup["sequence_length"] == 25  # 4 pairs, QUERY, 8 queried pairs
+    assert 0.0 <= warmup["in_context_accuracy"] <= 1.0 and record["model"]["init_std"] == 0.1
+    assert (tmp_path / "cells" / "associative_retrieval-3-rmt" / "pretraining" / "metrics.jsonl").exists()
+    table = reproduce.format_table({"cells": {cell.key: record}})
+    assert "warmed up in context" in table and "| associative_retrieval:3:rmt |" in table

@@ -107,15 +107,35 @@ def test_reverse_target_is_reversed():
 
 def test_associative_retrieval_format():
     task = AssociativeRetrievalTask(num_pairs=4)
-    ids = task.batch(256, seed=0).input_ids
-    assert ids.shape[1] == 12 and task.answer_start == 11
+    batch = task.batch(256, seed=0)
+    ids = batch.input_ids
+    assert ids.shape[1] == 11 and task.answer_start == 10 and task.answer_length == 1
     for row in ids.tolist():
         keys, values = row[0:8:2], row[1:8:2]
         assert len(set(keys)) == 4 and all(task.key_offset <= k < task.query_token_id for k in keys)
         assert all(v < task.num_values for v in values)
-        assert row[8] == task.query_token_id and row[10] == task.answer_token_id
-        assert row[11] == dict(zip(keys, values, strict=True))[row[9]]
-    assert re.fullmatch(r"([a-z]\d){4}\?[a-z]=\d", task.decode(ids[0]))
+        assert row[8] == task.query_token_id  # the value follows the query key directly, as in the paper
+        assert row[10] == dict(zip(keys, values, strict=True))[row[9]]
+    assert bool((batch.labels[:, :10] == -100).all()) and torch.equal(batch.labels[:, 10], ids[:, 10])
+    assert re.fullmatch(r"([a-z]\d){4}\?[a-z]\d", task.decode(ids[0]))
+
+
+def test_associative_retrieval_multi_query_scores_only_the_values():
+    task = AssociativeRetrievalTask(num_pairs=4, num_queries=3)
+    batch = task.batch(64, seed=1)
+    ids, labels = batch.input_ids, batch.labels
+    assert ids.shape[1] == task.sequence_length == 15 and task.answer_start == 10 and task.answer_length == 5
+    for row, row_labels in zip(ids.tolist(), labels.tolist(), strict=True):
+        table = dict(zip(row[0:8:2], row[1:8:2], strict=True))
+        asked = row[9:15:2]
+        assert all(key in table for key in asked)
+        assert row[10:15:2] == [table[key] for key in asked]
+        assert [i for i, label in enumerate(row_labels) if label != -100] == [10, 12, 14]
+    assert re.fullmatch(r"([a-z]\d){4}\?([a-z]\d){3}", task.decode(ids[0]))
+    # the same seed gives the same key-value tables whatever the number of queries
+    assert torch.equal(AssociativeRetrievalTask(num_pairs=4).batch(64, seed=1).input_ids[:, :9], ids[:, :9])
+    with pytest.raises(ValueError, match="num_queries"):
+        AssociativeRetrievalTask(num_queries=0)
 
 
 def test_associative_retrieval_capacity():

@@ -15,7 +15,8 @@ source, then the target, in one fixed-length sequence; `labels` equal `input_ids
 Formats, as `decode` renders them:
   copy                   "3141>31413141"  L symbols, START, the L symbols twice         N = 3L+1
   reverse                "3141>1413"      L symbols, START, the L symbols reversed      N = 2L+1
-  associative_retrieval  "a1b2c3d4?c=3"   n (key, value) pairs, QUERY, key, ANSWER, value    N = 2n+4
+  associative_retrieval  "a1b2c3d4?c3"    n (key, value) pairs, QUERY, a key, its value      N = 2n+3
+                         (num_queries=q > 1: "a1b2c3d4?c3a1c3", q queried pairs, N = 2n+1+2q)
   quadratic              "   3x^2+6x-9=0|x^2+2x-3=0;D=4+12=16;sqrtD=4;x1=(-2-4)/2=-3,x2=(-2+4)/2=1$"
                          equation right-aligned in a fixed field of blanks, START, solution, END, PAD
   detect_memorize        "kq!3zx...?3"    noise, FACT marker + fact anywhere, QUESTION, fact
@@ -91,10 +92,16 @@ class Task(ABC):
         input_ids = self._sample(batch_size, g)  # [B, N]
         attention_mask = (input_ids != self.pad_token_id).long()
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        start, end = self.answer_start, self.answer_start + self.answer_length
-        labels[:, start:end] = input_ids[:, start:end]
+        scored = self.scored_positions()
+        labels[:, scored] = input_ids[:, scored]
         labels[attention_mask == 0] = IGNORE_INDEX
-        return TaskBatch(input_ids, labels, attention_mask, start)
+        return TaskBatch(input_ids, labels, attention_mask, self.answer_start)
+
+    def scored_positions(self) -> torch.BoolTensor:
+        """[N] True at the positions that carry labels: the answer span, unless a task scores only part of it."""
+        scored = torch.zeros(self.sequence_length, dtype=torch.bool)
+        scored[self.answer_start : self.answer_start + self.answer_length] = True
+        return scored
 
     def decode(self, ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]]) -> str:
         """Render token ids as text, padding dropped; a [B, N] input gives one line per sample.
@@ -185,15 +192,21 @@ class ReverseTask(_SymbolTask):
 
 @dataclass
 class AssociativeRetrievalTask(Task):
-    """num_pairs (key, value) pairs with distinct keys, QUERY, one of the keys, ANSWER, its value.
+    """num_pairs (key, value) pairs with distinct keys, QUERY, one of the keys, its value (the value is predicted
+    at the query key, as in the paper: no answer marker in between).
+
+    num_queries > 1 asks that many keys (drawn with replacement) after the QUERY marker, each followed by its value,
+    and scores every value but not the keys: multi-query associative recall, whose denser signal lets a small
+    backbone learn in-context key-value binding that the one-query task alone does not teach it at CPU budgets.
 
     Keys come from an alphabet of num_keys tokens (default 26, shown as letters a-z; a larger alphabet,
     shown as '<k{i}>' tokens, allows more pairs), values from num_values tokens (default 10 digits).
-    num_pairs > num_keys raises ValueError. Token ids: values, keys, QUERY, ANSWER, PAD."""
+    num_pairs > num_keys raises ValueError. Token ids: values, keys, QUERY, PAD."""
 
     num_pairs: int = 4
     num_keys: int = 26
     num_values: int = 10
+    num_queries: int = 1
     name = "associative_retrieval"
 
     def __post_init__(self) -> None:
@@ -204,37 +217,40 @@ class AssociativeRetrievalTask(Task):
                 f"num_pairs={self.num_pairs} needs that many distinct keys: raise num_keys ({self.num_keys})"
             )
         _check_int("num_pairs", self.num_pairs, 1)
+        _check_int("num_queries", self.num_queries, 1)
         self.key_offset = self.num_values
         self.query_token_id = self.num_values + self.num_keys
-        self.answer_token_id = self.query_token_id + 1
-        self.pad_token_id = self.query_token_id + 2
-        self.vocab_size = self.query_token_id + 3
+        self.pad_token_id = self.query_token_id + 1
+        self.vocab_size = self.query_token_id + 2
         self.tokens = (
-            _names(self.num_values, string.digits, "v")
-            + _names(self.num_keys, string.ascii_lowercase, "k")
-            + ["?", "=", ""]
+            _names(self.num_values, string.digits, "v") + _names(self.num_keys, string.ascii_lowercase, "k") + ["?", ""]
         )
 
     @property
     def sequence_length(self) -> int:
-        return 2 * self.num_pairs + 4
+        return 2 * self.num_pairs + 1 + 2 * self.num_queries
 
     @property
     def answer_length(self) -> int:
-        return 1
+        return 2 * self.num_queries - 1  # first value .. last value; the keys in between are not scored
 
     @property
     def answer_start(self) -> int:
-        return 2 * self.num_pairs + 3
+        return 2 * self.num_pairs + 2
+
+    def scored_positions(self) -> torch.BoolTensor:
+        scored = torch.zeros(self.sequence_length, dtype=torch.bool)
+        scored[self.answer_start :: 2] = True  # the values; the queried keys sit between them
+        return scored
 
     def _sample(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         b, n = batch_size, self.num_pairs
         keys = torch.rand(b, self.num_keys, generator=g).argsort(dim=1)[:, :n] + self.key_offset  # [B, n]
         values = torch.randint(self.num_values, (b, n), generator=g)  # [B, n]
-        query = torch.randint(n, (b, 1), generator=g)  # [B, 1]
+        query = torch.randint(n, (b, self.num_queries), generator=g)  # [B, q]
         pairs = torch.stack([keys, values], dim=2).reshape(b, 2 * n)  # k1 v1 k2 v2 ...
-        q_tok, a_tok = torch.full((b, 1), self.query_token_id), torch.full((b, 1), self.answer_token_id)
-        return torch.cat([pairs, q_tok, keys.gather(1, query), a_tok, values.gather(1, query)], dim=1)
+        asked = torch.stack([keys.gather(1, query), values.gather(1, query)], dim=2).reshape(b, 2 * self.num_queries)
+        return torch.cat([pairs, torch.full((b, 1), self.query_token_id), asked], dim=1)
 
 
 # ----------------------------------------------------------------------------- quadratic equations

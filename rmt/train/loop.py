@@ -29,6 +29,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from rmt.build import memory_model
+from rmt.config import RMTConfig
 from rmt.data.tasks import Task, TaskBatch, answer_accuracy
 from rmt.memory.recurrent import RecurrentMemoryModel, replace_dir
 from rmt.train.schedules import curriculum_segments, learning_rate_factor
@@ -230,6 +232,21 @@ def train(
     if writer is not None:
         writer.close()
     return history
+
+
+def train_in_context(
+    backbone: torch.nn.Module,
+    task: Task,
+    config: TrainConfig,
+    output_dir: str | os.PathLike,
+    description: str = "in-context",
+) -> list[dict[str, Any]]:
+    """Train a bare decoder `backbone` on `task` with every sample in one attention window (no memory, one segment):
+    a warm-up that gives a small random backbone an in-context skill (e.g. key-value binding, through multi-query
+    associative retrieval) before a memory model learns to carry it across segments. The backbone is updated in
+    place; returns the logged records, as `train` does."""
+    window = memory_model(backbone, RMTConfig(num_memory_tokens=0, segment_size=task.sequence_length))
+    return train(window, TaskSource(task, seed=config.seed), config, output_dir, description=description)
 
 
 def save_checkpoint(
