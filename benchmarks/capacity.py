@@ -51,6 +51,7 @@ def warm_up(pairs: int, args: argparse.Namespace) -> tuple[torch.nn.Module, dict
         steps=args.warmup_steps,
         learning_rate=1e-3,
         weight_decay=0.0,
+        min_lr_factor=1.0,  # constant: binding appears in a jump after a plateau, which a decayed rate delays
         warmup_steps=50,
         eval_every=args.warmup_steps,
         checkpoint_every=0,
