@@ -1,7 +1,7 @@
 """Memory capacity (the ARMT paper's associative-retrieval experiment): accuracy vs number of key-value pairs
 stored across segments, ARMT vs RMT with the same number of memory tokens.
 
-Run:  python benchmarks/capacity.py [--pairs 2 4 8] [--kinds armt rmt context] [--steps 2000] [--output DIR]
+Run:  python benchmarks/capacity.py [--pairs 2 4 8] [--kinds armt rmt context] [--seeds 0 1] [--output DIR]
 
 Each point trains a 2-layer Llama-shaped model (width 64) on associative retrieval with N pairs, cut into segments
 of `--pairs-per-segment` pairs, so the pairs are spread over several segments and the query arrives in a later
@@ -14,6 +14,10 @@ each N, the bare backbone (initial weight std `--init-std`) is first trained in 
 (the same N pairs, `--warmup-queries` queries per sample) for `--warmup-steps` steps, and every kind starts from a
 copy of that backbone. `--kinds ... context` adds the in-context ceiling: the warmed-up backbone trained further
 without memory, the whole sample in one segment. `--warmup-steps 0` runs without the warm-up.
+
+Training at this size jumps from plateaus at a seed-dependent step, so one seed per point can mislead: `--seeds 0 1`
+runs each point once per seed and the table gives the mean with every seed's value. Points are saved as they finish;
+a later run into the same --output with the same settings keeps them and runs only what is missing (e.g. add a seed).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,13 +42,19 @@ from rmt.train.loop import TaskSource, TrainConfig, evaluate, train, train_in_co
 LABELS = {"armt": "ARMT", "rmt": "RMT", "context": "in context (no memory, 1 segment)"}
 
 
-def warm_up(pairs: int, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
+def warm_up(pairs: int, seed: int, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     """A backbone for N pairs, trained in context on multi-query retrieval unless --warmup-steps is 0."""
     task = retrieval_task(pairs)
     warmup_task = retrieval_task(pairs, num_queries=args.warmup_queries)
     positions = max(warmup_task.sequence_length, 2 * args.pairs_per_segment + 2 * args.memory_tokens)
     backbone = random_backbone(
-        "llama", task.vocab_size, num_layers=2, hidden_size=64, max_positions=positions, init_std=args.init_std
+        "llama",
+        task.vocab_size,
+        num_layers=2,
+        hidden_size=64,
+        max_positions=positions,
+        seed=seed,
+        init_std=args.init_std,
     )
     if args.warmup_steps == 0:
         return backbone, {}
@@ -55,13 +66,13 @@ def warm_up(pairs: int, args: argparse.Namespace) -> tuple[torch.nn.Module, dict
         warmup_steps=50,
         eval_every=args.warmup_steps,
         checkpoint_every=0,
-        seed=args.seed,
+        seed=seed,
         progress=False,
     )
     started = time.time()
-    train_in_context(backbone, warmup_task, config, Path(args.output) / f"warmup-{pairs}")
+    train_in_context(backbone, warmup_task, config, Path(args.output) / f"warmup-{pairs}-seed{seed}")
     window = memory_model(backbone, RMTConfig(num_memory_tokens=0, segment_size=task.sequence_length))
-    in_context = evaluate(window, TaskSource(task, seed=args.seed), batches=4, batch_size=128)["accuracy"]
+    in_context = evaluate(window, TaskSource(task, seed=seed), batches=4, batch_size=128)["accuracy"]
     return backbone, {"seconds": round(time.time() - started, 1), "in_context_accuracy": in_context}
 
 
@@ -69,7 +80,7 @@ def retrieval_task(pairs: int, num_queries: int = 1) -> AssociativeRetrievalTask
     return AssociativeRetrievalTask(num_pairs=pairs, num_keys=max(26, pairs), num_queries=num_queries)
 
 
-def run_point(kind: str, pairs: int, backbone: torch.nn.Module, args: argparse.Namespace) -> dict:
+def run_point(kind: str, pairs: int, seed: int, backbone: torch.nn.Module, args: argparse.Namespace) -> dict:
     """Train `kind` on N pairs from a copy of `backbone` (so every kind starts from the same weights)."""
     task = retrieval_task(pairs)
     if kind == "context":  # no memory, one segment holding the whole sample
@@ -88,17 +99,86 @@ def run_point(kind: str, pairs: int, backbone: torch.nn.Module, args: argparse.N
         warmup_steps=50,
         eval_every=args.steps,
         checkpoint_every=0,
-        seed=args.seed,
+        seed=seed,
         progress=False,
     )
-    source = TaskSource(task, seed=args.seed)
+    source = TaskSource(task, seed=seed)
     started = time.time()
-    history = train(model, source, train_config, Path(args.output) / f"{kind}-{pairs}")
+    history = train(model, source, train_config, Path(args.output) / f"{kind}-{pairs}-seed{seed}")
     scores = evaluate(model, source, batches=4, batch_size=128)
     segments = -(-task.sequence_length // segment_size)
     final_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
     seconds = round(time.time() - started, 1)
-    return {"kind": kind, "pairs": pairs, "segments": segments, "seconds": seconds, "final_loss": final_loss, **scores}
+    row = {"kind": kind, "pairs": pairs, "seed": seed, "segments": segments, "seconds": seconds}
+    return {**row, "final_loss": final_loss, **scores}
+
+
+# Arguments that change a point's result: saved points are reused only when these match.
+SETTINGS = (
+    "pairs_per_segment",
+    "memory_tokens",
+    "d_mem",
+    "steps",
+    "lr",
+    "batch_size",
+    "warmup_steps",
+    "warmup_queries",
+    "init_std",
+)
+
+
+def load_points(path: Path, args: argparse.Namespace) -> tuple[list[dict], dict[str, dict]]:
+    """Rows and warm-ups saved in `path` by an earlier run with the same settings (none otherwise). Files written
+    before --seeds existed have one seed, args["seed"], and warm-ups keyed by the number of pairs alone."""
+    if not path.exists():
+        return [], {}
+    saved = json.loads(path.read_text())
+    if any(saved["args"].get(name) != getattr(args, name) for name in SETTINGS):
+        print(f"{path}: saved with other settings, not reused", flush=True)
+        return [], {}
+    default_seed = saved["args"].get("seed", 0)
+    rows = [{**row, "seed": row.get("seed", default_seed)} for row in saved["rows"]]
+    warmups = {key if ":" in key else f"{key}:{default_seed}": value for key, value in saved["warmups"].items()}
+    return rows, warmups
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` whole, so a crash never leaves a half-written file (and earlier points stay on disk)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def format_table(args: argparse.Namespace, rows: list[dict], warmups: dict[str, dict]) -> str:
+    """Markdown: accuracy per (pairs, kind), the mean over seeds with each seed's value in brackets."""
+    warmup = (
+        f"backbone warmed up in context for {args.warmup_steps} steps ({args.warmup_queries} queries per sample)"
+        if args.warmup_steps
+        else "no warm-up"
+    )
+    lines = [
+        f"Associative retrieval, {args.memory_tokens} memory tokens, {args.pairs_per_segment} pairs per segment, "
+        f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, d_mem {args.d_mem}, initial weight std "
+        f"{args.init_std}, {warmup}; seeds {', '.join(map(str, args.seeds))} (chance 0.10)",
+        "",
+        "| pairs | segments | after warm-up, in one window | " + " | ".join(LABELS[k] for k in args.kinds) + " |",
+        "|---|---|---|" + "---|" * len(args.kinds),
+    ]
+    for pairs in args.pairs:
+        cells = []
+        for kind in args.kinds:
+            scores = [
+                r["accuracy"] for r in rows if (r["kind"], r["pairs"]) == (kind, pairs) and r["seed"] in args.seeds
+            ]
+            each = f" ({', '.join(f'{v:.3f}' for v in scores)})" if len(scores) > 1 else ""
+            cells.append(f"{sum(scores) / len(scores):.3f}{each}")
+        segments = next((r["segments"] for r in rows if r["pairs"] == pairs and r["kind"] != "context"), 1)
+        reached = [w["in_context_accuracy"] for seed in args.seeds if (w := warmups.get(f"{pairs}:{seed}"))]
+        warmed = (
+            f"{min(reached):.3f}-{max(reached):.3f}" if len(reached) > 1 else (f"{reached[0]:.3f}" if reached else "-")
+        )
+        lines.append(f"| {pairs} | {segments} | {warmed} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -114,57 +194,42 @@ def main() -> None:
     parser.add_argument("--warmup-queries", type=int, default=8, help="queries per warm-up sample")
     parser.add_argument("--init-std", type=float, default=0.1, help="initial weight std of the backbone")
     parser.add_argument("--kinds", nargs="+", default=["armt", "rmt"], choices=["armt", "rmt", "context"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table averages them")
     parser.add_argument("--output", default="runs/capacity")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    Path(args.output).mkdir(parents=True, exist_ok=True)
-
     if args.warmup_steps < 0:
         parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    torch.set_num_threads(args.threads)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
 
-    rows, warmups = [], {}
-    for pairs in args.pairs:
-        backbone, warmups[pairs] = warm_up(pairs, args)
-        if warmups[pairs]:
-            print(
-                f"warm-up pairs={pairs:<3} in-context accuracy={warmups[pairs]['in_context_accuracy']:.3f}", flush=True
-            )
-        for kind in args.kinds:
-            row = run_point(kind, pairs, backbone, args)
-            rows.append(row)
-            print(
-                f"{kind:<5} pairs={pairs:<3} segments={row['segments']:<3} accuracy={row['accuracy']:.3f} "
-                f"({row['seconds']:.0f}s)",
-                flush=True,
-            )
+    # Points already in the output folder (same settings) are kept and not run again.
+    rows, warmups = load_points(output / "capacity.json", args)
+    for seed in args.seeds:
+        for pairs in args.pairs:
+            done = {r["kind"] for r in rows if (r["pairs"], r["seed"]) == (pairs, seed)}
+            missing = [kind for kind in args.kinds if kind not in done]
+            if not missing:
+                continue
+            backbone, warmups[f"{pairs}:{seed}"] = warm_up(pairs, seed, args)
+            if warmups[f"{pairs}:{seed}"]:
+                accuracy = warmups[f"{pairs}:{seed}"]["in_context_accuracy"]
+                print(f"warm-up pairs={pairs:<3} seed={seed} in-context accuracy={accuracy:.3f}", flush=True)
+            for kind in missing:
+                row = run_point(kind, pairs, seed, backbone, args)
+                rows.append(row)
+                print(
+                    f"{kind:<5} pairs={pairs:<3} seed={seed} segments={row['segments']:<3} "
+                    f"accuracy={row['accuracy']:.3f} ({row['seconds']:.0f}s)",
+                    flush=True,
+                )
+                record = {"args": vars(args), "warmups": warmups, "rows": rows}
+                write_atomically(output / "capacity.json", json.dumps(record, indent=2))
 
-    warmup = (
-        f"backbone warmed up in context for {args.warmup_steps} steps ({args.warmup_queries} queries per sample)"
-        if args.warmup_steps
-        else "no warm-up"
-    )
-    lines = [
-        f"Associative retrieval, {args.memory_tokens} memory tokens, {args.pairs_per_segment} pairs per segment, "
-        f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, d_mem {args.d_mem}, initial weight std "
-        f"{args.init_std}, {warmup} (chance 0.10)",
-        "",
-        "| pairs | segments | after warm-up, in one window | " + " | ".join(LABELS[k] for k in args.kinds) + " |",
-        "|---|---|---|" + "---|" * len(args.kinds),
-    ]
-    for pairs in args.pairs:
-        by_kind = {r["kind"]: r for r in rows if r["pairs"] == pairs}
-        scores = " | ".join(f"{by_kind[k]['accuracy']:.3f}" for k in args.kinds)
-        segments = next((r["segments"] for r in by_kind.values() if r["kind"] != "context"), 1)
-        warmed = f"{warmups[pairs]['in_context_accuracy']:.3f}" if warmups[pairs] else "-"
-        lines.append(f"| {pairs} | {segments} | {warmed} | {scores} |")
-    table = "\n".join(lines)
+    table = format_table(args, rows, warmups)
     print("\n" + table)
-    (Path(args.output) / "capacity.md").write_text(table + "\n")
-    record = {"args": vars(args), "warmups": warmups, "rows": rows}
-    (Path(args.output) / "capacity.json").write_text(json.dumps(record, indent=2))
+    write_atomically(output / "capacity.md", table + "\n")
 
 
 if __name__ == "__main__":

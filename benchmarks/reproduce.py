@@ -32,7 +32,7 @@ everywhere except quadratic (full-answer exact match). Teacher-forced numbers ar
 
 Sizes are CPU-sized, smaller than the paper's (both listed in the table): a Llama-architecture backbone (rotary
 positions, so the Tr-XL cache positions run on without a bound) of 2 layers, width 64, 1000-1600 training steps of
-batch 32 (associative retrieval: 2000-3000 steps of batch 128). Memory size = segment length and cache = one segment,
+batch 32 (associative retrieval: 4000-5000 steps of batch 128). Memory size = segment length and cache = one segment,
 as in the paper's table. With 2 layers a one-segment Tr-XL cache reaches about 2 segments back (each layer's cached
 keys already saw the cache before them), against 4 in the paper's 4-layer model, so our Tr-XL falls off at fewer
 segments than the paper's.
@@ -219,8 +219,8 @@ TASKS: dict[str, TaskSetup] = {
             (3, "rmt"): 0.99,
             (5, "rmt"): 0.97,
         },
-        steps=2000,
-        more_steps={5: 3000},
+        steps=4000,
+        more_steps={5: 5000},
         batch_size=128,
         learning_rate=2e-3,
         init_std=0.1,
