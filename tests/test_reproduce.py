@@ -35,6 +35,11 @@ def test_smoke_run_writes_results_table_and_plots(reproduce, tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| 3 (25) |" in table and "(1.00)" in table and "Runtimes" in table
     assert (tmp_path / "copy.png").stat().st_size > 0
+    (tmp_path / "results.md").unlink()
+    assert reproduce.main(["--report", "--output", str(tmp_path)]) == 0  # rewrites the report, runs nothing
+    assert (tmp_path / "results.md").read_text() == table
+    with pytest.raises(SystemExit, match="results.json is missing"):
+        reproduce.main(["--report", "--output", str(tmp_path / "empty")])
 
 
 def test_cells_and_kinds(reproduce):
