@@ -3,8 +3,8 @@
 
 Every task is a pure function of (config, batch_size, seed): `task.batch(B, seed)` draws from a local
 `torch.Generator`, never the global RNG, so a seed names one exact batch. The layout is decoder-only: the
-source, then the target, in one fixed-length sequence; `labels` equal `input_ids` on the answer tokens and
--100 elsewhere, NOT shifted (the model shifts them, Hugging Face style).
+source, then the target, in one fixed-length sequence; `labels` equal `input_ids` on the answer tokens (the
+positions `task.scored_positions()` marks) and -100 elsewhere, NOT shifted (the model shifts them, Hugging Face style).
 
     from rmt.data import answer_accuracy, make_task
     task = make_task("copy", length=24)
