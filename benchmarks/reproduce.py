@@ -38,8 +38,9 @@ keys already saw the cache before them), against 4 in the paper's 4-layer model,
 segments than the paper's.
 
 Runtime on a shared 2-core CPU with --threads 1: copy:9:rmt about 9 minutes, copy:9:no_memory 4, detect_memorize:8
-(3 seeds) 12; the full grid (34 cells) 115 minutes of cell time. To use both cores, run two processes into the same
---output, each with half of the cells (`--list` prints them); they merge their results: about 75 minutes.
+(3 seeds) 12, an associative retrieval cell 5-23 (warm-up included); the full grid (34 cells) about 200 minutes of
+cell time (measured partly with three processes on the two cores). To use both cores, run two processes into the
+same --output, each with half of the cells (`--list` prints them); they merge their results: under 2 hours.
 
 Output (in --output, default runs/reproduce): results.json (every cell run there so far: single-cell runs
 accumulate, --fresh starts over), results.md (the table next to the published numbers, with runtimes), one PNG per
@@ -233,7 +234,8 @@ TASKS: dict[str, TaskSetup] = {
         paper_model="6 layers, 4 heads, d=64",
         note="5 segments: 5 key-value pairs (13 tokens), as 11 tokens cannot be cut into 5 equal segments; the "
         "last value then shares the query's segment, so no memory scores ~0.28 there (answering that value is right "
-        "for 1 query in 5; 0.2 + 0.8 x 0.1). "
+        "for 1 query in 5; 0.2 + 0.8 x 0.1). RMT at 5 segments (5 pairs through 3 memory tokens) stays on a "
+        "plateau at this budget: 0.37 here, 0.36 with --seed 1. "
         "Trained on the one-query task alone, this backbone never learns to bind a value to its key, even with the "
         "whole sample in one window (0.33-0.45 after up to 17,750 steps: it recalls the values, not which key each "
         "belongs to), so every cell here starts from the same backbone warmed up in context (see Setup). "
