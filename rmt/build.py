@@ -50,8 +50,9 @@ def random_backbone(
     `num_kv_heads` (llama only) gives grouped-query attention; default: as many as attention heads.
     `pad_token_id`: HF zeroes that token's embedding row and never updates it (`padding_idx`), so it must be the
     task's padding token or None (default), never a token the task uses (e.g. 0, a digit in every task here).
-    `init_std`: std of the initial weights (HF's `initializer_range`, default 0.02, sized for widths of hundreds;
-    ~1/sqrt(hidden_size) lets a tiny model leave the plateau before in-context key-value binding much sooner)."""
+    `init_std`: std of the initial weights (HF's `initializer_range`; None keeps HF's 0.02, sized for widths of
+    hundreds). About 1/sqrt(hidden_size) gets a tiny model out of the long plateau before it learns in-context
+    key-value binding (tests/test_train.py)."""
     if family not in RANDOM_FAMILIES:
         raise ValueError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
     if hidden_size % num_heads:
