@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rmt import RMTConfig  # noqa: E402
 from rmt.build import memory_model, random_backbone  # noqa: E402
 from rmt.data.tasks import AssociativeRetrievalTask  # noqa: E402
-from rmt.train.loop import TaskSource, TrainConfig, evaluate, train, train_in_context  # noqa: E402
+from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context  # noqa: E402
 
 LABELS = {"armt": "ARMT", "rmt": "RMT", "context": "in context (no memory, 1 segment)"}
 
@@ -71,8 +71,9 @@ def warm_up(pairs: int, seed: int, args: argparse.Namespace) -> tuple[torch.nn.M
     )
     started = time.time()
     train_in_context(backbone, warmup_task, config, Path(args.output) / f"warmup-{pairs}-seed{seed}")
-    window = memory_model(backbone, RMTConfig(num_memory_tokens=0, segment_size=task.sequence_length))
-    in_context = evaluate(window, TaskSource(task, seed=seed), batches=4, batch_size=128)["accuracy"]
+    in_context = evaluate(one_window(backbone, task), TaskSource(task, seed=seed), batches=4, batch_size=128)[
+        "accuracy"
+    ]
     return backbone, {"seconds": round(time.time() - started, 1), "in_context_accuracy": in_context}
 
 
@@ -84,14 +85,16 @@ def run_point(kind: str, pairs: int, seed: int, backbone: torch.nn.Module, args:
     """Train `kind` on N pairs from a copy of `backbone` (so every kind starts from the same weights)."""
     task = retrieval_task(pairs)
     if kind == "context":  # no memory, one segment holding the whole sample
-        segment_size = task.sequence_length
-        config = RMTConfig(num_memory_tokens=0, segment_size=segment_size)
+        model = one_window(copy.deepcopy(backbone), task)
     else:
-        segment_size = 2 * args.pairs_per_segment
         config = RMTConfig(
-            memory_kind=kind, num_memory_tokens=args.memory_tokens, segment_size=segment_size, d_mem=args.d_mem
+            memory_kind=kind,
+            num_memory_tokens=args.memory_tokens,
+            segment_size=2 * args.pairs_per_segment,
+            d_mem=args.d_mem,
         )
-    model = memory_model(copy.deepcopy(backbone), config)
+        model = memory_model(copy.deepcopy(backbone), config)
+    segment_size = model.config.segment_size
     train_config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,

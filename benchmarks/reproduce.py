@@ -70,7 +70,7 @@ from rmt.build import memory_model, random_backbone  # noqa: E402
 from rmt.config import RMTConfig  # noqa: E402
 from rmt.data.tasks import IGNORE_INDEX, Task, make_task  # noqa: E402
 from rmt.memory.rmt import RMTForCausalLM  # noqa: E402
-from rmt.train.loop import TaskSource, TrainConfig, evaluate, train, train_in_context  # noqa: E402
+from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context  # noqa: E402
 from rmt.train.schedules import linear_curriculum  # noqa: E402
 
 KINDS = ("rmt", "no_memory", "trxl", "memtrxl", "memory_at_start")
@@ -342,9 +342,8 @@ def pretrain_backbone(
     )
     train_in_context(backbone, warmup_task, train_config, output_dir, description="in-context warm-up")
     seconds = time.time() - started
-    window = memory_model(backbone, RMTConfig(num_memory_tokens=0, segment_size=task.sequence_length))
-    batches = max(1, setup.eval_samples // 256)
-    in_context = evaluate(window, TaskSource(task, seed=seed), batches=batches, batch_size=min(256, setup.eval_samples))
+    batches, batch_size = max(1, setup.eval_samples // 256), min(256, setup.eval_samples)
+    in_context = evaluate(one_window(backbone, task), TaskSource(task, seed=seed), batches, batch_size)
     return {
         "description": pretraining.description,
         "sequence_length": warmup_task.sequence_length,

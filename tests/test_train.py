@@ -13,7 +13,7 @@ import torch
 from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
 from rmt.data.tasks import AssociativeRetrievalTask, CopyTask
-from rmt.train.loop import TaskSource, TrainConfig, evaluate, train, train_in_context
+from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context
 from rmt.train.schedules import curriculum_segments, learning_rate_factor, linear_curriculum
 
 
@@ -119,21 +119,17 @@ def test_short_run_learns_copy_across_three_segments(tmp_path):
     assert without["accuracy"] <= 0.45, without  # chance is 0.1; a few tokens are predictable within a segment
 
 
-def _one_window(backbone, task):
-    return memory_model(backbone, RMTConfig(num_memory_tokens=0, segment_size=task.sequence_length))
-
-
 def test_in_context_warm_up_trains_the_backbone_in_place(tmp_path):
     task = CopyTask(length=6)
     backbone = random_backbone("llama", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
     before = {name: p.detach().clone() for name, p in backbone.named_parameters()}
-    untrained = evaluate(_one_window(backbone, task), TaskSource(task), batches=1, batch_size=128)
+    untrained = evaluate(one_window(backbone, task), TaskSource(task), batches=1, batch_size=128)
     config = TrainConfig(steps=150, learning_rate=5e-3, warmup_steps=10, eval_every=150, checkpoint_every=0)
     history = train_in_context(backbone, task, replace(config, progress=False), tmp_path)
     assert any("loss" in record for record in history)
     assert all(not torch.equal(before[name], p) for name, p in backbone.named_parameters())
     # the same backbone object, wrapped afresh, carries what the warm-up taught it
-    trained = evaluate(_one_window(backbone, task), TaskSource(task), batches=1, batch_size=128)
+    trained = evaluate(one_window(backbone, task), TaskSource(task), batches=1, batch_size=128)
     assert untrained["accuracy"] < 0.3 and trained["accuracy"] > 0.9, (untrained, trained)
 
 
@@ -148,5 +144,5 @@ def test_multi_query_warm_up_teaches_key_value_binding(tmp_path):
         steps=2000, eval_every=2000, checkpoint_every=0, weight_decay=0.0, min_lr_factor=1.0, progress=False
     )
     train_in_context(backbone, multi, config, tmp_path)
-    accuracy = evaluate(_one_window(backbone, single), TaskSource(single), batches=2, batch_size=256)["accuracy"]
+    accuracy = evaluate(one_window(backbone, single), TaskSource(single), batches=2, batch_size=256)["accuracy"]
     assert accuracy > 0.9, accuracy

@@ -234,6 +234,12 @@ def train(
     return history
 
 
+def one_window(backbone: torch.nn.Module, task: Task) -> RecurrentMemoryModel:
+    """`backbone` without memory, in one segment as long as `task`'s samples: the plain in-context model, for
+    training (`train_in_context`) and for measuring what a backbone does with every token in its window."""
+    return memory_model(backbone, RMTConfig(num_memory_tokens=0, segment_size=task.sequence_length))
+
+
 def train_in_context(
     backbone: torch.nn.Module,
     task: Task,
@@ -245,8 +251,7 @@ def train_in_context(
     a warm-up that gives a small random backbone an in-context skill (e.g. key-value binding, through multi-query
     associative retrieval) before a memory model learns to carry it across segments. The backbone is updated in
     place; returns the logged records, as `train` does."""
-    window = memory_model(backbone, RMTConfig(num_memory_tokens=0, segment_size=task.sequence_length))
-    return train(window, TaskSource(task, seed=config.seed), config, output_dir, description=description)
+    return train(one_window(backbone, task), TaskSource(task, seed=config.seed), config, output_dir, description)
 
 
 def save_checkpoint(
