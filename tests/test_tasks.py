@@ -138,6 +138,20 @@ def test_associative_retrieval_multi_query_scores_only_the_values():
         AssociativeRetrievalTask(num_queries=0)
 
 
+def test_associative_retrieval_lead_padding_puts_the_query_alone_in_the_last_segment():
+    task = AssociativeRetrievalTask(num_pairs=4, lead_padding=4)
+    batch = task.batch(32, seed=2)
+    ids, labels = batch.input_ids, batch.labels
+    assert task.sequence_length == 15 and task.answer_start == 14 and task.segment_size_for(5) == 3
+    assert bool((ids[:, :4] == task.pad_token_id).all())
+    assert torch.equal(ids[:, 4:], AssociativeRetrievalTask(num_pairs=4).batch(32, seed=2).input_ids)
+    assert bool((ids[:, 12] == task.query_token_id).all())  # the last segment (12..14) is "?", key, value
+    assert [i for i, label in enumerate(labels[0].tolist()) if label != -100] == [14]
+    assert re.fullmatch(r"([a-z]\d){4}\?[a-z]\d", task.decode(ids[0]))  # PAD renders as nothing
+    with pytest.raises(ValueError, match="lead_padding"):
+        AssociativeRetrievalTask(lead_padding=-1)
+
+
 def test_associative_retrieval_capacity():
     with pytest.raises(ValueError, match="num_pairs"):
         AssociativeRetrievalTask(num_pairs=27)

@@ -16,7 +16,8 @@ Formats, as `decode` renders them:
   copy                   "3141>31413141"  L symbols, START, the L symbols twice         N = 3L+1
   reverse                "3141>1413"      L symbols, START, the L symbols reversed      N = 2L+1
   associative_retrieval  "a1b2c3d4?c3"    n (key, value) pairs, QUERY, a key, its value      N = 2n+3
-                         (num_queries=q > 1: "a1b2c3d4?c3a1c3", q queried pairs, N = 2n+1+2q)
+                         (num_queries=q > 1: "a1b2c3d4?c3a1c3", q queried pairs, N = 2n+1+2q;
+                         lead_padding=p: p PAD tokens first, N = p+2n+3)
   quadratic              "   3x^2+6x-9=0|x^2+2x-3=0;D=4+12=16;sqrtD=4;x1=(-2-4)/2=-3,x2=(-2+4)/2=1$"
                          equation right-aligned in a fixed field of blanks, START, solution, END, PAD
   detect_memorize        "kq!3zx...?3"    noise, FACT marker + fact anywhere, QUESTION, fact
@@ -199,6 +200,10 @@ class AssociativeRetrievalTask(Task):
     and scores every value but not the keys: multi-query associative recall, whose denser signal lets a small
     backbone learn in-context key-value binding that the one-query task alone does not teach it at CPU budgets.
 
+    lead_padding PAD tokens (unscored) come first, so that a cut into segments can put the query and its answer
+    alone in the last segment: 4 pairs (11 tokens) cannot be cut into 5 equal segments, but with 4 PADs in front
+    (15 tokens) segments of 3 give "___|_a1|b2c|3d4|?c3", and a model without memory is at chance.
+
     Keys come from an alphabet of num_keys tokens (default 26, shown as letters a-z; a larger alphabet,
     shown as '<k{i}>' tokens, allows more pairs), values from num_values tokens (default 10 digits).
     num_pairs > num_keys raises ValueError. Token ids: values, keys, QUERY, PAD."""
@@ -207,6 +212,7 @@ class AssociativeRetrievalTask(Task):
     num_keys: int = 26
     num_values: int = 10
     num_queries: int = 1
+    lead_padding: int = 0
     name = "associative_retrieval"
 
     def __post_init__(self) -> None:
@@ -218,6 +224,7 @@ class AssociativeRetrievalTask(Task):
             )
         _check_int("num_pairs", self.num_pairs, 1)
         _check_int("num_queries", self.num_queries, 1)
+        _check_int("lead_padding", self.lead_padding, 0)
         self.key_offset = self.num_values
         self.query_token_id = self.num_values + self.num_keys
         self.pad_token_id = self.query_token_id + 1
@@ -228,7 +235,7 @@ class AssociativeRetrievalTask(Task):
 
     @property
     def sequence_length(self) -> int:
-        return 2 * self.num_pairs + 1 + 2 * self.num_queries
+        return self.lead_padding + 2 * self.num_pairs + 1 + 2 * self.num_queries
 
     @property
     def answer_length(self) -> int:
@@ -236,7 +243,7 @@ class AssociativeRetrievalTask(Task):
 
     @property
     def answer_start(self) -> int:
-        return 2 * self.num_pairs + 2
+        return self.lead_padding + 2 * self.num_pairs + 2
 
     def scored_positions(self) -> torch.BoolTensor:
         scored = torch.zeros(self.sequence_length, dtype=torch.bool)
@@ -250,7 +257,8 @@ class AssociativeRetrievalTask(Task):
         query = torch.randint(n, (b, self.num_queries), generator=g)  # [B, q]
         pairs = torch.stack([keys, values], dim=2).reshape(b, 2 * n)  # k1 v1 k2 v2 ...
         asked = torch.stack([keys.gather(1, query), values.gather(1, query)], dim=2).reshape(b, 2 * self.num_queries)
-        return torch.cat([pairs, torch.full((b, 1), self.query_token_id), asked], dim=1)
+        padding = torch.full((b, self.lead_padding), self.pad_token_id)
+        return torch.cat([padding, pairs, torch.full((b, 1), self.query_token_id), asked], dim=1)
 
 
 # ----------------------------------------------------------------------------- quadratic equations
