@@ -29,7 +29,10 @@ before them (model and engine built, warm-up done), so `peak - before` is what t
 Output: a table on stdout and a JSON file (`--output`) with the device name, torch/transformers versions, the model
 config, every measurement, and the ratios: diagonal/sequential time, ARMT time per token at each length relative to
 the first length, full-attention/diagonal time, and the diagonal-vs-sequential error on the last token's logits
-(max abs, max abs relative to the largest logit, and the relative L2 error).
+(max abs, max abs relative to the largest logit, and the relative L2 error). On CPU the sequential run also records
+every segment's time and its drift (median of the last quarter of the segments over the first quarter): per-token
+time compared across lengths mixes in how fast the machine ran in each subprocess, while the drift compares
+segments of one run, so a segment that costs more late in a long sequence shows there.
 """
 
 from __future__ import annotations
@@ -96,12 +99,16 @@ def build_model(args: argparse.Namespace, max_length: int):
     return model
 
 
-def sequential_last_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+def sequential_last_logits(model, input_ids: torch.Tensor, segment_times: list[float] | None = None) -> torch.Tensor:
+    """ARMT segment by segment; segment_times (CPU only: no device sync) collects each segment's wall time."""
     seg = model.config.segment_size
     state = model.initial_state(input_ids.shape[0])
     mask = torch.ones_like(input_ids)
     for start in range(0, input_ids.shape[1], seg):
+        began = time.perf_counter()
         hidden, state = model.encode(input_ids[:, start : start + seg], mask[:, start : start + seg], state)
+        if segment_times is not None:
+            segment_times.append(time.perf_counter() - began)
     return model.adapter.head(hidden[:, -1])  # [B, V]
 
 
@@ -123,7 +130,10 @@ def runner(method: str, model, args: argparse.Namespace):
     elif method == "sequential":
 
         def run(ids: torch.Tensor) -> torch.Tensor:
-            return sequential_last_logits(model, ids)
+            # On CPU, keep the last run's per-segment times: they show whether a segment costs more late in a long
+            # sequence (it should not: each segment's work is the same) or the whole machine ran slower.
+            run.segment_times = [] if args.device == "cpu" else None
+            return sequential_last_logits(model, ids, run.segment_times)
 
     else:
         from rmt.inference import DiagonalARMT
@@ -208,10 +218,22 @@ def worker(spec: dict) -> dict:
         result.update(
             status="ok", time_s=statistics.median(times), times_s=times, cpu_time_s=statistics.median(cpu_times)
         )
+        if getattr(run, "segment_times", None):
+            result["segment_times_s"] = run.segment_times
+            result["segment_drift"] = segment_drift(run.segment_times)
         torch.save(logits.float().cpu(), spec["logits_path"])
     except torch.OutOfMemoryError:
         result["status"] = "oom"
     return result
+
+
+def segment_drift(times: list[float]) -> float | None:
+    """Median time of the last quarter of the segments over the first quarter's (segment 0 excluded: it is the one
+    that pays for lazy initialisation): ~1 when a segment costs the same wherever it sits in the sequence."""
+    quarter = (len(times) - 1) // 4
+    if quarter < 2:
+        return None
+    return statistics.median(times[-quarter:]) / statistics.median(times[1 : 1 + quarter])
 
 
 def measure(args: argparse.Namespace, method: str, length: int, logits_path: str) -> dict:
@@ -396,6 +418,8 @@ def compute_ratios(rows: list[dict]) -> list[dict]:
             ratio["diagonal_over_sequential_cpu_time"] = row["diagonal"]["cpu_time_s"] / row["sequential"]["cpu_time_s"]
         if full and diag:
             ratio["full_over_diagonal"] = full / diag
+        if row.get("sequential", {}).get("segment_drift") is not None:
+            ratio["sequential_segment_drift"] = row["sequential"]["segment_drift"]
         for method in ("sequential", "diagonal"):
             now, first = _time(row, method), _time(base, method)
             if now and first:  # time per token relative to the first length: flat = linear scaling
@@ -408,7 +432,7 @@ def print_table(rows: list[dict], ratios: list[dict], cuda: bool) -> None:
     memory = "peak MiB (allocated)" if cuda else "peak RSS MiB (+ added by the run)"
     header = [
         *("length", "full s", "seq s", "diag s", "diag/seq", "(cpu t)", "(paired)", "full/diag", "seq/tok", "diag/tok"),
-        "logit err",
+        *("seg drift", "logit err"),
     ]
     print("\n" + " | ".join(f"{h:>9}" for h in header) + f" | {memory}: full / seq / diag")
 
@@ -435,6 +459,7 @@ def print_table(rows: list[dict], ratios: list[dict], cuda: bool) -> None:
             fmt(ratio.get("full_over_diagonal"), ".2f"),
             fmt(ratio.get("sequential_per_token_vs_first"), ".2f"),
             fmt(ratio.get("diagonal_per_token_vs_first"), ".2f"),
+            fmt(ratio.get("sequential_segment_drift"), ".2f"),
             fmt(row.get("logits_error", {}).get("max_abs_relative"), ".1e"),
         ]
         print(" | ".join(f"{c:>9}" for c in cells) + " | " + " / ".join(mems))
