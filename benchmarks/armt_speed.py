@@ -10,7 +10,7 @@ For each length N, on one random sequence (batch 1, weights random, seeded ident
 - `sequential`: ARMT segment by segment through `ARMTForCausalLM.encode` (the per-segment code of `forward`, without
   the LM head on every token) and the LM head on the last token;
 - `diagonal`: the diagonal-batching engine (`rmt.inference.DiagonalARMT`, logits="last"; `--group-size` caps the
-  cells per grouped layer call; default "auto": 1 on CPU, where per-layer matmuls keep their cache locality,
+  cells per grouped computation; default "auto": 1 on CPU, where one cell at a time keeps its cache locality,
   the whole diagonal elsewhere). `--full-max-length` skips full attention above a length (on CPU, 128k tokens of
   full attention take hours).
 All three produce the last token's logits, so each pays for the same work: every hidden state, one LM head.

@@ -21,12 +21,13 @@ written once complete), so it equals `ARMTForCausalLM.generate`.
 Exactness: the same arithmetic as the sequential model up to the order of floating-point sums (fp32: logits within
 ~1e-5). Dropout is not applied: run the model in eval mode when comparing.
 
-Speed: grouping pays off on a GPU. On a CPU a stacked matmul over many layers has a larger working set than one
-layer's and loses cache locality: measured on a shared 2-core machine, one grouped call per step ran 0.93-1.2x the
-sequential time (slowest with few segments), `group_size=1` (the layers of a step one by one, memory reads and writes
-still batched over the diagonal) 0.81-1.0x in separate runs and 0.96-1.08x timed alternately with sequential in one
-process (the in-flight segments' activations compete for cache with a job on the other core), so the default
-`group_size="auto"` picks 1 on a CPU and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
+Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than
+one cell's and loses cache locality: measured on a shared 2-core machine, one grouped call per step ran 0.93-1.2x
+the sequential time (slowest with few segments). `group_size=1` runs the cells of a step one at a time, each its own
+memory read, layer and memory write, so a cell's activations stay in cache as in the sequential loop: 0.87-0.98x the
+sequential time in separate runs, 1.02x timed alternately with it in one process (16k tokens, 6 rounds; batching
+the reads and writes over the diagonal instead cost 1.06x there). The default `group_size="auto"` picks 1 on a CPU
+and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ class DiagonalARMT:
     and dtype; it copies the decoder layers' weights into stacked tensors)."""
 
     def __init__(self, model: ARMTForCausalLM, group_size: int | Literal["auto"] | None = "auto") -> None:
-        """group_size: at most this many cells per grouped layer call. None: every cell of the diagonal in one call,
-        the point of the engine on a GPU. On a CPU, stacked matmuls over many layers lose cache locality against
-        per-layer ones, so group_size=1 (the layers of a step one by one, the memory reads and writes still batched
-        over the diagonal) is faster there. "auto" (default): 1 if the model is on the CPU, else None."""
+        """group_size: at most this many cells per grouped computation (memory read, layers, memory write). None:
+        every cell of the diagonal at once, the point of the engine on a GPU. On a CPU a group of many cells loses
+        cache locality against one cell at a time, so group_size=1 is faster there. "auto" (default): 1 if the
+        model is on the CPU, else None."""
         if not isinstance(model, ARMTForCausalLM):
             raise TypeError(f"DiagonalARMT runs an ARMTForCausalLM, got {type(model).__name__}")
         if group_size == "auto":
@@ -116,24 +117,30 @@ class DiagonalARMT:
                 )
                 wave[0] = adapter.add_positions(x, positions)
             lo, hi = layer_range(step, segments, layers)
-            cells = slice(lo, hi)
-            lengths = seg_lengths[step - hi + 1 : step - lo + 1].flip(0)  # [G, B]: layer l works on segment step - l
-            first = ~written[cells]
-            h = associative_read(wave[cells], A[cells], z[cells], w_q[cells], first)  # [G, B, W, D]
-            h = self._layers(h, lo, hi, rope)
-            index = (lengths[..., None] + slots)[..., None].expand(-1, -1, -1, h.shape[-1])  # [G, B, M, D]
-            new_A, new_z = associative_write(
-                h.gather(2, index), A[cells], z[cells], w_k[cells], w_v[cells], w_b[cells], first
-            )
-            if all(full[step - hi + 1 : step - lo + 1]):
-                A[cells], z[cells] = new_A, new_z
-                written[cells] = True
-            else:  # a sample past its last segment keeps its memory
-                active = lengths > 0  # [G, B]
-                A[cells] = torch.where(active[..., None, None], new_A, A[cells])
-                z[cells] = torch.where(active[..., None], new_z, z[cells])
-                written[cells] |= active
-            wave[lo + 1 : hi + 1] = h
+            size = self.group_size or hi - lo
+            # The step's cells in groups of at most `size` layers, each group read -> layers -> write on its own
+            # (on a CPU one cell at a time keeps a cell's activations in cache, as the sequential loop does). The
+            # highest group goes first: a group writes its outputs into the rows the groups above it read.
+            for top in range(hi, lo, -size):
+                bottom = max(top - size, lo)
+                cells = slice(bottom, top)
+                lengths = seg_lengths[step - top + 1 : step - bottom + 1].flip(0)  # [G, B]: layer l on segment step-l
+                first = ~written[cells]
+                h = associative_read(wave[cells], A[cells], z[cells], w_q[cells], first)  # [G, B, W, D]
+                h = self.layers.forward(h, bottom, top, rope)[0]
+                index = (lengths[..., None] + slots)[..., None].expand(-1, -1, -1, h.shape[-1])  # [G, B, M, D]
+                new_A, new_z = associative_write(
+                    h.gather(2, index), A[cells], z[cells], w_k[cells], w_v[cells], w_b[cells], first
+                )
+                if all(full[step - top + 1 : step - bottom + 1]):
+                    A[cells], z[cells] = new_A, new_z
+                    written[cells] = True
+                else:  # a sample past its last segment keeps its memory
+                    active = lengths > 0  # [G, B]
+                    A[cells] = torch.where(active[..., None, None], new_A, A[cells])
+                    z[cells] = torch.where(active[..., None], new_z, z[cells])
+                    written[cells] |= active
+                wave[bottom + 1 : top + 1] = h
 
             if hi == layers:  # segment s has left the last layer
                 s = step - layers + 1
@@ -153,19 +160,6 @@ class DiagonalARMT:
         return RMTOutput(logits=out, memory_state=final_state)
 
     __call__ = forward
-
-    def _layers(
-        self, h: torch.Tensor, lo: int, hi: int, rope: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor:
-        """Layers lo..hi-1 on h [G, B, W, D], in calls of at most `group_size` cells."""
-        size = self.group_size or hi - lo
-        if size >= hi - lo:
-            return self.layers.forward(h, lo, hi, rope)[0]
-        parts = [
-            self.layers.forward(h[a - lo : min(a + size, hi) - lo], a, min(a + size, hi), rope)[0]
-            for a in range(lo, hi, size)
-        ]
-        return torch.cat(parts)
 
     @torch.no_grad()
     def generate(
