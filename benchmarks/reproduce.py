@@ -4,7 +4,7 @@ Run:
     python benchmarks/reproduce.py --list                         # the grid, one cell per line
     python benchmarks/reproduce.py --cells copy:9:rmt,copy:9:trxl   # any cells (TASK:SEGMENTS:KIND)
     python benchmarks/reproduce.py --smoke                        # 2 tiny cells, under 2 minutes
-    python benchmarks/reproduce.py --threads 1                    # the full grid (about 2 hours on one core)
+    python benchmarks/reproduce.py --threads 1                    # the full grid (about 3 hours on one core)
 
 A cell trains one model on one task cut into a number of segments, with `rmt.train.loop.train`, and evaluates it
 on held-out samples. Model kinds, all the same `RMTForCausalLM` with a different `RMTConfig`:
@@ -38,9 +38,10 @@ keys already saw the cache before them), against 4 in the paper's 4-layer model,
 segments than the paper's.
 
 Runtime on a shared 2-core CPU with --threads 1: copy:9:rmt about 9 minutes, copy:9:no_memory 4, detect_memorize:8
-(3 seeds) 12, an associative retrieval cell 5-23 (warm-up included); the full grid (34 cells) about 200 minutes of
-cell time (measured partly with three processes on the two cores). To use both cores, run two processes into the
-same --output, each with half of the cells (`--list` prints them); they merge their results: under 2 hours.
+(3 seeds) 12, an associative retrieval cell 3-17 (warm-up included); the full grid (34 cells) about 175 minutes of
+cell time (measured partly with three processes on the two cores; results.md lists each cell's). To use both
+cores, run two processes into the same --output, each with half of the cells (`--list` prints them); they merge
+their results: under 2 hours.
 
 Output (in --output, default runs/reproduce): results.json (every cell run there so far: single-cell runs
 accumulate, --fresh starts over), results.md (the table next to the published numbers, with runtimes), one PNG per
