@@ -17,7 +17,12 @@ All three produce the last token's logits, so each pays for the same work: every
 
 Each measurement runs in a fresh subprocess (so no allocator cache or earlier peak leaks into the next one): build
 the model, warm up on a short input, then time `--repeats` runs (median reported) with the device synchronised;
-the process CPU time is recorded too (on a shared CPU it is less disturbed by other processes than wall time).
+the process CPU time is recorded too (on a shared CPU it is less disturbed by other processes than wall time), and
+the minor page faults per run. The workers run with glibc's malloc told to keep freed memory for reuse
+(`MALLOC_MMAP_THRESHOLD_` 32 MiB, `MALLOC_TRIM_THRESHOLD_` 1 GiB): by default it hands blocks of a segment's size
+back to the kernel and faults them in again, 10^5-10^6 page faults per run that changed a run's time by up to 10%
+depending on the process's allocation history, noise that has nothing to do with the method. With the setting a
+timed run faults in almost nothing after the warm-up. `--system-malloc` keeps glibc's defaults.
 Then a `paired` run times sequential and diagonal alternately in one process, `--repeats` rounds with the order
 swapped every round, and reports the median per-round diagonal/sequential ratio: separate subprocesses run minutes
 apart, and on a shared machine the load changes in between; alternating cancels that (`--no-paired` skips it).
@@ -154,6 +159,7 @@ def paired_timing(model, input_ids: torch.Tensor, warm_ids: torch.Tensor, args: 
     cuda = args.device.startswith("cuda")
     runs = {method: runner(method, model, args) for method in ("sequential", "diagonal")}
     times: dict[str, list[float]] = {"sequential": [], "diagonal": []}
+    faults: dict[str, list[int]] = {"sequential": [], "diagonal": []}
     with torch.inference_mode():
         for run in runs.values():
             run(warm_ids)
@@ -162,14 +168,16 @@ def paired_timing(model, input_ids: torch.Tensor, warm_ids: torch.Tensor, args: 
             for method in order:
                 if cuda:
                     torch.cuda.synchronize()
-                start = time.perf_counter()
+                start, faults_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 runs[method](input_ids)
                 if cuda:
                     torch.cuda.synchronize()
                 times[method].append(time.perf_counter() - start)
+                faults[method].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     ratios = [d / q for d, q in zip(times["diagonal"], times["sequential"], strict=True)]
+    median = statistics.median(ratios)
     return {"method": "paired", "length": input_ids.shape[1], "status": "ok", "times_s": times,
-            "diagonal_over_sequential": statistics.median(ratios), "ratios": ratios}  # fmt: skip
+            "minor_faults": faults, "diagonal_over_sequential": median, "ratios": ratios}  # fmt: skip
 
 
 def worker(spec: dict) -> dict:
@@ -186,12 +194,12 @@ def worker(spec: dict) -> dict:
     warm_ids = input_ids[:, : min(length, args.segment_size * (model.adapter.num_layers + 1))]
 
     if method == "paired":
-        return paired_timing(model, input_ids, warm_ids, args)
+        return paired_timing(model, input_ids, warm_ids, args) | {"malloc_env": _malloc_env()}
     run = runner(method, model, args)
     if method == "full":
         warm_ids = input_ids[:, : args.segment_size]
 
-    result = {"method": method, "length": length}
+    result = {"method": method, "length": length, "malloc_env": _malloc_env()}
     if method == "diagonal":
         result["group_size"] = run.group_size  # "auto" resolved: None = the whole diagonal
     try:
@@ -204,6 +212,7 @@ def worker(spec: dict) -> dict:
             else:
                 result["before_mb"] = _rss_mb()
             times, cpu_times = [], []
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(args.repeats):
                 start, cpu_start = time.perf_counter(), time.process_time()
                 logits = run(input_ids)
@@ -215,8 +224,13 @@ def worker(spec: dict) -> dict:
             result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         else:
             result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
         result.update(
-            status="ok", time_s=statistics.median(times), times_s=times, cpu_time_s=statistics.median(cpu_times)
+            status="ok",
+            time_s=statistics.median(times),
+            times_s=times,
+            cpu_time_s=statistics.median(cpu_times),
+            minor_faults_per_run=faults / args.repeats,
         )
         if getattr(run, "segment_times", None):
             result["segment_times_s"] = run.segment_times
@@ -236,11 +250,22 @@ def segment_drift(times: list[float]) -> float | None:
     return statistics.median(times[-quarter:]) / statistics.median(times[1 : 1 + quarter])
 
 
+# glibc malloc settings for the workers (see the module docstring): blocks under 32 MiB come from the heap, and the
+# heap is given back to the kernel only when more than 1 GiB of it is free.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
+
+def _malloc_env() -> dict[str, str | None]:
+    """The malloc settings this process was started with (recorded with each measurement)."""
+    return {name: os.environ.get(name) for name in STEADY_MALLOC}
+
+
 def measure(args: argparse.Namespace, method: str, length: int, logits_path: str) -> dict:
     spec = {"method": method, "length": length, "logits_path": logits_path, "args": _settings(args)}
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    env = os.environ if args.system_malloc else os.environ | STEADY_MALLOC
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"method": method, "length": length, "status": f"timeout after {args.timeout} s"}
     if done.returncode != 0:
@@ -340,6 +365,12 @@ def main() -> None:
         help="skip the paired timing (sequential and diagonal alternately in one process, the ratio to trust on "
         "a shared machine)",
     )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="run the workers with glibc's default malloc settings instead of keeping freed memory for reuse "
+        "(more page faults and noisier times on CPU)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -361,6 +392,7 @@ def main() -> None:
         "transformers": transformers.__version__,
         "threads": args.threads or torch.get_num_threads(),
         "load_average_at_start": os.getloadavg(),
+        "malloc": "glibc defaults" if args.system_malloc else STEADY_MALLOC,
         "model_config": CONFIGS[args.config],
         "args": _settings(args),
     }

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/armt_speed.py on a tiny config: every method runs in its own worker subprocess, the diagonal
-engine's logits equal the sequential ones, and the JSON carries the ratios and the per-segment times."""
+engine's logits equal the sequential ones, and the JSON carries the ratios, the per-segment times, the malloc
+settings the workers ran with and their page faults."""
 
 from __future__ import annotations
 
@@ -46,3 +47,9 @@ def test_armt_speed_smoke_run(armt_speed, tmp_path, monkeypatch):
     assert ratios[640]["sequential_segment_drift"] > 0
     assert ratios[640]["full_over_diagonal"] > 0 and ratios[640]["diagonal_over_sequential"] > 0
     assert record["meta"]["device"] and record["meta"]["model_config"]["num_hidden_layers"] == 2
+    # The workers ran with the steady malloc settings and counted their page faults.
+    assert record["meta"]["malloc"] == armt_speed.STEADY_MALLOC
+    for row in rows.values():
+        for method in ("full", "sequential", "diagonal"):
+            assert row[method]["malloc_env"] == armt_speed.STEADY_MALLOC
+            assert row[method]["minor_faults_per_run"] >= 0
