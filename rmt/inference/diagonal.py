@@ -21,13 +21,15 @@ written once complete), so it equals `ARMTForCausalLM.generate`.
 Exactness: the same arithmetic as the sequential model up to the order of floating-point sums (fp32: logits within
 ~1e-5). Dropout is not applied: run the model in eval mode when comparing.
 
-Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than
-one cell's and loses cache locality: measured on a shared 2-core machine, one grouped call per step ran 0.93-1.2x
-the sequential time (slowest with few segments). `group_size=1` runs the cells of a step one at a time, each its own
-memory read, layer and memory write, so a cell's activations stay in cache as in the sequential loop: 0.87-0.98x the
-sequential time in separate runs, 1.02x timed alternately with it in one process (16k tokens, 6 rounds; batching
-the reads and writes over the diagonal instead cost 1.06x there). The default `group_size="auto"` picks 1 on a CPU
-and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
+Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than one
+cell's and loses cache locality: measured on a shared 2-core machine, one grouped call per step ran 0.93-1.2x the
+sequential time (slowest with few segments). `group_size=1` runs the cells of a step one at a time, each its own
+memory read, layer and memory write, so a cell's activations stay in cache from its read to its write: timed
+alternately with it in one process (10 rounds), 1.03-1.04x the sequential time on a 2-core Intel Xeon at 8k-16k
+tokens; 1.00-1.01x on an AMD EPYC (3 rounds; batching the reads and writes over the diagonal instead cost 1.06x
+there). The few percent left most likely come from the order: a step's cells belong to different segments, so a cell
+reads its input from memory rather than from the layer before it still in cache. The default `group_size="auto"`
+picks 1 on a CPU and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
 """
 
 from __future__ import annotations
