@@ -26,10 +26,10 @@ cell's and loses cache locality: measured on a shared 2-core machine, one groupe
 sequential time (slowest with few segments). `group_size=1` runs the cells of a step one at a time, each its own
 memory read, layer and memory write, so a cell's activations stay in cache from its read to its write: timed
 alternately with it in one process (10 rounds), 1.03-1.04x the sequential time on a 2-core Intel Xeon at 8k-16k
-tokens; 1.00-1.01x on an AMD EPYC (3 rounds; batching the reads and writes over the diagonal instead cost 1.06x
-there). The few percent left most likely come from the order: a step's cells belong to different segments, so a cell
-reads its input from memory rather than from the layer before it still in cache. The default `group_size="auto"`
-picks 1 on a CPU and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
+tokens; 1.00-1.01x on an AMD EPYC (3 rounds, an interrupted run; batching the reads and writes over the diagonal
+instead cost 1.06x there). The few percent left most likely come from the order: a step's cells belong to different
+segments, so a cell reads its input from memory rather than from the layer before it still in cache. The default
+`group_size="auto"` picks 1 on a CPU and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
 """
 
 from __future__ import annotations
