@@ -27,7 +27,9 @@ from transformers import (
 )
 
 from rmt.config import RMTConfig
-from rmt.memory.recurrent import RecurrentMemoryModel, model_class
+from rmt.errors import InputError, MissingFileError
+from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.registry import model_class
 
 RANDOM_FAMILIES = ("gpt2", "llama", "gpt_neox", "bert")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,12 +56,12 @@ def random_backbone(
     hundreds). About 1/sqrt(hidden_size) gets a tiny model out of the long plateau before it learns in-context
     key-value binding (tests/test_train.py)."""
     if family not in RANDOM_FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
+        raise InputError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
     if hidden_size % num_heads:
-        raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        raise InputError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
     torch.manual_seed(seed)
     if init_std is not None and not init_std > 0:
-        raise ValueError(f"init_std must be > 0, got {init_std!r}")
+        raise InputError(f"init_std must be > 0, got {init_std!r}")
     common = {"vocab_size": vocab_size, "bos_token_id": None, "eos_token_id": None, "pad_token_id": pad_token_id}
     if init_std is not None:
         common["initializer_range"] = init_std
@@ -124,7 +126,7 @@ def pretrained_backbone(name_or_path: str, mode: str = "decoder", **kwargs) -> P
         return AutoModelForSequenceClassification.from_pretrained(directory, **kwargs)
     path = Path(name_or_path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no backbone at {path}: expected 'smollm2', 'minilm' or a local HF model folder")
+        raise MissingFileError(f"no backbone at {path}: expected 'smollm2', 'minilm' or a local HF model folder")
     auto = AutoModelForCausalLM if mode == "decoder" else AutoModelForSequenceClassification
     return auto.from_pretrained(path, **kwargs)
 

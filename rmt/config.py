@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+from rmt.errors import InputError, MissingFileError
 
 Mode = Literal["decoder", "encoder"]
 WriteInit = Literal["memory", "learned"]
@@ -131,27 +134,45 @@ class RMTConfig:
         for name, choices in _CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
-                raise ValueError(f"RMTConfig.{name} must be one of {choices}, got {value!r}")
+                raise InputError(f"RMTConfig.{name} must be one of {choices}, got {value!r}")
         for name in ("num_memory_tokens", "segment_size", "bptt_depth", "d_mem", "xl_cache_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"RMTConfig.{name} must be an integer, got {value!r}")
+                raise InputError(f"RMTConfig.{name} must be an integer, got {value!r}")
         if self.num_memory_tokens < 0:
-            raise ValueError(f"RMTConfig.num_memory_tokens must be >= 0, got {self.num_memory_tokens}")
+            raise InputError(f"RMTConfig.num_memory_tokens must be >= 0, got {self.num_memory_tokens}")
         if self.segment_size <= 0:
-            raise ValueError(f"RMTConfig.segment_size must be > 0, got {self.segment_size}")
+            raise InputError(f"RMTConfig.segment_size must be > 0, got {self.segment_size}")
         if self.bptt_depth < -1:
-            raise ValueError(f"RMTConfig.bptt_depth must be -1 (all) or >= 0, got {self.bptt_depth}")
+            raise InputError(f"RMTConfig.bptt_depth must be -1 (all) or >= 0, got {self.bptt_depth}")
         if self.d_mem <= 0:
-            raise ValueError(f"RMTConfig.d_mem must be > 0, got {self.d_mem}")
+            raise InputError(f"RMTConfig.d_mem must be > 0, got {self.d_mem}")
         if self.xl_cache_tokens < 0:
-            raise ValueError(f"RMTConfig.xl_cache_tokens must be >= 0 (0: off), got {self.xl_cache_tokens}")
+            raise InputError(f"RMTConfig.xl_cache_tokens must be >= 0 (0: off), got {self.xl_cache_tokens}")
         if self.xl_cache_tokens and (self.mode != "decoder" or self.memory_kind != "rmt"):
-            raise ValueError("RMTConfig.xl_cache_tokens > 0 needs mode='decoder' and memory_kind='rmt'")
+            raise InputError("RMTConfig.xl_cache_tokens > 0 needs mode='decoder' and memory_kind='rmt'")
         if self.memory_kind == "armt" and self.mode != "decoder":
-            raise ValueError("RMTConfig.memory_kind='armt' requires mode='decoder'")
+            raise InputError("RMTConfig.memory_kind='armt' requires mode='decoder'")
         if self.read_memory_only and self.num_memory_tokens == 0:
-            raise ValueError("RMTConfig.read_memory_only needs num_memory_tokens >= 1")
+            raise InputError("RMTConfig.read_memory_only needs num_memory_tokens >= 1")
+        self._warn_unused()
+
+    def _warn_unused(self) -> None:
+        """Warn about fields set away from their defaults that the chosen mode or memory kind ignores."""
+        unused = []
+        if self.memory_kind == "armt" or self.mode == "encoder":
+            unused += ["write_init", "memory_positions"]
+        if self.memory_kind == "rmt":
+            unused.append("d_mem")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in unused:
+            if getattr(self, name) != defaults[name]:
+                warnings.warn(
+                    f"RMTConfig.{name}={getattr(self, name)!r} has no effect with mode={self.mode!r}, "
+                    f"memory_kind={self.memory_kind!r}",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     @property
     def memory_enabled(self) -> bool:
@@ -165,7 +186,7 @@ class RMTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown RMTConfig field(s) {unknown}; known fields: {sorted(known)}")
+            raise InputError(f"unknown RMTConfig field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -175,13 +196,13 @@ class RMTConfig:
     def load(cls, path: str | Path) -> RMTConfig:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"memory config not found: {path}")
+            raise MissingFileError(f"memory config not found: {path}")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"memory config {path} is not valid JSON: {err}") from err
+            raise InputError(f"memory config {path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
-            raise ValueError(f"memory config {path} must hold a JSON object")
+            raise InputError(f"memory config {path} must hold a JSON object")
         return cls.from_dict(data)
 
 

@@ -8,7 +8,8 @@ from conftest import VOCAB, strengthen_memory, tiny_decoder
 
 from rmt import RMTConfig
 from rmt.memory.armt import ARMTForCausalLM
-from rmt.memory.recurrent import RecurrentMemoryModel, model_class
+from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.registry import model_class
 from rmt.memory.state import select_rows, tree_map
 
 SEG, MEM = 8, 4

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_decoder, tiny_encoder
 
-import rmt.memory.recurrent as recurrent
+import rmt.memory.pretrained as pretrained
 from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 
 
@@ -83,7 +83,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(recurrent, "save_file", crash)
+    monkeypatch.setattr(pretrained, "save_file", crash)
     with torch.no_grad():
         model.memory.add_(1.0)
     with pytest.raises(OSError, match="disk full"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from rmt.errors import InputError
+
 # model_type -> family notes; decoders must accept explicit position_ids and expose base_model + lm head.
 DECODER_FAMILIES: dict[str, str] = {
     "gpt2": "learned absolute positions (n_positions)",
@@ -27,7 +29,7 @@ ENCODER_FAMILIES: dict[str, str] = {
 def model_type(backbone: nn.Module) -> str:
     config = getattr(backbone, "config", None)
     if config is None or not hasattr(config, "model_type"):
-        raise ValueError(
+        raise InputError(
             f"backbone {type(backbone).__name__} is not a Hugging Face PreTrainedModel (it has no config.model_type)"
         )
     return config.model_type
@@ -38,8 +40,19 @@ def check_family(backbone: nn.Module, mode: str) -> str:
     families = DECODER_FAMILIES if mode == "decoder" else ENCODER_FAMILIES
     kind = model_type(backbone)
     if kind not in families:
-        raise ValueError(f"unknown model family {kind!r} for mode={mode!r}; supported: {sorted(families)}")
+        raise InputError(f"unknown model family {kind!r} for mode={mode!r}; supported: {sorted(families)}")
     return kind
+
+
+def check_fits(backbone: nn.Module, segment_size: int, needed: int, layout: str) -> None:
+    """Raise an InputError when a segment laid out as `layout` needs more positions (`needed`) than the backbone
+    embeds, naming the largest segment_size that fits."""
+    limit = max_positions(backbone)
+    if limit is not None and needed > limit:
+        raise InputError(
+            f"segment_size={segment_size} needs {needed} positions ({layout}) but the backbone embeds at most "
+            f"{limit}: lower segment_size to at most {segment_size - (needed - limit)}"
+        )
 
 
 def max_positions(backbone: nn.Module) -> int | None:

@@ -23,6 +23,7 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask
 
 from rmt.backbones import model_type
+from rmt.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,11 @@ class DecoderAdapter:
     def __init__(self, backbone: nn.Module) -> None:
         kind = model_type(backbone)
         if kind not in _FAMILIES:
-            raise ValueError(
+            raise InputError(
                 f"model family {kind!r} cannot be run layer by layer (needed by ARMT); supported: {sorted(_FAMILIES)}"
             )
         if getattr(backbone.config, "add_cross_attention", False):
-            raise ValueError("backbones with cross-attention are not supported by ARMT")
+            raise InputError("backbones with cross-attention are not supported by ARMT")
         family = _FAMILIES[kind]
         base = backbone.base_model
         self.family = kind
@@ -99,7 +100,7 @@ class DecoderAdapter:
             config=self.config,
             inputs_embeds=x,
             attention_mask=None,
-            past_key_values=None,
+            cache=None,
             position_ids=position_ids,
         )
         if self.rotary is None:
@@ -205,7 +206,7 @@ class StackedLayers:
         config, layers = adapter.config, list(adapter.layers)
         family = adapter.family
         if family not in _TENSORS:
-            raise ValueError(f"no stacked layers for model family {family!r}")
+            raise InputError(f"no stacked layers for model family {family!r}")
         per_layer = [_TENSORS[family](layer) for layer in layers]
         self.weights: dict[str, torch.Tensor | None] = {
             name: None if first is None else torch.stack([t[name].detach() for t in per_layer]).contiguous()

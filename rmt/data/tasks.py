@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rmt.errors import InputError
+
 IGNORE_INDEX = -100
 _SYMBOLS = string.digits + string.ascii_lowercase + string.ascii_uppercase
 
@@ -51,7 +53,7 @@ def _check_int(name: str, value: int, low: int, high: int | None = None) -> None
     bad = isinstance(value, bool) or not isinstance(value, int)
     if bad or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+        raise InputError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def _names(n: int, alphabet: str, tag: str) -> list[str]:
@@ -122,7 +124,7 @@ class Task(ABC):
         _check_int("num_segments", num_segments, 1, n)
         size = -(-n // num_segments)
         if -(-n // size) != num_segments:
-            raise ValueError(
+            raise InputError(
                 f"num_segments={num_segments} cannot cut {n} tokens into equal segments with a shorter last "
                 f"one: size {size} gives {-(-n // size)} segments"
             )
@@ -219,7 +221,7 @@ class AssociativeRetrievalTask(Task):
         _check_int("num_keys", self.num_keys, 1)
         _check_int("num_values", self.num_values, 2)
         if isinstance(self.num_pairs, int) and self.num_pairs > self.num_keys:
-            raise ValueError(
+            raise InputError(
                 f"num_pairs={self.num_pairs} needs that many distinct keys: raise num_keys ({self.num_keys})"
             )
         _check_int("num_pairs", self.num_pairs, 1)
@@ -307,7 +309,7 @@ class QuadraticTask(Task):
         _check_int("max_scale", self.max_scale, 1)
         f = self.no_root_fraction
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 <= f <= 1.0:
-            raise ValueError(f"no_root_fraction must be a number in [0, 1], got {f!r}")
+            raise InputError(f"no_root_fraction must be a number in [0, 1], got {f!r}")
         self.tokens = list(_QUAD_CHARS) + ["|", "$", ""]
         self.stoi = {ch: i for i, ch in enumerate(_QUAD_CHARS)}
         self.blank_token_id = self.stoi[" "]
@@ -389,7 +391,7 @@ class DetectMemorizeTask(Task):
         _check_int("num_facts", self.num_facts, 2)
         _check_int("num_noise_tokens", self.num_noise_tokens, 1)
         if self.num_segments * self.segment_size < 4:
-            raise ValueError(
+            raise InputError(
                 f"num_segments * segment_size must be >= 4 (FACT, fact, QUESTION, answer), "
                 f"got {self.num_segments} * {self.segment_size}"
             )
@@ -439,12 +441,12 @@ def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
 
     logits: [B, N, V]; labels: [B, N]."""
     if logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on [B, N]")
+        raise InputError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on [B, N]")
     pred = logits[:, :-1].argmax(-1)  # [B, N-1]
     target = labels[:, 1:].to(pred.device)  # [B, N-1]
     mask = target != IGNORE_INDEX
     if not mask.any():
-        raise ValueError("labels have no answer positions (all -100 after the first token)")
+        raise InputError("labels have no answer positions (all -100 after the first token)")
     hit = (pred == target) & mask
     has_answer = mask.any(dim=1)
     exact = (hit | ~mask).all(dim=1) & has_answer
@@ -459,5 +461,5 @@ TASKS: dict[str, type[Task]] = {
 def make_task(name: str, **kwargs) -> Task:
     """Build a task by registry name, e.g. make_task("detect_memorize", num_segments=4, segment_size=32)."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise InputError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[name](**kwargs)

@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from rmt.backbones.layers import StackedLayers
-from rmt.inference.rmt_generate import GenerateOutput
+from rmt.errors import InputError
 from rmt.inference.schedule import layer_range
 from rmt.memory.armt import ARMTForCausalLM, layout_segment
-from rmt.memory.recurrent import RMTOutput
+from rmt.memory.outputs import GenerateOutput, RMTOutput
+from rmt.memory.segments import assemble_logits, closed_length
 from rmt.memory.state import State
 from rmt.ops.associative import associative_read, associative_write
 
@@ -64,7 +65,7 @@ class DiagonalARMT:
         if group_size == "auto":
             group_size = 1 if model.memory.device.type == "cpu" else None
         elif group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-            raise ValueError(f"group_size must be an int >= 1, None or 'auto', got {group_size!r}")
+            raise InputError(f"group_size must be an int >= 1, None or 'auto', got {group_size!r}")
         self.group_size = group_size
         self.model = model
         self.adapter = model.adapter
@@ -82,9 +83,9 @@ class DiagonalARMT:
         """Same inputs and result as `model.forward` (without labels): logits [B, N, V] ("all"), or [B, V] at each
         sample's last token ("last"), or None ("none": only the memory); memory_state after each sample's end."""
         if logits not in ("all", "last", "none"):
-            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+            raise InputError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         model, adapter = self.model, self.adapter
-        plan = model._plan(input_ids, attention_mask, None)  # the shared loop's packing and segmentation
+        plan = model.plan(input_ids, attention_mask, None)  # the shared loop's packing and segmentation
         ids = plan.input_ids
         batch, length = ids.shape
         seg, mem, layers = model.config.segment_size, model.config.num_memory_tokens, self.num_layers
@@ -156,7 +157,7 @@ class DiagonalARMT:
         final_state = (tuple((A[layer], z[layer]) for layer in range(layers)), written[-1])
         out = None
         if logits == "all":
-            out = model._assemble_logits(plan, pieces, batch, length)
+            out = assemble_logits(plan, pieces, batch, length)
         elif logits == "last":
             out = adapter.head(last_hidden)
         return RMTOutput(logits=out, memory_state=final_state)
@@ -170,11 +171,11 @@ class DiagonalARMT:
         """Greedy decoding after input_ids [B, P] (no padding): the prompt's complete segments through the diagonal
         pass, then token by token with a key/value cache of the open segment. Equals `model.generate`."""
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         model, adapter = self.model, self.adapter
         seg, mem = model.config.segment_size, model.config.num_memory_tokens
         batch, length = input_ids.shape
-        closed = (length - 1) // seg * seg  # tokens in segments complete before the open one
+        closed = closed_length(length, seg)
         if closed:
             state = self.forward(input_ids[:, :closed], memory_state=memory_state, logits="none").memory_state
         else:

@@ -23,17 +23,11 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from rmt.errors import InputError
+from rmt.memory.outputs import GenerateOutput
 from rmt.memory.rmt import RMTForCausalLM
+from rmt.memory.segments import closed_length
 from rmt.memory.state import State
-
-
-@dataclass
-class GenerateOutput:
-    """sequences [B, P + N]: each prompt row followed by its N generated tokens (pad_token_id after EOS);
-    scores [B, N, V]: the logits each generated token was chosen from."""
-
-    sequences: torch.Tensor
-    scores: torch.Tensor
 
 
 @dataclass
@@ -65,19 +59,19 @@ def greedy_generate(
     if not isinstance(model, RMTForCausalLM):
         raise TypeError(f"greedy_generate needs an RMTForCausalLM, got {type(model).__name__}")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be a non-empty [batch, length] tensor, got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be a non-empty [batch, length] tensor, got shape {tuple(input_ids.shape)}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(
+        raise InputError(
             f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
         )
     mask = attention_mask.bool()
     lengths = mask.sum(dim=1)
     if bool((lengths == 0).any()):
-        raise ValueError("every prompt needs at least one real token (attention_mask row of zeros)")
+        raise InputError("every prompt needs at least one real token (attention_mask row of zeros)")
     pad = eos_token_id if pad_token_id is None else pad_token_id
     was_training = model.training
     model.eval()
@@ -105,7 +99,7 @@ def _generate_group(
     """Decode prompts [b, P] without padding; returns (tokens [b, n], scores [b, n, V]), n <= max_new_tokens."""
     seg = model.config.segment_size
     b, length = prompts.shape
-    closed = (length - 1) // seg * seg  # tokens in the complete segments before the open one
+    closed = closed_length(length, seg)
     state = model(prompts[:, :closed]).memory_state if closed else model.initial_state(b)
     segment, logits = _open_segment(model, prompts[:, closed:], state)
     finished = torch.zeros(b, dtype=torch.bool, device=prompts.device)
@@ -135,13 +129,11 @@ def _open_segment(model: RMTForCausalLM, input_ids: torch.Tensor, state: State) 
         inputs_embeds=window.embeds,
         attention_mask=window.attention_mask,
         position_ids=window.position_ids,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
     logits = model.backbone.get_output_embeddings()(out.last_hidden_state[:, -1])  # [b, V]
-    segment = _OpenSegment(
-        input_ids, state, out.past_key_values, window.attention_mask, window.position_ids[:, -1:] + 1
-    )
+    segment = _OpenSegment(input_ids, state, out.cache, window.attention_mask, window.position_ids[:, -1:] + 1)
     return segment, logits
 
 
@@ -153,10 +145,10 @@ def _extend(model: RMTForCausalLM, segment: _OpenSegment, token: torch.Tensor) -
         inputs_embeds=model.backbone.get_input_embeddings()(token),
         attention_mask=segment.attention_mask,
         position_ids=segment.next_position,
-        past_key_values=segment.cache,
+        cache=segment.cache,
         use_cache=True,
     )
-    segment.cache = out.past_key_values
+    segment.cache = out.cache
     segment.input_ids = torch.cat([segment.input_ids, token], dim=1)
     segment.next_position = segment.next_position + 1
     return model.backbone.get_output_embeddings()(out.last_hidden_state[:, -1])
@@ -175,10 +167,10 @@ def _close_segment(model: RMTForCausalLM, segment: _OpenSegment) -> State:
             inputs_embeds=embeds.to(model.backbone.get_input_embeddings().weight.dtype),
             attention_mask=torch.cat([segment.attention_mask, torch.ones_like(positions)], dim=1),
             position_ids=positions,
-            past_key_values=past,
+            cache=past,
             use_cache=True,
         )
-        memory, past = out.last_hidden_state, out.past_key_values  # [b, M, D]
+        memory, past = out.last_hidden_state, out.cache  # [b, M, D]
     if not model.cache_tokens:
         return memory
     return (memory, *model.cache_after_segment(state, past, ones))

@@ -7,6 +7,8 @@ L + S - 1 steps instead of S * L: step t holds the cells (t - l, l) for the laye
 
 from __future__ import annotations
 
+from rmt.errors import InputError
+
 
 def layer_range(step: int, num_segments: int, num_layers: int) -> tuple[int, int]:
     """The layers [lo, hi) active at `step`: a contiguous range, layer l working on segment step - l."""
@@ -16,7 +18,7 @@ def layer_range(step: int, num_segments: int, num_layers: int) -> tuple[int, int
 def diagonal_schedule(num_segments: int, num_layers: int) -> list[list[tuple[int, int]]]:
     """For each of the num_layers + num_segments - 1 steps, its (segment, layer) cells, in increasing layer order."""
     if num_segments < 1 or num_layers < 1:
-        raise ValueError(f"need num_segments >= 1 and num_layers >= 1, got {num_segments}, {num_layers}")
+        raise InputError(f"need num_segments >= 1 and num_layers >= 1, got {num_segments}, {num_layers}")
     steps = []
     for step in range(num_segments + num_layers - 1):
         lo, hi = layer_range(step, num_segments, num_layers)

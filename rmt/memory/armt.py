@@ -29,22 +29,20 @@ exactly the argmax of `forward(prompt + generated so far).logits[:, -1]` at ever
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rmt.backbones import hidden_size
+from rmt.backbones import check_fits, hidden_size
 from rmt.backbones.layers import DecoderAdapter
 from rmt.config import RMTConfig
-from rmt.memory.recurrent import RecurrentMemoryModel, register_model
-from rmt.memory.rmt import _check_fits
+from rmt.errors import InputError
+from rmt.memory.outputs import GenerateOutput
+from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.registry import register_model
+from rmt.memory.segments import closed_length
 from rmt.memory.state import State
 from rmt.ops.associative import associative_read, associative_write
-
-if TYPE_CHECKING:
-    from rmt.inference.rmt_generate import GenerateOutput
 
 
 def layout_segment(
@@ -72,17 +70,18 @@ class ARMTForCausalLM(RecurrentMemoryModel):
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
         if config.mode != "decoder" or config.memory_kind != "armt":
-            raise ValueError(
+            raise InputError(
                 f"ARMTForCausalLM needs mode='decoder' and memory_kind='armt', got {config.mode!r}, "
                 f"{config.memory_kind!r}"
             )
         if config.num_memory_tokens < 1:
-            raise ValueError("ARMT needs num_memory_tokens >= 1: the memory tokens are what writes the memory")
+            raise InputError("ARMT needs num_memory_tokens >= 1: the memory tokens are what writes the memory")
         if config.read_memory_only:
-            raise ValueError("read_memory_only is an RMT control experiment; ARMT does not support it")
+            raise InputError("read_memory_only is an RMT control experiment; ARMT does not support it")
         super().__init__(backbone, config)
         self.adapter = DecoderAdapter(backbone)
-        _check_fits(backbone, config, config.segment_size + config.num_memory_tokens, "[segment | memory tokens]")
+        m = config.num_memory_tokens
+        check_fits(backbone, config.segment_size, config.segment_size + m, f"[segment | memory tokens ({m})]")
         layers, dim, d_mem = self.adapter.num_layers, hidden_size(backbone), config.d_mem
         weight = backbone.get_input_embeddings().weight
         factory = {"dtype": weight.dtype, "device": weight.device}
@@ -130,10 +129,11 @@ class ARMTForCausalLM(RecurrentMemoryModel):
         return h[:, :t], (tuple(new_states), torch.ones_like(written))
 
     def step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        hidden, new_state = self.encode(input_ids, attention_mask, state)
-        logits = self.adapter.head(hidden)  # [b, t, V]
-        # Positions past a row's real tokens hold memory tokens or padding: no token logits there.
-        return logits * attention_mask[..., None].to(logits.dtype), new_state
+        return self.encode(input_ids, attention_mask, state)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head."""
+        return self.adapter.head(hidden)
 
     @torch.no_grad()
     def generate(
@@ -142,13 +142,11 @@ class ARMTForCausalLM(RecurrentMemoryModel):
         """Sequential greedy decoding of `max_new_tokens` tokens after input_ids [B, P] (no padding), with the rule in
         the module docstring (memory_state: the memory of earlier complete segments, to continue from). The
         reference for the diagonal engine's `generate`. No early stop at EOS."""
-        from rmt.inference.rmt_generate import GenerateOutput  # rmt.inference imports this module
-
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         seg = self.config.segment_size
         batch, length = input_ids.shape
-        closed = (length - 1) // seg * seg  # tokens in segments complete before the open one
+        closed = closed_length(length, seg)
         state = self.initial_state(batch) if memory_state is None else memory_state
         ones = torch.ones_like(input_ids[:, :seg])
         for start in range(0, closed, seg):  # what `forward` does for these segments, minus their logits
@@ -156,9 +154,10 @@ class ARMTForCausalLM(RecurrentMemoryModel):
         current = input_ids[:, closed:]  # the open segment: 1..T tokens
         tokens, scores = [input_ids], []
         for _ in range(max_new_tokens):
-            logits, new_state = self.step(current, torch.ones_like(current), state)
-            scores.append(logits[:, -1])
-            next_token = logits[:, -1].argmax(dim=-1, keepdim=True)  # [B, 1]
+            hidden, new_state = self.step(current, torch.ones_like(current), state)
+            logits = self.head(hidden[:, -1])  # [B, V]
+            scores.append(logits)
+            next_token = logits.argmax(dim=-1, keepdim=True)  # [B, 1]
             tokens.append(next_token)
             if current.shape[1] == seg:  # complete: its write becomes the memory, the new token opens a segment
                 state, current = new_state, next_token

@@ -5,45 +5,34 @@ Decoder (causal LM), per segment:  inputs_embeds = [read memory (M) | segment to
     write embedding. With the plain causal mask, tokens see the read memory and the write slots see everything.
     The new memory is the backbone's last hidden states at the write positions; logits come from token
     positions only. Optional Transformer-XL cache (`xl_cache_tokens`): every layer also attends to the detached
-    keys/values of the last tokens of the previous segment(s), through `past_key_values` (Tr-XL without memory
+    keys/values of the last tokens of the previous segment(s), through the `cache` argument (Tr-XL without memory
     tokens, MemTrXL with them; details in `RMTForCausalLM`).
 Encoder (sequence classification), per segment:  [CLS] [memory (M)] [SEP] segment [SEP] [PAD...]
     Bidirectional; the new memory is the last hidden states at the memory positions; class logits from the
     backbone's own head on each sample's last segment.
 
-Everything goes through `inputs_embeds`, `attention_mask`, `position_ids` and `past_key_values` (an HF
+Everything goes through `inputs_embeds`, `attention_mask`, `position_ids` and `cache` (an HF
 `DynamicCache` rebuilt from the state tensors in each step): no forked modeling code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
 
-from rmt.backbones import check_family, hidden_size, max_positions
+from rmt.backbones import check_family, check_fits, hidden_size, max_positions
 from rmt.config import RMTConfig
-from rmt.memory.recurrent import RecurrentMemoryModel, register_model
+from rmt.errors import InputError
+from rmt.memory.outputs import GenerateOutput
+from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.registry import register_model
 from rmt.memory.state import State
-
-if TYPE_CHECKING:
-    from rmt.inference.rmt_generate import GenerateOutput
 
 # Families whose positions come from a learned table (bounded); the others are rotary (unbounded).
 _LEARNED_POSITIONS = ("gpt2",)
-
-
-def _check_fits(backbone: nn.Module, config: RMTConfig, needed: int, layout: str) -> None:
-    limit = max_positions(backbone)
-    if limit is not None and needed > limit:
-        raise ValueError(
-            f"segment_size={config.segment_size} with num_memory_tokens={config.num_memory_tokens} needs "
-            f"{needed} positions ({layout}) but the backbone embeds at most {limit}: lower segment_size to at most "
-            f"{config.segment_size - (needed - limit)}"
-        )
 
 
 def _memory_parameter(backbone: nn.Module, rows: int) -> nn.Parameter:
@@ -58,7 +47,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
     """RMT memory around any supported Hugging Face causal LM (GPT-2, Llama, Mistral, Qwen2, GPT-NeoX).
 
     With `config.xl_cache_tokens` = C > 0 every layer also attends to a Transformer-XL cache: the detached
-    keys/values of the last C tokens of the previous segment(s), passed to the backbone as `past_key_values`.
+    keys/values of the last C tokens of the previous segment(s), passed to the backbone as its `cache`.
     Segment window:  [cache (C) | read memory (M) | segment tokens (t) | write memory (M)]
     - The cache holds segment tokens only. Memory slots already reach the next segment as memory; caching them
       too would give each segment a second, stale copy of the memory, and C counts input tokens as `mem_len` does.
@@ -84,11 +73,16 @@ class RMTForCausalLM(RecurrentMemoryModel):
                 f"{config.memory_kind!r}"
             )
         kind = check_family(backbone, "decoder")
+        if backbone.get_output_embeddings() is None:
+            raise InputError(
+                f"{type(backbone).__name__} has no LM head: RMTForCausalLM needs a causal LM such as "
+                "AutoModelForCausalLM (e.g. GPT2LMHeadModel, not GPT2Model)"
+            )
         super().__init__(backbone, config)
         m = config.num_memory_tokens
         writes = 0 if config.read_memory_only else m
         needed = config.segment_size + m + (writes if config.memory_positions == "sequential" else 0)
-        _check_fits(backbone, config, needed, "[read memory | segment | write memory]")
+        check_fits(backbone, config.segment_size, needed, f"[read memory ({m}) | segment | write memory ({writes})]")
         self.memory = _memory_parameter(backbone, m) if m > 0 else None
         self.write_memory = (
             _memory_parameter(backbone, m) if m > 0 and config.write_init == "learned" and writes else None
@@ -122,16 +116,18 @@ class RMTForCausalLM(RecurrentMemoryModel):
             inputs_embeds=window.embeds,
             attention_mask=window.attention_mask,
             position_ids=window.position_ids,
-            past_key_values=window.cache,
+            cache=window.cache,
             use_cache=window.cache is not None,
         )
         hidden = out.last_hidden_state  # [b, M + t + writes, D]
-        logits = self.backbone.get_output_embeddings()(hidden[:, m : m + t])  # [b, t, V]
         memory = state[0] if self.cache_tokens else state
         new_memory = hidden[:, m + t :] if writes else memory
         if not self.cache_tokens:
-            return logits, new_memory
-        return logits, (new_memory, *self.cache_after_segment(state, out.past_key_values, attention_mask))
+            return hidden[:, m : m + t], new_memory
+        return hidden[:, m : m + t], (new_memory, *self.cache_after_segment(state, out.cache, attention_mask))
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_output_embeddings()(hidden)
 
     def generate(
         self,
@@ -277,11 +273,23 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         super().__init__(backbone, config)
         m = config.num_memory_tokens
         self.prefix_length = 1 + m + 1 if m > 0 else 1  # [CLS] [memory] [SEP]  or just [CLS]
-        _check_fits(backbone, config, self.prefix_length + config.segment_size + 1, "[CLS][memory][SEP] segment [SEP]")
+        check_fits(
+            backbone,
+            config.segment_size,
+            self.prefix_length + config.segment_size + 1,
+            f"[CLS][memory ({m})][SEP] segment [SEP]",
+        )
         hf = backbone.config
         family_cls, family_sep = (hf.bos_token_id, hf.eos_token_id) if kind == "roberta" else (101, 102)
         self.cls_token_id = _first_set(config.cls_token_id, getattr(hf, "cls_token_id", None), family_cls)
         self.sep_token_id = _first_set(config.sep_token_id, getattr(hf, "sep_token_id", None), family_sep)
+        vocab = backbone.get_input_embeddings().weight.shape[0]
+        for name, value in (("cls_token_id", self.cls_token_id), ("sep_token_id", self.sep_token_id)):
+            if value is None or not 0 <= value < vocab:
+                raise InputError(
+                    f"the encoder's {name} is {value}, outside its vocabulary of {vocab} ids: set RMTConfig.{name} "
+                    "to the id of that special token in your tokenizer (e.g. tokenizer.cls_token_id)"
+                )
         self.pad_token_id = hf.pad_token_id if hf.pad_token_id is not None else 0
         self.memory = _memory_parameter(backbone, m) if m > 0 else None
 
@@ -319,5 +327,5 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         return out.logits, new_state
 
 
-def _first_set(*values: int | None) -> int:
-    return next(v for v in values if v is not None)
+def _first_set(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)

@@ -1,28 +1,23 @@
 """Row-wise operations on a memory state.
 
-A memory state is a tensor or an arbitrarily nested tuple/list of tensors whose first dimension is the batch
-(RMT: one [B, M, D] tensor; ARMT: per layer (A [B, K, D], z [B, K])). The segment loop needs to pick rows
-(samples still active in a segment), write rows back, and detach rows (truncated BPTT); these helpers do that
-for any such structure without the loop knowing its shape.
+A memory state is a tensor or a nested tuple/list of tensors whose first dimension is the batch (RMT: one [B, M, D]
+tensor; ARMT: per layer (A [B, K, D], z [B, K]) and a [B] flag). The segment loop needs to pick rows (samples still
+active in a segment), write rows back, and detach rows (truncated BPTT); these helpers do that for any such structure
+without the loop knowing its shape (leaf-wise through torch's pytree utilities).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
+
+from rmt.errors import InputError
 
 State = Any  # torch.Tensor | tuple/list of State
 
-
-def tree_map(fn: Callable[..., torch.Tensor], state: State, *others: State) -> State:
-    """Apply `fn` leaf-wise to one or more states of the same structure."""
-    if isinstance(state, torch.Tensor):
-        return fn(state, *others)
-    if isinstance(state, (tuple, list)):
-        return type(state)(tree_map(fn, s, *(o[i] for o in others)) for i, s in enumerate(state))
-    raise TypeError(f"memory state leaves must be tensors, got {type(state).__name__}")
+tree_map = pytree.tree_map
 
 
 def select_rows(state: State, rows: torch.Tensor | None) -> State:
@@ -58,6 +53,23 @@ def detach(state: State) -> State:
 
 
 def batch_size_of(state: State) -> int:
-    while not isinstance(state, torch.Tensor):
-        state = state[0]
-    return state.shape[0]
+    return pytree.tree_leaves(state)[0].shape[0]
+
+
+def check_state(state: State, reference: State) -> None:
+    """Raise an InputError unless `state` has the structure and per-sample shapes of `reference` (a model's
+    `initial_state`), so that a memory state from another model or configuration is refused with a clear message."""
+    leaves, spec = pytree.tree_flatten(state)
+    ref_leaves, ref_spec = pytree.tree_flatten(reference)
+    if spec != ref_spec or not all(isinstance(t, torch.Tensor) for t in leaves):
+        raise InputError(
+            f"memory_state does not have this model's structure ({len(leaves)} leaves, expected {len(ref_leaves)}): "
+            "was it made by another model or configuration?"
+        )
+    for index, (leaf, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
+        if leaf.shape[1:] != ref.shape[1:]:
+            raise InputError(
+                f"memory_state leaf {index} has per-sample shape {tuple(leaf.shape[1:])}, this model's is "
+                f"{tuple(ref.shape[1:])} (e.g. [memory tokens, hidden size]): was it made by another model or "
+                "configuration?"
+            )

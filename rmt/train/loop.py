@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +30,9 @@ from tqdm.auto import tqdm
 from rmt.build import memory_model
 from rmt.config import RMTConfig
 from rmt.data.tasks import Task, TaskBatch, answer_accuracy
-from rmt.memory.recurrent import RecurrentMemoryModel, replace_dir
+from rmt.errors import InputError
+from rmt.files import atomic_directory
+from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train.schedules import curriculum_segments, learning_rate_factor
 
 CHECKPOINT_DIR = "checkpoint"
@@ -70,11 +70,11 @@ class TrainConfig:
         positive = ("steps", "batch_size", "eval_every", "eval_batches", "eval_batch_size", "log_every")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.checkpoint_every < 0:
-            raise ValueError(f"TrainConfig.checkpoint_every must be >= 0 (0: never), got {self.checkpoint_every}")
+            raise InputError(f"TrainConfig.checkpoint_every must be >= 0 (0: never), got {self.checkpoint_every}")
         if self.learning_rate <= 0:
-            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
+            raise InputError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
         if self.curriculum is not None:
             self.curriculum = [tuple(stage) for stage in self.curriculum]
             curriculum_segments(0, self.curriculum)  # validates the stages
@@ -96,7 +96,7 @@ class TaskSource:
         if isinstance(self._task, Task):
             return self._task
         if num_segments is None:
-            raise ValueError("this task is built per number of segments: pass num_segments")
+            raise InputError("this task is built per number of segments: pass num_segments")
         return self._task(num_segments)
 
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> TaskBatch:
@@ -258,18 +258,13 @@ def save_checkpoint(
     path: Path, model: RecurrentMemoryModel, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig
 ) -> None:
     """Write model, optimizer, RNG state and step to `path` atomically (temp folder, then swap)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         model.save_pretrained(tmp / "model")
         torch.save(
             {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
             tmp / "trainer.pt",
         )
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "train_config": asdict(config)}, indent=2))
-        replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_checkpoint(path: Path, model: RecurrentMemoryModel, optimizer: torch.optim.Optimizer) -> int:
@@ -277,7 +272,7 @@ def _load_checkpoint(path: Path, model: RecurrentMemoryModel, optimizer: torch.o
         state = json.loads((path / "trainer_state.json").read_text())
         trainer = torch.load(path / "trainer.pt", weights_only=True)
     except (OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"cannot resume: checkpoint {path} is incomplete or corrupt: {err}") from err
+        raise InputError(f"cannot resume: checkpoint {path} is incomplete or corrupt: {err}") from err
     loaded = type(model).from_pretrained(path / "model")
     model.load_state_dict(loaded.state_dict())
     optimizer.load_state_dict(trainer["optimizer"])

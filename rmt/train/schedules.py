@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import math
 
+from rmt.errors import InputError
+
 
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float = 0.1) -> float:
     """Multiplier of the peak learning rate at `step` (0-based): linear warmup over `warmup_steps` steps, then
     cosine decay to `min_factor` at `total_steps`."""
     if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+        raise InputError(f"total_steps must be > 0, got {total_steps}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise InputError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps)
@@ -29,14 +31,14 @@ def curriculum_segments(step: int, stages: list[tuple[int, int]]) -> int:
     trains on 1 segment for steps 0-499, 2 for 500-999 and 4 from step 1000 on.
     """
     if not stages:
-        raise ValueError("curriculum needs at least one stage")
+        raise InputError("curriculum needs at least one stage")
     if stages[0][0] != 0:
-        raise ValueError(f"the first curriculum stage must start at step 0, got {stages[0][0]}")
+        raise InputError(f"the first curriculum stage must start at step 0, got {stages[0][0]}")
     starts = [first for first, _ in stages]
     if starts != sorted(starts) or len(set(starts)) != len(starts):
-        raise ValueError(f"curriculum stage starts must be strictly increasing, got {starts}")
+        raise InputError(f"curriculum stage starts must be strictly increasing, got {starts}")
     if any(n <= 0 for _, n in stages):
-        raise ValueError(f"curriculum segment counts must be > 0, got {[n for _, n in stages]}")
+        raise InputError(f"curriculum segment counts must be > 0, got {[n for _, n in stages]}")
     current = stages[0][1]
     for first, num_segments in stages:
         if step >= first:
@@ -48,7 +50,7 @@ def linear_curriculum(start_segments: int, max_segments: int, total_steps: int, 
     """Stages growing by one segment from `start_segments` to `max_segments`, evenly over the first
     (1 - hold_fraction) of training, then holding `max_segments` (the RMT papers' +1 segment per stage)."""
     if not 1 <= start_segments <= max_segments:
-        raise ValueError(f"need 1 <= start_segments <= max_segments, got {start_segments}, {max_segments}")
+        raise InputError(f"need 1 <= start_segments <= max_segments, got {start_segments}, {max_segments}")
     count = max_segments - start_segments + 1
     ramp_steps = int(total_steps * (1.0 - hold_fraction))
     per_stage = ramp_steps // count if count > 1 else 0

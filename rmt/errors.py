@@ -1,0 +1,16 @@
+"""The exceptions rmt raises for problems the caller can fix.
+
+`InputError` (a `ValueError`) means the input was wrong: a shape, a value, a setting, a file's contents.
+`MissingFileError` (also a `FileNotFoundError`) means a file or folder the call needs is not there. The `rmt`
+command prints these as one line; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input from the caller: the message names the problem and, where there is one, the fix."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """A file or folder that the call needs does not exist."""

@@ -1,0 +1,142 @@
+"""Atomic writes of files and folders: what is on disk is always either the old version or the new one, whole.
+
+Used by `save_pretrained`, the trainer's checkpoints, memory files and the benchmarks' result files.
+
+- `write_atomic(path, data)`: the data goes to a temporary file next to `path`, is flushed to disk, then renamed
+  over `path` (a rename within one folder is atomic).
+- `atomic_directory(path)`: a context manager that yields an empty temporary folder next to `path`; when the block
+  finishes without an exception the folder replaces `path`. On Linux the two folders are exchanged in one
+  `renameat2(RENAME_EXCHANGE)` call, so there is no moment at which `path` does not exist; elsewhere the old folder is
+  first renamed aside, and `recover_directory` puts it back if the process died between the two renames.
+- `recover_directory(path)`: run before reading or replacing a folder: restores a folder left aside by a crash and
+  removes the temporary folders of processes that no longer run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_TMP_TAG = "tmp"
+_OLD_TAG = "old"
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the previous file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """`write_atomic` of `obj` as indented JSON with a final newline."""
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it becomes `path` (replacing any folder there), on an exception it
+    is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
+    try:
+        yield tmp
+        _swap_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_directory(path: str | os.PathLike) -> None:
+    """Undo what a crash inside `atomic_directory` may have left next to `path`.
+
+    If `path` is missing but a previous version was set aside (the crash fell between the two renames of the portable
+    swap), that version is restored. Temporary and set-aside folders of processes that have ended are removed; those
+    of running processes (a save in progress elsewhere) are left alone."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    leftovers = []
+    for entry in path.parent.iterdir():
+        parsed = _parse_leftover(entry.name, path.name)
+        if parsed is not None and not _process_alive(parsed[1]):
+            leftovers.append((parsed[0], entry))
+    set_aside = sorted((entry for tag, entry in leftovers if tag == _OLD_TAG), key=lambda e: e.stat().st_mtime)
+    if not path.exists() and set_aside:
+        os.replace(set_aside.pop(), path)
+    for _, entry in leftovers:
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if _exchange(new, target):  # `new` now holds the previous version
+        return
+    old = target.with_name(f".{target.name}.{_OLD_TAG}-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2); False where the system cannot."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _parse_leftover(name: str, target: str) -> tuple[str, int] | None:
+    """('tmp' or 'old', pid) for names written by this module next to `target`, else None."""
+    for tag in (_TMP_TAG, _OLD_TAG):
+        prefix = f".{target}.{tag}-"
+        if name.startswith(prefix):
+            pid = name[len(prefix) :].split("-", 1)[0]
+            return (tag, int(pid)) if pid.isdigit() else None
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has no save in progress while it recovers
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,45 @@
+"""Output types of the memory models: a whole input (`RMTOutput`), one segment (`SegmentOutput`), generation
+(`GenerateOutput`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from rmt.memory.state import State
+
+
+@dataclass
+class SegmentOutput:
+    """What one segment step produced (returned when `output_segments=True`)."""
+
+    rows: torch.Tensor  # [b] indices of the samples active in this segment
+    logits: torch.Tensor  # decoder: [b, t, V]; encoder: [b, num_labels]
+    memory_state: State  # state of the whole batch after this segment
+
+
+@dataclass
+class RMTOutput(ModelOutput):
+    """Output of a memory model over a whole input.
+
+    loss: combined loss (None without labels). logits: decoder [B, N, V] at the input's own positions (padding
+    positions hold zeros), [B, V] at each sample's last token with `logits="last"`, [B, K, V] at asked positions, or
+    None with `logits="none"`; encoder [B, num_labels] from each sample's last segment. memory_state: state after each
+    sample's last segment (pass it back in to continue). segment_outputs: per-segment outputs if asked.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    memory_state: State | None = None
+    segment_outputs: list[SegmentOutput] | None = None
+
+
+@dataclass
+class GenerateOutput:
+    """sequences [B, P + N]: each prompt row followed by its N generated tokens (pad_token_id after EOS);
+    scores [B, N, V]: the logits each generated token was chosen from."""
+
+    sequences: torch.Tensor
+    scores: torch.Tensor

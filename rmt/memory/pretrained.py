@@ -1,0 +1,99 @@
+"""Checkpoint I/O of memory models: `save_pretrained` / `from_pretrained` in the Hugging Face way.
+
+A checkpoint is a folder:
+    backbone/             the backbone in its own Hugging Face format (safetensors), loadable without rmt
+    memory.safetensors    the wrapper's own parameters (memory embeddings, ARMT projections)
+    rmt_config.json       the RMTConfig
+It is written into a temporary folder and swapped in whole (`rmt.files.atomic_directory`), so a crash never leaves a
+half-written checkpoint and an existing one is replaced only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rmt.config import RMTConfig
+from rmt.errors import InputError, MissingFileError
+from rmt.files import atomic_directory, recover_directory
+from rmt.memory.registry import model_class
+
+if TYPE_CHECKING:
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+MEMORY_WEIGHTS = "memory.safetensors"
+MEMORY_CONFIG = "rmt_config.json"
+BACKBONE_DIR = "backbone"
+
+
+def save_memory_model(model: RecurrentMemoryModel, path: str | os.PathLike) -> None:
+    """Write `model` to the folder `path` atomically (see the module docstring)."""
+    with atomic_directory(path) as tmp:
+        model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.memory_state_dict().items()}
+        save_file(tensors, str(tmp / MEMORY_WEIGHTS), metadata={"format": "pt"})
+        model.config.save(tmp / MEMORY_CONFIG)
+
+
+def load_memory_model(
+    path: str | os.PathLike, expected: type[RecurrentMemoryModel] | None = None, **backbone_kwargs
+) -> RecurrentMemoryModel:
+    """Load a checkpoint written by `save_memory_model`. `expected`: refuse a checkpoint of another model class.
+
+    Missing files raise MissingFileError, damaged ones an InputError naming the file ("corrupt checkpoint: ...").
+    Errors that are not about the files (e.g. a `device_map` this machine cannot serve) keep their own type and
+    message."""
+    path = Path(path)
+    recover_directory(path)
+    if not path.is_dir():
+        raise MissingFileError(f"no checkpoint at {path}: the folder does not exist")
+    missing = [n for n in (MEMORY_CONFIG, MEMORY_WEIGHTS, BACKBONE_DIR) if not (path / n).exists()]
+    if missing:
+        raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}")
+    config = RMTConfig.load(path / MEMORY_CONFIG)
+    model_cls = model_class(config)
+    if expected is not None and not issubclass(model_cls, expected):
+        raise InputError(f"checkpoint {path} holds a {model_cls.__name__}, not a {expected.__name__}")
+    try:
+        tensors = load_file(str(path / MEMORY_WEIGHTS))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"corrupt checkpoint: cannot read {path / MEMORY_WEIGHTS}: {err}") from err
+    backbone = _load_backbone(path / BACKBONE_DIR, config.mode, backbone_kwargs)
+    model = model_cls(backbone, config)
+    expected_tensors = model.memory_state_dict()
+    if set(tensors) != set(expected_tensors):
+        raise InputError(
+            f"corrupt checkpoint: {path / MEMORY_WEIGHTS} holds {sorted(tensors)}, expected {sorted(expected_tensors)}"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected_tensors[name].shape:
+            raise InputError(
+                f"corrupt checkpoint: {name} has shape {tuple(tensor.shape)} in {path / MEMORY_WEIGHTS}, "
+                f"expected {tuple(expected_tensors[name].shape)}"
+            )
+    model.load_state_dict(tensors, strict=False)
+    return model.to(backbone.device)
+
+
+def _load_backbone(folder: Path, mode: str, kwargs: dict):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError as err:
+        raise MissingFileError(f"no complete checkpoint: {config_file} is missing") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"corrupt checkpoint: cannot load the backbone from {folder}: {config_file}: {err}") from err
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise InputError(f"corrupt checkpoint: cannot load the backbone from {folder}: {config_file} has no model_type")
+    auto = AutoModelForCausalLM if mode == "decoder" else AutoModelForSequenceClassification
+    try:
+        return auto.from_pretrained(folder, **kwargs)
+    except (SafetensorError, OSError) as err:  # unreadable or missing weight files
+        raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err

@@ -1,0 +1,173 @@
+"""Input preparation for the segment loop: validation, packing of padded samples, segmentation, next-token targets
+and the loss weights that implement `RMTConfig.loss_aggregation`.
+
+Every sample is segmented from its own first real token: its real tokens are packed to the front (stable, so their
+order is kept; left padding or gaps allowed), so samples may have different numbers of segments and a padded sample
+gives the same result as the sample alone. `SegmentPlan` holds the packed input and everything the loop needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from rmt.config import RMTConfig
+from rmt.errors import InputError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SegmentPlan:
+    """The input packed and cut into segments, with everything the loop needs precomputed."""
+
+    input_ids: torch.Tensor  # [B, N] real tokens first
+    attention_mask: torch.Tensor  # [B, N] 1 on the packed real tokens
+    order: torch.Tensor | None  # [B, N] original position of each packed position; None if already packed
+    lengths: torch.Tensor  # [B] real tokens per sample
+    num_segments: torch.Tensor  # [B] segments per sample
+    targets: torch.Tensor | None  # decoder: [B, N] next-token targets (IGNORE_INDEX where none); encoder: [B]
+    weights: torch.Tensor | None  # decoder: [B, N] loss weight of each target; encoder: None
+
+
+def validate_input_ids(input_ids: torch.Tensor, vocab_size: int | None) -> None:
+    """Raise an InputError unless input_ids is a non-empty [batch, length] integer tensor of ids < vocab_size."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise InputError(f"input_ids must be a [batch, length] tensor, got {shape}")
+    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+        raise InputError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        raise InputError(f"input_ids is empty (shape {tuple(input_ids.shape)}): nothing to process")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        raise InputError(
+            f"input_ids hold ids from {low} to {high}, but the backbone's vocabulary has ids 0..{vocab_size - 1}"
+            if vocab_size is not None
+            else f"input_ids hold a negative id ({low})"
+        )
+
+
+def validate_attention_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
+    """The attention mask as given (all ones when None), checked: same shape as input_ids, values 0 or 1, and at
+    least one real token per sample."""
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+        raise InputError(f"attention_mask shape {shape} does not match input_ids shape {tuple(input_ids.shape)}")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise InputError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise InputError(f"sample(s) {empty} have no tokens (attention_mask is all zeros)")
+    return attention_mask
+
+
+def plan_segments(
+    config: RMTConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    token_labels: bool,
+    vocab_size: int | None = None,
+) -> SegmentPlan:
+    """Validate and pack the input, cut it into segments of `config.segment_size` and derive targets and loss weights.
+
+    token_labels: True for causal LMs (labels [B, N], unshifted, -100 = ignore), False for classification
+    (labels [B])."""
+    validate_input_ids(input_ids, vocab_size)
+    mask = validate_attention_mask(attention_mask, input_ids).bool()
+    lengths = mask.sum(dim=1)
+
+    order = None
+    if not bool((mask == prefix_mask(lengths, mask.shape[1])).all()):
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+        input_ids = input_ids.gather(1, order)
+    packed_mask = prefix_mask(lengths, mask.shape[1]).long()
+    num_segments = (lengths + config.segment_size - 1) // config.segment_size
+
+    targets = weights = None
+    if labels is not None:
+        if token_labels:
+            if labels.shape != input_ids.shape:
+                raise InputError(
+                    f"labels shape {tuple(labels.shape)} does not match input_ids shape {tuple(input_ids.shape)}"
+                )
+            if order is not None:
+                labels = labels.gather(1, order)
+            targets = torch.full_like(labels, IGNORE_INDEX)
+            targets[:, :-1] = labels[:, 1:]
+            # A sample's last real token has nothing to predict; padding predicts nothing.
+            targets = targets.masked_fill(~prefix_mask(lengths - 1, labels.shape[1]), IGNORE_INDEX)
+            weights = loss_weights(config, targets, num_segments)
+        else:
+            if labels.dim() != 1 or labels.shape[0] != input_ids.shape[0]:
+                raise InputError(
+                    f"labels must have shape [batch] = [{input_ids.shape[0]}] for classification, "
+                    f"got {tuple(labels.shape)}"
+                )
+            targets = labels
+    return SegmentPlan(input_ids, packed_mask, order, lengths, num_segments, targets, weights)
+
+
+def loss_weights(config: RMTConfig, targets: torch.Tensor, num_segments: torch.Tensor) -> torch.Tensor:
+    """Per-target weights [B, N] whose weighted sum of token losses is the configured aggregate."""
+    valid = targets != IGNORE_INDEX
+    seg_size = config.segment_size
+    segment_of = torch.arange(targets.shape[1], device=targets.device) // seg_size  # [N]
+    aggregation = config.loss_aggregation
+    if aggregation == "last_segment":
+        valid = valid & (segment_of[None, :] == (num_segments - 1)[:, None])
+    if not bool(valid.any()):
+        raise InputError(
+            "labels contain no target token to train on (all -100"
+            + (" in each sample's last segment)" if aggregation == "last_segment" else ")")
+        )
+    weights = valid.float()
+    if aggregation == "segments":
+        n_seg = math.ceil(targets.shape[1] / seg_size)
+        counts = torch.zeros(targets.shape[0], n_seg, device=targets.device)
+        counts.scatter_add_(1, segment_of.expand_as(weights), weights)  # [B, S] targets per segment
+        per_token_count = counts.gather(1, segment_of.expand_as(weights)).clamp(min=1)
+        return weights / per_token_count / (counts > 0).sum()
+    return weights / weights.sum()
+
+
+def assemble_logits(
+    plan: SegmentPlan, pieces: list[tuple[torch.Tensor | None, int, torch.Tensor]], batch: int, length: int
+) -> torch.Tensor:
+    """[B, N, V] logits at the caller's positions from per-segment pieces (rows or None for all, start, [b, t, V]);
+    padding positions hold zeros."""
+    vocab = pieces[0][2].shape[-1]
+    out = pieces[0][2].new_zeros(batch, length, vocab)
+    for rows, start, logits in pieces:
+        width = logits.shape[1]
+        if rows is None:
+            out[:, start : start + width] = logits
+        else:
+            out[rows, start : start + width] = logits
+    out = out * plan.attention_mask[..., None].to(out.dtype)
+    if plan.order is not None:  # back to the caller's positions
+        out = torch.zeros_like(out).scatter(1, plan.order[..., None].expand_as(out), out)
+    return out
+
+
+def closed_length(length: int, segment_size: int) -> int:
+    """Tokens of a `length`-token input that lie in segments closed before its last token's segment.
+
+    Decoding continues the segment that holds the last token (the open segment, 1..T tokens); the segments before it
+    are complete and their memory is final. Used by every generate path."""
+    return (length - 1) // segment_size * segment_size
+
+
+def prefix_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width] bool mask, True at the first `lengths[b]` positions of row b."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def select(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Rows `rows` of a batch-first tensor (None: all rows, returned as is)."""
+    return tensor if rows is None else tensor.index_select(0, rows)
