@@ -10,6 +10,8 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
   first renamed aside, and `recover_directory` puts it back if the process died between the two renames.
 - `recover_directory(path)`: run before reading or replacing a folder: restores a folder left aside by a crash and
   removes the temporary folders of processes that no longer run.
+- `temporary_directory(path)` + `replace_directory(tmp, path)`: the two halves of `atomic_directory`, for a folder
+  that several processes fill (the trainer's checkpoints under multi-process training).
 """
 
 from __future__ import annotations
@@ -60,9 +62,19 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
-        _swap_in(tmp, path)
+        replace_directory(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temporary_directory(path: str | os.PathLike) -> Path:
+    """A new empty folder next to `path`, named so that `recover_directory(path)` removes it if this process dies
+    before it is swapped in (for writers that cannot use `atomic_directory`, e.g. several processes filling one
+    folder). Pair it with `replace_directory`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
 
 
 def recover_directory(path: str | os.PathLike) -> None:
@@ -87,11 +99,15 @@ def recover_directory(path: str | os.PathLike) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _swap_in(new: Path, target: Path) -> None:
+def replace_directory(new: Path, target: Path) -> None:
+    """Make the complete folder `new` the folder `target`, atomically where the system allows (see the module
+    docstring); the previous `target`, if any, is removed."""
+    new, target = Path(new), Path(target)
     if not target.exists():
         os.replace(new, target)
         return
     if _exchange(new, target):  # `new` now holds the previous version
+        shutil.rmtree(new, ignore_errors=True)
         return
     old = target.with_name(f".{target.name}.{_OLD_TAG}-{os.getpid()}")
     shutil.rmtree(old, ignore_errors=True)

@@ -14,19 +14,25 @@ from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
 from rmt.data.tasks import AssociativeRetrievalTask, CopyTask
 from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context
-from rmt.train.schedules import curriculum_segments, learning_rate_factor, linear_curriculum
+from rmt.train.optim import build_optimizer
+from rmt.train.schedules import curriculum_segments, linear_curriculum
 
 
 def test_learning_rate_schedule_values():
-    assert learning_rate_factor(0, 100, 10) == pytest.approx(0.1)
-    assert learning_rate_factor(9, 100, 10) == pytest.approx(1.0)
-    assert learning_rate_factor(10, 100, 10) == pytest.approx(1.0)
-    assert learning_rate_factor(55, 100, 10, min_factor=0.0) == pytest.approx(0.5)
-    assert learning_rate_factor(100, 100, 10, min_factor=0.1) == pytest.approx(0.1)
-    assert learning_rate_factor(500, 100, 10, min_factor=0.1) == pytest.approx(0.1)
-    assert learning_rate_factor(3, 10, 0) < 1.0
-    with pytest.raises(ValueError, match="total_steps"):
-        learning_rate_factor(0, 0, 0)
+    """Warmup from 0 to the peak, cosine down to min_lr_factor x the peak, per parameter group."""
+    model, _ = small_setup()
+    config = TrainConfig(steps=100, warmup_steps=10, learning_rate=1e-3, memory_learning_rate=1e-2, min_lr_factor=0.1)
+    optimizer, scheduler = build_optimizer(model, config)
+    rates = []
+    for _ in range(101):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    memory, backbone = zip(*rates, strict=True)
+    assert memory[0] == 0.0 and memory[5] == pytest.approx(0.5e-2) and memory[10] == pytest.approx(1e-2)
+    assert memory[55] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5))  # halfway through the decay
+    assert memory[100] == pytest.approx(1e-3) and backbone[100] == pytest.approx(1e-4)
+    assert backbone[10] == pytest.approx(1e-3)
 
 
 def test_curriculum_values():

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rmt.data.batch import Batch
 from rmt.errors import InputError
 
 IGNORE_INDEX = -100
@@ -40,13 +41,11 @@ _SYMBOLS = string.digits + string.ascii_lowercase + string.ascii_uppercase
 
 
 @dataclass
-class TaskBatch:
-    """One batch of a task; every tensor is [B, N] int64."""
+class TaskBatch(Batch):
+    """One batch of a task; every tensor is [B, N] int64: labels hold input_ids on answer tokens and -100 elsewhere
+    (unshifted); attention_mask is 0 only on padding (quadratic)."""
 
-    input_ids: torch.LongTensor  # [B, N]
-    labels: torch.LongTensor  # [B, N]: input_ids on answer tokens, -100 elsewhere (unshifted)
-    attention_mask: torch.LongTensor  # [B, N]: 0 only on padding (quadratic)
-    answer_start: int  # index of the first answer token, the same for every sample
+    answer_start: int = 0  # index of the first answer token, the same for every sample
 
 
 def _check_int(name: str, value: int, low: int, high: int | None = None) -> None:
@@ -98,7 +97,7 @@ class Task(ABC):
         scored = self.scored_positions()
         labels[:, scored] = input_ids[:, scored]
         labels[attention_mask == 0] = IGNORE_INDEX
-        return TaskBatch(input_ids, labels, attention_mask, self.answer_start)
+        return TaskBatch(input_ids, attention_mask, labels, self.answer_start)
 
     def scored_positions(self) -> torch.BoolTensor:
         """[N] True at the positions that carry labels: the answer span, unless a task scores only part of it."""

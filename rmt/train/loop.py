@@ -1,16 +1,24 @@
 """One flat training loop for memory models on Hugging Face Accelerate.
 
-AdamW, linear warmup + cosine decay, gradient clipping, curriculum over the number of segments, periodic
-evaluation, a tqdm progress bar, metrics to `metrics.jsonl` (TensorBoard optional), checkpoints written
-atomically every N steps, and exact resume.
+    history = train(model, source, TrainConfig(steps=1000), "runs/copy")
 
-Why resume is exact: the batch at step s is a pure function of (seed, s), the learning rate and the curriculum
-are pure functions of s, and a checkpoint holds the model, the optimizer state and the torch RNG state. So on
-CPU a run stopped at step k and resumed gives the same losses as the run that never stopped (a test checks it).
+AdamW with a learning rate per parameter group (memory vs backbone), warmup then cosine decay, gradient clipping,
+gradient accumulation, mixed precision (bf16 autocast, fp16 with a gradient scaler), a curriculum over the number of
+segments (advanced by step or on held-out accuracy), early stopping on a plateau, periodic evaluation, a tqdm progress
+bar, metrics to `metrics.jsonl` (TensorBoard optional), checkpoints written atomically every N steps, exact resume.
 
-Gradients come from `model.forward_backward`, which backpropagates segment by segment (memory that does not
-grow with the number of segments). With several processes the gradients are averaged across them explicitly
-(`accelerator.reduce`) instead of through a DDP wrapper, because the loss is backpropagated in pieces.
+Gradients come from `model.forward_backward`, which backpropagates segment by segment (memory that does not grow with
+the number of segments), so one step calls backward several times. With several processes (`torchrun`,
+`accelerate launch`) the model is prepared by Accelerate (DDP: every process starts from the main process's weights),
+each process computes its share of the global batch without gradient synchronisation, and the gradients are then
+averaged in one bucketed all-reduce that every process makes with the same tensors (zeros for parameters that got no
+gradient on that process): one synchronisation per optimizer step, whatever the number of backward calls.
+Evaluation, logging and the final model are the main process's; the others wait at a barrier.
+
+Why resume is exact: the batch at step s is a pure function of (seed, s) (`rmt.data.sources`), and a checkpoint holds
+the model, the optimizer, the schedule, the scaler, every process's RNG state and the trainer's own state (curriculum
+stage, early-stopping record). A run stopped at step k and resumed gives the losses of the run that never stopped
+(tests check it, with one and with two processes).
 """
 
 from __future__ import annotations
@@ -18,161 +26,91 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, reduce
 from tqdm.auto import tqdm
 
 from rmt.build import memory_model
 from rmt.config import RMTConfig
-from rmt.data.tasks import Task, TaskBatch, answer_accuracy
+from rmt.data.sources import Source, TaskSource
+from rmt.data.tasks import Task
 from rmt.errors import InputError
-from rmt.files import atomic_directory
+from rmt.files import write_atomic
 from rmt.memory.recurrent import RecurrentMemoryModel
-from rmt.train.schedules import curriculum_segments, learning_rate_factor
+from rmt.train.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from rmt.train.config import TrainConfig
+from rmt.train.evaluate import evaluate
+from rmt.train.optim import build_optimizer, trainable_parameters
 
-CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.jsonl"
-EVAL_SEED_BASE = 1_000_000_007  # evaluation batches use seeds far from training ones
+_PLATEAU_DELTA = 0.005
+_ALL_REDUCE_BUCKET = 2**24  # gradient elements per all-reduce call: bounds the flat buffer
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings of one training run."""
+class TrainerState:
+    """What the loop itself carries from step to step and saves in checkpoints."""
 
-    steps: int = 1000
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_factor: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 200
-    eval_batches: int = 4
-    eval_batch_size: int = 64
-    log_every: int = 10
-    checkpoint_every: int = 500
-    seed: int = 0
-    curriculum: list[tuple[int, int]] | None = field(
-        default=None, metadata={"doc": "[(first_step, num_segments), ...]; None: the task's own length"}
-    )
-    recompute: bool = field(
-        default=False, metadata={"doc": "recompute segment activations in backward (less memory, ~1/3 more compute)"}
-    )
-    tensorboard: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "eval_every", "eval_batches", "eval_batch_size", "log_every")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise InputError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise InputError(f"TrainConfig.checkpoint_every must be >= 0 (0: never), got {self.checkpoint_every}")
-        if self.learning_rate <= 0:
-            raise InputError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
-        if self.curriculum is not None:
-            self.curriculum = [tuple(stage) for stage in self.curriculum]
-            curriculum_segments(0, self.curriculum)  # validates the stages
+    stage: int = 0  # index into TrainConfig.curriculum
+    best_accuracy: float = -1.0  # best held-out accuracy at the final number of segments
+    evals_without_gain: int = 0
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-TaskFactory = Callable[[int], Task]  # number of segments -> task whose samples span that many segments
-
-
-class TaskSource:
-    """Training and evaluation batches of a task, as pure functions of (seed, step).
-
-    `task` is a fixed Task, or a factory num_segments -> Task used with a curriculum."""
-
-    def __init__(self, task: Task | TaskFactory, seed: int = 0) -> None:
-        self._task = task
-        self.seed = seed
-
-    def task(self, num_segments: int | None = None) -> Task:
-        if isinstance(self._task, Task):
-            return self._task
-        if num_segments is None:
-            raise InputError("this task is built per number of segments: pass num_segments")
-        return self._task(num_segments)
-
-    def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> TaskBatch:
-        return self.task(num_segments).batch(batch_size, seed=self.seed * 1_000_003 + step)
-
-    def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> TaskBatch:
-        return self.task(num_segments).batch(batch_size, seed=EVAL_SEED_BASE + index)
-
-
-@torch.no_grad()
-def evaluate(
-    model: RecurrentMemoryModel,
-    source: TaskSource,
-    batches: int,
-    batch_size: int,
-    num_segments: int | None = None,
-) -> dict[str, float]:
-    """Loss, per-token answer accuracy and full-answer exact match on held-out batches."""
-    was_training = model.training
-    model.eval()
-    loss = accuracy = exact = 0.0
-    for index in range(batches):
-        batch = source.eval_batch(index, batch_size, num_segments)
-        out = model(**_to_device(batch, model.device))
-        token_acc, exact_match = answer_accuracy(out.logits, batch.labels.to(out.logits.device))
-        loss += float(out.loss)
-        accuracy += token_acc
-        exact += exact_match
-    model.train(was_training)
-    return {"loss": loss / batches, "accuracy": accuracy / batches, "exact_match": exact / batches}
-
-
-def _to_device(batch: TaskBatch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        "input_ids": batch.input_ids.to(device),
-        "attention_mask": batch.attention_mask.to(device),
-        "labels": batch.labels.to(device),
-    }
+def default_accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator on the GPU when there is one (else the CPU) with the config's mixed precision."""
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
 
 
 def train(
     model: RecurrentMemoryModel,
-    source: TaskSource,
+    source: Source,
     config: TrainConfig,
     output_dir: str | os.PathLike,
     resume: bool = False,
     accelerator: Accelerator | None = None,
     description: str = "train",
+    save_extras: Any = None,
 ) -> list[dict[str, Any]]:
     """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl).
 
-    With `resume=True` and a checkpoint in `output_dir/checkpoint`, training continues from it."""
+    resume=True continues from `output_dir/checkpoint` (an error if there is none). `save_extras(folder)` writes files
+    that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place."""
     output_dir = Path(output_dir)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output {output_dir} exists and is not a folder")
+    accelerator = accelerator or default_accelerator(config)
     main = accelerator.is_main_process
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
-    model.to(accelerator.device)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    optimizer = accelerator.prepare(optimizer)
 
+    model.to(accelerator.device)
+    optimizer, scheduler = build_optimizer(model, config)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    params = trainable_parameters(model)
+
+    state = TrainerState()
     start_step = 0
     metrics_path = output_dir / METRICS_FILE
-    if resume and (output_dir / CHECKPOINT_DIR).exists():
-        start_step = _load_checkpoint(output_dir / CHECKPOINT_DIR, model, optimizer)
+    if resume:
+        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model)
+        start_step = record["step"]
+        state = TrainerState(**record.get("trainer", {}))
         if main:
             _truncate_metrics(metrics_path, start_step)
     elif main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
     history = _read_metrics(metrics_path) if main else []
-
     writer = _tensorboard_writer(output_dir) if (config.tensorboard and main) else None
+
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(
         range(start_step, config.steps),
         initial=start_step,
@@ -184,34 +122,26 @@ def train(
     started = time.time()
     running_loss, running_count = 0.0, 0
     for step in bar:
-        num_segments = curriculum_segments(step, config.curriculum) if config.curriculum else None
-        factor = learning_rate_factor(step, config.steps, config.warmup_steps, config.min_lr_factor)
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * factor
-
-        # Each process takes its own slice of the global batch.
-        batch = source.train_batch(step, config.batch_size * accelerator.num_processes, num_segments)
-        shard = slice(
-            accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size
-        )
-        inputs = {k: v[shard] for k, v in _to_device(batch, accelerator.device).items()}
-        out = model.forward_backward(**inputs, backward=accelerator.backward, recompute=config.recompute)
-        if accelerator.num_processes > 1:
-            for p in params:
-                if p.grad is not None:
-                    p.grad = accelerator.reduce(p.grad, reduction="mean")
-        grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip)) if config.grad_clip > 0 else 0.0
+        if state.stopped_early:
+            break
+        num_segments = _stage_segments(config, state, step)
+        loss = _train_step(model, prepared, source, config, accelerator, step, num_segments)
+        if config.grad_clip > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
+        else:
+            grad_norm = 0.0
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        running_loss += float(out.loss)
+        running_loss += loss
         running_count += 1
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             record = {
                 "step": done,
                 "loss": running_loss / running_count,
-                "lr": config.learning_rate * factor,
+                "lr": scheduler.get_last_lr()[-1],
                 "grad_norm": grad_norm,
                 "segments": num_segments,
                 "elapsed_s": round(time.time() - started, 2),
@@ -221,17 +151,119 @@ def train(
             if main:
                 _log(metrics_path, history, writer, record)
         if done % config.eval_every == 0 or done == config.steps:
-            scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments)
-            record = {"step": done, **{f"eval_{k}": v for k, v in scores.items()}, "segments": num_segments}
-            bar.set_postfix(loss=f"{float(out.loss):.3f}", acc=f"{scores['accuracy']:.3f}")
+            scores = None
             if main:
+                scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments)
+                record = {"step": done, **{f"eval_{k}": v for k, v in scores.items()}, "segments": num_segments}
+                bar.set_postfix(
+                    loss=f"{loss:.3f}", **({"acc": f"{scores['accuracy']:.3f}"} if "accuracy" in scores else {})
+                )
                 _log(metrics_path, history, writer, record)
-        if main and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(output_dir / CHECKPOINT_DIR, model, optimizer, done, config)
+            state = _after_eval(config, state, done, scores, accelerator)
+        periodic = config.checkpoint_every and done % config.checkpoint_every == 0
+        if periodic or done == config.steps or state.stopped_early:
+            save_checkpoint(
+                output_dir / CHECKPOINT_DIR, accelerator, model, done, config, _state_dict(state), save_extras
+            )
     bar.close()
     if writer is not None:
         writer.close()
+    accelerator.wait_for_everyone()
     return history
+
+
+def _train_step(
+    model: RecurrentMemoryModel,
+    prepared: torch.nn.Module,
+    source: Source,
+    config: TrainConfig,
+    accelerator: Accelerator,
+    step: int,
+    num_segments: int | None,
+) -> float:
+    """Accumulate the gradients of one optimizer step into `.grad` (averaged over processes); returns the mean loss.
+
+    The global batch of this step is batch_size x grad_accumulation x processes samples; micro-batch m of process p
+    takes its own slice, so the result does not depend on how the global batch is split (up to summation order)."""
+    procs, accum = accelerator.num_processes, config.grad_accumulation
+    batch = source.train_batch(step, config.batch_size * procs * accum, num_segments)
+    total = 0.0
+    with accelerator.no_sync(prepared):
+        for micro in range(accum):
+            first = (micro * procs + accelerator.process_index) * config.batch_size
+            part = batch.rows(slice(first, first + config.batch_size)).to(accelerator.device)
+            with accelerator.autocast():
+                out = model.forward_backward(
+                    **part.model_inputs(),
+                    backward=lambda loss: accelerator.backward(loss / accum),
+                    recompute=config.recompute,
+                )
+            total += float(out.loss) / accum
+    if procs > 1:
+        _average_gradients(trainable_parameters(model), accelerator)
+        total = float(reduce(torch.tensor(total, device=accelerator.device), reduction="mean"))
+    return total
+
+
+def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
+    """Average `.grad` over processes in flat buckets; every process passes the same parameters in the same order
+    (a missing gradient counts as zeros), so the collectives always pair up."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    start = 0
+    while start < len(grads):
+        end, size = start, 0
+        while end < len(grads) and (size == 0 or size + grads[end].numel() <= _ALL_REDUCE_BUCKET):
+            size += grads[end].numel()
+            end += 1
+        flat = torch.cat([g.reshape(-1).float() for g in grads[start:end]])
+        flat = reduce(flat, reduction="mean")
+        offset = 0
+        for param, grad in zip(params[start:end], grads[start:end], strict=True):
+            param.grad = flat[offset : offset + grad.numel()].view_as(grad).to(grad.dtype)
+            offset += grad.numel()
+        start = end
+
+
+def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int | None:
+    """Number of segments of this step's batch under the curriculum (None: the data's own length). A stage's start
+    step is where it begins at the latest; with curriculum_accuracy it may begin earlier (state.stage)."""
+    if not config.curriculum:
+        return None
+    by_step = max(i for i, (first, _) in enumerate(config.curriculum) if step >= first)
+    state.stage = max(state.stage, by_step)
+    return config.curriculum[state.stage][1]
+
+
+def _after_eval(
+    config: TrainConfig, state: TrainerState, step: int, scores: dict[str, float] | None, accelerator: Accelerator
+) -> TrainerState:
+    """Curriculum advance on accuracy and early stopping, decided by the main process and shared with the others."""
+    if scores is not None and "accuracy" in scores:
+        accuracy = scores["accuracy"]
+        last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
+        if config.curriculum_accuracy is not None and not last_stage and accuracy >= config.curriculum_accuracy:
+            state.stage += 1
+            state.best_accuracy, state.evals_without_gain = -1.0, 0
+        elif last_stage and config.plateau_evals is not None:
+            if accuracy > state.best_accuracy + _PLATEAU_DELTA:
+                state.best_accuracy, state.evals_without_gain = accuracy, 0
+            else:
+                state.evals_without_gain += 1
+            state.stopped_early = accuracy >= 1.0 or state.evals_without_gain >= config.plateau_evals
+    if accelerator.num_processes > 1:
+        shared = broadcast_object_list([_state_dict(state)])
+        state = TrainerState(**shared[0])
+    return state
+
+
+def _state_dict(state: TrainerState) -> dict[str, Any]:
+    return {
+        "stage": state.stage,
+        "best_accuracy": state.best_accuracy,
+        "evals_without_gain": state.evals_without_gain,
+        "stopped_early": state.stopped_early,
+        "extra": state.extra,
+    }
 
 
 def one_window(backbone: torch.nn.Module, task: Task) -> RecurrentMemoryModel:
@@ -251,33 +283,9 @@ def train_in_context(
     a warm-up that gives a small random backbone an in-context skill (e.g. key-value binding, through multi-query
     associative retrieval) before a memory model learns to carry it across segments. The backbone is updated in
     place; returns the logged records, as `train` does."""
-    return train(one_window(backbone, task), TaskSource(task, seed=config.seed), config, output_dir, description)
-
-
-def save_checkpoint(
-    path: Path, model: RecurrentMemoryModel, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig
-) -> None:
-    """Write model, optimizer, RNG state and step to `path` atomically (temp folder, then swap)."""
-    with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp / "model")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-            tmp / "trainer.pt",
-        )
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "train_config": asdict(config)}, indent=2))
-
-
-def _load_checkpoint(path: Path, model: RecurrentMemoryModel, optimizer: torch.optim.Optimizer) -> int:
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        trainer = torch.load(path / "trainer.pt", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise InputError(f"cannot resume: checkpoint {path} is incomplete or corrupt: {err}") from err
-    loaded = type(model).from_pretrained(path / "model")
-    model.load_state_dict(loaded.state_dict())
-    optimizer.load_state_dict(trainer["optimizer"])
-    torch.set_rng_state(trainer["torch_rng"])
-    return int(state["step"])
+    return train(
+        one_window(backbone, task), TaskSource(task, seed=config.seed), config, output_dir, description=description
+    )
 
 
 def _log(path: Path, history: list[dict[str, Any]], writer: Any, record: dict[str, Any]) -> None:
@@ -299,9 +307,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records logged after the checkpoint we resume from (they will be logged again)."""
     kept = [r for r in _read_metrics(path) if r["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _tensorboard_writer(output_dir: Path) -> Any:

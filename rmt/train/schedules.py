@@ -1,27 +1,9 @@
-"""Schedules as pure functions of the training step: learning rate and curriculum over the number of segments.
-
-Being pure functions of `step` is what makes a resumed run continue exactly: nothing about them is stored.
-"""
+"""Curriculum over the number of segments, as pure functions of the training step (the learning-rate schedule is
+transformers', built in `rmt.train.optim`)."""
 
 from __future__ import annotations
 
-import math
-
 from rmt.errors import InputError
-
-
-def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float = 0.1) -> float:
-    """Multiplier of the peak learning rate at `step` (0-based): linear warmup over `warmup_steps` steps, then
-    cosine decay to `min_factor` at `total_steps`."""
-    if total_steps <= 0:
-        raise InputError(f"total_steps must be > 0, got {total_steps}")
-    if warmup_steps < 0:
-        raise InputError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def curriculum_segments(step: int, stages: list[tuple[int, int]]) -> int:

@@ -1,0 +1,130 @@
+"""The trainer's checkpoints: written atomically by the main process, filled by every process, resumed exactly.
+
+Layout of OUTPUT/checkpoint:
+    model/               the model as `save_pretrained` writes it (and the tokenizer, if the run has one): `rmt eval`
+                         and `from_pretrained` read it as they read a final model
+    accelerate/          `Accelerator.save_state`: model weights, optimizer, learning-rate schedule, gradient scaler
+                         and every process's random number generators (CPU and GPU)
+    trainer_state.json   the step, the TrainConfig, the model's RMTConfig and backbone shape, and the trainer's own
+                         state (curriculum stage, early-stopping record)
+
+The folder is filled in a temporary folder next to it and swapped in whole (`rmt.files`), so a crash at any moment
+leaves the previous checkpoint intact, and `--resume` never finds a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from safetensors import SafetensorError
+
+from rmt.errors import InputError, MissingFileError
+from rmt.files import recover_directory, replace_directory, temporary_directory, write_json_atomic
+from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.train.config import TrainConfig
+
+CHECKPOINT_DIR = "checkpoint"
+TRAINER_STATE = "trainer_state.json"
+_BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def save_checkpoint(
+    path: Path,
+    accelerator: Accelerator,
+    model: RecurrentMemoryModel,
+    step: int,
+    config: TrainConfig,
+    trainer_state: dict[str, Any],
+    save_extras: Any = None,
+) -> None:
+    """Write the checkpoint of `step` to `path`. Every process must call it (each saves its own RNG state).
+    `save_extras(folder)`: writes files that belong with the model, e.g. the tokenizer."""
+    tmp = [str(temporary_directory(path)) if accelerator.is_main_process else None]
+    broadcast_object_list(tmp)  # the main process's folder, for everyone
+    tmp_dir = Path(tmp[0])
+    try:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp_dir / "accelerate"))
+        if accelerator.is_main_process:
+            model.save_pretrained(tmp_dir / "model")
+            if save_extras is not None:
+                save_extras(tmp_dir / "model")
+            record = {
+                "step": step,
+                "train_config": asdict(config),
+                "rmt_config": model.config.to_dict(),
+                "backbone": _backbone_shape(model),
+                "trainer": trainer_state,
+            }
+            write_json_atomic(tmp_dir / TRAINER_STATE, record)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            replace_directory(tmp_dir, path)
+    finally:
+        if accelerator.is_main_process and tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(path: Path, accelerator: Accelerator, model: RecurrentMemoryModel) -> dict[str, Any]:
+    """Restore model, optimizer, schedule, scaler and RNGs from `path` (prepared objects registered with
+    `accelerator`); returns the trainer_state.json record. Refuses a checkpoint of another model with a message that
+    names the difference, and a damaged one with a message that names the file."""
+    if accelerator.is_main_process:
+        recover_directory(path)
+    accelerator.wait_for_everyone()
+    state_file = path / TRAINER_STATE
+    if not state_file.is_file():
+        raise MissingFileError(
+            f"cannot resume: no checkpoint at {path} (run without --resume to start a new run)"
+            if not path.exists()
+            else f"cannot resume: checkpoint {path} is incomplete: {TRAINER_STATE} is missing"
+        )
+    try:
+        record = json.loads(state_file.read_text())
+        step = int(record["step"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"cannot resume: {state_file} is corrupt: {err}") from err
+    _check_same_model(record, model, path)
+    try:
+        accelerator.load_state(str(path / "accelerate"))
+    except (OSError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
+        raise InputError(f"cannot resume: checkpoint {path / 'accelerate'} is incomplete or corrupt: {err}") from err
+    record["step"] = step
+    return record
+
+
+def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path: Path) -> None:
+    differences = []
+    saved = record.get("rmt_config", {})
+    for key, value in model.config.to_dict().items():
+        if key in saved and saved[key] != value:
+            differences.append(f"{key}: checkpoint {saved[key]!r}, now {value!r}")
+    for key, value in _backbone_shape(model).items():
+        saved_value = record.get("backbone", {}).get(key)
+        if saved_value is not None and saved_value != value:
+            differences.append(f"backbone {key}: checkpoint {saved_value!r}, now {value!r}")
+    if differences:
+        raise InputError(
+            f"cannot resume from {path}: it was trained with a different model ({'; '.join(differences)}); "
+            "resume with the same settings or start a new run in another --output"
+        )
+
+
+def _backbone_shape(model: RecurrentMemoryModel) -> dict[str, Any]:
+    config = model.backbone.config
+    return {key: getattr(config, key, None) for key in _BACKBONE_KEYS}
+
+
+def checkpoint_exists(output_dir: str | os.PathLike) -> bool:
+    path = Path(output_dir) / CHECKPOINT_DIR
+    recover_directory(path)
+    return (path / TRAINER_STATE).is_file()

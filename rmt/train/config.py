@@ -1,0 +1,159 @@
+"""`TrainConfig`: the optimisation and bookkeeping settings of one training run.
+
+Each field's documentation is its `rmt train --help` text: the command's training flags are generated from this
+dataclass (`rmt.cli.options`), so the library and the command line never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rmt.errors import InputError
+from rmt.train.schedules import curriculum_segments
+
+MixedPrecision = Literal["no", "bf16", "fp16"]
+Trainable = Literal["all", "memory"]
+LRSchedule = Literal["cosine", "linear", "constant"]
+
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"doc": " ".join(text.split()), **extra}
+
+
+def parse_curriculum(text: str) -> list[tuple[int, int]]:
+    """'0:1,500:2,1000:4' -> [(0, 1), (500, 2), (1000, 4)]."""
+    try:
+        return [(int(a), int(b)) for a, b in (item.split(":") for item in text.split(","))]
+    except ValueError as err:
+        raise InputError(f"curriculum must look like 0:1,500:2,1000:4 (STEP:SEGMENTS,...), got {text!r}") from err
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings of one training run."""
+
+    steps: int = field(default=1000, metadata=_doc("Optimizer steps to train for (> 0)."))
+    batch_size: int = field(default=32, metadata=_doc("Samples per micro-batch on each process (> 0)."))
+    grad_accumulation: int = field(
+        default=1,
+        metadata=_doc(
+            "Micro-batches whose gradients are summed before each optimizer step (> 0): the global batch is "
+            "batch_size x grad_accumulation x processes."
+        ),
+    )
+    learning_rate: float = field(
+        default=1e-3, metadata=_doc("Peak learning rate of the backbone (and of everything without its own rate).")
+    )
+    memory_learning_rate: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Peak learning rate of the parameters the memory wrapper adds (memory embeddings, ARMT projections) and "
+            "of a newly initialised classification head; default: learning_rate."
+        ),
+    )
+    weight_decay: float = field(default=0.01, metadata=_doc("AdamW weight decay."))
+    warmup_steps: int = field(default=100, metadata=_doc("Linear learning-rate warmup steps (>= 0)."))
+    lr_schedule: LRSchedule = field(
+        default="cosine",
+        metadata=_doc(
+            "After warmup: 'cosine' decay to min_lr_factor x the peak, 'linear' decay to 0, or 'constant' "
+            "(transformers' schedules)."
+        ),
+    )
+    min_lr_factor: float = field(default=0.1, metadata=_doc("Cosine schedule: final learning rate / peak (0..1)."))
+    grad_clip: float = field(default=1.0, metadata=_doc("Clip the global gradient norm to this value (0: off)."))
+    eval_every: int = field(default=200, metadata=_doc("Evaluate on held-out batches every N steps (> 0)."))
+    eval_batches: int = field(default=4, metadata=_doc("Held-out batches per evaluation (> 0)."))
+    eval_batch_size: int = field(default=64, metadata=_doc("Samples per held-out batch (> 0)."))
+    log_every: int = field(default=10, metadata=_doc("Write the running training loss every N steps (> 0)."))
+    checkpoint_every: int = field(default=500, metadata=_doc("Write a checkpoint every N steps (0: only at the end)."))
+    seed: int = field(default=0, metadata=_doc("Seed of the data order and of the model's random initialisation."))
+    curriculum: list[tuple[int, int]] | None = field(
+        default=None,
+        metadata=_doc(
+            "Curriculum over the number of segments, as STEP:SEGMENTS,... e.g. 0:1,500:2,1000:4 (train on 1 "
+            "segment from step 0, 2 from step 500, 4 from step 1000); default: the data's own length.",
+            parse=parse_curriculum,
+        ),
+    )
+    curriculum_accuracy: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Advance the curriculum as soon as held-out accuracy at the current number of segments reaches this "
+            "value (0..1); a stage's STEP then only caps how long the stage before it may last."
+        ),
+    )
+    plateau_evals: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Stop early once held-out accuracy (at the final number of segments) has not improved by more than "
+            "0.005 over this many evaluations in a row, or has reached 1.0 (default: train all steps)."
+        ),
+    )
+    recompute: bool = field(
+        default=False,
+        metadata=_doc(
+            "Recompute each segment's activations during the backward pass: peak memory of about one segment at "
+            "any BPTT depth, for one extra forward pass."
+        ),
+    )
+    mixed_precision: MixedPrecision = field(
+        default="no",
+        metadata=_doc(
+            "Autocast the forward pass to 'bf16' or 'fp16' (with a gradient scaler) through Accelerate; weights, "
+            "optimizer and memory states stay fp32."
+        ),
+    )
+    trainable: Trainable = field(
+        default="all",
+        metadata=_doc(
+            "Which parameters train: 'all', or 'memory' (only what the memory wrapper adds, plus a newly "
+            "initialised classification head; the pretrained backbone is frozen)."
+        ),
+    )
+    tensorboard: bool = field(default=False, metadata=_doc("Also log to OUTPUT/tensorboard."))
+    progress: bool = field(default=True, metadata=_doc("Show progress bars."))
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accumulation", "eval_every", "eval_batches", "eval_batch_size")
+        for name in (*positive, "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InputError(f"TrainConfig.{name} must be an integer > 0, got {value!r}")
+        if self.checkpoint_every < 0:
+            raise InputError(
+                f"TrainConfig.checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
+            )
+        if self.warmup_steps < 0:
+            raise InputError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("learning_rate", "memory_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InputError(f"TrainConfig.{name} must be > 0, got {value!r}")
+        if not 0.0 <= self.min_lr_factor <= 1.0:
+            raise InputError(f"TrainConfig.min_lr_factor must be in [0, 1], got {self.min_lr_factor}")
+        if self.grad_clip < 0:
+            raise InputError(f"TrainConfig.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        choices = {
+            "lr_schedule": ("cosine", "linear", "constant"),
+            "mixed_precision": ("no", "bf16", "fp16"),
+            "trainable": ("all", "memory"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.curriculum is not None:
+            self.curriculum = [tuple(stage) for stage in self.curriculum]
+            curriculum_segments(0, self.curriculum)  # validates the stages
+        if self.curriculum_accuracy is not None:
+            if self.curriculum is None:
+                raise InputError("TrainConfig.curriculum_accuracy needs a curriculum")
+            if not 0.0 < self.curriculum_accuracy <= 1.0:
+                raise InputError(f"TrainConfig.curriculum_accuracy must be in (0, 1], got {self.curriculum_accuracy}")
+        if self.plateau_evals is not None and self.plateau_evals < 1:
+            raise InputError(f"TrainConfig.plateau_evals must be >= 1, got {self.plateau_evals}")
+
+    @property
+    def memory_lr(self) -> float:
+        return self.learning_rate if self.memory_learning_rate is None else self.memory_learning_rate

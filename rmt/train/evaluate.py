@@ -1,0 +1,89 @@
+"""Held-out evaluation of a memory model on a data source: loss, answer accuracy and exact match.
+
+Causal LMs are scored at the answer positions only (the labelled tokens): the model is asked for the logits there
+(`forward(logits=positions)`), so a long input never builds a [B, N, V] tensor. Classifiers are scored on their class
+logits. Language-modelling sources report loss and perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rmt.data.batch import Batch
+from rmt.data.sources import Source
+from rmt.data.tasks import IGNORE_INDEX
+from rmt.memory.recurrent import RecurrentMemoryModel
+
+
+@torch.no_grad()
+def evaluate(
+    model: RecurrentMemoryModel,
+    source: Source,
+    batches: int,
+    batch_size: int,
+    num_segments: int | None = None,
+) -> dict[str, float]:
+    """Mean loss and, for answer tasks, per-token answer accuracy and full-answer exact match, over `batches`
+    held-out batches of `source` (fewer if the source has fewer)."""
+    available = source.num_eval_batches(batch_size)
+    count = batches if available is None else min(batches, available)
+    was_training = model.training
+    model.eval()
+    loss = 0.0
+    hits = total = exact = samples = 0
+    try:
+        for index in range(count):
+            batch = source.eval_batch(index, batch_size, num_segments).to(model.device)
+            result = score_batch(model, batch, with_accuracy=source.metric == "accuracy")
+            loss += result["loss"]
+            hits, total = hits + result["hits"], total + result["total"]
+            exact, samples = exact + result["exact"], samples + result["samples"]
+    finally:
+        model.train(was_training)
+    scores = {"loss": loss / count}
+    if source.metric == "accuracy":
+        scores.update(accuracy=hits / max(total, 1), exact_match=exact / max(samples, 1))
+    else:
+        scores["perplexity"] = math.exp(min(scores["loss"], 50.0))
+    return scores
+
+
+def score_batch(model: RecurrentMemoryModel, batch: Batch, with_accuracy: bool = True) -> dict[str, float]:
+    """Loss, correct answer tokens, answer tokens, samples answered exactly and samples with an answer in `batch`."""
+    if not model.token_logits:  # classification: one label per sample
+        out = model(**batch.model_inputs())
+        correct = out.logits.argmax(dim=-1) == batch.labels
+        n = int(correct.numel())
+        return {
+            "loss": float(out.loss),
+            "hits": int(correct.sum()),
+            "total": n,
+            "exact": int(correct.sum()),
+            "samples": n,
+        }
+    if not with_accuracy:
+        out = model(**batch.model_inputs(), logits="none")
+        return {"loss": float(out.loss), "hits": 0, "total": 0, "exact": 0, "samples": 0}
+    targets = batch.labels[:, 1:]  # the token each position predicts
+    scored = targets != IGNORE_INDEX  # [B, N - 1]
+    counts = scored.sum(dim=1)
+    width = max(int(counts.max()), 1)
+    # Positions of each sample's scored predictions, padded with a real token's position (masked out below).
+    order = torch.sort((~scored).to(torch.int8), dim=1, stable=True).indices[:, :width]  # scored positions first
+    valid = torch.arange(width, device=scored.device)[None, :] < counts[:, None]  # [B, K]
+    filler = torch.where(counts > 0, order[:, 0], batch.attention_mask.argmax(dim=1))  # [B]
+    positions = torch.where(valid, order, filler[:, None])
+    out = model(**batch.model_inputs(), logits=positions)
+    predicted = out.logits.argmax(dim=-1)  # [B, K]
+    hit = (predicted == targets.gather(1, positions)) & valid
+    has_answer = counts > 0
+    exact = ((hit | ~valid).all(dim=1) & has_answer).sum()
+    return {
+        "loss": float(out.loss),
+        "hits": int(hit.sum()),
+        "total": int(valid.sum()),
+        "exact": int(exact),
+        "samples": int(has_answer.sum()),
+    }

@@ -1,0 +1,63 @@
+"""Which parameters train, with which learning rate, and the optimizer and schedule that update them.
+
+Two groups: the parameters the memory wrapper adds (memory embeddings, ARMT projections) together with a freshly
+initialised classification head, at `memory_learning_rate`; and the pretrained backbone at `learning_rate`.
+`trainable="memory"` freezes the backbone (the head of a classifier still trains: a pretrained encoder has none for
+the task). AdamW; warmup then cosine / linear / constant through transformers' schedules.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.train.config import TrainConfig
+
+# Top-level modules of a sequence-classification backbone that hold its task head (new for every task).
+_CLASSIFIER_HEADS = ("classifier", "score")
+
+
+def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(memory and head parameters, backbone parameters) that train, after freezing what `trainable` excludes."""
+    head = set()
+    if not model.token_logits:
+        for name in _CLASSIFIER_HEADS:
+            module = getattr(model.backbone, name, None)
+            if isinstance(module, nn.Module):
+                head.update(id(p) for p in module.parameters())
+    memory, backbone = [], []
+    for name, param in model.named_parameters():
+        own = not name.startswith("backbone.") or id(param) in head
+        if trainable == "memory" and not own:
+            param.requires_grad_(False)
+        if param.requires_grad:
+            (memory if own else backbone).append(param)
+    return memory, backbone
+
+
+def build_optimizer(
+    model: RecurrentMemoryModel, config: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trainable parameters in their two groups, and its learning-rate schedule."""
+    memory, backbone = parameter_groups(model, config.trainable)
+    groups = [
+        {"params": memory, "lr": config.memory_lr, "name": "memory"},
+        {"params": backbone, "lr": config.learning_rate, "name": "backbone"},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+    names = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}
+    extra = {"min_lr_rate": config.min_lr_factor} if config.lr_schedule == "cosine" else None
+    scheduler = get_scheduler(
+        names[config.lr_schedule],
+        optimizer,
+        num_warmup_steps=config.warmup_steps,
+        num_training_steps=config.steps,
+        scheduler_specific_kwargs=extra,
+    )
+    return optimizer, scheduler
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
