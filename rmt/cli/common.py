@@ -1,0 +1,94 @@
+"""What the subcommands share: runtime flags (threads, device, progress bars) and building tasks and models."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+
+from rmt.errors import InputError
+
+TASK_NAMES = ("copy", "reverse", "associative_retrieval", "quadratic", "detect_memorize")
+TASK_SIZE_DEFAULTS = {"copy": 24, "reverse": 24, "associative_retrieval": 4, "detect_memorize": 64}
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: 1 on the CPU, where a second thread gains little on small models and "
+        "stalls when another process shares the cores; set it to the number of idle cores for a large model)",
+    )
+    group.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: %(default)s)"
+    )
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def apply_runtime(args: argparse.Namespace) -> torch.device:
+    """Set threads and progress bars from the runtime flags; return the device to use."""
+    device = resolve_device(args.device)
+    threads = args.threads if args.threads is not None else default_threads(device)
+    if threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    return device
+
+
+def default_threads(device: torch.device) -> int:
+    """The thread policy: one thread on the CPU (measured in the README: with a second busy process on a 2-core
+    machine, two OpenMP threads spin against it and the demo ran 4x slower than with one)."""
+    return 1 if device.type == "cpu" else torch.get_num_threads()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: this torch build or machine has no CUDA device")
+    return torch.device(name)
+
+
+def add_task_arguments(parser: argparse.ArgumentParser | Any, default_task: str | None = "copy") -> None:
+    parser.add_argument(
+        "--task", default=default_task, choices=TASK_NAMES, help="synthetic task (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--task-size",
+        type=int,
+        default=None,
+        help="copy/reverse: number of source symbols (24); associative_retrieval: key-value pairs (4); "
+        "detect_memorize: tokens per segment (64)",
+    )
+    parser.add_argument(
+        "--segments",
+        type=int,
+        default=3,
+        help="number of segments the input is cut into (synthetic tasks; BABILong training: samples of this many "
+        "segments when there is no curriculum) (default: %(default)s)",
+    )
+
+
+def make_task(name: str, size: int | None, segments: int) -> Any:
+    """The synthetic task of the --task/--task-size/--segments flags."""
+    from rmt.data.tasks import make_task as build
+
+    if size is not None and size <= 0:
+        raise InputError(f"--task-size must be > 0, got {size}")
+    size = size if size is not None else TASK_SIZE_DEFAULTS.get(name)
+    if name in ("copy", "reverse"):
+        return build(name, length=size)
+    if name == "associative_retrieval":
+        return build(name, num_pairs=size)
+    if name == "detect_memorize":
+        return build(name, num_segments=segments, segment_size=size)
+    return build(name)

@@ -1,0 +1,331 @@
+"""`rmt train`: train a memory model on a synthetic task, a data file or generated BABILong samples.
+
+    rmt train --task copy --task-size 24 --segments 3 --family llama --memory-tokens 24 --output runs/copy
+    rmt train --model minilm --data babilong:qa1 --segment-size 128 --memory-tokens 10 \\
+        --curriculum 0:1,1000:2,2000:4 --curriculum-accuracy 0.9 --output runs/qa1
+    rmt train --model path/to/hf-model --data train.jsonl --segment-size 512 --output runs/mine
+    rmt train ... --resume          # continue exactly from OUTPUT/checkpoint
+
+The backbone is a pretrained model (`--model`: smollm2, minilm, a folder, a .gguf file, a hub id, or an rmt
+checkpoint to train further) or, for synthetic tasks, a random model of --family sized by --layers/--hidden/--heads.
+An encoder backbone (BERT, RoBERTa) answers with a class; a decoder generates its answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rmt.cli.common import add_runtime_arguments, add_task_arguments, apply_runtime, make_task
+from rmt.cli.options import add_config_arguments, config_from_args
+from rmt.config import RMTConfig
+from rmt.errors import InputError
+from rmt.train.config import TrainConfig
+
+MEMORY_FLAGS = {
+    "num_memory_tokens": "--memory-tokens",
+    "memory_kind": "--memory",
+    "bptt_depth": "--bptt-depth",
+    "write_init": "--write-init",
+    "memory_positions": "--memory-positions",
+    "loss_aggregation": "--loss-aggregation",
+    "d_mem": "--d-mem",
+    "read_memory_only": "--read-memory-only",
+    "xl_cache_tokens": "--xl-cache-tokens",
+}
+MEMORY_SKIP = ("segment_size", "mode", "cls_token_id", "sep_token_id")
+TRAIN_FLAGS = {"learning_rate": "--lr", "memory_learning_rate": "--memory-lr", "warmup_steps": "--warmup"}
+TRAIN_SKIP = ("progress",)
+DECODER_RESERVE = 16  # tokens of a BABILong decoder sample kept for the answer cue, the answer and EOS
+BABILONG_PREFIX = "babilong:"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a memory model (synthetic task, data file, or BABILong)",
+        description=__doc__.split("\n\n")[0] + " Checkpoints go to OUTPUT/checkpoint; --resume continues from it.",
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output", required=True, help="output folder for metrics.jsonl, checkpoint/, model/")
+    data = parser.add_argument_group("data")
+    add_task_arguments(data, default_task=None)
+    data.add_argument(
+        "--data",
+        default=None,
+        help="a data file (.jsonl/.json/.csv/.parquet with input/question/target, or text; .txt) or "
+        "babilong:TASK[,TASK...] for BABILong samples generated on the fly (qa1..qa5); default: the synthetic --task",
+    )
+    data.add_argument("--validation-data", default=None, help="held-out records (default: split off --data)")
+    data.add_argument(
+        "--validation-samples", type=int, default=200, help="records split off --data for validation (default: 200)"
+    )
+    data.add_argument("--streaming", action="store_true", help="stream --data instead of loading it (huge files)")
+    data.add_argument("--max-length", type=int, default=None, help="text data: cut documents to this many tokens")
+    data.add_argument(
+        "--haystack", default=None, help="BABILong background text files, comma-separated (default: built-in corpus)"
+    )
+    data.add_argument(
+        "--facts-before-last",
+        type=float,
+        default=0.5,
+        help="BABILong: fraction of training samples whose facts all lie before the last segment, so that answering "
+        "needs the memory (default: %(default)s)",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default=None,
+        help="pretrained backbone: smollm2, minilm, a model folder, a .gguf file, a hub id, or an rmt checkpoint "
+        "(default: a random backbone of --family)",
+    )
+    model.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
+    model.add_argument("--family", default="gpt2", choices=["gpt2", "llama", "gpt_neox"], help="random backbone family")
+    model.add_argument("--layers", type=int, default=4, help="random backbone layers (default: %(default)s)")
+    model.add_argument("--hidden", type=int, default=128, help="random backbone hidden size (default: %(default)s)")
+    model.add_argument("--heads", type=int, default=4, help="random backbone attention heads (default: %(default)s)")
+    memory = parser.add_argument_group("memory (RMTConfig)")
+    memory.add_argument(
+        "--segment-size",
+        type=int,
+        default=None,
+        help="tokens per segment for data files and BABILong (synthetic tasks: from --segments) (default: 128)",
+    )
+    add_config_arguments(memory, RMTConfig, MEMORY_FLAGS, skip=MEMORY_SKIP)
+    training = parser.add_argument_group("training (TrainConfig)")
+    add_config_arguments(training, TrainConfig, TRAIN_FLAGS, skip=TRAIN_SKIP, defaults={"steps": 2000})
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint (an error if none)")
+    add_runtime_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+@dataclass
+class Setup:
+    """What a training run needs besides its TrainConfig."""
+
+    model: Any
+    source: Any
+    description: str
+    eval_segments: int | None
+    tokenizer: Any = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from rmt.train.checkpoint import checkpoint_exists
+    from rmt.train.evaluate import evaluate
+    from rmt.train.loop import train
+
+    device = apply_runtime(args)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} exists and is not a folder")
+    if args.resume and not checkpoint_exists(output):
+        raise InputError(f"--resume: no checkpoint in {output / 'checkpoint'} (run without --resume to start)")
+    config = config_from_args(TrainConfig, args, progress=not args.no_progress)
+    setup = build_setup(args, config)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
+    tokenizer = setup.tokenizer
+
+    def save_tokenizer(folder: Path) -> None:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder / "backbone")
+
+    train(
+        setup.model,
+        setup.source,
+        config,
+        output,
+        resume=args.resume,
+        accelerator=accelerator,
+        description=setup.description,
+        save_extras=save_tokenizer,
+    )
+    if accelerator.is_main_process:
+        setup.model.save_pretrained(output / "model")
+        save_tokenizer(output / "model")
+        scores = evaluate(setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments)
+        print(json.dumps({"data": setup.description, "segments": setup.eval_segments, **scores}, indent=2))
+        print(f"model saved to {output / 'model'}")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
+    """The model and data source that the flags describe."""
+    if args.data is None:
+        return _task_setup(args, config)
+    if args.task is not None:
+        raise InputError("give either --task (synthetic) or --data, not both")
+    if args.model is None:
+        raise InputError("--data needs a pretrained --model (its tokenizer reads the text)")
+    return _text_setup(args, config)
+
+
+def memory_config(args: argparse.Namespace, segment_size: int, **fields: Any) -> RMTConfig:
+    values = {name: getattr(args, name) for name in MEMORY_FLAGS}
+    return RMTConfig(segment_size=segment_size, **values, **fields)
+
+
+def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
+    from rmt.build import memory_model, random_backbone
+    from rmt.data.sources import TaskSource
+    from rmt.data.tasks import make_task as build_task
+
+    name = args.task or "copy"
+    task = make_task(name, args.task_size, args.segments)
+    if config.curriculum and name != "detect_memorize":
+        raise InputError("--curriculum with a synthetic task applies to detect_memorize, whose length grows with it")
+    segment_size = task.segment_size_for(args.segments)
+    memory = memory_config(args, segment_size)
+    if config.curriculum:
+        size = args.task_size or 64
+        source = TaskSource(lambda n: build_task("detect_memorize", num_segments=n, segment_size=size), args.seed)
+        eval_segments = max([n for _, n in config.curriculum] + [args.segments])
+    else:
+        source, eval_segments = TaskSource(task, seed=args.seed), None
+    if args.model is not None:
+        backbone, _ = _pretrained(args, "decoder")
+        if backbone.get_input_embeddings().weight.shape[0] < task.vocab_size:
+            raise InputError(f"the {name} task needs {task.vocab_size} token ids; {args.model} embeds fewer")
+    else:
+        positions = segment_size + 2 * memory.num_memory_tokens
+        if memory.xl_cache_tokens:  # positions run on across segments: the table must cover the whole input
+            positions = task.sequence_length + (args.segments + 1) * 2 * memory.num_memory_tokens
+        backbone = random_backbone(
+            args.family,
+            vocab_size=task.vocab_size,
+            num_layers=args.layers,
+            hidden_size=args.hidden,
+            num_heads=args.heads,
+            max_positions=positions,
+            seed=args.seed,
+        )
+    return Setup(memory_model(backbone, memory), source, name, eval_segments)
+
+
+def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
+    from rmt.data.collate import QACollator, TextCollator, check_tokenizer
+
+    segment_size = args.segment_size or 128
+    tasks = babilong_tasks(args.data)
+    mode = _mode_of(args.model)
+    labels = None
+    if mode == "encoder":
+        labels = _babilong_labels(tasks) if tasks else None
+    backbone, tokenizer = _pretrained(args, mode, labels)
+    if mode == "encoder" and labels is None:
+        labels = [backbone.config.id2label[i] for i in range(backbone.config.num_labels)]
+    check_tokenizer(tokenizer, backbone.get_input_embeddings().weight.shape[0])
+    special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+    model = _memory_model(args, backbone, segment_size, mode, special)
+    if tasks:
+        from rmt.data.babilong_source import BabilongSource
+
+        source = BabilongSource(
+            tasks,
+            tokenizer,
+            load_background(args.haystack),
+            QACollator(tokenizer, mode, labels),
+            segment_size=segment_size,
+            reserve=DECODER_RESERVE if mode == "decoder" else 0,
+            facts_before_last=args.facts_before_last,
+            seed=args.seed,
+            default_segments=args.segments,
+        )
+        eval_segments = max(n for _, n in config.curriculum) if config.curriculum else args.segments
+        return Setup(model, source, args.data, eval_segments, tokenizer)
+    from rmt.data.files import DatasetSource, load_records, record_shape, split_validation
+
+    records = load_records(args.data, streaming=args.streaming or None)
+    shape = record_shape(records.column_names, args.data)
+    if args.validation_data:
+        validation = load_records(args.validation_data, streaming=False)
+        record_shape(validation.column_names, args.validation_data)
+    else:
+        records, validation = split_validation(records, args.validation_samples, seed=args.seed)
+    if shape == "qa":
+        if mode == "encoder" and labels is None:
+            raise InputError("an encoder needs its answer classes: train from a model with labels or use babilong:")
+        collate, metric = QACollator(tokenizer, mode, labels), "accuracy"
+    else:
+        if mode == "encoder":
+            raise InputError(f"{args.data} holds text for language modelling, which needs a decoder (causal LM)")
+        collate, metric = TextCollator(tokenizer, args.max_length), "loss"
+    source = DatasetSource(records, collate, seed=args.seed, validation=validation, metric=metric)
+    return Setup(model, source, str(args.data), None, tokenizer)
+
+
+def _memory_model(
+    args: argparse.Namespace, backbone: Any, segment_size: int, mode: str, special: dict[str, int | None]
+) -> Any:
+    """The memory model around `backbone` that the memory flags describe, or the rmt checkpoint --model names
+    (trained further with its own memory settings)."""
+    from rmt.build import memory_model
+    from rmt.memory.pretrained import MEMORY_CONFIG
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    if (Path(args.model) / MEMORY_CONFIG).exists():
+        return RecurrentMemoryModel.from_pretrained(args.model)
+    fields = {"mode": mode, **(special if mode == "encoder" else {})}
+    return memory_model(backbone, memory_config(args, segment_size, **fields))
+
+
+def _pretrained(args: argparse.Namespace, mode: str, labels: list[str] | None = None) -> tuple[Any, Any]:
+    from rmt.build import pretrained_backbone, pretrained_tokenizer
+
+    backbone = pretrained_backbone(args.model, mode=mode, dtype=args.dtype, labels=labels)
+    return backbone, pretrained_tokenizer(args.model)
+
+
+def _mode_of(name_or_path: str) -> str:
+    """'encoder' for BERT-like backbones (classifiers), 'decoder' for causal LMs, from the model's config."""
+    from rmt.backbones import ENCODER_FAMILIES
+    from rmt.build import resolve_model
+
+    location, gguf = resolve_model(name_or_path)
+    if gguf is not None:
+        return "decoder"
+    config_file = Path(location) / "config.json"
+    if not config_file.exists():  # a hub id: ask transformers
+        from transformers import AutoConfig
+
+        return "encoder" if AutoConfig.from_pretrained(location).model_type in ENCODER_FAMILIES else "decoder"
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    return "encoder" if model_type in ENCODER_FAMILIES else "decoder"
+
+
+def babilong_tasks(spec: str) -> list[str] | None:
+    if not spec.startswith(BABILONG_PREFIX):
+        return None
+    from rmt.data.babilong import TASKS
+
+    tasks = [t for t in spec[len(BABILONG_PREFIX) :].split(",") if t]
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        raise InputError(f"--data {spec}: expected babilong:TASK[,TASK...] with tasks from {list(TASKS)}")
+    return tasks
+
+
+def _babilong_labels(tasks: list[str]) -> list[str]:
+    from rmt.data.babilong import answer_labels
+
+    return sorted({label for task in tasks for label in answer_labels(task)})
+
+
+def load_background(spec: str | None) -> Any:
+    """The BABILong background text: the files of --haystack (comma-separated), or the built-in corpus."""
+    from rmt.data.haystack import default_haystack, load_haystack
+
+    if spec is None:
+        return default_haystack()
+    paths = [Path(p) for p in spec.split(",") if p]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"--haystack: no such file(s): {', '.join(missing)}")
+    return load_haystack(paths)

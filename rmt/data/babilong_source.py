@@ -1,0 +1,79 @@
+"""BABILong samples generated on the fly as a trainer source: any number of segments, as pure functions of the step.
+
+    source = BabilongSource("qa1", tokenizer, haystack, QACollator(tokenizer, "encoder", answer_labels("qa1")),
+                            segment_size=128, reserve=0, facts_before_last=0.5)
+    batch = source.train_batch(step=0, batch_size=8, num_segments=4)   # samples of about 4 x 128 tokens
+
+A sample for n segments has n x segment_size - reserve tokens of context and question (`reserve` leaves room for
+what the collator adds around them, e.g. a decoder's answer cue and answer). `facts_before_last` is the fraction of
+training samples whose facts all lie before the last segment, so that the answer needs the memory; the rest place
+their facts anywhere, as the public benchmark does. Held-out batches place facts anywhere.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from rmt.data.babilong import BabilongSample, build_sample
+from rmt.data.batch import Batch
+from rmt.data.haystack import Haystack
+from rmt.data.sources import EVAL_SEED_BASE, TRAIN_SEED_STRIDE, Source
+from rmt.errors import InputError
+
+_FACT_MARGIN_TOKENS = 24  # a fact placed at a depth lies this far, at most, after it starts
+
+
+class BabilongSource(Source):
+    """Generated BABILong samples of `task` (or several tasks, drawn per sample) through `collate`."""
+
+    def __init__(
+        self,
+        tasks: str | list[str],
+        tokenizer: Any,
+        haystack: Haystack,
+        collate: Any,
+        segment_size: int,
+        reserve: int = 0,
+        facts_before_last: float = 0.0,
+        seed: int = 0,
+        default_segments: int = 1,
+    ) -> None:
+        self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        if not self.tasks:
+            raise InputError("BabilongSource needs at least one task")
+        if not 0.0 <= facts_before_last <= 1.0:
+            raise InputError(f"facts_before_last must be in [0, 1], got {facts_before_last}")
+        self.tokenizer, self.haystack, self.collate = tokenizer, haystack, collate
+        self.segment_size, self.reserve = segment_size, reserve
+        self.facts_before_last, self.seed, self.default_segments = facts_before_last, seed, default_segments
+
+    def samples(self, seed: int, count: int, num_segments: int | None, training: bool) -> list[BabilongSample]:
+        """`count` samples for `num_segments` segments, a pure function of `seed`."""
+        n = num_segments or self.default_segments
+        length = n * self.segment_size - self.reserve
+        if length <= 0:
+            raise InputError(f"{n} segments of {self.segment_size} tokens leave no room after reserving {self.reserve}")
+        rng = random.Random(f"babilong-source/{seed}")
+        out = []
+        for _ in range(count):
+            task, sample_seed = rng.choice(self.tasks), rng.getrandbits(53)
+            sample = None
+            if training and n > 1 and rng.random() < self.facts_before_last:
+                end = ((n - 1) * self.segment_size - _FACT_MARGIN_TOKENS) / length
+                try:
+                    sample = build_sample(task, length, self.tokenizer, self.haystack, sample_seed, (0.0, end))
+                except ValueError:  # the story is too long to fit before the last segment: place it anywhere
+                    sample = None
+            if sample is None:
+                sample = build_sample(task, length, self.tokenizer, self.haystack, sample_seed)
+            out.append(sample)
+        return out
+
+    def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
+        samples = self.samples(self.seed * TRAIN_SEED_STRIDE + step, batch_size, num_segments, training=True)
+        return self.collate([s.to_dict() for s in samples])
+
+    def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
+        samples = self.samples(EVAL_SEED_BASE + index, batch_size, num_segments, training=False)
+        return self.collate([s.to_dict() for s in samples])

@@ -1,0 +1,265 @@
+"""Accuracy by input length on BABILong: a table (task x length), results.json and a heatmap like the benchmark's.
+
+    results = evaluate_by_length(model, tokenizer, ["qa1"], ["0k", "4k", "16k"], samples=100, haystack=haystack)
+
+For every task and length the same samples (deterministic in `seed`, or read from BABILong files) go to each method:
+- "memory": the memory model itself;
+- "no_memory": the same backbone cut into the same segments with no memory carried between them;
+- "full_attention": the backbone alone reading at most its own window, the last `window` tokens of the input (all of
+  it when it fits), as a user of the plain model would.
+An encoder answers with the class it scores highest; a decoder generates up to `max_new_tokens` greedily after the
+question, and counts as right when the target occurs in the first sentence of its answer (the public benchmark's
+check). Only what is scored is kept: class logits, or the logits of the last position while generating, so a
+1M-token sample needs one segment's activations, never a [1, N, V] tensor.
+
+Each accuracy comes with its 95% Wilson interval. Time is measured per method and length (tokens read per second),
+and the process's peak RSS after each length (lengths run in increasing order, so a flat column means memory did not
+grow with the input).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rmt.data.babilong import BabilongSample, answer_is_correct, build_dataset, length_name, parse_length
+from tqdm.auto import tqdm
+
+from rmt.build import memory_model
+from rmt.config import RMTConfig
+from rmt.data.collate import QACollator
+from rmt.errors import InputError
+from rmt.files import write_json_atomic
+from rmt.memory.recurrent import RecurrentMemoryModel
+
+METHODS = ("memory", "no_memory", "full_attention")
+
+
+@dataclass
+class Outcome:
+    """Scores of one method on the samples of one task and length."""
+
+    correct: int
+    total: int
+    tokens: int
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+    def record(self) -> dict[str, Any]:
+        low, high = wilson_interval(self.correct, self.total)
+        return {
+            "accuracy": self.accuracy,
+            "ci95": [low, high],
+            "correct": self.correct,
+            "samples": self.total,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 2),
+            "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
+        }
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial proportion (sensible at 0 and 1 and for few samples)."""
+    if total == 0:
+        return float("nan"), float("nan")
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class Reader:
+    """How one method turns a sample into an answer: `answer(sample) -> (correct, tokens read)`."""
+
+    def __init__(
+        self, model: RecurrentMemoryModel, tokenizer: Any, window: int | None = None, max_new_tokens: int = 8
+    ) -> None:
+        self.model, self.tokenizer, self.window, self.max_new_tokens = model, tokenizer, window, max_new_tokens
+        mode = model.config.mode
+        labels = None
+        if mode == "encoder":
+            config = model.backbone.config
+            labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.collate = QACollator(tokenizer, mode, labels)
+
+    @torch.no_grad()
+    def answer(self, sample: BabilongSample) -> tuple[bool, int]:
+        record = sample.to_dict()
+        device = self.model.device
+        if self.model.config.mode == "encoder":
+            batch = self.collate([record])
+            ids = batch.input_ids[:, -self.window :] if self.window else batch.input_ids
+            logits = self.model(ids.to(device)).logits  # [1, classes]
+            return int(logits.argmax(dim=-1)) == int(batch.labels[0]), ids.shape[1]
+        prompt = torch.tensor(self.collate.prompt_ids([record]), device=device)
+        if self.window:
+            prompt = prompt[:, -self.window :]
+        generated = self.model.generate(prompt, max_new_tokens=self.max_new_tokens)
+        sequences = generated.sequences if hasattr(generated, "sequences") else generated
+        text = self.tokenizer.decode(sequences[0, prompt.shape[1] :], skip_special_tokens=True)
+        return answer_is_correct(text, sample.target), prompt.shape[1]
+
+
+def readers(
+    model: RecurrentMemoryModel,
+    tokenizer: Any,
+    methods: Sequence[str],
+    window: int | None,
+    max_new_tokens: int = 8,
+    full_attention_backbone: Any = None,
+) -> dict[str, Reader]:
+    """A Reader per method (see the module docstring). `window`: the backbone's own context (default: its maximum
+    positions); `full_attention_backbone`: the backbone read with full attention (default: the model's own)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    config = model.config
+    out = {}
+    for method in methods:
+        if method == "memory":
+            out[method] = Reader(model, tokenizer, None, max_new_tokens)
+            continue
+        backbone = (
+            model.backbone if method == "no_memory" or full_attention_backbone is None else full_attention_backbone
+        )
+        special = {"cls_token_id": config.cls_token_id, "sep_token_id": config.sep_token_id}
+        if method == "no_memory":
+            segment_size, limit = config.segment_size, None
+        else:
+            limit = window or _window_of(backbone, config.mode)
+            segment_size = limit
+        plain = RMTConfig(num_memory_tokens=0, segment_size=segment_size, mode=config.mode, **special)
+        out[method] = Reader(memory_model(backbone, plain).eval(), tokenizer, limit, max_new_tokens)
+    return out
+
+
+def _window_of(backbone: Any, mode: str) -> int:
+    from rmt.backbones import max_positions
+
+    limit = max_positions(backbone)
+    if limit is None:
+        raise InputError("the backbone has no fixed window: give the full-attention window explicitly")
+    return limit - 2 if mode == "encoder" else limit  # an encoder adds [CLS] and [SEP]
+
+
+def evaluate_by_length(
+    model: RecurrentMemoryModel,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    lengths: Sequence[str | int],
+    samples: int | dict[str, int],
+    haystack: Any = None,
+    seed: int = 0,
+    methods: Sequence[str] = ("memory",),
+    window: int | None = None,
+    max_new_tokens: int = 8,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+    files: dict[tuple[str, str], list[BabilongSample]] | None = None,
+    full_attention_backbone: Any = None,
+) -> dict[str, Any]:
+    """Accuracy of each method on each task and length; writes results.json and heatmap PNGs to `output_dir` after
+    every finished cell (so an interrupted run keeps what it measured). `samples`: per length name, or one count
+    for all. `files`: samples read from BABILong files, by (task, length name), instead of generated ones."""
+    model.eval()
+    names = sorted({length_name(n) for n in lengths}, key=parse_length)
+    per_method = readers(model, tokenizer, methods, window, max_new_tokens, full_attention_backbone)
+    results: dict[str, Any] = {"tasks": list(tasks), "lengths": names, "methods": list(methods), "cells": {}}
+    for name in names:
+        for task in tasks:
+            count = samples[name] if isinstance(samples, dict) else samples
+            if files is not None and (task, name) in files:
+                cell_samples = files[(task, name)][:count]
+            else:
+                cell_samples = build_dataset(task, name, count, tokenizer, haystack, seed=seed)
+            for method, reader in per_method.items():
+                outcome = _run_cell(reader, cell_samples, f"{task} {name} {method}", progress)
+                key = f"{task}/{name}/{method}"
+                results["cells"][key] = {
+                    **outcome.record(),
+                    "task": task,
+                    "length": name,
+                    "method": method,
+                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                }
+                if output_dir is not None:
+                    write_results(results, Path(output_dir))
+    return results
+
+
+def _run_cell(reader: Reader, samples: list[BabilongSample], label: str, progress: bool) -> Outcome:
+    correct = tokens = 0
+    started = time.perf_counter()
+    bar = tqdm(samples, desc=label, disable=not progress, dynamic_ncols=True, leave=False)
+    for sample in bar:
+        right, read = reader.answer(sample)
+        correct += int(right)
+        tokens += read
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(acc=f"{correct / (bar.n + 1):.2f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
+    bar.close()
+    return Outcome(correct, len(samples), tokens, time.perf_counter() - started)
+
+
+def write_results(results: dict[str, Any], output_dir: Path) -> None:
+    """results.json, table.md and one heatmap per method."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / "results.json", results)
+    (output_dir / "table.md").write_text(format_table(results) + "\n")
+    for method in results["methods"]:
+        plot_heatmap(results, method, output_dir / f"heatmap-{method}.png")
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown: one row per task and method, one column per length, accuracy [95% interval] (n)."""
+    lengths = results["lengths"]
+    lines = ["| task | method | " + " | ".join(lengths) + " |", "|---|---|" + "---|" * len(lengths)]
+    for task in results["tasks"]:
+        for method in results["methods"]:
+            cells = []
+            for name in lengths:
+                cell = results["cells"].get(f"{task}/{name}/{method}")
+                if cell is None:
+                    cells.append("")
+                    continue
+                low, high = cell["ci95"]
+                cells.append(f"{cell['accuracy']:.2f} [{low:.2f}, {high:.2f}] (n={cell['samples']})")
+            lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
+    """Tasks x lengths, accuracy in each cell, as in the BABILong paper's figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, lengths = results["tasks"], results["lengths"]
+    grid = [
+        [results["cells"].get(f"{task}/{name}/{method}", {}).get("accuracy", float("nan")) for name in lengths]
+        for task in tasks
+    ]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(lengths), 1.2 + 0.5 * len(tasks)))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(lengths)), lengths)
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_xlabel("input length (tokens)")
+    ax.set_title(f"BABILong accuracy, {method.replace('_', ' ')}")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
