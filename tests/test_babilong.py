@@ -389,6 +389,20 @@ def test_dataset_is_deterministic_prefix_stable_and_rebuildable():
     assert build_sample("qa4", 1000, count_words, HAYSTACK, seed=three[1].seed) == three[1]
 
 
+def test_tokens_are_counted_in_batches():
+    calls = []
+
+    def recording_counter(texts):
+        calls.append(len(texts))
+        return count_words(texts)
+
+    sample = build_sample("qa2", 2500, recording_counter, HAYSTACK, seed=0)
+    # Facts, question, a probe of the haystack, one or two batches of background, and the joined sample: not one call
+    # per sentence, and not many more sentences counted than used.
+    assert len(calls) <= 6
+    assert sum(calls) <= 64 + sample.num_facts + 1 + 1.2 * sample.background_sentences + 1
+
+
 def test_token_counter_accepts_tokenizers_and_callables(hf_tokenizer):
     assert token_counter(hf_tokenizer)(["Mary moved to the bathroom.", "river rain"]) == [6, 2]
     assert token_counter(count_words) is count_words
@@ -491,6 +505,7 @@ def test_failed_save_leaves_the_old_file(tmp_path):
         ("The milk is in the kitchen. Then it moved.", "kitchen", True),
         ("The milk is in the office. Then the kitchen.", "kitchen", False),
         ("The milk is in the office!\nKitchen", "kitchen", False),
+        ("The milk is in the office\nkitchen", "kitchen", False),
         ("THE MOST RECENT LOCATION OF MARY IS KITCHEN", "Kitchen", True),
         ("Fred", "fred", True),
         ("anything", "", False),
