@@ -27,7 +27,7 @@ Conventions (decisions of this module; the public BABILong facts they follow are
   they occur in the sample (after a space), in batches of about the size still needed; then the joined text is
   counted once, and if the pieces' counts did not add up to it the passage is resized (rarely needed: they add up
   exactly for word-level, WordPiece and byte-level BPE tokenizers). From 6 MB of novels, a 1M-token sample takes
-  about 0.2 s with a word counter and 7-12 s with a fast Hugging Face tokenizer on one shared core.
+  about 0.2 s with a word counter and 7-13 s with a fast Hugging Face tokenizer on one shared core.
 - Facts go in story order between sentences of one passage of consecutive haystack sentences that starts at a
   random sentence (the public builder also inserts facts only between background sentences). Several facts may
   share a boundary. With depth=(a, b) every fact's tokens lie within fractions [a, b] of the context's tokens.
