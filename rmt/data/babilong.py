@@ -1,0 +1,772 @@
+"""BABILong-style long-context QA, built offline: bAbI facts hidden in background text (Kuratov et al. 2024).
+
+A story of bAbI tasks qa1-qa5 comes from a small world simulator of this module (people moving between rooms,
+picking up, dropping and giving objects; rooms related by compass directions), a pure function of (task, seed). A
+sample inserts the story's facts, in order, between sentences of a background passage until the sample has the
+target number of tokens, then asks the question.
+
+    from transformers import AutoTokenizer
+    from rmt.data.babilong import answer_is_correct, build_dataset, load_babilong, save_babilong
+    from rmt.data.haystack import load_haystack
+    haystack = load_haystack(["book1.txt", "book2.txt"])
+    tokenizer = AutoTokenizer.from_pretrained("gpt2")
+    samples = build_dataset("qa2", "4k", 100, tokenizer, haystack, seed=0)
+    s = samples[0]; s.input, s.question, s.target, s.full_text, s.supporting_depths
+    save_babilong(samples, "data/qa2/4k.json")           # the public file layout; load_babilong reads it back
+    answer_is_correct("The milk is in the kitchen.", "kitchen")    # True
+
+Conventions (decisions of this module; the public BABILong facts they follow are named):
+- Lengths are in tokens of the caller's tokenizer. Names use k = 1000 and M = 1000000 tokens, as the public builder
+  does ("4k" = 4000, "1M" = 1000000); "0k" is the facts alone. Unlike the public builder, which keeps 300 tokens of
+  its length for the prompt, the whole target goes to context + question; pass e.g. `parse_length("4k") - 300` to
+  leave room for instructions.
+- What the model sees is `full_text` = input + " " + question, and `num_tokens` is the token count of that text. A
+  sample never exceeds the target and falls short by less than the next background sentence would add.
+- The tokenizer is any Hugging Face tokenizer (counted with `tokenizer(texts, add_special_tokens=False)`) or a plain
+  callable `list[str] -> list[int]` of token counts. Sentences, facts and the question are counted one by one, as
+  they occur in the sample (after a space), in batches of about the size still needed; then the joined text is
+  counted once, and if the pieces' counts did not add up to it the passage is resized (rarely needed: they add up
+  exactly for word-level, WordPiece and byte-level BPE tokenizers). From 6 MB of novels, a 1M-token sample takes
+  about 0.2 s with a word counter and 7-13 s with a fast Hugging Face tokenizer on one shared core.
+- Facts go in story order between sentences of one passage of consecutive haystack sentences that starts at a
+  random sentence (the public builder also inserts facts only between background sentences). Several facts may
+  share a boundary. With depth=(a, b) every fact's tokens lie within fractions [a, b] of the context's tokens.
+- A fact's depth (`fact_depths`) is the number of context tokens before it divided by the context's tokens, where the
+  context is `input` (without the question), from the pieces' token counts.
+- Files: the public benchmark stores a JSON array of {"input", "question", "target"} objects per task and length, at
+  data/<task>/<length>.json (Hugging Face dataset RMT-team/babilong). `save_babilong` writes that layout (a
+  JSON-lines file if the name ends in .jsonl) with this module's metadata as extra keys; `load_babilong` reads both
+  and keeps unknown keys.
+- A generated answer is correct when the lower-cased target occurs in the output's first sentence: the lower-cased
+  output up to its first '.', '!', '?' or newline.
+
+Stories: qa1 "Where is Mary?" (1 supporting fact); qa2 "Where is the milk?" (2: how its holder got it and where the
+holder went, or the drop and where the dropper was); qa3 "Where was the milk before the office?" (the facts that put
+it in the two places, 3 or 4); qa4 "What is north of the garden?" / "What is the garden south of?" (1 of 2 facts);
+qa5 "Who gave the milk to Jeff?", "What did Fred give to Jeff?", "Who received the milk?", "Who did Fred give the
+milk to?" (1). Questions always have exactly one right answer in the story. The number of facts is drawn uniformly
+from the range the BABILong README gives for the bAbI task (`DEFAULT_NUM_FACTS`); `build_sample` caps it at one fact
+per 10 target tokens so the facts leave room for background (the public builder caps at one per 8 GPT-2 tokens).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rmt.data.haystack import Haystack
+
+TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+LENGTH_NAMES = ("0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "256k", "512k", "1M", "10M")
+QUESTION_SEPARATOR = " "
+PUBLIC_FIELDS = ("input", "question", "target")
+
+PEOPLE = ("Mary", "John", "Daniel", "Sandra")
+QA5_PEOPLE = ("Fred", "Bill", "Jeff", "Mary")
+PLACES = ("hallway", "bathroom", "kitchen", "office", "bedroom", "garden")
+OBJECTS = ("football", "apple", "milk")
+OPPOSITE_DIRECTION = {"north": "south", "south": "north", "east": "west", "west": "east"}
+
+# Fact counts per story (min, max) of the bAbI tasks, as the BABILong README lists them; qa4 stories are two facts.
+DEFAULT_NUM_FACTS = {"qa1": (2, 10), "qa2": (2, 68), "qa3": (4, 32), "qa4": (2, 2), "qa5": (2, 126)}
+# The fewest facts that can support a question: a move (qa1); a move and a grab (qa2); a move, a grab and a second
+# move (qa3); two relations (qa4); a grab and a give (qa5).
+_MIN_FACTS = {"qa1": 1, "qa2": 2, "qa3": 3, "qa4": 2, "qa5": 2}
+_TOKENS_PER_FACT_CAP = 10
+
+_MOVE_VERBS = ("went to", "journeyed to", "travelled to", "moved to", "went back to")
+_GRAB_VERBS = ("got", "grabbed", "picked up", "took")
+_DROP_VERBS = ("dropped", "discarded", "put down")
+_GIVE_VERBS = ("gave", "passed", "handed")
+# How often each kind of action happens, among those possible at a step.
+_ACTION_WEIGHTS = {
+    "qa1": {"move": 1.0},
+    "qa2": {"move": 0.5, "grab": 0.3, "drop": 0.2},
+    "qa3": {"move": 0.5, "grab": 0.3, "drop": 0.2},
+    "qa5": {"move": 0.3, "grab": 0.25, "drop": 0.1, "give": 0.35},
+}
+# A story with no answerable question is redrawn; the hardest case, a 3-fact qa3 story, takes about 25 draws.
+_MAX_STORY_DRAWS = 10_000
+# Rounds of resizing the passage when a tokenizer's counts do not add up across sentences; one or two suffice.
+_MAX_FIT_ROUNDS = 6
+_PROBE_SENTENCES = 64  # haystack sentences counted to estimate characters per token before choosing a passage
+
+TokenCounter = Callable[[list[str]], list[int]]
+
+
+def answer_labels(task: str) -> list[str]:
+    """The fixed answer set of a task, sorted (classification labels): rooms for qa1-qa4, people and objects for qa5."""
+    _check_task(task)
+    return sorted(QA5_PEOPLE + OBJECTS) if task == "qa5" else sorted(PLACES)
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; BABILong tasks here: {', '.join(TASKS)}")
+
+
+# ---------------------------------------------------------------------------------------------------- lengths
+
+
+_LENGTH_PATTERN = re.compile(r"(\d+)([kKmM]?)")
+
+
+def parse_length(length: int | str) -> int:
+    """A sample length in tokens from a count (4096) or a public name ("0k", "4k", "128k", "1M", "10M")."""
+    if isinstance(length, int) and not isinstance(length, bool) and length >= 0:
+        return length
+    match = _LENGTH_PATTERN.fullmatch(length.strip()) if isinstance(length, str) else None
+    if match is None:
+        raise ValueError(
+            f"bad length {length!r}: give a token count >= 0 (e.g. 4096) or a name like "
+            f"{', '.join(LENGTH_NAMES)} (k = 1000, M = 1000000 tokens)"
+        )
+    number, unit = match.groups()
+    return int(number) * {"": 1, "k": 1000, "m": 1_000_000}[unit.lower()]
+
+
+def length_name(length: int | str) -> str:
+    """The public name of a length: 4000 -> "4k", 1000000 -> "1M", 0 -> "0k"; other counts stay digits."""
+    tokens = parse_length(length)
+    if tokens and tokens % 1_000_000 == 0:
+        return f"{tokens // 1_000_000}M"
+    if tokens % 1000 == 0:
+        return f"{tokens // 1000}k"
+    return str(tokens)
+
+
+def babilong_file(root: str | os.PathLike, task: str, length: int | str) -> Path:
+    """Where the public layout keeps a task's samples of one length: <root>/data/<task>/<length name>.json."""
+    return Path(root) / "data" / task / f"{length_name(length)}.json"
+
+
+# ---------------------------------------------------------------------------------------------------- stories
+
+
+@dataclass(frozen=True)
+class Story:
+    """One bAbI story: facts in order, a question, its answer, and the indices of the facts that prove it."""
+
+    task: str
+    facts: tuple[str, ...]
+    question: str
+    answer: str
+    supporting_facts: tuple[int, ...]
+
+
+def _proof(*fact_indices: int | None) -> tuple[int, ...]:
+    return tuple(sorted({index for index in fact_indices if index is not None}))
+
+
+class _World:
+    """People, rooms and objects of a bAbI simulation that records which facts prove where each object is.
+
+    With `strict_places` (qa1-qa3) a person picks something up only after a fact has put them in a room, so every
+    object's room is known and proven. Without it (qa5, whose questions are about who gave what) people whose room
+    no fact states may grab and give, and they are then taken to be where the other party of the action is.
+    """
+
+    def __init__(self, people: tuple[str, ...], strict_places: bool) -> None:
+        self.people = people
+        self.strict_places = strict_places
+        self.facts: list[str] = []
+        self.person_place: dict[str, str] = {}
+        self.person_move: dict[str, int] = {}  # the fact that put the person in their room
+        self.holder: dict[str, str] = {}
+        self.acquired: dict[str, int] = {}  # the fact by which the holder got the object
+        self.object_place: dict[str, str] = {}
+        self.object_proof: dict[str, tuple[int, ...]] = {}
+        # Rooms an object has been in, one entry per change of room, each with the facts that prove it was there.
+        self.object_trail: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        self.gives: list[tuple[str, str, str, int]] = []  # (giver, object, receiver, fact index)
+
+    def _may_meet(self, place: str | None, other_place: str | None) -> bool:
+        return place is None or other_place is None or place == other_place
+
+    def options(self) -> dict[str, list[tuple[str, ...]]]:
+        """Every action possible now, by kind."""
+        moves = [(p, room) for p in self.people for room in PLACES if self.person_place.get(p) != room]
+        grabs = []
+        for obj in OBJECTS:
+            if obj in self.holder:
+                continue
+            for p in self.people:
+                here, there = self.person_place.get(p), self.object_place.get(obj)
+                if self.strict_places and here is not None and there in (None, here):
+                    grabs.append((p, obj))
+                elif not self.strict_places and self._may_meet(here, there):
+                    grabs.append((p, obj))
+        drops = [(self.holder[obj], obj) for obj in OBJECTS if obj in self.holder]
+        gives = [
+            (giver, obj, receiver)
+            for obj, giver in self.holder.items()
+            for receiver in self.people
+            if receiver != giver and self._may_meet(self.person_place.get(giver), self.person_place.get(receiver))
+        ]
+        return {"move": moves, "grab": grabs, "drop": drops, "give": gives}
+
+    def _put_object(self, obj: str, place: str, proof: tuple[int, ...]) -> None:
+        self.object_place[obj] = place
+        self.object_proof[obj] = proof
+        trail = self.object_trail.setdefault(obj, [])
+        if not trail or trail[-1][0] != place:
+            trail.append((place, proof))
+
+    def _gather(self, person: str, other_place: str | None) -> None:
+        """An unplaced person acting with someone or something in a known room is in that room."""
+        if person not in self.person_place and other_place is not None:
+            self.person_place[person] = other_place
+
+    def act(self, kind: str, args: tuple[str, ...], rng: random.Random) -> None:
+        """Perform one action and state it as the next fact."""
+        index = len(self.facts)
+        if kind == "move":
+            person, room = args
+            self.facts.append(f"{person} {rng.choice(_MOVE_VERBS)} the {room}.")
+            self.person_place[person] = room
+            self.person_move[person] = index
+            for obj, holder in self.holder.items():
+                if holder == person:
+                    self._put_object(obj, room, _proof(self.acquired[obj], index))
+        elif kind == "grab":
+            person, obj = args
+            self.facts.append(f"{person} {rng.choice(_GRAB_VERBS)} the {obj}.")
+            self._gather(person, self.object_place.get(obj))
+            self.holder[obj], self.acquired[obj] = person, index
+            if person in self.person_place:
+                self._put_object(obj, self.person_place[person], _proof(index, self.person_move.get(person)))
+        elif kind == "drop":
+            person, obj = args
+            self.facts.append(f"{person} {rng.choice(_DROP_VERBS)} the {obj}.")
+            del self.holder[obj], self.acquired[obj]
+            if person in self.person_place:
+                self._put_object(obj, self.person_place[person], _proof(index, self.person_move.get(person)))
+        elif kind == "give":
+            giver, obj, receiver = args
+            self.facts.append(f"{giver} {rng.choice(_GIVE_VERBS)} the {obj} to {receiver}.")
+            self._gather(giver, self.person_place.get(receiver))
+            self._gather(receiver, self.person_place.get(giver))
+            self.holder[obj], self.acquired[obj] = receiver, index
+            self.gives.append((giver, obj, receiver, index))
+        else:
+            raise ValueError(f"unknown action {kind!r}")
+
+
+def _questions_qa1(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(f"Where is {p}?", room, (world.person_move[p],)) for p, room in world.person_place.items()]
+
+
+def _questions_qa2(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(f"Where is the {obj}?", room, world.object_proof[obj]) for obj, room in world.object_place.items()]
+
+
+def _questions_qa3(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
+    questions = []
+    for obj, trail in world.object_trail.items():
+        rooms = [room for room, _ in trail]
+        for k in range(1, len(trail)):
+            # "before the office" names one moment only if the object was in the office once.
+            if rooms.count(rooms[k]) == 1:
+                proof = _proof(*trail[k - 1][1], *trail[k][1])
+                questions.append((f"Where was the {obj} before the {rooms[k]}?", rooms[k - 1], proof))
+    return questions
+
+
+def _questions_qa5(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
+    # Each question form picks the give events it is about; it is asked only if they all agree on the answer, and
+    # the latest of them is the supporting fact.
+    forms = {
+        "Who gave the {o} to {r}?": (lambda g, o, r: (o, r), lambda g, o, r: g),
+        "What did {g} give to {r}?": (lambda g, o, r: (g, r), lambda g, o, r: o),
+        "Who received the {o}?": (lambda g, o, r: (o,), lambda g, o, r: r),
+        "Who did {g} give the {o} to?": (lambda g, o, r: (g, o), lambda g, o, r: r),
+    }
+    questions = []
+    for template, (key_of, answer_of) in forms.items():
+        answers: dict[tuple[str, ...], set[str]] = {}
+        latest: dict[tuple[str, ...], tuple[str, str, str, int]] = {}
+        for event in world.gives:
+            key = key_of(*event[:3])
+            answers.setdefault(key, set()).add(answer_of(*event[:3]))
+            latest[key] = event
+        for key, event in latest.items():
+            if len(answers[key]) == 1:
+                g, o, r, index = event
+                questions.append((template.format(g=g, o=o, r=r), answer_of(g, o, r), (index,)))
+    return questions
+
+
+_QUESTION_MAKERS = {"qa1": _questions_qa1, "qa2": _questions_qa2, "qa3": _questions_qa3, "qa5": _questions_qa5}
+
+
+def _simulated_story(task: str, num_facts: int, rng: random.Random) -> Story:
+    weights = _ACTION_WEIGHTS[task]
+    people = QA5_PEOPLE if task == "qa5" else PEOPLE
+    for _ in range(_MAX_STORY_DRAWS):
+        world = _World(people, strict_places=task != "qa5")
+        for _ in range(num_facts):
+            options = world.options()
+            kinds = [kind for kind in weights if options[kind]]
+            kind = rng.choices(kinds, [weights[kind] for kind in kinds])[0]
+            world.act(kind, rng.choice(options[kind]), rng)
+        questions = _QUESTION_MAKERS[task](world)
+        if questions:
+            question, answer, proof = rng.choice(questions)
+            return Story(task, tuple(world.facts), question, answer, proof)
+    raise RuntimeError(f"no answerable {task} story of {num_facts} facts in {_MAX_STORY_DRAWS} draws")
+
+
+def _relations_story(rng: random.Random) -> Story:
+    center, first, second = rng.sample(PLACES, 3)
+    # Two different directions from the shared room keep every question below to one answer.
+    first_direction, second_direction = rng.sample(sorted(OPPOSITE_DIRECTION), 2)
+    relations = [(first, first_direction, center), (second, second_direction, center)]
+    facts = []
+    for a, direction, b in relations:  # "a is north of b", stated either way round
+        if rng.random() < 0.5:
+            facts.append(f"The {a} is {direction} of the {b}.")
+        else:
+            facts.append(f"The {b} is {OPPOSITE_DIRECTION[direction]} of the {a}.")
+    index = rng.randrange(2)
+    a, direction, b = relations[index]
+    opposite = OPPOSITE_DIRECTION[direction]
+    question, answer = rng.choice(
+        [
+            (f"What is {direction} of the {b}?", a),
+            (f"What is the {a} {direction} of?", b),
+            (f"What is {opposite} of the {a}?", b),
+            (f"What is the {b} {opposite} of?", a),
+        ]
+    )
+    return Story("qa4", tuple(facts), question, answer, (index,))
+
+
+def make_story(task: str, seed: int, num_facts: int | tuple[int, int] | None = None) -> Story:
+    """The story of `task` for `seed`: the same arguments always give the same story.
+
+    `num_facts` is a count, an inclusive (min, max) range to draw it from, or None for `DEFAULT_NUM_FACTS[task]`.
+    """
+    _check_task(task)
+    low, high = DEFAULT_NUM_FACTS[task] if num_facts is None else _fact_range(num_facts)
+    if low < _MIN_FACTS[task] or (task == "qa4" and (low, high) != (2, 2)):
+        need = "exactly 2" if task == "qa4" else f"at least {_MIN_FACTS[task]}"
+        raise ValueError(f"{task} stories need {need} facts, got num_facts={num_facts!r}")
+    rng = random.Random(f"babilong/{task}/story/{seed}")
+    if task == "qa4":
+        return _relations_story(rng)
+    return _simulated_story(task, rng.randint(low, high), rng)
+
+
+def _fact_range(num_facts: int | tuple[int, int]) -> tuple[int, int]:
+    low, high = (num_facts, num_facts) if isinstance(num_facts, int) else num_facts
+    if low > high:
+        raise ValueError(f"num_facts range {num_facts!r} is empty")
+    return low, high
+
+
+# ---------------------------------------------------------------------------------------------------- samples
+
+
+@dataclass
+class BabilongSample:
+    """One sample: the public fields `input` (context), `question` and `target` (answer), plus metadata.
+
+    Metadata is None for samples read from public files that lack it; unknown keys of such files go to `extra`.
+    """
+
+    input: str
+    question: str
+    target: str
+    task: str | None = None
+    length: int | None = None  # the target length in tokens
+    num_tokens: int | None = None  # tokens of full_text, counted by the builder's tokenizer
+    seed: int | None = None
+    facts: list[str] | None = None  # the story's facts in order
+    supporting_facts: list[int] | None = None  # indices into facts
+    fact_depths: list[float] | None = None  # start of each fact in the context, as a fraction of its tokens
+    depth_range: tuple[float, float] | None = None
+    background_start: int | None = None  # index in the haystack of the passage's first sentence
+    background_sentences: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_text(self) -> str:
+        """What the model reads: the context, then the question."""
+        return join_context_and_question(self.input, self.question)
+
+    @property
+    def num_facts(self) -> int | None:
+        return None if self.facts is None else len(self.facts)
+
+    @property
+    def supporting_depths(self) -> list[float] | None:
+        """Depths of the supporting facts in the context (fractions of its tokens)."""
+        if self.fact_depths is None or self.supporting_facts is None:
+            return None
+        return [self.fact_depths[index] for index in self.supporting_facts]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: the public fields first, then metadata that is set, then the extra keys."""
+        record = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name != "extra" and value is not None:
+                record[item.name] = list(value) if isinstance(value, tuple) else value
+        record.update(self.extra)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> BabilongSample:
+        """The inverse of `to_dict`; keys that are not fields go to `extra`. Raises ValueError if a public field
+        is missing."""
+        missing = _missing_fields(record)
+        if missing:
+            raise ValueError(f"record lacks field(s) {', '.join(missing)} (BABILong records need {_NEEDED})")
+        names = {item.name for item in fields(cls)} - {"extra"}
+        known = {key: value for key, value in record.items() if key in names}
+        if known.get("depth_range") is not None:
+            known["depth_range"] = tuple(known["depth_range"])
+        return cls(**known, extra={key: value for key, value in record.items() if key not in names})
+
+
+_NEEDED = ", ".join(PUBLIC_FIELDS)
+
+
+def _missing_fields(record: Mapping[str, Any]) -> list[str]:
+    return [name for name in PUBLIC_FIELDS if name not in record]
+
+
+def join_context_and_question(context: str, question: str) -> str:
+    """The text a model reads for a sample: context, one space, question (an empty context gives the question)."""
+    return f"{context}{QUESTION_SEPARATOR}{question}" if context else question
+
+
+def token_counter(tokenizer_or_counter: Any) -> TokenCounter:
+    """A `list[str] -> list[int]` token counter from a Hugging Face tokenizer (special tokens not counted) or from
+    such a callable itself."""
+    # Check the class only if transformers is already imported: a caller with a tokenizer has imported it, and a
+    # caller with a plain counter should not pay for the import.
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(tokenizer_or_counter, transformers.PreTrainedTokenizerBase):
+        tokenizer = tokenizer_or_counter
+
+        def count(texts: list[str]) -> list[int]:
+            # verbose=False: a long joined sample is counted, never fed to a model, so skip the length warning.
+            encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            return [len(ids) for ids in encoded]
+
+        return count
+    if callable(tokenizer_or_counter):
+        return tokenizer_or_counter
+    raise TypeError(f"need a Hugging Face tokenizer or a list[str] -> list[int] counter, got {tokenizer_or_counter!r}")
+
+
+def _counts(count: TokenCounter, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    counts = list(count(texts))
+    if len(counts) != len(texts):
+        raise ValueError(f"token counter returned {len(counts)} counts for {len(texts)} texts")
+    return counts
+
+
+def _spaced_counts(count: TokenCounter, pieces: Sequence[str]) -> list[int]:
+    """Token counts of pieces as they occur in a sample, after a space. Counted so, the pieces' counts add up to the
+    count of the joined text for word-level, WordPiece and byte-level BPE tokenizers (GPT-2 counts "The" and " The"
+    differently); the builder corrects for tokenizers where they do not."""
+    return _counts(count, [" " + piece for piece in pieces])
+
+
+class _Passage:
+    """Consecutive haystack sentences [start, end) and their token counts, counted in batches as they are needed."""
+
+    def __init__(self, haystack: Haystack, count: TokenCounter, start: int, chars_per_token: float) -> None:
+        self.haystack, self.count = haystack, count
+        self.start = self.end = start
+        self.counts: list[int] = []
+        self.tokens = 0
+        self.chars_per_token = chars_per_token
+
+    def _batch_chars(self, missing_tokens: int) -> float:
+        # Ask for 10% more than the estimate so that one batch usually suffices.
+        return missing_tokens * self.chars_per_token * 1.1 + 1
+
+    def grow(self, tokens: int) -> bool:
+        """Count more sentences until the passage has at least `tokens` tokens: forwards from its end, then, at the
+        end of the haystack, backwards from its start. False if the whole haystack has fewer."""
+        offsets = self.haystack.char_offsets
+        while self.tokens < tokens:
+            want = self._batch_chars(tokens - self.tokens)
+            if self.end < len(self.haystack):
+                stop = max(self.end + 1, bisect.bisect_left(offsets, offsets[self.end] + want))
+                stop = min(stop, len(self.haystack))
+                new = _spaced_counts(self.count, self.haystack.sentences[self.end : stop])
+                self.counts.extend(new)
+                self.end = stop
+            elif self.start > 0:
+                first = min(self.start - 1, bisect.bisect_right(offsets, offsets[self.start] - want) - 1)
+                first = max(first, 0)
+                new = _spaced_counts(self.count, self.haystack.sentences[first : self.start])
+                self.counts[:0] = new
+                self.start = first
+            else:
+                return False
+            self.tokens += sum(new)
+            if self.tokens:
+                self.chars_per_token = (offsets[self.end] - offsets[self.start]) / self.tokens
+        return True
+
+
+def _check_depth(depth: tuple[float, float]) -> tuple[float, float]:
+    low, high = depth
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"depth must be (low, high) with 0 <= low < high <= 1, got {depth!r}")
+    return float(low), float(high)
+
+
+def _place_facts(
+    boundaries: list[int], fact_counts: list[int], depth: tuple[float, float], draws: list[float]
+) -> tuple[list[int], list[float]]:
+    """Sentence boundaries for the facts (indices into `boundaries`, non-decreasing) and the facts' depths.
+
+    `boundaries[g]` is the background tokens before boundary g. Facts keep story order, so all lie within [low,
+    high] of the context iff the first starts at or after low * context tokens and the last ends by high * context
+    tokens: iff the background tokens before every fact lie in [low * context, high * context - fact tokens]. The
+    sorted `draws` (in [0, 1)) spread the facts over that span, each at the boundary nearest its draw.
+    """
+    low, high = depth
+    facts_tokens = sum(fact_counts)
+    context_tokens = boundaries[-1] + facts_tokens
+    first, last = low * context_tokens, high * context_tokens - facts_tokens
+    lo = bisect.bisect_left(boundaries, first)
+    hi = bisect.bisect_right(boundaries, last) - 1
+    if lo > hi:
+        raise ValueError(
+            f"no sentence boundary puts {facts_tokens} fact tokens within depth {depth} of a {context_tokens}-token "
+            "context: widen the depth range or use a longer sample"
+        )
+    gaps = []
+    for draw in draws:
+        wanted = first + draw * (last - first)
+        g = min(bisect.bisect_left(boundaries, wanted, lo, hi + 1), hi)
+        if g > lo and wanted - boundaries[g - 1] <= boundaries[g] - wanted:
+            g -= 1
+        gaps.append(g)
+    tokens_before = itertools.accumulate([0, *fact_counts[:-1]])  # of the facts before each fact
+    starts = [boundaries[g] + before for g, before in zip(gaps, tokens_before, strict=True)]
+    depths = [start / context_tokens if context_tokens else 0.0 for start in starts]
+    return gaps, depths
+
+
+def _assemble(facts: tuple[str, ...], gaps: list[int], background: Iterable[str]) -> str:
+    """The context: background sentences with each fact inserted before sentence gaps[i] (or at the end)."""
+    pieces = []
+    fact_index = 0
+    for g, sentence in enumerate(itertools.chain(background, [None])):
+        while fact_index < len(facts) and gaps[fact_index] == g:
+            pieces.append(facts[fact_index])
+            fact_index += 1
+        if sentence is not None:
+            pieces.append(sentence)
+    return " ".join(pieces)
+
+
+def _capped_fact_range(task: str, length: int) -> tuple[int, int]:
+    low, high = DEFAULT_NUM_FACTS[task]
+    if length == 0:
+        return low, high
+    return low, max(low, min(high, length // _TOKENS_PER_FACT_CAP))
+
+
+def build_sample(
+    task: str,
+    length: int | str,
+    tokenizer: Any,
+    haystack: Haystack | None,
+    seed: int,
+    depth: tuple[float, float] = (0.0, 1.0),
+    num_facts: int | tuple[int, int] | None = None,
+) -> BabilongSample:
+    """One sample of `task` with `length` tokens (see `parse_length`) of `tokenizer`, facts hidden in `haystack`.
+
+    The same arguments always give the same sample. `tokenizer` is a Hugging Face tokenizer or a `list[str] ->
+    list[int]` token counter; `haystack` may be None for length 0. Facts lie within `depth` (fractions of the
+    context's tokens). `num_facts` as in `make_story`; None draws from `DEFAULT_NUM_FACTS[task]` capped at one fact
+    per 10 tokens of length.
+
+    Raises ValueError if the haystack has fewer tokens than the background needs, if the story and question alone
+    exceed the length, or if no sentence boundary keeps the facts within `depth`.
+    """
+    target = parse_length(length)
+    count = token_counter(tokenizer)
+    depth = _check_depth(depth)
+    _check_task(task)
+    story = make_story(task, seed, _capped_fact_range(task, target) if num_facts is None else num_facts)
+    fact_counts = _spaced_counts(count, story.facts)
+    question_tokens = _spaced_counts(count, [story.question])[0]
+    facts_tokens = sum(fact_counts)
+    rng = random.Random(f"babilong/{task}/placement/{seed}")
+    draws = sorted(rng.random() for _ in story.facts)
+
+    def make_sample(context: str, depths: list[float], num_tokens: int, passage: _Passage | None, n: int):
+        return BabilongSample(
+            input=context,
+            question=story.question,
+            target=story.answer,
+            task=task,
+            length=target,
+            num_tokens=num_tokens,
+            seed=seed,
+            facts=list(story.facts),
+            supporting_facts=list(story.supporting_facts),
+            fact_depths=depths,
+            depth_range=depth,
+            background_start=passage.start if passage is not None else None,
+            background_sentences=n,
+        )
+
+    if target == 0:
+        gaps, depths = _place_facts([0], fact_counts, depth, draws)
+        context = _assemble(story.facts, gaps, [])
+        num_tokens = _counts(count, [join_context_and_question(context, story.question)])[0]
+        return make_sample(context, depths, num_tokens, None, 0)
+
+    budget = target - facts_tokens - question_tokens  # tokens left for background sentences
+    if budget < 0:
+        raise ValueError(
+            f"the {task} story ({len(story.facts)} facts, {facts_tokens} tokens) and question ({question_tokens} "
+            f"tokens) exceed the {target}-token length: use fewer facts or a longer length"
+        )
+    if haystack is None or len(haystack) == 0:
+        raise ValueError(f"a {target}-token sample needs background text: pass a haystack")
+
+    probe = haystack.sentences[:_PROBE_SENTENCES]
+    chars_per_token = haystack.char_offsets[len(probe)] / max(1, sum(_spaced_counts(count, probe)))
+    # Start where the passage likely fits before the haystack ends; _Passage.grow extends backwards if it does not.
+    latest_start = bisect.bisect_right(haystack.char_offsets, haystack.num_chars - budget * chars_per_token) - 1
+    passage = _Passage(haystack, count, rng.randint(0, max(0, min(latest_start, len(haystack) - 1))), chars_per_token)
+
+    best: BabilongSample | None = None
+    correction = 0  # tokens of the joined sample minus the sum of its pieces' counts, from the previous round
+    for _ in range(_MAX_FIT_ROUNDS):
+        wanted = budget - correction
+        if not passage.grow(wanted + 1) and passage.tokens < budget:
+            raise ValueError(
+                f"haystack too short: a {target}-token {task} sample needs {budget} background tokens, but the "
+                f"haystack has {passage.tokens} tokens in {len(haystack)} sentences"
+            )
+        boundaries = [0, *itertools.accumulate(passage.counts)]
+        n = max(0, bisect.bisect_right(boundaries, wanted) - 1)
+        gaps, depths = _place_facts(boundaries[: n + 1], fact_counts, depth, draws)
+        background = haystack.sentences[passage.start : passage.start + n]
+        context = _assemble(story.facts, gaps, background)
+        num_tokens = _counts(count, [join_context_and_question(context, story.question)])[0]
+        if num_tokens <= target and (best is None or num_tokens > best.num_tokens):
+            best = make_sample(context, depths, num_tokens, passage, n)
+        next_sentence = passage.counts[n] if n < len(passage.counts) else None
+        if num_tokens <= target and (next_sentence is None or num_tokens + next_sentence > target):
+            return best
+        new_correction = num_tokens - (boundaries[n] + facts_tokens + question_tokens)
+        if new_correction == correction:
+            break
+        correction = new_correction
+    if best is None:
+        raise ValueError(f"could not fit the {task} story, question and background into {target} tokens")
+    return best
+
+
+def build_dataset(
+    task: str,
+    length: int | str,
+    num_samples: int,
+    tokenizer: Any,
+    haystack: Haystack | None,
+    seed: int = 0,
+    depth: tuple[float, float] = (0.0, 1.0),
+    num_facts: int | tuple[int, int] | None = None,
+) -> list[BabilongSample]:
+    """`num_samples` samples of `build_sample`, deterministic in `seed`; each sample's own seed is in its metadata
+    (`build_sample` with it rebuilds the sample), and the first k samples do not depend on `num_samples`."""
+    count = token_counter(tokenizer)
+    # 53-bit seeds: distinct in practice for any dataset size, and exact as JSON numbers in every reader.
+    seeds = random.Random(f"babilong/{task}/dataset/{seed}")
+    return [
+        build_sample(task, length, count, haystack, seeds.getrandbits(53), depth, num_facts) for _ in range(num_samples)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+def save_babilong(samples: Iterable[BabilongSample | Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write samples in the public BABILong layout: a JSON array of objects with input, question, target and the
+    metadata, or JSON lines if `path` ends in .jsonl. Atomic: the file is complete or untouched. Returns the path."""
+    path = Path(path)
+    records = [(s if isinstance(s, BabilongSample) else BabilongSample.from_dict(s)).to_dict() for s in samples]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            if path.suffix == ".jsonl":
+                for record in records:
+                    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            else:
+                file.write("[")
+                for i, record in enumerate(records):
+                    file.write(", " if i else "")
+                    json.dump(record, file, ensure_ascii=False)
+                file.write("]\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
+    """Read a BABILong file: a JSON array of objects (the public files, `save_babilong`) or JSON lines. Every
+    record needs input, question and target; other keys are kept (metadata fields, or `extra`)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a JSON array or JSON lines ({error})") from error
+    samples = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: record {i} is a {type(record).__name__}, not an object")
+        missing = _missing_fields(record)
+        if missing:
+            fields_named = ", ".join(missing)
+            raise ValueError(f"{path}: record {i} lacks field(s) {fields_named} (BABILong records need {_NEEDED})")
+        samples.append(BabilongSample.from_dict(record))
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+_SENTENCE_END = re.compile(r"[.!?\n]")
+
+
+def answer_is_correct(output: str, target: str) -> bool:
+    """Whether the lower-cased `target` occurs in the first sentence of the lower-cased `output` (the text before
+    its first '.', '!', '?' or newline). An empty target is never correct."""
+    target = target.strip().lower()
+    return bool(target) and target in _SENTENCE_END.split(output.lower(), maxsplit=1)[0]
