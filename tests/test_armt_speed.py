@@ -4,37 +4,23 @@ settings the workers ran with and their page faults."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "armt_speed.py"
+from benchmarks import armt_speed
 
 
-@pytest.fixture(scope="module")
-def armt_speed():
-    spec = importlib.util.spec_from_file_location("armt_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_segment_drift(armt_speed):
+def test_segment_drift():
     assert armt_speed.segment_drift([9.0] + [1.0] * 16) == 1.0  # segment 0 (lazy initialisation) is left out
     assert armt_speed.segment_drift([1.0] * 8 + [2.0] * 9) == 2.0
     assert armt_speed.segment_drift([1.0] * 5) is None  # too few segments for two quarters of two
 
 
-def test_armt_speed_smoke_run(armt_speed, tmp_path, monkeypatch):
+def test_armt_speed_smoke_run(tmp_path):
     output = tmp_path / "speed.json"
-    argv = ["armt_speed.py", "--config", "tiny", "--device", "cpu", "--lengths", "256", "640", "--segment-size", "32"]
+    argv = ["--config", "tiny", "--device", "cpu", "--lengths", "256", "640", "--segment-size", "32"]
     argv += ["--memory-tokens", "4", "--d-mem", "16", "--threads", "1", "--no-paired"]
     argv += ["--output", str(output)]
-    monkeypatch.setattr(sys, "argv", argv)
-    armt_speed.main()
+    armt_speed.main(argv)
     record = json.loads(output.read_text())
     rows = {row["length"]: row for row in record["results"]}
     assert set(rows) == {256, 640}

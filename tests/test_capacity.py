@@ -3,34 +3,14 @@ writes the table and the JSON; a second run into the same folder keeps the saved
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "capacity.py"
+from benchmarks import capacity
 
 
-def test_capacity_smoke_run(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("capacity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argv = [
-        "capacity.py",
-        "--pairs",
-        "2",
-        "4",
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "2",
-        "--kinds",
-        "armt",
-        "rmt",
-        "context",
-    ]
-    monkeypatch.setattr(sys, "argv", [*argv, "--output", str(tmp_path)])
-    module.main()
+def test_capacity_smoke_run(tmp_path):
+    argv = ["--pairs", "2", "4", "--steps", "2", "--warmup-steps", "2", "--kinds", "armt", "rmt", "context"]
+    capacity.main([*argv, "--output", str(tmp_path)])
     record = json.loads((tmp_path / "capacity.json").read_text())
     rows = record["rows"]
     assert set(record["warmups"]) == {"2:0", "4:0"}  # "pairs:seed"
@@ -43,20 +23,14 @@ def test_capacity_smoke_run(tmp_path, monkeypatch):
     assert "| 4 | 3 |" in table and "ARMT" in table and "in context" in table and "warmed up" in table
 
 
-def test_capacity_rerun_keeps_saved_points_and_adds_a_seed(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("capacity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argv = ["capacity.py", "--pairs", "2", "--steps", "2", "--warmup-steps", "2", "--output", str(tmp_path)]
-    monkeypatch.setattr(sys, "argv", argv)
-    module.main()
+def test_capacity_rerun_keeps_saved_points_and_adds_a_seed(tmp_path):
+    argv = ["--pairs", "2", "--steps", "2", "--warmup-steps", "2", "--output", str(tmp_path)]
+    capacity.main(argv)
     first = json.loads((tmp_path / "capacity.json").read_text())["rows"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "0", "1"])
-    module.main()
+    capacity.main([*argv, "--seeds", "0", "1"])
     rows = json.loads((tmp_path / "capacity.json").read_text())["rows"]
     assert [r for r in rows if r["seed"] == 0] == first  # kept as saved, not run again
     assert {(r["kind"], r["seed"]) for r in rows} == {(k, s) for k in ("armt", "rmt") for s in (0, 1)}
     assert "seeds 0, 1" in (tmp_path / "capacity.md").read_text()
-    monkeypatch.setattr(sys, "argv", [*argv, "--steps", "3"])  # other settings: nothing reused
-    module.main()
+    capacity.main([*argv, "--steps", "3"])  # other settings: nothing reused
     assert {r["seed"] for r in json.loads((tmp_path / "capacity.json").read_text())["rows"]} == {0}
