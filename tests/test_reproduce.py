@@ -1,30 +1,18 @@
-"""Smoke test of benchmarks/reproduce.py: the 2-cell smoke grid, in-process with very few steps, writes
-results.json, the Markdown table and the plots; cell parsing and the model kinds' configs."""
+"""Smoke test of benchmarks/reproduce.py and its report (benchmarks/reproduce_report.py): the 2-cell smoke grid,
+in-process with very few steps, writes results.json, the Markdown table and the plots; cell parsing and the model
+kinds' configs."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+from benchmarks import reproduce, reproduce_report
 
 
-@pytest.fixture(scope="module")
-def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("reproduce", None)
-
-
-def test_smoke_run_writes_results_table_and_plots(reproduce, tmp_path):
+def test_smoke_run_writes_results_table_and_plots(tmp_path):
     args = ["--smoke", "--steps", "2", "--output", str(tmp_path), "--no-progress", "--threads", "1"]
     assert reproduce.main(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -42,7 +30,7 @@ def test_smoke_run_writes_results_table_and_plots(reproduce, tmp_path):
         reproduce.main(["--report", "--output", str(tmp_path / "empty")])
 
 
-def test_cells_and_kinds(reproduce):
+def test_cells_and_kinds():
     assert reproduce.parse_cell("copy:6:rmt") == reproduce.Cell("copy", 6, "rmt")
     for bad in ("copy:6", "copy:x:rmt", "copy:6:lstm", "sort:6:rmt"):
         with pytest.raises(ValueError):
@@ -57,7 +45,7 @@ def test_cells_and_kinds(reproduce):
     assert configs["memory_at_start"].read_memory_only
 
 
-def test_processes_sharing_an_output_folder_keep_each_others_cells(reproduce, tmp_path):
+def test_processes_sharing_an_output_folder_keep_each_others_cells(tmp_path):
     """Two runs with different --cells in one folder: each adds its cells to what is on disk, not to the
     results it loaded at its start; results.json is replaced whole, never left half-written."""
     record = {
@@ -71,17 +59,17 @@ def test_processes_sharing_an_output_folder_keep_each_others_cells(reproduce, tm
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_extrapolation_cell_reports_every_seed_and_selects_on_the_trained_length(reproduce, tmp_path):
+def test_extrapolation_cell_reports_every_seed_and_selects_on_the_trained_length(tmp_path):
     cell = reproduce.Cell("detect_memorize", 2, "rmt")
     record = reproduce.run_cell(cell, tmp_path, progress=False, steps=2, seeds=2, eval_samples=32)
     assert set(record["seeds"]) == {"0", "1"} and set(record["seeds"]["0"]) == {"2", "4", "8", "16"}
     best = max(record["seeds"], key=lambda s: record["seeds"][s]["2"])
     assert record["selected_seed"] == int(best) and record["extrapolation"] == record["seeds"][best]
-    table = reproduce.format_table({"cells": {cell.key: record}})
+    table = reproduce_report.format_table({"cells": {cell.key: record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
     assert "| seed 0" in table and "| seed 1" in table and "selected" in table
 
 
-def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(reproduce, tmp_path):
+def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(tmp_path):
     setup = reproduce.TASKS["associative_retrieval"]
     cell = reproduce.parse_cell("associative_retrieval:3:rmt")
     few = dataclasses.replace(setup.pretraining, steps=3)
@@ -90,5 +78,5 @@ def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(reproduce,
     assert warmup["steps"] == 3 and warmup["sequence_length"] == 25  # 4 pairs, QUERY, 8 queried pairs
     assert 0.0 <= warmup["in_context_accuracy"] <= 1.0 and record["model"]["init_std"] == 0.1
     assert (tmp_path / "cells" / "associative_retrieval-3-rmt" / "pretraining" / "metrics.jsonl").exists()
-    table = reproduce.format_table({"cells": {cell.key: record}})
+    table = reproduce_report.format_table({"cells": {cell.key: record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
     assert "warmed up in context" in table and "| associative_retrieval:3:rmt |" in table
