@@ -11,11 +11,11 @@ segment: the answer can only come through memory. Accuracy is on the single answ
 
 In-context warm-up: trained on the one-query task alone, this backbone did not learn to bind a value to its key in
 our attempts, even with every pair in its window (no result file of those attempts is kept), and a memory cannot
-store bindings its backbone does not make. So for
-each N, the bare backbone (initial weight std `--init-std`) is first trained in one window on multi-query retrieval
-(the same N pairs, `--warmup-queries` queries per sample) for `--warmup-steps` steps, and every kind starts from a
-copy of that backbone. `--kinds ... context` adds the in-context ceiling: the warmed-up backbone trained further
-without memory, the whole sample in one segment. `--warmup-steps 0` runs without the warm-up.
+store bindings its backbone does not make. So for each N, the bare backbone (initial weight std `--init-std`) is
+first trained in one window on multi-query retrieval (the same N pairs, `--warmup-queries` queries per sample) for
+`--warmup-steps` steps, and every kind starts from a copy of that backbone. `--kinds ... context` adds the in-context
+ceiling: the warmed-up backbone trained further without memory, the whole sample in one segment. `--warmup-steps 0`
+runs without the warm-up.
 
 Training at this size jumps from plateaus at a seed-dependent step, so one seed per point can mislead: `--seeds 0 1`
 runs each point once per seed and the table gives the mean with every seed's value. Points are saved as they finish;
