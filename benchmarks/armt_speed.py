@@ -1,8 +1,8 @@
 """ARMT inference speed and memory by sequence length: full attention vs sequential ARMT vs diagonal batching.
 
-Run (from the repository root):
-    python benchmarks/armt_speed.py --config small --device cpu --lengths 4096 8192 16384 32768
-    python benchmarks/armt_speed.py --config llama-1b --device cuda --dtype bfloat16      # 4k .. 128k
+Run from the repository root:
+    python -m benchmarks.armt_speed --config small --device cpu --lengths 4096 8192 16384 32768
+    python -m benchmarks.armt_speed --config llama-1b --device cuda --dtype bfloat16      # 4k .. 128k
 
 For each length N, on one random sequence (batch 1, weights random, seeded identically in every measurement):
 - `full`: the backbone alone on all N tokens (HF forward, full causal attention, no cache, logits of the last token
@@ -15,14 +15,14 @@ For each length N, on one random sequence (batch 1, weights random, seeded ident
   full attention take hours).
 All three produce the last token's logits, so each pays for the same work: every hidden state, one LM head.
 
-Each measurement runs in a fresh subprocess (so no allocator cache or earlier peak leaks into the next one): build
-the model, warm up on a short input, then time `--repeats` runs (median reported) with the device synchronised;
-the process CPU time is recorded too (on a shared CPU it is less disturbed by other processes than wall time), and
-the minor page faults per run. The workers run with glibc's malloc told to keep freed memory for reuse
-(`MALLOC_MMAP_THRESHOLD_` 32 MiB, `MALLOC_TRIM_THRESHOLD_` 1 GiB): by default it hands blocks of a segment's size
-back to the kernel and faults them in again, 10^5-10^6 page faults per run that changed a run's time by up to 10%
-depending on the process's allocation history, noise that has nothing to do with the method. With the setting a
-timed run faults in almost nothing after the warm-up. `--system-malloc` keeps glibc's defaults.
+Each measurement runs in a fresh subprocess (`python -m benchmarks.armt_speed --worker ...`, so no allocator cache or
+earlier peak leaks into the next one): build the model, warm up on a short input, then time `--repeats` runs (median
+reported) with the device synchronised; the process CPU time is recorded too (on a shared CPU it is less disturbed
+by other processes than wall time), and the minor page faults per run (`minor_faults_per_run`). The workers run
+with glibc's malloc told to keep freed memory for reuse (`MALLOC_MMAP_THRESHOLD_` 32 MiB, `MALLOC_TRIM_THRESHOLD_`
+1 GiB): by default it hands blocks of a segment's size back to the kernel and faults them in again on every run,
+page faults whose cost depends on the process's allocation history and has nothing to do with the method.
+`--system-malloc` keeps glibc's defaults.
 Then a `paired` run times sequential and diagonal alternately in one process, `--repeats` rounds with the order
 swapped every round, and reports the median per-round diagonal/sequential ratio: separate subprocesses run minutes
 apart, and on a shared machine the load changes in between; alternating cancels that (`--no-paired` skips it).
@@ -38,6 +38,10 @@ the first length, full-attention/diagonal time, and the diagonal-vs-sequential e
 every segment's time and its drift (median of the last quarter of the segments over the first quarter): per-token
 time compared across lengths mixes in how fast the machine ran in each subprocess, while the drift compares
 segments of one run, so a segment that costs more late in a long sequence shows there.
+
+Committed results (the README quotes them): benchmarks/results/armt_speed-small-cpu.json (4k-128k, 3 repeats) and
+armt_speed-small-cpu-paired10.json (8k and 16k, sequential and diagonal, 10 paired rounds), both on a shared 2-core
+Intel Xeon with 1 thread.
 """
 
 from __future__ import annotations
@@ -49,14 +53,15 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS_DIR, rss_bytes, run_module, write_json
+from rmt import ARMTForCausalLM, RMTConfig
 
 METHODS = ("full", "sequential", "diagonal")
 CONFIGS: dict[str, dict] = {
@@ -76,12 +81,9 @@ CONFIGS: dict[str, dict] = {
 }  # fmt: skip
 
 
-def build_model(args: argparse.Namespace, max_length: int):
+def build_model(args: argparse.Namespace, max_length: int) -> ARMTForCausalLM:
     """The random backbone in its ARMT wrapper, on args.device in args.dtype, identical in every worker."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rmt import RMTConfig
-    from rmt.memory.armt import ARMTForCausalLM
 
     config = LlamaConfig(**CONFIGS[args.config], max_position_embeddings=max(max_length, args.segment_size * 2))
     torch.manual_seed(0)
@@ -95,16 +97,17 @@ def build_model(args: argparse.Namespace, max_length: int):
     )
     model = ARMTForCausalLM(backbone, memory).eval()
     # A non-zero W_v so memory really flows (an untrained ARMT computes what its backbone computes). Its scale keeps
-    # the random recurrence well conditioned: with W_v ~ 10x larger, a 1e-7 relative change of the memory embeddings
-    # grows to ~1e-2 in the logits after 20 segments (sequential vs itself), which would measure the random model's
-    # chaos rather than the engine; at this scale it stays ~1e-6 while memory still moves the logits by ~0.2.
+    # the random recurrence well conditioned: with a much larger W_v, rounding-level changes of the memory grow over
+    # the segments until the logits error measures the random model's chaos rather than the engine.
     with torch.no_grad():
         generator = torch.Generator(device=args.device).manual_seed(1)
         model.w_v.copy_(torch.randn(model.w_v.shape, generator=generator, device=args.device) * 0.002)
     return model
 
 
-def sequential_last_logits(model, input_ids: torch.Tensor, segment_times: list[float] | None = None) -> torch.Tensor:
+def sequential_last_logits(
+    model: ARMTForCausalLM, input_ids: torch.Tensor, segment_times: list[float] | None = None
+) -> torch.Tensor:
     """ARMT segment by segment; segment_times (CPU only: no device sync) collects each segment's wall time."""
     seg = model.config.segment_size
     state = model.initial_state(input_ids.shape[0])
@@ -117,15 +120,7 @@ def sequential_last_logits(model, input_ids: torch.Tensor, segment_times: list[f
     return model.adapter.head(hidden[:, -1])  # [B, V]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def runner(method: str, model, args: argparse.Namespace):
+def runner(method: str, model: ARMTForCausalLM, args: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
     """The timed function of a method: input_ids [B, N] -> the last token's logits [B, V]."""
     if method == "full":
 
@@ -152,7 +147,9 @@ def runner(method: str, model, args: argparse.Namespace):
     return run
 
 
-def paired_timing(model, input_ids: torch.Tensor, warm_ids: torch.Tensor, args: argparse.Namespace) -> dict:
+def paired_timing(
+    model: ARMTForCausalLM, input_ids: torch.Tensor, warm_ids: torch.Tensor, args: argparse.Namespace
+) -> dict:
     """Sequential and diagonal timed alternately in one process (the order swapped every round): a slow drift of
     the machine (another process, frequency, cache) hits both alike, so the median per-round ratio is the
     trustworthy diagonal/sequential figure on a shared machine."""
@@ -210,7 +207,7 @@ def worker(spec: dict) -> dict:
                 torch.cuda.reset_peak_memory_stats()
                 result["before_mb"] = torch.cuda.memory_allocated() / 2**20
             else:
-                result["before_mb"] = _rss_mb()
+                result["before_mb"] = rss_bytes() / 2**20
             times, cpu_times = [], []
             faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(args.repeats):
@@ -261,11 +258,11 @@ def _malloc_env() -> dict[str, str | None]:
 
 
 def measure(args: argparse.Namespace, method: str, length: int, logits_path: str) -> dict:
+    """One measurement in a fresh worker process (`python -m benchmarks.armt_speed --worker SPEC`)."""
     spec = {"method": method, "length": length, "logits_path": logits_path, "args": _settings(args)}
-    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     env = os.environ if args.system_malloc else os.environ | STEADY_MALLOC
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
+        done = run_module("benchmarks.armt_speed", ["--worker", json.dumps(spec)], env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"method": method, "length": length, "status": f"timeout after {args.timeout} s"}
     if done.returncode != 0:
@@ -295,6 +292,7 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def logits_error(diagonal: torch.Tensor, sequential: torch.Tensor) -> dict:
+    """How far the diagonal engine's last-token logits are from sequential ARMT's."""
     diff = (diagonal - sequential).abs()
     return {
         "max_abs": float(diff.max()),
@@ -304,6 +302,7 @@ def logits_error(diagonal: torch.Tensor, sequential: torch.Tensor) -> dict:
 
 
 def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model and core count."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     try:
@@ -314,8 +313,8 @@ def device_name(device: str) -> str:
     return f"{model} ({os.cpu_count()} cores)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.armt_speed", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--dtype",
@@ -372,7 +371,7 @@ def main() -> None:
         "(more page faults and noisier times on CPU)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -382,7 +381,7 @@ def main() -> None:
     args.repeats = args.repeats or (3 if cuda else 1)
     top = 131072 if cuda else 32768
     args.lengths = args.lengths or [4096 * 2**i for i in range(6) if 4096 * 2**i <= top]
-    output = args.output or Path(__file__).parent / "results" / f"armt_speed-{args.config}-{args.device}.json"
+    output = args.output or RESULTS_DIR / f"armt_speed-{args.config}-{args.device}.json"
 
     import transformers
 
@@ -427,7 +426,7 @@ def main() -> None:
     meta["load_average_at_end"] = os.getloadavg()
     print_table(rows, ratios, cuda)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"meta": meta, "results": rows, "ratios": ratios}, indent=2) + "\n")
+    write_json(output, {"meta": meta, "results": rows, "ratios": ratios})
     print(f"wrote {output}")
 
 
@@ -437,6 +436,8 @@ def _time(row: dict, method: str) -> float | None:
 
 
 def compute_ratios(rows: list[dict]) -> list[dict]:
+    """Per length: diagonal/sequential time (wall, process CPU time, paired), full/diagonal, the sequential
+    segment drift, and each ARMT method's time per token relative to the first length's."""
     base = rows[0]
     out = []
     for row in rows:
@@ -461,6 +462,7 @@ def compute_ratios(rows: list[dict]) -> list[dict]:
 
 
 def print_table(rows: list[dict], ratios: list[dict], cuda: bool) -> None:
+    """The measurements and ratios, one line per length, on stdout."""
     memory = "peak MiB (allocated)" if cuda else "peak RSS MiB (+ added by the run)"
     header = [
         *("length", "full s", "seq s", "diag s", "diag/seq", "(cpu t)", "(paired)", "full/diag", "seq/tok", "diag/tok"),

@@ -1,23 +1,27 @@
 """Memory capacity (the ARMT paper's associative-retrieval experiment): accuracy vs number of key-value pairs
 stored across segments, ARMT vs RMT with the same number of memory tokens.
 
-Run:  python benchmarks/capacity.py [--pairs 2 4 8] [--kinds armt rmt context] [--seeds 0 1] [--output DIR]
+Run from the repository root:
+    python -m benchmarks.capacity [--pairs 2 4 8] [--kinds armt rmt context] [--seeds 0 1] [--output DIR]
 
 Each point trains a 2-layer Llama-shaped model (width 64) on associative retrieval with N pairs, cut into segments
 of `--pairs-per-segment` pairs, so the pairs are spread over several segments and the query arrives in a later
 segment: the answer can only come through memory. Accuracy is on the single answer token of held-out samples
 (chance = 1 / number of values = 0.1). Writes capacity.json and capacity.md to the output folder.
 
-In-context warm-up: trained on the one-query task alone, this backbone never learns to bind a value to its key
-(~0.35 even with every pair in its window), and a memory cannot store bindings its backbone does not make. So for
-each N, the bare backbone (initial weight std `--init-std`) is first trained in one window on multi-query retrieval
-(the same N pairs, `--warmup-queries` queries per sample) for `--warmup-steps` steps, and every kind starts from a
-copy of that backbone. `--kinds ... context` adds the in-context ceiling: the warmed-up backbone trained further
-without memory, the whole sample in one segment. `--warmup-steps 0` runs without the warm-up.
+In-context warm-up: trained on the one-query task alone, this backbone did not learn to bind a value to its key in
+our attempts, even with every pair in its window (no result file of those attempts is kept), and a memory cannot
+store bindings its backbone does not make. So for each N, the bare backbone (initial weight std `--init-std`) is
+first trained in one window on multi-query retrieval (the same N pairs, `--warmup-queries` queries per sample) for
+`--warmup-steps` steps, and every kind starts from a copy of that backbone. `--kinds ... context` adds the in-context
+ceiling: the warmed-up backbone trained further without memory, the whole sample in one segment. `--warmup-steps 0`
+runs without the warm-up.
 
 Training at this size jumps from plateaus at a seed-dependent step, so one seed per point can mislead: `--seeds 0 1`
 runs each point once per seed and the table gives the mean with every seed's value. Points are saved as they finish;
 a later run into the same --output with the same settings keeps them and runs only what is missing (e.g. add a seed).
+
+Committed results (the README quotes them): benchmarks/results/capacity-cpu.json and capacity-cpu.md.
 """
 
 from __future__ import annotations
@@ -25,19 +29,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rmt import RMTConfig  # noqa: E402
-from rmt.build import memory_model, random_backbone  # noqa: E402
-from rmt.data.tasks import AssociativeRetrievalTask  # noqa: E402
-from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context  # noqa: E402
+from benchmarks.common import torch_threads, write_atomically, write_json
+from rmt import RMTConfig
+from rmt.build import memory_model, random_backbone
+from rmt.data.tasks import AssociativeRetrievalTask
+from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context
 
 LABELS = {"armt": "ARMT", "rmt": "RMT", "context": "in context (no memory, 1 segment)"}
 
@@ -78,6 +79,7 @@ def warm_up(pairs: int, seed: int, args: argparse.Namespace) -> tuple[torch.nn.M
 
 
 def retrieval_task(pairs: int, num_queries: int = 1) -> AssociativeRetrievalTask:
+    """Associative retrieval with N pairs (at least 26 keys to draw them from) and `num_queries` queries."""
     return AssociativeRetrievalTask(num_pairs=pairs, num_keys=max(26, pairs), num_queries=num_queries)
 
 
@@ -145,13 +147,6 @@ def load_points(path: Path, args: argparse.Namespace) -> tuple[list[dict], dict[
     return rows, warmups
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` whole, so a crash never leaves a half-written file (and earlier points stay on disk)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def format_table(args: argparse.Namespace, rows: list[dict], warmups: dict[str, dict]) -> str:
     """Markdown: accuracy per (pairs, kind), the mean over seeds with each seed's value in brackets."""
     warmup = (
@@ -184,29 +179,8 @@ def format_table(args: argparse.Namespace, rows: list[dict], warmups: dict[str, 
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, nargs="+", default=[2, 4, 8, 16])
-    parser.add_argument("--pairs-per-segment", type=int, default=2)
-    parser.add_argument("--memory-tokens", type=int, default=2)
-    parser.add_argument("--d-mem", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--warmup-steps", type=int, default=2000, help="in-context warm-up steps (0: none)")
-    parser.add_argument("--warmup-queries", type=int, default=8, help="queries per warm-up sample")
-    parser.add_argument("--init-std", type=float, default=0.1, help="initial weight std of the backbone")
-    parser.add_argument("--kinds", nargs="+", default=["armt", "rmt"], choices=["armt", "rmt", "context"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table averages them")
-    parser.add_argument("--output", default="runs/capacity")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
-    args = parser.parse_args()
-    if args.warmup_steps < 0:
-        parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
-    torch.set_num_threads(args.threads)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-
+def run(args: argparse.Namespace, output: Path) -> None:
+    """Run every point missing from OUTPUT/capacity.json, saving each as it finishes, then write the table."""
     # Points already in the output folder (same settings) are kept and not run again.
     rows, warmups = load_points(output / "capacity.json", args)
     for seed in args.seeds:
@@ -227,12 +201,37 @@ def main() -> None:
                     f"accuracy={row['accuracy']:.3f} ({row['seconds']:.0f}s)",
                     flush=True,
                 )
-                record = {"args": vars(args), "warmups": warmups, "rows": rows}
-                write_atomically(output / "capacity.json", json.dumps(record, indent=2))
+                settings = {k: v for k, v in vars(args).items() if k != "output"}  # no machine-specific path
+                write_json(output / "capacity.json", {"args": settings, "warmups": warmups, "rows": rows})
 
     table = format_table(args, rows, warmups)
     print("\n" + table)
     write_atomically(output / "capacity.md", table + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--pairs-per-segment", type=int, default=2)
+    parser.add_argument("--memory-tokens", type=int, default=2)
+    parser.add_argument("--d-mem", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--warmup-steps", type=int, default=2000, help="in-context warm-up steps (0: none)")
+    parser.add_argument("--warmup-queries", type=int, default=8, help="queries per warm-up sample")
+    parser.add_argument("--init-std", type=float, default=0.1, help="initial weight std of the backbone")
+    parser.add_argument("--kinds", nargs="+", default=["armt", "rmt"], choices=["armt", "rmt", "context"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table averages them")
+    parser.add_argument("--output", default="runs/capacity")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
+    args = parser.parse_args(argv)
+    if args.warmup_steps < 0:
+        parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    with torch_threads(args.threads):
+        run(args, output)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """Reproduce the RMT paper's algorithmic-task comparisons on CPU: memory vs no memory vs Transformer-XL.
 
-Run:
-    python benchmarks/reproduce.py --list                         # the grid, one cell per line
-    python benchmarks/reproduce.py --cells copy:9:rmt,copy:9:trxl   # any cells (TASK:SEGMENTS:KIND)
-    python benchmarks/reproduce.py --smoke                        # 2 tiny cells, under 2 minutes
-    python benchmarks/reproduce.py --threads 1                    # the full grid (about 3 hours on one core)
+Run from the repository root:
+    python -m benchmarks.reproduce --list                          # the grid, one cell per line
+    python -m benchmarks.reproduce --cells copy:9:rmt,copy:9:trxl  # any cells (TASK:SEGMENTS:KIND)
+    python -m benchmarks.reproduce --smoke                         # 2 tiny cells with few steps
+    python -m benchmarks.reproduce --threads 1                     # the full grid
+    python -m benchmarks.reproduce --report --output DIR           # rewrite DIR's table and plots, run nothing
+
+This file holds the grid and the cell runner; the table and plots are in `benchmarks/reproduce_report.py`, the
+paper's numbers (with the citation) in `benchmarks/published/rmt_paper.json`.
 
 A cell trains one model on one task cut into a number of segments, with `rmt.train.loop.train`, and evaluates it
 on held-out samples. Model kinds, all the same `RMTForCausalLM` with a different `RMTConfig`:
@@ -18,11 +22,11 @@ front for 5 segments, since 11 tokens cannot be cut into 5 equal segments), quad
 exact match), and detect-and-memorize for extrapolation: trained with a curriculum up to N segments, evaluated at
 N, 2N, 4N, 8N (cell `detect_memorize:8:rmt`).
 
-Associative retrieval needs a backbone that binds a value to its key, and this one never learns that from the
-one-query task (0.33-0.45 even with the whole sample in one window, after up to 17,750 steps). So each of its cells
-first warms the bare backbone up in context on multi-query retrieval (8 queries of the same pairs per sample, one
-window, initial weight std 0.1), which gets binding after a plateau of ~1,000 steps, and then trains the cell's
-model kind from it; every kind starts from the same warm-up, and the table reports what it reached.
+Associative retrieval needs a backbone that binds a value to its key, and this one did not learn that from the
+one-query task alone in our attempts (no result file of those attempts is kept). So each of its cells first warms
+the bare backbone up in context on multi-query retrieval (8 queries of the same pairs per sample, one window,
+initial weight std 0.1), which learns binding after a plateau, and then trains the cell's model kind from it; every
+kind starts from the same warm-up, and the table reports what it reached.
 
 Metric (held-out answer accuracy, 512 samples): multi-token answers (copy, reverse, quadratic), longer than a
 segment in most cells, are generated greedily through the memory from the prompt (`RMTForCausalLM.generate`), so an
@@ -37,25 +41,22 @@ as in the paper's table. With 2 layers a one-segment Tr-XL cache reaches about 2
 keys already saw the cache before them), against 4 in the paper's 4-layer model, so our Tr-XL falls off at fewer
 segments than the paper's.
 
-Runtime on a shared 2-core CPU with --threads 1: copy:9:rmt about 9 minutes, copy:9:no_memory 4, detect_memorize:8
-(3 seeds) 12, an associative retrieval cell 3-17 (warm-up included); the full grid (34 cells) about 175 minutes of
-cell time (measured partly with three processes on the two cores; results.md lists each cell's). To use both
-cores, run two processes into the same --output, each with half of the cells (`--list` prints them); they merge
-their results: under 2 hours.
+Runtime: the Runtimes table of benchmarks/results/reproduce/results.md gives each cell's warm-up, training and
+evaluation time on a shared 2-core CPU (--threads 1), and the total. To use several cores, run one process per core
+into the same --output, each with its share of the cells (`--list` prints them): each adds its cells to
+results.json under a file lock, re-reading the file first, so none overwrites another's.
 
 Output (in --output, default runs/reproduce): results.json (every cell run there so far: single-cell runs
 accumulate, --fresh starts over), results.md (the table next to the published numbers, with runtimes), one PNG per
 task (accuracy vs number of segments, one line per model kind, published numbers as hollow markers) and
-extrapolation.png; per-cell training logs under cells/.
+extrapolation.png; per-cell training logs under cells/. The committed full-grid results are in
+benchmarks/results/reproduce/.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -65,23 +66,22 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rmt.build import memory_model, random_backbone  # noqa: E402
-from rmt.config import RMTConfig  # noqa: E402
-from rmt.data.tasks import IGNORE_INDEX, Task, make_task  # noqa: E402
-from rmt.memory.rmt import RMTForCausalLM  # noqa: E402
-from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context  # noqa: E402
-from rmt.train.schedules import linear_curriculum  # noqa: E402
+from benchmarks import reproduce_report
+from benchmarks.common import PUBLISHED_DIR, results_lock, torch_threads
+from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM
+from rmt.build import memory_model, random_backbone
+from rmt.data.tasks import IGNORE_INDEX, Task, make_task
+from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context
+from rmt.train.schedules import linear_curriculum
 
 KINDS = ("rmt", "no_memory", "trxl", "memtrxl", "memory_at_start")
-KIND_LABELS = {
-    "rmt": "RMT",
-    "no_memory": "no memory",
-    "trxl": "Transformer-XL",
-    "memtrxl": "MemTrXL",
-    "memory_at_start": "memory at start only",
-}
+PUBLISHED_FILE = PUBLISHED_DIR / "rmt_paper.json"
+PAPER: dict[str, Any] = json.loads(PUBLISHED_FILE.read_text())
+
+
+def published(task: str) -> dict[tuple[int, str], float]:
+    """(segments, kind) -> the RMT paper's number for `task`, from benchmarks/published/rmt_paper.json."""
+    return {(entry["segments"], entry["kind"]): entry["value"] for entry in PAPER["tasks"][task]["values"]}
 
 
 @dataclass
@@ -107,7 +107,7 @@ class TaskSetup:
     chance: float
     metric: str  # "accuracy" (per answer token) or "exact_match" (whole answer)
     cells: list[tuple[int, str]]  # (segments, kind) of the full grid
-    published: dict[tuple[int, str], float]  # (segments, kind) -> published number (ANCHORS.md)
+    published: dict[tuple[int, str], float]  # (segments, kind) -> the paper's number (`published(task)`)
     steps: int
     more_steps: dict[int, int] = field(default_factory=dict)  # segments -> steps, where `steps` is not enough
     batch_size: int = 32
@@ -143,8 +143,9 @@ class ExtrapolationSetup:
     eval_samples: int = 512
     chance: float = 1 / 6
     bars: dict[int, float] = field(default_factory=lambda: {2: 0.9, 4: 0.8})  # eval multiple -> issue's bar
-    # Training is all-or-nothing per seed at this size (seed 0 stays on a plateau at 0.25, seed 1 reaches 1.00 by
-    # step 350): train this many seeds and keep the best at the trained length (every seed is reported).
+    # Training is all-or-nothing per seed at this size (the seed rows of the extrapolation table in
+    # benchmarks/results/reproduce/results.md): train this many seeds and keep the best at the trained length (every
+    # seed is reported).
     seeds: int = 3
 
 
@@ -167,21 +168,10 @@ TASKS: dict[str, TaskSetup] = {
         metric="accuracy",
         cells=[(s, k) for s in (3, 6, 9) for k in ("rmt", "no_memory", "trxl")]
         + [(6, "memtrxl"), (6, "memory_at_start")],
-        published={
-            (3, "no_memory"): 0.12,
-            (3, "trxl"): 1.00,
-            (3, "rmt"): 1.00,
-            (6, "no_memory"): 0.10,
-            (6, "trxl"): 0.97,
-            (6, "rmt"): 1.00,
-            (9, "no_memory"): 0.10,
-            (9, "trxl"): 0.28,
-            (9, "rmt"): 1.00,
-            (6, "memory_at_start"): 0.10,  # "at chance" in the authors' runs
-        },
+        published=published("copy"),
         steps=1000,
         more_steps={9: 1600},
-        paper_model="4 layers, 4 heads, d=128",
+        paper_model=PAPER["models"]["copy"],
         note="memory-at-start control: at chance in the authors' runs",
     ),
     "reverse": TaskSetup(
@@ -190,17 +180,9 @@ TASKS: dict[str, TaskSetup] = {
         chance=0.1,
         metric="accuracy",
         cells=[(s, k) for s in (2, 4, 6) for k in ("rmt", "no_memory", "trxl")],
-        published={
-            **{(s, "no_memory"): 0.10 for s in (2, 4, 6)},
-            (2, "trxl"): 0.78,
-            (4, "trxl"): 0.86,
-            (6, "trxl"): 0.66,
-            (2, "rmt"): 1.00,
-            (4, "rmt"): 1.00,
-            (6, "rmt"): 0.90,
-        },
+        published=published("reverse"),
         steps=1000,
-        paper_model="4 layers, 4 heads, d=128",
+        paper_model=PAPER["models"]["reverse"],
         note="no memory scores above chance with short segments: next to START the reversed answer mirrors the "
         "source tokens just before it, inside the same segment",
     ),
@@ -211,17 +193,7 @@ TASKS: dict[str, TaskSetup] = {
         metric="accuracy",
         # (1, no_memory): all 12 tokens in one window, the in-context ceiling of the backbone at this budget.
         cells=[(1, "no_memory")] + [(s, k) for s in (2, 3, 5) for k in ("rmt", "no_memory", "trxl")],
-        published={
-            (2, "no_memory"): 0.50,
-            (3, "no_memory"): 0.10,
-            (5, "no_memory"): 0.10,
-            (2, "trxl"): 1.00,
-            (3, "trxl"): 0.85,
-            (5, "trxl"): 0.99,
-            (2, "rmt"): 0.99,
-            (3, "rmt"): 0.99,
-            (5, "rmt"): 0.97,
-        },
+        published=published("associative_retrieval"),
         steps=4000,
         more_steps={5: 5000},
         batch_size=128,
@@ -233,13 +205,11 @@ TASKS: dict[str, TaskSetup] = {
             learning_rate=1e-3,
             description="multi-query retrieval (the same pairs, 8 queries per sample) in one window",
         ),
-        paper_model="6 layers, 4 heads, d=64",
+        paper_model=PAPER["models"]["associative_retrieval"],
         note="5 segments: 4 PAD tokens in front (15 tokens, segments of 3: PADs | PAD k v | k v k | v k v | ? k v), "
         "as 11 tokens cannot be cut into 5 equal segments; the query and its answer sit alone in the last segment. "
-        "RMT at 5 segments with --seed 1: 0.94. "
-        "Trained on the one-query task alone, this backbone never learns to bind a value to its key, even with the "
-        "whole sample in one window (0.33-0.45 after up to 17,750 steps: it recalls the values, not which key each "
-        "belongs to), so every cell here starts from the same backbone warmed up in context (see Setup). "
+        "Trained on the one-query task alone, this backbone did not learn to bind a value to its key in our "
+        "attempts, so every cell here starts from the same backbone warmed up in context (see Setup). "
         "1 segment (no memory, the whole sample in one window) is the in-context ceiling",
     ),
     "quadratic": TaskSetup(
@@ -248,13 +218,13 @@ TASKS: dict[str, TaskSetup] = {
         chance=0.0,
         metric="exact_match",
         cells=[(1, "no_memory"), (6, "rmt"), (6, "trxl")],
-        published={(1, "no_memory"): 0.99, (6, "trxl"): 0.93, (6, "rmt"): 0.99},
+        published=published("quadratic"),
         steps=1500,
         layers=2,
         hidden=64,
         memory_tokens=lambda segment_size: 10,
         memory_note="10 tokens",
-        paper_model="6 layers, 6 heads, d=128",
+        paper_model=PAPER["models"]["quadratic"],
         note="full-answer exact match of the generated solution",
     ),
 }
@@ -313,7 +283,8 @@ def rmt_config(kind: str, segment_size: int, memory_tokens: int) -> RMTConfig:
 
 def build_model(
     setup: TaskSetup | ExtrapolationSetup, config: RMTConfig, vocab_size: int, seed: int, min_positions: int = 0
-):
+) -> RecurrentMemoryModel:
+    """A random Llama-architecture backbone of the setup's size in the memory model that `config` asks for."""
     backbone = random_backbone(
         "llama",
         vocab_size=vocab_size,
@@ -336,8 +307,8 @@ def pretrain_backbone(
     warmup_task = pretraining.make(task)
     started = time.time()
     warmup_setup = replace(setup, learning_rate=pretraining.learning_rate, batch_size=pretraining.batch_size)
-    # constant learning rate, no weight decay: binding appears in a sudden jump after a plateau of ~1,000 steps,
-    # which a decayed learning rate delays
+    # constant learning rate, no weight decay: binding appears in a sudden jump after a plateau, which a decayed
+    # learning rate delays
     train_config = replace(
         _train_config(warmup_setup, pretraining.steps, seed, progress), weight_decay=0.0, min_lr_factor=1.0
     )
@@ -533,211 +504,20 @@ def _run_extrapolation(
     }
 
 
-# --------------------------------------------------------------------------------------------- report
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"cells": {}}
-
-
-def write_report(results: dict[str, Any], output_dir: Path, plots: bool = True) -> None:
-    """results.json, results.md and (if `plots`) the PNG plots from every cell in `results`. Each file is written
-    to a temporary name and renamed, so a crash never leaves a half-written results.json."""
-    for name, text in (("results.json", json.dumps(results, indent=2) + "\n"), ("results.md", format_table(results))):
-        tmp = output_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, output_dir / name)
-    if plots:
-        plot(results, output_dir)
-
-
-@contextlib.contextmanager
-def results_lock(output_dir: Path):
-    """Several reproduce.py processes may share an output folder (e.g. one per core, each with its own --cells):
-    each adds its cells to results.json under this lock, re-reading the file first, so none overwrites another's."""
-    with open(output_dir / ".results.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def record_cell(output_dir: Path, key: str, record: dict[str, Any]) -> None:
-    """Add one cell's record to OUTPUT/results.json (and results.md)."""
+    """Add one cell's record to OUTPUT/results.json and rewrite results.md, under the folder's lock: several
+    processes may share an output folder, and each adds its cell to what is on disk now."""
     with results_lock(output_dir):
-        results = load_results(output_dir / "results.json")
+        results = reproduce_report.load_results(output_dir / "results.json")
         results["cells"][key] = record
-        write_report(results, output_dir, plots=False)
+        reproduce_report.write_report(results, output_dir, TASKS, EXTRAPOLATION, plots=False)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """Markdown: one table per task, ours next to the published number, then extrapolation and setup."""
-    cells = results["cells"]
-    lines = [
-        "# RMT paper comparisons, reproduced on CPU",
-        "",
-        "Each entry: **ours** (published). Ours: held-out answer accuracy (quadratic: exact match, with the "
-        "per-token accuracy of the generated solution in brackets) of a CPU-sized "
-        "model; multi-token answers generated greedily through the memory. Published: RMT paper (arXiv 2207.06881), "
-        "from ../shared/ANCHORS.md. Cells not run show '-'.",
-        "",
-    ]
-    for name, setup in TASKS.items():
-        ran = {(r["segments"], r["kind"]): r for r in cells.values() if r["task"] == name}
-        segments = sorted({s for s, _ in setup.cells} | {s for s, _ in ran})
-        kinds = [k for k in KINDS if any(k == kind for _, kind in setup.cells) or any(k == kind for _, kind in ran)]
-        metric = "exact match" if setup.metric == "exact_match" else "per-token accuracy"
-        lines += [f"## {setup.title} ({metric}, chance {setup.chance:.2f})", ""]
-        lines.append("| segments (size) | " + " | ".join(KIND_LABELS[k] for k in kinds) + " |")
-        lines.append("|---" * (len(kinds) + 1) + "|")
-        for s in segments:
-            row = [f"{s} ({setup.make(s).segment_size_for(s)})"]
-            for k in kinds:
-                record, published = ran.get((s, k)), setup.published.get((s, k))
-                ours = f"**{_fmt(record['score'])}**" if record else "-"
-                if record and setup.metric == "exact_match" and "generated" in record:
-                    ours += f" [per token {record['generated']['accuracy']:.2f}]"  # progress below exact match
-                row.append(f"{ours} ({_fmt(published)})" if (record or published is not None) else "")
-            lines.append("| " + " | ".join(row) + " |")
-        lines += [
-            "",
-            f"Setup: Llama-architecture backbone, {setup.layers} layers, width {setup.hidden}, {setup.heads} heads "
-            f"(paper: {setup.paper_model}); {_used(ran.values(), 'steps', setup.steps)} steps of batch "
-            f"{setup.batch_size}, AdamW lr {_used(ran.values(), 'learning_rate', setup.learning_rate)}; "
-            f"memory size = {setup.memory_note}; "
-            "Tr-XL cache = one segment."
-            + _pretraining_text(setup, ran.values())
-            + (f" Note: {setup.note}." if setup.note else ""),
-            "",
-        ]
-    extrapolation = [r for r in cells.values() if r["task"] == "detect_memorize"]
-    if extrapolation:
-        e = EXTRAPOLATION
-        lines += [f"## {e.title} (accuracy, chance {e.chance:.2f})", ""]
-        for record in extrapolation:
-            top = record["segments"]
-            evaluated = sorted(record["extrapolation"], key=int)
-            lines.append("| trained up to | " + " | ".join(f"eval {n} segments" for n in evaluated) + " |")
-            lines.append("|---" * (len(evaluated) + 1) + "|")
-            bars = {str(top * m): b for m, b in e.bars.items()}
-            row = [f"{top} segments ({record['segment_size']} tokens each)"]
-            for n in evaluated:
-                bar = f" (bar {bars[n]:.1f})" if n in bars else ""
-                row.append(f"**{record['extrapolation'][n]:.3f}**{bar}")
-            lines.append("| " + " | ".join(row) + " |")
-            for run_seed, accuracies in sorted(record.get("seeds", {}).items(), key=lambda item: int(item[0])):
-                chosen = " (selected: best at the trained count)" if int(run_seed) == record["selected_seed"] else ""
-                cells_text = " | ".join(f"{accuracies[n]:.3f}" for n in evaluated)
-                lines.append(f"| seed {run_seed}{chosen} | {cells_text} |")
-            lines.append("")
-        lines += [
-            f"Setup: {e.layers} layers, width {e.hidden}, {e.memory_tokens} memory tokens, curriculum +1 segment per "
-            f"stage up to the trained count, {_used(extrapolation, 'steps', e.steps)} steps of batch {e.batch_size}. "
-            "Published (BERT-base, 512-token segments, arXiv 2304.11062): models trained on >= 5 segments "
-            "generalize to 2x length; detect & memorize ~99.6% at 32k tokens.",
-            "",
-        ]
-    lines += [
-        "## Runtimes (2-core CPU)",
-        "",
-        "| cell | warm-up s | train s | eval s | train steps |",
-        "|---|---|---|---|---|",
-    ]
-    for key, record in sorted(cells.items()):
-        lines.append(
-            f"| {key} | {_warmup_seconds(record):.0f} | {record['train_seconds']:.0f} | "
-            f"{record.get('eval_seconds', 0):.0f} | {record['train']['steps']} |"
-        )
-    total = sum(_warmup_seconds(r) + r["train_seconds"] + r.get("eval_seconds", 0) for r in cells.values())
-    lines += ["", f"Total: {total / 60:.1f} minutes.", ""]
-    return "\n".join(lines)
-
-
-def _warmup_seconds(record: dict[str, Any]) -> float:
-    return record["pretraining"]["seconds"] if "pretraining" in record else 0.0
-
-
-def _pretraining_text(setup: TaskSetup, records) -> str:
-    """The Setup sentence on the backbone's initial weights and in-context warm-up, with what the warm-up reached."""
-    text = f" Initial weight std {setup.init_std}." if setup.init_std is not None else ""
-    pretraining = setup.pretraining
-    if pretraining is None:
-        return text
-    reached = sorted({r["pretraining"]["in_context_accuracy"] for r in records if "pretraining" in r})
-    after = f"; one-query accuracy in one window after it: {min(reached):.2f}-{max(reached):.2f}" if reached else ""
-    return (
-        f"{text} Before each cell, the bare backbone is warmed up in context on {pretraining.description} "
-        f"({pretraining.steps} steps of batch {pretraining.batch_size}, lr {pretraining.learning_rate}{after}); "
-        "all kinds start from it."
-    )
-
-
-def _used(records, key: str, default: Any) -> str:
-    """The values of train[key] over the cells run ('600' or '60, 600'), or the default when none ran."""
-    used = sorted({r["train"][key] for r in records})
-    return ", ".join(map(str, used)) if used else str(default)
-
-
-def plot(results: dict[str, Any], output_dir: Path) -> None:
-    """One PNG per task with results (accuracy vs number of segments, a line per model kind), and extrapolation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cells = results["cells"]
-    colors = dict(zip(KINDS, ("C0", "C1", "C2", "C3", "C4"), strict=True))
-    for name, setup in TASKS.items():
-        ran = [r for r in cells.values() if r["task"] == name]
-        if not ran:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for kind in KINDS:
-            points = sorted((r["segments"], r["score"]) for r in ran if r["kind"] == kind)
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", color=colors[kind], label=KIND_LABELS[kind])
-            published = sorted((s, v) for (s, k), v in setup.published.items() if k == kind)
-            if points and published:
-                xs, ys = zip(*published, strict=True)
-                ax.plot(xs, ys, linestyle=":", marker="o", markerfacecolor="none", color=colors[kind])
-        if setup.chance:
-            ax.axhline(setup.chance, color="gray", linestyle="--", linewidth=1, label="chance")
-        ax.set_xlabel("number of segments")
-        ax.set_ylabel("exact match" if setup.metric == "exact_match" else "answer accuracy (held out)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{setup.title} (dotted, hollow: published)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(output_dir / f"{name}.png", dpi=120)
-        plt.close(fig)
-    extrapolation = [r for r in cells.values() if r["task"] == "detect_memorize"]
-    if extrapolation:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for record in extrapolation:
-            points = sorted((int(n), v) for n, v in record["extrapolation"].items())
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", label=f"RMT trained up to {record['segments']} segments")
-            ax.axvline(record["segments"], color="gray", linestyle=":", linewidth=1)
-        ax.axhline(EXTRAPOLATION.chance, color="gray", linestyle="--", linewidth=1, label="chance")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("number of segments at evaluation")
-        ax.set_ylabel("answer accuracy (held out)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(EXTRAPOLATION.title)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(output_dir / "extrapolation.png", dpi=120)
-        plt.close(fig)
+def write_full_report(output_dir: Path) -> None:
+    """results.md and the plots from OUTPUT/results.json as it is now (under the folder's lock)."""
+    with results_lock(output_dir):
+        results = reproduce_report.load_results(output_dir / "results.json")
+        reproduce_report.write_report(results, output_dir, TASKS, EXTRAPOLATION)
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -745,7 +525,7 @@ def plot(results: dict[str, Any], output_dir: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reproduce.py",
+        prog="python -m benchmarks.reproduce",
         description=__doc__,
         epilog="Cells: " + ", ".join(c.key for c in grid()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -778,29 +558,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(c.key for c in grid()))
         return 0
+    output = Path(args.output)
     if args.report:
-        output = Path(args.output)
         if not (output / "results.json").exists():
-            raise SystemExit(f"reproduce.py: no results to report in {output} (results.json is missing)")
-        with results_lock(output):
-            write_report(load_results(output / "results.json"), output)
+            raise SystemExit(f"benchmarks.reproduce: no results to report in {output} (results.json is missing)")
+        write_full_report(output)
         print(f"wrote {output / 'results.md'} and plots")
         return 0
     if args.smoke and args.cells:
-        raise SystemExit("reproduce.py: --smoke runs its own cells; drop --cells")
+        raise SystemExit("benchmarks.reproduce: --smoke runs its own cells; drop --cells")
     cells = [parse_cell(c) for c in (SMOKE_CELLS if args.smoke else args.cells.split(",") if args.cells else [])]
     cells = cells or grid()
     steps = args.steps if args.steps is not None else (SMOKE_STEPS if args.smoke else None)
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         with results_lock(output):
-            write_report({"cells": {}}, output, plots=False)
+            reproduce_report.write_report({"cells": {}}, output, TASKS, EXTRAPOLATION, plots=False)
     eval_samples = SMOKE_EVAL_SAMPLES if args.smoke else None
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         for cell in cells:
             record = run_cell(
                 cell,
@@ -819,10 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"in {record['train_seconds']:.0f} s",
                 flush=True,
             )
-        with results_lock(output):
-            write_report(load_results(output / "results.json"), output)
-    finally:
-        torch.set_num_threads(threads)
+        write_full_report(output)
     print(f"wrote {output / 'results.json'}, {output / 'results.md'} and plots")
     return 0
 

@@ -1,0 +1,74 @@
+"""What the benchmark scripts share: atomic writes of result files, the lock on a results folder that several
+processes fill, torch's CPU thread count, the resident memory of this process, and the command that starts a
+benchmark's worker subprocess (`python -m benchmarks.<name>`, importable from any working directory).
+
+Not a script: the benchmarks import it (`from benchmarks import common`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+PUBLISHED_DIR = REPO_ROOT / "benchmarks" / "published"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` whole (a temporary file next to it, then a rename), so a crash never leaves it half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """`data` as indented JSON, written atomically."""
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def results_lock(folder: Path) -> Iterator[None]:
+    """Hold the lock of a results folder (FOLDER/.results.lock) that several processes may write into: whoever holds
+    it reads the results file, adds to it and writes it back, so no process overwrites another's additions."""
+    with FileLock(folder / ".results.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run torch on `threads` CPU threads inside the block (None or 0: leave torch's setting), then restore."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def rss_bytes() -> int:
+    """The resident set size of this process now (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def run_module(
+    module: str, args: list[str], env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m MODULE ARGS...` with this interpreter and capture its output. The repository root goes first on
+    the child's PYTHONPATH, so `benchmarks.<name>` imports whatever the working directory."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)

@@ -1,0 +1,222 @@
+"""The report of `benchmarks/reproduce.py`: from the cells' records, results.json, results.md (one Markdown table per
+task, ours next to the RMT paper's numbers of benchmarks/published/rmt_paper.json, then extrapolation, setup and
+runtimes) and the plots (one PNG per task, accuracy vs number of segments, and extrapolation.png).
+
+Not a script: `python -m benchmarks.reproduce` writes the report after every cell, and
+`python -m benchmarks.reproduce --report --output DIR` rewrites it from DIR/results.json without running anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.common import write_atomically, write_json
+
+if TYPE_CHECKING:
+    from benchmarks.reproduce import ExtrapolationSetup, TaskSetup
+
+# Model kinds in the order of the table's columns and the plots' legends.
+KIND_LABELS = {
+    "rmt": "RMT",
+    "no_memory": "no memory",
+    "trxl": "Transformer-XL",
+    "memtrxl": "MemTrXL",
+    "memory_at_start": "memory at start only",
+}
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """The records in a results.json, or no cells when the file does not exist."""
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"cells": {}}
+
+
+def write_report(
+    results: dict[str, Any],
+    output_dir: Path,
+    tasks: Mapping[str, TaskSetup],
+    extrapolation: ExtrapolationSetup,
+    plots: bool = True,
+) -> None:
+    """results.json, results.md and (if `plots`) the PNG plots from every cell in `results`, each file written
+    whole (a crash never leaves a half-written results.json)."""
+    write_json(output_dir / "results.json", results)
+    write_atomically(output_dir / "results.md", format_table(results, tasks, extrapolation))
+    if plots:
+        plot(results, output_dir, tasks, extrapolation)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrapolation: ExtrapolationSetup) -> str:
+    """Markdown: one table per task, ours next to the published number, then extrapolation, setup and runtimes."""
+    cells = results["cells"]
+    lines = [
+        "# RMT paper comparisons, reproduced on CPU",
+        "",
+        "Each entry: **ours** (published). Ours: held-out answer accuracy (quadratic: exact match, with the "
+        "per-token accuracy of the generated solution in brackets) of a CPU-sized "
+        "model; multi-token answers generated greedily through the memory. Published: RMT paper (Bulatov, Kuratov, "
+        "Burtsev, NeurIPS 2022, arXiv 2207.06881), as copied into benchmarks/published/rmt_paper.json. "
+        "Cells not run show '-'.",
+        "",
+    ]
+    for name, setup in tasks.items():
+        ran = {(r["segments"], r["kind"]): r for r in cells.values() if r["task"] == name}
+        segments = sorted({s for s, _ in setup.cells} | {s for s, _ in ran})
+        present = {kind for _, kind in setup.cells} | {kind for _, kind in ran}
+        kinds = [k for k in KIND_LABELS if k in present]
+        metric = "exact match" if setup.metric == "exact_match" else "per-token accuracy"
+        lines += [f"## {setup.title} ({metric}, chance {setup.chance:.2f})", ""]
+        lines.append("| segments (size) | " + " | ".join(KIND_LABELS[k] for k in kinds) + " |")
+        lines.append("|---" * (len(kinds) + 1) + "|")
+        for s in segments:
+            row = [f"{s} ({setup.make(s).segment_size_for(s)})"]
+            for k in kinds:
+                record, published = ran.get((s, k)), setup.published.get((s, k))
+                ours = f"**{_fmt(record['score'])}**" if record else "-"
+                if record and setup.metric == "exact_match" and "generated" in record:
+                    ours += f" [per token {record['generated']['accuracy']:.2f}]"  # progress below exact match
+                row.append(f"{ours} ({_fmt(published)})" if (record or published is not None) else "")
+            lines.append("| " + " | ".join(row) + " |")
+        lines += [
+            "",
+            f"Setup: Llama-architecture backbone, {setup.layers} layers, width {setup.hidden}, {setup.heads} heads "
+            f"(paper: {setup.paper_model}); {_used(ran.values(), 'steps', setup.steps)} steps of batch "
+            f"{setup.batch_size}, AdamW lr {_used(ran.values(), 'learning_rate', setup.learning_rate)}; "
+            f"memory size = {setup.memory_note}; "
+            "Tr-XL cache = one segment."
+            + _pretraining_text(setup, ran.values())
+            + (f" Note: {setup.note}." if setup.note else ""),
+            "",
+        ]
+    extrapolated = [r for r in cells.values() if r["task"] == "detect_memorize"]
+    if extrapolated:
+        e = extrapolation
+        lines += [f"## {e.title} (accuracy, chance {e.chance:.2f})", ""]
+        for record in extrapolated:
+            top = record["segments"]
+            evaluated = sorted(record["extrapolation"], key=int)
+            lines.append("| trained up to | " + " | ".join(f"eval {n} segments" for n in evaluated) + " |")
+            lines.append("|---" * (len(evaluated) + 1) + "|")
+            bars = {str(top * m): b for m, b in e.bars.items()}
+            row = [f"{top} segments ({record['segment_size']} tokens each)"]
+            for n in evaluated:
+                bar = f" (bar {bars[n]:.1f})" if n in bars else ""
+                row.append(f"**{record['extrapolation'][n]:.3f}**{bar}")
+            lines.append("| " + " | ".join(row) + " |")
+            for run_seed, accuracies in sorted(record.get("seeds", {}).items(), key=lambda item: int(item[0])):
+                chosen = " (selected: best at the trained count)" if int(run_seed) == record["selected_seed"] else ""
+                cells_text = " | ".join(f"{accuracies[n]:.3f}" for n in evaluated)
+                lines.append(f"| seed {run_seed}{chosen} | {cells_text} |")
+            lines.append("")
+        lines += [
+            f"Setup: {e.layers} layers, width {e.hidden}, {e.memory_tokens} memory tokens, curriculum +1 segment per "
+            f"stage up to the trained count, {_used(extrapolated, 'steps', e.steps)} steps of batch {e.batch_size}. "
+            "Published (BERT-base, 512-token segments, arXiv 2304.11062): models trained on >= 5 segments "
+            "generalize to 2x length; detect & memorize ~99.6% at 32k tokens.",
+            "",
+        ]
+    lines += [
+        "## Runtimes (2-core CPU)",
+        "",
+        "| cell | warm-up s | train s | eval s | train steps |",
+        "|---|---|---|---|---|",
+    ]
+    for key, record in sorted(cells.items()):
+        lines.append(
+            f"| {key} | {_warmup_seconds(record):.0f} | {record['train_seconds']:.0f} | "
+            f"{record.get('eval_seconds', 0):.0f} | {record['train']['steps']} |"
+        )
+    total = sum(_warmup_seconds(r) + r["train_seconds"] + r.get("eval_seconds", 0) for r in cells.values())
+    lines += ["", f"Total: {total / 60:.1f} minutes.", ""]
+    return "\n".join(lines)
+
+
+def _warmup_seconds(record: dict[str, Any]) -> float:
+    return record["pretraining"]["seconds"] if "pretraining" in record else 0.0
+
+
+def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> str:
+    """The Setup sentence on the backbone's initial weights and in-context warm-up, with what the warm-up reached."""
+    text = f" Initial weight std {setup.init_std}." if setup.init_std is not None else ""
+    pretraining = setup.pretraining
+    if pretraining is None:
+        return text
+    reached = sorted({r["pretraining"]["in_context_accuracy"] for r in records if "pretraining" in r})
+    after = f"; one-query accuracy in one window after it: {min(reached):.2f}-{max(reached):.2f}" if reached else ""
+    return (
+        f"{text} Before each cell, the bare backbone is warmed up in context on {pretraining.description} "
+        f"({pretraining.steps} steps of batch {pretraining.batch_size}, lr {pretraining.learning_rate}{after}); "
+        "all kinds start from it."
+    )
+
+
+def _used(records: Iterable[dict[str, Any]], key: str, default: Any) -> str:
+    """The values of train[key] over the cells run ('600' or '60, 600'), or the default when none ran."""
+    used = sorted({r["train"][key] for r in records})
+    return ", ".join(map(str, used)) if used else str(default)
+
+
+def plot(
+    results: dict[str, Any], output_dir: Path, tasks: Mapping[str, TaskSetup], extrapolation: ExtrapolationSetup
+) -> None:
+    """One PNG per task with results (accuracy vs number of segments, a line per model kind, the published numbers
+    dotted with hollow markers), and extrapolation.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = results["cells"]
+    colors = dict(zip(KIND_LABELS, ("C0", "C1", "C2", "C3", "C4"), strict=True))
+    for name, setup in tasks.items():
+        ran = [r for r in cells.values() if r["task"] == name]
+        if not ran:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for kind in KIND_LABELS:
+            points = sorted((r["segments"], r["score"]) for r in ran if r["kind"] == kind)
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", color=colors[kind], label=KIND_LABELS[kind])
+            published = sorted((s, v) for (s, k), v in setup.published.items() if k == kind)
+            if points and published:
+                xs, ys = zip(*published, strict=True)
+                ax.plot(xs, ys, linestyle=":", marker="o", markerfacecolor="none", color=colors[kind])
+        if setup.chance:
+            ax.axhline(setup.chance, color="gray", linestyle="--", linewidth=1, label="chance")
+        ax.set_xlabel("number of segments")
+        ax.set_ylabel("exact match" if setup.metric == "exact_match" else "answer accuracy (held out)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{setup.title} (dotted, hollow: published)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(output_dir / f"{name}.png", dpi=120)
+        plt.close(fig)
+    extrapolated = [r for r in cells.values() if r["task"] == "detect_memorize"]
+    if extrapolated:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for record in extrapolated:
+            points = sorted((int(n), v) for n, v in record["extrapolation"].items())
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", label=f"RMT trained up to {record['segments']} segments")
+            ax.axvline(record["segments"], color="gray", linestyle=":", linewidth=1)
+        ax.axhline(extrapolation.chance, color="gray", linestyle="--", linewidth=1, label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("number of segments at evaluation")
+        ax.set_ylabel("answer accuracy (held out)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(extrapolation.title)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(output_dir / "extrapolation.png", dpi=120)
+        plt.close(fig)
