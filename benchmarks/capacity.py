@@ -89,11 +89,12 @@ def run_point(kind: str, pairs: int, seed: int, backbone: torch.nn.Module, args:
     if kind == "context":  # no memory, one segment holding the whole sample
         model = one_window(copy.deepcopy(backbone), task)
     else:
+        associative = {"d_mem": args.d_mem} if kind == "armt" else {}  # d_mem sizes ARMT's keys only
         config = RMTConfig(
             memory_kind=kind,
             num_memory_tokens=args.memory_tokens,
             segment_size=2 * args.pairs_per_segment,
-            d_mem=args.d_mem,
+            **associative,
         )
         model = memory_model(copy.deepcopy(backbone), config)
     segment_size = model.config.segment_size

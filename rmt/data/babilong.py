@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from rmt.data.haystack import Haystack
+from rmt.errors import InputError
 
 TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 LENGTH_NAMES = ("0k", "1k", "2k", "4k", "8k", "16k", "32k", "64k", "128k", "256k", "512k", "1M", "10M")
@@ -112,7 +113,7 @@ def answer_labels(task: str) -> list[str]:
 
 def _check_task(task: str) -> None:
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; BABILong tasks here: {', '.join(TASKS)}")
+        raise InputError(f"unknown task {task!r}; BABILong tasks here: {', '.join(TASKS)}")
 
 
 # ---------------------------------------------------------------------------------------------------- lengths
@@ -127,7 +128,7 @@ def parse_length(length: int | str) -> int:
         return length
     match = _LENGTH_PATTERN.fullmatch(length.strip()) if isinstance(length, str) else None
     if match is None:
-        raise ValueError(
+        raise InputError(
             f"bad length {length!r}: give a token count >= 0 (e.g. 4096) or a name like "
             f"{', '.join(LENGTH_NAMES)} (k = 1000, M = 1000000 tokens)"
         )
@@ -259,7 +260,7 @@ class _World:
             self.holder[obj], self.acquired[obj] = receiver, index
             self.gives.append((giver, obj, receiver, index))
         else:
-            raise ValueError(f"unknown action {kind!r}")
+            raise RuntimeError(f"unknown action {kind!r}")
 
 
 def _questions_qa1(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -360,7 +361,7 @@ def make_story(task: str, seed: int, num_facts: int | tuple[int, int] | None = N
     low, high = DEFAULT_NUM_FACTS[task] if num_facts is None else _fact_range(num_facts)
     if low < _MIN_FACTS[task] or (task == "qa4" and (low, high) != (2, 2)):
         need = "exactly 2" if task == "qa4" else f"at least {_MIN_FACTS[task]}"
-        raise ValueError(f"{task} stories need {need} facts, got num_facts={num_facts!r}")
+        raise InputError(f"{task} stories need {need} facts, got num_facts={num_facts!r}")
     rng = random.Random(f"babilong/{task}/story/{seed}")
     if task == "qa4":
         return _relations_story(rng)
@@ -370,7 +371,7 @@ def make_story(task: str, seed: int, num_facts: int | tuple[int, int] | None = N
 def _fact_range(num_facts: int | tuple[int, int]) -> tuple[int, int]:
     low, high = (num_facts, num_facts) if isinstance(num_facts, int) else num_facts
     if low > high:
-        raise ValueError(f"num_facts range {num_facts!r} is empty")
+        raise InputError(f"num_facts range {num_facts!r} is empty")
     return low, high
 
 
@@ -431,7 +432,7 @@ class BabilongSample:
         is missing."""
         missing = _missing_fields(record)
         if missing:
-            raise ValueError(f"record lacks field(s) {', '.join(missing)} (BABILong records need {_NEEDED})")
+            raise InputError(f"record lacks field(s) {', '.join(missing)} (BABILong records need {_NEEDED})")
         names = {item.name for item in fields(cls)} - {"extra"}
         known = {key: value for key, value in record.items() if key in names}
         if known.get("depth_range") is not None:
@@ -476,7 +477,7 @@ def _counts(count: TokenCounter, texts: list[str]) -> list[int]:
         return []
     counts = list(count(texts))
     if len(counts) != len(texts):
-        raise ValueError(f"token counter returned {len(counts)} counts for {len(texts)} texts")
+        raise InputError(f"token counter returned {len(counts)} counts for {len(texts)} texts")
     return counts
 
 
@@ -530,7 +531,7 @@ class _Passage:
 def _check_depth(depth: tuple[float, float]) -> tuple[float, float]:
     low, high = depth
     if not 0.0 <= low < high <= 1.0:
-        raise ValueError(f"depth must be (low, high) with 0 <= low < high <= 1, got {depth!r}")
+        raise InputError(f"depth must be (low, high) with 0 <= low < high <= 1, got {depth!r}")
     return float(low), float(high)
 
 
@@ -551,7 +552,7 @@ def _place_facts(
     lo = bisect.bisect_left(boundaries, first)
     hi = bisect.bisect_right(boundaries, last) - 1
     if lo > hi:
-        raise ValueError(
+        raise InputError(
             f"no sentence boundary puts {facts_tokens} fact tokens within depth {depth} of a {context_tokens}-token "
             "context: widen the depth range or use a longer sample"
         )
@@ -643,12 +644,12 @@ def build_sample(
 
     budget = target - facts_tokens - question_tokens  # tokens left for background sentences
     if budget < 0:
-        raise ValueError(
+        raise InputError(
             f"the {task} story ({len(story.facts)} facts, {facts_tokens} tokens) and question ({question_tokens} "
             f"tokens) exceed the {target}-token length: use fewer facts or a longer length"
         )
     if haystack is None or len(haystack) == 0:
-        raise ValueError(f"a {target}-token sample needs background text: pass a haystack")
+        raise InputError(f"a {target}-token sample needs background text: pass a haystack")
 
     probe = haystack.sentences[:_PROBE_SENTENCES]
     chars_per_token = haystack.char_offsets[len(probe)] / max(1, sum(_spaced_counts(count, probe)))
@@ -661,7 +662,7 @@ def build_sample(
     for _ in range(_MAX_FIT_ROUNDS):
         wanted = budget - correction
         if not passage.grow(wanted + 1) and passage.tokens < budget:
-            raise ValueError(
+            raise InputError(
                 f"haystack too short: a {target}-token {task} sample needs {budget} background tokens, but the "
                 f"haystack has {passage.tokens} tokens in {len(haystack)} sentences"
             )
@@ -681,7 +682,7 @@ def build_sample(
             break
         correction = new_correction
     if best is None:
-        raise ValueError(f"could not fit the {task} story, question and background into {target} tokens")
+        raise InputError(f"could not fit the {task} story, question and background into {target} tokens")
     return best
 
 
@@ -746,15 +747,15 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
         else:
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not a JSON array or JSON lines ({error})") from error
+        raise InputError(f"{path}: not a JSON array or JSON lines ({error})") from error
     samples = []
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: record {i} is a {type(record).__name__}, not an object")
+            raise InputError(f"{path}: record {i} is a {type(record).__name__}, not an object")
         missing = _missing_fields(record)
         if missing:
             fields_named = ", ".join(missing)
-            raise ValueError(f"{path}: record {i} lacks field(s) {fields_named} (BABILong records need {_NEEDED})")
+            raise InputError(f"{path}: record {i} lacks field(s) {fields_named} (BABILong records need {_NEEDED})")
         samples.append(BabilongSample.from_dict(record))
     return samples
 

