@@ -47,3 +47,65 @@ def strengthen_memory(model):
 @pytest.fixture(params=["gpt2", "llama", "gpt_neox"])
 def decoder_family(request) -> str:
     return request.param
+
+
+BABI_WORDS = (
+    "Mary John Daniel Sandra Fred Bill Jeff hallway bathroom kitchen office bedroom garden football apple milk "
+    "went journeyed travelled moved back to the got grabbed picked up took dropped discarded put down gave passed "
+    "handed is north south east west of Where What Who was before did give received Question Answer"
+).split()
+BACKGROUND_WORDS = "the old man walked slowly along a quiet river and saw small boats under grey sky".split()
+
+
+def background_text(sentences: int = 400, seed: int = 0) -> str:
+    """Plain prose-like text of `sentences` sentences (6-12 words each), for BABILong haystacks in tests."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(sentences):
+        words = rng.choices(BACKGROUND_WORDS, k=rng.randint(6, 12))
+        lines.append(" ".join(words).capitalize() + ".")
+    return " ".join(lines)
+
+
+def word_tokenizer(directory):
+    """A WordLevel Hugging Face tokenizer (bAbI and background words, punctuation, BERT and LM special tokens),
+    saved to `directory` and loaded back as any pretrained tokenizer would be."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
+    words = sorted(set(BABI_WORDS) | set(BACKGROUND_WORDS) | {w.capitalize() for w in BACKGROUND_WORDS})
+    vocab = {token: i for i, token in enumerate(specials + words + list(".,?!:"))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="</s>",
+    )
+    fast.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def tiny_model_folder(directory, kind: str = "llama", labels: list[str] | None = None):
+    """A tiny random model with its word tokenizer saved as a Hugging Face folder (what `--model DIR` reads):
+    kind "llama" (causal LM) or "bert" (sequence classifier with `labels`). Returns the folder."""
+    tokenizer = word_tokenizer(directory)
+    vocab = len(tokenizer)
+    if kind == "bert":
+        model = random_backbone(
+            "bert", vocab, 2, 32, 4, 512, num_labels=len(labels), pad_token_id=tokenizer.pad_token_id
+        )
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {label: i for i, label in enumerate(labels)}
+        model.config.cls_token_id, model.config.sep_token_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    else:
+        model = random_backbone("llama", vocab, 2, 32, 4, 2048)
+        model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(directory)
+    return directory

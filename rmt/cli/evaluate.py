@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     babilong.add_argument("--max-new-tokens", type=int, default=8, help="decoders: answer tokens to generate")
     babilong.add_argument("--haystack", default=None, help="background text files, comma-separated (default: built-in)")
     babilong.add_argument(
-        "--babilong-dir", default=None, help="read samples from BABILong files DIR/<task>/<length>.json instead"
+        "--babilong-dir", default=None, help="read samples from BABILong files DIR/data/<task>/<length>.json instead"
     )
     babilong.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: %(default)s)")
     babilong.add_argument("--output", default=None, help="folder for results.json, table.md and heatmaps")

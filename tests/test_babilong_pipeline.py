@@ -1,0 +1,125 @@
+"""BABILong and real data end to end on tiny local model folders: `rmt babilong` writes the public file layout,
+`rmt train --model DIR --data FILE` then `rmt eval` on the file and by length (decoder and encoder), and the
+by-length evaluation's arithmetic (accuracy, Wilson intervals, methods on the same samples)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import background_text, tiny_model_folder
+
+from rmt.cli import main
+from rmt.data.babilong import answer_labels, build_dataset, load_babilong, save_babilong
+from rmt.data.haystack import Haystack
+from rmt.eval.by_length import Outcome, evaluate_by_length, format_table, wilson_interval
+
+
+@pytest.fixture(scope="module")
+def haystack_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("haystack") / "book.txt"
+    path.write_text(background_text(800))
+    return path
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory):
+    return tiny_model_folder(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return tiny_model_folder(tmp_path_factory.mktemp("bert"), "bert", answer_labels("qa1"))
+
+
+TRAIN = ["--steps", "3", "--batch-size", "2", "--eval-every", "3", "--eval-batches", "1", "--eval-batch-size", "2"]
+
+
+def test_babilong_command_writes_the_public_layout(tmp_path, decoder_dir, haystack_file):
+    args = ["babilong", "--tasks", "qa1,qa4", "--lengths", "0k,200", "--samples", "3", "--tokenizer", str(decoder_dir)]
+    assert main([*args, "--haystack", str(haystack_file), "--output", str(tmp_path), "--no-progress"]) == 0
+    for task in ("qa1", "qa4"):
+        for name in ("0k", "200"):
+            records = json.loads((tmp_path / "data" / task / f"{name}.json").read_text())
+            assert len(records) == 3 and {"input", "question", "target"} <= set(records[0])
+    assert load_babilong(tmp_path / "data" / "qa1" / "200.json")[0].num_tokens <= 200
+
+
+def test_train_on_a_file_then_evaluate_decoder(tmp_path, decoder_dir, haystack_file, capsys):
+    haystack = Haystack.from_text(haystack_file.read_text())
+    tokenizer_dir = str(decoder_dir)
+    from rmt.build import pretrained_tokenizer
+
+    samples = build_dataset("qa1", 60, 12, pretrained_tokenizer(tokenizer_dir), haystack, seed=0)
+    data = save_babilong(samples, tmp_path / "train.jsonl")
+    output = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        tokenizer_dir,
+        "--data",
+        str(data),
+        "--validation-samples",
+        "4",
+        "--output",
+        str(output),
+    ]
+    assert main([*args, "--segment-size", "16", "--memory-tokens", "2", *TRAIN, "--no-progress"]) == 0
+    trained = json.loads(capsys.readouterr().out.split("model saved")[0])
+    assert (output / "model" / "backbone" / "tokenizer.json").exists()  # the tokenizer travels with the model
+    assert main(["eval", str(output / "model"), "--data", str(data), "--batches", "2", "--batch-size", "4"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert set(evaluated) >= {"loss", "accuracy", "exact_match"} and trained["accuracy"] >= 0
+
+    by_length = tmp_path / "by-length"
+    args = ["eval", str(output / "model"), "--data", "babilong:qa1", "--lengths", "0k,120", "--samples", "3"]
+    args += ["--methods", "memory,no_memory,full_attention", "--window", "48", "--haystack", str(haystack_file)]
+    assert main([*args, "--output", str(by_length), "--no-progress"]) == 0
+    results = json.loads((by_length / "results.json").read_text())
+    assert set(results["cells"]) == {
+        f"qa1/{n}/{m}" for n in ("0k", "120") for m in ("memory", "no_memory", "full_attention")
+    }
+    long_cell = results["cells"]["qa1/120/full_attention"]
+    assert long_cell["samples"] == 3 and long_cell["tokens"] <= 3 * 48  # read the last window only
+    assert results["cells"]["qa1/120/memory"]["tokens"] > long_cell["tokens"]
+    assert (by_length / "heatmap-memory.png").stat().st_size > 0 and (by_length / "table.md").exists()
+
+
+def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder_dir, haystack_file, capsys):
+    output = tmp_path / "enc"
+    args = ["train", "--model", str(encoder_dir), "--data", "babilong:qa1", "--haystack", str(haystack_file)]
+    args += ["--segment-size", "32", "--memory-tokens", "2", "--curriculum", "0:1,2:2", "--output", str(output)]
+    assert main([*args, *TRAIN, "--log-every", "1", "--no-progress"]) == 0
+    log = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["segments"] for r in log if "loss" in r] == [1, 1, 2]
+    out = json.loads(capsys.readouterr().out.split("model saved")[0])
+    assert out["segments"] == 2
+    args = ["eval", str(output / "model"), "--data", "babilong:qa1", "--lengths", "100", "--samples", "4"]
+    assert main([*args, "--haystack", str(haystack_file), "--no-progress"]) == 0
+    assert "| qa1 | memory |" in capsys.readouterr().out
+
+
+def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file):
+    from rmt import RMTConfig
+    from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
+
+    tokenizer = pretrained_tokenizer(str(encoder_dir))
+    backbone = pretrained_backbone(str(encoder_dir), mode="encoder")
+    config = RMTConfig(mode="encoder", num_memory_tokens=0, segment_size=40, cls_token_id=2, sep_token_id=3)
+    model = memory_model(backbone, config)
+    haystack = Haystack.from_text(haystack_file.read_text())
+    results = evaluate_by_length(
+        model, tokenizer, ["qa1"], [80], 6, haystack, methods=["memory", "no_memory"], progress=False
+    )
+    memory, no_memory = (results["cells"][f"qa1/80/{m}"] for m in ("memory", "no_memory"))
+    # Memory off (M = 0) is already what no_memory runs: the same samples must get the same answers.
+    assert memory["correct"] == no_memory["correct"] and memory["tokens"] == no_memory["tokens"]
+    assert "| qa1 | memory |" in format_table(results)
+
+
+def test_wilson_interval_and_outcome():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    record = Outcome(correct=3, total=4, tokens=400, seconds=2.0).record()
+    assert record["accuracy"] == 0.75 and record["tokens_per_second"] == 200.0
