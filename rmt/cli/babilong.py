@@ -2,9 +2,10 @@
 
     rmt babilong --tasks qa1,qa2 --lengths 0k,1k,4k,16k --samples 100 --tokenizer minilm --output data/babilong
 
-writes OUTPUT/data/<task>/<length>.json (the layout of the public data set) (a JSON array of {"input", "question", "target"} records plus metadata: the
-story's facts, the supporting facts and their depths, the seed), readable by `rmt eval --babilong-dir` and by any
-tool that reads the public BABILong files. Lengths are counted in tokens of --tokenizer.
+writes OUTPUT/data/<task>/<length>.json, the layout of the public data set: a JSON array of {"input", "question",
+"target"} records plus metadata (the story's facts, the supporting facts and their depths, the seed), readable by
+`rmt eval --babilong-dir` and by any tool that reads the public BABILong files. Lengths are counted in tokens of
+--tokenizer.
 """
 
 from __future__ import annotations
