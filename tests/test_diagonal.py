@@ -71,7 +71,7 @@ def test_engine_equals_sequential(family):
     ids = _ids(3, 4 * SEG + 5)
     with torch.no_grad():
         expected = model(ids)
-    got = DiagonalARMT(model, group_size=None)(ids)
+    got = DiagonalARMT(model, group_size=None)(ids, logits="all")
     assert (got.logits - expected.logits).abs().max() <= 1e-4
     _assert_states_close(got.memory_state, expected.memory_state)
     # Not vacuous: memory changes these logits well beyond the tolerance.
@@ -105,7 +105,7 @@ def test_smaller_groups_and_chunked_mlp_equal_sequential(group_size, monkeypatch
     ids = _ids(2, 4 * SEG + 5)
     with torch.no_grad():
         expected = model(ids)
-    got = DiagonalARMT(model, group_size=group_size)(ids)
+    got = DiagonalARMT(model, group_size=group_size)(ids, logits="all")
     assert (got.logits - expected.logits).abs().max() <= 1e-4
     _assert_states_close(got.memory_state, expected.memory_state)
 
@@ -124,7 +124,7 @@ def test_samples_of_different_lengths():
     with torch.no_grad():
         expected = model(ids, mask)
     engine = DiagonalARMT(model, group_size=None)
-    got = engine(ids, mask)
+    got = engine(ids, mask, logits="all")
     assert (got.logits - expected.logits).abs().max() <= 1e-4
     _assert_states_close(got.memory_state, expected.memory_state)
     last = engine(ids, mask, logits="last").logits  # [B, V] at each sample's last token
@@ -138,7 +138,7 @@ def test_continuing_from_a_memory_state():
     engine = DiagonalARMT(model, group_size=None)
     head = engine(ids[:, : 2 * SEG], logits="none")
     assert head.logits is None
-    tail = engine(ids[:, 2 * SEG :], memory_state=head.memory_state)
+    tail = engine(ids[:, 2 * SEG :], memory_state=head.memory_state, logits="all")
     with torch.no_grad():
         full = model(ids)
     assert (tail.logits - full.logits[:, 2 * SEG :]).abs().max() <= 1e-4
@@ -150,7 +150,7 @@ def test_bf16_engine_close_to_bf16_sequential():
     ids = _ids(2, 3 * SEG + 3)
     with torch.no_grad():
         reference = model(ids).logits.float()
-    got = DiagonalARMT(model, group_size=None)(ids).logits.float()
+    got = DiagonalARMT(model, group_size=None)(ids, logits="all").logits.float()
     assert float((got - reference).norm() / reference.norm()) < 2e-2
 
 
@@ -161,8 +161,8 @@ def test_generate_equals_sequential_greedy(family, prompt):
     segment boundaries (memory writes during generation)."""
     model = armt(tiny_decoder(family, layers=3))
     ids = _ids(2, prompt, seed=prompt)
-    expected = model.generate(ids, max_new_tokens=2 * SEG + 1)
-    got = DiagonalARMT(model, group_size=None).generate(ids, max_new_tokens=2 * SEG + 1)
+    expected = model.generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
+    got = DiagonalARMT(model, group_size=None).generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
     assert torch.equal(got.sequences, expected.sequences)
     assert (got.scores - expected.scores).abs().max() <= 1e-4
 
@@ -199,7 +199,7 @@ def test_smollm2_engine_equals_sequential():
         expected = model(ids)
         no_memory = model.backbone(ids[:, 96:]).logits
     engine = DiagonalARMT(model, group_size=None)
-    got = engine(ids)
+    got = engine(ids, logits="all")
     assert float((got.logits - expected.logits).abs().max()) <= 1e-4 * float(expected.logits.abs().max())
     _assert_states_close(got.memory_state, expected.memory_state, tolerance=5e-5)
     assert float((expected.logits[:, 96:] - no_memory).abs().max()) > 0.5  # memory reached the last segment

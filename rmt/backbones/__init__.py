@@ -69,3 +69,12 @@ def max_positions(backbone: nn.Module) -> int | None:
 
 def hidden_size(backbone: nn.Module) -> int:
     return backbone.get_input_embeddings().weight.shape[1]
+
+
+def kv_shape(backbone: nn.Module) -> tuple[int, int, int]:
+    """(layers, key/value heads, head size) of the backbone's attention cache."""
+    config = backbone.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden_size(backbone) // heads
+    return config.num_hidden_layers, kv_heads, head_dim

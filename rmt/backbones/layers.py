@@ -33,12 +33,13 @@ class _Family:
     position_table: str | None  # learned absolute positions, added to the embeddings
     embed_dropout: str | None
     rotary: str | None
+    cache_argument: str  # the decoder layer's keyword for the key/value cache
 
 
 _FAMILIES: dict[str, _Family] = {
-    "gpt2": _Family("h", "ln_f", "wpe", "drop", None),
-    "llama": _Family("layers", "norm", None, None, "rotary_emb"),
-    "gpt_neox": _Family("layers", "final_layer_norm", None, "emb_dropout", "rotary_emb"),
+    "gpt2": _Family("h", "ln_f", "wpe", "drop", None, "cache"),
+    "llama": _Family("layers", "norm", None, None, "rotary_emb", "cache"),
+    "gpt_neox": _Family("layers", "final_layer_norm", None, "emb_dropout", "rotary_emb", "layer_past"),
 }
 LAYERWISE_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
 
@@ -68,6 +69,7 @@ class DecoderAdapter:
         self.position_table: nn.Module | None = getattr(base, family.position_table) if family.position_table else None
         self.embed_dropout: nn.Module | None = getattr(base, family.embed_dropout) if family.embed_dropout else None
         self.rotary: nn.Module | None = getattr(base, family.rotary) if family.rotary else None
+        self.cache_argument = family.cache_argument
 
     @property
     def num_layers(self) -> int:
@@ -107,6 +109,20 @@ class DecoderAdapter:
             return {"attention_mask": mask}
         cos, sin = self.rotary(x, position_ids)
         return {"attention_mask": mask, "position_embeddings": (cos, sin), "position_ids": position_ids}
+
+    def cached_layer_kwargs(
+        self, x: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor, cache: object
+    ) -> dict:
+        """Keyword arguments of every HF decoder layer call for new inputs x [B, n, D] at position_ids [B, n] after the
+        entries already in `cache` (an HF Cache the layers extend); attention_mask [B, cache length + n], 1 = visible,
+        causal."""
+        mask = create_causal_mask(
+            config=self.config, inputs_embeds=x, attention_mask=attention_mask, cache=cache, position_ids=position_ids
+        )
+        kwargs = {"attention_mask": mask, self.cache_argument: cache, "use_cache": True}
+        if self.rotary is not None:
+            kwargs.update(position_embeddings=self.rotary(x, position_ids), position_ids=position_ids)
+        return kwargs
 
     def run_layer(self, index: int, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
         return self.layers[index](x, **kwargs)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rmt.cli import babilong, demo, evaluate, train
+from rmt.cli import babilong, demo, evaluate, generate, train
 from rmt.errors import InputError
 
-COMMANDS = (demo, train, evaluate, babilong)
+COMMANDS = (demo, train, evaluate, babilong, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

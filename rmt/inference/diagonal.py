@@ -14,22 +14,23 @@ shorter samples are padded at the end, where causal attention keeps the padding 
 attention is exact for every cell. A sample with fewer segments than the longest skips the rest: its memory writes are
 masked out, as the sequential loop drops finished samples.
 
-`generate` consumes the prompt's complete segments with the diagonal pass, then decodes greedily with a key/value
-cache of the open segment, under the rule documented in `rmt.memory.armt` (the open segment holds 1..T tokens and is
-written once complete), so it equals `ARMTForCausalLM.generate`.
+`generate` reads the prompt's complete segments with the diagonal pass and hands the rest to the model's own stream
+(`rmt.inference.generate`): same arguments and the same tokens as `model.generate`.
+
+The engine stays in step with its model: it keeps the version counters of the parameters it stacked and restacks them
+before a call if any changed (an optimizer step, `load_state_dict`, an in-place edit under `torch.no_grad()`), so
+training the model further and then running the engine never uses stale weights. (Changes made through `.data`
+bypass version counters: call `refresh(force=True)` after them.) ARMT's own projections and memory tokens are read
+from the model at every call.
 
 Exactness: the same arithmetic as the sequential model up to the order of floating-point sums (fp32: logits within
-~1e-5). Dropout is not applied: run the model in eval mode when comparing.
+~1e-5; one cell per group: bit for bit). Dropout is not applied: run the model in eval mode when comparing.
 
 Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than one
-cell's and loses cache locality: measured on a shared 2-core machine, one grouped call per step ran 0.93-1.2x the
-sequential time (slowest with few segments). `group_size=1` runs the cells of a step one at a time, each its own
-memory read, layer and memory write, so a cell's activations stay in cache from its read to its write: timed
-alternately with it in one process (10 rounds), 1.03-1.04x the sequential time on a 2-core Intel Xeon at 8k-16k
-tokens; 1.00-1.01x on an AMD EPYC (3 rounds, an interrupted run; batching the reads and writes over the diagonal
-instead cost 1.06x there). The few percent left most likely come from the order: a step's cells belong to different
-segments, so a cell reads its input from memory rather than from the layer before it still in cache. The default
-`group_size="auto"` picks 1 on a CPU and the whole diagonal elsewhere. See benchmarks/armt_speed.py.
+cell's and loses cache locality, so `group_size=1` runs the cells of a step one at a time, each its own memory read,
+layer and memory write, keeping a cell's activations in cache from its read to its write; the default
+`group_size="auto"` picks 1 on a CPU and the whole diagonal elsewhere. Measured times are in
+benchmarks/results/armt_speed-*.json (`python -m benchmarks.armt_speed`).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ import torch.nn.functional as F
 
 from rmt.backbones.layers import StackedLayers
 from rmt.errors import InputError
+from rmt.inference.generate import generate
 from rmt.inference.schedule import layer_range
 from rmt.memory.armt import ARMTForCausalLM, layout_segment
 from rmt.memory.outputs import GenerateOutput, RMTOutput
-from rmt.memory.segments import assemble_logits, closed_length
+from rmt.memory.segments import assemble_logits
 from rmt.memory.state import State
 from rmt.ops.associative import associative_read, associative_write
 
@@ -52,8 +54,8 @@ Logits = Literal["all", "last", "none"]
 
 
 class DiagonalARMT:
-    """Diagonal-batching inference engine for an `ARMTForCausalLM` (build it after moving the model to its device
-    and dtype; it copies the decoder layers' weights into stacked tensors)."""
+    """Diagonal-batching inference engine for an `ARMTForCausalLM`: stacked copies of the decoder layers' weights,
+    rebuilt whenever the model's change (`refresh`)."""
 
     def __init__(self, model: ARMTForCausalLM, group_size: int | Literal["auto"] | None = "auto") -> None:
         """group_size: at most this many cells per grouped computation (memory read, layers, memory write). None:
@@ -69,8 +71,23 @@ class DiagonalARMT:
         self.group_size = group_size
         self.model = model
         self.adapter = model.adapter
-        self.layers = StackedLayers(model.adapter)
         self.num_layers = model.adapter.num_layers
+        self.layers = StackedLayers(model.adapter)
+        self._versions = self._source_versions()
+
+    def refresh(self, force: bool = False) -> bool:
+        """Restack the decoder layers' weights if the model's changed since they were stacked (or if `force`);
+        returns whether it did. Called by `forward` and `generate`."""
+        versions = self._source_versions()
+        if not force and versions == self._versions:
+            return False
+        self.layers = StackedLayers(self.adapter)
+        self._versions = versions
+        return True
+
+    def _source_versions(self) -> list[tuple[int, int, torch.device, torch.dtype]]:
+        """Identity, version counter, device and dtype of every parameter of the decoder layers."""
+        return [(id(p), p._version, p.device, p.dtype) for p in self.adapter.layers.parameters()]
 
     @torch.no_grad()
     def forward(
@@ -78,12 +95,14 @@ class DiagonalARMT:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         memory_state: State | None = None,
-        logits: Logits = "all",
+        logits: Logits = "last",
     ) -> RMTOutput:
-        """Same inputs and result as `model.forward` (without labels): logits [B, N, V] ("all"), or [B, V] at each
-        sample's last token ("last"), or None ("none": only the memory); memory_state after each sample's end."""
+        """Same inputs and result as `model.forward` (without labels): logits [B, V] at each sample's last token
+        ("last", the default), or [B, N, V] ("all"), or None ("none": only the memory); memory_state after each
+        sample's end."""
         if logits not in ("all", "last", "none"):
             raise InputError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        self.refresh()
         model, adapter = self.model, self.adapter
         plan = model.plan(input_ids, attention_mask, None)  # the shared loop's packing and segmentation
         ids = plan.input_ids
@@ -101,7 +120,7 @@ class DiagonalARMT:
         positions = torch.arange(width, device=device)
         slots = torch.arange(mem, device=device)
 
-        state = model.initial_state(batch) if memory_state is None else memory_state
+        state = model.start_state(batch, memory_state)
         A = torch.stack([a for a, _ in state[0]])  # [L, B, K, D] fp32
         z = torch.stack([z for _, z in state[0]])  # [L, B, K]
         written = state[1][None].repeat(layers, 1)  # [L, B]: per layer, since layers lag behind one another
@@ -164,74 +183,11 @@ class DiagonalARMT:
 
     __call__ = forward
 
-    @torch.no_grad()
-    def generate(
-        self, input_ids: torch.Tensor, max_new_tokens: int, memory_state: State | None = None
-    ) -> GenerateOutput:
-        """Greedy decoding after input_ids [B, P] (no padding): the prompt's complete segments through the diagonal
-        pass, then token by token with a key/value cache of the open segment. Equals `model.generate`."""
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        model, adapter = self.model, self.adapter
-        seg, mem = model.config.segment_size, model.config.num_memory_tokens
-        batch, length = input_ids.shape
-        closed = closed_length(length, seg)
-        if closed:
-            state = self.forward(input_ids[:, :closed], memory_state=memory_state, logits="none").memory_state
-        else:
-            state = model.initial_state(batch) if memory_state is None else memory_state
-        layer_states, written = state
-        positions = torch.arange(seg + mem, device=input_ids.device)
-        rope = adapter.rotary_table(model.memory, positions)
-        memory = model.memory.expand(batch, -1, -1)  # [B, M, D]
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> GenerateOutput:
+        """`model.generate` with the same arguments and result, the prompt's complete segments read by the diagonal
+        pass; the open segment and the new tokens then go through the model's stream (one position per token)."""
+        self.refresh()
+        return generate(self.model, input_ids, attention_mask, prefill=self._prefill, **kwargs)
 
-        current = input_ids[:, closed:]  # the open segment: 1..T tokens
-        filled = current.shape[1]
-        hidden, cache, _ = self._chunk(adapter.embed(current), 0, rope, layer_states, written, None, False)
-        tokens, scores = [input_ids], []
-        for i in range(max_new_tokens):
-            logits = adapter.head(hidden[:, -1])  # [B, V]
-            scores.append(logits)
-            next_token = logits.argmax(dim=-1, keepdim=True)  # [B, 1]
-            tokens.append(next_token)
-            if i == max_new_tokens - 1:
-                break
-            if filled == seg:  # the open segment is complete: its memory tokens write, a new segment opens
-                _, _, layer_states = self._chunk(memory, seg, rope, layer_states, written, cache, True)
-                written = torch.ones_like(written)
-                cache, filled = None, 0
-            hidden, cache, _ = self._chunk(adapter.embed(next_token), filled, rope, layer_states, written, cache, False)
-            filled += 1
-        return GenerateOutput(torch.cat(tokens, dim=1), torch.stack(scores, dim=1))
-
-    def _chunk(
-        self,
-        x: torch.Tensor,
-        start: int,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        layer_states: tuple,
-        written: torch.Tensor,
-        cache: list | None,
-        write: bool,
-    ) -> tuple[torch.Tensor, list, tuple]:
-        """Embeddings x [B, c, D] at positions start.. of the open segment through every layer (one at a time), after
-        the `cache`d earlier positions. With `write`, x are the memory tokens and their outputs write each layer's
-        memory. Returns (last hidden [B, c, D], the extended cache, the layer states)."""
-        model = self.model
-        c = x.shape[1]
-        positions = torch.arange(start, start + c, device=x.device)
-        h = self.adapter.add_positions(x, positions)[None]  # [1, B, c, D]: a group of one layer
-        chunk_rope = None if rope is None else (rope[0][start : start + c], rope[1][start : start + c])
-        first = ~written[None]  # [1, B]
-        new_cache, new_states = [], []
-        for layer, (A, z) in enumerate(layer_states):
-            cells = slice(layer, layer + 1)
-            h = associative_read(h, A[None], z[None], model.w_q[cells], first)
-            h, kv = self.layers.forward(h, layer, layer + 1, chunk_rope, None if cache is None else cache[layer])
-            new_cache.append(kv)
-            if write:
-                A, z = associative_write(
-                    h, A[None], z[None], model.w_k[cells], model.w_v[cells], model.w_b[cells], first
-                )
-                new_states.append((A[0], z[0]))
-        return h[0], new_cache, tuple(new_states) if write else layer_states
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, memory_state: State | None) -> State:
+        return self.forward(input_ids, attention_mask, memory_state=memory_state, logits="none").memory_state

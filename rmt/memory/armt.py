@@ -20,11 +20,10 @@ Padded rows: the shared loop packs each sample's real tokens to the front, and `
 right after each row's real tokens (positions len .. len + M - 1), with the padding after them where causal
 attention keeps it out of sight, so a padded sample computes exactly what it computes alone.
 
-Greedy decoding (`generate`, and the diagonal engine's `generate`, which follows the same rule): the input is
-cut into segments by absolute position, as in `forward`, so decoding continues the current (open) segment. The open
-segment always holds 1..T tokens and reads the memory of the segments before it; its memory write happens when it
-holds T tokens and the next token is produced, i.e. once the segment is complete. Hence the generated tokens are
-exactly the argmax of `forward(prompt + generated so far).logits[:, -1]` at every step.
+Generation (`generate`, `stream`: rmt.inference.generate, rmt.memory.stream) cuts prompt + generated tokens into
+segments by absolute position, as `forward` does, so decoding continues the open segment: its tokens read the memory
+of the segments before it and attend to each other through a key/value cache; its memory write happens when it holds
+T tokens. The generated tokens are the argmax of `forward(prompt + generated so far).logits[:, -1]` at every step.
 """
 
 from __future__ import annotations
@@ -33,15 +32,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rmt.backbones import check_fits, hidden_size
+from rmt.backbones import check_fits, hidden_size, kv_shape
 from rmt.backbones.layers import DecoderAdapter
 from rmt.config import RMTConfig
 from rmt.errors import InputError
-from rmt.memory.outputs import GenerateOutput
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import register_model
-from rmt.memory.segments import closed_length
-from rmt.memory.state import State
+from rmt.memory.state import State, batch_size_of
+from rmt.memory.stream import OpenCache
 from rmt.ops.associative import associative_read, associative_write
 
 
@@ -135,32 +133,27 @@ class ARMTForCausalLM(RecurrentMemoryModel):
         """Final norm and LM head."""
         return self.adapter.head(hidden)
 
-    @torch.no_grad()
-    def generate(
-        self, input_ids: torch.Tensor, max_new_tokens: int, memory_state: State | None = None
-    ) -> GenerateOutput:
-        """Sequential greedy decoding of `max_new_tokens` tokens after input_ids [B, P] (no padding), with the rule in
-        the module docstring (memory_state: the memory of earlier complete segments, to continue from). The
-        reference for the diagonal engine's `generate`. No early stop at EOS."""
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        seg = self.config.segment_size
-        batch, length = input_ids.shape
-        closed = closed_length(length, seg)
-        state = self.initial_state(batch) if memory_state is None else memory_state
-        ones = torch.ones_like(input_ids[:, :seg])
-        for start in range(0, closed, seg):  # what `forward` does for these segments, minus their logits
-            _, state = self.encode(input_ids[:, start : start + seg], ones, state)
-        current = input_ids[:, closed:]  # the open segment: 1..T tokens
-        tokens, scores = [input_ids], []
-        for _ in range(max_new_tokens):
-            hidden, new_state = self.step(current, torch.ones_like(current), state)
-            logits = self.head(hidden[:, -1])  # [B, V]
-            scores.append(logits)
-            next_token = logits.argmax(dim=-1, keepdim=True)  # [B, 1]
-            tokens.append(next_token)
-            if current.shape[1] == seg:  # complete: its write becomes the memory, the new token opens a segment
-                state, current = new_state, next_token
-            else:
-                current = torch.cat([current, next_token], dim=1)
-        return GenerateOutput(torch.cat(tokens, dim=1), torch.stack(scores, dim=1))
+    # --- the open segment of a stream (rmt.memory.stream) ------------------------------------------------------
+    def open_cache(self, state: State) -> OpenCache:
+        """An open segment starts empty: tokens come first and every segment starts again at position 0."""
+        layers, heads, head_dim = kv_shape(self.backbone)
+        return OpenCache.empty(batch_size_of(state), layers, heads, head_dim, self.memory.dtype, self.memory.device)
+
+    def extend_cache(
+        self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, state: State, cache: OpenCache
+    ) -> torch.Tensor:
+        """Hidden states [B, W, D] (before the final norm, as `step` returns them) of input_ids [B, W] at positions
+        `positions` [B, W] of their open segments: each layer reads its memory, then runs with the cached keys/values
+        of the segment's earlier tokens (`cache` gains theirs). No memory write: it happens when the segment
+        closes."""
+        layer_states, written = state
+        first = ~written
+        h = self.adapter.add_positions(self.adapter.embed(input_ids), positions)  # [B, W, D]
+        past = cache.as_hf_cache(self.backbone.config)
+        mask = torch.cat([cache.valid, torch.ones_like(valid)], dim=1).long()  # as in RMTForCausalLM.extend_cache
+        kwargs = self.adapter.cached_layer_kwargs(h, positions, mask, past)
+        for layer, (A, z) in enumerate(layer_states):
+            h = associative_read(h, A, z, self.w_q[layer], first)
+            h = self.adapter.run_layer(layer, h, kwargs)
+        cache.append_new(past, valid)
+        return h

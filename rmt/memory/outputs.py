@@ -39,7 +39,7 @@ class RMTOutput(ModelOutput):
 @dataclass
 class GenerateOutput:
     """sequences [B, P + N]: each prompt row followed by its N generated tokens (pad_token_id after EOS);
-    scores [B, N, V]: the logits each generated token was chosen from."""
+    scores [B, N, V]: the processed logits each generated token was chosen from (with `output_scores=True`)."""
 
     sequences: torch.Tensor
-    scores: torch.Tensor
+    scores: torch.Tensor | None = None

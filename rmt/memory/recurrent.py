@@ -34,10 +34,11 @@ from torch.utils.checkpoint import checkpoint
 
 from rmt.config import RMTConfig
 from rmt.errors import InputError
-from rmt.memory.outputs import RMTOutput, SegmentOutput
+from rmt.memory.outputs import GenerateOutput, RMTOutput, SegmentOutput
 from rmt.memory.pretrained import load_memory_model, save_memory_model
 from rmt.memory.segments import SegmentPlan, assemble_logits, plan_segments, select
 from rmt.memory.state import State, batch_size_of, check_state, detach, detach_rows, merge_rows, select_rows
+from rmt.memory.stream import MemoryStream
 
 Backward = Callable[[torch.Tensor], None]
 LogitsRequest = Literal["all", "last", "none"] | torch.Tensor
@@ -144,6 +145,18 @@ class RecurrentMemoryModel(nn.Module):
         return self._run(
             plan, memory_state, backward=backward or (lambda loss: loss.backward()), recompute=recompute, logits="none"
         )
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> GenerateOutput:
+        """Generate after each prompt row (causal LMs), in Hugging Face terms: max_new_tokens, do_sample, temperature,
+        top_k, top_p, eos_token_id, pad_token_id, memory_state, ... (`rmt.inference.generate.generate`)."""
+        from rmt.inference.generate import generate  # rmt.inference imports the model classes
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    def stream(self, batch_size: int = 1, memory_state: State | None = None) -> MemoryStream:
+        """A `MemoryStream` that reads inputs chunk by chunk and gives what one `forward` gives (rmt.memory.stream),
+        starting from `memory_state` (e.g. a document's memory loaded from a file) or the initial memory."""
+        return MemoryStream(self, batch_size, memory_state)
 
     def plan(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None

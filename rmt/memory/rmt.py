@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
 
-from rmt.backbones import check_family, check_fits, hidden_size, max_positions
+from rmt.backbones import check_family, check_fits, hidden_size, kv_shape, max_positions
 from rmt.config import RMTConfig
 from rmt.errors import InputError
-from rmt.memory.outputs import GenerateOutput
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import register_model
-from rmt.memory.state import State
+from rmt.memory.state import State, batch_size_of
+from rmt.memory.stream import OpenCache
 
 # Families whose positions come from a learned table (bounded); the others are rotary (unbounded).
 _LEARNED_POSITIONS = ("gpt2",)
@@ -101,7 +101,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
             memory = self.memory.unsqueeze(0).expand(batch_size, -1, -1)  # [B, M, D]
         if not self.cache_tokens:
             return memory
-        layers, heads, head_dim = _kv_shape(self.backbone)
+        layers, heads, head_dim = kv_shape(self.backbone)
         dtype = self.backbone.get_input_embeddings().weight.dtype
         keys = torch.zeros(batch_size, layers, heads, self.cache_tokens, head_dim, dtype=dtype, device=self.device)
         cache_mask = torch.zeros(batch_size, self.cache_tokens, dtype=torch.bool, device=self.device)
@@ -129,20 +129,61 @@ class RMTForCausalLM(RecurrentMemoryModel):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.backbone.get_output_embeddings()(hidden)
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        attention_mask: torch.Tensor | None = None,
-        eos_token_id: int | None = None,
-        pad_token_id: int | None = None,
-    ) -> GenerateOutput:
-        """Greedy decoding through the memory (and cache): `rmt.inference.rmt_generate.greedy_generate`."""
-        from rmt.inference.rmt_generate import greedy_generate
+    # --- the open segment of a stream (rmt.memory.stream) ------------------------------------------------------
+    def open_cache(self, state: State) -> OpenCache:
+        """Keys/values of the start of a fresh open segment for `state`'s rows: [Transformer-XL cache | read
+        memory], the window `step` puts before the tokens."""
+        b = batch_size_of(state)
+        m = self.config.num_memory_tokens
+        layers, heads, head_dim = kv_shape(self.backbone)
+        dtype = self.backbone.get_input_embeddings().weight.dtype
+        if m == 0 and not self.cache_tokens:
+            return OpenCache.empty(b, layers, heads, head_dim, dtype, self.device)
+        if m == 0:  # the Transformer-XL cache alone
+            _, keys, values, cache_mask, _ = state
+            return OpenCache([keys[:, i] for i in range(layers)], [values[:, i] for i in range(layers)], cache_mask)
+        memory = state[0] if self.cache_tokens else state
+        start = self._start_positions(state, b, self.device)  # [b, 1]
+        mask = torch.ones(b, m, dtype=torch.long, device=self.device)
+        cache = DynamicCache(config=self.backbone.config)
+        if self.cache_tokens:
+            _, keys, values, cache_mask, _ = state
+            cache = DynamicCache(
+                ddp_cache_data=[(keys[:, i], values[:, i]) for i in range(layers)], config=self.backbone.config
+            )
+            mask = torch.cat([cache_mask.long(), mask], dim=1)
+        positions = start + torch.arange(m, device=self.device)
+        self.check_positions(positions)
+        out = self.backbone.base_model(
+            inputs_embeds=memory.to(dtype), attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
+        return OpenCache(
+            [layer.keys for layer in out.cache.layers], [layer.values for layer in out.cache.layers], mask.bool()
+        )
 
-        return greedy_generate(self, input_ids, max_new_tokens, attention_mask, eos_token_id, pad_token_id)
+    def extend_cache(
+        self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, state: State, cache: OpenCache
+    ) -> torch.Tensor:
+        """Hidden states [B, W, D] of input_ids [B, W] at token positions `positions` [B, W] of their open segments
+        (after `cache`, which gains their keys/values; `valid` marks real tokens)."""
+        b = input_ids.shape[0]
+        window_positions = self._start_positions(state, b, input_ids.device) + self.config.num_memory_tokens + positions
+        self.check_positions(window_positions)
+        past = cache.as_hf_cache(self.backbone.config)
+        # Padding places count as real for the call, so that no query is left with nothing to attend to; they are
+        # marked invalid in the cache afterwards and never seen by a real token (they come after it).
+        mask = torch.cat([cache.valid, torch.ones_like(valid)], dim=1).long()
+        out = self.backbone.base_model(
+            inputs_embeds=self.backbone.get_input_embeddings()(input_ids),
+            attention_mask=mask,
+            position_ids=window_positions,
+            cache=past,
+            use_cache=True,
+        )
+        cache.append_new(out.cache, valid)
+        return out.last_hidden_state
 
-    # --- pieces shared with greedy generation (rmt/inference/rmt_generate.py) ---------------------------------
+    # --- the segment window ---------------------------------------------------------------------------------------
     def segment_window(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State, write: bool
     ) -> SegmentWindow:
@@ -246,15 +287,6 @@ class SegmentWindow:
     attention_mask: torch.Tensor  # [b, C + M + t + writes] (C = 0 without the cache)
     position_ids: torch.Tensor  # [b, M + t + writes]
     cache: DynamicCache | None  # the Transformer-XL cache as an HF cache object, None without it
-
-
-def _kv_shape(backbone: PreTrainedModel) -> tuple[int, int, int]:
-    """(layers, key/value heads, head size) of the backbone's attention cache."""
-    config = backbone.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden_size(backbone) // heads
-    return config.num_hidden_layers, kv_heads, head_dim
 
 
 @register_model("encoder", "rmt")

@@ -50,9 +50,11 @@ def validate_input_ids(input_ids: torch.Tensor, vocab_size: int | None) -> None:
         )
 
 
-def validate_attention_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
-    """The attention mask as given (all ones when None), checked: same shape as input_ids, values 0 or 1, and at
-    least one real token per sample."""
+def validate_attention_mask(
+    attention_mask: torch.Tensor | None, input_ids: torch.Tensor, allow_empty: bool = False
+) -> torch.Tensor:
+    """The attention mask as given (all ones when None), checked: same shape as input_ids, values 0 or 1, and (unless
+    `allow_empty`) at least one real token per sample."""
     if attention_mask is None:
         return torch.ones_like(input_ids)
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
@@ -61,7 +63,7 @@ def validate_attention_mask(attention_mask: torch.Tensor | None, input_ids: torc
     if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         raise InputError("attention_mask must hold only 0 (padding) and 1 (real token)")
     empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
-    if empty:
+    if empty and not allow_empty:
         raise InputError(f"sample(s) {empty} have no tokens (attention_mask is all zeros)")
     return attention_mask
 

@@ -1,0 +1,103 @@
+"""`rmt generate`: read a long document through memory, then answer a prompt.
+
+    rmt generate runs/qa1/model --document book.txt --prompt "Where is Mary?" --max-new-tokens 20
+    rmt generate runs/qa1/model --document book.txt --memory-file book.memory      # read once, save the memory
+    rmt generate runs/qa1/model --memory-file book.memory --prompt "Where is the milk?"   # ask again, no re-reading
+
+The document is read in chunks with a progress bar (tokens/s), keeping only the memory: a 1M-token document needs one
+segment's activations. With --memory-file, an existing file is loaded instead of reading the document, and a missing
+one is written after reading it. The prompt starts a new segment after the document's memory. Any causal memory model
+works (RMT, ARMT), e.g. one trained from the offline SmolLM2 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rmt.cli.common import add_runtime_arguments, apply_runtime
+from rmt.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "generate",
+        help="read a long document through memory, then answer a prompt",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="a causal memory model saved by save_pretrained (e.g. OUTPUT/model)")
+    parser.add_argument("--document", default=None, help="text file to read through memory")
+    parser.add_argument("--prompt", default=None, help="text to answer after the document")
+    parser.add_argument("--memory-file", default=None, help="load the document's memory from here, or save it here")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    parser.add_argument("--chunk-tokens", type=int, default=8192, help="tokens read per chunk (default: %(default)s)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
+    add_runtime_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from rmt.build import DTYPES, pretrained_tokenizer
+    from rmt.memory.memory_file import read_memory, save_memory
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    device = apply_runtime(args)
+    if args.document is None and args.memory_file is None:
+        raise InputError("give --document (and/or --memory-file with a saved memory)")
+    if args.max_new_tokens < 1 or args.chunk_tokens < 1:
+        raise InputError("--max-new-tokens and --chunk-tokens must be >= 1")
+    model = RecurrentMemoryModel.from_pretrained(args.checkpoint, dtype=DTYPES[args.dtype]).to(device).eval()
+    if not model.token_logits:
+        raise InputError(f"{args.checkpoint} holds a classifier; generate needs a causal LM (decoder)")
+    tokenizer = pretrained_tokenizer(args.checkpoint)
+    memory_file = Path(args.memory_file) if args.memory_file else None
+
+    if memory_file is not None and memory_file.exists():
+        state, metadata = read_memory(model, memory_file)
+        print(f"loaded the memory of {metadata.get('document', 'a document')} ({metadata.get('tokens', '?')} tokens)")
+    else:
+        if args.document is None:
+            raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
+        document = Path(args.document)
+        if not document.is_file():
+            raise InputError(f"--document {document}: no such file")
+        ids = tokenizer(document.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False).input_ids
+        if not ids:
+            raise InputError(f"--document {document} holds no text")
+        ids = torch.tensor([ids], device=device)
+        stream = model.stream()
+        started = time.perf_counter()
+        with tqdm(total=ids.shape[1], unit="tok", desc="reading", disable=args.no_progress) as bar:
+            for start in range(0, ids.shape[1], args.chunk_tokens):
+                chunk = ids[:, start : start + args.chunk_tokens]
+                stream.feed(chunk)
+                bar.update(chunk.shape[1])
+        seconds = time.perf_counter() - started
+        state = stream.memory_state
+        print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)")
+        if memory_file is not None:
+            save_memory(model, state, memory_file, document=str(document), tokens=ids.shape[1])
+            print(f"saved the document's memory to {memory_file}")
+    if args.prompt is None:
+        return 0
+    prompt = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+    out = model.generate(
+        prompt,
+        memory_state=state,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
+    return 0

@@ -1,0 +1,113 @@
+"""Document memory as a value: save the memory state after reading a document, load it later to answer many
+questions without reading the document again.
+
+    stream = model.stream()
+    for chunk in document_chunks:
+        stream.feed(chunk)
+    save_memory(model, stream.memory_state, "report.memory.safetensors", tokens=int(stream.seen[0]))
+    ...
+    state = load_memory(model, "report.memory.safetensors")
+    answer = model.generate(question_ids, memory_state=state, max_new_tokens=20)
+
+The file is safetensors: one tensor per leaf of the state, its structure, and two fingerprints of the model that made
+it: of its configuration (RMTConfig and the backbone's shape) and of its weights (the memory wrapper's parameters and
+a sample of the backbone's). Loading into a model with another configuration or other weights is refused with a
+message that says which: a memory is only meaningful to the model that wrote it. Questions asked after a loaded
+memory start a new segment, as if the document ended at a segment boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+from torch.utils import _pytree as pytree
+
+from rmt.errors import InputError, MissingFileError
+from rmt.files import write_atomic
+from rmt.memory.state import State, check_state
+
+if TYPE_CHECKING:
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+FORMAT = "rmt-memory-1"
+_BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+_SAMPLE_ROWS = 64  # rows of the embedding matrix hashed into the weights fingerprint
+
+
+def config_fingerprint(model: RecurrentMemoryModel) -> str:
+    """sha256 of the model's RMTConfig and backbone shape."""
+    backbone = {key: getattr(model.backbone.config, key, None) for key in _BACKBONE_KEYS}
+    text = json.dumps({"rmt": model.config.to_dict(), "backbone": backbone}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_fingerprint(model: RecurrentMemoryModel) -> str:
+    """sha256 of the memory wrapper's own weights and the first rows of the backbone's token embeddings."""
+    digest = hashlib.sha256()
+    tensors = dict(sorted(model.memory_state_dict().items()))
+    tensors["backbone.embeddings"] = model.backbone.get_input_embeddings().weight[:_SAMPLE_ROWS]
+    for name, tensor in tensors.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_memory(model: RecurrentMemoryModel, state: State, path: str | os.PathLike, **metadata: Any) -> Path:
+    """Write `state` (as `forward` or a stream returns it) to `path` atomically; `metadata` (JSON values, e.g. the
+    number of tokens read, the document's name) is stored with it."""
+    check_state(state, model.initial_state(pytree.tree_leaves(state)[0].shape[0]))
+    leaves, spec = pytree.tree_flatten(state)
+    tensors = {f"leaf.{i:03d}": leaf.detach().to("cpu").contiguous() for i, leaf in enumerate(leaves)}
+    header = {
+        "format": FORMAT,
+        "structure": pytree.treespec_dumps(spec),
+        "config_fingerprint": config_fingerprint(model),
+        "weights_fingerprint": weights_fingerprint(model),
+        "metadata": json.dumps(metadata),
+    }
+    path = Path(path)
+    write_atomic(path, save(tensors, metadata=header))
+    return path
+
+
+def load_memory(model: RecurrentMemoryModel, path: str | os.PathLike) -> State:
+    """The state saved in `path`, on the model's device; refused (InputError) unless `model` wrote it."""
+    state, _ = read_memory(model, path)
+    return state
+
+
+def read_memory(model: RecurrentMemoryModel, path: str | os.PathLike) -> tuple[State, dict[str, Any]]:
+    """(state, the metadata saved with it) from `path`, checked against `model`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"no memory file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path} is not a memory file (unreadable safetensors: {err})") from err
+    if header.get("format") != FORMAT:
+        raise InputError(f"{path} is not a memory file written by rmt (format {header.get('format')!r})")
+    if header.get("config_fingerprint") != config_fingerprint(model):
+        raise InputError(
+            f"{path} was written by a model of another configuration (memory kind, memory tokens, segment size or "
+            "backbone differ): load it into the model that read the document"
+        )
+    if header.get("weights_fingerprint") != weights_fingerprint(model):
+        raise InputError(
+            f"{path} was written by a model with the same configuration but other weights (e.g. another checkpoint): "
+            "load it into the model that read the document"
+        )
+    spec = pytree.treespec_loads(header["structure"])
+    leaves = [tensors[f"leaf.{i:03d}"].to(model.device) for i in range(len(tensors))]
+    state = pytree.tree_unflatten(leaves, spec)
+    check_state(state, model.initial_state(leaves[0].shape[0]))
+    return state, json.loads(header.get("metadata", "{}"))

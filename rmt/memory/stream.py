@@ -1,0 +1,339 @@
+"""Reading an input in chunks of any size, at constant memory: `model.stream()`.
+
+    stream = model.stream(batch_size=1)
+    for chunk in chunks:                                   # any sizes: 1 token, a segment and a half, 100k tokens
+        stream.feed(chunk)                                 # logits="none": nothing is kept but the memory
+    last = stream.feed(question_ids, logits="last")        # [B, V] at each sample's last token
+    stream.memory_state                                    # what forward(everything fed).memory_state would be
+
+A stream gives exactly what one pass of `forward` over everything fed so far gives (tests: random chunkings against
+the one-pass logits and final memory, RMT and ARMT, decoder and encoder). How:
+- A sample is cut into segments from its own first token, as in `forward`. Tokens of a segment that is not complete
+  yet wait in a buffer; when the buffer holds `segment_size` tokens the segment is run by the model's own `step`, the
+  same computation `forward` makes, and its memory becomes the state. A chunk that starts at a segment boundary and
+  holds whole segments goes straight through `step`.
+- Logits of tokens of the open segment (decoders) come from a key/value cache of that segment (`OpenCache`): token t
+  of a segment sees the memory read and the tokens before it, never the memory write that follows, so its logits are
+  final as soon as it is fed. One new token costs one position through the layers; closing the segment re-runs it
+  once with `step`, so the memory is bit for bit the one `forward` writes. The cache is only built when logits are
+  asked for: a stream fed with logits="none" costs what `forward` costs.
+- Samples of a batch may be fed different numbers of tokens (attention_mask): each has its own buffer and fill level,
+  and a segment closes for the samples that completed it.
+Memory held: the state, one segment of tokens per sample, the open segment's keys/values (decoders, when logits are
+asked for) and the logits returned; nothing grows with the input.
+
+Encoders (classification) keep the buffer only; `classify()` gives the class logits one pass would give (the last
+segment's: the buffered partial segment if there is one, else the last completed one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from transformers import DynamicCache
+
+from rmt.errors import InputError
+from rmt.memory.segments import validate_attention_mask, validate_input_ids
+from rmt.memory.state import State, merge_rows, select_rows
+
+if TYPE_CHECKING:
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+StreamLogits = Literal["none", "last", "all"]
+
+
+@dataclass
+class OpenCache:
+    """Keys/values of the open segments of a batch, one [B, H, L, d] pair per layer, with the entries that are real
+    (`valid` [B, L]). Samples fill their segments at different rates, so a sample's entries may have gaps (masked)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor  # [B, L] bool
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+    def append(self, keys: list[torch.Tensor], values: list[torch.Tensor], valid: torch.Tensor) -> None:
+        """Add entries [B, H, n, d] per layer after the existing ones."""
+        self.keys = [torch.cat([a, b], dim=2) for a, b in zip(self.keys, keys, strict=True)]
+        self.values = [torch.cat([a, b], dim=2) for a, b in zip(self.values, values, strict=True)]
+        self.valid = torch.cat([self.valid, valid], dim=1)
+
+    def restart_rows(self, rows: torch.Tensor, prefix: OpenCache) -> None:
+        """Drop the entries of `rows` and give them `prefix` (the start of their next open segment)."""
+        self.valid = self.valid.clone()
+        self.valid[rows] = False
+        width = prefix.length
+        if width:
+            batch = self.valid.shape[0]
+            keys, values = [], []
+            for k, v in zip(prefix.keys, prefix.values, strict=True):
+                new_k = k.new_zeros(batch, *k.shape[1:])
+                new_v = v.new_zeros(batch, *v.shape[1:])
+                new_k[rows], new_v[rows] = k, v
+                keys.append(new_k)
+                values.append(new_v)
+            valid = self.valid.new_zeros(batch, width)
+            valid[rows] = prefix.valid
+            self.append(keys, values, valid)
+        self.compact()
+
+    def compact(self) -> None:
+        """Drop the entries no sample uses any more, keeping each sample's own order (valid entries moved right)."""
+        keep = int(self.valid.sum(dim=1).max()) if self.valid.numel() else 0
+        if keep >= self.length:
+            return
+        index = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices[:, self.length - keep :]  # [B, keep]
+        self.valid = self.valid.gather(1, index)
+        gather = index[:, None, :, None]
+        self.keys = [k.gather(2, gather.expand(-1, k.shape[1], -1, k.shape[3])) for k in self.keys]
+        self.values = [v.gather(2, gather.expand(-1, v.shape[1], -1, v.shape[3])) for v in self.values]
+
+    def select(self, rows: torch.Tensor) -> OpenCache:
+        return OpenCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.valid[rows])
+
+    def as_hf_cache(self, config: object) -> DynamicCache:
+        """The entries as a Hugging Face cache to pass to the backbone (which extends it)."""
+        return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values, strict=True)), config=config)
+
+    def append_new(self, hf_cache: DynamicCache, valid: torch.Tensor) -> None:
+        """Take the entries `hf_cache` gained beyond this cache's (one backbone call later); `valid` [B, n]."""
+        length = self.length
+        layers = hf_cache.layers
+        self.append([la.keys[:, :, length:] for la in layers], [la.values[:, :, length:] for la in layers], valid)
+
+    @staticmethod
+    def empty(
+        batch: int, layers: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> OpenCache:
+        shape = (batch, heads, 0, head_dim)
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        return OpenCache(keys, values, torch.zeros(batch, 0, dtype=torch.bool, device=device))
+
+
+class MemoryStream:
+    """A memory model reading inputs chunk by chunk (see the module docstring). Build it with `model.stream()`."""
+
+    def __init__(self, model: RecurrentMemoryModel, batch_size: int = 1, memory_state: State | None = None) -> None:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = batch_size
+        device = model.device
+        self.state = model.start_state(batch_size, memory_state)
+        seg = model.config.segment_size
+        self.buffer = torch.zeros(batch_size, seg, dtype=torch.long, device=device)
+        self.fill = torch.zeros(batch_size, dtype=torch.long, device=device)  # tokens in each open segment
+        self.cached = torch.zeros(batch_size, dtype=torch.long, device=device)  # of those, in the key/value cache
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # tokens fed so far
+        self.cache: OpenCache | None = None  # decoders, built when logits are first asked for
+        self.stale = torch.ones(batch_size, dtype=torch.bool, device=device)  # cache rows that need a new prefix
+        self.last_hidden: torch.Tensor | None = None  # [B, D] at each sample's last token (decoders)
+        self.last_class_logits: torch.Tensor | None = None  # [B, C] of each sample's last completed segment
+        self._extended_from = torch.zeros_like(self.fill)  # buffer position where the last cache extension began
+        self._rows = torch.arange(batch_size, device=device)
+
+    @torch.no_grad()
+    def feed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, logits: StreamLogits = "none"
+    ) -> torch.Tensor | None:
+        """Append input_ids [B, n] (attention_mask 0 = nothing fed at that place) to each sample's input.
+
+        logits (decoders): "none"; "last" = [B, V] at each sample's last token fed so far; "all" = [B, n, V] at the
+        chunk's positions (zeros where nothing was fed)."""
+        model = self.model
+        validate_input_ids(input_ids, model.vocab_size)
+        if input_ids.shape[0] != self.batch_size:
+            raise InputError(f"this stream reads {self.batch_size} samples, got a chunk of {input_ids.shape[0]}")
+        if logits not in ("none", "last", "all"):
+            raise InputError(f"logits must be 'none', 'last' or 'all', got {logits!r}")
+        if logits != "none" and not model.token_logits:
+            raise InputError("an encoder stream has no token logits: use classify()")
+        mask = (
+            validate_attention_mask(attention_mask, input_ids, allow_empty=True) if attention_mask is not None else None
+        )
+        input_ids = input_ids.to(model.device)
+        mask = torch.ones_like(input_ids) if mask is None else mask.to(model.device)
+        # Each sample's fed tokens to the front, in order (`order` maps them back for logits="all").
+        order = torch.sort((mask == 0).to(torch.int8), dim=1, stable=True).indices
+        packed = input_ids.gather(1, order)
+        counts = mask.sum(dim=1)
+        cursor = torch.zeros_like(counts)
+        want = logits != "none"
+        hidden_all = None
+        if logits == "all":
+            hidden_all = torch.zeros(self.batch_size, input_ids.shape[1], self._hidden_size(), device=model.device)
+
+        seg = model.config.segment_size
+        while bool((cursor < counts).any()):
+            remaining = counts - cursor
+            direct = (self.fill == 0) & (remaining >= seg)
+            if bool(direct.any()):  # whole segments from a boundary: straight through step
+                rows = self._rows[direct]
+                ids = packed[rows[:, None], cursor[rows, None] + torch.arange(seg, device=packed.device)]
+                hidden = self._close(rows, ids)
+                self._emit(rows, cursor[rows], torch.full_like(rows, seg), hidden, hidden_all)
+                cursor[rows] += seg
+                continue
+            rows = self._rows[remaining > 0]
+            take = torch.minimum(remaining[rows], seg - self.fill[rows])  # [r] tokens into the open segments
+            width = int(take.max())
+            offsets = torch.arange(width, device=packed.device)
+            valid = offsets[None, :] < take[:, None]  # [r, width]
+            ids = packed[rows[:, None], (cursor[rows, None] + offsets).clamp(max=packed.shape[1] - 1)]
+            ids = ids.masked_fill(~valid, 0)
+            starts = self.fill[rows]
+            row_index = rows[:, None].expand_as(valid)
+            self.buffer[row_index[valid], (starts[:, None] + offsets).expand_as(valid)[valid]] = ids[valid]
+            self.fill[rows] += take
+            if want:
+                hidden = self._extend_cache()  # [B, W, D] for the buffered tokens not yet cached
+                self._emit_buffered(rows, cursor[rows], take, starts, hidden, hidden_all)
+            cursor[rows] += take
+            full = rows[self.fill[rows] == seg]
+            if full.numel():
+                self._close(full, self.buffer[full])
+        self.seen += counts
+
+        if logits == "none":
+            return None
+        if logits == "last":
+            return model.head(self.last_hidden)
+        out = model.head(hidden_all) * mask[..., None].to(hidden_all.dtype)
+        return torch.zeros_like(out).scatter(1, order[..., None].expand_as(out), out)
+
+    @torch.no_grad()
+    def last_logits(self) -> torch.Tensor:
+        """Decoders: logits [B, V] at each sample's last token fed so far (built from the buffer if those tokens were
+        fed with logits="none")."""
+        if not self.model.token_logits:
+            raise InputError("an encoder stream has no token logits: use classify()")
+        if bool((self.seen == 0).any()):
+            raise InputError("every sample needs at least one token before its logits")
+        behind = self._rows[self.fill > self.cached]
+        if behind.numel():
+            hidden = self._extend_cache()
+            last = hidden[behind, self.fill[behind] - self._extended_from[behind] - 1]
+            self.last_hidden = (
+                self.last_hidden if self.last_hidden is not None else last.new_zeros(self.batch_size, last.shape[-1])
+            )
+            self.last_hidden = self.last_hidden.index_copy(0, behind, last)
+        return self.model.head(self.last_hidden)
+
+    @property
+    @torch.no_grad()
+    def memory_state(self) -> State:
+        """The memory one `forward` over everything fed would return: after each sample's last segment, the open
+        (partial) one included. The open segments are written on a copy; the stream itself is unchanged."""
+        open_rows = self._rows[self.fill > 0]
+        if not open_rows.numel():
+            return self.state
+        state = self.state
+        for width in self.fill[open_rows].unique().tolist():  # one step per distinct fill level
+            rows = open_rows[self.fill[open_rows] == width]
+            ids = self.buffer[rows, :width]
+            _, new_state = self.model.step(ids, torch.ones_like(ids), select_rows(state, rows))
+            state = merge_rows(state, rows, new_state)
+        return state
+
+    @torch.no_grad()
+    def classify(self) -> torch.Tensor:
+        """Encoders: class logits [B, C] of each sample's last segment, as `forward` gives them."""
+        if self.model.token_logits:
+            raise InputError("classify() is for encoders; a decoder stream returns logits from feed()")
+        if bool((self.seen == 0).any()):
+            raise InputError("every sample needs at least one token before classify()")
+        out = self.last_class_logits
+        for width in self.fill[self.fill > 0].unique().tolist():
+            rows = self._rows[self.fill == width]
+            ids = self.buffer[rows, :width]
+            logits, _ = self.model.step(ids, torch.ones_like(ids), select_rows(self.state, rows))
+            if out is None:
+                out = logits.new_zeros(self.batch_size, logits.shape[-1])
+            out = out.index_copy(0, rows, logits)
+        return out
+
+    # --- internals -------------------------------------------------------------------------------------------
+    def _hidden_size(self) -> int:
+        return self.model.backbone.get_input_embeddings().weight.shape[1]
+
+    def _close(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Run complete segments ids [r, T] of `rows` through `step`; their memory becomes the state."""
+        output, new_state = self.model.step(ids, torch.ones_like(ids), select_rows(self.state, rows))
+        self.state = merge_rows(self.state, rows, new_state)
+        self.fill[rows] = 0
+        self.cached[rows] = 0
+        self.stale[rows] = True
+        if not self.model.token_logits:
+            if self.last_class_logits is None:
+                self.last_class_logits = output.new_zeros(self.batch_size, output.shape[-1])
+            self.last_class_logits = self.last_class_logits.index_copy(0, rows, output)
+        return output
+
+    def _emit(
+        self,
+        rows: torch.Tensor,
+        cursor: torch.Tensor,
+        count: torch.Tensor,
+        hidden: torch.Tensor,
+        hidden_all: torch.Tensor | None,
+    ) -> None:
+        """Record hidden [r, w, D] of `count` tokens fed at chunk offsets cursor.. of `rows`."""
+        if not self.model.token_logits:
+            return
+        if self.last_hidden is None:
+            self.last_hidden = hidden.new_zeros(self.batch_size, hidden.shape[-1])
+        last = hidden[torch.arange(rows.numel(), device=rows.device), count - 1]
+        self.last_hidden = self.last_hidden.index_copy(0, rows, last.to(self.last_hidden.dtype))
+        if hidden_all is not None:
+            offsets = torch.arange(hidden.shape[1], device=rows.device)
+            valid = offsets[None, :] < count[:, None]  # [r, w]
+            row_index = rows[:, None].expand_as(valid)
+            hidden_all[row_index[valid], (cursor[:, None] + offsets)[valid]] = hidden[valid].to(hidden_all.dtype)
+
+    def _emit_buffered(
+        self,
+        rows: torch.Tensor,
+        cursor: torch.Tensor,
+        take: torch.Tensor,
+        starts: torch.Tensor,
+        hidden: torch.Tensor,
+        hidden_all: torch.Tensor | None,
+    ) -> None:
+        """hidden [B, W, D] holds the cache extension of every sample's buffer from its `extended` position; pick the
+        `take` new tokens of `rows`, which sit at buffer positions starts.. (the end of what was just cached)."""
+        first_new = starts - self._extended_from[rows]  # offset of the first new token in the extension
+        offsets = torch.arange(int(take.max()), device=rows.device)
+        index = (first_new[:, None] + offsets).clamp(max=hidden.shape[1] - 1)
+        picked = hidden[rows[:, None], index]  # [r, width, D]
+        self._emit(rows, cursor, take, picked, hidden_all)
+
+    def _extend_cache(self) -> torch.Tensor:
+        """Bring the open-segment cache up to date with every buffered token; returns hidden states [B, W, D] of the
+        tokens added, sample b's from buffer position `_extended_from[b]`."""
+        model = self.model
+        if self.cache is None or bool(self.stale.any()):
+            restart = self._rows if self.cache is None else self._rows[self.stale]
+            prefix = model.open_cache(select_rows(self.state, restart))
+            if self.cache is None:
+                self.cache = prefix
+            else:
+                self.cache.restart_rows(restart, prefix)
+            self.stale[restart] = False
+        start, stop = self.cached.clone(), self.fill.clone()
+        width = int((stop - start).max())
+        self._extended_from = start
+        if width == 0:
+            return torch.zeros(self.batch_size, 0, self._hidden_size(), device=model.device)
+        offsets = torch.arange(width, device=start.device)
+        positions = start[:, None] + offsets  # [B, W] positions within each open segment
+        valid = positions < stop[:, None]
+        ids = self.buffer.gather(1, positions.clamp(max=self.buffer.shape[1] - 1)).masked_fill(~valid, 0)
+        hidden = model.extend_cache(ids, valid, positions, self.state, self.cache)
+        self.cached = stop
+        return hidden

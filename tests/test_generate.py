@@ -1,0 +1,147 @@
+"""Generation (`rmt.inference.generate`): every greedy token is the argmax of a full forward pass over prompt +
+generated tokens with the same segmentation, across segment boundaries, for plain RMT, Tr-XL, MemTrXL, the read-only
+memory control and ARMT; prompts of different lengths in one batch; one position per new token through the layers
+(the open segment's cache); sampling through transformers' logits processors; EOS, padding and bad inputs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from conftest import VOCAB, strengthen_memory, tiny_decoder
+
+from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
+from rmt.inference.generate import generate
+
+
+def model_for(family: str, **config) -> RMTForCausalLM:
+    torch.manual_seed(0)
+    settings = {"num_memory_tokens": 3, "segment_size": 5, **config}
+    return RMTForCausalLM(tiny_decoder(family), RMTConfig(**settings)).eval()
+
+
+def reference_greedy(model: RMTForCausalLM, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Argmax decoding by repeated full forward passes over prompt + generated tokens."""
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+CONFIGS = {
+    "rmt": {},
+    "rmt-shared-learned": {"memory_positions": "shared", "write_init": "learned"},
+    "no-memory": {"num_memory_tokens": 0},
+    "trxl": {"num_memory_tokens": 0, "xl_cache_tokens": 4},
+    "memtrxl": {"xl_cache_tokens": 7},
+    "memory-at-start": {"read_memory_only": True, "xl_cache_tokens": 5},
+}
+
+
+@pytest.mark.parametrize(
+    ("family", "name"), [("llama", name) for name in CONFIGS] + [("gpt2", "rmt"), ("gpt2", "memtrxl")]
+)
+@pytest.mark.parametrize("prompt_length", [3, 5, 7])
+def test_greedy_equals_repeated_full_forward(family, name, prompt_length):
+    # Segments of 5: prompts of 3, 5 (exactly one full segment) and 7 tokens; 9 new tokens cross 2 boundaries.
+    model = model_for(family, **CONFIGS[name])
+    head = model.backbone.get_output_embeddings()
+    if head.weight is model.backbone.get_input_embeddings().weight:
+        # Untie: with tied embeddings an untrained GPT-2 mostly repeats its last token, a weak test of the rule.
+        noise = torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0))
+        head.weight = torch.nn.Parameter(noise * float(head.weight.detach().std()))
+    prompt = torch.randint(0, VOCAB, (2, prompt_length), generator=torch.Generator().manual_seed(1))
+    out = generate(model, prompt, max_new_tokens=9, output_scores=True)
+    expected = reference_greedy(model, prompt, 9)
+    assert torch.equal(out.sequences, expected)
+    assert out.scores.shape == (2, 9, VOCAB)
+
+
+def test_padded_prompts_decode_each_row_as_if_alone():
+    model = model_for("llama", xl_cache_tokens=5)
+    prompt = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(prompt)
+    mask[1, :3] = 0  # left padding: 5 real tokens
+    mask[2, :6] = 0  # 2 real tokens
+    out = model.generate(prompt, max_new_tokens=6, attention_mask=mask)
+    for row in range(3):
+        alone = model.generate(prompt[row : row + 1, mask[row].bool()], max_new_tokens=6)
+        assert torch.equal(out.sequences[row, 8:], alone.sequences[0, -6:])
+
+
+def test_eos_stops_a_row_and_pads_it():
+    model = model_for("gpt2")
+    prompt = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(3))
+    free = model.generate(prompt, max_new_tokens=6).sequences[:, 4:]
+    eos = int(free[0, 1])
+    first = int((free[0] == eos).nonzero()[0])  # where row 0 first emits it
+    out = model.generate(prompt, max_new_tokens=6, eos_token_id=eos, pad_token_id=VOCAB - 1).sequences[:, 4:]
+    assert torch.equal(out[0, : first + 1], free[0, : first + 1])
+    assert bool((out[0, first + 1 :] == VOCAB - 1).all())
+
+
+def test_bad_arguments():
+    model = model_for("gpt2")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=0)
+    with pytest.raises(ValueError, match="no tokens"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
+
+
+def armt_model() -> ARMTForCausalLM:
+    torch.manual_seed(0)
+    config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=5, d_mem=8)
+    return strengthen_memory(ARMTForCausalLM(tiny_decoder("llama"), config)).eval()
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_prompts_of_different_lengths_decode_together(kind):
+    """Left-padded prompts of 11, 6 and 2 tokens in one loop: each row decodes as if alone, crossing its own segment
+    boundaries at different steps."""
+    model = armt_model() if kind == "armt" else model_for("llama")
+    prompt = torch.randint(0, VOCAB, (3, 11), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(prompt)
+    mask[1, :5] = 0
+    mask[2, :9] = 0
+    out = model.generate(prompt * mask, mask, max_new_tokens=8)
+    for row in range(3):
+        alone = reference_greedy(model, prompt[row : row + 1, mask[row].bool()], 8)
+        assert torch.equal(out.sequences[row, 11:], alone[0, -8:])
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_each_new_token_is_one_position_through_the_layers(kind):
+    """The open segment's keys/values are cached: a new token runs one position through layer 0; a segment is re-run
+    once when it closes (its T tokens and memory slots), and RMT then reads the new memory (M positions)."""
+    model = armt_model() if kind == "armt" else model_for("llama")
+    layer = model.backbone.model.layers[0]
+    widths = []
+    hook = layer.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(args[0].shape[1]), with_kwargs=True
+    )
+    prompt = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(6))
+    try:
+        model.generate(prompt, max_new_tokens=12)
+    finally:
+        hook.remove()
+    # 4 prompt tokens + 11 fed back = 15 tokens = 3 closed segments of 5.
+    if kind == "rmt":  # M = 3: read memory, prompt, 11 single tokens, 3 closes of [3 | 5 | 3], 2 new read memories
+        assert Counter(widths) == Counter({3: 3, 4: 1, 1: 11, 11: 3})
+    else:  # ARMT, M = 2: prompt, 11 single tokens, 3 closes of [5 | 2]
+        assert Counter(widths) == Counter({4: 1, 1: 11, 7: 3})
+
+
+def test_sampling_goes_through_transformers_processors():
+    model = model_for("llama")
+    prompt = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(7))
+    greedy = model.generate(prompt, max_new_tokens=6).sequences
+    torch.manual_seed(0)
+    top1 = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=1).sequences  # top-1 sampling = greedy
+    assert torch.equal(top1, greedy)
+    torch.manual_seed(0)
+    first = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0).sequences
+    torch.manual_seed(0)
+    again = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0).sequences
+    assert torch.equal(first, again) and not torch.equal(first, greedy)

@@ -1,0 +1,86 @@
+"""Document memory as a value (`rmt.memory.memory_file`): the saved memory answers like the document read again;
+a model of another configuration or with other weights is refused; `rmt generate` reads a document once, saves its
+memory and answers from the file; the diagonal engine follows its model's weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, strengthen_memory, tiny_decoder, tiny_model_folder
+
+from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
+from rmt.build import pretrained_backbone, pretrained_tokenizer
+from rmt.cli import main
+from rmt.errors import InputError
+from rmt.inference import DiagonalARMT
+from rmt.memory.memory_file import load_memory, read_memory, save_memory
+
+
+def armt(memory: int = 2) -> ARMTForCausalLM:
+    config = RMTConfig(memory_kind="armt", num_memory_tokens=memory, segment_size=5, d_mem=8)
+    return strengthen_memory(ARMTForCausalLM(tiny_decoder("llama"), config)).eval()
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_saved_memory_answers_like_the_document(tmp_path, kind):
+    model = armt() if kind == "armt" else RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5))
+    document = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))  # 4 whole segments
+    question = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(1))
+    stream = model.stream()
+    stream.feed(document)
+    path = save_memory(model, stream.memory_state, tmp_path / "doc.memory", tokens=20, document="doc.txt")
+    state, metadata = read_memory(model, path)
+    assert metadata == {"tokens": 20, "document": "doc.txt"}
+    from_file = model.generate(question, memory_state=state, max_new_tokens=6).sequences
+    read_again = model.generate(torch.cat([document, question], dim=1), max_new_tokens=6).sequences[:, 20:]
+    assert torch.equal(from_file, read_again)  # the document ends on a segment boundary: the same input
+
+
+def test_memory_of_another_model_is_refused(tmp_path):
+    model = armt()
+    path = save_memory(model, model.stream().memory_state, tmp_path / "a.memory")
+    with pytest.raises(InputError, match="another configuration"):
+        load_memory(armt(memory=3), path)
+    retrained = armt()
+    with torch.no_grad():
+        retrained.w_k.add_(0.01)  # same configuration, other weights
+    with pytest.raises(InputError, match="other weights"):
+        load_memory(retrained, path)
+    (tmp_path / "junk.memory").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="not a memory file"):
+        load_memory(model, tmp_path / "junk.memory")
+    with pytest.raises(InputError, match="was it made by another model"):
+        save_memory(model, torch.zeros(1, 3, 4), tmp_path / "b.memory")
+
+
+def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, capsys):
+    folder = tiny_model_folder(tmp_path / "backbone", "llama")
+    model = RMTForCausalLM(pretrained_backbone(str(folder)), RMTConfig(num_memory_tokens=2, segment_size=8))
+    model.save_pretrained(tmp_path / "model")
+    pretrained_tokenizer(str(folder)).save_pretrained(tmp_path / "model" / "backbone")  # 6 words x 30 = 180 tokens
+    document = tmp_path / "doc.txt"
+    document.write_text("Mary went to the kitchen . " * 30)
+    memory = tmp_path / "doc.memory"
+    args = ["generate", str(tmp_path / "model"), "--document", str(document), "--memory-file", str(memory)]
+    assert main([*args, "--prompt", "Where is Mary ?", "--max-new-tokens", "3", "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    assert "read 180 tokens" in first and memory.exists()
+    args = ["generate", str(tmp_path / "model"), "--memory-file", str(memory), "--prompt", "Where is Mary ?"]
+    assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
+    second = capsys.readouterr().out
+    assert "loaded the memory" in second and second.splitlines()[-1] == first.splitlines()[-1]
+    assert main(["generate", str(tmp_path / "model"), "--memory-file", str(tmp_path / "none.memory")]) == 2
+
+
+def test_diagonal_engine_follows_its_model_weights():
+    model = armt()
+    engine = DiagonalARMT(model, group_size=None)
+    ids = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(2))
+    before = engine(ids).logits
+    with torch.no_grad():
+        model.backbone.model.layers[1].mlp.down_proj.weight.mul_(1.5)  # e.g. an optimizer step
+        expected = model(ids, logits="last").logits
+    after = engine(ids).logits
+    assert float((after - before).abs().max()) > 1e-3  # the change reached the engine
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-4)
+    assert not engine.refresh()  # nothing changed since: no restacking

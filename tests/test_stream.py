@@ -1,0 +1,141 @@
+"""Streaming (`model.stream()`): any chunking of an input gives what one forward pass gives (logits at the asked
+positions and the final memory), for RMT (with and without the Transformer-XL cache), ARMT and the encoder; samples
+fed different numbers of tokens; forward's logits="last"/positions options; bad chunks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, strengthen_memory, tiny_decoder, tiny_encoder
+
+from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+from rmt.errors import InputError
+from rmt.memory.state import tree_map
+
+ATOL = 1e-5
+
+
+def decoder(kind: str, family: str = "llama"):
+    torch.manual_seed(0)
+    if kind == "armt":
+        config = RMTConfig(memory_kind="armt", num_memory_tokens=3, segment_size=5, d_mem=8)
+        return strengthen_memory(ARMTForCausalLM(tiny_decoder(family), config)).eval()
+    extra = {"xl_cache_tokens": 4} if kind == "memtrxl" else {}
+    return RMTForCausalLM(tiny_decoder(family), RMTConfig(num_memory_tokens=3, segment_size=5, **extra)).eval()
+
+
+def random_chunks(length: int, seed: int) -> list[int]:
+    rng = torch.Generator().manual_seed(seed)
+    sizes, left = [], length
+    while left:
+        size = int(torch.randint(1, 9, (1,), generator=rng))
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+    return sizes
+
+
+def assert_states_close(a, b) -> None:
+    tree_map(lambda x, y: torch.testing.assert_close(x.float(), y.float(), atol=ATOL, rtol=1e-4) or x, a, b)
+
+
+@pytest.mark.parametrize("kind", ["rmt", "memtrxl", "armt"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_chunkings_equal_one_pass(kind, seed):
+    model = decoder(kind)
+    ids = torch.randint(0, VOCAB, (2, 23), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        reference = model(ids)
+    stream = model.stream(batch_size=2)
+    pieces, position = [], 0
+    for size in random_chunks(23, seed):
+        pieces.append(stream.feed(ids[:, position : position + size], logits="all"))
+        position += size
+    torch.testing.assert_close(torch.cat(pieces, dim=1), reference.logits, atol=ATOL, rtol=1e-4)
+    assert_states_close(stream.memory_state, reference.memory_state)
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_memory_only_stream_keeps_no_logits_and_matches_forward(kind):
+    model = decoder(kind, family="gpt2")
+    ids = torch.randint(0, VOCAB, (1, 31), generator=torch.Generator().manual_seed(3))
+    stream = model.stream()
+    position = 0
+    for size in (7, 1, 12, 11):  # ends inside a segment: memory_state writes the open segment on a copy
+        assert stream.feed(ids[:, position : position + size]) is None
+        position += size
+    with torch.no_grad():
+        reference = model(ids, logits="last")
+    assert stream.cache is None  # no logits asked: no key/value cache was built
+    assert_states_close(stream.memory_state, reference.memory_state)
+    assert_states_close(stream.memory_state, reference.memory_state)  # reading it does not change the stream
+    # Asking for logits later builds the open segment's cache from the buffered tokens.
+    torch.testing.assert_close(stream.last_logits(), reference.logits, atol=ATOL, rtol=1e-4)
+    nothing = torch.zeros(1, 1, dtype=torch.long)  # a chunk that feeds nothing changes nothing
+    torch.testing.assert_close(stream.feed(nothing, nothing, logits="last"), reference.logits, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_samples_fed_different_amounts(kind):
+    """Row 0 gets 9 + 4 tokens, row 1 gets 3 + 10: each follows its own segment boundaries."""
+    model = decoder(kind)
+    ids = torch.randint(0, VOCAB, (2, 13), generator=torch.Generator().manual_seed(4))
+    mask1 = torch.tensor([[1] * 9 + [0], [1] * 3 + [0] * 7])
+    stream = model.stream(batch_size=2)
+    first = stream.feed(ids[:, :10] * mask1, mask1, logits="all")
+    row1_rest = ids[1, 3:13]
+    chunk2 = torch.stack([torch.cat([ids[0, 9:13], torch.zeros(6, dtype=torch.long)]), row1_rest])
+    mask2 = torch.tensor([[1] * 4 + [0] * 6, [1] * 10])
+    second = stream.feed(chunk2, mask2, logits="all")
+    with torch.no_grad():
+        alone = [model(ids[i : i + 1]) for i in range(2)]
+    torch.testing.assert_close(torch.cat([first[0, :9], second[0, :4]]), alone[0].logits[0], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([first[1, :3], second[1]]), alone[1].logits[0], atol=ATOL, rtol=1e-4)
+    assert bool((first[0, 9] == 0).all())  # nothing fed there
+    for i in range(2):
+        assert_states_close(tree_map(lambda t, i=i: t[i : i + 1], stream.memory_state), alone[i].memory_state)
+
+
+def test_encoder_stream_classifies_like_one_pass():
+    torch.manual_seed(0)
+    model = RMTForSequenceClassification(tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=6))
+    model.eval()
+    ids = torch.randint(5, 100, (2, 20), generator=torch.Generator().manual_seed(5))
+    for sizes in ([20], [3, 3, 14], [6, 6, 6, 2], [1] * 20, [18, 2]):
+        stream = model.stream(batch_size=2)
+        position = 0
+        for size in sizes:
+            stream.feed(ids[:, position : position + size])
+            position += size
+        with torch.no_grad():
+            reference = model(ids)
+        torch.testing.assert_close(stream.classify(), reference.logits, atol=ATOL, rtol=1e-4)
+        assert_states_close(stream.memory_state, reference.memory_state)
+    with pytest.raises(InputError, match="no token logits"):
+        model.stream().feed(ids[:1], logits="last")
+
+
+def test_forward_logits_options_match_all():
+    model = decoder("rmt")
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(6))
+    mask = torch.tensor([[0, 0] + [1] * 10, [1] * 12])  # left padding
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask).logits
+        last = model(ids, attention_mask=mask, logits="last").logits
+        picked = model(ids, attention_mask=mask, logits=torch.tensor([[2, 11], [0, 5]])).logits
+        none = model(ids, attention_mask=mask, logits="none").logits
+    torch.testing.assert_close(last, full[:, -1])
+    torch.testing.assert_close(picked, torch.stack([full[0, [2, 11]], full[1, [0, 5]]]))
+    assert none is None
+    with pytest.raises(InputError, match="padding"):
+        model(ids, attention_mask=mask, logits=torch.tensor([[0, 1], [0, 1]]))
+
+
+def test_bad_chunks_are_refused():
+    model = decoder("rmt")
+    stream = model.stream(batch_size=2)
+    with pytest.raises(InputError, match="reads 2 samples"):
+        stream.feed(torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(InputError, match="integer token ids"):
+        stream.feed(torch.zeros(2, 4))
+    with pytest.raises(InputError, match="vocabulary"):
+        stream.feed(torch.full((2, 4), VOCAB))
