@@ -1,0 +1,206 @@
+"""Bad input answered in one line, nothing on disk changed: the command line's errors, the library's input checks,
+resume that never silently restarts, and folder swaps that never leave a moment without a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_decoder, tiny_encoder
+
+import rmt.files as files
+from rmt import RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+from rmt.build import random_backbone
+from rmt.cli import main
+from rmt.errors import InputError
+
+TINY = ["--task", "copy", "--task-size", "4", "--segments", "3", "--family", "llama", "--layers", "1"]
+TINY += ["--hidden", "32", "--memory-tokens", "2", "--batch-size", "2", "--eval-every", "2", "--no-progress"]
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_train_output_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "out").write_text("keep me")
+    code, err = run_cli(["train", *TINY, "--steps", "2", "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and "exists and is not a folder" in err and (tmp_path / "out").read_text() == "keep me"
+
+
+def test_resume_without_a_checkpoint_is_an_error_and_keeps_the_log(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    code, err = run_cli(["train", *TINY, "--steps", "2", "--output", str(tmp_path / "run"), "--resume"], capsys)
+    assert code == 2 and "no checkpoint" in err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.fixture
+def trained_run(tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "2", "--checkpoint-every", "2", "--output", str(output)]) == 0
+    capsys.readouterr()
+    return output
+
+
+def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
+    args = ["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]
+    code, err = run_cli([*args, "--memory-tokens", "3"], capsys)
+    assert code == 2 and "num_memory_tokens: checkpoint 2, now 3" in err
+    code, err = run_cli([*args, "--hidden", "64"], capsys)
+    assert code == 2 and "backbone hidden_size: checkpoint 32, now 64" in err
+
+
+def test_resume_from_a_damaged_checkpoint(trained_run, capsys):
+    state = trained_run / "checkpoint" / "accelerate"
+    target = next(p for p in state.iterdir() if p.name.startswith("optimizer"))
+    target.write_bytes(b"garbage")
+    code, err = run_cli(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 2 and "incomplete or corrupt" in err and target.read_bytes() == b"garbage"
+
+
+def test_eval_errors(trained_run, capsys):
+    model = str(trained_run / "model")
+    code, err = run_cli(["eval", model, "--task", "copy", "--task-size", "4", "--batches", "0"], capsys)
+    assert code == 2 and "--batches must be > 0" in err
+    code, err = run_cli(["eval", model, "--task", "associative_retrieval"], capsys)  # 38 token ids > 12
+    assert code == 2 and "embeds only" in err
+    code, err = run_cli(["train", *TINY, "--task-size", "0", "--steps", "1", "--output", "x"], capsys)
+    assert code == 2 and "--task-size must be > 0" in err
+
+
+def test_xl_cache_with_the_default_gpt2_family_trains(tmp_path, capsys):
+    args = [a for a in TINY if a not in ("--family", "llama")]
+    assert main(["train", *args, "--xl-cache-tokens", "4", "--steps", "2", "--output", str(tmp_path / "xl")]) == 0
+
+
+def test_internal_bugs_keep_their_traceback(monkeypatch):
+    import rmt.cli.evaluate as evaluate
+
+    def bug(args):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(evaluate, "run", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["eval", "somewhere"])
+
+
+def test_input_checks_of_the_model():
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4))
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with pytest.raises(InputError, match="integer token ids"):
+        model(ids.float())
+    with pytest.raises(InputError, match="integer token ids"):
+        model(ids.bool())
+    with pytest.raises(InputError, match=f"ids from .* to {VOCAB}, but .* has ids 0..{VOCAB - 1}"):
+        model(torch.cat([ids, torch.full((2, 1), VOCAB)], dim=1).clamp(min=0))
+    with pytest.raises(InputError, match="only 0 \\(padding\\) and 1"):
+        model(ids, attention_mask=torch.full_like(ids, 2))
+    with pytest.raises(InputError, match="per-sample shape \\(2, 16\\).*\\(2, 32\\)"):
+        model(ids, memory_state=torch.zeros(2, 2, 16))
+
+
+def test_backbones_that_cannot_work_are_refused():
+    from transformers import GPT2Config, GPT2Model
+
+    with pytest.raises(InputError, match="no LM head.*GPT2LMHeadModel"):
+        RMTForCausalLM(GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=4)), RMTConfig(num_memory_tokens=1))
+    small_vocab = random_backbone("bert", 64, 1, 32, 4, 64, num_labels=2)  # no ids 101/102
+    with pytest.raises(InputError, match="cls_token_id is 101, outside its vocabulary of 64.*RMTConfig.cls_token_id"):
+        RMTForSequenceClassification(small_vocab, RMTConfig(mode="encoder", num_memory_tokens=1, segment_size=8))
+    model = RMTForSequenceClassification(
+        small_vocab, RMTConfig(mode="encoder", num_memory_tokens=1, segment_size=8, cls_token_id=1, sep_token_id=2)
+    )
+    assert model(torch.randint(3, 64, (1, 20))).logits.shape == (1, 2)
+    config = RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=16)
+    assert RMTForSequenceClassification(tiny_encoder(), config).cls_token_id == 101  # BERT's own id fits
+
+
+def test_settings_that_do_not_apply_warn():
+    with pytest.warns(UserWarning, match="d_mem=16 has no effect.*memory_kind='rmt'"):
+        RMTConfig(d_mem=16)
+    with pytest.warns(UserWarning, match="write_init='learned' has no effect.*'armt'"):
+        RMTConfig(memory_kind="armt", write_init="learned")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RMTConfig(memory_kind="armt", d_mem=16)  # applies: no warning
+
+
+def test_from_pretrained_keeps_errors_that_are_not_about_the_files(tmp_path):
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=1, segment_size=4)).save_pretrained(tmp_path / "m")
+    with pytest.raises(Exception) as caught:  # noqa: B017 (any type but the file-damage one)
+        RMTForCausalLM.from_pretrained(tmp_path / "m", device_map={"": "not-a-device"})
+    assert "corrupt checkpoint" not in str(caught.value)
+
+
+def test_a_crash_between_the_two_renames_keeps_the_old_folder(tmp_path, monkeypatch):
+    """The portable swap (no renameat2): the old folder is set aside, then the new one moved in. A crash in between
+    must not lose the checkpoint: the next reader restores it, and leftovers are cleaned up."""
+    target = tmp_path / "checkpoint"
+    target.mkdir()
+    (target / "step").write_text("3")
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    real_replace = os.replace
+    calls = []
+
+    def crash_on_second(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt), files.atomic_directory(target) as tmp:
+        (tmp / "step").write_text("6")
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    assert not target.exists()  # the window the crash fell into
+    set_aside = tmp_path / f".checkpoint.old-{os.getpid()}"
+    os.rename(set_aside, tmp_path / ".checkpoint.old-999999999")  # as if left by a process that has ended
+    files.recover_directory(target)
+    assert (target / "step").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_the_linux_swap_has_no_window(tmp_path, monkeypatch):
+    """With renameat2 the two folders are exchanged in one call: at every os-level step the target exists."""
+    if not files._exchange(tmp_path / "missing-a", tmp_path / "missing-b") and files._libc() is None:
+        pytest.skip("no libc")
+    target = tmp_path / "checkpoint"
+    target.mkdir()
+    (target / "step").write_text("3")
+    seen = []
+    real_rmtree = shutil.rmtree
+
+    def watch(path, *args, **kwargs):
+        seen.append(target.exists() and (target / "step").read_text())
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", watch)
+    with files.atomic_directory(target) as tmp:
+        (tmp / "step").write_text("6")
+    assert (target / "step").read_text() == "6" and all(seen)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_leftovers_of_dead_processes_are_removed_but_not_live_ones(tmp_path):
+    target = tmp_path / "checkpoint"
+    target.mkdir()
+    dead = tmp_path / ".checkpoint.tmp-999999999-abc"
+    live = tmp_path / f".checkpoint.tmp-{os.getppid()}-abc"  # a running process (our parent)
+    dead.mkdir()
+    live.mkdir()
+    files.recover_directory(target)
+    assert not dead.exists() and live.exists()
+
+
+def test_metrics_log_survives_a_resume(trained_run, capsys):
+    before = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert main(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]) == 0
+    after = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert after[: len(before)] == before and max(r["step"] for r in after) == 4
