@@ -1,0 +1,70 @@
+"""A tiny training run for the multi-process tests: `torchrun --nproc_per_node 2 tests/helpers/distributed_train.py
+OUT [--steps N] [--batch-size B] [--resume] [--slow-after K]`. Every process writes its final weights to
+OUT/rank{R}.pt so that the test can compare the processes with each other and with a one-process run.
+`--slow-after K` sleeps after each step from step K on, so that a test can kill the job mid-run."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from accelerate import Accelerator
+
+from rmt.build import memory_model, random_backbone
+from rmt.config import RMTConfig
+from rmt.data.sources import TaskSource
+from rmt.data.tasks import CopyTask
+from rmt.train.config import TrainConfig
+from rmt.train.loop import train
+
+
+class SlowSource(TaskSource):
+    """A TaskSource that sleeps before each batch from step `after` on (so a test has time to kill the job)."""
+
+    def __init__(self, task, seed: int, after: int | None) -> None:
+        super().__init__(task, seed)
+        self.after = after
+
+    def train_batch(self, step, batch_size, num_segments=None):
+        if self.after is not None and step >= self.after:
+            time.sleep(0.5)
+        return super().train_batch(step, batch_size, num_segments)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--slow-after", type=int, default=None)
+    parser.add_argument("--mixed-precision", default="no")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    task = CopyTask(length=4)
+    backbone = random_backbone("llama", task.vocab_size, num_layers=1, hidden_size=32, max_positions=64, seed=0)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3)))
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        eval_every=3,
+        eval_batches=1,
+        eval_batch_size=8,
+        log_every=1,
+        checkpoint_every=2,
+        mixed_precision=args.mixed_precision,
+        progress=False,
+    )
+    accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
+    train(model, SlowSource(task, 0, args.slow_after), config, args.output, resume=args.resume, accelerator=accelerator)
+    torch.save(model.state_dict(), f"{args.output}/rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        model.save_pretrained(f"{args.output}/model")
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Training on two processes (torchrun, gloo on the CPU): both processes end with the weights of a one-process run
+with the same global batch; the saved model loads and evaluates; a job killed with SIGKILL mid-run and resumed ends
+with the weights of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmt.cli import main
+
+WORKER = Path(__file__).parent / "helpers" / "distributed_train.py"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(output: Path, processes: int, *args: str, background: bool = False):
+    command = [str(TORCHRUN), "--nproc_per_node", str(processes), "--master-port", str(_free_port())]
+    command += [str(WORKER), str(output), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if background:
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, capsys):
+    launch(tmp_path / "one", 1, "--batch-size", "4")
+    launch(tmp_path / "two", 2, "--batch-size", "2")
+    one, rank0, rank1 = (weights(tmp_path / p) for p in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt"))
+    assert max_difference(rank0, rank1) == 0.0  # the processes agree exactly
+    assert max_difference(rank0, one) <= 1e-6  # and with one process over the same global batch
+
+    assert main(["eval", str(tmp_path / "two" / "model"), "--task", "copy", "--task-size", "4", "--segments", "3"]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
+
+    # Kill the whole job (both processes) with SIGKILL once it has written the checkpoint of step 2, then resume.
+    job = launch(tmp_path / "killed", 2, "--batch-size", "2", "--slow-after", "3", background=True)
+    state = tmp_path / "killed" / "checkpoint" / "trainer_state.json"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.exists(), job.stderr.read().decode()[-3000:] if job.poll() is not None else "no checkpoint"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (tmp_path / "killed" / "rank0.pt").exists()  # it really stopped before the end
+    launch(tmp_path / "killed", 2, "--batch-size", "2", "--resume")
+    resumed = weights(tmp_path / "killed" / "rank0.pt")
+    assert max_difference(resumed, rank0) == 0.0
+    assert max_difference(weights(tmp_path / "killed" / "rank1.pt"), rank0) == 0.0
