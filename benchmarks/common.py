@@ -20,16 +20,16 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from rmt.files import write_atomic
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 PUBLISHED_DIR = REPO_ROOT / "benchmarks" / "published"
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` whole (a temporary file next to it, then a rename), so a crash never leaves it half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace `path` whole (`rmt.files.write_atomic`), so a crash never leaves it half-written."""
+    write_atomic(path, text)
 
 
 def write_json(path: Path, data: Any) -> None:

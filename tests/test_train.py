@@ -152,3 +152,17 @@ def test_multi_query_warm_up_teaches_key_value_binding(tmp_path):
     train_in_context(backbone, multi, config, tmp_path)
     accuracy = evaluate(one_window(backbone, single), TaskSource(single), batches=2, batch_size=256)["accuracy"]
     assert accuracy > 0.9, accuracy
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_memory_state_stays_fp32_under_bf16_autocast(kind):
+    task = CopyTask(length=6)
+    backbone = random_backbone("llama", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64)
+    config = RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3), memory_kind=kind)
+    model = memory_model(backbone, config)
+    batch = task.batch(2, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_backward(**batch.model_inputs())
+    leaves = torch.utils._pytree.tree_leaves(out.memory_state)
+    assert all(t.dtype in (torch.float32, torch.bool) for t in leaves), [t.dtype for t in leaves]
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())

@@ -1,0 +1,148 @@
+"""bf16 autocast against fp32 training on the CPU: speed side by side in one process, and the accuracy each reaches.
+
+    python -m benchmarks.mixed_precision --threads 1 --output benchmarks/results/mixed_precision-cpu.json
+
+1. Speed: a 4-layer, width-256 Llama-shaped RMT (16 memory tokens, segments of 256 tokens, 3 segments, batch 4) takes
+   training steps (streaming forward_backward + AdamW) in fp32 and under bf16 autocast, alternately in the same
+   process (so a busy machine slows both alike); the table gives the median steps/s of each and their ratio.
+2. Accuracy: the `rmt demo` setting (copy-24 in 3 segments, 2 layers, width 64) trained with the trainer twice, fp32
+   and `mixed_precision="bf16"`, same seed and steps: held-out answer accuracy and steps/s of each.
+Weights, optimizer state and memory states stay fp32 under autocast (the trainer's test checks the memory state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from benchmarks.common import RESULTS_DIR, torch_threads, write_json
+from rmt import RMTConfig
+from rmt.build import memory_model, random_backbone
+from rmt.data.sources import TaskSource
+from rmt.data.tasks import CopyTask
+from rmt.demo import DemoSettings
+from rmt.train.config import TrainConfig
+from rmt.train.evaluate import evaluate
+from rmt.train.loop import train
+
+
+def speed(rounds: int, warmup: int) -> dict:
+    """Median seconds per training step, fp32 and bf16 autocast, steps taken alternately."""
+    torch.manual_seed(0)
+    backbone = random_backbone("llama", vocab_size=1000, num_layers=4, hidden_size=256, num_heads=4, max_positions=512)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=16, segment_size=256))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, 1000, (4, 3 * 256), generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for step in range(warmup + rounds):
+        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                model.forward_backward(ids, labels=ids)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - started)
+    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
+    return {
+        "model": "llama, 4 layers, width 256, 4 heads, RMT 16 memory tokens, 3 segments of 256, batch 4",
+        "rounds": rounds,
+        "seconds_per_step": {"fp32": fp32, "bf16": bf16},
+        "steps_per_second": {"fp32": 1 / fp32, "bf16": 1 / bf16},
+        "speedup": fp32 / bf16,
+        "all_seconds": times,
+    }
+
+
+def demo_accuracy(steps: int | None) -> dict:
+    """The demo's RMT trained in fp32 and with bf16 autocast: held-out accuracy and speed of each."""
+    settings = DemoSettings()
+    task = CopyTask(length=settings.length)
+    segment_size = task.segment_size_for(settings.segments)
+    results = {}
+    for precision in ("no", "bf16"):
+        backbone = random_backbone(
+            settings.family,
+            vocab_size=task.vocab_size,
+            num_layers=settings.num_layers,
+            hidden_size=settings.hidden_size,
+            num_heads=settings.num_heads,
+            max_positions=segment_size + 2 * settings.memory_tokens,
+            seed=settings.seed,
+        )
+        model = memory_model(backbone, RMTConfig(num_memory_tokens=settings.memory_tokens, segment_size=segment_size))
+        config = TrainConfig(
+            steps=steps or settings.steps,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            warmup_steps=settings.warmup_steps,
+            eval_every=steps or settings.steps,
+            checkpoint_every=0,
+            seed=settings.seed,
+            progress=False,
+        )
+        config = replace(config, mixed_precision=precision)
+        source = TaskSource(task, seed=settings.seed)
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.perf_counter()
+            train(model, source, config, folder, accelerator=Accelerator(cpu=True, mixed_precision=precision))
+            seconds = time.perf_counter() - started
+        scores = evaluate(model, source, batches=4, batch_size=256)
+        results["fp32" if precision == "no" else "bf16"] = {
+            "answer_accuracy": scores["accuracy"],
+            "exact_match": scores["exact_match"],
+            "train_seconds": seconds,
+            "steps_per_second": config.steps / seconds,
+        }
+    task_name = f"copy-{settings.length}, {settings.segments} segments (the demo)"
+    return {"task": task_name, "steps": steps or settings.steps, **results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps of each precision (default: 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each first (default: 2)")
+    parser.add_argument("--demo-steps", type=int, default=None, help="demo training steps (default: the demo's)")
+    parser.add_argument("--skip-demo", action="store_true", help="measure speed only")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "mixed_precision-cpu.json"), help="result file")
+    args = parser.parse_args(argv)
+    with torch_threads(args.threads):
+        record = {"device": platform.processor() or platform.machine(), "threads": args.threads}
+        record["speed"] = speed(args.rounds, args.warmup)
+        if not args.skip_demo:
+            record["demo"] = demo_accuracy(args.demo_steps)
+    write_json(Path(args.output), record)
+    print(format_table(record))
+    return 0
+
+
+def format_table(record: dict) -> str:
+    s = record["speed"]
+    lines = [
+        "| setting | fp32 steps/s | bf16 steps/s | bf16 / fp32 |",
+        "|---|---|---|---|",
+        f"| {s['model']} | {s['steps_per_second']['fp32']:.3f} | {s['steps_per_second']['bf16']:.3f} | "
+        f"{s['speedup']:.2f}x |",
+    ]
+    if "demo" in record:
+        d = record["demo"]
+        fp32, bf16 = d["fp32"], d["bf16"]
+        lines.append(
+            f"| {d['task']}, {d['steps']} steps | {fp32['steps_per_second']:.2f} (acc {fp32['answer_accuracy']:.3f}) "
+            f"| {bf16['steps_per_second']:.2f} (acc {bf16['answer_accuracy']:.3f}) | "
+            f"{bf16['steps_per_second'] / fp32['steps_per_second']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
