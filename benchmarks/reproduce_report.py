@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.common import write_atomically, write_json
 
 if TYPE_CHECKING:
-    from benchmarks.reproduce import ExtrapolationSetup, TaskSetup
+    from benchmarks.reproduce_setup import ExtrapolationSetup, TaskSetup
 
 # Model kinds in the order of the table's columns and the plots' legends.
 KIND_LABELS = {

@@ -1,4 +1,4 @@
-"""Generation (`rmt.inference.generate`): every greedy token is the argmax of a full forward pass over prompt +
+"""Generation (`rmt.memory.generation`): every greedy token is the argmax of a full forward pass over prompt +
 generated tokens with the same segmentation, across segment boundaries, for plain RMT, Tr-XL, MemTrXL, the read-only
 memory control and ARMT; prompts of different lengths in one batch; one position per new token through the layers
 (the open segment's cache); sampling through transformers' logits processors; EOS, padding and bad inputs."""
@@ -12,7 +12,7 @@ import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
-from rmt.inference.generate import generate
+from rmt.memory.generation import generate
 
 
 def model_for(family: str, **config) -> RMTForCausalLM:

@@ -15,7 +15,7 @@ attention is exact for every cell. A sample with fewer segments than the longest
 masked out, as the sequential loop drops finished samples.
 
 `generate` reads the prompt's complete segments with the diagonal pass and hands the rest to the model's own stream
-(`rmt.inference.generate`): same arguments and the same tokens as `model.generate`.
+(`rmt.memory.generation`): same arguments and the same tokens as `model.generate`.
 
 The engine stays in step with its model: it keeps the version counters of the parameters it stacked and restacks them
 before a call if any changed (an optimizer step, `load_state_dict`, an in-place edit under `torch.no_grad()`), so
@@ -42,9 +42,9 @@ import torch.nn.functional as F
 
 from rmt.backbones.layers import StackedLayers
 from rmt.errors import InputError
-from rmt.inference.generate import generate
 from rmt.inference.schedule import layer_range
 from rmt.memory.armt import ARMTForCausalLM, layout_segment
+from rmt.memory.generation import generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput
 from rmt.memory.segments import assemble_logits
 from rmt.memory.state import State

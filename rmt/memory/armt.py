@@ -20,7 +20,7 @@ Padded rows: the shared loop packs each sample's real tokens to the front, and `
 right after each row's real tokens (positions len .. len + M - 1), with the padding after them where causal
 attention keeps it out of sight, so a padded sample computes exactly what it computes alone.
 
-Generation (`generate`, `stream`: rmt.inference.generate, rmt.memory.stream) cuts prompt + generated tokens into
+Generation (`generate`, `stream`: rmt.memory.generation, rmt.memory.stream) cuts prompt + generated tokens into
 segments by absolute position, as `forward` does, so decoding continues the open segment: its tokens read the memory
 of the segments before it and attend to each other through a key/value cache; its memory write happens when it holds
 T tokens. The generated tokens are the argmax of `forward(prompt + generated so far).logits[:, -1]` at every step.
@@ -36,10 +36,10 @@ from rmt.backbones import check_fits, hidden_size, kv_shape
 from rmt.backbones.layers import DecoderAdapter
 from rmt.config import RMTConfig
 from rmt.errors import InputError
+from rmt.memory.open_cache import OpenCache
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import register_model
 from rmt.memory.state import State, batch_size_of
-from rmt.memory.stream import OpenCache
 from rmt.ops.associative import associative_read, associative_write
 
 

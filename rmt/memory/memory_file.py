@@ -34,21 +34,21 @@ from rmt.files import write_atomic
 from rmt.memory.state import State, check_state
 
 if TYPE_CHECKING:
-    from rmt.memory.recurrent import RecurrentMemoryModel
+    from rmt.memory.interface import MemoryModel
 
 FORMAT = "rmt-memory-1"
 _BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 _SAMPLE_ROWS = 64  # rows of the embedding matrix hashed into the weights fingerprint
 
 
-def config_fingerprint(model: RecurrentMemoryModel) -> str:
+def config_fingerprint(model: MemoryModel) -> str:
     """sha256 of the model's RMTConfig and backbone shape."""
     backbone = {key: getattr(model.backbone.config, key, None) for key in _BACKBONE_KEYS}
     text = json.dumps({"rmt": model.config.to_dict(), "backbone": backbone}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def weights_fingerprint(model: RecurrentMemoryModel) -> str:
+def weights_fingerprint(model: MemoryModel) -> str:
     """sha256 of the memory wrapper's own weights and the first rows of the backbone's token embeddings."""
     digest = hashlib.sha256()
     tensors = dict(sorted(model.memory_state_dict().items()))
@@ -59,7 +59,7 @@ def weights_fingerprint(model: RecurrentMemoryModel) -> str:
     return digest.hexdigest()
 
 
-def save_memory(model: RecurrentMemoryModel, state: State, path: str | os.PathLike, **metadata: Any) -> Path:
+def save_memory(model: MemoryModel, state: State, path: str | os.PathLike, **metadata: Any) -> Path:
     """Write `state` (as `forward` or a stream returns it) to `path` atomically; `metadata` (JSON values, e.g. the
     number of tokens read, the document's name) is stored with it."""
     check_state(state, model.initial_state(pytree.tree_leaves(state)[0].shape[0]))
@@ -77,13 +77,13 @@ def save_memory(model: RecurrentMemoryModel, state: State, path: str | os.PathLi
     return path
 
 
-def load_memory(model: RecurrentMemoryModel, path: str | os.PathLike) -> State:
+def load_memory(model: MemoryModel, path: str | os.PathLike) -> State:
     """The state saved in `path`, on the model's device; refused (InputError) unless `model` wrote it."""
     state, _ = read_memory(model, path)
     return state
 
 
-def read_memory(model: RecurrentMemoryModel, path: str | os.PathLike) -> tuple[State, dict[str, Any]]:
+def read_memory(model: MemoryModel, path: str | os.PathLike) -> tuple[State, dict[str, Any]]:
     """(state, the metadata saved with it) from `path`, checked against `model`."""
     path = Path(path)
     if not path.is_file():

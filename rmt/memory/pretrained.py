@@ -24,14 +24,14 @@ from rmt.files import atomic_directory, recover_directory
 from rmt.memory.registry import model_class
 
 if TYPE_CHECKING:
-    from rmt.memory.recurrent import RecurrentMemoryModel
+    from rmt.memory.interface import MemoryModel
 
 MEMORY_WEIGHTS = "memory.safetensors"
 MEMORY_CONFIG = "rmt_config.json"
 BACKBONE_DIR = "backbone"
 
 
-def save_memory_model(model: RecurrentMemoryModel, path: str | os.PathLike) -> None:
+def save_memory_model(model: MemoryModel, path: str | os.PathLike) -> None:
     """Write `model` to the folder `path` atomically (see the module docstring)."""
     with atomic_directory(path) as tmp:
         model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True)
@@ -41,8 +41,8 @@ def save_memory_model(model: RecurrentMemoryModel, path: str | os.PathLike) -> N
 
 
 def load_memory_model(
-    path: str | os.PathLike, expected: type[RecurrentMemoryModel] | None = None, **backbone_kwargs
-) -> RecurrentMemoryModel:
+    path: str | os.PathLike, expected: type[MemoryModel] | None = None, **backbone_kwargs
+) -> MemoryModel:
     """Load a checkpoint written by `save_memory_model`. `expected`: refuse a checkpoint of another model class.
 
     Missing files raise MissingFileError, damaged ones an InputError naming the file ("corrupt checkpoint: ...").

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rmt.config import RMTConfig
 from rmt.errors import InputError
+from rmt.memory.generation import generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput, SegmentOutput
 from rmt.memory.pretrained import load_memory_model, save_memory_model
 from rmt.memory.segments import SegmentPlan, assemble_logits, plan_segments, select
@@ -148,9 +149,7 @@ class RecurrentMemoryModel(nn.Module):
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> GenerateOutput:
         """Generate after each prompt row (causal LMs), in Hugging Face terms: max_new_tokens, do_sample, temperature,
-        top_k, top_p, eos_token_id, pad_token_id, memory_state, ... (`rmt.inference.generate.generate`)."""
-        from rmt.inference.generate import generate  # rmt.inference imports the model classes
-
+        top_k, top_p, eos_token_id, pad_token_id, memory_state, ... (`rmt.memory.generation.generate`)."""
         return generate(self, input_ids, attention_mask, **kwargs)
 
     def stream(self, batch_size: int = 1, memory_state: State | None = None) -> MemoryStream:

@@ -13,9 +13,9 @@ from rmt.config import RMTConfig
 from rmt.errors import InputError
 
 if TYPE_CHECKING:
-    from rmt.memory.recurrent import RecurrentMemoryModel
+    from rmt.memory.interface import MemoryModel
 
-_MODEL_CLASSES: dict[tuple[str, str], type[RecurrentMemoryModel]] = {}
+_MODEL_CLASSES: dict[tuple[str, str], type[MemoryModel]] = {}
 
 
 def register_model(mode: str, memory_kind: str) -> Callable[[type], type]:
@@ -28,7 +28,7 @@ def register_model(mode: str, memory_kind: str) -> Callable[[type], type]:
     return register
 
 
-def model_class(config: RMTConfig) -> type[RecurrentMemoryModel]:
+def model_class(config: RMTConfig) -> type[MemoryModel]:
     """The registered class for `config` (importing rmt.memory registers every class)."""
     import rmt.memory  # noqa: F401
 

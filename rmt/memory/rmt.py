@@ -26,10 +26,10 @@ from transformers import Cache, DynamicCache, PreTrainedModel
 from rmt.backbones import check_family, check_fits, hidden_size, kv_shape, max_positions
 from rmt.config import RMTConfig
 from rmt.errors import InputError
+from rmt.memory.open_cache import OpenCache
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import register_model
 from rmt.memory.state import State, batch_size_of
-from rmt.memory.stream import OpenCache
 
 # Families whose positions come from a learned table (bounded); the others are rotary (unbounded).
 _LEARNED_POSITIONS = ("gpt2",)

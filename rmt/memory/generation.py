@@ -34,17 +34,18 @@ from transformers.generation.logits_process import (
 )
 
 from rmt.errors import InputError
+from rmt.memory.interface import MemoryModel
 from rmt.memory.outputs import GenerateOutput
-from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.segments import closed_length, validate_attention_mask, validate_input_ids
 from rmt.memory.state import State, merge_rows, select_rows
+from rmt.memory.stream import MemoryStream
 
 Prefill = Callable[[torch.Tensor, torch.Tensor, State | None], State]
 
 
 @torch.no_grad()
 def generate(
-    model: RecurrentMemoryModel,
+    model: MemoryModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     generation_config: GenerationConfig | None = None,
@@ -103,7 +104,7 @@ def generate(
 
 
 def _read_prompt(
-    model: RecurrentMemoryModel,
+    model: MemoryModel,
     input_ids: torch.Tensor,
     mask: torch.Tensor,
     memory_state: State | None,
@@ -112,7 +113,7 @@ def _read_prompt(
     """A stream that has read every prompt row (the complete segments through `prefill` when given)."""
     batch = input_ids.shape[0]
     if prefill is None:
-        stream = model.stream(batch, memory_state)
+        stream = MemoryStream(model, batch, memory_state)
         stream.feed(input_ids, mask)
         return stream
     lengths = mask.sum(dim=1)
@@ -126,7 +127,7 @@ def _read_prompt(
         closed_mask = (torch.arange(width, device=mask.device)[None, :] < closed[rows, None]).long()
         start = None if memory_state is None else select_rows(memory_state, rows)
         state = merge_rows(state, rows, prefill(packed[rows, :width], closed_mask, start))
-    stream = model.stream(batch, state)
+    stream = MemoryStream(model, batch, state)
     offsets = torch.arange(int((lengths - closed).max()), device=mask.device)
     open_ids = packed.gather(1, (closed[:, None] + offsets).clamp(max=packed.shape[1] - 1))
     stream.feed(open_ids, (offsets[None, :] < (lengths - closed)[:, None]).long())
@@ -134,7 +135,7 @@ def _read_prompt(
 
 
 def _generation_config(
-    model: RecurrentMemoryModel, config: GenerationConfig | None, overrides: dict[str, Any]
+    model: MemoryModel, config: GenerationConfig | None, overrides: dict[str, Any]
 ) -> GenerationConfig:
     base = config or getattr(model.backbone, "generation_config", None) or GenerationConfig()
     try:
