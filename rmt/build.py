@@ -186,9 +186,24 @@ def pretrained_backbone(
     else:
         raise InputError(f"mode must be 'decoder' or 'encoder', got {mode!r}")
     try:
-        return auto.from_pretrained(location, **kwargs)
+        model = auto.from_pretrained(location, **kwargs)
     except OSError as err:
         raise MissingFileError(f"cannot load a model from {name_or_path!r}: {err}") from err
+    if gguf is not None:
+        _forget_gguf_origin(model)
+    return model
+
+
+def _forget_gguf_origin(model: PreTrainedModel) -> None:
+    """transformers dequantizes a GGUF file into plain floating-point weights but keeps a GGUF "quantizer" on the
+    model, which makes save_pretrained refuse it. The weights are ordinary tensors: drop the marker so the model (and
+    every checkpoint of a memory model around it) saves as a standard safetensors folder."""
+    if any(not isinstance(p, torch.nn.Parameter) or not p.is_floating_point() for p in model.parameters()):
+        return  # something really is quantized: leave it alone
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def pretrained_tokenizer(name_or_path: str | os.PathLike):

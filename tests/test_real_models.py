@@ -72,3 +72,14 @@ def test_minilm_encoder_trains_its_memory_and_head():
     assert model.memory.grad is not None and model.memory.grad.abs().sum() > 0
     # The family's special tokens were picked up from the tokenizer's vocabulary conventions.
     assert model.cls_token_id == tokenizer.cls_token_id and model.sep_token_id == tokenizer.sep_token_id
+
+
+def test_smollm2_memory_model_saves_and_loads(smollm2, tmp_path):
+    """A backbone loaded from GGUF is dequantized floats: its memory model saves as a plain safetensors checkpoint."""
+    backbone, _ = smollm2
+    model = ARMTForCausalLM(backbone, RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=16)).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = ARMTForCausalLM.from_pretrained(tmp_path / "m").eval()
+    ids = torch.randint(0, 1000, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, logits="last").logits, model(ids, logits="last").logits)
