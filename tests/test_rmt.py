@@ -291,3 +291,34 @@ def test_random_backbone_trains_every_token_embedding(family):
     out.logits.square().sum().backward()
     embedding = backbone.get_input_embeddings().weight
     assert embedding[0].abs().sum() > 0 and embedding.grad[0].abs().sum() > 0
+
+
+def test_encoder_learns_to_carry_a_fact_through_memory():
+    """A fact token in segment 1, asked for at the end of segment 2: only the memory can carry it. A 2-layer BERT
+    learns it in a few hundred steps (its memory enters after the embedding layer; fed through it, the same model
+    stayed at chance for 6,000 steps)."""
+    torch.manual_seed(0)
+    segment, cls, sep = 16, 40, 41
+    backbone = random_backbone("bert", 50, 2, 64, 4, 64, num_labels=6)
+    config = RMTConfig(mode="encoder", num_memory_tokens=4, segment_size=segment, cls_token_id=cls, sep_token_id=sep)
+    model = RMTForSequenceClassification(backbone, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def batch(size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(0, 30, (size, 2 * segment), generator=generator)  # noise tokens
+        where = torch.randint(0, segment - 1, (size,), generator=generator)  # marker + fact inside segment 1
+        fact = torch.randint(0, 6, (size,), generator=generator)
+        ids[torch.arange(size), where] = 36
+        ids[torch.arange(size), where + 1] = 30 + fact
+        return ids, fact
+
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        ids, fact = batch(32, generator)
+        model.forward_backward(ids, labels=fact)
+        optimizer.step()
+        optimizer.zero_grad()
+    ids, fact = batch(256, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        accuracy = float((model(ids).logits.argmax(-1) == fact).float().mean())
+    assert accuracy > 0.9, accuracy
