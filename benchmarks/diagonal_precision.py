@@ -1,0 +1,101 @@
+"""Where the diagonal engine's bf16 error comes from: sequential and diagonal ARMT in bf16, each against fp32.
+
+    python -m benchmarks.diagonal_precision --config llama-1b --length 4096 \\
+        --output benchmarks/results/diagonal_precision-llama-1b-cpu.json
+
+The same random model (the configs of benchmarks/armt_speed.py, W_v small and non-zero) reads the same input four
+ways: sequential ARMT in fp32 (the reference), sequential in bf16, and the diagonal engine in bf16 with every cell of
+a step in one grouped computation ("all") and one cell at a time (group_size=1). It reports each bf16 path's relative
+L2 error of the last token's logits against fp32 and against sequential bf16. If the engine's error against fp32 is
+the sequential path's own, the two bf16 paths round differently but equally well, and their difference is about
+sqrt(2) times that error; only running the same kernels in the same order (group_size=1) removes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.armt_speed import CONFIGS
+from benchmarks.common import RESULTS_DIR, torch_threads, write_json
+from rmt import ARMTForCausalLM, RMTConfig
+from rmt.inference import DiagonalARMT
+
+
+def build(config: str, segment: int, memory: int, d_mem: int, length: int) -> ARMTForCausalLM:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    backbone = LlamaForCausalLM(LlamaConfig(**CONFIGS[config], max_position_embeddings=max(length, 2 * segment)))
+    model = ARMTForCausalLM(
+        backbone.eval(), RMTConfig(memory_kind="armt", segment_size=segment, num_memory_tokens=memory, d_mem=d_mem)
+    ).eval()
+    with torch.no_grad():
+        model.w_v.copy_(torch.randn(model.w_v.shape, generator=torch.Generator().manual_seed(1)) * 0.002)
+    return model
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@torch.no_grad()
+def measure(args: argparse.Namespace) -> dict:
+    model = build(args.config, args.segment_size, args.memory_tokens, args.d_mem, args.length)
+    vocab = CONFIGS[args.config]["vocab_size"]
+    ids = torch.randint(0, vocab, (1, args.length), generator=torch.Generator().manual_seed(2))
+    timings = {}
+
+    def timed(name: str, run) -> torch.Tensor:
+        started = time.perf_counter()
+        out = run()
+        timings[name] = time.perf_counter() - started
+        return out
+
+    reference = timed("sequential_fp32", lambda: model(ids, logits="last").logits)
+    model = model.to(torch.bfloat16)
+    sequential = timed("sequential_bf16", lambda: model(ids, logits="last").logits)
+    grouped = timed("diagonal_all_bf16", lambda: DiagonalARMT(model, group_size=None)(ids, logits="last").logits)
+    one = timed("diagonal_1_bf16", lambda: DiagonalARMT(model, group_size=1)(ids, logits="last").logits)
+    paths = {"sequential_bf16": sequential, "diagonal_all_bf16": grouped, "diagonal_1_bf16": one}
+    return {
+        "config": args.config,
+        "length": args.length,
+        "segment_size": args.segment_size,
+        "memory_tokens": args.memory_tokens,
+        "device": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "error_vs_fp32": {name: relative_error(out, reference) for name, out in paths.items()},
+        "error_vs_sequential_bf16": {name: relative_error(out, sequential) for name, out in paths.items()},
+        "max_abs_vs_sequential_bf16": {
+            name: float((out.float() - sequential.float()).abs().max()) for name, out in paths.items()
+        },
+        "seconds": timings,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--segment-size", type=int, default=1024)
+    parser.add_argument("--memory-tokens", type=int, default=16)
+    parser.add_argument("--d-mem", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default=None, help="result file (default: results/diagonal_precision-CONFIG-cpu)")
+    args = parser.parse_args(argv)
+    with torch_threads(args.threads):
+        record = measure(args)
+    output = Path(args.output or RESULTS_DIR / f"diagonal_precision-{args.config}-cpu.json")
+    write_json(output, record)
+    for key in ("error_vs_fp32", "error_vs_sequential_bf16"):
+        print(key, {k: round(v, 5) for k, v in record[key].items()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Long inputs on SmolLM2-135M with recurrent memory, on the CPU: time per token and peak memory by input length,
+generation with the open segment's cache, the diagonal engine, and bf16 against fp32 inference.
+
+    python -m benchmarks.long_inputs reading --kinds rmt armt full --lengths 4096 16384 65536 262144 1048576
+    python -m benchmarks.long_inputs generation
+    python -m benchmarks.long_inputs diagonal --length 16384
+    python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/model --length 4k --samples 10
+
+Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json).
+
+- reading: a document of random tokens read through `model.stream()` in chunks of 8192 with logits="none" (only
+  the last token's logits at the end), in a fresh process per (kind, length) so that the peak RSS (ru_maxrss) is that
+  run's. Kinds: rmt (16 memory tokens), armt (16 memory tokens, d_mem 64), both with segments of 1024; full = SmolLM2
+  alone with full attention (up to its 8192-token window), the last token's logits only. Per-token time and peak RSS
+  are compared with the 4096-token run of the same kind (targets: within 1.1x and 5%).
+- generation: 128 new tokens after a 1536-token prompt (one complete segment, 512 in the open one), with rmt's
+  generate (the open segment's keys/values cached) against re-running the open segment for every token; same tokens.
+- diagonal: ARMT read sequentially (the stream) and by the diagonal engine on the same input: time and logits.
+- precision: a trained model's answers to BABILong samples in fp32 and with bf16 weights: tokens/s and whether the
+  greedy answers agree.
+Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
+does not depend on what the weights are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS_DIR, rss_bytes, run_module, torch_threads, write_json
+
+KINDS = ("rmt", "armt", "full")
+SEGMENT, MEMORY, D_MEM, CHUNK = 1024, 16, 64, 8192
+
+
+def build(kind: str, dtype: torch.dtype = torch.float32) -> Any:
+    """SmolLM2 alone ("full") or in an untrained memory wrapper, in eval mode."""
+    from rmt import RMTConfig
+    from rmt.build import memory_model, pretrained_backbone
+
+    backbone = pretrained_backbone("smollm2", dtype=dtype).eval()
+    if kind == "full":
+        return backbone
+    if kind == "rmt":
+        config = RMTConfig(num_memory_tokens=MEMORY, segment_size=SEGMENT)
+    else:
+        config = RMTConfig(memory_kind="armt", num_memory_tokens=MEMORY, segment_size=SEGMENT, d_mem=D_MEM)
+    model = memory_model(backbone, config).eval()
+    if kind == "armt":
+        with torch.no_grad():
+            model.w_v.normal_(0.0, 0.002, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def random_chunks(length: int, vocab: int, seed: int = 0):
+    """The document's tokens, chunk by chunk, from a seeded generator (never all in memory)."""
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, length, CHUNK):
+        yield torch.randint(0, vocab, (1, min(CHUNK, length - start)), generator=generator)
+
+
+def read_worker(kind: str, length: int) -> dict[str, Any]:
+    """One reading run (in its own process): seconds, tokens/s and peak RSS."""
+    model = build(kind)
+    loaded = rss_bytes()
+    vocab = model.config.vocab_size if kind == "full" else model.vocab_size
+    started = time.perf_counter()
+    with torch.no_grad():
+        if kind == "full":
+            ids = torch.cat(list(random_chunks(length, vocab)), dim=1)
+            model(ids, use_cache=False, logits_to_keep=1)
+        else:
+            stream = model.stream()
+            for index, chunk in enumerate(random_chunks(length, vocab)):
+                last = index == (length - 1) // CHUNK
+                stream.feed(chunk, logits="last" if last else "none")
+    seconds = time.perf_counter() - started
+    return {
+        "kind": kind,
+        "length": length,
+        "seconds": seconds,
+        "tokens_per_second": length / seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_loading_mib": loaded / 2**20,
+    }
+
+
+def reading(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    runs = record.setdefault("reading", {})
+    for kind in args.kinds:
+        for length in args.lengths:
+            if kind == "full" and length > 8192:
+                continue  # beyond SmolLM2's window
+            worker = ["--worker", kind, str(length), "--threads", str(args.threads)]
+            done = run_module("benchmarks.long_inputs", worker)
+            if done.returncode != 0:
+                raise SystemExit(f"worker {kind} {length} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[f"{kind}/{length}"] = result
+            print(f"{kind:>5} {length:>8}: {result['tokens_per_second']:8.1f} tokens/s, "
+                  f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
+            save(args, record)
+
+
+def generation(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """rmt's generate against re-running the open segment for every new token."""
+    from rmt.memory.segments import closed_length
+
+    out = record.setdefault("generation", {})
+    for kind in ("rmt", "armt"):
+        model = build(kind)
+        prompt = next(random_chunks(SEGMENT + SEGMENT // 2, model.vocab_size, seed=3))
+        started = time.perf_counter()
+        cached = model.generate(prompt, max_new_tokens=args.new_tokens).sequences
+        cached_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        recomputed = recompute_generate(model, prompt, args.new_tokens, closed_length)
+        recompute_seconds = time.perf_counter() - started
+        out[kind] = {
+            "prompt": prompt.shape[1],
+            "new_tokens": args.new_tokens,
+            "segment": SEGMENT,
+            "cached_tokens_per_second": args.new_tokens / cached_seconds,
+            "recompute_tokens_per_second": args.new_tokens / recompute_seconds,
+            "speedup": recompute_seconds / cached_seconds,
+            "same_tokens": bool(torch.equal(cached, recomputed)),
+        }
+        print(kind, out[kind], flush=True)
+        save(args, record)
+
+
+@torch.no_grad()
+def recompute_generate(model: Any, prompt: torch.Tensor, new_tokens: int, closed_length: Any) -> torch.Tensor:
+    """Greedy decoding that runs the whole open segment through `step` for every new token (no key/value cache)."""
+    seg = model.config.segment_size
+    closed = closed_length(prompt.shape[1], seg)
+    state = model(prompt[:, :closed], logits="none").memory_state if closed else model.initial_state(1)
+    current, tokens = prompt[:, closed:], [prompt]
+    for _ in range(new_tokens):
+        hidden, new_state = model.step(current, torch.ones_like(current), state)
+        token = model.head(hidden[:, -1]).argmax(-1, keepdim=True)
+        tokens.append(token)
+        if current.shape[1] == seg:
+            state, current = new_state, token
+        else:
+            current = torch.cat([current, token], dim=1)
+    return torch.cat(tokens, dim=1)
+
+
+def diagonal(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    from rmt.inference import DiagonalARMT
+
+    model = build("armt")
+    ids = torch.cat(list(random_chunks(args.length, model.vocab_size, seed=4)), dim=1)
+    with torch.no_grad():
+        started = time.perf_counter()
+        stream = model.stream()
+        sequential = stream.feed(ids, logits="last")
+        sequential_seconds = time.perf_counter() - started
+        engine = DiagonalARMT(model)
+        started = time.perf_counter()
+        diagonal_logits = engine(ids, logits="last").logits
+        diagonal_seconds = time.perf_counter() - started
+    error = float((diagonal_logits - sequential).norm() / sequential.norm())
+    record["diagonal"] = {
+        "length": args.length,
+        "group_size": engine.group_size,
+        "sequential_seconds": sequential_seconds,
+        "diagonal_seconds": diagonal_seconds,
+        "diagonal_over_sequential": diagonal_seconds / sequential_seconds,
+        "relative_logits_error": error,
+    }
+    print(record["diagonal"], flush=True)
+    save(args, record)
+
+
+def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """A trained model's greedy answers to BABILong samples with fp32 and with bf16 weights."""
+    from rmt.build import pretrained_tokenizer
+    from rmt.data.babilong import answer_is_correct, build_dataset
+    from rmt.data.collate import QACollator
+    from rmt.data.haystack import default_haystack
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    tokenizer = pretrained_tokenizer(args.model)
+    samples = build_dataset(args.task, args.length, args.samples, tokenizer, default_haystack(), seed=11)
+    prompts = QACollator(tokenizer, "decoder").prompt_ids([s.to_dict() for s in samples])
+    results = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model = RecurrentMemoryModel.from_pretrained(args.model, dtype=dtype).eval()
+        answers, tokens, seconds = [], 0, 0.0
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            started = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id).sequences
+            seconds += time.perf_counter() - started
+            tokens += ids.shape[1]
+            answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+        correct = sum(answer_is_correct(a, s.target) for a, s in zip(answers, samples, strict=True))
+        results[name] = {"tokens_per_second": tokens / seconds, "correct": correct, "answers": answers}
+    same = sum(a == b for a, b in zip(results["fp32"]["answers"], results["bf16"]["answers"], strict=True))
+    record["precision"] = {
+        "model": str(args.model),
+        "task": args.task,
+        "length": args.length,
+        "samples": args.samples,
+        **results,
+        "same_answers": same,
+        "bf16_speedup": results["bf16"]["tokens_per_second"] / results["fp32"]["tokens_per_second"],
+    }
+    print({k: v for k, v in record["precision"].items() if k not in ("fp32", "bf16")}, flush=True)
+    save(args, record)
+
+
+def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    record["device"] = platform.processor() or platform.machine()
+    record["threads"] = args.threads
+    write_json(Path(args.output), record)
+
+
+def summary(record: dict[str, Any]) -> str:
+    """Markdown table of the reading runs: tokens/s, per-token time and peak RSS against the 4096-token run."""
+    runs = record.get("reading", {})
+    lines = [
+        "| kind | tokens | tokens/s | s/token vs 4k | peak RSS MiB | RSS vs 4k |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        base = runs.get(f"{kind}/4096")
+        for key in sorted((k for k in runs if k.startswith(kind + "/")), key=lambda k: int(k.split("/")[1])):
+            run = runs[key]
+            per_token = (base["tokens_per_second"] / run["tokens_per_second"]) if base else float("nan")
+            rss = (run["peak_rss_mib"] / base["peak_rss_mib"]) if base else float("nan")
+            lines.append(
+                f"| {kind} | {run['length']} | {run['tokens_per_second']:.1f} | {per_token:.3f} | "
+                f"{run['peak_rss_mib']:.0f} | {rss:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", nargs="?", choices=("reading", "generation", "diagonal", "precision", "summary"))
+    parser.add_argument("--worker", nargs=2, metavar=("KIND", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 65536, 262144])
+    parser.add_argument("--length", default="16384", help="diagonal: tokens; precision: a BABILong length (4k)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="generation: tokens to generate")
+    parser.add_argument("--model", default=None, help="precision: a trained memory model (save_pretrained folder)")
+    parser.add_argument("--task", default="qa1", help="precision: BABILong task")
+    parser.add_argument("--samples", type=int, default=10, help="precision: samples")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "long_inputs-cpu.json"), help="result file")
+    args = parser.parse_args(argv)
+    with torch_threads(args.threads):
+        if args.worker:
+            print(json.dumps(read_worker(args.worker[0], int(args.worker[1]))))
+            return 0
+        path = Path(args.output)
+        record = json.loads(path.read_text()) if path.exists() else {}
+        if args.part == "diagonal":
+            args.length = int(args.length)
+        if args.part == "precision" and args.model is None:
+            raise SystemExit("precision needs --model")
+        parts = {"reading": reading, "generation": generation, "diagonal": diagonal, "precision": precision}
+        if args.part in parts:
+            parts[args.part](args, record)
+        print(summary(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
