@@ -43,12 +43,16 @@ METHODS = ("memory", "no_memory", "full_attention")
 
 @dataclass
 class Outcome:
-    """Scores of one method on the samples of one task and length."""
+    """Scores of one method on the samples of one task and length. `near` / `far`: (correct, total) of the samples
+    whose supporting facts all lie in the last span the method reads at once (its last segment, or its window), and of
+    the others, which only a memory (or luck) can answer."""
 
     correct: int
     total: int
     tokens: int
     seconds: float
+    near: tuple[int, int] = (0, 0)
+    far: tuple[int, int] = (0, 0)
 
     @property
     def accuracy(self) -> float:
@@ -64,6 +68,8 @@ class Outcome:
             "tokens": self.tokens,
             "seconds": round(self.seconds, 2),
             "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
+            "facts_in_last_span": {"correct": self.near[0], "samples": self.near[1]},
+            "facts_before_last_span": {"correct": self.far[0], "samples": self.far[1]},
         }
 
 
@@ -78,12 +84,14 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
 
 
 class Reader:
-    """How one method turns a sample into an answer: `answer(sample) -> (correct, tokens read)`."""
+    """How one method turns a sample into an answer: `answer(sample) -> (correct, tokens read, facts in the last
+    span)`; the span is the last `window` tokens it reads (full attention) or its last segment."""
 
     def __init__(
         self, model: RecurrentMemoryModel, tokenizer: Any, window: int | None = None, max_new_tokens: int = 8
     ) -> None:
         self.model, self.tokenizer, self.window, self.max_new_tokens = model, tokenizer, window, max_new_tokens
+        self.span = window or model.config.segment_size
         mode = model.config.mode
         labels = None
         if mode == "encoder":
@@ -92,21 +100,33 @@ class Reader:
         self.collate = QACollator(tokenizer, mode, labels)
 
     @torch.no_grad()
-    def answer(self, sample: BabilongSample) -> tuple[bool, int]:
+    def answer(self, sample: BabilongSample) -> tuple[bool, int, bool]:
         record = sample.to_dict()
         device = self.model.device
         if self.model.config.mode == "encoder":
             batch = self.collate([record])
+            total = batch.input_ids.shape[1]
             ids = batch.input_ids[:, -self.window :] if self.window else batch.input_ids
             logits = self.model(ids.to(device)).logits  # [1, classes]
-            return int(logits.argmax(dim=-1)) == int(batch.labels[0]), ids.shape[1]
-        prompt = torch.tensor(self.collate.prompt_ids([record]), device=device)
-        if self.window:
-            prompt = prompt[:, -self.window :]
-        generated = self.model.generate(prompt, max_new_tokens=self.max_new_tokens)
-        sequences = generated.sequences if hasattr(generated, "sequences") else generated
-        text = self.tokenizer.decode(sequences[0, prompt.shape[1] :], skip_special_tokens=True)
-        return answer_is_correct(text, sample.target), prompt.shape[1]
+            right = int(logits.argmax(dim=-1)) == int(batch.labels[0])
+        else:
+            prompt = torch.tensor(self.collate.prompt_ids([record]), device=device)
+            total = prompt.shape[1]
+            ids = prompt[:, -self.window :] if self.window else prompt
+            eos = self.tokenizer.eos_token_id
+            generated = self.model.generate(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos).sequences
+            text = self.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
+            right = answer_is_correct(text, sample.target)
+        return right, ids.shape[1], self._facts_in_last_span(sample, total)
+
+    def _facts_in_last_span(self, sample: BabilongSample, total: int) -> bool:
+        """Whether every supporting fact starts within the last span of the input (all of it if it is shorter). A
+        fact's place comes from its depth in the context, which is what precedes the question."""
+        if sample.supporting_depths is None:
+            return True
+        context = len(self.tokenizer(sample.input, add_special_tokens=False).input_ids)
+        span_start = total - self.window if self.window else (total - 1) // self.span * self.span
+        return all(depth * context >= span_start for depth in sample.supporting_depths)
 
 
 def readers(
@@ -136,6 +156,8 @@ def readers(
             segment_size, limit = config.segment_size, None
         else:
             limit = window or _window_of(backbone, config.mode)
+            if config.mode == "decoder":  # the answer must fit in the same window as the prompt
+                limit -= max_new_tokens
             segment_size = limit
         plain = RMTConfig(num_memory_tokens=0, segment_size=segment_size, mode=config.mode, **special)
         out[method] = Reader(memory_model(backbone, plain).eval(), tokenizer, limit, max_new_tokens)
@@ -198,16 +220,20 @@ def evaluate_by_length(
 
 def _run_cell(reader: Reader, samples: list[BabilongSample], label: str, progress: bool) -> Outcome:
     correct = tokens = 0
+    near, far = [0, 0], [0, 0]
     started = time.perf_counter()
     bar = tqdm(samples, desc=label, disable=not progress, dynamic_ncols=True, leave=False)
     for sample in bar:
-        right, read = reader.answer(sample)
+        right, read, in_span = reader.answer(sample)
         correct += int(right)
         tokens += read
+        split = near if in_span else far
+        split[0] += int(right)
+        split[1] += 1
         elapsed = time.perf_counter() - started
         bar.set_postfix(acc=f"{correct / (bar.n + 1):.2f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
     bar.close()
-    return Outcome(correct, len(samples), tokens, time.perf_counter() - started)
+    return Outcome(correct, len(samples), tokens, time.perf_counter() - started, tuple(near), tuple(far))
 
 
 def write_results(results: dict[str, Any], output_dir: Path) -> None:
