@@ -84,7 +84,6 @@ def test_train_on_a_file_then_evaluate_decoder(tmp_path, decoder_dir, haystack_f
     assert results["cells"]["qa1/120/memory"]["tokens"] > long_cell["tokens"]
     for cell in results["cells"].values():  # every sample is counted once, by where its facts are
         assert cell["facts_in_last_span"]["samples"] + cell["facts_before_last_span"]["samples"] == cell["samples"]
-    assert results["cells"]["qa1/0k/memory"]["facts_in_last_span"]["samples"] == 3  # facts alone: one segment
     assert (by_length / "heatmap-memory.png").stat().st_size > 0 and (by_length / "table.md").exists()
 
 
