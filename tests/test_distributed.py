@@ -73,3 +73,28 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, caps
     resumed = weights(tmp_path / "killed" / "rank0.pt")
     assert max_difference(resumed, rank0) == 0.0
     assert max_difference(weights(tmp_path / "killed" / "rank1.pt"), rank0) == 0.0
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys):
+    """The backbone's layers sharded over two processes (FSDP2 on gloo): the same weights as one process, a saved
+    checkpoint that loads and evaluates, and a SIGKILL mid-run followed by resume that ends where a straight run does."""
+    launch(tmp_path / "one", 1, "--batch-size", "4")
+    launch(tmp_path / "fsdp", 2, "--batch-size", "2", "--fsdp")
+    one, rank0, rank1 = (weights(tmp_path / p) for p in ("one/rank0.pt", "fsdp/rank0.pt", "fsdp/rank1.pt"))
+    assert max_difference(rank0, rank1) == 0.0
+    assert max_difference(rank0, one) <= 1e-6
+    model = str(tmp_path / "fsdp" / "checkpoint" / "model")
+    assert main(["eval", model, "--task", "copy", "--task-size", "4", "--segments", "3"]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
+
+    job = launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", "--slow-after", "3", background=True)
+    state = tmp_path / "killed" / "checkpoint" / "trainer_state.json"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.exists(), "no checkpoint"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", "--resume")
+    assert max_difference(weights(tmp_path / "killed" / "rank0.pt"), rank0) == 0.0

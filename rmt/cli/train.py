@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rmt.train.checkpoint import checkpoint_exists
     from rmt.train.evaluate import evaluate
-    from rmt.train.loop import train
+    from rmt.train.loop import save_model, train
 
     device = apply_runtime(args)
     output = Path(args.output)
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     def save_tokenizer(folder: Path) -> None:
         if tokenizer is not None:
-            tokenizer.save_pretrained(folder / "backbone")
+            tokenizer.save_pretrained(Path(folder) / "backbone")
 
     train(
         setup.model,
@@ -146,12 +146,12 @@ def run(args: argparse.Namespace) -> int:
         description=setup.description,
         save_extras=save_tokenizer,
     )
-    if accelerator.is_main_process:
-        setup.model.save_pretrained(output / "model")
-        save_tokenizer(output / "model")
+    save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
+    if accelerator.is_main_process or config.fsdp:  # sharded layers need every process to run
         scores = evaluate(setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments)
-        print(json.dumps({"data": setup.description, "segments": setup.eval_segments, **scores}, indent=2))
-        print(f"model saved to {output / 'model'}")
+        if accelerator.is_main_process:
+            print(json.dumps({"data": setup.description, "segments": setup.eval_segments, **scores}, indent=2))
+            print(f"model saved to {output / 'model'}")
     accelerator.wait_for_everyone()
     return 0
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -31,11 +32,20 @@ MEMORY_CONFIG = "rmt_config.json"
 BACKBONE_DIR = "backbone"
 
 
-def save_memory_model(model: MemoryModel, path: str | os.PathLike) -> None:
-    """Write `model` to the folder `path` atomically (see the module docstring)."""
+def save_memory_model(
+    model: MemoryModel, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write `model` to the folder `path` atomically (see the module docstring). `state_dict`: the model's full
+    weights when its own parameters are sharded over processes (FSDP), gathered by the caller."""
+    if state_dict is None:
+        backbone_weights = None
+        memory_weights = model.memory_state_dict()
+    else:
+        backbone_weights = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+        memory_weights = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
     with atomic_directory(path) as tmp:
-        model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.memory_state_dict().items()}
+        model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True, state_dict=backbone_weights)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in memory_weights.items()}
         save_file(tensors, str(tmp / MEMORY_WEIGHTS), metadata={"format": "pt"})
         model.config.save(tmp / MEMORY_CONFIG)
 

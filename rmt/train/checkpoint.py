@@ -4,7 +4,8 @@ Layout of OUTPUT/checkpoint:
     model/               the model as `save_pretrained` writes it (and the tokenizer, if the run has one): `rmt eval`
                          and `from_pretrained` read it as they read a final model
     accelerate/          `Accelerator.save_state`: model weights, optimizer, learning-rate schedule, gradient scaler
-                         and every process's random number generators (CPU and GPU)
+                         and every process's random number generators (CPU and GPU); with FSDP instead
+                         fsdp_state.pt: the gathered optimizer state, the schedule and every process's RNG state
     trainer_state.json   the step, the TrainConfig, the model's RMTConfig and backbone shape, and the trainer's own
                          state (curriculum stage, early-stopping record)
 
@@ -28,7 +29,9 @@ from safetensors import SafetensorError
 
 from rmt.errors import InputError, MissingFileError
 from rmt.files import recover_directory, replace_directory, temporary_directory, write_json_atomic
+from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.train import fsdp
 from rmt.train.config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoint"
@@ -44,17 +47,24 @@ def save_checkpoint(
     config: TrainConfig,
     trainer_state: dict[str, Any],
     save_extras: Any = None,
+    sharded: tuple[Any, Any] | None = None,
 ) -> None:
     """Write the checkpoint of `step` to `path`. Every process must call it (each saves its own RNG state).
-    `save_extras(folder)`: writes files that belong with the model, e.g. the tokenizer."""
+    `save_extras(folder)`: writes files that belong with the model, e.g. the tokenizer. `sharded`: (optimizer,
+    scheduler) of a model whose layers are sharded with FSDP (`rmt.train.fsdp`), whose state is gathered instead of
+    going through Accelerate's save_state."""
     tmp = [str(temporary_directory(path)) if accelerator.is_main_process else None]
     broadcast_object_list(tmp)  # the main process's folder, for everyone
     tmp_dir = Path(tmp[0])
     try:
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp_dir / "accelerate"))
+        weights = None
+        if sharded is not None:
+            weights = fsdp.save_state(tmp_dir, model, *sharded, accelerator)
+        else:
+            accelerator.save_state(str(tmp_dir / "accelerate"))
         if accelerator.is_main_process:
-            model.save_pretrained(tmp_dir / "model")
+            save_memory_model(model, tmp_dir / "model", state_dict=weights)
             if save_extras is not None:
                 save_extras(tmp_dir / "model")
             record = {
@@ -74,10 +84,13 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(path: Path, accelerator: Accelerator, model: RecurrentMemoryModel) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, accelerator: Accelerator, model: RecurrentMemoryModel, sharded: tuple[Any, Any] | None = None
+) -> dict[str, Any]:
     """Restore model, optimizer, schedule, scaler and RNGs from `path` (prepared objects registered with
-    `accelerator`); returns the trainer_state.json record. Refuses a checkpoint of another model with a message that
-    names the difference, and a damaged one with a message that names the file."""
+    `accelerator`; `sharded`: (optimizer, scheduler) of an FSDP-sharded model); returns the trainer_state.json
+    record. Refuses a checkpoint of another model with a message that names the difference, and a damaged one with a
+    message that names the file."""
     if accelerator.is_main_process:
         recover_directory(path)
     accelerator.wait_for_everyone()
@@ -95,7 +108,10 @@ def load_checkpoint(path: Path, accelerator: Accelerator, model: RecurrentMemory
         raise InputError(f"cannot resume: {state_file} is corrupt: {err}") from err
     _check_same_model(record, model, path)
     try:
-        accelerator.load_state(str(path / "accelerate"))
+        if sharded is not None:
+            fsdp.load_state(path, model, *sharded, accelerator)
+        else:
+            accelerator.load_state(str(path / "accelerate"))
     except (OSError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
         raise InputError(f"cannot resume: checkpoint {path / 'accelerate'} is incomplete or corrupt: {err}") from err
     record["step"] = step

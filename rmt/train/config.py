@@ -112,6 +112,13 @@ class TrainConfig:
             "initialised classification head; the pretrained backbone is frozen)."
         ),
     )
+    fsdp: bool = field(
+        default=False,
+        metadata=_doc(
+            "Shard the backbone's transformer layers over the processes (PyTorch FSDP2) instead of keeping a full "
+            "copy on each: for backbones that do not fit one device. Needs several processes (torchrun)."
+        ),
+    )
     tensorboard: bool = field(default=False, metadata=_doc("Also log to OUTPUT/tensorboard."))
     progress: bool = field(default=True, metadata=_doc("Show progress bars."))
 

@@ -41,7 +41,9 @@ from rmt.data.sources import Source, TaskSource
 from rmt.data.tasks import Task
 from rmt.errors import InputError
 from rmt.files import write_atomic
+from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.train import fsdp
 from rmt.train.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from rmt.train.config import TrainConfig
 from rmt.train.evaluate import evaluate
@@ -91,16 +93,23 @@ def train(
         output_dir.mkdir(parents=True, exist_ok=True)
 
     model.to(accelerator.device)
-    optimizer, scheduler = build_optimizer(model, config)
-    prepared, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    sharded = None
+    if config.fsdp:  # layers sharded with FSDP2; no DDP wrapper (rmt.train.fsdp)
+        fsdp.shard_layers(model, accelerator)
+        optimizer, scheduler = build_optimizer(model, config, foreach=False)
+        prepared, optimizer = model, accelerator.prepare(optimizer)
+        sharded = (optimizer, scheduler)
+    else:
+        optimizer, scheduler = build_optimizer(model, config)
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+        accelerator.register_for_checkpointing(scheduler)
     params = trainable_parameters(model)
 
     state = TrainerState()
     start_step = 0
     metrics_path = output_dir / METRICS_FILE
     if resume:
-        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model)
+        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)
         start_step = record["step"]
         state = TrainerState(**record.get("trainer", {}))
         if main:
@@ -126,10 +135,12 @@ def train(
             break
         num_segments = _stage_segments(config, state, step)
         loss = _train_step(model, prepared, source, config, accelerator, step, num_segments)
-        if config.grad_clip > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
-        else:
+        if config.grad_clip <= 0:
             grad_norm = 0.0
+        elif config.fsdp:
+            grad_norm = fsdp.clip_gradients(params, config.grad_clip)
+        else:
+            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -152,8 +163,9 @@ def train(
                 _log(metrics_path, history, writer, record)
         if done % config.eval_every == 0 or done == config.steps:
             scores = None
-            if main:
+            if main or config.fsdp:  # sharded layers gather their weights in every process: all must run
                 scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments)
+            if main:
                 record = {"step": done, **{f"eval_{k}": v for k, v in scores.items()}, "segments": num_segments}
                 bar.set_postfix(
                     loss=f"{loss:.3f}", **({"acc": f"{scores['accuracy']:.3f}"} if "accuracy" in scores else {})
@@ -163,13 +175,30 @@ def train(
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         if periodic or done == config.steps or state.stopped_early:
             save_checkpoint(
-                output_dir / CHECKPOINT_DIR, accelerator, model, done, config, _state_dict(state), save_extras
+                output_dir / CHECKPOINT_DIR, accelerator, model, done, config, _state_dict(state), save_extras, sharded
             )
     bar.close()
     if writer is not None:
         writer.close()
     accelerator.wait_for_everyone()
     return history
+
+
+def save_model(
+    model: RecurrentMemoryModel,
+    path: str | os.PathLike,
+    accelerator: Accelerator,
+    config: TrainConfig,
+    save_extras=None,
+) -> None:
+    """`save_pretrained` of a trained model, from the main process; with FSDP every process takes part in gathering
+    the weights, so every process must call it."""
+    weights = fsdp.full_weights(model) if config.fsdp else None
+    if accelerator.is_main_process:
+        save_memory_model(model, path, state_dict=weights)
+        if save_extras is not None:
+            save_extras(Path(path))
+    accelerator.wait_for_everyone()
 
 
 def _train_step(
@@ -199,8 +228,9 @@ def _train_step(
                     recompute=config.recompute,
                 )
             total += float(out.loss) / accum
-    if procs > 1:
-        _average_gradients(trainable_parameters(model), accelerator)
+    if procs > 1:  # sharded parameters' gradients are already reduce-scattered by FSDP
+        replicated = [p for p in trainable_parameters(model) if not fsdp.is_sharded(p)]
+        _average_gradients(replicated, accelerator)
         total = float(reduce(torch.tensor(total, device=accelerator.device), reduction="mean"))
     return total
 

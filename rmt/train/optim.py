@@ -38,15 +38,16 @@ def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[
 
 
 def build_optimizer(
-    model: RecurrentMemoryModel, config: TrainConfig
+    model: RecurrentMemoryModel, config: TrainConfig, foreach: bool | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the trainable parameters in their two groups, and its learning-rate schedule."""
+    """AdamW over the trainable parameters in their two groups, and its learning-rate schedule. foreach=False for
+    groups that mix sharded (DTensor) and plain parameters, which the fused multi-tensor kernels cannot take."""
     memory, backbone = parameter_groups(model, config.trainable)
     groups = [
         {"params": memory, "lr": config.memory_lr, "name": "memory"},
         {"params": backbone, "lr": config.learning_rate, "name": "backbone"},
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay, foreach=foreach)
     names = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}
     extra = {"min_lr_rate": config.min_lr_factor} if config.lr_schedule == "cosine" else None
     scheduler = get_scheduler(

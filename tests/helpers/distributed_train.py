@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--slow-after", type=int, default=None)
     parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--fsdp", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = CopyTask(length=4)
@@ -56,12 +57,14 @@ def main() -> None:
         log_every=1,
         checkpoint_every=2,
         mixed_precision=args.mixed_precision,
+        fsdp=args.fsdp,
         progress=False,
     )
     accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
     train(model, SlowSource(task, 0, args.slow_after), config, args.output, resume=args.resume, accelerator=accelerator)
-    torch.save(model.state_dict(), f"{args.output}/rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
+    weights = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+    torch.save(weights, f"{args.output}/rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process and not args.fsdp:
         model.save_pretrained(f"{args.output}/model")
     accelerator.wait_for_everyone()
 

@@ -1,0 +1,73 @@
+"""How long `rmt demo` takes with 1 and 2 torch threads, on an idle machine and next to one busy process: the
+evidence for the command line's thread policy (one thread on the CPU by default).
+
+    python -m benchmarks.demo_threads --output benchmarks/results/demo_threads-cpu.json
+
+Each condition runs the whole demo in a fresh process (`rmt demo --threads N`); "busy" starts a process that keeps
+one core fully used (a Python loop) for the duration. Run it when nothing else uses the machine: the idle numbers
+assume the cores are free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS_DIR, write_json
+
+BUSY_LOOP = "while True: pass"
+
+
+def run_demo(threads: int, busy: bool) -> dict:
+    load = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if busy else None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.perf_counter()
+            command = [sys.executable, "-m", "rmt.cli", "demo", "--threads", str(threads), "--no-progress"]
+            done = subprocess.run([*command, "--output", folder], capture_output=True, text=True, check=True)
+            seconds = time.perf_counter() - started
+            results = json.loads((Path(folder) / "results.json").read_text())
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
+    return {
+        "threads": threads,
+        "busy_process": busy,
+        "wall_seconds": round(seconds, 1),
+        "models": {
+            name: {k: run[k] for k in ("answer_accuracy", "steps", "train_seconds")}
+            for name, run in results["models"].items()
+        },
+        "table": done.stdout.strip().split("\n\n")[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "demo_threads-cpu.json"), help="result file")
+    args = parser.parse_args(argv)
+    runs = []
+    for busy in (False, True):
+        for threads in args.threads:
+            runs.append(run_demo(threads, busy))
+            print(f"threads {threads}, busy process {busy}: {runs[-1]['wall_seconds']} s", flush=True)
+    write_json(
+        Path(args.output), {"device": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "runs": runs}
+    )
+    print("| threads | busy process | demo wall s |\n|---|---|---|")
+    for run in runs:
+        print(f"| {run['threads']} | {'yes' if run['busy_process'] else 'no'} | {run['wall_seconds']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
