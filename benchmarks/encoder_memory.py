@@ -5,7 +5,8 @@ segments.
 
 Task: noise tokens in 2 segments of 16; a marker and one of 6 fact tokens somewhere in segment 1; the class to
 predict after segment 2 is the fact (chance 1/6), so only the memory can answer. Model: a 2-layer, width-64 BERT with
-4 memory tokens, AdamW (lr 3e-4 by default), batch 32. Three ways to feed the memory (the first is how rmt did it before):
+4 memory tokens, AdamW (lr 3e-4 by default), batch 32. Three ways to feed the memory (the first is how rmt did it
+before):
 - `embedding_layer`: the memory replaces the word embeddings at its positions and goes through the embedding layer
   like a token (plus position and token-type embeddings, then the embedding LayerNorm);
 - `after_embeddings` (rmt's way): the memory replaces the embedding layer's output at its positions; the initial

@@ -78,7 +78,8 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, caps
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
 def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys):
     """The backbone's layers sharded over two processes (FSDP2 on gloo): the same weights as one process, a saved
-    checkpoint that loads and evaluates, and a SIGKILL mid-run followed by resume that ends where a straight run does."""
+    checkpoint that loads and evaluates, and a SIGKILL mid-run followed by resume that ends where a straight run
+    does."""
     launch(tmp_path / "one", 1, "--batch-size", "4")
     launch(tmp_path / "fsdp", 2, "--batch-size", "2", "--fsdp")
     one, rank0, rank1 = (weights(tmp_path / p) for p in ("one/rank0.pt", "fsdp/rank0.pt", "fsdp/rank1.pt"))

@@ -75,6 +75,23 @@ def test_memory_only_stream_keeps_no_logits_and_matches_forward(kind):
 
 
 @pytest.mark.parametrize("kind", ["rmt", "armt"])
+@pytest.mark.parametrize("sizes", [(3, 2), (5,), (2, 3, 5), (7, 3)])
+def test_last_logits_after_chunks_that_end_on_a_segment_boundary(kind, sizes):
+    """Chunks fed without logits whose last one completes a segment: last_logits() is forward's last logits."""
+    model = decoder(kind)
+    ids = torch.randint(0, VOCAB, (1, sum(sizes)), generator=torch.Generator().manual_seed(8))
+    stream = model.stream()
+    position = 0
+    for size in sizes:
+        stream.feed(ids[:, position : position + size])
+        position += size
+    with torch.no_grad():
+        reference = model(ids, logits="last")
+    torch.testing.assert_close(stream.last_logits(), reference.logits, atol=ATOL, rtol=1e-4)
+    assert_states_close(stream.memory_state, reference.memory_state)
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
 def test_samples_fed_different_amounts(kind):
     """Row 0 gets 9 + 4 tokens, row 1 gets 3 + 10: each follows its own segment boundaries."""
     model = decoder(kind)

@@ -94,7 +94,9 @@ class MemoryStream:
         want = logits != "none"
         hidden_all = None
         if logits == "all":
-            hidden_all = torch.zeros(self.batch_size, input_ids.shape[1], self._hidden_size(), device=model.device)
+            dtype = model.backbone.get_input_embeddings().weight.dtype
+            hidden_all = torch.zeros(self.batch_size, input_ids.shape[1], self._hidden_size(), dtype=dtype)
+            hidden_all = hidden_all.to(model.device)
 
         seg = model.config.segment_size
         while bool((cursor < counts).any()):
@@ -124,7 +126,8 @@ class MemoryStream:
             cursor[rows] += take
             full = rows[self.fill[rows] == seg]
             if full.numel():
-                self._close(full, self.buffer[full])
+                hidden = self._close(full, self.buffer[full])
+                self._remember_last(full, hidden[:, -1])
         self.seen += counts
 
         if logits == "none":
@@ -145,11 +148,7 @@ class MemoryStream:
         behind = self._rows[self.fill > self.cached]
         if behind.numel():
             hidden = self._extend_cache()
-            last = hidden[behind, self.fill[behind] - self._extended_from[behind] - 1]
-            self.last_hidden = (
-                self.last_hidden if self.last_hidden is not None else last.new_zeros(self.batch_size, last.shape[-1])
-            )
-            self.last_hidden = self.last_hidden.index_copy(0, behind, last)
+            self._remember_last(behind, hidden[behind, self.fill[behind] - self._extended_from[behind] - 1])
         return self.model.head(self.last_hidden)
 
     @property
@@ -213,15 +212,20 @@ class MemoryStream:
         """Record hidden [r, w, D] of `count` tokens fed at chunk offsets cursor.. of `rows`."""
         if not self.model.token_logits:
             return
-        if self.last_hidden is None:
-            self.last_hidden = hidden.new_zeros(self.batch_size, hidden.shape[-1])
-        last = hidden[torch.arange(rows.numel(), device=rows.device), count - 1]
-        self.last_hidden = self.last_hidden.index_copy(0, rows, last.to(self.last_hidden.dtype))
+        self._remember_last(rows, hidden[torch.arange(rows.numel(), device=rows.device), count - 1])
         if hidden_all is not None:
             offsets = torch.arange(hidden.shape[1], device=rows.device)
             valid = offsets[None, :] < count[:, None]  # [r, w]
             row_index = rows[:, None].expand_as(valid)
             hidden_all[row_index[valid], (cursor[:, None] + offsets)[valid]] = hidden[valid].to(hidden_all.dtype)
+
+    def _remember_last(self, rows: torch.Tensor, hidden: torch.Tensor) -> None:
+        """hidden [r, D] at the last token fed to `rows` (decoders: what last_logits() turns into logits)."""
+        if not self.model.token_logits:
+            return
+        if self.last_hidden is None:
+            self.last_hidden = hidden.new_zeros(self.batch_size, hidden.shape[-1])
+        self.last_hidden = self.last_hidden.index_copy(0, rows, hidden.to(self.last_hidden.dtype))
 
     def _emit_buffered(
         self,
