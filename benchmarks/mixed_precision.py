@@ -28,8 +28,7 @@ from rmt import RMTConfig
 from rmt.build import memory_model, random_backbone
 from rmt.data.sources import TaskSource
 from rmt.data.tasks import CopyTask
-from rmt.demo import DemoSettings
-from rmt.train.config import TrainConfig
+from rmt.demo import DemoSettings, demo_model, demo_train_config
 from rmt.train.evaluate import evaluate
 from rmt.train.loop import train
 
@@ -64,32 +63,14 @@ def speed(rounds: int, warmup: int) -> dict:
 
 def demo_accuracy(steps: int | None) -> dict:
     """The demo's RMT trained in fp32 and with bf16 autocast: held-out accuracy and speed of each."""
-    settings = DemoSettings()
+    settings = DemoSettings(plateau_evals=None)  # the same number of steps for both
+    if steps:
+        settings.steps = steps
     task = CopyTask(length=settings.length)
-    segment_size = task.segment_size_for(settings.segments)
     results = {}
     for precision in ("no", "bf16"):
-        backbone = random_backbone(
-            settings.family,
-            vocab_size=task.vocab_size,
-            num_layers=settings.num_layers,
-            hidden_size=settings.hidden_size,
-            num_heads=settings.num_heads,
-            max_positions=segment_size + 2 * settings.memory_tokens,
-            seed=settings.seed,
-        )
-        model = memory_model(backbone, RMTConfig(num_memory_tokens=settings.memory_tokens, segment_size=segment_size))
-        config = TrainConfig(
-            steps=steps or settings.steps,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            warmup_steps=settings.warmup_steps,
-            eval_every=steps or settings.steps,
-            checkpoint_every=0,
-            seed=settings.seed,
-            progress=False,
-        )
-        config = replace(config, mixed_precision=precision)
+        model = demo_model(settings, settings.memory_tokens)
+        config = replace(demo_train_config(settings, progress=False), mixed_precision=precision)
         source = TaskSource(task, seed=settings.seed)
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
@@ -100,10 +81,10 @@ def demo_accuracy(steps: int | None) -> dict:
             "answer_accuracy": scores["accuracy"],
             "exact_match": scores["exact_match"],
             "train_seconds": seconds,
-            "steps_per_second": config.steps / seconds,
+            "steps_per_second": settings.steps / seconds,
         }
     task_name = f"copy-{settings.length}, {settings.segments} segments (the demo)"
-    return {"task": task_name, "steps": steps or settings.steps, **results}
+    return {"task": task_name, "steps": settings.steps, **results}
 
 
 def main(argv: list[str] | None = None) -> int:

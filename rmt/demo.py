@@ -23,6 +23,7 @@ import torch
 from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
 from rmt.data.tasks import CopyTask
+from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train.loop import TaskSource, TrainConfig, evaluate, train
 
 
@@ -38,7 +39,7 @@ class DemoSettings:
     num_heads: int = 4
     memory_tokens: int = 24
     steps: int = 600  # at most: a model stops once held-out accuracy has plateaued
-    plateau_evals: int = 3
+    plateau_evals: int | None = 3
     batch_size: int = 32
     learning_rate: float = 5e-3
     warmup_steps: int = 100
@@ -54,32 +55,10 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     task = CopyTask(length=settings.length)
     segment_size = task.segment_size_for(settings.segments)
     source = TaskSource(task, seed=settings.seed)
-    train_config = TrainConfig(
-        steps=settings.steps,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        warmup_steps=settings.warmup_steps,
-        eval_every=settings.eval_every,
-        eval_batches=2,
-        eval_batch_size=128,
-        log_every=50,
-        checkpoint_every=0,
-        seed=settings.seed,
-        plateau_evals=settings.plateau_evals,
-        progress=progress,
-    )
+    train_config = demo_train_config(settings, progress)
     runs: dict[str, Any] = {}
     for name, memory_tokens in (("RMT", settings.memory_tokens), ("no memory", 0)):
-        backbone = random_backbone(
-            settings.family,
-            vocab_size=task.vocab_size,
-            num_layers=settings.num_layers,
-            hidden_size=settings.hidden_size,
-            num_heads=settings.num_heads,
-            max_positions=segment_size + 2 * settings.memory_tokens,
-            seed=settings.seed,
-        )
-        model = memory_model(backbone, RMTConfig(num_memory_tokens=memory_tokens, segment_size=segment_size))
+        model = demo_model(settings, memory_tokens)
         started = time.time()
         history = train(model, source, train_config, output_dir / name.replace(" ", "_"), description=name)
         seconds = time.time() - started
@@ -104,6 +83,40 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_curves(results, output_dir / "accuracy.png")
     return results
+
+
+def demo_model(settings: DemoSettings, memory_tokens: int) -> RecurrentMemoryModel:
+    """The demo's small random transformer with `memory_tokens` RMT memory tokens (0: no memory)."""
+    task = CopyTask(length=settings.length)
+    segment_size = task.segment_size_for(settings.segments)
+    backbone = random_backbone(
+        settings.family,
+        vocab_size=task.vocab_size,
+        num_layers=settings.num_layers,
+        hidden_size=settings.hidden_size,
+        num_heads=settings.num_heads,
+        max_positions=segment_size + 2 * settings.memory_tokens,
+        seed=settings.seed,
+    )
+    return memory_model(backbone, RMTConfig(num_memory_tokens=memory_tokens, segment_size=segment_size))
+
+
+def demo_train_config(settings: DemoSettings, progress: bool = True) -> TrainConfig:
+    """How the demo trains each model (with early stopping on a plateau)."""
+    return TrainConfig(
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_steps,
+        eval_every=settings.eval_every,
+        eval_batches=2,
+        eval_batch_size=128,
+        log_every=50,
+        checkpoint_every=0,
+        seed=settings.seed,
+        plateau_evals=settings.plateau_evals,
+        progress=progress,
+    )
 
 
 def _example(model, task: CopyTask) -> dict[str, str]:
