@@ -141,6 +141,8 @@ def _backbone_shape(model: RecurrentMemoryModel) -> dict[str, Any]:
 
 
 def checkpoint_exists(output_dir: str | os.PathLike) -> bool:
+    """Whether OUTPUT/checkpoint holds a checkpoint to resume from (also one that a crash left set aside, which
+    `load_checkpoint` restores). Reads only: every process may ask."""
     path = Path(output_dir) / CHECKPOINT_DIR
-    recover_directory(path)
-    return (path / TRAINER_STATE).is_file()
+    set_aside = any(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else False
+    return (path / TRAINER_STATE).is_file() or set_aside
