@@ -295,13 +295,12 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
     """RMT memory around a Hugging Face encoder for sequence classification (BERT, RoBERTa).
 
     The memory vectors go into the encoder's first layer directly: they replace the embedding layer's output at the
-    memory positions, so they are not summed with position embeddings and renormalised by the embedding LayerNorm
-    as token embeddings are. Measured on a 2-layer BERT that must carry one fact across 2 segments of 16 tokens
-    (tests/test_rmt.py, `test_encoder_learns_to_carry_a_fact_through_memory`): fed as input embeddings instead,
-    the memory was never learned (accuracy 0.15, chance 0.17, after 6,000 steps; the gradient reaching the first
-    segment was 160x weaker than within the last one), while fed this way it reaches 1.00 within 300 steps. The
-    initial memory is scaled like the token embeddings, small next to the embedding layer's (normalised) outputs:
-    scaled like those instead, the same model reached only 0.34 after 600 steps."""
+    memory positions, instead of being summed with position and token-type embeddings and renormalised by the
+    embedding LayerNorm as token embeddings are (the memory is made of hidden states, not token embeddings). The
+    initial memory is scaled like the token embeddings. Learning to use the memory at all is the hard part for an
+    encoder: a plateau that some runs leave after hundreds of steps and others not within the budget, for either
+    way of feeding it (benchmarks/results/encoder_memory-cpu.json, `python -m benchmarks.encoder_memory`);
+    BABILong on MiniLM is in benchmarks/results/babilong/."""
 
     token_logits = False
 
