@@ -59,9 +59,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def add_task_arguments(parser: argparse.ArgumentParser | Any, default_task: str | None = "copy") -> None:
-    parser.add_argument(
-        "--task", default=default_task, choices=TASK_NAMES, help="synthetic task (default: %(default)s)"
-    )
+    shown = default_task or "copy, when no --data is given"
+    parser.add_argument("--task", default=default_task, choices=TASK_NAMES, help=f"synthetic task (default: {shown})")
     parser.add_argument(
         "--task-size",
         type=int,
