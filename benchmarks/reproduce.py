@@ -322,6 +322,7 @@ def run_cell(cell: Cell, output_dir: Path, seed: int = 0, progress: bool = True,
     teacher = evaluate(model, source, batches=batches, batch_size=min(256, setup.eval_samples))
     record: dict[str, Any] = {
         "cell": cell.key,
+        "seed": seed,
         "task": cell.task,
         "segments": cell.segments,
         "kind": cell.kind,
@@ -465,7 +466,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="training steps per cell (default: per task)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per task)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: per task)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; a cell run with seed N > 0 is recorded as TASK:SEGMENTS:KIND@N next to seed 0's, and the "
+        "table shows the mean and each seed (default: %(default)s)",
+    )
+    parser.add_argument("--layers", type=int, default=None, help="backbone layers (default: per task)")
+    parser.add_argument("--hidden", type=int, default=None, help="backbone width (default: per task)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (default: per task)")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results in OUTPUT/results.json")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
@@ -511,9 +521,12 @@ def main(argv: list[str] | None = None) -> int:
                 learning_rate=args.lr,
                 batch_size=args.batch_size,
                 eval_samples=eval_samples,
+                layers=args.layers,
+                hidden=args.hidden,
+                heads=args.heads,
             )
             # After every cell, so an interrupted grid keeps what it finished (plots once, at the end: slow).
-            record_cell(output, cell.key, record)
+            record_cell(output, cell.key if args.seed == 0 else f"{cell.key}@{args.seed}", record)
             print(
                 f"{cell.key}: {record['score']:.3f} ({record['metric']}, {record['score_source']}) "
                 f"in {record['train_seconds']:.0f} s",

@@ -68,7 +68,11 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
         "",
     ]
     for name, setup in tasks.items():
-        ran = {(r["segments"], r["kind"]): r for r in cells.values() if r["task"] == name}
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for record in cells.values():
+            if record["task"] == name:
+                runs.setdefault((record["segments"], record["kind"]), []).append(record)
+        ran = {key: _seed_mean(records) for key, records in runs.items()}
         segments = sorted({s for s, _ in setup.cells} | {s for s, _ in ran})
         present = {kind for _, kind in setup.cells} | {kind for _, kind in ran}
         kinds = [k for k in KIND_LABELS if k in present]
@@ -81,6 +85,8 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
             for k in kinds:
                 record, published = ran.get((s, k)), setup.published.get((s, k))
                 ours = f"**{_fmt(record['score'])}**" if record else "-"
+                if record and len(runs[(s, k)]) > 1:  # several seeds: their mean, then each
+                    ours += " [seeds " + ", ".join(_fmt(r["score"]) for r in _by_seed(runs[(s, k)])) + "]"
                 if record and setup.metric == "exact_match" and "generated" in record:
                     ours += f" [per token {record['generated']['accuracy']:.2f}]"  # progress below exact match
                 row.append(f"{ours} ({_fmt(published)})" if (record or published is not None) else "")
@@ -137,6 +143,18 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
     total = sum(_warmup_seconds(r) + r["train_seconds"] + r.get("eval_seconds", 0) for r in cells.values())
     lines += ["", f"Total: {total / 60:.1f} minutes.", ""]
     return "\n".join(lines)
+
+
+def _by_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda r: r.get("seed", 0))
+
+
+def _seed_mean(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of a cell run with one seed, or the first seed's record with the mean score of all seeds."""
+    first = _by_seed(records)[0]
+    if len(records) == 1:
+        return first
+    return {**first, "score": sum(r["score"] for r in records) / len(records)}
 
 
 def _warmup_seconds(record: dict[str, Any]) -> float:

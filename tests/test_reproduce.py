@@ -173,3 +173,11 @@ def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(tmp_path, 
     assert (tmp_path / "cells" / "associative_retrieval-3-rmt" / "pretraining" / "metrics.jsonl").exists()
     table = reproduce_report.format_table({"cells": {cell.key: record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
     assert "warmed up in context" in table and "| associative_retrieval:3:rmt |" in table
+
+
+def test_table_shows_the_mean_and_each_seed_of_a_cell():
+    base = {"task": "copy", "segments": 6, "kind": "rmt", "metric": "accuracy", "published": 1.0}
+    base |= {"segment_size": 13, "train_seconds": 1.0, "train": {"steps": 1, "learning_rate": 1e-3}}
+    cells = {"copy:6:rmt": {**base, "seed": 0, "score": 1.0}, "copy:6:rmt@1": {**base, "seed": 1, "score": 0.5}}
+    table = reproduce_report.format_table({"cells": cells}, reproduce.TASKS, reproduce.EXTRAPOLATION)
+    assert "**0.75** [seeds 1.00, 0.50] (1.00)" in table
