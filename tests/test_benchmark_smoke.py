@@ -1,0 +1,64 @@
+"""Smoke runs of the benchmark scripts added for real models, long inputs and training (each on tiny settings; the
+real runs are in benchmarks/results/): they run end to end and write what they promise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import background_text
+
+from benchmarks import diagonal_precision, encoder_memory, language_modeling, mixed_precision
+
+
+def test_language_modeling_smoke(tmp_path, monkeypatch):
+    books = [("book one", background_text(800, seed=1)), ("book two", background_text(800, seed=2))]
+    monkeypatch.setattr(language_modeling, "default_corpus_texts", lambda: books)
+    args = ["--steps", "2", "--document-bytes", "256", "--segment-size", "64", "--eval-documents", "8"]
+    args += ["--layers", "1", "--hidden", "32", "--no-progress", "--output", str(tmp_path)]
+    assert language_modeling.main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["runs"]) == set(language_modeling.KINDS)
+    for run in results["runs"].values():
+        assert len(run["bpb_by_segment"]) == 4 and 0 < run["bpb"] < 9  # 256 bytes = 4 segments; untrained ~8 bits
+    trxl = results["runs"]["trxl+rmt"]["rmt_config"]
+    assert trxl["xl_cache_tokens"] == 20 and trxl["num_memory_tokens"] == 20 and trxl["bptt_depth"] == 2
+    assert (tmp_path / "bpb_by_segment.png").exists() and "| trxl |" in (tmp_path / "results.md").read_text()
+
+
+def test_diagonal_precision_smoke(tmp_path):
+    output = tmp_path / "precision.json"
+    args = ["--config", "tiny", "--length", "80", "--segment-size", "16", "--memory-tokens", "2", "--d-mem", "8"]
+    assert diagonal_precision.main([*args, "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert record["error_vs_sequential_bf16"]["sequential_bf16"] == 0.0
+    assert record["error_vs_sequential_bf16"]["diagonal_1_bf16"] == 0.0  # one cell at a time: the same kernels
+    assert 0 < record["error_vs_fp32"]["sequential_bf16"] < 0.1  # bf16 rounding, but the same logits
+
+
+def test_encoder_memory_smoke(tmp_path):
+    output = tmp_path / "encoder.json"
+    assert encoder_memory.main(["--steps", "100", "--seeds", "0", "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert set(record["curves"]) == {f"{v}/0" for v in encoder_memory.VARIANTS}
+    assert all(curve[-1][0] == 100 for curve in record["curves"].values())
+
+
+def test_mixed_precision_table():
+    record = {
+        "speed": {"model": "m", "steps_per_second": {"fp32": 1.0, "bf16": 1.8}, "speedup": 1.8},
+        "demo": {
+            "task": "copy",
+            "steps": 10,
+            "fp32": {"steps_per_second": 10.0, "answer_accuracy": 1.0},
+            "bf16": {"steps_per_second": 12.0, "answer_accuracy": 1.0},
+        },
+    }
+    table = mixed_precision.format_table(record)
+    assert "| m | 1.000 | 1.800 | 1.80x |" in table and "1.20x" in table
+
+
+@pytest.mark.slow
+def test_mixed_precision_speed_smoke():
+    result = mixed_precision.speed(rounds=1, warmup=0)
+    assert result["speedup"] > 0 and set(result["seconds_per_step"]) == {"fp32", "bf16"}
