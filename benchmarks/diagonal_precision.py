@@ -3,12 +3,13 @@
     python -m benchmarks.diagonal_precision --config llama-1b --length 4096 \\
         --output benchmarks/results/diagonal_precision-llama-1b-cpu.json
 
-The same random model (the configs of benchmarks/armt_speed.py, W_v small and non-zero) reads the same input four
-ways: sequential ARMT in fp32 (the reference), sequential in bf16, and the diagonal engine in bf16 with every cell of
-a step in one grouped computation ("all") and one cell at a time (group_size=1). It reports each bf16 path's relative
-L2 error of the last token's logits against fp32 and against sequential bf16. If the engine's error against fp32 is
-the sequential path's own, the two bf16 paths round differently but equally well, and their difference is about
-sqrt(2) times that error; only running the same kernels in the same order (group_size=1) removes it.
+The same model (a random Llama of a benchmarks/armt_speed.py shape, or the trained SmolLM2-135M with `--config
+smollm2`; ARMT's W_v small and non-zero) reads the same input four ways: sequential ARMT in fp32 (the reference),
+sequential in bf16, and the diagonal engine in bf16 with every cell of a step in one grouped computation ("all") and
+one cell at a time (group_size=1). It reports each bf16 path's relative L2 error of the last token's logits against
+fp32 and against sequential bf16. If the engine's error against fp32 is
+the sequential path's own, the two bf16 paths round differently but equally well; only running the same kernels in
+the same order removes their difference, which is what group_size=1 does (it runs the model's own layers).
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ from rmt.inference import DiagonalARMT
 
 
 def build(config: str, segment: int, memory: int, d_mem: int, length: int) -> ARMTForCausalLM:
+    """A random Llama of a benchmarks/armt_speed.py shape, or the real SmolLM2-135M ("smollm2"), in ARMT."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    backbone = LlamaForCausalLM(LlamaConfig(**CONFIGS[config], max_position_embeddings=max(length, 2 * segment)))
+    if config == "smollm2":
+        from rmt.build import pretrained_backbone
+
+        backbone = pretrained_backbone("smollm2")
+    else:
+        backbone = LlamaForCausalLM(LlamaConfig(**CONFIGS[config], max_position_embeddings=max(length, 2 * segment)))
     model = ARMTForCausalLM(
         backbone.eval(), RMTConfig(memory_kind="armt", segment_size=segment, num_memory_tokens=memory, d_mem=d_mem)
     ).eval()
@@ -46,7 +53,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def measure(args: argparse.Namespace) -> dict:
     model = build(args.config, args.segment_size, args.memory_tokens, args.d_mem, args.length)
-    vocab = CONFIGS[args.config]["vocab_size"]
+    vocab = model.vocab_size
     ids = torch.randint(0, vocab, (1, args.length), generator=torch.Generator().manual_seed(2))
     timings = {}
 
@@ -80,7 +87,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
+    parser.add_argument("--config", default="small", choices=[*sorted(CONFIGS), "smollm2"])
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--segment-size", type=int, default=1024)
     parser.add_argument("--memory-tokens", type=int, default=16)

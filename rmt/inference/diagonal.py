@@ -2,10 +2,12 @@
 
 `DiagonalARMT(model)` runs a trained `ARMTForCausalLM` without gradients. Cell (s, l) only needs (s, l - 1) and
 (s - 1, l), so step t runs every cell with s + l = t (`rmt.inference.schedule`) as ONE grouped computation: the
-layers' weights are stacked once at construction ([L, out, in], `rmt.backbones.layers.StackedLayers`) and the
-group's contiguous layer range applies them with batched matmuls; attention takes the G cells x B samples as its
-batch (each segment is self-contained); the associative read and write run on the group's stacked memories.
-L + S - 1 grouped steps replace S * L layer calls, which fills a GPU that per-layer matmuls of one segment leave idle.
+layers' weights are stacked ([L, out, in], `rmt.backbones.layers.StackedLayers`) and the group's contiguous layer
+range applies them with batched matmuls; attention takes the G cells x B samples as its batch (each segment is
+self-contained); the associative read and write run on the group's stacked memories. L + S - 1 grouped steps replace
+S * L layer calls, which fills a GPU that per-layer matmuls of one segment leave idle. With one cell per group
+(`group_size=1`, the CPU default) each cell runs the model's own layer: the same kernels as the sequential model, so
+the same result in any dtype, and no stacked copy of the weights.
 
 Layout. A wavefront buffer [L + 1, B, T + M, D] holds, for each layer l, the input of the segment it works on next;
 step t reads rows lo..hi-1 and writes its outputs one row down, and row L receives each finished segment. Every cell
@@ -18,13 +20,14 @@ masked out, as the sequential loop drops finished samples.
 (`rmt.memory.generation`): same arguments and the same tokens as `model.generate`.
 
 The engine stays in step with its model: it keeps the version counters of the parameters it stacked and restacks them
-before a call if any changed (an optimizer step, `load_state_dict`, an in-place edit under `torch.no_grad()`), so
-training the model further and then running the engine never uses stale weights. (Changes made through `.data`
+before the next grouped computation if any changed (an optimizer step, `load_state_dict`, an in-place edit under
+`torch.no_grad()`), so training the model further and then running the engine never uses stale weights. (Changes made through `.data`
 bypass version counters: call `refresh(force=True)` after them.) ARMT's own projections and memory tokens are read
 from the model at every call.
 
-Exactness: the same arithmetic as the sequential model up to the order of floating-point sums (fp32: logits within
-~1e-5; one cell per group: bit for bit). Dropout is not applied: run the model in eval mode when comparing.
+Exactness: the same arithmetic as the sequential model up to the order of floating-point sums (grouped cells, fp32:
+logits within ~1e-5; bf16: benchmarks/results/diagonal_precision-*.json); one cell per group: the sequential model's
+own computation. Dropout is not applied: run the model in eval mode when comparing.
 
 Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than one
 cell's and loses cache locality, so `group_size=1` runs the cells of a step one at a time, each its own memory read,
@@ -54,8 +57,8 @@ Logits = Literal["all", "last", "none"]
 
 
 class DiagonalARMT:
-    """Diagonal-batching inference engine for an `ARMTForCausalLM`: stacked copies of the decoder layers' weights,
-    rebuilt whenever the model's change (`refresh`)."""
+    """Diagonal-batching inference engine for an `ARMTForCausalLM`. Grouped cells use stacked copies of the decoder
+    layers' weights, rebuilt whenever the model's change (`refresh`); single cells use the model's own layers."""
 
     def __init__(self, model: ARMTForCausalLM, group_size: int | Literal["auto"] | None = "auto") -> None:
         """group_size: at most this many cells per grouped computation (memory read, layers, memory write). None:
@@ -72,17 +75,24 @@ class DiagonalARMT:
         self.model = model
         self.adapter = model.adapter
         self.num_layers = model.adapter.num_layers
-        self.layers = StackedLayers(model.adapter)
-        self._versions = self._source_versions()
+        self._stacked: StackedLayers | None = None  # built when a group of several cells first needs it
+        self._versions: list | None = None
+
+    @property
+    def layers(self) -> StackedLayers:
+        """The decoder layers' weights stacked for grouped cells, rebuilt if the model's weights changed."""
+        self.refresh()
+        if self._stacked is None:
+            self._stacked = StackedLayers(self.adapter)
+            self._versions = self._source_versions()
+        return self._stacked
 
     def refresh(self, force: bool = False) -> bool:
-        """Restack the decoder layers' weights if the model's changed since they were stacked (or if `force`);
-        returns whether it did. Called by `forward` and `generate`."""
-        versions = self._source_versions()
-        if not force and versions == self._versions:
+        """Drop the stacked weights if the model's changed since they were stacked (or if `force`): the next grouped
+        computation restacks them. Returns whether it dropped them. Called by `forward` and `generate`."""
+        if self._stacked is None or (not force and self._source_versions() == self._versions):
             return False
-        self.layers = StackedLayers(self.adapter)
-        self._versions = versions
+        self._stacked = None
         return True
 
     def _source_versions(self) -> list[tuple[int, int, torch.device, torch.dtype]]:
@@ -127,6 +137,8 @@ class DiagonalARMT:
         dtype = model.memory.dtype
         wave = torch.zeros(layers + 1, batch, width, model.memory.shape[1], dtype=dtype, device=device)
         rope = adapter.rotary_table(wave, positions)
+        # One cell at a time runs the model's own layers: the same kernels as the sequential model, no weight copies.
+        own_layers = adapter.layer_kwargs(wave[0], positions) if self.group_size == 1 else None
         w_q, w_k, w_v, w_b = model.w_q, model.w_k, model.w_v, model.w_b
 
         pieces: list[tuple[None, int, torch.Tensor]] = []
@@ -149,7 +161,10 @@ class DiagonalARMT:
                 lengths = seg_lengths[step - top + 1 : step - bottom + 1].flip(0)  # [G, B]: layer l on segment step-l
                 first = ~written[cells]
                 h = associative_read(wave[cells], A[cells], z[cells], w_q[cells], first)  # [G, B, W, D]
-                h = self.layers.forward(h, bottom, top, rope)[0]
+                if own_layers is not None:
+                    h = adapter.run_layer(bottom, h[0], own_layers)[None]
+                else:
+                    h = self.layers.forward(h, bottom, top, rope)[0]
                 index = (lengths[..., None] + slots)[..., None].expand(-1, -1, -1, h.shape[-1])  # [G, B, M, D]
                 new_A, new_z = associative_write(
                     h.gather(2, index), A[cells], z[cells], w_k[cells], w_v[cells], w_b[cells], first
