@@ -21,9 +21,9 @@ masked out, as the sequential loop drops finished samples.
 
 The engine stays in step with its model: it keeps the version counters of the parameters it stacked and restacks them
 before the next grouped computation if any changed (an optimizer step, `load_state_dict`, an in-place edit under
-`torch.no_grad()`), so training the model further and then running the engine never uses stale weights. (Changes made through `.data`
-bypass version counters: call `refresh(force=True)` after them.) ARMT's own projections and memory tokens are read
-from the model at every call.
+`torch.no_grad()`), so training the model further and then running the engine never uses stale weights. (Changes
+made through `.data` bypass version counters: call `refresh(force=True)` after them.) ARMT's own projections and
+memory tokens are read from the model at every call.
 
 Exactness: the same arithmetic as the sequential model up to the order of floating-point sums (grouped cells, fp32:
 logits within ~1e-5; bf16: benchmarks/results/diagonal_precision-*.json); one cell per group: the sequential model's
