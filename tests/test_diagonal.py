@@ -218,3 +218,15 @@ def test_group_size_default_and_bad_values():
     for bad in (0, -1, "fast", 1.5):
         with pytest.raises(ValueError, match="group_size"):
             DiagonalARMT(model, group_size=bad)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_one_cell_per_group_is_the_sequential_computation_in_bf16(family):
+    """group_size=1 runs the model's own layers: bf16 results equal sequential ARMT's exactly (whole segments)."""
+    model = armt(tiny_decoder(family, layers=3)).to(torch.bfloat16)
+    ids = _ids(2, 4 * SEG, seed=11)
+    with torch.no_grad():
+        expected = model(ids, logits="last")
+    got = DiagonalARMT(model, group_size=1)(ids)
+    assert torch.equal(got.logits, expected.logits)
+    tree_map(lambda x, y: torch.equal(x, y) or pytest.fail("memory differs"), got.memory_state, expected.memory_state)
