@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -60,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, rss_bytes, run_module, write_json
+from benchmarks.common import RESULTS_DIR, device_name, rss_bytes, run_module, write_json
 from rmt import ARMTForCausalLM, RMTConfig
 
 METHODS = ("full", "sequential", "diagonal")
@@ -299,18 +298,6 @@ def logits_error(diagonal: torch.Tensor, sequential: torch.Tensor) -> dict:
         "max_abs_relative": float(diff.max() / sequential.abs().max()),
         "relative_l2": float((diagonal - sequential).norm() / sequential.norm()),
     }
-
-
-def device_name(device: str) -> str:
-    """The GPU's name, or the CPU's model and core count."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model} ({os.cpu_count()} cores)"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -72,3 +73,15 @@ def run_module(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", module, *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model and core count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} ({os.cpu_count()} cores)"

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, write_json
+from benchmarks.common import RESULTS_DIR, device_name, write_json
 
 BUSY_LOOP = "while True: pass"
 
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         run = run_demo(threads, busy, passive)
         runs[json.dumps([threads, busy, run["omp_wait_policy"]])] = run
         print(f"threads {threads}, busy process {busy}, passive {passive}: {run['wall_seconds']} s", flush=True)
-    record = {"device": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "runs": list(runs.values())}
+    record = {"device": device_name("cpu"), "cpus": os.cpu_count(), "runs": list(runs.values())}
     write_json(path, record)
     print("| threads | OMP wait policy | busy process | demo wall s |\n|---|---|---|---|")
     for run in record["runs"]:

@@ -15,14 +15,13 @@ the same order removes their difference, which is what group_size=1 does (it run
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.armt_speed import CONFIGS
-from benchmarks.common import RESULTS_DIR, torch_threads, write_json
+from benchmarks.common import RESULTS_DIR, device_name, torch_threads, write_json
 from rmt import ARMTForCausalLM, RMTConfig
 from rmt.inference import DiagonalARMT
 
@@ -74,7 +73,7 @@ def measure(args: argparse.Namespace) -> dict:
         "length": args.length,
         "segment_size": args.segment_size,
         "memory_tokens": args.memory_tokens,
-        "device": platform.processor() or platform.machine(),
+        "device": device_name("cpu"),
         "threads": args.threads,
         "error_vs_fp32": {name: relative_error(out, reference) for name, out in paths.items()},
         "error_vs_sequential_bf16": {name: relative_error(out, sequential) for name, out in paths.items()},

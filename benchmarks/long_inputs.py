@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, rss_bytes, run_module, torch_threads, write_json
+from benchmarks.common import RESULTS_DIR, device_name, rss_bytes, run_module, torch_threads, write_json
 
 KINDS = ("rmt", "armt", "full")
 SEGMENT, MEMORY, D_MEM, CHUNK = 1024, 16, 64, 8192
@@ -220,7 +219,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 
 def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
-    record["device"] = platform.processor() or platform.machine()
+    record["device"] = device_name("cpu")
     record["threads"] = args.threads
     write_json(Path(args.output), record)
 

@@ -13,7 +13,6 @@ Weights, optimizer state and memory states stay fp32 under autocast (the trainer
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from benchmarks.common import RESULTS_DIR, torch_threads, write_json
+from benchmarks.common import RESULTS_DIR, device_name, torch_threads, write_json
 from rmt import RMTConfig
 from rmt.build import memory_model, random_backbone
 from rmt.data.sources import TaskSource
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS_DIR / "mixed_precision-cpu.json"), help="result file")
     args = parser.parse_args(argv)
     with torch_threads(args.threads):
-        record = {"device": platform.processor() or platform.machine(), "threads": args.threads}
+        record = {"device": device_name("cpu"), "threads": args.threads}
         record["speed"] = speed(args.rounds, args.warmup)
         if not args.skip_demo:
             record["demo"] = demo_accuracy(args.demo_steps)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, write_json
+from benchmarks.common import RESULTS_DIR, device_name, write_json
 
 MODEL = ["--task", "copy", "--task-size", "24", "--segments", "3", "--family", "llama", "--layers", "4"]
 MODEL += ["--hidden", "128", "--heads", "4", "--memory-tokens", "24", "--lr", "3e-3"]
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     one, two = runs[1], runs[2]
     difference = max(abs(a - b) for a, b in zip(one["losses"], two["losses"], strict=True))
     record = {
-        "device": platform.processor() or platform.machine(),
+        "device": device_name("cpu"),
         "cpus": os.cpu_count(),
         "setting": " ".join(MODEL) + f", global batch {args.batch_size}, {args.steps} steps, 1 thread per process",
         "runs": runs,
