@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class TrainerState:
     best_accuracy: float = -1.0  # best held-out accuracy at the final number of segments
     evals_without_gain: int = 0
     stopped_early: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -111,7 +110,8 @@ def train(
     if resume:
         record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)
         start_step = record["step"]
-        state = TrainerState(**record.get("trainer", {}))
+        known = {f.name for f in fields(TrainerState)}
+        state = TrainerState(**{k: v for k, v in record.get("trainer", {}).items() if k in known})
         if main:
             _truncate_metrics(metrics_path, start_step)
     elif main and metrics_path.exists():
@@ -175,7 +175,7 @@ def train(
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         if periodic or done == config.steps or state.stopped_early:
             save_checkpoint(
-                output_dir / CHECKPOINT_DIR, accelerator, model, done, config, _state_dict(state), save_extras, sharded
+                output_dir / CHECKPOINT_DIR, accelerator, model, done, config, asdict(state), save_extras, sharded
             )
     bar.close()
     if writer is not None:
@@ -281,19 +281,9 @@ def _after_eval(
                 state.evals_without_gain += 1
             state.stopped_early = accuracy >= 1.0 or state.evals_without_gain >= config.plateau_evals
     if accelerator.num_processes > 1:
-        shared = broadcast_object_list([_state_dict(state)])
+        shared = broadcast_object_list([asdict(state)])
         state = TrainerState(**shared[0])
     return state
-
-
-def _state_dict(state: TrainerState) -> dict[str, Any]:
-    return {
-        "stage": state.stage,
-        "best_accuracy": state.best_accuracy,
-        "evals_without_gain": state.evals_without_gain,
-        "stopped_early": state.stopped_early,
-        "extra": state.extra,
-    }
 
 
 def one_window(backbone: torch.nn.Module, task: Task) -> RecurrentMemoryModel:
