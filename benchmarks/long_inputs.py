@@ -198,7 +198,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
         for prompt in prompts:
             ids = torch.tensor([prompt])
             started = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id).sequences
+            out = model.generate(ids, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, do_sample=False).sequences
             seconds += time.perf_counter() - started
             tokens += ids.shape[1]
             answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))

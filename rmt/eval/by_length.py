@@ -114,7 +114,8 @@ class Reader:
             total = prompt.shape[1]
             ids = prompt[:, -self.window :] if self.window else prompt
             eos = self.tokenizer.eos_token_id
-            generated = self.model.generate(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos).sequences
+            generated = self.model.generate(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos, do_sample=False)
+            generated = generated.sequences
             text = self.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
             right = answer_is_correct(text, sample.target)
         return right, ids.shape[1], self._facts_in_last_span(sample, total)
