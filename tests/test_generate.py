@@ -145,3 +145,13 @@ def test_sampling_goes_through_transformers_processors():
     torch.manual_seed(0)
     again = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0).sequences
     assert torch.equal(first, again) and not torch.equal(first, greedy)
+
+
+def test_generation_past_the_learned_positions_is_refused():
+    """GPT-2 with a Transformer-XL cache numbers positions across segments: generating past its 256 positions stops
+    with an error naming the limit, not with an index error."""
+    model = model_for("gpt2", xl_cache_tokens=4)
+    prompt = torch.randint(0, VOCAB, (1, 150), generator=torch.Generator().manual_seed(9))  # positions 0..239
+    assert model.generate(prompt, max_new_tokens=10).sequences.shape == (1, 160)
+    with pytest.raises(ValueError, match="reaches position 256.*embeds at most 256"):
+        model.generate(prompt, max_new_tokens=100)
