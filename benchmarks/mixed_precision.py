@@ -13,6 +13,7 @@ Weights, optimizer state and memory states stay fp32 under autocast (the trainer
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from benchmarks.common import RESULTS_DIR, device_name, torch_threads, write_json
+from benchmarks.common import RESULTS_DIR, device_name, run_module, torch_threads, write_json
 from rmt import RMTConfig
 from rmt.build import memory_model, random_backbone
 from rmt.data.sources import TaskSource
@@ -60,30 +61,45 @@ def speed(rounds: int, warmup: int) -> dict:
     }
 
 
-def demo_accuracy(steps: int | None) -> dict:
-    """The demo's RMT trained in fp32 and with bf16 autocast: held-out accuracy and speed of each."""
-    settings = DemoSettings(plateau_evals=None)  # the same number of steps for both
+def demo_worker(precision: str, steps: int | None) -> dict:
+    """The demo's RMT trained with one precision ("no" or "bf16"): held-out accuracy and speed. Runs in its own
+    process, because Accelerate fixes the mixed-precision setting once per process."""
+    settings = DemoSettings(plateau_evals=None)  # the same number of steps for both precisions
     if steps:
         settings.steps = steps
     task = CopyTask(length=settings.length)
-    results = {}
+    model = demo_model(settings, settings.memory_tokens)
+    config = replace(demo_train_config(settings, progress=False), mixed_precision=precision)
+    source = TaskSource(task, seed=settings.seed)
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        train(model, source, config, folder, accelerator=Accelerator(cpu=True, mixed_precision=precision))
+        seconds = time.perf_counter() - started
+    scores = evaluate(model, source, batches=4, batch_size=256)
+    return {
+        "task": f"copy-{settings.length}, {settings.segments} segments (the demo)",
+        "steps": settings.steps,
+        "answer_accuracy": scores["accuracy"],
+        "exact_match": scores["exact_match"],
+        "train_seconds": seconds,
+        "steps_per_second": settings.steps / seconds,
+    }
+
+
+def demo_accuracy(steps: int | None, threads: int) -> dict:
+    """The demo trained in fp32 and with bf16 autocast, one child process each, same seed and steps."""
+    results: dict = {}
     for precision in ("no", "bf16"):
-        model = demo_model(settings, settings.memory_tokens)
-        config = replace(demo_train_config(settings, progress=False), mixed_precision=precision)
-        source = TaskSource(task, seed=settings.seed)
-        with tempfile.TemporaryDirectory() as folder:
-            started = time.perf_counter()
-            train(model, source, config, folder, accelerator=Accelerator(cpu=True, mixed_precision=precision))
-            seconds = time.perf_counter() - started
-        scores = evaluate(model, source, batches=4, batch_size=256)
-        results["fp32" if precision == "no" else "bf16"] = {
-            "answer_accuracy": scores["accuracy"],
-            "exact_match": scores["exact_match"],
-            "train_seconds": seconds,
-            "steps_per_second": settings.steps / seconds,
-        }
-    task_name = f"copy-{settings.length}, {settings.segments} segments (the demo)"
-    return {"task": task_name, "steps": settings.steps, **results}
+        worker = ["--demo-worker", precision, "--threads", str(threads)]
+        if steps:
+            worker += ["--demo-steps", str(steps)]
+        done = run_module("benchmarks.mixed_precision", worker)
+        if done.returncode != 0:
+            raise SystemExit(f"demo with mixed precision {precision!r} failed:\n{done.stderr[-3000:]}")
+        run = json.loads(done.stdout.strip().splitlines()[-1])
+        results["task"], results["steps"] = run.pop("task"), run.pop("steps")
+        results["fp32" if precision == "no" else "bf16"] = run
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,13 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-steps", type=int, default=None, help="demo training steps (default: the demo's)")
     parser.add_argument("--skip-demo", action="store_true", help="measure speed only")
     parser.add_argument("--output", default=str(RESULTS_DIR / "mixed_precision-cpu.json"), help="result file")
+    parser.add_argument("--demo-worker", choices=("no", "bf16"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with torch_threads(args.threads):
+        if args.demo_worker:
+            print(json.dumps(demo_worker(args.demo_worker, args.demo_steps)))
+            return 0
         record = {"device": device_name("cpu"), "threads": args.threads}
         record["speed"] = speed(args.rounds, args.warmup)
+        write_json(Path(args.output), record)
         if not args.skip_demo:
-            record["demo"] = demo_accuracy(args.demo_steps)
-    write_json(Path(args.output), record)
+            record["demo"] = demo_accuracy(args.demo_steps, args.threads)
+            write_json(Path(args.output), record)
     print(format_table(record))
     return 0
 
