@@ -36,6 +36,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent)
     try:
+        os.fchmod(handle, _permissions(0o666))
         with os.fdopen(handle, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -59,7 +60,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
+    tmp = _new_temporary_directory(path)
     try:
         yield tmp
         replace_directory(tmp, path)
@@ -74,7 +75,23 @@ def temporary_directory(path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
+    return _new_temporary_directory(path)
+
+
+def _new_temporary_directory(path: Path) -> Path:
+    """An empty folder next to `path` with a name `recover_directory` recognises and the permissions of a folder made
+    by `mkdir` (mkdtemp's are owner-only)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
+    tmp.chmod(_permissions(0o777))
+    return tmp
+
+
+def _permissions(requested: int) -> int:
+    """`requested` limited by the process's umask, as `open` and `mkdir` do (mkstemp and mkdtemp ignore the umask and
+    make owner-only files, which a shared results folder or checkpoint should not get)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return requested & ~mask
 
 
 def recover_directory(path: str | os.PathLike) -> None:

@@ -204,3 +204,16 @@ def test_metrics_log_survives_a_resume(trained_run, capsys):
     assert main(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]) == 0
     after = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert after[: len(before)] == before and max(r["step"] for r in after) == 4
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """Results and checkpoints are readable by others when the umask says so (mkstemp alone makes them owner-only)."""
+    previous = os.umask(0o022)
+    try:
+        files.write_atomic(tmp_path / "result.json", "{}")
+        with files.atomic_directory(tmp_path / "model") as tmp:
+            (tmp / "weights").write_text("w")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
