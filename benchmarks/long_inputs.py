@@ -6,7 +6,8 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs diagonal --length 16384
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/model --length 4k --samples 10
 
-Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json).
+Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json); parts
+may run at the same time in separate processes (one per core) and add to the same file.
 
 - reading: a document of random tokens read through `model.stream()` in chunks of 8192 with logits="none" (only
   the last token's logits at the end), in a fresh process per (kind, length) so that the peak RSS (ru_maxrss) is that
@@ -33,7 +34,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, device_name, rss_bytes, run_module, torch_threads, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    device_name,
+    results_lock,
+    rss_bytes,
+    run_module,
+    torch_threads,
+    write_json,
+)
 
 KINDS = ("rmt", "armt", "full")
 SEGMENT, MEMORY, D_MEM, CHUNK = 1024, 16, 64, 8192
@@ -219,9 +228,20 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 
 def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Add this run's measurements to the result file. Parts may run at the same time in several processes (one per
+    core): under the results lock the file is read again and only this run's entries are replaced."""
     record["device"] = device_name("cpu")
     record["threads"] = args.threads
-    write_json(Path(args.output), record)
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with results_lock(path.parent):
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        for key, value in record.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        write_json(path, merged)
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -3,12 +3,17 @@ real runs are in benchmarks/results/): they run end to end and write what they p
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
-from conftest import background_text
+import torch
+from conftest import background_text, strengthen_memory, tiny_decoder
 
-from benchmarks import diagonal_precision, encoder_memory, language_modeling, mixed_precision
+from benchmarks import diagonal_precision, encoder_memory, language_modeling, long_inputs, mixed_precision
+from rmt import RMTConfig
+from rmt.build import memory_model
+from rmt.memory.segments import closed_length
 
 
 def test_language_modeling_smoke(tmp_path, monkeypatch):
@@ -62,3 +67,28 @@ def test_mixed_precision_table():
 def test_mixed_precision_speed_smoke():
     result = mixed_precision.speed(rounds=1, warmup=0)
     assert result["speedup"] > 0 and set(result["seconds_per_step"]) == {"fp32", "bf16"}
+
+
+def test_long_inputs_parts_run_side_by_side_without_losing_each_others_results(tmp_path):
+    """Two processes (one per core) each add their part to the same file: neither overwrites the other's runs."""
+    args = argparse.Namespace(output=str(tmp_path / "long.json"), threads=1)
+    first = {"reading": {"rmt/4096": {"tokens_per_second": 1.0}}}
+    second = {"reading": {"armt/4096": {"tokens_per_second": 2.0}}, "generation": {"rmt": {"speedup": 3.0}}}
+    long_inputs.save(args, first)
+    long_inputs.save(args, second)  # a process that started before the first one saved
+    record = json.loads((tmp_path / "long.json").read_text())
+    assert set(record["reading"]) == {"rmt/4096", "armt/4096"} and record["generation"]["rmt"]["speedup"] == 3.0
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_long_inputs_recompute_baseline_generates_what_generate_does(kind):
+    """The benchmark's no-cache baseline (the open segment re-run for every token) is a reference for `generate`:
+    the same greedy tokens, across a segment boundary."""
+    config = RMTConfig(memory_kind=kind, num_memory_tokens=2, segment_size=8, d_mem=8)
+    model = memory_model(tiny_decoder("llama"), config).eval()
+    if kind == "armt":
+        strengthen_memory(model)
+    prompt = torch.randint(0, model.vocab_size, (1, 13), generator=torch.Generator().manual_seed(0))
+    cached = model.generate(prompt, max_new_tokens=12, do_sample=False).sequences
+    recomputed = long_inputs.recompute_generate(model, prompt, 12, closed_length)
+    assert torch.equal(cached, recomputed)
