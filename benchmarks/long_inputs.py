@@ -5,6 +5,8 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs generation
     python -m benchmarks.long_inputs diagonal --length 16384
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/model --length 4k --samples 10
+    python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained
+    python -m benchmarks.long_inputs precision --model runs/smollm2-armt-untrained --length 4k --samples 10
 
 Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json); parts
 may run at the same time in separate processes (one per core) and add to the same file.
@@ -17,8 +19,9 @@ may run at the same time in separate processes (one per core) and add to the sam
 - generation: 128 new tokens after a 1536-token prompt (one complete segment, 512 in the open one), with rmt's
   generate (the open segment's keys/values cached) against re-running the open segment for every token; same tokens.
 - diagonal: ARMT read sequentially (the stream) and by the diagonal engine on the same input: time and logits.
-- precision: a trained model's answers to BABILong samples in fp32 and with bf16 weights: tokens/s and whether the
-  greedy answers agree.
+- precision: a saved memory model's answers to BABILong samples in fp32 and with bf16 weights: tokens/s and whether
+  the greedy answers agree (one entry per --model). `save-untrained FOLDER` saves the untrained ARMT wrapper of the
+  timing parts, whose answers are SmolLM2's own reading of the input, for a comparison on answers in plain words.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
 does not depend on what the weights are.
 """
@@ -214,8 +217,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
         correct = sum(answer_is_correct(a, s.target) for a, s in zip(answers, samples, strict=True))
         results[name] = {"tokens_per_second": tokens / seconds, "correct": correct, "answers": answers}
     same = sum(a == b for a, b in zip(results["fp32"]["answers"], results["bf16"]["answers"], strict=True))
-    record["precision"] = {
-        "model": str(args.model),
+    record.setdefault("precision", {})[str(args.model)] = {
         "task": args.task,
         "length": args.length,
         "samples": args.samples,
@@ -223,8 +225,14 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
         "same_answers": same,
         "bf16_speedup": results["bf16"]["tokens_per_second"] / results["fp32"]["tokens_per_second"],
     }
-    print({k: v for k, v in record["precision"].items() if k not in ("fp32", "bf16")}, flush=True)
+    print({k: v for k, v in record["precision"][str(args.model)].items() if k not in ("fp32", "bf16")}, flush=True)
     save(args, record)
+
+
+def save_untrained(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Save the timing parts' untrained ARMT wrapper of SmolLM2 to --model, for `precision`."""
+    build("armt").save_pretrained(args.model)
+    print(f"saved the untrained ARMT to {args.model}")
 
 
 def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
@@ -264,15 +272,18 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PARTS = {"reading": reading, "generation": generation, "diagonal": diagonal, "precision": precision}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", nargs="?", choices=("reading", "generation", "diagonal", "precision", "summary"))
+    parser.add_argument("part", nargs="?", choices=(*PARTS, "save-untrained", "summary"))
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "LENGTH"), help=argparse.SUPPRESS)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 65536, 262144])
     parser.add_argument("--length", default="16384", help="diagonal: tokens; precision: a BABILong length (4k)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generation: tokens to generate")
-    parser.add_argument("--model", default=None, help="precision: a trained memory model (save_pretrained folder)")
+    parser.add_argument("--model", default=None, help="precision: a saved memory model; save-untrained: where to")
     parser.add_argument("--task", default="qa1", help="precision: BABILong task")
     parser.add_argument("--samples", type=int, default=10, help="precision: samples")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
@@ -286,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(path.read_text()) if path.exists() else {}
         if args.part == "diagonal":
             args.length = int(args.length)
-        if args.part == "precision" and args.model is None:
-            raise SystemExit("precision needs --model")
-        parts = {"reading": reading, "generation": generation, "diagonal": diagonal, "precision": precision}
-        if args.part in parts:
-            parts[args.part](args, record)
+        if args.part in ("precision", "save-untrained") and args.model is None:
+            raise SystemExit(f"{args.part} needs --model")
+        if args.part == "save-untrained":
+            save_untrained(args, record)
+            return 0
+        if args.part in PARTS:
+            PARTS[args.part](args, record)
         print(summary(record))
     return 0
 
