@@ -85,6 +85,7 @@ def test_train_on_a_file_then_evaluate_decoder(tmp_path, decoder_dir, haystack_f
     for cell in results["cells"].values():  # every sample is counted once, by where its facts are
         assert cell["facts_in_last_span"]["samples"] + cell["facts_before_last_span"]["samples"] == cell["samples"]
     assert (by_length / "heatmap-memory.png").stat().st_size > 0 and (by_length / "table.md").exists()
+    assert (by_length / "accuracy.png").stat().st_size > 0
 
 
 def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder_dir, haystack_file, capsys):

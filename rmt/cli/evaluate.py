@@ -5,8 +5,9 @@
     rmt eval runs/qa1/model --data babilong:qa1,qa2 --lengths 0k,1k,4k,16k,64k,128k,1M --samples 100 \\
         --methods memory,no_memory,full_attention --output runs/qa1/by-length
 
-By length, it prints the accuracy table (task x length, 95% intervals), writes results.json, table.md and a heatmap
-per method to --output, and shows a progress bar with tokens/s. `--samples 0k=100,1M=10` sets counts per length.
+By length, it prints the accuracy table (task x length, 95% intervals), writes results.json, table.md, accuracy.png
+(the methods side by side) and a heatmap per method to --output, and shows a progress bar with tokens/s.
+`--samples 0k=100,1M=10` sets counts per length.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--babilong-dir", default=None, help="read samples from BABILong files DIR/data/<task>/<length>.json instead"
     )
     babilong.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: %(default)s)")
-    babilong.add_argument("--output", default=None, help="folder for results.json, table.md and heatmaps")
+    babilong.add_argument("--output", default=None, help="folder for results.json, table.md and plots")
     add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -159,7 +160,7 @@ def _by_length(args: argparse.Namespace, model) -> int:
     )
     print(format_table(results))
     if args.output:
-        print(f"\nwrote {Path(args.output) / 'results.json'}, table.md and heatmaps")
+        print(f"\nwrote {Path(args.output) / 'results.json'}, table.md and plots")
     return 0
 
 

@@ -238,12 +238,13 @@ def _run_cell(reader: Reader, samples: list[BabilongSample], label: str, progres
 
 
 def write_results(results: dict[str, Any], output_dir: Path) -> None:
-    """results.json, table.md and one heatmap per method."""
+    """results.json, table.md, one heatmap per method and accuracy.png (the methods side by side by length)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "results.json", results)
     (output_dir / "table.md").write_text(format_table(results) + "\n")
     for method in results["methods"]:
         plot_heatmap(results, method, output_dir / f"heatmap-{method}.png")
+    plot_methods(results, output_dir / "accuracy.png")
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -287,6 +288,40 @@ def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
     ax.set_xlabel("input length (tokens)")
     ax.set_title(f"BABILong accuracy, {method.replace('_', ' ')}")
     fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_methods(results: dict[str, Any], path: Path) -> None:
+    """Accuracy against input length, one panel per task and one line per method, with the 95% intervals as bars:
+    where memory beats its baselines, and whether the difference is larger than the sampling noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, lengths = results["tasks"], results["lengths"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.5 + 0.7 * len(lengths) * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for offset, method in enumerate(results["methods"]):
+            points = [
+                (j, cell) for j, name in enumerate(lengths) if (cell := results["cells"].get(f"{task}/{name}/{method}"))
+            ]
+            if not points:
+                continue
+            x = [j + 0.08 * (offset - 1) for j, _ in points]  # side by side, so the bars do not hide each other
+            y = [cell["accuracy"] for _, cell in points]
+            below = [cell["accuracy"] - cell["ci95"][0] for _, cell in points]
+            above = [cell["ci95"][1] - cell["accuracy"] for _, cell in points]
+            ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=3, label=method.replace("_", " "))
+        ax.set_xticks(range(len(lengths)), lengths)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("input length (tokens)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (95% interval)")
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
