@@ -54,6 +54,19 @@ def run(processes: int, steps: int, global_batch: int, folder: Path) -> dict:
     }
 
 
+def compare_losses(one: list[float], two: list[float]) -> dict:
+    """How long the two loss curves agree and where they end. The all-reduce sums the two halves of the batch in
+    another order than one process does, so the curves are equal to rounding at first and drift apart once training
+    amplifies rounding (a fast-learning phase); the drift is not an error in the gradients."""
+    differences = [abs(a - b) for a, b in zip(one, two, strict=True)]
+    equal_until = next((step for step, d in enumerate(differences) if d > 1e-4), len(differences))
+    return {
+        "max_loss_difference": max(differences),
+        "steps_equal_within_1e-4": equal_until,
+        "final_losses": [one[-1], two[-1]],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps (default: %(default)s)")
@@ -63,14 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         runs = {n: run(n, args.steps, args.batch_size, Path(folder) / f"p{n}") for n in (1, 2)}
     one, two = runs[1], runs[2]
-    difference = max(abs(a - b) for a, b in zip(one["losses"], two["losses"], strict=True))
     record = {
         "device": device_name("cpu"),
         "cpus": os.cpu_count(),
         "setting": " ".join(MODEL) + f", global batch {args.batch_size}, {args.steps} steps, 1 thread per process",
         "runs": runs,
         "speedup": two["steps_per_second"] / one["steps_per_second"],
-        "max_loss_difference": difference,
+        **compare_losses(one["losses"], two["losses"]),
     }
     write_json(Path(args.output), record)
     print("| processes | steps/s | train s |\n|---|---|---|")
@@ -78,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {run_record['processes']} | {run_record['steps_per_second']:.2f} | {run_record['train_seconds']:.0f} |"
         )
-    print(f"two / one: {record['speedup']:.2f}x; largest difference between the logged losses: {difference:.2e}")
+    print(
+        f"two / one: {record['speedup']:.2f}x; logged losses equal within 1e-4 up to step "
+        f"{record['steps_equal_within_1e-4']}, largest difference {record['max_loss_difference']:.2e}, "
+        f"final losses {record['final_losses'][0]:.4f} and {record['final_losses'][1]:.4f}"
+    )
     return 0
 
 

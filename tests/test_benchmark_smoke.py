@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import background_text, strengthen_memory, tiny_decoder
 
-from benchmarks import diagonal_precision, encoder_memory, language_modeling, long_inputs, mixed_precision
+from benchmarks import diagonal_precision, encoder_memory, language_modeling, long_inputs, mixed_precision, processes
 from rmt import RMTConfig
 from rmt.build import memory_model
 from rmt.memory.segments import closed_length
@@ -92,3 +92,11 @@ def test_long_inputs_recompute_baseline_generates_what_generate_does(kind):
     cached = model.generate(prompt, max_new_tokens=12, do_sample=False).sequences
     recomputed = long_inputs.recompute_generate(model, prompt, 12, closed_length)
     assert torch.equal(cached, recomputed)
+
+
+def test_processes_loss_comparison():
+    one = [2.0, 1.5, 1.0, 0.5]
+    two = [2.0, 1.5 + 5e-5, 1.2, 0.4]
+    result = processes.compare_losses(one, two)
+    assert result["steps_equal_within_1e-4"] == 2 and result["final_losses"] == [0.5, 0.4]
+    assert abs(result["max_loss_difference"] - 0.2) < 1e-12
