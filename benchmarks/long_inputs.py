@@ -230,8 +230,12 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 
 def save_untrained(args: argparse.Namespace, record: dict[str, Any]) -> None:
-    """Save the timing parts' untrained ARMT wrapper of SmolLM2 to --model, for `precision`."""
+    """Save the timing parts' untrained ARMT wrapper of SmolLM2 to --model with its tokenizer (where `rmt train`
+    puts it), for `precision`."""
+    from rmt.build import pretrained_tokenizer
+
     build("armt").save_pretrained(args.model)
+    pretrained_tokenizer("smollm2").save_pretrained(Path(args.model) / "backbone")
     print(f"saved the untrained ARMT to {args.model}")
 
 
