@@ -100,7 +100,7 @@ class QACollator:
         return self.label_index[key]
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 class TextCollator:
@@ -117,7 +117,7 @@ class TextCollator:
         for record in records:
             if "text" not in record:
                 raise InputError(f"a text record lacks the field 'text': it has {sorted(record)}")
-        ids = self.tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer([r["text"] for r in records], add_special_tokens=False, verbose=False)["input_ids"]
         if self.tokenizer.eos_token_id is not None:
             ids = [seq + [self.tokenizer.eos_token_id] for seq in ids]
         if self.max_length is not None:

@@ -125,7 +125,7 @@ class Reader:
         fact's place comes from its depth in the context, which is what precedes the question."""
         if sample.supporting_depths is None:
             return True
-        context = len(self.tokenizer(sample.input, add_special_tokens=False).input_ids)
+        context = len(self.tokenizer(sample.input, add_special_tokens=False, verbose=False).input_ids)
         span_start = total - self.window if self.window else (total - 1) // self.span * self.span
         return all(depth * context >= span_start for depth in sample.supporting_depths)
 
