@@ -229,7 +229,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
     save(args, record)
 
 
-def save_untrained(args: argparse.Namespace, record: dict[str, Any]) -> None:
+def save_untrained(args: argparse.Namespace) -> None:
     """Save the timing parts' untrained ARMT wrapper of SmolLM2 to --model with its tokenizer (where `rmt train`
     puts it), for `precision`."""
     from rmt.build import pretrained_tokenizer
@@ -297,18 +297,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.worker:
             print(json.dumps(read_worker(args.worker[0], int(args.worker[1]))))
             return 0
-        path = Path(args.output)
-        record = json.loads(path.read_text()) if path.exists() else {}
         if args.part == "diagonal":
             args.length = int(args.length)
         if args.part in ("precision", "save-untrained") and args.model is None:
             raise SystemExit(f"{args.part} needs --model")
         if args.part == "save-untrained":
-            save_untrained(args, record)
+            save_untrained(args)
             return 0
         if args.part in PARTS:
-            PARTS[args.part](args, record)
-        print(summary(record))
+            PARTS[args.part](args, {})  # only this run's measurements: `save` merges them into the file
+        path = Path(args.output)
+        print(summary(json.loads(path.read_text()) if path.exists() else {}))
     return 0
 
 
