@@ -84,7 +84,8 @@ def test_long_inputs_parts_run_side_by_side_without_losing_each_others_results(t
 def test_long_inputs_recompute_baseline_generates_what_generate_does(kind):
     """The benchmark's no-cache baseline (the open segment re-run for every token) is a reference for `generate`:
     the same greedy tokens, across a segment boundary."""
-    config = RMTConfig(memory_kind=kind, num_memory_tokens=2, segment_size=8, d_mem=8)
+    armt = {"d_mem": 8} if kind == "armt" else {}
+    config = RMTConfig(memory_kind=kind, num_memory_tokens=2, segment_size=8, **armt)
     model = memory_model(tiny_decoder("llama"), config).eval()
     if kind == "armt":
         strengthen_memory(model)
