@@ -1,4 +1,4 @@
-"""RMT wrapper oracles (DESIGN.md section 5): identity with memory off, memory carries information, BPTT reach,
+"""RMT wrapper oracles: identity with memory off, memory carries information, BPTT reach,
 padding invariance, streaming backward == reference backward, loss aggregation values, and bad inputs."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The associative memory of ARMT, vectorised: the path the model and the diagonal engine run.
 
 One memory per layer: A [K, D] and z [K] (kept in fp32 whatever the model dtype), with K = 6 * d_mem keys from the
-DPFP feature map. Per segment (DESIGN.md, "ARMT"):
+DPFP feature map. Per segment (Rodkin et al. 2024, "Associative Recurrent Memory Transformer"):
 
     read, every position:   q = phi(W_q h);  h <- h + (q A) / (z . q + eps)              (skipped on a first segment)
     write, memory outputs m_i:  k_i = phi(W_k m_i), v_i = W_v m_i, beta_i = sigmoid(W_b m_i),
