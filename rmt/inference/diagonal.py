@@ -80,8 +80,8 @@ class DiagonalARMT:
 
     @property
     def layers(self) -> StackedLayers:
-        """The decoder layers' weights stacked for grouped cells, rebuilt if the model's weights changed."""
-        self.refresh()
+        """The decoder layers' weights stacked for grouped cells, built on first use after `refresh` dropped them
+        (`forward` and `generate` refresh once per call, not once per grouped step)."""
         if self._stacked is None:
             self._stacked = StackedLayers(self.adapter)
             self._versions = self._source_versions()
