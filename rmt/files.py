@@ -12,6 +12,7 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
   removes the temporary folders of processes that no longer run.
 - `temporary_directory(path)` + `replace_directory(tmp, path)`: the two halves of `atomic_directory`, for a folder
   that several processes fill (the trainer's checkpoints under multi-process training).
+- `set_aside_exists(path)`: whether `recover_directory` would restore a previous version (read-only).
 """
 
 from __future__ import annotations
@@ -151,6 +152,18 @@ def _libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
+
+
+def set_aside_exists(path: str | os.PathLike) -> bool:
+    """Whether a previous version of folder `path` lies set aside by a crash in the portable swap, for
+    `recover_directory` to restore. Only reads the folder next to `path`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return False
+    return any(
+        (parsed := _parse_leftover(entry.name, path.name)) is not None and parsed[0] == _OLD_TAG
+        for entry in path.parent.iterdir()
+    )
 
 
 def _parse_leftover(name: str, target: str) -> tuple[str, int] | None:

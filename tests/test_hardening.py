@@ -162,8 +162,9 @@ def test_a_crash_between_the_two_renames_keeps_the_old_folder(tmp_path, monkeypa
     assert not target.exists()  # the window the crash fell into
     set_aside = tmp_path / f".checkpoint.old-{os.getpid()}"
     os.rename(set_aside, tmp_path / ".checkpoint.old-999999999")  # as if left by a process that has ended
+    assert files.set_aside_exists(target)  # what `--resume` asks before restoring it
     files.recover_directory(target)
-    assert (target / "step").read_text() == "3"
+    assert (target / "step").read_text() == "3" and not files.set_aside_exists(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 

@@ -28,7 +28,13 @@ from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError
 
 from rmt.errors import InputError, MissingFileError
-from rmt.files import recover_directory, replace_directory, temporary_directory, write_json_atomic
+from rmt.files import (
+    recover_directory,
+    replace_directory,
+    set_aside_exists,
+    temporary_directory,
+    write_json_atomic,
+)
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train import fsdp
@@ -144,5 +150,4 @@ def checkpoint_exists(output_dir: str | os.PathLike) -> bool:
     """Whether OUTPUT/checkpoint holds a checkpoint to resume from (also one that a crash left set aside, which
     `load_checkpoint` restores). Reads only: every process may ask."""
     path = Path(output_dir) / CHECKPOINT_DIR
-    set_aside = any(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else False
-    return (path / TRAINER_STATE).is_file() or set_aside
+    return (path / TRAINER_STATE).is_file() or set_aside_exists(path)
