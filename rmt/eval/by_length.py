@@ -304,13 +304,15 @@ def plot_methods(results: dict[str, Any], path: Path) -> None:
     tasks, lengths = results["tasks"], results["lengths"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(1.5 + 0.7 * len(lengths) * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for offset, method in enumerate(results["methods"]):
+        methods = results["methods"]
+        for offset, method in enumerate(methods):
             points = [
                 (j, cell) for j, name in enumerate(lengths) if (cell := results["cells"].get(f"{task}/{name}/{method}"))
             ]
             if not points:
                 continue
-            x = [j + 0.08 * (offset - 1) for j, _ in points]  # side by side, so the bars do not hide each other
+            shift = 0.08 * (offset - (len(methods) - 1) / 2)  # side by side, so the bars do not hide each other
+            x = [j + shift for j, _ in points]
             y = [cell["accuracy"] for _, cell in points]
             below = [cell["accuracy"] - cell["ci95"][0] for _, cell in points]
             above = [cell["ci95"][1] - cell["accuracy"] for _, cell in points]
