@@ -21,6 +21,7 @@ with 12-16-layer models trained for days: the absolute values are not comparable
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS_DIR, torch_threads, write_atomically, write_json
+from benchmarks.common import RESULTS_DIR, results_lock, torch_threads, write_atomically, write_json
 from rmt import RMTConfig
 from rmt.build import memory_model, random_backbone
 from rmt.data.batch import Batch
@@ -135,6 +136,28 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
             "train_seconds": round(seconds, 1)}  # fmt: skip
 
 
+def comparable_settings(args: argparse.Namespace) -> dict:
+    """The settings that make runs comparable: everything but which kinds this process trains and how it shows
+    progress. Processes on different cores (`--kinds baseline rmt` on one, `--kinds trxl trxl+rmt` on another) fill
+    one output folder when these agree."""
+    return {k: v for k, v in vars(args).items() if k not in ("kinds", "threads", "no_progress")}
+
+
+def load_results(path: Path, settings: dict) -> dict:
+    """The runs already in `path` (none if it does not exist); runs made with other settings are refused, so a
+    folder never mixes two setups."""
+    if not path.exists():
+        return {"settings": settings, "runs": {}}
+    results = json.loads(path.read_text())
+    before = {k: v for k, v in results.get("settings", {}).items() if k not in ("kinds", "threads", "no_progress")}
+    if before != settings:
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        raise SystemExit(f"error: {path} holds runs made with other settings ({', '.join(changed)}); "
+                         "use another --output")  # fmt: skip
+    results["settings"] = settings
+    return results
+
+
 def format_table(results: dict) -> str:
     runs = results["runs"]
     segments = len(next(iter(runs.values()))["bpb_by_segment"])
@@ -142,7 +165,7 @@ def format_table(results: dict) -> str:
         "| model | bpb | " + " | ".join(f"segment {i + 1}" for i in range(segments)) + " | train s |",
         "|---|---|" + "---|" * segments + "---|",
     ]
-    for kind, run_record in runs.items():
+    for kind, run_record in sorted(runs.items(), key=lambda item: KINDS.index(item[0])):
         cells = " | ".join(f"{b:.3f}" for b in run_record["bpb_by_segment"])
         lines.append(f"| {kind} | **{run_record['bpb']:.3f}** | {cells} | {run_record['train_seconds']:.0f} |")
     lines += ["", "Published, for orientation (not comparable in absolute value):", ""]
@@ -158,7 +181,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, run_record in results["runs"].items():
+    for kind, run_record in sorted(results["runs"].items(), key=lambda item: KINDS.index(item[0])):
         values = run_record["bpb_by_segment"]
         ax.plot(range(1, len(values) + 1), values, marker="o", label=f"{kind} ({run_record['bpb']:.3f})")
     ax.set_xlabel("segment of the document")
@@ -196,12 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     train_docs, held_out = documents(args.document_bytes, 0.02, args.seed)
     source = ByteDocuments(train_docs, held_out, args.seed)
     results_file = output / "results.json"
-    results = {"settings": vars(args), "documents": {"train": len(train_docs), "held_out": len(held_out)}, "runs": {}}
+    settings = comparable_settings(args)
     with torch_threads(args.threads):
         for kind in args.kinds:
-            results["runs"][kind] = run(kind, args, source, held_out)
-            write_json(results_file, results)
-            print(f"{kind}: {results['runs'][kind]['bpb']:.3f} bpb", flush=True)
+            if kind in load_results(results_file, settings)["runs"]:
+                print(f"{kind}: already in {results_file}, skipped", flush=True)
+                continue
+            record = run(kind, args, source, held_out)
+            with results_lock(output):
+                results = load_results(results_file, settings)
+                results["documents"] = {"train": len(train_docs), "held_out": len(held_out)}
+                results["runs"][kind] = record
+                write_json(results_file, results)
+            print(f"{kind}: {record['bpb']:.3f} bpb", flush=True)
+    results = load_results(results_file, settings)
     write_atomically(output / "results.md", format_table(results) + "\n")
     plot(results, output / "bpb_by_segment.png")
     print(format_table(results))

@@ -21,9 +21,15 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(language_modeling, "default_corpus_texts", lambda: books)
     args = ["--steps", "2", "--document-bytes", "256", "--segment-size", "64", "--eval-documents", "8"]
     args += ["--layers", "1", "--hidden", "32", "--no-progress", "--output", str(tmp_path)]
-    assert language_modeling.main(args) == 0
+    # Two processes' worth of kinds fill one folder; a kind already there is not trained again.
+    assert language_modeling.main([*args, "--kinds", "baseline", "trxl"]) == 0
+    first = json.loads((tmp_path / "results.json").read_text())["runs"]["baseline"]
+    assert language_modeling.main([*args, "--kinds", "baseline", "rmt", "trxl+rmt"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["runs"]) == set(language_modeling.KINDS)
+    assert results["runs"]["baseline"] == first
+    with pytest.raises(SystemExit, match="other settings.*steps"):
+        language_modeling.main([*args[2:], "--steps", "3"])
     for run in results["runs"].values():
         assert len(run["bpb_by_segment"]) == 4 and 0 < run["bpb"] < 9  # 256 bytes = 4 segments; untrained ~8 bits
     trxl = results["runs"]["trxl+rmt"]["rmt_config"]
