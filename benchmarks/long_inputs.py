@@ -4,7 +4,7 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs reading --kinds rmt armt full --lengths 4096 16384 65536 262144 1048576
     python -m benchmarks.long_inputs generation
     python -m benchmarks.long_inputs diagonal --length 16384
-    python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/model --length 4k --samples 10
+    python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/checkpoint/model --length 4k --samples 10
     python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-untrained --length 4k --samples 10
 
@@ -19,9 +19,11 @@ may run at the same time in separate processes (one per core) and add to the sam
 - generation: 128 new tokens after a 1536-token prompt (one complete segment, 512 in the open one), with rmt's
   generate (the open segment's keys/values cached) against re-running the open segment for every token; same tokens.
 - diagonal: ARMT read sequentially (the stream) and by the diagonal engine on the same input: time and logits.
-- precision: a saved memory model's answers to BABILong samples in fp32 and with bf16 weights: tokens/s and whether
-  the greedy answers agree (one entry per --model). `save-untrained FOLDER` saves the untrained ARMT wrapper of the
-  timing parts, whose answers are SmolLM2's own reading of the input, for a comparison on answers in plain words.
+- precision: a saved memory model's answers to BABILong samples in fp32 and with bf16 weights: tokens/s, whether
+  the greedy answers agree, fp32's margin between its top two tokens where they first differ, and a teacher-forced
+  comparison on fp32's answer tokens (top-token agreement, logit differences); one entry per --model.
+  `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
+  reading of the input, for a comparison on answers in plain words.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
 does not depend on what the weights are.
 """
@@ -193,7 +195,10 @@ def diagonal(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 
 def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
-    """A trained model's greedy answers to BABILong samples with fp32 and with bf16 weights."""
+    """A trained model's greedy answers to BABILong samples with fp32 and with bf16 weights, and why they differ:
+    where a greedy answer flips, fp32's own margin between its top two tokens there; and, teacher-forced on fp32's
+    answers (both precisions given the same tokens, so one flip does not change every later step), how often the top
+    token agrees and how far bf16's logits are from fp32's."""
     from rmt.build import pretrained_tokenizer
     from rmt.data.babilong import answer_is_correct, build_dataset
     from rmt.data.collate import QACollator
@@ -202,21 +207,28 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
     tokenizer = pretrained_tokenizer(args.model)
     samples = build_dataset(args.task, args.length, args.samples, tokenizer, default_haystack(), seed=11)
-    prompts = QACollator(tokenizer, "decoder").prompt_ids([s.to_dict() for s in samples])
-    results = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        model = RecurrentMemoryModel.from_pretrained(args.model, dtype=dtype).eval()
-        answers, tokens, seconds = [], 0, 0.0
-        for prompt in prompts:
-            ids = torch.tensor([prompt])
+    prompts = [torch.tensor([p]) for p in QACollator(tokenizer, "decoder").prompt_ids([s.to_dict() for s in samples])]
+    models = {
+        name: RecurrentMemoryModel.from_pretrained(args.model, dtype=dtype).eval()
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    results, answer_ids, margins = {}, {}, {}
+    for name, model in models.items():
+        answer_ids[name], margins[name], tokens, seconds = [], [], 0, 0.0
+        for ids in prompts:
             started = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, do_sample=False).sequences
+            out = model.generate(
+                ids, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, do_sample=False, output_scores=True
+            )
             seconds += time.perf_counter() - started
             tokens += ids.shape[1]
-            answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+            answer_ids[name].append(out.sequences[0, ids.shape[1] :].tolist())
+            top_two = out.scores[0].float().topk(2, dim=-1).values  # [N, 2]
+            margins[name].append((top_two[:, 0] - top_two[:, 1]).tolist())
+        answers = [tokenizer.decode(a, skip_special_tokens=True) for a in answer_ids[name]]
         correct = sum(answer_is_correct(a, s.target) for a, s in zip(answers, samples, strict=True))
         results[name] = {"tokens_per_second": tokens / seconds, "correct": correct, "answers": answers}
-    same = sum(a == b for a, b in zip(results["fp32"]["answers"], results["bf16"]["answers"], strict=True))
+    same = sum(a == b for a, b in zip(answer_ids["fp32"], answer_ids["bf16"], strict=True))
     record.setdefault("precision", {})[str(args.model)] = {
         "task": args.task,
         "length": args.length,
@@ -224,9 +236,63 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
         **results,
         "same_answers": same,
         "bf16_speedup": results["bf16"]["tokens_per_second"] / results["fp32"]["tokens_per_second"],
+        "flips": greedy_flips(answer_ids["fp32"], answer_ids["bf16"], margins["fp32"]),
+        "fp32_margins": quantiles([m for row in margins["fp32"] for m in row]),
+        "teacher_forced": teacher_forced(models, prompts, answer_ids["fp32"]),
     }
     print({k: v for k, v in record["precision"][str(args.model)].items() if k not in ("fp32", "bf16")}, flush=True)
     save(args, record)
+
+
+def greedy_flips(reference: list[list[int]], other: list[list[int]], margins: list[list[float]]) -> list[dict]:
+    """Each answer that differs: the first generated token where it does and fp32's top-1/top-2 margin there."""
+    flips = []
+    for sample, (a, b) in enumerate(zip(reference, other, strict=True)):
+        if a == b:
+            continue
+        token = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        margin = margins[sample][token] if token < len(margins[sample]) else None
+        flips.append({"sample": sample, "token": token, "fp32_margin": margin})
+    return flips
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    """min, 10%, median, 90% and max of `values`."""
+    ordered = torch.tensor(values, dtype=torch.float64)
+    levels = {"min": 0.0, "p10": 0.1, "median": 0.5, "p90": 0.9, "max": 1.0}
+    return {name: float(ordered.quantile(q)) for name, q in levels.items()}
+
+
+@torch.no_grad()
+def teacher_forced(models: dict[str, Any], prompts: list[torch.Tensor], answers: list[list[int]]) -> dict[str, Any]:
+    """Both precisions read each prompt followed by fp32's answer; at every answer position compare the logits:
+    top-token agreement, |bf16 - fp32| (largest over the vocabulary, and on fp32's top token) and the relative L2
+    error, next to fp32's top-1/top-2 margin, for the positions where the top token differs."""
+    agree, max_abs, top_abs, relative, disagreements = 0, [], [], [], []
+    for ids, answer in zip(prompts, answers, strict=True):
+        full = torch.cat([ids, torch.tensor([answer])], dim=1)
+        positions = torch.arange(ids.shape[1] - 1, full.shape[1] - 1).unsqueeze(0)
+        fp32 = models["fp32"](full, logits=positions).logits[0].float()
+        bf16 = models["bf16"](full, logits=positions).logits[0].float()
+        top = fp32.argmax(-1)
+        difference = (bf16 - fp32).abs()
+        for k in range(fp32.shape[0]):
+            max_abs.append(float(difference[k].max()))
+            top_abs.append(float(difference[k, top[k]]))
+            relative.append(float((bf16[k] - fp32[k]).norm() / fp32[k].norm()))
+            if int(bf16[k].argmax()) == int(top[k]):
+                agree += 1
+            else:
+                two = fp32[k].topk(2).values
+                disagreements.append({"fp32_margin": float(two[0] - two[1]), "fp32_top_logit": float(two[0])})
+    return {
+        "tokens": len(max_abs),
+        "top_token_agrees": agree,
+        "disagreements": disagreements,
+        "max_abs_logit_difference": quantiles(max_abs),
+        "top_logit_abs_difference": quantiles(top_abs),
+        "relative_l2_error": quantiles(relative),
+    }
 
 
 def save_untrained(args: argparse.Namespace) -> None:

@@ -93,7 +93,9 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
             lines.append("| " + " | ".join(row) + " |")
         lines += [
             "",
-            f"Setup: Llama-architecture backbone, {setup.layers} layers, width {setup.hidden}, {setup.heads} heads "
+            f"Setup: Llama-architecture backbone, {_used(ran.values(), 'layers', setup.layers, 'model')} layers, "
+            f"width {_used(ran.values(), 'hidden', setup.hidden, 'model')}, "
+            f"{_used(ran.values(), 'heads', setup.heads, 'model')} heads "
             f"(paper: {setup.paper_model}); {_used(ran.values(), 'steps', setup.steps)} steps of batch "
             f"{setup.batch_size}, AdamW lr {_used(ran.values(), 'learning_rate', setup.learning_rate)}; "
             f"memory size = {setup.memory_note}; "
@@ -176,9 +178,9 @@ def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> st
     )
 
 
-def _used(records: Iterable[dict[str, Any]], key: str, default: Any) -> str:
-    """The values of train[key] over the cells run ('600' or '60, 600'), or the default when none ran."""
-    used = sorted({r["train"][key] for r in records})
+def _used(records: Iterable[dict[str, Any]], key: str, default: Any, part: str = "train") -> str:
+    """The values of record[part][key] over the cells run ('600' or '60, 600'), or the default when none ran."""
+    used = sorted({r[part][key] for r in records})
     return ", ".join(map(str, used)) if used else str(default)
 
 

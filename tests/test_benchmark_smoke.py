@@ -102,6 +102,29 @@ def test_long_inputs_recompute_baseline_generates_what_generate_does(kind):
     assert torch.equal(cached, recomputed)
 
 
+def test_long_inputs_precision_analysis():
+    """The precision part's explanation: where greedy answers first differ, and the teacher-forced comparison of two
+    models on the same tokens (identical models agree everywhere; a bf16 copy is measured, not assumed equal)."""
+    flips = long_inputs.greedy_flips(
+        [[1, 2, 3], [4, 5, 6], [7]], [[1, 2, 3], [4, 9, 6], [7, 8]], [[], [0.5, 0.25], [1.0]]
+    )
+    assert flips == [{"sample": 1, "token": 1, "fp32_margin": 0.25}, {"sample": 2, "token": 1, "fp32_margin": None}]
+    assert long_inputs.quantiles([3.0, 1.0, 2.0]) == {"min": 1.0, "p10": 1.2, "median": 2.0, "p90": 2.8, "max": 3.0}
+
+    model = memory_model(tiny_decoder("llama"), RMTConfig(num_memory_tokens=2, segment_size=8)).eval()
+    prompts = [torch.randint(0, model.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)) for n in (5, 11)]
+    answers = [[3, 4, 5], [6, 7]]
+    same = long_inputs.teacher_forced({"fp32": model, "bf16": model}, prompts, answers)
+    assert same["tokens"] == 5 and same["top_token_agrees"] == 5 and same["disagreements"] == []
+    assert same["max_abs_logit_difference"]["max"] == 0.0
+    low = memory_model(tiny_decoder("llama"), RMTConfig(num_memory_tokens=2, segment_size=8)).eval()
+    low.load_state_dict(model.state_dict())
+    low.to(torch.bfloat16)
+    rounded = long_inputs.teacher_forced({"fp32": model, "bf16": low}, prompts, answers)
+    assert rounded["tokens"] == 5 and rounded["max_abs_logit_difference"]["max"] > 0.0
+    assert rounded["top_token_agrees"] + len(rounded["disagreements"]) == 5
+
+
 def test_processes_loss_comparison():
     one = [2.0, 1.5, 1.0, 0.5]
     two = [2.0, 1.5 + 5e-5, 1.2, 0.4]
