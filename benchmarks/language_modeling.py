@@ -136,11 +136,14 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
             "train_seconds": round(seconds, 1)}  # fmt: skip
 
 
-def comparable_settings(args: argparse.Namespace) -> dict:
-    """The settings that make runs comparable: everything but which kinds this process trains and how it shows
-    progress. Processes on different cores (`--kinds baseline rmt` on one, `--kinds trxl trxl+rmt` on another) fill
-    one output folder when these agree."""
-    return {k: v for k, v in vars(args).items() if k not in ("kinds", "threads", "no_progress")}
+# What may differ between processes filling one output folder: which kinds each trains, how, and where the folder is.
+NOT_COMPARED = ("kinds", "threads", "no_progress", "output")
+
+
+def comparable_settings(settings: dict) -> dict:
+    """The settings that make runs comparable: all but NOT_COMPARED. Processes on different cores (`--kinds baseline
+    rmt` on one, `--kinds trxl trxl+rmt` on another) fill one output folder when these agree."""
+    return {k: v for k, v in settings.items() if k not in NOT_COMPARED}
 
 
 def load_results(path: Path, settings: dict) -> dict:
@@ -149,7 +152,7 @@ def load_results(path: Path, settings: dict) -> dict:
     if not path.exists():
         return {"settings": settings, "runs": {}}
     results = json.loads(path.read_text())
-    before = {k: v for k, v in results.get("settings", {}).items() if k not in ("kinds", "threads", "no_progress")}
+    before = comparable_settings(results.get("settings", {}))
     if before != settings:
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         raise SystemExit(f"error: {path} holds runs made with other settings ({', '.join(changed)}); "
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     train_docs, held_out = documents(args.document_bytes, 0.02, args.seed)
     source = ByteDocuments(train_docs, held_out, args.seed)
     results_file = output / "results.json"
-    settings = comparable_settings(args)
+    settings = comparable_settings(vars(args))
     with torch_threads(args.threads):
         for kind in args.kinds:
             if kind in load_results(results_file, settings)["runs"]:
