@@ -179,8 +179,9 @@ def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> st
 
 
 def _used(records: Iterable[dict[str, Any]], key: str, default: Any, part: str = "train") -> str:
-    """The values of record[part][key] over the cells run ('600' or '60, 600'), or the default when none ran."""
-    used = sorted({r[part][key] for r in records})
+    """The values of record[part][key] over the cells run ('600' or '60, 600'), or the default when no record has
+    one."""
+    used = sorted({r[part][key] for r in records if key in r.get(part, {})})
     return ", ".join(map(str, used)) if used else str(default)
 
 
