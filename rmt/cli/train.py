@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"data": setup.description, "segments": setup.eval_segments, **scores}, indent=2))
             print(f"model saved to {output / 'model'}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # close the process group while every process is still here, not at interpreter exit
     return 0
 
 

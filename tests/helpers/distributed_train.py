@@ -1,11 +1,14 @@
 """A tiny training run for the multi-process tests: `torchrun --nproc_per_node 2 tests/helpers/distributed_train.py
 OUT [--steps N] [--batch-size B] [--resume] [--slow-after K]`. Every process writes its final weights to
 OUT/rank{R}.pt so that the test can compare the processes with each other and with a one-process run.
-`--slow-after K` sleeps after each step from step K on, so that a test can kill the job mid-run."""
+`--slow-after K` sleeps after each step from step K on, so that a test can kill the job mid-run. A crash in native
+code (an abort in the communication library) prints every thread's Python stack (faulthandler), so that a failing
+test says where it happened."""
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import time
 
 import torch
@@ -33,6 +36,7 @@ class SlowSource(TaskSource):
 
 
 def main() -> None:
+    faulthandler.enable()
     parser = argparse.ArgumentParser()
     parser.add_argument("output")
     parser.add_argument("--steps", type=int, default=6)
@@ -67,6 +71,7 @@ def main() -> None:
     if accelerator.is_main_process and not args.fsdp:
         model.save_pretrained(f"{args.output}/model")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # tear the process group down before the interpreter exits, not during its teardown
 
 
 if __name__ == "__main__":
