@@ -253,13 +253,20 @@ def pretrain_backbone(
 
 
 @torch.no_grad()
-def generated_scores(model: RMTForCausalLM, task: Task, samples: int, batch_size: int) -> dict[str, float]:
-    """Per-token accuracy and exact match of answers generated greedily from the prompt (held-out samples)."""
+def generated_scores(model: RMTForCausalLM, task: Task, samples: int, batch_size: int) -> dict[str, Any]:
+    """Per-token accuracy and exact match of answers generated greedily from the prompt (held-out samples), and the
+    per-token accuracy of the answer tokens in each segment (`accuracy_by_segment`: segment number -> accuracy, for
+    the segments that hold answer tokens): it shows how far back a model reaches, since later answer tokens of copy
+    and reverse have their source further back."""
     hits = total = exact = count = 0
+    segment_size = model.config.segment_size
+    start, length = task.answer_start, task.answer_length
+    segment_of_answer = torch.arange(start, start + length) // segment_size  # [answer_length], 0-based
+    segment_hits = torch.zeros(int(segment_of_answer.max()) + 1, dtype=torch.long)
+    segment_total = torch.zeros_like(segment_hits)
     for index in range((samples + batch_size - 1) // batch_size):
         rows = min(batch_size, samples - index * batch_size)
         batch = TaskSource(task).eval_batch(index, rows)
-        start, length = task.answer_start, task.answer_length
         out = model.generate(batch.input_ids[:, :start].to(model.device), max_new_tokens=length)
         generated = out.sequences[:, start:].cpu()  # [b, answer_length]
         target = batch.labels[:, start : start + length]
@@ -269,7 +276,14 @@ def generated_scores(model: RMTForCausalLM, task: Task, samples: int, batch_size
         total += int(scored.sum())
         exact += int((right | ~scored).all(dim=1).sum())
         count += rows
-    return {"accuracy": hits / total, "exact_match": exact / count}
+        segment_hits.index_add_(0, segment_of_answer, right.sum(dim=0))
+        segment_total.index_add_(0, segment_of_answer, scored.sum(dim=0))
+    by_segment = {
+        str(number + 1): segment_hits[number].item() / segment_total[number].item()
+        for number in range(len(segment_total))
+        if segment_total[number] > 0
+    }
+    return {"accuracy": hits / total, "exact_match": exact / count, "accuracy_by_segment": by_segment}
 
 
 def _train_config(setup: TaskSetup | ExtrapolationSetup, steps: int, seed: int, progress: bool, curriculum=None):

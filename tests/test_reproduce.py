@@ -34,9 +34,10 @@ PAPER = {
 
 
 @torch.no_grad()
-def greedy_accuracy(model, task, samples: int) -> float:
+def greedy_accuracy(model, task, samples: int) -> tuple[float, dict[str, float]]:
     """Per-token answer accuracy of greedy decoding by full forward passes (argmax of the last position, appended,
-    repeated), on the held-out samples the benchmark scores: independent of `generate` and `generated_scores`."""
+    repeated), on the held-out samples the benchmark scores: independent of `generate` and `generated_scores`. Also
+    the accuracy of the answer tokens in each segment, counted position by position."""
     model.eval()
     batch = TaskSource(task).eval_batch(0, samples)
     ids = batch.input_ids[:, : task.answer_start]
@@ -44,7 +45,14 @@ def greedy_accuracy(model, task, samples: int) -> float:
         ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     target = batch.labels[:, task.answer_start : task.answer_start + task.answer_length]
     scored = target != IGNORE_INDEX
-    return float(((ids[:, task.answer_start :] == target) & scored).sum() / scored.sum())
+    right = (ids[:, task.answer_start :] == target) & scored
+    counts: dict[str, list[int]] = {}
+    for offset in range(task.answer_length):
+        segment = str((task.answer_start + offset) // model.config.segment_size + 1)
+        hits, total = counts.setdefault(segment, [0, 0])
+        counts[segment] = [hits + int(right[:, offset].sum()), total + int(scored[:, offset].sum())]
+    by_segment = {segment: hits / total for segment, (hits, total) in counts.items() if total}
+    return float(right.sum() / scored.sum()), by_segment
 
 
 def test_smoke_run_scores_what_the_trained_model_generates(tmp_path, monkeypatch):
@@ -63,7 +71,10 @@ def test_smoke_run_scores_what_the_trained_model_generates(tmp_path, monkeypatch
     task = reproduce.TASKS["copy"].make(3)
     for key, record in results["cells"].items():
         assert record["score_source"] == "generated"
-        assert record["score"] == pytest.approx(greedy_accuracy(trained[key], task, reproduce.SMOKE_EVAL_SAMPLES))
+        accuracy, by_segment = greedy_accuracy(trained[key], task, reproduce.SMOKE_EVAL_SAMPLES)
+        assert record["score"] == pytest.approx(accuracy)
+        assert record["generated"]["accuracy_by_segment"] == pytest.approx(by_segment)
+        assert list(by_segment) == ["2", "3"]  # copy-24 in 3 segments of 25: the answer starts in segment 2
     assert results["cells"]["copy:3:rmt"]["published"] == 1.00
     assert results["cells"]["copy:3:no_memory"]["published"] == 0.12
     table = (tmp_path / "results.md").read_text()
