@@ -131,6 +131,7 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
             "generalize to 2x length; detect & memorize ~99.6% at 32k tokens.",
             "",
         ]
+    lines += _by_segment_table(cells)
     lines += [
         "## Runtimes (2-core CPU)",
         "",
@@ -145,6 +146,27 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
     total = sum(_warmup_seconds(r) + r["train_seconds"] + r.get("eval_seconds", 0) for r in cells.values())
     lines += ["", f"Total: {total / 60:.1f} minutes.", ""]
     return "\n".join(lines)
+
+
+def _by_segment_table(cells: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines: each generated cell's per-token accuracy by the segment its answer tokens sit in (none when
+    no cell recorded it)."""
+    rows = [(key, r.get("generated", {}).get("accuracy_by_segment")) for key, r in sorted(cells.items())]
+    rows = [(key, by_segment) for key, by_segment in rows if by_segment]
+    if not rows:
+        return []
+    lines = [
+        "## Generated answers: accuracy by the segment the answer token sits in",
+        "",
+        "Later answer tokens of copy and reverse have their source further back, so this shows how far back a model "
+        "reaches.",
+        "",
+        "| cell | segment: accuracy |",
+        "|---|---|",
+    ]
+    for key, by_segment in rows:
+        lines.append(f"| {key} | " + ", ".join(f"{n}: {a:.2f}" for n, a in by_segment.items()) + " |")
+    return [*lines, ""]
 
 
 def _by_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -79,6 +79,8 @@ def test_smoke_run_scores_what_the_trained_model_generates(tmp_path, monkeypatch
     assert results["cells"]["copy:3:no_memory"]["published"] == 0.12
     table = (tmp_path / "results.md").read_text()
     assert "| 3 (25) |" in table and "(0.12)" in table and "Runtimes" in table
+    by_segment = results["cells"]["copy:3:rmt"]["generated"]["accuracy_by_segment"]
+    assert f"| copy:3:rmt | 2: {by_segment['2']:.2f}, 3: {by_segment['3']:.2f} |" in table
     assert (tmp_path / "copy.png").stat().st_size > 0
     (tmp_path / "results.md").unlink()
     assert reproduce.main(["--report", "--output", str(tmp_path)]) == 0  # rewrites the report, runs nothing
