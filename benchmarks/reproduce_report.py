@@ -67,7 +67,10 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
         "Cells not run show '-'.",
         "",
     ]
+    run_tasks = {record["task"] for record in cells.values()}
     for name, setup in tasks.items():
+        if run_tasks and name not in run_tasks:  # a folder with some cells shows their tasks; an empty one, the plan
+            continue
         runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
         for record in cells.values():
             if record["task"] == name:

@@ -194,3 +194,9 @@ def test_table_shows_the_mean_and_each_seed_of_a_cell():
     cells = {"copy:6:rmt": {**base, "seed": 0, "score": 1.0}, "copy:6:rmt@1": {**base, "seed": 1, "score": 0.5}}
     table = reproduce_report.format_table({"cells": cells}, reproduce.TASKS, reproduce.EXTRAPOLATION)
     assert "**0.75** [seeds 1.00, 0.50] (1.00)" in table
+    assert "## copy-24" in table and "## reverse-24" not in table  # only the tasks that have cells
+
+
+def test_table_of_a_folder_without_cells_shows_every_task():
+    table = reproduce_report.format_table({"cells": {}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
+    assert all(f"## {setup.title} " in table for setup in reproduce.TASKS.values())
