@@ -32,7 +32,9 @@ Metric (held-out answer accuracy, 512 samples): multi-token answers (copy, rever
 segment in most cells, are generated greedily through the memory from the prompt (`RMTForCausalLM.generate`), so an
 early mistake costs the tokens after it and a model cannot copy from its own teacher-forced answer; single-token
 answers (associative retrieval, detect-and-memorize) are the argmax at the answer position. Per-token accuracy
-everywhere except quadratic (full-answer exact match). Teacher-forced numbers are in results.json as well.
+everywhere except quadratic (full-answer exact match). Teacher-forced numbers are in results.json as well, and
+so is the generated accuracy by the segment each answer token sits in (a table of it in results.md), which shows how
+far back a model reaches.
 
 Sizes are CPU-sized, smaller than the paper's (both listed in the table): a Llama-architecture backbone (rotary
 positions, so the Tr-XL cache positions run on without a bound) of 2 layers, width 64, 1000-1600 training steps of
