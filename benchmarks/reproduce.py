@@ -320,6 +320,8 @@ def run_cell(cell: Cell, output_dir: Path, seed: int = 0, progress: bool = True,
     warmup_length = setup.pretraining.make(task).sequence_length if setup.pretraining else 0
     model = build_model(setup, config, task.vocab_size, seed, min_positions=warmup_length)
     cell_dir = output_dir / "cells" / cell.key.replace(":", "-")
+    if seed:  # one folder per seed, so a second seed's run does not replace the first one's log and checkpoint
+        cell_dir = cell_dir / f"seed{seed}"
     pretraining = None
     if setup.pretraining is not None:
         pretraining = pretrain_backbone(model.backbone, task, setup, seed, cell_dir / "pretraining", progress)

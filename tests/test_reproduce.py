@@ -200,3 +200,11 @@ def test_table_shows_the_mean_and_each_seed_of_a_cell():
 def test_table_of_a_folder_without_cells_shows_every_task():
     table = reproduce_report.format_table({"cells": {}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
     assert all(f"## {setup.title} " in table for setup in reproduce.TASKS.values())
+
+
+def test_a_second_seed_keeps_its_own_training_folder(tmp_path):
+    for seed in (0, 1):
+        cell = reproduce.Cell("copy", 3, "rmt")
+        reproduce.run_cell(cell, tmp_path, seed=seed, progress=False, steps=2, eval_samples=8)
+    assert (tmp_path / "cells" / "copy-3-rmt" / "metrics.jsonl").exists()
+    assert (tmp_path / "cells" / "copy-3-rmt" / "seed1" / "metrics.jsonl").exists()
