@@ -288,6 +288,11 @@ def generated_scores(model: RMTForCausalLM, task: Task, samples: int, batch_size
     return {"accuracy": hits / total, "exact_match": exact / count, "accuracy_by_segment": by_segment}
 
 
+def cell_folder(output_dir: Path, cell: Cell) -> Path:
+    """Where a cell's training logs and checkpoint go (OUTPUT/cells/TASK-SEGMENTS-KIND; seeds in subfolders)."""
+    return output_dir / "cells" / cell.key.replace(":", "-")
+
+
 def _train_config(setup: TaskSetup | ExtrapolationSetup, steps: int, seed: int, progress: bool, curriculum=None):
     return TrainConfig(
         steps=steps,
@@ -319,7 +324,7 @@ def run_cell(cell: Cell, output_dir: Path, seed: int = 0, progress: bool = True,
     config = rmt_config(cell.kind, segment_size, memory_tokens)
     warmup_length = setup.pretraining.make(task).sequence_length if setup.pretraining else 0
     model = build_model(setup, config, task.vocab_size, seed, min_positions=warmup_length)
-    cell_dir = output_dir / "cells" / cell.key.replace(":", "-")
+    cell_dir = cell_folder(output_dir, cell)
     if seed:  # one folder per seed, so a second seed's run does not replace the first one's log and checkpoint
         cell_dir = cell_dir / f"seed{seed}"
     pretraining = None
@@ -405,7 +410,7 @@ def _run_extrapolation(
             model,
             source,
             _train_config(setup, steps, run_seed, progress, curriculum),
-            output_dir / "cells" / cell.key.replace(":", "-") / f"seed{run_seed}",
+            cell_folder(output_dir, cell) / f"seed{run_seed}",
             description=f"{cell.key} seed {run_seed}",
         )
         train_seconds += time.time() - started
