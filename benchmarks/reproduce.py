@@ -58,6 +58,7 @@ benchmarks/results/reproduce/.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -72,6 +73,7 @@ from benchmarks.reproduce_setup import KINDS, PAPER, BackbonePretraining, Extrap
 from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM
 from rmt.build import memory_model, random_backbone
 from rmt.data.tasks import IGNORE_INDEX, Task, make_task
+from rmt.errors import InputError
 from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context
 from rmt.train.schedules import linear_curriculum
 
@@ -225,6 +227,29 @@ def build_model(
     return memory_model(backbone, config)
 
 
+def load_backbone_weights(model: RecurrentMemoryModel, folder: Path) -> dict[str, Any]:
+    """Start `model`'s backbone from the backbone of a saved memory model (a cell's `checkpoint/model` folder); its
+    memory parameters keep their fresh initialization. Returns what the record says about the start: the folder and,
+    when the folder sits in a trainer checkpoint, the steps it had trained."""
+    source = RecurrentMemoryModel.from_pretrained(folder)
+    weights = source.backbone.state_dict()
+    own = model.backbone.state_dict()
+    mismatched = sorted(
+        k for k in own.keys() | weights.keys() if k not in own or k not in weights or own[k].shape != weights[k].shape
+    )
+    if mismatched:
+        raise InputError(
+            f"--init-backbone {folder}: its backbone does not match this cell's (layers, width, heads or vocabulary "
+            f"differ; first mismatched tensor: {mismatched[0]})"
+        )
+    model.backbone.load_state_dict(weights)
+    start: dict[str, Any] = {"folder": str(folder)}
+    state_file = folder.parent / "trainer_state.json"
+    if state_file.exists():
+        start["steps"] = json.loads(state_file.read_text())["step"]
+    return start
+
+
 def pretrain_backbone(
     backbone: torch.nn.Module, task: Task, setup: TaskSetup, seed: int, output_dir: Path, progress: bool
 ) -> dict[str, Any]:
@@ -310,9 +335,17 @@ def _train_config(setup: TaskSetup | ExtrapolationSetup, steps: int, seed: int, 
     )
 
 
-def run_cell(cell: Cell, output_dir: Path, seed: int = 0, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+def run_cell(
+    cell: Cell,
+    output_dir: Path,
+    seed: int = 0,
+    progress: bool = True,
+    init_backbone: Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Train and evaluate one cell; returns its results record. `overrides` replace fields of the task's setup
-    (e.g. steps=60, learning_rate=1e-3, eval_samples=64); None values are ignored."""
+    (e.g. steps=60, learning_rate=1e-3, eval_samples=64); None values are ignored. `init_backbone`: a saved memory
+    model whose backbone the cell starts from instead of a random one (the task's in-context warm-up is skipped)."""
     torch.manual_seed(seed)
     base = EXTRAPOLATION if cell.task == "detect_memorize" else TASKS[cell.task]
     setup = replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -327,8 +360,10 @@ def run_cell(cell: Cell, output_dir: Path, seed: int = 0, progress: bool = True,
     cell_dir = cell_folder(output_dir, cell)
     if seed:  # one folder per seed, so a second seed's run does not replace the first one's log and checkpoint
         cell_dir = cell_dir / f"seed{seed}"
-    pretraining = None
-    if setup.pretraining is not None:
+    pretraining = backbone_start = None
+    if init_backbone is not None:
+        backbone_start = load_backbone_weights(model, Path(init_backbone))
+    elif setup.pretraining is not None:
         pretraining = pretrain_backbone(model.backbone, task, setup, seed, cell_dir / "pretraining", progress)
     steps = overrides.get("steps") or setup.more_steps.get(cell.segments, setup.steps)
     source = TaskSource(task, seed=seed)
@@ -382,6 +417,8 @@ def run_cell(cell: Cell, output_dir: Path, seed: int = 0, progress: bool = True,
     record["published"] = setup.published.get((cell.segments, cell.kind))
     if pretraining is not None:
         record["pretraining"] = pretraining
+    if backbone_start is not None:
+        record["init_backbone"] = backbone_start
     return record
 
 
@@ -499,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, default=None, help="backbone layers (default: per task)")
     parser.add_argument("--hidden", type=int, default=None, help="backbone width (default: per task)")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default: per task)")
+    parser.add_argument(
+        "--init-backbone",
+        metavar="FOLDER",
+        help="start each cell's backbone from a saved model (e.g. another cell's cells/KEY/checkpoint/model) instead "
+        "of a random one; memory parameters start fresh and the task's warm-up is skipped",
+    )
     parser.add_argument("--fresh", action="store_true", help="drop earlier results in OUTPUT/results.json")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
@@ -540,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 output,
                 args.seed,
                 not args.no_progress,
+                init_backbone=args.init_backbone,
                 steps=steps,
                 learning_rate=args.lr,
                 batch_size=args.batch_size,

@@ -208,3 +208,38 @@ def test_a_second_seed_keeps_its_own_training_folder(tmp_path):
         reproduce.run_cell(cell, tmp_path, seed=seed, progress=False, steps=2, eval_samples=8)
     assert (tmp_path / "cells" / "copy-3-rmt" / "metrics.jsonl").exists()
     assert (tmp_path / "cells" / "copy-3-rmt" / "seed1" / "metrics.jsonl").exists()
+
+
+def test_a_cell_can_start_from_another_cells_trained_backbone(tmp_path, monkeypatch):
+    source_cell = reproduce.Cell("copy", 3, "no_memory")
+    reproduce.run_cell(source_cell, tmp_path / "first", progress=False, steps=3, eval_samples=8)
+    saved = tmp_path / "first" / "cells" / "copy-3-no_memory" / "checkpoint" / "model"
+    expected = reproduce.RecurrentMemoryModel.from_pretrained(saved).backbone.state_dict()
+    started_from = []
+
+    def recording_train(model, *args, **kwargs):
+        started_from.append({k: v.clone() for k, v in model.backbone.state_dict().items()})
+        return real_train(model, *args, **kwargs)
+
+    real_train = reproduce.train
+    monkeypatch.setattr(reproduce, "train", recording_train)
+    record = reproduce.run_cell(
+        reproduce.Cell("copy", 3, "rmt"),
+        tmp_path / "second",
+        progress=False,
+        init_backbone=saved,
+        steps=2,
+        eval_samples=8,
+    )
+    assert record["init_backbone"] == {"folder": str(saved), "steps": 3}
+    assert started_from[0].keys() == expected.keys()
+    assert all(torch.equal(started_from[0][k], expected[k]) for k in expected)
+
+
+def test_a_backbone_of_another_size_is_refused(tmp_path):
+    reproduce.run_cell(reproduce.Cell("copy", 3, "rmt"), tmp_path, progress=False, steps=1, eval_samples=8)
+    saved = tmp_path / "cells" / "copy-3-rmt" / "checkpoint" / "model"
+    with pytest.raises(ValueError, match="--init-backbone .* does not match this cell's"):
+        reproduce.run_cell(
+            reproduce.Cell("copy", 3, "rmt"), tmp_path / "other", init_backbone=saved, hidden=32, steps=1
+        )
