@@ -6,6 +6,7 @@ Run from the repository root:
     python -m benchmarks.reproduce --smoke                         # 2 tiny cells with few steps
     python -m benchmarks.reproduce --threads 1                     # the full grid
     python -m benchmarks.reproduce --report --output DIR           # rewrite DIR's table and plots, run nothing
+    python -m benchmarks.reproduce --resume --output DIR           # finish a partly done grid in DIR
 
 This file holds the grid and the cell runner; the table and plots are in `benchmarks/reproduce_report.py`, the
 paper's numbers (with the citation) in `benchmarks/published/rmt_paper.json`.
@@ -48,6 +49,11 @@ evaluation time on a shared 2-core CPU (--threads 1), and the total. To use seve
 into the same --output, each with its share of the cells (`--list` prints them): each adds its cells to
 results.json under a file lock, re-reading the file first, so none overwrites another's.
 
+Resuming: each cell writes a checkpoint every tenth of its steps. With --resume, the cells already in results.json
+(with the same settings) are skipped, and a cell whose run was interrupted continues from its last checkpoint with
+the losses of a run that never stopped. --init-backbone FOLDER starts each cell from the backbone of a saved model,
+for example one cell's model trained further, or a segmented cell from the single-window model.
+
 Output (in --output, default runs/reproduce): results.json (every cell run there so far: single-cell runs
 accumulate, --fresh starts over), results.md (the table next to the published numbers, with runtimes), one PNG per
 task (accuracy vs number of segments, one line per model kind, published numbers as hollow markers) and
@@ -61,7 +67,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -328,11 +334,58 @@ def _train_config(setup: TaskSetup | ExtrapolationSetup, steps: int, seed: int, 
         eval_batches=1,
         eval_batch_size=min(128, setup.eval_samples),
         log_every=max(1, min(50, steps // 10)),
-        checkpoint_every=0,
+        checkpoint_every=max(1, steps // 10),  # what --resume continues from after a crash
         seed=seed,
         curriculum=curriculum,
         progress=progress,
     )
+
+
+def cell_setup(cell: Cell, overrides: dict[str, Any]) -> tuple[TaskSetup | ExtrapolationSetup, int]:
+    """The setup a cell runs with (the task's, with the non-None `overrides`) and its number of training steps."""
+    base = EXTRAPOLATION if cell.task == "detect_memorize" else TASKS[cell.task]
+    setup = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if cell.task == "detect_memorize":
+        return setup, setup.steps
+    return setup, overrides.get("steps") or setup.more_steps.get(cell.segments, setup.steps)
+
+
+def settings_differing(record: dict[str, Any], cell: Cell, overrides: dict[str, Any], init_backbone: Any) -> list[str]:
+    """The settings in which a recorded cell differs from the run `overrides` would make (--resume skips a recorded
+    cell only when this is empty)."""
+    setup, steps = cell_setup(cell, overrides)
+    wanted = {
+        "layers": (record["model"].get("layers"), setup.layers),
+        "hidden": (record["model"].get("hidden"), setup.hidden),
+        "heads": (record["model"].get("heads"), setup.heads),
+        "steps": (record["train"].get("steps"), steps),
+        "batch_size": (record["train"].get("batch_size"), setup.batch_size),
+        "learning_rate": (record["train"].get("learning_rate"), setup.learning_rate),
+        "init_backbone": (
+            record.get("init_backbone", {}).get("folder"),
+            None if init_backbone is None else str(init_backbone),
+        ),
+    }
+    return [name for name, (recorded, planned) in wanted.items() if recorded != planned]
+
+
+def train_cell(
+    model: RecurrentMemoryModel, source: TaskSource, config: TrainConfig, folder: Path, description: str, resume: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """`train` into `folder`; with `resume`, continue from the checkpoint an interrupted run left there (refused when
+    that run had other settings). Returns the training log and the step it started from."""
+    state_file = folder / "checkpoint" / "trainer_state.json"
+    if not (resume and state_file.exists()):
+        return train(model, source, config, folder, description=description), 0
+    state = json.loads(state_file.read_text())
+    saved, wanted = state["train_config"], asdict(config)
+    differing = [k for k in wanted if k != "progress" and json.dumps(saved.get(k)) != json.dumps(wanted[k])]
+    if differing:
+        raise InputError(
+            f"--resume: {folder} holds a checkpoint of a run with other settings ({', '.join(differing)} differ); "
+            "run it with the same options, or delete that folder to start the cell over"
+        )
+    return train(model, source, config, folder, resume=True, description=description), state["step"]
 
 
 def run_cell(
@@ -341,16 +394,17 @@ def run_cell(
     seed: int = 0,
     progress: bool = True,
     init_backbone: Path | None = None,
+    resume: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train and evaluate one cell; returns its results record. `overrides` replace fields of the task's setup
     (e.g. steps=60, learning_rate=1e-3, eval_samples=64); None values are ignored. `init_backbone`: a saved memory
-    model whose backbone the cell starts from instead of a random one (the task's in-context warm-up is skipped)."""
+    model whose backbone the cell starts from instead of a random one (the task's in-context warm-up is skipped).
+    `resume`: continue the cell's training from the checkpoint an interrupted run of it left in its folder."""
     torch.manual_seed(seed)
-    base = EXTRAPOLATION if cell.task == "detect_memorize" else TASKS[cell.task]
-    setup = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    setup, steps = cell_setup(cell, overrides)
     if cell.task == "detect_memorize":
-        return _run_extrapolation(cell, setup, output_dir, seed, progress)
+        return _run_extrapolation(cell, setup, output_dir, seed, progress, resume)
     task = setup.make(cell.segments)
     segment_size = task.segment_size_for(cell.segments)
     memory_tokens = setup.memory_tokens(segment_size)
@@ -365,15 +419,10 @@ def run_cell(
         backbone_start = load_backbone_weights(model, Path(init_backbone))
     elif setup.pretraining is not None:
         pretraining = pretrain_backbone(model.backbone, task, setup, seed, cell_dir / "pretraining", progress)
-    steps = overrides.get("steps") or setup.more_steps.get(cell.segments, setup.steps)
     source = TaskSource(task, seed=seed)
     started = time.time()
-    history = train(
-        model,
-        source,
-        _train_config(setup, steps, seed, progress),
-        cell_dir,
-        description=cell.key,
+    history, resumed_from = train_cell(
+        model, source, _train_config(setup, steps, seed, progress), cell_dir, cell.key, resume
     )
     train_seconds = time.time() - started
     batches = max(1, setup.eval_samples // 256)
@@ -419,11 +468,13 @@ def run_cell(
         record["pretraining"] = pretraining
     if backbone_start is not None:
         record["init_backbone"] = backbone_start
+    if resumed_from:
+        record["resumed_from_step"] = resumed_from  # train_seconds counts the resumed run only
     return record
 
 
 def _run_extrapolation(
-    cell: Cell, setup: ExtrapolationSetup, output_dir: Path, seed: int, progress: bool
+    cell: Cell, setup: ExtrapolationSetup, output_dir: Path, seed: int, progress: bool, resume: bool = False
 ) -> dict[str, Any]:
     """Train one model per seed (seed, seed + 1, ...), evaluate each at every multiple of the trained count, and
     report the seed with the best accuracy at the trained count itself: selection on in-distribution held-out
@@ -443,12 +494,13 @@ def _run_extrapolation(
         model = build_model(setup, config, factory(1).vocab_size, run_seed)
         source = TaskSource(factory, seed=run_seed)
         started = time.time()
-        train(
+        train_cell(
             model,
             source,
             _train_config(setup, steps, run_seed, progress, curriculum),
             cell_folder(output_dir, cell) / f"seed{run_seed}",
-            description=f"{cell.key} seed {run_seed}",
+            f"{cell.key} seed {run_seed}",
+            resume,
         )
         train_seconds += time.time() - started
         started = time.time()
@@ -543,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of a random one; memory parameters start fresh and the task's warm-up is skipped",
     )
     parser.add_argument("--fresh", action="store_true", help="drop earlier results in OUTPUT/results.json")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish a partly done grid: skip the cells OUTPUT/results.json already has (with the same settings) and "
+        "continue an interrupted cell from its last checkpoint (written every tenth of its steps)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
         "--threads",
@@ -568,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke and args.cells:
         raise SystemExit("benchmarks.reproduce: --smoke runs its own cells; drop --cells")
+    if args.fresh and args.resume:
+        raise SystemExit("benchmarks.reproduce: --fresh drops the results that --resume continues; use one of them")
     cells = [parse_cell(c) for c in (SMOKE_CELLS if args.smoke else args.cells.split(",") if args.cells else [])]
     cells = cells or grid()
     steps = args.steps if args.steps is not None else (SMOKE_STEPS if args.smoke else None)
@@ -575,25 +635,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh:
         with results_lock(output):
             reproduce_report.write_report({"cells": {}}, output, TASKS, EXTRAPOLATION, plots=False)
-    eval_samples = SMOKE_EVAL_SAMPLES if args.smoke else None
+    overrides = {
+        "steps": steps,
+        "learning_rate": args.lr,
+        "batch_size": args.batch_size,
+        "eval_samples": SMOKE_EVAL_SAMPLES if args.smoke else None,
+        "layers": args.layers,
+        "hidden": args.hidden,
+        "heads": args.heads,
+    }
+    recorded = reproduce_report.load_results(output / "results.json")["cells"] if args.resume else {}
     with torch_threads(args.threads):
         for cell in cells:
+            key = cell.key if args.seed == 0 else f"{cell.key}@{args.seed}"
+            if key in recorded:
+                differing = settings_differing(recorded[key], cell, overrides, args.init_backbone)
+                if differing:
+                    raise SystemExit(
+                        f"benchmarks.reproduce: --resume: {key} is in {output / 'results.json'} with other settings "
+                        f"({', '.join(differing)} differ); run it without --resume to replace it"
+                    )
+                print(f"{key}: in {output / 'results.json'} already, skipped", flush=True)
+                continue
             record = run_cell(
-                cell,
-                output,
-                args.seed,
-                not args.no_progress,
-                init_backbone=args.init_backbone,
-                steps=steps,
-                learning_rate=args.lr,
-                batch_size=args.batch_size,
-                eval_samples=eval_samples,
-                layers=args.layers,
-                hidden=args.hidden,
-                heads=args.heads,
+                cell, output, args.seed, not args.no_progress, args.init_backbone, args.resume, **overrides
             )
             # After every cell, so an interrupted grid keeps what it finished (plots once, at the end: slow).
-            record_cell(output, cell.key if args.seed == 0 else f"{cell.key}@{args.seed}", record)
+            record_cell(output, key, record)
             print(
                 f"{cell.key}: {record['score']:.3f} ({record['metric']}, {record['score_source']}) "
                 f"in {record['train_seconds']:.0f} s",

@@ -243,3 +243,41 @@ def test_a_backbone_of_another_size_is_refused(tmp_path):
         reproduce.run_cell(
             reproduce.Cell("copy", 3, "rmt"), tmp_path / "other", init_backbone=saved, hidden=32, steps=1
         )
+
+
+def test_an_interrupted_cell_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(tmp_path, monkeypatch):
+    cell = reproduce.Cell("copy", 3, "rmt")
+    options = {"progress": False, "steps": 6, "batch_size": 4, "eval_samples": 8}
+    whole = reproduce.run_cell(cell, tmp_path / "whole", **options)
+
+    real_batch = reproduce.TaskSource.train_batch
+
+    def crash_at_step_4(self, step, *args, **kwargs):
+        if step == 4:
+            raise KeyboardInterrupt("stopped")
+        return real_batch(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(reproduce.TaskSource, "train_batch", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run_cell(cell, tmp_path / "stopped", **options)
+    monkeypatch.setattr(reproduce.TaskSource, "train_batch", real_batch)
+    resumed = reproduce.run_cell(cell, tmp_path / "stopped", resume=True, **options)
+    assert resumed["resumed_from_step"] == 4  # checkpoints every tenth of the steps: here every step
+    assert resumed["teacher_forced"] == whole["teacher_forced"]
+    assert resumed["final_train_loss"] == whole["final_train_loss"]
+    with pytest.raises(ValueError, match="--resume: .* other settings \\(steps differ\\)"):
+        reproduce.run_cell(cell, tmp_path / "stopped", resume=True, **(options | {"steps": 7}))
+
+
+def test_resume_skips_recorded_cells_and_refuses_other_settings(tmp_path, monkeypatch, capsys):
+    cell = reproduce.Cell("copy", 3, "rmt")
+    reproduce.record_cell(
+        tmp_path, cell.key, reproduce.run_cell(cell, tmp_path, progress=False, steps=2, eval_samples=8)
+    )
+    monkeypatch.setattr(reproduce, "run_cell", lambda *args, **kwargs: pytest.fail("a recorded cell was run again"))
+    monkeypatch.setattr(reproduce, "write_full_report", lambda output: None)
+    argv = ["--cells", cell.key, "--output", str(tmp_path), "--resume", "--no-progress"]
+    assert reproduce.main(argv + ["--steps", "2"]) == 0
+    assert "copy:3:rmt: in " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="copy:3:rmt is in .* with other settings \\(hidden, steps differ\\)"):
+        reproduce.main(argv + ["--steps", "3", "--hidden", "32"])
