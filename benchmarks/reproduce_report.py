@@ -104,6 +104,7 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
             f"memory size = {setup.memory_note}; "
             "Tr-XL cache = one segment."
             + _pretraining_text(setup, ran.values())
+            + _start_text(runs)
             + (f" Note: {setup.note}." if setup.note else ""),
             "",
         ]
@@ -201,6 +202,22 @@ def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> st
         f"({pretraining.steps} steps of batch {pretraining.batch_size}, lr {pretraining.learning_rate}{after}); "
         "all kinds start from it."
     )
+
+
+def _start_text(runs: Mapping[tuple[int, str], list[dict[str, Any]]]) -> str:
+    """The Setup sentence naming the cells that started from a saved backbone (--init-backbone), not a random one."""
+    starts: dict[tuple[str, Any], list[str]] = {}
+    for (segments, kind), records in sorted(runs.items()):
+        for record in records:
+            if "init_backbone" in record:
+                start = record["init_backbone"]
+                starts.setdefault((start["folder"], start.get("steps")), []).append(f"{segments} segments {kind}")
+    sentences = [
+        f" {', '.join(cells)}: backbone started from {folder}"
+        + (f" (trained {steps} steps before; the steps above come on top)." if steps is not None else ".")
+        for (folder, steps), cells in starts.items()
+    ]
+    return "".join(sentences)
 
 
 def _used(records: Iterable[dict[str, Any]], key: str, default: Any, part: str = "train") -> str:

@@ -232,6 +232,8 @@ def test_a_cell_can_start_from_another_cells_trained_backbone(tmp_path, monkeypa
         eval_samples=8,
     )
     assert record["init_backbone"] == {"folder": str(saved), "steps": 3}
+    table = reproduce_report.format_table({"cells": {"copy:3:rmt": record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
+    assert f"3 segments rmt: backbone started from {saved} (trained 3 steps before" in table
     assert started_from[0].keys() == expected.keys()
     assert all(torch.equal(started_from[0][k], expected[k]) for k in expected)
 
