@@ -211,7 +211,8 @@ def _start_text(runs: Mapping[tuple[int, str], list[dict[str, Any]]]) -> str:
         for record in records:
             if "init_backbone" in record:
                 start = record["init_backbone"]
-                starts.setdefault((start["folder"], start.get("steps")), []).append(f"{segments} segments {kind}")
+                cell = f"{segments} segment{'s' if segments > 1 else ''} {kind}"
+                starts.setdefault((start["folder"], start.get("steps")), []).append(cell)
     sentences = [
         f" {', '.join(cells)}: backbone started from {folder}"
         + (f" (trained {steps} steps before; the steps above come on top)." if steps is not None else ".")
