@@ -417,7 +417,7 @@ def run_cell(
     pretraining = backbone_start = None
     if init_backbone is not None:
         backbone_start = load_backbone_weights(model, Path(init_backbone))
-    elif setup.pretraining is not None:
+    elif setup.pretraining is not None:  # on --resume too: deterministic, it rebuilds the record; the checkpoint wins
         pretraining = pretrain_backbone(model.backbone, task, setup, seed, cell_dir / "pretraining", progress)
     source = TaskSource(task, seed=seed)
     started = time.time()
