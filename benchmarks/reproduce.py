@@ -347,7 +347,9 @@ def cell_setup(cell: Cell, overrides: dict[str, Any]) -> tuple[TaskSetup | Extra
     setup = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if cell.task == "detect_memorize":
         return setup, setup.steps
-    return setup, overrides.get("steps") or setup.more_steps.get(cell.segments, setup.steps)
+    if overrides.get("steps") is not None:
+        return setup, overrides["steps"]
+    return setup, setup.more_steps.get(cell.segments, setup.steps)
 
 
 def settings_differing(record: dict[str, Any], cell: Cell, overrides: dict[str, Any], init_backbone: Any) -> list[str]:
@@ -421,9 +423,11 @@ def run_cell(
         pretraining = pretrain_backbone(model.backbone, task, setup, seed, cell_dir / "pretraining", progress)
     source = TaskSource(task, seed=seed)
     started = time.time()
-    history, resumed_from = train_cell(
-        model, source, _train_config(setup, steps, seed, progress), cell_dir, cell.key, resume
-    )
+    history, resumed_from = [], 0  # steps=0: evaluate the starting model as it is
+    if steps:
+        history, resumed_from = train_cell(
+            model, source, _train_config(setup, steps, seed, progress), cell_dir, cell.key, resume
+        )
     train_seconds = time.time() - started
     batches = max(1, setup.eval_samples // 256)
     teacher = evaluate(model, source, batches=batches, batch_size=min(256, setup.eval_samples))
@@ -575,7 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", action="store_true", help="rewrite results.md and the plots from OUTPUT/results.json, run nothing"
     )
     parser.add_argument("--output", default="runs/reproduce", help="output folder (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per cell (default: per task)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per cell; 0 evaluates each cell's starting model, e.g. what an --init-backbone gives "
+        "before training (default: per task)",
+    )
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per task)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: per task)")
     parser.add_argument(
@@ -626,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke and args.cells:
         raise SystemExit("benchmarks.reproduce: --smoke runs its own cells; drop --cells")
+    if args.steps is not None and args.steps < 0:
+        raise SystemExit(f"benchmarks.reproduce: --steps must be >= 0, got {args.steps}")
     if args.fresh and args.resume:
         raise SystemExit("benchmarks.reproduce: --fresh drops the results that --resume continues; use one of them")
     cells = [parse_cell(c) for c in (SMOKE_CELLS if args.smoke else args.cells.split(",") if args.cells else [])]

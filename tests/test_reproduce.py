@@ -212,7 +212,7 @@ def test_a_second_seed_keeps_its_own_training_folder(tmp_path):
 
 def test_a_cell_can_start_from_another_cells_trained_backbone(tmp_path, monkeypatch):
     source_cell = reproduce.Cell("copy", 3, "no_memory")
-    reproduce.run_cell(source_cell, tmp_path / "first", progress=False, steps=3, eval_samples=8)
+    trained = reproduce.run_cell(source_cell, tmp_path / "first", progress=False, steps=3, eval_samples=8)
     saved = tmp_path / "first" / "cells" / "copy-3-no_memory" / "checkpoint" / "model"
     expected = reproduce.RecurrentMemoryModel.from_pretrained(saved).backbone.state_dict()
     started_from = []
@@ -236,6 +236,11 @@ def test_a_cell_can_start_from_another_cells_trained_backbone(tmp_path, monkeypa
     assert f"3 segments rmt: backbone started from {saved} (trained 3 steps before" in table
     assert started_from[0].keys() == expected.keys()
     assert all(torch.equal(started_from[0][k], expected[k]) for k in expected)
+    # With 0 steps a cell scores its starting model: the same kind started from the saved model is that model.
+    untrained = reproduce.run_cell(
+        source_cell, tmp_path / "third", progress=False, init_backbone=saved, steps=0, eval_samples=8
+    )
+    assert untrained["teacher_forced"] == trained["teacher_forced"] and untrained["train"]["steps"] == 0
 
 
 def test_a_backbone_of_another_size_is_refused(tmp_path):
