@@ -215,7 +215,11 @@ def _start_text(runs: Mapping[tuple[int, str], list[dict[str, Any]]]) -> str:
                 starts.setdefault((start["folder"], start.get("steps")), []).append(cell)
     sentences = [
         f" {', '.join(cells)}: backbone started from {folder}"
-        + (f" (trained {steps} steps before; the steps above come on top)." if steps is not None else ".")
+        + (
+            f" (a checkpoint at step {steps} of its own run; the steps above come on top)."
+            if steps is not None
+            else "."
+        )
         for (folder, steps), cells in starts.items()
     ]
     return "".join(sentences)

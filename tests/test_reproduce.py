@@ -233,7 +233,7 @@ def test_a_cell_can_start_from_another_cells_trained_backbone(tmp_path, monkeypa
     )
     assert record["init_backbone"] == {"folder": str(saved), "steps": 3}
     table = reproduce_report.format_table({"cells": {"copy:3:rmt": record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
-    assert f"3 segments rmt: backbone started from {saved} (trained 3 steps before" in table
+    assert f"3 segments rmt: backbone started from {saved} (a checkpoint at step 3 of its own run" in table
     assert started_from[0].keys() == expected.keys()
     assert all(torch.equal(started_from[0][k], expected[k]) for k in expected)
     # With 0 steps a cell scores its starting model: the same kind started from the saved model is that model.
