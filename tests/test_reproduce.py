@@ -1,7 +1,8 @@
 """Tests of benchmarks/reproduce.py and its report (benchmarks/reproduce_report.py): the 2-cell smoke grid writes
 results.json, the table and the plots, with the score a greedy decode of the trained model reproduces; the published
 numbers are the paper's; processes sharing an output folder keep each other's cells; cell parsing and the kinds'
-configs; extrapolation and warm-up cells."""
+configs; extrapolation and warm-up cells; --resume (skipping recorded cells, continuing an interrupted one exactly) and
+--init-backbone (starting cells from a saved model's backbone)."""
 
 from __future__ import annotations
 
