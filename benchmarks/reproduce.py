@@ -80,6 +80,8 @@ from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM
 from rmt.build import memory_model, random_backbone
 from rmt.data.tasks import IGNORE_INDEX, Task, make_task
 from rmt.errors import InputError
+from rmt.files import recover_directory
+from rmt.train.checkpoint import CHECKPOINT_DIR, TRAINER_STATE, checkpoint_exists
 from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context
 from rmt.train.schedules import linear_curriculum
 
@@ -250,7 +252,7 @@ def load_backbone_weights(model: RecurrentMemoryModel, folder: Path) -> dict[str
         )
     model.backbone.load_state_dict(weights)
     start: dict[str, Any] = {"folder": str(folder)}
-    state_file = folder.parent / "trainer_state.json"
+    state_file = folder.parent / TRAINER_STATE
     if state_file.exists():
         start["steps"] = json.loads(state_file.read_text())["step"]
     return start
@@ -376,10 +378,10 @@ def train_cell(
 ) -> tuple[list[dict[str, Any]], int]:
     """`train` into `folder`; with `resume`, continue from the checkpoint an interrupted run left there (refused when
     that run had other settings). Returns the training log and the step it started from."""
-    state_file = folder / "checkpoint" / "trainer_state.json"
-    if not (resume and state_file.exists()):
+    if not (resume and checkpoint_exists(folder)):
         return train(model, source, config, folder, description=description), 0
-    state = json.loads(state_file.read_text())
+    recover_directory(folder / CHECKPOINT_DIR)  # a checkpoint a crash left set aside, as `train` would restore it
+    state = json.loads((folder / CHECKPOINT_DIR / TRAINER_STATE).read_text())
     saved, wanted = state["train_config"], asdict(config)
     differing = [k for k in wanted if k != "progress" and json.dumps(saved.get(k)) != json.dumps(wanted[k])]
     if differing:
