@@ -52,7 +52,8 @@ results.json under a file lock, re-reading the file first, so none overwrites an
 Resuming: each cell writes a checkpoint every tenth of its steps. With --resume, the cells already in results.json
 (with the same settings) are skipped, and a cell whose run was interrupted continues from its last checkpoint with
 the losses of a run that never stopped. --init-backbone FOLDER starts each cell from the backbone of a saved model,
-for example one cell's model trained further, or a segmented cell from the single-window model.
+for example one cell's model trained further, or a segmented cell from the single-window model; --init-model FOLDER
+starts each cell from a whole saved model of its own kind, memory included, to train a finished cell further.
 
 Output (in --output, default runs/reproduce): results.json (every cell run there so far: single-cell runs
 accumulate, --fresh starts over), results.md (the table next to the published numbers, with runtimes), one PNG per
@@ -235,22 +236,35 @@ def build_model(
     return memory_model(backbone, config)
 
 
-def load_backbone_weights(model: RecurrentMemoryModel, folder: Path) -> dict[str, Any]:
-    """Start `model`'s backbone from the backbone of a saved memory model (a cell's `checkpoint/model` folder); its
-    memory parameters keep their fresh initialization. Returns what the record says about the start: the folder and,
-    when the folder sits in a trainer checkpoint, the steps it had trained."""
+def load_start_weights(model: RecurrentMemoryModel, folder: Path, whole_model: bool) -> dict[str, Any]:
+    """Start `model` from a saved memory model (a cell's `checkpoint/model` folder): its backbone only, the memory
+    parameters keeping their fresh initialization (--init-backbone), or the whole model, memory included, to train a
+    cell further (--init-model; the saved model must be of the same kind, memory and segment size). Returns what the
+    record says about the start: the folder and, when the folder sits in a trainer checkpoint, the steps it had
+    trained."""
+    option = "--init-model" if whole_model else "--init-backbone"
     source = RecurrentMemoryModel.from_pretrained(folder)
-    weights = source.backbone.state_dict()
-    own = model.backbone.state_dict()
+    if whole_model:
+        saved_config, own_config = source.config.to_dict(), model.config.to_dict()
+        differing = sorted(
+            k for k in own_config.keys() | saved_config.keys() if own_config.get(k) != saved_config.get(k)
+        )
+        if differing:
+            raise InputError(
+                f"{option} {folder}: it is another kind of memory model than this cell's ({', '.join(differing)} "
+                "differ); use --init-backbone to take its backbone only"
+            )
+    target, weights = (model, source.state_dict()) if whole_model else (model.backbone, source.backbone.state_dict())
+    own = target.state_dict()
     mismatched = sorted(
         k for k in own.keys() | weights.keys() if k not in own or k not in weights or own[k].shape != weights[k].shape
     )
     if mismatched:
         raise InputError(
-            f"--init-backbone {folder}: its backbone does not match this cell's (layers, width, heads or vocabulary "
+            f"{option} {folder}: its backbone does not match this cell's (layers, width, heads or vocabulary "
             f"differ; first mismatched tensor: {mismatched[0]})"
         )
-    model.backbone.load_state_dict(weights)
+    target.load_state_dict(weights)
     start: dict[str, Any] = {"folder": str(folder)}
     state_file = folder.parent / TRAINER_STATE
     if state_file.exists():
@@ -354,7 +368,9 @@ def cell_setup(cell: Cell, overrides: dict[str, Any]) -> tuple[TaskSetup | Extra
     return setup, setup.more_steps.get(cell.segments, setup.steps)
 
 
-def settings_differing(record: dict[str, Any], cell: Cell, overrides: dict[str, Any], init_backbone: Any) -> list[str]:
+def settings_differing(
+    record: dict[str, Any], cell: Cell, overrides: dict[str, Any], init_backbone: Any, init_model: Any = None
+) -> list[str]:
     """The settings in which a recorded cell differs from the run `overrides` would make (--resume skips a recorded
     cell only when this is empty)."""
     setup, steps = cell_setup(cell, overrides)
@@ -369,6 +385,7 @@ def settings_differing(record: dict[str, Any], cell: Cell, overrides: dict[str, 
             record.get("init_backbone", {}).get("folder"),
             None if init_backbone is None else str(init_backbone),
         ),
+        "init_model": (record.get("init_model", {}).get("folder"), None if init_model is None else str(init_model)),
     }
     return [name for name, (recorded, planned) in wanted.items() if recorded != planned]
 
@@ -399,12 +416,17 @@ def run_cell(
     progress: bool = True,
     init_backbone: Path | None = None,
     resume: bool = False,
+    init_model: Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train and evaluate one cell; returns its results record. `overrides` replace fields of the task's setup
     (e.g. steps=60, learning_rate=1e-3, eval_samples=64); None values are ignored. `init_backbone`: a saved memory
     model whose backbone the cell starts from instead of a random one (the task's in-context warm-up is skipped).
-    `resume`: continue the cell's training from the checkpoint an interrupted run of it left in its folder."""
+    `init_model`: a saved model of the cell's own kind that the cell starts from whole, memory parameters included,
+    to train it further. `resume`: continue the cell's training from the checkpoint an interrupted run of it left in
+    its folder."""
+    if init_backbone is not None and init_model is not None:
+        raise InputError("--init-backbone and --init-model both name a start; give one of them")
     torch.manual_seed(seed)
     setup, steps = cell_setup(cell, overrides)
     if cell.task == "detect_memorize":
@@ -418,9 +440,11 @@ def run_cell(
     cell_dir = cell_folder(output_dir, cell)
     if seed:  # one folder per seed, so a second seed's run does not replace the first one's log and checkpoint
         cell_dir = cell_dir / f"seed{seed}"
-    pretraining = backbone_start = None
+    pretraining = backbone_start = model_start = None
     if init_backbone is not None:
-        backbone_start = load_backbone_weights(model, Path(init_backbone))
+        backbone_start = load_start_weights(model, Path(init_backbone), whole_model=False)
+    elif init_model is not None:
+        model_start = load_start_weights(model, Path(init_model), whole_model=True)
     elif setup.pretraining is not None:  # on --resume too: deterministic, it rebuilds the record; the checkpoint wins
         pretraining = pretrain_backbone(model.backbone, task, setup, seed, cell_dir / "pretraining", progress)
     source = TaskSource(task, seed=seed)
@@ -474,6 +498,8 @@ def run_cell(
         record["pretraining"] = pretraining
     if backbone_start is not None:
         record["init_backbone"] = backbone_start
+    if model_start is not None:
+        record["init_model"] = model_start
     if resumed_from:
         record["resumed_from_step"] = resumed_from  # train_seconds counts the resumed run only
     return record
@@ -606,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start each cell's backbone from a saved model (e.g. another cell's cells/KEY/checkpoint/model) instead "
         "of a random one; memory parameters start fresh and the task's warm-up is skipped",
     )
+    parser.add_argument(
+        "--init-model",
+        metavar="FOLDER",
+        help="start each cell from a saved model of its own kind, memory parameters included (e.g. the cell's own "
+        "cells/KEY/checkpoint/model), to train it further; the task's warm-up is skipped",
+    )
     parser.add_argument("--fresh", action="store_true", help="drop earlier results in OUTPUT/results.json")
     parser.add_argument(
         "--resume",
@@ -640,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("benchmarks.reproduce: --smoke runs its own cells; drop --cells")
     if args.steps is not None and args.steps < 0:
         raise SystemExit(f"benchmarks.reproduce: --steps must be >= 0, got {args.steps}")
+    if args.init_backbone and args.init_model:
+        raise SystemExit("benchmarks.reproduce: --init-backbone and --init-model both name a start; give one of them")
     if args.fresh and args.resume:
         raise SystemExit("benchmarks.reproduce: --fresh drops the results that --resume continues; use one of them")
     cells = [parse_cell(c) for c in (SMOKE_CELLS if args.smoke else args.cells.split(",") if args.cells else [])]
@@ -663,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             key = cell.key if args.seed == 0 else f"{cell.key}@{args.seed}"
             if key in recorded:
-                differing = settings_differing(recorded[key], cell, overrides, args.init_backbone)
+                differing = settings_differing(recorded[key], cell, overrides, args.init_backbone, args.init_model)
                 if differing:
                     raise SystemExit(
                         f"benchmarks.reproduce: --resume: {key} is in {output / 'results.json'} with other settings "
@@ -672,7 +706,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key}: in {output / 'results.json'} already, skipped", flush=True)
                 continue
             record = run_cell(
-                cell, output, args.seed, not args.no_progress, args.init_backbone, args.resume, **overrides
+                cell,
+                output,
+                args.seed,
+                not args.no_progress,
+                args.init_backbone,
+                args.resume,
+                init_model=args.init_model,
+                **overrides,
             )
             # After every cell, so an interrupted grid keeps what it finished (plots once, at the end: slow).
             record_cell(output, key, record)

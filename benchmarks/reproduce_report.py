@@ -205,22 +205,25 @@ def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> st
 
 
 def _start_text(runs: Mapping[tuple[int, str], list[dict[str, Any]]]) -> str:
-    """The Setup sentence naming the cells that started from a saved backbone (--init-backbone), not a random one."""
-    starts: dict[tuple[str, Any], list[str]] = {}
+    """The Setup sentences naming the cells that started from a saved model's backbone (--init-backbone) or from a
+    whole saved model, memory included (--init-model), instead of a random backbone."""
+    starts: dict[tuple[str, str, Any], list[str]] = {}
     for (segments, kind), records in sorted(runs.items()):
         for record in records:
-            if "init_backbone" in record:
-                start = record["init_backbone"]
-                cell = f"{segments} segment{'s' if segments > 1 else ''} {kind}"
-                starts.setdefault((start["folder"], start.get("steps")), []).append(cell)
+            for key, what in (("init_backbone", "backbone"), ("init_model", "whole model, memory included,")):
+                if key in record:
+                    start = record[key]
+                    cell = f"{segments} segment{'s' if segments > 1 else ''} {kind}"
+                    cell += f" (seed {record['seed']})" if record.get("seed") else ""
+                    starts.setdefault((what, start["folder"], start.get("steps")), []).append(cell)
     sentences = [
-        f" {', '.join(cells)}: backbone started from {folder}"
+        f" {', '.join(cells)}: {what} started from {folder}"
         + (
             f" (a checkpoint at step {steps} of its own run; the steps above come on top)."
             if steps is not None
             else "."
         )
-        for (folder, steps), cells in starts.items()
+        for (what, folder, steps), cells in starts.items()
     ]
     return "".join(sentences)
 

@@ -253,6 +253,42 @@ def test_a_backbone_of_another_size_is_refused(tmp_path):
         )
 
 
+def test_a_cell_can_continue_from_a_whole_saved_model_of_its_kind(tmp_path, monkeypatch):
+    cell = reproduce.Cell("copy", 3, "rmt")
+    trained = reproduce.run_cell(cell, tmp_path / "first", progress=False, steps=3, eval_samples=8)
+    saved = tmp_path / "first" / "cells" / "copy-3-rmt" / "checkpoint" / "model"
+    expected = reproduce.RecurrentMemoryModel.from_pretrained(saved).state_dict()
+    started_from = []
+
+    def recording_train(model, *args, **kwargs):
+        started_from.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_train(model, *args, **kwargs)
+
+    real_train = reproduce.train
+    monkeypatch.setattr(reproduce, "train", recording_train)
+    record = reproduce.run_cell(cell, tmp_path / "second", progress=False, init_model=saved, steps=2, eval_samples=8)
+    memory_names = [k for k in expected if not k.startswith("backbone.")]
+    assert memory_names, "an rmt cell has memory parameters"
+    assert started_from[0].keys() == expected.keys()
+    assert all(torch.equal(started_from[0][k], expected[k]) for k in expected)
+    assert record["init_model"] == {"folder": str(saved), "steps": 3} and "init_backbone" not in record
+    table = reproduce_report.format_table({"cells": {"copy:3:rmt": record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
+    assert f"3 segments rmt: whole model, memory included, started from {saved} (a checkpoint at step 3" in table
+    untrained = reproduce.run_cell(cell, tmp_path / "third", progress=False, init_model=saved, steps=0, eval_samples=8)
+    assert untrained["teacher_forced"] == trained["teacher_forced"]
+
+
+def test_a_whole_model_of_another_kind_is_refused(tmp_path):
+    reproduce.run_cell(reproduce.Cell("copy", 3, "no_memory"), tmp_path, progress=False, steps=1, eval_samples=8)
+    saved = tmp_path / "cells" / "copy-3-no_memory" / "checkpoint" / "model"
+    with pytest.raises(ValueError, match="--init-model .* another kind of memory model .*num_memory_tokens"):
+        reproduce.run_cell(reproduce.Cell("copy", 3, "rmt"), tmp_path / "other", init_model=saved, steps=1)
+    with pytest.raises(ValueError, match="give one of them"):
+        reproduce.run_cell(
+            reproduce.Cell("copy", 3, "no_memory"), tmp_path / "both", init_model=saved, init_backbone=saved, steps=1
+        )
+
+
 def test_an_interrupted_cell_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(tmp_path, monkeypatch):
     cell = reproduce.Cell("copy", 3, "rmt")
     options = {"progress": False, "steps": 6, "batch_size": 4, "eval_samples": 8}
