@@ -51,9 +51,9 @@ results.json under a file lock, re-reading the file first, so none overwrites an
 
 Resuming: each cell writes a checkpoint every tenth of its steps. With --resume, the cells already in results.json
 (with the same settings) are skipped, and a cell whose run was interrupted continues from its last checkpoint with
-the losses of a run that never stopped. --init-backbone FOLDER starts each cell from the backbone of a saved model,
-for example one cell's model trained further, or a segmented cell from the single-window model; --init-model FOLDER
-starts each cell from a whole saved model of its own kind, memory included, to train a finished cell further.
+the losses of a run that never stopped. --init-backbone FOLDER starts each cell from the backbone of a saved model
+with fresh memory parameters, for example a segmented cell from the single-window model; --init-model FOLDER starts
+each cell from a whole saved model of its own kind, memory included, to train a finished cell further.
 
 Output (in --output, default runs/reproduce): results.json (every cell run there so far: single-cell runs
 accumulate, --fresh starts over), results.md (the table next to the published numbers, with runtimes), one PNG per
