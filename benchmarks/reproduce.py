@@ -381,12 +381,9 @@ def settings_differing(
         "steps": (record["train"].get("steps"), steps),
         "batch_size": (record["train"].get("batch_size"), setup.batch_size),
         "learning_rate": (record["train"].get("learning_rate"), setup.learning_rate),
-        "init_backbone": (
-            record.get("init_backbone", {}).get("folder"),
-            None if init_backbone is None else str(init_backbone),
-        ),
-        "init_model": (record.get("init_model", {}).get("folder"), None if init_model is None else str(init_model)),
     }
+    for name, folder in (("init_backbone", init_backbone), ("init_model", init_model)):
+        wanted[name] = (record.get(name, {}).get("folder"), None if folder is None else str(folder))
     return [name for name, (recorded, planned) in wanted.items() if recorded != planned]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from itertools import product
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,18 +205,20 @@ def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> st
     )
 
 
+# The record keys of a saved start (reproduce.py's --init-backbone and --init-model) and what each takes from it.
+_STARTS = (("init_backbone", "backbone"), ("init_model", "whole model, memory included,"))
+
+
 def _start_text(runs: Mapping[tuple[int, str], list[dict[str, Any]]]) -> str:
     """The Setup sentences naming the cells that started from a saved model's backbone (--init-backbone) or from a
     whole saved model, memory included (--init-model), instead of a random backbone."""
     starts: dict[tuple[str, str, Any], list[str]] = {}
     for (segments, kind), records in sorted(runs.items()):
-        for record in records:
-            for key, what in (("init_backbone", "backbone"), ("init_model", "whole model, memory included,")):
-                if key in record:
-                    start = record[key]
-                    cell = f"{segments} segment{'s' if segments > 1 else ''} {kind}"
-                    cell += f" (seed {record['seed']})" if record.get("seed") else ""
-                    starts.setdefault((what, start["folder"], start.get("steps")), []).append(cell)
+        for record, (key, what) in product(records, _STARTS):
+            if key in record:
+                cell = f"{segments} segment{'s' if segments > 1 else ''} {kind}"
+                cell += f" (seed {record['seed']})" if record.get("seed") else ""
+                starts.setdefault((what, record[key]["folder"], record[key].get("steps")), []).append(cell)
     sentences = [
         f" {', '.join(cells)}: {what} started from {folder}"
         + (

@@ -46,6 +46,17 @@ def parse_run(text: str) -> tuple[str, list[Path]]:
     return label, [Path(p) for p in logs.split("+")]
 
 
+def parse_target(text: str, runs: dict[str, list[Path]]) -> tuple[str, float]:
+    """'LABEL=VALUE' -> (label, value), the label one of the runs'."""
+    label, _, value = text.partition("=")
+    if label not in runs:
+        raise InputError(f"training_curves: --target {text!r} names no run (runs: {', '.join(runs)})")
+    try:
+        return label, float(value)
+    except ValueError:
+        raise InputError(f"training_curves: --target {text!r}: {value!r} is not a number") from None
+
+
 def plot(
     runs: dict[str, list[tuple[int, float]]], targets: dict[str, float], metric: str, title: str, output: Path
 ) -> None:
@@ -87,15 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs = dict(parse_run(text) for text in args.runs)
-        targets = {}
-        for text in args.target:
-            label, _, value = text.partition("=")
-            if label not in runs:
-                raise InputError(f"training_curves: --target {text!r} names no run (runs: {', '.join(runs)})")
-            try:
-                targets[label] = float(value)
-            except ValueError:
-                raise InputError(f"training_curves: --target {text!r}: {value!r} is not a number") from None
+        targets = dict(parse_target(text, runs) for text in args.target)
         curves = {label: read_chain(logs, args.metric) for label, logs in runs.items()}
     except InputError as error:
         raise SystemExit(str(error)) from None

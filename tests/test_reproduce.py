@@ -211,19 +211,26 @@ def test_a_second_seed_keeps_its_own_training_folder(tmp_path):
     assert (tmp_path / "cells" / "copy-3-rmt" / "seed1" / "metrics.jsonl").exists()
 
 
+def record_training_starts(monkeypatch, part):
+    """Make reproduce.train record the weights of `part(model)` each time a training run starts; returns the list
+    they go into."""
+    started_from = []
+    real_train = reproduce.train
+
+    def recording_train(model, *args, **kwargs):
+        started_from.append({k: v.clone() for k, v in part(model).state_dict().items()})
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(reproduce, "train", recording_train)
+    return started_from
+
+
 def test_a_cell_can_start_from_another_cells_trained_backbone(tmp_path, monkeypatch):
     source_cell = reproduce.Cell("copy", 3, "no_memory")
     trained = reproduce.run_cell(source_cell, tmp_path / "first", progress=False, steps=3, eval_samples=8)
     saved = tmp_path / "first" / "cells" / "copy-3-no_memory" / "checkpoint" / "model"
     expected = reproduce.RecurrentMemoryModel.from_pretrained(saved).backbone.state_dict()
-    started_from = []
-
-    def recording_train(model, *args, **kwargs):
-        started_from.append({k: v.clone() for k, v in model.backbone.state_dict().items()})
-        return real_train(model, *args, **kwargs)
-
-    real_train = reproduce.train
-    monkeypatch.setattr(reproduce, "train", recording_train)
+    started_from = record_training_starts(monkeypatch, lambda model: model.backbone)
     record = reproduce.run_cell(
         reproduce.Cell("copy", 3, "rmt"),
         tmp_path / "second",
@@ -258,14 +265,7 @@ def test_a_cell_can_continue_from_a_whole_saved_model_of_its_kind(tmp_path, monk
     trained = reproduce.run_cell(cell, tmp_path / "first", progress=False, steps=3, eval_samples=8)
     saved = tmp_path / "first" / "cells" / "copy-3-rmt" / "checkpoint" / "model"
     expected = reproduce.RecurrentMemoryModel.from_pretrained(saved).state_dict()
-    started_from = []
-
-    def recording_train(model, *args, **kwargs):
-        started_from.append({k: v.clone() for k, v in model.state_dict().items()})
-        return real_train(model, *args, **kwargs)
-
-    real_train = reproduce.train
-    monkeypatch.setattr(reproduce, "train", recording_train)
+    started_from = record_training_starts(monkeypatch, lambda model: model)
     record = reproduce.run_cell(cell, tmp_path / "second", progress=False, init_model=saved, steps=2, eval_samples=8)
     memory_names = [k for k in expected if not k.startswith("backbone.")]
     assert memory_names, "an rmt cell has memory parameters"
