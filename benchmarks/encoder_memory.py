@@ -5,13 +5,14 @@ segments.
 
 Task: noise tokens in 2 segments of 16; a marker and one of 6 fact tokens somewhere in segment 1; the class to
 predict after segment 2 is the fact (chance 1/6), so only the memory can answer. Model: a 2-layer, width-64 BERT with
-4 memory tokens, AdamW (lr 3e-4 by default), batch 32. Three ways to feed the memory (the first is how rmt did it
-before):
-- `embedding_layer`: the memory replaces the word embeddings at its positions and goes through the embedding layer
-  like a token (plus position and token-type embeddings, then the embedding LayerNorm);
-- `after_embeddings` (rmt's way): the memory replaces the embedding layer's output at its positions; the initial
+4 memory tokens, AdamW (lr 3e-4 by default), batch 32. Three ways to feed the memory, each an RMTConfig setting:
+- `embedding_layer` (`encoder_memory_input="embedding_layer"`): the memory replaces the word embeddings at its
+  positions and goes through the embedding layer like a token (plus position and token-type embeddings, then the
+  embedding LayerNorm);
+- `after_embeddings` (the default): the memory replaces the embedding layer's output at its positions; the initial
   memory is scaled like the token embeddings;
-- `after_embeddings_unit_init`: the same, with the initial memory scaled like the embedding layer's normalised output.
+- `after_embeddings_embedding_output_init` (`encoder_memory_init="embedding_output"`): the same, with the initial
+  memory scaled like the embedding layer's normalised output.
 Held-out accuracy on 256 samples every 100 steps, for each seed.
 """
 
@@ -27,22 +28,7 @@ from rmt import RMTConfig, RMTForSequenceClassification
 from rmt.build import random_backbone
 
 SEGMENT, NOISE, MARKER, FACTS, CLS, SEP = 16, 30, 36, 6, 40, 41
-VARIANTS = ("embedding_layer", "after_embeddings", "after_embeddings_unit_init")
-
-
-class ThroughEmbeddingLayer(RMTForSequenceClassification):
-    """The memory fed as word embeddings, through the embedding layer (rmt's encoder before this comparison)."""
-
-    def step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: torch.Tensor):
-        b, t = input_ids.shape
-        m, p = self.config.num_memory_tokens, self.prefix_length
-        ids = torch.full((b, p + t + 1), self.pad_token_id, dtype=input_ids.dtype)
-        ids[:, 0], ids[:, p - 1], ids[:, -1] = self.cls_token_id, self.sep_token_id, self.sep_token_id
-        ids[:, p : p + t] = input_ids
-        embeds = self.backbone.get_input_embeddings()(ids)
-        embeds = torch.cat([embeds[:, :1], state, embeds[:, 1 + m :]], dim=1)
-        out = self.backbone(inputs_embeds=embeds, token_type_ids=torch.zeros_like(ids), output_hidden_states=True)
-        return out.logits, out.hidden_states[-1][:, 1 : 1 + m]
+VARIANTS = ("embedding_layer", "after_embeddings", "after_embeddings_embedding_output_init")
 
 
 def batch(size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,11 +43,18 @@ def batch(size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Te
 def run(variant: str, seed: int, steps: int, lr: float) -> list[tuple[int, float]]:
     torch.manual_seed(seed)
     backbone = random_backbone("bert", 50, 2, 64, 4, 64, num_labels=FACTS, seed=seed)
-    config = RMTConfig(mode="encoder", num_memory_tokens=4, segment_size=SEGMENT, cls_token_id=CLS, sep_token_id=SEP)
-    model = (ThroughEmbeddingLayer if variant == "embedding_layer" else RMTForSequenceClassification)(backbone, config)
-    if variant == "after_embeddings_unit_init":
-        with torch.no_grad():
-            model.memory.normal_(0.0, 1.0)
+    config = RMTConfig(
+        mode="encoder",
+        num_memory_tokens=4,
+        segment_size=SEGMENT,
+        cls_token_id=CLS,
+        sep_token_id=SEP,
+        encoder_memory_input="embedding_layer" if variant == "embedding_layer" else "after_embeddings",
+        encoder_memory_init="embedding_output"
+        if variant == "after_embeddings_embedding_output_init"
+        else "token_embeddings",
+    )
+    model = RMTForSequenceClassification(backbone, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed + 1)
     held_out = batch(256, torch.Generator().manual_seed(99))

@@ -21,6 +21,8 @@ WriteInit = Literal["memory", "learned"]
 MemoryPositions = Literal["sequential", "shared"]
 LossAggregation = Literal["tokens", "segments", "last_segment"]
 MemoryKind = Literal["rmt", "armt"]
+EncoderMemoryInput = Literal["after_embeddings", "embedding_layer"]
+EncoderMemoryInit = Literal["token_embeddings", "embedding_output"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("decoder", "encoder"),
@@ -28,6 +30,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "memory_positions": ("sequential", "shared"),
     "loss_aggregation": ("tokens", "segments", "last_segment"),
     "memory_kind": ("rmt", "armt"),
+    "encoder_memory_input": ("after_embeddings", "embedding_layer"),
+    "encoder_memory_init": ("token_embeddings", "embedding_output"),
 }
 
 
@@ -114,6 +118,23 @@ class RMTConfig:
             "position ids run on across segments, so learned absolute positions (GPT-2) must cover the whole input."
         ),
     )
+    encoder_memory_input: EncoderMemoryInput = field(
+        default="after_embeddings",
+        metadata=_doc(
+            "Where an encoder's memory enters (encoder mode): 'after_embeddings' = it replaces the embedding "
+            "layer's output at the memory positions; 'embedding_layer' = it replaces the word embeddings there and "
+            "goes through the embedding layer like a token (plus position and token-type embeddings, then the "
+            "embedding LayerNorm), as in the RMT paper's encoder."
+        ),
+    )
+    encoder_memory_init: EncoderMemoryInit = field(
+        default="token_embeddings",
+        metadata=_doc(
+            "Scale of an encoder's learned initial memory (encoder mode): 'token_embeddings' = like the word "
+            "embedding table; 'embedding_output' = like the embedding layer's normalised output, which is what "
+            "the memory replaces with encoder_memory_input='after_embeddings'."
+        ),
+    )
 
     cls_token_id: int | None = field(
         default=None,
@@ -162,6 +183,8 @@ class RMTConfig:
         unused = []
         if self.memory_kind == "armt" or self.mode == "encoder":
             unused += ["write_init", "memory_positions"]
+        if self.mode == "decoder":
+            unused += ["encoder_memory_input", "encoder_memory_init"]
         if self.memory_kind == "rmt":
             unused.append("d_mem")
         defaults = {f.name: f.default for f in fields(self)}

@@ -127,6 +127,8 @@ def test_settings_that_do_not_apply_warn():
         RMTConfig(d_mem=16)
     with pytest.warns(UserWarning, match="write_init='learned' has no effect.*'armt'"):
         RMTConfig(memory_kind="armt", write_init="learned")
+    with pytest.warns(UserWarning, match="encoder_memory_input='embedding_layer' has no effect.*'decoder'"):
+        RMTConfig(encoder_memory_input="embedding_layer")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RMTConfig(memory_kind="armt", d_mem=16)  # applies: no warning

@@ -51,6 +51,45 @@ def test_encoder_memory_off_one_segment_is_the_backbone():
 # --- memory carries information -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("entry", ["after_embeddings", "embedding_layer"])
+def test_encoder_memory_enters_where_its_tokens_would(entry):
+    """A memory state equal to what tokens X give at the entry point (the embedding layer's output there, or X's word
+    embeddings) makes the segment compute what the backbone computes with X at the memory positions."""
+    backbone = tiny_encoder()
+    config = RMTConfig(mode="encoder", num_memory_tokens=3, segment_size=10, encoder_memory_input=entry)
+    model = RMTForSequenceClassification(backbone, config)
+    ids, memory_ids = torch.randint(5, 100, (2, 10)), torch.randint(5, 100, (2, 3))
+    full = torch.cat([torch.full((2, 1), 101), memory_ids, torch.full((2, 1), 102), ids, torch.full((2, 1), 102)], 1)
+    with torch.no_grad():
+        if entry == "embedding_layer":
+            state = backbone.get_input_embeddings()(memory_ids)
+        else:
+            state = backbone.bert.embeddings(input_ids=full, token_type_ids=torch.zeros_like(full))[:, 1:4]
+        logits = model(ids, memory_state=state).logits
+    torch.testing.assert_close(logits, backbone(full).logits, rtol=0, atol=1e-5)
+
+
+def test_encoder_initial_memory_scale():
+    backbone = tiny_encoder()
+    with torch.no_grad():  # an embedding output three times as wide as a LayerNorm's unit scale
+        backbone.bert.embeddings.LayerNorm.weight.fill_(3.0)
+    memories = {}
+    for init in ("token_embeddings", "embedding_output"):
+        torch.manual_seed(0)
+        config = RMTConfig(mode="encoder", num_memory_tokens=10, segment_size=8, encoder_memory_init=init)
+        memories[init] = RMTForSequenceClassification(backbone, config).memory.detach()
+    with torch.no_grad():
+        ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(5))
+        output_std = float(backbone.bert.embeddings(input_ids=ids).std())
+    word_std = float(backbone.get_input_embeddings().weight.detach().std())
+    assert output_std > 2.5 and word_std < 0.1
+    assert float(memories["token_embeddings"].std()) == pytest.approx(word_std, rel=0.25)
+    assert float(memories["embedding_output"].std()) == pytest.approx(output_std, rel=0.25)
+    # the same random draw, scaled: measuring the embedding output leaves the global random state alone
+    a, b = memories["token_embeddings"], memories["embedding_output"]
+    torch.testing.assert_close(a / a.std(), b / b.std())
+
+
 @pytest.mark.parametrize("memory_tokens", [4, 0])
 def test_perturbing_segment_1_reaches_segment_3_only_through_memory(decoder_family, memory_tokens):
     model = decoder(decoder_family, num_memory_tokens=memory_tokens)

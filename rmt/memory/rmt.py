@@ -36,11 +36,30 @@ from rmt.memory.state import State, batch_size_of
 _LEARNED_POSITIONS = ("gpt2",)
 
 
-def _memory_parameter(backbone: nn.Module, rows: int) -> nn.Parameter:
-    """A learned [rows, D] memory, scaled like the backbone's token embeddings."""
+def _memory_parameter(backbone: nn.Module, rows: int, std: float | None = None) -> nn.Parameter:
+    """A learned [rows, D] memory with standard deviation `std` (default: that of the backbone's token embeddings)."""
     embeddings = backbone.get_input_embeddings().weight
-    std = float(embeddings.detach().float().std())
+    if std is None:
+        std = float(embeddings.detach().float().std())
     return nn.Parameter(torch.randn(rows, embeddings.shape[1], dtype=embeddings.dtype) * std)
+
+
+def _embedding_output_std(backbone: PreTrainedModel) -> float:
+    """Standard deviation of an encoder's embedding-layer output (dropout off) over 8 x 64 random token ids.
+
+    The ids come from a generator of their own, so measuring does not move the global random state."""
+    embeddings = backbone.base_model.embeddings
+    vocab = backbone.get_input_embeddings().weight.shape[0]
+    length = min(64, max_positions(backbone) or 64)
+    ids = torch.randint(0, vocab, (8, length), generator=torch.Generator().manual_seed(0)).to(backbone.device)
+    was_training = embeddings.training
+    embeddings.eval()
+    try:
+        with torch.no_grad():
+            output = embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+    finally:
+        embeddings.train(was_training)
+    return float(output.float().std())
 
 
 @register_model("decoder", "rmt")
@@ -294,13 +313,15 @@ class SegmentWindow:
 class RMTForSequenceClassification(RecurrentMemoryModel):
     """RMT memory around a Hugging Face encoder for sequence classification (BERT, RoBERTa).
 
-    The memory vectors go into the encoder's first layer directly: they replace the embedding layer's output at the
-    memory positions, instead of being summed with position and token-type embeddings and renormalised by the
-    embedding LayerNorm as token embeddings are (the memory is made of hidden states, not token embeddings). The
-    initial memory is scaled like the token embeddings. Learning to use the memory at all is the hard part for an
-    encoder: a plateau that some runs leave after hundreds of steps and others not within the budget, for either
-    way of feeding it (benchmarks/results/encoder_memory-cpu.json, `python -m benchmarks.encoder_memory`);
-    BABILong on MiniLM is in benchmarks/results/babilong/."""
+    Where the memory enters is `config.encoder_memory_input`. By default ('after_embeddings') the memory vectors go
+    into the encoder's first layer directly: they replace the embedding layer's output at the memory positions,
+    instead of being summed with position and token-type embeddings and renormalised by the embedding LayerNorm as
+    token embeddings are (the memory is made of hidden states, not token embeddings). With 'embedding_layer' they
+    replace the word embeddings and take that path like tokens. The initial memory is scaled like the token
+    embeddings or like the embedding layer's output (`config.encoder_memory_init`). Learning to use the memory at
+    all is the hard part for an encoder: a plateau that some runs leave after hundreds of steps and others not
+    within the budget, for every way of feeding it (benchmarks/results/encoder_memory-cpu.json,
+    `python -m benchmarks.encoder_memory`); BABILong on MiniLM is in benchmarks/results/babilong/."""
 
     token_logits = False
 
@@ -332,7 +353,10 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
                     "to the id of that special token in your tokenizer (e.g. tokenizer.cls_token_id)"
                 )
         self.pad_token_id = hf.pad_token_id if hf.pad_token_id is not None else 0
-        self.memory = _memory_parameter(backbone, m) if m > 0 else None
+        self.memory = None
+        if m > 0:
+            std = _embedding_output_std(backbone) if config.encoder_memory_init == "embedding_output" else None
+            self.memory = _memory_parameter(backbone, m, std)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         if self.memory is None:
@@ -355,21 +379,29 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         ids.scatter_(1, (p + lengths)[:, None], self.sep_token_id)  # [SEP] right after each row's last token
         mask = (torch.arange(p + t + 1, device=device)[None, :] <= (p + lengths)[:, None]).long()
 
-        embeddings = self.backbone.base_model.embeddings
+        inputs = {"attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "output_hidden_states": True}
+        if m > 0 and self.config.encoder_memory_input == "embedding_layer":
+            words = self.backbone.get_input_embeddings()(ids)
+            words = torch.cat([words[:, :1], state.to(words.dtype), words[:, 1 + m :]], dim=1)
+            out = self.backbone(inputs_embeds=words, **inputs)
+        else:
+            out = self._forward_with_memory_after_embeddings(ids, inputs, state)
+        new_state = out.hidden_states[-1][:, 1 : 1 + m]  # [b, M, D]
+        return out.logits, new_state
 
-        def insert_memory(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+    def _forward_with_memory_after_embeddings(self, ids: torch.Tensor, inputs: dict, state: torch.Tensor):
+        """The backbone's forward with the embedding layer's output at the memory positions replaced by `state`."""
+        m = self.config.num_memory_tokens
+
+        def insert_memory(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
             return torch.cat([output[:, :1], state.to(output.dtype), output[:, 1 + m :]], dim=1)
 
-        hook = embeddings.register_forward_hook(insert_memory) if m > 0 else None
+        hook = self.backbone.base_model.embeddings.register_forward_hook(insert_memory) if m > 0 else None
         try:
-            out = self.backbone(
-                input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), output_hidden_states=True
-            )
+            return self.backbone(input_ids=ids, **inputs)
         finally:
             if hook is not None:
                 hook.remove()
-        new_state = out.hidden_states[-1][:, 1 : 1 + m]  # [b, M, D]
-        return out.logits, new_state
 
 
 def _first_set(*values: int | None) -> int | None:
