@@ -124,7 +124,7 @@ class RMTConfig:
             "Where an encoder's memory enters (encoder mode): 'after_embeddings' = it replaces the embedding "
             "layer's output at the memory positions; 'embedding_layer' = it replaces the word embeddings there and "
             "goes through the embedding layer like a token (plus position and token-type embeddings, then the "
-            "embedding LayerNorm), as in the RMT paper's encoder."
+            "embedding LayerNorm), the path of memory fed to a Hugging Face encoder as `inputs_embeds`."
         ),
     )
     encoder_memory_init: EncoderMemoryInit = field(

@@ -9,8 +9,8 @@ Decoder (causal LM), per segment:  inputs_embeds = [read memory (M) | segment to
     tokens, MemTrXL with them; details in `RMTForCausalLM`).
 Encoder (sequence classification), per segment:  [CLS] [memory (M)] [SEP] segment [SEP] [PAD...]
     Bidirectional; the new memory is the last hidden states at the memory positions; class logits from the
-    backbone's own head on each sample's last segment. The memory enters after the embedding layer (see
-    `RMTForSequenceClassification`).
+    backbone's own head on each sample's last segment. The memory enters after the embedding layer, or through it
+    (`RMTConfig.encoder_memory_input`, see `RMTForSequenceClassification`).
 
 Everything goes through `inputs_embeds`, `attention_mask`, `position_ids` and `cache` (an HF
 `DynamicCache` rebuilt from the state tensors in each step): no forked modeling code.
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from rmt.backbones import check_family, check_fits, hidden_size, kv_shape, max_positions
 from rmt.config import RMTConfig
@@ -389,7 +390,9 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         new_state = out.hidden_states[-1][:, 1 : 1 + m]  # [b, M, D]
         return out.logits, new_state
 
-    def _forward_with_memory_after_embeddings(self, ids: torch.Tensor, inputs: dict, state: torch.Tensor):
+    def _forward_with_memory_after_embeddings(
+        self, ids: torch.Tensor, inputs: dict, state: torch.Tensor
+    ) -> SequenceClassifierOutput:
         """The backbone's forward with the embedding layer's output at the memory positions replaced by `state`."""
         m = self.config.num_memory_tokens
 
