@@ -28,7 +28,11 @@ from rmt import RMTConfig, RMTForSequenceClassification
 from rmt.build import random_backbone
 
 SEGMENT, NOISE, MARKER, FACTS, CLS, SEP = 16, 30, 36, 6, 40, 41
-VARIANTS = ("embedding_layer", "after_embeddings", "after_embeddings_embedding_output_init")
+VARIANTS = {  # name: the RMTConfig settings it stands for
+    "embedding_layer": {"encoder_memory_input": "embedding_layer"},
+    "after_embeddings": {},
+    "after_embeddings_embedding_output_init": {"encoder_memory_init": "embedding_output"},
+}
 
 
 def batch(size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,10 +53,7 @@ def run(variant: str, seed: int, steps: int, lr: float) -> list[tuple[int, float
         segment_size=SEGMENT,
         cls_token_id=CLS,
         sep_token_id=SEP,
-        encoder_memory_input="embedding_layer" if variant == "embedding_layer" else "after_embeddings",
-        encoder_memory_init="embedding_output"
-        if variant == "after_embeddings_embedding_output_init"
-        else "token_embeddings",
+        **VARIANTS[variant],
     )
     model = RMTForSequenceClassification(backbone, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -383,8 +383,7 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         inputs = {"attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "output_hidden_states": True}
         if m > 0 and self.config.encoder_memory_input == "embedding_layer":
             words = self.backbone.get_input_embeddings()(ids)
-            words = torch.cat([words[:, :1], state.to(words.dtype), words[:, 1 + m :]], dim=1)
-            out = self.backbone(inputs_embeds=words, **inputs)
+            out = self.backbone(inputs_embeds=_at_memory_positions(words, state), **inputs)
         else:
             out = self._forward_with_memory_after_embeddings(ids, inputs, state)
         new_state = out.hidden_states[-1][:, 1 : 1 + m]  # [b, M, D]
@@ -394,17 +393,22 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         self, ids: torch.Tensor, inputs: dict, state: torch.Tensor
     ) -> SequenceClassifierOutput:
         """The backbone's forward with the embedding layer's output at the memory positions replaced by `state`."""
-        m = self.config.num_memory_tokens
 
         def insert_memory(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
-            return torch.cat([output[:, :1], state.to(output.dtype), output[:, 1 + m :]], dim=1)
+            return _at_memory_positions(output, state)
 
-        hook = self.backbone.base_model.embeddings.register_forward_hook(insert_memory) if m > 0 else None
+        memory_on = self.config.num_memory_tokens > 0
+        hook = self.backbone.base_model.embeddings.register_forward_hook(insert_memory) if memory_on else None
         try:
             return self.backbone(input_ids=ids, **inputs)
         finally:
             if hook is not None:
                 hook.remove()
+
+
+def _at_memory_positions(embeddings: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """`embeddings` [b, 1 + M + ..., D] with positions 1..M (after [CLS]) replaced by the memory `state` [b, M, D]."""
+    return torch.cat([embeddings[:, :1], state.to(embeddings.dtype), embeddings[:, 1 + state.shape[1] :]], dim=1)
 
 
 def _first_set(*values: int | None) -> int | None:
