@@ -102,6 +102,8 @@ def test_resume_continues_exactly(tmp_path):
     assert len(losses) == 8
     logged = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == resumed
+    elapsed = [r["elapsed_s"] for r in resumed if "loss" in r]
+    assert elapsed == sorted(elapsed), "training time must carry on across the resume, not restart at 0"
     assert [p.name for p in (tmp_path / "resumed").iterdir() if p.name.startswith(".")] == []
 
 

@@ -62,6 +62,7 @@ class TrainerState:
     best_accuracy: float = -1.0  # best held-out accuracy at the final number of segments
     evals_without_gain: int = 0
     stopped_early: bool = False
+    elapsed_s: float = 0.0  # training time up to the last checkpoint, so a resumed log's elapsed_s carries on
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -128,7 +129,7 @@ def train(
         disable=not (config.progress and main),
         dynamic_ncols=True,
     )
-    started = time.time()
+    started = time.time() - state.elapsed_s
     running_loss, running_count = 0.0, 0
     for step in bar:
         if state.stopped_early:
@@ -174,6 +175,7 @@ def train(
             state = _after_eval(config, state, done, scores, accelerator)
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         if periodic or done == config.steps or state.stopped_early:
+            state.elapsed_s = time.time() - started
             save_checkpoint(
                 output_dir / CHECKPOINT_DIR, accelerator, model, done, config, asdict(state), save_extras, sharded
             )
