@@ -163,8 +163,8 @@ def pretrained_backbone(
     backbone of an rmt checkpoint too) or a hub id when the hub is reachable.
 
     mode "decoder" loads a causal LM, "encoder" a sequence classifier whose classes are `labels` (a new head when the
-    weights have none). dtype: "fp32", "bf16", "fp16" or a torch dtype (default: fp32). Other keyword arguments go to
-    transformers' from_pretrained."""
+    weights have none or one for another number of classes; transformers warns of the latter). dtype: "fp32",
+    "bf16", "fp16" or a torch dtype (default: fp32). Other keyword arguments go to transformers' from_pretrained."""
     location, gguf = resolve_model(name_or_path)
     if gguf is not None:
         kwargs["gguf_file"] = gguf
@@ -177,9 +177,9 @@ def pretrained_backbone(
         auto = AutoModelForSequenceClassification
         if labels is not None:
             kwargs.update(
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
+                id2label=dict(enumerate(labels)),  # sets num_labels too
                 label2id={label: i for i, label in enumerate(labels)},
+                ignore_mismatched_sizes=True,  # a classifier fine-tuned for other classes: start a new head
             )
     elif mode == "decoder":
         auto = AutoModelForCausalLM

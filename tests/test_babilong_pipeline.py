@@ -102,6 +102,26 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     assert "| qa1 | memory |" in capsys.readouterr().out
 
 
+def test_train_with_the_same_seed_repeats_the_run(tmp_path, haystack_file):
+    """A pretrained folder gets new memory parameters (and here a new classifier head, its labels being another
+    task's) and keeps its dropout: with the same --seed, two runs log the same losses; another seed, other losses."""
+    folder = tiny_model_folder(tmp_path / "bert", "bert", ["yes", "no"])
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def losses(seed: str, name: str) -> list[float]:
+        args = ["train", "--model", str(folder), "--data", "babilong:qa1", "--haystack", str(haystack_file)]
+        args += ["--segment-size", "32", "--memory-tokens", "2", "--seed", seed, "--output", str(tmp_path / name)]
+        assert main([*args, *TRAIN, "--log-every", "1", "--no-progress"]) == 0
+        log = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [record["loss"] for record in map(json.loads, log) if "loss" in record]
+
+    first = losses("0", "first")
+    assert losses("0", "again") == first
+    assert losses("1", "other") != first
+
+
 def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file):
     from rmt import RMTConfig
     from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer

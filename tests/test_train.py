@@ -54,6 +54,27 @@ def small_setup(memory_tokens: int = 4, length: int = 6, segments: int = 3, seed
     return model, TaskSource(task, seed=seed)
 
 
+def test_same_seed_repeats_a_run_with_dropout(tmp_path):
+    """Dropout masks come from the global generators, which the trainer seeds: two runs from the same weights with
+    the same seed log the same losses, and another seed other losses (so the dropout is really drawn)."""
+    task = CopyTask(length=6)
+    segment_size = task.segment_size_for(3)
+
+    def run(seed: int, name: str) -> list[float]:
+        backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.2
+        model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=segment_size))
+        config = TrainConfig(steps=3, batch_size=4, log_every=1, eval_every=3, eval_batches=1, progress=False)
+        history = train(model, TaskSource(task, seed=0), replace(config, seed=seed), tmp_path / name)
+        return [r["loss"] for r in history if "loss" in r]
+
+    first = run(0, "first")
+    assert run(0, "again") == first
+    assert run(1, "other") != first
+
+
 class Interrupted(Exception):
     pass
 

@@ -158,7 +158,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
-    """The model and data source that the flags describe."""
+    """The model and data source that the flags describe: the same flags and --seed build the same model (a new
+    classifier head, the memory parameters)."""
+    from accelerate.utils import set_seed
+
+    set_seed(args.seed)
     if args.data is None:
         return _task_setup(args, config)
     if args.task is not None:

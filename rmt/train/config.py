@@ -68,7 +68,9 @@ class TrainConfig:
     eval_batch_size: int = field(default=64, metadata=_doc("Samples per held-out batch (> 0)."))
     log_every: int = field(default=10, metadata=_doc("Write the running training loss every N steps (> 0)."))
     checkpoint_every: int = field(default=500, metadata=_doc("Write a checkpoint every N steps (0: only at the end)."))
-    seed: int = field(default=0, metadata=_doc("Seed of the data order and of the model's random initialisation."))
+    seed: int = field(
+        default=0, metadata=_doc("Seed of the data order, of the model's random initialisation and of dropout.")
+    )
     curriculum: list[tuple[int, int]] | None = field(
         default=None,
         metadata=_doc(

@@ -15,6 +15,9 @@ averaged in one bucketed all-reduce that every process makes with the same tenso
 gradient on that process): one synchronisation per optimizer step, whatever the number of backward calls.
 Evaluation, logging and the final model are the main process's; the others wait at a barrier.
 
+Why a run repeats: the global random generators (dropout masks of a pretrained backbone) are seeded with the config's
+seed when training starts, and the batches come from the source's own generators.
+
 Why resume is exact: the batch at step s is a pure function of (seed, s) (`rmt.data.sources`), and a checkpoint holds
 the model, the optimizer, the schedule, the scaler, every process's RNG state and the trainer's own state (curriculum
 stage, early-stopping record). A run stopped at step k and resumed gives the losses of the run that never stopped
@@ -32,7 +35,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, reduce
+from accelerate.utils import broadcast_object_list, reduce, set_seed
 from tqdm.auto import tqdm
 
 from rmt.build import memory_model
@@ -105,6 +108,8 @@ def train(
         accelerator.register_for_checkpointing(scheduler)
     params = trainable_parameters(model)
 
+    # Before a resume, which then restores the checkpoint's generator states in place of these.
+    set_seed(config.seed)
     state = TrainerState()
     start_step = 0
     metrics_path = output_dir / METRICS_FILE
