@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from transformers.utils import logging as hf_logging
 
 from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
@@ -73,6 +74,20 @@ def test_same_seed_repeats_a_run_with_dropout(tmp_path):
     first = run(0, "first")
     assert run(0, "again") == first
     assert run(1, "other") != first
+
+
+def test_a_run_without_progress_bars_saves_quietly(tmp_path, capfd):
+    """progress=False hides every bar of the run, transformers' own bar of each checkpoint write included, and
+    leaves transformers' global progress setting as it was."""
+    task = CopyTask(length=6)
+    backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=task.segment_size_for(3)))
+    config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_batches=1, checkpoint_every=1, progress=False)
+    capfd.readouterr()
+    train(model, TaskSource(task, seed=0), config, tmp_path)
+    assert (tmp_path / "checkpoint" / "model").is_dir()
+    assert "it/s" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
 
 
 class Interrupted(Exception):

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers.utils import logging as hf_logging
 
 from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingFileError
@@ -33,21 +36,38 @@ BACKBONE_DIR = "backbone"
 
 
 def save_memory_model(
-    model: MemoryModel, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+    model: MemoryModel,
+    path: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    progress: bool = True,
 ) -> None:
     """Write `model` to the folder `path` atomically (see the module docstring). `state_dict`: the model's full
-    weights when its own parameters are sharded over processes (FSDP), gathered by the caller."""
+    weights when its own parameters are sharded over processes (FSDP), gathered by the caller. `progress=False`
+    hides transformers' progress bar of the write (a trainer run without progress bars saves quietly)."""
     if state_dict is None:
         backbone_weights = None
         memory_weights = model.memory_state_dict()
     else:
         backbone_weights = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
         memory_weights = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path) as tmp, _progress_bars(progress):
         model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True, state_dict=backbone_weights)
         tensors = {k: v.detach().contiguous().cpu() for k, v in memory_weights.items()}
         save_file(tensors, str(tmp / MEMORY_WEIGHTS), metadata={"format": "pt"})
         model.config.save(tmp / MEMORY_CONFIG)
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Hide transformers' progress bars inside the block when not `enabled`; restore the global setting after."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_memory_model(

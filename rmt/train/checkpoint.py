@@ -70,7 +70,7 @@ def save_checkpoint(
         else:
             accelerator.save_state(str(tmp_dir / "accelerate"))
         if accelerator.is_main_process:
-            save_memory_model(model, tmp_dir / "model", state_dict=weights)
+            save_memory_model(model, tmp_dir / "model", state_dict=weights, progress=config.progress)
             if save_extras is not None:
                 save_extras(tmp_dir / "model")
             record = {

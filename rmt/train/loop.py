@@ -202,7 +202,7 @@ def save_model(
     the weights, so every process must call it."""
     weights = fsdp.full_weights(model) if config.fsdp else None
     if accelerator.is_main_process:
-        save_memory_model(model, path, state_dict=weights)
+        save_memory_model(model, path, state_dict=weights, progress=config.progress)
         if save_extras is not None:
             save_extras(Path(path))
     accelerator.wait_for_everyone()
