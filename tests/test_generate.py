@@ -12,6 +12,7 @@ import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
+from rmt.errors import InputError
 from rmt.memory.generation import generate
 
 
@@ -145,6 +146,9 @@ def test_sampling_goes_through_transformers_processors():
     torch.manual_seed(0)
     again = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0).sequences
     assert torch.equal(first, again) and not torch.equal(first, greedy)
+    for bad, name in (({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top_k"), ({"top_p": 1.5}, "top_p")):
+        with pytest.raises(InputError, match=f"bad generation settings: `{name}`"):
+            model.generate(prompt, max_new_tokens=2, do_sample=True, **bad)
 
 
 def test_generation_past_the_learned_positions_is_refused():

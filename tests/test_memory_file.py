@@ -70,6 +70,13 @@ def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, 
     second = capsys.readouterr().out
     assert "loaded the memory" in second and second.splitlines()[-1] == first.splitlines()[-1]
     assert main(["generate", str(tmp_path / "model"), "--memory-file", str(tmp_path / "none.memory")]) == 2
+    sampled = [*args, "--max-new-tokens", "3", "--no-progress", "--do-sample", "--temperature", "3", "--top-k", "20"]
+    assert main([*sampled, "--seed", "4"]) == 0
+    draw = capsys.readouterr().out.splitlines()[-1]
+    assert main([*sampled, "--seed", "4"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == draw  # the same --seed samples the same answer
+    assert main([*args, "--do-sample", "--top-p", "1.5", "--no-progress"]) == 2
+    assert "top_p" in capsys.readouterr().err
 
 
 def test_diagonal_engine_follows_its_model_weights():

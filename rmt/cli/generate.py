@@ -34,8 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory-file", default=None, help="load the document's memory from here, or save it here")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with this mass")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=8192, help="tokens read per chunk (default: %(default)s)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
     add_runtime_arguments(parser)
@@ -90,14 +92,16 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is None:
         return 0
     prompt = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+    torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
+    # Sampling settings not given on the command line keep the model's generation config (transformers' defaults).
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     out = model.generate(
         prompt,
         memory_state=state,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
         eos_token_id=tokenizer.eos_token_id,
+        **{name: value for name, value in sampling.items() if value is not None},
     )
     print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
     return 0

@@ -149,15 +149,18 @@ def _generation_config(
 
 def _processors(config: GenerationConfig, extra: LogitsProcessorList | None) -> LogitsProcessorList:
     processors = LogitsProcessorList()
-    if config.repetition_penalty not in (None, 1.0):
-        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
-    if config.do_sample:
-        if config.temperature not in (None, 1.0):
-            processors.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k:
-            processors.append(TopKLogitsWarper(config.top_k))
-        if config.top_p not in (None, 1.0):
-            processors.append(TopPLogitsWarper(config.top_p))
+    try:  # the processors validate their settings (e.g. temperature > 0, 0 < top_p <= 1)
+        if config.repetition_penalty not in (None, 1.0):
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if config.do_sample:
+            if config.temperature not in (None, 1.0):
+                processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k:
+                processors.append(TopKLogitsWarper(config.top_k))
+            if config.top_p not in (None, 1.0):
+                processors.append(TopPLogitsWarper(config.top_p))
+    except ValueError as err:
+        raise InputError(f"bad generation settings: {err}") from err
     if extra:
         processors.extend(extra)
     return processors
