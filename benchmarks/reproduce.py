@@ -207,14 +207,16 @@ def grid() -> list[Cell]:
     return cells + [Cell("detect_memorize", 8, "rmt")]
 
 
-def rmt_config(kind: str, segment_size: int, memory_tokens: int) -> RMTConfig:
-    """The RMTConfig of a model kind (one segment of cache for the Tr-XL kinds)."""
+def rmt_config(kind: str, segment_size: int, memory_tokens: int, xl_recompute: bool = False) -> RMTConfig:
+    """The RMTConfig of a model kind (one segment of cache for the Tr-XL kinds; with `xl_recompute` the cache's
+    keys/values are recomputed from cached layer inputs, the original Transformer-XL's gradients)."""
     memory = 0 if kind in ("no_memory", "trxl") else memory_tokens
     cache = segment_size if kind in ("trxl", "memtrxl") else 0
     return RMTConfig(
         num_memory_tokens=memory,
         segment_size=segment_size,
         xl_cache_tokens=cache,
+        xl_cache_recompute=xl_recompute and cache > 0,
         read_memory_only=kind == "memory_at_start",
     )
 
@@ -369,7 +371,12 @@ def cell_setup(cell: Cell, overrides: dict[str, Any]) -> tuple[TaskSetup | Extra
 
 
 def settings_differing(
-    record: dict[str, Any], cell: Cell, overrides: dict[str, Any], init_backbone: Any, init_model: Any = None
+    record: dict[str, Any],
+    cell: Cell,
+    overrides: dict[str, Any],
+    init_backbone: Any,
+    init_model: Any = None,
+    xl_recompute: bool = False,
 ) -> list[str]:
     """The settings in which a recorded cell differs from the run `overrides` would make (--resume skips a recorded
     cell only when this is empty)."""
@@ -381,6 +388,10 @@ def settings_differing(
         "steps": (record["train"].get("steps"), steps),
         "batch_size": (record["train"].get("batch_size"), setup.batch_size),
         "learning_rate": (record["train"].get("learning_rate"), setup.learning_rate),
+        "xl_cache_recompute": (  # records made before the option existed used the stored keys/values
+            record["rmt_config"].get("xl_cache_recompute", False),
+            xl_recompute and cell.kind in ("trxl", "memtrxl"),
+        ),
     }
     for name, folder in (("init_backbone", init_backbone), ("init_model", init_model)):
         wanted[name] = (record.get(name, {}).get("folder"), None if folder is None else str(folder))
@@ -414,6 +425,7 @@ def run_cell(
     init_backbone: Path | None = None,
     resume: bool = False,
     init_model: Path | None = None,
+    xl_recompute: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train and evaluate one cell; returns its results record. `overrides` replace fields of the task's setup
@@ -421,7 +433,8 @@ def run_cell(
     model whose backbone the cell starts from instead of a random one (the task's in-context warm-up is skipped).
     `init_model`: a saved model of the cell's own kind that the cell starts from whole, memory parameters included,
     to train it further. `resume`: continue the cell's training from the checkpoint an interrupted run of it left in
-    its folder."""
+    its folder. `xl_recompute`: the Transformer-XL kinds recompute their cache's keys/values from cached layer
+    inputs (RMTConfig.xl_cache_recompute)."""
     if init_backbone is not None and init_model is not None:
         raise InputError("--init-backbone and --init-model both name a start; give one of them")
     torch.manual_seed(seed)
@@ -431,7 +444,7 @@ def run_cell(
     task = setup.make(cell.segments)
     segment_size = task.segment_size_for(cell.segments)
     memory_tokens = setup.memory_tokens(segment_size)
-    config = rmt_config(cell.kind, segment_size, memory_tokens)
+    config = rmt_config(cell.kind, segment_size, memory_tokens, xl_recompute)
     warmup_length = setup.pretraining.make(task).sequence_length if setup.pretraining else 0
     model = build_model(setup, config, task.vocab_size, seed, min_positions=warmup_length)
     cell_dir = cell_folder(output_dir, cell)
@@ -635,6 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start each cell from a saved model of its own kind, memory parameters included (e.g. the cell's own "
         "cells/KEY/checkpoint/model), to train it further; the task's warm-up is skipped",
     )
+    parser.add_argument(
+        "--xl-recompute",
+        action="store_true",
+        help="Transformer-XL kinds (trxl, memtrxl) as in the original Transformer-XL: the cache's keys/values are "
+        "recomputed from cached layer inputs, so the key/value projections also learn from attention to the cache "
+        "(RMTConfig.xl_cache_recompute; default: a cache of detached keys/values)",
+    )
     parser.add_argument("--fresh", action="store_true", help="drop earlier results in OUTPUT/results.json")
     parser.add_argument(
         "--resume",
@@ -694,7 +714,9 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             key = cell.key if args.seed == 0 else f"{cell.key}@{args.seed}"
             if key in recorded:
-                differing = settings_differing(recorded[key], cell, overrides, args.init_backbone, args.init_model)
+                differing = settings_differing(
+                    recorded[key], cell, overrides, args.init_backbone, args.init_model, args.xl_recompute
+                )
                 if differing:
                     raise SystemExit(
                         f"benchmarks.reproduce: --resume: {key} is in {output / 'results.json'} with other settings "
@@ -710,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.init_backbone,
                 args.resume,
                 init_model=args.init_model,
+                xl_recompute=args.xl_recompute,
                 **overrides,
             )
             # After every cell, so an interrupted grid keeps what it finished (plots once, at the end: slow).

@@ -103,7 +103,9 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
             f"(paper: {setup.paper_model}); {_used(ran.values(), 'steps', setup.steps)} steps of batch "
             f"{setup.batch_size}, AdamW lr {_used(ran.values(), 'learning_rate', setup.learning_rate)}; "
             f"memory size = {setup.memory_note}; "
-            "Tr-XL cache = one segment."
+            "Tr-XL cache = one segment"
+            + _cache_text(ran.values())
+            + "."
             + _pretraining_text(setup, ran.values())
             + _start_text(runs)
             + (f" Note: {setup.note}." if setup.note else ""),
@@ -203,6 +205,18 @@ def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> st
         f"({pretraining.steps} steps of batch {pretraining.batch_size}, lr {pretraining.learning_rate}{after}); "
         "all kinds start from it."
     )
+
+
+def _cache_text(records: Iterable[dict[str, Any]]) -> str:
+    """How the Tr-XL cells' caches were trained: detached keys/values (the default) or keys/values recomputed from
+    cached layer inputs (`--xl-recompute`, the original Transformer-XL)."""
+    configs = [r.get("rmt_config", {}) for r in records]
+    recomputed = {bool(c.get("xl_cache_recompute")) for c in configs if c.get("xl_cache_tokens")}
+    if recomputed == {True}:
+        return " (keys/values recomputed from the cached layer inputs, as in the original Transformer-XL)"
+    if recomputed == {True, False}:
+        return " (keys/values recomputed from cached layer inputs in some cells, detached keys/values in others)"
+    return ""
 
 
 # The record keys of a saved start (reproduce.py's --init-backbone and --init-model) and what each takes from it.

@@ -112,10 +112,22 @@ class RMTConfig:
         default=0,
         metadata=_doc(
             "Transformer-XL cache (mem_len; decoder RMT only; >= 0, 0: off): every layer also attends to the "
-            "detached keys/values of the last this-many tokens of the previous segment(s). With "
+            "detached keys/values of the last this-many tokens of the previous segment(s) (see xl_cache_recompute "
+            "for the original Transformer-XL's gradients). With "
             "num_memory_tokens=0 this is Transformer-XL; with memory tokens it is the RMT paper's MemTrXL. The "
             "cache holds segment tokens only (memory slots travel as memory) and its tokens keep their positions: "
             "position ids run on across segments, so learned absolute positions (GPT-2) must cover the whole input."
+        ),
+    )
+    xl_cache_recompute: bool = field(
+        default=False,
+        metadata=_doc(
+            "Transformer-XL cache as in the original Transformer-XL (needs xl_cache_tokens > 0): keep each layer's "
+            "detached input hidden states of the cached tokens and recompute their keys/values with the current "
+            "weights in every segment. The forward pass is the same; the difference is in training: the key/value "
+            "projections (and the layers' input norms) also learn from the attention to cached tokens, which the "
+            "default cache of detached keys/values gives them no gradient for. Costs one key/value projection of "
+            "the cache per layer per segment and the hidden states in the state."
         ),
     )
     encoder_memory_input: EncoderMemoryInput = field(
@@ -172,6 +184,8 @@ class RMTConfig:
             raise InputError(f"RMTConfig.xl_cache_tokens must be >= 0 (0: off), got {self.xl_cache_tokens}")
         if self.xl_cache_tokens and (self.mode != "decoder" or self.memory_kind != "rmt"):
             raise InputError("RMTConfig.xl_cache_tokens > 0 needs mode='decoder' and memory_kind='rmt'")
+        if self.xl_cache_recompute and not self.xl_cache_tokens:
+            raise InputError("RMTConfig.xl_cache_recompute needs a Transformer-XL cache (xl_cache_tokens > 0)")
         if self.memory_kind == "armt" and self.mode != "decoder":
             raise InputError("RMTConfig.memory_kind='armt' requires mode='decoder'")
         if self.read_memory_only and self.num_memory_tokens == 0:

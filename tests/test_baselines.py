@@ -1,6 +1,8 @@
 """Transformer-XL cache baselines of `RMTForCausalLM` (config.xl_cache_tokens): Tr-XL (no memory tokens) and MemTrXL
 (memory tokens + cache). Oracles: a segment with its cache equals one long attention window over the same tokens;
-the cache is detached; mem_len trims what a layer sees; padding invariance; streaming backward; save/load."""
+the cache is detached; mem_len trims what a layer sees; padding invariance; streaming backward; save/load. The
+original Transformer-XL's gradients (xl_cache_recompute) against one window whose first segment's layer inputs are
+detached."""
 
 from __future__ import annotations
 
@@ -125,6 +127,86 @@ def test_a_token_older_than_mem_len_no_longer_influences_the_output():
         assert bool(difference > 1e-6) == influences
 
 
+# --- the original Transformer-XL: keys/values recomputed from cached layer inputs (xl_cache_recompute) --------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("memory_tokens", [0, 3])
+def test_recomputed_cache_gives_the_same_forward_pass(family, memory_tokens):
+    """Same weights, same outputs: the recomputed keys/values equal the stored ones, padding and memory slots
+    included (a wrong cached position would change the rotary keys and the logits), and so does generation."""
+    stored = model_for(family, num_memory_tokens=memory_tokens, xl_cache_tokens=8)
+    recomputed = model_for(family, num_memory_tokens=memory_tokens, xl_cache_tokens=8, xl_cache_recompute=True)
+    recomputed.load_state_dict(stored.state_dict())
+    ids = random_ids(3, 23, seed=2)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    mask[2, :10] = 0
+    expected, out = stored(ids, attention_mask=mask), recomputed(ids, attention_mask=mask)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=0)
+    for a, b in zip(leaves(out.memory_state)[:5], leaves(expected.memory_state), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    prompt = random_ids(2, 15, seed=3)
+    assert torch.equal(
+        recomputed.generate(prompt, max_new_tokens=5).sequences, stored.generate(prompt, max_new_tokens=5).sequences
+    )
+
+
+def one_window_with_detached_cache(backbone, ids: torch.Tensor, segment: int) -> torch.Tensor:
+    """The original Transformer-XL's computation of two segments with a one-segment cache, from the backbone alone:
+    segment 1 on its own, then one window over both segments in which every layer's input at segment 1's positions
+    is detached (SG(h) in the Transformer-XL paper). Logits [B, 2 * segment, V]."""
+
+    def detach_first_segment(module, args, kwargs):
+        if args:
+            hidden = args[0]
+            return (torch.cat([hidden[:, :segment].detach(), hidden[:, segment:]], dim=1), *args[1:]), kwargs
+        hidden = kwargs["hidden_states"]
+        kwargs["hidden_states"] = torch.cat([hidden[:, :segment].detach(), hidden[:, segment:]], dim=1)
+        return args, kwargs
+
+    first = backbone(ids[:, :segment]).logits
+    layers = backbone.base_model.h if hasattr(backbone.base_model, "h") else backbone.base_model.layers
+    handles = [layer.register_forward_pre_hook(detach_first_segment, with_kwargs=True) for layer in layers]
+    try:
+        second = backbone(ids).logits[:, segment:]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat([first, second], dim=1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recomputed_cache_has_the_original_transformer_xl_gradients(family):
+    """Gradients of every weight equal the reference's (an independent computation through HF's own one-window
+    forward); the default cache of detached keys/values gives other ones (no gradient to the key/value
+    projections from the cached positions)."""
+    ids = random_ids(2, 12, seed=5)
+    weights = torch.randn(2, 12, VOCAB, generator=torch.Generator().manual_seed(6))
+
+    def gradients(logits_of, model) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        (logits_of(model) * weights).sum().backward()
+        return {n.removeprefix("backbone."): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    recomputed = model_for(family, xl_cache_recompute=True)
+    reference = gradients(lambda m: one_window_with_detached_cache(m.backbone, ids, 6), recomputed)
+    got = gradients(lambda m: m(ids).logits, recomputed)
+    assert got.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-6)
+    stored = gradients(lambda m: m(ids).logits, model_for(family))
+    differing = [n for n in reference if not torch.allclose(stored[n], reference[n], rtol=1e-4, atol=1e-6)]
+    # Only what computes a layer's keys/values from its input: the input norm and the key/value projections.
+    key_value_parts = ("ln_1", "c_attn", "input_layernorm", "k_proj", "v_proj", "query_key_value")
+    assert differing and all(any(part in n for part in key_value_parts) for n in differing)
+
+
+def test_recompute_needs_the_cache():
+    with pytest.raises(ValueError, match="xl_cache_recompute needs a Transformer-XL cache"):
+        RMTConfig(xl_cache_recompute=True)
+
+
 # --- the shared loop still holds --------------------------------------------------------------------------
 
 
@@ -145,9 +227,12 @@ def test_padded_sample_equals_sample_alone(family, memory_tokens):
             torch.testing.assert_close(batched[row], single[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("xl_cache_recompute", [False, True])
 @pytest.mark.parametrize("recompute", [False, True])
-def test_streaming_backward_equals_reference_with_the_cache(recompute):
-    model = model_for("llama", num_memory_tokens=2, xl_cache_tokens=8, bptt_depth=1).train()
+def test_streaming_backward_equals_reference_with_the_cache(recompute, xl_cache_recompute):
+    model = model_for(
+        "llama", num_memory_tokens=2, xl_cache_tokens=8, bptt_depth=1, xl_cache_recompute=xl_cache_recompute
+    ).train()
     ids = random_ids(2, 22, seed=4)
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0

@@ -143,6 +143,9 @@ def test_cells_and_kinds():
     assert (configs["trxl"].num_memory_tokens, configs["trxl"].xl_cache_tokens) == (0, 12)
     assert (configs["memtrxl"].num_memory_tokens, configs["memtrxl"].xl_cache_tokens) == (12, 12)
     assert configs["memory_at_start"].read_memory_only
+    assert not any(config.xl_cache_recompute for config in configs.values())
+    original = {kind: reproduce.rmt_config(kind, 12, 12, xl_recompute=True).xl_cache_recompute for kind in configs}
+    assert original == {kind: kind in ("trxl", "memtrxl") for kind in reproduce.KINDS}  # only where there is a cache
 
 
 def test_extrapolation_cell_reports_every_seed_and_selects_on_the_trained_length(tmp_path):
@@ -325,3 +328,25 @@ def test_resume_skips_recorded_cells_and_refuses_other_settings(tmp_path, monkey
     assert "copy:3:rmt: in " in capsys.readouterr().out
     with pytest.raises(SystemExit, match="copy:3:rmt is in .* with other settings \\(hidden, steps differ\\)"):
         reproduce.main(argv + ["--steps", "3", "--hidden", "32"])
+
+
+def test_xl_recompute_is_a_setting_of_the_transformer_xl_cells(tmp_path, monkeypatch):
+    """--xl-recompute reaches the Tr-XL cell's model and its record; --resume tells the two caches apart and reads
+    records made before the option existed as the default cache."""
+    cell = reproduce.Cell("copy", 3, "trxl")
+    record = reproduce.run_cell(cell, tmp_path, progress=False, xl_recompute=True, steps=2, eval_samples=8)
+    assert record["rmt_config"]["xl_cache_recompute"]
+    overrides = {"steps": 2, "eval_samples": 8}
+    assert reproduce.settings_differing(record, cell, overrides, None, xl_recompute=True) == []
+    assert reproduce.settings_differing(record, cell, overrides, None) == ["xl_cache_recompute"]
+    report = {"cells": {cell.key: record}}
+    reproduce_report.write_report(report, tmp_path, reproduce.TASKS, reproduce.EXTRAPOLATION, plots=False)
+    assert "Tr-XL cache = one segment (keys/values recomputed" in (tmp_path / "results.md").read_text()
+    del record["rmt_config"]["xl_cache_recompute"]
+    assert reproduce.settings_differing(record, cell, overrides, None) == []
+    rmt_cell = reproduce.Cell("copy", 3, "rmt")  # no cache: the flag does not apply
+    rmt_record = reproduce.run_cell(rmt_cell, tmp_path, progress=False, steps=1, eval_samples=8)
+    assert (
+        reproduce.settings_differing(rmt_record, rmt_cell, {"steps": 1, "eval_samples": 8}, None, xl_recompute=True)
+        == []
+    )

@@ -340,3 +340,38 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: i
     rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
     out = rot * cos + rotated * sin
     return out if rest.shape[-1] == 0 else torch.cat([out, rest], dim=-1)
+
+
+def layer_keys_values(
+    backbone: nn.Module, index: int, hidden: torch.Tensor, position_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [B, kv_heads, T, head_dim] that decoder layer `index` computes from its input hidden states
+    hidden [B, T, D] at position_ids [B, T]: the layer's own input norm and key/value projections, then rotary
+    positions. The values equal what the layer stores in its HF cache, and they are differentiable in the layer's
+    weights (the original Transformer-XL recomputes a cached segment's keys/values this way)."""
+    kind = model_type(backbone)
+    base = backbone.base_model
+    batch, length, _ = hidden.shape
+    if kind == "gpt2":  # learned positions are already in the hidden states
+        layer = base.h[index]
+        attn = layer.attn
+        _, keys, values = attn.c_attn(layer.ln_1(hidden)).split(attn.split_size, dim=2)
+        shape = (batch, length, -1, attn.head_dim)
+        return keys.view(shape).transpose(1, 2), values.view(shape).transpose(1, 2)
+    if kind == "gpt_neox":  # fused projection, rows per head [q | k | v]; rotary on the first rotary_ndims channels
+        layer = base.layers[index]
+        attn = layer.attention
+        qkv = attn.query_key_value(layer.input_layernorm(hidden))
+        _, keys, values = qkv.view(batch, length, -1, 3 * attn.head_size).transpose(1, 2).chunk(3, dim=-1)
+        rotary_dim = attn.rotary_ndims
+    elif kind in ("llama", "mistral", "qwen2"):
+        layer = base.layers[index]
+        attn = layer.self_attn
+        normed = layer.input_layernorm(hidden)
+        keys = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        values = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        rotary_dim = attn.head_dim
+    else:
+        raise InputError(f"cannot recompute the keys/values of model family {kind!r}")
+    cos, sin = base.rotary_emb(hidden, position_ids)  # [B, T, rotary_dim]
+    return _rotate(keys, cos[:, None], sin[:, None], rotary_dim), values

@@ -26,6 +26,7 @@ from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from rmt.backbones import check_family, check_fits, hidden_size, kv_shape, max_positions
+from rmt.backbones.layers import layer_keys_values
 from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.memory.open_cache import OpenCache
@@ -82,6 +83,11 @@ class RMTForCausalLM(RecurrentMemoryModel):
       (memory [B, M, D], keys [B, L, H, C, d], values [B, L, H, C, d], cache_mask [B, C] bool, next_position [B]).
       Valid cache entries are right-aligned (oldest first); a False mask entry (start of the input, or fewer than C
       tokens seen so far) is masked out of attention, so a first segment sees no cache.
+    - With `config.xl_cache_recompute` (the original Transformer-XL) the state also holds the cached tokens' layer
+      inputs, hidden [B, L, C, D] (detached), and their position ids [B, C]. A segment's forward pass recomputes the
+      cache's keys/values from them with the current weights (`layer_keys_values`: equal to the stored ones), so
+      the key/value projections get gradient from the attention to cached tokens. The stored keys/values serve the
+      paths that need no gradient (generation, streaming logits).
     Without the cache the state is the memory tensor [B, M, D] alone and every segment starts at position 0.
     """
 
@@ -127,25 +133,39 @@ class RMTForCausalLM(RecurrentMemoryModel):
         keys = torch.zeros(batch_size, layers, heads, self.cache_tokens, head_dim, dtype=dtype, device=self.device)
         cache_mask = torch.zeros(batch_size, self.cache_tokens, dtype=torch.bool, device=self.device)
         next_position = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        return (memory, keys, torch.zeros_like(keys), cache_mask, next_position)
+        state = (memory, keys, torch.zeros_like(keys), cache_mask, next_position)
+        if not self.config.xl_cache_recompute:
+            return state
+        hidden = torch.zeros(
+            batch_size, layers, self.cache_tokens, hidden_size(self.backbone), dtype=dtype, device=self.device
+        )
+        return (*state, hidden, torch.zeros(batch_size, self.cache_tokens, dtype=torch.long, device=self.device))
 
     def step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         m, t = self.config.num_memory_tokens, input_ids.shape[1]
         writes = 0 if self.config.read_memory_only else m
         window = self.segment_window(input_ids, attention_mask, state, write=True)
+        recompute = self.config.xl_cache_recompute
         out = self.backbone.base_model(
             inputs_embeds=window.embeds,
             attention_mask=window.attention_mask,
             position_ids=window.position_ids,
             cache=window.cache,
             use_cache=window.cache is not None,
+            output_hidden_states=recompute,
         )
         hidden = out.last_hidden_state  # [b, M + t + writes, D]
         memory = state[0] if self.cache_tokens else state
         new_memory = hidden[:, m + t :] if writes else memory
         if not self.cache_tokens:
             return hidden[:, m : m + t], new_memory
-        return hidden[:, m : m + t], (new_memory, *self.cache_after_segment(state, out.cache, attention_mask))
+        layer_inputs = None
+        if recompute:  # hidden_states[l] is layer l's input; the last entry (after the final norm) is not needed
+            layer_inputs = torch.stack([h[:, m : m + t] for h in out.hidden_states[:-1]], dim=1)  # [b, L, t, D]
+        cache = self.cache_after_segment(
+            state, out.cache, attention_mask, layer_inputs, window.position_ids[:, m : m + t]
+        )
+        return hidden[:, m : m + t], (new_memory, *cache)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.backbone.get_output_embeddings()(hidden)
@@ -161,14 +181,14 @@ class RMTForCausalLM(RecurrentMemoryModel):
         if m == 0 and not self.cache_tokens:
             return OpenCache.empty(b, layers, heads, head_dim, dtype, self.device)
         if m == 0:  # the Transformer-XL cache alone
-            _, keys, values, cache_mask, _ = state
+            keys, values, cache_mask = state[1:4]
             return OpenCache([keys[:, i] for i in range(layers)], [values[:, i] for i in range(layers)], cache_mask)
         memory = state[0] if self.cache_tokens else state
         start = self._start_positions(state, b, self.device)  # [b, 1]
         mask = torch.ones(b, m, dtype=torch.long, device=self.device)
         cache = DynamicCache(config=self.backbone.config)
         if self.cache_tokens:
-            _, keys, values, cache_mask, _ = state
+            keys, values, cache_mask = state[1:4]
             cache = DynamicCache(
                 ddp_cache_data=[(keys[:, i], values[:, i]) for i in range(layers)], config=self.backbone.config
             )
@@ -233,11 +253,16 @@ class RMTForCausalLM(RecurrentMemoryModel):
 
         cache = None
         if self.cache_tokens:
-            _, keys, values, cache_mask, _ = state
-            cache = DynamicCache(
-                ddp_cache_data=[(keys[:, layer], values[:, layer]) for layer in range(keys.shape[1])],
-                config=self.backbone.config,
-            )
+            keys, values, cache_mask = state[1:4]
+            if self.config.xl_cache_recompute:  # from the layer inputs, differentiable in the weights
+                hidden, cache_positions = state[5:7]
+                pairs = [
+                    layer_keys_values(self.backbone, layer, hidden[:, layer], cache_positions)
+                    for layer in range(hidden.shape[1])
+                ]
+            else:
+                pairs = [(keys[:, layer], values[:, layer]) for layer in range(keys.shape[1])]
+            cache = DynamicCache(ddp_cache_data=pairs, config=self.backbone.config)
             mask = torch.cat([cache_mask.to(mask.dtype), mask], dim=1)  # [b, C + M + t + writes]
             self.check_positions(positions)
         return SegmentWindow(embeds, mask, positions, cache)
@@ -265,12 +290,19 @@ class RMTForCausalLM(RecurrentMemoryModel):
         return torch.zeros(batch, 1, dtype=torch.long, device=device)
 
     def cache_after_segment(
-        self, state: State, past: Cache, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        state: State,
+        past: Cache,
+        attention_mask: torch.Tensor,
+        layer_inputs: torch.Tensor | None = None,
+        token_positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """The cache part of the state after a segment: (keys, values, cache_mask, next_position) holding the last C
         valid tokens of [old cache | this segment's tokens], detached. `past` is the HF cache the backbone returned
-        for the segment's window (with or without write slots after the tokens); attention_mask [b, t]."""
-        _, keys, values, cache_mask, next_position = state
+        for the segment's window (with or without write slots after the tokens); attention_mask [b, t]. With
+        `xl_cache_recompute` also (hidden, cache_positions) of the same tokens, from layer_inputs [b, L, t, D] (each
+        layer's input at the segment's tokens) and token_positions [b, t]."""
+        keys, values, cache_mask, next_position = state[1:5]
         c, m, t = self.cache_tokens, self.config.num_memory_tokens, attention_mask.shape[1]
         new_keys, new_values = [], []
         for layer in past.layers:
@@ -287,7 +319,13 @@ class RMTForCausalLM(RecurrentMemoryModel):
         keep = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices[:, -c:]  # [b, C]
         index = keep[:, None, None, :, None].expand(-1, keys.shape[1], keys.shape[2], -1, keys.shape[4])
         lengths = attention_mask.sum(dim=1)  # [b]
-        return keys.gather(3, index), values.gather(3, index), valid.gather(1, keep), next_position + m + lengths
+        cache = (keys.gather(3, index), values.gather(3, index), valid.gather(1, keep), next_position + m + lengths)
+        if layer_inputs is None:
+            return cache
+        hidden = torch.cat([state[5], layer_inputs.detach()], dim=2)  # [b, L, C + t, D]
+        hidden = hidden.gather(2, keep[:, None, :, None].expand(-1, hidden.shape[1], -1, hidden.shape[3]))
+        positions = torch.cat([state[6], token_positions], dim=1).gather(1, keep)
+        return (*cache, hidden, positions)
 
     def check_positions(self, positions: torch.Tensor) -> None:
         """Raise a ValueError when position ids run past a learned position table (they grow with the cache)."""
