@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,6 +22,36 @@ def test_help(command, capsys):
     assert text.startswith("usage: rmt")
     if command == ["train"]:
         assert "--memory-tokens" in text and "--bptt-depth" in text and "Truncated backpropagation" in text
+
+
+def test_every_memory_flag_reaches_the_model_config():
+    """Each RMTConfig field with an `rmt train` flag, set away from its default on the command line, is in the
+    config the model is built with (a flag parsed and then dropped would train with the default, silently)."""
+    from rmt.cli import build_parser
+    from rmt.cli.train import MEMORY_SKIP, memory_config
+    from rmt.config import RMTConfig
+
+    non_default = {  # field: the flags that set it away from its default
+        "num_memory_tokens": ["--memory-tokens", "3"],
+        "bptt_depth": ["--bptt-depth", "2"],
+        "write_init": ["--write-init", "learned"],
+        "memory_positions": ["--memory-positions", "shared"],
+        "loss_aggregation": ["--loss-aggregation", "segments"],
+        "memory_kind": ["--memory", "armt"],
+        "d_mem": ["--memory", "armt", "--d-mem", "16"],
+        "read_memory_only": ["--read-memory-only"],
+        "xl_cache_tokens": ["--xl-cache-tokens", "4"],
+        "xl_cache_recompute": ["--xl-cache-tokens", "4", "--xl-cache-recompute"],
+        "encoder_memory_input": ["--encoder-memory-input", "embedding_layer"],
+        "encoder_memory_init": ["--encoder-memory-init", "embedding_output"],
+    }
+    assert set(non_default) == {f.name for f in dataclasses.fields(RMTConfig)} - set(MEMORY_SKIP)  # new fields too
+    parser = build_parser()
+    defaults = RMTConfig()
+    for name, flags in non_default.items():
+        mode = "encoder" if name.startswith("encoder_") else "decoder"
+        config = memory_config(parser.parse_args(["train", "--output", "x", *flags]), segment_size=8, mode=mode)
+        assert getattr(config, name) != getattr(defaults, name), flags
 
 
 def test_console_script_is_installed():

@@ -99,3 +99,13 @@ def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys)
     job.wait()
     launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", "--resume")
     assert max_difference(weights(tmp_path / "killed" / "rank0.pt"), rank0) == 0.0
+
+
+def test_fsdp_refuses_the_recomputed_transformer_xl_cache(tmp_path, capsys):
+    """Recomputing the cache's keys/values calls the layers' projections outside their forward, where FSDP would
+    not gather sharded weights: refused with one line before anything is written."""
+    args = ["train", "--task", "copy", "--task-size", "4", "--segments", "3", "--memory-tokens", "0", "--layers", "2"]
+    args += ["--hidden", "32", "--xl-cache-tokens", "5", "--xl-cache-recompute", "--fsdp", "--steps", "2"]
+    assert main([*args, "--output", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "fsdp cannot shard a model with xl_cache_recompute" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint").exists()

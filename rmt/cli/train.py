@@ -173,8 +173,8 @@ def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
 
 
 def memory_config(args: argparse.Namespace, segment_size: int, **fields: Any) -> RMTConfig:
-    values = {name: getattr(args, name) for name in MEMORY_FLAGS}
-    return RMTConfig(segment_size=segment_size, **values, **fields)
+    """The RMTConfig of every memory flag given (each RMTConfig field with a flag), with segment_size and `fields`."""
+    return config_from_args(RMTConfig, args, segment_size=segment_size, **fields)
 
 
 def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:

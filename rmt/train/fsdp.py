@@ -43,6 +43,11 @@ STATE_FILE = "fsdp_state.pt"
 def shard_layers(model: nn.Module, accelerator: Accelerator) -> int:
     """Give every process the main process's weights, then shard each transformer layer of the backbone over the
     processes; returns the number of layers sharded."""
+    if getattr(model.config, "xl_cache_recompute", False):
+        raise InputError(
+            "fsdp cannot shard a model with xl_cache_recompute: it recomputes the cached keys/values with the layers' "
+            "projections outside their forward, where sharded weights are not gathered; train it without --fsdp"
+        )
     if accelerator.num_processes < 2:
         raise InputError("fsdp shards a model over several processes: launch with torchrun or accelerate launch")
     for tensor in [*model.parameters(), *model.buffers()]:
