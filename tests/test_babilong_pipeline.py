@@ -9,10 +9,13 @@ import json
 import pytest
 from conftest import background_text, tiny_model_folder
 
-from rmt.cli import main
+from rmt.cli import build_parser, main
+from rmt.cli.options import config_from_args
+from rmt.cli.train import build_setup
 from rmt.data.babilong import answer_labels, build_dataset, load_babilong, save_babilong
 from rmt.data.haystack import Haystack
 from rmt.eval.by_length import Outcome, evaluate_by_length, format_table, wilson_interval
+from rmt.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,21 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     args = ["eval", str(output / "model"), "--data", "babilong:qa1", "--lengths", "100", "--samples", "4"]
     assert main([*args, "--haystack", str(haystack_file), "--no-progress"]) == 0
     assert "| qa1 | memory |" in capsys.readouterr().out
+
+    # Trained on from its own folder: its memory settings and segment size hold (a flag that says otherwise would be
+    # ignored, so it is refused, before anything is written).
+    again = ["train", "--model", str(output / "model"), "--data", "babilong:qa1", "--haystack", str(haystack_file)]
+    again += ["--curriculum", "0:2", *TRAIN, "--no-progress"]
+    assert main([*again, "--output", str(tmp_path / "on")]) == 0
+    args = build_parser().parse_args([*again, "--output", str(tmp_path / "on")])
+    setup = build_setup(args, config_from_args(TrainConfig, args))
+    assert setup.model.config.segment_size == setup.source.segment_size == 32  # samples cut as the model cuts them
+    capsys.readouterr()
+    refused = [*again, "--segment-size", "16", "--memory-tokens", "3", "--output", str(tmp_path / "refused")]
+    assert main(refused) == 2
+    error = capsys.readouterr().err
+    assert "--memory-tokens 3 (the checkpoint has 2), --segment-size 16 (the checkpoint has 32)" in error
+    assert not (tmp_path / "refused").exists()
 
 
 def test_train_with_the_same_seed_repeats_the_run(tmp_path, haystack_file):

@@ -14,6 +14,7 @@ An encoder backbone (BERT, RoBERTa) answers with a class; a decoder generates it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,10 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
 def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     from rmt.data.collate import QACollator, TextCollator, check_tokenizer
 
-    segment_size = args.segment_size or 128
+    saved = _checkpoint_config(args.model)
+    if saved is not None:
+        _refuse_overridden_flags(args, saved)
+    segment_size = args.segment_size or (saved.segment_size if saved is not None else 128)
     tasks = babilong_tasks(args.data)
     mode = _mode_of(args.model)
     labels = None
@@ -279,6 +283,35 @@ def _memory_model(
         return RecurrentMemoryModel.from_pretrained(args.model)
     fields = {"mode": mode, **(special if mode == "encoder" else {})}
     return memory_model(backbone, memory_config(args, segment_size, **fields))
+
+
+def _checkpoint_config(model: str | None) -> RMTConfig | None:
+    """The RMTConfig of the rmt checkpoint folder `--model` names; None for any other model."""
+    from rmt.memory.pretrained import MEMORY_CONFIG
+
+    if model is None or not (Path(model) / MEMORY_CONFIG).is_file():
+        return None
+    return RMTConfig.load(Path(model) / MEMORY_CONFIG)
+
+
+def _refuse_overridden_flags(args: argparse.Namespace, saved: RMTConfig) -> None:
+    """An rmt checkpoint trains on with its own memory settings; a memory flag or --segment-size given with another
+    value than the checkpoint's would be ignored, so it is refused, naming each."""
+    defaults = RMTConfig()
+    differing = [
+        f"{MEMORY_FLAGS.get(f.name, '--' + f.name.replace('_', '-'))} {getattr(args, f.name)} (the checkpoint has "
+        f"{getattr(saved, f.name)})"
+        for f in dataclasses.fields(RMTConfig)
+        if f.name not in MEMORY_SKIP
+        and getattr(args, f.name) not in (getattr(defaults, f.name), getattr(saved, f.name))
+    ]
+    if args.segment_size is not None and args.segment_size != saved.segment_size:
+        differing.append(f"--segment-size {args.segment_size} (the checkpoint has {saved.segment_size})")
+    if differing:
+        raise InputError(
+            f"--model {args.model} is an rmt checkpoint, which trains on with its own memory settings, but "
+            f"{', '.join(differing)}: drop those flags, or start from its backbone ({Path(args.model) / 'backbone'})"
+        )
 
 
 def _pretrained(args: argparse.Namespace, mode: str, labels: list[str] | None = None) -> tuple[Any, Any]:
