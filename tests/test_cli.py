@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rmt.cli import main
+from rmt.cli.options import config_from_args
+from rmt.train.config import TrainConfig
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["eval"]])
@@ -52,6 +55,27 @@ def test_every_memory_flag_reaches_the_model_config():
         mode = "encoder" if name.startswith("encoder_") else "decoder"
         config = memory_config(parser.parse_args(["train", "--output", "x", *flags]), segment_size=8, mode=mode)
         assert getattr(config, name) != getattr(defaults, name), flags
+
+
+def test_training_on_from_a_synthetic_task_checkpoint(tmp_path, capsys):
+    """`--model CHECKPOINT` with a synthetic task continues the saved model whole, memory included; a task cut into
+    other segments than the checkpoint's is refused."""
+    from rmt.cli import build_parser
+    from rmt.cli.train import build_setup
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    task = ["--task", "copy", "--task-size", "4", "--segments", "3", "--layers", "2", "--hidden", "32", "--heads", "4"]
+    first = tmp_path / "first"
+    assert main(["train", *task, "--steps", "3", "--eval-every", "3", "--output", str(first), "--no-progress"]) == 0
+    again = ["train", "--model", str(first / "model"), *task, "--steps", "2", "--output", str(tmp_path / "again")]
+    args = build_parser().parse_args(again)
+    setup = build_setup(args, config_from_args(TrainConfig, args))
+    saved = RecurrentMemoryModel.from_pretrained(first / "model")
+    for (name, value), (_, expected) in zip(setup.model.state_dict().items(), saved.state_dict().items(), strict=True):
+        assert torch.equal(value, expected), name
+    capsys.readouterr()
+    assert main([*again, "--segments", "2"]) == 2  # the last --segments counts
+    assert "cuts segments of" in capsys.readouterr().err
 
 
 def test_console_script_is_installed():

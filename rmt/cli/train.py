@@ -195,6 +195,17 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
         eval_segments = max([n for _, n in config.curriculum] + [args.segments])
     else:
         source, eval_segments = TaskSource(task, seed=args.seed), None
+    saved = _checkpoint_config(args.model)
+    if saved is not None:  # an rmt checkpoint trains on whole, with its own memory settings
+        from rmt.memory.recurrent import RecurrentMemoryModel
+
+        _refuse_overridden_flags(args, saved)
+        if saved.segment_size != segment_size:
+            raise InputError(
+                f"--model {args.model} cuts segments of {saved.segment_size} tokens, but {name} in {args.segments} "
+                f"segments needs {segment_size}: give the --segments (and --task-size) it was trained with"
+            )
+        return Setup(RecurrentMemoryModel.from_pretrained(args.model), source, name, eval_segments)
     if args.model is not None:
         backbone, _ = _pretrained(args, "decoder")
         if backbone.get_input_embeddings().weight.shape[0] < task.vocab_size:
