@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         default=None,
         help="pretrained backbone: smollm2, minilm, a model folder, a .gguf file, a hub id, or an rmt checkpoint "
-        "(default: a random backbone of --family)",
+        "(trained on whole, with its own memory settings and segment size) (default: a random backbone of --family)",
     )
     model.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
     model.add_argument("--family", default="gpt2", choices=["gpt2", "llama", "gpt_neox"], help="random backbone family")
