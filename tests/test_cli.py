@@ -58,8 +58,8 @@ def test_every_memory_flag_reaches_the_model_config():
 
 
 def test_training_on_from_a_synthetic_task_checkpoint(tmp_path, capsys):
-    """`--model CHECKPOINT` with a synthetic task continues the saved model whole, memory included; a task cut into
-    other segments than the checkpoint's is refused."""
+    """`--model CHECKPOINT` with a synthetic task continues the saved model whole, memory included, in the --dtype
+    asked for; a task cut into other segments than the checkpoint's is refused."""
     from rmt.cli import build_parser
     from rmt.cli.train import build_setup
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -73,6 +73,10 @@ def test_training_on_from_a_synthetic_task_checkpoint(tmp_path, capsys):
     saved = RecurrentMemoryModel.from_pretrained(first / "model")
     for (name, value), (_, expected) in zip(setup.model.state_dict().items(), saved.state_dict().items(), strict=True):
         assert torch.equal(value, expected), name
+    args = build_parser().parse_args([*again, "--dtype", "bf16"])
+    assert {p.dtype for p in build_setup(args, config_from_args(TrainConfig, args)).model.parameters()} == {
+        torch.bfloat16
+    }
     capsys.readouterr()
     assert main([*again, "--segments", "2"]) == 2  # the last --segments counts
     assert "cuts segments of" in capsys.readouterr().err

@@ -197,15 +197,13 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
         source, eval_segments = TaskSource(task, seed=args.seed), None
     saved = _checkpoint_config(args.model)
     if saved is not None:  # an rmt checkpoint trains on whole, with its own memory settings
-        from rmt.memory.recurrent import RecurrentMemoryModel
-
         _refuse_overridden_flags(args, saved)
         if saved.segment_size != segment_size:
             raise InputError(
                 f"--model {args.model} cuts segments of {saved.segment_size} tokens, but {name} in {args.segments} "
                 f"segments needs {segment_size}: give the --segments (and --task-size) it was trained with"
             )
-        return Setup(RecurrentMemoryModel.from_pretrained(args.model), source, name, eval_segments)
+        return Setup(_load_checkpoint(args), source, name, eval_segments)
     if args.model is not None:
         backbone, _ = _pretrained(args, "decoder")
         if backbone.get_input_embeddings().weight.shape[0] < task.vocab_size:
@@ -288,10 +286,9 @@ def _memory_model(
     (trained further with its own memory settings)."""
     from rmt.build import memory_model
     from rmt.memory.pretrained import MEMORY_CONFIG
-    from rmt.memory.recurrent import RecurrentMemoryModel
 
     if (Path(args.model) / MEMORY_CONFIG).exists():
-        return RecurrentMemoryModel.from_pretrained(args.model)
+        return _load_checkpoint(args)
     fields = {"mode": mode, **(special if mode == "encoder" else {})}
     return memory_model(backbone, memory_config(args, segment_size, **fields))
 
@@ -303,6 +300,14 @@ def _checkpoint_config(model: str | None) -> RMTConfig | None:
     if model is None or not (Path(model) / MEMORY_CONFIG).is_file():
         return None
     return RMTConfig.load(Path(model) / MEMORY_CONFIG)
+
+
+def _load_checkpoint(args: argparse.Namespace) -> Any:
+    """The rmt checkpoint --model names, whole, in the --dtype asked for."""
+    from rmt.build import DTYPES
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    return RecurrentMemoryModel.from_pretrained(args.model, dtype=DTYPES[args.dtype])
 
 
 def _refuse_overridden_flags(args: argparse.Namespace, saved: RMTConfig) -> None:
