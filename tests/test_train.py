@@ -83,11 +83,17 @@ def test_a_run_without_progress_bars_saves_quietly(tmp_path, capfd):
     backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
     model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=task.segment_size_for(3)))
     config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_batches=1, checkpoint_every=1, progress=False)
-    capfd.readouterr()
-    train(model, TaskSource(task, seed=0), config, tmp_path)
-    assert (tmp_path / "checkpoint" / "model").is_dir()
-    assert "it/s" not in capfd.readouterr().err
-    assert hf_logging.is_progress_bar_enabled()
+    was_enabled = hf_logging.is_progress_bar_enabled()  # other tests' CLI runs with --no-progress turn it off
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        train(model, TaskSource(task, seed=0), config, tmp_path)
+        assert (tmp_path / "checkpoint" / "model").is_dir()
+        assert "it/s" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        if not was_enabled:
+            hf_logging.disable_progress_bar()
 
 
 class Interrupted(Exception):
