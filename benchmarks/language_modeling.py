@@ -11,11 +11,13 @@ into documents of --document-bytes bytes; 2% of the documents (seeded) are held 
 
 Models (the same random Llama-architecture backbone, --layers x --hidden; segments of --segment-size bytes, the
 paper's enwik8 setting by default): `baseline` (no memory, each segment alone), `trxl` (cache of --memory previous
-tokens), `rmt` (--memory memory tokens, BPTT depth --bptt), `trxl+rmt` (both). Each trains --steps steps of
---batch-size documents (bf16 autocast with --bf16), then is scored on the held-out documents: bpb overall and by
-the position of the segment in its document (memory helps later segments). Writes results.json, results.md and
-bpb_by_segment.png to --output; the table sits next to the paper's numbers for orientation (WikiText-103 and enwik8
-with 12-16-layer models trained for days: the absolute values are not comparable, the ordering is).
+tokens; with --xl-recompute its keys/values are recomputed from the cached layer inputs, the original
+Transformer-XL's gradients), `rmt` (--memory memory tokens, BPTT depth --bptt), `trxl+rmt` (both). Each trains
+--steps steps of --batch-size documents (bf16 autocast with --bf16), then is scored on the held-out documents: bpb
+overall and by the position of the segment in its document (memory helps later segments). Writes results.json,
+results.md and bpb_by_segment.png to --output; the table sits next to the paper's numbers for orientation
+(WikiText-103 and enwik8 with 12-16-layer models trained for days: the absolute values are not comparable, the
+ordering is).
 """
 
 from __future__ import annotations
@@ -84,7 +86,13 @@ def config_of(kind: str, args: argparse.Namespace) -> RMTConfig:
     memory = args.memory if "rmt" in kind else 0
     cache = args.memory if "trxl" in kind else 0
     depth = args.bptt if memory else -1
-    return RMTConfig(num_memory_tokens=memory, segment_size=args.segment_size, xl_cache_tokens=cache, bptt_depth=depth)
+    return RMTConfig(
+        num_memory_tokens=memory,
+        segment_size=args.segment_size,
+        xl_cache_tokens=cache,
+        xl_cache_recompute=args.xl_recompute and cache > 0,
+        bptt_depth=depth,
+    )
 
 
 @torch.no_grad()
@@ -138,6 +146,8 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
 
 # What may differ between processes filling one output folder: which kinds each trains, how, and where the folder is.
 NOT_COMPARED = ("kinds", "threads", "no_progress", "output")
+# Settings added after runs were committed, with the value those runs had: an older results.json still compares.
+ADDED_SETTINGS = {"xl_recompute": False}
 
 
 def comparable_settings(settings: dict) -> dict:
@@ -152,7 +162,7 @@ def load_results(path: Path, settings: dict) -> dict:
     if not path.exists():
         return {"settings": settings, "runs": {}}
     results = json.loads(path.read_text())
-    before = comparable_settings(results.get("settings", {}))
+    before = {**ADDED_SETTINGS, **comparable_settings(results.get("settings", {}))}
     if before != settings:
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         raise SystemExit(f"error: {path} holds runs made with other settings ({', '.join(changed)}); "
@@ -212,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--document-bytes", type=int, default=1024)
     parser.add_argument("--eval-documents", type=int, default=512)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument(
+        "--xl-recompute",
+        action="store_true",
+        help="Transformer-XL caches recompute keys/values from cached layer inputs (RMTConfig.xl_cache_recompute)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-progress", action="store_true")

@@ -35,6 +35,17 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
     trxl = results["runs"]["trxl+rmt"]["rmt_config"]
     assert trxl["xl_cache_tokens"] == 20 and trxl["num_memory_tokens"] == 20 and trxl["bptt_depth"] == 2
     assert (tmp_path / "bpb_by_segment.png").exists() and "| trxl |" in (tmp_path / "results.md").read_text()
+    assert not trxl["xl_cache_recompute"]
+    # A folder made before --xl-recompute existed takes more runs of the default cache, and refuses the other one.
+    settings = results["settings"]
+    del settings["xl_recompute"], results["runs"]["trxl"]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert language_modeling.main([*args, "--kinds", "trxl"]) == 0
+    with pytest.raises(SystemExit, match="other settings.*xl_recompute"):
+        language_modeling.main([*args, "--kinds", "trxl", "--xl-recompute"])
+    recomputed = tmp_path / "recomputed"
+    assert language_modeling.main([*args[:-1], str(recomputed), "--kinds", "trxl", "--xl-recompute"]) == 0
+    assert json.loads((recomputed / "results.json").read_text())["runs"]["trxl"]["rmt_config"]["xl_cache_recompute"]
 
 
 def test_diagonal_precision_smoke(tmp_path):
