@@ -207,11 +207,14 @@ def grid() -> list[Cell]:
     return cells + [Cell("detect_memorize", 8, "rmt")]
 
 
+CACHE_KINDS = ("trxl", "memtrxl")  # the kinds with a Transformer-XL cache
+
+
 def rmt_config(kind: str, segment_size: int, memory_tokens: int, xl_recompute: bool = False) -> RMTConfig:
     """The RMTConfig of a model kind (one segment of cache for the Tr-XL kinds; with `xl_recompute` the cache's
     keys/values are recomputed from cached layer inputs, the original Transformer-XL's gradients)."""
     memory = 0 if kind in ("no_memory", "trxl") else memory_tokens
-    cache = segment_size if kind in ("trxl", "memtrxl") else 0
+    cache = segment_size if kind in CACHE_KINDS else 0
     return RMTConfig(
         num_memory_tokens=memory,
         segment_size=segment_size,
@@ -390,7 +393,7 @@ def settings_differing(
         "learning_rate": (record["train"].get("learning_rate"), setup.learning_rate),
         "xl_cache_recompute": (  # records made before the option existed used the stored keys/values
             record["rmt_config"].get("xl_cache_recompute", False),
-            xl_recompute and cell.kind in ("trxl", "memtrxl"),
+            xl_recompute and cell.kind in CACHE_KINDS,
         ),
     }
     for name, folder in (("init_backbone", init_backbone), ("init_model", init_model)):

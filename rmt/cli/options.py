@@ -26,7 +26,7 @@ def add_config_arguments(
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        flag = flag_name(f.name, flags)
         default = defaults.get(f.name, f.default)
         doc = f.metadata.get("doc", "")
         kind, choices = _kind(hints[f.name])
@@ -41,6 +41,11 @@ def add_config_arguments(
         shown = default if not isinstance(default, list) else ",".join(f"{a}:{b}" for a, b in default)
         help_text = doc + (f" (default: {shown})" if default is not None else "")
         parser.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, help=help_text)
+
+
+def flag_name(field_name: str, flags: dict[str, str] | None = None) -> str:
+    """The command-line flag of a config field: its entry in `flags`, else `--field-name`."""
+    return (flags or {}).get(field_name, "--" + field_name.replace("_", "-"))
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rmt.cli.common import add_runtime_arguments, add_task_arguments, apply_runtime, make_task
-from rmt.cli.options import add_config_arguments, config_from_args
+from rmt.cli.options import add_config_arguments, config_from_args, flag_name
 from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.train.config import TrainConfig
@@ -236,12 +236,22 @@ def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     labels = None
     if mode == "encoder":
         labels = _babilong_labels(tasks) if tasks else None
-    backbone, tokenizer = _pretrained(args, mode, labels)
+    if saved is not None:  # an rmt checkpoint trains on whole, with its own memory settings
+        from rmt.build import pretrained_tokenizer
+
+        model = _load_checkpoint(args)
+        backbone, tokenizer = model.backbone, pretrained_tokenizer(args.model)
+    else:
+        backbone, tokenizer = _pretrained(args, mode, labels)
     if mode == "encoder" and labels is None:
         labels = [backbone.config.id2label[i] for i in range(backbone.config.num_labels)]
     check_tokenizer(tokenizer, backbone.get_input_embeddings().weight.shape[0])
-    special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
-    model = _memory_model(args, backbone, segment_size, mode, special)
+    if saved is None:
+        from rmt.build import memory_model
+
+        special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+        fields = {"mode": mode, **(special if mode == "encoder" else {})}
+        model = memory_model(backbone, memory_config(args, segment_size, **fields))
     if tasks:
         from rmt.data.babilong_source import BabilongSource
 
@@ -279,20 +289,6 @@ def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     return Setup(model, source, str(args.data), None, tokenizer)
 
 
-def _memory_model(
-    args: argparse.Namespace, backbone: Any, segment_size: int, mode: str, special: dict[str, int | None]
-) -> Any:
-    """The memory model around `backbone` that the memory flags describe, or the rmt checkpoint --model names
-    (trained further with its own memory settings)."""
-    from rmt.build import memory_model
-    from rmt.memory.pretrained import MEMORY_CONFIG
-
-    if (Path(args.model) / MEMORY_CONFIG).exists():
-        return _load_checkpoint(args)
-    fields = {"mode": mode, **(special if mode == "encoder" else {})}
-    return memory_model(backbone, memory_config(args, segment_size, **fields))
-
-
 def _checkpoint_config(model: str | None) -> RMTConfig | None:
     """The RMTConfig of the rmt checkpoint folder `--model` names; None for any other model."""
     from rmt.memory.pretrained import MEMORY_CONFIG
@@ -315,8 +311,7 @@ def _refuse_overridden_flags(args: argparse.Namespace, saved: RMTConfig) -> None
     value than the checkpoint's would be ignored, so it is refused, naming each."""
     defaults = RMTConfig()
     differing = [
-        f"{MEMORY_FLAGS.get(f.name, '--' + f.name.replace('_', '-'))} {getattr(args, f.name)} (the checkpoint has "
-        f"{getattr(saved, f.name)})"
+        f"{flag_name(f.name, MEMORY_FLAGS)} {getattr(args, f.name)} (the checkpoint has {getattr(saved, f.name)})"
         for f in dataclasses.fields(RMTConfig)
         if f.name not in MEMORY_SKIP
         and getattr(args, f.name) not in (getattr(defaults, f.name), getattr(saved, f.name))
