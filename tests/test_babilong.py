@@ -28,10 +28,12 @@ from rmt.data.babilong import (
     load_babilong,
     make_story,
     parse_length,
+    parse_num_facts,
     save_babilong,
     token_counter,
 )
 from rmt.data.haystack import Haystack, load_haystack, split_sentences
+from rmt.errors import InputError
 
 # ------------------------------------------------------------------------------------------------ background
 
@@ -267,6 +269,24 @@ def test_story_answers_agree_with_an_independent_interpreter(task):
         supporting = [story.facts[i] for i in story.supporting_facts]
         assert interpret(supporting, story.question, check_consistency=False) == story.answer, story
         assert story.answer in answer_labels(task)
+
+
+def test_facts_per_story_parse_as_a_count_or_a_range_the_tasks_allow():
+    assert parse_num_facts("1", ["qa1"]) == 1
+    assert parse_num_facts(" 2-10 ", ["qa1", "qa2"]) == (2, 10)
+    for text, tasks, message in [
+        ("x", ["qa1"], "bad facts per story 'x'"),
+        ("1-", ["qa1"], "bad facts per story"),
+        ("5-3", ["qa1"], "range .* is empty"),
+        ("1", ["qa1", "qa2"], "qa2 stories need at least 2 facts"),
+        ("3", ["qa4"], "qa4 stories need exactly 2 facts"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            parse_num_facts(text, tasks)
+    # One fact is the single-fact task: the supporting fact, no distractors.
+    story = make_story("qa1", 3, parse_num_facts("1", ["qa1"]))
+    assert len(story.facts) == 1 and story.supporting_facts == (0,)
+    assert story.question == f"Where is {story.facts[0].split()[0]}?"
 
 
 def test_story_is_a_pure_function_of_task_and_seed():

@@ -46,6 +46,12 @@ def test_babilong_command_writes_the_public_layout(tmp_path, decoder_dir, haysta
             records = json.loads((tmp_path / "data" / task / f"{name}.json").read_text())
             assert len(records) == 3 and {"input", "question", "target"} <= set(records[0])
     assert load_babilong(tmp_path / "data" / "qa1" / "200.json")[0].num_tokens <= 200
+    single = [*args, "--facts", "1", "--haystack", str(haystack_file), "--no-progress", "--output"]
+    assert main([*single, str(tmp_path / "refused")]) == 2  # qa4 stories have two facts
+    assert not (tmp_path / "refused").exists()
+    single[2] = "qa1"
+    assert main([*single, str(tmp_path / "single")]) == 0
+    assert all(sample.num_facts == 1 for sample in load_babilong(tmp_path / "single" / "data" / "qa1" / "200.json"))
 
 
 def test_train_on_a_file_then_evaluate_decoder(tmp_path, decoder_dir, haystack_file, capsys):
@@ -103,6 +109,12 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     args = ["eval", str(output / "model"), "--data", "babilong:qa1", "--lengths", "100", "--samples", "4"]
     assert main([*args, "--haystack", str(haystack_file), "--no-progress"]) == 0
     assert "| qa1 | memory |" in capsys.readouterr().out
+    single = tmp_path / "single-fact"
+    assert (
+        main([*args, "--facts", "1", "--haystack", str(haystack_file), "--output", str(single), "--no-progress"]) == 0
+    )
+    assert json.loads((single / "results.json").read_text())["num_facts"] == 1
+    capsys.readouterr()
 
     # Trained on from its own folder: its memory settings and segment size hold (a flag that says otherwise would be
     # ignored, so it is refused, before anything is written).
@@ -112,6 +124,11 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     args = build_parser().parse_args([*again, "--output", str(tmp_path / "on")])
     setup = build_setup(args, config_from_args(TrainConfig, args))
     assert setup.model.config.segment_size == setup.source.segment_size == 32  # samples cut as the model cuts them
+    args = build_parser().parse_args([*again, "--facts", "1", "--output", str(tmp_path / "single")])
+    assert build_setup(args, config_from_args(TrainConfig, args)).source.num_facts == 1
+    capsys.readouterr()
+    assert main(["train", "--task", "copy", "--facts", "1", "--output", str(tmp_path / "copy")]) == 2
+    assert "--facts sets facts per BABILong story: it needs --data babilong:TASK" in capsys.readouterr().err
     capsys.readouterr()
     refused = [*again, "--segment-size", "16", "--memory-tokens", "3", "--output", str(tmp_path / "refused")]
     assert main(refused) == 2

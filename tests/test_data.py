@@ -145,6 +145,19 @@ def test_babilong_source_puts_facts_before_the_last_segment(tokenizer):
     assert torch.equal(batch.input_ids, source.train_batch(0, 4, num_segments=2).input_ids)
 
 
+def test_babilong_source_sets_the_facts_per_story(tokenizer):
+    haystack = Haystack.from_text(background_text(600))
+    collate = QACollator(tokenizer, "encoder", answer_labels("qa1"))
+    source = BabilongSource(
+        "qa1", tokenizer, haystack, collate, segment_size=64, facts_before_last=0.5, num_facts=(1, 2)
+    )
+    for training in (True, False):
+        samples = source.samples(seed=1, count=12, num_segments=3, training=training)
+        assert {s.num_facts for s in samples} == {1, 2}
+    default = BabilongSource("qa1", tokenizer, haystack, collate, segment_size=64)
+    assert max(s.num_facts for s in default.samples(seed=1, count=12, num_segments=3, training=False)) > 2
+
+
 def test_babilong_samples_export_as_records(tokenizer, tmp_path):
     haystack = Haystack.from_text(background_text(200))
     samples = build_dataset("qa2", 100, 3, tokenizer, haystack, seed=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rmt.cli.common import add_runtime_arguments, apply_runtime
+from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--haystack", default=None, help="background text files, comma-separated (default: built-in)")
     parser.add_argument("--depth", default="0,1", help="facts only within this depth range of the context (0..1)")
+    parser.add_argument("--facts", default=None, help=FACTS_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--output", required=True, help="output folder")
     add_runtime_arguments(parser)
@@ -44,12 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import pretrained_tokenizer
-    from rmt.cli.train import babilong_tasks, load_background
+    from rmt.cli.train import babilong_num_facts, babilong_tasks, load_background
     from rmt.data.babilong import babilong_file, build_dataset, length_name, parse_length, save_babilong
     from rmt.errors import InputError
 
     apply_runtime(args)
     tasks = babilong_tasks("babilong:" + args.tasks)
+    num_facts = babilong_num_facts(args.facts, tasks)
     lengths = [length_name(parse_length(item)) for item in args.lengths.split(",") if item]
     try:
         depth = tuple(float(x) for x in args.depth.split(","))
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     haystack = load_background(args.haystack) if any(parse_length(n) > 0 for n in lengths) else None
     cells = [(task, name) for task in tasks for name in lengths]
     for task, name in tqdm(cells, desc="babilong", disable=args.no_progress):
-        samples = build_dataset(task, name, args.samples, tokenizer, haystack, seed=args.seed, depth=depth)
+        samples = build_dataset(
+            task, name, args.samples, tokenizer, haystack, seed=args.seed, depth=depth, num_facts=num_facts
+        )
         save_babilong(samples, babilong_file(args.output, task, name))
     print(f"wrote {len(cells)} files of {args.samples} samples under {Path(args.output)}")
     return 0

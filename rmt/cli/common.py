@@ -12,6 +12,10 @@ from rmt.errors import InputError
 
 TASK_NAMES = ("copy", "reverse", "associative_retrieval", "quadratic", "detect_memorize")
 TASK_SIZE_DEFAULTS = {"copy": 24, "reverse": 24, "associative_retrieval": 4, "detect_memorize": 64}
+FACTS_HELP = (
+    "BABILong: facts per story, N or MIN-MAX (default: the bAbI task's range; qa1 with 1 is the 1M-token RMT paper's "
+    "single-fact task)"
+)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rmt.cli.common import add_runtime_arguments, add_task_arguments, apply_runtime, make_task
+from rmt.cli.common import FACTS_HELP, add_runtime_arguments, add_task_arguments, apply_runtime, make_task
 from rmt.errors import InputError
 
 
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     babilong.add_argument(
         "--babilong-dir", default=None, help="read samples from BABILong files DIR/data/<task>/<length>.json instead"
     )
+    babilong.add_argument("--facts", default=None, help=FACTS_HELP)
     babilong.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: %(default)s)")
     babilong.add_argument("--output", default=None, help="folder for results.json, table.md and plots")
     add_runtime_arguments(parser)
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.data is not None and args.task is not None:
         raise InputError("give either --task or --data, not both")
+    if args.facts is not None and not (args.data or "").startswith("babilong:"):
+        raise InputError("--facts sets facts per BABILong story: it needs --data babilong:TASK")
     model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
     if args.data is not None and args.data.startswith("babilong:"):
         return _by_length(args, model)
@@ -124,11 +127,14 @@ def _on_file(args: argparse.Namespace, model) -> int:
 
 def _by_length(args: argparse.Namespace, model) -> int:
     from rmt.build import pretrained_backbone, pretrained_tokenizer
-    from rmt.cli.train import babilong_tasks, load_background
+    from rmt.cli.train import babilong_num_facts, babilong_tasks, load_background
     from rmt.data.babilong import babilong_file, length_name, load_babilong, parse_length
     from rmt.eval.by_length import evaluate_by_length, format_table
 
     tasks = babilong_tasks(args.data)
+    num_facts = babilong_num_facts(args.facts, tasks)
+    if num_facts is not None and args.babilong_dir:
+        raise InputError("--facts sets the facts of generated samples; the files of --babilong-dir have their own")
     lengths = [length_name(parse_length(item)) for item in args.lengths.split(",") if item]
     samples = parse_samples(args.samples, lengths)
     methods = [m for m in args.methods.split(",") if m]
@@ -157,6 +163,7 @@ def _by_length(args: argparse.Namespace, model) -> int:
         progress=not args.no_progress,
         files=files,
         full_attention_backbone=baseline,
+        num_facts=num_facts,
     )
     print(format_table(results))
     if args.output:

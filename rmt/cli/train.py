@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmt.cli.common import add_runtime_arguments, add_task_arguments, apply_runtime, make_task
+from rmt.cli.common import FACTS_HELP, add_runtime_arguments, add_task_arguments, apply_runtime, make_task
 from rmt.cli.options import add_config_arguments, config_from_args, flag_name
 from rmt.config import RMTConfig
 from rmt.errors import InputError
@@ -77,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="BABILong: fraction of training samples whose facts all lie before the last segment, so that answering "
         "needs the memory (default: %(default)s)",
     )
+    data.add_argument("--facts", default=None, help=FACTS_HELP)
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -232,6 +233,7 @@ def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
         _refuse_overridden_flags(args, saved)
     segment_size = args.segment_size or (saved.segment_size if saved is not None else 128)
     tasks = babilong_tasks(args.data)
+    num_facts = babilong_num_facts(args.facts, tasks)
     mode = _mode_of(args.model)
     labels = None
     if mode == "encoder":
@@ -265,6 +267,7 @@ def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
             facts_before_last=args.facts_before_last,
             seed=args.seed,
             default_segments=args.segments,
+            num_facts=num_facts,
         )
         eval_segments = max(n for _, n in config.curriculum) if config.curriculum else args.segments
         return Setup(model, source, args.data, eval_segments, tokenizer)
@@ -359,6 +362,17 @@ def babilong_tasks(spec: str) -> list[str] | None:
     if not tasks or unknown:
         raise InputError(f"--data {spec}: expected babilong:TASK[,TASK...] with tasks from {list(TASKS)}")
     return tasks
+
+
+def babilong_num_facts(spec: str | None, tasks: list[str] | None) -> int | tuple[int, int] | None:
+    """The --facts setting checked against the BABILong tasks (None: the tasks' own ranges)."""
+    if spec is None:
+        return None
+    if tasks is None:
+        raise InputError("--facts sets facts per BABILong story: it needs --data babilong:TASK")
+    from rmt.data.babilong import parse_num_facts
+
+    return parse_num_facts(spec, tasks)
 
 
 def _babilong_labels(tasks: list[str]) -> list[str]:

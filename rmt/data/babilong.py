@@ -375,6 +375,25 @@ def _fact_range(num_facts: int | tuple[int, int]) -> tuple[int, int]:
     return low, high
 
 
+_FACT_COUNT_PATTERN = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def parse_num_facts(text: str, tasks: Sequence[str]) -> int | tuple[int, int]:
+    """A facts-per-story setting from "N" or "MIN-MAX" (inclusive), checked against every one of `tasks`.
+
+    "1" with qa1 is the single-fact task of the 1M-token RMT paper (Bulatov et al. 2023, "detect and memorize"): the
+    one supporting fact hidden in the background, no distractor facts. Raises InputError naming the problem.
+    """
+    match = _FACT_COUNT_PATTERN.fullmatch(text.strip())
+    if match is None:
+        raise InputError(f"bad facts per story {text!r}: give a count (e.g. 1) or a range MIN-MAX (e.g. 2-10)")
+    low, high = match.groups()
+    num_facts: int | tuple[int, int] = int(low) if high is None else (int(low), int(high))
+    for task in tasks:
+        make_story(task, 0, num_facts)  # raises for an empty range or too few facts for the task
+    return num_facts
+
+
 # ---------------------------------------------------------------------------------------------------- samples
 
 

@@ -7,7 +7,9 @@
 A sample for n segments has n x segment_size - reserve tokens of context and question (`reserve` leaves room for
 what the collator adds around them, e.g. a decoder's answer cue and answer). `facts_before_last` is the fraction of
 training samples whose facts all lie before the last segment, so that the answer needs the memory; the rest place
-their facts anywhere, as the public benchmark does. Held-out batches place facts anywhere.
+their facts anywhere, as the public benchmark does. Held-out batches place facts anywhere. `num_facts` (a count or
+an inclusive range, as in `make_story`) sets the facts per story for training and held-out samples alike; None keeps
+the bAbI task's range.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class BabilongSource(Source):
         facts_before_last: float = 0.0,
         seed: int = 0,
         default_segments: int = 1,
+        num_facts: int | tuple[int, int] | None = None,
     ) -> None:
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         if not self.tasks:
@@ -47,6 +50,7 @@ class BabilongSource(Source):
         self.tokenizer, self.haystack, self.collate = tokenizer, haystack, collate
         self.segment_size, self.reserve = segment_size, reserve
         self.facts_before_last, self.seed, self.default_segments = facts_before_last, seed, default_segments
+        self.num_facts = num_facts
 
     def samples(self, seed: int, count: int, num_segments: int | None, training: bool) -> list[BabilongSample]:
         """`count` samples for `num_segments` segments, a pure function of `seed`."""
@@ -62,11 +66,15 @@ class BabilongSource(Source):
             if training and n > 1 and rng.random() < self.facts_before_last:
                 end = ((n - 1) * self.segment_size - _FACT_MARGIN_TOKENS) / length
                 try:
-                    sample = build_sample(task, length, self.tokenizer, self.haystack, sample_seed, (0.0, end))
+                    sample = build_sample(
+                        task, length, self.tokenizer, self.haystack, sample_seed, (0.0, end), self.num_facts
+                    )
                 except ValueError:  # the story is too long to fit before the last segment: place it anywhere
                     sample = None
             if sample is None:
-                sample = build_sample(task, length, self.tokenizer, self.haystack, sample_seed)
+                sample = build_sample(
+                    task, length, self.tokenizer, self.haystack, sample_seed, num_facts=self.num_facts
+                )
             out.append(sample)
         return out
 

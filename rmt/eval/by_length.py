@@ -189,21 +189,25 @@ def evaluate_by_length(
     progress: bool = True,
     files: dict[tuple[str, str], list[BabilongSample]] | None = None,
     full_attention_backbone: Any = None,
+    num_facts: int | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of each method on each task and length; writes results.json and heatmap PNGs to `output_dir` after
     every finished cell (so an interrupted run keeps what it measured). `samples`: per length name, or one count
-    for all. `files`: samples read from BABILong files, by (task, length name), instead of generated ones."""
+    for all. `files`: samples read from BABILong files, by (task, length name), instead of generated ones.
+    `num_facts`: facts per generated story (a count or an inclusive range; None: the bAbI task's range)."""
     model.eval()
     names = sorted({length_name(n) for n in lengths}, key=parse_length)
     per_method = readers(model, tokenizer, methods, window, max_new_tokens, full_attention_backbone)
     results: dict[str, Any] = {"tasks": list(tasks), "lengths": names, "methods": list(methods), "cells": {}}
+    if num_facts is not None:
+        results["num_facts"] = num_facts
     for name in names:
         for task in tasks:
             count = samples[name] if isinstance(samples, dict) else samples
             if files is not None and (task, name) in files:
                 cell_samples = files[(task, name)][:count]
             else:
-                cell_samples = build_dataset(task, name, count, tokenizer, haystack, seed=seed)
+                cell_samples = build_dataset(task, name, count, tokenizer, haystack, seed=seed, num_facts=num_facts)
             for method, reader in per_method.items():
                 outcome = _run_cell(reader, cell_samples, f"{task} {name} {method}", progress)
                 key = f"{task}/{name}/{method}"
