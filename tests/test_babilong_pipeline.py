@@ -129,6 +129,11 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     capsys.readouterr()
     assert main(["train", "--task", "copy", "--facts", "1", "--output", str(tmp_path / "copy")]) == 2
     assert "--facts sets facts per BABILong story: it needs --data babilong:TASK" in capsys.readouterr().err
+    # Its head answers with qa1's rooms; qa5's answers are people and objects, which it cannot be trained on.
+    other = [*again, "--data", "babilong:qa5", "--output", str(tmp_path / "qa5")]
+    assert main(other) == 2
+    assert "answers with the classes ['bathroom', 'bedroom'" in capsys.readouterr().err
+    assert not (tmp_path / "qa5").exists()
     capsys.readouterr()
     refused = [*again, "--segment-size", "16", "--memory-tokens", "3", "--output", str(tmp_path / "refused")]
     assert main(refused) == 2

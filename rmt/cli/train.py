@@ -243,6 +243,8 @@ def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
 
         model = _load_checkpoint(args)
         backbone, tokenizer = model.backbone, pretrained_tokenizer(args.model)
+        if mode == "encoder" and labels is not None:
+            _refuse_other_classes(args, backbone.config, labels)
     else:
         backbone, tokenizer = _pretrained(args, mode, labels)
     if mode == "encoder" and labels is None:
@@ -307,6 +309,17 @@ def _load_checkpoint(args: argparse.Namespace) -> Any:
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     return RecurrentMemoryModel.from_pretrained(args.model, dtype=DTYPES[args.dtype])
+
+
+def _refuse_other_classes(args: argparse.Namespace, backbone_config: Any, labels: list[str]) -> None:
+    """An rmt checkpoint's classifier keeps its head: the data's answer classes must be its classes, in its order,
+    or every answer would be trained as another class."""
+    head = [backbone_config.id2label[i] for i in range(backbone_config.num_labels)]
+    if head != labels:
+        raise InputError(
+            f"--model {args.model} answers with the classes {head}, but {args.data} needs {labels}: start from its "
+            f"backbone folder ({Path(args.model) / 'backbone'}) to train its head for these classes"
+        )
 
 
 def _refuse_overridden_flags(args: argparse.Namespace, saved: RMTConfig) -> None:
