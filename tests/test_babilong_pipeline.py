@@ -129,6 +129,7 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     capsys.readouterr()
     assert main(["train", "--task", "copy", "--facts", "1", "--output", str(tmp_path / "copy")]) == 2
     assert "--facts sets facts per BABILong story: it needs --data babilong:TASK" in capsys.readouterr().err
+    assert not (tmp_path / "copy").exists()
     # Its head answers with qa1's rooms; qa5's answers are people and objects, which it cannot be trained on.
     other = [*again, "--data", "babilong:qa5", "--output", str(tmp_path / "qa5")]
     assert main(other) == 2

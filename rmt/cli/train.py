@@ -165,6 +165,7 @@ def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     from accelerate.utils import set_seed
 
     set_seed(args.seed)
+    babilong_num_facts(args.facts, babilong_tasks(args.data or ""))  # --facts without BABILong data is refused
     if args.data is None:
         return _task_setup(args, config)
     if args.task is not None:
