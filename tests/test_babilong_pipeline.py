@@ -185,5 +185,7 @@ def test_wilson_interval_and_outcome():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
     assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    for total in range(1, 500):  # the interval holds the proportion exactly at 0 and 1 (plots draw bars from it)
+        assert wilson_interval(total, total)[1] == 1.0 and wilson_interval(0, total)[0] == 0.0
     record = Outcome(correct=3, total=4, tokens=400, seconds=2.0).record()
     assert record["accuracy"] == 0.75 and record["tokens_per_second"] == 200.0

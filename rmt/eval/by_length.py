@@ -80,7 +80,8 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Clamped to contain p: at p = 0 or 1 rounding can leave a bound a hair inside it (6/6 gave 0.9999999999999999).
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 class Reader:
