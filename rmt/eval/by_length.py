@@ -270,6 +270,15 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _facts_note(results: dict[str, Any]) -> str:
+    """A title's note of the facts per story, when the evaluation set them."""
+    num_facts = results.get("num_facts")
+    if num_facts is None:
+        return ""
+    count = "-".join(map(str, num_facts)) if isinstance(num_facts, list | tuple) else str(num_facts)
+    return f" ({count} fact{'' if count == '1' else 's'} per story)"
+
+
 def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
     """Tasks x lengths, accuracy in each cell, as in the BABILong paper's figures."""
     import matplotlib
@@ -291,7 +300,7 @@ def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
     ax.set_xticks(range(len(lengths)), lengths)
     ax.set_yticks(range(len(tasks)), tasks)
     ax.set_xlabel("input length (tokens)")
-    ax.set_title(f"BABILong accuracy, {method.replace('_', ' ')}")
+    ax.set_title(f"BABILong accuracy, {method.replace('_', ' ')}{_facts_note(results)}")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -325,7 +334,7 @@ def plot_methods(results: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(lengths)), lengths)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("input length (tokens)")
-        ax.set_title(task)
+        ax.set_title(f"{task}{_facts_note(results)}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (95% interval)")
     axes[0][-1].legend(fontsize=8)
