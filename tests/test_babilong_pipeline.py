@@ -163,7 +163,7 @@ def test_train_with_the_same_seed_repeats_the_run(tmp_path, haystack_file):
     assert losses("1", "other") != first
 
 
-def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file):
+def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file, monkeypatch):
     from rmt import RMTConfig
     from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
 
@@ -179,6 +179,20 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
     # Memory off (M = 0) is already what no_memory runs: the same samples must get the same answers.
     assert memory["correct"] == no_memory["correct"] and memory["tokens"] == no_memory["tokens"]
     assert "| qa1 | memory |" in format_table(results)
+
+    # --facts reaches the generated samples, not only the record.
+    import rmt.eval.by_length as by_length
+
+    built = []
+
+    def recording_build_dataset(*args, **kwargs):
+        samples = build_dataset(*args, **kwargs)
+        built.extend(samples)
+        return samples
+
+    monkeypatch.setattr(by_length, "build_dataset", recording_build_dataset)
+    results = evaluate_by_length(model, tokenizer, ["qa1"], [80], 6, haystack, progress=False, num_facts=1)
+    assert results["num_facts"] == 1 and len(built) == 6 and all(sample.num_facts == 1 for sample in built)
 
 
 def test_wilson_interval_and_outcome():

@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rmt.cli.train import babilong_num_facts, babilong_tasks
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
@@ -69,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.data is not None and args.task is not None:
         raise InputError("give either --task or --data, not both")
-    if args.facts is not None and not (args.data or "").startswith("babilong:"):
-        raise InputError("--facts sets facts per BABILong story: it needs --data babilong:TASK")
+    tasks = babilong_tasks(args.data or "")
+    num_facts = babilong_num_facts(args.facts, tasks)  # refused without BABILong data
     model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
-    if args.data is not None and args.data.startswith("babilong:"):
-        return _by_length(args, model)
+    if tasks:
+        return _by_length(args, model, tasks, num_facts)
     if args.data is not None:
         return _on_file(args, model)
     return _on_task(args, model)
@@ -125,14 +126,12 @@ def _on_file(args: argparse.Namespace, model) -> int:
     return 0
 
 
-def _by_length(args: argparse.Namespace, model) -> int:
+def _by_length(args: argparse.Namespace, model, tasks: list[str], num_facts: int | tuple[int, int] | None) -> int:
     from rmt.build import pretrained_backbone, pretrained_tokenizer
-    from rmt.cli.train import babilong_num_facts, babilong_tasks, load_background
+    from rmt.cli.train import load_background
     from rmt.data.babilong import babilong_file, length_name, load_babilong, parse_length
     from rmt.eval.by_length import evaluate_by_length, format_table
 
-    tasks = babilong_tasks(args.data)
-    num_facts = babilong_num_facts(args.facts, tasks)
     if num_facts is not None and args.babilong_dir:
         raise InputError("--facts sets the facts of generated samples; the files of --babilong-dir have their own")
     lengths = [length_name(parse_length(item)) for item in args.lengths.split(",") if item]

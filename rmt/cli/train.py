@@ -165,14 +165,15 @@ def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     from accelerate.utils import set_seed
 
     set_seed(args.seed)
-    babilong_num_facts(args.facts, babilong_tasks(args.data or ""))  # --facts without BABILong data is refused
+    tasks = babilong_tasks(args.data or "")
+    num_facts = babilong_num_facts(args.facts, tasks)  # refused without BABILong data
     if args.data is None:
         return _task_setup(args, config)
     if args.task is not None:
         raise InputError("give either --task (synthetic) or --data, not both")
     if args.model is None:
         raise InputError("--data needs a pretrained --model (its tokenizer reads the text)")
-    return _text_setup(args, config)
+    return _text_setup(args, config, tasks, num_facts)
 
 
 def memory_config(args: argparse.Namespace, segment_size: int, **fields: Any) -> RMTConfig:
@@ -226,15 +227,19 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     return Setup(memory_model(backbone, memory), source, name, eval_segments)
 
 
-def _text_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
+def _text_setup(
+    args: argparse.Namespace,
+    config: TrainConfig,
+    tasks: list[str] | None,
+    num_facts: int | tuple[int, int] | None,
+) -> Setup:
+    """A pretrained backbone (or rmt checkpoint) on a data file, or on generated BABILong samples of `tasks`."""
     from rmt.data.collate import QACollator, TextCollator, check_tokenizer
 
     saved = _checkpoint_config(args.model)
     if saved is not None:
         _refuse_overridden_flags(args, saved)
     segment_size = args.segment_size or (saved.segment_size if saved is not None else 128)
-    tasks = babilong_tasks(args.data)
-    num_facts = babilong_num_facts(args.facts, tasks)
     mode = _mode_of(args.model)
     labels = None
     if mode == "encoder":
