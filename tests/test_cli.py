@@ -149,3 +149,13 @@ def test_ci_runs_the_readme_test_command():
     ci_command = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
     readme_head = (root / "README.md").read_text().splitlines()[:10]
     assert any(line.strip() == ci_command for line in readme_head), ci_command
+
+
+def test_a_flag_value_that_does_not_parse_is_refused_with_its_own_message(capsys):
+    """argparse replaces a parse function's ValueError with "invalid <function> value"; the flags generated from the
+    config dataclasses keep the message that says what was expected."""
+    with pytest.raises(SystemExit):
+        main(["train", "--curriculum", "1-2", "--output", "unused"])
+    assert "--curriculum: curriculum must look like 0:1,500:2,1000:4 (STEP:SEGMENTS,...), got '1-2'" in (
+        capsys.readouterr().err
+    )

@@ -23,6 +23,7 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask
 
 from rmt.backbones import model_type
+from rmt.backbones.lora import has_lora_layers
 from rmt.errors import InputError
 
 
@@ -223,6 +224,11 @@ class StackedLayers:
         family = adapter.family
         if family not in _TENSORS:
             raise InputError(f"no stacked layers for model family {family!r}")
+        if any(has_lora_layers(layer) for layer in layers):  # stacking reads the base weights, not the adapters
+            raise InputError(
+                "the decoder layers have LoRA adapters, which grouped cells would ignore; merge them first "
+                "(rmt.backbones.lora.merge_lora)"
+            )
         per_layer = [_TENSORS[family](layer) for layer in layers]
         self.weights: dict[str, torch.Tensor | None] = {
             name: None if first is None else torch.stack([t[name].detach() for t in per_layer]).contiguous()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
 
 
@@ -37,7 +38,7 @@ def add_config_arguments(
                 parser.add_argument(flag, dest=f.name, action="store_true", help=doc)
             parser.set_defaults(**{f.name: default})
             continue
-        parse = f.metadata.get("parse", kind)
+        parse = _with_message(f.metadata["parse"]) if "parse" in f.metadata else kind
         shown = default if not isinstance(default, list) else ",".join(f"{a}:{b}" for a, b in default)
         help_text = doc + (f" (default: {shown})" if default is not None else "")
         parser.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, help=help_text)
@@ -52,6 +53,19 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> A
     """The dataclass `cls` from the parsed flags (fields without a flag keep their defaults), with `overrides`."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **overrides})
+
+
+def _with_message(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` whose errors argparse prints with their own message (it replaces a ValueError's with "invalid
+    <function name> value")."""
+
+    def parse_value(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    return parse_value
 
 
 def _kind(hint: Any) -> tuple[Any, tuple | None]:

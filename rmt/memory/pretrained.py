@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging as hf_logging
 
+from rmt.backbones.lora import has_lora_layers, merged_state_dict
 from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingFileError
 from rmt.files import atomic_directory, recover_directory
@@ -42,8 +43,11 @@ def save_memory_model(
     progress: bool = True,
 ) -> None:
     """Write `model` to the folder `path` atomically (see the module docstring). `state_dict`: the model's full
-    weights when its own parameters are sharded over processes (FSDP), gathered by the caller. `progress=False`
-    hides transformers' progress bar of the write (a trainer run without progress bars saves quietly)."""
+    weights when its own parameters are sharded over processes (FSDP), gathered by the caller. A backbone with LoRA
+    adapters is written with them merged into its weights. `progress=False` hides transformers' progress bar of the
+    write (a trainer run without progress bars saves quietly)."""
+    if state_dict is None and has_lora_layers(model.backbone):
+        state_dict = merged_state_dict(model)
     if state_dict is None:
         backbone_weights = None
         memory_weights = model.memory_state_dict()

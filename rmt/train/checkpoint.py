@@ -91,12 +91,16 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, accelerator: Accelerator, model: RecurrentMemoryModel, sharded: tuple[Any, Any] | None = None
+    path: Path,
+    accelerator: Accelerator,
+    model: RecurrentMemoryModel,
+    sharded: tuple[Any, Any] | None = None,
+    config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer, schedule, scaler and RNGs from `path` (prepared objects registered with
     `accelerator`; `sharded`: (optimizer, scheduler) of an FSDP-sharded model); returns the trainer_state.json
-    record. Refuses a checkpoint of another model with a message that names the difference, and a damaged one with a
-    message that names the file."""
+    record. Refuses a checkpoint of another model, or (given the run's `config`) one whose LoRA adapters differ from
+    the run's, with a message that names the difference, and a damaged one with a message that names the file."""
     if accelerator.is_main_process:
         recover_directory(path)
     accelerator.wait_for_everyone()
@@ -113,6 +117,8 @@ def load_checkpoint(
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"cannot resume: {state_file} is corrupt: {err}") from err
     _check_same_model(record, model, path)
+    if config is not None:
+        _check_same_adapters(record, config, path)
     try:
         if sharded is not None:
             fsdp.load_state(path, model, *sharded, accelerator)
@@ -138,6 +144,22 @@ def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path:
         raise InputError(
             f"cannot resume from {path}: it was trained with a different model ({'; '.join(differences)}); "
             "resume with the same settings or start a new run in another --output"
+        )
+
+
+def _check_same_adapters(record: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """A checkpoint's model and optimizer state hold LoRA adapters exactly when its run added them, in their shape."""
+    saved, now = record.get("train_config", {}), asdict(config)
+    if "lora" not in (saved.get("trainable"), config.trainable):
+        return
+    keys = ("trainable", "lora_rank", "lora_targets")
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, now {now[key]!r}" for key in keys if saved.get(key) != now[key]
+    ]
+    if differences:
+        raise InputError(
+            f"cannot resume from {path}: it trained other parameters ({'; '.join(differences)}); "
+            "resume with the same --trainable and LoRA settings or start a new run in another --output"
         )
 
 

@@ -13,12 +13,20 @@ from rmt.errors import InputError
 from rmt.train.schedules import curriculum_segments
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
-Trainable = Literal["all", "memory"]
+Trainable = Literal["all", "memory", "lora"]
 LRSchedule = Literal["cosine", "linear", "constant"]
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
     return {"doc": " ".join(text.split()), **extra}
+
+
+def parse_names(text: str) -> list[str]:
+    """'q_proj, v_proj' -> ['q_proj', 'v_proj']."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise InputError(f"expected comma-separated module names such as q_proj,v_proj, got {text!r}")
+    return names
 
 
 def parse_curriculum(text: str) -> list[tuple[int, int]]:
@@ -110,8 +118,21 @@ class TrainConfig:
     trainable: Trainable = field(
         default="all",
         metadata=_doc(
-            "Which parameters train: 'all', or 'memory' (only what the memory wrapper adds, plus a newly "
-            "initialised classification head; the pretrained backbone is frozen)."
+            "Which parameters train: 'all'; 'memory' (only what the memory wrapper adds, plus a newly initialised "
+            "classification head; the pretrained backbone is frozen); or 'lora' (as 'memory', plus LoRA adapters on "
+            "the backbone's linear layers, trained at learning_rate and merged into its weights in every saved "
+            "model; needs peft)."
+        ),
+    )
+    lora_rank: int = field(default=8, metadata=_doc("LoRA: rank of each adapter (> 0)."))
+    lora_alpha: float = field(default=16.0, metadata=_doc("LoRA: the update is scaled by alpha / rank (> 0)."))
+    lora_dropout: float = field(default=0.0, metadata=_doc("LoRA: dropout on the adapters' input (0 <= p < 1)."))
+    lora_targets: list[str] | None = field(
+        default=None,
+        metadata=_doc(
+            "LoRA: the layers that get adapters, as module names or their endings, e.g. q_proj,v_proj (default: "
+            "every linear layer of the backbone except its output head).",
+            parse=parse_names,
         ),
     )
     fsdp: bool = field(
@@ -147,11 +168,23 @@ class TrainConfig:
         choices = {
             "lr_schedule": ("cosine", "linear", "constant"),
             "mixed_precision": ("no", "bf16", "fp16"),
-            "trainable": ("all", "memory"),
+            "trainable": ("all", "memory", "lora"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.trainable == "lora":
+            if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank <= 0:
+                raise InputError(f"TrainConfig.lora_rank must be an integer > 0, got {self.lora_rank!r}")
+            if not self.lora_alpha > 0:
+                raise InputError(f"TrainConfig.lora_alpha must be > 0, got {self.lora_alpha!r}")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise InputError(f"TrainConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+            if self.fsdp:
+                raise InputError(
+                    "TrainConfig: fsdp and trainable='lora' cannot be combined (sharding LoRA adapter layers is not "
+                    "supported); train the adapters without fsdp"
+                )
         if self.curriculum is not None:
             self.curriculum = [tuple(stage) for stage in self.curriculum]
             curriculum_segments(0, self.curriculum)  # validates the stages

@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, reduce, set_seed
 from tqdm.auto import tqdm
 
+from rmt.backbones.lora import add_lora, merge_lora
 from rmt.build import memory_model
 from rmt.config import RMTConfig
 from rmt.data.sources import Source, TaskSource
@@ -86,7 +87,9 @@ def train(
     """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl).
 
     resume=True continues from `output_dir/checkpoint` (an error if there is none). `save_extras(folder)` writes files
-    that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place."""
+    that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place. With
+    trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which are merged into the
+    backbone's weights when training ends: the model comes back with its own layers and names."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} exists and is not a folder")
@@ -95,6 +98,10 @@ def train(
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
 
+    if config.trainable == "lora":
+        with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
+            torch.manual_seed(config.seed)
+            add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
     model.to(accelerator.device)
     sharded = None
     if config.fsdp:  # layers sharded with FSDP2; no DDP wrapper (rmt.train.fsdp)
@@ -114,7 +121,7 @@ def train(
     start_step = 0
     metrics_path = output_dir / METRICS_FILE
     if resume:
-        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)
+        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded, config)
         start_step = record["step"]
         known = {f.name for f in fields(TrainerState)}
         state = TrainerState(**{k: v for k, v in record.get("trainer", {}).items() if k in known})
@@ -187,6 +194,8 @@ def train(
     bar.close()
     if writer is not None:
         writer.close()
+    if config.trainable == "lora":
+        merge_lora(model)
     accelerator.wait_for_everyone()
     return history
 

@@ -3,7 +3,8 @@
 Two groups: the parameters the memory wrapper adds (memory embeddings, ARMT projections) together with a freshly
 initialised classification head, at `memory_learning_rate`; and the pretrained backbone at `learning_rate`.
 `trainable="memory"` freezes the backbone (the head of a classifier still trains: a pretrained encoder has none for
-the task). AdamW; warmup then cosine / linear / constant through transformers' schedules.
+the task); `trainable="lora"` freezes it too except its LoRA adapters (`rmt.backbones.lora`), which then form the
+backbone group. AdamW; warmup then cosine / linear / constant through transformers' schedules.
 """
 
 from __future__ import annotations
@@ -12,26 +13,27 @@ import torch
 from torch import nn
 from transformers import get_scheduler
 
+from rmt.backbones.lora import CLASSIFIER_HEADS
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train.config import TrainConfig
-
-# Top-level modules of a sequence-classification backbone that hold its task head (new for every task).
-_CLASSIFIER_HEADS = ("classifier", "score")
 
 
 def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(memory and head parameters, backbone parameters) that train, after freezing what `trainable` excludes."""
     head = set()
     if not model.token_logits:
-        for name in _CLASSIFIER_HEADS:
+        for name in CLASSIFIER_HEADS:  # a sequence classifier's task head: new for every task
             module = getattr(model.backbone, name, None)
             if isinstance(module, nn.Module):
                 head.update(id(p) for p in module.parameters())
     memory, backbone = [], []
     for name, param in model.named_parameters():
-        own = not name.startswith("backbone.") or id(param) in head
+        in_backbone = name.startswith("backbone.")
+        own = not in_backbone or id(param) in head
         if trainable == "memory" and not own:
             param.requires_grad_(False)
+        elif trainable == "lora" and in_backbone:  # adding the adapters froze the backbone, its task head included
+            param.requires_grad_(".lora_" in name or id(param) in head)
         if param.requires_grad:
             (memory if own else backbone).append(param)
     return memory, backbone
