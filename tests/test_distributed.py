@@ -101,6 +101,18 @@ def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys)
     assert max_difference(weights(tmp_path / "killed" / "rank0.pt"), rank0) == 0.0
 
 
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_two_processes_train_lora_adapters_like_one(tmp_path):
+    """LoRA adapters (their gradients averaged like any other) on two processes: the merged weights of one process
+    with the same global batch, and the same in both processes."""
+    launch(tmp_path / "one", 1, "--batch-size", "4", "--trainable", "lora")
+    launch(tmp_path / "two", 2, "--batch-size", "2", "--trainable", "lora")
+    one, rank0, rank1 = (weights(tmp_path / p) for p in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt"))
+    assert max_difference(rank0, rank1) == 0.0
+    assert max_difference(rank0, one) <= 1e-6
+    assert not any("lora" in name for name in one)  # merged: the model's own names
+
+
 def test_fsdp_refuses_the_recomputed_transformer_xl_cache(tmp_path, capsys):
     """Recomputing the cache's keys/values calls the layers' projections outside their forward, where FSDP would
     not gather sharded weights: refused with one line before anything is written."""

@@ -1,6 +1,7 @@
 """A tiny training run for the multi-process tests: `torchrun --nproc_per_node 2 tests/helpers/distributed_train.py
-OUT [--steps N] [--batch-size B] [--resume] [--slow-after K]`. Every process writes its final weights to
-OUT/rank{R}.pt so that the test can compare the processes with each other and with a one-process run.
+OUT [--steps N] [--batch-size B] [--resume] [--slow-after K] [--fsdp] [--trainable all|memory|lora]`. Every
+process writes its final weights to OUT/rank{R}.pt so that the test can compare the processes with each other and
+with a one-process run.
 `--slow-after K` sleeps after each step from step K on, so that a test can kill the job mid-run. A crash in native
 code (an abort in the communication library) prints every thread's Python stack (faulthandler), so that a failing
 test says where it happened."""
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--slow-after", type=int, default=None)
     parser.add_argument("--mixed-precision", default="no")
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--trainable", default="all")
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = CopyTask(length=4)
@@ -62,6 +64,8 @@ def main() -> None:
         checkpoint_every=2,
         mixed_precision=args.mixed_precision,
         fsdp=args.fsdp,
+        trainable=args.trainable,
+        lora_rank=2,
         progress=False,
     )
     accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
