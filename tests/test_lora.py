@@ -67,12 +67,13 @@ def test_training_changes_only_adapted_layers_and_the_memory_and_saves_a_plain_m
         assert torch.allclose(saved(**inputs).logits, model(**inputs).logits, atol=1e-5)
 
 
-def test_merged_weights_give_the_adapted_model_outputs_and_gradients():
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])  # GPT-2's Conv1D stores its weight transposed
+def test_merged_weights_give_the_adapted_model_outputs_and_gradients(family):
     """The fast path (adapters merged into the weights) against peft's adapter layers computing x W + s x A B."""
-    model, source = copy_model("llama")
+    model, source = copy_model(family)
     add_lora(model.backbone, rank=4, alpha=8)
     randomise_adapters(model)
-    reference, _ = copy_model("llama")
+    reference, _ = copy_model(family)
     reference.load_state_dict(merged_state_dict(model))
     inputs = source.eval_batch(0, 2).model_inputs()
 
@@ -86,7 +87,7 @@ def test_merged_weights_give_the_adapted_model_outputs_and_gradients():
     merged_logits, merged_grad = run(reference)
     assert torch.allclose(adapted_logits, merged_logits, atol=1e-5)
     assert torch.allclose(adapted_grad, merged_grad, rtol=1e-3, atol=1e-4)  # the same sums in another order
-    plain, _ = copy_model("llama")
+    plain, _ = copy_model(family)
     with torch.no_grad():
         assert (plain(**inputs).logits - adapted_logits).abs().max() > 0.1  # the update is really there
 
