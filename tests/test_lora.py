@@ -177,6 +177,8 @@ def test_cli_trains_adapters_on_a_model_folder_then_evaluates(tmp_path, capsys):
     args += ["--eval-batches", "1", "--eval-batch-size", "2", "--trainable", "lora", "--lora-rank", "2"]
     args += ["--lora-targets", "q_proj, v_proj", "--output", str(output), "--no-progress"]
     assert main(args) == 0
+    adapters = 2 * 2 * (2 * 32 + 2 * 32)  # two layers, q_proj and v_proj (32 -> 32 on this model), A and B of rank 2
+    assert f"backbone LoRA adapters {adapters:,}" in capsys.readouterr().err  # the run says what it trains
     trained = load_memory_model(output / "model").backbone.state_dict()
     base = AutoModelForCausalLM.from_pretrained(folder).state_dict()
     changed = {k for k, v in trained.items() if not torch.equal(v, base[k])}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -114,6 +115,8 @@ def train(
         prepared, optimizer = accelerator.prepare(model, optimizer)
         accelerator.register_for_checkpointing(scheduler)
     params = trainable_parameters(model)
+    if main:
+        print(_parameter_summary(model, optimizer, config.trainable), file=sys.stderr, flush=True)
 
     # Before a resume, which then restores the checkpoint's generator states in place of these.
     set_seed(config.seed)
@@ -322,6 +325,16 @@ def train_in_context(
     return train(
         one_window(backbone, task), TaskSource(task, seed=config.seed), config, output_dir, description=description
     )
+
+
+def _parameter_summary(model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainable: str) -> str:
+    """One line: how many parameters train, of how many, by optimizer group (memory / backbone)."""
+    total = sum(p.numel() for p in model.parameters())
+    labels = {"backbone": "backbone LoRA adapters" if trainable == "lora" else "backbone"}
+    groups = {labels.get(g["name"], g["name"]): sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
+    training = sum(groups.values())
+    by_group = ", ".join(f"{name} {count:,}" for name, count in groups.items())
+    return f"training {training:,} of {total:,} parameters ({100 * training / max(total, 1):.2f}%): {by_group}"
 
 
 def _log(path: Path, history: list[dict[str, Any]], writer: Any, record: dict[str, Any]) -> None:
