@@ -8,11 +8,15 @@ import json
 
 import pytest
 import torch
-from conftest import background_text, strengthen_memory, tiny_decoder
+from conftest import background_text, strengthen_memory, tiny_decoder, tiny_model_folder
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from benchmarks import diagonal_precision, encoder_memory, language_modeling, long_inputs, mixed_precision, processes
+from benchmarks.babilong_errors import KINDS, classify, kind_of
 from rmt import RMTConfig
 from rmt.build import memory_model
+from rmt.data.babilong import BabilongSample, answer_labels
+from rmt.memory.pretrained import save_memory_model
 from rmt.memory.segments import closed_length
 
 
@@ -151,3 +155,33 @@ def test_processes_loss_comparison():
     result = processes.compare_losses(one, two)
     assert result["steps_equal_within_1e-4"] == 2 and result["final_losses"] == [0.5, 0.4]
     assert abs(result["max_loss_difference"] - 0.2) < 1e-12
+
+
+def test_babilong_errors_sorts_each_answer_and_counts_a_models_answers(tmp_path):
+    facts = ["Mary went to the kitchen.", "John moved to the garden.", "Mary travelled to the office."]
+    sample = BabilongSample(input=" ".join(facts), question="Where is Mary?", target="office", facts=facts)
+    assert [kind_of(sample, room) for room in ("office", "kitchen", "garden", "bedroom")] == [
+        "right, also the last fact's room",
+        "the asked person's earlier room",
+        "another person's room",
+        "a room not in the story",
+    ]
+    earlier = BabilongSample(input="", question="Where is Mary?", target="kitchen", facts=facts[:2])
+    assert [kind_of(earlier, room) for room in ("kitchen", "garden")] == ["right", "the last fact's room"]
+
+    folder = tiny_model_folder(tmp_path / "bert", "bert", answer_labels("qa1"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+    config = RMTConfig(num_memory_tokens=2, segment_size=32, mode="encoder", **special)
+    save_memory_model(
+        memory_model(AutoModelForSequenceClassification.from_pretrained(folder), config),
+        tmp_path / "rmt",
+        progress=False,
+    )
+    tokenizer.save_pretrained(tmp_path / "rmt" / "backbone")
+    haystack = tmp_path / "book.txt"
+    haystack.write_text(background_text(400))
+    counts = classify(str(tmp_path / "rmt"), 100, 6, 0, haystack=str(haystack))
+    assert set(counts) == {"fact before the last segment", "fact in the last segment"}
+    assert all(list(by_kind) == list(KINDS) for by_kind in counts.values())
+    assert sum(sum(by_kind.values()) for by_kind in counts.values()) == 6
