@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import rmt
 from rmt.cli import main
 from rmt.cli.options import config_from_args
 from rmt.train.config import TrainConfig
@@ -159,3 +160,10 @@ def test_a_flag_value_that_does_not_parse_is_refused_with_its_own_message(capsys
     assert "--curriculum: curriculum must look like 0:1,500:2,1000:4 (STEP:SEGMENTS,...), got '1-2'" in (
         capsys.readouterr().err
     )
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rmt {rmt.__version__}"

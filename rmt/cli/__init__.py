@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rmt import __version__
 from rmt.cli import babilong, demo, evaluate, generate, train
 from rmt.errors import InputError
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recurrent memory for Hugging Face transformers: train, evaluate and run memory models "
         "(RMT, ARMT) on inputs longer than their context window.",
     )
+    parser.add_argument("--version", action="version", version=f"rmt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
