@@ -143,8 +143,11 @@ def test_resume_with_adapters_continues_exactly_and_other_settings_are_refused(t
 
     for other in (TrainConfig(**{**config.__dict__, "trainable": "all"}), lora_config(steps=6, lora_rank=2)):
         model, source = copy_model()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
         with pytest.raises(InputError, match="cannot resume from .* it trained other parameters"):
             train(model, source, other, tmp_path / "resumed", resume=True)
+        assert not has_lora_layers(model)  # a refused call leaves the model as it was
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_bad_lora_settings_are_refused(monkeypatch):

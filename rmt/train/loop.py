@@ -90,7 +90,29 @@ def train(
     resume=True continues from `output_dir/checkpoint` (an error if there is none). `save_extras(folder)` writes files
     that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place. With
     trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which are merged into the
-    backbone's weights when training ends: the model comes back with its own layers and names."""
+    backbone's weights when training ends, or stops on an error: the model comes back with its own layers and names."""
+    if config.trainable != "lora":
+        return _train(model, source, config, output_dir, resume, accelerator, description, save_extras)
+    with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
+        torch.manual_seed(config.seed)
+        add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    try:
+        return _train(model, source, config, output_dir, resume, accelerator, description, save_extras)
+    finally:
+        merge_lora(model)
+
+
+def _train(
+    model: RecurrentMemoryModel,
+    source: Source,
+    config: TrainConfig,
+    output_dir: str | os.PathLike,
+    resume: bool,
+    accelerator: Accelerator | None,
+    description: str,
+    save_extras: Any,
+) -> list[dict[str, Any]]:
+    """`train` on a model whose LoRA adapters, if the config asks for them, are already in place."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} exists and is not a folder")
@@ -99,10 +121,6 @@ def train(
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    if config.trainable == "lora":
-        with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
-            torch.manual_seed(config.seed)
-            add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
     model.to(accelerator.device)
     sharded = None
     if config.fsdp:  # layers sharded with FSDP2; no DDP wrapper (rmt.train.fsdp)
@@ -197,8 +215,6 @@ def train(
     bar.close()
     if writer is not None:
         writer.close()
-    if config.trainable == "lora":
-        merge_lora(model)
     accelerator.wait_for_everyone()
     return history
 
