@@ -161,6 +161,8 @@ def test_bad_lora_settings_are_refused(monkeypatch):
             lora_config(**changes)
     with pytest.raises(InputError, match="cannot add LoRA adapters to nowhere_proj"):
         add_lora(tiny_decoder("llama"), targets=["nowhere_proj"])
+    with pytest.raises(InputError, match="no LoRA adapter on the output head 'lm_head'"):
+        add_lora(tiny_decoder("llama"), targets=["q_proj", "lm_head"])
     backbone = tiny_decoder("llama")
     add_lora(backbone)
     with pytest.raises(InputError, match="already has LoRA adapters"):

@@ -71,6 +71,13 @@ def add_lora(
     targets = list(targets) if targets else default_lora_targets(backbone)
     if not targets:
         raise InputError("the backbone has no linear layers to put LoRA adapters on")
+    output = backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
+    for name, module in backbone.named_modules():
+        if module is output and any(name == t or name.endswith("." + t) for t in targets):
+            raise InputError(
+                f"no LoRA adapter on the output head {name!r}: many models share its weight with the token "
+                "embeddings, which a merged update would change too; leave it out of the targets"
+            )
     transposed = any(isinstance(m, Conv1D) for m in backbone.modules())  # GPT-2 stores its weights [in, out]
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, fan_in_fan_out=transposed
