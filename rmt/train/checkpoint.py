@@ -152,7 +152,7 @@ def _check_same_adapters(record: dict[str, Any], config: TrainConfig, path: Path
     saved, now = record.get("train_config", {}), asdict(config)
     if "lora" not in (saved.get("trainable"), config.trainable):
         return
-    keys = ("trainable", "lora_rank", "lora_targets")
+    keys = ("trainable", "lora_rank", "lora_alpha", "lora_targets")  # alpha scales what the adapters hold
     differences = [
         f"{key}: checkpoint {saved.get(key)!r}, now {now[key]!r}" for key in keys if saved.get(key) != now[key]
     ]
