@@ -21,8 +21,6 @@ import collections
 import json
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
 from rmt.data.babilong import BabilongSample, build_dataset, parse_num_facts
@@ -56,7 +54,6 @@ def kind_of(sample: BabilongSample, answer: str) -> str:
     return KINDS[5]
 
 
-@torch.no_grad()
 def classify(
     model_path: str, length: int, samples: int, seed: int, num_facts: str | None = None, haystack: str | None = None
 ) -> dict[str, dict[str, int]]:
@@ -69,16 +66,12 @@ def classify(
     background = load_haystack(haystack) if haystack else default_haystack()
     dataset = build_dataset("qa1", length, samples, tokenizer, background, seed=seed, num_facts=facts)
     reader = Reader(model, tokenizer)
-    config = model.backbone.config
-    labels = [config.id2label[i] for i in range(config.num_labels)]
     counts: dict[str, collections.Counter] = {"fact before the last segment": collections.Counter()}
     counts["fact in the last segment"] = collections.Counter()
     for sample in dataset:
-        batch = reader.collate([sample.to_dict()])
-        answer = labels[int(model(batch.input_ids).logits.argmax(dim=-1))]
-        _, _, in_last = reader.answer(sample)
-        where = "fact in the last segment" if in_last else "fact before the last segment"
-        counts[where][kind_of(sample, answer)] += 1
+        reading = reader.read(sample)
+        where = "fact in the last segment" if reading.facts_in_last_span else "fact before the last segment"
+        counts[where][kind_of(sample, reading.answer)] += 1
     return {where: {kind: counter[kind] for kind in KINDS} for where, counter in counts.items()}
 
 

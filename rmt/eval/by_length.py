@@ -84,9 +84,20 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What one method made of one sample: its answer (an encoder's class label, or a decoder's generated text), the
+    tokens it read, and whether every supporting fact lies in the last span it reads."""
+
+    answer: str
+    tokens: int
+    facts_in_last_span: bool
+
+
 class Reader:
-    """How one method turns a sample into an answer: `answer(sample) -> (correct, tokens read, facts in the last
-    span)`; the span is the last `window` tokens it reads (full attention) or its last segment."""
+    """How one method turns a sample into an answer: `read(sample) -> Reading`, and `answer(sample) -> (correct,
+    tokens read, facts in the last span)`; the span is the last `window` tokens it reads (full attention) or its last
+    segment."""
 
     def __init__(
         self, model: RecurrentMemoryModel, tokenizer: Any, window: int | None = None, max_new_tokens: int = 8
@@ -94,14 +105,14 @@ class Reader:
         self.model, self.tokenizer, self.window, self.max_new_tokens = model, tokenizer, window, max_new_tokens
         self.span = window or model.config.segment_size
         mode = model.config.mode
-        labels = None
+        self.labels = None
         if mode == "encoder":
             config = model.backbone.config
-            labels = [config.id2label[i] for i in range(config.num_labels)]
-        self.collate = QACollator(tokenizer, mode, labels)
+            self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.collate = QACollator(tokenizer, mode, self.labels)
 
     @torch.no_grad()
-    def answer(self, sample: BabilongSample) -> tuple[bool, int, bool]:
+    def read(self, sample: BabilongSample) -> Reading:
         record = sample.to_dict()
         device = self.model.device
         if self.model.config.mode == "encoder":
@@ -109,17 +120,23 @@ class Reader:
             total = batch.input_ids.shape[1]
             ids = batch.input_ids[:, -self.window :] if self.window else batch.input_ids
             logits = self.model(ids.to(device)).logits  # [1, classes]
-            right = int(logits.argmax(dim=-1)) == int(batch.labels[0])
+            answer = self.labels[int(logits.argmax(dim=-1))]
         else:
             prompt = torch.tensor(self.collate.prompt_ids([record]), device=device)
             total = prompt.shape[1]
             ids = prompt[:, -self.window :] if self.window else prompt
             eos = self.tokenizer.eos_token_id
             generated = self.model.generate(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos, do_sample=False)
-            generated = generated.sequences
-            text = self.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
-            right = answer_is_correct(text, sample.target)
-        return right, ids.shape[1], self._facts_in_last_span(sample, total)
+            answer = self.tokenizer.decode(generated.sequences[0, ids.shape[1] :], skip_special_tokens=True)
+        return Reading(answer, ids.shape[1], self._facts_in_last_span(sample, total))
+
+    def answer(self, sample: BabilongSample) -> tuple[bool, int, bool]:
+        reading = self.read(sample)
+        if self.labels is not None:  # a class, matched as the collator matches targets to classes
+            right = self.collate.label_of(reading.answer) == self.collate.label_of(sample.target)
+        else:
+            right = answer_is_correct(reading.answer, sample.target)
+        return right, reading.tokens, reading.facts_in_last_span
 
     def _facts_in_last_span(self, sample: BabilongSample, total: int) -> bool:
         """Whether every supporting fact starts within the last span of the input (all of it if it is shorter). A
