@@ -30,15 +30,14 @@ CLASSIFIER_HEADS = ("classifier", "score")
 
 def has_lora_layers(module: nn.Module) -> bool:
     """Whether `module` holds LoRA adapter layers (checked without importing peft)."""
-    return any(_is_lora_layer(m) for m in module.modules())
+    return any(True for _ in _lora_layers(module))
 
 
 def default_lora_targets(backbone: nn.Module) -> list[str]:
     """Full names of the backbone's linear layers (nn.Linear, or GPT-2's Conv1D) other than its output head."""
     from transformers.pytorch_utils import Conv1D
 
-    output = backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
-    heads = [output, *(getattr(backbone, name, None) for name in CLASSIFIER_HEADS)]
+    heads = [_output_head(backbone), *(getattr(backbone, name, None) for name in CLASSIFIER_HEADS)]
     excluded = {id(m) for head in heads if isinstance(head, nn.Module) for m in head.modules()}
     return [
         name
@@ -71,7 +70,7 @@ def add_lora(
     targets = list(targets) if targets else default_lora_targets(backbone)
     if not targets:
         raise InputError("the backbone has no linear layers to put LoRA adapters on")
-    output = backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
+    output = _output_head(backbone)
     for name, module in backbone.named_modules():
         if module is output and any(name == t or name.endswith("." + t) for t in targets):
             raise InputError(
@@ -123,6 +122,10 @@ def merge_lora(model: nn.Module) -> int:
         if "peft_config" in vars(module):
             del module.peft_config
     return len(layers)
+
+
+def _output_head(backbone: nn.Module) -> nn.Module | None:
+    return backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
 
 
 def _merged_weight(layer: nn.Module) -> torch.Tensor:
