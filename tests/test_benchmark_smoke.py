@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
 from conftest import background_text, strengthen_memory, tiny_decoder, tiny_model_folder
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from benchmarks import diagonal_precision, encoder_memory, language_modeling, long_inputs, mixed_precision, processes
+from benchmarks import (
+    diagonal_precision,
+    encoder_memory,
+    language_modeling,
+    long_document_lm,
+    long_inputs,
+    mixed_precision,
+    processes,
+)
 from benchmarks.babilong_errors import KINDS, classify, kind_of
 from rmt import RMTConfig
 from rmt.build import memory_model
@@ -185,3 +194,83 @@ def test_babilong_errors_sorts_each_answer_and_counts_a_models_answers(tmp_path)
     assert set(counts) == {"fact before the last segment", "fact in the last segment"}
     assert all(list(by_kind) == list(KINDS) for by_kind in counts.values())
     assert sum(sum(by_kind.values()) for by_kind in counts.values()) == 6
+
+
+def _full_pass_nll(backbone, ids: torch.Tensor) -> torch.Tensor:
+    """NLL of tokens 1..n-1 from one forward pass of the backbone over all of `ids`: the oracle below."""
+    logits = backbone(input_ids=ids[None]).logits[0]
+    return torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
+
+
+def test_long_document_lm_scorers_match_full_forward_passes():
+    backbone = tiny_decoder("llama", vocab_size=50, positions=512)
+    ids = torch.randint(0, 50, (70,), generator=torch.Generator().manual_seed(0))
+    # Sliding: targets [32, 48) are read in the window [16, 48), [48, 64) in [32, 64), [64, 70) in [38, 70).
+    sliding = long_document_lm.sliding_nll(backbone, ids, window=32, stride=16)
+    windows = [(16, 48, 16), (32, 64, 16), (38, 70, 6)]
+    expected = torch.cat([_full_pass_nll(backbone, ids[start:end])[-scored:] for start, end, scored in windows])
+    torch.testing.assert_close(sliding, expected, rtol=1e-4, atol=1e-5)
+    # Segments alone: each segment's first token is not scored (NaN), the rest as a pass over that segment.
+    segments = long_document_lm.segment_nll(backbone, ids, segment=32)
+    assert segments.shape == (69,) and segments[31].isnan() and segments[63].isnan()
+    torch.testing.assert_close(segments[:31], _full_pass_nll(backbone, ids[:32]))
+    torch.testing.assert_close(segments[32:63], _full_pass_nll(backbone, ids[32:64]))
+    torch.testing.assert_close(segments[64:], _full_pass_nll(backbone, ids[64:]))
+    # The memory model through stream(), segment by segment: what one forward pass over the document gives.
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=16)).eval()
+    with torch.no_grad():
+        one_pass = model(input_ids=ids[None]).logits[0]
+    oracle = torch.nn.functional.cross_entropy(one_pass[:-1], ids[1:], reduction="none")
+    torch.testing.assert_close(long_document_lm.memory_nll(model, ids), oracle, rtol=1e-4, atol=1e-5)
+
+
+def test_long_document_lm_perplexities():
+    nan = float("nan")
+    losses = [torch.tensor([nan, 1.0, 1.0, 3.0]), torch.tensor([2.0, 2.0, nan, 0.0])]
+    assert long_document_lm.perplexity(losses) == pytest.approx(math.exp(9 / 6))
+    # Target positions 1-5; segments of 3 hold targets 1-2 (losses[:2]) and 3-5 (losses[2:5]).
+    assert long_document_lm.by_segment(losses, 3) == pytest.approx([math.exp(5 / 3), math.exp(4 / 3)])
+    low, high = long_document_lm.bootstrap_interval(losses, resamples=200)
+    assert math.exp(4 / 3) <= low <= math.exp(9 / 6) <= high <= math.exp(5 / 3)
+
+
+def test_long_document_lm_prepare_and_evaluate(tmp_path, monkeypatch):
+    books = [(f"book {i}", background_text(300, seed=i)) for i in range(3)]
+    monkeypatch.setattr(long_document_lm, "default_corpus_texts", lambda: books)
+    base = tiny_model_folder(tmp_path / "base")
+    common = ["--document-tokens", "96", "--held-out", "3", "--threads", "1"]
+    data = tmp_path / "data"
+    assert (
+        long_document_lm.main(["prepare", "--model", str(base), "--train-tokens", "40", *common, "--output", str(data)])
+        == 0
+    )
+    training = [json.loads(line)["text"] for line in (data / "train.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    blocks = long_document_lm.corpus_blocks(tokenizer, 96)
+    held_out, _ = long_document_lm.split_blocks(blocks, 3, seed=0)
+    held_out_text = {tokenizer.decode(block) for block in held_out}
+    assert training and all(len(tokenizer(text)["input_ids"]) >= 40 for text in training)
+    assert not any(text in document for text in training for document in held_out_text)
+
+    backbone = AutoModelForCausalLM.from_pretrained(base)
+    folder = tmp_path / "memory-model"
+    save_memory_model(memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=32)), folder, progress=False)
+    out = tmp_path / "results"
+    args = ["evaluate", str(folder), "--base-model", str(base), "--documents", "2", "--window", "64", "--stride", "16"]
+    assert long_document_lm.main([*args, *common, "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == set(long_document_lm.METHODS)
+    for method, entry in results["methods"].items():
+        assert 1 < entry["perplexity_beyond_window"] < 200 and len(entry["document_nll_beyond_window"]) == 2
+        assert entry["interval_95"][0] <= entry["perplexity_beyond_window"] <= entry["interval_95"][1]
+        assert (entry["perplexity_by_segment"] is None) == (method == "sliding")
+    # The memory model's backbone is the base model here: without memory it reads the segments as `segments` does.
+    by_segment = {m: results["methods"][m]["perplexity_by_segment"] for m in ("segments", "memory_off")}
+    assert len(by_segment["segments"]) == 3 and by_segment["segments"] == by_segment["memory_off"]
+    assert "| sliding |" in (out / "results.md").read_text()
+    # A second process adds its methods to the folder; one with other settings is refused before it scores anything.
+    (out / "results.json").write_text(json.dumps({**results, "methods": {}}))
+    assert long_document_lm.main([*args, *common, "--methods", "memory", "--output", str(out)]) == 0
+    assert set(json.loads((out / "results.json").read_text())["methods"]) == {"memory"}
+    with pytest.raises(SystemExit, match="other settings \\(stride\\)"):
+        long_document_lm.main([*args[:-1], "32", *common, "--output", str(out)])

