@@ -46,6 +46,7 @@ from rmt.build import pretrained_backbone, pretrained_tokenizer
 from rmt.data.haystack import default_corpus_texts
 
 METHODS = ("sliding", "segments", "memory", "memory_off")
+PAIRS = (("memory", "memory_off"), ("memory", "sliding"), ("memory_off", "segments"), ("segments", "sliding"))
 
 
 def corpus_blocks(tokenizer, block_tokens: int) -> list[list[int]]:
@@ -248,6 +249,21 @@ def check_settings(path: Path, settings: dict) -> dict:
     return results
 
 
+def paired_ratio(methods: dict, first: str, second: str, resamples: int = 2000) -> tuple[float, tuple[float, float]]:
+    """Perplexity of `first` over that of `second` beyond the window, with its 95% bootstrap interval resampling the
+    documents jointly (document perplexities vary far more than the methods do, so pairing narrows the interval).
+    Every document weighs the same: they hold the same number of scored tokens, up to the segment methods' unscored
+    first token of a segment."""
+    a = torch.tensor(methods[first]["document_nll_beyond_window"], dtype=torch.float64)
+    b = torch.tensor(methods[second]["document_nll_beyond_window"], dtype=torch.float64)
+    picks = torch.randint(len(a), (resamples, len(a)), generator=torch.Generator().manual_seed(0))
+    ratios = (a[picks] - b[picks]).mean(1).exp().sort().values
+    return (a - b).mean().exp().item(), (
+        ratios[int(0.025 * resamples)].item(),
+        ratios[int(0.975 * resamples) - 1].item(),
+    )
+
+
 def format_table(results: dict) -> str:
     settings = results["settings"]
     lines = [
@@ -261,6 +277,12 @@ def format_table(results: dict) -> str:
         low, high = entry["interval_95"]
         ppl, per_document = entry["perplexity_beyond_window"], entry["seconds_per_document"]
         lines.append(f"| {method} | {ppl:.2f} [{low:.2f}, {high:.2f}] | {per_document:.0f} |")
+    pairs = [(a, b) for a, b in PAIRS if a in results["methods"] and b in results["methods"]]
+    if pairs:
+        lines += ["", "Paired on the same documents (ratio of perplexities; below 1: the first is better):", ""]
+        for first, second in pairs:
+            ratio, (low, high) = paired_ratio(results["methods"], first, second)
+            lines.append(f"- {first} / {second}: {ratio:.3f} [{low:.3f}, {high:.3f}]")
     segmented = {m: e["perplexity_by_segment"] for m, e in results["methods"].items() if e["perplexity_by_segment"]}
     if segmented:
         count = max(len(values) for values in segmented.values())

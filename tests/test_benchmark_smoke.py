@@ -232,6 +232,13 @@ def test_long_document_lm_perplexities():
     assert long_document_lm.by_segment(losses, 3) == pytest.approx([math.exp(5 / 3), math.exp(4 / 3)])
     low, high = long_document_lm.bootstrap_interval(losses, resamples=200)
     assert math.exp(4 / 3) <= low <= math.exp(9 / 6) <= high <= math.exp(5 / 3)
+    # Paired: the first method is 0.1 nats better on every document but one, where it is 0.3 worse.
+    methods = {
+        "a": {"document_nll_beyond_window": [2.9, 3.4, 2.5, 3.3]},
+        "b": {"document_nll_beyond_window": [3.0, 3.5, 2.6, 3.0]},
+    }
+    ratio, (low, high) = long_document_lm.paired_ratio(methods, "a", "b")
+    assert ratio == pytest.approx(1.0) and math.exp(-0.1) <= low < 1 < high <= math.exp(0.3)
 
 
 def test_long_document_lm_prepare_and_evaluate(tmp_path, monkeypatch):
