@@ -210,11 +210,14 @@ def grid() -> list[Cell]:
 CACHE_KINDS = ("trxl", "memtrxl")  # the kinds with a Transformer-XL cache
 
 
-def rmt_config(kind: str, segment_size: int, memory_tokens: int, xl_recompute: bool = False) -> RMTConfig:
-    """The RMTConfig of a model kind (one segment of cache for the Tr-XL kinds; with `xl_recompute` the cache's
-    keys/values are recomputed from cached layer inputs, the original Transformer-XL's gradients)."""
+def rmt_config(
+    kind: str, segment_size: int, memory_tokens: int, xl_recompute: bool = False, xl_cache_segments: int = 1
+) -> RMTConfig:
+    """The RMTConfig of a model kind (`xl_cache_segments` segments of cache for the Tr-XL kinds, one in the paper;
+    with `xl_recompute` the cache's keys/values are recomputed from cached layer inputs, the original
+    Transformer-XL's gradients)."""
     memory = 0 if kind in ("no_memory", "trxl") else memory_tokens
-    cache = segment_size if kind in CACHE_KINDS else 0
+    cache = segment_size * xl_cache_segments if kind in CACHE_KINDS else 0
     return RMTConfig(
         num_memory_tokens=memory,
         segment_size=segment_size,
@@ -380,6 +383,7 @@ def settings_differing(
     init_backbone: Any,
     init_model: Any = None,
     xl_recompute: bool = False,
+    xl_cache_segments: int = 1,
 ) -> list[str]:
     """The settings in which a recorded cell differs from the run `overrides` would make (--resume skips a recorded
     cell only when this is empty)."""
@@ -394,6 +398,10 @@ def settings_differing(
         "xl_cache_recompute": (  # records made before the option existed used the stored keys/values
             record["rmt_config"].get("xl_cache_recompute", False),
             xl_recompute and cell.kind in CACHE_KINDS,
+        ),
+        "xl_cache_tokens": (
+            record["rmt_config"].get("xl_cache_tokens", 0),
+            record["rmt_config"]["segment_size"] * xl_cache_segments if cell.kind in CACHE_KINDS else 0,
         ),
     }
     for name, folder in (("init_backbone", init_backbone), ("init_model", init_model)):
@@ -429,6 +437,7 @@ def run_cell(
     resume: bool = False,
     init_model: Path | None = None,
     xl_recompute: bool = False,
+    xl_cache_segments: int = 1,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train and evaluate one cell; returns its results record. `overrides` replace fields of the task's setup
@@ -437,7 +446,9 @@ def run_cell(
     `init_model`: a saved model of the cell's own kind that the cell starts from whole, memory parameters included,
     to train it further. `resume`: continue the cell's training from the checkpoint an interrupted run of it left in
     its folder. `xl_recompute`: the Transformer-XL kinds recompute their cache's keys/values from cached layer
-    inputs (RMTConfig.xl_cache_recompute)."""
+    inputs (RMTConfig.xl_cache_recompute). `xl_cache_segments`: their cache holds this many segments (the paper: 1)."""
+    if xl_cache_segments < 1:
+        raise InputError(f"--xl-cache-segments must be >= 1, got {xl_cache_segments}")
     if init_backbone is not None and init_model is not None:
         raise InputError("--init-backbone and --init-model both name a start; give one of them")
     torch.manual_seed(seed)
@@ -447,7 +458,7 @@ def run_cell(
     task = setup.make(cell.segments)
     segment_size = task.segment_size_for(cell.segments)
     memory_tokens = setup.memory_tokens(segment_size)
-    config = rmt_config(cell.kind, segment_size, memory_tokens, xl_recompute)
+    config = rmt_config(cell.kind, segment_size, memory_tokens, xl_recompute, xl_cache_segments)
     warmup_length = setup.pretraining.make(task).sequence_length if setup.pretraining else 0
     model = build_model(setup, config, task.vocab_size, seed, min_positions=warmup_length)
     cell_dir = cell_folder(output_dir, cell)
@@ -658,6 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recomputed from cached layer inputs, so the key/value projections also learn from attention to the cache "
         "(RMTConfig.xl_cache_recompute; default: a cache of detached keys/values)",
     )
+    parser.add_argument(
+        "--xl-cache-segments",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Transformer-XL kinds: the cache holds the last N segments (default: %(default)s, as in the paper)",
+    )
     parser.add_argument("--fresh", action="store_true", help="drop earlier results in OUTPUT/results.json")
     parser.add_argument(
         "--resume",
@@ -718,7 +736,13 @@ def main(argv: list[str] | None = None) -> int:
             key = cell.key if args.seed == 0 else f"{cell.key}@{args.seed}"
             if key in recorded:
                 differing = settings_differing(
-                    recorded[key], cell, overrides, args.init_backbone, args.init_model, args.xl_recompute
+                    recorded[key],
+                    cell,
+                    overrides,
+                    args.init_backbone,
+                    args.init_model,
+                    args.xl_recompute,
+                    args.xl_cache_segments,
                 )
                 if differing:
                     raise SystemExit(
@@ -736,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.resume,
                 init_model=args.init_model,
                 xl_recompute=args.xl_recompute,
+                xl_cache_segments=args.xl_cache_segments,
                 **overrides,
             )
             # After every cell, so an interrupted grid keeps what it finished (plots once, at the end: slow).

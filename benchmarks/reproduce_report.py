@@ -103,7 +103,7 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
             f"(paper: {setup.paper_model}); {_used(ran.values(), 'steps', setup.steps)} steps of batch "
             f"{setup.batch_size}, AdamW lr {_used(ran.values(), 'learning_rate', setup.learning_rate)}; "
             f"memory size = {setup.memory_note}; "
-            "Tr-XL cache = one segment"
+            + _cache_length_text(ran.values())
             + _cache_text(ran.values())
             + "."
             + _pretraining_text(setup, ran.values())
@@ -205,6 +205,15 @@ def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> st
         f"({pretraining.steps} steps of batch {pretraining.batch_size}, lr {pretraining.learning_rate}{after}); "
         "all kinds start from it."
     )
+
+
+def _cache_length_text(records: Iterable[dict[str, Any]]) -> str:
+    """How many segments the Tr-XL cells' caches held (one, as in the paper, unless --xl-cache-segments said more)."""
+    configs = [r.get("rmt_config", {}) for r in records]
+    lengths = sorted({c["xl_cache_tokens"] // c["segment_size"] for c in configs if c.get("xl_cache_tokens")})
+    if lengths in ([], [1]):
+        return "Tr-XL cache = one segment"
+    return "Tr-XL cache = " + " or ".join(str(n) for n in lengths) + " segments"
 
 
 def _cache_text(records: Iterable[dict[str, Any]]) -> str:

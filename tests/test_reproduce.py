@@ -17,6 +17,7 @@ import torch
 
 from benchmarks import reproduce, reproduce_report
 from rmt.data.tasks import IGNORE_INDEX
+from rmt.errors import InputError
 from rmt.train.loop import TaskSource
 
 # Copied by hand from the paper (Bulatov, Kuratov, Burtsev, "Recurrent Memory Transformer", NeurIPS 2022,
@@ -350,3 +351,20 @@ def test_xl_recompute_is_a_setting_of_the_transformer_xl_cells(tmp_path, monkeyp
         reproduce.settings_differing(rmt_record, rmt_cell, {"steps": 1, "eval_samples": 8}, None, xl_recompute=True)
         == []
     )
+
+
+def test_xl_cache_segments_is_a_setting_of_the_transformer_xl_cells(tmp_path):
+    """--xl-cache-segments sets the Tr-XL cache's length in segments; --resume tells cache lengths apart."""
+    cell = reproduce.Cell("copy", 3, "trxl")
+    record = reproduce.run_cell(cell, tmp_path, progress=False, xl_cache_segments=2, steps=2, eval_samples=8)
+    segment = record["rmt_config"]["segment_size"]
+    assert record["rmt_config"]["xl_cache_tokens"] == 2 * segment
+    overrides = {"steps": 2, "eval_samples": 8}
+    assert reproduce.settings_differing(record, cell, overrides, None, xl_cache_segments=2) == []
+    assert reproduce.settings_differing(record, cell, overrides, None) == ["xl_cache_tokens"]
+    report = {"cells": {cell.key: record}}
+    reproduce_report.write_report(report, tmp_path, reproduce.TASKS, reproduce.EXTRAPOLATION, plots=False)
+    assert "Tr-XL cache = 2 segments" in (tmp_path / "results.md").read_text()
+    assert reproduce.rmt_config("rmt", segment, 4, xl_cache_segments=3).xl_cache_tokens == 0
+    with pytest.raises(InputError, match="--xl-cache-segments must be >= 1"):
+        reproduce.run_cell(cell, tmp_path, progress=False, xl_cache_segments=0, steps=1)
