@@ -84,7 +84,7 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def summed_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def token_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihoods [n] of `targets` [n] from hidden states [n, D] through the output head."""
     return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
@@ -101,7 +101,7 @@ def sliding_nll(backbone, ids: torch.Tensor, window: int, stride: int) -> torch.
         hidden = backbone.base_model(input_ids=ids[start:end][None]).last_hidden_state[0]
         # Position p's hidden state predicts token p + 1.
         losses.append(
-            summed_nll(backbone.get_output_embeddings(), hidden[begin - 1 - start : end - 1 - start], ids[begin:end])
+            token_nll(backbone.get_output_embeddings(), hidden[begin - 1 - start : end - 1 - start], ids[begin:end])
         )
     return torch.cat(losses)
 
@@ -116,8 +116,8 @@ def segment_nll(backbone, ids: torch.Tensor, segment: int) -> torch.Tensor:
         hidden = backbone.base_model(input_ids=chunk[None]).last_hidden_state[0]
         if start:
             losses.append(torch.full((1,), float("nan")))
-        losses.append(summed_nll(backbone.get_output_embeddings(), hidden[:-1], chunk[1:]))
-    return torch.cat(losses)[: ids.shape[0]][1:]
+        losses.append(token_nll(backbone.get_output_embeddings(), hidden[:-1], chunk[1:]))
+    return torch.cat(losses)[1:]
 
 
 @torch.no_grad()
@@ -169,7 +169,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
     if args.window >= args.document_tokens:
         raise SystemExit(f"--window ({args.window}) must be shorter than the documents ({args.document_tokens})")
+    if not 0 < args.documents <= args.held_out:
+        raise SystemExit(f"--documents must be between 1 and --held-out ({args.held_out}), got {args.documents}")
+    if not (args.model / MEMORY_CONFIG).is_file():
+        raise SystemExit(f"{args.model} is not a saved memory model (no {MEMORY_CONFIG} in it)")
     config = RMTConfig.load(args.model / MEMORY_CONFIG)
+    if config.mode != "decoder":
+        raise SystemExit(f"{args.model} is a {config.mode} model; perplexity needs a causal LM (mode decoder)")
     segment = config.segment_size
     tokenizer = pretrained_tokenizer(args.base_model)
     documents, _ = split_blocks(corpus_blocks(tokenizer, args.document_tokens), args.held_out, args.seed)

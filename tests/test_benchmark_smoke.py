@@ -281,3 +281,12 @@ def test_long_document_lm_prepare_and_evaluate(tmp_path, monkeypatch):
     assert set(json.loads((out / "results.json").read_text())["methods"]) == {"memory"}
     with pytest.raises(SystemExit, match="other settings \\(stride\\)"):
         long_document_lm.main([*args[:-1], "32", *common, "--output", str(out)])
+    refusals = {
+        "is not a saved memory model": ["evaluate", str(base), *args[2:]],
+        "--documents must be between 1 and --held-out \\(3\\)": [*args[:5], "4", *args[6:]],
+        "--window \\(96\\) must be shorter": [*args[:7], "96", *args[8:]],
+    }
+    for message, argv in refusals.items():
+        with pytest.raises(SystemExit, match=message):
+            long_document_lm.main([*argv, *common, "--output", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
