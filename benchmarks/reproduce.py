@@ -18,6 +18,7 @@ on held-out samples. Model kinds, all the same `RMTForCausalLM` with a different
     trxl             Transformer-XL, one-segment cache  (num_memory_tokens=0, xl_cache_tokens=T)
     memtrxl          memory tokens + that cache         (num_memory_tokens=M, xl_cache_tokens=T)
     memory_at_start  read slots only, no write slots    (read_memory_only=True): the paper's control
+(T = one segment, as in the paper; --xl-cache-segments N makes it N segments.)
 Tasks (rmt.data.tasks, the paper's formats): copy-24, reverse-24, associative retrieval (4 pairs; 4 PAD tokens in
 front for 5 segments, since 11 tokens cannot be cut into 5 equal segments), quadratic equations (step-by-step solution,
 exact match), and detect-and-memorize for extrapolation: trained with a curriculum up to N segments, evaluated at
