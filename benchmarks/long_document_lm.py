@@ -110,14 +110,13 @@ def sliding_nll(backbone, ids: torch.Tensor, window: int, stride: int) -> torch.
 def segment_nll(backbone, ids: torch.Tensor, segment: int) -> torch.Tensor:
     """NLL of tokens 1..n-1 with the backbone reading each segment alone (a segment's first token is predicted from
     nothing and is not scored; its loss is NaN so positions stay aligned)."""
-    losses = [torch.full((1,), float("nan"))]
+    losses = torch.full((ids.shape[0] - 1,), float("nan"))
     for start in range(0, ids.shape[0], segment):
         chunk = ids[start : start + segment]
         hidden = backbone.base_model(input_ids=chunk[None]).last_hidden_state[0]
-        if start:
-            losses.append(torch.full((1,), float("nan")))
-        losses.append(token_nll(backbone.get_output_embeddings(), hidden[:-1], chunk[1:]))
-    return torch.cat(losses)[1:]
+        # losses[j] is target j + 1: this segment's targets are start + 1 .. start + len(chunk) - 1.
+        losses[start : start + chunk.shape[0] - 1] = token_nll(backbone.get_output_embeddings(), hidden[:-1], chunk[1:])
+    return losses
 
 
 @torch.no_grad()
@@ -146,10 +145,19 @@ def bootstrap_interval(losses: list[torch.Tensor], resamples: int = 2000, seed: 
     """95% interval of the pooled perplexity, resampling documents with replacement."""
     sums = torch.tensor([loss[~loss.isnan()].double().sum().item() for loss in losses])
     counts = torch.tensor([float((~loss.isnan()).sum().item()) for loss in losses])
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(losses), (resamples, len(losses)), generator=generator)
-    values = (sums[picks].sum(1) / counts[picks].sum(1)).exp().sort().values
-    return values[int(0.025 * resamples)].item(), values[int(0.975 * resamples) - 1].item()
+    picks = _resampled_documents(len(losses), resamples, seed)
+    return _middle_95((sums[picks].sum(1) / counts[picks].sum(1)).exp())
+
+
+def _resampled_documents(count: int, resamples: int, seed: int) -> torch.Tensor:
+    """[resamples, count] document indices drawn with replacement (a seeded bootstrap)."""
+    return torch.randint(count, (resamples, count), generator=torch.Generator().manual_seed(seed))
+
+
+def _middle_95(values: torch.Tensor) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of bootstrap statistics."""
+    ordered = values.sort().values
+    return ordered[int(0.025 * len(ordered))].item(), ordered[int(0.975 * len(ordered)) - 1].item()
 
 
 def by_segment(losses: list[torch.Tensor], segment: int) -> list[float]:
@@ -262,12 +270,8 @@ def paired_ratio(methods: dict, first: str, second: str, resamples: int = 2000) 
     first token of a segment."""
     a = torch.tensor(methods[first]["document_nll_beyond_window"], dtype=torch.float64)
     b = torch.tensor(methods[second]["document_nll_beyond_window"], dtype=torch.float64)
-    picks = torch.randint(len(a), (resamples, len(a)), generator=torch.Generator().manual_seed(0))
-    ratios = (a[picks] - b[picks]).mean(1).exp().sort().values
-    return (a - b).mean().exp().item(), (
-        ratios[int(0.025 * resamples)].item(),
-        ratios[int(0.975 * resamples) - 1].item(),
-    )
+    picks = _resampled_documents(len(a), resamples, seed=0)
+    return (a - b).mean().exp().item(), _middle_95((a[picks] - b[picks]).mean(1).exp())
 
 
 def format_table(results: dict) -> str:

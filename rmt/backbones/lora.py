@@ -30,7 +30,7 @@ CLASSIFIER_HEADS = ("classifier", "score")
 
 def has_lora_layers(module: nn.Module) -> bool:
     """Whether `module` holds LoRA adapter layers (checked without importing peft)."""
-    return any(True for _ in _lora_layers(module))
+    return next(_lora_layers(module), None) is not None
 
 
 def default_lora_targets(backbone: nn.Module) -> list[str]:
