@@ -23,6 +23,7 @@ LossAggregation = Literal["tokens", "segments", "last_segment"]
 MemoryKind = Literal["rmt", "armt"]
 EncoderMemoryInput = Literal["after_embeddings", "embedding_layer"]
 EncoderMemoryInit = Literal["token_embeddings", "embedding_output"]
+MemoryWriteScale = Literal["hidden", "token_embeddings"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("decoder", "encoder"),
@@ -32,6 +33,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "memory_kind": ("rmt", "armt"),
     "encoder_memory_input": ("after_embeddings", "embedding_layer"),
     "encoder_memory_init": ("token_embeddings", "embedding_output"),
+    "memory_write_scale": ("hidden", "token_embeddings"),
 }
 
 
@@ -130,6 +132,17 @@ class RMTConfig:
             "the cache per layer per segment and the hidden states in the state."
         ),
     )
+    memory_write_scale: MemoryWriteScale = field(
+        default="hidden",
+        metadata=_doc(
+            "Decoder RMT only: the scale of the memory a segment writes. 'hidden' = the backbone's last hidden "
+            "states at the write slots as they are (the RMT paper); 'token_embeddings' = those vectors "
+            "RMS-normalised, times a learned per-channel gain that starts at the token embeddings' standard "
+            "deviation, so the memory enters the next segment on the scale of the tokens beside it (a pretrained "
+            "decoder's final norm can make its last hidden states an order of magnitude larger than its "
+            "embeddings)."
+        ),
+    )
     encoder_memory_input: EncoderMemoryInput = field(
         default="after_embeddings",
         metadata=_doc(
@@ -196,7 +209,7 @@ class RMTConfig:
         """Warn about fields set away from their defaults that the chosen mode or memory kind ignores."""
         unused = []
         if self.memory_kind == "armt" or self.mode == "encoder":
-            unused += ["write_init", "memory_positions"]
+            unused += ["write_init", "memory_positions", "memory_write_scale"]
         if self.mode == "decoder":
             unused += ["encoder_memory_input", "encoder_memory_init"]
         if self.memory_kind == "rmt":

@@ -20,7 +20,7 @@ def trained_like(model: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
 def test_decoder_round_trip_is_identical(tmp_path, family):
-    config = RMTConfig(num_memory_tokens=3, segment_size=5, write_init="learned")
+    config = RMTConfig(num_memory_tokens=3, segment_size=5, write_init="learned", memory_write_scale="token_embeddings")
     model = trained_like(RMTForCausalLM(tiny_decoder(family), config))
     ids = torch.randint(0, 64, (2, 13))
     model.save_pretrained(tmp_path / "ckpt")

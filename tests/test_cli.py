@@ -48,6 +48,7 @@ def test_every_memory_flag_reaches_the_model_config():
         "xl_cache_recompute": ["--xl-cache-tokens", "4", "--xl-cache-recompute"],
         "encoder_memory_input": ["--encoder-memory-input", "embedding_layer"],
         "encoder_memory_init": ["--encoder-memory-init", "embedding_output"],
+        "memory_write_scale": ["--memory-write-scale", "token_embeddings"],
     }
     assert set(non_default) == {f.name for f in dataclasses.fields(RMTConfig)} - set(MEMORY_SKIP)  # new fields too
     parser = build_parser()

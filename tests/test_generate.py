@@ -34,6 +34,7 @@ def reference_greedy(model: RMTForCausalLM, prompt: torch.Tensor, steps: int) ->
 CONFIGS = {
     "rmt": {},
     "rmt-shared-learned": {"memory_positions": "shared", "write_init": "learned"},
+    "rmt-rescaled": {"memory_write_scale": "token_embeddings"},
     "no-memory": {"num_memory_tokens": 0},
     "trxl": {"num_memory_tokens": 0, "xl_cache_tokens": 4},
     "memtrxl": {"xl_cache_tokens": 7},

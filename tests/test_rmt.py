@@ -90,6 +90,28 @@ def test_encoder_initial_memory_scale():
     torch.testing.assert_close(a / a.std(), b / b.std())
 
 
+def test_decoder_memory_written_at_the_token_embeddings_scale(decoder_family):
+    """memory_write_scale='token_embeddings': the written memory is the last hidden states at the write slots,
+    RMS-normalised and multiplied by a learned gain that starts at the token embeddings' std; the gain trains."""
+    ids = random_ids(2, 6)  # one segment: both models read the same initial memory, so their hidden states agree
+    with torch.no_grad():
+        hidden = decoder(decoder_family)(ids).memory_state  # 'hidden': the last hidden states as they are
+        scaled = decoder(decoder_family, memory_write_scale="token_embeddings")
+        written = scaled(ids).memory_state
+    std = float(scaled.backbone.get_input_embeddings().weight.detach().std())
+    expected = hidden / hidden.pow(2).mean(dim=-1, keepdim=True).sqrt() * std
+    torch.testing.assert_close(written, expected, rtol=1e-4, atol=1e-6)
+    rms = written.pow(2).mean(dim=-1).sqrt()
+    torch.testing.assert_close(rms, torch.full_like(rms, std), rtol=1e-3, atol=0)
+    # only the direction of what the backbone writes counts: a final norm 40 times larger writes the same memory
+    torch.testing.assert_close(scaled.written_memory(hidden * 40.0), expected, rtol=1e-4, atol=1e-6)
+    scaled(random_ids(2, 18), labels=random_ids(2, 18, seed=1)).loss.backward()
+    assert float(scaled.memory_write_gain.grad.abs().sum()) > 0
+    assert "memory_write_gain" in scaled.memory_state_dict()
+    with pytest.warns(UserWarning, match="memory_write_scale='token_embeddings' has no effect"):
+        RMTConfig(memory_kind="armt", memory_write_scale="token_embeddings")
+
+
 @pytest.mark.parametrize("memory_tokens", [4, 0])
 def test_perturbing_segment_1_reaches_segment_3_only_through_memory(decoder_family, memory_tokens):
     model = decoder(decoder_family, num_memory_tokens=memory_tokens)

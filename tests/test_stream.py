@@ -20,7 +20,9 @@ def decoder(kind: str, family: str = "llama"):
     if kind == "armt":
         config = RMTConfig(memory_kind="armt", num_memory_tokens=3, segment_size=5, d_mem=8)
         return strengthen_memory(ARMTForCausalLM(tiny_decoder(family), config)).eval()
-    extra = {"xl_cache_tokens": 4} if kind == "memtrxl" else {}
+    extra = {"memtrxl": {"xl_cache_tokens": 4}, "rmt-rescaled": {"memory_write_scale": "token_embeddings"}}.get(
+        kind, {}
+    )
     return RMTForCausalLM(tiny_decoder(family), RMTConfig(num_memory_tokens=3, segment_size=5, **extra)).eval()
 
 
@@ -38,7 +40,7 @@ def assert_states_close(a, b) -> None:
     tree_map(lambda x, y: torch.testing.assert_close(x.float(), y.float(), atol=ATOL, rtol=1e-4) or x, a, b)
 
 
-@pytest.mark.parametrize("kind", ["rmt", "memtrxl", "armt"])
+@pytest.mark.parametrize("kind", ["rmt", "memtrxl", "rmt-rescaled", "armt"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_chunkings_equal_one_pass(kind, seed):
     model = decoder(kind)

@@ -3,10 +3,11 @@
 Decoder (causal LM), per segment:  inputs_embeds = [read memory (M) | segment tokens (T) | write slots (M)]
     The read slots hold the current memory; the write slots hold the same memory (RMT paper) or a learned
     write embedding. With the plain causal mask, tokens see the read memory and the write slots see everything.
-    The new memory is the backbone's last hidden states at the write positions; logits come from token
-    positions only. Optional Transformer-XL cache (`xl_cache_tokens`): every layer also attends to the detached
-    keys/values of the last tokens of the previous segment(s), through the `cache` argument (Tr-XL without memory
-    tokens, MemTrXL with them; details in `RMTForCausalLM`).
+    The new memory is the backbone's last hidden states at the write positions (as they are, or brought to the
+    token embeddings' scale: `RMTConfig.memory_write_scale`); logits come from token positions only. Optional
+    Transformer-XL cache (`xl_cache_tokens`): every layer also attends to the detached keys/values of the last
+    tokens of the previous segment(s), through the `cache` argument (Tr-XL without memory tokens, MemTrXL with
+    them; details in `RMTForCausalLM`).
 Encoder (sequence classification), per segment:  [CLS] [memory (M)] [SEP] segment [SEP] [PAD...]
     Bidirectional; the new memory is the last hidden states at the memory positions; class logits from the
     backbone's own head on each sample's last segment. The memory enters after the embedding layer, or through it
@@ -114,6 +115,11 @@ class RMTForCausalLM(RecurrentMemoryModel):
         self.write_memory = (
             _memory_parameter(backbone, m) if m > 0 and config.write_init == "learned" and writes else None
         )
+        self.memory_write_gain = None
+        if m > 0 and writes and config.memory_write_scale == "token_embeddings":
+            embeddings = backbone.get_input_embeddings().weight
+            std = float(embeddings.detach().float().std())
+            self.memory_write_gain = nn.Parameter(torch.full((embeddings.shape[1],), std, dtype=embeddings.dtype))
         # With the cache, positions grow with the input: a learned position table bounds the input length.
         self._position_limit = max_positions(backbone) if kind in _LEARNED_POSITIONS else None
 
@@ -156,7 +162,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
         )
         hidden = out.last_hidden_state  # [b, M + t + writes, D]
         memory = state[0] if self.cache_tokens else state
-        new_memory = hidden[:, m + t :] if writes else memory
+        new_memory = self.written_memory(hidden[:, m + t :]) if writes else memory
         if not self.cache_tokens:
             return hidden[:, m : m + t], new_memory
         layer_inputs = None
@@ -169,6 +175,15 @@ class RMTForCausalLM(RecurrentMemoryModel):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.backbone.get_output_embeddings()(hidden)
+
+    def written_memory(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The next memory [b, M, D] from the last hidden states at the write slots: as they are, or with
+        `memory_write_scale='token_embeddings'` each vector RMS-normalised (in fp32, so bf16 keeps its precision)
+        and scaled by the learned per-channel gain."""
+        if self.memory_write_gain is None:
+            return hidden
+        normalised = hidden.float() * torch.rsqrt(hidden.float().pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        return normalised.to(hidden.dtype) * self.memory_write_gain
 
     # --- the open segment of a stream (rmt.memory.stream) ------------------------------------------------------
     def open_cache(self, state: State) -> OpenCache:
