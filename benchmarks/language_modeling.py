@@ -12,7 +12,8 @@ into documents of --document-bytes bytes; 2% of the documents (seeded) are held 
 Models (the same random Llama-architecture backbone, --layers x --hidden; segments of --segment-size bytes, the
 paper's enwik8 setting by default): `baseline` (no memory, each segment alone), `trxl` (cache of --memory previous
 tokens; with --xl-recompute its keys/values are recomputed from the cached layer inputs, the original
-Transformer-XL's gradients), `rmt` (--memory memory tokens, BPTT depth --bptt), `trxl+rmt` (both). Each trains
+Transformer-XL's gradients), `rmt` (--memory memory tokens, BPTT depth --bptt; --memory-write-scale
+token_embeddings writes the memory at the token embeddings' scale), `trxl+rmt` (both). Each trains
 --steps steps of --batch-size documents (bf16 autocast with --bf16), then is scored on the held-out documents: bpb
 overall and by the position of the segment in its document (memory helps later segments). Writes results.json,
 results.md and bpb_by_segment.png to --output; the table sits next to the paper's numbers for orientation
@@ -92,6 +93,7 @@ def config_of(kind: str, args: argparse.Namespace) -> RMTConfig:
         xl_cache_tokens=cache,
         xl_cache_recompute=args.xl_recompute and cache > 0,
         bptt_depth=depth,
+        memory_write_scale=args.memory_write_scale if memory else "hidden",
     )
 
 
@@ -147,7 +149,7 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
 # What may differ between processes filling one output folder: which kinds each trains, how, and where the folder is.
 NOT_COMPARED = ("kinds", "threads", "no_progress", "output")
 # Settings added after runs were committed, with the value those runs had: an older results.json still compares.
-ADDED_SETTINGS = {"xl_recompute": False}
+ADDED_SETTINGS = {"xl_recompute": False, "memory_write_scale": "hidden"}
 
 
 def comparable_settings(settings: dict) -> dict:
@@ -226,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         "--xl-recompute",
         action="store_true",
         help="Transformer-XL caches recompute keys/values from cached layer inputs (RMTConfig.xl_cache_recompute)",
+    )
+    parser.add_argument(
+        "--memory-write-scale",
+        choices=("hidden", "token_embeddings"),
+        default="hidden",
+        help="scale of the memory RMT writes (RMTConfig.memory_write_scale)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
