@@ -53,6 +53,21 @@ def test_memory_of_another_model_is_refused(tmp_path):
         save_memory(model, torch.zeros(1, 3, 4), tmp_path / "b.memory")
 
 
+def test_memory_files_from_before_a_config_field_was_added_still_load():
+    """The config fingerprint of a model with default settings is the one rmt wrote before `memory_write_scale`
+    existed (computed with that version), so memory files saved then still load; the new setting changes it."""
+    from rmt.build import random_backbone
+    from rmt.memory.memory_file import config_fingerprint
+
+    def model(**extra) -> RMTForCausalLM:
+        backbone = random_backbone("llama", 64, 2, 32, 4, 128, seed=0)
+        return RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=3, segment_size=5, **extra))
+
+    before = "e4fa90ac959db30502e727b81d7211faabc85ac522750051f36193e528fe4d8a"
+    assert config_fingerprint(model()) == before
+    assert config_fingerprint(model(memory_write_scale="token_embeddings")) != before
+
+
 def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, capsys):
     folder = tiny_model_folder(tmp_path / "backbone", "llama")
     model = RMTForCausalLM(pretrained_backbone(str(folder)), RMTConfig(num_memory_tokens=2, segment_size=8))

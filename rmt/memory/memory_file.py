@@ -39,12 +39,19 @@ if TYPE_CHECKING:
 FORMAT = "rmt-memory-1"
 _BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 _SAMPLE_ROWS = 64  # rows of the embedding matrix hashed into the weights fingerprint
+# RMTConfig fields added after memory files were first written, with the value every older file's model had: left
+# out of the config fingerprint at that value, so the older files still load.
+_FIELDS_ADDED_LATER = {"memory_write_scale": "hidden"}
 
 
 def config_fingerprint(model: MemoryModel) -> str:
     """sha256 of the model's RMTConfig and backbone shape."""
     backbone = {key: getattr(model.backbone.config, key, None) for key in _BACKBONE_KEYS}
-    text = json.dumps({"rmt": model.config.to_dict(), "backbone": backbone}, sort_keys=True)
+    rmt = model.config.to_dict()
+    for name, value in _FIELDS_ADDED_LATER.items():
+        if rmt.get(name) == value:
+            del rmt[name]
+    text = json.dumps({"rmt": rmt, "backbone": backbone}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
