@@ -15,14 +15,15 @@ from rmt.memory.state import tree_map
 ATOL = 1e-5
 
 
+RMT_VARIANTS = {"memtrxl": {"xl_cache_tokens": 4}, "rmt-rescaled": {"memory_write_scale": "token_embeddings"}}
+
+
 def decoder(kind: str, family: str = "llama"):
     torch.manual_seed(0)
     if kind == "armt":
         config = RMTConfig(memory_kind="armt", num_memory_tokens=3, segment_size=5, d_mem=8)
         return strengthen_memory(ARMTForCausalLM(tiny_decoder(family), config)).eval()
-    extra = {"memtrxl": {"xl_cache_tokens": 4}, "rmt-rescaled": {"memory_write_scale": "token_embeddings"}}.get(
-        kind, {}
-    )
+    extra = RMT_VARIANTS.get(kind, {})
     return RMTForCausalLM(tiny_decoder(family), RMTConfig(num_memory_tokens=3, segment_size=5, **extra)).eval()
 
 
