@@ -28,8 +28,6 @@ from rmt.data.babilong import BabilongSample, answer_labels
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.segments import closed_length
 
-RESCALED = ["--memory-write-scale", "token_embeddings"]
-
 
 def test_language_modeling_smoke(tmp_path, monkeypatch):
     books = [("book one", background_text(800, seed=1)), ("book two", background_text(800, seed=2))]
@@ -62,7 +60,8 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
     assert language_modeling.main([*args[:-1], str(recomputed), "--kinds", "trxl", "--xl-recompute"]) == 0
     assert json.loads((recomputed / "results.json").read_text())["runs"]["trxl"]["rmt_config"]["xl_cache_recompute"]
     rescaled = tmp_path / "rescaled"  # the memory's write scale reaches the memory kinds' configs only
-    assert language_modeling.main([*args[:-1], str(rescaled), "--kinds", "rmt", "trxl", *RESCALED]) == 0
+    rescale = ["--memory-write-scale", "token_embeddings"]
+    assert language_modeling.main([*args[:-1], str(rescaled), "--kinds", "rmt", "trxl", *rescale]) == 0
     runs = json.loads((rescaled / "results.json").read_text())["runs"]
     assert runs["rmt"]["rmt_config"]["memory_write_scale"] == "token_embeddings"
     assert runs["trxl"]["rmt_config"]["memory_write_scale"] == "hidden"

@@ -39,11 +39,16 @@ from rmt.memory.state import State, batch_size_of
 _LEARNED_POSITIONS = ("gpt2",)
 
 
+def _token_embedding_std(backbone: nn.Module) -> float:
+    """Standard deviation of the backbone's token embedding table."""
+    return float(backbone.get_input_embeddings().weight.detach().float().std())
+
+
 def _memory_parameter(backbone: nn.Module, rows: int, std: float | None = None) -> nn.Parameter:
     """A learned [rows, D] memory with standard deviation `std` (default: that of the backbone's token embeddings)."""
     embeddings = backbone.get_input_embeddings().weight
     if std is None:
-        std = float(embeddings.detach().float().std())
+        std = _token_embedding_std(backbone)
     return nn.Parameter(torch.randn(rows, embeddings.shape[1], dtype=embeddings.dtype) * std)
 
 
@@ -118,7 +123,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
         self.memory_write_gain = None
         if m > 0 and writes and config.memory_write_scale == "token_embeddings":
             embeddings = backbone.get_input_embeddings().weight
-            std = float(embeddings.detach().float().std())
+            std = _token_embedding_std(backbone)
             self.memory_write_gain = nn.Parameter(torch.full((embeddings.shape[1],), std, dtype=embeddings.dtype))
         # With the cache, positions grow with the input: a learned position table bounds the input length.
         self._position_limit = max_positions(backbone) if kind in _LEARNED_POSITIONS else None
@@ -182,7 +187,8 @@ class RMTForCausalLM(RecurrentMemoryModel):
         and scaled by the learned per-channel gain."""
         if self.memory_write_gain is None:
             return hidden
-        normalised = hidden.float() * torch.rsqrt(hidden.float().pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        hidden32 = hidden.float()
+        normalised = hidden32 * torch.rsqrt(hidden32.square().mean(dim=-1, keepdim=True) + 1e-6)
         return normalised.to(hidden.dtype) * self.memory_write_gain
 
     # --- the open segment of a stream (rmt.memory.stream) ------------------------------------------------------
