@@ -187,8 +187,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
         and scaled by the learned per-channel gain."""
         if self.memory_write_gain is None:
             return hidden
-        hidden32 = hidden.float()
-        normalised = hidden32 * torch.rsqrt(hidden32.square().mean(dim=-1, keepdim=True) + 1e-6)
+        normalised = nn.functional.rms_norm(hidden.float(), (hidden.shape[-1],), eps=1e-6)
         return normalised.to(hidden.dtype) * self.memory_write_gain
 
     # --- the open segment of a stream (rmt.memory.stream) ------------------------------------------------------
