@@ -163,7 +163,7 @@ def test_train_with_the_same_seed_repeats_the_run(tmp_path, haystack_file):
     assert losses("1", "other") != first
 
 
-def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file, monkeypatch):
+def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file, monkeypatch, tmp_path):
     from rmt import RMTConfig
     from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
 
@@ -172,13 +172,30 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
     config = RMTConfig(mode="encoder", num_memory_tokens=0, segment_size=40, cls_token_id=2, sep_token_id=3)
     model = memory_model(backbone, config)
     haystack = Haystack.from_text(haystack_file.read_text())
+    out = tmp_path / "by-length"
     results = evaluate_by_length(
-        model, tokenizer, ["qa1"], [80], 6, haystack, methods=["memory", "no_memory"], progress=False
+        model, tokenizer, ["qa1"], [80], 6, haystack, methods=["memory", "no_memory"], progress=False, output_dir=out
     )
     memory, no_memory = (results["cells"][f"qa1/80/{m}"] for m in ("memory", "no_memory"))
     # Memory off (M = 0) is already what no_memory runs: the same samples must get the same answers.
     assert memory["correct"] == no_memory["correct"] and memory["tokens"] == no_memory["tokens"]
     assert "| qa1 | memory |" in format_table(results)
+
+    # Every answer is kept, in the returned results and in predictions.jsonl (results.json keeps the scores only).
+    written = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert written == results["predictions"]
+    assert "predictions" not in json.loads((out / "results.json").read_text())
+    samples = build_dataset("qa1", 80, 6, tokenizer, haystack, seed=0)
+    for method in ("memory", "no_memory"):
+        answers = [record for record in written if record["method"] == method]
+        assert [record["seed"] for record in answers] == [sample.seed for sample in samples]
+        assert [record["target"] for record in answers] == [sample.target for sample in samples]
+        assert [record["supporting_depths"] for record in answers] == [sample.supporting_depths for sample in samples]
+        assert sum(record["correct"] for record in answers) == results["cells"][f"qa1/80/{method}"]["correct"]
+        assert all(record["task"] == "qa1" and record["length"] == "80" for record in answers)
+    assert [r["answer"] for r in written if r["method"] == "memory"] == [
+        r["answer"] for r in written if r["method"] == "no_memory"
+    ]
 
     # --facts reaches the generated samples, not only the record.
     import rmt.eval.by_length as by_length

@@ -5,9 +5,9 @@
     rmt eval runs/qa1/model --data babilong:qa1,qa2 --lengths 0k,1k,4k,16k,64k,128k,1M --samples 100 \\
         --methods memory,no_memory,full_attention --output runs/qa1/by-length
 
-By length, it prints the accuracy table (task x length, 95% intervals), writes results.json, table.md, accuracy.png
-(the methods side by side) and a heatmap per method to --output, and shows a progress bar with tokens/s.
-`--samples 0k=100,1M=10` sets counts per length.
+By length, it prints the accuracy table (task x length, 95% intervals), writes results.json, predictions.jsonl (every
+answer), table.md, accuracy.png (the methods side by side) and a heatmap per method to --output, and shows a progress
+bar with tokens/s. `--samples 0k=100,1M=10` sets counts per length.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     babilong.add_argument("--facts", default=None, help=FACTS_HELP)
     babilong.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: %(default)s)")
-    babilong.add_argument("--output", default=None, help="folder for results.json, table.md and plots")
+    babilong.add_argument(
+        "--output", default=None, help="folder for results.json, predictions.jsonl, table.md and plots"
+    )
     add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -166,7 +168,7 @@ def _by_length(args: argparse.Namespace, model, tasks: list[str], num_facts: int
     )
     print(format_table(results))
     if args.output:
-        print(f"\nwrote {Path(args.output) / 'results.json'}, table.md and plots")
+        print(f"\nwrote {Path(args.output) / 'results.json'}, predictions.jsonl, table.md and plots")
     return 0
 
 

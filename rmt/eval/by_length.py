@@ -12,6 +12,10 @@ question, and counts as right when the target occurs in the first sentence of it
 check). Only what is scored is kept: class logits, or the logits of the last position while generating, so a
 1M-token sample needs one segment's activations, never a [1, N, V] tensor.
 
+Every answer is kept as well: `results["predictions"]` (and predictions.jsonl in the output folder) holds one
+record per sample and method (its seed, the target, the answer, whether it is right, the supporting facts' depths),
+so that wrong answers can be looked at by depth or sample.
+
 Each accuracy comes with its 95% Wilson interval. Time is measured per method and length (tokens read per second),
 and the process's peak RSS after each length (lengths run in increasing order, so a flat column means memory did not
 grow with the input).
@@ -19,6 +23,7 @@ grow with the input).
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import time
@@ -35,7 +40,7 @@ from rmt.config import RMTConfig
 from rmt.data.babilong import BabilongSample, answer_is_correct, build_dataset, length_name, parse_length
 from rmt.data.collate import QACollator
 from rmt.errors import InputError
-from rmt.files import write_json_atomic
+from rmt.files import write_atomic, write_json_atomic
 from rmt.memory.recurrent import RecurrentMemoryModel
 
 METHODS = ("memory", "no_memory", "full_attention")
@@ -130,13 +135,14 @@ class Reader:
             answer = self.tokenizer.decode(generated.sequences[0, ids.shape[1] :], skip_special_tokens=True)
         return Reading(answer, ids.shape[1], self._facts_in_last_span(sample, total))
 
-    def answer(self, sample: BabilongSample) -> tuple[bool, int, bool]:
+    def answer(self, sample: BabilongSample) -> tuple[bool, Reading]:
+        """Whether the method answers `sample` right, and its reading."""
         reading = self.read(sample)
         if self.labels is not None:  # a class, matched as the collator matches targets to classes
             right = self.collate.label_of(reading.answer) == self.collate.label_of(sample.target)
         else:
             right = answer_is_correct(reading.answer, sample.target)
-        return right, reading.tokens, reading.facts_in_last_span
+        return right, reading
 
     def _facts_in_last_span(self, sample: BabilongSample, total: int) -> bool:
         """Whether every supporting fact starts within the last span of the input (all of it if it is shorter). A
@@ -209,14 +215,16 @@ def evaluate_by_length(
     full_attention_backbone: Any = None,
     num_facts: int | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of each method on each task and length; writes results.json and heatmap PNGs to `output_dir` after
-    every finished cell (so an interrupted run keeps what it measured). `samples`: per length name, or one count
+    """Accuracy of each method on each task and length, and every answer (`results["predictions"]`); writes
+    results.json, predictions.jsonl and the plots to `output_dir` after every finished cell (so an interrupted run
+    keeps what it measured). `samples`: per length name, or one count
     for all. `files`: samples read from BABILong files, by (task, length name), instead of generated ones.
     `num_facts`: facts per generated story (a count or an inclusive range; None: the bAbI task's range)."""
     model.eval()
     names = sorted({length_name(n) for n in lengths}, key=parse_length)
     per_method = readers(model, tokenizer, methods, window, max_new_tokens, full_attention_backbone)
     results: dict[str, Any] = {"tasks": list(tasks), "lengths": names, "methods": list(methods), "cells": {}}
+    predictions: list[dict[str, Any]] = []
     if num_facts is not None:
         results["num_facts"] = num_facts
     for name in names:
@@ -227,7 +235,8 @@ def evaluate_by_length(
             else:
                 cell_samples = build_dataset(task, name, count, tokenizer, haystack, seed=seed, num_facts=num_facts)
             for method, reader in per_method.items():
-                outcome = _run_cell(reader, cell_samples, f"{task} {name} {method}", progress)
+                outcome, answers = _run_cell(reader, cell_samples, f"{task} {name} {method}", progress)
+                predictions.extend({"task": task, "length": name, "method": method, **answer} for answer in answers)
                 key = f"{task}/{name}/{method}"
                 results["cells"][key] = {
                     **outcome.record(),
@@ -237,32 +246,51 @@ def evaluate_by_length(
                     "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 }
                 if output_dir is not None:
-                    write_results(results, Path(output_dir))
-    return results
+                    write_results(results, Path(output_dir), predictions)
+    return {**results, "predictions": predictions}
 
 
-def _run_cell(reader: Reader, samples: list[BabilongSample], label: str, progress: bool) -> Outcome:
+def _run_cell(
+    reader: Reader, samples: list[BabilongSample], label: str, progress: bool
+) -> tuple[Outcome, list[dict[str, Any]]]:
+    """The method's scores on `samples`, and a record of each answer."""
     correct = tokens = 0
     near, far = [0, 0], [0, 0]
+    answers = []
     started = time.perf_counter()
     bar = tqdm(samples, desc=label, disable=not progress, dynamic_ncols=True, leave=False)
-    for sample in bar:
-        right, read, in_span = reader.answer(sample)
+    for index, sample in enumerate(bar):
+        right, reading = reader.answer(sample)
         correct += int(right)
-        tokens += read
-        split = near if in_span else far
+        tokens += reading.tokens
+        split = near if reading.facts_in_last_span else far
         split[0] += int(right)
         split[1] += 1
+        answers.append(
+            {
+                "sample": index,
+                "seed": sample.seed,
+                "target": sample.target,
+                "answer": reading.answer,
+                "correct": right,
+                "tokens": reading.tokens,
+                "supporting_depths": sample.supporting_depths,
+                "facts_in_last_span": reading.facts_in_last_span,
+            }
+        )
         elapsed = time.perf_counter() - started
         bar.set_postfix(acc=f"{correct / (bar.n + 1):.2f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
     bar.close()
-    return Outcome(correct, len(samples), tokens, time.perf_counter() - started, tuple(near), tuple(far))
+    outcome = Outcome(correct, len(samples), tokens, time.perf_counter() - started, tuple(near), tuple(far))
+    return outcome, answers
 
 
-def write_results(results: dict[str, Any], output_dir: Path) -> None:
-    """results.json, table.md, one heatmap per method and accuracy.png (the methods side by side by length)."""
+def write_results(results: dict[str, Any], output_dir: Path, predictions: Sequence[dict[str, Any]] = ()) -> None:
+    """results.json, predictions.jsonl (one answer per line), table.md, one heatmap per method and accuracy.png (the
+    methods side by side by length)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "results.json", results)
+    write_atomic(output_dir / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in predictions))
     (output_dir / "table.md").write_text(format_table(results) + "\n")
     for method in results["methods"]:
         plot_heatmap(results, method, output_dir / f"heatmap-{method}.png")
