@@ -13,6 +13,7 @@ from conftest import background_text, strengthen_memory, tiny_decoder, tiny_mode
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from benchmarks import (
+    babilong_distractors,
     diagonal_precision,
     encoder_memory,
     language_modeling,
@@ -25,6 +26,8 @@ from benchmarks.babilong_errors import KINDS, classify, kind_of
 from rmt import RMTConfig
 from rmt.build import memory_model
 from rmt.data.babilong import BabilongSample, answer_labels
+from rmt.data.haystack import Haystack
+from rmt.eval.by_length import evaluate_by_length
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.segments import closed_length
 
@@ -200,6 +203,63 @@ def test_babilong_errors_sorts_each_answer_and_counts_a_models_answers(tmp_path)
     assert set(counts) == {"fact before the last segment", "fact in the last segment"}
     assert all(list(by_kind) == list(KINDS) for by_kind in counts.values())
     assert sum(sum(by_kind.values()) for by_kind in counts.values()) == 6
+
+
+def test_babilong_distractors_counts_rooms_after_the_fact_and_rereads_without_them(tmp_path):
+    facts = ["Mary went to the kitchen."]
+    text = "The Garden was wet. " + facts[0] + " She left the garden and the office; the GARDEN again."
+    sample = BabilongSample(input=text, question="Where is Mary?", target="kitchen", facts=facts, supporting_facts=[0])
+    rooms = babilong_distractors.rooms_after_fact(sample)  # the garden before the fact does not count
+    assert rooms == {"hallway": 0, "bathroom": 0, "kitchen": 0, "office": 1, "bedroom": 0, "garden": 2}
+    cleared = babilong_distractors.without_room_after_fact(sample, "garden")
+    assert cleared.input == "The Garden was wet. " + facts[0] + " She left the cellar and the office; the cellar again."
+    assert babilong_distractors.rooms_after_fact(cleared)["garden"] == 0
+
+    records = [
+        {"target": "kitchen", "answer": "garden", "correct": False, "rooms": rooms},
+        {"target": "kitchen", "answer": "kitchen", "correct": True, "rooms": rooms},
+        {"target": "office", "answer": "bedroom", "correct": False, "rooms": dict.fromkeys(rooms, 0)},
+    ]
+    summary = babilong_distractors.summarise(records)
+    assert summary["wrong"] == 2 and summary["wrong_answer_mentioned_after_fact"] == 1
+    assert summary["control_other_room_mentioned_after_fact"] == 4 / 15  # garden, office in two records of five rooms
+    assert summary["by_room"]["garden"] == {"samples_mentioning_it_after_the_fact": 2, "answered_with_it": 1}
+    assert summary["by_room"]["office"] == {"samples_mentioning_it_after_the_fact": 2, "answered_with_it": 0}
+
+    # End to end on a tiny encoder: rmt eval's predictions, rebuilt from their seeds, reread without the rooms.
+    folder = tiny_model_folder(tmp_path / "bert", "bert", answer_labels("qa1"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+    config = RMTConfig(num_memory_tokens=2, segment_size=32, mode="encoder", **special)
+    model = memory_model(AutoModelForSequenceClassification.from_pretrained(folder), config)
+    save_memory_model(model, tmp_path / "rmt", progress=False)
+    tokenizer.save_pretrained(tmp_path / "rmt" / "backbone")
+    haystack = tmp_path / "book.txt"
+    rooms_sentence = " The bathroom, the bedroom, the garden, the hallway, the kitchen and the office were empty. "
+    haystack.write_text(rooms_sentence.join(background_text(2, seed=seed) for seed in range(200)))
+    results = evaluate_by_length(
+        model,
+        tokenizer,
+        ["qa1"],
+        [120],
+        8,
+        Haystack.from_text(haystack.read_text()),
+        output_dir=tmp_path / "eval",
+        progress=False,
+        num_facts=1,
+    )
+    args = [str(tmp_path / "eval" / "predictions.jsonl"), "--model", str(tmp_path / "rmt"), "--facts", "1"]
+    babilong_distractors.main([*args, "--haystack", str(haystack), "--reread", "--output", str(tmp_path / "d.json")])
+    written = json.loads((tmp_path / "d.json").read_text())
+    cell = written["summary"]["120/memory"]
+    assert cell["samples"] == 8 and cell["wrong"] == 8 - results["cells"]["qa1/120/memory"]["correct"]
+    reread = [s for s in written["samples"] if "answer_without_the_room" in s]
+    assert 0 < len(reread) == cell["reread_without_the_room"] == cell["wrong_answer_mentioned_after_fact"]
+    assert all(s["answer_without_the_room"] in answer_labels("qa1") for s in reread)
+    with pytest.raises(SystemExit, match="another target"):  # rebuilt with other settings than the evaluation's
+        babilong_distractors.main(
+            [*args[:3], "--facts", "2", "--haystack", str(haystack), "--output", str(tmp_path / "x")]
+        )
 
 
 def _full_pass_nll(backbone, ids: torch.Tensor) -> torch.Tensor:
