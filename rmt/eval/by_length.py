@@ -217,9 +217,9 @@ def evaluate_by_length(
 ) -> dict[str, Any]:
     """Accuracy of each method on each task and length, and every answer (`results["predictions"]`); writes
     results.json, predictions.jsonl and the plots to `output_dir` after every finished cell (so an interrupted run
-    keeps what it measured). `samples`: per length name, or one count
-    for all. `files`: samples read from BABILong files, by (task, length name), instead of generated ones.
-    `num_facts`: facts per generated story (a count or an inclusive range; None: the bAbI task's range)."""
+    keeps what it measured). `samples`: per length name, or one count for all. `files`: samples read from BABILong
+    files, by (task, length name), instead of generated ones. `num_facts`: facts per generated story (a count or an
+    inclusive range; None: the bAbI task's range)."""
     model.eval()
     names = sorted({length_name(n) for n in lengths}, key=parse_length)
     per_method = readers(model, tokenizer, methods, window, max_new_tokens, full_attention_backbone)
