@@ -37,9 +37,12 @@ NEUTRAL_PLACE = "cellar"
 
 
 def _end_of_fact(sample: BabilongSample) -> int:
-    """Where the sample's last supporting fact ends in its context (facts are inserted verbatim, in order)."""
-    fact = sample.facts[max(sample.supporting_facts)]
-    return sample.input.index(fact) + len(fact)
+    """Where the sample's last supporting fact ends in its context. Facts are inserted verbatim and in order, so each
+    is searched after the one before it (a story can repeat a sentence)."""
+    end = 0
+    for fact in sample.facts[: max(sample.supporting_facts) + 1]:
+        end = sample.input.index(fact, end) + len(fact)
+    return end
 
 
 def rooms_after_fact(sample: BabilongSample) -> dict[str, int]:
@@ -66,13 +69,18 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             "samples_mentioning_it_after_the_fact": len(mentioned),
             "answered_with_it": sum(r["answer"] == room for r in mentioned),
         }
-    return {
+    summary = {
         "samples": len(records),
         "wrong": len(wrong),
         "wrong_answer_mentioned_after_fact": sum(r["rooms"].get(r["answer"], 0) > 0 for r in wrong),
         "control_other_room_mentioned_after_fact": sum(r["rooms"][room] > 0 for r, room in others) / len(others),
         "by_room": per_room,
     }
+    reread = [r for r in records if "answer_without_the_room" in r]
+    if reread:
+        summary["reread_without_the_room"] = len(reread)
+        summary["reread_now_right"] = sum(r["right_without_the_room"] for r in reread)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,10 +109,6 @@ def main(argv: list[str] | None = None) -> None:
             if built[key].target != record["target"]:
                 raise SystemExit(f"sample seed {record['seed']}: rebuilt with another target; check --facts/--haystack")
         record["rooms"] = rooms_after_fact(built[key])
-    groups: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for record in records:
-        groups[f"{record['length']}/{record['method']}"].append(record)
-    summary = {group: summarise(members) for group, members in groups.items()}
     if args.reread:
         reader = Reader(load_memory_model(args.model).eval(), tokenizer)
         with torch_threads(args.threads):
@@ -112,17 +116,16 @@ def main(argv: list[str] | None = None) -> None:
                 if record["method"] != "memory" or record["correct"] or not record["rooms"].get(record["answer"]):
                     continue
                 sample = without_room_after_fact(built[(record["length"], record["seed"])], record["answer"])
-                record["answer_without_the_room"] = reader.read(sample).answer
-                answer, again = record["answer"], record["answer_without_the_room"]
+                right, reading = reader.answer(sample)  # scored as rmt eval scores it
+                record["answer_without_the_room"], record["right_without_the_room"] = reading.answer, right
                 print(
-                    f"{record['length']} sample {record['sample']}: target {record['target']}, answered {answer}; "
-                    f"without '{answer}' after the fact: {again}"
+                    f"{record['length']} sample {record['sample']}: target {record['target']}, answered "
+                    f"{record['answer']}; without '{record['answer']}' after the fact: {reading.answer}"
                 )
-        for group, members in groups.items():
-            reread = [r for r in members if "answer_without_the_room" in r]
-            if reread:
-                summary[group]["reread_without_the_room"] = len(reread)
-                summary[group]["reread_now_right"] = sum(r["answer_without_the_room"] == r["target"] for r in reread)
+    groups: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for record in records:
+        groups[f"{record['length']}/{record['method']}"].append(record)
+    summary = {group: summarise(members) for group, members in groups.items()}
     for group, counts in summary.items():
         print(
             f"{group}: {counts['wrong']} wrong of {counts['samples']}; wrong answer's room mentioned after the fact: "
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
             mentioned, answered = by_room["samples_mentioning_it_after_the_fact"], by_room["answered_with_it"]
             print(f"  {room:<9} after the fact (not the target) in {mentioned:>3} samples, answered in {answered}")
     fields = ("length", "method", "sample", "seed", "target", "answer", "correct", "supporting_depths", "rooms")
-    samples = [{field: r[field] for field in (*fields, "answer_without_the_room") if field in r} for r in records]
+    rereads = ("answer_without_the_room", "right_without_the_room")
+    samples = [{field: r[field] for field in (*fields, *rereads) if field in r} for r in records]
     settings = {"predictions": str(args.predictions), "model": args.model, "facts": args.facts}
     write_json(args.output, {**settings, "summary": summary, "samples": samples})
     print(json.dumps({"written": str(args.output)}))

@@ -214,6 +214,17 @@ def test_babilong_distractors_counts_rooms_after_the_fact_and_rereads_without_th
     cleared = babilong_distractors.without_room_after_fact(sample, "garden")
     assert cleared.input == "The Garden was wet. " + facts[0] + " She left the cellar and the office; the cellar again."
     assert babilong_distractors.rooms_after_fact(cleared)["garden"] == 0
+    # A story may repeat a sentence: the rooms after its last supporting fact start after the second one.
+    story = ["Mary went to the kitchen.", "John moved to the office.", "Mary went to the kitchen."]
+    repeated = BabilongSample(
+        input=" ".join([story[0], "The garden.", story[1], story[2], "The hallway."]),
+        question="Where is Mary?",
+        target="kitchen",
+        facts=story,
+        supporting_facts=[2],
+    )
+    after_repeat = babilong_distractors.rooms_after_fact(repeated)
+    assert after_repeat["hallway"] == 1 and after_repeat["garden"] == after_repeat["office"] == 0
 
     records = [
         {"target": "kitchen", "answer": "garden", "correct": False, "rooms": rooms},
@@ -256,6 +267,7 @@ def test_babilong_distractors_counts_rooms_after_the_fact_and_rereads_without_th
     reread = [s for s in written["samples"] if "answer_without_the_room" in s]
     assert 0 < len(reread) == cell["reread_without_the_room"] == cell["wrong_answer_mentioned_after_fact"]
     assert all(s["answer_without_the_room"] in answer_labels("qa1") for s in reread)
+    assert cell["reread_now_right"] == sum(s["right_without_the_room"] for s in reread)
     with pytest.raises(SystemExit, match="another target"):  # rebuilt with other settings than the evaluation's
         babilong_distractors.main(
             [*args[:3], "--facts", "2", "--haystack", str(haystack), "--output", str(tmp_path / "x")]
