@@ -9,6 +9,7 @@ Run: PYTHONPATH=. .venv/bin/pytest -q tests/test_babilong.py
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import re
@@ -32,7 +33,7 @@ from rmt.data.babilong import (
     save_babilong,
     token_counter,
 )
-from rmt.data.haystack import Haystack, load_haystack, split_sentences
+from rmt.data.haystack import Haystack, load_haystack, mentions_haystack, split_sentences
 from rmt.errors import InputError
 
 # ------------------------------------------------------------------------------------------------ background
@@ -574,3 +575,34 @@ def test_load_haystack_keeps_provenance(tmp_path):
     empty.write_text("Hi.\n\n")
     with pytest.raises(ValueError, match="no sentences"):
         load_haystack(empty)
+
+
+def test_mentions_haystack_keeps_named_sentences_with_neighbours_and_swaps_the_names():
+    sentences = [
+        "The cat slept all day long.",
+        "She walked into the Garden at noon.",
+        "Then she read a book.",
+        "Nothing happened for hours.",
+        "It was quiet and grey outside.",
+        "Mary sat in the kitchen.",  # names a room and a person of the stories: could read as a fact
+        "The rain stopped at last.",
+        "A letter came from the office that morning.",
+        "He signed it.",
+    ]
+    haystack = Haystack(tuple(sentences), ("a", "b"), (0, 6))
+    rooms = ("garden", "kitchen", "office", "bathroom")
+    mentions = mentions_haystack(haystack, rooms, avoid=("Mary",), context=1, seed=3)
+    kept = [0, 1, 2, 6, 7, 8]  # 5 names kitchen and Mary: neither a centre nor a neighbour
+    assert len(mentions) == len(kept)
+    named = re.compile(r"\b(?:garden|kitchen|office|bathroom)\b", re.I)
+    for got, index in zip(mentions.sentences, kept, strict=True):
+        assert named.sub("ROOM", got) == named.sub("ROOM", sentences[index])
+    assert re.search(r"into the (Garden|Kitchen|Office|Bathroom) at", mentions.sentences[1])  # capital kept
+    assert re.search(r"from the (garden|kitchen|office|bathroom) that", mentions.sentences[4])
+    assert mentions.sources == ("a", "b") and mentions.source_starts == (0, 3)
+    assert mentions_haystack(haystack, rooms, avoid=("Mary",), seed=3) == mentions
+    many = Haystack(tuple(f"They met in the garden on day {i}." for i in range(400)))
+    swapped = collections.Counter(named.search(s).group() for s in mentions_haystack(many, rooms).sentences)
+    assert set(swapped) == set(rooms) and min(swapped.values()) > 60  # every room named, not only "garden"
+    with pytest.raises(InputError, match="names any of"):
+        mentions_haystack(Haystack(tuple(sentences[2:5])), rooms)

@@ -130,6 +130,11 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     assert main(["train", "--task", "copy", "--facts", "1", "--output", str(tmp_path / "copy")]) == 2
     assert "--facts sets facts per BABILong story: it needs --data babilong:TASK" in capsys.readouterr().err
     assert not (tmp_path / "copy").exists()
+    assert main(["train", "--task", "copy", "--distractors", "0.5", "--output", str(tmp_path / "copy")]) == 2
+    assert "--distractors draws BABILong backgrounds: it needs --data babilong:TASK" in capsys.readouterr().err
+    assert main([*again, "--distractors", "0.5", "--output", str(tmp_path / "no-rooms")]) == 2
+    assert "no sentence of the background text names any of bathroom" in capsys.readouterr().err
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "no-rooms").exists()
     # Its head answers with qa1's rooms; qa5's answers are people and objects, which it cannot be trained on.
     other = [*again, "--data", "babilong:qa5", "--output", str(tmp_path / "qa5")]
     assert main(other) == 2

@@ -13,7 +13,7 @@ from rmt.data.babilong import answer_labels, build_dataset
 from rmt.data.babilong_source import BabilongSource
 from rmt.data.collate import QACollator, TextCollator, check_tokenizer, qa_prompt
 from rmt.data.files import DatasetSource, load_records, record_shape, split_validation
-from rmt.data.haystack import Haystack
+from rmt.data.haystack import Haystack, split_sentences
 from rmt.data.tasks import IGNORE_INDEX
 from rmt.errors import InputError, MissingFileError
 
@@ -156,6 +156,40 @@ def test_babilong_source_sets_the_facts_per_story(tokenizer):
         assert {s.num_facts for s in samples} == {1, 2}
     default = BabilongSource("qa1", tokenizer, haystack, collate, segment_size=64)
     assert max(s.num_facts for s in default.samples(seed=1, count=12, num_segments=3, training=False)) > 2
+
+
+def test_babilong_source_draws_distractor_backgrounds_for_training_only(tokenizer):
+    rooms = "garden kitchen office bathroom hallway bedroom".split()
+    plain_sentences = split_sentences(background_text(400))
+    for i in range(0, len(plain_sentences), 10):  # one sentence in ten names a room
+        plain_sentences[i] = f"The old man saw the {rooms[i % 6]} by the river."
+    haystack = Haystack(tuple(plain_sentences))
+    collate = QACollator(tokenizer, "encoder", answer_labels("qa1"))
+
+    def source(distractors):
+        return BabilongSource(
+            "qa1", tokenizer, haystack, collate, segment_size=64, num_facts=1, distractors=distractors
+        )
+
+    plain, always, half = source(0.0), source(1.0), source(0.5)
+    mentions = set(always.mentions.sentences)
+    assert mentions and len(always.mentions) < len(haystack) and plain.mentions is None
+
+    def backgrounds(samples):
+        return [[s for s in split_sentences(sample.input) if s not in sample.facts] for sample in samples]
+
+    for training, expected in ((True, True), (False, False)):
+        from_always = always.samples(seed=4, count=8, num_segments=2, training=training)
+        from_plain = plain.samples(seed=4, count=8, num_segments=2, training=training)
+        assert [s.facts for s in from_always] == [s.facts for s in from_plain]  # the same stories
+        for background in backgrounds(from_always):
+            assert all(sentence in mentions for sentence in background) == expected
+    drawn = [all(s in mentions for s in b) for b in backgrounds(half.samples(7, 40, 2, training=True))]
+    assert 5 < sum(drawn) < 35
+    with pytest.raises(InputError, match="distractors"):
+        source(1.5)
+    with pytest.raises(InputError, match="names any of"):  # refused when built, not at the first training batch
+        BabilongSource("qa1", tokenizer, Haystack.from_text(background_text(50)), collate, 64, distractors=0.5)
 
 
 def test_babilong_samples_export_as_records(tokenizer, tmp_path):

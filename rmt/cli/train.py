@@ -77,6 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="BABILong: fraction of training samples whose facts all lie before the last segment, so that answering "
         "needs the memory (default: %(default)s)",
     )
+    data.add_argument(
+        "--distractors",
+        type=float,
+        default=0.0,
+        help="BABILong: fraction of training samples whose background is book sentences that name the answers "
+        "(rooms), each swapped for a random one, so that the memory learns to ignore them outside facts "
+        "(default: %(default)s)",
+    )
     data.add_argument("--facts", default=None, help=FACTS_HELP)
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -167,6 +175,8 @@ def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     set_seed(args.seed)
     tasks = babilong_tasks(args.data or "")
     num_facts = babilong_num_facts(args.facts, tasks)  # refused without BABILong data
+    if args.distractors and tasks is None:
+        raise InputError("--distractors draws BABILong backgrounds: it needs --data babilong:TASK")
     if args.data is None:
         return _task_setup(args, config)
     if args.task is not None:
@@ -276,6 +286,7 @@ def _text_setup(
             seed=args.seed,
             default_segments=args.segments,
             num_facts=num_facts,
+            distractors=args.distractors,
         )
         eval_segments = max(n for _, n in config.curriculum) if config.curriculum else args.segments
         return Setup(model, source, args.data, eval_segments, tokenizer)

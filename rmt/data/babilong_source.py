@@ -10,6 +10,12 @@ training samples whose facts all lie before the last segment, so that the answer
 their facts anywhere, as the public benchmark does. Held-out batches place facts anywhere. `num_facts` (a count or
 an inclusive range, as in `make_story`) sets the facts per story for training and held-out samples alike; None keeps
 the bAbI task's range.
+
+`distractors` is the fraction of training samples whose background is cut from `mentions_haystack`: book
+sentences that name the tasks' answers (rooms for qa1-qa4), each name swapped for a random answer, about one in
+three sentences. The built-in books name a room about 300 times in 1M tokens but about once in a 1k-token training
+sample, so a memory trained on them alone may store a room a book names as a fact; these samples teach it not to.
+Held-out batches never use them.
 """
 
 from __future__ import annotations
@@ -17,13 +23,21 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rmt.data.babilong import BabilongSample, build_sample
+from rmt.data.babilong import OBJECTS, PEOPLE, PLACES, QA5_PEOPLE, BabilongSample, answer_labels, build_sample
 from rmt.data.batch import Batch
-from rmt.data.haystack import Haystack
+from rmt.data.haystack import Haystack, mentions_haystack
 from rmt.data.sources import EVAL_SEED_BASE, TRAIN_SEED_STRIDE, Source
 from rmt.errors import InputError
 
 _FACT_MARGIN_TOKENS = 24  # a fact placed at a depth lies this far, at most, after it starts
+
+
+def distractor_background(haystack: Haystack, tasks: list[str], seed: int = 0) -> Haystack:
+    """`mentions_haystack` of `haystack` naming the answers of `tasks`, leaving out sentences that also name one of
+    the stories' other words (people, objects or rooms that are not answers)."""
+    answers = {word for task in tasks for word in answer_labels(task)}
+    others = set(PEOPLE + QA5_PEOPLE + OBJECTS + PLACES) - answers
+    return mentions_haystack(haystack, answers, others, seed=seed)
 
 
 class BabilongSource(Source):
@@ -41,16 +55,21 @@ class BabilongSource(Source):
         seed: int = 0,
         default_segments: int = 1,
         num_facts: int | tuple[int, int] | None = None,
+        distractors: float = 0.0,
     ) -> None:
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         if not self.tasks:
             raise InputError("BabilongSource needs at least one task")
         if not 0.0 <= facts_before_last <= 1.0:
             raise InputError(f"facts_before_last must be in [0, 1], got {facts_before_last}")
+        if not 0.0 <= distractors <= 1.0:
+            raise InputError(f"distractors must be in [0, 1], got {distractors}")
         self.tokenizer, self.haystack, self.collate = tokenizer, haystack, collate
         self.segment_size, self.reserve = segment_size, reserve
         self.facts_before_last, self.seed, self.default_segments = facts_before_last, seed, default_segments
-        self.num_facts = num_facts
+        self.num_facts, self.distractors = num_facts, distractors
+        # Built now, so that a background that names no answer is refused before training starts.
+        self.mentions = distractor_background(haystack, self.tasks, seed) if distractors > 0 else None
 
     def samples(self, seed: int, count: int, num_segments: int | None, training: bool) -> list[BabilongSample]:
         """`count` samples for `num_segments` segments, a pure function of `seed`."""
@@ -59,22 +78,26 @@ class BabilongSource(Source):
         if length <= 0:
             raise InputError(f"{n} segments of {self.segment_size} tokens leave no room after reserving {self.reserve}")
         rng = random.Random(f"babilong-source/{seed}")
+        # A stream of its own, so that the stories and fact placements do not depend on `distractors`.
+        distractor_draws = random.Random(f"babilong-source/distractors/{seed}")
         out = []
         for _ in range(count):
             task, sample_seed = rng.choice(self.tasks), rng.getrandbits(53)
             sample = None
-            if training and n > 1 and rng.random() < self.facts_before_last:
+            before_last = training and n > 1 and rng.random() < self.facts_before_last
+            haystack = self.haystack
+            if training and self.mentions is not None and distractor_draws.random() < self.distractors:
+                haystack = self.mentions
+            if before_last:
                 end = ((n - 1) * self.segment_size - _FACT_MARGIN_TOKENS) / length
                 try:
                     sample = build_sample(
-                        task, length, self.tokenizer, self.haystack, sample_seed, (0.0, end), self.num_facts
+                        task, length, self.tokenizer, haystack, sample_seed, (0.0, end), self.num_facts
                     )
                 except ValueError:  # the story is too long to fit before the last segment: place it anywhere
                     sample = None
             if sample is None:
-                sample = build_sample(
-                    task, length, self.tokenizer, self.haystack, sample_seed, num_facts=self.num_facts
-                )
+                sample = build_sample(task, length, self.tokenizer, haystack, sample_seed, num_facts=self.num_facts)
             out.append(sample)
         return out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
+import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -109,6 +110,52 @@ class Haystack:
         if not 0 <= index < len(self.sentences):
             raise IndexError(f"sentence index {index} out of range for {len(self.sentences)} sentences")
         return self.sources[bisect.bisect_right(self.source_starts, index) - 1]
+
+
+def mentions_haystack(
+    haystack: Haystack, words: Iterable[str], avoid: Iterable[str] = (), context: int = 1, seed: int = 0
+) -> Haystack:
+    """A haystack dense in mentions of `words`, cut from `haystack`: every sentence that names one of them (a whole
+    word, any case), with its `context` neighbours on either side, in reading order.
+
+    Each mention is replaced by one of `words` drawn at random (deterministic in `seed`, capitalised like the word
+    it replaces), so every word is named about equally often whatever its frequency in the books. Sentences that
+    name one of `words` together with one of `avoid` are left out: for BABILong, a book sentence naming a person of
+    the stories and a room could read as a fact. Training backgrounds cut from it teach a memory to ignore an
+    answer word outside the story's facts.
+    """
+    words = sorted(set(words))
+    if not words:
+        raise InputError("mentions_haystack needs at least one word")
+    mention = _whole_words(words)
+    avoided = _whole_words(avoid) if avoid else None
+
+    def usable(sentence: str) -> bool:
+        return avoided is None or not (avoided.search(sentence) and mention.search(sentence))
+
+    sentences = haystack.sentences
+    centres = [i for i, sentence in enumerate(sentences) if mention.search(sentence) and usable(sentence)]
+    if not centres:
+        raise InputError(f"no sentence of the background text names any of {', '.join(words)}")
+    kept = sorted({j for i in centres for j in range(max(0, i - context), min(len(sentences), i + context + 1))})
+    kept = [j for j in kept if usable(sentences[j])]
+    rng = random.Random(f"mentions/{seed}")
+
+    def swap(match: re.Match[str]) -> str:
+        word = rng.choice(words)
+        return word[:1].upper() + word[1:] if match.group()[:1].isupper() else word
+
+    sources, starts = [], []
+    for new_index, j in enumerate(kept):
+        source = haystack.source_of(j)
+        if not sources or sources[-1] != source:
+            sources.append(source)
+            starts.append(new_index)
+    return Haystack(tuple(mention.sub(swap, sentences[j]) for j in kept), tuple(sources), tuple(starts))
+
+
+def _whole_words(words: Iterable[str]) -> re.Pattern[str]:
+    return re.compile(r"\b(?:" + "|".join(re.escape(word) for word in words) + r")\b", re.IGNORECASE)
 
 
 def load_haystack(
