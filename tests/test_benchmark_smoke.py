@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from benchmarks import (
     babilong_distractors,
+    babilong_mentions_haystack,
     diagonal_precision,
     encoder_memory,
     language_modeling,
@@ -26,7 +27,8 @@ from benchmarks.babilong_errors import KINDS, classify, kind_of
 from rmt import RMTConfig
 from rmt.build import memory_model
 from rmt.data.babilong import BabilongSample, answer_labels
-from rmt.data.haystack import Haystack
+from rmt.data.babilong_source import distractor_background
+from rmt.data.haystack import Haystack, load_haystack
 from rmt.eval.by_length import evaluate_by_length
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.segments import closed_length
@@ -368,3 +370,16 @@ def test_long_document_lm_prepare_and_evaluate(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=message):
             long_document_lm.main([*argv, *common, "--output", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
+
+
+def test_babilong_mentions_haystack_writes_a_background_that_reads_back(tmp_path, capsys):
+    sentences = background_text(60).split(". ")
+    book = tmp_path / "book.txt"
+    book.write_text(
+        " ".join(f"{s}. They sat in the kitchen." if i % 5 == 0 else f"{s}." for i, s in enumerate(sentences))
+    )
+    output = tmp_path / "rooms.txt"
+    babilong_mentions_haystack.main(["--haystack", str(book), "--seed", "1", "--output", str(output)])
+    expected = distractor_background(load_haystack(book), ["qa1"], seed=1)
+    assert load_haystack(output).sentences == expected.sentences and len(expected) > 10
+    assert f"{len(expected)} sentences" in capsys.readouterr().out
