@@ -378,8 +378,16 @@ def test_babilong_mentions_haystack_writes_a_background_that_reads_back(tmp_path
     book.write_text(
         " ".join(f"{s}. They sat in the kitchen." if i % 5 == 0 else f"{s}." for i, s in enumerate(sentences))
     )
-    output = tmp_path / "rooms.txt"
-    babilong_mentions_haystack.main(["--haystack", str(book), "--seed", "1", "--output", str(output)])
+    output, report = tmp_path / "rooms.txt", tmp_path / "report.json"
+    tokenizer = tiny_model_folder(tmp_path / "bert", "bert", answer_labels("qa1"))
+    args = ["--haystack", str(book), "--seed", "1", "--output", str(output), "--report", str(report)]
+    babilong_mentions_haystack.main([*args, "--tokenizer", str(tokenizer)])
     expected = distractor_background(load_haystack(book), ["qa1"], seed=1)
     assert load_haystack(output).sentences == expected.sentences and len(expected) > 10
     assert f"{len(expected)} sentences" in capsys.readouterr().out
+    counts = json.loads(report.read_text())
+    assert counts["source"]["mentions"]["kitchen"] == 12 and sum(counts["source"]["mentions"].values()) == 12
+    assert sum(counts["written"]["mentions"].values()) == 12 and counts["written"]["mentions"]["kitchen"] < 12
+    assert (
+        counts["written"]["sentences"] == len(expected) and 0 < counts["written"]["tokens"] < counts["source"]["tokens"]
+    )

@@ -127,8 +127,8 @@ def mentions_haystack(
     words = sorted(set(words))
     if not words:
         raise InputError("mentions_haystack needs at least one word")
-    mention = _whole_words(words)
-    avoided = _whole_words(avoid) if avoid else None
+    mention = whole_words(words)
+    avoided = whole_words(avoid) if avoid else None
 
     def usable(sentence: str) -> bool:
         return avoided is None or not (avoided.search(sentence) and mention.search(sentence))
@@ -154,7 +154,8 @@ def mentions_haystack(
     return Haystack(tuple(mention.sub(swap, sentences[j]) for j in kept), tuple(sources), tuple(starts))
 
 
-def _whole_words(words: Iterable[str]) -> re.Pattern[str]:
+def whole_words(words: Iterable[str]) -> re.Pattern[str]:
+    """A pattern that matches any of `words` as a whole word, in any case."""
     return re.compile(r"\b(?:" + "|".join(re.escape(word) for word in words) + r")\b", re.IGNORECASE)
 
 
