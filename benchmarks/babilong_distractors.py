@@ -22,7 +22,6 @@ import argparse
 import collections
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
 from rmt.cli.train import load_background
 from rmt.data.babilong import PLACES, BabilongSample, build_sample, parse_num_facts
+from rmt.data.haystack import whole_words
 from rmt.eval.by_length import Reader
 from rmt.memory.pretrained import load_memory_model
 
@@ -48,13 +48,13 @@ def _end_of_fact(sample: BabilongSample) -> int:
 def rooms_after_fact(sample: BabilongSample) -> dict[str, int]:
     """How often each room word occurs in the background after the sample's last supporting fact."""
     after = sample.input[_end_of_fact(sample) :]
-    return {room: len(re.findall(rf"\b{room}\b", after, flags=re.IGNORECASE)) for room in PLACES}
+    return {room: len(whole_words([room]).findall(after)) for room in PLACES}
 
 
 def without_room_after_fact(sample: BabilongSample, room: str) -> BabilongSample:
     """The sample with every `room` word after its last supporting fact replaced by NEUTRAL_PLACE."""
     end = _end_of_fact(sample)
-    after = re.sub(rf"\b{room}\b", NEUTRAL_PLACE, sample.input[end:], flags=re.IGNORECASE)
+    after = whole_words([room]).sub(NEUTRAL_PLACE, sample.input[end:])
     return dataclasses.replace(sample, input=sample.input[:end] + after)
 
 

@@ -130,15 +130,14 @@ def mentions_haystack(
     mention = whole_words(words)
     avoided = whole_words(avoid) if avoid else None
 
-    def usable(sentence: str) -> bool:
-        return avoided is None or not (avoided.search(sentence) and mention.search(sentence))
-
     sentences = haystack.sentences
-    centres = [i for i, sentence in enumerate(sentences) if mention.search(sentence) and usable(sentence)]
+    names = [mention.search(sentence) is not None for sentence in sentences]
+    usable = [not (names[i] and avoided is not None and avoided.search(s)) for i, s in enumerate(sentences)]
+    centres = [i for i in range(len(sentences)) if names[i] and usable[i]]
     if not centres:
         raise InputError(f"no sentence of the background text names any of {', '.join(words)}")
-    kept = sorted({j for i in centres for j in range(max(0, i - context), min(len(sentences), i + context + 1))})
-    kept = [j for j in kept if usable(sentences[j])]
+    window = {j for i in centres for j in range(max(0, i - context), min(len(sentences), i + context + 1))}
+    kept = [j for j in sorted(window) if usable[j]]
     rng = random.Random(f"mentions/{seed}")
 
     def swap(match: re.Match[str]) -> str:
