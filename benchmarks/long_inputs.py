@@ -7,6 +7,7 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/checkpoint/model --length 4k --samples 10
     python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-untrained --length 4k --samples 10
+    python -m benchmarks.long_inputs precision --model runs/smollm2-rmt-facts1/model --facts 1 --length 4k --samples 10
 
 Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json); parts
 may run at the same time in separate processes (one per core) and add to the same file.
@@ -200,13 +201,16 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
     answers (both precisions given the same tokens, so one flip does not change every later step), how often the top
     token agrees and how far bf16's logits are from fp32's."""
     from rmt.build import pretrained_tokenizer
-    from rmt.data.babilong import answer_is_correct, build_dataset
+    from rmt.data.babilong import answer_is_correct, build_dataset, parse_num_facts
     from rmt.data.collate import QACollator
     from rmt.data.haystack import default_haystack
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     tokenizer = pretrained_tokenizer(args.model)
-    samples = build_dataset(args.task, args.length, args.samples, tokenizer, default_haystack(), seed=11)
+    num_facts = None if args.facts is None else parse_num_facts(args.facts, [args.task])
+    samples = build_dataset(
+        args.task, args.length, args.samples, tokenizer, default_haystack(), seed=11, num_facts=num_facts
+    )
     prompts = [torch.tensor([p]) for p in QACollator(tokenizer, "decoder").prompt_ids([s.to_dict() for s in samples])]
     models = {
         name: RecurrentMemoryModel.from_pretrained(args.model, dtype=dtype).eval()
@@ -231,6 +235,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
     same = sum(a == b for a, b in zip(answer_ids["fp32"], answer_ids["bf16"], strict=True))
     record.setdefault("precision", {})[str(args.model)] = {
         "task": args.task,
+        "facts": args.facts,
         "length": args.length,
         "samples": args.samples,
         **results,
@@ -355,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=128, help="generation: tokens to generate")
     parser.add_argument("--model", default=None, help="precision: a saved memory model; save-untrained: where to")
     parser.add_argument("--task", default="qa1", help="precision: BABILong task")
+    parser.add_argument("--facts", default=None, help="precision: facts per story, N or MIN-MAX (default: the task's)")
     parser.add_argument("--samples", type=int, default=10, help="precision: samples")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--output", default=str(RESULTS_DIR / "long_inputs-cpu.json"), help="result file")

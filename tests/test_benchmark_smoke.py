@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from benchmarks import (
     babilong_distractors,
+    babilong_memory_probe,
     babilong_mentions_haystack,
     diagonal_precision,
     encoder_memory,
@@ -26,7 +28,7 @@ from benchmarks import (
 from benchmarks.babilong_errors import KINDS, classify, kind_of
 from rmt import RMTConfig
 from rmt.build import memory_model
-from rmt.data.babilong import BabilongSample, answer_labels
+from rmt.data.babilong import PLACES, BabilongSample, answer_labels
 from rmt.data.babilong_source import distractor_background
 from rmt.data.haystack import Haystack, load_haystack
 from rmt.eval.by_length import evaluate_by_length
@@ -274,6 +276,65 @@ def test_babilong_distractors_counts_rooms_after_the_fact_and_rereads_without_th
         babilong_distractors.main(
             [*args[:3], "--facts", "2", "--haystack", str(haystack), "--output", str(tmp_path / "x")]
         )
+
+
+def test_babilong_memory_probe_swaps_the_fact_room_and_measures_whether_the_answer_follows(tmp_path):
+    text = "The garden was wet. Mary went to the kitchen. The kitchen door was open."
+    facts = ["Mary went to the kitchen."]
+    sample = BabilongSample(input=text, question="Where is Mary?", target="kitchen", facts=facts, supporting_facts=[0])
+    moved = babilong_memory_probe.with_fact_room(sample, "office")  # the fact only, not the background
+    assert moved.input == "The garden was wet. Mary went to the office. The kitchen door was open."
+    assert moved.target == "office" and moved.facts == ["Mary went to the office."]
+
+    rooms = range(len(PLACES))  # readings[sample][fact's room][room's score]
+    follower = [[[10.0 if room == fact else float(room) for room in rooms] for fact in rooms]] * 2
+    ignorer = [[[float(room) for room in rooms] for _ in rooms]] * 2
+    follows, ignores = babilong_memory_probe.summarise(follower), babilong_memory_probe.summarise(ignorer)
+    assert follows["follows"] == 1.0 and follows["distinct_answers_per_sample"]["6"] == 2
+    assert follows["median_lift"] == statistics.median(10.0 - room for room in rooms)  # a room scores itself otherwise
+    assert ignores["follows"] == pytest.approx(1 / 6) and ignores["distinct_answers_per_sample"]["1"] == 2
+    assert ignores["median_lift"] == 0.0 and ignores["median_score_spread_within_a_reading"] == 5.0
+
+    # End to end on a tiny encoder and decoder: every fact ends in the first segment, and the decoder's room scores
+    # are the last position's logits of a full forward pass.
+    haystack = tmp_path / "book.txt"
+    haystack.write_text(background_text(400))
+    for kind, labels in (("bert", answer_labels("qa1")), ("llama", None)):
+        folder = tiny_model_folder(tmp_path / kind, kind, labels)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if kind == "bert":
+            special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+            config = RMTConfig(num_memory_tokens=2, segment_size=32, mode="encoder", **special)
+            backbone = AutoModelForSequenceClassification.from_pretrained(folder)
+        else:
+            config, backbone = (
+                RMTConfig(num_memory_tokens=2, segment_size=32),
+                AutoModelForCausalLM.from_pretrained(folder),
+            )
+        model = memory_model(backbone, config).eval()
+        save_memory_model(model, tmp_path / f"{kind}-rmt", progress=False)
+        tokenizer.save_pretrained(tmp_path / f"{kind}-rmt" / "backbone")
+        args = [str(tmp_path / f"{kind}-rmt"), "--length", "120", "--samples", "3", "--haystack", str(haystack)]
+        babilong_memory_probe.main([*args, "--output", str(tmp_path / f"{kind}.json")])
+        written = json.loads((tmp_path / f"{kind}.json").read_text())
+        assert written["summary"]["samples"] == 3 and written["segment_size"] == 32
+        assert all(
+            len(s["room_scores"]) == 6 and all(len(r) == 6 for r in s["room_scores"]) for s in written["samples"]
+        )
+        samples = babilong_memory_probe.probe_samples(tokenizer, load_haystack([haystack]), 120, 32, 3, 0)
+        assert [s.seed for s in samples] == [s["seed"] for s in written["samples"]]
+        assert all(babilong_memory_probe.fact_end_token(s, tokenizer) <= 28 for s in samples)
+        scorer = babilong_memory_probe.RoomScorer(model, tokenizer)
+        for sample, recorded in zip(samples, written["samples"], strict=True):
+            swapped = babilong_memory_probe.with_fact_room(sample, PLACES[2])
+            assert scorer.scores(swapped) == pytest.approx(recorded["room_scores"][2])
+            if kind == "llama":
+                ids = torch.tensor(scorer.collate.prompt_ids([swapped.to_dict()]))
+                with torch.no_grad():
+                    full = model(ids).logits[0, -1]
+                assert scorer.scores(swapped) == pytest.approx(full[scorer.columns].tolist(), abs=1e-5)
+    with pytest.raises(SystemExit, match="fits one segment"):
+        babilong_memory_probe.main([*args[:1], "--length", "32", "--output", str(tmp_path / "x.json")])
 
 
 def _full_pass_nll(backbone, ids: torch.Tensor) -> torch.Tensor:

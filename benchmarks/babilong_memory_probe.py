@@ -1,0 +1,165 @@
+"""Whether a memory model's answer follows a fact it read in an earlier segment: the fact's room swapped for each room.
+
+    python -m benchmarks.babilong_memory_probe MODEL --length 512 --samples 20 --output RESULT.json
+
+Builds held-out single-fact qa1 samples (`--facts 1`: one fact hidden in the built-in background, then "Where is X?")
+whose fact lies in the first segment and whose question lies in a later one, so that the fact can reach the answer
+only through the memory. Each sample is read six times, its fact naming each of the six rooms in turn, everything
+else unchanged. At the answer the model's score for each room is taken: an encoder's class logits, a decoder's logit
+of the room's first token after "Answer:". It reports:
+- follows: the share of readings whose top room is the room of the fact it read. 1.0 when the answer comes from the
+  fact through the memory; when the memory carries nothing of it, every reading of a sample gives the same answer and
+  the share is 1/6 (the chance of the rooms);
+- distinct answers per sample (1 to 6, the top room over the six readings);
+- lift: how much a room's score rises when the fact names it, against its mean score over the readings whose fact
+  names another room (median over samples and rooms; 0 when the memory carries nothing of the fact), next to the
+  spread of the six room scores within one reading (top minus lowest, median over readings) for scale.
+The samples come from a seed stream of their own (`--seed`), not from the held-out samples of `rmt eval`; the
+background is the built-in corpus or `--haystack FILE[,FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import torch_threads, write_json
+from rmt.build import pretrained_tokenizer
+from rmt.cli.train import load_background
+from rmt.data.babilong import PLACES, BabilongSample, build_sample
+from rmt.data.collate import QACollator
+from rmt.data.haystack import Haystack, whole_words
+from rmt.memory.pretrained import load_memory_model
+
+
+def with_fact_room(sample: BabilongSample, room: str) -> BabilongSample:
+    """`sample` with its (single) fact naming `room` instead of its target, and `room` as the target."""
+    fact = sample.facts[0]
+    new_fact = whole_words([sample.target]).sub(room, fact)
+    start = sample.input.index(fact)
+    text = sample.input[:start] + new_fact + sample.input[start + len(fact) :]
+    return dataclasses.replace(sample, input=text, target=room, facts=[new_fact])
+
+
+def fact_end_token(sample: BabilongSample, tokenizer: Any) -> int:
+    """How many context tokens come up to the end of the sample's fact."""
+    end = sample.input.index(sample.facts[0]) + len(sample.facts[0])
+    return len(tokenizer(sample.input[:end], add_special_tokens=False, verbose=False).input_ids)
+
+
+def probe_samples(
+    tokenizer: Any, background: Haystack, length: int, segment_size: int, count: int, seed: int
+) -> list[BabilongSample]:
+    """`count` single-fact qa1 samples of `length` tokens whose fact ends within the first segment (a few tokens
+    spare for a start token)."""
+    seeds = random.Random(f"babilong-memory-probe/{seed}")
+    first_segment = min(1.0, 0.9 * segment_size / length)
+    samples: list[BabilongSample] = []
+    for _ in range(50 * count):
+        sample = build_sample("qa1", length, tokenizer, background, seeds.getrandbits(53), (0.0, first_segment), 1)
+        if fact_end_token(sample, tokenizer) <= segment_size - 4:
+            samples.append(sample)
+            if len(samples) == count:
+                return samples
+    raise SystemExit(
+        f"found {len(samples)} of {count} samples with the fact in the first segment; try a longer --length"
+    )
+
+
+class RoomScorer:
+    """The model's score for each room at the answer of a sample (see the module docstring)."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.encoder = model.config.mode == "encoder"
+        labels = None
+        if self.encoder:
+            config = model.backbone.config
+            labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.collate = QACollator(tokenizer, model.config.mode, labels)
+        if self.encoder:
+            self.columns = [self.collate.label_of(room) for room in PLACES]
+        else:
+            self.columns = [tokenizer(" " + room, add_special_tokens=False).input_ids[0] for room in PLACES]
+            if len(set(self.columns)) != len(PLACES):
+                raise SystemExit(
+                    "two rooms share their first token in this tokenizer: their logits cannot be told apart"
+                )
+
+    @torch.no_grad()
+    def scores(self, sample: BabilongSample) -> list[float]:
+        record = sample.to_dict()
+        if self.encoder:
+            logits = self.model(self.collate([record]).input_ids).logits[0]
+        else:
+            ids = torch.tensor(self.collate.prompt_ids([record]))
+            logits = self.model(ids, logits=torch.tensor([[ids.shape[1] - 1]])).logits[0, -1]
+        return [float(logits[column]) for column in self.columns]
+
+
+def top_room(scores: list[float]) -> int:
+    """The index of the highest of `scores`."""
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def summarise(readings: list[list[list[float]]]) -> dict[str, Any]:
+    """The module docstring's measures from readings[sample][fact room][room score]."""
+    follows = [top_room(row) == fact for sample in readings for fact, row in enumerate(sample)]
+    distinct = [len({top_room(row) for row in sample}) for sample in readings]
+    rooms = range(len(PLACES))
+    lift = [
+        sample[room][room] - statistics.mean(sample[fact][room] for fact in rooms if fact != room)
+        for sample in readings
+        for room in rooms
+    ]
+    spread = [max(row) - min(row) for sample in readings for row in sample]
+    return {
+        "samples": len(readings),
+        "follows": sum(follows) / len(follows),
+        "chance": 1 / len(PLACES),
+        "distinct_answers_per_sample": {str(k): distinct.count(k) for k in range(1, len(PLACES) + 1)},
+        "median_lift": statistics.median(lift),
+        "median_score_spread_within_a_reading": statistics.median(spread),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a saved memory model (rmt train's OUTPUT/model)")
+    parser.add_argument("--length", type=int, default=512, help="tokens per sample (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=20, help="samples, each read six times (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
+    parser.add_argument("--haystack", default=None, help="background text files (default: the built-in corpus)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--output", type=Path, required=True, help="result JSON file")
+    args = parser.parse_args(argv)
+
+    model = load_memory_model(args.model).eval()
+    tokenizer = pretrained_tokenizer(args.model)
+    segment_size = model.config.segment_size
+    if args.length <= segment_size:
+        raise SystemExit(f"--length {args.length} fits one segment of {segment_size}: the fact would not need memory")
+    scorer = RoomScorer(model, tokenizer)
+    background = load_background(args.haystack)
+    samples = probe_samples(tokenizer, background, args.length, segment_size, args.samples, args.seed)
+    with torch_threads(args.threads):
+        readings = [[scorer.scores(with_fact_room(sample, room)) for room in PLACES] for sample in samples]
+    summary = summarise(readings)
+    print(json.dumps(summary, indent=1))
+    settings = {"model": args.model, "length": args.length, "segment_size": segment_size, "seed": args.seed}
+    records = [
+        {"seed": sample.seed, "fact": sample.facts[0], "question": sample.question, "room_scores": rows}
+        for sample, rows in zip(samples, readings, strict=True)
+    ]
+    write_json(args.output, {**settings, "rooms": list(PLACES), "summary": summary, "samples": records})
+
+
+if __name__ == "__main__":
+    main()
