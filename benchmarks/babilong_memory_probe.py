@@ -14,6 +14,10 @@ of the room's first token after "Answer:". It reports:
 - lift: how much a room's score rises when the fact names it, against its mean score over the readings whose fact
   names another room (median over samples and rooms; 0 when the memory carries nothing of the fact), next to the
   spread of the six room scores within one reading (top minus lowest, median over readings) for scale.
+With `--attention` (decoder RMT), it also measures where the answer position looks in the last segment: per layer,
+the share of its attention (mean over heads and samples) on the memory read slots, on the segment's first token and
+on the rest of the segment. A memory that is never attended to cannot be read. The backbone then runs its eager
+(reference) attention, which returns the weights.
 The samples come from a seed stream of their own (`--seed`), not from the held-out samples of `rmt eval`; the
 background is the built-in corpus or `--haystack FILE[,FILE]`.
 """
@@ -104,6 +108,48 @@ class RoomScorer:
         return [float(logits[column]) for column in self.columns]
 
 
+@torch.no_grad()
+def answer_attention(model: Any, prompts: list[torch.Tensor]) -> list[dict[str, float]]:
+    """Per layer of a decoder RMT: the attention of each prompt's last token, in its last segment, on the memory read
+    slots, the segment's first token and the rest of the segment (means over heads and prompts)."""
+    config = model.config
+    if config.mode != "decoder" or config.memory_kind != "rmt" or config.xl_cache_tokens:
+        raise SystemExit("--attention reads decoder RMT windows [read memory | segment | write memory] only")
+    previous = model.backbone.config._attn_implementation
+    model.backbone.set_attn_implementation("eager")
+    captured: list[torch.Tensor] = []
+
+    def keep_weights(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, tuple) and len(output) > 1 and torch.is_tensor(output[1]) and output[1].dim() == 4:
+            captured.append(output[1])
+
+    modules = [m for m in model.backbone.modules() if type(m).__name__.endswith("Attention")]
+    handles = [m.register_forward_hook(keep_weights) for m in modules]
+    memory, size, shares = config.num_memory_tokens, config.segment_size, []
+    try:
+        for ids in prompts:
+            captured.clear()
+            length = ids.shape[1]
+            model(ids, logits=torch.tensor([[length - 1]]))
+            if not captured or len(captured) % ((length + size - 1) // size):
+                raise SystemExit("this backbone's attention modules do not return their weights")
+            layers = len(captured) // ((length + size - 1) // size)
+            query = memory + length - size * ((length - 1) // size) - 1  # the last token, after the read slots
+            shares.append(
+                [
+                    [float(w[:memory].sum()), float(w[memory]), float(w[memory + 1 :].sum())]
+                    for w in (weights[0, :, query].float().mean(0) for weights in captured[-layers:])
+                ]
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.backbone.set_attn_implementation(previous)
+    mean = torch.tensor(shares).mean(0)
+    names = ("memory", "first_segment_token", "rest_of_segment")
+    return [dict(zip(names, layer, strict=True)) for layer in mean.tolist()]
+
+
 def top_room(scores: list[float]) -> int:
     """The index of the highest of `scores`."""
     return max(range(len(scores)), key=scores.__getitem__)
@@ -136,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=512, help="tokens per sample (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=20, help="samples, each read six times (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
+    parser.add_argument("--attention", action="store_true", help="decoder RMT: where the answer position attends")
     parser.add_argument("--haystack", default=None, help="background text files (default: the built-in corpus)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--output", type=Path, required=True, help="result JSON file")
@@ -151,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     samples = probe_samples(tokenizer, background, args.length, segment_size, args.samples, args.seed)
     with torch_threads(args.threads):
         readings = [[scorer.scores(with_fact_room(sample, room)) for room in PLACES] for sample in samples]
-    summary = summarise(readings)
+        summary = summarise(readings)
+        if args.attention:
+            prompts = [torch.tensor(scorer.collate.prompt_ids([sample.to_dict()])) for sample in samples]
+            summary["answer_attention_by_layer"] = answer_attention(model, prompts)
     print(json.dumps(summary, indent=1))
     settings = {"model": args.model, "length": args.length, "segment_size": segment_size, "seed": args.seed}
     records = [

@@ -333,8 +333,21 @@ def test_babilong_memory_probe_swaps_the_fact_room_and_measures_whether_the_answ
                 with torch.no_grad():
                     full = model(ids).logits[0, -1]
                 assert scorer.scores(swapped) == pytest.approx(full[scorer.columns].tolist(), abs=1e-5)
+    # --attention on the decoder of the last round (args, model, scorer, swapped and ids are its): per layer, shares
+    # of the answer position's attention that add up to 1; the model gets its own attention back and scores as before.
+    babilong_memory_probe.main([*args, "--attention", "--output", str(tmp_path / "attention.json")])
+    layers = json.loads((tmp_path / "attention.json").read_text())["summary"]["answer_attention_by_layer"]
+    assert len(layers) == 2 and all(sum(layer.values()) == pytest.approx(1.0) for layer in layers)
+    assert all(layer["memory"] > 0 for layer in layers)
+    implementation, before = model.backbone.config._attn_implementation, scorer.scores(swapped)
+    assert babilong_memory_probe.answer_attention(model, [ids]) and scorer.scores(swapped) == before
+    assert model.backbone.config._attn_implementation == implementation
     with pytest.raises(SystemExit, match="fits one segment"):
         babilong_memory_probe.main([*args[:1], "--length", "32", "--output", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="decoder RMT"):
+        babilong_memory_probe.main(
+            [str(tmp_path / "bert-rmt"), *args[1:], "--attention", "--output", str(tmp_path / "y.json")]
+        )
 
 
 def _full_pass_nll(backbone, ids: torch.Tensor) -> torch.Tensor:
