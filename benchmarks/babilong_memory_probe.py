@@ -16,8 +16,9 @@ of the room's first token after "Answer:". It reports:
   spread of the six room scores within one reading (top minus lowest, median over readings) for scale.
 With `--attention` (decoder RMT), it also measures where the answer position looks in the last segment: per layer,
 the share of its attention (mean over heads and samples) on the memory read slots, on the segment's first token and
-on the rest of the segment. A memory that is never attended to cannot be read. The backbone then runs its eager
-(reference) attention, which returns the weights.
+on the rest of the segment, next to the memory's share of the keys it sees (what uniform attention would give the
+memory; it depends on how many tokens the last segment holds). A memory that is never attended to cannot be read.
+The backbone runs its eager (reference) attention for this, which returns the weights.
 The samples come from a seed stream of their own (`--seed`), not from the held-out samples of `rmt eval`; the
 background is the built-in corpus or `--haystack FILE[,FILE]`.
 """
@@ -109,9 +110,10 @@ class RoomScorer:
 
 
 @torch.no_grad()
-def answer_attention(model: Any, prompts: list[torch.Tensor]) -> list[dict[str, float]]:
+def answer_attention(model: Any, prompts: list[torch.Tensor]) -> dict[str, Any]:
     """Per layer of a decoder RMT: the attention of each prompt's last token, in its last segment, on the memory read
-    slots, the segment's first token and the rest of the segment (means over heads and prompts)."""
+    slots, the segment's first token and the rest of the segment (means over heads and prompts); with the memory's
+    share of the keys that token sees (what uniform attention would give it) and the last segment's tokens."""
     config = model.config
     if config.mode != "decoder" or config.memory_kind != "rmt" or config.xl_cache_tokens:
         raise SystemExit("--attention reads decoder RMT windows [read memory | segment | write memory] only")
@@ -125,7 +127,7 @@ def answer_attention(model: Any, prompts: list[torch.Tensor]) -> list[dict[str, 
 
     modules = [m for m in model.backbone.modules() if type(m).__name__.endswith("Attention")]
     handles = [m.register_forward_hook(keep_weights) for m in modules]
-    memory, size, shares = config.num_memory_tokens, config.segment_size, []
+    memory, size, shares, last_tokens = config.num_memory_tokens, config.segment_size, [], []
     try:
         for ids in prompts:
             captured.clear()
@@ -134,7 +136,8 @@ def answer_attention(model: Any, prompts: list[torch.Tensor]) -> list[dict[str, 
             if not captured or len(captured) % ((length + size - 1) // size):
                 raise SystemExit("this backbone's attention modules do not return their weights")
             layers = len(captured) // ((length + size - 1) // size)
-            query = memory + length - size * ((length - 1) // size) - 1  # the last token, after the read slots
+            last_tokens.append(length - size * ((length - 1) // size))
+            query = memory + last_tokens[-1] - 1  # the last token, after the read slots
             shares.append(
                 [
                     [float(w[:memory].sum()), float(w[memory]), float(w[memory + 1 :].sum())]
@@ -147,7 +150,11 @@ def answer_attention(model: Any, prompts: list[torch.Tensor]) -> list[dict[str, 
         model.backbone.set_attn_implementation(previous)
     mean = torch.tensor(shares).mean(0)
     names = ("memory", "first_segment_token", "rest_of_segment")
-    return [dict(zip(names, layer, strict=True)) for layer in mean.tolist()]
+    return {
+        "last_segment_tokens": statistics.mean(last_tokens),
+        "memory_share_of_keys": statistics.mean(memory / (memory + tokens) for tokens in last_tokens),
+        "by_layer": [dict(zip(names, layer, strict=True)) for layer in mean.tolist()],
+    }
 
 
 def top_room(scores: list[float]) -> int:
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = summarise(readings)
         if args.attention:
             prompts = [torch.tensor(scorer.collate.prompt_ids([sample.to_dict()])) for sample in samples]
-            summary["answer_attention_by_layer"] = answer_attention(model, prompts)
+            summary["answer_attention"] = answer_attention(model, prompts)
     print(json.dumps(summary, indent=1))
     settings = {"model": args.model, "length": args.length, "segment_size": segment_size, "seed": args.seed}
     records = [

@@ -336,8 +336,10 @@ def test_babilong_memory_probe_swaps_the_fact_room_and_measures_whether_the_answ
     # --attention on the decoder of the last round (args, model, scorer, swapped and ids are its): per layer, shares
     # of the answer position's attention that add up to 1; the model gets its own attention back and scores as before.
     babilong_memory_probe.main([*args, "--attention", "--output", str(tmp_path / "attention.json")])
-    layers = json.loads((tmp_path / "attention.json").read_text())["summary"]["answer_attention_by_layer"]
+    attention = json.loads((tmp_path / "attention.json").read_text())["summary"]["answer_attention"]
+    layers, last_tokens = attention["by_layer"], attention["last_segment_tokens"]
     assert len(layers) == 2 and all(sum(layer.values()) == pytest.approx(1.0) for layer in layers)
+    assert 0 < last_tokens <= 32 and attention["memory_share_of_keys"] == pytest.approx(2 / (2 + last_tokens), rel=0.2)
     assert all(layer["memory"] > 0 for layer in layers)
     implementation, before = model.backbone.config._attn_implementation, scorer.scores(swapped)
     assert babilong_memory_probe.answer_attention(model, [ids]) and scorer.scores(swapped) == before
