@@ -36,7 +36,7 @@ from rmt.memory.pretrained import load_memory_model
 NEUTRAL_PLACE = "cellar"
 
 
-def _end_of_fact(sample: BabilongSample) -> int:
+def end_of_fact(sample: BabilongSample) -> int:
     """Where the sample's last supporting fact ends in its context. Facts are inserted verbatim and in order, so each
     is searched after the one before it (a story can repeat a sentence)."""
     end = 0
@@ -47,13 +47,13 @@ def _end_of_fact(sample: BabilongSample) -> int:
 
 def rooms_after_fact(sample: BabilongSample) -> dict[str, int]:
     """How often each room word occurs in the background after the sample's last supporting fact."""
-    after = sample.input[_end_of_fact(sample) :]
+    after = sample.input[end_of_fact(sample) :]
     return {room: len(whole_words([room]).findall(after)) for room in PLACES}
 
 
 def without_room_after_fact(sample: BabilongSample, room: str) -> BabilongSample:
     """The sample with every `room` word after its last supporting fact replaced by NEUTRAL_PLACE."""
-    end = _end_of_fact(sample)
+    end = end_of_fact(sample)
     after = whole_words([room]).sub(NEUTRAL_PLACE, sample.input[end:])
     return dataclasses.replace(sample, input=sample.input[:end] + after)
 

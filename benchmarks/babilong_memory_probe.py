@@ -35,13 +35,15 @@ from typing import Any
 
 import torch
 
+from benchmarks.babilong_distractors import end_of_fact
 from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
 from rmt.cli.train import load_background
 from rmt.data.babilong import PLACES, BabilongSample, build_sample
-from rmt.data.collate import QACollator
 from rmt.data.haystack import Haystack, whole_words
+from rmt.eval.by_length import Reader
 from rmt.memory.pretrained import load_memory_model
+from rmt.memory.segments import closed_length
 
 
 def with_fact_room(sample: BabilongSample, room: str) -> BabilongSample:
@@ -55,7 +57,7 @@ def with_fact_room(sample: BabilongSample, room: str) -> BabilongSample:
 
 def fact_end_token(sample: BabilongSample, tokenizer: Any) -> int:
     """How many context tokens come up to the end of the sample's fact."""
-    end = sample.input.index(sample.facts[0]) + len(sample.facts[0])
+    end = end_of_fact(sample)
     return len(tokenizer(sample.input[:end], add_special_tokens=False, verbose=False).input_ids)
 
 
@@ -84,11 +86,7 @@ class RoomScorer:
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model = model
         self.encoder = model.config.mode == "encoder"
-        labels = None
-        if self.encoder:
-            config = model.backbone.config
-            labels = [config.id2label[i] for i in range(config.num_labels)]
-        self.collate = QACollator(tokenizer, model.config.mode, labels)
+        self.collate = Reader(model, tokenizer).collate  # the collator and class labels `rmt eval` scores with
         if self.encoder:
             self.columns = [self.collate.label_of(room) for room in PLACES]
         else:
@@ -133,10 +131,11 @@ def answer_attention(model: Any, prompts: list[torch.Tensor]) -> dict[str, Any]:
             captured.clear()
             length = ids.shape[1]
             model(ids, logits=torch.tensor([[length - 1]]))
-            if not captured or len(captured) % ((length + size - 1) // size):
+            segments = closed_length(length, size) // size + 1
+            if not captured or len(captured) % segments:
                 raise SystemExit("this backbone's attention modules do not return their weights")
-            layers = len(captured) // ((length + size - 1) // size)
-            last_tokens.append(length - size * ((length - 1) // size))
+            layers = len(captured) // segments
+            last_tokens.append(length - closed_length(length, size))
             query = memory + last_tokens[-1] - 1  # the last token, after the read slots
             shares.append(
                 [

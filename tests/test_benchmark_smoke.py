@@ -344,6 +344,16 @@ def test_babilong_memory_probe_swaps_the_fact_room_and_measures_whether_the_answ
     implementation, before = model.backbone.config._attn_implementation, scorer.scores(swapped)
     assert babilong_memory_probe.answer_attention(model, [ids]) and scorer.scores(swapped) == before
     assert model.backbone.config._attn_implementation == implementation
+    # Oracle: with the query projections zeroed every head attends uniformly over the keys the answer position sees,
+    # so the memory gets exactly its share of them and the first token 1/(memory + last segment's tokens); the wrong
+    # query (another position of the window) would give other shares.
+    for layer in model.backbone.model.layers:
+        layer.self_attn.q_proj.weight.data.zero_()
+    uniform = babilong_memory_probe.answer_attention(model, [ids])
+    visible = 2 + uniform["last_segment_tokens"]
+    for layer in uniform["by_layer"]:
+        assert layer["memory"] == pytest.approx(uniform["memory_share_of_keys"], abs=1e-5) == pytest.approx(2 / visible)
+        assert layer["first_segment_token"] == pytest.approx(1 / visible, abs=1e-5)
     with pytest.raises(SystemExit, match="fits one segment"):
         babilong_memory_probe.main([*args[:1], "--length", "32", "--output", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="decoder RMT"):
