@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,17 @@ from transformers.utils import logging as hf_logging
 from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
 from rmt.data.tasks import AssociativeRetrievalTask, CopyTask
-from rmt.train.loop import TaskSource, TrainConfig, evaluate, one_window, train, train_in_context
+from rmt.errors import InputError
+from rmt.train.loop import (
+    TaskSource,
+    TrainConfig,
+    TrainerState,
+    _after_eval,
+    evaluate,
+    one_window,
+    train,
+    train_in_context,
+)
 from rmt.train.optim import build_optimizer
 from rmt.train.schedules import curriculum_segments, linear_curriculum
 
@@ -40,6 +51,28 @@ def test_curriculum_values():
     stages = [(0, 1), (500, 2), (1000, 4)]
     assert [curriculum_segments(s, stages) for s in (0, 499, 500, 999, 1000, 10**6)] == [1, 1, 2, 2, 4, 4]
     assert linear_curriculum(1, 4, 1000, hold_fraction=0.2) == [(0, 1), (200, 2), (400, 3), (600, 4)]
+
+
+def test_curriculum_advance_and_plateau_read_the_chosen_metric():
+    """A stage ends when the held-out score named by curriculum_metric reaches curriculum_accuracy, and the plateau
+    stop counts evaluations without a gain in that same score: token accuracy 0.95 with exact match 0.7 advances
+    under 'accuracy' and not under 'exact_match'."""
+    one_process = SimpleNamespace(num_processes=1)
+    scores = {"loss": 0.3, "accuracy": 0.95, "exact_match": 0.7}
+    stages = [(0, 1), (1000, 2)]
+    by_tokens = TrainConfig(curriculum=stages, curriculum_accuracy=0.9)
+    by_answers = TrainConfig(curriculum=stages, curriculum_accuracy=0.9, curriculum_metric="exact_match")
+    assert _after_eval(by_tokens, TrainerState(), 100, scores, one_process).stage == 1
+    assert _after_eval(by_answers, TrainerState(), 100, scores, one_process).stage == 0
+    assert _after_eval(by_answers, TrainerState(), 100, {**scores, "exact_match": 0.9}, one_process).stage == 1
+
+    plateau = TrainConfig(plateau_evals=2, curriculum_metric="exact_match")
+    state = TrainerState()
+    for exact in (0.5, 0.5, 0.5):
+        state = _after_eval(plateau, state, 100, {**scores, "exact_match": exact}, one_process)
+    assert state.best_accuracy == 0.5 and state.stopped_early
+    with pytest.raises(InputError, match="curriculum_metric"):
+        TrainConfig(curriculum_metric="f1")
     assert linear_curriculum(3, 3, 100) == [(0, 3)]
     with pytest.raises(ValueError, match="must start at step 0"):
         curriculum_segments(0, [(5, 1)])

@@ -15,6 +15,7 @@ from rmt.train.schedules import curriculum_segments
 MixedPrecision = Literal["no", "bf16", "fp16"]
 Trainable = Literal["all", "memory", "lora"]
 LRSchedule = Literal["cosine", "linear", "constant"]
+HeldOutMetric = Literal["accuracy", "exact_match"]
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -90,15 +91,24 @@ class TrainConfig:
     curriculum_accuracy: float | None = field(
         default=None,
         metadata=_doc(
-            "Advance the curriculum as soon as held-out accuracy at the current number of segments reaches this "
-            "value (0..1); a stage's STEP then only caps how long the stage before it may last."
+            "Advance the curriculum as soon as the held-out score (curriculum_metric) at the current number of "
+            "segments reaches this value (0..1); a stage's STEP then only caps how long the stage before it may last."
+        ),
+    )
+    curriculum_metric: HeldOutMetric = field(
+        default="accuracy",
+        metadata=_doc(
+            "The held-out score that curriculum_accuracy and plateau_evals read: 'accuracy' = the share of answer "
+            "tokens predicted right; 'exact_match' = the share of samples whose whole answer is right (stricter "
+            "where answers span several tokens, as a decoder's generated answers do)."
         ),
     )
     plateau_evals: int | None = field(
         default=None,
         metadata=_doc(
-            "Stop early once held-out accuracy (at the final number of segments) has not improved by more than "
-            "0.005 over this many evaluations in a row, or has reached 1.0 (default: train all steps)."
+            "Stop early once the held-out score (curriculum_metric, at the final number of segments) has not "
+            "improved by more than 0.005 over this many evaluations in a row, or has reached 1.0 (default: train "
+            "all steps)."
         ),
     )
     recompute: bool = field(
@@ -169,6 +179,7 @@ class TrainConfig:
             "lr_schedule": ("cosine", "linear", "constant"),
             "mixed_precision": ("no", "bf16", "fp16"),
             "trainable": ("all", "memory", "lora"),
+            "curriculum_metric": ("accuracy", "exact_match"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

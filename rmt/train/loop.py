@@ -303,8 +303,8 @@ def _after_eval(
     config: TrainConfig, state: TrainerState, step: int, scores: dict[str, float] | None, accelerator: Accelerator
 ) -> TrainerState:
     """Curriculum advance on accuracy and early stopping, decided by the main process and shared with the others."""
-    if scores is not None and "accuracy" in scores:
-        accuracy = scores["accuracy"]
+    if scores is not None and config.curriculum_metric in scores:
+        accuracy = scores[config.curriculum_metric]
         last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
         if config.curriculum_accuracy is not None and not last_stage and accuracy >= config.curriculum_accuracy:
             state.stage += 1
