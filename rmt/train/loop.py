@@ -64,7 +64,7 @@ class TrainerState:
     """What the loop itself carries from step to step and saves in checkpoints."""
 
     stage: int = 0  # index into TrainConfig.curriculum
-    best_accuracy: float = -1.0  # best held-out accuracy at the final number of segments
+    best_accuracy: float = -1.0  # best held-out score (curriculum_metric) at the final number of segments
     evals_without_gain: int = 0
     stopped_early: bool = False
     elapsed_s: float = 0.0  # training time up to the last checkpoint, so a resumed log's elapsed_s carries on
@@ -302,19 +302,20 @@ def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int 
 def _after_eval(
     config: TrainConfig, state: TrainerState, step: int, scores: dict[str, float] | None, accelerator: Accelerator
 ) -> TrainerState:
-    """Curriculum advance on accuracy and early stopping, decided by the main process and shared with the others."""
+    """Curriculum advance and early stopping on the held-out score named by `config.curriculum_metric`, decided by
+    the main process and shared with the others."""
     if scores is not None and config.curriculum_metric in scores:
-        accuracy = scores[config.curriculum_metric]
+        score = scores[config.curriculum_metric]
         last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
-        if config.curriculum_accuracy is not None and not last_stage and accuracy >= config.curriculum_accuracy:
+        if config.curriculum_accuracy is not None and not last_stage and score >= config.curriculum_accuracy:
             state.stage += 1
             state.best_accuracy, state.evals_without_gain = -1.0, 0
         elif last_stage and config.plateau_evals is not None:
-            if accuracy > state.best_accuracy + _PLATEAU_DELTA:
-                state.best_accuracy, state.evals_without_gain = accuracy, 0
+            if score > state.best_accuracy + _PLATEAU_DELTA:
+                state.best_accuracy, state.evals_without_gain = score, 0
             else:
                 state.evals_without_gain += 1
-            state.stopped_early = accuracy >= 1.0 or state.evals_without_gain >= config.plateau_evals
+            state.stopped_early = score >= 1.0 or state.evals_without_gain >= config.plateau_evals
     if accelerator.num_processes > 1:
         shared = broadcast_object_list([asdict(state)])
         state = TrainerState(**shared[0])
