@@ -51,6 +51,11 @@ def test_curriculum_values():
     stages = [(0, 1), (500, 2), (1000, 4)]
     assert [curriculum_segments(s, stages) for s in (0, 499, 500, 999, 1000, 10**6)] == [1, 1, 2, 2, 4, 4]
     assert linear_curriculum(1, 4, 1000, hold_fraction=0.2) == [(0, 1), (200, 2), (400, 3), (600, 4)]
+    assert linear_curriculum(3, 3, 100) == [(0, 3)]
+    with pytest.raises(ValueError, match="must start at step 0"):
+        curriculum_segments(0, [(5, 1)])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        curriculum_segments(0, [(0, 1), (10, 2), (10, 3)])
 
 
 def test_curriculum_advance_and_plateau_read_the_chosen_metric():
@@ -73,11 +78,6 @@ def test_curriculum_advance_and_plateau_read_the_chosen_metric():
     assert state.best_accuracy == 0.5 and state.stopped_early
     with pytest.raises(InputError, match="curriculum_metric"):
         TrainConfig(curriculum_metric="f1")
-    assert linear_curriculum(3, 3, 100) == [(0, 3)]
-    with pytest.raises(ValueError, match="must start at step 0"):
-        curriculum_segments(0, [(5, 1)])
-    with pytest.raises(ValueError, match="strictly increasing"):
-        curriculum_segments(0, [(0, 1), (10, 2), (10, 3)])
 
 
 def small_setup(memory_tokens: int = 4, length: int = 6, segments: int = 3, seed: int = 0):

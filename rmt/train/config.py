@@ -7,7 +7,7 @@ dataclass (`rmt.cli.options`), so the library and the command line never disagre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from rmt.errors import InputError
 from rmt.train.schedules import curriculum_segments
@@ -176,10 +176,10 @@ class TrainConfig:
         if self.grad_clip < 0:
             raise InputError(f"TrainConfig.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
         choices = {
-            "lr_schedule": ("cosine", "linear", "constant"),
-            "mixed_precision": ("no", "bf16", "fp16"),
-            "trainable": ("all", "memory", "lora"),
-            "curriculum_metric": ("accuracy", "exact_match"),
+            "lr_schedule": get_args(LRSchedule),
+            "mixed_precision": get_args(MixedPrecision),
+            "trainable": get_args(Trainable),
+            "curriculum_metric": get_args(HeldOutMetric),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
