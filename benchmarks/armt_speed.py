@@ -31,7 +31,8 @@ stacked copy of the layer weights too). On CPU there is no allocator counter: th
 worker process (`resource.getrusage(...).ru_maxrss`, Linux: KiB) after the timed runs, and the resident size just
 before them (model and engine built, warm-up done), so `peak - before` is what the run itself added.
 
-Output: a table on stdout and a JSON file (`--output`) with the device name, torch/transformers versions, the model
+Output: a table on stdout and a JSON file (`--output`, rewritten after every length with `meta.complete` false until
+the last one) with the device name, torch/transformers versions, the model
 config, every measurement, and the ratios: diagonal/sequential time, ARMT time per token at each length relative to
 the first length, full-attention/diagonal time, and the diagonal-vs-sequential error on the last token's logits
 (max abs, max abs relative to the largest logit, and the relative L2 error). On CPU the sequential run also records
@@ -41,7 +42,7 @@ segments of one run, so a segment that costs more late in a long sequence shows 
 
 Committed results (the README quotes them): benchmarks/results/armt_speed-small-cpu.json (4k-128k, 3 repeats) and
 armt_speed-small-cpu-paired10.json (8k and 16k, sequential and diagonal, 10 paired rounds), both on a shared 2-core
-Intel Xeon with 1 thread.
+Intel Xeon with 1 thread; armt_speed-llama-1b-cuda.json (4k-131k on one NVIDIA H200, bf16, 3 repeats).
 """
 
 from __future__ import annotations
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = f"{args.config} config, {args.dtype}, segment {args.segment_size}, {args.memory_tokens} memory tokens"
     print(f"# {meta['device']}, torch {meta['torch']}, {settings}")
     rows = []
+    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for length in args.lengths:
             row: dict = {"length": length}
@@ -409,10 +411,12 @@ def main(argv: list[str] | None = None) -> None:
                     torch.load(os.path.join(tmp, f"sequential-{length}.pt")),
                 )
             rows.append(row)
+            # Saved after every length: a run stopped part-way (a time limit, a crash) keeps what it measured.
+            partial = meta | {"complete": False, "lengths_done": [r["length"] for r in rows]}
+            write_json(output, {"meta": partial, "results": rows, "ratios": compute_ratios(rows)})
     ratios = compute_ratios(rows)
-    meta["load_average_at_end"] = os.getloadavg()
+    meta |= {"complete": True, "load_average_at_end": os.getloadavg()}
     print_table(rows, ratios, cuda)
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output, {"meta": meta, "results": rows, "ratios": ratios})
     print(f"wrote {output}")
 

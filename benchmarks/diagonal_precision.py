@@ -2,6 +2,8 @@
 
     python -m benchmarks.diagonal_precision --config llama-1b --length 4096 \\
         --output benchmarks/results/diagonal_precision-llama-1b-cpu.json
+    python -m benchmarks.diagonal_precision --config llama-1b --device cuda --length 131072 \\
+        --output benchmarks/results/diagonal_precision-llama-1b-cuda-131072.json
 
 The same model (a random Llama of a benchmarks/armt_speed.py shape, or the trained SmolLM2-135M with `--config
 smollm2`; ARMT's W_v small and non-zero) reads the same input four ways: sequential ARMT in fp32 (the reference),
@@ -10,6 +12,10 @@ one cell at a time (group_size=1). It reports each bf16 path's relative L2 error
 fp32 and against sequential bf16. If the engine's error against fp32 is
 the sequential path's own, the two bf16 paths round differently but equally well; only running the same kernels in
 the same order removes their difference, which is what group_size=1 does (it runs the model's own layers).
+It also runs the grouped engine in fp32 against sequential fp32 (`diagonal_all_fp32_vs_sequential_fp32`): the
+engine's own exactness, free of bf16 rounding. On long inputs that number grows with the length on a random model,
+whose recurrence amplifies any rounding-level difference from segment to segment; it then measures the model, not
+the engine. On CUDA the fp32 paths run without TF32, so fp32 means fp32.
 """
 
 from __future__ import annotations
@@ -26,22 +32,26 @@ from rmt import ARMTForCausalLM, RMTConfig
 from rmt.inference import DiagonalARMT
 
 
-def build(config: str, segment: int, memory: int, d_mem: int, length: int) -> ARMTForCausalLM:
-    """A random Llama of a benchmarks/armt_speed.py shape, or the real SmolLM2-135M ("smollm2"), in ARMT."""
+def build(config: str, segment: int, memory: int, d_mem: int, length: int, device: str = "cpu") -> ARMTForCausalLM:
+    """A random Llama of a benchmarks/armt_speed.py shape, or the real SmolLM2-135M ("smollm2"), in ARMT, in fp32 on
+    `device` (a random backbone is initialised there: its weights differ between devices, not between runs)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if config == "smollm2":
         from rmt.build import pretrained_backbone
 
-        backbone = pretrained_backbone("smollm2")
+        backbone = pretrained_backbone("smollm2").to(device)
     else:
-        backbone = LlamaForCausalLM(LlamaConfig(**CONFIGS[config], max_position_embeddings=max(length, 2 * segment)))
+        with torch.device(device):
+            config_ = LlamaConfig(**CONFIGS[config], max_position_embeddings=max(length, 2 * segment))
+            backbone = LlamaForCausalLM(config_)
     model = ARMTForCausalLM(
         backbone.eval(), RMTConfig(memory_kind="armt", segment_size=segment, num_memory_tokens=memory, d_mem=d_mem)
     ).eval()
     with torch.no_grad():
-        model.w_v.copy_(torch.randn(model.w_v.shape, generator=torch.Generator().manual_seed(1)) * 0.002)
+        w_v = torch.randn(model.w_v.shape, generator=torch.Generator().manual_seed(1)) * 0.002
+        model.w_v.copy_(w_v.to(model.w_v.device))
     return model
 
 
@@ -51,18 +61,24 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def measure(args: argparse.Namespace) -> dict:
-    model = build(args.config, args.segment_size, args.memory_tokens, args.d_mem, args.length)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    model = build(args.config, args.segment_size, args.memory_tokens, args.d_mem, args.length, args.device)
     vocab = model.vocab_size
-    ids = torch.randint(0, vocab, (1, args.length), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, vocab, (1, args.length), generator=torch.Generator().manual_seed(2)).to(args.device)
     timings = {}
 
     def timed(name: str, run) -> torch.Tensor:
         started = time.perf_counter()
         out = run()
+        if cuda:
+            torch.cuda.synchronize()
         timings[name] = time.perf_counter() - started
         return out
 
     reference = timed("sequential_fp32", lambda: model(ids, logits="last").logits)
+    grouped_fp32 = timed("diagonal_all_fp32", lambda: DiagonalARMT(model, group_size=None)(ids, logits="last").logits)
     model = model.to(torch.bfloat16)
     sequential = timed("sequential_bf16", lambda: model(ids, logits="last").logits)
     grouped = timed("diagonal_all_bf16", lambda: DiagonalARMT(model, group_size=None)(ids, logits="last").logits)
@@ -73,8 +89,9 @@ def measure(args: argparse.Namespace) -> dict:
         "length": args.length,
         "segment_size": args.segment_size,
         "memory_tokens": args.memory_tokens,
-        "device": device_name("cpu"),
+        "device": device_name(args.device),
         "threads": args.threads,
+        "diagonal_all_fp32_vs_sequential_fp32": relative_error(grouped_fp32, reference),
         "error_vs_fp32": {name: relative_error(out, reference) for name, out in paths.items()},
         "error_vs_sequential_bf16": {name: relative_error(out, sequential) for name, out in paths.items()},
         "max_abs_vs_sequential_bf16": {
@@ -91,15 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segment-size", type=int, default=1024)
     parser.add_argument("--memory-tokens", type=int, default=16)
     parser.add_argument("--d-mem", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", default=None, help="result file (default: results/diagonal_precision-CONFIG-cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--output", default=None, help="result file (default: results/diagonal_precision-CONFIG-DEVICE.json)"
+    )
     args = parser.parse_args(argv)
     with torch_threads(args.threads):
         record = measure(args)
-    output = Path(args.output or RESULTS_DIR / f"diagonal_precision-{args.config}-cpu.json")
+    device = args.device.split(":")[0]
+    output = Path(args.output or RESULTS_DIR / f"diagonal_precision-{args.config}-{device}.json")
     write_json(output, record)
+    print(f"{args.config}, {args.length} tokens, {record['device']}")
     for key in ("error_vs_fp32", "error_vs_sequential_bf16"):
         print(key, {k: round(v, 5) for k, v in record[key].items()})
+    print("diagonal_all_fp32_vs_sequential_fp32", f"{record['diagonal_all_fp32_vs_sequential_fp32']:.2e}")
     return 0
 
 

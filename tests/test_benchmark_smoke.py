@@ -82,6 +82,7 @@ def test_diagonal_precision_smoke(tmp_path):
     assert record["error_vs_sequential_bf16"]["sequential_bf16"] == 0.0
     assert record["error_vs_sequential_bf16"]["diagonal_1_bf16"] == 0.0  # one cell at a time: the same kernels
     assert 0 < record["error_vs_fp32"]["sequential_bf16"] < 0.1  # bf16 rounding, but the same logits
+    assert record["diagonal_all_fp32_vs_sequential_fp32"] < 1e-5  # in fp32 the grouped engine is exact
 
 
 def test_encoder_memory_smoke(tmp_path):
