@@ -129,9 +129,27 @@ def test_armt_speed_smoke_run(tmp_path):
     times = row["sequential"]["segment_times_s"]
     assert len(times) == 320 // 32
     assert record["ratios"][0]["sequential_segment_drift"] == armt_speed.segment_drift(times)
+    assert record["meta"]["complete"] is True
     assert record["meta"]["device"] and record["meta"]["model_config"]["num_hidden_layers"] == 2
     # The workers ran with the steady malloc settings and counted their page faults.
     assert record["meta"]["malloc"] == armt_speed.STEADY_MALLOC
     for method in ("full", "sequential", "diagonal"):
         assert row[method]["malloc_env"] == armt_speed.STEADY_MALLOC
         assert row[method]["minor_faults_per_run"] >= 0
+
+
+def test_a_run_stopped_part_way_keeps_the_lengths_it_measured(tmp_path, monkeypatch):
+    def measure(args, method: str, length: int, logits_path: str) -> dict:
+        if length == 256:
+            raise KeyboardInterrupt  # the run is stopped during the second length
+        torch.save(torch.zeros(1, 8), logits_path)
+        return _ok(1.0, 1.0) | {"method": method, "length": length}
+
+    monkeypatch.setattr(armt_speed, "measure", measure)
+    output = tmp_path / "speed.json"
+    with pytest.raises(KeyboardInterrupt):
+        armt_speed.main([*ARGS, "--lengths", "128", "256", "--output", str(output)])
+    record = json.loads(output.read_text())
+    assert record["meta"]["complete"] is False and record["meta"]["lengths_done"] == [128]
+    assert [row["length"] for row in record["results"]] == [128]
+    assert record["results"][0]["logits_error"]["max_abs"] == 0.0
