@@ -32,9 +32,9 @@ worker process (`resource.getrusage(...).ru_maxrss`, Linux: KiB) after the timed
 before them (model and engine built, warm-up done), so `peak - before` is what the run itself added.
 
 Output: a table on stdout and a JSON file (`--output`, rewritten after every length with `meta.complete` false until
-the last one) with the device name, torch/transformers versions, the model
-config, every measurement, and the ratios: diagonal/sequential time, ARMT time per token at each length relative to
-the first length, full-attention/diagonal time, and the diagonal-vs-sequential error on the last token's logits
+the last one) with the device name, torch/transformers versions, the model config, every measurement, and the
+ratios: diagonal/sequential time, ARMT time per token at each length relative to the first length,
+full-attention/diagonal time, and the diagonal-vs-sequential error on the last token's logits
 (max abs, max abs relative to the largest logit, and the relative L2 error). On CPU the sequential run also records
 every segment's time and its drift (median of the last quarter of the segments over the first quarter): per-token
 time compared across lengths mixes in how fast the machine ran in each subprocess, while the drift compares

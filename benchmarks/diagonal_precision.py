@@ -15,7 +15,8 @@ the same order removes their difference, which is what group_size=1 does (it run
 It also runs the grouped engine in fp32 against sequential fp32 (`diagonal_all_fp32_vs_sequential_fp32`): the
 engine's own exactness, free of bf16 rounding. On long inputs that number grows with the length on a random model,
 whose recurrence amplifies any rounding-level difference from segment to segment; it then measures the model, not
-the engine. On CUDA the fp32 paths run without TF32, so fp32 means fp32.
+the engine. On CUDA the fp32 paths run without TF32, so fp32 means fp32. (The CPU result files predate this check
+and lack it.)
 """
 
 from __future__ import annotations
