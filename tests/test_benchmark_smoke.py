@@ -14,6 +14,7 @@ from conftest import background_text, strengthen_memory, tiny_decoder, tiny_mode
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from benchmarks import (
+    armt_state_growth,
     babilong_distractors,
     babilong_memory_probe,
     babilong_mentions_haystack,
@@ -478,3 +479,39 @@ def test_babilong_mentions_haystack_writes_a_background_that_reads_back(tmp_path
     assert (
         counts["written"]["sentences"] == len(expected) and 0 < counts["written"]["tokens"] < counts["source"]["tokens"]
     )
+
+
+def test_armt_state_growth_records_the_state_and_activations_per_segment(tmp_path):
+    haystack = tmp_path / "book.txt"
+    haystack.write_text(background_text(400))
+    folder = tiny_model_folder(tmp_path / "llama", "llama", None)
+    config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=32, d_mem=4)
+    untrained = memory_model(AutoModelForCausalLM.from_pretrained(folder), config).eval()  # W_v = 0: writes nothing
+    writing = memory_model(AutoModelForCausalLM.from_pretrained(folder), config).eval()
+    with torch.no_grad():
+        writing.w_v.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    for name, model in (("untrained", untrained), ("writing", writing)):
+        save_memory_model(model, tmp_path / name, progress=False)
+        AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / name / "backbone")
+    output = tmp_path / "growth.json"
+    models = [str(tmp_path / "untrained"), str(tmp_path / "writing")]
+    args = ["--length", "150", "--samples", "2", "--haystack", str(haystack), "--output", str(output)]
+    armt_state_growth.main([*models, *args])
+    written = json.loads(output.read_text())["models"]
+    flat, grown = written[models[0]], written[models[1]]
+    segments = len(flat["hidden_rms"])
+    assert segments >= 4 and len(grown["hidden_rms"]) == segments  # the same prompts for both models
+    assert all(len(layers) == 2 for layers in flat["A_norm"])
+    assert all(value == 0.0 for layers in flat["A_norm"] for value in layers)  # nothing written
+    assert all(value > 0.0 for layers in grown["A_norm"] for value in layers)
+    assert all(value > 0.0 for layers in flat["z_norm"] for value in layers)  # keys are summed whatever W_v is
+    assert all(value > 0.0 for value in flat["hidden_rms"])
+    assert flat["hidden_rms"][0] == grown["hidden_rms"][0]  # segment 1 reads an empty memory in both
+    assert flat["hidden_rms"][1] != grown["hidden_rms"][1]  # from segment 2 on, the written memory is read
+    assert output.with_suffix(".png").stat().st_size > 0
+
+    rmt_model = memory_model(AutoModelForCausalLM.from_pretrained(folder), RMTConfig(segment_size=32)).eval()
+    save_memory_model(rmt_model, tmp_path / "rmt", progress=False)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "rmt" / "backbone")
+    with pytest.raises(SystemExit, match="not an ARMT model"):
+        armt_state_growth.main([str(tmp_path / "rmt"), *args])
