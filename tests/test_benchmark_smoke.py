@@ -14,6 +14,7 @@ from conftest import background_text, strengthen_memory, tiny_decoder, tiny_mode
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from benchmarks import (
+    armt_profile,
     armt_state_growth,
     babilong_distractors,
     babilong_memory_probe,
@@ -515,3 +516,15 @@ def test_armt_state_growth_records_the_state_and_activations_per_segment(tmp_pat
     AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "rmt" / "backbone")
     with pytest.raises(SystemExit, match="not an ARMT model"):
         armt_state_growth.main([str(tmp_path / "rmt"), *args])
+
+
+def test_armt_profile_counts_fewer_operators_for_the_grouped_engine(tmp_path):
+    output = tmp_path / "profile.json"
+    args = ["--config", "tiny", "--device", "cpu", "--length", "256", "--segment-size", "32", "--memory-tokens", "2"]
+    armt_profile.main([*args, "--d-mem", "8", "--output", str(output)])
+    record = json.loads(output.read_text())
+    sequential, diagonal = record["sequential"], record["diagonal"]
+    for path in (sequential, diagonal):
+        assert path["wall_s"] > 0 and 0 < path["device_busy_s"] and len(path["top"]) == 6
+    # 8 segments x 2 layers one cell at a time, against 9 diagonals of up to 2 cells per grouped call.
+    assert diagonal["kernel_launches"] < sequential["kernel_launches"]
