@@ -76,7 +76,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
         left.plot(segments, [sum(layers) / len(layers) for layers in record["A_norm"]], marker="o", label=name)
         right.plot(segments, record["hidden_rms"], marker="o", label=name)
     left.set(xlabel="segment", ylabel="|A| (mean over layers)", title="associative state", yscale="log")
-    right.set(xlabel="segment", ylabel="RMS", title="last layer's hidden states")
+    right.set(xlabel="segment", ylabel="RMS", title="last layer's hidden states", yscale="log")
     left.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
