@@ -6,7 +6,7 @@ Each MODEL is a saved ARMT model (rmt train's OUTPUT/model). Every model reads t
 --length tokens (built with the first model's tokenizer; the models must share it), one segment at a time through
 the model's own per-segment code (`encode`), and after each segment records, averaged over the samples:
 - `A_norm`: the Frobenius norm of each layer's associative matrix A (what the memory has written so far);
-- `z_norm`: the norm of each layer's normaliser z (the summed keys; reads divide by it);
+- `z_norm`: the norm of each layer's normaliser z (the weighted sum of the keys written so far; reads divide by it);
 - `hidden_rms`: the root mean square of the last layer's hidden states at the segment's tokens (before the final
   norm): how far the backbone's activations move from what it produces on a short input.
 A model trained on n segments whose answers break down beyond them (benchmarks/results/babilong/) shows here whether
