@@ -103,6 +103,14 @@ class RMTConfig:
         default=64,
         metadata=_doc("ARMT only: size of the associative memory's key projection before the DPFP map (> 0)."),
     )
+    armt_write_norm: bool = field(
+        default=False,
+        metadata=_doc(
+            "ARMT only: scale the memory tokens' layer outputs to unit root mean square before the write's key, "
+            "value and gate projections (not in the published ARMT). Without it, what a layer stores grows with "
+            "its activations, and on a pretrained backbone the state can grow from segment to segment."
+        ),
+    )
     read_memory_only: bool = field(
         default=False,
         metadata=_doc(
@@ -213,7 +221,7 @@ class RMTConfig:
         if self.mode == "decoder":
             unused += ["encoder_memory_input", "encoder_memory_init"]
         if self.memory_kind == "rmt":
-            unused.append("d_mem")
+            unused += ["d_mem", "armt_write_norm"]
         defaults = {f.name: f.default for f in fields(self)}
         for name in unused:
             if getattr(self, name) != defaults[name]:

@@ -129,3 +129,20 @@ def test_bf16_inputs_keep_fp32_memory():
     A, z = associative.associative_write(m, x["A"].detach(), x["z"].detach(), w["w_k"], w["w_v"], w["w_b"], x["first"])
     assert A.dtype == torch.float32 and z.dtype == torch.float32
     assert associative.associative_read(h, A, z, w["w_q"], x["first"]).dtype == torch.bfloat16
+
+
+def test_normalized_write_matches_oracle_and_ignores_the_scale_of_what_is_written():
+    x = _inputs(4)
+    args = [x["m"], x["A"], x["z"], x["w_k"], x["w_v"], x["w_b"]]
+    fast = associative.associative_write(*args, x["first"], normalize=True)
+    slow = naive.write(*args, x["first"], normalize=True)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(_grads(fast, args, 5), _grads(slow, args, 5), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # The point of the option: memory outputs 1000 times larger write the same memory (the plain write does not).
+    scaled = [x["m"] * 1000, *args[1:]]
+    for a, b in zip(associative.associative_write(*scaled, x["first"], normalize=True), fast, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    plain = associative.associative_write(*args, x["first"])[0].detach()
+    assert float((associative.associative_write(*scaled, x["first"])[0].detach() - plain).abs().max()) > 1.0

@@ -230,3 +230,18 @@ def test_one_cell_per_group_is_the_sequential_computation_in_bf16(family):
     got = DiagonalARMT(model, group_size=1)(ids)
     assert torch.equal(got.logits, expected.logits)
     tree_map(lambda x, y: torch.equal(x, y) or pytest.fail("memory differs"), got.memory_state, expected.memory_state)
+
+
+def test_engine_equals_sequential_with_the_normalized_write():
+    model = armt(_variant("llama"))
+    model.config.armt_write_norm = True
+    ids = _ids(2, 3 * SEG + 3)
+    with torch.no_grad():
+        expected = model(ids)
+    got = DiagonalARMT(model, group_size=None)(ids, logits="all")
+    assert (got.logits - expected.logits).abs().max() <= 1e-4
+    _assert_states_close(got.memory_state, expected.memory_state)
+    # The option reaches both paths: without it the same weights give other logits.
+    model.config.armt_write_norm = False
+    with torch.no_grad():
+        assert (model(ids).logits - expected.logits).abs().max() > 1e-3

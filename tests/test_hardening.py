@@ -132,6 +132,9 @@ def test_settings_that_do_not_apply_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         RMTConfig(memory_kind="armt", d_mem=16)  # applies: no warning
+        RMTConfig(memory_kind="armt", armt_write_norm=True)
+    with pytest.warns(UserWarning, match="armt_write_norm=True has no effect.*memory_kind='rmt'"):
+        RMTConfig(armt_write_norm=True)
 
 
 def test_from_pretrained_keeps_errors_that_are_not_about_the_files(tmp_path):

@@ -167,7 +167,14 @@ class DiagonalARMT:
                     h = self.layers.forward(h, bottom, top, rope)[0]
                 index = (lengths[..., None] + slots)[..., None].expand(-1, -1, -1, h.shape[-1])  # [G, B, M, D]
                 new_A, new_z = associative_write(
-                    h.gather(2, index), A[cells], z[cells], w_k[cells], w_v[cells], w_b[cells], first
+                    h.gather(2, index),
+                    A[cells],
+                    z[cells],
+                    w_k[cells],
+                    w_v[cells],
+                    w_b[cells],
+                    first,
+                    normalize=model.config.armt_write_norm,
                 )
                 if all(full[step - top + 1 : step - bottom + 1]):
                     A[cells], z[cells] = new_A, new_z

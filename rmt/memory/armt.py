@@ -122,7 +122,16 @@ class ARMTForCausalLM(RecurrentMemoryModel):
             h = self.adapter.run_layer(layer, h, kwargs)
             memory_out = h.gather(1, gather)  # [b, M, D] the layer's outputs at the memory tokens
             new_states.append(
-                associative_write(memory_out, A, z, self.w_k[layer], self.w_v[layer], self.w_b[layer], first)
+                associative_write(
+                    memory_out,
+                    A,
+                    z,
+                    self.w_k[layer],
+                    self.w_v[layer],
+                    self.w_b[layer],
+                    first,
+                    normalize=self.config.armt_write_norm,
+                )
             )
         return h[:, :t], (tuple(new_states), torch.ones_like(written))
 

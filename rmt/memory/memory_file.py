@@ -41,7 +41,7 @@ _BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"
 _SAMPLE_ROWS = 64  # rows of the embedding matrix hashed into the weights fingerprint
 # RMTConfig fields added after memory files were first written, with the value every older file's model had: left
 # out of the config fingerprint at that value, so the older files still load.
-_FIELDS_ADDED_LATER = {"memory_write_scale": "hidden"}
+_FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False}
 
 
 def config_fingerprint(model: MemoryModel) -> str:

@@ -9,6 +9,9 @@ DPFP feature map. Per segment (Rodkin et al. 2024, "Associative Recurrent Memory
                             gamma_i = clip(1 - (z . k_i + eps) / (|k_i|^2 + eps), 0, 1)  (no gradient; 1 on a first one)
                             A <- A + sum_i beta_i k_i^T (v_i - vbar_i);   z <- z + sum_i gamma_i k_i
 
+With `normalize` (RMTConfig.armt_write_norm, an addition to the published rule) the write first scales each m_i to
+unit root mean square, so what the memory stores does not grow with the activations it is written from.
+
 Every function works on one layer ([B, ...] tensors, weights [out, in]) or on a group of G layers at once, as the
 diagonal engine needs ([G, B, ...] tensors, weights stacked [G, out, in]): the weight's rank tells which. `first` is a
 bool per sample (per cell in a group): True where this is the sample's first segment, so the first-segment rules
@@ -41,6 +44,12 @@ def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.bmm(flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], out)  # [G, ..., out]
 
 
+def rms_normalize(x: torch.Tensor) -> torch.Tensor:
+    """x / RMS(x) over the last dimension, computed in fp32 and returned in x's dtype."""
+    wide = x.float()
+    return (wide * torch.rsqrt(wide.square().mean(dim=-1, keepdim=True) + EPS)).to(x.dtype)
+
+
 def associative_read(
     h: torch.Tensor, A: torch.Tensor, z: torch.Tensor, w_q: torch.Tensor, first: torch.Tensor
 ) -> torch.Tensor:
@@ -62,11 +71,15 @@ def associative_write(
     w_v: torch.Tensor,
     w_b: torch.Tensor,
     first: torch.Tensor,
+    normalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The memory after writing the memory tokens' outputs m [..., M, D]: returns (A [..., K, D], z [..., K]) fp32.
 
     All memory tokens of a segment write against the same old (A, z), as the sum in the update rule says.
-    w_k [d_mem, D], w_v [D, D], w_b [1, D] (or stacked with a leading G); first [...] bool."""
+    w_k [d_mem, D], w_v [D, D], w_b [1, D] (or stacked with a leading G); first [...] bool; normalize: scale each
+    m_i to unit RMS first."""
+    if normalize:
+        m = rms_normalize(m)
     k = dpfp(project(m, w_k).float())  # [..., M, K]
     v = project(m, w_v).float()  # [..., M, D]
     beta = torch.sigmoid(project(m, w_b).float())  # [..., M, 1]

@@ -43,14 +43,18 @@ def write(
     w_v: torch.Tensor,
     w_b: torch.Tensor,
     first: torch.Tensor,
+    normalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     new_A, new_z = [], []
     for b in range(m.shape[0]):
         A_b, z_b = A[b], z[b]
         for i in range(m.shape[1]):
-            k = dpfp((w_k @ m[b, i]).float())  # [K]
-            v = (w_v @ m[b, i]).float()  # [D]
-            beta = torch.sigmoid((w_b @ m[b, i]).float())[0]
+            m_i = m[b, i]
+            if normalize:  # unit root mean square, vector by vector
+                m_i = (m_i.float() / (m_i.float().pow(2).sum() / m_i.numel() + EPS).sqrt()).to(m.dtype)
+            k = dpfp((w_k @ m_i).float())  # [K]
+            v = (w_v @ m_i).float()  # [D]
+            beta = torch.sigmoid((w_b @ m_i).float())[0]
             if bool(first[b]):
                 v_bar = torch.zeros_like(v)
                 gamma = torch.ones(())
