@@ -43,6 +43,7 @@ def test_every_memory_flag_reaches_the_model_config():
         "loss_aggregation": ["--loss-aggregation", "segments"],
         "memory_kind": ["--memory", "armt"],
         "d_mem": ["--memory", "armt", "--d-mem", "16"],
+        "armt_write_norm": ["--memory", "armt", "--armt-write-norm"],
         "read_memory_only": ["--read-memory-only"],
         "xl_cache_tokens": ["--xl-cache-tokens", "4"],
         "xl_cache_recompute": ["--xl-cache-tokens", "4", "--xl-cache-recompute"],
