@@ -42,6 +42,16 @@ def _assert_states_close(a, b, tolerance: float = 1e-5) -> None:
     tree_map(check, a, b)
 
 
+def _engine_equals_sequential(model: ARMTForCausalLM, ids: torch.Tensor):
+    """Assert the grouped engine gives sequential ARMT's logits and final memory; return the sequential output."""
+    with torch.no_grad():
+        expected = model(ids)
+    got = DiagonalARMT(model, group_size=None)(ids, logits="all")
+    assert (got.logits - expected.logits).abs().max() <= 1e-4
+    _assert_states_close(got.memory_state, expected.memory_state)
+    return expected
+
+
 def _variant(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "gpt2-layer-scaled":  # per-layer attention scale: the group mixes scales
@@ -70,11 +80,7 @@ def test_engine_equals_sequential(family):
     """Batch of 3, ragged last segment (4 full segments + 5 tokens): logits and final memory."""
     model = armt(_variant(family))
     ids = _ids(3, 4 * SEG + 5)
-    with torch.no_grad():
-        expected = model(ids)
-    got = DiagonalARMT(model, group_size=None)(ids, logits="all")
-    assert (got.logits - expected.logits).abs().max() <= 1e-4
-    _assert_states_close(got.memory_state, expected.memory_state)
+    expected = _engine_equals_sequential(model, ids)
     # Not vacuous: memory changes these logits well beyond the tolerance.
     with torch.no_grad():
         model.w_v.zero_()
@@ -236,11 +242,7 @@ def test_engine_equals_sequential_with_the_normalized_write():
     model = armt(_variant("llama"))
     model.config.armt_write_norm = True
     ids = _ids(2, 3 * SEG + 3)
-    with torch.no_grad():
-        expected = model(ids)
-    got = DiagonalARMT(model, group_size=None)(ids, logits="all")
-    assert (got.logits - expected.logits).abs().max() <= 1e-4
-    _assert_states_close(got.memory_state, expected.memory_state)
+    expected = _engine_equals_sequential(model, ids)
     # The option reaches both paths: without it the same weights give other logits.
     model.config.armt_write_norm = False
     with torch.no_grad():

@@ -44,12 +44,6 @@ def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.bmm(flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], out)  # [G, ..., out]
 
 
-def rms_normalize(x: torch.Tensor) -> torch.Tensor:
-    """x / RMS(x) over the last dimension, computed in fp32 and returned in x's dtype."""
-    wide = x.float()
-    return (wide * torch.rsqrt(wide.square().mean(dim=-1, keepdim=True) + EPS)).to(x.dtype)
-
-
 def associative_read(
     h: torch.Tensor, A: torch.Tensor, z: torch.Tensor, w_q: torch.Tensor, first: torch.Tensor
 ) -> torch.Tensor:
@@ -78,8 +72,8 @@ def associative_write(
     All memory tokens of a segment write against the same old (A, z), as the sum in the update rule says.
     w_k [d_mem, D], w_v [D, D], w_b [1, D] (or stacked with a leading G); first [...] bool; normalize: scale each
     m_i to unit RMS first."""
-    if normalize:
-        m = rms_normalize(m)
+    if normalize:  # unit RMS per memory output, computed in fp32
+        m = F.rms_norm(m.float(), (m.shape[-1],), eps=EPS).to(m.dtype)
     k = dpfp(project(m, w_k).float())  # [..., M, K]
     v = project(m, w_v).float()  # [..., M, D]
     beta = torch.sigmoid(project(m, w_b).float())  # [..., M, 1]
