@@ -97,6 +97,11 @@ class DatasetSource(Source):
         if hasattr(train, "__len__") and len(train) == 0:
             raise InputError("the training data is empty")
 
+    @property
+    def batches_are_pure(self) -> bool:
+        """A streamed file is read in order, so its batch of a step depends on the batches read before it."""
+        return hasattr(self.train, "__len__")
+
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
         if hasattr(self.train, "__len__"):
             return self.collate([self.train[i] for i in self._indices(step, batch_size)])

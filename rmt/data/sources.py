@@ -28,6 +28,9 @@ class Source(ABC):
     seed: int = 0
     #: what `rmt.train.evaluate` reports: "accuracy" (answers: tasks, QA) or "loss" (language modelling)
     metric: str = "accuracy"
+    #: whether `train_batch` depends on its arguments alone, so that worker processes can build batches ahead
+    #: (`rmt.data.prefetch`); False for a source that reads its data in order
+    batches_are_pure: bool = True
 
     @abstractmethod
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:

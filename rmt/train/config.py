@@ -152,6 +152,21 @@ class TrainConfig:
             "copy on each: for backbones that do not fit one device. Needs several processes (torchrun)."
         ),
     )
+    data_workers: int = field(
+        default=0,
+        metadata=_doc(
+            "Processes that build the next training batches while the model trains on this one (0: build each "
+            "batch when it is needed). Generated data (BABILong, synthetic tasks) costs CPU time per sample; on a "
+            "GPU, a few workers keep it from waiting. The batches are the same either way."
+        ),
+    )
+    max_time: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Stop after this many seconds of training in this run, as a job's time limit: a checkpoint and the "
+            "model are saved, and --resume continues (default: no limit)."
+        ),
+    )
     tensorboard: bool = field(default=False, metadata=_doc("Also log to OUTPUT/tensorboard."))
     progress: bool = field(default=True, metadata=_doc("Show progress bars."))
 
@@ -165,6 +180,10 @@ class TrainConfig:
             raise InputError(
                 f"TrainConfig.checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
             )
+        if isinstance(self.data_workers, bool) or not isinstance(self.data_workers, int) or self.data_workers < 0:
+            raise InputError(f"TrainConfig.data_workers must be an integer >= 0, got {self.data_workers!r}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise InputError(f"TrainConfig.max_time must be > 0 seconds, got {self.max_time!r}")
         if self.warmup_steps < 0:
             raise InputError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("learning_rate", "memory_learning_rate"):

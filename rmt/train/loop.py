@@ -5,7 +5,8 @@
 AdamW with a learning rate per parameter group (memory vs backbone), warmup then cosine decay, gradient clipping,
 gradient accumulation, mixed precision (bf16 autocast, fp16 with a gradient scaler), a curriculum over the number of
 segments (advanced by step or on held-out accuracy), early stopping on a plateau, periodic evaluation, a tqdm progress
-bar, metrics to `metrics.jsonl` (TensorBoard optional), checkpoints written atomically every N steps, exact resume.
+bar, metrics to `metrics.jsonl` (TensorBoard optional), checkpoints written atomically every N steps, exact resume, a
+time limit (`max_time`) and worker processes that build the next batches (`data_workers`, `rmt.data.prefetch`).
 
 Gradients come from `model.forward_backward`, which backpropagates segment by segment (memory that does not grow with
 the number of segments), so one step calls backward several times. With several processes (`torchrun`,
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 from rmt.backbones.lora import add_lora, merge_lora
 from rmt.build import memory_model
 from rmt.config import RMTConfig
+from rmt.data.prefetch import PrefetchingSource
 from rmt.data.sources import Source, TaskSource
 from rmt.data.tasks import Task
 from rmt.errors import InputError
@@ -91,15 +93,24 @@ def train(
     that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place. With
     trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which are merged into the
     backbone's weights when training ends, or stops on an error: the model comes back with its own layers and names."""
-    if config.trainable != "lora":
-        return _train(model, source, config, output_dir, resume, accelerator, description, save_extras)
-    with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
-        torch.manual_seed(config.seed)
-        add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+    prefetching = PrefetchingSource(source, config.data_workers) if config.data_workers else None
     try:
-        return _train(model, source, config, output_dir, resume, accelerator, description, save_extras)
+        if config.trainable != "lora":
+            return _train(
+                model, prefetching or source, config, output_dir, resume, accelerator, description, save_extras
+            )
+        with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
+            torch.manual_seed(config.seed)
+            add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+        try:
+            return _train(
+                model, prefetching or source, config, output_dir, resume, accelerator, description, save_extras
+            )
+        finally:
+            merge_lora(model)
     finally:
-        merge_lora(model)
+        if prefetching is not None:
+            prefetching.close()
 
 
 def _train(
@@ -163,6 +174,7 @@ def _train(
         dynamic_ncols=True,
     )
     started = time.time() - state.elapsed_s
+    deadline = None if config.max_time is None else time.time() + config.max_time
     running_loss, running_count = 0.0, 0
     for step in bar:
         if state.stopped_early:
@@ -207,11 +219,17 @@ def _train(
                 _log(metrics_path, history, writer, record)
             state = _after_eval(config, state, done, scores, accelerator)
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
-        if periodic or done == config.steps or state.stopped_early:
+        out_of_time = _out_of_time(deadline, accelerator)
+        if periodic or done == config.steps or state.stopped_early or out_of_time:
             state.elapsed_s = time.time() - started
             save_checkpoint(
                 output_dir / CHECKPOINT_DIR, accelerator, model, done, config, asdict(state), save_extras, sharded
             )
+        if out_of_time:
+            if main:
+                _log(metrics_path, history, writer, {"step": done, "stopped": "max_time"})
+                print(f"stopped at step {done}: the time limit of {config.max_time:g} s is up", file=sys.stderr)
+            break
     bar.close()
     if writer is not None:
         writer.close()
@@ -287,6 +305,16 @@ def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerato
             param.grad = flat[offset : offset + grad.numel()].view_as(grad).to(grad.dtype)
             offset += grad.numel()
         start = end
+
+
+def _out_of_time(deadline: float | None, accelerator: Accelerator) -> bool:
+    """Whether the time limit is up, as the main process sees it (every process stops at the same step)."""
+    if deadline is None:
+        return False
+    up = [time.time() >= deadline]
+    if accelerator.num_processes > 1:
+        up = broadcast_object_list(up)
+    return bool(up[0])
 
 
 def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int | None:
