@@ -4,12 +4,12 @@
     batch = source.train_batch(step, 64, num_segments=4)    # the same Batch the wrapped source would give
     source.close()
 
-Generated data (BABILong samples, synthetic tasks) costs CPU time per sample: a 4-segment BABILong batch of 64
-takes about 0.4 s on one core, far longer than a small encoder's training step on a GPU. Every source here makes
-the batch of a step as a pure function of (step, batch size, segments), so workers can build the next steps'
-batches while the model trains on this one, and the result is the batch the source itself would have returned:
-a run with workers gives the losses of the run without them. When the curriculum changes the number of segments,
-the batches built for the old number are dropped and the source builds the current one itself.
+Generated data (BABILong samples, synthetic tasks) costs CPU time per sample, and a small encoder's training step on
+a GPU can take less time than building its batch on one core. The trainer's sources (all but a streamed file) make
+the batch of a step as a pure function of (step, batch size, segments), so workers can build the next steps' batches
+while the model trains on this one, and the result is the batch the source itself would have returned: a run with
+workers gives the losses of the run without them. When the curriculum changes the number of segments, the batches
+built for the old number are dropped and the source builds the current one itself.
 
 The workers are forked from the training process (they inherit the source without pickling it); a platform
 without fork, or a source whose batches depend on what was read before (a streamed file), is refused.

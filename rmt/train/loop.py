@@ -93,24 +93,20 @@ def train(
     that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place. With
     trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which are merged into the
     backbone's weights when training ends, or stops on an error: the model comes back with its own layers and names."""
-    prefetching = PrefetchingSource(source, config.data_workers) if config.data_workers else None
+    data = PrefetchingSource(source, config.data_workers) if config.data_workers else source
     try:
         if config.trainable != "lora":
-            return _train(
-                model, prefetching or source, config, output_dir, resume, accelerator, description, save_extras
-            )
+            return _train(model, data, config, output_dir, resume, accelerator, description, save_extras)
         with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
             torch.manual_seed(config.seed)
             add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
         try:
-            return _train(
-                model, prefetching or source, config, output_dir, resume, accelerator, description, save_extras
-            )
+            return _train(model, data, config, output_dir, resume, accelerator, description, save_extras)
         finally:
             merge_lora(model)
     finally:
-        if prefetching is not None:
-            prefetching.close()
+        if isinstance(data, PrefetchingSource):
+            data.close()
 
 
 def _train(
@@ -219,7 +215,7 @@ def _train(
                 _log(metrics_path, history, writer, record)
             state = _after_eval(config, state, done, scores, accelerator)
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
-        out_of_time = _out_of_time(deadline, accelerator)
+        out_of_time = done < config.steps and _out_of_time(deadline, accelerator)
         if periodic or done == config.steps or state.stopped_early or out_of_time:
             state.elapsed_s = time.time() - started
             save_checkpoint(
