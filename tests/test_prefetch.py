@@ -15,6 +15,7 @@ from rmt.data.prefetch import PrefetchingSource
 from rmt.data.sources import TaskSource
 from rmt.data.tasks import CopyTask
 from rmt.errors import InputError
+from rmt.train import loop
 from rmt.train.config import TrainConfig
 from rmt.train.loop import train
 
@@ -47,7 +48,15 @@ def small_model(task: CopyTask):
     return memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=task.segment_size_for(3)))
 
 
-def test_training_with_data_workers_logs_the_losses_of_training_without(tmp_path):
+def test_training_with_data_workers_logs_the_losses_of_training_without(tmp_path, monkeypatch):
+    served: list[int] = []
+
+    class Recording(PrefetchingSource):  # notes how many batches the workers gave the run
+        def close(self) -> None:
+            served.append(self.served_ahead)
+            super().close()
+
+    monkeypatch.setattr(loop, "PrefetchingSource", Recording)
     task = CopyTask(length=6)
     config = TrainConfig(steps=5, batch_size=4, log_every=1, eval_every=5, eval_batches=1, progress=False)
     losses = {}
@@ -58,6 +67,7 @@ def test_training_with_data_workers_logs_the_losses_of_training_without(tmp_path
         losses[workers] = [r["loss"] for r in history if "loss" in r]
     assert len(losses[0]) == 5
     assert losses[2] == losses[0]
+    assert served == [4]  # steps 1-4 came from the workers: the run really used them
 
 
 def test_data_workers_refuse_a_streamed_file():

@@ -56,7 +56,7 @@ class PrefetchingSource(Source):
             )
         if "fork" not in multiprocessing.get_all_start_methods():
             raise InputError("data workers need processes started by fork, which this platform does not have")
-        self.source, self.seed, self.metric = source, source.seed, source.metric
+        self.source = source
         self.ahead = ahead if ahead is not None else 2 * workers
         self._pending: dict[tuple[int, int, int | None], Future] = {}
         self.served_ahead = 0  # batches that came from the workers (the rest the source built when asked)
@@ -65,6 +65,14 @@ class PrefetchingSource(Source):
         self._pool = ProcessPoolExecutor(
             workers, multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(source,)
         )
+
+    @property
+    def seed(self) -> int:
+        return self.source.seed
+
+    @property
+    def metric(self) -> str:
+        return self.source.metric
 
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
         key = (step, batch_size, num_segments)
