@@ -22,7 +22,8 @@ may run at the same time in separate processes (one per core) and add to the sam
 - diagonal: ARMT read sequentially (the stream) and by the diagonal engine on the same input: time and logits.
 - precision: a saved memory model's answers to BABILong samples in fp32 and with bf16 weights: tokens/s, whether
   the greedy answers agree, fp32's margin between its top two tokens where they first differ, and a teacher-forced
-  comparison on fp32's answer tokens (top-token agreement, logit differences); one entry per --model.
+  comparison on fp32's answer tokens (top-token agreement, logit differences); one entry per --model (or
+  --label). The two precisions take turns prompt by prompt, so their tokens/s ratio is measured under the same load.
   `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
   reading of the input, for a comparison on answers in plain words.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
@@ -216,24 +217,31 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
         name: RecurrentMemoryModel.from_pretrained(args.model, dtype=dtype).eval()
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
-    results, answer_ids, margins = {}, {}, {}
-    for name, model in models.items():
-        answer_ids[name], margins[name], tokens, seconds = [], [], 0, 0.0
-        for ids in prompts:
+    # The two precisions take turns prompt by prompt, so a change in the machine's load (another job on the other
+    # core) falls on both alike and their tokens/s ratio stays fair.
+    answer_ids = {name: [] for name in models}
+    margins = {name: [] for name in models}
+    seconds = dict.fromkeys(models, 0.0)
+    tokens = 0
+    for ids in prompts:
+        tokens += ids.shape[1]
+        for name, model in models.items():
             started = time.perf_counter()
             out = model.generate(
                 ids, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, do_sample=False, output_scores=True
             )
-            seconds += time.perf_counter() - started
-            tokens += ids.shape[1]
+            seconds[name] += time.perf_counter() - started
             answer_ids[name].append(out.sequences[0, ids.shape[1] :].tolist())
             top_two = out.scores[0].float().topk(2, dim=-1).values  # [N, 2]
             margins[name].append((top_two[:, 0] - top_two[:, 1]).tolist())
+    results = {}
+    for name in models:
         answers = [tokenizer.decode(a, skip_special_tokens=True) for a in answer_ids[name]]
         correct = sum(answer_is_correct(a, s.target) for a, s in zip(answers, samples, strict=True))
-        results[name] = {"tokens_per_second": tokens / seconds, "correct": correct, "answers": answers}
+        results[name] = {"tokens_per_second": tokens / seconds[name], "correct": correct, "answers": answers}
     same = sum(a == b for a, b in zip(answer_ids["fp32"], answer_ids["bf16"], strict=True))
-    record.setdefault("precision", {})[str(args.model)] = {
+    entry = args.label or str(args.model)
+    record.setdefault("precision", {})[entry] = {
         "task": args.task,
         "facts": args.facts,
         "length": args.length,
@@ -245,7 +253,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
         "fp32_margins": quantiles([m for row in margins["fp32"] for m in row]),
         "teacher_forced": teacher_forced(models, prompts, answer_ids["fp32"]),
     }
-    print({k: v for k, v in record["precision"][str(args.model)].items() if k not in ("fp32", "bf16")}, flush=True)
+    print({k: v for k, v in record["precision"][entry].items() if k not in ("fp32", "bf16")}, flush=True)
     save(args, record)
 
 
@@ -362,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="qa1", help="precision: BABILong task")
     parser.add_argument("--facts", default=None, help="precision: facts per story, N or MIN-MAX (default: the task's)")
     parser.add_argument("--samples", type=int, default=10, help="precision: samples")
+    parser.add_argument("--label", default=None, help="precision: entry name (default: --model)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--output", default=str(RESULTS_DIR / "long_inputs-cpu.json"), help="result file")
     args = parser.parse_args(argv)
