@@ -5,9 +5,12 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs generation
     python -m benchmarks.long_inputs diagonal --length 16384
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/checkpoint/model --length 4k --samples 10
+    python -m benchmarks.long_inputs bf16-speed --kinds rmt armt --segment-sizes 128 256 1024 --length 4096
     python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-untrained --length 4k --samples 10
     python -m benchmarks.long_inputs precision --model runs/smollm2-rmt-facts1/model --facts 1 --length 4k --samples 10
+    python -m benchmarks.long_inputs precision --model runs/smollm2-armt-lora-writenorm-4seg/model --facts 1 \
+        --length 1k --samples 10 --label "smollm2-armt-lora-writenorm-4seg @ 1k"   (and the same with 4k)
 
 Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json); parts
 may run at the same time in separate processes (one per core) and add to the same file.
@@ -24,6 +27,7 @@ may run at the same time in separate processes (one per core) and add to the sam
   the greedy answers agree, fp32's margin between its top two tokens where they first differ, and a teacher-forced
   comparison on fp32's answer tokens (top-token agreement, logit differences); one entry per --model (or
   --label). The two precisions take turns prompt by prompt, so their tokens/s ratio is measured under the same load.
+- bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document.
   `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
   reading of the input, for a comparison on answers in plain words.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
@@ -55,8 +59,8 @@ KINDS = ("rmt", "armt", "full")
 SEGMENT, MEMORY, D_MEM, CHUNK = 1024, 16, 64, 8192
 
 
-def build(kind: str, dtype: torch.dtype = torch.float32) -> Any:
-    """SmolLM2 alone ("full") or in an untrained memory wrapper, in eval mode."""
+def build(kind: str, dtype: torch.dtype = torch.float32, segment_size: int = SEGMENT) -> Any:
+    """SmolLM2 alone ("full") or in an untrained memory wrapper with segments of `segment_size`, in eval mode."""
     from rmt import RMTConfig
     from rmt.build import memory_model, pretrained_backbone
 
@@ -64,9 +68,9 @@ def build(kind: str, dtype: torch.dtype = torch.float32) -> Any:
     if kind == "full":
         return backbone
     if kind == "rmt":
-        config = RMTConfig(num_memory_tokens=MEMORY, segment_size=SEGMENT)
+        config = RMTConfig(num_memory_tokens=MEMORY, segment_size=segment_size)
     else:
-        config = RMTConfig(memory_kind="armt", num_memory_tokens=MEMORY, segment_size=SEGMENT, d_mem=D_MEM)
+        config = RMTConfig(memory_kind="armt", num_memory_tokens=MEMORY, segment_size=segment_size, d_mem=D_MEM)
     model = memory_model(backbone, config).eval()
     if kind == "armt":
         with torch.no_grad():
@@ -257,6 +261,38 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
     save(args, record)
 
 
+def bf16_speed(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Reading speed with bf16 weights against fp32, by segment size: one random document of --length tokens read by
+    each untrained wrapper (the last token's logits only), fp32 and bf16 taking turns, the best of --repeats
+    passes each. Shows how much of bf16's faster matrix products a model with short segments keeps."""
+    results = record.setdefault("bf16_speed", {})
+    for kind in [k for k in args.kinds if k != "full"]:
+        for segment_size in args.segment_sizes:
+            models = {
+                name: build(kind, dtype, segment_size)
+                for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+            }
+            ids = torch.cat(list(random_chunks(int(args.length), models["fp32"].vocab_size)), dim=1)
+            best = dict.fromkeys(models, float("inf"))
+            with torch.no_grad():
+                for model in models.values():  # warm-up: first-call allocations and kernel selection
+                    model(ids[:, : segment_size + 1], logits="last")
+                for _ in range(args.repeats):
+                    for name, model in models.items():
+                        started = time.perf_counter()
+                        model(ids, logits="last")
+                        best[name] = min(best[name], time.perf_counter() - started)
+            entry = {f"{name}_tokens_per_second": ids.shape[1] / seconds for name, seconds in best.items()}
+            entry.update(length=ids.shape[1], repeats=args.repeats, bf16_speedup=best["fp32"] / best["bf16"])
+            results[f"{kind}/segment {segment_size}"] = entry
+            fp32, bf16 = entry["fp32_tokens_per_second"], entry["bf16_tokens_per_second"]
+            speedup = entry["bf16_speedup"]
+            print(
+                f"{kind} segment {segment_size}: fp32 {fp32:.1f}, bf16 {bf16:.1f} tokens/s ({speedup:.2f}x)", flush=True
+            )
+            save(args, record)
+
+
 def greedy_flips(reference: list[list[int]], other: list[list[int]], margins: list[list[float]]) -> list[dict]:
     """Each answer that differs: the first generated token where it does and fp32's top-1/top-2 margin there."""
     flips = []
@@ -355,7 +391,13 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PARTS = {"reading": reading, "generation": generation, "diagonal": diagonal, "precision": precision}
+PARTS = {
+    "reading": reading,
+    "generation": generation,
+    "diagonal": diagonal,
+    "precision": precision,
+    "bf16-speed": bf16_speed,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 65536, 262144])
     parser.add_argument("--length", default="16384", help="diagonal: tokens; precision: a BABILong length (4k)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generation: tokens to generate")
+    parser.add_argument(
+        "--segment-sizes", nargs="+", type=int, default=[128, 1024], help="bf16-speed: segment sizes to compare"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="bf16-speed: passes per precision (the best counts)")
     parser.add_argument("--model", default=None, help="precision: a saved memory model; save-untrained: where to")
     parser.add_argument("--task", default="qa1", help="precision: BABILong task")
     parser.add_argument("--facts", default=None, help="precision: facts per story, N or MIN-MAX (default: the task's)")
@@ -378,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.worker:
             print(json.dumps(read_worker(args.worker[0], int(args.worker[1]))))
             return 0
-        if args.part == "diagonal":
+        if args.part in ("diagonal", "bf16-speed"):
             args.length = int(args.length)
         if args.part in ("precision", "save-untrained") and args.model is None:
             raise SystemExit(f"{args.part} needs --model")

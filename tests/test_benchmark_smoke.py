@@ -127,6 +127,32 @@ def test_long_inputs_parts_run_side_by_side_without_losing_each_others_results(t
     assert set(record["reading"]) == {"rmt/4096", "armt/4096"} and record["generation"]["rmt"]["speedup"] == 3.0
 
 
+def test_long_inputs_bf16_speed_times_both_precisions_by_segment_size(tmp_path, monkeypatch):
+    """The bf16-speed part on tiny wrappers: one entry per (kind, segment size), each timing the model built in its
+    precision with its segment size, and the speed-up is the ratio of the two measured rates."""
+    built = []
+
+    def tiny_build(kind, dtype=torch.float32, segment_size=long_inputs.SEGMENT):
+        built.append((kind, dtype, segment_size))
+        config = RMTConfig(num_memory_tokens=2, segment_size=segment_size)
+        if kind == "armt":
+            config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=segment_size, d_mem=8)
+        return memory_model(tiny_decoder("llama"), config).to(dtype).eval()
+
+    monkeypatch.setattr(long_inputs, "build", tiny_build)
+    output = tmp_path / "long.json"
+    args = ["bf16-speed", "--kinds", "rmt", "armt", "full", "--segment-sizes", "8", "16", "--length", "40"]
+    assert long_inputs.main([*args, "--repeats", "1", "--output", str(output)]) == 0
+    entries = json.loads(output.read_text())["bf16_speed"]
+    assert set(entries) == {f"{kind}/segment {size}" for kind in ("rmt", "armt") for size in (8, 16)}
+    for entry in entries.values():
+        assert entry["length"] == 40 and entry["repeats"] == 1
+        ratio = entry["bf16_tokens_per_second"] / entry["fp32_tokens_per_second"]
+        assert entry["bf16_speedup"] == pytest.approx(ratio)
+    assert {(kind, size) for kind, _, size in built} == {(k, s) for k in ("rmt", "armt") for s in (8, 16)}
+    assert {dtype for *_, dtype, _ in built} == {torch.float32, torch.bfloat16}
+
+
 @pytest.mark.parametrize("kind", ["rmt", "armt"])
 def test_long_inputs_recompute_baseline_generates_what_generate_does(kind):
     """The benchmark's no-cache baseline (the open segment re-run for every token) is a reference for `generate`:
