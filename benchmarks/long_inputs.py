@@ -27,9 +27,9 @@ may run at the same time in separate processes (one per core) and add to the sam
   the greedy answers agree, fp32's margin between its top two tokens where they first differ, and a teacher-forced
   comparison on fp32's answer tokens (top-token agreement, logit differences); one entry per --model (or
   --label). The two precisions take turns prompt by prompt, so their tokens/s ratio is measured under the same load.
-- bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document.
   `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
   reading of the input, for a comparison on answers in plain words.
+- bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
 does not depend on what the weights are.
 """
@@ -264,7 +264,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
 def bf16_speed(args: argparse.Namespace, record: dict[str, Any]) -> None:
     """Reading speed with bf16 weights against fp32, by segment size: one random document of --length tokens read by
     each untrained wrapper (the last token's logits only), fp32 and bf16 taking turns, the best of --repeats
-    passes each. Shows how much of bf16's faster matrix products a model with short segments keeps."""
+    passes each. Shows whether the segment size changes what bf16 gains."""
     results = record.setdefault("bf16_speed", {})
     for kind in [k for k in args.kinds if k != "full"]:
         for segment_size in args.segment_sizes:
@@ -272,7 +272,7 @@ def bf16_speed(args: argparse.Namespace, record: dict[str, Any]) -> None:
                 name: build(kind, dtype, segment_size)
                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
             }
-            ids = torch.cat(list(random_chunks(int(args.length), models["fp32"].vocab_size)), dim=1)
+            ids = torch.cat(list(random_chunks(args.length, models["fp32"].vocab_size)), dim=1)
             best = dict.fromkeys(models, float("inf"))
             with torch.no_grad():
                 for model in models.values():  # warm-up: first-call allocations and kernel selection
