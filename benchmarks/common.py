@@ -1,6 +1,7 @@
 """What the benchmark scripts share: atomic writes of result files, the lock on a results folder that several
-processes fill, torch's CPU thread count, the resident memory of this process, and the command that starts a
-benchmark's worker subprocess (`python -m benchmarks.<name>`, importable from any working directory).
+processes fill, torch's CPU thread count, the resident memory of this process, timing several variants in turns,
+and the command that starts a benchmark's worker subprocess (`python -m benchmarks.<name>`, importable from any
+working directory).
 
 Not a script: the benchmarks import it (`from benchmarks import common`).
 """
@@ -14,7 +15,8 @@ import platform
 import resource
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,21 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def time_in_turns(runs: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 0) -> dict[str, list[float]]:
+    """Seconds of each run in every round, the runs taking turns and their order reversed every other round: a
+    change of the machine's load (another process, clock frequency) falls on all of them alike, so ratios of these
+    times are fair on a shared machine. The first `warmup` rounds run but are not recorded."""
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + rounds):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            started = time.perf_counter()
+            runs[name]()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return times
 
 
 def rss_bytes() -> int:

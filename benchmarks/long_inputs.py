@@ -37,6 +37,7 @@ does not depend on what the weights are.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import time
@@ -51,12 +52,14 @@ from benchmarks.common import (
     results_lock,
     rss_bytes,
     run_module,
+    time_in_turns,
     torch_threads,
     write_json,
 )
 
 KINDS = ("rmt", "armt", "full")
 SEGMENT, MEMORY, D_MEM, CHUNK = 1024, 16, 64, 8192
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build(kind: str, dtype: torch.dtype = torch.float32, segment_size: int = SEGMENT) -> Any:
@@ -218,8 +221,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
     )
     prompts = [torch.tensor([p]) for p in QACollator(tokenizer, "decoder").prompt_ids([s.to_dict() for s in samples])]
     models = {
-        name: RecurrentMemoryModel.from_pretrained(args.model, dtype=dtype).eval()
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        name: RecurrentMemoryModel.from_pretrained(args.model, dtype=dtype).eval() for name, dtype in PRECISIONS.items()
     }
     # The two precisions take turns prompt by prompt, so a change in the machine's load (another job on the other
     # core) falls on both alike and their tokens/s ratio stays fair.
@@ -268,20 +270,13 @@ def bf16_speed(args: argparse.Namespace, record: dict[str, Any]) -> None:
     results = record.setdefault("bf16_speed", {})
     for kind in [k for k in args.kinds if k != "full"]:
         for segment_size in args.segment_sizes:
-            models = {
-                name: build(kind, dtype, segment_size)
-                for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-            }
+            models = {name: build(kind, dtype, segment_size) for name, dtype in PRECISIONS.items()}
             ids = torch.cat(list(random_chunks(args.length, models["fp32"].vocab_size)), dim=1)
-            best = dict.fromkeys(models, float("inf"))
             with torch.no_grad():
                 for model in models.values():  # warm-up: first-call allocations and kernel selection
                     model(ids[:, : segment_size + 1], logits="last")
-                for _ in range(args.repeats):
-                    for name, model in models.items():
-                        started = time.perf_counter()
-                        model(ids, logits="last")
-                        best[name] = min(best[name], time.perf_counter() - started)
+                runs = {name: functools.partial(model, ids, logits="last") for name, model in models.items()}
+                best = {name: min(seconds) for name, seconds in time_in_turns(runs, args.repeats).items()}
             entry = {f"{name}_tokens_per_second": ids.shape[1] / seconds for name, seconds in best.items()}
             entry.update(length=ids.shape[1], repeats=args.repeats, bf16_speedup=best["fp32"] / best["bf16"])
             results[f"{kind}/segment {segment_size}"] = entry

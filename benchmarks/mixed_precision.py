@@ -13,6 +13,7 @@ Weights, optimizer state and memory states stay fp32 under autocast (the trainer
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from benchmarks.common import RESULTS_DIR, device_name, run_module, torch_threads, write_json
+from benchmarks.common import RESULTS_DIR, device_name, run_module, time_in_turns, torch_threads, write_json
 from rmt import RMTConfig
 from rmt.build import memory_model, random_backbone
 from rmt.data.sources import TaskSource
@@ -34,22 +35,21 @@ from rmt.train.loop import train
 
 
 def speed(rounds: int, warmup: int) -> dict:
-    """Median seconds per training step, fp32 and bf16 autocast, steps taken alternately."""
+    """Median seconds per training step, fp32 and bf16 autocast, steps taken in turns (`time_in_turns`)."""
     torch.manual_seed(0)
     backbone = random_backbone("llama", vocab_size=1000, num_layers=4, hidden_size=256, num_heads=4, max_positions=512)
     model = memory_model(backbone, RMTConfig(num_memory_tokens=16, segment_size=256))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 1000, (4, 3 * 256), generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for step in range(warmup + rounds):
-        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            started = time.perf_counter()
-            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                model.forward_backward(ids, labels=ids)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step >= warmup:
-                times[name].append(time.perf_counter() - started)
+
+    def step(dtype: torch.dtype | None) -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            model.forward_backward(ids, labels=ids)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    runs = {"fp32": functools.partial(step, None), "bf16": functools.partial(step, torch.bfloat16)}
+    times = time_in_turns(runs, rounds, warmup)
     fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
     return {
         "model": "llama, 4 layers, width 256, 4 heads, RMT 16 memory tokens, 3 segments of 256, batch 4",

@@ -28,6 +28,7 @@ from benchmarks import (
     processes,
 )
 from benchmarks.babilong_errors import KINDS, classify, kind_of
+from benchmarks.common import time_in_turns
 from rmt import RMTConfig
 from rmt.build import memory_model
 from rmt.data.babilong import PLACES, BabilongSample, answer_labels
@@ -125,6 +126,15 @@ def test_long_inputs_parts_run_side_by_side_without_losing_each_others_results(t
     long_inputs.save(args, second)  # a process that started before the first one saved
     record = json.loads((tmp_path / "long.json").read_text())
     assert set(record["reading"]) == {"rmt/4096", "armt/4096"} and record["generation"]["rmt"]["speedup"] == 3.0
+
+
+def test_time_in_turns_alternates_the_order_and_drops_the_warmup_rounds():
+    calls: list[str] = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = time_in_turns(runs, rounds=3, warmup=1)
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c", "c", "b", "a"]
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(t >= 0.0 for seconds in times.values() for t in seconds)
 
 
 def test_long_inputs_bf16_speed_times_both_precisions_by_segment_size(tmp_path, monkeypatch):
