@@ -5,7 +5,7 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs generation
     python -m benchmarks.long_inputs diagonal --length 16384
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/checkpoint/model --length 4k --samples 10
-    python -m benchmarks.long_inputs bf16-speed --kinds rmt armt --segment-sizes 128 256 1024 --length 4096
+    python -m benchmarks.long_inputs bf16-speed --kinds rmt armt full --segment-sizes 128 256 1024 --length 4096
     python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-untrained --length 4k --samples 10
     python -m benchmarks.long_inputs precision --model runs/smollm2-rmt-facts1/model --facts 1 --length 4k --samples 10
@@ -29,7 +29,9 @@ may run at the same time in separate processes (one per core) and add to the sam
   --label). The two precisions take turns prompt by prompt, so their tokens/s ratio is measured under the same load.
   `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
   reading of the input, for a comparison on answers in plain words.
-- bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document.
+- bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document,
+  with the time split by kind of operation (matmul, batched matmul, attention, other) from one profiled pass each;
+  kind full = SmolLM2 alone on independent windows of a memory model's segment with its memory tokens.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
 does not depend on what the weights are.
 """
@@ -41,6 +43,7 @@ import functools
 import json
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,26 +269,77 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
 def bf16_speed(args: argparse.Namespace, record: dict[str, Any]) -> None:
     """Reading speed with bf16 weights against fp32, by segment size: one random document of --length tokens read by
     each untrained wrapper (the last token's logits only), fp32 and bf16 taking turns, the best of --repeats
-    passes each. Shows whether the segment size changes what bf16 gains."""
+    passes each. Kind "full" is SmolLM2 alone reading the same document in independent windows as long as a memory
+    model's segment with its memory tokens: the backbone's own bf16 gain on the rows it is given in a memory model.
+    Profiled passes, again taking turns, split the time by kind of operation (`op_seconds`; of --repeats profiled
+    passes per precision the one with the least total time counts), which shows where bf16 gains and where not."""
     results = record.setdefault("bf16_speed", {})
-    for kind in [k for k in args.kinds if k != "full"]:
+    for kind in args.kinds:
         for segment_size in args.segment_sizes:
             models = {name: build(kind, dtype, segment_size) for name, dtype in PRECISIONS.items()}
-            ids = torch.cat(list(random_chunks(args.length, models["fp32"].vocab_size)), dim=1)
+            vocab = models["fp32"].config.vocab_size if kind == "full" else models["fp32"].vocab_size
+            ids = torch.cat(list(random_chunks(args.length, vocab)), dim=1)
+            runs = {name: functools.partial(read_once, kind, m, ids, segment_size) for name, m in models.items()}
             with torch.no_grad():
                 for model in models.values():  # warm-up: first-call allocations and kernel selection
-                    model(ids[:, : segment_size + 1], logits="last")
-                runs = {name: functools.partial(model, ids, logits="last") for name, model in models.items()}
+                    read_once(kind, model, ids[:, : segment_size + 1], segment_size)
                 best = {name: min(seconds) for name, seconds in time_in_turns(runs, args.repeats).items()}
+                profile = least_busy_profiles(runs, args.repeats)
             entry = {f"{name}_tokens_per_second": ids.shape[1] / seconds for name, seconds in best.items()}
             entry.update(length=ids.shape[1], repeats=args.repeats, bf16_speedup=best["fp32"] / best["bf16"])
+            entry["profile_seconds"] = profile
+            entry["profile_speedup"] = {  # only the kinds of operation this model runs
+                op: seconds / profile["bf16"][op] for op, seconds in profile["fp32"].items() if profile["bf16"][op] > 0
+            }
             results[f"{kind}/segment {segment_size}"] = entry
             fp32, bf16 = entry["fp32_tokens_per_second"], entry["bf16_tokens_per_second"]
-            speedup = entry["bf16_speedup"]
+            by_op = ", ".join(f"{op} {ratio:.2f}x" for op, ratio in entry["profile_speedup"].items())
             print(
-                f"{kind} segment {segment_size}: fp32 {fp32:.1f}, bf16 {bf16:.1f} tokens/s ({speedup:.2f}x)", flush=True
+                f"{kind} segment {segment_size}: fp32 {fp32:.1f}, bf16 {bf16:.1f} tokens/s "
+                f"({entry['bf16_speedup']:.2f}x; by operation: {by_op})",
+                flush=True,
             )
             save(args, record)
+
+
+def read_once(kind: str, model: Any, ids: torch.Tensor, segment_size: int) -> None:
+    """One pass over `ids` keeping only the last token's logits: a memory model reads it segment by segment; the
+    backbone alone ("full") reads independent windows of `segment_size` + MEMORY tokens, a memory model's rows."""
+    if kind != "full":
+        model(ids, logits="last")
+        return
+    window = segment_size + MEMORY
+    for start in range(0, ids.shape[1], window):
+        model(ids[:, start : start + window], use_cache=False, logits_to_keep=1)
+
+
+OPERATION_KINDS = {
+    "matmul": lambda name: name in ("aten::mm", "aten::addmm"),
+    "batched matmul": lambda name: name in ("aten::bmm", "aten::baddbmm"),
+    "attention": lambda name: "scaled_dot_product" in name,
+}
+
+
+def least_busy_profiles(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, float]]:
+    """`op_seconds` of each run, `rounds` times in turns (order reversed every other round); for each run the profile
+    with the least total time, the one least disturbed by whatever else the machine did."""
+    profiles: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    for round_index in range(rounds):
+        for name in list(runs)[:: -1 if round_index % 2 else 1]:
+            profiles[name].append(op_seconds(runs[name]))
+    return {name: min(found, key=lambda seconds: sum(seconds.values())) for name, found in profiles.items()}
+
+
+def op_seconds(run: Callable[[], object]) -> dict[str, float]:
+    """Self CPU seconds of one profiled call of `run` by kind of operation: matmul (the backbone's projections),
+    batched matmul (ARMT's associative memory, kept in fp32), attention (the SDPA kernel) and everything else."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        run()
+    seconds = dict.fromkeys([*OPERATION_KINDS, "other"], 0.0)
+    for event in profiler.key_averages():
+        op = next((op for op, matches in OPERATION_KINDS.items() if matches(event.key)), "other")
+        seconds[op] += event.self_cpu_time_total / 1e6
+    return seconds
 
 
 def greedy_flips(reference: list[list[int]], other: list[list[int]], margins: list[list[float]]) -> list[dict]:

@@ -138,12 +138,15 @@ def test_time_in_turns_alternates_the_order_and_drops_the_warmup_rounds():
 
 
 def test_long_inputs_bf16_speed_times_both_precisions_by_segment_size(tmp_path, monkeypatch):
-    """The bf16-speed part on tiny wrappers: one entry per (kind, segment size), each timing the model built in its
-    precision with its segment size, and the speed-up is the ratio of the two measured rates."""
+    """The bf16-speed part on tiny models: one entry per (kind, segment size), each timing the model built in its
+    precision with its segment size; the speed-up is the ratio of the two measured rates, and the profiled time is
+    split by kind of operation (the backbone's projections are matmuls, ARMT's memory adds batched matmuls)."""
     built = []
 
     def tiny_build(kind, dtype=torch.float32, segment_size=long_inputs.SEGMENT):
         built.append((kind, dtype, segment_size))
+        if kind == "full":
+            return tiny_decoder("llama").to(dtype).eval()
         config = RMTConfig(num_memory_tokens=2, segment_size=segment_size)
         if kind == "armt":
             config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=segment_size, d_mem=8)
@@ -154,13 +157,38 @@ def test_long_inputs_bf16_speed_times_both_precisions_by_segment_size(tmp_path, 
     args = ["bf16-speed", "--kinds", "rmt", "armt", "full", "--segment-sizes", "8", "16", "--length", "40"]
     assert long_inputs.main([*args, "--repeats", "1", "--output", str(output)]) == 0
     entries = json.loads(output.read_text())["bf16_speed"]
-    assert set(entries) == {f"{kind}/segment {size}" for kind in ("rmt", "armt") for size in (8, 16)}
-    for entry in entries.values():
+    kinds = ("rmt", "armt", "full")
+    assert set(entries) == {f"{kind}/segment {size}" for kind in kinds for size in (8, 16)}
+    for key, entry in entries.items():
         assert entry["length"] == 40 and entry["repeats"] == 1
         ratio = entry["bf16_tokens_per_second"] / entry["fp32_tokens_per_second"]
         assert entry["bf16_speedup"] == pytest.approx(ratio)
-    assert {(kind, size) for kind, _, size in built} == {(k, s) for k in ("rmt", "armt") for s in (8, 16)}
+        for precision in ("fp32", "bf16"):
+            seconds = entry["profile_seconds"][precision]
+            assert set(seconds) == {"matmul", "batched matmul", "attention", "other"}
+            assert seconds["matmul"] > 0 and seconds["other"] > 0
+            assert (seconds["batched matmul"] > 0) == key.startswith("armt")
+        assert ("batched matmul" in entry["profile_speedup"]) == key.startswith("armt")
+        speedup = entry["profile_speedup"]["matmul"]
+        assert speedup == entry["profile_seconds"]["fp32"]["matmul"] / entry["profile_seconds"]["bf16"]["matmul"]
+    assert {(kind, size) for kind, _, size in built} == {(k, s) for k in kinds for s in (8, 16)}
     assert {dtype for *_, dtype, _ in built} == {torch.float32, torch.bfloat16}
+
+
+def test_least_busy_profiles_takes_turns_and_keeps_each_runs_least_total(monkeypatch):
+    calls: list[str] = []
+    totals = {"fp32": iter([5.0, 3.0, 4.0]), "bf16": iter([2.0, 2.5, 1.0])}
+
+    def fake_op_seconds(run):
+        name = run()
+        calls.append(name)
+        return {"matmul": next(totals[name]), "other": 0.5}
+
+    monkeypatch.setattr(long_inputs, "op_seconds", fake_op_seconds)
+    runs = {"fp32": lambda: "fp32", "bf16": lambda: "bf16"}
+    profiles = long_inputs.least_busy_profiles(runs, rounds=3)
+    assert calls == ["fp32", "bf16", "bf16", "fp32", "fp32", "bf16"]
+    assert profiles == {"fp32": {"matmul": 3.0, "other": 0.5}, "bf16": {"matmul": 1.0, "other": 0.5}}
 
 
 @pytest.mark.parametrize("kind", ["rmt", "armt"])
