@@ -17,6 +17,7 @@ from benchmarks import (
     armt_profile,
     armt_state_growth,
     babilong_distractors,
+    babilong_fact_segment,
     babilong_memory_probe,
     babilong_mentions_haystack,
     diagonal_precision,
@@ -592,3 +593,30 @@ def test_armt_profile_counts_fewer_operators_for_the_grouped_engine(tmp_path):
         assert path["wall_s"] > 0 and 0 < path["device_busy_s"] and len(path["top"]) == 6
     # 8 segments x 2 layers one cell at a time, against 9 diagonals of up to 2 cells per grouped call.
     assert diagonal["kernel_launches"] < sequential["kernel_launches"]
+
+
+def test_babilong_fact_segment_bins_right_answers_by_the_segment_of_the_last_fact(tmp_path):
+    def prediction(depths, tokens, correct, method="memory"):
+        return {"method": method, "supporting_depths": depths, "tokens": tokens, "correct": correct}
+
+    predictions = [
+        prediction([0.0], 1024, True),  # token 0: segment 1
+        prediction([0.1, 0.12], 1000, True),  # last fact at token 120: segment 1
+        prediction([0.5], 1024, False),  # token 512: segment 5
+        prediction([0.999], 1024, False),  # token 1022: segment 8
+        prediction([0.99], 1024, True, method="no_memory"),  # another method: not counted
+    ]
+    bins = babilong_fact_segment.by_fact_segment(predictions, segment_size=128, bin_size=4)
+    assert [(b["segments"], b["correct"], b["samples"]) for b in bins] == [([1, 4], 2, 2), ([5, 8], 0, 2)]
+    assert bins[0]["accuracy"] == 1.0 and bins[0]["interval"][1] == 1.0 and bins[0]["interval"][0] < 1.0
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    output, figure = tmp_path / "by-segment.json", tmp_path / "by-segment.png"
+    args = ["--run", f"a=b={path}", "--trained", "a=b=4", "--segment-size", "128", "--output", str(output)]
+    assert babilong_fact_segment.main([*args, "--plot", str(figure)]) == 0
+    record = json.loads(output.read_text())
+    assert record["by_fact_segment"]["a=b"] == bins and record["trained"] == {"a=b": 4}
+    assert figure.stat().st_size > 0
+    with pytest.raises(SystemExit, match="no predictions file"):
+        babilong_fact_segment.main(["--run", f"x={tmp_path / 'missing.jsonl'}", "--segment-size", "128"])
