@@ -30,7 +30,7 @@ may run at the same time in separate processes (one per core) and add to the sam
   `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
   reading of the input, for a comparison on answers in plain words.
 - bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document,
-  with the time split by kind of operation (matmul, batched matmul, attention, other) from one profiled pass each;
+  with the time split by kind of operation (matmul, batched matmul, attention, other) from profiled passes;
   kind full = SmolLM2 alone on independent windows of a memory model's segment with its memory tokens.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
 does not depend on what the weights are.
