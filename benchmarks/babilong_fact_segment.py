@@ -39,8 +39,9 @@ def by_fact_segment(predictions: list[dict[str, Any]], segment_size: int, bin_si
         if prediction["method"] != "memory" or not prediction.get("supporting_depths"):
             continue
         first = (fact_segment(prediction, segment_size) - 1) // bin_size * bin_size + 1
-        right, total = counts.setdefault(first, [0, 0])
-        counts[first] = [right + bool(prediction["correct"]), total + 1]
+        tally = counts.setdefault(first, [0, 0])  # [right, samples]
+        tally[0] += bool(prediction["correct"])
+        tally[1] += 1
     bins = []
     for first, (right, total) in sorted(counts.items()):
         low, high = wilson_interval(right, total)
@@ -122,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.segment_size < 1 or args.bin < 1:
         raise SystemExit("--segment-size and --bin must be positive")
     runs = parse_pairs(args.run, "--run")
-    trained = {label: int(value) for label, value in parse_pairs(args.trained, "--trained").items()}
+    trained = {}
+    for label, value in parse_pairs(args.trained, "--trained").items():
+        if label not in runs:
+            raise SystemExit(f"--trained {label}={value}: no --run is labelled {label!r}")
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"--trained {label}={value}: the number of segments must be a positive integer")
+        trained[label] = int(value)
     results = {}
     for label, path in runs.items():
         if not Path(path).is_file():

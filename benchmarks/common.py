@@ -16,7 +16,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +60,24 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def time_in_turns(runs: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 0) -> dict[str, list[float]]:
-    """Seconds of each run in every round, the runs taking turns and their order reversed every other round: a
-    change of the machine's load (another process, clock frequency) falls on all of them alike, so ratios of these
-    times are fair on a shared machine. The first `warmup` rounds run but are not recorded."""
-    names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(warmup + rounds):
+def in_turns(names: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, name) for `rounds` rounds in which `names` take turns, their order reversed every other round: a
+    change of the machine's load (another process, clock frequency) falls on all of them alike, so measurements
+    taken in this order compare fairly on a shared machine."""
+    for round_index in range(rounds):
         for name in names if round_index % 2 == 0 else reversed(names):
-            started = time.perf_counter()
-            runs[name]()
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - started)
+            yield round_index, name
+
+
+def time_in_turns(runs: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 0) -> dict[str, list[float]]:
+    """Seconds of each run in every round, the runs taking turns (`in_turns`). The first `warmup` rounds run but
+    are not recorded."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index, name in in_turns(list(runs), warmup + rounds):
+        started = time.perf_counter()
+        runs[name]()
+        if round_index >= warmup:
+            times[name].append(time.perf_counter() - started)
     return times
 
 

@@ -52,6 +52,7 @@ import torch
 from benchmarks.common import (
     RESULTS_DIR,
     device_name,
+    in_turns,
     results_lock,
     rss_bytes,
     run_module,
@@ -321,12 +322,11 @@ OPERATION_KINDS = {
 
 
 def least_busy_profiles(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, float]]:
-    """`op_seconds` of each run, `rounds` times in turns (order reversed every other round); for each run the profile
-    with the least total time, the one least disturbed by whatever else the machine did."""
+    """`op_seconds` of each run, `rounds` times in turns (`in_turns`); for each run the profile with the least total
+    time, the one least disturbed by whatever else the machine did."""
     profiles: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-    for round_index in range(rounds):
-        for name in list(runs)[:: -1 if round_index % 2 else 1]:
-            profiles[name].append(op_seconds(runs[name]))
+    for _, name in in_turns(list(runs), rounds):
+        profiles[name].append(op_seconds(runs[name]))
     return {name: min(found, key=lambda seconds: sum(seconds.values())) for name, found in profiles.items()}
 
 

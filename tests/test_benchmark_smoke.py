@@ -620,3 +620,7 @@ def test_babilong_fact_segment_bins_right_answers_by_the_segment_of_the_last_fac
     assert figure.stat().st_size > 0
     with pytest.raises(SystemExit, match="no predictions file"):
         babilong_fact_segment.main(["--run", f"x={tmp_path / 'missing.jsonl'}", "--segment-size", "128"])
+    with pytest.raises(SystemExit, match="no --run is labelled 'other'"):
+        babilong_fact_segment.main(["--run", f"a={path}", "--trained", "other=4", "--segment-size", "128"])
+    with pytest.raises(SystemExit, match="positive integer"):
+        babilong_fact_segment.main(["--run", f"a={path}", "--trained", "a=four", "--segment-size", "128"])
