@@ -30,6 +30,7 @@ from rmt.data.babilong import build_sample
 from rmt.eval.by_length import Reader
 from rmt.memory.armt import ARMTForCausalLM
 from rmt.memory.pretrained import load_memory_model
+from rmt.plotting import pyplot, save_figure
 
 
 def sample_prompts(
@@ -65,10 +66,7 @@ def growth(model: ARMTForCausalLM, prompts: list[list[int]]) -> dict[str, list]:
 
 
 def plot(results: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name, record in results.items():
@@ -78,9 +76,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
     left.set(xlabel="segment", ylabel="|A| (mean over layers)", title="associative state", yscale="log")
     right.set(xlabel="segment", ylabel="RMS", title="last layer's hidden states", yscale="log")
     left.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> None:

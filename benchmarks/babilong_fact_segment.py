@@ -23,6 +23,7 @@ from typing import Any
 
 from benchmarks.common import write_json
 from rmt.eval.by_length import wilson_interval
+from rmt.plotting import pyplot, save_figure
 
 
 def fact_segment(prediction: dict[str, Any], segment_size: int) -> int:
@@ -84,10 +85,7 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
 def plot(results: dict[str, list[dict[str, Any]]], trained: dict[str, int], path: Path) -> None:
     """Accuracy against the fact's segment (bin middles) with 95% intervals, one line per run; a dotted line at
     each run's trained number of segments."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(7, 4))
     for label, bins in results.items():
@@ -105,10 +103,7 @@ def plot(results: dict[str, list[dict[str, Any]]], trained: dict[str, int], path
     axes.set_ylim(-0.05, 1.05)
     axes.set_title("accuracy by the fact's segment (dotted: segments trained on)")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

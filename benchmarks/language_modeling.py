@@ -39,6 +39,7 @@ from rmt.build import memory_model, random_backbone
 from rmt.data.batch import Batch
 from rmt.data.haystack import default_corpus_texts
 from rmt.data.sources import EVAL_SEED_BASE, TRAIN_SEED_STRIDE, Source
+from rmt.plotting import pyplot, save_figure
 from rmt.train.config import TrainConfig
 from rmt.train.loop import train
 
@@ -190,10 +191,7 @@ def format_table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, run_record in sorted(results["runs"].items(), key=lambda item: KINDS.index(item[0])):
@@ -204,9 +202,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title("Language modelling on public-domain books")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

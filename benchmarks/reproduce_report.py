@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import write_atomically, write_json
+from rmt.plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
     from benchmarks.reproduce_setup import ExtrapolationSetup, TaskSetup
@@ -266,10 +267,7 @@ def plot(
 ) -> None:
     """One PNG per task with results (accuracy vs number of segments, a line per model kind, the published numbers
     dotted with hollow markers), and extrapolation.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = results["cells"]
     colors = dict(zip(KIND_LABELS, ("C0", "C1", "C2", "C3", "C4"), strict=True))
@@ -295,9 +293,7 @@ def plot(
         ax.set_title(f"{setup.title} (dotted, hollow: published)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(output_dir / f"{name}.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, output_dir / f"{name}.png")
     extrapolated = [r for r in cells.values() if r["task"] == "detect_memorize"]
     if extrapolated:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -314,6 +310,4 @@ def plot(
         ax.set_title(extrapolation.title)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(output_dir / "extrapolation.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, output_dir / "extrapolation.png")

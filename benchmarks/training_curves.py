@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rmt.errors import InputError
+from rmt.plotting import pyplot, save_figure
 
 
 def read_chain(logs: list[Path], metric: str) -> list[tuple[int, float]]:
@@ -61,10 +62,7 @@ def plot(
     runs: dict[str, list[tuple[int, float]]], targets: dict[str, float], metric: str, title: str, output: Path
 ) -> None:
     """One line per run (markers at each evaluation), targets dashed in the run's colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(7, 4.2))
     for label, points in runs.items():
@@ -78,10 +76,7 @@ def plot(
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
+    save_figure(figure, output)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
 from rmt.data.tasks import CopyTask
 from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.plotting import pyplot, save_figure
 from rmt.train.loop import TaskSource, TrainConfig, evaluate, train
 
 
@@ -134,10 +135,7 @@ def _example(model, task: CopyTask) -> dict[str, str]:
 
 
 def plot_curves(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, run in results["models"].items():
@@ -150,9 +148,7 @@ def plot_curves(results: dict, path: Path) -> None:
     ax.set_title(f"{results['task']} in {results['segments']} segments of {results['segment_size']} tokens")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_table(results: dict) -> str:

@@ -42,6 +42,7 @@ from rmt.data.collate import QACollator
 from rmt.errors import InputError
 from rmt.files import write_atomic, write_json_atomic
 from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.plotting import pyplot, save_figure
 
 METHODS = ("memory", "no_memory", "full_attention")
 
@@ -326,10 +327,7 @@ def _facts_note(results: dict[str, Any]) -> str:
 
 def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
     """Tasks x lengths, accuracy in each cell, as in the BABILong paper's figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks, lengths = results["tasks"], results["lengths"]
     grid = [
@@ -347,18 +345,13 @@ def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
     ax.set_xlabel("input length (tokens)")
     ax.set_title(f"BABILong accuracy, {method.replace('_', ' ')}{_facts_note(results)}")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_methods(results: dict[str, Any], path: Path) -> None:
     """Accuracy against input length, one panel per task and one line per method, with the 95% intervals as bars:
     where memory beats its baselines, and whether the difference is larger than the sampling noise."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks, lengths = results["tasks"], results["lengths"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(1.5 + 0.7 * len(lengths) * len(tasks), 3.2), squeeze=False)
@@ -383,6 +376,4 @@ def plot_methods(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (95% interval)")
     axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
