@@ -60,7 +60,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, device_name, rss_bytes, run_module, write_json
+from benchmarks.common import RESULTS_DIR, device_name, in_turns, rss_bytes, run_module, write_json
 from rmt import ARMTForCausalLM, RMTConfig
 
 METHODS = ("full", "sequential", "diagonal")
@@ -152,7 +152,7 @@ def paired_timing(
 ) -> dict:
     """Sequential and diagonal timed alternately in one process (the order swapped every round): a slow drift of
     the machine (another process, frequency, cache) hits both alike, so the median per-round ratio is the
-    trustworthy diagonal/sequential figure on a shared machine."""
+    trustworthy diagonal/sequential figure on a shared machine (`in_turns`)."""
     cuda = args.device.startswith("cuda")
     runs = {method: runner(method, model, args) for method in ("sequential", "diagonal")}
     times: dict[str, list[float]] = {"sequential": [], "diagonal": []}
@@ -160,17 +160,15 @@ def paired_timing(
     with torch.inference_mode():
         for run in runs.values():
             run(warm_ids)
-        for round_index in range(args.repeats):
-            order = ("sequential", "diagonal") if round_index % 2 == 0 else ("diagonal", "sequential")
-            for method in order:
-                if cuda:
-                    torch.cuda.synchronize()
-                start, faults_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                runs[method](input_ids)
-                if cuda:
-                    torch.cuda.synchronize()
-                times[method].append(time.perf_counter() - start)
-                faults[method].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+        for _, method in in_turns(list(runs), args.repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            start, faults_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            runs[method](input_ids)
+            if cuda:
+                torch.cuda.synchronize()
+            times[method].append(time.perf_counter() - start)
+            faults[method].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     ratios = [d / q for d, q in zip(times["diagonal"], times["sequential"], strict=True)]
     median = statistics.median(ratios)
     return {"method": "paired", "length": input_ids.shape[1], "status": "ok", "times_s": times,

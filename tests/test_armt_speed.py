@@ -5,8 +5,10 @@ benchmarks.armt_speed --worker`) with the steady malloc settings, recording per-
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -153,3 +155,19 @@ def test_a_run_stopped_part_way_keeps_the_lengths_it_measured(tmp_path, monkeypa
     assert record["meta"]["complete"] is False and record["meta"]["lengths_done"] == [128]
     assert [row["length"] for row in record["results"]] == [128]
     assert record["results"][0]["logits_error"]["max_abs"] == 0.0
+
+
+def test_paired_timing_alternates_the_order_and_reports_the_median_ratio(monkeypatch):
+    calls: list[str] = []
+
+    def recording_runner(method, model, args):
+        return lambda ids: calls.append(method)
+
+    monkeypatch.setattr(armt_speed, "runner", recording_runner)
+    args = argparse.Namespace(device="cpu", repeats=3)
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    record = armt_speed.paired_timing(None, ids, ids, args)
+    assert calls[2:] == ["sequential", "diagonal", "diagonal", "sequential", "sequential", "diagonal"]
+    assert [len(record["times_s"][m]) for m in ("sequential", "diagonal")] == [3, 3]
+    assert record["diagonal_over_sequential"] == statistics.median(record["ratios"])
+    assert record["length"] == 4
