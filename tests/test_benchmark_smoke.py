@@ -28,11 +28,11 @@ from benchmarks import (
     mixed_precision,
     processes,
 )
-from benchmarks.babilong_errors import KINDS, classify, kind_of
+from benchmarks.babilong_errors import KINDS, classify, classify_predictions, kind_of, named_room
 from benchmarks.common import time_in_turns
 from rmt import RMTConfig
 from rmt.build import memory_model
-from rmt.data.babilong import PLACES, BabilongSample, answer_labels
+from rmt.data.babilong import PLACES, BabilongSample, answer_labels, build_dataset
 from rmt.data.babilong_source import distractor_background
 from rmt.data.haystack import Haystack, load_haystack
 from rmt.eval.by_length import evaluate_by_length
@@ -275,6 +275,31 @@ def test_babilong_errors_sorts_each_answer_and_counts_a_models_answers(tmp_path)
     assert set(counts) == {"fact before the last segment", "fact in the last segment"}
     assert all(list(by_kind) == list(KINDS) for by_kind in counts.values())
     assert sum(sum(by_kind.values()) for by_kind in counts.values()) == 6
+
+
+def test_babilong_errors_sorts_generated_answers_from_predictions(tmp_path):
+    assert named_room(" The Office. Then the garden") == "office"
+    assert named_room("garden or kitchen") == "garden" and named_room("kitchen, not the garden") == "kitchen"
+    assert named_room(" I do not know. The garden.") is None
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder(tmp_path / "bert", "bert", answer_labels("qa1")))
+    haystack = tmp_path / "book.txt"
+    haystack.write_text(background_text(400))
+    samples = build_dataset("qa1", 100, 3, tokenizer, load_haystack(haystack), seed=0)
+    other = next(room for room in PLACES if all(room not in fact for fact in samples[1].facts))
+    answers = [f" {samples[0].target}.", f" the {other}", " nowhere"]
+    records = [
+        {"task": "qa1", "length": "100", "method": "memory", "seed": sample.seed, "target": sample.target,
+         "answer": answer, "facts_in_last_span": index == 0}
+        for index, (sample, answer) in enumerate(zip(samples, answers, strict=True))
+    ]  # fmt: skip
+    counts = classify_predictions(records, tokenizer, haystack=str(haystack))["100/memory"]
+    right = kind_of(samples[0], samples[0].target)
+    assert counts["fact in the last segment"] == {kind: int(kind == right) for kind in KINDS}
+    before = counts["fact before the last segment"]
+    assert before["a room not in the story"] == 1 and before["no room"] == 1 and sum(before.values()) == 2
+    records[0]["target"] = other if other != samples[0].target else "hallway"
+    with pytest.raises(SystemExit, match="rebuilt with another target"):
+        classify_predictions(records, tokenizer)
 
 
 def test_babilong_distractors_counts_rooms_after_the_fact_and_rereads_without_them(tmp_path):
