@@ -4,6 +4,7 @@ limit (`TrainConfig.max_time`): the same batches and losses as without them, and
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -92,3 +93,25 @@ def test_a_run_stopped_by_its_time_limit_saves_and_resumes_exactly(tmp_path):
     assert state["step"] == 1
     resumed = train(small_model(task), TaskSource(task), config, tmp_path / "limited", resume=True)
     assert [r["loss"] for r in resumed if "loss" in r] == [r["loss"] for r in straight if "loss" in r]
+
+
+def test_a_tied_embedding_backbone_resumes_exactly_tied_and_without_a_shared_tensor_warning(tmp_path, caplog):
+    """GPT-2 ties its LM head to its input embeddings: the checkpoint stores the shared tensor once, and resuming
+    rebuilds the tie (the run continues as if never stopped, the head still is the embedding)."""
+    task = CopyTask(length=6)
+
+    def tied_model():
+        backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
+        assert backbone.lm_head.weight is backbone.get_input_embeddings().weight
+        return memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=task.segment_size_for(3)))
+
+    config = TrainConfig(steps=3, batch_size=4, log_every=1, eval_every=3, eval_batches=1, progress=False)
+    straight = train(tied_model(), TaskSource(task), config, tmp_path / "straight")
+    with caplog.at_level(logging.WARNING):
+        train(tied_model(), TaskSource(task), TrainConfig(**{**vars(config), "max_time": 1e-9}), tmp_path / "limited")
+    assert "Removed shared tensor" not in caplog.text
+    resumed_model = tied_model()
+    resumed = train(resumed_model, TaskSource(task), config, tmp_path / "limited", resume=True)
+    assert [r["loss"] for r in resumed if "loss" in r] == [r["loss"] for r in straight if "loss" in r]
+    backbone = resumed_model.backbone
+    assert backbone.lm_head.weight.data_ptr() == backbone.get_input_embeddings().weight.data_ptr()

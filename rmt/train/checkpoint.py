@@ -15,14 +15,19 @@ leaves the previous checkpoint intact, and `--resume` never finds a half-written
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError
@@ -68,7 +73,8 @@ def save_checkpoint(
         if sharded is not None:
             weights = fsdp.save_state(tmp_dir, model, *sharded, accelerator)
         else:
-            accelerator.save_state(str(tmp_dir / "accelerate"))
+            with _quiet_about_tied_parameters(model):
+                accelerator.save_state(str(tmp_dir / "accelerate"))
         if accelerator.is_main_process:
             save_memory_model(model, tmp_dir / "model", state_dict=weights, progress=config.progress)
             if save_extras is not None:
@@ -88,6 +94,33 @@ def save_checkpoint(
         if accelerator.is_main_process and tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _quiet_about_tied_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Drop Accelerate's "Removed shared tensor ... while saving" warning when every tensor it names is a parameter
+    that the model itself shares between two modules (an LM head tied to the input embeddings): safetensors stores
+    such a tensor once, and loading it into the one Parameter restores both places (tested). The warning would
+    otherwise be printed at every checkpoint of SmolLM2 or GPT-2. Any other aliasing still warns."""
+    names_by_parameter: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_by_parameter.setdefault(id(parameter), []).append(name)
+    tied = {name for names in names_by_parameter.values() if len(names) > 1 for name in names}
+
+    def keep(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Removed shared tensor" not in message:
+            return True
+        # Under DDP the saved state dict's names carry the wrapper's "module." prefix.
+        named = {name.removeprefix("module.") for name in re.findall(r"'([^']+)'", message)}
+        return not named or not named <= tied
+
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    accelerate_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        accelerate_logger.removeFilter(keep)
 
 
 def load_checkpoint(
