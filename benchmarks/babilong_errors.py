@@ -6,9 +6,11 @@
 The first form reads held-out qa1 samples (`rmt eval`'s: `build_dataset` with `--seed`, the built-in background
 unless `--haystack`, the bAbI range of facts unless `--facts`) with an encoder memory model. The second sorts the
 answers an `rmt eval` already gave (any model, generated answers too; MODEL only gives the tokenizer that rebuilds
-each sample from its seed, with the evaluation's --facts and --haystack), one table per method. Each answer is sorted
-by where the supporting fact lies (in the last segment, or before it, so that only the memory can carry it) and by
-what it is, the first of these that applies (a generated answer counts as the first room its first sentence names):
+each sample from its seed, with the evaluation's --facts and --haystack), one table per method (full_attention
+reads its window as one span: on inputs within it, every answer counts as "fact in the last segment"). Each answer
+is sorted by where the supporting fact lies (in the last segment, or before it, so that only the memory can carry
+it) and by what it is, the first of these that applies (a generated answer counts as the first room its first
+sentence names):
 - right (and whether the right room is also the story's last-mentioned room, which a recency guess would name);
 - the story's last fact's room (a recency guess);
 - the asked person's earlier room (the person's later move did not overwrite it);
