@@ -299,7 +299,7 @@ def test_babilong_errors_sorts_generated_answers_from_predictions(tmp_path):
     assert before["a room not in the story"] == 1 and before["no room"] == 1 and sum(before.values()) == 2
     records[0]["target"] = other if other != samples[0].target else "hallway"
     with pytest.raises(SystemExit, match="rebuilt with another target"):
-        classify_predictions(records, tokenizer)
+        classify_predictions(records, tokenizer, haystack=str(haystack))
 
 
 def test_babilong_distractors_counts_rooms_after_the_fact_and_rereads_without_them(tmp_path):
