@@ -58,6 +58,23 @@ def without_room_after_fact(sample: BabilongSample, room: str) -> BabilongSample
     return dataclasses.replace(sample, input=sample.input[:end] + after)
 
 
+def rebuild_samples(
+    records: list[dict[str, Any]], tokenizer: Any, num_facts: str | None, haystack: str | None
+) -> dict[tuple[str, int], BabilongSample]:
+    """The qa1 sample behind each `rmt eval` prediction record, by (length, seed): rebuilt from its seed with the
+    evaluation's --facts and --haystack; a rebuilt target that differs from the record's is refused."""
+    facts = parse_num_facts(num_facts, ["qa1"]) if num_facts else None
+    background = load_background(haystack)
+    built: dict[tuple[str, int], BabilongSample] = {}
+    for record in records:
+        key = (record["length"], record["seed"])
+        if key not in built:  # every method read the same sample
+            built[key] = build_sample("qa1", record["length"], tokenizer, background, record["seed"], num_facts=facts)
+            if built[key].target != record["target"]:
+                raise SystemExit(f"sample seed {record['seed']}: rebuilt with another target; check --facts/--haystack")
+    return built
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The counts of the module docstring for the records of one method and length (each with its `rooms`)."""
     wrong = [r for r in records if not r["correct"]]
@@ -99,16 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     if not records:
         raise SystemExit(f"{args.predictions}: no qa1 predictions")
     tokenizer = pretrained_tokenizer(args.model)
-    background = load_background(args.haystack)
-    facts = parse_num_facts(args.facts, ["qa1"]) if args.facts else None
-    built: dict[tuple[str, int], BabilongSample] = {}
+    built = rebuild_samples(records, tokenizer, args.facts, args.haystack)
     for record in records:
-        key = (record["length"], record["seed"])
-        if key not in built:  # every method read the same sample
-            built[key] = build_sample("qa1", record["length"], tokenizer, background, record["seed"], num_facts=facts)
-            if built[key].target != record["target"]:
-                raise SystemExit(f"sample seed {record['seed']}: rebuilt with another target; check --facts/--haystack")
-        record["rooms"] = rooms_after_fact(built[key])
+        record["rooms"] = rooms_after_fact(built[(record["length"], record["seed"])])
     if args.reread:
         reader = Reader(load_memory_model(args.model).eval(), tokenizer)
         with torch_threads(args.threads):

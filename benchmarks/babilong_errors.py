@@ -29,11 +29,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from benchmarks.babilong_distractors import rebuild_samples
 from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
 from rmt.cli.train import load_background
-from rmt.data.babilong import PLACES, BabilongSample, build_dataset, build_sample, parse_num_facts
-from rmt.data.haystack import default_haystack, load_haystack
+from rmt.data.babilong import PLACES, BabilongSample, build_dataset, parse_num_facts
 from rmt.eval.by_length import Reader
 from rmt.memory.pretrained import load_memory_model
 
@@ -86,7 +86,7 @@ def classify(
         raise SystemExit("babilong_errors reads encoders (answers as classes)")
     tokenizer = pretrained_tokenizer(model_path)
     facts = parse_num_facts(num_facts, ["qa1"]) if num_facts else None
-    background = load_haystack(haystack) if haystack else default_haystack()
+    background = load_background(haystack)
     dataset = build_dataset("qa1", length, samples, tokenizer, background, seed=seed, num_facts=facts)
     reader = Reader(model, tokenizer)
     counts: dict[str, collections.Counter] = {where: collections.Counter() for where in WHERE}
@@ -104,18 +104,12 @@ def classify_predictions(
     records = [record for record in records if record["task"] == "qa1"]
     if not records:
         raise SystemExit("no qa1 predictions to sort")
-    facts = parse_num_facts(num_facts, ["qa1"]) if num_facts else None
-    background = load_background(haystack)
-    built: dict[tuple[str, int], BabilongSample] = {}
+    built = rebuild_samples(records, tokenizer, num_facts, haystack)
     counts: dict[str, dict[str, collections.Counter]] = {}
     for record in records:
-        key = (record["length"], record["seed"])
-        if key not in built:  # every method read the same sample
-            built[key] = build_sample("qa1", record["length"], tokenizer, background, record["seed"], num_facts=facts)
-            if built[key].target != record["target"]:
-                raise SystemExit(f"sample seed {record['seed']}: rebuilt with another target; check --facts/--haystack")
+        sample = built[(record["length"], record["seed"])]
         group = counts.setdefault(f"{record['length']}/{record['method']}", {w: collections.Counter() for w in WHERE})
-        group[WHERE[record["facts_in_last_span"]]][kind_of(built[key], named_room(record["answer"]))] += 1
+        group[WHERE[record["facts_in_last_span"]]][kind_of(sample, named_room(record["answer"]))] += 1
     return {
         name: {where: {kind: counter[kind] for kind in KINDS} for where, counter in by_where.items()}
         for name, by_where in counts.items()
