@@ -6,11 +6,13 @@ facts read long before the question.
         --run "8 segments @ 4k=RESULTS/by-length-write-norm-8seg-4k/predictions.jsonl" --trained "8 segments @ 4k=8" \
         --output RESULTS/fact-segment.json --plot RESULTS/fact-segment.png
 
-A fact's segment is 1 + floor(depth * tokens / segment size): depth is the fact's place in the context
-(`supporting_depths`), tokens the prompt length the model read (`tokens`, which also counts the question's few
-tokens, so a fact within a few tokens of a segment's end may be counted in the next segment). A sample with several
-supporting facts counts by its last one. Only the `memory` method's predictions count. Segments are grouped in bins
-of --bin; each bin's accuracy comes with its 95% Wilson interval.
+A fact's segment is 1 + floor(offset / segment size), the offset being where the fact starts in the input, in
+tokens (`supporting_offsets`, recorded by `rmt eval`). Predictions written before `rmt eval` recorded offsets have
+only the fact's depth in the context (`supporting_depths`); their offset is estimated as depth * tokens, tokens being
+the prompt length the model read, which also counts the question's few tokens, so a fact within a few tokens of a
+segment's end may be counted in the next segment. A sample with several supporting facts counts by its last one.
+Only the `memory` method's predictions count. Segments are grouped in bins of --bin; each bin's accuracy comes with
+its 95% Wilson interval.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from rmt.plotting import pyplot, save_figure
 
 def fact_segment(prediction: dict[str, Any], segment_size: int) -> int:
     """The 1-based segment that holds the prediction's last supporting fact."""
+    if prediction.get("supporting_offsets"):
+        return 1 + max(prediction["supporting_offsets"]) // segment_size
     depth = max(prediction["supporting_depths"])
     return 1 + math.floor(depth * prediction["tokens"] / segment_size)
 

@@ -196,6 +196,12 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
         assert [record["seed"] for record in answers] == [sample.seed for sample in samples]
         assert [record["target"] for record in answers] == [sample.target for sample in samples]
         assert [record["supporting_depths"] for record in answers] == [sample.supporting_depths for sample in samples]
+        # Each supporting fact's recorded offset is where its own tokens start in the text the model read.
+        for record, sample in zip(answers, samples, strict=True):
+            read = tokenizer(f"{sample.input} {sample.question}", add_special_tokens=False).input_ids
+            for offset, index in zip(record["supporting_offsets"], sample.supporting_facts, strict=True):
+                fact = tokenizer(sample.facts[index], add_special_tokens=False).input_ids
+                assert read[offset : offset + len(fact)] == fact
         assert sum(record["correct"] for record in answers) == results["cells"][f"qa1/80/{method}"]["correct"]
         assert all(record["task"] == "qa1" and record["length"] == "80" for record in answers)
     assert [r["answer"] for r in written if r["method"] == "memory"] == [

@@ -634,6 +634,11 @@ def test_babilong_fact_segment_bins_right_answers_by_the_segment_of_the_last_fac
     bins = babilong_fact_segment.by_fact_segment(predictions, segment_size=128, bin_size=4)
     assert [(b["segments"], b["correct"], b["samples"]) for b in bins] == [([1, 4], 2, 2), ([5, 8], 0, 2)]
     assert bins[0]["accuracy"] == 1.0 and bins[0]["interval"][1] == 1.0 and bins[0]["interval"][0] < 1.0
+    # A recorded offset places the fact exactly: token 127 is segment 1, though depth * tokens (with the question's
+    # tokens in the prompt length) would put it at token 129, in segment 2.
+    exact = {**prediction([0.126], 1024, True), "supporting_offsets": [127]}
+    assert babilong_fact_segment.fact_segment(exact, segment_size=128) == 1
+    assert babilong_fact_segment.fact_segment(prediction([0.126], 1024, True), segment_size=128) == 2
 
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in predictions))

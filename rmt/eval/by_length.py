@@ -93,11 +93,13 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
 @dataclass(frozen=True)
 class Reading:
     """What one method made of one sample: its answer (an encoder's class label, or a decoder's generated text), the
-    tokens it read, and whether every supporting fact lies in the last span it reads."""
+    tokens it read, whether every supporting fact lies in the last span it reads, and where each supporting fact
+    starts in the whole input, in tokens (None for samples that do not record their facts' depths)."""
 
     answer: str
     tokens: int
     facts_in_last_span: bool
+    fact_offsets: tuple[int, ...] | None = None
 
 
 class Reader:
@@ -134,7 +136,10 @@ class Reader:
             eos = self.tokenizer.eos_token_id
             generated = self.model.generate(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos, do_sample=False)
             answer = self.tokenizer.decode(generated.sequences[0, ids.shape[1] :], skip_special_tokens=True)
-        return Reading(answer, ids.shape[1], self._facts_in_last_span(sample, total))
+        offsets = self._fact_offsets(sample)
+        span_start = total - self.window if self.window else (total - 1) // self.span * self.span
+        in_last_span = offsets is None or all(offset >= span_start for offset in offsets)
+        return Reading(answer, ids.shape[1], in_last_span, offsets)
 
     def answer(self, sample: BabilongSample) -> tuple[bool, Reading]:
         """Whether the method answers `sample` right, and its reading."""
@@ -145,14 +150,14 @@ class Reader:
             right = answer_is_correct(reading.answer, sample.target)
         return right, reading
 
-    def _facts_in_last_span(self, sample: BabilongSample, total: int) -> bool:
-        """Whether every supporting fact starts within the last span of the input (all of it if it is shorter). A
-        fact's place comes from its depth in the context, which is what precedes the question."""
+    def _fact_offsets(self, sample: BabilongSample) -> tuple[int, ...] | None:
+        """The token offset of each supporting fact in the input. A fact's depth is its start as a fraction of the
+        context's tokens, and the context (what precedes the question) opens the input: the decoder's prompt and the
+        encoder's text both start with it, without special tokens."""
         if sample.supporting_depths is None:
-            return True
+            return None
         context = len(self.tokenizer(sample.input, add_special_tokens=False, verbose=False).input_ids)
-        span_start = total - self.window if self.window else (total - 1) // self.span * self.span
-        return all(depth * context >= span_start for depth in sample.supporting_depths)
+        return tuple(round(depth * context) for depth in sample.supporting_depths)
 
 
 def readers(
@@ -276,6 +281,7 @@ def _run_cell(
                 "correct": right,
                 "tokens": reading.tokens,
                 "supporting_depths": sample.supporting_depths,
+                "supporting_offsets": list(reading.fact_offsets) if reading.fact_offsets is not None else None,
                 "facts_in_last_span": reading.facts_in_last_span,
             }
         )
