@@ -164,7 +164,8 @@ class TrainConfig:
         default=None,
         metadata=_doc(
             "Stop after this many seconds of training in this run, as a job's time limit: a checkpoint and the "
-            "model are saved, and --resume continues (default: no limit)."
+            "model are saved, and --resume continues. The limit counts from when this process starts training, so a "
+            "resumed run gets all of it again (default: no limit)."
         ),
     )
     tensorboard: bool = field(default=False, metadata=_doc("Also log to OUTPUT/tensorboard."))
