@@ -14,7 +14,7 @@ from rmt.cli.options import config_from_args
 from rmt.cli.train import build_setup
 from rmt.data.babilong import answer_labels, build_dataset, load_babilong, save_babilong
 from rmt.data.haystack import Haystack
-from rmt.eval.by_length import Outcome, evaluate_by_length, format_table, wilson_interval
+from rmt.eval.by_length import Outcome, Reader, evaluate_by_length, format_table, wilson_interval
 from rmt.train.config import TrainConfig
 
 
@@ -197,8 +197,9 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
         assert [record["target"] for record in answers] == [sample.target for sample in samples]
         assert [record["supporting_depths"] for record in answers] == [sample.supporting_depths for sample in samples]
         # Each supporting fact's recorded offset is where its own tokens start in the text the model read.
+        collate = Reader(model, tokenizer).collate
         for record, sample in zip(answers, samples, strict=True):
-            read = tokenizer(f"{sample.input} {sample.question}", add_special_tokens=False).input_ids
+            read = collate([sample.to_dict()]).input_ids[0].tolist()
             for offset, index in zip(record["supporting_offsets"], sample.supporting_facts, strict=True):
                 fact = tokenizer(sample.facts[index], add_special_tokens=False).input_ids
                 assert read[offset : offset + len(fact)] == fact
