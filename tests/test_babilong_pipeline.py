@@ -5,8 +5,10 @@ by-length evaluation's arithmetic (accuracy, Wilson intervals, methods on the sa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import background_text, tiny_model_folder
 
 from rmt.cli import build_parser, main
@@ -222,6 +224,40 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
     monkeypatch.setattr(by_length, "build_dataset", recording_build_dataset)
     results = evaluate_by_length(model, tokenizer, ["qa1"], [80], 6, haystack, progress=False, num_facts=1)
     assert results["num_facts"] == 1 and len(built) == 6 and all(sample.num_facts == 1 for sample in built)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-cell peak RSS needs Linux's clear_refs")
+def test_by_length_peak_rss_is_each_cells_own(encoder_dir, haystack_file, monkeypatch):
+    """A method that needs much memory (here 400 MB touched while it reads, then freed) does not raise the peak RSS
+    recorded for the cells after it: each cell's peak is reset before it runs."""
+    import rmt.eval.by_length as by_length
+    from rmt import RMTConfig
+    from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
+
+    tokenizer = pretrained_tokenizer(str(encoder_dir))
+    backbone = pretrained_backbone(str(encoder_dir), mode="encoder")
+    config = RMTConfig(mode="encoder", num_memory_tokens=0, segment_size=40, cls_token_id=2, sep_token_id=3)
+    model = memory_model(backbone, config)
+
+    class HungryReader(Reader):
+        def answer(self, sample):
+            held = torch.ones(100_000_000)  # 400 MB, written so that its pages are resident
+            del held
+            return super().answer(sample)
+
+    monkeypatch.setattr(
+        by_length,
+        "readers",
+        lambda model, tokenizer, methods, *args: {
+            "hungry": HungryReader(model, tokenizer),
+            "memory": Reader(model, tokenizer),
+        },
+    )
+    haystack = Haystack.from_text(haystack_file.read_text())
+    results = evaluate_by_length(model, tokenizer, ["qa1"], [80], 2, haystack, progress=False)
+    hungry, memory = (results["cells"][f"qa1/80/{m}"] for m in ("hungry", "memory"))
+    assert hungry["peak_rss_scope"] == memory["peak_rss_scope"] == "cell"
+    assert hungry["peak_rss_mib"] - memory["peak_rss_mib"] > 300  # the process's peak would be the same for both
 
 
 def test_wilson_interval_and_outcome():

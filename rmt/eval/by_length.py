@@ -17,8 +17,9 @@ record per sample and method (its seed, the target, the answer, whether it is ri
 so that wrong answers can be looked at by depth or sample.
 
 Each accuracy comes with its 95% Wilson interval. Time is measured per method and length (tokens read per second),
-and the process's peak RSS after each length (lengths run in increasing order, so a flat column means memory did not
-grow with the input).
+and the peak RSS of each cell: on Linux the peak is reset before the cell (`peak_rss_scope: "cell"`), so a method
+that needs more memory does not raise the figure of the cells after it; elsewhere it is the process's peak so far
+(`"process"`; lengths run in increasing order, so a flat column still means memory did not grow with the input).
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ def evaluate_by_length(
             else:
                 cell_samples = build_dataset(task, name, count, tokenizer, haystack, seed=seed, num_facts=num_facts)
             for method, reader in per_method.items():
+                peak_scope = "cell" if reset_peak_rss() else "process"
                 outcome, answers = _run_cell(reader, cell_samples, f"{task} {name} {method}", progress)
                 predictions.extend({"task": task, "length": name, "method": method, **answer} for answer in answers)
                 key = f"{task}/{name}/{method}"
@@ -249,11 +251,32 @@ def evaluate_by_length(
                     "task": task,
                     "length": name,
                     "method": method,
-                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                    "peak_rss_mib": round(peak_rss_mib(peak_scope), 1),
+                    "peak_rss_scope": peak_scope,
                 }
                 if output_dir is not None:
                     write_results(results, Path(output_dir), predictions)
     return {**results, "predictions": predictions}
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS measurement for this process: on Linux (4.0 on) writing 5 to /proc/self/clear_refs sets
+    the peak (VmHWM) to the current RSS. False where that cannot be done; the peak is then the process's so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mib(scope: str) -> float:
+    """Peak RSS in MiB: since the last `reset_peak_rss` (scope "cell", from /proc/self/status) or of the whole
+    process (scope "process", from getrusage)."""
+    if scope == "cell":
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_cell(
