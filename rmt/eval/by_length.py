@@ -251,7 +251,7 @@ def evaluate_by_length(
                     "task": task,
                     "length": name,
                     "method": method,
-                    "peak_rss_mib": round(peak_rss_mib(peak_scope), 1),
+                    "peak_rss_mib": round(peak_rss_mib(), 1),
                     "peak_rss_scope": peak_scope,
                 }
                 if output_dir is not None:
@@ -269,13 +269,16 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def peak_rss_mib(scope: str) -> float:
-    """Peak RSS in MiB: since the last `reset_peak_rss` (scope "cell", from /proc/self/status) or of the whole
-    process (scope "process", from getrusage)."""
-    if scope == "cell":
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+def peak_rss_mib() -> float:
+    """Peak RSS in MiB: Linux's VmHWM (since the last `reset_peak_rss`, else since the process started), or the
+    process's peak from getrusage where /proc is not there."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
