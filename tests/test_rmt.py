@@ -197,14 +197,16 @@ def test_bptt_depth_limits_gradient_reach(depth, streaming):
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("aggregation", ["tokens", "segments", "last_segment"])
 @pytest.mark.parametrize("depth", [0, 1, -1])
-def test_streaming_backward_equals_reference(aggregation, depth, recompute):
+@pytest.mark.parametrize("first_target", [0, 8])  # 0: segment 0 has a loss, so it runs as two groups with autograd
+def test_streaming_backward_equals_reference(aggregation, depth, recompute, first_target):
     model = decoder("llama", bptt_depth=depth, loss_aggregation=aggregation, write_init="learned")
-    ids = random_ids(3, 23, seed=1)
+    ids = random_ids(4, 23, seed=1)
     mask = torch.ones_like(ids)
     mask[1, 14:] = 0  # fewer segments than the others
     mask[2, :4] = 0  # left padding
+    mask[3, 6:] = 0  # one segment: inside the BPTT window from segment 0 on, while the others are not
     labels = ids.clone()
-    labels[:, :8] = -100
+    labels[:, :first_target] = -100
     model.zero_grad()
     reference = model(ids, attention_mask=mask, labels=labels)
     reference.loss.backward()

@@ -207,10 +207,14 @@ class RecurrentMemoryModel(nn.Module):
             if depth >= 0 and s >= 1:
                 state = detach_rows(state, active & (s < plan.num_segments - depth))
 
+            # Every group reads the memory as it entered the segment, not `state` after an earlier group's merge:
+            # a STREAM group's backward would otherwise run through the WINDOW group's graph (and free it) on the
+            # way to the initial memory, which segment 0 does not detach.
+            entering = state
             for rows, mode in self._groups(plan, s, active, streaming):
                 ids = select(plan.input_ids, rows)[:, start : start + width]
                 mask = select(plan.attention_mask, rows)[:, start : start + width]
-                state_in = select_rows(state, rows)
+                state_in = select_rows(entering, rows)
                 if mode is not SegmentMode.WINDOW and s >= 1:
                     state_in = detach(state_in)  # already detached by the rule; cut the graph link as well
                 ending = select(last_step, rows)
