@@ -6,6 +6,7 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs diagonal --length 16384
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/checkpoint/model --length 4k --samples 10
     python -m benchmarks.long_inputs bf16-speed --kinds rmt armt full --segment-sizes 128 256 1024 --length 4096
+    python -m benchmarks.long_inputs bf16-gemm --segment-sizes 128 256 1024
     python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-untrained --length 4k --samples 10
     python -m benchmarks.long_inputs precision --model runs/smollm2-rmt-facts1/model --facts 1 --length 4k --samples 10
@@ -32,6 +33,9 @@ may run at the same time in separate processes (one per core) and add to the sam
 - bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document,
   with the time split by kind of operation (matmul, batched matmul, attention, other) from profiled passes;
   kind full = SmolLM2 alone on independent windows of a memory model's segment with its memory tokens.
+- bf16-gemm: the ceiling of bf16 for the projections: SmolLM2's seven projection shapes on the rows of one segment
+  with its memory tokens, fp32 against bf16 (as the model runs them, and with weights prepacked for oneDNN as
+  TorchInductor's freezing does), and square products of 1024; no model runs, so this is the kernels alone.
 Memory wrappers are untrained for the timing parts (W_v small and non-zero for ARMT, so the memory does work); time
 does not depend on what the weights are.
 """
@@ -303,6 +307,78 @@ def bf16_speed(args: argparse.Namespace, record: dict[str, Any]) -> None:
             save(args, record)
 
 
+def bf16_gemm(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """fp32 against bf16 matrix products at SmolLM2's projection shapes, the three variants taking turns, the best
+    of --repeats rounds of GEMM_CALLS calls each. "bf16" is `F.linear` on bf16 tensors, what the model runs;
+    "bf16 prepacked" holds the weight in oneDNN's blocked layout (where this torch build has those operators). One
+    decoder layer's seven projections together give the gain the model's matmul time can have at best."""
+    from rmt.build import pretrained_backbone
+
+    layer = pretrained_backbone("smollm2").model.layers[0]
+    projections = {  # name: (weight, how many of that shape one layer has)
+        "q, o": (layer.self_attn.q_proj.weight, 2),
+        "k, v": (layer.self_attn.k_proj.weight, 2),
+        "gate, up": (layer.mlp.gate_proj.weight, 2),
+        "down": (layer.mlp.down_proj.weight, 1),
+    }
+    results = record.setdefault("bf16_gemm", {})
+    for rows in [size + MEMORY for size in args.segment_sizes]:
+        layer_seconds = dict.fromkeys(GEMM_VARIANTS, 0.0)
+        entry: dict[str, Any] = {}
+        for name, (weight, count) in projections.items():
+            seconds = time_gemm(torch.randn(rows, weight.shape[1]), weight.detach(), args.repeats)
+            entry[name] = {"rows, in, out": [rows, weight.shape[1], weight.shape[0]], **gemm_speedups(seconds)}
+            for variant in layer_seconds:
+                layer_seconds[variant] += count * seconds.get(variant, float("nan"))
+        entry["layer"] = gemm_speedups(layer_seconds)
+        results[f"rows {rows}"] = entry
+        print(f"{rows} rows, one layer's seven projections: {format_speedups(entry['layer'])}", flush=True)
+    square = torch.randn(1024, 1024)
+    results["square 1024"] = gemm_speedups(time_gemm(square, square, args.repeats))
+    print(f"square 1024: {format_speedups(results['square 1024'])}")
+    save(args, record)
+
+
+GEMM_VARIANTS = ("fp32", "bf16", "bf16 prepacked")
+GEMM_CALLS = 20
+
+
+def time_gemm(inputs: torch.Tensor, weight: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Seconds per `inputs @ weight.T` for each variant of GEMM_VARIANTS this torch build can run, the best of
+    `rounds` rounds taken in turns."""
+    inputs_bf16, weight_bf16 = inputs.bfloat16(), weight.bfloat16()
+    products = {
+        "fp32": functools.partial(torch.nn.functional.linear, inputs, weight),
+        "bf16": functools.partial(torch.nn.functional.linear, inputs_bf16, weight_bf16),
+    }
+    mkldnn = torch.ops.mkldnn
+    if torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight"):
+        packed = mkldnn._reorder_linear_weight(weight_bf16, inputs.shape[0])
+        products["bf16 prepacked"] = functools.partial(
+            mkldnn._linear_pointwise, inputs_bf16, packed, None, "none", [], ""
+        )
+
+    def repeated(product: Callable[[], object]) -> None:
+        for _ in range(GEMM_CALLS):
+            product()
+
+    with torch.no_grad():
+        times = time_in_turns({name: functools.partial(repeated, p) for name, p in products.items()}, rounds, 1)
+    return {name: min(seconds) / GEMM_CALLS for name, seconds in times.items()}
+
+
+def gemm_speedups(seconds: dict[str, float]) -> dict[str, float]:
+    """The variants' seconds and each bf16 variant's gain over fp32."""
+    entry = {f"{variant} seconds": value for variant, value in seconds.items()}
+    fp32 = seconds["fp32"]
+    entry.update({f"{variant} speedup": fp32 / value for variant, value in seconds.items() if variant != "fp32"})
+    return entry
+
+
+def format_speedups(entry: dict[str, float]) -> str:
+    return ", ".join(f"{key.removesuffix(' speedup')} {value:.2f}x" for key, value in entry.items() if "speedup" in key)
+
+
 def read_once(kind: str, model: Any, ids: torch.Tensor, segment_size: int) -> None:
     """One pass over `ids` keeping only the last token's logits: a memory model reads it segment by segment; the
     backbone alone ("full") reads independent windows of `segment_size` + MEMORY tokens, a memory model's rows."""
@@ -446,6 +522,7 @@ PARTS = {
     "diagonal": diagonal,
     "precision": precision,
     "bf16-speed": bf16_speed,
+    "bf16-gemm": bf16_gemm,
 }
 
 
@@ -458,9 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", default="16384", help="diagonal: tokens; precision: a BABILong length (4k)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generation: tokens to generate")
     parser.add_argument(
-        "--segment-sizes", nargs="+", type=int, default=[128, 1024], help="bf16-speed: segment sizes to compare"
+        "--segment-sizes",
+        nargs="+",
+        type=int,
+        default=[128, 1024],
+        help="bf16-speed, bf16-gemm: segment sizes to compare",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="bf16-speed: passes per precision (the best counts)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="bf16-speed, bf16-gemm: rounds per precision (the best counts)"
+    )
     parser.add_argument("--model", default=None, help="precision: a saved memory model; save-untrained: where to")
     parser.add_argument("--task", default="qa1", help="precision: BABILong task")
     parser.add_argument("--facts", default=None, help="precision: facts per story, N or MIN-MAX (default: the task's)")
