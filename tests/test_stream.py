@@ -115,6 +115,53 @@ def test_samples_fed_different_amounts(kind):
         assert_states_close(tree_map(lambda t, i=i: t[i : i + 1], stream.memory_state), alone[i].memory_state)
 
 
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_padded_chunks_equal_each_sample_alone(kind, seed):
+    """Chunks with padding anywhere (left, gaps, rows fed nothing), fed with logits "none", "all" and "last" in turn:
+    every sample's logits are those of one pass over the tokens fed to it alone, also for a sample that gets nothing
+    in a "last" chunk after tokens fed with "none"."""
+    model = decoder(kind)
+    rng = torch.Generator().manual_seed(seed)
+    batch, width, requests = 3, 6, ["none", "all", "last", "none", "last", "all", "last"]
+    chunks = [torch.randint(0, VOCAB, (batch, width), generator=rng) for _ in requests]
+    masks = [(torch.rand(batch, width, generator=rng) < 0.6).long() for _ in requests]
+    masks[0][:, 0] = 1  # every sample has a token before the first "last"
+    masks[2][1] = 0  # sample 1 gets nothing in a "last" chunk after tokens fed with "none"
+    masks[3][2, 1::2] = 0  # gaps
+    stream = model.stream(batch_size=batch)
+    outputs = [
+        stream.feed(ids, mask, logits=request) for ids, mask, request in zip(chunks, masks, requests, strict=True)
+    ]
+    for b in range(batch):
+        fed = torch.cat([ids[b][mask[b] == 1] for ids, mask in zip(chunks, masks, strict=True)])
+        with torch.no_grad():
+            alone = model(fed[None]).logits[0]  # [n, V]
+        seen = 0
+        for mask, request, out in zip(masks, requests, outputs, strict=True):
+            positions = (mask[b] == 1).nonzero().flatten()
+            if request == "all":
+                torch.testing.assert_close(out[b, positions], alone[seen : seen + len(positions)], atol=ATOL, rtol=1e-4)
+                assert bool((out[b][mask[b] == 0] == 0).all())  # nothing fed there
+            seen += len(positions)
+            if request == "last":
+                torch.testing.assert_close(out[b], alone[seen - 1], atol=ATOL, rtol=1e-4)
+
+
+def test_an_empty_chunk_feeds_nothing():
+    model = decoder("rmt")
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(5))
+    stream = model.stream(batch_size=2)
+    stream.feed(ids)
+    empty = ids[:, :0]
+    assert stream.feed(empty) is None
+    assert stream.feed(empty, logits="all").shape == (2, 0, VOCAB)
+    with torch.no_grad():
+        reference = model(ids, logits="last")
+    torch.testing.assert_close(stream.feed(empty, logits="last"), reference.logits, atol=ATOL, rtol=1e-4)
+    assert_states_close(stream.memory_state, reference.memory_state)
+
+
 def test_encoder_stream_classifies_like_one_pass():
     torch.manual_seed(0)
     model = RMTForSequenceClassification(tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=6))

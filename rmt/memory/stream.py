@@ -69,11 +69,18 @@ class MemoryStream:
     def feed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, logits: StreamLogits = "none"
     ) -> torch.Tensor | None:
-        """Append input_ids [B, n] (attention_mask 0 = nothing fed at that place) to each sample's input.
+        """Append input_ids [B, n] (attention_mask 0 = nothing fed at that place) to each sample's input; n may be 0.
 
         logits (decoders): "none"; "last" = [B, V] at each sample's last token fed so far; "all" = [B, n, V] at the
         chunk's positions (zeros where nothing was fed)."""
         model = self.model
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
+            # An empty chunk (e.g. the end of a split document) feeds nothing; the checks below need a token.
+            input_ids = input_ids.new_zeros(input_ids.shape[0], 1)
+            attention_mask = torch.zeros_like(input_ids)
+            empty_chunk = True
+        else:
+            empty_chunk = False
         validate_input_ids(input_ids, model.vocab_size)
         if input_ids.shape[0] != self.batch_size:
             raise InputError(f"this stream reads {self.batch_size} samples, got a chunk of {input_ids.shape[0]}")
@@ -133,9 +140,12 @@ class MemoryStream:
         if logits == "none":
             return None
         if logits == "last":
-            return model.head(self.last_hidden)
-        out = model.head(hidden_all) * mask[..., None].to(hidden_all.dtype)
-        return torch.zeros_like(out).scatter(1, order[..., None].expand_as(out), out)
+            return self.last_logits()
+        # hidden_all is in packed order (each sample's fed tokens first): mask it in that order, then put it back.
+        packed_mask = mask.gather(1, order)
+        out = model.head(hidden_all) * packed_mask[..., None].to(hidden_all.dtype)
+        out = torch.zeros_like(out).scatter(1, order[..., None].expand_as(out), out)
+        return out[:, :0] if empty_chunk else out
 
     @torch.no_grad()
     def last_logits(self) -> torch.Tensor:
@@ -145,10 +155,8 @@ class MemoryStream:
             raise InputError("an encoder stream has no token logits: use classify()")
         if bool((self.seen == 0).any()):
             raise InputError("every sample needs at least one token before its logits")
-        behind = self._rows[self.fill > self.cached]
-        if behind.numel():
-            hidden = self._extend_cache()
-            self._remember_last(behind, hidden[behind, self.fill[behind] - self._extended_from[behind] - 1])
+        if bool((self.fill > self.cached).any()):
+            self._extend_cache()  # remembers the last token of every sample it brings up to date
         return self.model.head(self.last_hidden)
 
     @property
@@ -267,4 +275,8 @@ class MemoryStream:
         ids = self.buffer.gather(1, positions.clamp(max=self.buffer.shape[1] - 1)).masked_fill(~valid, 0)
         hidden = model.extend_cache(ids, valid, positions, self.state, self.cache)
         self.cached = stop
+        # Every extended sample's last token is now its last token fed, including samples that got no tokens in the
+        # chunk being fed (buffered earlier with logits="none"): without this, their last logits would be stale.
+        extended = self._rows[stop > start]
+        self._remember_last(extended, hidden[extended, stop[extended] - start[extended] - 1])
         return hidden
