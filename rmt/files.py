@@ -4,10 +4,12 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
 
 - `write_atomic(path, data)`: the data goes to a temporary file next to `path`, is flushed to disk, then renamed
   over `path` (a rename within one folder is atomic).
-- `atomic_directory(path)`: a context manager that yields an empty temporary folder next to `path`; when the block
-  finishes without an exception the folder replaces `path`. On Linux the two folders are exchanged in one
-  `renameat2(RENAME_EXCHANGE)` call, so there is no moment at which `path` does not exist; elsewhere the old folder is
-  first renamed aside, and `recover_directory` puts it back if the process died between the two renames.
+- `atomic_directory(path, owned=...)`: a context manager that yields an empty temporary folder next to `path`; when
+  the block finishes without an exception the folder replaces `path`, with the entries of `path` that the writer
+  does not own carried over (a tokenizer saved into a checkpoint folder survives the next save). On Linux the two
+  folders are exchanged in one `renameat2(RENAME_EXCHANGE)` call, so there is no moment at which `path` does not
+  exist; elsewhere the old folder is first renamed aside, and `recover_directory` puts it back if the process died
+  between the two renames.
 - `recover_directory(path)`: run before reading or replacing a folder: restores a folder left aside by a crash and
   removes the temporary folders of processes that no longer run.
 - `temporary_directory(path)` + `replace_directory(tmp, path)`: the two halves of `atomic_directory`, for a folder
@@ -23,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +57,46 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it becomes `path` (replacing any folder there), on an exception it
-    is removed and `path` is left as it was."""
+def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it becomes `path`, on an exception it is removed and `path` is
+    left as it was. `owned`: the names the block writes; the other entries of an existing `path` are carried into
+    the new folder before the swap (hard links where the file system allows, else copies), so the swap loses
+    nothing it did not write. None: `path` is replaced whole. A `path` that is a file raises NotADirectoryError."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
     tmp = _new_temporary_directory(path)
     try:
         yield tmp
+        if owned is not None and path.is_dir():
+            _carry_over(path, tmp, set(owned))
         replace_directory(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _carry_over(old: Path, new: Path, owned: set[str]) -> None:
+    """Link (or copy) every entry of `old` whose name is not in `owned` into `new`; `old` itself is not changed, so a
+    crash before the swap loses nothing."""
+    for entry in old.iterdir():
+        if entry.name in owned or (new / entry.name).exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, new / entry.name)
+
+
+def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
+        return
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 def temporary_directory(path: str | os.PathLike) -> Path:

@@ -93,6 +93,45 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left behind
 
 
+def test_save_keeps_other_files_in_the_folder(tmp_path):
+    """Like Hugging Face's save_pretrained: a tokenizer or notes saved into the folder survive (re)saving a model."""
+    folder = tmp_path / "ckpt"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    (folder / "notes" / "run.txt").write_text("lr 1e-4")
+    model = trained_like(RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5)))
+    model.save_pretrained(folder)
+    with torch.no_grad():
+        model.memory.add_(1.0)
+    model.save_pretrained(folder)  # over a checkpoint: its own files replaced, the others kept
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "backbone",
+        "memory.safetensors",
+        "notes",
+        "rmt_config.json",
+        "tokenizer.json",
+    ]
+    assert (folder / "tokenizer.json").read_text() == '{"version": "1.0"}'
+    assert (folder / "notes" / "run.txt").read_text() == "lr 1e-4"
+    ids = torch.randint(0, 64, (1, 10))
+    torch.testing.assert_close(RecurrentMemoryModel.from_pretrained(folder)(ids).logits, model.eval()(ids).logits)
+
+
+def test_save_to_a_file_is_refused(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5))
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        model.save_pretrained(target)
+    assert target.read_text() == "keep me"
+
+
+def test_loaded_model_is_in_eval_mode(tmp_path):
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5)).save_pretrained(tmp_path / "c")
+    loaded = RecurrentMemoryModel.from_pretrained(tmp_path / "c")
+    assert not any(module.training for module in loaded.modules())
+
+
 def test_wrong_class_is_refused(tmp_path):
     RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=1, segment_size=5)).save_pretrained(tmp_path / "c")
     with pytest.raises(ValueError, match="holds a RMTForCausalLM, not a RMTForSequenceClassification"):

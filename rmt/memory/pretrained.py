@@ -5,7 +5,9 @@ A checkpoint is a folder:
     memory.safetensors    the wrapper's own parameters (memory embeddings, ARMT projections)
     rmt_config.json       the RMTConfig
 It is written into a temporary folder and swapped in whole (`rmt.files.atomic_directory`), so a crash never leaves a
-half-written checkpoint and an existing one is replaced only once the new one is complete.
+half-written checkpoint and an existing one is replaced only once the new one is complete. Other files already in the
+folder (a tokenizer saved there, a README) are kept, as in Hugging Face's own `save_pretrained`. A loaded model is in
+eval mode, as Hugging Face models are after `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ def save_memory_model(
     else:
         backbone_weights = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
         memory_weights = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
-    with atomic_directory(path) as tmp, _progress_bars(progress):
+    if Path(path).exists() and not Path(path).is_dir():
+        raise InputError(f"cannot save a model to {path}: it is a file, not a folder")
+    with atomic_directory(path, owned=(BACKBONE_DIR, MEMORY_WEIGHTS, MEMORY_CONFIG)) as tmp, _progress_bars(progress):
         model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True, state_dict=backbone_weights)
         tensors = {k: v.detach().contiguous().cpu() for k, v in memory_weights.items()}
         save_file(tensors, str(tmp / MEMORY_WEIGHTS), metadata={"format": "pt"})
@@ -111,7 +115,7 @@ def load_memory_model(
                 f"expected {tuple(expected_tensors[name].shape)}"
             )
     model.load_state_dict(tensors, strict=False)
-    return model.to(backbone.device)
+    return model.to(backbone.device).eval()
 
 
 def _load_backbone(folder: Path, mode: str, kwargs: dict):
