@@ -104,6 +104,31 @@ def test_input_checks_of_the_model():
         model(ids, attention_mask=torch.full_like(ids, 2))
     with pytest.raises(InputError, match="per-sample shape \\(2, 16\\).*\\(2, 32\\)"):
         model(ids, memory_state=torch.zeros(2, 2, 16))
+    with pytest.raises(InputError, match="int64 or int32"):
+        model(ids.to(torch.uint8))  # an id type the embedding cannot look up
+
+
+def test_labels_are_checked_before_the_loss():
+    """Out-of-range or non-integer labels fail with a message, not inside cross_entropy (a device assert on a GPU)."""
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4))
+    ids = torch.randint(0, VOCAB, (2, 9))
+    too_large = ids.clone()
+    too_large[0, 5] = VOCAB
+    with pytest.raises(InputError, match=f"token labels hold values from .* to {VOCAB}; allowed: 0..{VOCAB - 1}"):
+        model(ids, labels=too_large)
+    with pytest.raises(InputError, match="from -5 to -5.*or -100"):
+        model(ids, labels=torch.full_like(ids, -5))
+    with pytest.raises(InputError, match="int64 tensor, got torch.float32"):
+        model.forward_backward(ids, labels=ids.float())
+    labels = ids.clone()
+    labels[:, :3] = -100  # ignored positions are fine
+    assert model(ids, labels=labels).loss is not None
+    encoder = RMTForSequenceClassification(
+        tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=8)
+    )
+    classes = encoder.backbone.config.num_labels
+    with pytest.raises(InputError, match=f"class labels hold values from 0 to {classes}; allowed: 0..{classes - 1}"):
+        encoder(torch.randint(5, 100, (2, 12)), labels=torch.tensor([0, classes]))
 
 
 def test_backbones_that_cannot_work_are_refused():

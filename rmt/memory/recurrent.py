@@ -161,7 +161,10 @@ class RecurrentMemoryModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
     ) -> SegmentPlan:
         """The validated, packed and segmented input (`rmt.memory.segments.plan_segments`) for this model."""
-        return plan_segments(self.config, input_ids, attention_mask, labels, self.token_logits, self.vocab_size)
+        num_classes = None if self.token_logits else getattr(self.backbone.config, "num_labels", None)
+        return plan_segments(
+            self.config, input_ids, attention_mask, labels, self.token_logits, self.vocab_size, num_classes
+        )
 
     def start_state(self, batch_size: int, memory_state: State | None) -> State:
         """`memory_state` checked against this model's own state layout, or the initial state when None."""

@@ -37,8 +37,8 @@ def validate_input_ids(input_ids: torch.Tensor, vocab_size: int | None) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise InputError(f"input_ids must be a [batch, length] tensor, got {shape}")
-    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
-        raise InputError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dtype not in (torch.int64, torch.int32):  # what embedding lookups take
+        raise InputError(f"input_ids must hold integer token ids (int64 or int32), got dtype {input_ids.dtype}")
     if input_ids.numel() == 0:
         raise InputError(f"input_ids is empty (shape {tuple(input_ids.shape)}): nothing to process")
     low, high = int(input_ids.min()), int(input_ids.max())
@@ -75,11 +75,12 @@ def plan_segments(
     labels: torch.Tensor | None,
     token_labels: bool,
     vocab_size: int | None = None,
+    num_classes: int | None = None,
 ) -> SegmentPlan:
     """Validate and pack the input, cut it into segments of `config.segment_size` and derive targets and loss weights.
 
-    token_labels: True for causal LMs (labels [B, N], unshifted, -100 = ignore), False for classification
-    (labels [B])."""
+    token_labels: True for causal LMs (labels [B, N], unshifted, -100 = ignore; ids < vocab_size), False for
+    classification (labels [B], classes < num_classes)."""
     validate_input_ids(input_ids, vocab_size)
     mask = validate_attention_mask(attention_mask, input_ids).bool()
     lengths = mask.sum(dim=1)
@@ -93,6 +94,7 @@ def plan_segments(
 
     targets = weights = None
     if labels is not None:
+        validate_labels(labels, vocab_size if token_labels else num_classes, token_labels)
         if token_labels:
             if labels.shape != input_ids.shape:
                 raise InputError(
@@ -113,6 +115,23 @@ def plan_segments(
                 )
             targets = labels
     return SegmentPlan(input_ids, packed_mask, order, lengths, num_segments, targets, weights)
+
+
+def validate_labels(labels: torch.Tensor, bound: int | None, token_labels: bool) -> None:
+    """Raise an InputError unless labels are integer ids in 0..bound-1 (token labels may also be -100, ignored):
+    out-of-range targets would otherwise fail deep inside the loss (on a GPU as a device-side assert)."""
+    what = "token labels" if token_labels else "class labels"
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:  # what cross_entropy takes
+        kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise InputError(f"{what} must be an int64 tensor, got {kind}")
+    scored = labels[labels != IGNORE_INDEX] if token_labels else labels
+    if not scored.numel():
+        return
+    low, high = int(scored.min()), int(scored.max())
+    if low < 0 or (bound is not None and high >= bound):
+        allowed = f"0..{bound - 1}" if bound is not None else "non-negative"
+        ignore = f" or {IGNORE_INDEX} (ignored)" if token_labels else ""
+        raise InputError(f"{what} hold values from {low} to {high}; allowed: {allowed}{ignore}")
 
 
 def loss_weights(config: RMTConfig, targets: torch.Tensor, num_segments: torch.Tensor) -> torch.Tensor:
