@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder, tiny_model_folder
+from torch.utils import _pytree as pytree
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
 from rmt.build import pretrained_backbone, pretrained_tokenizer
@@ -51,6 +52,59 @@ def test_memory_of_another_model_is_refused(tmp_path):
         load_memory(model, tmp_path / "junk.memory")
     with pytest.raises(InputError, match="was it made by another model"):
         save_memory(model, torch.zeros(1, 3, 4), tmp_path / "b.memory")
+
+
+def test_memory_of_other_layers_is_refused_and_of_the_same_weights_in_bf16_loads(tmp_path):
+    """Another fine-tuned checkpoint differs in its transformer layers, not in its memory parameters or embeddings:
+    refused. The same weights cast to bf16: the memory loads, in the bf16 model's own state dtypes."""
+    model = armt()
+    stream = model.stream()
+    stream.feed(torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(2)))
+    path = save_memory(model, stream.memory_state, tmp_path / "a.memory")
+    other_layers = armt()
+    with torch.no_grad():
+        other_layers.backbone.model.layers[1].mlp.down_proj.weight.mul_(1.1)
+    with pytest.raises(InputError, match="other weights"):
+        load_memory(other_layers, path)
+    in_bf16 = armt().to(torch.bfloat16)
+    state = load_memory(in_bf16, path)
+    for leaf, own in zip(pytree.tree_leaves(state), pytree.tree_leaves(in_bf16.initial_state(1)), strict=True):
+        assert leaf.dtype == own.dtype
+
+
+def test_damaged_memory_file_header_is_refused(tmp_path):
+    import json
+    import struct
+
+    model = armt()
+    raw = save_memory(model, model.stream().memory_state, tmp_path / "a.memory").read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + size])
+    for field in ("structure", "metadata"):
+        damaged = json.loads(json.dumps(header))
+        damaged["__metadata__"][field] = "{"
+        text = json.dumps(damaged).encode()
+        text += b" " * (-len(text) % 8)
+        (tmp_path / "bad.memory").write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+        with pytest.raises(InputError, match="not a memory file \\(damaged header"):
+            load_memory(model, tmp_path / "bad.memory")
+
+
+def test_memory_files_of_the_first_format_still_load(tmp_path, monkeypatch):
+    """rmt-memory-1 files carry the first weights fingerprint (memory parameters and first token embeddings)."""
+    import rmt.memory.memory_file as memory_file
+
+    model = armt()
+    monkeypatch.setattr(memory_file, "FORMAT", "rmt-memory-1")
+    monkeypatch.setattr(memory_file, "weights_fingerprint", memory_file._first_format_weights_fingerprint)
+    path = save_memory(model, model.stream().memory_state, tmp_path / "old.memory")
+    monkeypatch.undo()
+    load_memory(model, path)
+    retrained = armt()
+    with torch.no_grad():
+        retrained.w_k.add_(0.01)
+    with pytest.raises(InputError, match="other weights"):
+        load_memory(retrained, path)
 
 
 def test_memory_files_from_before_a_config_field_was_added_still_load():

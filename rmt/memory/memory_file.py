@@ -10,10 +10,12 @@ questions without reading the document again.
     answer = model.generate(question_ids, memory_state=state, max_new_tokens=20)
 
 The file is safetensors: one tensor per leaf of the state, its structure, and two fingerprints of the model that made
-it: of its configuration (RMTConfig and the backbone's shape) and of its weights (the memory wrapper's parameters and
-a sample of the backbone's). Loading into a model with another configuration or other weights is refused with a
-message that says which: a memory is only meaningful to the model that wrote it. Questions asked after a loaded
-memory start a new segment, as if the document ended at a segment boundary.
+it: of its configuration (RMTConfig and the backbone's shape) and of its weights (evenly spaced elements of every
+weight tensor, rounded to bf16 so that the same weights in fp32 or bf16 match). Loading into a model with another
+configuration or other weights is refused with a message that says which: a memory is only meaningful to the model
+that wrote it. The state is loaded in the dtypes of the loading model's own state. Questions asked after a loaded
+memory start a new segment, as if the document ended at a segment boundary. Files of the first format (rmt-memory-1,
+whose weights fingerprint covered the memory parameters and the first rows of the token embeddings) still load.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from rmt.memory.state import State, check_state
 if TYPE_CHECKING:
     from rmt.memory.interface import MemoryModel
 
-FORMAT = "rmt-memory-1"
+FORMAT = "rmt-memory-2"
+_FIRST_FORMAT = "rmt-memory-1"
 _BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-_SAMPLE_ROWS = 64  # rows of the embedding matrix hashed into the weights fingerprint
+_SAMPLES_PER_TENSOR = 1024  # evenly spaced elements of each weight tensor hashed into the weights fingerprint
+_FIRST_FORMAT_ROWS = 64  # rmt-memory-1: rows of the embedding matrix hashed into the weights fingerprint
 # RMTConfig fields added after memory files were first written, with the value every older file's model had: left
 # out of the config fingerprint at that value, so the older files still load.
 _FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False}
@@ -56,10 +60,26 @@ def config_fingerprint(model: MemoryModel) -> str:
 
 
 def weights_fingerprint(model: MemoryModel) -> str:
-    """sha256 of the memory wrapper's own weights and the first rows of the backbone's token embeddings."""
+    """sha256 of every weight tensor's name, shape and up to _SAMPLES_PER_TENSOR evenly spaced elements rounded to
+    bf16: a fine-tuned checkpoint differs in its layers, not only in its embeddings, while the same weights cast to
+    bf16 must still match."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        picks = torch.linspace(0, flat.numel() - 1, min(flat.numel(), _SAMPLES_PER_TENSOR)).long()
+        sample = flat[picks.to(flat.device)].to("cpu", torch.bfloat16).to(torch.float32)
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(sample.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _first_format_weights_fingerprint(model: MemoryModel) -> str:
+    """The weights fingerprint of rmt-memory-1 files: the wrapper's own weights and the first token embeddings."""
     digest = hashlib.sha256()
     tensors = dict(sorted(model.memory_state_dict().items()))
-    tensors["backbone.embeddings"] = model.backbone.get_input_embeddings().weight[:_SAMPLE_ROWS]
+    tensors["backbone.embeddings"] = model.backbone.get_input_embeddings().weight[:_FIRST_FORMAT_ROWS]
     for name, tensor in tensors.items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -101,20 +121,28 @@ def read_memory(model: MemoryModel, path: str | os.PathLike) -> tuple[State, dic
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path} is not a memory file (unreadable safetensors: {err})") from err
-    if header.get("format") != FORMAT:
+    if header.get("format") not in (FORMAT, _FIRST_FORMAT):
         raise InputError(f"{path} is not a memory file written by rmt (format {header.get('format')!r})")
     if header.get("config_fingerprint") != config_fingerprint(model):
         raise InputError(
             f"{path} was written by a model of another configuration (memory kind, memory tokens, segment size or "
             "backbone differ): load it into the model that read the document"
         )
-    if header.get("weights_fingerprint") != weights_fingerprint(model):
+    fingerprint = weights_fingerprint if header["format"] == FORMAT else _first_format_weights_fingerprint
+    if header.get("weights_fingerprint") != fingerprint(model):
         raise InputError(
             f"{path} was written by a model with the same configuration but other weights (e.g. another checkpoint): "
             "load it into the model that read the document"
         )
-    spec = pytree.treespec_loads(header["structure"])
-    leaves = [tensors[f"leaf.{i:03d}"].to(model.device) for i in range(len(tensors))]
-    state = pytree.tree_unflatten(leaves, spec)
-    check_state(state, model.initial_state(leaves[0].shape[0]))
-    return state, json.loads(header.get("metadata", "{}"))
+    try:
+        spec = pytree.treespec_loads(header["structure"])
+        leaves = [tensors[f"leaf.{i:03d}"] for i in range(len(tensors))]
+        state = pytree.tree_unflatten(leaves, spec)
+        metadata = json.loads(header.get("metadata", "{}"))
+    except (KeyError, ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        raise InputError(f"{path} is not a memory file (damaged header or tensors: {err!r})") from err
+    reference = model.initial_state(leaves[0].shape[0])
+    check_state(state, reference)
+    # In the loading model's dtypes (a state saved by the same weights in fp32, read by them in bf16, or back).
+    state = pytree.tree_map(lambda leaf, own: leaf.to(model.device, own.dtype), state, reference)
+    return state, metadata
