@@ -2,7 +2,7 @@
 
     out = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)                   # greedy
     out = model.generate(input_ids, max_new_tokens=20, do_sample=True, temperature=0.7, top_p=0.9)
-    out.sequences    # [B, P + 20]: each prompt row as given, then its new tokens (pad_token_id after EOS)
+    out.sequences    # [B, P + N]: each prompt row as given, then its N <= 20 new tokens (pad_token_id after EOS)
 
 The input is read by a `MemoryStream` (rmt.memory.stream), so decoding continues the segment that holds the prompt's
 last token, exactly as `forward` segments prompt + generated tokens: every new token costs one position through the
@@ -10,9 +10,18 @@ layers (the open segment's keys/values are cached), plus a re-run of the segment
 written. Under greedy decoding the tokens are the argmax of `forward(prompt + generated so far).logits[:, -1]` (tests).
 
 Prompts of different lengths decode together in one loop: pad them (left or right) and pass `attention_mask`; each
-row is read from its own first real token, as if alone. Sampling and its settings go through transformers'
-`GenerationConfig` and logits processors (temperature, top-k, top-p, repetition penalty, or your own
-`logits_processor`); greedy decoding is `do_sample=False` (the default).
+row is read from its own first real token, as if alone. The logits processors see each row's real tokens
+right-aligned (padding first), so n-gram and bad-word checks run on a row's own text even when it was right-padded.
+
+Settings are transformers' `GenerationConfig` fields, applied with transformers' own logits processors, as
+`model.generate` of a Hugging Face model applies them: greedy (`do_sample=False`, the default) or sampling
+(temperature, top_k, top_p, min_p, typical_p, top_h, epsilon_cutoff, eta_cutoff), repetition_penalty,
+no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens, sequence_bias, min_new_tokens /
+min_length, forced_bos_token_id / forced_eos_token_id, exponential_decay_length_penalty, remove_invalid_values,
+renormalize_logits; max_new_tokens / max_length, max_time, eos_token_id, pad_token_id, num_return_sequences (with
+sampling). Your own `logits_processor` runs after them (before renormalize_logits). A setting that would change the
+result and that this token-by-token loop does not implement (beam search, constraints, stop_strings, contrastive
+search, ...) and a keyword that is no GenerationConfig field are refused with an InputError, never silently ignored.
 
 `prefill(closed_ids, closed_mask, memory_state)` lets an engine compute the memory of the prompt's complete segments
 its own way (the diagonal engine does); the rest of the prompt and decoding then go through the stream.
@@ -20,17 +29,36 @@ its own way (the diagonal engine does); the rest of the prompt and decoding then
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 import torch
+from torch import nn
 from transformers import GenerationConfig
 from transformers.generation.logits_process import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    ExponentialDecayLengthPenalty,
+    ForcedBOSTokenLogitsProcessor,
+    ForcedEOSTokenLogitsProcessor,
+    InfNanRemoveLogitsProcessor,
+    LogitNormalization,
     LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
+    TopHLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
 from rmt.errors import InputError
@@ -55,52 +83,82 @@ def generate(
     prefill: Prefill | None = None,
     **kwargs: Any,
 ) -> GenerateOutput:
-    """Generate after each prompt row of input_ids [B, P]. `kwargs` set GenerationConfig fields (max_new_tokens,
-    do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id, pad_token_id); `memory_state` continues
-    from earlier input (e.g. a document's memory loaded from a file). `output_scores` keeps the processed logits each
-    token was chosen from ([B, N, V] in GenerateOutput.scores)."""
+    """Generate after each prompt row of input_ids [B, P]. `kwargs` set GenerationConfig fields over
+    `generation_config` (else the backbone's, else transformers' defaults): see the module docstring for those
+    applied; any other setting that changes the result, and any keyword that is no GenerationConfig field, raises an
+    InputError. `memory_state` continues from earlier input (e.g. a document's memory loaded from a file).
+
+    Length: `max_new_tokens`, or `max_length` counted from the longest prompt's real tokens (padding not counted):
+    max_new_tokens = max_length - max(attention_mask.sum(1)), the same for every row; with prompts padded to the
+    longest, as a batch usually is, that is Hugging Face's max_length - P. A `max_length` passed here wins over a
+    `max_new_tokens` from the config; otherwise max_new_tokens wins. `min_length` becomes min_new_tokens the same way.
+
+    num_return_sequences = R > 1 (sampling only) samples R continuations of every prompt: B * R rows, the R of
+    prompt b at rows b * R .. b * R + R - 1 (as Hugging Face groups them); `memory_state` rows are repeated alike.
+
+    Result: sequences [B*R, P + N] and, with `output_scores` (or the config's), scores [B*R, N, V]: the processed
+    logits each new token was chosen from, one entry per decoding step run. N = max_new_tokens unless decoding ended
+    early: every row at EOS (or max_time ran out) after N steps. A row that ended before the others is padded with
+    pad_token_id; its scores at those steps are computed from its last real token (Hugging Face feeds it the pad
+    tokens instead): they choose nothing."""
     if not model.token_logits:
         raise InputError(f"{type(model).__name__} is a classifier: it does not generate")
     config = _generation_config(model, generation_config, kwargs)
     validate_input_ids(input_ids, model.vocab_size)
     mask = validate_attention_mask(attention_mask, input_ids).to(model.device)
     input_ids = input_ids.to(model.device)
-    batch = input_ids.shape[0]
-    processors = _processors(config, logits_processor)
+    max_new_tokens, min_new_tokens = _lengths(config, kwargs, int(mask.sum(dim=1).max()))
+    repeats = config.num_return_sequences or 1
+    if repeats > 1:  # GenerationConfig has refused it under greedy decoding
+        rows = torch.arange(input_ids.shape[0], device=model.device).repeat_interleave(repeats)
+        if memory_state is not None:
+            memory_state = select_rows(model.start_state(input_ids.shape[0], memory_state), rows)
+        input_ids, mask = input_ids[rows], mask[rows]
+    batch, width = input_ids.shape
     eos = _token_set(config.eos_token_id)
     pad = config.pad_token_id if config.pad_token_id is not None else (min(eos) if eos else 0)
+    # Processors read each row's real tokens right-aligned, so a right-padded prompt's padding does not sit between
+    # its text and the new tokens; repetition_penalty skips that padding (as transformers does for left padding).
+    padding = width - mask.sum(dim=1)
+    view = input_ids.gather(1, torch.sort(mask.to(torch.int8), dim=1, stable=True).indices)
+    processors = _processors(config, logits_processor, eos, width, max_new_tokens, min_new_tokens, padding)
+    eos_ids = torch.tensor(sorted(eos), device=model.device)
+    keep_scores = output_scores or bool(config.output_scores)
+    deadline = None if config.max_time is None else time.monotonic() + config.max_time
 
-    was_training = model.training
+    # Restore each submodule's own flag afterwards: train(was_training) would put an eval backbone inside a training
+    # wrapper into training mode (dropout on).
+    flags = [(module, module.training) for module in cast(nn.Module, model).modules()]
     model.eval()
     try:
         stream = _read_prompt(model, input_ids, mask, memory_state, prefill)
         logits = stream.last_logits()
-        sequences = input_ids
         finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
-        chosen, scores = [], []
-        for step in range(config.max_new_tokens):
-            scores_now = processors(sequences, logits.float()) if processors else logits.float()
+        chosen: list[torch.Tensor] = []
+        scores: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            scores_now = processors(view, logits.float()) if processors else logits.float()
             if config.do_sample:
                 token = torch.multinomial(torch.softmax(scores_now, dim=-1), 1).squeeze(1)
             else:
                 token = scores_now.argmax(dim=-1)
             token = token.masked_fill(finished, pad)
-            if output_scores:
+            if keep_scores:
                 scores.append(scores_now)
             chosen.append(token)
-            sequences = torch.cat([sequences, token[:, None]], dim=1)
+            view = torch.cat([view, token[:, None]], dim=1)
             if eos:
-                finished |= torch.isin(token, torch.tensor(sorted(eos), device=token.device))
-            if bool(finished.all()) or step == config.max_new_tokens - 1:
+                finished |= torch.isin(token, eos_ids)
+            out_of_time = deadline is not None and time.monotonic() > deadline
+            if bool(finished.all()) or out_of_time or step == max_new_tokens - 1:
                 break
             logits = stream.feed(token[:, None], (~finished).long()[:, None], logits="last")
     finally:
-        model.train(was_training)
-    new = torch.stack(chosen, dim=1)
-    if new.shape[1] < config.max_new_tokens:  # every row finished early
-        new = torch.cat([new, new.new_full((batch, config.max_new_tokens - new.shape[1]), pad)], dim=1)
-    stacked = torch.stack(scores, dim=1) if output_scores else None
-    return GenerateOutput(torch.cat([input_ids, new], dim=1), stacked)
+        for module, training in flags:
+            module.training = training
+    # As many new columns as steps run, and one score per step (Hugging Face's convention).
+    sequences = torch.cat([input_ids, torch.stack(chosen, dim=1)], dim=1)
+    return GenerateOutput(sequences, torch.stack(scores, dim=1) if keep_scores else None)
 
 
 def _read_prompt(
@@ -134,35 +192,162 @@ def _read_prompt(
     return stream
 
 
+@cache
+def _config_fields() -> frozenset[str]:
+    """The settings a GenerationConfig has (its bookkeeping entries aside)."""
+    fields = GenerationConfig().to_dict()
+    return frozenset(name for name in fields if not name.startswith("_") and name != "transformers_version")
+
+
+def _unsupported(config: GenerationConfig) -> list[str]:
+    """Why each setting of `config` that would change the result but that this loop does not implement is refused.
+    Settings that only matter to those (length_penalty, early_stopping, diversity_penalty, the assistant's) or only
+    to speed or memory (use_cache, cache_implementation, ...) are accepted and have nothing to change here."""
+    checks = [
+        ((config.num_beams or 1) > 1, "beam search is not supported; use num_beams=1"),
+        ((config.num_beam_groups or 1) > 1, "group beam search is not supported; use num_beam_groups=1"),
+        (config.constraints is not None, "constraints (constrained beam search) are not supported"),
+        (config.force_words_ids is not None, "force_words_ids (constrained beam search) is not supported"),
+        (
+            bool(config.penalty_alpha) and not config.do_sample,
+            "contrastive search is not supported; leave penalty_alpha unset",
+        ),
+        (config.stop_strings is not None, "stop_strings is not supported (it needs a tokenizer); use eos_token_id"),
+        (bool(config.token_healing), "token_healing is not supported (it needs a tokenizer)"),
+        (config.dola_layers is not None, "DoLa decoding is not supported; leave dola_layers unset"),
+        (
+            config.guidance_scale not in (None, 1, 1.0),
+            "classifier-free guidance is not supported; use guidance_scale=1",
+        ),
+        (config.watermarking_config is not None, "watermarking_config is not supported"),
+        (
+            config.prompt_lookup_num_tokens is not None
+            or config.assistant_early_exit is not None
+            or getattr(config, "use_mtp", None),
+            "assisted generation (prompt_lookup_num_tokens, assistant_early_exit, use_mtp) is not supported",
+        ),
+        (
+            config.encoder_repetition_penalty not in (None, 1, 1.0),
+            "encoder_repetition_penalty is not supported; use repetition_penalty",
+        ),
+        (bool(config.encoder_no_repeat_ngram_size), "encoder_no_repeat_ngram_size is not supported"),
+        (
+            bool(config.output_attentions or config.output_hidden_states or config.output_logits),
+            "output_attentions, output_hidden_states and output_logits are not supported: the result holds sequences "
+            "and (output_scores=True) the processed scores",
+        ),
+    ]
+    return [reason for refused, reason in checks if refused]
+
+
 def _generation_config(
     model: MemoryModel, config: GenerationConfig | None, overrides: dict[str, Any]
 ) -> GenerationConfig:
+    # Checked before GenerationConfig keeps them: it stores unknown keywords as custom entries, so a typo such as
+    # do_smaple=True would otherwise be accepted and ignored.
+    unknown = sorted(set(overrides) - _config_fields())
+    if unknown:
+        raise InputError(
+            f"unknown generate argument(s) {', '.join(unknown)}: neither GenerationConfig fields nor "
+            "arguments of generate"
+        )
     base = config or getattr(model.backbone, "generation_config", None) or GenerationConfig()
     try:
         config = GenerationConfig(**{**base.to_dict(), **overrides})
     except ValueError as err:  # transformers validates its settings
         raise InputError(f"bad generation settings: {err}") from err
-    if config.max_new_tokens is None or config.max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1, got {config.max_new_tokens}")
+    refused = _unsupported(config)
+    if refused:
+        raise InputError("; ".join(refused))
     return config
 
 
-def _processors(config: GenerationConfig, extra: LogitsProcessorList | None) -> LogitsProcessorList:
+def _lengths(config: GenerationConfig, overrides: dict[str, Any], longest: int) -> tuple[int, int]:
+    """max_new_tokens and min_new_tokens, the max_length / min_length forms counted from the longest prompt."""
+    max_new = config.max_new_tokens
+    # A max_length passed to this call beats a max_new_tokens from the config; otherwise max_new_tokens wins.
+    by_length = config.max_length is not None and (
+        max_new is None or ("max_length" in overrides and "max_new_tokens" not in overrides)
+    )
+    if by_length:
+        max_new = config.max_length - longest
+        if max_new < 1:
+            raise InputError(
+                f"max_length={config.max_length} leaves no new token after the longest prompt's {longest} tokens; "
+                "raise it or set max_new_tokens"
+            )
+    elif max_new is None:
+        raise InputError("set max_new_tokens (or max_length): how many tokens to generate")
+    if max_new < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new}")
+    min_new = config.min_new_tokens
+    if min_new is None:
+        min_new = max((config.min_length or 0) - longest, 0)
+    return max_new, min_new
+
+
+def _processors(
+    config: GenerationConfig,
+    extra: LogitsProcessorList | None,
+    eos: set[int],
+    prompt_width: int,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    padding: torch.Tensor,
+) -> LogitsProcessorList:
+    """transformers' processors for `config`, in the order its `generate` applies them (`extra` after the warpers),
+    for inputs whose first `prompt_width` columns are the prompt and `padding` [B] of them each row's padding."""
     processors = LogitsProcessorList()
+    eos_ids = sorted(eos) or None
+    device = padding.device
     try:  # the processors validate their settings (e.g. temperature > 0, 0 < top_p <= 1)
+        if config.sequence_bias is not None:
+            processors.append(SequenceBiasLogitsProcessor(config.sequence_bias))
         if config.repetition_penalty not in (None, 1.0):
-            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, padding))
+        if config.no_repeat_ngram_size:
+            processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        if config.bad_words_ids is not None:
+            processors.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos_ids))
+        if min_new_tokens > 0 and eos_ids:  # without an EOS token every row runs to max_new_tokens anyway
+            processors.append(MinNewTokensLengthLogitsProcessor(prompt_width, min_new_tokens, eos_ids, device))
+        if config.forced_bos_token_id is not None:
+            processors.append(ForcedBOSTokenLogitsProcessor(config.forced_bos_token_id))
+        if config.forced_eos_token_id is not None:
+            last = prompt_width + max_new_tokens
+            processors.append(ForcedEOSTokenLogitsProcessor(last, config.forced_eos_token_id, device))
+        if config.remove_invalid_values:
+            processors.append(InfNanRemoveLogitsProcessor())
+        if config.exponential_decay_length_penalty is not None:
+            penalty = config.exponential_decay_length_penalty
+            processors.append(ExponentialDecayLengthPenalty(penalty, eos_ids, prompt_width))
+        if config.suppress_tokens is not None:
+            processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device))
+        if config.begin_suppress_tokens is not None:
+            processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_width, device))
         if config.do_sample:
             if config.temperature not in (None, 1.0):
                 processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_h is not None:
+                processors.append(TopHLogitsWarper(config.top_h))
             if config.top_k:
                 processors.append(TopKLogitsWarper(config.top_k))
             if config.top_p not in (None, 1.0):
                 processors.append(TopPLogitsWarper(config.top_p))
+            if config.min_p is not None:
+                processors.append(MinPLogitsWarper(config.min_p))
+            if config.typical_p not in (None, 1.0):
+                processors.append(TypicalLogitsWarper(config.typical_p))
+            if config.epsilon_cutoff not in (None, 0.0):
+                processors.append(EpsilonLogitsWarper(config.epsilon_cutoff))
+            if config.eta_cutoff not in (None, 0.0):
+                processors.append(EtaLogitsWarper(config.eta_cutoff, device=device))
     except ValueError as err:
         raise InputError(f"bad generation settings: {err}") from err
     if extra:
         processors.extend(extra)
+    if config.renormalize_logits:  # transformers keeps the normalization last
+        processors.append(LogitNormalization())
     return processors
 
 

@@ -1,0 +1,248 @@
+"""Generation settings (`rmt.memory.generation`): transformers' GenerationConfig fields give what a Hugging Face
+model's own `generate` gives (checked against the backbone's `generate` on a memory model that reduces to it), a
+setting that is not implemented or a keyword that is no setting is refused, max_length and num_return_sequences
+follow Hugging Face, scores have one entry per step run, and generate leaves every submodule's train/eval mode as
+it found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import VOCAB, strengthen_memory, tiny_decoder
+from transformers import GenerationConfig
+
+from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
+from rmt.errors import InputError
+from rmt.inference import DiagonalARMT
+
+
+def plain_model(family: str = "llama") -> RMTForCausalLM:
+    """No memory and one segment longer than prompt + new tokens: the backbone itself, so its own `generate` is the
+    reference for every setting."""
+    torch.manual_seed(0)
+    return RMTForCausalLM(tiny_decoder(family), RMTConfig(num_memory_tokens=0, segment_size=64)).eval()
+
+
+def memory_model(kind: str = "rmt") -> RMTForCausalLM | ARMTForCausalLM:
+    torch.manual_seed(0)
+    if kind == "armt":
+        config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=5, d_mem=8)
+        return strengthen_memory(ARMTForCausalLM(tiny_decoder("llama"), config)).eval()
+    return RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5)).eval()
+
+
+def prompts(batch: int, length: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# Each setting changes the greedy tokens of the prompts below (checked in the test; max_length: their number), so a
+# setting that is ignored fails. "EOS" stands for a token the unconstrained run emits early, used as eos_token_id.
+GREEDY_SETTINGS = {
+    "min_new_tokens": {"min_new_tokens": 6, "eos_token_id": "EOS"},
+    "min_length": {"min_length": 12, "eos_token_id": "EOS"},
+    "suppress_tokens": {"suppress_tokens": "FIRST"},
+    "begin_suppress_tokens": {"begin_suppress_tokens": "FIRST"},
+    "bad_words_ids": {"bad_words_ids": "FIRST_WORDS"},
+    "no_repeat_ngram_size": {"no_repeat_ngram_size": 1},
+    "repetition_penalty": {"repetition_penalty": 3.0},
+    "sequence_bias": {"sequence_bias": "FIRST_BIAS"},
+    "forced_eos_token_id": {"forced_eos_token_id": 5},
+    "exponential_decay_length_penalty": {"exponential_decay_length_penalty": (1, 3.0), "eos_token_id": 7},
+    "max_length": {"max_length": 9},
+}
+SAMPLING_SETTINGS = {
+    "temperature-top_k": {"temperature": 0.7, "top_k": 5},
+    "top_p": {"top_p": 0.5},
+    "min_p": {"min_p": 0.9},
+    "typical_p": {"typical_p": 0.5},
+    "top_h": {"top_h": 0.5},
+    "epsilon_cutoff": {"epsilon_cutoff": 0.016},
+    "eta_cutoff": {"eta_cutoff": 0.5, "temperature": 0.05},
+    "renormalize_logits": {"renormalize_logits": True, "temperature": 0.5},
+    "num_return_sequences": {"num_return_sequences": 3, "temperature": 2.0},
+}
+
+
+def _resolve(settings: dict, free: torch.Tensor) -> dict:
+    """Fill the placeholders from `free` [B, N], the new tokens of an unconstrained greedy run."""
+    first = sorted({int(t) for t in free[:, 0]})
+    values = {
+        "EOS": int(free[0, 1]),
+        "FIRST": first,
+        "FIRST_WORDS": [[t] for t in first],
+        "FIRST_BIAS": [[[t], -100.0] for t in first],
+    }
+    return {name: values.get(value, value) if isinstance(value, str) else value for name, value in settings.items()}
+
+
+def _live(new: torch.Tensor, eos: int | None) -> torch.Tensor:
+    """[B, N]: the steps up to each row's EOS. After it transformers feeds the row pad tokens and this loop feeds it
+    nothing, so the scores there (which choose nothing) differ."""
+    if eos is None:
+        return torch.ones_like(new, dtype=torch.bool)
+    at_eos = (new == eos).long()
+    return at_eos.cumsum(dim=1) - at_eos == 0  # no EOS before the step
+
+
+@pytest.mark.parametrize("name", GREEDY_SETTINGS)
+def test_greedy_settings_match_hugging_face_generate(name):
+    model = plain_model()
+    prompt = prompts(2, 6, seed=1)
+    free = model.generate(prompt, max_new_tokens=8).sequences[:, 6:]
+    settings = _resolve(GREEDY_SETTINGS[name], free)
+    length = {} if "max_length" in settings else {"max_new_tokens": 8}
+    ours = model.generate(prompt, output_scores=True, pad_token_id=0, **length, **settings)
+    # An explicit mask: transformers would otherwise take every prompt token equal to pad_token_id for padding.
+    theirs = model.backbone.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **length,
+        **settings,
+    )
+    assert torch.equal(ours.sequences, theirs.sequences)
+    live = _live(ours.sequences[:, 6:], settings.get("eos_token_id"))
+    assert torch.allclose(ours.scores[live], torch.stack(theirs.scores, dim=1)[live], atol=1e-5)
+    if name == "max_length":
+        assert ours.sequences.shape == (2, 9)
+    else:
+        width = min(ours.sequences.shape[1], free.shape[1] + 6)
+        assert not torch.equal(ours.sequences[:, 6:width], free[:, : width - 6])  # the setting made a difference
+
+
+@pytest.mark.parametrize("name", SAMPLING_SETTINGS)
+def test_sampling_settings_match_hugging_face_generate(name):
+    """Same seed, same processed scores, same draws: transformers samples with torch.multinomial too, and repeats each
+    prompt row num_return_sequences times in place (rows grouped per prompt)."""
+    model = plain_model()
+    prompt = prompts(2, 6, seed=2)
+    settings = {"do_sample": True, "max_new_tokens": 8, "pad_token_id": 0, **SAMPLING_SETTINGS[name]}
+    settings.setdefault("top_k", 0)  # transformers' generate would otherwise add its default top_k=50
+    torch.manual_seed(3)
+    ours = model.generate(prompt, output_scores=True, **settings)
+    torch.manual_seed(3)
+    theirs = model.backbone.generate(
+        prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
+    )
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.allclose(ours.scores, torch.stack(theirs.scores, dim=1), atol=1e-5)
+    tested = next(iter(SAMPLING_SETTINGS[name]))
+    torch.manual_seed(3)
+    unset = model.generate(prompt, output_scores=True, **{k: v for k, v in settings.items() if k != tested})
+    assert not torch.equal(ours.scores, unset.scores)  # the setting made a difference
+
+
+def test_num_return_sequences_repeats_each_prompt_and_its_memory():
+    """Rows b*R .. b*R+R-1 continue prompt b (and its memory_state rows); top-1 sampling makes them all greedy's."""
+    model = memory_model()
+    prompt = prompts(2, 7, seed=4)
+    state = model(prompts(2, 9, seed=5)).memory_state
+    greedy = model.generate(prompt, memory_state=state, max_new_tokens=6).sequences
+    out = model.generate(prompt, memory_state=state, max_new_tokens=6, do_sample=True, top_k=1, num_return_sequences=3)
+    assert torch.equal(out.sequences, greedy.repeat_interleave(3, dim=0))
+    with pytest.raises(InputError, match="num_return_sequences"):
+        model.generate(prompt, max_new_tokens=6, num_return_sequences=3)  # greedy has one answer, as in HF
+
+
+def test_max_length_counts_from_the_longest_prompt():
+    model = memory_model()
+    prompt = prompts(2, 9, seed=6)
+    mask = torch.ones_like(prompt)
+    mask[:, :2] = 0  # both rows left-padded: the longest prompt has 7 tokens
+    mask[1, :5] = 0
+    expected = model.generate(prompt, mask, max_new_tokens=5).sequences
+    assert torch.equal(model.generate(prompt, mask, max_length=12).sequences, expected)
+    # A max_length given to the call beats the config's max_new_tokens; a max_new_tokens given beats max_length.
+    config = GenerationConfig(max_new_tokens=2)
+    assert torch.equal(model.generate(prompt, mask, generation_config=config, max_length=12).sequences, expected)
+    assert torch.equal(model.generate(prompt, mask, max_new_tokens=5, max_length=8).sequences, expected)
+    with pytest.raises(InputError, match="max_length=7 leaves no new token"):
+        model.generate(prompt, mask, max_length=7)
+    with pytest.raises(InputError, match="set max_new_tokens"):
+        model.generate(prompt, mask)
+
+
+def test_max_time_stops_decoding():
+    model = memory_model()
+    out = model.generate(prompts(1, 4, seed=7), max_new_tokens=10, max_time=0.0, output_scores=True)
+    assert out.sequences.shape == (1, 5) and out.scores.shape == (1, 1, VOCAB)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"num_beams": 4}, "beam search is not supported; use num_beams=1"),
+        ({"num_beams": 4, "do_sample": True}, "beam search is not supported"),
+        ({"stop_strings": ["end"]}, "stop_strings is not supported"),
+        ({"force_words_ids": [[3]]}, "force_words_ids"),
+        ({"penalty_alpha": 0.6, "top_k": 4}, "contrastive search is not supported"),
+        ({"guidance_scale": 1.5}, "guidance_scale=1"),
+        ({"dola_layers": "high"}, "dola_layers"),
+        ({"prompt_lookup_num_tokens": 3}, "prompt_lookup_num_tokens"),
+        ({"encoder_repetition_penalty": 1.3}, "encoder_repetition_penalty"),
+        ({"encoder_no_repeat_ngram_size": 2}, "encoder_no_repeat_ngram_size"),
+        ({"output_logits": True}, "output_logits"),
+        ({"do_smaple": True}, "unknown generate argument.*do_smaple"),
+        ({"streamer": object(), "do_sample": True}, "unknown generate argument.*streamer"),
+    ],
+)
+def test_settings_that_would_be_ignored_are_refused(settings, message):
+    model = memory_model()
+    with pytest.raises(InputError, match=message):
+        model.generate(prompts(1, 4, seed=8), max_new_tokens=3, **settings)
+
+
+def test_a_backbone_config_asking_for_beam_search_is_refused_until_overridden():
+    model = memory_model()
+    model.backbone.generation_config = GenerationConfig(num_beams=3)
+    prompt = prompts(1, 4, seed=8)
+    with pytest.raises(InputError, match="use num_beams=1"):
+        model.generate(prompt, max_new_tokens=3)
+    assert model.generate(prompt, max_new_tokens=3, num_beams=1).sequences.shape == (1, 7)
+
+
+def test_scores_have_one_entry_per_new_token_after_an_early_stop():
+    """Every row at EOS before max_new_tokens: sequences end there (no padding columns) and scores has exactly as
+    many steps; a row that stopped before the others is padded up to the last row's stop."""
+    model = memory_model()
+    prompt = prompts(2, 6, seed=9)
+    free = model.generate(prompt, max_new_tokens=10).sequences[:, 6:]
+    eos = int(free[0, 2])
+    stops = [int((row == eos).nonzero()[0]) if bool((row == eos).any()) else 9 for row in free]
+    out = model.generate(prompt, max_new_tokens=10, eos_token_id=eos, pad_token_id=VOCAB - 1, output_scores=True)
+    steps = max(stops) + 1
+    assert steps < 10
+    assert out.sequences.shape == (2, 6 + steps) and out.scores.shape == (2, steps, VOCAB)
+    new = out.sequences[:, 6:]
+    for row, stop in enumerate(stops):
+        assert torch.equal(new[row, : stop + 1], free[row, : stop + 1])
+        assert bool((new[row, stop + 1 :] == VOCAB - 1).all())
+        assert torch.equal(out.scores[row, : stop + 1].argmax(-1), new[row, : stop + 1])
+
+
+def _mixed_modes(model: torch.nn.Module) -> dict[str, bool]:
+    """Wrapper training, backbone in eval (as after building on an eval backbone), its output head training."""
+    model.train()
+    model.backbone.eval()
+    model.backbone.get_output_embeddings().train()
+    return {name: module.training for name, module in model.named_modules()}
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt", "diagonal"])
+def test_generate_restores_each_submodules_mode(kind):
+    model = memory_model("armt" if kind != "rmt" else "rmt")
+    modes = _mixed_modes(model)
+    generator = DiagonalARMT(model) if kind == "diagonal" else model
+    generator.generate(prompts(2, 7, seed=10), max_new_tokens=4)
+    assert {name: module.training for name, module in model.named_modules()} == modes
+
+
+def test_generate_restores_each_submodules_mode_when_it_fails():
+    torch.manual_seed(0)
+    model = RMTForCausalLM(tiny_decoder("gpt2"), RMTConfig(num_memory_tokens=3, segment_size=5, xl_cache_tokens=4))
+    modes = _mixed_modes(model)
+    with pytest.raises(ValueError, match="embeds at most 256"):  # raised while decoding, past GPT-2's positions
+        model.generate(prompts(1, 150, seed=11), max_new_tokens=100)
+    assert {name: module.training for name, module in model.named_modules()} == modes
