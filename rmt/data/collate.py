@@ -10,11 +10,16 @@ and question as one token sequence (the memory model adds [CLS]/[SEP] around eac
 target in the label set. `TextCollator` tokenizes documents for language modelling (labels on every token).
 Samples keep their own lengths: a batch is right-padded and the attention mask marks the padding, which the memory
 models ignore.
+
+A field that is missing, None (Hugging Face datasets' value for a key a record lacks, or an empty CSV cell) or not
+text is refused with an InputError naming the record and the field, never read as the text "None". An encoder's
+answers outside its label set are refused by `QACollator.check_records` for data in memory (before training) and by
+the batch that draws them for streamed data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +30,11 @@ from rmt.errors import InputError
 
 QA_FIELDS = ("input", "question", "target")
 TEXT_FIELDS = ("text",)
+# The values a field may hold. An integer answer (a CSV column of numbers) is read as its digits; None (a missing key
+# or an empty cell), floats (a number column with a gap: 2 -> "2.0"), lists and objects are refused, never turned into
+# text such as "None".
+QA_TYPES: tuple[type, ...] = (str, int)
+TEXT_TYPES: tuple[type, ...] = (str,)
 
 
 def qa_prompt(context: str, question: str) -> str:
@@ -72,13 +82,17 @@ class QACollator:
         self.pad_id = _pad_id(tokenizer)
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> Batch:
-        for record in records:
-            missing = [f for f in QA_FIELDS if f not in record]
-            if missing:
-                raise InputError(f"a question-answering record lacks the field(s) {missing}: it has {sorted(record)}")
+        for position, record in enumerate(records):
+            check_qa_record(record, f"question-answering record {position} of the batch")
         if self.mode == "encoder":
             texts = [f"{r['input']} {r['question']}" for r in records]
             ids = self._tokenize(texts)
+            for position, record in enumerate(records):
+                if self.answer_key(record["target"]) not in self.label_index:
+                    raise InputError(
+                        f"question-answering record {position} of the batch {_excerpt(record)}: "
+                        f"{self._outside(record['target'])}"
+                    )
             classes = torch.tensor([self.label_of(r["target"]) for r in records], dtype=torch.long)
             return pad_batch(ids, classes, self.pad_id)
         prompts = self.prompt_ids(records)
@@ -88,16 +102,44 @@ class QACollator:
         labels = [[IGNORE_INDEX] * len(p) + a + eos for p, a in zip(prompts, answers, strict=True)]
         return pad_batch(sequences, labels, self.pad_id)
 
+    def check_records(self, records: Sequence[Mapping[str, Any]], name: str = "data") -> None:
+        """Check every record's answer before training, so that a bad one is found now rather than when a batch
+        draws it (maybe hours in): an encoder's answers must be in the label set. Raises an InputError naming the
+        first offending record (its position in `records`) and its answer. `records`: a list of dicts or a map-style
+        `datasets.Dataset`, of which only the target column is read."""
+        if self.mode != "encoder":
+            return
+        # A Dataset gives its target column without decoding the (long) contexts.
+        if hasattr(records, "column_names"):
+            if "target" not in records.column_names:
+                return  # a batch names the missing field when it is drawn
+            targets = records["target"]
+        else:
+            targets = [r.get("target") for r in records]
+        for position, target in enumerate(targets):
+            if target is None or self.answer_key(target) not in self.label_index:
+                record = records[position]
+                check_qa_record(record, f"{name}: record {position}")
+                raise InputError(f"{name}: record {position} {_excerpt(record)}: {self._outside(target)}")
+
     def prompt_ids(self, records: Sequence[dict[str, Any]]) -> list[list[int]]:
         """Token ids a causal LM reads before it answers (context, question, answer cue)."""
         return self._tokenize([qa_prompt(r["input"], r["question"]) for r in records])
 
     def label_of(self, target: str) -> int:
         """Index of an answer in the label set (case-insensitive)."""
-        key = str(target).strip().lower()
+        key = self.answer_key(target)
         if key not in self.label_index:
-            raise InputError(f"answer {target!r} is not in the label set {self.labels}")
+            raise InputError(self._outside(target))
         return self.label_index[key]
+
+    @staticmethod
+    def answer_key(target: Any) -> str:
+        """How an answer is matched to a label: its text, stripped and lower-cased."""
+        return str(target).strip().lower()
+
+    def _outside(self, target: Any) -> str:
+        return f"the answer {target!r} is not in the label set {self.labels} (the classes the encoder answers with)"
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
@@ -114,17 +156,56 @@ class TextCollator:
         self.pad_id = _pad_id(tokenizer)
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> Batch:
-        for record in records:
-            if "text" not in record:
-                raise InputError(f"a text record lacks the field 'text': it has {sorted(record)}")
+        for position, record in enumerate(records):
+            _check_field(record, "text", f"text record {position} of the batch", TEXT_TYPES)
         ids = self.tokenizer([r["text"] for r in records], add_special_tokens=False, verbose=False)["input_ids"]
         if self.tokenizer.eos_token_id is not None:
             ids = [seq + [self.tokenizer.eos_token_id] for seq in ids]
         if self.max_length is not None:
             ids = [seq[: self.max_length] for seq in ids]
-        if any(len(seq) < 2 for seq in ids):
-            raise InputError("a text record has fewer than 2 tokens: nothing to predict")
+        for position, (record, seq) in enumerate(zip(records, ids, strict=True)):
+            if len(seq) < 2:
+                raise InputError(
+                    f"text record {position} of the batch ({_shorten(record['text'])}) has {len(seq)} token(s), "
+                    "fewer than 2: nothing to predict"
+                )
         return pad_batch(ids, ids, self.pad_id)
+
+
+def check_qa_record(record: Mapping[str, Any], where: str) -> None:
+    """Refuse a question-answering record whose input, question or target is missing, None or not text; `where`
+    names the record in the message (e.g. "train.jsonl: record 12")."""
+    for name in QA_FIELDS:
+        _check_field(record, name, where, QA_TYPES)
+
+
+def field_problem(value: Any, types: tuple[type, ...]) -> str | None:
+    """Why a field's value cannot be read as text (None if it can). A bool is an int to Python, but not an answer."""
+    if value is None:
+        # Hugging Face datasets give None for a key a record lacks and for an empty CSV cell.
+        return "is empty (a missing key, null, or an empty CSV cell)"
+    if isinstance(value, bool) or not isinstance(value, types):
+        hint = " (a CSV column of numbers with an empty cell reads as floats)" if isinstance(value, float) else ""
+        return f"is a {type(value).__name__} ({_shorten(value)}), not text{hint}"
+    return None
+
+
+def _check_field(record: Mapping[str, Any], name: str, where: str, types: tuple[type, ...]) -> None:
+    if name not in record:
+        raise InputError(f"{where} lacks the field {name!r}: it has {sorted(record)}")
+    problem = field_problem(record[name], types)
+    if problem is not None:
+        raise InputError(f"{where}: the field {name!r} {problem}")
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _excerpt(record: Mapping[str, Any]) -> str:
+    """A record's question, to find it by: the index alone may not locate it (records are split and shuffled)."""
+    return f"(question {_shorten(record.get('question'))})"
 
 
 def _pad_id(tokenizer: Any) -> int:

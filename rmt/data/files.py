@@ -9,6 +9,11 @@ Files larger than `STREAM_ABOVE_BYTES` (or any file with `streaming=True`) are s
 training needs them, never all in memory. A map-style source's batch at step s is a pure function of (seed, s) (a
 seeded permutation per epoch), so resumed runs continue exactly; a streamed source reaches the same position on resume
 by reading past the examples already consumed.
+
+Bad records are refused with an InputError that names them, as early as the data allows: a file with no records
+when it is loaded; a missing, empty or non-text field (which `datasets` would fill with None) when a file read in
+memory is loaded, else when a batch draws the record; an encoder's answer outside its label set when a
+`DatasetSource` is made over records in memory, else when a batch draws it.
 """
 
 from __future__ import annotations
@@ -21,33 +26,114 @@ from typing import Any
 import torch
 
 from rmt.data.batch import Batch
-from rmt.data.collate import QA_FIELDS, TEXT_FIELDS
+from rmt.data.collate import QA_FIELDS, QA_TYPES, TEXT_FIELDS, TEXT_TYPES, field_problem
 from rmt.data.sources import Source
 from rmt.errors import InputError, MissingFileError
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 STREAM_ABOVE_BYTES = 2 * 2**30
 _SHUFFLE_BUFFER = 10_000
+_CHECK_BATCH = 10_000  # records per Arrow batch when checking fields
+_BOM = b"\xef\xbb\xbf"
 
 
 def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
     """The records of a data file as a `datasets.Dataset` (or `IterableDataset` when streamed; default: stream files
-    over 2 GiB). The format comes from the extension: .jsonl/.json, .csv, .parquet, .txt (one record per line)."""
+    over 2 GiB). The format comes from the extension: .jsonl/.json, .csv, .parquet, .txt (one record per line; blank
+    lines are not records). A UTF-8 byte order mark is allowed.
+
+    Raises InputError for a file with no records and, when the file is read in memory, for a question-answering
+    (or text) record whose input, question or target (or text) is missing, empty or not text, naming the record."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no data file at {path}")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise InputError(f"data file {path}: unknown format {path.suffix!r}; use one of {sorted(FORMATS)}")
+    if _is_blank(path):  # `datasets` fails on these with a bare StopIteration or a message that does not say why
+        raise InputError(f"data file {path} has no records")
     if streaming is None:
         streaming = path.stat().st_size > STREAM_ABOVE_BYTES
     import datasets
 
     datasets.disable_progress_bars()
+    # The json and csv readers skip a byte order mark themselves; the text reader would keep it in the first line.
+    options = {"encoding": "utf-8-sig"} if kind == "text" else {}
     try:
-        return datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming)
+        records = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming, **options)
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
+        if "corresponds to no data" in str(err):  # what `datasets` says of "[]" or a CSV header alone
+            raise InputError(f"data file {path} has no records") from err
         raise InputError(f"cannot read data file {path} as {kind}: {err}") from err
+    if kind == "text":
+        # A blank line separates paragraphs; as a record it would be a document with nothing to predict.
+        records = records.filter(_has_text, input_columns="text", batched=True)
+    if (next(iter(records), None) is None) if streaming else len(records) == 0:
+        raise InputError(f"data file {path} has no records")
+    if not streaming:
+        check_fields(records, path)
+    return records
+
+
+def _has_text(texts: list[str]) -> list[bool]:
+    return [bool(text.strip()) for text in texts]
+
+
+def _is_blank(path: Path) -> bool:
+    """Whether a file holds nothing but white space (and perhaps a UTF-8 byte order mark)."""
+    with path.open("rb") as file:
+        if file.read(len(_BOM)) != _BOM:
+            file.seek(0)
+        while chunk := file.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
+    """Refuse a map-style dataset of question-answering (or text) records if a record's input, question or target
+    (or text) is missing, None or not text: Hugging Face datasets fill a key that a record lacks, and an empty CSV
+    cell, with None, which would otherwise reach the model as the text "None". The InputError names the first such
+    record (counted from 0) and its field. Records of neither shape are left to `record_shape`."""
+    import pyarrow.compute as pc
+
+    columns = list(records.column_names or [])
+    if all(f in columns for f in QA_FIELDS):
+        names, types = QA_FIELDS, QA_TYPES
+    elif all(f in columns for f in TEXT_FIELDS):
+        names, types = TEXT_FIELDS, TEXT_TYPES
+    else:
+        return
+    # Arrow batches of the needed columns only: a column of strings (or integers) is checked by its null count,
+    # without making Python strings of the contexts.
+    table = records.select_columns(list(names)).with_format("arrow")
+    start = 0
+    for batch in table.iter(batch_size=_CHECK_BATCH):
+        found: list[tuple[int, str, str]] = []
+        for name in names:
+            column = batch.column(name)
+            if _arrow_holds(column.type, types):
+                if column.null_count:
+                    index = pc.index(column.is_null(), True).as_py()
+                    found.append((index, name, field_problem(None, types) or ""))
+                continue
+            for index, value in enumerate(column.to_pylist()):
+                problem = field_problem(value, types)
+                if problem is not None:
+                    found.append((index, name, problem))
+                    break
+        if found:
+            index, name, problem = min(found)
+            raise InputError(f"{path}: record {start + index}: the field {name!r} {problem}")
+        start += batch.num_rows
+
+
+def _arrow_holds(kind: Any, types: tuple[type, ...]) -> bool:
+    """Whether every non-null value of an Arrow column of type `kind` is an instance of one of `types`."""
+    import pyarrow as pa
+
+    strings = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    return strings or (int in types and pa.types.is_integer(kind))
 
 
 def record_shape(columns: list[str] | None, path: str | os.PathLike = "data") -> str:
@@ -96,6 +182,14 @@ class DatasetSource(Source):
         self._cached: tuple[int, list[int]] = (-1, [])  # (epoch, its permutation)
         if hasattr(train, "__len__") and len(train) == 0:
             raise InputError("the training data is empty")
+        # Records in memory are checked whole now (an encoder's answers against its labels), so that a bad one does
+        # not wait for the batch that draws it; streamed records are checked by the batch that reads them.
+        check = getattr(collate, "check_records", None)
+        if check is not None:
+            if hasattr(train, "__len__"):
+                check(train, "the training data")
+            if self.validation:
+                check(self.validation, "the validation data")
 
     @property
     def batches_are_pure(self) -> bool:

@@ -1,0 +1,207 @@
+"""Bad and awkward training data is refused with an error that names the file, record and field, as early as the data
+allows, or read as meant: blank lines of text files, missing or empty fields, answers outside an encoder's labels,
+empty files and byte order marks; and the generated BABILong source keeps its promise of facts before the last
+segment."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+from conftest import background_text, word_tokenizer
+
+from rmt.data.babilong import answer_labels
+from rmt.data.babilong_source import BabilongSource
+from rmt.data.collate import QACollator, TextCollator
+from rmt.data.files import DatasetSource, load_records, split_validation
+from rmt.data.haystack import Haystack
+from rmt.errors import InputError
+
+RECORD = {"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "kitchen"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return word_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ text files
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_blank_lines_of_a_text_file_are_not_records(tmp_path, tokenizer, streaming):
+    path = tmp_path / "lm.txt"
+    path.write_text("the old man walked\n\n   \nthe river\n\t\n")
+    records = load_records(path, streaming=streaming)
+    assert [r["text"] for r in records] == ["the old man walked", "the river"]
+    collate = TextCollator(tokenizer)
+    assert collate(list(records)).input_ids.shape[0] == 2
+    source = DatasetSource(records, collate, seed=0, metric="loss")
+    for step in range(3):  # every batch draws from the two documents, none from a blank line
+        assert source.train_batch(step, 2).input_ids.shape[0] == 2
+
+
+def test_a_text_record_too_short_to_predict_is_named(tokenizer):
+    with pytest.raises(InputError, match=r"text record 1 of the batch \(' '\) has 1 token\(s\), fewer than 2"):
+        TextCollator(tokenizer)([{"text": "the old man"}, {"text": " "}])
+    with pytest.raises(InputError, match="text record 0 of the batch: the field 'text' is empty"):
+        TextCollator(tokenizer)([{"text": None}])
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffthe old man\nthe river\n".encode())
+    for streaming in (False, True):
+        assert [r["text"] for r in load_records(path, streaming=streaming)] == ["the old man", "the river"]
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + (json.dumps(RECORD) + "\n").encode())
+    assert list(load_records(jsonl)) == [RECORD]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty.jsonl", ""),  # `datasets` raised a bare StopIteration
+        ("blank.jsonl", "\n\n"),
+        ("empty.json", "[]"),
+        ("header.csv", "input,question,target\n"),
+        ("empty.txt", ""),
+        ("blank.txt", "\n  \n\n"),
+        ("bom.txt", "\ufeff\n"),
+    ],
+)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_file_with_no_records_is_refused(tmp_path, name, content, streaming):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputError, match=rf"data file .*{name} has no records"):
+        load_records(path, streaming=streaming)
+
+
+# ------------------------------------------------------------------------------------------------ fields
+
+
+def test_a_missing_or_empty_field_is_named_when_the_file_is_loaded(tmp_path):
+    missing = _jsonl(tmp_path / "missing.jsonl", [RECORD, {"input": "John went to the garden.", "target": "garden"}])
+    with pytest.raises(InputError, match=r"missing\.jsonl: record 1: the field 'question' is empty"):
+        load_records(missing)
+    null = _jsonl(tmp_path / "null.jsonl", [RECORD, RECORD, {**RECORD, "target": None}])
+    with pytest.raises(InputError, match=r"null\.jsonl: record 2: the field 'target' is empty"):
+        load_records(null)
+    cells = tmp_path / "cells.csv"
+    cells.write_text("id,input,question,target\n1,Mary went.,Where is Mary?,kitchen\n2,,Where is John?,garden\n")
+    with pytest.raises(InputError, match=r"cells\.csv: record 1: the field 'input' is empty .*empty CSV cell"):
+        load_records(cells)
+    listed = _jsonl(tmp_path / "listed.jsonl", [{**RECORD, "target": ["kitchen"]}])
+    with pytest.raises(InputError, match=r"record 0: the field 'target' is a list \(\['kitchen'\]\), not text"):
+        load_records(listed)
+    text = _jsonl(tmp_path / "text.jsonl", [{"text": "the river"}, {"text": None}])
+    with pytest.raises(InputError, match=r"text\.jsonl: record 1: the field 'text' is empty"):
+        load_records(text)
+    # A column of whole numbers is read as their digits, not refused.
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("input,question,target\nTwo apples.,How many?,2\nThree pears.,How many?,3\n")
+    assert [r["target"] for r in load_records(numbers)] == [2, 3]
+
+
+def test_a_missing_or_empty_field_is_never_read_as_the_text_none(tmp_path, tokenizer):
+    # Streamed records are not checked when the file is loaded: the batch that reads them refuses them.
+    path = _jsonl(tmp_path / "stream.jsonl", [RECORD, {"input": "John went to the garden.", "target": "garden"}])
+    streamed = list(load_records(path, streaming=True))
+    assert streamed[1]["question"] is None  # what `datasets` makes of the missing key
+    for mode, labels in (("decoder", None), ("encoder", answer_labels("qa1"))):
+        collate = QACollator(tokenizer, mode, labels)
+        with pytest.raises(InputError, match="record 1 of the batch: the field 'question' is empty"):
+            collate(streamed)
+        with pytest.raises(InputError, match="record 0 of the batch: the field 'target' is empty"):
+            collate([{**RECORD, "target": None}])
+        with pytest.raises(InputError, match="record 0 of the batch: the field 'input' is a float"):
+            collate([{**RECORD, "input": float("nan")}])
+        with pytest.raises(InputError, match="record 0 of the batch: the field 'target' is a bool"):
+            collate([{**RECORD, "target": True}])
+    answer = tokenizer.decode(QACollator(tokenizer, "decoder")([{**RECORD, "target": 2}]).input_ids[0][-2:-1])
+    assert answer == "[UNK]"  # the digits "2" (not in this tokenizer's words), not refused
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+
+def test_answers_outside_an_encoders_labels_are_refused_before_training(tmp_path, tokenizer):
+    records = [{**RECORD, "question": f"Where is Mary? {i}"} for i in range(20)]
+    records[13] = {**RECORD, "target": "office"}
+    collate = QACollator(tokenizer, "encoder", ["garden", "kitchen"])
+    data = datasets.Dataset.from_list(records)
+    # Before: found only when a batch drew record 13 (step 1 of this seed, hours in on a real run).
+    with pytest.raises(InputError, match=r"the training data: record 13 \(question 'Where is Mary\?'\): the answer "):
+        DatasetSource(data, collate, seed=0)
+    with pytest.raises(InputError, match=r"record 13 .*'office' is not in the label set \['garden', 'kitchen'\]"):
+        DatasetSource(data, collate, seed=0)
+    good = datasets.Dataset.from_list(records[:13])
+    with pytest.raises(InputError, match=r"the validation data: record 1 \(question .*'office' is not in the label"):
+        DatasetSource(good, collate, validation=[records[0], records[13]])
+    path = _jsonl(tmp_path / "enc.jsonl", records)
+    train, held_out = split_validation(load_records(path), 5, seed=0)
+    with pytest.raises(InputError, match=r"data: record \d+ \(question 'Where is Mary\?'\): the answer 'office'"):
+        DatasetSource(train, collate, validation=held_out)
+    DatasetSource(good, QACollator(tokenizer, "decoder"))  # a decoder's answers are any text
+
+    # Streamed records cannot be checked before training: the batch that draws the answer names it.
+    source = DatasetSource(load_records(path, streaming=True), collate, seed=0)
+    with pytest.raises(InputError, match=r"record \d of the batch \(question 'Where is Mary\?'\): the answer 'office'"):
+        for step in range(10):
+            source.train_batch(step, 2)
+
+
+# ------------------------------------------------------------------------------------------------ BABILong source
+
+
+def _facts_in_last_segment(tokenizer, samples, segment_size: int, segments: int) -> int:
+    """How many samples have a fact that ends in the last segment."""
+    late = 0
+    for sample in samples:
+        context = len(tokenizer(sample.input, add_special_tokens=False).input_ids)
+        ends = [
+            depth * context + len(tokenizer(fact, add_special_tokens=False).input_ids)
+            for fact, depth in zip(sample.facts, sample.fact_depths, strict=True)
+        ]
+        late += max(ends) > (segments - 1) * segment_size
+    return late
+
+
+def test_facts_before_last_is_met_by_drawing_stories_that_fit(tokenizer):
+    """qa5 at 2 segments of 64 tokens: about half its stories are too long for the first segment. They were placed
+    anywhere instead (106 of 200 samples had facts in the last segment); now another story is drawn."""
+    haystack = Haystack.from_text(background_text(1000))
+    collate = QACollator(tokenizer, "encoder", answer_labels("qa5"))
+    source = BabilongSource("qa5", tokenizer, haystack, collate, segment_size=64, facts_before_last=1.0)
+    samples = source.samples(seed=3, count=40, num_segments=2, training=True)
+    assert _facts_in_last_segment(tokenizer, samples, 64, 2) == 0
+    assert samples == source.samples(seed=3, count=40, num_segments=2, training=True)  # a function of the seed
+    assert samples != source.samples(seed=4, count=40, num_segments=2, training=True)
+    # Held-out samples place facts anywhere, as before.
+    held_out = source.samples(seed=3, count=40, num_segments=2, training=False)
+    assert _facts_in_last_segment(tokenizer, held_out, 64, 2) > 5
+
+
+def test_facts_before_last_that_cannot_be_met_is_refused(tokenizer):
+    haystack = Haystack.from_text(background_text(400))
+    collate = QACollator(tokenizer, "encoder", answer_labels("qa1"))
+
+    def source(segment_size: int, fraction: float = 0.5) -> BabilongSource:
+        return BabilongSource("qa1", tokenizer, haystack, collate, segment_size, facts_before_last=fraction)
+
+    # 2 segments of 16 tokens: the facts would have to end before the first segment does, less a margin of 24.
+    with pytest.raises(InputError, match=r"facts_before_last=0.5 cannot be met for qa1 at 2 segments of 16 tokens"):
+        source(16).samples(seed=0, count=4, num_segments=2, training=True)
+    # 2 segments of 32: 8 tokens before the last, and a qa1 story has 2 facts of 6 tokens or more.
+    with pytest.raises(InputError, match=r"none of 1000 qa1 stories fit in 8 tokens; use longer or more segments"):
+        source(32).samples(seed=0, count=4, num_segments=2, training=True)
+    assert len(source(32).samples(seed=0, count=4, num_segments=1, training=True)) == 4  # one segment: nothing before
+    assert len(source(32, 0.0).samples(seed=0, count=4, num_segments=2, training=True)) == 4
+    assert len(source(32).samples(seed=0, count=4, num_segments=2, training=False)) == 4  # held out: anywhere
