@@ -507,6 +507,47 @@ def test_load_names_missing_fields_and_file(tmp_path):
         load_babilong(path)
 
 
+PUBLIC_RECORD = {"input": "Mary moved to the bathroom.", "question": "Where is Mary?", "target": "bathroom"}
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [("target", None, "null"), ("input", 3, r"a int \(3\), not text"), ("question", ["q"], "a list")],
+)
+def test_load_refuses_a_field_that_is_not_text(tmp_path, field, value, said):
+    path = tmp_path / "0k.json"
+    path.write_text(json.dumps([PUBLIC_RECORD, {**PUBLIC_RECORD, field: value}]))
+    with pytest.raises(InputError, match=rf"0k\.json: record 1: the field '{field}' is {said}"):
+        load_babilong(path)
+
+
+def test_load_reads_a_file_with_a_byte_order_mark(tmp_path):
+    for name, text in (("bom.json", json.dumps([PUBLIC_RECORD])), ("bom.jsonl", json.dumps(PUBLIC_RECORD) + "\n")):
+        (tmp_path / name).write_text(text, encoding="utf-8-sig")
+        assert load_babilong(tmp_path / name)[0].target == "bathroom"
+
+
+def test_load_says_a_file_is_nested_per_length(tmp_path):
+    path = tmp_path / "qa1.json"
+    path.write_text(json.dumps({"4k": [PUBLIC_RECORD], "8k": [PUBLIC_RECORD]}, indent=2))
+    nested = r"qa1\.json is a JSON object with the keys '4k', '8k', not a list of samples: it looks nested per length"
+    with pytest.raises(InputError, match=nested):
+        load_babilong(path)
+    path.write_text(json.dumps({"4k": [PUBLIC_RECORD]}))  # on one line: was read as one record lacking every field
+    with pytest.raises(InputError, match="keys '4k', not a list of samples"):
+        load_babilong(path)
+    path.write_text(json.dumps(PUBLIC_RECORD))  # one record on one line is a JSON-lines file
+    assert load_babilong(path)[0].target == "bathroom"
+
+
+@pytest.mark.parametrize("text", ["", "\n \n", "[]", "[]\n"])
+def test_load_refuses_a_file_with_no_records(tmp_path, text):
+    path = tmp_path / "4k.json"
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"4k\.json has no records"):
+        load_babilong(path)
+
+
 def test_failed_save_leaves_the_old_file(tmp_path):
     path = save_babilong([BabilongSample("context", "Where is Mary?", "office")], tmp_path / "qa1.json")
     before = path.read_text()

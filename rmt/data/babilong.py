@@ -756,17 +756,27 @@ def save_babilong(samples: Iterable[BabilongSample | Mapping[str, Any]], path: s
 
 
 def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
-    """Read a BABILong file: a JSON array of objects (the public files, `save_babilong`) or JSON lines. Every
-    record needs input, question and target; other keys are kept (metadata fields, or `extra`)."""
+    """Read a BABILong file: a JSON array of objects (the public files, `save_babilong`) or JSON lines, in UTF-8
+    (with or without a byte order mark). Every record needs input, question and target, as text; other keys are kept
+    (metadata fields, or `extra`). Raises InputError naming the file, and the record and field where there is one,
+    for a file with no records, a record that is not an object or lacks a field or whose field is not text, and a
+    JSON object of sample lists keyed by length or task (one file holds one task and length)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    # utf-8-sig: files saved by Windows tools start with a byte order mark, which json.loads refuses.
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise InputError(f"{path} has no records")
     try:
         if text.lstrip().startswith("["):
             records = json.loads(text)
         else:
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = _json_object(text, path)
+            if records is None:
+                records = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not a JSON array or JSON lines ({error})") from error
+    if not records:
+        raise InputError(f"{path} has no records")
     samples = []
     for i, record in enumerate(records):
         if not isinstance(record, dict):
@@ -775,8 +785,32 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
         if missing:
             fields_named = ", ".join(missing)
             raise InputError(f"{path}: record {i} lacks field(s) {fields_named} (BABILong records need {_NEEDED})")
+        for name in PUBLIC_FIELDS:
+            if not isinstance(record[name], str):
+                value = record[name]
+                what = "null" if value is None else f"a {type(value).__name__} ({value!r:.40}), not text"
+                raise InputError(f"{path}: record {i}: the field {name!r} is {what}")
         samples.append(BabilongSample.from_dict(record))
     return samples
+
+
+def _json_object(text: str, path: Path) -> list[Any] | None:
+    """The records of a file that is one JSON object: [it] if it is a record, None if it is not one JSON value (JSON
+    lines); an InputError if it is an object of sample lists keyed by length or task."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # several lines of objects, read as JSON lines
+    if any(name in whole for name in PUBLIC_FIELDS):
+        return [whole]
+    keys = sorted(whole)
+    shown = ", ".join(map(repr, keys[:8])) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+    raise InputError(
+        f"{path} is a JSON object with the keys {shown}, not a list of samples: it looks nested per length (or "
+        "task), one list per key; save each list as its own file (the public layout, data/<task>/<length>.json)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
