@@ -95,6 +95,7 @@ def test_train_on_a_file_then_evaluate_decoder(tmp_path, decoder_dir, haystack_f
     assert results["cells"]["qa1/120/memory"]["tokens"] > long_cell["tokens"]
     for cell in results["cells"].values():  # every sample is counted once, by where its facts are
         assert cell["facts_in_last_span"]["samples"] + cell["facts_before_last_span"]["samples"] == cell["samples"]
+        assert cell["facts_depth_unknown"]["samples"] == 0  # generated samples record their facts' depths
     assert (by_length / "heatmap-memory.png").stat().st_size > 0 and (by_length / "table.md").exists()
     assert (by_length / "accuracy.png").stat().st_size > 0
 
@@ -103,6 +104,9 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     output = tmp_path / "enc"
     args = ["train", "--model", str(encoder_dir), "--data", "babilong:qa1", "--haystack", str(haystack_file)]
     args += ["--segment-size", "32", "--memory-tokens", "2", "--curriculum", "0:1,2:2", "--output", str(output)]
+    # Two segments of 32 tokens leave 8 tokens before the last for a qa1 story of 2 or more facts: none fits, so no
+    # sample can have its facts before the last segment (tests/test_data_inputs.py checks that this is refused).
+    args += ["--facts-before-last", "0"]
     assert main([*args, *TRAIN, "--log-every", "1", "--no-progress"]) == 0
     log = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [r["segments"] for r in log if "loss" in r] == [1, 1, 2]
@@ -121,7 +125,7 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     # Trained on from its own folder: its memory settings and segment size hold (a flag that says otherwise would be
     # ignored, so it is refused, before anything is written).
     again = ["train", "--model", str(output / "model"), "--data", "babilong:qa1", "--haystack", str(haystack_file)]
-    again += ["--curriculum", "0:2", *TRAIN, "--no-progress"]
+    again += ["--curriculum", "0:2", "--facts-before-last", "0", *TRAIN, "--no-progress"]
     assert main([*again, "--output", str(tmp_path / "on")]) == 0
     args = build_parser().parse_args([*again, "--output", str(tmp_path / "on")])
     setup = build_setup(args, config_from_args(TrainConfig, args))

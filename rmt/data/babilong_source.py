@@ -6,10 +6,10 @@
 
 A sample for n segments has n x segment_size - reserve tokens of context and question (`reserve` leaves room for
 what the collator adds around them, e.g. a decoder's answer cue and answer). `facts_before_last` is the fraction of
-training samples whose facts all lie before the last segment, so that the answer needs the memory; the rest place
-their facts anywhere, as the public benchmark does. Held-out batches place facts anywhere. `num_facts` (a count or
-an inclusive range, as in `make_story`) sets the facts per story for training and held-out samples alike; None keeps
-the bAbI task's range.
+training samples whose facts all lie before the last segment, so that the answer needs the memory (a story too long
+to fit there is redrawn; if none fits, an InputError says so); the rest place their facts anywhere, as the public
+benchmark does. Held-out batches place facts anywhere. `num_facts` (a count or an inclusive range, as in
+`make_story`) sets the facts per story for training and held-out samples alike; None keeps the bAbI task's range.
 
 `distractors` is the fraction of training samples whose background is cut from `mentions_haystack`: book
 sentences that name the tasks' answers (rooms for qa1-qa4), each with its neighbours and each name swapped for a
@@ -24,13 +24,27 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rmt.data.babilong import OBJECTS, PEOPLE, PLACES, QA5_PEOPLE, BabilongSample, answer_labels, build_sample
+from rmt.data.babilong import (
+    OBJECTS,
+    PEOPLE,
+    PLACES,
+    QA5_PEOPLE,
+    BabilongSample,
+    _capped_fact_range,
+    answer_labels,
+    build_sample,
+    make_story,
+    token_counter,
+)
 from rmt.data.batch import Batch
 from rmt.data.haystack import Haystack, mentions_haystack
 from rmt.data.sources import EVAL_SEED_BASE, TRAIN_SEED_STRIDE, Source
 from rmt.errors import InputError
 
 _FACT_MARGIN_TOKENS = 24  # a fact placed at a depth lies this far, at most, after it starts
+# Stories drawn for one sample whose facts must lie before the last segment; with a story that fits one time in 20
+# (a short sample of a task of many facts), a sample fails about once in 10^22.
+_MAX_PLACEMENT_DRAWS = 1000
 
 
 def distractor_background(haystack: Haystack, tasks: list[str], seed: int = 0) -> Haystack:
@@ -84,23 +98,50 @@ class BabilongSource(Source):
         out = []
         for _ in range(count):
             task, sample_seed = rng.choice(self.tasks), rng.getrandbits(53)
-            sample = None
             before_last = training and n > 1 and rng.random() < self.facts_before_last
             haystack = self.haystack
             if training and self.mentions is not None and distractor_draws.random() < self.distractors:
                 haystack = self.mentions
             if before_last:
-                end = ((n - 1) * self.segment_size - _FACT_MARGIN_TOKENS) / length
-                try:
-                    sample = build_sample(
-                        task, length, self.tokenizer, haystack, sample_seed, (0.0, end), self.num_facts
-                    )
-                except ValueError:  # the story is too long to fit before the last segment: place it anywhere
-                    sample = None
-            if sample is None:
-                sample = build_sample(task, length, self.tokenizer, haystack, sample_seed, num_facts=self.num_facts)
-            out.append(sample)
+                out.append(self._before_last(task, n, length, haystack, sample_seed))
+            else:
+                out.append(build_sample(task, length, self.tokenizer, haystack, sample_seed, num_facts=self.num_facts))
         return out
+
+    def _before_last(self, task: str, n: int, length: int, haystack: Haystack, sample_seed: int) -> BabilongSample:
+        """A sample whose facts all end before the last of `n` segments. A story too long to fit there is redrawn
+        (a new story and background, from seeds that `sample_seed` determines), never placed anywhere instead: that
+        would make fewer samples than `facts_before_last` need the memory. Redrawing favours stories with fewer
+        facts, where the bAbI task's range has stories that do not fit."""
+        # The facts must end this many tokens into the context; a reserve of a segment or more leaves no context in
+        # the last segment, and then anywhere is before it.
+        room = (n - 1) * self.segment_size - _FACT_MARGIN_TOKENS
+        if room <= 0:
+            raise self._unmet(task, n, length, f"the first {n - 1} segment(s) leave no room for a fact")
+        end = min(1.0, room / length)
+        count = token_counter(self.tokenizer)
+        facts_range = _capped_fact_range(task, length) if self.num_facts is None else self.num_facts
+        redraws = random.Random(f"babilong-source/before-last/{sample_seed}")
+        seed = sample_seed
+        for _ in range(_MAX_PLACEMENT_DRAWS):
+            story = make_story(task, seed, facts_range)
+            # Counted as the builder counts them, each after a space. They fit before the last segment only if
+            # end x context tokens can hold them, and the context is shorter than the length: a cheap test that
+            # spares building most samples that would fail.
+            if sum(count([" " + fact for fact in story.facts])) <= room:
+                try:
+                    return build_sample(task, length, count, haystack, seed, (0.0, end), self.num_facts)
+                except ValueError:  # no sentence boundary keeps them before it: draw another story
+                    pass
+            seed = redraws.getrandbits(53)
+        raise self._unmet(task, n, length, f"none of {_MAX_PLACEMENT_DRAWS} {task} stories fit in {room} tokens")
+
+    def _unmet(self, task: str, n: int, length: int, why: str) -> InputError:
+        return InputError(
+            f"facts_before_last={self.facts_before_last:g} cannot be met for {task} at {n} segments of "
+            f"{self.segment_size} tokens ({length}-token samples): {why}; use longer or more segments, fewer facts "
+            "per story (--facts), or facts_before_last=0 (--facts-before-last 0)"
+        )
 
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
         samples = self.samples(self.seed * TRAIN_SEED_STRIDE + step, batch_size, num_segments, training=True)
