@@ -14,7 +14,9 @@ check). Only what is scored is kept: class logits, or the logits of the last pos
 
 Every answer is kept as well: `results["predictions"]` (and predictions.jsonl in the output folder) holds one
 record per sample and method (its seed, the target, the answer, whether it is right, the supporting facts' depths),
-so that wrong answers can be looked at by depth or sample.
+so that wrong answers can be looked at by depth or sample. Each cell also splits its score by where the supporting
+facts lie: all in the last span the method reads at once, or not; samples that do not record their facts' depths
+(public BABILong files) are counted apart, as unknown.
 
 Each accuracy comes with its 95% Wilson interval. Time is measured per method and length (tokens read per second),
 and the peak RSS of each cell: on Linux the peak is reset before the cell (`peak_rss_scope: "cell"`), so a method
@@ -27,8 +29,9 @@ from __future__ import annotations
 import json
 import math
 import resource
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +42,9 @@ from tqdm.auto import tqdm
 from rmt.build import memory_model
 from rmt.config import RMTConfig
 from rmt.data.babilong import BabilongSample, answer_is_correct, build_dataset, length_name, parse_length
-from rmt.data.collate import QACollator
+from rmt.data.collate import QACollator, check_qa_record
 from rmt.errors import InputError
-from rmt.files import write_atomic, write_json_atomic
+from rmt.files import write_atomic
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.plotting import pyplot, save_figure
 
@@ -52,7 +55,8 @@ METHODS = ("memory", "no_memory", "full_attention")
 class Outcome:
     """Scores of one method on the samples of one task and length. `near` / `far`: (correct, total) of the samples
     whose supporting facts all lie in the last span the method reads at once (its last segment, or its window), and of
-    the others, which only a memory (or luck) can answer."""
+    the others, which only a memory (or luck) can answer; `unknown`: of the samples that do not record where their
+    facts lie (public BABILong files), which are in neither."""
 
     correct: int
     total: int
@@ -60,15 +64,17 @@ class Outcome:
     seconds: float
     near: tuple[int, int] = (0, 0)
     far: tuple[int, int] = (0, 0)
+    unknown: tuple[int, int] = (0, 0)
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.total if self.total else float("nan")
 
     def record(self) -> dict[str, Any]:
-        low, high = wilson_interval(self.correct, self.total)
+        """The scores as JSON: with no samples, the accuracy and its interval are null (JSON has no NaN)."""
+        low, high = wilson_interval(self.correct, self.total) if self.total else (None, None)
         return {
-            "accuracy": self.accuracy,
+            "accuracy": self.accuracy if self.total else None,
             "ci95": [low, high],
             "correct": self.correct,
             "samples": self.total,
@@ -77,6 +83,7 @@ class Outcome:
             "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
             "facts_in_last_span": {"correct": self.near[0], "samples": self.near[1]},
             "facts_before_last_span": {"correct": self.far[0], "samples": self.far[1]},
+            "facts_depth_unknown": {"correct": self.unknown[0], "samples": self.unknown[1]},
         }
 
 
@@ -95,18 +102,19 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
 class Reading:
     """What one method made of one sample: its answer (an encoder's class label, or a decoder's generated text), the
     tokens it read, whether every supporting fact lies in the last span it reads, and where each supporting fact
-    starts in the whole input, in tokens (None for samples that do not record their facts' depths)."""
+    starts in the whole input, in tokens. For samples that do not record their facts' depths (public BABILong files)
+    both are None: where the facts lie is unknown."""
 
     answer: str
     tokens: int
-    facts_in_last_span: bool
+    facts_in_last_span: bool | None
     fact_offsets: tuple[int, ...] | None = None
 
 
 class Reader:
     """How one method turns a sample into an answer: `read(sample) -> Reading`, and `answer(sample) -> (correct,
-    tokens read, facts in the last span)`; the span is the last `window` tokens it reads (full attention) or its last
-    segment."""
+    reading)`; the reading tells whether the facts lie in the last span, the last `window` tokens it reads (full
+    attention) or its last segment."""
 
     def __init__(
         self, model: RecurrentMemoryModel, tokenizer: Any, window: int | None = None, max_new_tokens: int = 8
@@ -139,7 +147,7 @@ class Reader:
             answer = self.tokenizer.decode(generated.sequences[0, ids.shape[1] :], skip_special_tokens=True)
         offsets = self._fact_offsets(sample)
         span_start = total - self.window if self.window else (total - 1) // self.span * self.span
-        in_last_span = offsets is None or all(offset >= span_start for offset in offsets)
+        in_last_span = None if offsets is None else all(offset >= span_start for offset in offsets)
         return Reading(answer, ids.shape[1], in_last_span, offsets)
 
     def answer(self, sample: BabilongSample) -> tuple[bool, Reading]:
@@ -226,17 +234,22 @@ def evaluate_by_length(
     results.json, predictions.jsonl and the plots to `output_dir` after every finished cell (so an interrupted run
     keeps what it measured). `samples`: per length name, or one count for all. `files`: samples read from BABILong
     files, by (task, length name), instead of generated ones. `num_facts`: facts per generated story (a count or an
-    inclusive range; None: the bAbI task's range)."""
+    inclusive range; None: the bAbI task's range).
+
+    Raises InputError, before evaluating anything, for a cell with no samples (a count below 1, or an empty file).
+    A file with fewer samples than asked for is evaluated whole, with a one-line warning on stderr; a cell's
+    "samples" is the number evaluated."""
     model.eval()
     names = sorted({length_name(n) for n in lengths}, key=parse_length)
     per_method = readers(model, tokenizer, methods, window, max_new_tokens, full_attention_backbone)
+    counts = _sample_counts(tasks, names, samples, files, per_method.values())
     results: dict[str, Any] = {"tasks": list(tasks), "lengths": names, "methods": list(methods), "cells": {}}
     predictions: list[dict[str, Any]] = []
     if num_facts is not None:
         results["num_facts"] = num_facts
     for name in names:
         for task in tasks:
-            count = samples[name] if isinstance(samples, dict) else samples
+            count = counts[(task, name)]
             if files is not None and (task, name) in files:
                 cell_samples = files[(task, name)][:count]
             else:
@@ -257,6 +270,45 @@ def evaluate_by_length(
                 if output_dir is not None:
                     write_results(results, Path(output_dir), predictions)
     return {**results, "predictions": predictions}
+
+
+def _sample_counts(
+    tasks: Sequence[str],
+    names: Sequence[str],
+    samples: int | dict[str, int],
+    files: dict[tuple[str, str], list[BabilongSample]] | None,
+    per_method: Iterable[Reader],
+) -> dict[tuple[str, str], int]:
+    """The samples each cell evaluates, checked before any is: at least one (an empty cell has no accuracy), at most
+    what a file holds (with a warning), and a file's samples with text fields and answers within an encoder's
+    labels."""
+    counts = {}
+    for name in names:
+        if isinstance(samples, dict) and name not in samples:
+            raise InputError(f"no sample count for length {name}: the counts name {sorted(samples)}")
+        count = samples[name] if isinstance(samples, dict) else samples
+        for task in tasks:
+            if files is not None and (task, name) in files:
+                available = len(files[(task, name)])
+                if available == 0:
+                    raise InputError(f"no {task} samples of length {name} to evaluate: the file holds none")
+                if count > available:
+                    print(
+                        f"warning: {task} {name}: {count} samples asked for, but the file holds {available}: "
+                        f"evaluating {available}",
+                        file=sys.stderr,
+                    )
+                    count = available
+                records = [sample.to_dict() for sample in files[(task, name)][:count]]
+                for i, record in enumerate(records):
+                    check_qa_record(record, f"the {task} {name} samples: record {i}")
+                for reader in per_method:
+                    if reader.labels is not None:
+                        reader.collate.check_records(records, f"the {task} {name} samples")
+            if count < 1:
+                raise InputError(f"{count} samples asked for ({task} {name}): a cell needs at least 1")
+            counts[(task, name)] = count
+    return counts
 
 
 def reset_peak_rss() -> bool:
@@ -287,7 +339,7 @@ def _run_cell(
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """The method's scores on `samples`, and a record of each answer."""
     correct = tokens = 0
-    near, far = [0, 0], [0, 0]
+    near, far, unknown = [0, 0], [0, 0], [0, 0]
     answers = []
     started = time.perf_counter()
     bar = tqdm(samples, desc=label, disable=not progress, dynamic_ncols=True, leave=False)
@@ -295,7 +347,8 @@ def _run_cell(
         right, reading = reader.answer(sample)
         correct += int(right)
         tokens += reading.tokens
-        split = near if reading.facts_in_last_span else far
+        # A sample that does not record its facts' depths is counted in neither near nor far.
+        split = unknown if reading.facts_in_last_span is None else near if reading.facts_in_last_span else far
         split[0] += int(right)
         split[1] += 1
         answers.append(
@@ -314,7 +367,8 @@ def _run_cell(
         elapsed = time.perf_counter() - started
         bar.set_postfix(acc=f"{correct / (bar.n + 1):.2f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
     bar.close()
-    outcome = Outcome(correct, len(samples), tokens, time.perf_counter() - started, tuple(near), tuple(far))
+    elapsed = time.perf_counter() - started
+    outcome = Outcome(correct, len(samples), tokens, elapsed, tuple(near), tuple(far), tuple(unknown))
     return outcome, answers
 
 
@@ -322,8 +376,10 @@ def write_results(results: dict[str, Any], output_dir: Path, predictions: Sequen
     """results.json, predictions.jsonl (one answer per line), table.md, one heatmap per method and accuracy.png (the
     methods side by side by length)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / "results.json", results)
-    write_atomic(output_dir / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in predictions))
+    # allow_nan=False: NaN is not JSON (strict readers refuse the file); a value with no number is null instead.
+    write_atomic(output_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in predictions)
+    write_atomic(output_dir / "predictions.jsonl", lines)
     (output_dir / "table.md").write_text(format_table(results) + "\n")
     for method in results["methods"]:
         plot_heatmap(results, method, output_dir / f"heatmap-{method}.png")
@@ -342,6 +398,9 @@ def format_table(results: dict[str, Any]) -> str:
                 if cell is None:
                     cells.append("")
                     continue
+                if cell["accuracy"] is None:  # no samples
+                    cells.append(f"- (n={cell['samples']})")
+                    continue
                 low, high = cell["ci95"]
                 cells.append(f"{cell['accuracy']:.2f} [{low:.2f}, {high:.2f}] (n={cell['samples']})")
             lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
@@ -357,15 +416,19 @@ def _facts_note(results: dict[str, Any]) -> str:
     return f" ({count} fact{'' if count == '1' else 's'} per story)"
 
 
+def _accuracy(cell: dict[str, Any] | None) -> float:
+    """A cell's accuracy for a plot: NaN (not drawn) for a missing cell or one with no samples."""
+    if cell is None or cell.get("accuracy") is None:
+        return float("nan")
+    return cell["accuracy"]
+
+
 def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
     """Tasks x lengths, accuracy in each cell, as in the BABILong paper's figures."""
     plt = pyplot()
 
     tasks, lengths = results["tasks"], results["lengths"]
-    grid = [
-        [results["cells"].get(f"{task}/{name}/{method}", {}).get("accuracy", float("nan")) for name in lengths]
-        for task in tasks
-    ]
+    grid = [[_accuracy(results["cells"].get(f"{task}/{name}/{method}")) for name in lengths] for task in tasks]
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(lengths), 1.2 + 0.5 * len(tasks)))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     for i, row in enumerate(grid):
@@ -391,7 +454,9 @@ def plot_methods(results: dict[str, Any], path: Path) -> None:
         methods = results["methods"]
         for offset, method in enumerate(methods):
             points = [
-                (j, cell) for j, name in enumerate(lengths) if (cell := results["cells"].get(f"{task}/{name}/{method}"))
+                (j, cell)
+                for j, name in enumerate(lengths)
+                if not math.isnan(_accuracy(cell := results["cells"].get(f"{task}/{name}/{method}")))
             ]
             if not points:
                 continue
