@@ -217,7 +217,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
     answers (both precisions given the same tokens, so one flip does not change every later step), how often the top
     token agrees and how far bf16's logits are from fp32's."""
     from rmt.build import pretrained_tokenizer
-    from rmt.data.babilong import answer_is_correct, build_dataset, parse_num_facts
+    from rmt.data.babilong import answer_is_correct, answer_labels, build_dataset, parse_num_facts
     from rmt.data.collate import QACollator
     from rmt.data.haystack import default_haystack
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -251,7 +251,8 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
     results = {}
     for name in models:
         answers = [tokenizer.decode(a, skip_special_tokens=True) for a in answer_ids[name]]
-        correct = sum(answer_is_correct(a, s.target) for a, s in zip(answers, samples, strict=True))
+        labels = answer_labels(args.task)
+        correct = sum(answer_is_correct(a, s.target, s.question, labels) for a, s in zip(answers, samples, strict=True))
         results[name] = {"tokens_per_second": tokens / seconds[name], "correct": correct, "answers": answers}
     same = sum(a == b for a, b in zip(answer_ids["fp32"], answer_ids["bf16"], strict=True))
     entry = args.label or str(args.model)

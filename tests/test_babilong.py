@@ -561,20 +561,41 @@ def test_failed_save_leaves_the_old_file(tmp_path):
 # ------------------------------------------------------------------------------------------------ scoring
 
 
+ROOMS = answer_labels("qa1")
+QA5_ANSWERS = answer_labels("qa5")
+
+
 @pytest.mark.parametrize(
-    "output, target, correct",
+    "output, target, question, labels, correct",
     [
-        ("The milk is in the kitchen. Then it moved.", "kitchen", True),
-        ("The milk is in the office. Then the kitchen.", "kitchen", False),
-        ("The milk is in the office!\nKitchen", "kitchen", False),
-        ("The milk is in the office\nkitchen", "kitchen", False),
-        ("THE MOST RECENT LOCATION OF MARY IS KITCHEN", "Kitchen", True),
-        ("Fred", "fred", True),
-        ("anything", "", False),
+        ("The milk is in the kitchen. Then it moved.", "kitchen", "Where is the milk?", ROOMS, True),
+        ("The milk is in the office. Then the kitchen.", "kitchen", "Where is the milk?", ROOMS, False),
+        ("THE MOST RECENT LOCATION OF MARY IS KITCHEN", "Kitchen", "Where is Mary?", ROOMS, True),
+        # The first sentence ends at '.', not at a line break: an answer after a cue on its own line counts.
+        ("\nkitchen", "kitchen", "Where is Mary?", ROOMS, True),
+        (" The answer is:\n\nThe garden", "garden", "Where is Mary?", ROOMS, True),
+        # The target must be the only answer of the task named: lists and hedges are wrong.
+        (" bedroom office office office", "bedroom", "Where is Mary?", ROOMS, False),
+        ("bathroom or kitchen", "kitchen", "Where is Mary?", ROOMS, False),
+        ("kitchen, garden, office, hallway, bedroom, bathroom", "kitchen", "Where is Mary?", ROOMS, False),
+        # Answers the question names are not candidates (qa3 asks about one room, qa5 about people).
+        ("The kitchen, before the office", "kitchen", "Where was the milk before the office?", ROOMS, True),
+        ("Jeff gave it to Mary", "Mary", "Who received the milk?", QA5_ANSWERS, False),
+        ("Mary", "Mary", "Who did Jeff give the milk to?", QA5_ANSWERS, True),
+        ("Fred", "fred", "Who gave the apple to Bill?", QA5_ANSWERS, True),
+        # A model repeating its prompt's layout is cut where that starts.
+        ("office <context> kitchen", "office", "Where is Mary?", ROOMS, True),
+        # The target need not be one of the labels given (a public file's answer set may be larger).
+        ("Daniel", "daniel", "Who gave the milk to Bill?", QA5_ANSWERS, True),
+        # Without an answer set, the target must occur in the first sentence.
+        ("It is a dog. Or a cat.", "dog", "What is it?", None, True),
+        ("It is a cat. Or a dog.", "dog", "What is it?", None, False),
+        ("anything", "", "Where is Mary?", ROOMS, False),
+        ("", "kitchen", "Where is Mary?", ROOMS, False),
     ],
 )
-def test_answer_is_correct(output, target, correct):
-    assert answer_is_correct(output, target) is correct
+def test_answer_is_correct_as_the_public_benchmark(output, target, question, labels, correct):
+    assert answer_is_correct(output, target, question, labels) is correct
 
 
 # ------------------------------------------------------------------------------------------------ haystack

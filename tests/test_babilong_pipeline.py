@@ -244,10 +244,10 @@ def test_by_length_peak_rss_is_each_cells_own(encoder_dir, haystack_file, monkey
     model = memory_model(backbone, config)
 
     class HungryReader(Reader):
-        def answer(self, sample):
+        def answer(self, sample, task=None):
             held = torch.ones(100_000_000)  # 400 MB, written so that its pages are resident
             del held
-            return super().answer(sample)
+            return super().answer(sample, task)
 
     monkeypatch.setattr(
         by_length,

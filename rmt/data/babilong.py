@@ -13,7 +13,7 @@ target number of tokens, then asks the question.
     samples = build_dataset("qa2", "4k", 100, tokenizer, haystack, seed=0)
     s = samples[0]; s.input, s.question, s.target, s.full_text, s.supporting_depths
     save_babilong(samples, "data/qa2/4k.json")           # the public file layout; load_babilong reads it back
-    answer_is_correct("The milk is in the kitchen.", "kitchen")    # True
+    answer_is_correct("The milk is in the kitchen.", "kitchen", s.question, answer_labels("qa2"))    # True
 
 Conventions (decisions of this module; the public BABILong facts they follow are named):
 - Lengths are in tokens of the caller's tokenizer. Names use k = 1000 and M = 1000000 tokens, as the public builder
@@ -37,8 +37,10 @@ Conventions (decisions of this module; the public BABILong facts they follow are
   data/<task>/<length>.json (Hugging Face dataset RMT-team/babilong). `save_babilong` writes that layout (a
   JSON-lines file if the name ends in .jsonl) with this module's metadata as extra keys; `load_babilong` reads both
   and keeps unknown keys.
-- A generated answer is correct when the lower-cased target occurs in the output's first sentence: the lower-cased
-  output up to its first '.', '!', '?' or newline.
+- A generated answer is checked as the public benchmark checks it (`answer_is_correct`): in the lower-cased output up
+  to its first '.', the target must be the only one of the task's answers (`answer_labels`) that occurs, answers
+  named in the question aside. "bedroom office" and "the kitchen or the garden" are wrong; "\nThe answer is:
+  kitchen" is right.
 
 Stories: qa1 "Where is Mary?" (1 supporting fact); qa2 "Where is the milk?" (2: how its holder got it and where the
 holder went, or the drop and where the dropper was); qa3 "Where was the milk before the office?" (the facts that put
@@ -816,11 +818,25 @@ def _json_object(text: str, path: Path) -> list[Any] | None:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-_SENTENCE_END = re.compile(r"[.!?\n]")
+_ECHO_MARKERS = ("<context>", "<example>")  # where a model that starts repeating its prompt's layout is cut
 
 
-def answer_is_correct(output: str, target: str) -> bool:
-    """Whether the lower-cased `target` occurs in the first sentence of the lower-cased `output` (the text before
-    its first '.', '!', '?' or newline). An empty target is never correct."""
+def answer_is_correct(output: str, target: str, question: str = "", labels: Iterable[str] | None = None) -> bool:
+    """Whether a generated `output` answers `target`, as the public BABILong benchmark decides it.
+
+    The output is lower-cased and cut at its first '.' (and where it starts a "<context>" or "<example>" block).
+    With `labels` (the task's answers, `answer_labels(task)`; the target counts as one), the answers that occur in
+    that text, less those the question names, must be exactly {target}: a list of rooms or a hedge between two is
+    wrong. Without labels (answers of an open set), the target must occur in that text. Matching is by substring,
+    as the benchmark's: "officer" contains "office". An empty target is never correct."""
     target = target.strip().lower()
-    return bool(target) and target in _SENTENCE_END.split(output.lower(), maxsplit=1)[0]
+    if not target:
+        return False
+    text = output.lower().split(".", maxsplit=1)[0]
+    for marker in _ECHO_MARKERS:
+        text = text.split(marker, maxsplit=1)[0]
+    if labels is None:
+        return target in text
+    answers = {label.strip().lower() for label in labels} | {target}
+    named = {answer for answer in answers if answer in question.lower()}
+    return {answer for answer in answers if answer in text} - named == {target}

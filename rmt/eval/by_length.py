@@ -41,7 +41,15 @@ from tqdm.auto import tqdm
 
 from rmt.build import memory_model
 from rmt.config import RMTConfig
-from rmt.data.babilong import BabilongSample, answer_is_correct, build_dataset, length_name, parse_length
+from rmt.data.babilong import (
+    TASKS,
+    BabilongSample,
+    answer_is_correct,
+    answer_labels,
+    build_dataset,
+    length_name,
+    parse_length,
+)
 from rmt.data.collate import QACollator, check_qa_record
 from rmt.errors import InputError
 from rmt.files import write_atomic
@@ -150,13 +158,17 @@ class Reader:
         in_last_span = None if offsets is None else all(offset >= span_start for offset in offsets)
         return Reading(answer, ids.shape[1], in_last_span, offsets)
 
-    def answer(self, sample: BabilongSample) -> tuple[bool, Reading]:
-        """Whether the method answers `sample` right, and its reading."""
+    def answer(self, sample: BabilongSample, task: str | None = None) -> tuple[bool, Reading]:
+        """Whether the method answers `sample` (of `task`, if the sample does not say) right, and its reading. A
+        generated answer is checked against the task's answer set as the public benchmark does; a task outside
+        qa1-qa5 has no set, and then the target must occur in the answer's first sentence."""
         reading = self.read(sample)
         if self.labels is not None:  # a class, matched as the collator matches targets to classes
             right = self.collate.label_of(reading.answer) == self.collate.label_of(sample.target)
         else:
-            right = answer_is_correct(reading.answer, sample.target)
+            task = sample.task or task
+            labels = answer_labels(task) if task in TASKS else None
+            right = answer_is_correct(reading.answer, sample.target, sample.question, labels)
         return right, reading
 
     def _fact_offsets(self, sample: BabilongSample) -> tuple[int, ...] | None:
@@ -256,7 +268,7 @@ def evaluate_by_length(
                 cell_samples = build_dataset(task, name, count, tokenizer, haystack, seed=seed, num_facts=num_facts)
             for method, reader in per_method.items():
                 peak_scope = "cell" if reset_peak_rss() else "process"
-                outcome, answers = _run_cell(reader, cell_samples, f"{task} {name} {method}", progress)
+                outcome, answers = _run_cell(reader, cell_samples, task, f"{task} {name} {method}", progress)
                 predictions.extend({"task": task, "length": name, "method": method, **answer} for answer in answers)
                 key = f"{task}/{name}/{method}"
                 results["cells"][key] = {
@@ -335,16 +347,16 @@ def peak_rss_mib() -> float:
 
 
 def _run_cell(
-    reader: Reader, samples: list[BabilongSample], label: str, progress: bool
+    reader: Reader, samples: list[BabilongSample], task: str, label: str, progress: bool
 ) -> tuple[Outcome, list[dict[str, Any]]]:
-    """The method's scores on `samples`, and a record of each answer."""
+    """The method's scores on `samples` of `task`, and a record of each answer."""
     correct = tokens = 0
     near, far, unknown = [0, 0], [0, 0], [0, 0]
     answers = []
     started = time.perf_counter()
     bar = tqdm(samples, desc=label, disable=not progress, dynamic_ncols=True, leave=False)
     for index, sample in enumerate(bar):
-        right, reading = reader.answer(sample)
+        right, reading = reader.answer(sample, task)
         correct += int(right)
         tokens += reading.tokens
         # A sample that does not record its facts' depths is counted in neither near nor far.
@@ -355,6 +367,7 @@ def _run_cell(
             {
                 "sample": index,
                 "seed": sample.seed,
+                "question": sample.question,
                 "target": sample.target,
                 "answer": reading.answer,
                 "correct": right,
