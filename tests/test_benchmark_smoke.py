@@ -20,6 +20,7 @@ from benchmarks import (
     babilong_fact_segment,
     babilong_memory_probe,
     babilong_mentions_haystack,
+    babilong_rescore,
     diagonal_precision,
     encoder_memory,
     language_modeling,
@@ -127,6 +128,49 @@ def test_long_inputs_parts_run_side_by_side_without_losing_each_others_results(t
     long_inputs.save(args, second)  # a process that started before the first one saved
     record = json.loads((tmp_path / "long.json").read_text())
     assert set(record["reading"]) == {"rmt/4096", "armt/4096"} and record["generation"]["rmt"]["speedup"] == 3.0
+
+
+def test_long_inputs_bf16_gemm_times_each_projection_shape(tmp_path, monkeypatch):
+    """The bf16 ceiling part: every projection shape of a layer, fp32 against bf16, and the layer's sum."""
+    import rmt.build
+
+    monkeypatch.setattr(rmt.build, "pretrained_backbone", lambda name: tiny_decoder("llama"))
+    monkeypatch.setattr(long_inputs, "GEMM_CALLS", 2)
+    args = argparse.Namespace(output=str(tmp_path / "long.json"), threads=1, segment_sizes=[8], repeats=1)
+    long_inputs.bf16_gemm(args, {})
+    record = json.loads((tmp_path / "long.json").read_text())["bf16_gemm"]
+    rows = record["rows 24"]  # segment 8 + 16 memory tokens
+    assert set(rows) == {"q, o", "k, v", "gate, up", "down", "layer"}
+    assert rows["gate, up"]["rows, in, out"][0] == 24
+    for entry in (*rows.values(), record["square 1024"]):
+        assert entry["bf16 speedup"] > 0 and entry["fp32 seconds"] > 0
+
+
+def test_babilong_rescore_applies_the_current_answer_check(tmp_path):
+    """A saved answer that names two rooms was right under the old check; rescoring makes it wrong and updates the
+    cell's count, accuracy and spans from the predictions, keeping its time."""
+    cell = {"accuracy": 1.0, "ci95": [0.34, 1.0], "correct": 2, "samples": 2, "tokens": 10, "seconds": 1.0}
+    cell.update(task="qa1", length="1k", method="memory", tokens_per_second=10.0)
+    results = {"tasks": ["qa1"], "lengths": ["1k"], "methods": ["memory"], "cells": {"qa1/1k/memory": cell}}
+    base = {"task": "qa1", "length": "1k", "method": "memory", "correct": True}
+    predictions = [
+        {**base, "sample": 0, "target": "kitchen", "answer": " kitchen office office", "facts_in_last_span": False},
+        {**base, "sample": 1, "target": "garden", "answer": " garden.", "facts_in_last_span": True},
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    assert babilong_rescore.main([str(tmp_path)]) == 0
+    rescored = json.loads((tmp_path / "results.json").read_text())["cells"]["qa1/1k/memory"]
+    assert (rescored["correct"], rescored["accuracy"], rescored["seconds"]) == (1, 0.5, 1.0)
+    assert rescored["facts_before_last_span"] == {"correct": 0, "samples": 1}
+    assert rescored["facts_in_last_span"] == {"correct": 1, "samples": 1}
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["correct"] for line in lines] == [False, True]
+    assert "0.50" in (tmp_path / "table.md").read_text()
+    predictions[0]["task"] = "qa5"  # a qa5 question may name an answer: without it, no verdict
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    with pytest.raises(SystemExit, match="qa5 prediction without its question"):
+        babilong_rescore.main([str(tmp_path)])
 
 
 def test_time_in_turns_alternates_the_order_and_drops_the_warmup_rounds():
