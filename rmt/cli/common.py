@@ -12,6 +12,7 @@ from rmt.errors import InputError
 
 TASK_NAMES = ("copy", "reverse", "associative_retrieval", "quadratic", "detect_memorize")
 TASK_SIZE_DEFAULTS = {"copy": 24, "reverse": 24, "associative_retrieval": 4, "detect_memorize": 64}
+DEFAULT_SEGMENTS = 3
 FACTS_HELP = (
     "BABILong: facts per story, N or MIN-MAX (default: the bAbI task's range; qa1 with 1 is the 1M-token RMT paper's "
     "single-fact task)"
@@ -62,7 +63,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def add_task_arguments(parser: argparse.ArgumentParser | Any, default_task: str | None = "copy") -> None:
+def add_task_arguments(
+    parser: argparse.ArgumentParser | Any,
+    default_task: str | None = "copy",
+    segments_given: bool = False,
+    segments_help: str | None = None,
+) -> None:
+    """--task, --task-size and --segments. segments_given=True: --segments defaults to None, so that the command can
+    tell whether it was given (None stands for DEFAULT_SEGMENTS). `segments_help` replaces --segments' description
+    (for a command that reads it differently)."""
     shown = default_task or "copy, when no --data is given"
     parser.add_argument("--task", default=default_task, choices=TASK_NAMES, help=f"synthetic task (default: {shown})")
     parser.add_argument(
@@ -75,9 +84,13 @@ def add_task_arguments(parser: argparse.ArgumentParser | Any, default_task: str 
     parser.add_argument(
         "--segments",
         type=int,
-        default=3,
-        help="number of segments the input is cut into (synthetic tasks; BABILong training: samples of this many "
-        "segments when there is no curriculum) (default: %(default)s)",
+        default=None if segments_given else DEFAULT_SEGMENTS,
+        help=(
+            segments_help
+            or "number of segments the input is cut into (synthetic tasks; BABILong training: samples of this many "
+            "segments when there is no curriculum)"
+        )
+        + f" (default: {DEFAULT_SEGMENTS})",
     )
 
 

@@ -2,7 +2,8 @@
 
 Each field becomes `--field-name` (or the flag given in `flags`), its metadata "doc" the help text, its default the
 default; bools become switches, Literal fields get their choices, and a metadata "parse" function reads values such
-as a curriculum. `config_from_args` builds the dataclass back from the parsed namespace.
+as a curriculum. `config_from_args` builds the dataclass back from the parsed namespace; the dataclass's errors about a
+field given by a flag name the flag.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
 
+from rmt.errors import InputError
+
 
 def add_config_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
@@ -20,9 +23,11 @@ def add_config_arguments(
     flags: dict[str, str] | None = None,
     skip: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
+    shown: dict[str, str] | None = None,
 ) -> None:
-    """Add one flag per field of dataclass `cls` (except `skip`); `flags` renames some, `defaults` overrides some."""
-    flags, defaults = flags or {}, defaults or {}
+    """Add one flag per field of dataclass `cls` (except `skip`); `flags` renames some, `defaults` overrides some,
+    `shown` gives the "(default: ...)" text of fields whose default is None (what None means for them)."""
+    flags, defaults, shown_none = flags or {}, defaults or {}, shown or {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -40,7 +45,9 @@ def add_config_arguments(
             continue
         parse = _with_message(f.metadata["parse"]) if "parse" in f.metadata else kind
         shown = default if not isinstance(default, list) else ",".join(f"{a}:{b}" for a, b in default)
-        help_text = doc + (f" (default: {shown})" if default is not None else "")
+        if default is None:
+            shown = shown_none.get(f.name)
+        help_text = doc + (f" (default: {shown})" if shown is not None else "")
         parser.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, help=help_text)
 
 
@@ -49,10 +56,31 @@ def flag_name(field_name: str, flags: dict[str, str] | None = None) -> str:
     return (flags or {}).get(field_name, "--" + field_name.replace("_", "-"))
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """The dataclass `cls` from the parsed flags (fields without a flag keep their defaults), with `overrides`."""
+def config_from_args(cls: type, args: argparse.Namespace, flags: dict[str, str] | None = None, **overrides: Any) -> Any:
+    """The dataclass `cls` from the parsed flags (fields without a flag keep their defaults), with `overrides`.
+
+    An InputError of `cls` about a field that a flag set (its message starts with "Cls.field") names the flag first:
+    "TrainConfig.learning_rate must be > 0" becomes "--lr: learning_rate must be > 0" (`flags` as for
+    `add_config_arguments`)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**{**values, **overrides})
+    try:
+        return cls(**{**values, **overrides})
+    except InputError as err:
+        message = name_flag(str(err), [name for name in values if name not in overrides], flags, prefix=cls.__name__)
+        if message == str(err):
+            raise
+        raise InputError(message) from err
+
+
+def name_flag(message: str, fields: list[str], flags: dict[str, str] | None = None, prefix: str = "") -> str:
+    """`message` led by the flag of the field it starts with ("PREFIX.field ..." or "field ..." without a prefix):
+    "FLAG: field ...". Other messages come back as they are."""
+    lead = f"{prefix}." if prefix else ""
+    for name in sorted(fields, key=len, reverse=True):  # memory_learning_rate before learning_rate
+        start = lead + name
+        if message.startswith(start) and message[len(start) : len(start) + 1] in (" ", "=", ":", ""):
+            return f"{flag_name(name, flags)}: {message[len(lead) :]}"
+    return message
 
 
 def _with_message(parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -5,6 +5,7 @@
         --curriculum 0:1,1000:2,2000:4 --curriculum-accuracy 0.9 --output runs/qa1
     rmt train --model path/to/hf-model --data train.jsonl --segment-size 512 --output runs/mine
     rmt train ... --resume          # continue exactly from OUTPUT/checkpoint
+    rmt train ... --overwrite       # replace the run already in OUTPUT
 
 The backbone is a pretrained model (`--model`: smollm2, minilm, a folder, a .gguf file, a hub id, or an rmt
 checkpoint to train further) or, for synthetic tasks, a random model of --family sized by --layers/--hidden/--heads.
@@ -20,8 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmt.cli.common import FACTS_HELP, add_runtime_arguments, add_task_arguments, apply_runtime, make_task
-from rmt.cli.options import add_config_arguments, config_from_args, flag_name
+from rmt.cli.common import (
+    DEFAULT_SEGMENTS,
+    FACTS_HELP,
+    TASK_SIZE_DEFAULTS,
+    add_runtime_arguments,
+    add_task_arguments,
+    apply_runtime,
+    make_task,
+)
+from rmt.cli.options import add_config_arguments, config_from_args, flag_name, name_flag
 from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.train.config import TrainConfig
@@ -40,6 +49,15 @@ MEMORY_FLAGS = {
 MEMORY_SKIP = ("segment_size", "mode", "cls_token_id", "sep_token_id")
 TRAIN_FLAGS = {"learning_rate": "--lr", "memory_learning_rate": "--memory-lr", "warmup_steps": "--warmup"}
 TRAIN_SKIP = ("progress",)
+TRAIN_DEFAULTS_SHOWN = {"curriculum_accuracy": "off: each stage starts at its STEP"}
+# Library checks on values that `build_setup` passes on from these flags: their messages start with the field's name.
+SETUP_FLAGS = {
+    "num_segments": "--segments",
+    "max_length": "--max-length",
+    "facts_before_last": "--facts-before-last",
+    "distractors": "--distractors",
+}
+DEFAULT_SEGMENT_SIZE = 128
 DECODER_RESERVE = 16  # tokens of a BABILong decoder sample kept for the answer cue, the answer and EOS
 BABILONG_PREFIX = "babilong:"
 
@@ -52,9 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--output", required=True, help="output folder for metrics.jsonl, checkpoint/, model/")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output folder for metrics.jsonl, checkpoint/, model/ (one that holds a run needs --resume or "
+        "--overwrite)",
+    )
     data = parser.add_argument_group("data")
-    add_task_arguments(data, default_task=None)
+    add_task_arguments(data, default_task=None, segments_given=True)
     data.add_argument(
         "--data",
         default=None,
@@ -66,7 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--validation-samples", type=int, default=200, help="records split off --data for validation (default: 200)"
     )
     data.add_argument("--streaming", action="store_true", help="stream --data instead of loading it (huge files)")
-    data.add_argument("--max-length", type=int, default=None, help="text data: cut documents to this many tokens")
+    data.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="text data: cut documents to this many tokens (default: whole documents)",
+    )
     data.add_argument(
         "--haystack", default=None, help="BABILong background text files, comma-separated (default: built-in corpus)"
     )
@@ -94,7 +122,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(trained on whole, with its own memory settings and segment size) (default: a random backbone of --family)",
     )
     model.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
-    model.add_argument("--family", default="gpt2", choices=["gpt2", "llama", "gpt_neox"], help="random backbone family")
+    model.add_argument(
+        "--family",
+        default="gpt2",
+        choices=["gpt2", "llama", "gpt_neox"],
+        help="random backbone family (default: %(default)s)",
+    )
     model.add_argument("--layers", type=int, default=4, help="random backbone layers (default: %(default)s)")
     model.add_argument("--hidden", type=int, default=128, help="random backbone hidden size (default: %(default)s)")
     model.add_argument("--heads", type=int, default=4, help="random backbone attention heads (default: %(default)s)")
@@ -103,12 +136,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--segment-size",
         type=int,
         default=None,
-        help="tokens per segment for data files and BABILong (synthetic tasks: from --segments) (default: 128)",
+        help="tokens per segment for data files and BABILong (synthetic tasks: from --segments) (default: "
+        f"{DEFAULT_SEGMENT_SIZE}; for an rmt checkpoint --model, the checkpoint's own)",
     )
     add_config_arguments(memory, RMTConfig, MEMORY_FLAGS, skip=MEMORY_SKIP)
     training = parser.add_argument_group("training (TrainConfig)")
-    add_config_arguments(training, TrainConfig, TRAIN_FLAGS, skip=TRAIN_SKIP, defaults={"steps": 2000})
+    add_config_arguments(
+        training, TrainConfig, TRAIN_FLAGS, skip=TRAIN_SKIP, defaults={"steps": 2000}, shown=TRAIN_DEFAULTS_SHOWN
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint (an error if none)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -129,15 +166,25 @@ def run(args: argparse.Namespace) -> int:
 
     from rmt.train.checkpoint import checkpoint_exists
     from rmt.train.evaluate import evaluate
-    from rmt.train.loop import save_model, train
+    from rmt.train.loop import run_entries, save_model, tensorboard_writer_class, train
 
     device = apply_runtime(args)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} exists and is not a folder")
+    if args.resume and args.overwrite:
+        raise InputError("give --resume (continue the run in --output) or --overwrite (replace it), not both")
     if args.resume and not checkpoint_exists(output):
         raise InputError(f"--resume: no checkpoint in {output / 'checkpoint'} (run without --resume to start)")
-    config = config_from_args(TrainConfig, args, progress=not args.no_progress)
+    existing = run_entries(output)
+    if existing and not (args.resume or args.overwrite):
+        raise InputError(
+            f"--output {output} already holds a run ({', '.join(existing)}): give --resume to continue it, "
+            "--overwrite to replace it, or another --output"
+        )
+    config = config_from_args(TrainConfig, args, TRAIN_FLAGS, progress=not args.no_progress)
+    if config.tensorboard:
+        tensorboard_writer_class("--tensorboard")  # refused now, not once the model is built
     setup = build_setup(args, config)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
     tokenizer = setup.tokenizer
@@ -155,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         accelerator=accelerator,
         description=setup.description,
         save_extras=save_tokenizer,
+        overwrite=args.overwrite,  # the old run goes once start-up succeeded
     )
     save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
     if accelerator.is_main_process or config.fsdp:  # sharded layers need every process to run
@@ -172,23 +220,60 @@ def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     classifier head, the memory parameters)."""
     from accelerate.utils import set_seed
 
+    segments_given = args.segments is not None
+    args = argparse.Namespace(**{**vars(args), "segments": args.segments if segments_given else DEFAULT_SEGMENTS})
+    _check_sizes(args)
     set_seed(args.seed)
     tasks = babilong_tasks(args.data or "")
     num_facts = babilong_num_facts(args.facts, tasks)  # refused without BABILong data
     if args.distractors and tasks is None:
         raise InputError("--distractors draws BABILong backgrounds: it needs --data babilong:TASK")
-    if args.data is None:
-        return _task_setup(args, config)
-    if args.task is not None:
-        raise InputError("give either --task (synthetic) or --data, not both")
-    if args.model is None:
-        raise InputError("--data needs a pretrained --model (its tokenizer reads the text)")
-    return _text_setup(args, config, tasks, num_facts)
+    if args.data is not None and tasks is None:  # a data file: its records have their own length
+        for flag, given in (("--curriculum", config.curriculum is not None), ("--segments", segments_given)):
+            if given:
+                raise InputError(
+                    f"{flag} sets the number of segments of synthetic tasks and generated BABILong data "
+                    f"(--data babilong:TASK) only; the records of {args.data} have their own length"
+                )
+    if tasks and segments_given and config.curriculum:
+        raise InputError(
+            "--segments sets the length of BABILong samples when there is no --curriculum; with one, its stages "
+            "do: drop --segments"
+        )
+    try:
+        if args.data is None:
+            return _task_setup(args, config)
+        if args.task is not None:
+            raise InputError("give either --task (synthetic) or --data, not both")
+        if args.model is None:
+            raise InputError("--data needs a pretrained --model (its tokenizer reads the text)")
+        return _text_setup(args, config, tasks, num_facts)
+    except InputError as err:
+        message = name_flag(str(err), list(SETUP_FLAGS), SETUP_FLAGS)
+        if message == str(err):
+            raise
+        raise InputError(message) from err
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    """Refuse sizes that no model or data can have, naming their flags."""
+    if args.segments < 1:  # the library's name for it too: num_segments
+        raise InputError(f"--segments: num_segments must be an integer >= 1, got {args.segments}")
+    positive = {
+        "--segment-size": args.segment_size,
+        "--layers": args.layers,
+        "--hidden": args.hidden,
+        "--heads": args.heads,
+        "--validation-samples": args.validation_samples,
+    }
+    for flag, value in positive.items():
+        if value is not None and value <= 0:
+            raise InputError(f"{flag} must be > 0, got {value}")
 
 
 def memory_config(args: argparse.Namespace, segment_size: int, **fields: Any) -> RMTConfig:
     """The RMTConfig of every memory flag given (each RMTConfig field with a flag), with segment_size and `fields`."""
-    return config_from_args(RMTConfig, args, segment_size=segment_size, **fields)
+    return config_from_args(RMTConfig, args, MEMORY_FLAGS, segment_size=segment_size, **fields)
 
 
 def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
@@ -203,7 +288,7 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     segment_size = task.segment_size_for(args.segments)
     memory = memory_config(args, segment_size)
     if config.curriculum:
-        size = args.task_size or 64
+        size = args.task_size if args.task_size is not None else TASK_SIZE_DEFAULTS["detect_memorize"]
         source = TaskSource(lambda n: build_task("detect_memorize", num_segments=n, segment_size=size), args.seed)
         eval_segments = max([n for _, n in config.curriculum] + [args.segments])
     else:
@@ -218,6 +303,8 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
             )
         return Setup(_load_checkpoint(args), source, name, eval_segments)
     if args.model is not None:
+        if _mode_of(args.model) == "encoder":
+            raise InputError(f"synthetic tasks train a decoder (causal LM), but --model {args.model} is an encoder")
         backbone, _ = _pretrained(args, "decoder")
         if backbone.get_input_embeddings().weight.shape[0] < task.vocab_size:
             raise InputError(f"the {name} task needs {task.vocab_size} token ids; {args.model} embeds fewer")
@@ -249,7 +336,10 @@ def _text_setup(
     saved = _checkpoint_config(args.model)
     if saved is not None:
         _refuse_overridden_flags(args, saved)
-    segment_size = args.segment_size or (saved.segment_size if saved is not None else 128)
+    if args.segment_size is not None:
+        segment_size = args.segment_size
+    else:
+        segment_size = saved.segment_size if saved is not None else DEFAULT_SEGMENT_SIZE
     mode = _mode_of(args.model)
     labels = None
     if mode == "encoder":
@@ -366,20 +456,22 @@ def _pretrained(args: argparse.Namespace, mode: str, labels: list[str] | None = 
 
 
 def _mode_of(name_or_path: str) -> str:
-    """'encoder' for BERT-like backbones (classifiers), 'decoder' for causal LMs, from the model's config."""
-    from rmt.backbones import ENCODER_FAMILIES
-    from rmt.build import resolve_model
+    """'encoder' for BERT-like backbones (classifiers), 'decoder' for causal LMs, from the model's config; a config
+    that cannot be read, or a family the memory models do not support, is refused before any weights load."""
+    from rmt.backbones import DECODER_FAMILIES, ENCODER_FAMILIES
+    from rmt.build import backbone_model_type
 
-    location, gguf = resolve_model(name_or_path)
-    if gguf is not None:
+    model_type = backbone_model_type(name_or_path)
+    if model_type is None:  # a GGUF file: transformers reads causal LMs from it
         return "decoder"
-    config_file = Path(location) / "config.json"
-    if not config_file.exists():  # a hub id: ask transformers
-        from transformers import AutoConfig
-
-        return "encoder" if AutoConfig.from_pretrained(location).model_type in ENCODER_FAMILIES else "decoder"
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    return "encoder" if model_type in ENCODER_FAMILIES else "decoder"
+    if model_type in ENCODER_FAMILIES:
+        return "encoder"
+    if model_type in DECODER_FAMILIES:
+        return "decoder"
+    raise InputError(
+        f"--model {name_or_path}: unknown model family {model_type!r}; supported: decoders "
+        f"{sorted(DECODER_FAMILIES)}, encoders {sorted(ENCODER_FAMILIES)}"
+    )
 
 
 def babilong_tasks(spec: str) -> list[str] | None:

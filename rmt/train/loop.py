@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -47,16 +48,18 @@ from rmt.data.prefetch import PrefetchingSource
 from rmt.data.sources import Source, TaskSource
 from rmt.data.tasks import Task
 from rmt.errors import InputError
-from rmt.files import write_atomic
+from rmt.files import recover_directory, write_atomic
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train import fsdp
-from rmt.train.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from rmt.train.checkpoint import CHECKPOINT_DIR, checkpoint_exists, load_checkpoint, save_checkpoint
 from rmt.train.config import TrainConfig
 from rmt.train.evaluate import evaluate
 from rmt.train.optim import build_optimizer, trainable_parameters
 
 METRICS_FILE = "metrics.jsonl"
+MODEL_DIR = "model"
+TENSORBOARD_DIR = "tensorboard"
 _PLATEAU_DELTA = 0.005
 _ALL_REDUCE_BUCKET = 2**24  # gradient elements per all-reduce call: bounds the flat buffer
 
@@ -86,22 +89,29 @@ def train(
     accelerator: Accelerator | None = None,
     description: str = "train",
     save_extras: Any = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl).
 
-    resume=True continues from `output_dir/checkpoint` (an error if there is none). `save_extras(folder)` writes files
+    resume=True continues from `output_dir/checkpoint` (an error if there is none). A fresh run starts a fresh
+    metrics.jsonl; overwrite=True also removes the rest of a run already in `output_dir` (`run_entries`: its
+    checkpoint, model and TensorBoard logs). Nothing in `output_dir` is created or removed before start-up succeeded
+    (the optimizer built, a checkpoint to resume loaded, TensorBoard found). `save_extras(folder)` writes files
     that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place. With
     trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which are merged into the
     backbone's weights when training ends, or stops on an error: the model comes back with its own layers and names."""
+    if resume and overwrite:
+        raise InputError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
     data = PrefetchingSource(source, config.data_workers) if config.data_workers else source
+    run = (config, output_dir, resume, accelerator, description, save_extras, overwrite)
     try:
         if config.trainable != "lora":
-            return _train(model, data, config, output_dir, resume, accelerator, description, save_extras)
+            return _train(model, data, *run)
         with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
             torch.manual_seed(config.seed)
             add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
         try:
-            return _train(model, data, config, output_dir, resume, accelerator, description, save_extras)
+            return _train(model, data, *run)
         finally:
             merge_lora(model)
     finally:
@@ -118,15 +128,15 @@ def _train(
     accelerator: Accelerator | None,
     description: str,
     save_extras: Any,
+    overwrite: bool,
 ) -> list[dict[str, Any]]:
     """`train` on a model whose LoRA adapters, if the config asks for them, are already in place."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} exists and is not a folder")
+    summary_writer = tensorboard_writer_class() if config.tensorboard else None
     accelerator = accelerator or default_accelerator(config)
     main = accelerator.is_main_process
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
 
     model.to(accelerator.device)
     sharded = None
@@ -153,12 +163,19 @@ def _train(
         start_step = record["step"]
         known = {f.name for f in fields(TrainerState)}
         state = TrainerState(**{k: v for k, v in record.get("trainer", {}).items() if k in known})
-        if main:
+    # Start-up succeeded: from here on the output folder changes.
+    if main:
+        if resume:
             _truncate_metrics(metrics_path, start_step)
-    elif main and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
+        elif overwrite:
+            remove_run(output_dir)
+        elif metrics_path.exists():
+            metrics_path.unlink()  # a fresh run starts a fresh log
+        output_dir.mkdir(parents=True, exist_ok=True)
     history = _read_metrics(metrics_path) if main else []
-    writer = _tensorboard_writer(output_dir) if (config.tensorboard and main) else None
+    writer = None
+    if summary_writer is not None and main:
+        writer = summary_writer(log_dir=str(output_dir / TENSORBOARD_DIR))
 
     model.train()
     bar = tqdm(
@@ -400,9 +417,42 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def _tensorboard_writer(output_dir: Path) -> Any:
+def tensorboard_writer_class(setting: str = "TensorBoard logging (TrainConfig.tensorboard)") -> Any:
+    """TensorBoard's SummaryWriter class; an InputError naming `setting` when the tensorboard package is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise ImportError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from err
-    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+        raise InputError(f"{setting} needs the tensorboard package: pip install tensorboard") from err
+    return SummaryWriter
+
+
+def run_entries(output_dir: str | os.PathLike) -> list[str]:
+    """The names of what a training run wrote that lie in `output_dir`: metrics.jsonl, checkpoint/ (also one that a
+    crash left set aside), model/ and tensorboard/. Empty when the folder holds no run."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [
+        name for name in (METRICS_FILE, CHECKPOINT_DIR, MODEL_DIR, TENSORBOARD_DIR) if (output_dir / name).exists()
+    ]
+    if CHECKPOINT_DIR not in found and checkpoint_exists(output_dir):
+        found.insert(1, CHECKPOINT_DIR)
+    return found
+
+
+def remove_run(output_dir: str | os.PathLike) -> None:
+    """Remove the run in `output_dir` (`run_entries`); other files stay. Each folder is first renamed to a name that
+    `rmt.files.recover_directory` clears, so a crash half-way leaves no half-removed checkpoint that --resume would
+    try to read."""
+    output_dir = Path(output_dir)
+    for name in (CHECKPOINT_DIR, MODEL_DIR, TENSORBOARD_DIR):
+        path = output_dir / name
+        recover_directory(path)  # a folder set aside by a crashed save is part of the run too
+        if path.is_dir():
+            doomed = path.with_name(f".{name}.tmp-{os.getpid()}-removed")
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(path, doomed)
+            shutil.rmtree(doomed)
+        elif path.exists():
+            path.unlink()
+    (output_dir / METRICS_FILE).unlink(missing_ok=True)

@@ -1,0 +1,339 @@
+"""`rmt train` and its inputs: a folder that holds a run is never replaced by accident, a failed start leaves nothing
+behind, models that cannot load and flags that do not apply are refused in one line naming the flag or path, and the
+help states what each default is."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+
+import pytest
+import torch
+from conftest import background_text, tiny_model_folder
+
+from rmt.cli import build_parser, main
+from rmt.cli.options import config_from_args
+from rmt.errors import InputError
+from rmt.train.config import TrainConfig
+
+TINY = ["--task", "copy", "--task-size", "4", "--segments", "3", "--family", "llama", "--layers", "1"]
+TINY += ["--hidden", "32", "--memory-tokens", "2", "--batch-size", "2", "--eval-every", "2", "--eval-batches", "1"]
+TINY += ["--eval-batch-size", "2", "--steps", "2", "--no-progress"]
+QUICK = ["--steps", "2", "--batch-size", "2", "--eval-every", "2", "--eval-batches", "1", "--eval-batch-size", "2"]
+QUICK += ["--validation-samples", "4", "--no-progress"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def error_line(err: str) -> str:
+    """The one error line of the command; no traceback."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("rmt train: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def snapshot(folder) -> dict[str, str]:
+    """Every file under `folder` with a hash of its contents."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def trained_run(tmp_path, capsys):
+    """A finished tiny run: metrics.jsonl, checkpoint/, model/."""
+    output = tmp_path / "run"
+    assert main(["train", *TINY, "--output", str(output)]) == 0
+    capsys.readouterr()
+    assert {"metrics.jsonl", "checkpoint", "model"} <= {p.name for p in output.iterdir()}
+    return output
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A tiny Llama with its word tokenizer, as a Hugging Face folder."""
+    return tiny_model_folder(tmp_path_factory.mktemp("models") / "llama")
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    rooms = ["kitchen", "garden", "office", "hallway"]
+    records = [
+        {"input": f"Mary went to the {rooms[i % 4]}.", "question": "Where is Mary?", "target": rooms[i % 4]}
+        for i in range(12)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def no_tensorboard(monkeypatch) -> None:
+    """Make `from torch.utils.tensorboard import SummaryWriter` fail as it does without the tensorboard package."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+
+
+# 1. A folder that holds a run
+
+
+def test_a_fresh_run_into_a_folder_that_holds_a_run_is_refused(trained_run, capsys):
+    before = snapshot(trained_run)
+    code, err = run_cli(["train", *TINY, "--output", str(trained_run)], capsys)
+    assert code == 2
+    assert "already holds a run (metrics.jsonl, checkpoint, model)" in error_line(err)
+    assert "--resume" in err and "--overwrite" in err
+    assert snapshot(trained_run) == before
+    code, err = run_cli(["train", *TINY, "--output", str(trained_run), "--resume", "--overwrite"], capsys)
+    assert code == 2 and "not both" in error_line(err) and snapshot(trained_run) == before
+
+
+def test_a_run_is_refused_for_any_of_its_parts(tmp_path, capsys):
+    for part in ("metrics.jsonl", "model", "checkpoint"):
+        output = tmp_path / part.replace(".", "-")
+        output.mkdir()
+        if part == "metrics.jsonl":
+            (output / part).write_text('{"step": 1}\n')
+        else:
+            (output / part).mkdir()
+        code, err = run_cli(["train", *TINY, "--output", str(output)], capsys)
+        assert code == 2 and f"already holds a run ({part})" in error_line(err)
+
+
+def test_overwrite_replaces_the_run_only_once_start_up_succeeded(trained_run, capsys, monkeypatch):
+    import rmt.train.loop as loop
+
+    (trained_run / "model" / "old-marker").write_text("old")
+    (trained_run / "notes.txt").write_text("mine")  # not part of a run: kept
+    before = snapshot(trained_run)
+    args = ["train", *TINY, "--output", str(trained_run), "--overwrite"]
+
+    code, err = run_cli([*args, "--lr", "-1"], capsys)  # refused before start-up
+    assert code == 2 and snapshot(trained_run) == before
+
+    def failing_optimizer(*_, **__):
+        raise InputError("the optimizer cannot be built")
+
+    with monkeypatch.context() as patch:  # start-up fails inside the trainer, after the model and data are built
+        patch.setattr(loop, "build_optimizer", failing_optimizer)
+        code, err = run_cli(args, capsys)
+    assert code == 2 and "the optimizer cannot be built" in error_line(err)
+    assert snapshot(trained_run) == before
+
+    assert run_cli([*args, "--log-every", "1"], capsys)[0] == 0
+    assert not (trained_run / "model" / "old-marker").exists()
+    assert (trained_run / "notes.txt").read_text() == "mine"
+    log = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]  # the new run's log alone
+    assert (trained_run / "model" / "memory.safetensors").exists()
+    assert json.loads((trained_run / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_library_train_keeps_the_log_when_start_up_fails(tmp_path, monkeypatch):
+    """A fresh library run replaces metrics.jsonl, but only once everything that can fail at start-up was built."""
+    from rmt.build import memory_model, random_backbone
+    from rmt.config import RMTConfig
+    from rmt.data.sources import TaskSource
+    from rmt.data.tasks import make_task
+    from rmt.train.loop import train
+
+    task = make_task("copy", length=4)
+    backbone = random_backbone("llama", task.vocab_size, 1, 32, 4, 64)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3)))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 7}\n')
+    config = TrainConfig(steps=1, batch_size=2, eval_batches=1, eval_batch_size=2, tensorboard=True, progress=False)
+    no_tensorboard(monkeypatch)
+    with pytest.raises(InputError, match="needs the tensorboard package: pip install tensorboard"):
+        train(model, TaskSource(task), config, tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 7}\n'
+
+
+# 2. --tensorboard without the package
+
+
+def test_tensorboard_without_the_package_is_refused_before_anything_is_written(trained_run, capsys, monkeypatch):
+    no_tensorboard(monkeypatch)
+    before = snapshot(trained_run)
+    code, err = run_cli(["train", *TINY, "--output", str(trained_run), "--overwrite", "--tensorboard"], capsys)
+    assert code == 2
+    assert error_line(err) == "rmt train: error: --tensorboard needs the tensorboard package: pip install tensorboard"
+    assert snapshot(trained_run) == before
+
+
+# 3. Models that cannot load
+
+
+def test_a_name_that_is_no_model_is_one_error_line(tmp_path, qa_file, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, no retries
+    for name in ("nope", "fx/nope"):
+        args = ["train", "--model", name, "--data", str(qa_file), "--output", str(tmp_path / "out"), *QUICK]
+        code, err = run_cli(args, capsys)
+        line = error_line(err)
+        assert code == 2 and f"cannot load a model from '{name}'" in line and "hub id" in line
+    assert not (tmp_path / "out").exists()
+
+
+def _broken_folder(source, target, damage: str):
+    import shutil
+
+    shutil.copytree(source, target)
+    if damage == "config":
+        (target / "config.json").write_text("{not json")
+    elif damage == "tokenizer":
+        (target / "tokenizer.json").write_text("{not json")
+    elif damage == "weights":
+        weights = target / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:10])
+    else:  # a family the memory models do not support
+        config = json.loads((target / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps({**config, "model_type": damage}))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("config", "config.json is not valid JSON"),
+        ("weights", "damaged weights in"),
+        ("tokenizer", "cannot load a tokenizer from"),
+        ("distilbert", "unknown model family 'distilbert'"),
+    ],
+)
+def test_a_model_folder_that_cannot_load_is_one_error_line(tmp_path, model_folder, qa_file, capsys, damage, expected):
+    folder = _broken_folder(model_folder, tmp_path / "model", damage)
+    args = ["train", "--model", str(folder), "--data", str(qa_file), "--output", str(tmp_path / "out"), *QUICK]
+    code, err = run_cli(args, capsys)
+    line = error_line(err)
+    assert code == 2 and expected in line and str(folder) in line and len(line) < 400
+    assert not (tmp_path / "out").exists()
+
+
+# 4. Sizes: 0 is not "the default"
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_segment_size_zero_or_negative_is_refused(tmp_path, model_folder, qa_file, capsys, value):
+    args = ["train", "--model", str(model_folder), "--data", str(qa_file), "--segment-size", value]
+    code, err = run_cli([*args, "--output", str(tmp_path / "out"), *QUICK], capsys)
+    assert code == 2 and error_line(err) == f"rmt train: error: --segment-size must be > 0, got {value}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--heads", "--hidden", "--layers"])
+def test_random_backbone_sizes_must_be_positive(tmp_path, capsys, flag):
+    code, err = run_cli(["train", *TINY, flag, "0", "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and error_line(err) == f"rmt train: error: {flag} must be > 0, got 0"
+
+
+def test_random_backbone_refuses_sizes_that_are_not_positive():
+    from rmt.build import random_backbone
+
+    with pytest.raises(InputError, match="num_heads must be an integer > 0, got 0"):
+        random_backbone("llama", 16, 1, 32, 0)
+
+
+# 5. Segment counts with a data file
+
+
+def parsed(args: list[str]) -> tuple[argparse.Namespace, TrainConfig]:
+    namespace = build_parser().parse_args(["train", *args, "--output", "unused"])
+    return namespace, config_from_args(TrainConfig, namespace)
+
+
+@pytest.mark.parametrize("flags", [["--curriculum", "0:1,1:2"], ["--segments", "4"]])
+def test_segment_counts_with_a_data_file_are_refused(tmp_path, model_folder, qa_file, capsys, flags):
+    args = ["train", "--model", str(model_folder), "--data", str(qa_file), *flags]
+    code, err = run_cli([*args, "--output", str(tmp_path / "out"), *QUICK], capsys)
+    line = error_line(err)
+    assert code == 2 and line.startswith(f"rmt train: error: {flags[0]} sets the number of segments")
+    assert "synthetic tasks and generated BABILong data" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_counts_still_set_generated_babilong_data(tmp_path, model_folder):
+    from rmt.cli.train import build_setup
+
+    haystack = tmp_path / "book.txt"
+    haystack.write_text(background_text(200))
+    babilong = ["--model", str(model_folder), "--data", "babilong:qa1", "--haystack", str(haystack)]
+    babilong += ["--segment-size", "64", "--facts-before-last", "0"]
+    setup = build_setup(*parsed([*babilong, "--segments", "2"]))
+    assert setup.source.default_segments == 2 and setup.eval_segments == 2
+    setup = build_setup(*parsed([*babilong, "--curriculum", "0:1,5:3"]))
+    assert setup.eval_segments == 3
+    with pytest.raises(InputError, match="--segments sets the length of BABILong samples when there is no"):
+        build_setup(*parsed([*babilong, "--segments", "2", "--curriculum", "0:1,5:3"]))
+
+
+# 6. A failed start leaves no folder
+
+
+def test_a_start_up_that_fails_in_the_trainer_leaves_no_output_folder(tmp_path, capsys, monkeypatch):
+    import rmt.train.loop as loop
+
+    def failing_optimizer(*_, **__):
+        raise InputError("the optimizer cannot be built")
+
+    monkeypatch.setattr(loop, "build_optimizer", failing_optimizer)
+    code, err = run_cli(["train", *TINY, "--output", str(tmp_path / "new" / "out")], capsys)
+    assert code == 2 and "the optimizer cannot be built" in error_line(err)
+    assert not (tmp_path / "new").exists()
+
+
+# 7. Messages name the flags
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--lr", "-1"], "--lr: learning_rate must be > 0, got -1.0"),
+        (["--memory-lr", "0"], "--memory-lr: memory_learning_rate must be > 0, got 0.0"),
+        (["--warmup", "-1"], "--warmup: warmup_steps must be >= 0, got -1"),
+        (["--segments", "0"], "--segments: num_segments must be an integer >= 1, got 0"),
+        (["--segments", "100"], "--segments: num_segments must be an integer in [1, 13], got 100"),
+        (["--memory-tokens", "-1"], "--memory-tokens: num_memory_tokens must be >= 0, got -1"),
+    ],
+)
+def test_errors_name_the_flag(tmp_path, capsys, flags, expected):
+    code, err = run_cli(["train", *TINY, *flags, "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and error_line(err) == f"rmt train: error: {expected}"
+
+
+def test_the_library_keeps_its_own_names():
+    with pytest.raises(InputError, match=r"^TrainConfig.learning_rate must be > 0, got -1$"):
+        TrainConfig(learning_rate=-1)
+
+
+# 8. Help text
+
+
+def train_help() -> dict[str, str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    return {option: action.help for action in sub._actions for option in action.option_strings}
+
+
+def test_help_states_every_default():
+    helps = train_help()
+    assert helps["--family"].endswith("(default: %(default)s)")
+    assert "(default: off" in helps["--curriculum-accuracy"]
+    assert "(default: 128; for an rmt checkpoint --model, the checkpoint's own)" in helps["--segment-size"]
+    assert helps["--overwrite"] == "replace the run already in --output"
+    assert "(default: 3)" in helps["--segments"]
+
+
+def test_segments_default_is_three_for_synthetic_tasks(tmp_path):
+    from rmt.cli.train import build_setup
+
+    args = ["--task", "copy", "--task-size", "4", "--family", "llama", "--layers", "1", "--hidden", "32"]
+    setup = build_setup(*parsed(args))
+    assert setup.model.config.segment_size == 5  # copy of 4 symbols: 13 tokens in 3 segments
+    assert torch.is_tensor(next(setup.model.parameters()))
