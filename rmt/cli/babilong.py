@@ -1,16 +1,17 @@
-"""`rmt babilong`: build BABILong samples offline and write them in the public benchmark's file layout.
+"""Build BABILong samples offline and write them in the public benchmark's file layout.
 
     rmt babilong --tasks qa1,qa2 --lengths 0k,1k,4k,16k --samples 100 --tokenizer minilm --output data/babilong
 
 writes OUTPUT/data/<task>/<length>.json, the layout of the public data set: a JSON array of {"input", "question",
 "target"} records plus metadata (the story's facts, the supporting facts and their depths, the seed), readable by
 `rmt eval --babilong-dir` and by any tool that reads the public BABILong files. Lengths are counted in tokens of
---tokenizer.
+--tokenizer. The files are written only once every one of them is built: a run that fails changes no file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime
@@ -25,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--tasks", default="qa1", help="comma-separated qa1..qa5 (default: %(default)s)")
-    parser.add_argument("--lengths", default="0k,1k,4k", help="comma-separated lengths, e.g. 0k,1k,4k,16k,1M")
+    parser.add_argument(
+        "--lengths", default="0k,1k,4k", help="comma-separated lengths, e.g. 0k,1k,4k,16k,1M (default: %(default)s)"
+    )
     parser.add_argument("--samples", type=int, default=100, help="samples per task and length (default: 100)")
     parser.add_argument(
         "--tokenizer",
@@ -33,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="tokenizer that measures lengths: a model name or folder (default: minilm)",
     )
     parser.add_argument("--haystack", default=None, help="background text files, comma-separated (default: built-in)")
-    parser.add_argument("--depth", default="0,1", help="facts only within this depth range of the context (0..1)")
+    parser.add_argument(
+        "--depth",
+        default="0,1",
+        help="facts only within this depth range of the context, LOW,HIGH within 0..1 (default: %(default)s)",
+    )
     parser.add_argument("--facts", default=None, help=FACTS_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--output", required=True, help="output folder")
@@ -45,29 +52,61 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import pretrained_tokenizer
-    from rmt.cli.train import babilong_num_facts, babilong_tasks, load_background
-    from rmt.data.babilong import babilong_file, build_dataset, length_name, parse_length, save_babilong
+    from rmt.cli.evaluate import check_output_folder, facts_setting, parse_lengths
+    from rmt.cli.train import load_background
+    from rmt.data.babilong import TASKS, babilong_file, build_dataset, parse_length, save_babilong
     from rmt.errors import InputError
 
     apply_runtime(args)
-    tasks = babilong_tasks("babilong:" + args.tasks)
-    num_facts = babilong_num_facts(args.facts, tasks)
-    lengths = [length_name(parse_length(item)) for item in args.lengths.split(",") if item]
+    check_output_folder(args.output)
+    tasks = []
+    for task in (t.strip() for t in args.tasks.split(",")):
+        if task and task not in tasks:
+            tasks.append(task)
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        problem = f"unknown task(s) {', '.join(unknown)}" if unknown else "no task"
+        raise InputError(f"--tasks {args.tasks!r}: {problem}; give comma-separated tasks from {', '.join(TASKS)}")
+    num_facts = facts_setting(args.facts, tasks, "--tasks")
+    lengths = parse_lengths(args.lengths)
     try:
         depth = tuple(float(x) for x in args.depth.split(","))
     except ValueError as err:
         raise InputError(f"--depth must look like 0,0.5, got {args.depth!r}") from err
     if len(depth) != 2:
         raise InputError(f"--depth must give two numbers, got {args.depth!r}")
+    if not 0 <= depth[0] < depth[1] <= 1:
+        raise InputError(f"--depth must be LOW,HIGH with 0 <= LOW < HIGH <= 1, got {args.depth!r}")
     if args.samples <= 0:
         raise InputError(f"--samples must be > 0, got {args.samples}")
     tokenizer = pretrained_tokenizer(args.tokenizer)
     haystack = load_background(args.haystack) if any(parse_length(n) > 0 for n in lengths) else None
     cells = [(task, name) for task in tasks for name in lengths]
-    for task, name in tqdm(cells, desc="babilong", disable=args.no_progress):
-        samples = build_dataset(
-            task, name, args.samples, tokenizer, haystack, seed=args.seed, depth=depth, num_facts=num_facts
-        )
-        save_babilong(samples, babilong_file(args.output, task, name))
+    # Each file is first written under a temporary name beside its place and renamed into place once every file is
+    # built, so that a sample that cannot be built (a story longer than its length, too little background) changes
+    # nothing on disk, not even the files of the cells before it.
+    staged: list[tuple[Path, Path]] = []
+    output = Path(args.output)
+    created = [folder for folder in reversed(output.parents) if not folder.exists()]  # removed again on a failure
+    created += [folder for folder in (output, output / "data") if not folder.exists()]
+    created += [output / "data" / task for task in tasks if not (output / "data" / task).exists()]
+    try:
+        for task, name in tqdm(cells, desc="babilong", disable=args.no_progress):
+            samples = build_dataset(
+                task, name, args.samples, tokenizer, haystack, seed=args.seed, depth=depth, num_facts=num_facts
+            )
+            path = babilong_file(args.output, task, name)
+            temporary = path.with_name(f".{path.stem}.pending-{os.getpid()}{path.suffix}")
+            staged.append((temporary, path))
+            save_babilong(samples, temporary)
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        for folder in reversed(created):  # the folders this run made, if left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    for temporary, path in staged:
+        os.replace(temporary, path)
     print(f"wrote {len(cells)} files of {args.samples} samples under {Path(args.output)}")
     return 0

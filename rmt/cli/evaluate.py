@@ -1,23 +1,65 @@
-"""`rmt eval`: evaluate a saved memory model on a synthetic task, a data file, or BABILong by input length.
+"""Evaluate a saved memory model on a synthetic task, a data file, or BABILong by input length.
 
     rmt eval runs/copy/model --task copy --task-size 24 --segments 3
     rmt eval runs/mine/model --data valid.jsonl
     rmt eval runs/qa1/model --data babilong:qa1,qa2 --lengths 0k,1k,4k,16k,64k,128k,1M --samples 100 \\
         --methods memory,no_memory,full_attention --output runs/qa1/by-length
 
+A data file: the first --batches x --batch-size records are scored (the output says how many of how many), the loss
+averaged over every scored target (token or sample), whatever the batch size.
+
 By length, it prints the accuracy table (task x length, 95% intervals), writes results.json, predictions.jsonl (every
-answer), table.md, accuracy.png (the methods side by side) and a heatmap per method to --output, and shows a progress
-bar with tokens/s. `--samples 0k=100,1M=10` sets counts per length.
+answer), table.md, accuracy.png (the methods side by side) and a heatmap per method to --output after every finished
+cell, and shows a progress bar with tokens/s. Every setting, and every sample (generated, or read from
+--babilong-dir), is checked before the first cell runs. An --output that holds an earlier run's results is refused
+unless --overwrite is given; the earlier files are then replaced when the first cell is written. `--samples
+0k=100,1M=10` sets counts per length (the lengths not named get 100, or the bare count given: `--samples 50,1M=10`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 from pathlib import Path
+from typing import Any
 
-from rmt.cli.common import FACTS_HELP, add_runtime_arguments, add_task_arguments, apply_runtime, make_task
-from rmt.errors import InputError
+from rmt.cli.common import (
+    DEFAULT_SEGMENTS,
+    FACTS_HELP,
+    add_runtime_arguments,
+    add_task_arguments,
+    apply_runtime,
+    make_task,
+)
+from rmt.errors import InputError, MissingFileError
+
+DEFAULT_BATCHES = 4
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_LENGTHS = "0k,1k,4k,16k"
+DEFAULT_SAMPLES = 100
+DEFAULT_METHODS = "memory"
+DEFAULT_MAX_NEW_TOKENS = 8
+DEFAULT_SEED = 0
+
+# The flags that only one kind of evaluation reads (dest names); each defaults to None so that a flag given to a kind
+# that does not read it is refused rather than ignored.
+SYNTHETIC_FLAGS = ("task_size", "segments")
+BATCH_FLAGS = ("batches", "batch_size")
+BY_LENGTH_FLAGS = (
+    "lengths",
+    "samples",
+    "methods",
+    "window",
+    "full_attention_model",
+    "max_new_tokens",
+    "haystack",
+    "babilong_dir",
+    "seed",
+    "output",
+    "overwrite",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,75 +71,239 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="folder written by save_pretrained (e.g. OUTPUT/model)")
-    add_task_arguments(parser, default_task=None)
+    segments_help = (
+        "synthetic tasks: number of segments the input is cut into; a data file or BABILong is cut as the model cuts it"
+    )
+    add_task_arguments(parser, default_task=None, segments_given=True, segments_help=segments_help)
     parser.add_argument("--data", default=None, help="a data file, or babilong:TASK[,TASK...] to evaluate by length")
-    parser.add_argument("--batches", type=int, default=4, help="task/file: evaluation batches (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="task/file: batch size (default: %(default)s)")
+    parser.add_argument(
+        "--batches", type=int, default=None, help=f"task/file: evaluation batches (default: {DEFAULT_BATCHES})"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help=f"task/file: batch size (default: {DEFAULT_BATCH_SIZE})"
+    )
     babilong = parser.add_argument_group("BABILong by length")
-    babilong.add_argument("--lengths", default="0k,1k,4k,16k", help="lengths, e.g. 0k,1k,4k,16k,64k,128k,1M")
-    babilong.add_argument("--samples", default="100", help="samples per length: N, or LENGTH=N,... (default: 100)")
+    babilong.add_argument(
+        "--lengths", default=None, help=f"lengths, e.g. 0k,1k,4k,16k,64k,128k,1M (default: {DEFAULT_LENGTHS})"
+    )
+    babilong.add_argument(
+        "--samples",
+        default=None,
+        help=f"samples per length: N for every length, or LENGTH=N,... for the lengths named, the others getting "
+        f"{DEFAULT_SAMPLES} or a bare N given with them (50,1M=10); a named length must be one of --lengths "
+        f"(default: {DEFAULT_SAMPLES})",
+    )
     babilong.add_argument(
         "--methods",
-        default="memory",
+        default=None,
         help="comma-separated: memory, no_memory (same segments, no memory carried), full_attention (the backbone "
-        "reading its own window, the input's last tokens beyond it) (default: %(default)s)",
+        f"reading its own window, the input's last tokens beyond it) (default: {DEFAULT_METHODS})",
     )
-    babilong.add_argument("--window", type=int, default=None, help="full_attention window (default: the backbone's)")
+    babilong.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="full_attention: tokens it reads, 1 to the backbone's positions (2 fewer for an encoder; a decoder's "
+        "window also holds the --max-new-tokens answer) (default: the backbone's)",
+    )
     babilong.add_argument(
         "--full-attention-model",
         default=None,
         help="backbone for full_attention (e.g. smollm2 for the original model; default: the checkpoint's own)",
     )
-    babilong.add_argument("--max-new-tokens", type=int, default=8, help="decoders: answer tokens to generate")
+    babilong.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"decoders: answer tokens to generate (default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
     babilong.add_argument("--haystack", default=None, help="background text files, comma-separated (default: built-in)")
     babilong.add_argument(
         "--babilong-dir", default=None, help="read samples from BABILong files DIR/data/<task>/<length>.json instead"
     )
     babilong.add_argument("--facts", default=None, help=FACTS_HELP)
-    babilong.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: %(default)s)")
+    babilong.add_argument(
+        "--seed", type=int, default=None, help=f"seed of the generated samples (default: {DEFAULT_SEED})"
+    )
     babilong.add_argument(
         "--output", default=None, help="folder for results.json, predictions.jsonl, table.md and plots"
+    )
+    babilong.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --output (refused without it)",
     )
     add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rmt.cli.train import babilong_num_facts, babilong_tasks
+    from rmt.cli.train import babilong_tasks
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
-    for name in ("batches", "batch_size"):
-        if getattr(args, name) <= 0:
-            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.data is not None and args.task is not None:
         raise InputError("give either --task or --data, not both")
     tasks = babilong_tasks(args.data or "")
-    num_facts = babilong_num_facts(args.facts, tasks)  # refused without BABILong data
+    kind = "by_length" if tasks else "file" if args.data is not None else "task"
+    refuse_unused_flags(args, kind)
+    num_facts = facts_setting(args.facts, tasks, "--data babilong:TASK")  # refused without BABILong data
+    if kind == "by_length":
+        plan = by_length_plan(args, tasks, num_facts)  # every check that needs no model, before loading it
+        model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
+        return _by_length(args, model, plan)
+    args.batches = DEFAULT_BATCHES if args.batches is None else args.batches
+    args.batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
+    for name in ("batches", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
-    if tasks:
-        return _by_length(args, model, tasks, num_facts)
-    if args.data is not None:
+    if kind == "file":
         return _on_file(args, model)
     return _on_task(args, model)
 
 
-def _on_task(args: argparse.Namespace, model) -> int:
-    import sys
+def refuse_unused_flags(args: argparse.Namespace, kind: str) -> None:
+    """Refuse the flags that the kind of evaluation asked for ("task", "file" or "by_length") does not read: ignored,
+    they would change nothing while the user thinks they did."""
+    unused = {
+        "task": ((BY_LENGTH_FLAGS, "BABILong by length (--data babilong:TASK)"),),
+        "file": (
+            (SYNTHETIC_FLAGS, "synthetic tasks (--task)"),
+            (BY_LENGTH_FLAGS, "BABILong by length (--data babilong:TASK)"),
+        ),
+        "by_length": (
+            (SYNTHETIC_FLAGS, "synthetic tasks (--task)"),
+            (BATCH_FLAGS, "a synthetic task or a data file (--task or --data FILE)"),
+        ),
+    }[kind]
+    current = {
+        "task": f"--task {args.task or 'copy'}",
+        "file": f"--data {args.data}",
+        "by_length": f"--data {args.data}",
+    }
+    for names, purpose in unused:
+        given = [
+            _flag(args, name) for name in names if getattr(args, name) is not None and getattr(args, name) is not False
+        ]
+        if given:
+            raise InputError(f"{', '.join(given)}: only for {purpose}, not with {current[kind]}")
 
+
+def _flag(args: argparse.Namespace, name: str) -> str:
+    value = getattr(args, name)
+    flag = "--" + name.replace("_", "-")
+    return flag if value is True else f"{flag} {value}"
+
+
+def facts_setting(spec: str | None, tasks: list[str] | None, needs: str) -> int | tuple[int, int] | None:
+    """The --facts setting checked against the BABILong tasks (None: the tasks' own ranges), with messages that name
+    --facts. `needs`: what --facts needs when there are no BABILong tasks (the flag that gives them)."""
+    if spec is None:
+        return None
+    if tasks is None:
+        raise InputError(f"--facts sets facts per BABILong story: it needs {needs}")
+    from rmt.data.babilong import parse_num_facts
+
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", spec.strip())
+    if match is None:
+        raise InputError(f"--facts {spec!r}: give a count (e.g. 1) or a range MIN-MAX (e.g. 2-10)")
+    low, high = match.groups()
+    if high is not None and int(low) > int(high):
+        raise InputError(f"--facts {spec}: the range is empty; give MIN-MAX with MIN <= MAX (e.g. 2-10)")
+    try:
+        return parse_num_facts(spec, tasks)
+    except InputError as err:
+        raise InputError(f"--facts {spec}: {err}") from err
+
+
+def check_output_folder(path: str | Path, flag: str = "--output") -> None:
+    """Refuse an output folder that is a file, or lies under one, before anything runs (the first write would fail
+    with a traceback, maybe hours in)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if folder == path and not folder.is_dir():
+                raise InputError(f"{flag} {path} exists and is not a folder")
+            if not folder.is_dir():
+                raise InputError(f"{flag} {path}: {folder} is a file, not a folder")
+            return
+
+
+def parse_lengths(text: str, flag: str = "--lengths") -> list[str]:
+    """The length names of a comma-separated list, each once, in the order given; at least one."""
+    from rmt.data.babilong import length_name, parse_length
+
+    names: list[str] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        try:
+            name = length_name(parse_length(item))
+        except InputError as err:
+            raise InputError(f"{flag} {text}: {err}") from err
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise InputError(f"{flag} {text!r}: give at least one length, e.g. 0k,1k,4k")
+    return names
+
+
+def parse_samples(text: str, lengths: list[str]) -> dict[str, int]:
+    """Samples per length: '100' -> 100 for every length; '0k=100,1M=10' -> the counts named, and for the lengths not
+    named the default (100, or a bare count given with them: '50,1M=10'), whatever the order. A named length must be
+    one of `lengths`."""
+    from rmt.data.babilong import length_name, parse_length
+
+    default: int | None = None
+    named: dict[str, int] = {}
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InputError(f"--samples must look like 100 or 0k=100,1M=10, got {text!r}")
+    for item in items:
+        key, equals, value = item.partition("=")
+        try:
+            count = int(value if equals else key)
+        except ValueError as err:
+            raise InputError(f"--samples must look like 100 or 0k=100,1M=10, got {text!r}") from err
+        if count <= 0:
+            raise InputError(f"--samples must be > 0, got {text!r}")
+        if not equals:
+            if default is not None:
+                raise InputError(f"--samples {text}: two counts for the lengths not named ({default} and {count})")
+            default = count
+            continue
+        try:
+            name = length_name(parse_length(key))
+        except InputError as err:
+            raise InputError(f"--samples {text}: {err}") from err
+        if name in named:
+            raise InputError(f"--samples {text}: two counts for length {name}")
+        named[name] = count
+    unknown = [name for name in named if name not in lengths]
+    if unknown:
+        raise InputError(
+            f"--samples {text}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not among --lengths "
+            f"{','.join(lengths)}"
+        )
+    return {name: named.get(name, DEFAULT_SAMPLES if default is None else default) for name in lengths}
+
+
+def _on_task(args: argparse.Namespace, model) -> int:
     from rmt.data.sources import TaskSource
     from rmt.train.evaluate import evaluate
 
     name = args.task or "copy"
-    task = make_task(name, args.task_size, args.segments)
+    segments = DEFAULT_SEGMENTS if args.segments is None else args.segments
+    task = make_task(name, args.task_size, segments)
     if task.vocab_size > model.vocab_size:
         raise InputError(
             f"the {name} task uses {task.vocab_size} token ids but the model embeds only {model.vocab_size}"
         )
-    if task.segment_size_for(args.segments) != model.config.segment_size and name != "detect_memorize":
+    if task.segment_size_for(segments) != model.config.segment_size and name != "detect_memorize":
         print(
             f"note: the model was trained with segment_size={model.config.segment_size}; "
-            f"{args.segments} segments of this task would need {task.segment_size_for(args.segments)}",
+            f"{segments} segments of this task would need {task.segment_size_for(segments)}",
             file=sys.stderr,
         )
     scores = evaluate(model, TaskSource(task), batches=args.batches, batch_size=args.batch_size)
@@ -120,35 +326,168 @@ def _on_file(args: argparse.Namespace, model) -> int:
             config = model.backbone.config
             labels = [config.id2label[i] for i in range(config.num_labels)]
         collate, metric = QACollator(tokenizer, model.config.mode, labels), "accuracy"
+        collate.check_records(records, "the evaluation samples")  # named as what they are here, before the source
     else:
         collate, metric = TextCollator(tokenizer), "loss"
     source = DatasetSource(records, collate, validation=records, metric=metric)
+    total = len(records)
+    scored = min(args.batches * args.batch_size, total)  # evaluate() reads the first batches, the last maybe short
     scores = evaluate(model, source, batches=args.batches, batch_size=args.batch_size)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data), **scores}, indent=2))
+    print(
+        json.dumps(
+            {"checkpoint": str(args.checkpoint), "data": str(args.data), "records": total, "scored": scored, **scores},
+            indent=2,
+        )
+    )
+    if scored < total:
+        print(
+            f"note: scored the first {scored} of the {total} records (--batches {args.batches} x --batch-size "
+            f"{args.batch_size}); raise --batches to score more",
+            file=sys.stderr,
+        )
+    else:
+        print(f"scored all {total} records", file=sys.stderr)
     return 0
 
 
-def _by_length(args: argparse.Namespace, model, tasks: list[str], num_facts: int | tuple[int, int] | None) -> int:
+def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -> dict[str, Any]:
+    """The by-length settings, checked before the model is loaded: lengths, samples, methods, the window, the output
+    folder, the --babilong-dir files. Fills in the defaults of the by-length flags."""
+    from rmt.data.babilong import babilong_file
+    from rmt.eval.by_length import METHODS
+
+    if args.output is not None:
+        check_output_folder(args.output)
+        earlier = earlier_results(Path(args.output))
+        if earlier and not args.overwrite:
+            raise InputError(
+                f"--output {args.output} holds the results of an earlier run ({', '.join(earlier)}): give another "
+                "folder, or --overwrite to replace them"
+            )
+    elif args.overwrite:
+        raise InputError("--overwrite replaces the results in --output: give --output")
+    lengths = parse_lengths(args.lengths if args.lengths is not None else DEFAULT_LENGTHS)
+    samples = parse_samples(args.samples if args.samples is not None else str(DEFAULT_SAMPLES), lengths)
+    methods: list[str] = []
+    text = args.methods if args.methods is not None else DEFAULT_METHODS
+    for method in (m.strip() for m in text.split(",")):
+        if method and method not in methods:
+            methods.append(method)
+    if not methods:
+        raise InputError(f"--methods {text!r}: give at least one of {', '.join(METHODS)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"--methods {text}: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if "full_attention" not in methods:
+        given = [_flag(args, name) for name in ("window", "full_attention_model") if getattr(args, name) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only for the full_attention method, which --methods does not name")
+    if args.window is not None and args.window <= 0:
+        raise InputError(f"--window must be > 0 (the tokens full_attention reads), got {args.window}")
+    args.max_new_tokens = DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    files = None
+    if args.babilong_dir:
+        given = [_flag(args, n) for n in ("haystack", "seed") if getattr(args, n) is not None]
+        if num_facts is not None:
+            given.insert(0, f"--facts {args.facts}")
+        if given:
+            raise InputError(
+                f"{', '.join(given)}: these set generated samples; the files of --babilong-dir hold their own"
+            )
+        root = Path(args.babilong_dir)
+        files = {(t, n): babilong_file(root, t, n) for t in tasks for n in lengths}
+        if not root.is_dir():
+            first = next(iter(files.values()))
+            raise MissingFileError(f"--babilong-dir {root}: no such folder (it should hold {first}, ...)")
+        missing = [str(path) for path in files.values() if not path.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more of its {len(files)} files)" if len(missing) > 1 else ""
+            raise MissingFileError(
+                f"--babilong-dir {root}: no file {missing[0]}{more}; it needs DIR/data/<task>/<length>.json for every "
+                "task and length, as `rmt babilong` writes them"
+            )
+    args.seed = DEFAULT_SEED if args.seed is None else args.seed
+    return {
+        "tasks": tasks,
+        "lengths": lengths,
+        "samples": samples,
+        "methods": methods,
+        "files": files,
+        "num_facts": num_facts,
+    }
+
+
+def earlier_results(folder: Path) -> list[str]:
+    """The result files of an earlier by-length run in `folder`."""
+    from rmt.eval.by_length import RESULT_FILES
+
+    return [name for name in RESULT_FILES if (folder / name).exists()]
+
+
+def _full_attention_window(args: argparse.Namespace, backbone: Any, mode: str) -> None:
+    """Refuse a --window the full-attention backbone cannot read, or one that leaves a decoder no room to answer."""
+    from rmt.backbones import max_positions
+
+    positions = max_positions(backbone)
+    limit = None if positions is None else positions - 2 if mode == "encoder" else positions
+    if args.window is None and limit is None:
+        raise InputError("the full-attention backbone has no fixed window: give --window")
+    if args.window is not None and limit is not None and args.window > limit:
+        what = (
+            f"{positions} positions, 2 of them for [CLS] and [SEP]" if mode == "encoder" else f"{positions} positions"
+        )
+        raise InputError(
+            f"--window {args.window}: the full-attention backbone reads at most {limit} tokens at once ({what}); "
+            f"give --window 1..{limit}"
+        )
+    window = args.window if args.window is not None else limit
+    if mode == "decoder" and window <= args.max_new_tokens:
+        raise InputError(
+            f"--window {window}: a decoder's window holds the question and the answer's --max-new-tokens "
+            f"{args.max_new_tokens} tokens; give a --window above {args.max_new_tokens} (or fewer --max-new-tokens)"
+        )
+
+
+def _by_length(args: argparse.Namespace, model, plan: dict[str, Any]) -> int:
+    from tqdm.auto import tqdm
+
     from rmt.build import pretrained_backbone, pretrained_tokenizer
     from rmt.cli.train import load_background
-    from rmt.data.babilong import babilong_file, length_name, load_babilong, parse_length
+    from rmt.data.babilong import build_dataset, load_babilong, parse_length
+    from rmt.data.collate import QACollator
     from rmt.eval.by_length import evaluate_by_length, format_table
 
-    if num_facts is not None and args.babilong_dir:
-        raise InputError("--facts sets the facts of generated samples; the files of --babilong-dir have their own")
-    lengths = [length_name(parse_length(item)) for item in args.lengths.split(",") if item]
-    samples = parse_samples(args.samples, lengths)
-    methods = [m for m in args.methods.split(",") if m]
+    tasks, lengths, samples, methods = plan["tasks"], plan["lengths"], plan["samples"], plan["methods"]
+    num_facts = plan["num_facts"]
     tokenizer = pretrained_tokenizer(args.checkpoint)
+    mode = model.config.mode
     files = None
     haystack = None
-    if args.babilong_dir:
-        files = {(t, n): load_babilong(babilong_file(args.babilong_dir, t, n)) for t in tasks for n in lengths}
+    if plan["files"] is not None:
+        files = {cell: load_babilong(path) for cell, path in plan["files"].items()}
     elif any(parse_length(n) > 0 for n in lengths):
         haystack = load_background(args.haystack)
     baseline = None
     if args.full_attention_model and "full_attention" in methods:
-        baseline = pretrained_backbone(args.full_attention_model, mode=model.config.mode).to(model.device).eval()
+        baseline = pretrained_backbone(args.full_attention_model, mode=mode).to(model.device).eval()
+    if "full_attention" in methods:
+        _full_attention_window(args, baseline if baseline is not None else model.backbone, mode)
+    if files is None:
+        # Every sample is built (and dropped) before the first cell runs, so that one that cannot be built (a story
+        # longer than its length, too little background) or an encoder cannot answer is refused before anything is
+        # written. Building costs little next to reading the samples through the model.
+        labels = None
+        if mode == "encoder":
+            config = model.backbone.config
+            labels = QACollator(tokenizer, mode, [config.id2label[i] for i in range(config.num_labels)])
+        cells = [(task, name) for name in sorted(lengths, key=parse_length) for task in tasks]
+        for task, name in tqdm(cells, desc="checking samples", disable=args.no_progress, leave=False):
+            built = build_dataset(task, name, samples[name], tokenizer, haystack, seed=args.seed, num_facts=num_facts)
+            if labels is not None:
+                labels.check_records([sample.to_dict() for sample in built], f"the {task} {name} samples")
+            del built
     results = evaluate_by_length(
         model,
         tokenizer,
@@ -170,21 +509,3 @@ def _by_length(args: argparse.Namespace, model, tasks: list[str], num_facts: int
     if args.output:
         print(f"\nwrote {Path(args.output) / 'results.json'}, predictions.jsonl, table.md and plots")
     return 0
-
-
-def parse_samples(text: str, lengths: list[str]) -> dict[str, int]:
-    """'100' -> the same count for every length; '0k=100,1M=10' -> per length (lengths not named: the first count)."""
-    from rmt.data.babilong import length_name, parse_length
-
-    try:
-        if "=" not in text:
-            counts = dict.fromkeys(lengths, int(text))
-        else:
-            named = {length_name(parse_length(k)): int(v) for k, v in (item.split("=") for item in text.split(","))}
-            default = next(iter(named.values()))
-            counts = {name: named.get(name, default) for name in lengths}
-    except ValueError as err:
-        raise InputError(f"--samples must look like 100 or 0k=100,1M=10, got {text!r}") from err
-    if any(c <= 0 for c in counts.values()):
-        raise InputError(f"--samples must be > 0, got {text!r}")
-    return counts

@@ -1,4 +1,4 @@
-"""`rmt generate`: read a long document through memory, then answer a prompt.
+"""Read a long document through memory, then answer a prompt.
 
     rmt generate runs/qa1/model --document book.txt --prompt "Where is Mary?" --max-new-tokens 20
     rmt generate runs/qa1/model --document book.txt --memory-file book.memory      # read once, save the memory
@@ -7,7 +7,9 @@
 The document is read in chunks with a progress bar (tokens/s), keeping only the memory: a 1M-token document needs one
 segment's activations. With --memory-file, an existing file is loaded instead of reading the document, and a missing
 one is written after reading it. The prompt starts a new segment after the document's memory. Any causal memory model
-works (RMT, ARMT), e.g. one trained from the offline SmolLM2 weights.
+works (RMT, ARMT), e.g. one trained from the offline SmolLM2 weights. Decoding is greedy unless --do-sample is given;
+--temperature, --top-k and --top-p need it. The prompt and the generation settings are checked before the document
+is read.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory-file", default=None, help="load the document's memory from here, or save it here")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature")
-    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens only")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with this mass")
+    parser.add_argument("--temperature", type=float, default=None, help="with --do-sample: sampling temperature (> 0)")
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="with --do-sample: sample from the k most likely tokens only"
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=None, help="with --do-sample: nucleus sampling, the smallest set with this mass"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=8192, help="tokens read per chunk (default: %(default)s)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
@@ -57,21 +63,51 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --document (and/or --memory-file with a saved memory)")
     if args.max_new_tokens < 1 or args.chunk_tokens < 1:
         raise InputError("--max-new-tokens and --chunk-tokens must be >= 1")
+    # Sampling settings not given on the command line keep the model's generation config (transformers' defaults).
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    sampling = {name: value for name, value in sampling.items() if value is not None}
+    named = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in sampling.items())
+    if sampling and not args.do_sample:
+        verb = "sets" if len(sampling) == 1 else "set"
+        raise InputError(f"{named} {verb} sampling, but without --do-sample decoding is greedy: add --do-sample")
+    if args.prompt is None and (sampling or args.do_sample):
+        raise InputError(f"{named or '--do-sample'}: how the answer to --prompt is generated, and there is no --prompt")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("--prompt is empty: give the text to answer after the document")
+    memory_file = Path(args.memory_file) if args.memory_file else None
+    if memory_file is not None and memory_file.exists() and not memory_file.is_file():
+        raise InputError(f"--memory-file {memory_file} is a folder, not a memory file")
+    if memory_file is None or not memory_file.exists():
+        if args.document is None:
+            raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
+        if not Path(args.document).is_file():
+            raise InputError(f"--document {args.document}: no such file")
+        if memory_file is not None:
+            from rmt.cli.evaluate import check_output_folder
+
+            check_output_folder(memory_file, "--memory-file")  # its folder: not a file
     model = RecurrentMemoryModel.from_pretrained(args.checkpoint, dtype=DTYPES[args.dtype]).to(device).eval()
     if not model.token_logits:
         raise InputError(f"{args.checkpoint} holds a classifier; generate needs a causal LM (decoder)")
     tokenizer = pretrained_tokenizer(args.checkpoint)
-    memory_file = Path(args.memory_file) if args.memory_file else None
+    settings = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "eos_token_id": tokenizer.eos_token_id,
+        **sampling,
+    }
+    prompt = None
+    if args.prompt is not None:  # checked now, not after reading a long document
+        prompt = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+        if prompt.shape[1] == 0:
+            raise InputError(f"--prompt {args.prompt!r} holds no tokens of this model's tokenizer")
+        check_generation(model, prompt, settings)
 
     if memory_file is not None and memory_file.exists():
         state, metadata = read_memory(model, memory_file)
         print(f"loaded the memory of {metadata.get('document', 'a document')} ({metadata.get('tokens', '?')} tokens)")
     else:
-        if args.document is None:
-            raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
         document = Path(args.document)
-        if not document.is_file():
-            raise InputError(f"--document {document}: no such file")
         ids = tokenizer(document.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False).input_ids
         if not ids:
             raise InputError(f"--document {document} holds no text")
@@ -89,19 +125,22 @@ def run(args: argparse.Namespace) -> int:
         if memory_file is not None:
             save_memory(model, state, memory_file, document=str(document), tokens=ids.shape[1])
             print(f"saved the document's memory to {memory_file}")
-    if args.prompt is None:
+    if prompt is None:
         return 0
-    prompt = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
     torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
-    # Sampling settings not given on the command line keep the model's generation config (transformers' defaults).
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-    out = model.generate(
-        prompt,
-        memory_state=state,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        eos_token_id=tokenizer.eos_token_id,
-        **{name: value for name, value in sampling.items() if value is not None},
-    )
+    out = model.generate(prompt, memory_state=state, **settings)
     print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
     return 0
+
+
+def check_generation(model, prompt, settings: dict) -> None:
+    """Raise the InputError that `model.generate(prompt, **settings)` would raise for its settings (transformers'
+    validation of the GenerationConfig and of each logits processor), without generating."""
+    import torch
+
+    from rmt.memory.generation import _generation_config, _lengths, _processors, _token_set
+
+    config = _generation_config(model, None, dict(settings))
+    max_new, min_new = _lengths(config, settings, prompt.shape[1])
+    padding = torch.zeros(prompt.shape[0], dtype=torch.long, device=prompt.device)
+    _processors(config, None, _token_set(config.eos_token_id), prompt.shape[1], max_new, min_new, padding)

@@ -60,7 +60,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -732,28 +731,17 @@ def build_dataset(
 
 def save_babilong(samples: Iterable[BabilongSample | Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write samples in the public BABILong layout: a JSON array of objects with input, question, target and the
-    metadata, or JSON lines if `path` ends in .jsonl. Atomic: the file is complete or untouched. Returns the path."""
+    metadata, or JSON lines if `path` ends in .jsonl. Atomic (`rmt.files.write_atomic`): the file is complete or
+    untouched, with the permissions an ordinary file gets (the umask's). Returns the path."""
+    from rmt.files import write_atomic
+
     path = Path(path)
     records = [(s if isinstance(s, BabilongSample) else BabilongSample.from_dict(s)).to_dict() for s in samples]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            if path.suffix == ".jsonl":
-                for record in records:
-                    file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            else:
-                file.write("[")
-                for i, record in enumerate(records):
-                    file.write(", " if i else "")
-                    json.dump(record, file, ensure_ascii=False)
-                file.write("]\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    else:
+        text = "[" + ", ".join(json.dumps(record, ensure_ascii=False) for record in records) + "]\n"
+    write_atomic(path, text)
     return path
 
 

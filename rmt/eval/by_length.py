@@ -385,18 +385,26 @@ def _run_cell(
     return outcome, answers
 
 
+RESULT_FILES = ("results.json", "predictions.jsonl", "table.md", "accuracy.png", *(f"heatmap-{m}.png" for m in METHODS))
+
+
 def write_results(results: dict[str, Any], output_dir: Path, predictions: Sequence[dict[str, Any]] = ()) -> None:
     """results.json, predictions.jsonl (one answer per line), table.md, one heatmap per method and accuracy.png (the
-    methods side by side by length)."""
+    methods side by side by length), each written atomically. The heatmaps of methods that `results` does not hold
+    (an earlier run's, in the same folder) are removed, so the folder holds only this run's results."""
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: NaN is not JSON (strict readers refuse the file); a value with no number is null instead.
     write_atomic(output_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
     lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in predictions)
     write_atomic(output_dir / "predictions.jsonl", lines)
-    (output_dir / "table.md").write_text(format_table(results) + "\n")
+    write_atomic(output_dir / "table.md", format_table(results) + "\n")
     for method in results["methods"]:
         plot_heatmap(results, method, output_dir / f"heatmap-{method}.png")
     plot_methods(results, output_dir / "accuracy.png")
+    for method in METHODS:
+        if method not in results["methods"]:
+            (output_dir / f"heatmap-{method}.png").unlink(missing_ok=True)
 
 
 def format_table(results: dict[str, Any]) -> str:

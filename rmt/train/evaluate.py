@@ -3,6 +3,11 @@
 Causal LMs are scored at the answer positions only (the labelled tokens): the model is asked for the logits there
 (`forward(logits=positions)`), so a long input never builds a [B, N, V] tensor. Classifiers are scored on their class
 logits. Language-modelling sources report loss and perplexity.
+
+The loss is the mean over everything scored, not the mean of the batches' means: each batch's loss counts with the
+number of targets it averages (answer or text tokens for a causal LM, samples for a classifier), so the score does not
+depend on the batch size. With `loss_aggregation="tokens"` (the default) that is exactly the mean over every scored
+token.
 """
 
 from __future__ import annotations
@@ -25,24 +30,26 @@ def evaluate(
     batch_size: int,
     num_segments: int | None = None,
 ) -> dict[str, float]:
-    """Mean loss and, for answer tasks, per-token answer accuracy and full-answer exact match, over `batches`
-    held-out batches of `source` (fewer if the source has fewer)."""
+    """Mean loss (over every scored target: token-weighted for causal LMs, sample-weighted for classifiers) and, for
+    answer tasks, per-token answer accuracy and full-answer exact match, over `batches` held-out batches of `source`
+    (fewer if the source has fewer)."""
     available = source.num_eval_batches(batch_size)
     count = batches if available is None else min(batches, available)
     was_training = model.training
     model.eval()
-    loss = 0.0
+    loss = weight = 0.0
     hits = total = exact = samples = 0
     try:
         for index in range(count):
             batch = source.eval_batch(index, batch_size, num_segments).to(model.device)
             result = score_batch(model, batch, with_accuracy=source.metric == "accuracy")
-            loss += result["loss"]
+            loss += result["loss"] * result["weight"]
+            weight += result["weight"]
             hits, total = hits + result["hits"], total + result["total"]
             exact, samples = exact + result["exact"], samples + result["samples"]
     finally:
         model.train(was_training)
-    scores = {"loss": loss / count}
+    scores = {"loss": loss / weight if weight else float("nan")}
     if source.metric == "accuracy":
         scores.update(accuracy=hits / max(total, 1), exact_match=exact / max(samples, 1))
     else:
@@ -51,23 +58,27 @@ def evaluate(
 
 
 def score_batch(model: RecurrentMemoryModel, batch: Batch, with_accuracy: bool = True) -> dict[str, float]:
-    """Loss, correct answer tokens, answer tokens, samples answered exactly and samples with an answer in `batch`."""
+    """Loss, correct answer tokens, answer tokens, samples answered exactly and samples with an answer in `batch`, and
+    the loss's weight: the number of targets it is the mean of (samples of a classifier, labelled tokens of a causal
+    LM)."""
     if not model.token_logits:  # classification: one label per sample
         out = model(**batch.model_inputs())
         correct = out.logits.argmax(dim=-1) == batch.labels
         n = int(correct.numel())
         return {
             "loss": float(out.loss),
+            "weight": n,
             "hits": int(correct.sum()),
             "total": n,
             "exact": int(correct.sum()),
             "samples": n,
         }
-    if not with_accuracy:
-        out = model(**batch.model_inputs(), logits="none")
-        return {"loss": float(out.loss), "hits": 0, "total": 0, "exact": 0, "samples": 0}
     targets = batch.labels[:, 1:]  # the token each position predicts
     scored = targets != IGNORE_INDEX  # [B, N - 1]
+    if not with_accuracy:
+        out = model(**batch.model_inputs(), logits="none")
+        weight = int(scored.sum())
+        return {"loss": float(out.loss), "weight": weight, "hits": 0, "total": 0, "exact": 0, "samples": 0}
     counts = scored.sum(dim=1)
     width = max(int(counts.max()), 1)
     # Positions of each sample's scored predictions, padded with a real token's position (masked out below).
@@ -82,6 +93,7 @@ def score_batch(model: RecurrentMemoryModel, batch: Batch, with_accuracy: bool =
     exact = ((hit | ~valid).all(dim=1) & has_answer).sum()
     return {
         "loss": float(out.loss),
+        "weight": int(scored.sum()),
         "hits": int(hit.sum()),
         "total": int(valid.sum()),
         "exact": int(exact),

@@ -1,0 +1,356 @@
+"""`rmt eval`, `rmt generate`, `rmt babilong` and `rmt demo`: bad input is refused at start-up with one line that names
+the flag, before anything is read or written; an earlier run's results are never lost or mixed with a new run's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import background_text, tiny_model_folder
+
+from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
+from rmt.cli import build_parser, main
+from rmt.cli.evaluate import parse_samples
+from rmt.config import RMTConfig
+from rmt.data.babilong import answer_labels, build_dataset, save_babilong
+from rmt.data.haystack import Haystack
+
+LENGTHS = ["0k", "1k", "4k", "16k", "64k", "1M"]
+
+
+def _checkpoint(folder: Path, kind: str) -> Path:
+    """A tiny memory model saved as `rmt train` saves one (tokenizer in backbone/)."""
+    source = tiny_model_folder(folder / "hf", kind, answer_labels("qa1") if kind == "bert" else None)
+    tokenizer = pretrained_tokenizer(source)
+    if kind == "bert":
+        special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+        config = RMTConfig(num_memory_tokens=2, segment_size=32, mode="encoder", **special)
+        backbone = pretrained_backbone(source, mode="encoder", labels=answer_labels("qa1"))
+    else:
+        config = RMTConfig(num_memory_tokens=2, segment_size=16)
+        backbone = pretrained_backbone(source)
+    model = memory_model(backbone, config)
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model" / "backbone")
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> str:
+    return str(_checkpoint(tmp_path_factory.mktemp("decoder"), "llama"))
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> str:
+    return str(_checkpoint(tmp_path_factory.mktemp("encoder"), "bert"))
+
+
+@pytest.fixture(scope="module")
+def haystack(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("haystack") / "book.txt"
+    path.write_text(background_text(400))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory, decoder, haystack) -> str:
+    """10 qa1 records of varied length (their answers too: the decoder scores the answer's tokens)."""
+    tokenizer = pretrained_tokenizer(decoder)
+    samples = build_dataset("qa1", 60, 10, tokenizer, Haystack.from_text(Path(haystack).read_text()), seed=0)
+    for i, sample in enumerate(samples):
+        sample.target = " ".join([sample.target] * (1 + i % 3))
+    return str(save_babilong(samples, tmp_path_factory.mktemp("data") / "qa.jsonl"))
+
+
+def _run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main([*args, "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _earlier_run(folder: Path) -> dict[str, str]:
+    """An earlier run's results, three methods, in `folder`."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text('{"earlier": true}\n')
+    (folder / "predictions.jsonl").write_text('{"earlier": true}\n')
+    (folder / "table.md").write_text("| earlier |\n")
+    for name in ("accuracy.png", "heatmap-memory.png", "heatmap-no_memory.png", "heatmap-full_attention.png"):
+        (folder / name).write_bytes(b"earlier png")
+    return _digest(folder)
+
+
+# ------------------------------------------------------------------------------------------ 1. earlier results
+
+
+def test_an_input_error_found_after_start_up_writes_nothing(decoder, haystack, tmp_path, capsys):
+    """10 tokens cannot hold a qa1 story: found when the samples are built, which is now before the first cell."""
+    output = tmp_path / "new"
+    args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k,10", "--samples", "2", "--haystack", haystack]
+    code, _, err = _run([*args, "--output", str(output)], capsys)
+    assert code == 2 and "exceed the 10-token length" in err
+    assert not output.exists()  # the 0k cell did not run, so nothing was written
+
+
+def test_earlier_results_are_kept_unless_overwrite_and_never_mixed(decoder, haystack, tmp_path, capsys):
+    output = tmp_path / "by-length"
+    before = _earlier_run(output)
+    args = [
+        "eval",
+        decoder,
+        "--data",
+        "babilong:qa1",
+        "--samples",
+        "2",
+        "--haystack",
+        haystack,
+        "--output",
+        str(output),
+    ]
+    code, _, err = _run([*args, "--lengths", "0k,10"], capsys)
+    assert code == 2 and "holds the results of an earlier run (results.json" in err and "--overwrite" in err
+    assert _digest(output) == before
+    code, _, err = _run([*args, "--lengths", "0k"], capsys)  # a good call too: the earlier run is not replaced
+    assert code == 2 and _digest(output) == before
+    code, _, err = _run([*args, "--lengths", "0k,10", "--overwrite"], capsys)  # refused before the first cell
+    assert code == 2 and "exceed the 10-token length" in err
+    assert _digest(output) == before
+    code, _, err = _run([*args, "--lengths", "0k", "--overwrite"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in output.iterdir()) == [
+        "accuracy.png",
+        "heatmap-memory.png",
+        "predictions.jsonl",
+        "results.json",
+        "table.md",
+    ]  # the earlier run's heatmaps of no_memory and full_attention are gone
+    assert json.loads((output / "results.json").read_text())["methods"] == ["memory"]
+    assert "| qa1 | memory |" in (output / "table.md").read_text()
+
+
+def test_write_results_writes_every_file_atomically(tmp_path, monkeypatch):
+    import rmt.eval.by_length as by_length
+
+    written = []
+    original = by_length.write_atomic
+
+    def recording(path, data):
+        written.append(Path(path).name)
+        original(path, data)
+
+    monkeypatch.setattr(by_length, "write_atomic", recording)
+    cell = {**by_length.Outcome(1, 2, 20, 1.0).record(), "task": "qa1", "length": "0k", "method": "memory"}
+    results = {"tasks": ["qa1"], "lengths": ["0k"], "methods": ["memory"], "cells": {"qa1/0k/memory": cell}}
+    by_length.write_results(results, tmp_path)
+    assert {"results.json", "predictions.jsonl", "table.md"} <= set(written)
+
+
+# ------------------------------------------------------------------------------------------ 2. files and folders
+
+
+def test_output_that_is_a_file_is_refused_at_start_up(decoder, haystack, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(afile)]
+    code, _, err = _run(args, capsys)
+    assert code == 2 and f"--output {afile} exists and is not a folder" in err
+    code, _, err = _run([*args[:-1], str(afile / "under")], capsys)
+    assert code == 2 and f"{afile} is a file, not a folder" in err
+    babilong = ["babilong", "--tokenizer", decoder, "--lengths", "0k", "--samples", "1"]
+    code, _, err = _run([*babilong, "--output", str(afile)], capsys)
+    assert code == 2 and f"--output {afile} exists and is not a folder" in err
+    code, _, err = _run(["demo", "--steps", "1", "--output", str(afile)], capsys)
+    assert code == 2 and f"output folder {afile} exists and is not a folder" in err
+    assert afile.read_text() == "mine\n"
+
+
+def test_missing_babilong_dir_files_are_named(decoder, tmp_path, capsys):
+    args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k"]
+    code, _, err = _run([*args, "--babilong-dir", str(tmp_path / "nope")], capsys)
+    assert code == 2 and str(tmp_path / "nope" / "data" / "qa1" / "0k.json") in err
+    tokenizer = pretrained_tokenizer(decoder)
+    save_babilong(build_dataset("qa1", 0, 2, tokenizer, None), tmp_path / "b" / "data" / "qa1" / "0k.json")
+    code, _, err = _run([*args[:-1], "0k,1k", "--babilong-dir", str(tmp_path / "b")], capsys)
+    assert code == 2 and f"no file {tmp_path / 'b' / 'data' / 'qa1' / '1k.json'}" in err
+
+
+# ------------------------------------------------------------------------------------------ 3. --samples
+
+
+def test_samples_per_length_do_not_depend_on_their_order():
+    expected = {"0k": 100, "1k": 100, "4k": 100, "16k": 100, "64k": 10, "1M": 10}
+    assert parse_samples("0k=100,64k=10,1M=10", LENGTHS) == expected
+    assert parse_samples("1M=10,64k=10,0k=100", LENGTHS) == expected
+    assert parse_samples("64k=10,1M=10", LENGTHS) == expected  # lengths not named: 100
+    assert parse_samples("5,1M=10", LENGTHS) == {**dict.fromkeys(LENGTHS, 5), "1M": 10}  # a bare count: the default
+    assert parse_samples("1M=10,5", LENGTHS) == {**dict.fromkeys(LENGTHS, 5), "1M": 10}
+    assert parse_samples("7", LENGTHS) == dict.fromkeys(LENGTHS, 7)
+    with pytest.raises(ValueError, match="--samples 0k=5,128k=3: 128k is not among --lengths"):
+        parse_samples("0k=5,128k=3", LENGTHS)
+
+
+# ------------------------------------------------------------------------------------------ 4-6. flags
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lengths", ","], "--lengths ',': give at least one length"),
+        (["--methods", ","], "--methods ',': give at least one of memory, no_memory, full_attention"),
+        (["--methods", "full_attention", "--window", "0"], "--window must be > 0"),
+        (["--methods", "full_attention", "--window", "-5"], "--window must be > 0"),
+        (
+            ["--methods", "full_attention", "--window", "100000"],
+            "--window 100000: the full-attention backbone reads at",
+        ),
+        (["--segments", "7", "--task-size", "3"], "--task-size 3, --segments 7: only for synthetic tasks (--task)"),
+    ],
+)
+def test_by_length_settings_are_refused_with_the_flag_named(decoder, flags, message, tmp_path, capsys):
+    output = tmp_path / "out"
+    args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
+    code, _, err = _run([*args, *flags], capsys)
+    assert code == 2 and message in err and "segment_size" not in err
+    assert len(err.strip().splitlines()) == 1 and not output.exists()
+
+
+def test_babilong_refuses_an_empty_length_list(decoder, tmp_path, capsys):
+    code, _, err = _run(["babilong", "--tokenizer", decoder, "--lengths", ",", "--output", str(tmp_path / "b")], capsys)
+    assert code == 2 and "--lengths ',': give at least one length" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_eval_help_describes_segments_for_synthetic_tasks_only():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["eval"]
+    text = next(a for a in sub._actions if a.dest == "segments").help
+    assert text.startswith("synthetic tasks") and "curriculum" not in text and "training" not in text
+
+
+# ------------------------------------------------------------------------------------------ 7. rmt generate
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--do-sample", "--top-p", "2"], "top_p"),
+        (["--do-sample", "--temperature", "0"], "temperature"),
+        (["--temperature", "0.5"], "--temperature 0.5 sets sampling, but without --do-sample decoding is greedy"),
+    ],
+)
+def test_generate_checks_its_settings_before_reading(decoder, flags, message, tmp_path, capsys):
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(20))
+    code, out, err = _run(["generate", decoder, "--document", str(document), "--prompt", "Where", *flags], capsys)
+    assert code == 2 and message in err
+    assert "read " not in out  # refused before the document was read
+
+
+def test_generate_refuses_an_empty_prompt_before_reading(decoder, tmp_path, capsys):
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(20))
+    code, out, err = _run(["generate", decoder, "--document", str(document), "--prompt", ""], capsys)
+    assert code == 2 and "--prompt is empty" in err and "read " not in out
+
+
+# ------------------------------------------------------------------------------------------ 8. data files
+
+
+def test_eval_on_a_file_says_what_it_scored_and_its_loss_ignores_the_batch_size(decoder, qa_file, capsys):
+    scores = {}
+    for batch_size in ("4", "10"):
+        code, out, err = _run(
+            ["eval", decoder, "--data", qa_file, "--batches", "5", "--batch-size", batch_size], capsys
+        )
+        assert code == 0, err
+        scores[batch_size] = json.loads(out)
+        assert scores[batch_size]["records"] == 10 and scores[batch_size]["scored"] == 10
+    assert scores["4"]["loss"] == pytest.approx(scores["10"]["loss"], rel=1e-5)  # 4+4+2 records: not a mean of means
+    code, out, err = _run(["eval", decoder, "--data", qa_file, "--batches", "2", "--batch-size", "3"], capsys)
+    assert code == 0 and json.loads(out)["scored"] == 6
+    assert "scored the first 6 of the 10 records (--batches 2 x --batch-size 3)" in err
+
+
+def test_classifier_loss_is_sample_weighted(encoder, tmp_path, capsys):
+    tokenizer = pretrained_tokenizer(encoder)
+    data = save_babilong(build_dataset("qa1", 0, 5, tokenizer, None), tmp_path / "qa.jsonl")
+    losses = []
+    for batch_size in ("2", "5"):
+        code, out, err = _run(["eval", encoder, "--data", str(data), "--batch-size", batch_size], capsys)
+        assert code == 0, err
+        losses.append(json.loads(out)["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # batches of 2, 2 and 1 samples
+
+
+# ------------------------------------------------------------------------------------------ 9. file permissions
+
+
+def test_babilong_files_get_the_umasks_permissions(decoder, tmp_path, capsys):
+    mask = os.umask(0o022)
+    try:
+        code, _, err = _run(["babilong", "--tokenizer", decoder, "--lengths", "0k", "--samples", "1", "--output",
+                             str(tmp_path / "b")], capsys)  # fmt: skip
+    finally:
+        os.umask(mask)
+    assert code == 0, err
+    assert (tmp_path / "b" / "data" / "qa1" / "0k.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_babilong_run_changes_no_file(decoder, tmp_path, capsys):
+    output = tmp_path / "b"
+    args = ["babilong", "--tokenizer", decoder, "--samples", "2", "--output", str(output)]
+    assert _run([*args, "--lengths", "0k"], capsys)[0] == 0
+    before = _digest(output / "data" / "qa1")
+    code, _, err = _run([*args, "--lengths", "0k,10", "--seed", "3"], capsys)
+    assert code == 2 and "exceed the 10-token length" in err
+    assert _digest(output / "data" / "qa1") == before  # no 0k file of the new seed, no temporary file
+    code, _, err = _run([*args[:-1], str(tmp_path / "new" / "b"), "--lengths", "0k,10"], capsys)
+    assert code == 2 and not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------------------------ 10. messages
+
+
+def test_messages_name_the_flag_given(decoder, encoder, tmp_path, capsys):
+    babilong = ["babilong", "--tokenizer", decoder, "--lengths", "0k", "--output", str(tmp_path / "b")]
+    code, _, err = _run([*babilong, "--tasks", "qa9"], capsys)
+    assert code == 2 and "--tasks 'qa9': unknown task(s) qa9" in err and "--data" not in err
+    code, _, err = _run([*babilong, "--facts", "9-2"], capsys)
+    assert code == 2 and "--facts 9-2: the range is empty" in err and "num_facts" not in err
+    code, _, err = _run(["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--facts", "9-2"], capsys)
+    assert code == 2 and "--facts 9-2: the range is empty" in err
+    record = {"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "cellar"}
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    code, _, err = _run(["eval", encoder, "--data", str(data)], capsys)
+    assert code == 2 and "the evaluation samples: record 0" in err and "training data" not in err
+
+
+# ------------------------------------------------------------------------------------------ 11. help
+
+
+def _help(command: str) -> tuple[str, str]:
+    """The description and the whole help text of `rmt COMMAND --help`."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return sub.description, sub.format_help()
+
+
+def test_help_states_defaults_and_descriptions_are_sentences():
+    for command in ("eval", "babilong", "generate"):
+        description, _ = _help(command)
+        assert not description.startswith("`"), description
+        assert description[0].isupper(), description
+    text = " ".join(_help("eval")[1].split())
+    assert "(default: 0k,1k,4k,16k)" in text and "answer tokens to generate (default: 8)" in text
+    text = " ".join(_help("babilong")[1].split())
+    assert "(default: 0k,1k,4k)" in text and "(default: 0,1)" in text
+    import rmt.demo
+
+    assert "about a minute" in rmt.demo.__doc__ and "a few minutes" not in rmt.demo.__doc__
