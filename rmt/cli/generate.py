@@ -1,8 +1,8 @@
 """Read a long document through memory, then answer a prompt.
 
-    rmt generate runs/qa1/model --document book.txt --prompt "Where is Mary?" --max-new-tokens 20
-    rmt generate runs/qa1/model --document book.txt --memory-file book.memory      # read once, save the memory
-    rmt generate runs/qa1/model --memory-file book.memory --prompt "Where is the milk?"   # ask again, no re-reading
+    rmt generate runs/qa1-lm/model --document book.txt --prompt "Where is Mary?" --max-new-tokens 20
+    rmt generate runs/qa1-lm/model --document book.txt --memory-file book.memory      # read once, save the memory
+    rmt generate runs/qa1-lm/model --memory-file book.memory --prompt "Where is the milk?"   # ask again, no re-reading
 
 The document is read in chunks with a progress bar (tokens/s), keeping only the memory: a 1M-token document needs one
 segment's activations. With --memory-file, an existing file is loaded instead of reading the document, and a missing
