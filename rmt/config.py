@@ -88,8 +88,9 @@ class RMTConfig:
         default="tokens",
         metadata=_doc(
             "How per-token losses are combined: 'tokens' = mean over every labelled token of every segment; "
-            "'segments' = mean over segments of each segment's mean; 'last_segment' = each sample's last "
-            "segment only. Answer-only (masked) losses use labels = -100 on ignored positions, as in HF."
+            "'segments' = mean over segments of each segment's mean; 'last_segment' = the predictions made in each "
+            "sample's last segment only (a label at a segment's first position is predicted by the segment before, "
+            "so it does not count there). Answer-only (masked) losses use labels = -100 on ignored positions, as in HF."
         ),
     )
     memory_kind: MemoryKind = field(

@@ -320,6 +320,20 @@ def test_empty_input_is_refused():
         decoder()(torch.zeros(5, dtype=torch.long))
 
 
+def test_last_segment_loss_says_where_a_boundary_label_is_predicted():
+    """With last_segment aggregation, a label at the last segment's first position is predicted in the segment
+    before: alone, it leaves nothing to train on, and the message says why."""
+    model = decoder(loss_aggregation="last_segment")  # segments of 6
+    ids = random_ids(1, 13)
+    labels = torch.full_like(ids, -100)
+    labels[0, 12] = ids[0, 12]  # the first token of the third segment
+    with pytest.raises(ValueError, match="first position is predicted by the segment before"):
+        model(ids, labels=labels)
+    labels = torch.full_like(ids[:, :12], -100)
+    labels[0, 8] = ids[0, 8]  # 2 segments: predicted at position 7, inside the last segment
+    assert model(ids[:, :12], labels=labels).loss is not None
+
+
 def test_shape_mismatches_are_refused():
     model = decoder()
     ids = random_ids(2, 10)

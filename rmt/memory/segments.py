@@ -145,7 +145,12 @@ def loss_weights(config: RMTConfig, targets: torch.Tensor, num_segments: torch.T
     if not bool(valid.any()):
         raise InputError(
             "labels contain no target token to train on (all -100"
-            + (" in each sample's last segment)" if aggregation == "last_segment" else ")")
+            + (
+                " among the predictions made in each sample's last segment; with loss_aggregation='last_segment' a "
+                "label at the segment's first position is predicted by the segment before and does not count)"
+                if aggregation == "last_segment"
+                else ")"
+            )
         )
     weights = valid.float()
     if aggregation == "segments":
