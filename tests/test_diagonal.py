@@ -207,7 +207,9 @@ def test_smollm2_engine_equals_sequential():
     engine = DiagonalARMT(model, group_size=None)
     got = engine(ids, logits="all")
     assert float((got.logits - expected.logits).abs().max()) <= 1e-4 * float(expected.logits.abs().max())
-    _assert_states_close(got.memory_state, expected.memory_state, tolerance=5e-5)
+    # The associative state grows to ~3e5 here, and grouped and single products sum in different orders once the
+    # GEMMs use several threads: 2.1e-4 of its largest value with two threads (within 5e-5 with one).
+    _assert_states_close(got.memory_state, expected.memory_state, tolerance=5e-4)
     assert float((expected.logits[:, 96:] - no_memory).abs().max()) > 0.5  # memory reached the last segment
 
     prompt = ids[:, : 2 * 32 + 5]
