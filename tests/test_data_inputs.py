@@ -84,6 +84,17 @@ def test_a_file_with_no_records_is_refused(tmp_path, name, content, streaming):
         load_records(path, streaming=streaming)
 
 
+def test_a_json_array_is_not_streamed(tmp_path):
+    """`datasets` parses a JSON array whole even when streaming: a file too large for memory would not fit."""
+    array = tmp_path / "records.json"
+    array.write_text(json.dumps([RECORD, RECORD]))
+    with pytest.raises(InputError, match="one JSON array, which cannot be streamed.*JSON lines"):
+        load_records(array, streaming=True)
+    assert len(load_records(array)) == 2  # in memory it reads
+    lines = _jsonl(tmp_path / "records.jsonl", [RECORD, RECORD])
+    assert sum(1 for _ in load_records(lines, streaming=True)) == 2
+
+
 # ------------------------------------------------------------------------------------------------ fields
 
 

@@ -39,8 +39,9 @@ _BOM = b"\xef\xbb\xbf"
 
 def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
     """The records of a data file as a `datasets.Dataset` (or `IterableDataset` when streamed; default: stream files
-    over 2 GiB). The format comes from the extension: .jsonl/.json, .csv, .parquet, .txt (one record per line; blank
-    lines are not records). A UTF-8 byte order mark is allowed.
+    over 2 GiB; a .json file holding one JSON array cannot be streamed). The format comes from the extension:
+    .jsonl/.json, .csv, .parquet, .txt (one record per line; blank lines are not records). A UTF-8 byte order mark is
+    allowed.
 
     Raises InputError for a file with no records and, when the file is read in memory, for a question-answering
     (or text) record whose input, question or target (or text) is missing, empty or not text, naming the record."""
@@ -54,6 +55,13 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
         raise InputError(f"data file {path} has no records")
     if streaming is None:
         streaming = path.stat().st_size > STREAM_ABOVE_BYTES
+    leading = _leading_characters(path) if streaming and kind == "json" else ""
+    if leading.startswith("[") and leading != "[]":
+        # `datasets` parses a JSON array whole even when asked to stream: a file too large to load would not fit.
+        raise InputError(
+            f"data file {path} is one JSON array, which cannot be streamed (it is parsed whole); write it as JSON "
+            "lines (one record per line, .jsonl)"
+        )
     import datasets
 
     datasets.disable_progress_bars()
@@ -77,6 +85,15 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
 
 def _has_text(texts: list[str]) -> list[bool]:
     return [bool(text.strip()) for text in texts]
+
+
+def _leading_characters(path: Path, count: int = 2) -> str:
+    """The first `count` characters of a text file that are not white space (a UTF-8 byte order mark skipped), from
+    its first 4 KiB: enough to tell a JSON array ("[{...") from an empty one ("[]")."""
+    with path.open("rb") as file:
+        head = file.read(1 << 12)
+    head = head.removeprefix(_BOM)
+    return "".join(head.decode("utf-8", errors="replace").split())[:count]
 
 
 def _is_blank(path: Path) -> bool:
