@@ -67,9 +67,11 @@ def test_training_on_from_a_synthetic_task_checkpoint(tmp_path, capsys):
     from rmt.cli.train import build_setup
     from rmt.memory.recurrent import RecurrentMemoryModel
 
-    task = ["--task", "copy", "--task-size", "4", "--segments", "3", "--layers", "2", "--hidden", "32", "--heads", "4"]
+    task = ["--task", "copy", "--task-size", "4", "--segments", "3"]
+    backbone = ["--layers", "2", "--hidden", "32", "--heads", "4"]  # a random backbone's: refused with --model
     first = tmp_path / "first"
-    assert main(["train", *task, "--steps", "3", "--eval-every", "3", "--output", str(first), "--no-progress"]) == 0
+    command = ["train", *task, *backbone, "--steps", "3", "--eval-every", "3", "--output", str(first), "--no-progress"]
+    assert main(command) == 0
     again = ["train", "--model", str(first / "model"), *task, "--steps", "2", "--output", str(tmp_path / "again")]
     args = build_parser().parse_args(again)
     setup = build_setup(args, config_from_args(TrainConfig, args))
@@ -83,6 +85,8 @@ def test_training_on_from_a_synthetic_task_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert main([*again, "--segments", "2"]) == 2  # the last --segments counts
     assert "cuts segments of" in capsys.readouterr().err
+    assert main([*again, "--layers", "2"]) == 2
+    assert "--layers applies to a random backbone (no --model) only" in capsys.readouterr().err
 
 
 def test_console_script_is_installed():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -61,6 +62,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: this torch build or machine has no CUDA device")
     return torch.device(name)
+
+
+def flags_given(args: argparse.Namespace, flags: Sequence[str]) -> list[str]:
+    """Which of `flags` the command line gave (as `--flag VALUE` or `--flag=VALUE`), from `args.command_line` (set by
+    `rmt.cli.main`; none when the handler is called without it). An abbreviated flag is not seen."""
+    words = getattr(args, "command_line", [])
+    return [flag for flag in flags if any(word == flag or word.startswith(flag + "=") for word in words)]
 
 
 def add_task_arguments(

@@ -28,6 +28,7 @@ from rmt.cli.common import (
     add_runtime_arguments,
     add_task_arguments,
     apply_runtime,
+    flags_given,
     make_task,
 )
 from rmt.cli.options import add_config_arguments, config_from_args, flag_name, name_flag
@@ -182,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             f"--output {output} already holds a run ({', '.join(existing)}): give --resume to continue it, "
             "--overwrite to replace it, or another --output"
         )
+    refuse_ignored_flags(args)
     config = config_from_args(TrainConfig, args, TRAIN_FLAGS, progress=not args.no_progress)
     if config.tensorboard:
         tensorboard_writer_class("--tensorboard")  # refused now, not once the model is built
@@ -213,6 +215,28 @@ def run(args: argparse.Namespace) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # close the process group while every process is still here, not at interpreter exit
     return 0
+
+
+def refuse_ignored_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag given on the command line that this kind of run does not read: ignored, it would change nothing
+    while the user thinks it did."""
+    tasks = babilong_tasks(args.data or "")
+    data_file = args.data is not None and not tasks
+    unread = (
+        (("--family", "--layers", "--hidden", "--heads"), args.model is not None, "a random backbone (no --model)"),
+        (("--task-size",), args.data is not None, "synthetic tasks (--task)"),
+        (("--segment-size",), args.data is None, "data files and BABILong (synthetic tasks: from --segments)"),
+        (
+            ("--validation-data", "--validation-samples", "--streaming", "--max-length"),
+            not data_file,
+            "a data file (--data FILE)",
+        ),
+        (("--haystack", "--facts-before-last"), not tasks, "generated BABILong data (--data babilong:TASK)"),
+    )
+    for flags, ignored, scope in unread:
+        given = flags_given(args, flags) if ignored else []
+        if given:
+            raise InputError(f"{given[0]} applies to {scope} only: here it would be ignored")
 
 
 def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
