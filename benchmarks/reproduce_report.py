@@ -182,11 +182,16 @@ def _by_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _seed_mean(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The record of a cell run with one seed, or the first seed's record with the mean score of all seeds."""
+    """The record of a cell run with one seed, or the first seed's record with the mean score of all seeds (and the
+    mean per-token accuracy of the generated answers, where every seed has it)."""
     first = _by_seed(records)[0]
     if len(records) == 1:
         return first
-    return {**first, "score": sum(r["score"] for r in records) / len(records)}
+    mean = {**first, "score": sum(r["score"] for r in records) / len(records)}
+    if all("generated" in r for r in records):
+        accuracy = sum(r["generated"]["accuracy"] for r in records) / len(records)
+        mean["generated"] = {**first["generated"], "accuracy": accuracy}
+    return mean
 
 
 def _warmup_seconds(record: dict[str, Any]) -> float:
