@@ -368,3 +368,15 @@ def test_xl_cache_segments_is_a_setting_of_the_transformer_xl_cells(tmp_path):
     assert reproduce.rmt_config("rmt", segment, 4, xl_cache_segments=3).xl_cache_tokens == 0
     with pytest.raises(InputError, match="--xl-cache-segments must be >= 1"):
         reproduce.run_cell(cell, tmp_path, progress=False, xl_cache_segments=0, steps=1)
+
+
+def test_seed_mean_averages_the_score_and_the_per_token_accuracy():
+    from benchmarks.reproduce_report import _seed_mean
+
+    records = [
+        {"seed": 1, "score": 0.75, "generated": {"accuracy": 0.96, "exact_match": 0.75}},
+        {"seed": 0, "score": 0.55, "generated": {"accuracy": 0.90, "exact_match": 0.55}},
+    ]
+    mean = _seed_mean(records)
+    assert mean["seed"] == 0 and abs(mean["score"] - 0.65) < 1e-12
+    assert abs(mean["generated"]["accuracy"] - 0.93) < 1e-12
