@@ -14,6 +14,8 @@ from transformers.utils import logging as hf_logging
 
 from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
+from rmt.data.batch import Batch
+from rmt.data.sources import Source
 from rmt.data.tasks import AssociativeRetrievalTask, CopyTask
 from rmt.errors import InputError
 from rmt.train.loop import (
@@ -243,3 +245,45 @@ def test_memory_state_stays_fp32_under_bf16_autocast(kind):
     leaves = torch.utils._pytree.tree_leaves(out.memory_state)
     assert all(t.dtype in (torch.float32, torch.bool) for t in leaves), [t.dtype for t in leaves]
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+class _AnswersOfManyLengths(Source):
+    """Right-padded causal-LM batches whose answers (the labelled tokens) have 1 to 11 tokens; pure in the step."""
+
+    def _batch(self, seed: int, batch_size: int) -> Batch:
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(5, 50, (batch_size, 24), generator=generator)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for row, (length, answer) in enumerate([(24, 11), (12, 1), (20, 8), (9, 1)] * (batch_size // 4)):
+            mask[row, :length] = 1
+            labels[row, length - answer : length] = ids[row, length - answer : length]
+        return Batch(ids * mask, mask, labels)
+
+    def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
+        return self._batch(step, batch_size)
+
+    def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
+        return self._batch(10**6 + index, batch_size)
+
+
+def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length():
+    """Each micro-batch's loss is a mean over its own answer tokens; weighted by their number, 4 x 1, 2 x 2 and 1 x 4
+    give the gradient of the whole batch."""
+    from accelerate import Accelerator
+
+    from rmt.train.loop import _train_step
+
+    def gradient(batch_size: int, accumulation: int) -> tuple[float, torch.Tensor]:
+        torch.manual_seed(0)
+        backbone = random_backbone("llama", 50, 2, 32, 4, 64, seed=0)
+        model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=8))
+        config = TrainConfig(steps=1, batch_size=batch_size, grad_accumulation=accumulation, progress=False)
+        loss = _train_step(model, model, _AnswersOfManyLengths(), config, Accelerator(cpu=True), 0, None)
+        return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    whole_loss, whole = gradient(4, 1)
+    for batch_size, accumulation in ((2, 2), (1, 4)):
+        loss, split = gradient(batch_size, accumulation)
+        assert abs(loss - whole_loss) < 1e-5
+        assert float((split - whole).norm() / whole.norm()) < 1e-5, (batch_size, accumulation)

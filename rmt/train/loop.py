@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from rmt.backbones.lora import add_lora, merge_lora
 from rmt.build import memory_model
 from rmt.config import RMTConfig
+from rmt.data.batch import Batch
 from rmt.data.prefetch import PrefetchingSource
 from rmt.data.sources import Source, TaskSource
 from rmt.data.tasks import Task
@@ -279,26 +280,52 @@ def _train_step(
     """Accumulate the gradients of one optimizer step into `.grad` (averaged over processes); returns the mean loss.
 
     The global batch of this step is batch_size x grad_accumulation x processes samples; micro-batch m of process p
-    takes its own slice, so the result does not depend on how the global batch is split (up to summation order)."""
+    takes its own slice, so the result does not depend on how the global batch is split (up to summation order).
+    Each micro-batch's loss is a mean over its own targets, so it counts with its share of the global batch's targets
+    (`_micro_batch_weights`): answers of different lengths weigh what they would in one batch."""
     procs, accum = accelerator.num_processes, config.grad_accumulation
     batch = source.train_batch(step, config.batch_size * procs * accum, num_segments)
+    size = config.batch_size
+    slices = [slice(first, first + size) for first in range(0, batch.input_ids.shape[0], size)]
+    # Every process builds the whole global batch, so each knows every micro-batch's weight without communicating.
+    shares = _micro_batch_weights(model, batch, slices)
     total = 0.0
     with accelerator.no_sync(prepared):
         for micro in range(accum):
-            first = (micro * procs + accelerator.process_index) * config.batch_size
-            part = batch.rows(slice(first, first + config.batch_size)).to(accelerator.device)
+            index = micro * procs + accelerator.process_index
+            part = batch.rows(slices[index]).to(accelerator.device)
+            # The gradients are averaged over processes at the end: scaled by procs, a share adds up to itself.
+            scale = shares[index] * procs
             with accelerator.autocast():
                 out = model.forward_backward(
                     **part.model_inputs(),
-                    backward=lambda loss: accelerator.backward(loss / accum),
+                    backward=lambda loss, scale=scale: accelerator.backward(loss * scale),
                     recompute=config.recompute,
                 )
-            total += float(out.loss) / accum
+            total += float(out.loss) * scale
     if procs > 1:  # sharded parameters' gradients are already reduce-scattered by FSDP
         replicated = [p for p in trainable_parameters(model) if not fsdp.is_sharded(p)]
         _average_gradients(replicated, accelerator)
         total = float(reduce(torch.tensor(total, device=accelerator.device), reduction="mean"))
     return total
+
+
+def _micro_batch_weights(model: RecurrentMemoryModel, batch: Batch, slices: list[slice]) -> list[float]:
+    """Each micro-batch's share of the global batch's loss: its number of targets over the total (samples for a
+    classifier; for a causal LM the targets its loss is the mean of, which `plan` derives as `forward` does). With
+    loss_aggregation="segments" a loss is a mean of per-segment means, not of targets: equal shares."""
+    if model.token_logits and model.config.loss_aggregation == "segments":
+        return [1 / len(slices)] * len(slices)
+    counts = []
+    for rows in slices:
+        part = batch.rows(rows)
+        if model.token_logits:
+            plan = model.plan(part.input_ids, part.attention_mask, part.labels)
+            counts.append(float((plan.weights > 0).sum()))
+        else:
+            counts.append(float(part.input_ids.shape[0]))
+    total = sum(counts)
+    return [count / total for count in counts] if total else [1 / len(slices)] * len(slices)
 
 
 def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
