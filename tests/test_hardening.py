@@ -55,6 +55,12 @@ def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
     assert code == 2 and "num_memory_tokens: checkpoint 2, now 3" in err
     code, err = run_cli([*args, "--hidden", "64"], capsys)
     assert code == 2 and "backbone hidden_size: checkpoint 32, now 64" in err
+    # The restored optimizer and schedule would override a new learning rate; a new batch size changes the data.
+    code, err = run_cli([*args, "--lr", "1e-5", "--batch-size", "4"], capsys)
+    assert (
+        code == 2 and "learning_rate: checkpoint 0.001, now 1e-05" in err and "batch_size: checkpoint 2, now 4" in err
+    )
+    assert run_cli(args, capsys)[0] == 0  # more steps, the same settings: resumes
 
 
 def test_resume_from_a_damaged_checkpoint(trained_run, capsys):

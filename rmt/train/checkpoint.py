@@ -152,6 +152,7 @@ def load_checkpoint(
     _check_same_model(record, model, path)
     if config is not None:
         _check_same_adapters(record, config, path)
+        _check_same_optimization(record, config, path)
     try:
         if sharded is not None:
             fsdp.load_state(path, model, *sharded, accelerator)
@@ -177,6 +178,38 @@ def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path:
         raise InputError(
             f"cannot resume from {path}: it was trained with a different model ({'; '.join(differences)}); "
             "resume with the same settings or start a new run in another --output"
+        )
+
+
+# Settings a resumed run cannot change: the optimizer and schedule state restored from the checkpoint hold the
+# learning rates and weight decay (a new value would be overridden without a word), and the batches after the
+# checkpoint are drawn from the seed and the global batch's size.
+RESUME_FIXED = (
+    "learning_rate",
+    "memory_learning_rate",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_steps",
+    "min_lr_factor",
+    "batch_size",
+    "grad_accumulation",
+    "seed",
+)
+
+
+def _check_same_optimization(record: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume with settings the checkpoint's state would silently override or that change the data."""
+    saved, now = record.get("train_config", {}), asdict(config)
+    differences = [
+        f"{key}: checkpoint {saved[key]!r}, now {now[key]!r}"
+        for key in RESUME_FIXED
+        if key in saved and saved[key] != now[key]
+    ]
+    if differences:
+        raise InputError(
+            f"cannot resume from {path} with other training settings ({'; '.join(differences)}): the restored "
+            "optimizer, schedule and data order would not follow them; resume with the checkpoint's settings, or "
+            "start a new run from its model (--model)"
         )
 
 
