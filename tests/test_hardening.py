@@ -254,3 +254,13 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
         os.umask(previous)
     assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_metrics_line_cut_off_by_a_crash_does_not_stop_a_resume(trained_run, capsys):
+    log = trained_run / "metrics.jsonl"
+    before = [json.loads(line) for line in log.read_text().splitlines()]
+    with log.open("a") as file:
+        file.write('{"step": 3, "loss": 2.4')  # the append a crash (or a full disk) cut off
+    assert main(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]) == 0
+    after = [json.loads(line) for line in log.read_text().splitlines()]
+    assert after[: len(before)] == before and max(r["step"] for r in after) == 4

@@ -433,9 +433,20 @@ def _log(path: Path, history: list[dict[str, Any]], writer: Any, record: dict[st
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics log. A last line cut off by a crash or a full disk is left out (it was being logged
+    after the last checkpoint, so a resume logs it again); a damaged line before the last is an InputError."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise InputError(f"{path} line {number} is not a JSON record: {err}") from err
+    return records
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
