@@ -14,7 +14,7 @@ from conftest import background_text, word_tokenizer
 from rmt.data.babilong import answer_labels
 from rmt.data.babilong_source import BabilongSource
 from rmt.data.collate import QACollator, TextCollator
-from rmt.data.files import DatasetSource, load_records, split_validation
+from rmt.data.files import DatasetSource, load_records, record_shape, split_validation
 from rmt.data.haystack import Haystack
 from rmt.errors import InputError
 
@@ -82,6 +82,16 @@ def test_a_file_with_no_records_is_refused(tmp_path, name, content, streaming):
     path.write_text(content)
     with pytest.raises(InputError, match=rf"data file .*{name} has no records"):
         load_records(path, streaming=streaming)
+
+
+def test_a_streamed_text_file_names_its_column_the_first_time(tmp_path, monkeypatch):
+    """Streamed before `datasets` has cached it, a text file's column was unknown, and its shape was refused."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # a cold cache
+    text = tmp_path / "book.txt"
+    text.write_text("It was a dark night.\n\nThe rain fell.\n")
+    records = load_records(text, streaming=True)
+    assert record_shape(records.column_names, text) == "text"
+    assert [r["text"] for r in records] == ["It was a dark night.", "The rain fell."]
 
 
 def test_a_json_array_is_not_streamed(tmp_path):

@@ -74,6 +74,8 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
             raise InputError(f"data file {path} has no records") from err
         raise InputError(f"cannot read data file {path} as {kind}: {err}") from err
     if kind == "text":
+        if records.column_names is None:  # a streamed text file, before `datasets` has it cached: say what it holds
+            records = records.cast(datasets.Features({"text": datasets.Value("string")}))
         # A blank line separates paragraphs; as a record it would be a document with nothing to predict.
         records = records.filter(_has_text, input_columns="text", batched=True)
     if (next(iter(records), None) is None) if streaming else len(records) == 0:
