@@ -287,3 +287,21 @@ def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length():
         loss, split = gradient(batch_size, accumulation)
         assert abs(loss - whole_loss) < 1e-5
         assert float((split - whole).norm() / whole.norm()) < 1e-5, (batch_size, accumulation)
+
+
+def test_accuracy_settings_are_refused_for_data_without_accuracy(tmp_path):
+    """Language modelling reports a held-out loss only: a curriculum or plateau stop on accuracy would never act."""
+
+    class TextLike(_AnswersOfManyLengths):
+        metric = "loss"
+
+    model = memory_model(
+        random_backbone("llama", 50, 2, 32, 4, 64, seed=0), RMTConfig(num_memory_tokens=2, segment_size=8)
+    )
+    for setting in ({"plateau_evals": 2}, {"curriculum": [(0, 1), (5, 2)], "curriculum_accuracy": 0.9}):
+        config = TrainConfig(steps=2, batch_size=2, progress=False, **setting)
+        with pytest.raises(
+            InputError, match="acts on held-out accuracy, which this data does not have \\(it is scored by its loss"
+        ):
+            train(model, TextLike(), config, tmp_path / "run")
+        assert not (tmp_path / "run").exists()

@@ -103,6 +103,16 @@ def train(
     backbone's weights when training ends, or stops on an error: the model comes back with its own layers and names."""
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
+    if source.metric != "accuracy":  # language modelling: held-out loss only, no score to advance or stop on
+        for name, value in (
+            ("curriculum_accuracy", config.curriculum_accuracy),
+            ("plateau_evals", config.plateau_evals),
+        ):
+            if value is not None:
+                raise InputError(
+                    f"{name} acts on held-out accuracy, which this data does not have (it is scored by its "
+                    f"{source.metric}): it would never act"
+                )
     data = PrefetchingSource(source, config.data_workers) if config.data_workers else source
     run = (config, output_dir, resume, accelerator, description, save_extras, overwrite)
     try:
