@@ -264,3 +264,34 @@ def test_a_metrics_line_cut_off_by_a_crash_does_not_stop_a_resume(trained_run, c
     assert main(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]) == 0
     after = [json.loads(line) for line in log.read_text().splitlines()]
     assert after[: len(before)] == before and max(r["step"] for r in after) == 4
+
+
+def test_a_resume_inside_a_log_window_logs_what_the_uninterrupted_run_logs(tmp_path, capsys, monkeypatch):
+    """The running training loss is saved with the checkpoint: the first record after a crash and resume is the
+    mean the uninterrupted run logs, and each record's lr is the rate its step used."""
+    import rmt.train.loop as loop
+
+    settings = [*TINY, "--steps", "6", "--lr", "1e-3", "--lr-schedule", "linear", "--warmup", "2"]
+    settings += ["--log-every", "3", "--checkpoint-every", "2"]
+    assert main(["train", *settings, "--output", str(tmp_path / "whole")]) == 0
+
+    train_step = loop._train_step
+
+    def crash_at_step_five(*args, **kwargs):
+        if args[5] == 4:  # the 0-based step: steps 1-4 ran and step 4 was checkpointed inside the 4-6 log window
+            raise RuntimeError("simulated crash")
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", crash_at_step_five)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["train", *settings, "--output", str(tmp_path / "parts")])
+    monkeypatch.setattr(loop, "_train_step", train_step)
+    assert main(["train", *settings, "--output", str(tmp_path / "parts"), "--resume"]) == 0
+
+    def losses(run):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r["lr"]) for r in records if "loss" in r]
+
+    assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
+    # Warmup over steps 1-2, then a linear decay over 4 steps: step 3 used the peak, step 6 a quarter of it.
+    assert [lr for _, _, lr in losses(tmp_path / "whole")] == pytest.approx([1e-3, 0.25e-3])

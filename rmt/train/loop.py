@@ -74,6 +74,10 @@ class TrainerState:
     evals_without_gain: int = 0
     stopped_early: bool = False
     elapsed_s: float = 0.0  # training time up to the last checkpoint, so a resumed log's elapsed_s carries on
+    # Training losses since the last logged record: saved, so the first record after a resume is the mean the
+    # uninterrupted run logs.
+    running_loss: float = 0.0
+    running_count: int = 0
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -199,7 +203,6 @@ def _train(
     )
     started = time.time() - state.elapsed_s
     deadline = None if config.max_time is None else time.time() + config.max_time
-    running_loss, running_count = 0.0, 0
     for step in bar:
         if state.stopped_early:
             break
@@ -211,23 +214,24 @@ def _train(
             grad_norm = fsdp.clip_gradients(params, config.grad_clip)
         else:
             grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
+        lr = scheduler.get_last_lr()[-1]  # the rate this step used (the scheduler then moves to the next one)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        running_loss += loss
-        running_count += 1
+        state.running_loss += loss
+        state.running_count += 1
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             record = {
                 "step": done,
-                "loss": running_loss / running_count,
-                "lr": scheduler.get_last_lr()[-1],
+                "loss": state.running_loss / state.running_count,
+                "lr": lr,
                 "grad_norm": grad_norm,
                 "segments": num_segments,
                 "elapsed_s": round(time.time() - started, 2),
             }
-            running_loss, running_count = 0.0, 0
+            state.running_loss, state.running_count = 0.0, 0
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             if main:
                 _log(metrics_path, history, writer, record)
