@@ -295,3 +295,54 @@ def test_a_resume_inside_a_log_window_logs_what_the_uninterrupted_run_logs(tmp_p
     assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
     # Warmup over steps 1-2, then a linear decay over 4 steps: step 3 used the peak, step 6 a quarter of it.
     assert [lr for _, _, lr in losses(tmp_path / "whole")] == pytest.approx([1e-3, 0.25e-3])
+
+
+def test_training_without_clipping_still_logs_the_gradient_norm(tmp_path, capsys):
+    """--grad-clip 0 leaves the gradients alone (the same run as a clip no step reaches) and logs their norm."""
+
+    def records(clip, name):
+        args = [*TINY, "--steps", "4", "--log-every", "2", "--grad-clip", clip, "--output", str(tmp_path / name)]
+        assert main(["train", *args]) == 0
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if "loss" in r]
+
+    unclipped, unreached = records("0", "off"), records("1e9", "high")
+    assert [(r["loss"], r["grad_norm"]) for r in unclipped] == [(r["loss"], r["grad_norm"]) for r in unreached]
+    assert all(r["grad_norm"] > 0 for r in unclipped)
+
+
+def test_a_resume_drops_the_tensorboard_events_logged_after_its_checkpoint(tmp_path, capsys, monkeypatch):
+    """TensorBoard's purge_step does for the event files what the resume does for metrics.jsonl."""
+    import rmt.train.loop as loop
+
+    writers = []
+
+    class RecordingWriter:
+        def __init__(self, **kwargs):
+            writers.append(kwargs)
+
+        def add_scalar(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+        flush = close
+
+    monkeypatch.setattr(loop, "tensorboard_writer_class", lambda *args: RecordingWriter)
+    args = [*TINY, "--checkpoint-every", "2", "--tensorboard", "--output", str(tmp_path / "run")]
+    assert main(["train", *args, "--steps", "2"]) == 0
+    assert main(["train", *args, "--steps", "4", "--resume"]) == 0
+    assert [w["purge_step"] for w in writers] == [None, 3]
+
+
+@pytest.mark.parametrize(
+    ("command", "abbreviation"),
+    [("train", "--overwr"), ("eval", "--overwr"), ("generate", "--max-new"), ("babilong", "--hay"), ("demo", "--thr")],
+)
+def test_abbreviated_flags_are_refused(command, abbreviation, tmp_path, capsys):
+    """Each abbreviates one of its command's flags. An abbreviation would escape the check for flags a run does not
+    read, and change meaning when a flag sharing its prefix is added."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, abbreviation, "1", *(["--output", str(tmp_path)] if command in ("train", "babilong") else [])])
+    assert exit_info.value.code == 2 and f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(RMT, ARMT) on inputs longer than their context window.",
     )
     parser.add_argument("--version", action="version", version=f"rmt {__version__}")
+    # Each command's parser refuses abbreviated flags (allow_abbrev=False): an abbreviation would change meaning
+    # when a flag sharing its prefix is added, and flags_given (which tells a flag given from its default) reads
+    # whole names.
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)

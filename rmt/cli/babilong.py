@@ -20,6 +20,7 @@ from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "babilong",
+        allow_abbrev=False,
         help="build BABILong samples (bAbI facts hidden in long text) into BABILong's JSON files",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),

@@ -66,7 +66,8 @@ def resolve_device(name: str) -> torch.device:
 
 def flags_given(args: argparse.Namespace, flags: Sequence[str]) -> list[str]:
     """Which of `flags` the command line gave (as `--flag VALUE` or `--flag=VALUE`), from `args.command_line` (set by
-    `rmt.cli.main`; none when the handler is called without it). An abbreviated flag is not seen."""
+    `rmt.cli.main`; none when the handler is called without it). The commands refuse abbreviated flags, so whole
+    names are all a command line can hold."""
     words = getattr(args, "command_line", [])
     return [flag for flag in flags if any(word == flag or word.startswith(flag + "=") for word in words)]
 

@@ -12,6 +12,7 @@ from rmt.cli.common import add_runtime_arguments, apply_runtime
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
+        allow_abbrev=False,
         help="train RMT and a no-memory baseline on copy-24 in 3 segments (CPU, about a minute)",
         description="Train the same small transformer with and without RMT memory on copy of 24 symbols cut "
         "into 3 segments; print held-out answer accuracy, write results.json and accuracy.png. Each model stops "

@@ -65,6 +65,7 @@ BY_LENGTH_FLAGS = (
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "eval",
+        allow_abbrev=False,
         help="evaluate a saved memory model (synthetic task, data file, or BABILong by length)",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),

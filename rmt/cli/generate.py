@@ -25,6 +25,7 @@ from rmt.errors import InputError
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "generate",
+        allow_abbrev=False,
         help="read a long document through memory, then answer a prompt",
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),

@@ -66,6 +66,7 @@ BABILONG_PREFIX = "babilong:"
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
+        allow_abbrev=False,
         help="train a memory model (synthetic task, data file, or BABILong)",
         description=__doc__.split("\n\n")[0] + " Checkpoints go to OUTPUT/checkpoint; --resume continues from it.",
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),

@@ -71,7 +71,10 @@ class TrainConfig:
         ),
     )
     min_lr_factor: float = field(default=0.1, metadata=_doc("Cosine schedule: final learning rate / peak (0..1)."))
-    grad_clip: float = field(default=1.0, metadata=_doc("Clip the global gradient norm to this value (0: off)."))
+    grad_clip: float = field(
+        default=1.0,
+        metadata=_doc("Clip the global gradient norm to this value (0: off; the norm is logged either way)."),
+    )
     eval_every: int = field(default=200, metadata=_doc("Evaluate on held-out batches every N steps (> 0)."))
     eval_batches: int = field(default=4, metadata=_doc("Held-out batches per evaluation (> 0)."))
     eval_batch_size: int = field(default=64, metadata=_doc("Samples per held-out batch (> 0)."))

@@ -28,6 +28,7 @@ stage, early-stopping record). A run stopped at step k and resumed gives the los
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -190,7 +191,10 @@ def _train(
     history = _read_metrics(metrics_path) if main else []
     writer = None
     if summary_writer is not None and main:
-        writer = summary_writer(log_dir=str(output_dir / TENSORBOARD_DIR))
+        # On a resume, events logged after the checkpoint are dropped as metrics.jsonl's records are.
+        writer = summary_writer(
+            log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if resume else None
+        )
 
     model.train()
     bar = tqdm(
@@ -208,12 +212,12 @@ def _train(
             break
         num_segments = _stage_segments(config, state, step)
         loss = _train_step(model, prepared, source, config, accelerator, step, num_segments)
-        if config.grad_clip <= 0:
-            grad_norm = 0.0
-        elif config.fsdp:
-            grad_norm = fsdp.clip_gradients(params, config.grad_clip)
+        # Clipping at infinity leaves the gradients as they are and still measures their norm for the log.
+        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+        if config.fsdp:
+            grad_norm = fsdp.clip_gradients(params, max_norm)
         else:
-            grad_norm = float(accelerator.clip_grad_norm_(params, config.grad_clip))
+            grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
         lr = scheduler.get_last_lr()[-1]  # the rate this step used (the scheduler then moves to the next one)
         optimizer.step()
         scheduler.step()
