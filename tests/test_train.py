@@ -267,9 +267,10 @@ class _AnswersOfManyLengths(Source):
         return self._batch(10**6 + index, batch_size)
 
 
-def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length():
-    """Each micro-batch's loss is a mean over its own answer tokens; weighted by their number, 4 x 1, 2 x 2 and 1 x 4
-    give the gradient of the whole batch."""
+@pytest.mark.parametrize("aggregation", ["tokens", "segments"])
+def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length(aggregation):
+    """Each micro-batch's loss is a mean over its own terms (answer tokens, or (sample, segment) pairs with answer
+    tokens); weighted by their number, 4 x 1, 2 x 2 and 1 x 4 give the gradient of the whole batch."""
     from accelerate import Accelerator
 
     from rmt.train.loop import _train_step
@@ -277,7 +278,7 @@ def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length():
     def gradient(batch_size: int, accumulation: int) -> tuple[float, torch.Tensor]:
         torch.manual_seed(0)
         backbone = random_backbone("llama", 50, 2, 32, 4, 64, seed=0)
-        model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=8))
+        model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=8, loss_aggregation=aggregation))
         config = TrainConfig(steps=1, batch_size=batch_size, grad_accumulation=accumulation, progress=False)
         loss = _train_step(model, model, _AnswersOfManyLengths(), config, Accelerator(cpu=True), 0, None)
         return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -287,6 +288,22 @@ def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length():
         loss, split = gradient(batch_size, accumulation)
         assert abs(loss - whole_loss) < 1e-5
         assert float((split - whole).norm() / whole.norm()) < 1e-5, (batch_size, accumulation)
+
+
+@pytest.mark.parametrize("aggregation", ["tokens", "segments"])
+def test_held_out_loss_over_batches_is_the_loss_of_one_batch(aggregation):
+    """score_batch's weight is the number of terms its loss is the mean of: batches combined by it give the loss of
+    all their samples as one batch."""
+    from rmt.train.evaluate import score_batch
+
+    backbone = random_backbone("llama", 50, 2, 32, 4, 64, seed=0)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=8, loss_aggregation=aggregation))
+    batch = _AnswersOfManyLengths().eval_batch(0, 4)
+    with torch.no_grad():
+        whole = score_batch(model.eval(), batch)
+        parts = [score_batch(model, batch.rows(slice(first, first + 1))) for first in range(4)]
+    combined = sum(part["loss"] * part["weight"] for part in parts) / sum(part["weight"] for part in parts)
+    assert combined == pytest.approx(whole["loss"], rel=1e-5)
 
 
 def test_accuracy_settings_are_refused_for_data_without_accuracy(tmp_path):

@@ -162,6 +162,18 @@ def loss_weights(config: RMTConfig, targets: torch.Tensor, num_segments: torch.T
     return weights / weights.sum()
 
 
+def loss_terms(config: RMTConfig, weights: torch.Tensor) -> int:
+    """How many terms the configured loss is the mean of, from a plan's per-target weights [B, N] (packed positions):
+    its targets, or with loss_aggregation="segments" the (sample, segment) pairs that hold targets. A loss over
+    several batches, each weighted by this count, is the loss of all of them as one batch."""
+    scored = (weights > 0).to(torch.int8)
+    if config.loss_aggregation != "segments":
+        return int(scored.sum())
+    seg_size = config.segment_size
+    scored = torch.nn.functional.pad(scored, (0, -scored.shape[1] % seg_size))
+    return int(scored.view(scored.shape[0], -1, seg_size).amax(dim=2).sum())
+
+
 def assemble_logits(
     plan: SegmentPlan, pieces: list[tuple[torch.Tensor | None, int, torch.Tensor]], batch: int, length: int
 ) -> torch.Tensor:

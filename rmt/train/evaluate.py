@@ -20,6 +20,7 @@ from rmt.data.batch import Batch
 from rmt.data.sources import Source
 from rmt.data.tasks import IGNORE_INDEX
 from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.segments import loss_terms
 
 
 @torch.no_grad()
@@ -30,9 +31,9 @@ def evaluate(
     batch_size: int,
     num_segments: int | None = None,
 ) -> dict[str, float]:
-    """Mean loss (over every scored target: token-weighted for causal LMs, sample-weighted for classifiers) and, for
-    answer tasks, per-token answer accuracy and full-answer exact match, over `batches` held-out batches of `source`
-    (fewer if the source has fewer)."""
+    """Mean loss (over every term the configured loss averages: `loss_terms` for causal LMs, samples for
+    classifiers) and, for answer tasks, per-token answer accuracy and full-answer exact match, over `batches`
+    held-out batches of `source` (fewer if the source has fewer)."""
     available = source.num_eval_batches(batch_size)
     count = batches if available is None else min(batches, available)
     was_training = model.training
@@ -59,8 +60,8 @@ def evaluate(
 
 def score_batch(model: RecurrentMemoryModel, batch: Batch, with_accuracy: bool = True) -> dict[str, float]:
     """Loss, correct answer tokens, answer tokens, samples answered exactly and samples with an answer in `batch`, and
-    the loss's weight: the number of targets it is the mean of (samples of a classifier, labelled tokens of a causal
-    LM)."""
+    the loss's weight: the number of terms it is the mean of (samples of a classifier; for a causal LM `loss_terms`:
+    targets, or (sample, segment) pairs with loss_aggregation="segments")."""
     if not model.token_logits:  # classification: one label per sample
         out = model(**batch.model_inputs())
         correct = out.logits.argmax(dim=-1) == batch.labels
@@ -73,11 +74,11 @@ def score_batch(model: RecurrentMemoryModel, batch: Batch, with_accuracy: bool =
             "exact": int(correct.sum()),
             "samples": n,
         }
+    weight = loss_terms(model.config, model.plan(batch.input_ids, batch.attention_mask, batch.labels).weights)
     targets = batch.labels[:, 1:]  # the token each position predicts
     scored = targets != IGNORE_INDEX  # [B, N - 1]
     if not with_accuracy:
         out = model(**batch.model_inputs(), logits="none")
-        weight = int(scored.sum())
         return {"loss": float(out.loss), "weight": weight, "hits": 0, "total": 0, "exact": 0, "samples": 0}
     counts = scored.sum(dim=1)
     width = max(int(counts.max()), 1)
@@ -93,7 +94,7 @@ def score_batch(model: RecurrentMemoryModel, batch: Batch, with_accuracy: bool =
     exact = ((hit | ~valid).all(dim=1) & has_answer).sum()
     return {
         "loss": float(out.loss),
-        "weight": int(scored.sum()),
+        "weight": weight,
         "hits": int(hit.sum()),
         "total": int(valid.sum()),
         "exact": int(exact),

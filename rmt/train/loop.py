@@ -53,6 +53,7 @@ from rmt.errors import InputError
 from rmt.files import recover_directory, write_atomic
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.segments import loss_terms
 from rmt.train import fsdp
 from rmt.train.checkpoint import CHECKPOINT_DIR, checkpoint_exists, load_checkpoint, save_checkpoint
 from rmt.train.config import TrainConfig
@@ -329,17 +330,15 @@ def _train_step(
 
 
 def _micro_batch_weights(model: RecurrentMemoryModel, batch: Batch, slices: list[slice]) -> list[float]:
-    """Each micro-batch's share of the global batch's loss: its number of targets over the total (samples for a
-    classifier; for a causal LM the targets its loss is the mean of, which `plan` derives as `forward` does). With
-    loss_aggregation="segments" a loss is a mean of per-segment means, not of targets: equal shares."""
-    if model.token_logits and model.config.loss_aggregation == "segments":
-        return [1 / len(slices)] * len(slices)
+    """Each micro-batch's share of the global batch's loss: the number of terms its loss is the mean of over the
+    total (samples for a classifier; for a causal LM `loss_terms` of the plan `forward` makes: targets, or
+    (sample, segment) pairs with loss_aggregation="segments")."""
     counts = []
     for rows in slices:
         part = batch.rows(rows)
         if model.token_logits:
             plan = model.plan(part.input_ids, part.attention_mask, part.labels)
-            counts.append(float((plan.weights > 0).sum()))
+            counts.append(float(loss_terms(model.config, plan.weights)))
         else:
             counts.append(float(part.input_ids.shape[0]))
     total = sum(counts)
