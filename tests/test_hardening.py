@@ -55,12 +55,12 @@ def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
     assert code == 2 and "num_memory_tokens: checkpoint 2, now 3" in err
     code, err = run_cli([*args, "--hidden", "64"], capsys)
     assert code == 2 and "backbone hidden_size: checkpoint 32, now 64" in err
-    # The restored optimizer and schedule would override a new learning rate; a new batch size changes the data.
+    # The restored optimizer and schedule would override a new learning rate; a new global batch changes the data.
     code, err = run_cli([*args, "--lr", "1e-5", "--batch-size", "4"], capsys)
-    assert (
-        code == 2 and "learning_rate: checkpoint 0.001, now 1e-05" in err and "batch_size: checkpoint 2, now 4" in err
-    )
-    assert run_cli(args, capsys)[0] == 0  # more steps, the same settings: resumes
+    assert code == 2 and "--lr: checkpoint 0.001, now 1e-05" in err
+    assert "global batch (--batch-size x --grad-accumulation x processes): checkpoint 2, now 4" in err
+    # The same global batch split otherwise (to fit memory) gives the same data and gradient: resumes.
+    assert run_cli([*args, "--batch-size", "1", "--grad-accumulation", "2"], capsys)[0] == 0
 
 
 def test_resume_from_a_damaged_checkpoint(trained_run, capsys):
@@ -346,3 +346,18 @@ def test_abbreviated_flags_are_refused(command, abbreviation, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, abbreviation, "1", *(["--output", str(tmp_path)] if command in ("train", "babilong") else [])])
     assert exit_info.value.code == 2 and f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err
+
+
+def test_resume_compares_the_global_batch_across_process_counts(tmp_path):
+    """A run of 2 processes x batch 2 resumed in one process needs batch 4 (or accumulation 2) to draw its data."""
+    from dataclasses import asdict
+
+    from rmt.train.checkpoint import GLOBAL_BATCH, ResumeSettingsError, _check_same_optimization
+    from rmt.train.config import TrainConfig
+
+    record = {"train_config": asdict(TrainConfig(batch_size=2)), "processes": 2}
+    with pytest.raises(ResumeSettingsError) as refused:
+        _check_same_optimization(record, TrainConfig(batch_size=2), tmp_path, processes=1)
+    assert refused.value.changes == [(GLOBAL_BATCH, 4, 2)]
+    _check_same_optimization(record, TrainConfig(batch_size=4), tmp_path, processes=1)
+    _check_same_optimization(record, TrainConfig(batch_size=2, grad_accumulation=2), tmp_path, processes=1)

@@ -166,7 +166,7 @@ class Setup:
 def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
-    from rmt.train.checkpoint import checkpoint_exists
+    from rmt.train.checkpoint import GLOBAL_BATCH, ResumeSettingsError, checkpoint_exists
     from rmt.train.evaluate import evaluate
     from rmt.train.loop import run_entries, save_model, tensorboard_writer_class, train
 
@@ -196,17 +196,22 @@ def run(args: argparse.Namespace) -> int:
         if tokenizer is not None:
             tokenizer.save_pretrained(Path(folder) / "backbone")
 
-    train(
-        setup.model,
-        setup.source,
-        config,
-        output,
-        resume=args.resume,
-        accelerator=accelerator,
-        description=setup.description,
-        save_extras=save_tokenizer,
-        overwrite=args.overwrite,  # the old run goes once start-up succeeded
-    )
+    try:
+        train(
+            setup.model,
+            setup.source,
+            config,
+            output,
+            resume=args.resume,
+            accelerator=accelerator,
+            description=setup.description,
+            save_extras=save_tokenizer,
+            overwrite=args.overwrite,  # the old run goes once start-up succeeded
+        )
+    except ResumeSettingsError as err:  # the same refusal, in the flags' names
+        names = {key: flag_name(key, TRAIN_FLAGS) for key, _, _ in err.changes}
+        names[GLOBAL_BATCH] = "global batch (--batch-size x --grad-accumulation x processes)"
+        raise ResumeSettingsError(err.path, err.changes, names) from None
     save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
     if accelerator.is_main_process or config.fsdp:  # sharded layers need every process to run
         scores = evaluate(setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments)

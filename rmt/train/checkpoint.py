@@ -85,6 +85,7 @@ def save_checkpoint(
                 "rmt_config": model.config.to_dict(),
                 "backbone": _backbone_shape(model),
                 "trainer": trainer_state,
+                "processes": accelerator.num_processes,  # with the batch settings, the global batch's size
             }
             write_json_atomic(tmp_dir / TRAINER_STATE, record)
         accelerator.wait_for_everyone()
@@ -152,7 +153,7 @@ def load_checkpoint(
     _check_same_model(record, model, path)
     if config is not None:
         _check_same_adapters(record, config, path)
-        _check_same_optimization(record, config, path)
+        _check_same_optimization(record, config, path, accelerator.num_processes)
     try:
         if sharded is not None:
             fsdp.load_state(path, model, *sharded, accelerator)
@@ -181,9 +182,10 @@ def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path:
         )
 
 
-# Settings a resumed run cannot change: the optimizer and schedule state restored from the checkpoint hold the
-# learning rates and weight decay (a new value would be overridden without a word), and the batches after the
-# checkpoint are drawn from the seed and the global batch's size.
+# Settings a resumed run cannot change. The optimizer state restored from the checkpoint holds the learning rates
+# and weight decay (a new value would be overridden without a word); a new schedule shape would make the learning
+# rate jump mid-run; the batches after the checkpoint are drawn from the seed and the global batch's size. How the
+# global batch is split (batch size, accumulation, processes) may change: the gradient is the same.
 RESUME_FIXED = (
     "learning_rate",
     "memory_learning_rate",
@@ -191,26 +193,40 @@ RESUME_FIXED = (
     "lr_schedule",
     "warmup_steps",
     "min_lr_factor",
-    "batch_size",
-    "grad_accumulation",
     "seed",
 )
+GLOBAL_BATCH = "global_batch"  # batch_size x grad_accumulation x processes, in ResumeSettingsError.changes
 
 
-def _check_same_optimization(record: dict[str, Any], config: TrainConfig, path: Path) -> None:
+class ResumeSettingsError(InputError):
+    """A resume with settings the checkpoint's run did not have. `changes`: (setting, checkpoint's value, now), the
+    setting a TrainConfig field or GLOBAL_BATCH, so that a command line can name its own flags."""
+
+    def __init__(self, path: Path, changes: list[tuple[str, Any, Any]], names: dict[str, str] | None = None) -> None:
+        self.path, self.changes = path, changes
+        names = names or {}
+        listed = "; ".join(f"{names.get(key, key)}: checkpoint {saved!r}, now {now!r}" for key, saved, now in changes)
+        super().__init__(
+            f"cannot resume from {path} with other training settings ({listed}): the restored optimizer, schedule "
+            "and data order would not follow them; resume with the checkpoint's settings, or start a new run from "
+            "its model"
+        )
+
+
+def _check_same_optimization(record: dict[str, Any], config: TrainConfig, path: Path, processes: int) -> None:
     """Refuse to resume with settings the checkpoint's state would silently override or that change the data."""
     saved, now = record.get("train_config", {}), asdict(config)
-    differences = [
-        f"{key}: checkpoint {saved[key]!r}, now {now[key]!r}"
-        for key in RESUME_FIXED
-        if key in saved and saved[key] != now[key]
-    ]
-    if differences:
-        raise InputError(
-            f"cannot resume from {path} with other training settings ({'; '.join(differences)}): the restored "
-            "optimizer, schedule and data order would not follow them; resume with the checkpoint's settings, or "
-            "start a new run from its model (--model)"
-        )
+    changes = [(key, saved[key], now[key]) for key in RESUME_FIXED if key in saved and saved[key] != now[key]]
+    global_batch = config.batch_size * config.grad_accumulation * processes
+    saved_batch = (
+        saved.get("batch_size", config.batch_size)
+        * saved.get("grad_accumulation", config.grad_accumulation)
+        * record.get("processes", processes)  # checkpoints from before it was recorded: taken as unchanged
+    )
+    if saved_batch != global_batch:
+        changes.append((GLOBAL_BATCH, saved_batch, global_batch))
+    if changes:
+        raise ResumeSettingsError(path, changes)
 
 
 def _check_same_adapters(record: dict[str, Any], config: TrainConfig, path: Path) -> None:
