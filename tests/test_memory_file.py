@@ -14,6 +14,7 @@ from rmt.build import pretrained_backbone, pretrained_tokenizer
 from rmt.cli import main
 from rmt.errors import InputError
 from rmt.inference import DiagonalARMT
+from rmt.memory import memory_file
 from rmt.memory.memory_file import load_memory, read_memory, save_memory
 
 
@@ -160,3 +161,17 @@ def test_diagonal_engine_follows_its_model_weights():
     assert float((after - before).abs().max()) > 1e-3  # the change reached the engine
     torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-4)
     assert not engine.refresh()  # nothing changed since: no restacking
+
+
+def test_weights_fingerprint_of_a_tensor_past_two_to_the_24_elements_samples_its_last_element():
+    """An LLM's embedding has more elements than float32 counts exactly: the sampled positions stay in range, and
+    the last element is one of them."""
+    size = 2**24 + 4  # its last index, 2**24 + 3, rounds up to 2**24 + 4 in float32
+
+    def fingerprint(last: float) -> str:
+        module = torch.nn.Module()
+        module.weight = torch.nn.Parameter(torch.zeros(size), requires_grad=False)
+        module.weight.data[-1] = last
+        return memory_file.weights_fingerprint(module)
+
+    assert fingerprint(0.0) != fingerprint(1.0)

@@ -68,7 +68,9 @@ def weights_fingerprint(model: MemoryModel) -> str:
         if not tensor.is_floating_point():
             continue
         flat = tensor.detach().reshape(-1)
-        picks = torch.linspace(0, flat.numel() - 1, min(flat.numel(), _SAMPLES_PER_TENSOR)).long()
+        count = min(flat.numel(), _SAMPLES_PER_TENSOR)
+        # Integer arithmetic: float positions round past the last element beyond 2**24 elements (an LLM's embedding).
+        picks = torch.arange(count, dtype=torch.int64) * (flat.numel() - 1) // max(count - 1, 1)
         sample = flat[picks.to(flat.device)].to("cpu", torch.bfloat16).to(torch.float32)
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(sample.contiguous().numpy().tobytes())
