@@ -5,8 +5,9 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
 - `write_atomic(path, data)`: the data goes to a temporary file next to `path`, is flushed to disk, then renamed
   over `path` (a rename within one folder is atomic).
 - `atomic_directory(path, owned=...)`: a context manager that yields an empty temporary folder next to `path`; when
-  the block finishes without an exception the folder replaces `path`, with the entries of `path` that the writer
-  does not own carried over (a tokenizer saved into a checkpoint folder survives the next save). On Linux the two
+  the block finishes without an exception the folder replaces `path`, with the files of `path` that the writer
+  neither wrote again nor owns carried over, at any depth (a tokenizer saved into a checkpoint's backbone folder
+  survives the next save). A `path` that is a symbolic link is written where it points. On Linux the two
   folders are exchanged in one `renameat2(RENAME_EXCHANGE)` call, so there is no moment at which `path` does not
   exist; elsewhere the old folder is first renamed aside, and `recover_directory` puts it back if the process died
   between the two renames.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fnmatch
 import json
 import os
 import shutil
@@ -59,10 +61,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it becomes `path`, on an exception it is removed and `path` is
-    left as it was. `owned`: the names the block writes; the other entries of an existing `path` are carried into
-    the new folder before the swap (hard links where the file system allows, else copies), so the swap loses
-    nothing it did not write. None: `path` is replaced whole. A `path` that is a file raises NotADirectoryError."""
-    path = Path(path)
+    left as it was. `owned`: glob patterns of paths relative to `path` ("memory.safetensors", "backbone/*.json")
+    that the block's version replaces even where it writes no file of that name (old weight shards must not come
+    back). Every other file of an existing `path` that the block did not write again is carried into the new folder
+    before the swap (hard links where the file system allows, else copies), so the swap loses nothing it did not
+    replace. None: `path` is replaced whole. A `path` that is a file raises NotADirectoryError."""
+    path = _resolved(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,16 +81,30 @@ def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _carry_over(old: Path, new: Path, owned: set[str]) -> None:
-    """Link (or copy) every entry of `old` whose name is not in `owned` into `new`; `old` itself is not changed, so a
-    crash before the swap loses nothing."""
+def _carry_over(old: Path, new: Path, owned: set[str], prefix: str = "") -> None:
+    """Link (or copy) every file under `old` into the same place under `new`, unless `new` has it already or its
+    path relative to the top (`prefix` + name) matches an `owned` pattern; folders are merged the same way. `old`
+    itself is not changed, so a crash before the swap loses nothing."""
     for entry in old.iterdir():
-        if entry.name in owned or (new / entry.name).exists():
+        relative = prefix + entry.name
+        target = new / entry.name
+        if any(fnmatch.fnmatchcase(relative, pattern) for pattern in owned):
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(entry, new / entry.name)
+            if not target.exists() and not target.is_symlink():
+                target.mkdir()
+                shutil.copystat(entry, target)
+            if target.is_dir() and not target.is_symlink():
+                _carry_over(entry, target, owned, relative + "/")
+        elif not target.exists() and not target.is_symlink():
+            _link_or_copy(entry, target)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    """`path`, or where it points when it is a symbolic link: swapping the link itself would replace the link with
+    a folder and leave the folder it pointed to unchanged."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -103,7 +121,7 @@ def temporary_directory(path: str | os.PathLike) -> Path:
     """A new empty folder next to `path`, named so that `recover_directory(path)` removes it if this process dies
     before it is swapped in (for writers that cannot use `atomic_directory`, e.g. several processes filling one
     folder). Pair it with `replace_directory`."""
-    path = Path(path)
+    path = _resolved(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
     return _new_temporary_directory(path)
@@ -150,7 +168,7 @@ def recover_directory(path: str | os.PathLike) -> None:
 def replace_directory(new: Path, target: Path) -> None:
     """Make the complete folder `new` the folder `target`, atomically where the system allows (see the module
     docstring); the previous `target`, if any, is removed."""
-    new, target = Path(new), Path(target)
+    new, target = Path(new), _resolved(target)
     if not target.exists():
         os.replace(new, target)
         return

@@ -117,6 +117,36 @@ def test_save_keeps_other_files_in_the_folder(tmp_path):
     torch.testing.assert_close(RecurrentMemoryModel.from_pretrained(folder)(ids).logits, model.eval()(ids).logits)
 
 
+def test_save_keeps_a_tokenizer_in_the_backbone_folder_but_not_old_weight_shards(tmp_path):
+    """`rmt train` saves the tokenizer into backbone/: saving the model again keeps it. Weight files of the old
+    version that the new one does not write (a sharded save before an unsharded one) are dropped."""
+    folder = tmp_path / "ckpt"
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5))
+    model.save_pretrained(folder)
+    (folder / "backbone" / "tokenizer.json").write_text('{"version": "1.0"}')
+    (folder / "backbone" / "model-00001-of-00002.safetensors").write_text("stale shard")
+    (folder / "backbone" / "model.safetensors.index.json").write_text("{}")
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in (folder / "backbone").iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    assert (folder / "backbone" / "tokenizer.json").read_text() == '{"version": "1.0"}'
+
+
+def test_save_through_a_symbolic_link_writes_where_it_points(tmp_path):
+    """Saving to a link (`latest -> run-2`) updates the folder it points to and keeps the link."""
+    (tmp_path / "run-2").mkdir()
+    (tmp_path / "latest").symlink_to("run-2")
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5))
+    model.save_pretrained(tmp_path / "latest")
+    model.save_pretrained(tmp_path / "latest")
+    assert (tmp_path / "latest").is_symlink() and (tmp_path / "run-2" / "memory.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "run-2"]
+
+
 def test_save_to_a_file_is_refused(tmp_path):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")

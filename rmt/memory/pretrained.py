@@ -6,7 +6,8 @@ A checkpoint is a folder:
     rmt_config.json       the RMTConfig
 It is written into a temporary folder and swapped in whole (`rmt.files.atomic_directory`), so a crash never leaves a
 half-written checkpoint and an existing one is replaced only once the new one is complete. Other files already in the
-folder (a tokenizer saved there, a README) are kept, as in Hugging Face's own `save_pretrained`. A loaded model is in
+folder (a tokenizer saved there or in backbone/, a README) are kept, as in Hugging Face's own `save_pretrained`;
+old weight files are not. A loaded model is in
 eval mode, as Hugging Face models are after `from_pretrained`.
 """
 
@@ -36,6 +37,16 @@ if TYPE_CHECKING:
 MEMORY_WEIGHTS = "memory.safetensors"
 MEMORY_CONFIG = "rmt_config.json"
 BACKBONE_DIR = "backbone"
+# What a save replaces even where it writes no file of that name: the old weights (their sharding may change). The
+# rest of an existing checkpoint folder (a tokenizer in backbone/, a README) is kept.
+_OWNED = (
+    MEMORY_WEIGHTS,
+    MEMORY_CONFIG,
+    f"{BACKBONE_DIR}/*.safetensors",
+    f"{BACKBONE_DIR}/*.safetensors.index.json",
+    f"{BACKBONE_DIR}/*.bin",
+    f"{BACKBONE_DIR}/*.bin.index.json",
+)
 
 
 def save_memory_model(
@@ -58,7 +69,7 @@ def save_memory_model(
         memory_weights = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
     if Path(path).exists() and not Path(path).is_dir():
         raise InputError(f"cannot save a model to {path}: it is a file, not a folder")
-    with atomic_directory(path, owned=(BACKBONE_DIR, MEMORY_WEIGHTS, MEMORY_CONFIG)) as tmp, _progress_bars(progress):
+    with atomic_directory(path, owned=_OWNED) as tmp, _progress_bars(progress):
         model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True, state_dict=backbone_weights)
         tensors = {k: v.detach().contiguous().cpu() for k, v in memory_weights.items()}
         save_file(tensors, str(tmp / MEMORY_WEIGHTS), metadata={"format": "pt"})
