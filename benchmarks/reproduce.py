@@ -325,7 +325,9 @@ def generated_scores(model: RMTForCausalLM, task: Task, samples: int, batch_size
     for index in range((samples + batch_size - 1) // batch_size):
         rows = min(batch_size, samples - index * batch_size)
         batch = TaskSource(task).eval_batch(index, rows)
-        out = model.generate(batch.input_ids[:, :start].to(model.device), max_new_tokens=length)
+        # Answers have a fixed length: no early stop at a backbone's end-of-sequence token, which would shorten them.
+        prompt = batch.input_ids[:, :start].to(model.device)
+        out = model.generate(prompt, max_new_tokens=length, eos_token_id=None)
         generated = out.sequences[:, start:].cpu()  # [b, answer_length]
         target = batch.labels[:, start : start + length]
         scored = target != IGNORE_INDEX

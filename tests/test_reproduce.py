@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from benchmarks import reproduce, reproduce_report
+from rmt import RMTConfig, RMTForCausalLM
+from rmt.build import random_backbone
 from rmt.data.tasks import IGNORE_INDEX
 from rmt.errors import InputError
 from rmt.train.loop import TaskSource
@@ -380,3 +382,16 @@ def test_seed_mean_averages_the_score_and_the_per_token_accuracy():
     mean = _seed_mean(records)
     assert mean["seed"] == 0 and abs(mean["score"] - 0.65) < 1e-12
     assert abs(mean["generated"]["accuracy"] - 0.93) < 1e-12
+
+
+def test_generated_scores_read_whole_answers_from_a_backbone_with_an_end_token():
+    """A backbone whose EOS token is each row's first answer token does not cut the scored answers short."""
+    task = reproduce.TASKS["copy"].make(3)
+    backbone = random_backbone("llama", task.vocab_size, 1, 32, 4, 64, seed=0)
+    model = RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3))).eval()
+    expected, _ = greedy_accuracy(model, task, 4)
+    prompts = TaskSource(task).eval_batch(0, 4).input_ids[:, : task.answer_start]
+    first_tokens = model.generate(prompts, max_new_tokens=1).sequences[:, -1]
+    backbone.generation_config.eos_token_id = sorted(set(first_tokens.tolist()))
+    backbone.generation_config.pad_token_id = 0
+    assert reproduce.generated_scores(model, task, 4, 4)["accuracy"] == pytest.approx(expected)
