@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
 from rmt.errors import InputError
@@ -132,6 +132,36 @@ def test_sampling_settings_match_hugging_face_generate(name):
     torch.manual_seed(3)
     unset = model.generate(prompt, output_scores=True, **{k: v for k, v in settings.items() if k != tested})
     assert not torch.equal(ours.scores, unset.scores)  # the setting made a difference
+
+
+class _BanTopToken(LogitsProcessor):
+    """Bans each row's highest-scoring token: run after top_k=1 it would leave nothing to sample from."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.scatter(1, scores.argmax(dim=1, keepdim=True), float("-inf"))
+
+
+@pytest.mark.parametrize(
+    ("custom", "settings"),
+    [
+        ([_BanTopToken()], {"do_sample": True, "top_k": 2}),
+        ([RepetitionPenaltyLogitsProcessor(5.0)], {"repetition_penalty": 1.5}),
+    ],
+    ids=["before-the-warpers", "replaces-the-built-in-of-its-type"],
+)
+def test_a_callers_logits_processor_is_merged_as_hugging_face_merges_it(custom, settings):
+    """Before the sampling warpers, and in place of the processor a setting builds (`repetition_penalty`)."""
+    model = plain_model()
+    prompt = prompts(2, 6, seed=5)
+    settings = {**settings, "max_new_tokens": 6, "pad_token_id": 0, "logits_processor": LogitsProcessorList(custom)}
+    torch.manual_seed(4)
+    ours = model.generate(prompt, output_scores=True, **settings)
+    torch.manual_seed(4)
+    theirs = model.backbone.generate(
+        prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
+    )
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert torch.allclose(ours.scores, torch.stack(theirs.scores, dim=1), atol=1e-5)
 
 
 def test_num_return_sequences_repeats_each_prompt_and_its_memory():

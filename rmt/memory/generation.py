@@ -19,7 +19,8 @@ Settings are transformers' `GenerationConfig` fields, applied with transformers'
 no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens, sequence_bias, min_new_tokens /
 min_length, forced_bos_token_id / forced_eos_token_id, exponential_decay_length_penalty, remove_invalid_values,
 renormalize_logits; max_new_tokens / max_length, max_time, eos_token_id, pad_token_id, num_return_sequences (with
-sampling). Your own `logits_processor` runs after them (before renormalize_logits). A setting that would change the
+sampling). Your own `logits_processor` is merged in as transformers merges it: before the sampling warpers, in
+place of a built-in processor of the same type. A setting that would change the
 result and that this token-by-token loop does not implement (beam search, constraints, stop_strings, contrastive
 search, ...) and a keyword that is no GenerationConfig field are refused with an InputError, never silently ignored.
 
@@ -295,8 +296,9 @@ def _processors(
     min_new_tokens: int,
     padding: torch.Tensor,
 ) -> LogitsProcessorList:
-    """transformers' processors for `config`, in the order its `generate` applies them (`extra` after the warpers),
-    for inputs whose first `prompt_width` columns are the prompt and `padding` [B] of them each row's padding."""
+    """transformers' processors for `config`, in the order its `generate` applies them (`extra`, the caller's, merged
+    in before the sampling warpers), for inputs whose first `prompt_width` columns are the prompt and `padding` [B]
+    of them each row's padding."""
     processors = LogitsProcessorList()
     eos_ids = sorted(eos) or None
     device = padding.device
@@ -325,6 +327,7 @@ def _processors(
             processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device))
         if config.begin_suppress_tokens is not None:
             processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_width, device))
+        processors = _with_custom(processors, extra or [])
         if config.do_sample:
             if config.temperature not in (None, 1.0):
                 processors.append(TemperatureLogitsWarper(config.temperature))
@@ -344,11 +347,18 @@ def _processors(
                 processors.append(EtaLogitsWarper(config.eta_cutoff, device=device))
     except ValueError as err:
         raise InputError(f"bad generation settings: {err}") from err
-    if extra:
-        processors.extend(extra)
     if config.renormalize_logits:  # transformers keeps the normalization last
         processors.append(LogitNormalization())
     return processors
+
+
+def _with_custom(built: LogitsProcessorList, custom: list) -> LogitsProcessorList:
+    """`built` with the caller's processors merged in as transformers' generate merges them: one of the same type as
+    a built-in processor takes its place, the others follow."""
+    replacing = {type(processor): processor for processor in custom}
+    merged = LogitsProcessorList(replacing.get(type(processor), processor) for processor in built)
+    merged.extend(processor for processor in custom if not any(processor is used for used in merged))
+    return merged
 
 
 def _token_set(value: int | list[int] | None) -> set[int]:
