@@ -226,3 +226,13 @@ def test_facts_before_last_that_cannot_be_met_is_refused(tokenizer):
     assert len(source(32).samples(seed=0, count=4, num_segments=1, training=True)) == 4  # one segment: nothing before
     assert len(source(32, 0.0).samples(seed=0, count=4, num_segments=2, training=True)) == 4
     assert len(source(32).samples(seed=0, count=4, num_segments=2, training=False)) == 4  # held out: anywhere
+
+
+def test_facts_before_last_with_a_short_haystack_blames_the_haystack(tokenizer):
+    """The background running out is its own error, not "facts_before_last cannot be met" after 1000 redraws."""
+    haystack = Haystack.from_text(background_text(3))
+    collate = QACollator(tokenizer, "encoder", answer_labels("qa1"))
+    for fraction in (0.0, 1.0):
+        source = BabilongSource("qa1", tokenizer, haystack, collate, 64, facts_before_last=fraction)
+        with pytest.raises(InputError, match="haystack too short"):
+            source.samples(seed=0, count=2, num_segments=3, training=True)

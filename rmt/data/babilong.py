@@ -555,6 +555,10 @@ def _check_depth(depth: tuple[float, float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
+class FactPlacementError(InputError):
+    """No sentence boundary of the background puts the story's facts within the asked depth range."""
+
+
 def _place_facts(
     boundaries: list[int], fact_counts: list[int], depth: tuple[float, float], draws: list[float]
 ) -> tuple[list[int], list[float]]:
@@ -572,7 +576,7 @@ def _place_facts(
     lo = bisect.bisect_left(boundaries, first)
     hi = bisect.bisect_right(boundaries, last) - 1
     if lo > hi:
-        raise InputError(
+        raise FactPlacementError(
             f"no sentence boundary puts {facts_tokens} fact tokens within depth {depth} of a {context_tokens}-token "
             "context: widen the depth range or use a longer sample"
         )

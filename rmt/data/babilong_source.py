@@ -30,6 +30,7 @@ from rmt.data.babilong import (
     PLACES,
     QA5_PEOPLE,
     BabilongSample,
+    FactPlacementError,
     _capped_fact_range,
     answer_labels,
     build_sample,
@@ -131,7 +132,7 @@ class BabilongSource(Source):
             if sum(count([" " + fact for fact in story.facts])) <= room:
                 try:
                     return build_sample(task, length, count, haystack, seed, (0.0, end), self.num_facts)
-                except ValueError:  # no sentence boundary keeps them before it: draw another story
+                except FactPlacementError:  # no sentence boundary keeps them before it: draw another story
                     pass
             seed = redraws.getrandbits(53)
         raise self._unmet(task, n, length, f"none of {_MAX_PLACEMENT_DRAWS} {task} stories fit in {room} tokens")
