@@ -266,6 +266,13 @@ def test_a_metrics_line_cut_off_by_a_crash_does_not_stop_a_resume(trained_run, c
     assert after[: len(before)] == before and max(r["step"] for r in after) == 4
 
 
+def test_a_damaged_metrics_line_before_the_last_is_named_by_its_line_number(trained_run, capsys):
+    log = trained_run / "metrics.jsonl"
+    log.write_text('{"step": 1}\n\n\n{"step": 2, bad\n{"step": 2}\n')
+    code, err = run_cli(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 2 and "metrics.jsonl line 4 is not a JSON record" in err
+
+
 def test_a_resume_inside_a_log_window_logs_what_the_uninterrupted_run_logs(tmp_path, capsys, monkeypatch):
     """The running training loss is saved with the checkpoint: the first record after a crash and resume is the
     mean the uninterrupted run logs, and each record's lr is the rate its step used."""

@@ -454,13 +454,13 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     after the last checkpoint, so a resume logs it again); a damaged line before the last is an InputError."""
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
     records = []
-    for number, line in enumerate(lines, start=1):
+    for index, (number, line) in enumerate(lines):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            if number == len(lines):
+            if index == len(lines) - 1:  # the last record, cut off by a crash
                 break
             raise InputError(f"{path} line {number} is not a JSON record: {err}") from err
     return records
