@@ -210,14 +210,28 @@ def test_samples_per_length_do_not_depend_on_their_order():
             "--window 100000: the full-attention backbone reads at",
         ),
         (["--segments", "7", "--task-size", "3"], "--task-size 3, --segments 7: only for synthetic tasks (--task)"),
+        (
+            ["--methods", "full_attention", "--max-new-tokens", "100000"],
+            "--max-new-tokens 100000: the full-attention backbone's window of",
+        ),
+        (["--babilong-dir", "BABILONG_DIR_FILE"], "is a file, not a folder"),
     ],
 )
 def test_by_length_settings_are_refused_with_the_flag_named(decoder, flags, message, tmp_path, capsys):
     output = tmp_path / "out"
+    (tmp_path / "notes.txt").write_text("a file")
+    flags = [str(tmp_path / "notes.txt") if flag == "BABILONG_DIR_FILE" else flag for flag in flags]
     args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
     code, _, err = _run([*args, *flags], capsys)
     assert code == 2 and message in err and "segment_size" not in err
     assert len(err.strip().splitlines()) == 1 and not output.exists()
+
+
+def test_max_new_tokens_is_refused_for_an_encoder(encoder, tmp_path, capsys):
+    output = tmp_path / "out"
+    args = ["eval", encoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
+    code, _, err = _run([*args, "--max-new-tokens", "5"], capsys)
+    assert code == 2 and "--max-new-tokens: " in err and "is an encoder" in err and not output.exists()
 
 
 def test_babilong_refuses_an_empty_length_list(decoder, tmp_path, capsys):

@@ -385,6 +385,7 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
             raise InputError(f"{', '.join(given)}: only for the full_attention method, which --methods does not name")
     if args.window is not None and args.window <= 0:
         raise InputError(f"--window must be > 0 (the tokens full_attention reads), got {args.window}")
+    max_new_tokens_given = args.max_new_tokens is not None  # an encoder (known once loaded) has no use for it
     args.max_new_tokens = DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -399,6 +400,8 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
             )
         root = Path(args.babilong_dir)
         files = {(t, n): babilong_file(root, t, n) for t in tasks for n in lengths}
+        if root.exists() and not root.is_dir():
+            raise InputError(f"--babilong-dir {root} is a file, not a folder")
         if not root.is_dir():
             first = next(iter(files.values()))
             raise MissingFileError(f"--babilong-dir {root}: no such folder (it should hold {first}, ...)")
@@ -417,6 +420,7 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
         "methods": methods,
         "files": files,
         "num_facts": num_facts,
+        "max_new_tokens_given": max_new_tokens_given,
     }
 
 
@@ -445,6 +449,11 @@ def _full_attention_window(args: argparse.Namespace, backbone: Any, mode: str) -
         )
     window = args.window if args.window is not None else limit
     if mode == "decoder" and window <= args.max_new_tokens:
+        if args.window is None:  # the backbone's own window: only the answer's length can give
+            raise InputError(
+                f"--max-new-tokens {args.max_new_tokens}: the full-attention backbone's window of {window} tokens "
+                "holds the question and the answer; give fewer --max-new-tokens"
+            )
         raise InputError(
             f"--window {window}: a decoder's window holds the question and the answer's --max-new-tokens "
             f"{args.max_new_tokens} tokens; give a --window above {args.max_new_tokens} (or fewer --max-new-tokens)"
@@ -464,6 +473,8 @@ def _by_length(args: argparse.Namespace, model, plan: dict[str, Any]) -> int:
     num_facts = plan["num_facts"]
     tokenizer = pretrained_tokenizer(args.checkpoint)
     mode = model.config.mode
+    if mode == "encoder" and plan["max_new_tokens_given"]:
+        raise InputError(f"--max-new-tokens: {args.checkpoint} is an encoder, which answers with a class, not tokens")
     files = None
     haystack = None
     if plan["files"] is not None:

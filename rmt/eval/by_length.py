@@ -8,9 +8,11 @@ For every task and length the same samples (deterministic in `seed`, or read fro
 - "full_attention": the backbone alone reading at most its own window, the last `window` tokens of the input (all of
   it when it fits), as a user of the plain model would.
 An encoder answers with the class it scores highest; a decoder generates up to `max_new_tokens` greedily after the
-question, and counts as right when the target occurs in the first sentence of its answer (the public benchmark's
-check). Only what is scored is kept: class logits, or the logits of the last position while generating, so a
-1M-token sample needs one segment's activations, never a [1, N, V] tensor.
+question and is checked as the public benchmark checks (`rmt.data.babilong.answer_is_correct`): in the first
+sentence of its answer, the target must be the only one of the task's answers named (those in the question aside),
+or for a task outside qa1-qa5 the target must occur there. Only what is scored is kept: class logits, or the
+logits of the last position while generating, so a 1M-token sample needs one segment's activations, never a
+[1, N, V] tensor.
 
 Every answer is kept as well: `results["predictions"]` (and predictions.jsonl in the output folder) holds one
 record per sample and method (its seed, the target, the answer, whether it is right, the supporting facts' depths),
