@@ -5,7 +5,8 @@
 writes OUTPUT/data/<task>/<length>.json, the layout of the public data set: a JSON array of {"input", "question",
 "target"} records plus metadata (the story's facts, the supporting facts and their depths, the seed), readable by
 `rmt eval --babilong-dir` and by any tool that reads the public BABILong files. Lengths are counted in tokens of
---tokenizer. The files are written only once every one of them is built: a run that fails changes no file.
+--tokenizer. The files are written only once every one of them is built: a run that fails while building changes
+no file (each file is then renamed into place, one at a time).
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
-    for temporary, path in staged:
-        os.replace(temporary, path)
+    try:
+        for temporary, path in staged:
+            os.replace(temporary, path)
+    finally:  # an interruption between the renames leaves no staged file behind
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
     print(f"wrote {len(cells)} files of {args.samples} samples under {Path(args.output)}")
     return 0
