@@ -276,3 +276,29 @@ def test_generate_restores_each_submodules_mode_when_it_fails():
     with pytest.raises(ValueError, match="embeds at most 256"):  # raised while decoding, past GPT-2's positions
         model.generate(prompts(1, 150, seed=11), max_new_tokens=100)
     assert {name: module.training for name, module in model.named_modules()} == modes
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"do_sample": True, "top_p": 2.0},
+        {"do_sample": True, "temperature": 0.0},
+        {"num_beams": 2},
+        {"not_a_setting": 1},
+        {"max_new_tokens": 4, "repetition_penalty": 1.2},
+    ],
+)
+def test_checking_settings_refuses_what_generate_refuses(settings):
+    """check_generation_settings (a command's check before it reads a document) and generate agree."""
+    from rmt.memory.generation import check_generation_settings
+
+    model = plain_model()
+    prompt = prompts(1, 5, seed=6)
+    try:
+        model.generate(prompt, **settings)
+    except InputError as refused:
+        with pytest.raises(InputError) as checked:
+            check_generation_settings(model, prompt, **settings)
+        assert str(checked.value) == str(refused)
+    else:
+        check_generation_settings(model, prompt, **settings)

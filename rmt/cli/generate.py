@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import DTYPES, pretrained_tokenizer
+    from rmt.memory.generation import check_generation_settings
     from rmt.memory.memory_file import read_memory, save_memory
     from rmt.memory.recurrent import RecurrentMemoryModel
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
         if prompt.shape[1] == 0:
             raise InputError(f"--prompt {args.prompt!r} holds no tokens of this model's tokenizer")
-        check_generation(model, prompt, settings)
+        check_generation_settings(model, prompt, **settings)
 
     if memory_file is not None and memory_file.exists():
         state, metadata = read_memory(model, memory_file)
@@ -132,16 +133,3 @@ def run(args: argparse.Namespace) -> int:
     out = model.generate(prompt, memory_state=state, **settings)
     print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
     return 0
-
-
-def check_generation(model, prompt, settings: dict) -> None:
-    """Raise the InputError that `model.generate(prompt, **settings)` would raise for its settings (transformers'
-    validation of the GenerationConfig and of each logits processor), without generating."""
-    import torch
-
-    from rmt.memory.generation import _generation_config, _lengths, _processors, _token_set
-
-    config = _generation_config(model, None, dict(settings))
-    max_new, min_new = _lengths(config, settings, prompt.shape[1])
-    padding = torch.zeros(prompt.shape[0], dtype=torch.long, device=prompt.device)
-    _processors(config, None, _token_set(config.eos_token_id), prompt.shape[1], max_new, min_new, padding)

@@ -102,13 +102,10 @@ def generate(
     early: every row at EOS (or max_time ran out) after N steps. A row that ended before the others is padded with
     pad_token_id; its scores at those steps are computed from its last real token (Hugging Face feeds it the pad
     tokens instead): they choose nothing."""
-    if not model.token_logits:
-        raise InputError(f"{type(model).__name__} is a classifier: it does not generate")
-    config = _generation_config(model, generation_config, kwargs)
-    validate_input_ids(input_ids, model.vocab_size)
-    mask = validate_attention_mask(attention_mask, input_ids).to(model.device)
+    config, mask, max_new_tokens, min_new_tokens = _settings(
+        model, input_ids, attention_mask, generation_config, kwargs
+    )
     input_ids = input_ids.to(model.device)
-    max_new_tokens, min_new_tokens = _lengths(config, kwargs, int(mask.sum(dim=1).max()))
     repeats = config.num_return_sequences or 1
     if repeats > 1:  # GenerationConfig has refused it under greedy decoding
         rows = torch.arange(input_ids.shape[0], device=model.device).repeat_interleave(repeats)
@@ -285,6 +282,43 @@ def _lengths(config: GenerationConfig, overrides: dict[str, Any], longest: int) 
     if min_new is None:
         min_new = max((config.min_length or 0) - longest, 0)
     return max_new, min_new
+
+
+def check_generation_settings(
+    model: MemoryModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    **kwargs: Any,
+) -> None:
+    """Raise the InputError that `generate(model, input_ids, attention_mask, generation_config, **kwargs)` would
+    raise for its inputs and settings (transformers' checks of the GenerationConfig and of each logits processor
+    included), without running the model: a command can refuse bad settings before it reads a long document."""
+    config, mask, max_new_tokens, min_new_tokens = _settings(
+        model, input_ids, attention_mask, generation_config, kwargs
+    )
+    padding = input_ids.shape[1] - mask.sum(dim=1)
+    _processors(
+        config, None, _token_set(config.eos_token_id), input_ids.shape[1], max_new_tokens, min_new_tokens, padding
+    )
+
+
+def _settings(
+    model: MemoryModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    generation_config: GenerationConfig | None,
+    kwargs: dict[str, Any],
+) -> tuple[GenerationConfig, torch.Tensor, int, int]:
+    """The checked settings of a `generate` call: its GenerationConfig, the attention mask (on the model's device),
+    max_new_tokens and min_new_tokens."""
+    if not model.token_logits:
+        raise InputError(f"{type(model).__name__} is a classifier: it does not generate")
+    config = _generation_config(model, generation_config, kwargs)
+    validate_input_ids(input_ids, model.vocab_size)
+    mask = validate_attention_mask(attention_mask, input_ids).to(model.device)
+    max_new_tokens, min_new_tokens = _lengths(config, kwargs, int(mask.sum(dim=1).max()))
+    return config, mask, max_new_tokens, min_new_tokens
 
 
 def _processors(
