@@ -9,7 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers import (
+    ForcedBOSTokenLogitsProcessor,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+)
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
 from rmt.errors import InputError
@@ -184,9 +190,9 @@ def test_max_length_counts_from_the_longest_prompt():
     mask[1, :5] = 0
     expected = model.generate(prompt, mask, max_new_tokens=5).sequences
     assert torch.equal(model.generate(prompt, mask, max_length=12).sequences, expected)
-    # A max_length given to the call beats the config's max_new_tokens; a max_new_tokens given beats max_length.
+    # Where both are set, max_new_tokens wins, from the call or from a config (as in Hugging Face).
     config = GenerationConfig(max_new_tokens=2)
-    assert torch.equal(model.generate(prompt, mask, generation_config=config, max_length=12).sequences, expected)
+    assert model.generate(prompt, mask, generation_config=config, max_length=12).sequences.shape == (2, 11)
     assert torch.equal(model.generate(prompt, mask, max_new_tokens=5, max_length=8).sequences, expected)
     with pytest.raises(InputError, match="max_length=7 leaves no new token"):
         model.generate(prompt, mask, max_length=7)
@@ -302,3 +308,52 @@ def test_checking_settings_refuses_what_generate_refuses(settings):
         assert str(checked.value) == str(refused)
     else:
         check_generation_settings(model, prompt, **settings)
+
+
+def _both(model, prompt, seed: int = 0, **settings):
+    """Our generate and the backbone's own on the same prompt and seed: (sequences, scores) of each."""
+    torch.manual_seed(seed)
+    ours = model.generate(prompt, output_scores=True, **settings)
+    torch.manual_seed(seed)
+    theirs = model.backbone.generate(
+        prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
+    )
+    return (ours.sequences, ours.scores), (theirs.sequences, torch.stack(theirs.scores, dim=1))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["config-filled-from-the-backbone", "sampling-default-top-k", "pad-is-the-first-eos", "begin-suppress-after-bos"],
+)
+def test_settings_resolve_as_in_hugging_face(case):
+    """A passed GenerationConfig's unset fields come from the backbone's, then transformers' defaults (top_k=50 when
+    sampling); finished rows are padded with the first EOS id; begin_suppress_tokens starts after a forced BOS on a
+    one-token prompt."""
+    model = plain_model()
+    prompt = prompts(2, 6, seed=8)
+    free = model.generate(prompt, max_new_tokens=6).sequences[:, 6:]
+    if case == "config-filled-from-the-backbone":
+        model.backbone.generation_config.eos_token_id = int(free[0, 1])
+        model.backbone.generation_config.pad_token_id = 0
+        settings = {"generation_config": GenerationConfig(max_new_tokens=6)}
+    elif case == "sampling-default-top-k":
+        settings = {"do_sample": True, "max_new_tokens": 6}
+    elif case == "pad-is-the-first-eos":
+        settings = {"max_new_tokens": 6, "eos_token_id": [int(free[0, 1]), int(free[1, 1]), 1]}
+    else:
+        prompt = prompt[:, :1]
+        first = model.generate(prompt, max_new_tokens=2).sequences[:, 2]
+        settings = {"max_new_tokens": 4, "forced_bos_token_id": 3, "begin_suppress_tokens": sorted(set(first.tolist()))}
+    (ours, our_scores), (theirs, their_scores) = _both(model, prompt, **settings)
+    assert torch.equal(ours, theirs)
+    if case in ("sampling-default-top-k", "begin-suppress-after-bos"):  # no EOS: after one, the scores differ (_live)
+        assert torch.allclose(our_scores, their_scores, atol=1e-5)
+
+
+def test_two_callers_processors_of_one_type_merge_as_in_hugging_face():
+    """The first takes the built-in's place, the second follows (and, forcing last, wins)."""
+    model = plain_model()
+    prompt = prompts(1, 1, seed=9)
+    custom = LogitsProcessorList([ForcedBOSTokenLogitsProcessor(11), ForcedBOSTokenLogitsProcessor(22)])
+    (ours, _), (theirs, _) = _both(model, prompt, max_new_tokens=2, forced_bos_token_id=9, logits_processor=custom)
+    assert torch.equal(ours, theirs) and int(ours[0, 1]) == 22

@@ -39,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=None, help="with --do-sample: sampling temperature (> 0)")
     parser.add_argument(
-        "--top-k", type=int, default=None, help="with --do-sample: sample from the k most likely tokens only"
+        "--top-k",
+        type=int,
+        default=None,
+        help="with --do-sample: sample from the k most likely tokens only (default: the model's, else 50; 0: all)",
     )
     parser.add_argument(
         "--top-p", type=float, default=None, help="with --do-sample: nucleus sampling, the smallest set with this mass"

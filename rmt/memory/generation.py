@@ -30,6 +30,7 @@ its own way (the diagonal engine does); the rest of the prompt and decoding then
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from functools import cache
@@ -91,8 +92,11 @@ def generate(
 
     Length: `max_new_tokens`, or `max_length` counted from the longest prompt's real tokens (padding not counted):
     max_new_tokens = max_length - max(attention_mask.sum(1)), the same for every row; with prompts padded to the
-    longest, as a batch usually is, that is Hugging Face's max_length - P. A `max_length` passed here wins over a
-    `max_new_tokens` from the config; otherwise max_new_tokens wins. `min_length` becomes min_new_tokens the same way.
+    longest, as a batch usually is, that is Hugging Face's max_length - P. Where both are set, max_new_tokens wins,
+    as in Hugging Face. `min_length` becomes min_new_tokens the same way. Settings resolve as Hugging Face resolves
+    them: `kwargs` over `generation_config`, whose unset fields come from the backbone's generation_config and then
+    transformers' defaults (so sampling keeps the 50 likeliest tokens unless top_k says otherwise); a call that
+    sets no length at all is refused.
 
     num_return_sequences = R > 1 (sampling only) samples R continuations of every prompt: B * R rows, the R of
     prompt b at rows b * R .. b * R + R - 1 (as Hugging Face groups them); `memory_state` rows are repeated alike.
@@ -113,14 +117,14 @@ def generate(
             memory_state = select_rows(model.start_state(input_ids.shape[0], memory_state), rows)
         input_ids, mask = input_ids[rows], mask[rows]
     batch, width = input_ids.shape
-    eos = _token_set(config.eos_token_id)
-    pad = config.pad_token_id if config.pad_token_id is not None else (min(eos) if eos else 0)
+    eos = _token_ids(config.eos_token_id)
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)  # as transformers pads
     # Processors read each row's real tokens right-aligned, so a right-padded prompt's padding does not sit between
     # its text and the new tokens; repetition_penalty skips that padding (as transformers does for left padding).
     padding = width - mask.sum(dim=1)
     view = input_ids.gather(1, torch.sort(mask.to(torch.int8), dim=1, stable=True).indices)
     processors = _processors(config, logits_processor, eos, width, max_new_tokens, min_new_tokens, padding)
-    eos_ids = torch.tensor(sorted(eos), device=model.device)
+    eos_ids = torch.tensor(eos, device=model.device)
     keep_scores = output_scores or bool(config.output_scores)
     deadline = None if config.max_time is None else time.monotonic() + config.max_time
 
@@ -249,7 +253,15 @@ def _generation_config(
             f"unknown generate argument(s) {', '.join(unknown)}: neither GenerationConfig fields nor "
             "arguments of generate"
         )
-    base = config or getattr(model.backbone, "generation_config", None) or GenerationConfig()
+    # As transformers resolves them: the call's keywords over `config`, whose unset fields come from the backbone's
+    # generation_config and then transformers' global defaults (e.g. top_k=50 when sampling). Its default max_length
+    # (20 tokens) is left out: a call that names no length is refused rather than cut at 20.
+    base = copy.deepcopy(config) if config is not None else GenerationConfig()
+    own = getattr(model.backbone, "generation_config", None)
+    if own is not None:
+        base.update(**own.to_dict(), defaults_only=True)
+    defaults = {k: v for k, v in GenerationConfig._get_default_generation_params().items() if k != "max_length"}
+    base.update(**defaults, defaults_only=True)
     try:
         config = GenerationConfig(**{**base.to_dict(), **overrides})
     except ValueError as err:  # transformers validates its settings
@@ -260,14 +272,10 @@ def _generation_config(
     return config
 
 
-def _lengths(config: GenerationConfig, overrides: dict[str, Any], longest: int) -> tuple[int, int]:
+def _lengths(config: GenerationConfig, longest: int) -> tuple[int, int]:
     """max_new_tokens and min_new_tokens, the max_length / min_length forms counted from the longest prompt."""
     max_new = config.max_new_tokens
-    # A max_length passed to this call beats a max_new_tokens from the config; otherwise max_new_tokens wins.
-    by_length = config.max_length is not None and (
-        max_new is None or ("max_length" in overrides and "max_new_tokens" not in overrides)
-    )
-    if by_length:
+    if max_new is None and config.max_length is not None:  # max_new_tokens wins where both are set, as in transformers
         max_new = config.max_length - longest
         if max_new < 1:
             raise InputError(
@@ -299,7 +307,7 @@ def check_generation_settings(
     )
     padding = input_ids.shape[1] - mask.sum(dim=1)
     _processors(
-        config, None, _token_set(config.eos_token_id), input_ids.shape[1], max_new_tokens, min_new_tokens, padding
+        config, None, _token_ids(config.eos_token_id), input_ids.shape[1], max_new_tokens, min_new_tokens, padding
     )
 
 
@@ -317,14 +325,14 @@ def _settings(
     config = _generation_config(model, generation_config, kwargs)
     validate_input_ids(input_ids, model.vocab_size)
     mask = validate_attention_mask(attention_mask, input_ids).to(model.device)
-    max_new_tokens, min_new_tokens = _lengths(config, kwargs, int(mask.sum(dim=1).max()))
+    max_new_tokens, min_new_tokens = _lengths(config, int(mask.sum(dim=1).max()))
     return config, mask, max_new_tokens, min_new_tokens
 
 
 def _processors(
     config: GenerationConfig,
     extra: LogitsProcessorList | None,
-    eos: set[int],
+    eos: list[int],
     prompt_width: int,
     max_new_tokens: int,
     min_new_tokens: int,
@@ -334,7 +342,7 @@ def _processors(
     in before the sampling warpers), for inputs whose first `prompt_width` columns are the prompt and `padding` [B]
     of them each row's padding."""
     processors = LogitsProcessorList()
-    eos_ids = sorted(eos) or None
+    eos_ids = list(eos) or None
     device = padding.device
     try:  # the processors validate their settings (e.g. temperature > 0, 0 < top_p <= 1)
         if config.sequence_bias is not None:
@@ -360,7 +368,9 @@ def _processors(
         if config.suppress_tokens is not None:
             processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens, device))
         if config.begin_suppress_tokens is not None:
-            processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_width, device))
+            # transformers' first free step: after a forced BOS token when the prompt is a single token
+            begin = prompt_width + int(prompt_width <= 1 and config.forced_bos_token_id is not None)
+            processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin, device))
         processors = _with_custom(processors, extra or [])
         if config.do_sample:
             if config.temperature not in (None, 1.0):
@@ -389,13 +399,16 @@ def _processors(
 def _with_custom(built: LogitsProcessorList, custom: list) -> LogitsProcessorList:
     """`built` with the caller's processors merged in as transformers' generate merges them: one of the same type as
     a built-in processor takes its place, the others follow."""
-    replacing = {type(processor): processor for processor in custom}
+    replacing: dict[type, Any] = {}
+    for processor in custom:  # the first of a type takes the built-in's place, as in transformers
+        replacing.setdefault(type(processor), processor)
     merged = LogitsProcessorList(replacing.get(type(processor), processor) for processor in built)
     merged.extend(processor for processor in custom if not any(processor is used for used in merged))
     return merged
 
 
-def _token_set(value: int | list[int] | None) -> set[int]:
+def _token_ids(value: int | list[int] | None) -> list[int]:
+    """Token ids of a setting that takes one or several, in their order, without repeats."""
     if value is None:
-        return set()
-    return {value} if isinstance(value, int) else set(value)
+        return []
+    return [value] if isinstance(value, int) else list(dict.fromkeys(value))
