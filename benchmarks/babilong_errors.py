@@ -9,9 +9,11 @@ answers an `rmt eval` already gave (any model, generated answers too; MODEL only
 each sample from its seed, with the evaluation's --facts and --haystack), one table per method (full_attention
 reads its window as one span: on inputs within it, every answer counts as "fact in the last segment"). Each answer
 is sorted by where the supporting fact lies (in the last segment, or before it, so that only the memory can carry
-it) and by what it is, the first of these that applies (a generated answer counts as the first room its first
-sentence names):
+it) and by what it is, the first of these that applies. A generated answer is right or wrong as `rmt eval` scored it
+(the public benchmark's check: the target must be the only room it names); a wrong one counts as the first room its
+first sentence names:
 - right (and whether the right room is also the story's last-mentioned room, which a recency guess would name);
+- the right room first, with another (a hedge, or a list of rooms: scored wrong);
 - the story's last fact's room (a recency guess);
 - the asked person's earlier room (the person's later move did not overwrite it);
 - another person's room (the room is in the story, bound to someone else);
@@ -40,6 +42,7 @@ from rmt.memory.pretrained import load_memory_model
 KINDS = (
     "right, also the last fact's room",
     "right",
+    "the right room first, with another",
     "the last fact's room",
     "the asked person's earlier room",
     "another person's room",
@@ -62,19 +65,30 @@ def kind_of(sample: BabilongSample, answer: str | None) -> str:
     """Which of KINDS `answer` (a room, or None for none) is for a qa1 sample ("Where is X?"; facts "X <verb> to the
     <room>.")."""
     if answer is None:
-        return KINDS[6]
+        return KINDS[7]
     person = sample.question.rstrip("?").split()[-1]
     moves = [fact.rstrip(".").split() for fact in sample.facts]
     last_room = moves[-1][-1]
     if answer == sample.target:
         return KINDS[0] if answer == last_room else KINDS[1]
     if answer == last_room:
-        return KINDS[2]
-    if any(words[-1] == answer for words in moves if words[0] == person):
         return KINDS[3]
-    if any(words[-1] == answer for words in moves if words[0] != person):
+    if any(words[-1] == answer for words in moves if words[0] == person):
         return KINDS[4]
-    return KINDS[5]
+    if any(words[-1] == answer for words in moves if words[0] != person):
+        return KINDS[5]
+    return KINDS[6]
+
+
+def scored_kind(sample: BabilongSample, record: dict[str, Any]) -> str:
+    """Which of KINDS an `rmt eval` answer is: right or wrong as the evaluation scored it (`record["correct"]`), a
+    wrong one by the first room it names."""
+    room = named_room(record["answer"])
+    if record["correct"]:
+        return kind_of(sample, sample.target)
+    if room == sample.target:  # named first, but with another room: the public check scores it wrong
+        return KINDS[2]
+    return kind_of(sample, room)
 
 
 def classify(
@@ -109,7 +123,7 @@ def classify_predictions(
     for record in records:
         sample = built[(record["length"], record["seed"])]
         group = counts.setdefault(f"{record['length']}/{record['method']}", {w: collections.Counter() for w in WHERE})
-        group[WHERE[record["facts_in_last_span"]]][kind_of(sample, named_room(record["answer"]))] += 1
+        group[WHERE[record["facts_in_last_span"]]][scored_kind(sample, record)] += 1
     return {
         name: {where: {kind: counter[kind] for kind in KINDS} for where, counter in by_where.items()}
         for name, by_where in counts.items()

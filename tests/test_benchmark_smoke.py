@@ -332,19 +332,22 @@ def test_babilong_errors_sorts_generated_answers_from_predictions(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder(tmp_path / "bert", "bert", answer_labels("qa1")))
     haystack = tmp_path / "book.txt"
     haystack.write_text(background_text(400))
-    samples = build_dataset("qa1", 100, 3, tokenizer, load_haystack(haystack), seed=0)
+    samples = build_dataset("qa1", 100, 4, tokenizer, load_haystack(haystack), seed=0)
     other = next(room for room in PLACES if all(room not in fact for fact in samples[1].facts))
-    answers = [f" {samples[0].target}.", f" the {other}", " nowhere"]
+    hedge = f" {samples[3].target} or the {next(room for room in PLACES if room != samples[3].target)}"
+    # Right or wrong as the evaluation scored it: the hedge names the target first but is wrong.
+    answers = [(f" {samples[0].target}.", True), (f" the {other}", False), (" nowhere", False), (hedge, False)]
     records = [
         {"task": "qa1", "length": "100", "method": "memory", "seed": sample.seed, "target": sample.target,
-         "answer": answer, "facts_in_last_span": index == 0}
-        for index, (sample, answer) in enumerate(zip(samples, answers, strict=True))
+         "answer": answer, "correct": correct, "facts_in_last_span": index == 0}
+        for index, (sample, (answer, correct)) in enumerate(zip(samples, answers, strict=True))
     ]  # fmt: skip
     counts = classify_predictions(records, tokenizer, haystack=str(haystack))["100/memory"]
     right = kind_of(samples[0], samples[0].target)
     assert counts["fact in the last segment"] == {kind: int(kind == right) for kind in KINDS}
     before = counts["fact before the last segment"]
-    assert before["a room not in the story"] == 1 and before["no room"] == 1 and sum(before.values()) == 2
+    assert before["a room not in the story"] == 1 and before["no room"] == 1
+    assert before["the right room first, with another"] == 1 and sum(before.values()) == 3
     records[0]["target"] = other if other != samples[0].target else "hallway"
     with pytest.raises(SystemExit, match="rebuilt with another target"):
         classify_predictions(records, tokenizer, haystack=str(haystack))
