@@ -270,8 +270,8 @@ def _used(records: Iterable[dict[str, Any]], key: str, default: Any, part: str =
 def plot(
     results: dict[str, Any], output_dir: Path, tasks: Mapping[str, TaskSetup], extrapolation: ExtrapolationSetup
 ) -> None:
-    """One PNG per task with results (accuracy vs number of segments, a line per model kind, the published numbers
-    dotted with hollow markers), and extrapolation.png."""
+    """One PNG per task with results (accuracy vs number of segments, a line per model kind through the mean of its
+    seeds, each seed a small dot, the published numbers dotted with hollow markers), and extrapolation.png."""
     plt = pyplot()
 
     cells = results["cells"]
@@ -282,10 +282,18 @@ def plot(
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for kind in KIND_LABELS:
-            points = sorted((r["segments"], r["score"]) for r in ran if r["kind"] == kind)
+            seeds = sorted((r["segments"], r["score"]) for r in ran if r["kind"] == kind)
+            by_segments: dict[int, list[float]] = {}
+            for segments, score in seeds:
+                by_segments.setdefault(segments, []).append(score)
+            # The line joins the seeds' means (the table's numbers); each seed's own score is a small unjoined dot.
+            points = [(segments, sum(scores) / len(scores)) for segments, scores in sorted(by_segments.items())]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o", color=colors[kind], label=KIND_LABELS[kind])
+            if len(seeds) > len(points):
+                xs, ys = zip(*seeds, strict=True)
+                ax.plot(xs, ys, linestyle="none", marker=".", markersize=4, alpha=0.6, color=colors[kind])
             published = sorted((s, v) for (s, k), v in setup.published.items() if k == kind)
             if points and published:
                 xs, ys = zip(*published, strict=True)

@@ -395,3 +395,21 @@ def test_generated_scores_read_whole_answers_from_a_backbone_with_an_end_token()
     backbone.generation_config.eos_token_id = sorted(set(first_tokens.tolist()))
     backbone.generation_config.pad_token_id = 0
     assert reproduce.generated_scores(model, task, 4, 4)["accuracy"] == pytest.approx(expected)
+
+
+def test_the_plot_joins_the_seeds_means_and_shows_each_seed_apart(tmp_path, monkeypatch):
+    """Two seeds per cell: the line goes through their means (the table's numbers), each seed a separate dot."""
+    figures = []
+    monkeypatch.setattr(reproduce_report, "save_figure", lambda figure, path: figures.append((path.name, figure)))
+    scores = {(3, 0): 0.96, (3, 1): 1.00, (6, 0): 0.90, (6, 1): 0.96}
+    cells = {
+        f"copy:{segments}:trxl:{seed}": {"task": "copy", "segments": segments, "kind": "trxl", "seed": seed,
+                                         "score": score}
+        for (segments, seed), score in scores.items()
+    }  # fmt: skip
+    reproduce_report.plot({"cells": cells}, tmp_path, reproduce.TASKS, reproduce.EXTRAPOLATION)
+    ((name, figure),) = figures
+    line, seeds = figure.axes[0].lines[:2]
+    assert name == "copy.png" and list(line.get_xdata()) == [3, 6]
+    assert list(line.get_ydata()) == pytest.approx([0.98, 0.93])
+    assert seeds.get_linestyle() == "None" and sorted(seeds.get_ydata()) == sorted(scores.values())
