@@ -73,13 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="results folders, or folders above them")
     args = parser.parse_args(argv)
-    folders = sorted(
-        {path.parent for root in args.folders for path in root.rglob("predictions.jsonl")}
-        & {path.parent for root in args.folders for path in root.rglob("results.json")}
-    )
+    with_results = {path.parent for root in args.folders for path in root.rglob("results.json")}
+    with_predictions = {path.parent for root in args.folders for path in root.rglob("predictions.jsonl")}
+    folders = sorted(with_results & with_predictions)
     changes = [line for folder in folders for line in rescore_folder(folder)]
     print("\n".join(changes) if changes else "no accuracy changed")
     print(f"{len(folders)} folders rescored")
+    # Their answers are not kept, so their scores stay those of the check they were made with.
+    unscored = sorted(with_results - with_predictions)
+    if unscored:
+        print(f"{len(unscored)} folders hold results without predictions.jsonl and were not rescored:")
+        print("\n".join(f"  {folder}" for folder in unscored))
     return 0
 
 

@@ -150,6 +150,16 @@ def test_long_inputs_bf16_gemm_times_each_projection_shape(tmp_path, monkeypatch
         assert entry["bf16 speedup"] > 0 and entry["fp32 seconds"] > 0
 
 
+def test_babilong_rescore_names_the_results_it_cannot_rescore(tmp_path, capsys):
+    """A results folder without its answers (predictions.jsonl) keeps its scores, and the run says so."""
+    (tmp_path / "old-eval").mkdir()
+    (tmp_path / "old-eval" / "results.json").write_text(json.dumps({"cells": {}}))
+    assert babilong_rescore.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 folders rescored" in out and "1 folders hold results without predictions.jsonl" in out
+    assert str(tmp_path / "old-eval") in out
+
+
 def test_babilong_rescore_applies_the_current_answer_check(tmp_path):
     """A saved answer that names two rooms was right under the old check; rescoring makes it wrong and updates the
     cell's count, accuracy and spans from the predictions, keeping its time."""
