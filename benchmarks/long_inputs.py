@@ -14,7 +14,9 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
         --length 1k --samples 10 --label "smollm2-armt-lora-writenorm-4seg @ 1k"   (and the same with 4k)
 
 Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json); parts
-may run at the same time in separate processes (one per core) and add to the same file.
+may run at the same time in separate processes (one per core) and add to the same file. Each entry records the CPU
+and the torch threads it was measured with; entries are keyed by what was measured (kind and length, kind and new
+tokens, ...), so a run with other settings adds an entry instead of replacing one.
 
 - reading: a document of random tokens read through `model.stream()` in chunks of 8192 with logits="none" (only
   the last token's logits at the end), in a fresh process per (kind, length) so that the peak RSS (ru_maxrss) is that
@@ -158,7 +160,8 @@ def generation(args: argparse.Namespace, record: dict[str, Any]) -> None:
         started = time.perf_counter()
         recomputed = recompute_generate(model, prompt, args.new_tokens, closed_length)
         recompute_seconds = time.perf_counter() - started
-        out[kind] = {
+        key = f"{kind}/{args.new_tokens}"  # another --new-tokens adds an entry, not replaces this one
+        out[key] = {
             "prompt": prompt.shape[1],
             "new_tokens": args.new_tokens,
             "segment": SEGMENT,
@@ -167,7 +170,7 @@ def generation(args: argparse.Namespace, record: dict[str, Any]) -> None:
             "speedup": recompute_seconds / cached_seconds,
             "same_tokens": bool(torch.equal(cached, recomputed)),
         }
-        print(kind, out[kind], flush=True)
+        print(key, out[key], flush=True)
         save(args, record)
 
 
@@ -207,7 +210,7 @@ def diagonal(args: argparse.Namespace, record: dict[str, Any]) -> None:
         diagonal_logits = engine(ids, logits="last").logits
         diagonal_seconds = time.perf_counter() - started
     error = float((diagonal_logits - sequential).norm() / sequential.norm())
-    record["diagonal"] = {
+    entry = {
         "length": args.length,
         "group_size": engine.group_size,
         "sequential_seconds": sequential_seconds,
@@ -215,7 +218,8 @@ def diagonal(args: argparse.Namespace, record: dict[str, Any]) -> None:
         "diagonal_over_sequential": diagonal_seconds / sequential_seconds,
         "relative_logits_error": error,
     }
-    print(record["diagonal"], flush=True)
+    record["diagonal"] = {str(args.length): entry}  # one entry per length
+    print(entry, flush=True)
     save(args, record)
 
 
@@ -491,13 +495,12 @@ def save_untrained(args: argparse.Namespace) -> None:
 def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
     """Add this run's measurements to the result file. Parts may run at the same time in several processes (one per
     core): under the results lock the file is read again and only this run's entries are replaced. Each entry names
-    the CPU it was measured on, since the parts of one file may come from different machines."""
+    the CPU it was measured on and its torch threads, since the parts of one file may come from different machines
+    and runs."""
     device = device_name("cpu")
     for part in (value for value in record.values() if isinstance(value, dict)):
-        entries = part.values() if all(isinstance(entry, dict) for entry in part.values()) else [part]
-        for entry in entries:
-            entry["device"] = device
-    record["threads"] = args.threads
+        for entry in part.values():
+            entry.update(device=device, threads=args.threads)
     path = Path(args.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     with results_lock(path.parent):

@@ -129,8 +129,8 @@ def test_long_inputs_parts_run_side_by_side_without_losing_each_others_results(t
     record = json.loads((tmp_path / "long.json").read_text())
     assert set(record["reading"]) == {"rmt/4096", "armt/4096"} and record["generation"]["rmt"]["speedup"] == 3.0
     # Each entry names its machine (parts of one file may be measured on different ones).
-    devices = [entry["device"] for part in ("reading", "generation") for entry in record[part].values()]
-    assert len(devices) == 3 and all(isinstance(device, str) and device for device in devices)
+    entries = [entry for part in ("reading", "generation") for entry in record[part].values()]
+    assert len(entries) == 3 and all(entry["device"] and entry["threads"] == 1 for entry in entries)
 
 
 def test_long_inputs_bf16_gemm_times_each_projection_shape(tmp_path, monkeypatch):
@@ -143,8 +143,8 @@ def test_long_inputs_bf16_gemm_times_each_projection_shape(tmp_path, monkeypatch
     long_inputs.bf16_gemm(args, {})
     record = json.loads((tmp_path / "long.json").read_text())["bf16_gemm"]
     rows = record["rows 24"]  # segment 8 + 16 memory tokens
-    assert set(rows) == {"q, o", "k, v", "gate, up", "down", "layer", "device"}
-    rows = {name: entry for name, entry in rows.items() if name != "device"}
+    assert set(rows) == {"q, o", "k, v", "gate, up", "down", "layer", "device", "threads"}
+    rows = {name: entry for name, entry in rows.items() if name not in ("device", "threads")}
     assert rows["gate, up"]["rows, in, out"][0] == 24
     for entry in (*rows.values(), record["square 1024"]):
         assert entry["bf16 speedup"] > 0 and entry["fp32 seconds"] > 0
