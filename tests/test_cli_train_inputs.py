@@ -294,8 +294,12 @@ def test_a_start_up_that_fails_in_the_trainer_leaves_no_output_folder(tmp_path, 
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (["--lr", "-1"], "--lr: learning_rate must be > 0, got -1.0"),
-        (["--memory-lr", "0"], "--memory-lr: memory_learning_rate must be > 0, got 0.0"),
+        (["--lr", "-1"], "--lr: learning_rate must be a finite number > 0, got -1.0"),
+        (["--lr", "inf"], "--lr: learning_rate must be a finite number > 0, got inf"),
+        (["--memory-lr", "0"], "--memory-lr: memory_learning_rate must be a finite number > 0, got 0.0"),
+        (["--weight-decay", "-1"], "--weight-decay: weight_decay must be a finite number >= 0, got -1.0"),
+        (["--grad-clip", "nan"], "--grad-clip: grad_clip must be >= 0 (0: off), got nan"),
+        (["--seed", "-1"], "--seed: seed must be an integer in [0, 2**32), got -1"),
         (["--warmup", "-1"], "--warmup: warmup_steps must be >= 0, got -1"),
         (["--segments", "0"], "--segments: num_segments must be an integer >= 1, got 0"),
         (["--segments", "100"], "--segments: num_segments must be an integer in [1, 13], got 100"),
@@ -308,7 +312,7 @@ def test_errors_name_the_flag(tmp_path, capsys, flags, expected):
 
 
 def test_the_library_keeps_its_own_names():
-    with pytest.raises(InputError, match=r"^TrainConfig.learning_rate must be > 0, got -1$"):
+    with pytest.raises(InputError, match=r"^TrainConfig.learning_rate must be a finite number > 0, got -1$"):
         TrainConfig(learning_rate=-1)
 
 

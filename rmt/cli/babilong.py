@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import pretrained_tokenizer
-    from rmt.cli.evaluate import check_output_folder, facts_setting, parse_lengths
+    from rmt.cli.common import check_output_folder
+    from rmt.cli.evaluate import facts_setting, parse_lengths
     from rmt.cli.train import load_background
     from rmt.data.babilong import TASKS, babilong_file, build_dataset, parse_length, save_babilong
     from rmt.errors import InputError

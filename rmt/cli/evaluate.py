@@ -31,6 +31,7 @@ from rmt.cli.common import (
     add_runtime_arguments,
     add_task_arguments,
     apply_runtime,
+    check_output_folder,
     make_task,
 )
 from rmt.errors import InputError, MissingFileError
@@ -216,19 +217,6 @@ def facts_setting(spec: str | None, tasks: list[str] | None, needs: str) -> int 
         return parse_num_facts(spec, tasks)
     except InputError as err:
         raise InputError(f"--facts {spec}: {err}") from err
-
-
-def check_output_folder(path: str | Path, flag: str = "--output") -> None:
-    """Refuse an output folder that is a file, or lies under one, before anything runs (the first write would fail
-    with a traceback, maybe hours in)."""
-    path = Path(path)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if folder == path and not folder.is_dir():
-                raise InputError(f"{flag} {path} exists and is not a folder")
-            if not folder.is_dir():
-                raise InputError(f"{flag} {path}: {folder} is a file, not a folder")
-            return
 
 
 def parse_lengths(text: str, flag: str = "--lengths") -> list[str]:

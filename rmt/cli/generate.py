@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.document).is_file():
             raise InputError(f"--document {args.document}: no such file")
         if memory_file is not None:
-            from rmt.cli.evaluate import check_output_folder
+            from rmt.cli.common import check_output_folder
 
             check_output_folder(memory_file, "--memory-file")  # its folder: not a file
     model = RecurrentMemoryModel.from_pretrained(args.checkpoint, dtype=DTYPES[args.dtype]).to(device).eval()

@@ -6,6 +6,7 @@ dataclass (`rmt.cli.options`), so the library and the command line never disagre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -192,12 +193,16 @@ class TrainConfig:
             raise InputError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("learning_rate", "memory_learning_rate"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise InputError(f"TrainConfig.{name} must be > 0, got {value!r}")
+            if value is not None and not 0 < value < math.inf:
+                raise InputError(f"TrainConfig.{name} must be a finite number > 0, got {value!r}")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise InputError(f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not 0.0 <= self.min_lr_factor <= 1.0:
             raise InputError(f"TrainConfig.min_lr_factor must be in [0, 1], got {self.min_lr_factor}")
-        if self.grad_clip < 0:
+        if not self.grad_clip >= 0:  # also refuses NaN, which would turn clipping off without a word
             raise InputError(f"TrainConfig.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise InputError(f"TrainConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
         choices = {
             "lr_schedule": get_args(LRSchedule),
             "mixed_precision": get_args(MixedPrecision),
