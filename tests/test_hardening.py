@@ -368,3 +368,64 @@ def test_resume_compares_the_global_batch_across_process_counts(tmp_path):
     assert refused.value.changes == [(GLOBAL_BATCH, 4, 2)]
     _check_same_optimization(record, TrainConfig(batch_size=4), tmp_path, processes=1)
     _check_same_optimization(record, TrainConfig(batch_size=2, grad_accumulation=2), tmp_path, processes=1)
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [("", "--output is empty: give a folder"), ("notes.txt/run", "notes.txt is a file, not a folder")],
+)
+def test_train_refuses_an_output_it_cannot_use(output, message, tmp_path, capsys, monkeypatch):
+    """An empty --output (an unset shell variable) would train into the working folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep me")
+    code, err = run_cli(["train", *TINY, "--steps", "2", "--output", output], capsys)
+    assert code == 2 and message in err and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_train_refuses_dtype_for_a_random_backbone(tmp_path, capsys):
+    code, err = run_cli(["train", *TINY, "--dtype", "bf16", "--output", str(tmp_path / "out")], capsys)
+    assert code == 2 and "--dtype applies to a pretrained --model" in err and not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_another_task_and_a_step_count_behind_the_checkpoint(trained_run, capsys):
+    task = TINY.index("--task") + 1
+    other = [*TINY[:task], "reverse", "--task-size", "6", *TINY[task + 3 :]]  # the same model shapes
+    code, err = run_cli(["train", *other, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 2 and "it trained on 'copy (task size 4)', this run reads 'reverse (task size 6)'" in err
+    code, err = run_cli(["train", *TINY, "--steps", "1", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 2 and "it is at step 2, past this run's 1 steps" in err
+    code, err = run_cli(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 0 and "the cosine learning-rate schedule now runs over 4 steps instead of 2" in err
+
+
+def test_a_damaged_or_missing_part_of_the_accelerate_state_is_refused(trained_run, capsys):
+    state = trained_run / "checkpoint" / "accelerate"
+    (state / "random_states_0.pkl").write_bytes(b"truncated")
+    code, err = run_cli(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 2 and "random_states_0.pkl is damaged" in err
+    shutil.rmtree(state)
+    code, err = run_cli(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 2 and "is incomplete: accelerate/ is missing" in err
+
+
+def test_a_metrics_record_without_a_step_is_refused_on_resume(trained_run, capsys):
+    log = trained_run / "metrics.jsonl"
+    log.write_text('{"step": 1}\n[1, 2]\n{"step": 2}\n')
+    code, err = run_cli(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
+    assert code == 2 and "metrics.jsonl line 2 is not a training log record" in err
+
+
+def test_an_early_stop_is_logged_and_a_resume_follows_the_new_plateau_setting(tmp_path, capsys):
+    """A held-out score that cannot improve (lr ~0) stops the run after 2 evaluations without gain; resumed with the
+    same setting there is nothing to train, with a larger one it trains on to the new step count."""
+    output = tmp_path / "run"
+    base = [*TINY, "--eval-every", "1", "--lr", "1e-12", "--memory-lr", "1e-12", "--lr-schedule", "constant"]
+    base += ["--warmup", "0", "--output", str(output)]
+    code, err = run_cli(["train", *base, "--steps", "20", "--plateau-evals", "2"], capsys)
+    stops = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if "stopped" in line]
+    assert code == 0 and stops == [{"step": 3, "stopped": "plateau"}] and "stopped early at step 3" in err
+    code, err = run_cli(["train", *base, "--steps", "20", "--plateau-evals", "2", "--resume"], capsys)
+    assert code == 0 and "nothing to train" in err
+    code, err = run_cli(["train", *base, "--steps", "20", "--plateau-evals", "5", "--resume"], capsys)
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert code == 0 and "training on" in err and max(r["step"] for r in records) == 6

@@ -28,6 +28,7 @@ from rmt.cli.common import (
     add_runtime_arguments,
     add_task_arguments,
     apply_runtime,
+    check_output_folder,
     flags_given,
     make_task,
 )
@@ -123,7 +124,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pretrained backbone: smollm2, minilm, a model folder, a .gguf file, a hub id, or an rmt checkpoint "
         "(trained on whole, with its own memory settings and segment size) (default: a random backbone of --family)",
     )
-    model.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
+    model.add_argument(
+        "--dtype", default="fp32", choices=("fp32", "bf16"), help="--model's weights' dtype (default: fp32)"
+    )
     model.add_argument(
         "--family",
         default="gpt2",
@@ -171,9 +174,8 @@ def run(args: argparse.Namespace) -> int:
     from rmt.train.loop import run_entries, save_model, tensorboard_writer_class, train
 
     device = apply_runtime(args)
+    check_output_folder(args.output)
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise InputError(f"--output {output} exists and is not a folder")
     if args.resume and args.overwrite:
         raise InputError("give --resume (continue the run in --output) or --overwrite (replace it), not both")
     if args.resume and not checkpoint_exists(output):
@@ -230,6 +232,7 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
     data_file = args.data is not None and not tasks
     unread = (
         (("--family", "--layers", "--hidden", "--heads"), args.model is not None, "a random backbone (no --model)"),
+        (("--dtype",), args.model is None, "a pretrained --model (a random backbone is built in fp32)"),
         (("--task-size",), args.data is not None, "synthetic tasks (--task)"),
         (("--segment-size",), args.data is None, "data files and BABILong (synthetic tasks: from --segments)"),
         (
@@ -313,6 +316,8 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
 
     name = args.task or "copy"
     task = make_task(name, args.task_size, args.segments)
+    size = TASK_SIZE_DEFAULTS.get(name) if args.task_size is None else args.task_size
+    description = name if size is None else f"{name} (task size {size})"  # a resume on another task is refused
     if config.curriculum and name != "detect_memorize":
         raise InputError("--curriculum with a synthetic task applies to detect_memorize, whose length grows with it")
     segment_size = task.segment_size_for(args.segments)
@@ -331,7 +336,7 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
                 f"--model {args.model} cuts segments of {saved.segment_size} tokens, but {name} in {args.segments} "
                 f"segments needs {segment_size}: give the --segments (and --task-size) it was trained with"
             )
-        return Setup(_load_checkpoint(args), source, name, eval_segments)
+        return Setup(_load_checkpoint(args), source, description, eval_segments)
     if args.model is not None:
         if _mode_of(args.model) == "encoder":
             raise InputError(f"synthetic tasks train a decoder (causal LM), but --model {args.model} is an encoder")
@@ -351,7 +356,7 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
             max_positions=positions,
             seed=args.seed,
         )
-    return Setup(memory_model(backbone, memory), source, name, eval_segments)
+    return Setup(memory_model(backbone, memory), source, description, eval_segments)
 
 
 def _text_setup(
@@ -428,7 +433,8 @@ def _text_setup(
             raise InputError(f"{args.data} holds text for language modelling, which needs a decoder (causal LM)")
         collate, metric = TextCollator(tokenizer, args.max_length), "loss"
     source = DatasetSource(records, collate, seed=args.seed, validation=validation, metric=metric)
-    return Setup(model, source, str(args.data), None, tokenizer)
+    # Named by the file's name, not its path: a resume from another folder, or of moved data, reads the same file.
+    return Setup(model, source, Path(args.data).name, None, tokenizer)
 
 
 def _checkpoint_config(model: str | None) -> RMTConfig | None:

@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -154,6 +155,8 @@ def load_checkpoint(
     if config is not None:
         _check_same_adapters(record, config, path)
         _check_same_optimization(record, config, path, accelerator.num_processes)
+    if sharded is None:
+        _check_accelerate_state(path / "accelerate", accelerator)
     try:
         if sharded is not None:
             fsdp.load_state(path, model, *sharded, accelerator)
@@ -163,6 +166,26 @@ def load_checkpoint(
         raise InputError(f"cannot resume: checkpoint {path / 'accelerate'} is incomplete or corrupt: {err}") from err
     record["step"] = step
     return record
+
+
+def _check_accelerate_state(folder: Path, accelerator: Accelerator) -> None:
+    """Accelerate's part of a checkpoint must be there, and this process's random state readable: accelerate itself
+    only logs a failure to restore it, and the resumed run's dropout and data order would then differ unseen. A
+    process the checkpoint had no random state for (more processes now than then) is told so."""
+    if not folder.is_dir():
+        raise InputError(f"cannot resume: checkpoint {folder.parent} is incomplete: {folder.name}/ is missing")
+    random_state = folder / f"random_states_{accelerator.process_index}.pkl"
+    if not random_state.is_file():
+        print(
+            f"note: {folder} holds no random state for process {accelerator.process_index} (it was saved by fewer "
+            "processes): this process's random numbers will differ from an uninterrupted run's",
+            file=sys.stderr,
+        )
+        return
+    try:
+        torch.load(random_state, weights_only=False)  # written by this run's own accelerate: a trusted file
+    except Exception as err:  # any failure to unpickle it means the file is damaged
+        raise InputError(f"cannot resume: {random_state} is damaged: {err}") from err
 
 
 def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path: Path) -> None:

@@ -80,6 +80,7 @@ class TrainerState:
     # uninterrupted run logs.
     running_loss: float = 0.0
     running_count: int = 0
+    data: str = ""  # the run's description of its data: a resume on other data is refused
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -172,7 +173,7 @@ def _train(
 
     # Before a resume, which then restores the checkpoint's generator states in place of these.
     set_seed(config.seed)
-    state = TrainerState()
+    state = TrainerState(data=description)
     start_step = 0
     metrics_path = output_dir / METRICS_FILE
     if resume:
@@ -180,6 +181,7 @@ def _train(
         start_step = record["step"]
         known = {f.name for f in fields(TrainerState)}
         state = TrainerState(**{k: v for k, v in record.get("trainer", {}).items() if k in known})
+        _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main)
     # Start-up succeeded: from here on the output folder changes.
     if main:
         if resume:
@@ -251,6 +253,9 @@ def _train(
                 )
                 _log(metrics_path, history, writer, record)
             state = _after_eval(config, state, done, scores, accelerator)
+            if state.stopped_early and main:
+                _log(metrics_path, history, writer, {"step": done, "stopped": "plateau"})
+                print(f"stopped early at step {done}: {_plateau_reason(config, state)}", file=sys.stderr)
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         out_of_time = done < config.steps and _out_of_time(deadline, accelerator)
         if periodic or done == config.steps or state.stopped_early or out_of_time:
@@ -374,6 +379,52 @@ def _out_of_time(deadline: float | None, accelerator: Accelerator) -> bool:
     return bool(up[0])
 
 
+def _check_resume(
+    record: dict[str, Any], state: TrainerState, config: TrainConfig, description: str, path: Path, main: bool
+) -> None:
+    """Refuse a resume on other data or behind its checkpoint; say what a changed step count does to the schedule,
+    and whether a run that stopped early trains on under this run's plateau setting (which `state` then records)."""
+    if state.data and state.data != description:
+        raise InputError(f"cannot resume from {path}: it trained on {state.data!r}, this run reads {description!r}")
+    state.data = description
+    step = record["step"]
+    if step > config.steps:
+        raise InputError(f"cannot resume from {path}: it is at step {step}, past this run's {config.steps} steps")
+    saved_steps = record.get("train_config", {}).get("steps", config.steps)
+    if saved_steps != config.steps and config.lr_schedule != "constant" and main:
+        print(
+            f"note: the {config.lr_schedule} learning-rate schedule now runs over {config.steps} steps instead of "
+            f"{saved_steps}, so the rate changes at step {step + 1} (a new run from the checkpoint's model, with its "
+            "own schedule, avoids the jump)",
+            file=sys.stderr,
+        )
+    if state.stopped_early:
+        state.stopped_early = _plateaued(config, state)
+        if main:
+            print(
+                f"the run stopped early at step {step}: "
+                + (
+                    f"{_plateau_reason(config, state)}; nothing to train (a larger plateau_evals, or none, trains on)"
+                    if state.stopped_early
+                    else "training on, as this run's plateau setting allows"
+                ),
+                file=sys.stderr,
+            )
+
+
+def _plateaued(config: TrainConfig, state: TrainerState) -> bool:
+    """Whether the held-out score has reached its ceiling or stopped improving for plateau_evals evaluations."""
+    if config.plateau_evals is None:
+        return False
+    return state.best_accuracy >= 1.0 or state.evals_without_gain >= config.plateau_evals
+
+
+def _plateau_reason(config: TrainConfig, state: TrainerState) -> str:
+    if state.best_accuracy >= 1.0:
+        return f"held-out {config.curriculum_metric} reached 1.0"
+    return f"held-out {config.curriculum_metric} has not improved for {state.evals_without_gain} evaluations"
+
+
 def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int | None:
     """Number of segments of this step's batch under the curriculum (None: the data's own length). A stage's start
     step is where it begins at the latest; with curriculum_accuracy it may begin earlier (state.stage)."""
@@ -458,11 +509,14 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     records = []
     for index, (number, line) in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as err:
             if index == len(lines) - 1:  # the last record, cut off by a crash
                 break
             raise InputError(f"{path} line {number} is not a JSON record: {err}") from err
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise InputError(f'{path} line {number} is not a training log record (no integer "step")')
+        records.append(record)
     return records
 
 
