@@ -282,6 +282,10 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike):
         raise InputError(
             f"cannot load a tokenizer from {name_or_path!r}: a file in {location} is not valid JSON: {err}"
         ) from err
+    except ValueError as err:  # transformers found no tokenizer file it can build one from
+        raise InputError(
+            f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none): {_one_line(err)}"
+        ) from err
 
 
 def _looks_like_hub_id(name: str) -> bool:

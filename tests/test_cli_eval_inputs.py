@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_earlier_results_are_kept_unless_overwrite_and_never_mixed(decoder, hays
     code, _, err = _run([*args, "--lengths", "0k,10", "--overwrite"], capsys)  # refused before the first cell
     assert code == 2 and "exceed the 10-token length" in err
     assert _digest(output) == before
-    code, _, err = _run([*args, "--lengths", "0k", "--overwrite"], capsys)
+    code, _, err = _run([*args[:-4], *args[-2:], "--lengths", "0k", "--overwrite"], capsys)  # 0k: no haystack
     assert code == 0, err
     assert sorted(p.name for p in output.iterdir()) == [
         "accuracy.png",
@@ -273,6 +274,61 @@ def test_generate_refuses_an_empty_prompt_before_reading(decoder, tmp_path, caps
     assert code == 2 and "--prompt is empty" in err and "read " not in out
 
 
+def test_generate_refuses_a_run_that_would_do_nothing_and_a_folder_for_a_document(decoder, tmp_path, capsys):
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(20))
+    code, out, err = _run(["generate", decoder, "--document", str(document)], capsys)
+    assert code == 2 and "nothing to do" in err and "read " not in out
+    code, _, err = _run(["generate", decoder, "--document", str(tmp_path), "--prompt", "Where"], capsys)
+    assert code == 2 and "is a folder, not a text file" in err
+
+
+def test_generate_says_when_a_saved_memory_stands_in_for_another_document(decoder, tmp_path, capsys):
+    first, second, memory = tmp_path / "first.txt", tmp_path / "second.txt", tmp_path / "doc.memory"
+    first.write_text(background_text(20))
+    second.write_text(background_text(30))
+    assert _run(["generate", decoder, "--document", str(first), "--memory-file", str(memory)], capsys)[0] == 0
+    args = ["generate", decoder, "--document", str(second), "--memory-file", str(memory), "--prompt", "Where"]
+    code, _, err = _run([*args, "--max-new-tokens", "2"], capsys)
+    assert code == 0 and f"--document {second} is not read" in err
+
+
+def test_model_kinds_and_missing_tokenizers_are_refused_in_one_line(decoder, encoder, tmp_path, capsys):
+    text = tmp_path / "lm.txt"
+    text.write_text(background_text(5))
+    code, _, err = _run(["eval", encoder, "--data", str(text)], capsys)
+    assert code == 2 and "holds text for language modelling, which needs a decoder" in err
+    code, _, err = _run(["eval", encoder, "--task", "copy"], capsys)
+    assert code == 2 and "is an encoder (it answers with a class); synthetic tasks score a decoder" in err
+    code, _, err = _run(["eval", str(text), "--task", "copy"], capsys)
+    assert code == 2 and "is a file, not a checkpoint folder" in err
+    untokenized = tmp_path / "no-tokenizer"
+    shutil.copytree(decoder, untokenized)
+    for name in os.listdir(untokenized / "backbone"):
+        if "token" in name or name in ("vocab.json", "merges.txt", "vocab.txt"):
+            os.remove(untokenized / "backbone" / name)
+    code, _, err = _run(["eval", str(untokenized), "--data", str(text)], capsys)
+    assert code == 2 and "has no tokenizer" in err and "Traceback" not in err
+
+
+def test_a_full_attention_baseline_that_cannot_read_the_samples_is_refused_before_any_cell(encoder, tmp_path, capsys):
+    """A baseline with other classes would fail at its first cell, after the memory cells were written."""
+    other = tmp_path / "other"
+    tiny_model_folder(other, "bert", ["yes", "no"])
+    output = tmp_path / "out"
+    args = ["eval", encoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
+    code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", str(other)], capsys)
+    assert code == 2 and "answers with the classes ['yes', 'no']" in err and not output.exists()
+
+
+def test_unused_haystack_is_refused(decoder, haystack, tmp_path, capsys):
+    args = ["--lengths", "0k", "--haystack", haystack]
+    code, _, err = _run(["eval", decoder, "--data", "babilong:qa1", "--samples", "1", *args], capsys)
+    assert code == 2 and "no length above 0k reads background text" in err
+    code, _, err = _run(["babilong", "--tokenizer", decoder, "--output", str(tmp_path / "b"), *args], capsys)
+    assert code == 2 and "no length above 0k reads background text" in err
+
+
 # ------------------------------------------------------------------------------------------ 8. data files
 
 
@@ -321,9 +377,12 @@ def test_a_failed_babilong_run_changes_no_file(decoder, tmp_path, capsys):
     haystack = tmp_path / "background.txt"  # not the built-in corpus, which CI does not install
     haystack.write_text(background_text())
     args = ["babilong", "--tokenizer", decoder, "--samples", "2", "--haystack", str(haystack), "--output", str(output)]
-    assert _run([*args, "--lengths", "0k"], capsys)[0] == 0
+    no_haystack = [*args[:5], *args[7:]]  # 0k reads no background
+    assert _run([*no_haystack, "--lengths", "0k"], capsys)[0] == 0
     before = _digest(output / "data" / "qa1")
     code, _, err = _run([*args, "--lengths", "0k,10", "--seed", "3"], capsys)
+    assert code == 2 and "already holds" in err and "give --overwrite" in err
+    code, _, err = _run([*args, "--lengths", "0k,10", "--seed", "3", "--overwrite"], capsys)
     assert code == 2 and "exceed the 10-token length" in err
     assert _digest(output / "data" / "qa1") == before  # no 0k file of the new seed, no temporary file
     code, _, err = _run([*args[:-1], str(tmp_path / "new" / "b"), "--lengths", "0k,10"], capsys)

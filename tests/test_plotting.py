@@ -1,4 +1,5 @@
-"""rmt.plotting: figures are written whole or not at all, and closed either way."""
+"""rmt.plotting: figures are written whole or not at all, and closed either way; the by-length plots draw partial
+results without warnings."""
 
 from __future__ import annotations
 
@@ -29,3 +30,18 @@ def test_a_failed_save_keeps_the_old_plot_and_closes_the_figure(tmp_path):
     assert path.read_bytes() == b"old plot"
     assert not plt.fignum_exists(figure.number)
     assert [p.name for p in tmp_path.iterdir()] == ["curve.png"]
+
+
+def test_by_length_plots_with_a_task_not_run_yet_give_no_warning(tmp_path):
+    """Plots are redrawn as cells finish: a task whose panel is still empty must not make matplotlib warn."""
+    import warnings
+
+    from rmt.eval.by_length import plot_heatmap, plot_methods
+
+    cells = {f"qa1/{n}/{m}": {"accuracy": 0.5, "ci95": [0.3, 0.7]} for n in ("0k", "1k") for m in ("memory",)}
+    results = {"tasks": ["qa1", "qa2"], "lengths": ["0k", "1k"], "methods": ["memory"], "cells": cells}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_methods(results, tmp_path / "accuracy.png")
+        plot_heatmap({**results, "num_facts": [2, 10]}, "memory", tmp_path / "heatmap.png")
+    assert (tmp_path / "accuracy.png").stat().st_size > 0 and (tmp_path / "heatmap.png").stat().st_size > 0

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--facts", default=None, help=FACTS_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files of these tasks and lengths already in --output"
+    )
     add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -82,6 +85,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--depth must be LOW,HIGH with 0 <= LOW < HIGH <= 1, got {args.depth!r}")
     if args.samples <= 0:
         raise InputError(f"--samples must be > 0, got {args.samples}")
+    existing = [
+        path for path in (babilong_file(args.output, task, name) for task in tasks for name in lengths) if path.exists()
+    ]
+    if existing and not args.overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InputError(
+            f"--output {args.output} already holds {existing[0]}{more}: give --overwrite to replace those files, "
+            "or another --output"
+        )
+    if args.haystack is not None and not any(parse_length(n) > 0 for n in lengths):
+        raise InputError("--haystack: no length above 0k reads background text")
     tokenizer = pretrained_tokenizer(args.tokenizer)
     haystack = load_background(args.haystack) if any(parse_length(n) > 0 for n in lengths) else None
     cells = [(task, name) for task in tasks for name in lengths]

@@ -283,6 +283,8 @@ def _on_task(args: argparse.Namespace, model) -> int:
     from rmt.train.evaluate import evaluate
 
     name = args.task or "copy"
+    if model.config.mode == "encoder":
+        raise InputError(f"{args.checkpoint} is an encoder (it answers with a class); synthetic tasks score a decoder")
     segments = DEFAULT_SEGMENTS if args.segments is None else args.segments
     task = make_task(name, args.task_size, segments)
     if task.vocab_size > model.vocab_size:
@@ -317,6 +319,10 @@ def _on_file(args: argparse.Namespace, model) -> int:
         collate, metric = QACollator(tokenizer, model.config.mode, labels), "accuracy"
         collate.check_records(records, "the evaluation samples")  # named as what they are here, before the source
     else:
+        if model.config.mode == "encoder":
+            raise InputError(
+                f"{args.data} holds text for language modelling, which needs a decoder; {args.checkpoint} is an encoder"
+            )
         collate, metric = TextCollator(tokenizer), "loss"
     source = DatasetSource(records, collate, validation=records, metric=metric)
     total = len(records)
@@ -342,7 +348,7 @@ def _on_file(args: argparse.Namespace, model) -> int:
 def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -> dict[str, Any]:
     """The by-length settings, checked before the model is loaded: lengths, samples, methods, the window, the output
     folder, the --babilong-dir files. Fills in the defaults of the by-length flags."""
-    from rmt.data.babilong import babilong_file
+    from rmt.data.babilong import babilong_file, parse_length
     from rmt.eval.by_length import METHODS
 
     if args.output is not None:
@@ -378,6 +384,8 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     files = None
+    if args.haystack is not None and not args.babilong_dir and not any(parse_length(n) > 0 for n in lengths):
+        raise InputError(f"{_flag(args, 'haystack')}: no length above 0k reads background text")
     if args.babilong_dir:
         given = [_flag(args, n) for n in ("haystack", "seed") if getattr(args, n) is not None]
         if num_facts is not None:
@@ -417,6 +425,27 @@ def earlier_results(folder: Path) -> list[str]:
     from rmt.eval.by_length import RESULT_FILES
 
     return [name for name in RESULT_FILES if (folder / name).exists()]
+
+
+def _check_baseline(name: str, baseline: Any, model: Any, tokenizer: Any, mode: str) -> None:
+    """Refuse a --full-attention-model that cannot read the checkpoint tokenizer's ids or, for an encoder, does not
+    answer with the checkpoint's classes: found only at its first cell, after the memory cells are written."""
+    vocabulary = baseline.get_input_embeddings().weight.shape[0]
+    if vocabulary < len(tokenizer):
+        raise InputError(
+            f"--full-attention-model {name} embeds {vocabulary} token ids, fewer than the {len(tokenizer)} of the "
+            "checkpoint's tokenizer, which writes the samples: give a model with that tokenizer"
+        )
+    if mode == "encoder":
+        ours, theirs = (
+            [config.id2label[i] for i in range(config.num_labels)]
+            for config in (model.backbone.config, baseline.config)
+        )
+        if ours != theirs:
+            raise InputError(
+                f"--full-attention-model {name} answers with the classes {theirs}, the checkpoint with {ours}: give a "
+                "classifier trained on the same answers"
+            )
 
 
 def _full_attention_window(args: argparse.Namespace, backbone: Any, mode: str) -> None:
@@ -472,6 +501,7 @@ def _by_length(args: argparse.Namespace, model, plan: dict[str, Any]) -> int:
     baseline = None
     if args.full_attention_model and "full_attention" in methods:
         baseline = pretrained_backbone(args.full_attention_model, mode=mode).to(model.device).eval()
+        _check_baseline(args.full_attention_model, baseline, model, tokenizer, mode)
     if "full_attention" in methods:
         _full_attention_window(args, baseline if baseline is not None else model.backbone, mode)
     if files is None:

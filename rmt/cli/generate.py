@@ -15,6 +15,7 @@ is read.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -80,11 +81,17 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("--prompt is empty: give the text to answer after the document")
     memory_file = Path(args.memory_file) if args.memory_file else None
+    if args.prompt is None and memory_file is None:
+        raise InputError(
+            "nothing to do: give --prompt to answer after the document, or --memory-file to save its memory"
+        )
     if memory_file is not None and memory_file.exists() and not memory_file.is_file():
         raise InputError(f"--memory-file {memory_file} is a folder, not a memory file")
     if memory_file is None or not memory_file.exists():
         if args.document is None:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
+        if Path(args.document).is_dir():
+            raise InputError(f"--document {args.document} is a folder, not a text file")
         if not Path(args.document).is_file():
             raise InputError(f"--document {args.document}: no such file")
         if memory_file is not None:
@@ -111,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
     if memory_file is not None and memory_file.exists():
         state, metadata = read_memory(model, memory_file)
         print(f"loaded the memory of {metadata.get('document', 'a document')} ({metadata.get('tokens', '?')} tokens)")
+        if args.document is not None and metadata.get("document") != str(args.document):
+            print(
+                f"note: --document {args.document} is not read: {memory_file} already holds the memory of "
+                f"{metadata.get('document', 'another document')} (give another --memory-file to read this one)",
+                file=sys.stderr,
+            )
     else:
         document = Path(args.document)
         ids = tokenizer(document.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False).input_ids

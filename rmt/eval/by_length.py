@@ -452,7 +452,7 @@ def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
 
     tasks, lengths = results["tasks"], results["lengths"]
     grid = [[_accuracy(results["cells"].get(f"{task}/{name}/{method}")) for name in lengths] for task in tasks]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(lengths), 1.2 + 0.5 * len(tasks)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * len(lengths)), 1.6 + 0.5 * len(tasks)))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
@@ -461,7 +461,8 @@ def plot_heatmap(results: dict[str, Any], method: str, path: Path) -> None:
     ax.set_xticks(range(len(lengths)), lengths)
     ax.set_yticks(range(len(tasks)), tasks)
     ax.set_xlabel("input length (tokens)")
-    ax.set_title(f"BABILong accuracy, {method.replace('_', ' ')}{_facts_note(results)}")
+    # On two lines, and the figure at least 4 inches wide: its width follows the number of lengths, not the title.
+    ax.set_title(f"BABILong accuracy\n{method.replace('_', ' ')}{_facts_note(results)}", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     save_figure(fig, path)
 
@@ -495,5 +496,7 @@ def plot_methods(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{task}{_facts_note(results)}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (95% interval)")
-    axes[0][-1].legend(fontsize=8)
+    labelled = next((ax for ax in axes[0] if ax.get_legend_handles_labels()[1]), None)
+    if labelled is not None:  # cells are plotted as they finish: the last task's panel may be empty yet
+        labelled.legend(fontsize=8)
     save_figure(fig, path)

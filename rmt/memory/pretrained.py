@@ -99,6 +99,8 @@ def load_memory_model(
     message."""
     path = Path(path)
     recover_directory(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a checkpoint folder")
     if not path.is_dir():
         raise MissingFileError(f"no checkpoint at {path}: the folder does not exist")
     missing = [n for n in (MEMORY_CONFIG, MEMORY_WEIGHTS, BACKBONE_DIR) if not (path / n).exists()]
