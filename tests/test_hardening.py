@@ -429,3 +429,17 @@ def test_an_early_stop_is_logged_and_a_resume_follows_the_new_plateau_setting(tm
     code, err = run_cli(["train", *base, "--steps", "20", "--plateau-evals", "5", "--resume"], capsys)
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert code == 0 and "training on" in err and max(r["step"] for r in records) == 6
+
+
+def test_an_early_stop_at_a_perfect_score_says_so_and_stays_stopped_on_resume():
+    """A score of 1.0 within the plateau margin of the best so far stops the run as a ceiling, not a plateau."""
+    from accelerate import Accelerator
+
+    from rmt.train.config import TrainConfig
+    from rmt.train.loop import TrainerState, _after_eval, _plateau_reason, _plateaued
+
+    config = TrainConfig(plateau_evals=2)
+    state = _after_eval(config, TrainerState(best_accuracy=0.9998), 10, {"accuracy": 1.0}, Accelerator(cpu=True))
+    assert state.stopped_early and state.evals_without_gain == 1
+    assert _plateau_reason(config, state) == "held-out accuracy reached 1.0"
+    assert _plateaued(TrainConfig(plateau_evals=5), state) and not _plateaued(TrainConfig(), state)

@@ -81,6 +81,7 @@ class TrainerState:
     running_loss: float = 0.0
     running_count: int = 0
     data: str = ""  # the run's description of its data: a resume on other data is refused
+    stop_reason: str = ""  # why it stopped early: "ceiling" (a held-out score of 1.0) or "plateau"
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -413,14 +414,15 @@ def _check_resume(
 
 
 def _plateaued(config: TrainConfig, state: TrainerState) -> bool:
-    """Whether the held-out score has reached its ceiling or stopped improving for plateau_evals evaluations."""
+    """Whether a run that stopped early stays stopped under `config`: its held-out score had reached 1.0, or has not
+    improved for plateau_evals evaluations."""
     if config.plateau_evals is None:
         return False
-    return state.best_accuracy >= 1.0 or state.evals_without_gain >= config.plateau_evals
+    return state.stop_reason == "ceiling" or state.evals_without_gain >= config.plateau_evals
 
 
 def _plateau_reason(config: TrainConfig, state: TrainerState) -> str:
-    if state.best_accuracy >= 1.0:
+    if state.stop_reason == "ceiling":
         return f"held-out {config.curriculum_metric} reached 1.0"
     return f"held-out {config.curriculum_metric} has not improved for {state.evals_without_gain} evaluations"
 
@@ -452,6 +454,8 @@ def _after_eval(
             else:
                 state.evals_without_gain += 1
             state.stopped_early = score >= 1.0 or state.evals_without_gain >= config.plateau_evals
+            if state.stopped_early:
+                state.stop_reason = "ceiling" if score >= 1.0 else "plateau"
     if accelerator.num_processes > 1:
         shared = broadcast_object_list([asdict(state)])
         state = TrainerState(**shared[0])
