@@ -176,14 +176,19 @@ def test_generate_equals_sequential_greedy(family, prompt):
 
 def test_generate_continues_from_a_memory_state():
     model = armt(tiny_decoder("llama", layers=3))
-    ids = _ids(2, 2 * SEG + 5, seed=7)
+    # The continuation holds two complete segments, which the engine prefills from the given state, and 5 tokens.
+    ids = _ids(2, 4 * SEG + 5, seed=7)
     with torch.no_grad():
         state = model(ids[:, : 2 * SEG]).memory_state
-    whole = model.generate(ids, max_new_tokens=SEG)
-    sequential = model.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state)
-    diagonal = DiagonalARMT(model, group_size=None).generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state)
+    whole = model.generate(ids, max_new_tokens=SEG, output_scores=True)
+    sequential = model.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state, output_scores=True)
+    engine = DiagonalARMT(model, group_size=None)
+    diagonal = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state, output_scores=True)
     assert torch.equal(sequential.sequences, whole.sequences[:, 2 * SEG :])
     assert torch.equal(diagonal.sequences, sequential.sequences)
+    torch.testing.assert_close(diagonal.scores, sequential.scores, rtol=1e-4, atol=1e-4)
+    fresh = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, output_scores=True)
+    assert not torch.allclose(fresh.scores, diagonal.scores, atol=1e-3)  # the state reaches the prefilled segments
 
 
 @pytest.mark.slow

@@ -97,6 +97,7 @@ def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys)
     assert state.exists(), "no checkpoint"
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
+    assert not (tmp_path / "killed" / "rank0.pt").exists()  # it really stopped before the end
     launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", "--resume")
     assert max_difference(weights(tmp_path / "killed" / "rank0.pt"), rank0) == 0.0
 

@@ -285,29 +285,32 @@ def test_generate_restores_each_submodules_mode_when_it_fails():
 
 
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "refused"),
     [
-        {"do_sample": True, "top_p": 2.0},
-        {"do_sample": True, "temperature": 0.0},
-        {"num_beams": 2},
-        {"not_a_setting": 1},
-        {"max_new_tokens": 4, "repetition_penalty": 1.2},
+        ({"do_sample": True, "top_p": 2.0, "max_new_tokens": 4}, "top_p"),
+        ({"do_sample": True, "temperature": 0.0, "max_new_tokens": 4}, "temperature"),
+        ({"num_beams": 2, "max_new_tokens": 4}, "num_beams"),
+        ({"not_a_setting": 1, "max_new_tokens": 4}, "not_a_setting"),
+        ({"do_sample": True, "top_p": 0.5}, "set max_new_tokens"),
+        ({"max_new_tokens": 4, "repetition_penalty": 1.2}, None),
     ],
 )
-def test_checking_settings_refuses_what_generate_refuses(settings):
-    """check_generation_settings (a command's check before it reads a document) and generate agree."""
+def test_checking_settings_refuses_what_generate_refuses(settings, refused):
+    """check_generation_settings (a command's check before it reads a document) and generate agree, each setting's
+    own check included (transformers' validation of a processor's value)."""
     from rmt.memory.generation import check_generation_settings
 
     model = plain_model()
     prompt = prompts(1, 5, seed=6)
-    try:
-        model.generate(prompt, **settings)
-    except InputError as refused:
-        with pytest.raises(InputError) as checked:
-            check_generation_settings(model, prompt, **settings)
-        assert str(checked.value) == str(refused)
-    else:
+    if refused is None:
         check_generation_settings(model, prompt, **settings)
+        model.generate(prompt, **settings)
+        return
+    with pytest.raises(InputError, match=refused) as generated:
+        model.generate(prompt, **settings)
+    with pytest.raises(InputError) as checked:
+        check_generation_settings(model, prompt, **settings)
+    assert str(checked.value) == str(generated.value)
 
 
 def _both(model, prompt, seed: int = 0, **settings):

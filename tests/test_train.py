@@ -177,6 +177,30 @@ def test_resume_continues_exactly(tmp_path):
     losses = [r["loss"] for r in straight if "loss" in r]
     assert [r["loss"] for r in resumed if "loss" in r] == losses
     assert len(losses) == 8
+
+
+def test_resume_with_dropout_continues_exactly(tmp_path):
+    """The checkpoint's random states are restored: with dropout drawn at every step, the resumed run's losses are
+    the uninterrupted run's (a resume that reseeded or kept the current generators would draw other masks)."""
+    task = CopyTask(length=6)
+
+    def setup() -> tuple:
+        backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.2
+        model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=task.segment_size_for(3)))
+        return model, TaskSource(task, seed=0)
+
+    config = TrainConfig(steps=6, batch_size=4, log_every=1, eval_every=6, checkpoint_every=3, eval_batches=1,
+                         progress=False)  # fmt: skip
+    straight = train(*setup(), config, tmp_path / "straight")
+    model, source = setup()
+    with pytest.raises(Interrupted):
+        train(model, InterruptingSource(source, at_step=4), config, tmp_path / "resumed")
+    torch.manual_seed(12345)  # other generator states than the checkpoint's
+    resumed = train(*setup(), config, tmp_path / "resumed", resume=True)
+    assert [r["loss"] for r in resumed if "loss" in r] == [r["loss"] for r in straight if "loss" in r]
     logged = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == resumed
     elapsed = [r["elapsed_s"] for r in resumed if "loss" in r]
