@@ -291,6 +291,11 @@ def test_generate_says_when_a_saved_memory_stands_in_for_another_document(decode
     args = ["generate", decoder, "--document", str(second), "--memory-file", str(memory), "--prompt", "Where"]
     code, _, err = _run([*args, "--max-new-tokens", "2"], capsys)
     assert code == 0 and f"--document {second} is not read" in err
+    same = ["generate", decoder, "--document", os.path.relpath(first), "--memory-file", str(memory), "--prompt", "W"]
+    code, _, err = _run([*same, "--max-new-tokens", "2"], capsys)  # the same file, spelled otherwise
+    assert code == 0 and "is not read" not in err
+    code, _, err = _run(["generate", decoder, "--memory-file", str(memory)], capsys)
+    assert code == 2 and "nothing to do" in err
 
 
 def test_model_kinds_and_missing_tokenizers_are_refused_in_one_line(decoder, encoder, tmp_path, capsys):

@@ -192,7 +192,8 @@ def test_max_length_counts_from_the_longest_prompt():
     assert torch.equal(model.generate(prompt, mask, max_length=12).sequences, expected)
     # Where both are set, max_new_tokens wins, from the call or from a config (as in Hugging Face).
     config = GenerationConfig(max_new_tokens=2)
-    assert model.generate(prompt, mask, generation_config=config, max_length=12).sequences.shape == (2, 11)
+    with pytest.warns(UserWarning, match="max_new_tokens=2 .* takes precedence over max_length=12"):
+        assert model.generate(prompt, mask, generation_config=config, max_length=12).sequences.shape == (2, 11)
     assert torch.equal(model.generate(prompt, mask, max_new_tokens=5, max_length=8).sequences, expected)
     with pytest.raises(InputError, match="max_length=7 leaves no new token"):
         model.generate(prompt, mask, max_length=7)
@@ -360,3 +361,12 @@ def test_two_callers_processors_of_one_type_merge_as_in_hugging_face():
     custom = LogitsProcessorList([ForcedBOSTokenLogitsProcessor(11), ForcedBOSTokenLogitsProcessor(22)])
     (ours, _), (theirs, _) = _both(model, prompt, max_new_tokens=2, forced_bos_token_id=9, logits_processor=custom)
     assert torch.equal(ours, theirs) and int(ours[0, 1]) == 22
+
+
+def test_settings_the_backbone_config_makes_invalid_are_one_error():
+    """A call's config that transformers refuses once the backbone's settings fill it in: an InputError."""
+    model = plain_model()
+    model.backbone.generation_config.forced_eos_token_id = 5
+    config = GenerationConfig(suppress_tokens=[5], max_new_tokens=3)
+    with pytest.raises(InputError, match="bad generation settings"):
+        model.generate(prompts(1, 4, seed=1), generation_config=config, forced_eos_token_id=None)

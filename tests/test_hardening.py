@@ -444,5 +444,5 @@ def test_an_early_stop_at_a_perfect_score_says_so_and_stays_stopped_on_resume():
     config = TrainConfig(plateau_evals=2)
     state = _after_eval(config, TrainerState(best_accuracy=0.9998), 10, {"accuracy": 1.0}, Accelerator(cpu=True))
     assert state.stopped_early and state.evals_without_gain == 1
-    assert _plateau_reason(config, state) == "held-out accuracy reached 1.0"
+    assert _plateau_reason(config, state) == "held-out accuracy reached 1.0" and state.stop_reason == "ceiling"
     assert _plateaued(TrainConfig(plateau_evals=5), state) and not _plateaued(TrainConfig(), state)

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if memory_file is not None and memory_file.exists() and not memory_file.is_file():
         raise InputError(f"--memory-file {memory_file} is a folder, not a memory file")
+    if args.prompt is None and memory_file is not None and memory_file.exists():
+        raise InputError(f"nothing to do: --memory-file {memory_file} exists already; give --prompt to answer from it")
     if memory_file is None or not memory_file.exists():
         if args.document is None:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if memory_file is not None and memory_file.exists():
         state, metadata = read_memory(model, memory_file)
         print(f"loaded the memory of {metadata.get('document', 'a document')} ({metadata.get('tokens', '?')} tokens)")
-        if args.document is not None and metadata.get("document") != str(args.document):
+        saved = metadata.get("document")
+        if args.document is not None and (saved is None or Path(saved).resolve() != Path(args.document).resolve()):
             print(
                 f"note: --document {args.document} is not read: {memory_file} already holds the memory of "
                 f"{metadata.get('document', 'another document')} (give another --memory-file to read this one)",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from functools import cache
 from typing import Any, cast
@@ -258,14 +259,20 @@ def _generation_config(
     # (20 tokens) is left out: a call that names no length is refused rather than cut at 20.
     base = copy.deepcopy(config) if config is not None else GenerationConfig()
     own = getattr(model.backbone, "generation_config", None)
-    if own is not None:
-        base.update(**own.to_dict(), defaults_only=True)
     defaults = {k: v for k, v in GenerationConfig._get_default_generation_params().items() if k != "max_length"}
-    base.update(**defaults, defaults_only=True)
-    try:
+    try:  # transformers validates its settings at each step
+        if own is not None:
+            base.update(**own.to_dict(), defaults_only=True)
+        base.update(**defaults, defaults_only=True)
         config = GenerationConfig(**{**base.to_dict(), **overrides})
-    except ValueError as err:  # transformers validates its settings
+    except ValueError as err:
         raise InputError(f"bad generation settings: {err}") from err
+    if "max_length" in overrides and "max_new_tokens" not in overrides and config.max_new_tokens is not None:
+        warnings.warn(  # transformers warns the same way
+            f"max_new_tokens={config.max_new_tokens} (from the generation config) takes precedence over "
+            f"max_length={overrides['max_length']}",
+            stacklevel=3,
+        )
     refused = _unsupported(config)
     if refused:
         raise InputError("; ".join(refused))

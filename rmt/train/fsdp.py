@@ -16,6 +16,7 @@ Checkpoints gather the full weights and optimizer state on the main process (`ge
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,14 @@ def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, a
     state = shared[0]
     set_optimizer_state_dict(model, _unwrap(optimizer), state["optimizer"], options=options)
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"][accelerator.process_index])
+    if accelerator.process_index < len(state["rng"]):
+        torch.set_rng_state(state["rng"][accelerator.process_index])
+    else:  # the checkpoint was saved by fewer processes
+        print(
+            f"note: {folder} holds no random state for process {accelerator.process_index}: this process's random "
+            "numbers will differ from an uninterrupted run's",
+            file=sys.stderr,
+        )
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:

@@ -105,8 +105,11 @@ def train(
     resume=True continues from `output_dir/checkpoint` (an error if there is none). A fresh run starts a fresh
     metrics.jsonl; overwrite=True also removes the rest of a run already in `output_dir` (`run_entries`: its
     checkpoint, model and TensorBoard logs). Nothing in `output_dir` is created or removed before start-up succeeded
-    (the optimizer built, a checkpoint to resume loaded, TensorBoard found). `save_extras(folder)` writes files
-    that belong with the model into checkpoints (e.g. the tokenizer). The model is trained in place. With
+    (the optimizer built, a checkpoint to resume loaded, TensorBoard found). `description` names the run's data:
+    it labels the progress bar and is saved with each checkpoint, and a resume with another description is refused
+    (`rmt train` passes the task and its size, the data file's name or the BABILong task; a resume from Python
+    passes the description the run started with). `save_extras(folder)` writes files that belong with the model
+    into checkpoints (e.g. the tokenizer). The model is trained in place. With
     trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which are merged into the
     backbone's weights when training ends, or stops on an error: the model comes back with its own layers and names."""
     if resume and overwrite:
@@ -255,7 +258,7 @@ def _train(
                 _log(metrics_path, history, writer, record)
             state = _after_eval(config, state, done, scores, accelerator)
             if state.stopped_early and main:
-                _log(metrics_path, history, writer, {"step": done, "stopped": "plateau"})
+                _log(metrics_path, history, writer, {"step": done, "stopped": state.stop_reason})
                 print(f"stopped early at step {done}: {_plateau_reason(config, state)}", file=sys.stderr)
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         out_of_time = done < config.steps and _out_of_time(deadline, accelerator)
@@ -401,11 +404,14 @@ def _check_resume(
         )
     if state.stopped_early:
         state.stopped_early = _plateaued(config, state)
+        if not state.stopped_early:
+            state.stop_reason = ""
+        remedy = "without plateau_evals" if state.stop_reason == "ceiling" else "with a larger plateau_evals, or none,"
         if main:
             print(
                 f"the run stopped early at step {step}: "
                 + (
-                    f"{_plateau_reason(config, state)}; nothing to train (a larger plateau_evals, or none, trains on)"
+                    f"{_plateau_reason(config, state)}; nothing to train (a resume {remedy} trains on)"
                     if state.stopped_early
                     else "training on, as this run's plateau setting allows"
                 ),
