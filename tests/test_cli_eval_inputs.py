@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import background_text, tiny_model_folder
 
-from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
+from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer, random_backbone
 from rmt.cli import build_parser, main
 from rmt.cli.evaluate import parse_samples
 from rmt.config import RMTConfig
@@ -324,6 +324,15 @@ def test_a_full_attention_baseline_that_cannot_read_the_samples_is_refused_befor
     args = ["eval", encoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
     code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", str(other)], capsys)
     assert code == 2 and "answers with the classes ['yes', 'no']" in err and not output.exists()
+
+
+def test_a_full_attention_baseline_with_a_smaller_vocabulary_is_refused_before_any_cell(decoder, tmp_path, capsys):
+    small = tmp_path / "small"
+    random_backbone("llama", 16, 1, 32, 4, 256).save_pretrained(small)
+    output = tmp_path / "out"
+    args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
+    code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", str(small)], capsys)
+    assert code == 2 and "embeds 16 token ids, fewer than the" in err and not output.exists()
 
 
 def test_unused_haystack_is_refused(decoder, haystack, tmp_path, capsys):

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -383,6 +384,19 @@ def test_train_refuses_an_output_it_cannot_use(output, message, tmp_path, capsys
     (tmp_path / "notes.txt").write_text("keep me")
     code, err = run_cli(["train", *TINY, "--steps", "2", "--output", output], capsys)
     assert code == 2 and message in err and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_train_refuses_an_output_folder_it_cannot_write(tmp_path, capsys, monkeypatch):
+    """Tested through os.access: as root (CI) a read-only folder is writable anyway."""
+    import rmt.cli.common as common
+
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(common.os, "access", lambda path, mode: Path(path) != tmp_path / "locked")
+    code, err = run_cli(["train", *TINY, "--steps", "2", "--output", str(tmp_path / "locked" / "run")], capsys)
+    assert code == 2 and "locked is not writable" in err and not (tmp_path / "locked" / "run").exists()
+    (tmp_path / "file").write_text("keep me")
+    code, err = run_cli(["train", *TINY, "--steps", "2", "--output", str(tmp_path / "file")], capsys)
+    assert code == 2 and "exists and is not a folder" in err
 
 
 def test_train_refuses_dtype_for_a_random_backbone(tmp_path, capsys):
