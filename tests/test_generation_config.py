@@ -90,6 +90,18 @@ def _live(new: torch.Tensor, eos: int | None) -> torch.Tensor:
     return at_eos.cumsum(dim=1) - at_eos == 0  # no EOS before the step
 
 
+def _both(model, prompt, seed: int = 0, **settings):
+    """Our generate and the backbone's own on the same prompt and seed: (sequences, scores) of each. The backbone gets
+    an explicit mask: transformers would otherwise take every prompt token equal to pad_token_id for padding."""
+    torch.manual_seed(seed)
+    ours = model.generate(prompt, output_scores=True, **settings)
+    torch.manual_seed(seed)
+    theirs = model.backbone.generate(
+        prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
+    )
+    return (ours.sequences, ours.scores), (theirs.sequences, torch.stack(theirs.scores, dim=1))
+
+
 @pytest.mark.parametrize("name", GREEDY_SETTINGS)
 def test_greedy_settings_match_hugging_face_generate(name):
     model = plain_model()
@@ -97,25 +109,15 @@ def test_greedy_settings_match_hugging_face_generate(name):
     free = model.generate(prompt, max_new_tokens=8).sequences[:, 6:]
     settings = _resolve(GREEDY_SETTINGS[name], free)
     length = {} if "max_length" in settings else {"max_new_tokens": 8}
-    ours = model.generate(prompt, output_scores=True, pad_token_id=0, **length, **settings)
-    # An explicit mask: transformers would otherwise take every prompt token equal to pad_token_id for padding.
-    theirs = model.backbone.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-        **length,
-        **settings,
-    )
-    assert torch.equal(ours.sequences, theirs.sequences)
-    live = _live(ours.sequences[:, 6:], settings.get("eos_token_id"))
-    assert torch.allclose(ours.scores[live], torch.stack(theirs.scores, dim=1)[live], atol=1e-5)
+    (ours, our_scores), (theirs, their_scores) = _both(model, prompt, pad_token_id=0, **length, **settings)
+    assert torch.equal(ours, theirs)
+    live = _live(ours[:, 6:], settings.get("eos_token_id"))
+    assert torch.allclose(our_scores[live], their_scores[live], atol=1e-5)
     if name == "max_length":
-        assert ours.sequences.shape == (2, 9)
+        assert ours.shape == (2, 9)
     else:
-        width = min(ours.sequences.shape[1], free.shape[1] + 6)
-        assert not torch.equal(ours.sequences[:, 6:width], free[:, : width - 6])  # the setting made a difference
+        width = min(ours.shape[1], free.shape[1] + 6)
+        assert not torch.equal(ours[:, 6:width], free[:, : width - 6])  # the setting made a difference
 
 
 @pytest.mark.parametrize("name", SAMPLING_SETTINGS)
@@ -126,18 +128,13 @@ def test_sampling_settings_match_hugging_face_generate(name):
     prompt = prompts(2, 6, seed=2)
     settings = {"do_sample": True, "max_new_tokens": 8, "pad_token_id": 0, **SAMPLING_SETTINGS[name]}
     settings.setdefault("top_k", 0)  # transformers' generate would otherwise add its default top_k=50
-    torch.manual_seed(3)
-    ours = model.generate(prompt, output_scores=True, **settings)
-    torch.manual_seed(3)
-    theirs = model.backbone.generate(
-        prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
-    )
-    assert torch.equal(ours.sequences, theirs.sequences)
-    assert torch.allclose(ours.scores, torch.stack(theirs.scores, dim=1), atol=1e-5)
+    (ours, our_scores), (theirs, their_scores) = _both(model, prompt, seed=3, **settings)
+    assert torch.equal(ours, theirs)
+    assert torch.allclose(our_scores, their_scores, atol=1e-5)
     tested = next(iter(SAMPLING_SETTINGS[name]))
     torch.manual_seed(3)
     unset = model.generate(prompt, output_scores=True, **{k: v for k, v in settings.items() if k != tested})
-    assert not torch.equal(ours.scores, unset.scores)  # the setting made a difference
+    assert not torch.equal(our_scores, unset.scores)  # the setting made a difference
 
 
 class _BanTopToken(LogitsProcessor):
@@ -160,14 +157,9 @@ def test_a_callers_logits_processor_is_merged_as_hugging_face_merges_it(custom, 
     model = plain_model()
     prompt = prompts(2, 6, seed=5)
     settings = {**settings, "max_new_tokens": 6, "pad_token_id": 0, "logits_processor": LogitsProcessorList(custom)}
-    torch.manual_seed(4)
-    ours = model.generate(prompt, output_scores=True, **settings)
-    torch.manual_seed(4)
-    theirs = model.backbone.generate(
-        prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
-    )
-    assert torch.equal(ours.sequences, theirs.sequences)
-    assert torch.allclose(ours.scores, torch.stack(theirs.scores, dim=1), atol=1e-5)
+    (ours, our_scores), (theirs, their_scores) = _both(model, prompt, seed=4, **settings)
+    assert torch.equal(ours, theirs)
+    assert torch.allclose(our_scores, their_scores, atol=1e-5)
 
 
 def test_num_return_sequences_repeats_each_prompt_and_its_memory():
@@ -312,17 +304,6 @@ def test_checking_settings_refuses_what_generate_refuses(settings, refused):
     with pytest.raises(InputError) as checked:
         check_generation_settings(model, prompt, **settings)
     assert str(checked.value) == str(generated.value)
-
-
-def _both(model, prompt, seed: int = 0, **settings):
-    """Our generate and the backbone's own on the same prompt and seed: (sequences, scores) of each."""
-    torch.manual_seed(seed)
-    ours = model.generate(prompt, output_scores=True, **settings)
-    torch.manual_seed(seed)
-    theirs = model.backbone.generate(
-        prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
-    )
-    return (ours.sequences, ours.scores), (theirs.sequences, torch.stack(theirs.scores, dim=1))
 
 
 @pytest.mark.parametrize(
