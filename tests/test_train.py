@@ -18,6 +18,7 @@ from rmt.data.batch import Batch
 from rmt.data.sources import Source
 from rmt.data.tasks import AssociativeRetrievalTask, CopyTask
 from rmt.errors import InputError
+from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train.loop import (
     TaskSource,
     TrainConfig,
@@ -90,20 +91,24 @@ def small_setup(memory_tokens: int = 4, length: int = 6, segments: int = 3, seed
     return model, TaskSource(task, seed=seed)
 
 
+def dropout_setup() -> tuple[RecurrentMemoryModel, TaskSource]:
+    """An RMT GPT-2 with dropout 0.2 on copy-6 in 3 segments: training draws random numbers at every step."""
+    task = CopyTask(length=6)
+    backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.2
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=task.segment_size_for(3)))
+    return model, TaskSource(task, seed=0)
+
+
 def test_same_seed_repeats_a_run_with_dropout(tmp_path):
     """Dropout masks come from the global generators, which the trainer seeds: two runs from the same weights with
     the same seed log the same losses, and another seed other losses (so the dropout is really drawn)."""
-    task = CopyTask(length=6)
-    segment_size = task.segment_size_for(3)
 
     def run(seed: int, name: str) -> list[float]:
-        backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
-        for module in backbone.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.2
-        model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=segment_size))
         config = TrainConfig(steps=3, batch_size=4, log_every=1, eval_every=3, eval_batches=1, progress=False)
-        history = train(model, TaskSource(task, seed=0), replace(config, seed=seed), tmp_path / name)
+        history = train(*dropout_setup(), replace(config, seed=seed), tmp_path / name)
         return [r["loss"] for r in history if "loss" in r]
 
     first = run(0, "first")
@@ -182,24 +187,14 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_with_dropout_continues_exactly(tmp_path):
     """The checkpoint's random states are restored: with dropout drawn at every step, the resumed run's losses are
     the uninterrupted run's (a resume that reseeded or kept the current generators would draw other masks)."""
-    task = CopyTask(length=6)
-
-    def setup() -> tuple:
-        backbone = random_backbone("gpt2", task.vocab_size, num_layers=2, hidden_size=32, max_positions=64, seed=0)
-        for module in backbone.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.2
-        model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=task.segment_size_for(3)))
-        return model, TaskSource(task, seed=0)
-
     config = TrainConfig(steps=6, batch_size=4, log_every=1, eval_every=6, checkpoint_every=3, eval_batches=1,
                          progress=False)  # fmt: skip
-    straight = train(*setup(), config, tmp_path / "straight")
-    model, source = setup()
+    straight = train(*dropout_setup(), config, tmp_path / "straight")
+    model, source = dropout_setup()
     with pytest.raises(Interrupted):
         train(model, InterruptingSource(source, at_step=4), config, tmp_path / "resumed")
     torch.manual_seed(12345)  # other generator states than the checkpoint's
-    resumed = train(*setup(), config, tmp_path / "resumed", resume=True)
+    resumed = train(*dropout_setup(), config, tmp_path / "resumed", resume=True)
     assert [r["loss"] for r in resumed if "loss" in r] == [r["loss"] for r in straight if "loss" in r]
     logged = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == resumed

@@ -342,6 +342,8 @@ def _micro_batch_weights(model: RecurrentMemoryModel, batch: Batch, slices: list
     """Each micro-batch's share of the global batch's loss: the number of terms its loss is the mean of over the
     total (samples for a classifier; for a causal LM `loss_terms` of the plan `forward` makes: targets, or
     (sample, segment) pairs with loss_aggregation="segments")."""
+    if len(slices) == 1:  # one micro-batch (no accumulation, one process): nothing to weigh, no extra planning
+        return [1.0]
     counts = []
     for rows in slices:
         part = batch.rows(rows)
