@@ -94,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
             f"--output {args.output} already holds {existing[0]}{more}: give --overwrite to replace those files, "
             "or another --output"
         )
-    if args.haystack is not None and not any(parse_length(n) > 0 for n in lengths):
+    reads_background = any(parse_length(n) > 0 for n in lengths)
+    if args.haystack is not None and not reads_background:
         raise InputError("--haystack: no length above 0k reads background text")
     tokenizer = pretrained_tokenizer(args.tokenizer)
-    haystack = load_background(args.haystack) if any(parse_length(n) > 0 for n in lengths) else None
+    haystack = load_background(args.haystack) if reads_background else None
     cells = [(task, name) for task in tasks for name in lengths]
     # Each file is first written under a temporary name beside its place and renamed into place once every file is
     # built, so that a sample that cannot be built (a story longer than its length, too little background) changes
