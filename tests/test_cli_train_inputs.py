@@ -273,6 +273,48 @@ def test_segment_counts_still_set_generated_babilong_data(tmp_path, model_folder
         build_setup(*parsed([*babilong, "--segments", "2", "--curriculum", "0:1,5:3"]))
 
 
+def test_the_recorded_data_names_each_babilong_flag_off_its_default(tmp_path, model_folder):
+    """What a checkpoint records as its data, and a resume compares: other samples are other data."""
+    from rmt.cli.train import build_setup
+
+    haystack = tmp_path / "book.txt"
+    haystack.write_text(background_text(200))
+    babilong = ["--model", str(model_folder), "--data", "babilong:qa1", "--segment-size", "64"]
+
+    def data(*flags: str) -> str:
+        return build_setup(*parsed([*babilong, *flags])).description
+
+    assert data() == "babilong:qa1"
+    assert data("--segments", "3", "--facts-before-last", "0.5", "--distractors", "0") == "babilong:qa1"
+    assert data("--segments", "2") == "babilong:qa1 (--segments 2)"
+    assert data("--haystack", str(haystack)) == "babilong:qa1 (--haystack book.txt)"
+    assert data("--facts", "1-2", "--facts-before-last", "0") == "babilong:qa1 (--facts 1-2, --facts-before-last 0.0)"
+    assert data("--facts", "1", "--distractors", "0.5") == "babilong:qa1 (--facts 1, --distractors 0.5)"
+
+
+def test_a_resume_on_a_data_file_split_or_cut_otherwise_is_refused(tmp_path, model_folder, qa_file, capsys):
+    output = str(tmp_path / "run")
+    args = ["train", "--model", str(model_folder), "--data", str(qa_file), "--output", output, *QUICK]
+    assert run_cli(args, capsys)[0] == 0
+    before = snapshot(tmp_path / "run")
+    resumed = [*args, "--steps", "4", "--resume"]
+    code, err = run_cli([*resumed, "--validation-samples", "3"], capsys)
+    expected = "it trained on 'qa.jsonl (--validation-samples 4)', this run reads 'qa.jsonl (--validation-samples 3)'"
+    assert code == 2 and expected in error_line(err)
+    code, err = run_cli([*resumed, "--streaming"], capsys)
+    assert code == 2 and "this run reads 'qa.jsonl (--validation-samples 4, --streaming)'" in error_line(err)
+    code, err = run_cli([*resumed, "--max-length", "64"], capsys)
+    assert code == 2 and "--max-length cuts text for language modelling; " in error_line(err)
+    assert snapshot(tmp_path / "run") == before
+    assert run_cli(resumed, capsys)[0] == 0
+    from rmt.cli.train import build_setup
+
+    text = tmp_path / "book.txt"
+    text.write_text("\n".join(background_text(40).split(". ")))
+    lm = ["--model", str(model_folder), "--data", str(text), "--max-length", "64", "--validation-samples", "4"]
+    assert build_setup(*parsed(lm)).description == "book.txt (--max-length 64, --validation-samples 4)"
+
+
 # 6. A failed start leaves no folder
 
 

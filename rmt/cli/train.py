@@ -61,6 +61,8 @@ SETUP_FLAGS = {
 }
 DEFAULT_SEGMENT_SIZE = 128
 DECODER_RESERVE = 16  # tokens of a BABILong decoder sample kept for the answer cue, the answer and EOS
+DEFAULT_FACTS_BEFORE_LAST = 0.5
+DEFAULT_VALIDATION_SAMPLES = 200
 BABILONG_PREFIX = "babilong:"
 
 
@@ -89,7 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     data.add_argument("--validation-data", default=None, help="held-out records (default: split off --data)")
     data.add_argument(
-        "--validation-samples", type=int, default=200, help="records split off --data for validation (default: 200)"
+        "--validation-samples",
+        type=int,
+        default=DEFAULT_VALIDATION_SAMPLES,
+        help="records split off --data for validation (default: %(default)s)",
     )
     data.add_argument("--streaming", action="store_true", help="stream --data instead of loading it (huge files)")
     data.add_argument(
@@ -104,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument(
         "--facts-before-last",
         type=float,
-        default=0.5,
+        default=DEFAULT_FACTS_BEFORE_LAST,
         help="BABILong: fraction of training samples whose facts all lie before the last segment, so that answering "
         "needs the memory (default: %(default)s)",
     )
@@ -414,7 +419,20 @@ def _text_setup(
             distractors=args.distractors,
         )
         eval_segments = max(n for _, n in config.curriculum) if config.curriculum else args.segments
-        return Setup(model, source, args.data, eval_segments, tokenizer)
+        haystack = ",".join(Path(path).name for path in args.haystack.split(",")) if args.haystack else None
+        data = _data_identity(
+            args.data,
+            {
+                "--segments": (args.segments, DEFAULT_SEGMENTS),
+                "--haystack": (haystack, None),
+                "--facts": ("-".join(map(str, num_facts)) if isinstance(num_facts, tuple) else num_facts, None),
+                "--facts-before-last": (args.facts_before_last, DEFAULT_FACTS_BEFORE_LAST),
+                "--distractors": (args.distractors, 0.0),
+            },
+        )
+        return Setup(model, source, data, eval_segments, tokenizer)
+    from datasets import IterableDataset
+
     from rmt.data.files import DatasetSource, load_records, record_shape, split_validation
 
     records = load_records(args.data, streaming=args.streaming or None)
@@ -425,6 +443,8 @@ def _text_setup(
     else:
         records, validation = split_validation(records, args.validation_samples, seed=args.seed)
     if shape == "qa":
+        if args.max_length is not None:
+            raise InputError(f"--max-length cuts text for language modelling; {args.data} holds questions and answers")
         if mode == "encoder" and labels is None:
             raise InputError("an encoder needs its answer classes: train from a model with labels or use babilong:")
         collate, metric = QACollator(tokenizer, mode, labels), "accuracy"
@@ -434,7 +454,27 @@ def _text_setup(
         collate, metric = TextCollator(tokenizer, args.max_length), "loss"
     source = DatasetSource(records, collate, seed=args.seed, validation=validation, metric=metric)
     # Named by the file's name, not its path: a resume from another folder, or of moved data, reads the same file.
-    return Setup(model, source, Path(args.data).name, None, tokenizer)
+    split_off = None if args.validation_data else args.validation_samples
+    data = _data_identity(
+        Path(args.data).name,
+        {
+            "--max-length": (args.max_length, None),
+            "--validation-data": (Path(args.validation_data).name if args.validation_data else None, None),
+            "--validation-samples": (split_off, DEFAULT_VALIDATION_SAMPLES),
+            "--streaming": (isinstance(records, IterableDataset), False),  # streamed records come in another order
+        },
+    )
+    return Setup(model, source, data, None, tokenizer)
+
+
+def _data_identity(name: str, settings: dict[str, tuple[Any, Any]]) -> str:
+    """The data a run reads, as its checkpoint records it and a resume compares it: `name` and each data flag of
+    `settings` (flag: (value, default)) whose value is not its default. A resume with other samples or another order
+    is refused; a run with the defaults keeps the bare name (as checkpoints from before these flags were listed)."""
+    changed = [
+        flag if value is True else f"{flag} {value}" for flag, (value, default) in settings.items() if value != default
+    ]
+    return f"{name} ({', '.join(changed)})" if changed else name
 
 
 def _checkpoint_config(model: str | None) -> RMTConfig | None:
