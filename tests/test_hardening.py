@@ -425,6 +425,20 @@ def test_a_damaged_or_missing_part_of_the_accelerate_state_is_refused(trained_ru
     assert code == 2 and "is incomplete: accelerate/ is missing" in err
 
 
+def test_a_process_the_checkpoint_holds_no_random_state_for_is_told_so(trained_run, capsys):
+    """A resume with more processes than the checkpoint's run: the extra process starts from fresh random numbers."""
+    from types import SimpleNamespace
+
+    from rmt.train.checkpoint import _check_accelerate_state
+
+    state = trained_run / "checkpoint" / "accelerate"
+    _check_accelerate_state(state, SimpleNamespace(process_index=0))
+    assert capsys.readouterr().err == ""
+    _check_accelerate_state(state, SimpleNamespace(process_index=1))
+    err = capsys.readouterr().err
+    assert f"note: {state} holds no random state for process 1 (it was saved by fewer processes)" in err
+
+
 def test_a_metrics_record_without_a_step_is_refused_on_resume(trained_run, capsys):
     log = trained_run / "metrics.jsonl"
     log.write_text('{"step": 1}\n[1, 2]\n{"step": 2}\n')

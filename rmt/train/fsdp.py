@@ -16,7 +16,6 @@ Checkpoints gather the full weights and optimizer state on the main process (`ge
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +128,10 @@ def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, a
     scheduler.load_state_dict(state["scheduler"])
     if accelerator.process_index < len(state["rng"]):
         torch.set_rng_state(state["rng"][accelerator.process_index])
-    else:  # the checkpoint was saved by fewer processes
-        print(
-            f"note: {folder} holds no random state for process {accelerator.process_index}: this process's random "
-            "numbers will differ from an uninterrupted run's",
-            file=sys.stderr,
-        )
+    else:
+        from rmt.train.checkpoint import note_missing_random_state
+
+        note_missing_random_state(folder, accelerator.process_index)
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
