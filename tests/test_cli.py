@@ -94,6 +94,40 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "rmt"  # the console script pip put next to this interpreter
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout and "train" in out.stdout and "eval" in out.stdout
+    module = subprocess.run([sys.executable, "-m", "rmt", "--version"], capture_output=True, text=True, check=True)
+    assert module.stdout.strip() == f"rmt {rmt.__version__}"
+
+
+def test_the_command_starts_without_torch():
+    """Help prints at once, and Ctrl-C while torch loads reaches the command's handler (one line, no traceback):
+    the parser and `import rmt` leave torch and transformers to the first thing that uses them."""
+    check = (
+        "import sys, rmt, rmt.train; from rmt.cli import build_parser; build_parser(); rmt.RMTConfig; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_package_attributes_load_on_first_use():
+    import rmt.memory
+    import rmt.train.loop
+
+    assert rmt.RMTForCausalLM is rmt.memory.RMTForCausalLM and rmt.train.train is rmt.train.loop.train
+    assert set(rmt.__all__) <= set(dir(rmt)) and "evaluate" in dir(rmt.train)
+    with pytest.raises(AttributeError, match="module 'rmt' has no attribute 'RMTForCausalLm'"):
+        rmt.RMTForCausalLm  # noqa: B018
+
+
+def test_ctrl_c_while_a_command_loads_is_one_line(capsys, monkeypatch):
+    import rmt.cli.train
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rmt.cli.train, "run", interrupted)
+    assert main(["train", "--output", "unused"]) == 130
+    assert capsys.readouterr().err == "rmt train: interrupted\n"
 
 
 @pytest.mark.parametrize("memory", ["rmt", "armt"])

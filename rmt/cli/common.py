@@ -6,11 +6,12 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from rmt.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 TASK_NAMES = ("copy", "reverse", "associative_retrieval", "quadratic", "detect_memorize")
 TASK_SIZE_DEFAULTS = {"copy": 24, "reverse": 24, "associative_retrieval": 4, "detect_memorize": 64}
@@ -38,6 +39,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 def apply_runtime(args: argparse.Namespace) -> torch.device:
     """Set threads and progress bars from the runtime flags; return the device to use."""
+    import torch
+
     device = resolve_device(args.device)
     threads = args.threads if args.threads is not None else default_threads(device)
     if threads < 1:
@@ -54,10 +57,14 @@ def apply_runtime(args: argparse.Namespace) -> torch.device:
 def default_threads(device: torch.device) -> int:
     """The thread policy: one thread on the CPU (measured in the README: with a second busy process on a 2-core
     machine, two OpenMP threads spin against it and the demo ran 4x slower than with one)."""
+    import torch
+
     return 1 if device.type == "cpu" else torch.get_num_threads()
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

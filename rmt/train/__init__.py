@@ -1,7 +1,17 @@
-"""Training: `train` (one Accelerate loop), `TrainConfig`, `evaluate`, checkpoints and schedules."""
+"""Training: `train` (one Accelerate loop), `TrainConfig`, `evaluate`, checkpoints and schedules.
 
+`train` and `evaluate` load on first use (`rmt.lazy`): the `rmt` command reads `TrainConfig` for its flags without
+importing torch."""
+
+from typing import TYPE_CHECKING
+
+from rmt.lazy import lazy_exports
 from rmt.train.config import TrainConfig
-from rmt.train.evaluate import evaluate
-from rmt.train.loop import train
 
+_EXPORTS = {"evaluate": "rmt.train.evaluate", "train": "rmt.train.loop"}
 __all__ = ["TrainConfig", "evaluate", "train"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from rmt.train.evaluate import evaluate
+    from rmt.train.loop import train
