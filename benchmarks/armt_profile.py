@@ -53,12 +53,28 @@ def profiled(run: Callable[[], torch.Tensor], cuda: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--config",
+        default="small",
+        choices=sorted(CONFIGS),
+        help="random Llama shape of benchmarks/armt_speed.py; llama-1b is Llama-3.2-1B's (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device, cuda when available (default: %(default)s)",
+    )
     parser.add_argument("--length", type=int, default=32768, help="tokens (default: %(default)s)")
-    parser.add_argument("--segment-size", type=int, default=1024)
-    parser.add_argument("--memory-tokens", type=int, default=16)
-    parser.add_argument("--d-mem", type=int, default=64)
+    parser.add_argument(
+        "--segment-size", type=int, default=1024, help="ARMT input tokens per segment (default: %(default)s)"
+    )
+    parser.add_argument("--memory-tokens", type=int, default=16, help="ARMT memory tokens (default: %(default)s)")
+    parser.add_argument(
+        "--d-mem",
+        type=int,
+        default=64,
+        help="size of ARMT's associative memory keys before the DPFP map (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: results/armt_profile-...)")
     args = parser.parse_args(argv)

@@ -301,14 +301,23 @@ def logits_error(diagonal: torch.Tensor, sequential: torch.Tensor) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.armt_speed", description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device, cuda when available (default: %(default)s)",
+    )
     parser.add_argument(
         "--dtype",
         default=None,
         choices=["float32", "bfloat16", "float16"],
         help="default: bfloat16 on CUDA, float32 on CPU",
     )
-    parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
+    parser.add_argument(
+        "--config",
+        default="small",
+        choices=sorted(CONFIGS),
+        help="shape of the random Llama backbone; llama-1b is Llama-3.2-1B's (default: %(default)s)",
+    )
     parser.add_argument(
         "--lengths",
         type=int,
@@ -316,10 +325,22 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="sequence lengths (default: 4096, 8192, ... up to 131072 on CUDA, 32768 on CPU)",
     )
-    parser.add_argument("--segment-size", type=int, default=1024)
-    parser.add_argument("--memory-tokens", type=int, default=16)
-    parser.add_argument("--d-mem", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--segment-size", type=int, default=1024, help="ARMT input tokens per segment (default: %(default)s)"
+    )
+    parser.add_argument("--memory-tokens", type=int, default=16, help="ARMT memory tokens (default: %(default)s)")
+    parser.add_argument(
+        "--d-mem",
+        type=int,
+        default=64,
+        help="size of ARMT's associative memory keys before the DPFP map (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="random sequences per input, each of the measured length (default: %(default)s)",
+    )
     parser.add_argument(
         "--group-size",
         type=_group_size,
@@ -334,7 +355,13 @@ def main(argv: list[str] | None = None) -> None:
         help="skip full attention above this length (its time grows quadratically; default: no limit)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: 3 CUDA, 1 CPU)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="full (the backbone alone, full attention), sequential or diagonal ARMT (default: all three)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
     parser.add_argument(
@@ -367,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     args.repeats = args.repeats or (3 if cuda else 1)
     top = 131072 if cuda else 32768
     args.lengths = args.lengths or [4096 * 2**i for i in range(6) if 4096 * 2**i <= top]
-    output = args.output or RESULTS_DIR / f"armt_speed-{args.config}-{args.device}.json"
+    output = args.output or RESULTS_DIR / f"armt_speed-{args.config}-{args.device.split(':')[0]}.json"
 
     import transformers
 

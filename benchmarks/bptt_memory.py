@@ -53,7 +53,7 @@ def measure_once(path: str, segments: int, depth: int, args: argparse.Namespace)
     """Peak bytes used by one training step, in this process."""
     model, ids = build(segments, depth, args)
     model.train()
-    if args.device == "cuda":
+    if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -63,7 +63,7 @@ def measure_once(path: str, segments: int, depth: int, args: argparse.Namespace)
         model.forward_backward(ids, labels=ids, recompute=path == "recompute")
     else:
         model(ids, labels=ids).loss.backward()
-    if args.device == "cuda":
+    if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
@@ -71,7 +71,7 @@ def measure_once(path: str, segments: int, depth: int, args: argparse.Namespace)
 
 def measure(path: str, segments: int, depth: int, args: argparse.Namespace) -> float:
     """Peak bytes used by one training step: in this process on CUDA, in a fresh worker process on CPU."""
-    if args.device == "cuda":
+    if args.device.startswith("cuda"):
         return measure_once(path, segments, depth, args)
     # A fresh process per measurement: ru_maxrss is a high-water mark that never goes down.
     result = run_module("benchmarks.bptt_memory", ["--one", path, str(segments), str(depth), *_passthrough(args)])
@@ -86,15 +86,33 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bptt_memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--segments", type=int, nargs="+", default=[2, 8, 32])
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=1000)
-    parser.add_argument("--segment-size", type=int, default=256)
-    parser.add_argument("--memory-tokens", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device, cuda when available (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--segments",
+        type=int,
+        nargs="+",
+        default=[2, 8, 32],
+        help="numbers of segments per sample to measure; the ratio is the last one's peak over the first's "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--layers", type=int, default=4, help="layers of the random GPT-2 backbone (default: %(default)s)"
+    )
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of the backbone (default: %(default)s)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads of the backbone (default: %(default)s)")
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=1000,
+        help="vocabulary size of the backbone and the random token ids (default: %(default)s)",
+    )
+    parser.add_argument("--segment-size", type=int, default=256, help="input tokens per segment (default: %(default)s)")
+    parser.add_argument("--memory-tokens", type=int, default=16, help="RMT memory tokens (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per training step (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--one", nargs=3, metavar=("PATH", "SEGMENTS", "DEPTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

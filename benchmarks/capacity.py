@@ -212,19 +212,61 @@ def run(args: argparse.Namespace, output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, nargs="+", default=[2, 4, 8, 16])
-    parser.add_argument("--pairs-per-segment", type=int, default=2)
-    parser.add_argument("--memory-tokens", type=int, default=2)
-    parser.add_argument("--d-mem", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8, 16],
+        help="numbers of key-value pairs per sample, one point each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pairs-per-segment",
+        type=int,
+        default=2,
+        help="key-value pairs per segment (2 tokens each) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-tokens", type=int, default=2, help="memory tokens of armt and rmt (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--d-mem",
+        type=int,
+        default=16,
+        help="size of ARMT's associative memory keys before the DPFP map (armt only) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=2000,
+        help="training steps per kind and point, after the warm-up (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=2e-3,
+        help="peak learning rate per kind and point (the warm-up uses 1e-3) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="samples per training step of each kind (default: %(default)s)"
+    )
     parser.add_argument("--warmup-steps", type=int, default=2000, help="in-context warm-up steps (0: none)")
     parser.add_argument("--warmup-queries", type=int, default=8, help="queries per warm-up sample")
     parser.add_argument("--init-std", type=float, default=0.1, help="initial weight std of the backbone")
-    parser.add_argument("--kinds", nargs="+", default=["armt", "rmt"], choices=["armt", "rmt", "context"])
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["armt", "rmt"],
+        choices=["armt", "rmt", "context"],
+        help="models per point; context: the backbone without memory, the whole sample in one segment "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; the table averages them")
-    parser.add_argument("--output", default="runs/capacity")
+    parser.add_argument(
+        "--output",
+        default="runs/capacity",
+        help="folder for capacity.json, capacity.md and the runs; points saved with the same settings are reused "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     args = parser.parse_args(argv)
     if args.warmup_steps < 0:

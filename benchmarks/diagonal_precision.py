@@ -104,11 +104,24 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="small", choices=[*sorted(CONFIGS), "smollm2"])
-    parser.add_argument("--length", type=int, default=4096)
-    parser.add_argument("--segment-size", type=int, default=1024)
-    parser.add_argument("--memory-tokens", type=int, default=16)
-    parser.add_argument("--d-mem", type=int, default=64)
+    parser.add_argument(
+        "--config",
+        default="small",
+        choices=[*sorted(CONFIGS), "smollm2"],
+        help="a random Llama of a benchmarks/armt_speed.py shape, or smollm2: the trained SmolLM2-135M "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--length", type=int, default=4096, help="input length in tokens (default: %(default)s)")
+    parser.add_argument(
+        "--segment-size", type=int, default=1024, help="ARMT input tokens per segment (default: %(default)s)"
+    )
+    parser.add_argument("--memory-tokens", type=int, default=16, help="ARMT memory tokens (default: %(default)s)")
+    parser.add_argument(
+        "--d-mem",
+        type=int,
+        default=64,
+        help="size of ARMT's associative memory keys before the DPFP map (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(

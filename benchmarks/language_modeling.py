@@ -207,18 +207,37 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--segment-size", type=int, default=128)
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(KINDS),
+        choices=KINDS,
+        help="models: baseline (no memory), trxl (Transformer-XL cache), rmt (memory tokens), trxl+rmt (both) "
+        "(default: all)",
+    )
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per model (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="documents per training step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--layers", type=int, default=4, help="layers of the random Llama backbone (default: %(default)s)"
+    )
+    parser.add_argument("--hidden", type=int, default=128, help="hidden size of the backbone (default: %(default)s)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads of the backbone (default: %(default)s)")
+    parser.add_argument("--segment-size", type=int, default=128, help="bytes per segment (default: %(default)s)")
     parser.add_argument("--memory", type=int, default=20, help="memory tokens and Tr-XL cache length")
     parser.add_argument("--bptt", type=int, default=2, help="RMT's BPTT depth")
-    parser.add_argument("--document-bytes", type=int, default=1024)
-    parser.add_argument("--eval-documents", type=int, default=512)
+    parser.add_argument(
+        "--document-bytes",
+        type=int,
+        default=1024,
+        help="bytes per document, training and held out (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-documents",
+        type=int,
+        default=512,
+        help="held-out documents scored, at most the 2%% held out (default: %(default)s)",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument(
         "--xl-recompute",
@@ -231,10 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         default="hidden",
         help="scale of the memory RMT writes (RMTConfig.memory_write_scale)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--output", default=str(RESULTS_DIR / "language_modeling-cpu"))
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the held-out split, the training batches and the backbone's weights (default: %(default)s)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars during training")
+    parser.add_argument(
+        "--output",
+        default=str(RESULTS_DIR / "language_modeling-cpu"),
+        help="folder for results.json, results.md, the plot and runs/; models already in results.json are skipped "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -311,9 +311,20 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name)
         sub.add_argument("--document-tokens", type=int, default=10240, help="tokens per evaluation document")
         sub.add_argument("--held-out", type=int, default=40, help="blocks held out as evaluation documents")
-        sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--output", type=Path, required=True)
-        sub.add_argument("--threads", type=int, default=1)
+        sub.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="seed of the shuffle that picks the held-out blocks (and of prepare's training-document order) "
+            "(default: %(default)s)",
+        )
+        sub.add_argument(
+            "--output",
+            type=Path,
+            required=True,
+            help="folder: prepare writes train.jsonl there, evaluate results.json and results.md",
+        )
+        sub.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     prep = commands.choices["prepare"]
     prep.add_argument("--model", default="smollm2", help="whose tokenizer cuts the corpus")
     prep.add_argument("--train-tokens", type=int, default=4096, help="tokens per training document")
@@ -323,7 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--documents", type=int, default=20, help="held-out documents scored (at most --held-out)")
     ev.add_argument("--window", type=int, default=8192, help="the backbone's window")
     ev.add_argument("--stride", type=int, default=1024, help="tokens scored per window of `sliding`")
-    ev.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ev.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="sliding, segments: the base model alone; memory: the memory model; "
+        "memory_off: its backbone without memory (default: all)",
+    )
     args = parser.parse_args(argv)
     with torch_threads(args.threads):
         return prepare(args) if args.command == "prepare" else evaluate(args)

@@ -545,10 +545,28 @@ PARTS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", nargs="?", choices=(*PARTS, "save-untrained", "summary"))
+    parser.add_argument(
+        "part",
+        nargs="?",
+        choices=(*PARTS, "save-untrained", "summary"),
+        help="part to measure into --output; save-untrained: save the untrained ARMT to --model; "
+        "summary/none: only print the reading table",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "LENGTH"), help=argparse.SUPPRESS)
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    parser.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 65536, 262144])
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(KINDS),
+        choices=KINDS,
+        help="reading, bf16-speed: rmt, armt (16 memory tokens), full (SmolLM2 alone) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=[4096, 16384, 65536, 262144],
+        help="reading: document lengths in tokens (full skips those above 8192) (default: %(default)s)",
+    )
     parser.add_argument("--length", default="16384", help="diagonal: tokens; precision: a BABILong length (4k)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generation: tokens to generate")
     parser.add_argument(

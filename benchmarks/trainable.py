@@ -68,11 +68,21 @@ def measure(trainable: str, steps: int, warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=SETTINGS,
+        default=list(SETTINGS),
+        help="what trains: all parameters, the memory only, or LoRA adapters (default: every setting)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    parser.add_argument("--output", default=str(RESULTS_DIR / "trainable-smollm2-cpu.json"))
+    parser.add_argument(
+        "--output",
+        default=str(RESULTS_DIR / "trainable-smollm2-cpu.json"),
+        help="JSON result file (default: %(default)s)",
+    )
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)  # one setting, printed as JSON
     args = parser.parse_args()
     if args.worker:
