@@ -94,6 +94,23 @@ def test_a_fresh_run_into_a_folder_that_holds_a_run_is_refused(trained_run, caps
     assert code == 2 and "not both" in error_line(err) and snapshot(trained_run) == before
 
 
+def test_save_best_names_its_model_and_overwrite_removes_it(tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(["train", *TINY, "--save-best", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((output / "best" / "best.json").read_text())
+    assert f"best model (held-out accuracy {record['score']:.4f} at step 2) saved to {output / 'best'}" in out
+    assert (output / "best" / "backbone" / "config.json").is_file()
+    code, err = run_cli(["train", *TINY, "--output", str(output)], capsys)
+    assert code == 2 and "already holds a run (metrics.jsonl, checkpoint, model, best)" in err
+    assert main(["train", *TINY, "--output", str(output), "--overwrite"]) == 0
+    assert not (output / "best").exists()
+    from rmt.cli.train import _best_model_line
+
+    expected = "no best model: no held-out evaluation ran at the final number of segments"
+    assert _best_model_line(output) == expected  # a curriculum that never reached its last stage
+
+
 def test_a_run_is_refused_for_any_of_its_parts(tmp_path, capsys):
     for part in ("metrics.jsonl", "model", "checkpoint"):
         output = tmp_path / part.replace(".", "-")

@@ -341,3 +341,42 @@ def test_accuracy_settings_are_refused_for_data_without_accuracy(tmp_path):
         ):
             train(model, TextLike(), config, tmp_path / "run")
         assert not (tmp_path / "run").exists()
+
+
+def test_save_best_keeps_the_model_of_the_best_evaluation(tmp_path, monkeypatch):
+    """OUTPUT/best holds the weights the model had at its best-scoring evaluation (the same run stopped there: same
+    seed, constant rate), not the last ones; a language-modelling score is its loss, lower is better."""
+    import rmt.train.loop as loop
+    from rmt.memory.pretrained import load_memory_model
+
+    def scripted(scores: list[dict[str, float]]) -> None:
+        remaining = iter(scores)
+        monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: next(remaining))
+
+    config = TrainConfig(
+        steps=6, batch_size=2, eval_every=2, eval_batches=1, lr_schedule="constant", warmup_steps=0, progress=False
+    )
+    scripted([{"loss": 1.0, "accuracy": a} for a in (0.2, 0.6, 0.4)])
+    train(*small_setup(), replace(config, save_best=True), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert record == {"step": 4, "metric": "accuracy", "score": 0.6, "segments": None}
+    scripted([{"loss": 1.0, "accuracy": 0.0}] * 2)
+    train(*small_setup(), replace(config, steps=4), tmp_path / "stopped")
+    folders = ("run/best", "stopped/checkpoint/model", "run/checkpoint/model")
+    best, at_step_4, last = (load_memory_model(tmp_path / folder) for folder in folders)
+
+    def same(first, second) -> bool:
+        pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+        return all(torch.equal(a, b) for a, b in pairs)
+
+    assert same(best, at_step_4) and not same(best, last)
+
+    state, one_process = TrainerState(), SimpleNamespace(num_processes=1)
+    for step, loss in ((2, 3.0), (4, 2.0), (6, 2.5)):
+        state = _after_eval(TrainConfig(save_best=True), state, step, {"loss": loss}, one_process)
+    assert (state.best_step, state.best_score) == (4, 2.0)
+    stages = TrainConfig(save_best=True, curriculum=[(0, 1), (4, 2)])
+    state = _after_eval(stages, TrainerState(), 2, {"loss": 1.0, "accuracy": 0.9}, one_process)
+    assert state.best_step == 0  # an evaluation before the final number of segments is not comparable
+    state = _after_eval(stages, replace(state, stage=1), 4, {"loss": 1.0, "accuracy": 0.5}, one_process)
+    assert (state.best_step, state.best_score) == (4, 0.5)

@@ -225,9 +225,25 @@ def run(args: argparse.Namespace) -> int:
         if accelerator.is_main_process:
             print(json.dumps({"data": setup.description, "segments": setup.eval_segments, **scores}, indent=2))
             print(f"model saved to {output / 'model'}")
+            if config.save_best:
+                print(_best_model_line(output))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # close the process group while every process is still here, not at interpreter exit
     return 0
+
+
+def _best_model_line(output: Path) -> str:
+    """Where --save-best put the best model, and its held-out score."""
+    from rmt.train.loop import BEST_DIR, BEST_RECORD
+
+    record_file = output / BEST_DIR / BEST_RECORD
+    if not record_file.is_file():
+        return "no best model: no held-out evaluation ran at the final number of segments"
+    record = json.loads(record_file.read_text())
+    return (
+        f"best model (held-out {record['metric']} {record['score']:.4f} at step {record['step']}) saved to "
+        f"{output / BEST_DIR}"
+    )
 
 
 def refuse_ignored_flags(args: argparse.Namespace) -> None:

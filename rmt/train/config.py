@@ -115,6 +115,14 @@ class TrainConfig:
             "all steps)."
         ),
     )
+    save_best: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also keep the model of the best held-out evaluation at the final number of segments in OUTPUT/best "
+            "(scored by curriculum_metric, or by the held-out loss for language-modelling data; best.json there "
+            "names the step and score), besides the last one in OUTPUT/model."
+        ),
+    )
     recompute: bool = field(
         default=False,
         metadata=_doc(

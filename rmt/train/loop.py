@@ -50,7 +50,7 @@ from rmt.data.prefetch import PrefetchingSource
 from rmt.data.sources import Source, TaskSource
 from rmt.data.tasks import Task
 from rmt.errors import InputError
-from rmt.files import recover_directory, write_atomic
+from rmt.files import recover_directory, write_atomic, write_json_atomic
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.segments import loss_terms
@@ -62,6 +62,8 @@ from rmt.train.optim import build_optimizer, trainable_parameters
 
 METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
+BEST_DIR = "best"  # TrainConfig.save_best's model
+BEST_RECORD = "best.json"
 TENSORBOARD_DIR = "tensorboard"
 _PLATEAU_DELTA = 0.005
 _ALL_REDUCE_BUCKET = 2**24  # gradient elements per all-reduce call: bounds the flat buffer
@@ -82,6 +84,9 @@ class TrainerState:
     running_count: int = 0
     data: str = ""  # the run's description of its data: a resume on other data is refused
     stop_reason: str = ""  # why it stopped early: "ceiling" (a held-out score of 1.0) or "plateau"
+    # save_best: the step whose model OUTPUT/best holds (0: none yet) and its held-out score
+    best_step: int = 0
+    best_score: float | None = None
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -104,14 +109,15 @@ def train(
 
     resume=True continues from `output_dir/checkpoint` (an error if there is none). A fresh run starts a fresh
     metrics.jsonl; overwrite=True also removes the rest of a run already in `output_dir` (`run_entries`: its
-    checkpoint, model and TensorBoard logs). Nothing in `output_dir` is created or removed before start-up succeeded
-    (the optimizer built, a checkpoint to resume loaded, TensorBoard found). `description` names the run's data:
-    it labels the progress bar and is saved with each checkpoint, and a resume with another description is refused
-    (`rmt train` passes the task and its size, the data file's name or the BABILong task; a resume from Python
-    passes the description the run started with). `save_extras(folder)` writes files that belong with the model
-    into checkpoints (e.g. the tokenizer). The model is trained in place. With
-    trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which are merged into the
-    backbone's weights when training ends, or stops on an error: the model comes back with its own layers and names."""
+    checkpoint, model, best model and TensorBoard logs). Nothing in `output_dir` is created or removed before
+    start-up succeeded (the optimizer built, a checkpoint to resume loaded, TensorBoard found). `description` names
+    the run's data: it labels the progress bar and is saved with each checkpoint, and a resume with another
+    description is refused (`rmt train` passes the task and its size, the data file's name or the BABILong task, with
+    each data flag off its default; a resume from Python passes the description the run started with).
+    `save_extras(folder)` writes files that belong with the model into checkpoints (e.g. the tokenizer). The model is
+    trained in place. With trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which
+    are merged into the backbone's weights when training ends, or stops on an error: the model comes back with its
+    own layers and names. save_best also keeps the best-evaluated model in `output_dir/best`."""
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
     if source.metric != "accuracy":  # language modelling: held-out loss only, no score to advance or stop on
@@ -257,6 +263,8 @@ def _train(
                 )
                 _log(metrics_path, history, writer, record)
             state = _after_eval(config, state, done, scores, accelerator)
+            if config.save_best and state.best_step == done:
+                _save_best(model, output_dir, accelerator, config, state, scores, num_segments, save_extras)
             if state.stopped_early and main:
                 _log(metrics_path, history, writer, {"step": done, "stopped": state.stop_reason})
                 print(f"stopped early at step {done}: {_plateau_reason(config, state)}", file=sys.stderr)
@@ -450,9 +458,14 @@ def _after_eval(
 ) -> TrainerState:
     """Curriculum advance and early stopping on the held-out score named by `config.curriculum_metric`, decided by
     the main process and shared with the others."""
+    last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
+    if scores is not None and config.save_best and last_stage:
+        metric, higher = _best_metric(config, scores)
+        score = scores[metric]
+        if state.best_score is None or (score > state.best_score if higher else score < state.best_score):
+            state.best_step, state.best_score = step, score
     if scores is not None and config.curriculum_metric in scores:
         score = scores[config.curriculum_metric]
-        last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
         if config.curriculum_accuracy is not None and not last_stage and score >= config.curriculum_accuracy:
             state.stage += 1
             state.best_accuracy, state.evals_without_gain = -1.0, 0
@@ -468,6 +481,35 @@ def _after_eval(
         shared = broadcast_object_list([asdict(state)])
         state = TrainerState(**shared[0])
     return state
+
+
+def _best_metric(config: TrainConfig, scores: dict[str, float]) -> tuple[str, bool]:
+    """The held-out score save_best keeps the best model by, and whether higher is better: curriculum_metric, or the
+    loss where the data has no accuracy (language modelling)."""
+    return (config.curriculum_metric, True) if config.curriculum_metric in scores else ("loss", False)
+
+
+def _save_best(
+    model: RecurrentMemoryModel,
+    output_dir: Path,
+    accelerator: Accelerator,
+    config: TrainConfig,
+    state: TrainerState,
+    scores: dict[str, float] | None,
+    num_segments: int | None,
+    save_extras: Any,
+) -> None:
+    """Replace OUTPUT/best with the model as it is now, whose evaluation is the best so far, and its record (written
+    by the main process, which holds the scores)."""
+
+    def extras(folder: Path) -> None:
+        if save_extras is not None:
+            save_extras(folder)
+        metric = _best_metric(config, scores)[0] if scores is not None else None
+        record = {"step": state.best_step, "metric": metric, "score": state.best_score, "segments": num_segments}
+        write_json_atomic(Path(folder) / BEST_RECORD, record)
+
+    save_model(model, output_dir / BEST_DIR, accelerator, config, extras)
 
 
 def one_window(backbone: torch.nn.Module, task: Task) -> RecurrentMemoryModel:
@@ -549,12 +591,14 @@ def tensorboard_writer_class(setting: str = "TensorBoard logging (TrainConfig.te
 
 def run_entries(output_dir: str | os.PathLike) -> list[str]:
     """The names of what a training run wrote that lie in `output_dir`: metrics.jsonl, checkpoint/ (also one that a
-    crash left set aside), model/ and tensorboard/. Empty when the folder holds no run."""
+    crash left set aside), model/, best/ and tensorboard/. Empty when the folder holds no run."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
     found = [
-        name for name in (METRICS_FILE, CHECKPOINT_DIR, MODEL_DIR, TENSORBOARD_DIR) if (output_dir / name).exists()
+        name
+        for name in (METRICS_FILE, CHECKPOINT_DIR, MODEL_DIR, BEST_DIR, TENSORBOARD_DIR)
+        if (output_dir / name).exists()
     ]
     if CHECKPOINT_DIR not in found and checkpoint_exists(output_dir):
         found.insert(1, CHECKPOINT_DIR)
@@ -566,7 +610,7 @@ def remove_run(output_dir: str | os.PathLike) -> None:
     `rmt.files.recover_directory` clears, so a crash half-way leaves no half-removed checkpoint that --resume would
     try to read."""
     output_dir = Path(output_dir)
-    for name in (CHECKPOINT_DIR, MODEL_DIR, TENSORBOARD_DIR):
+    for name in (CHECKPOINT_DIR, MODEL_DIR, BEST_DIR, TENSORBOARD_DIR):
         path = output_dir / name
         recover_directory(path)  # a folder set aside by a crashed save is part of the run too
         if path.is_dir():
