@@ -30,7 +30,7 @@ from rmt.build import memory_model, random_backbone
 from rmt.data.sources import TaskSource
 from rmt.data.tasks import CopyTask
 from rmt.demo import DemoSettings, demo_model, demo_train_config
-from rmt.train.evaluate import evaluate
+from rmt.train.evaluation import evaluate
 from rmt.train.loop import train
 
 

@@ -111,9 +111,11 @@ def test_the_command_starts_without_torch():
 
 def test_the_package_attributes_load_on_first_use():
     import rmt.memory
+    import rmt.train.evaluation
     import rmt.train.loop
 
     assert rmt.RMTForCausalLM is rmt.memory.RMTForCausalLM and rmt.train.train is rmt.train.loop.train
+    assert rmt.train.evaluate is rmt.train.evaluation.evaluate  # a function, not a submodule of the same name
     assert set(rmt.__all__) <= set(dir(rmt)) and "evaluate" in dir(rmt.train)
     with pytest.raises(AttributeError, match="module 'rmt' has no attribute 'RMTForCausalLm'"):
         rmt.RMTForCausalLm  # noqa: B018

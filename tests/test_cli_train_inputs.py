@@ -108,7 +108,7 @@ def test_save_best_names_its_model_and_overwrite_removes_it(tmp_path, capsys):
     from rmt.cli.train import _best_model_line
 
     expected = "no best model: no held-out evaluation ran at the final number of segments"
-    assert _best_model_line(output) == expected  # a curriculum that never reached its last stage
+    assert _best_model_line(output) == expected  # what a --save-best run whose curriculum ended early prints
 
 
 def test_a_run_is_refused_for_any_of_its_parts(tmp_path, capsys):
@@ -319,7 +319,7 @@ def test_a_resume_on_a_data_file_split_or_cut_otherwise_is_refused(tmp_path, mod
     expected = "it trained on 'qa.jsonl (--validation-samples 4)', this run reads 'qa.jsonl (--validation-samples 3)'"
     assert code == 2 and expected in error_line(err)
     code, err = run_cli([*resumed, "--streaming"], capsys)
-    assert code == 2 and "this run reads 'qa.jsonl (--validation-samples 4, --streaming)'" in error_line(err)
+    assert code == 2 and "this run reads 'qa.jsonl (--validation-samples 4, streamed)'" in error_line(err)
     code, err = run_cli([*resumed, "--max-length", "64"], capsys)
     assert code == 2 and "--max-length cuts text for language modelling; " in error_line(err)
     assert snapshot(tmp_path / "run") == before
@@ -330,6 +330,8 @@ def test_a_resume_on_a_data_file_split_or_cut_otherwise_is_refused(tmp_path, mod
     text.write_text("\n".join(background_text(40).split(". ")))
     lm = ["--model", str(model_folder), "--data", str(text), "--max-length", "64", "--validation-samples", "4"]
     assert build_setup(*parsed(lm)).description == "book.txt (--max-length 64, --validation-samples 4)"
+    held_out = ["--model", str(model_folder), "--data", str(text), "--validation-data", str(qa_file)]
+    assert build_setup(*parsed(held_out)).description == "book.txt (--validation-data qa.jsonl)"
 
 
 # 6. A failed start leaves no folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -313,7 +314,7 @@ def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length(ag
 def test_held_out_loss_over_batches_is_the_loss_of_one_batch(aggregation):
     """score_batch's weight is the number of terms its loss is the mean of: batches combined by it give the loss of
     all their samples as one batch."""
-    from rmt.train.evaluate import score_batch
+    from rmt.train.evaluation import score_batch
 
     backbone = random_backbone("llama", 50, 2, 32, 4, 64, seed=0)
     model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=8, loss_aggregation=aggregation))
@@ -380,3 +381,30 @@ def test_save_best_keeps_the_model_of_the_best_evaluation(tmp_path, monkeypatch)
     assert state.best_step == 0  # an evaluation before the final number of segments is not comparable
     state = _after_eval(stages, replace(state, stage=1), 4, {"loss": 1.0, "accuracy": 0.5}, one_process)
     assert (state.best_step, state.best_score) == (4, 0.5)
+    diverged = _after_eval(TrainConfig(save_best=True), TrainerState(), 2, {"loss": float("nan")}, one_process)
+    diverged = _after_eval(TrainConfig(save_best=True), diverged, 4, {"loss": 5.0}, one_process)
+    assert (diverged.best_step, diverged.best_score) == (4, 5.0)  # a diverged evaluation is never the best
+    exact = replace(stages, curriculum_metric="exact_match")  # a resume that scores otherwise starts a new best
+    state = _after_eval(exact, state, 8, {"loss": 1.0, "accuracy": 0.4, "exact_match": 0.1}, one_process)
+    assert (state.best_step, state.best_score, state.best_of) == (8, 0.1, "exact_match at 2 segments")
+
+
+def test_a_crash_while_the_best_model_is_saved_leaves_the_previous_best_whole(tmp_path, monkeypatch):
+    import rmt.train.loop as loop
+
+    scores = iter([{"loss": 1.0, "accuracy": a} for a in (0.2, 0.6)])
+    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: next(scores))
+    saved = []
+
+    def extras(folder):  # also called for every checkpoint, whose folders are not best/'s
+        if Path(folder).name.startswith(".best."):
+            saved.append(folder)
+            assert (Path(folder) / "memory.safetensors").is_file()  # the new weights are written by now
+        if len(saved) == 2:
+            raise RuntimeError("crash after the weights, before the record")
+
+    config = TrainConfig(steps=4, batch_size=2, eval_every=2, eval_batches=1, save_best=True, progress=False)
+    with pytest.raises(RuntimeError, match="crash after the weights"):
+        train(*small_setup(), config, tmp_path / "run", save_extras=extras)
+    record = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert record["step"] == 2 and record["score"] == 0.2 and len(saved) == 2

@@ -280,7 +280,7 @@ def parse_samples(text: str, lengths: list[str]) -> dict[str, int]:
 
 def _on_task(args: argparse.Namespace, model) -> int:
     from rmt.data.sources import TaskSource
-    from rmt.train.evaluate import evaluate
+    from rmt.train.evaluation import evaluate
 
     name = args.task or "copy"
     if model.config.mode == "encoder":
@@ -306,7 +306,7 @@ def _on_file(args: argparse.Namespace, model) -> int:
     from rmt.build import pretrained_tokenizer
     from rmt.data.collate import QACollator, TextCollator
     from rmt.data.files import DatasetSource, load_records, record_shape
-    from rmt.train.evaluate import evaluate
+    from rmt.train.evaluation import evaluate
 
     tokenizer = pretrained_tokenizer(args.checkpoint)
     records = load_records(args.data, streaming=False)

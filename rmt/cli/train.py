@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output",
         required=True,
-        help="output folder for metrics.jsonl, checkpoint/, model/ (one that holds a run needs --resume or "
+        help="output folder for metrics.jsonl, checkpoint/, model/, best/ (one that holds a run needs --resume or "
         "--overwrite)",
     )
     data = parser.add_argument_group("data")
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from rmt.train.checkpoint import GLOBAL_BATCH, ResumeSettingsError, checkpoint_exists
-    from rmt.train.evaluate import evaluate
+    from rmt.train.evaluation import evaluate
     from rmt.train.loop import run_entries, save_model, tensorboard_writer_class, train
 
     device = apply_runtime(args)
@@ -470,14 +470,14 @@ def _text_setup(
         collate, metric = TextCollator(tokenizer, args.max_length), "loss"
     source = DatasetSource(records, collate, seed=args.seed, validation=validation, metric=metric)
     # Named by the file's name, not its path: a resume from another folder, or of moved data, reads the same file.
-    split_off = None if args.validation_data else args.validation_samples
+    split_off = DEFAULT_VALIDATION_SAMPLES if args.validation_data else args.validation_samples  # unused then
     data = _data_identity(
         Path(args.data).name,
         {
             "--max-length": (args.max_length, None),
             "--validation-data": (Path(args.validation_data).name if args.validation_data else None, None),
             "--validation-samples": (split_off, DEFAULT_VALIDATION_SAMPLES),
-            "--streaming": (isinstance(records, IterableDataset), False),  # streamed records come in another order
+            "streamed": (isinstance(records, IterableDataset), False),  # (also unasked) records in another order
         },
     )
     return Setup(model, source, data, None, tokenizer)

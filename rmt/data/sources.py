@@ -26,7 +26,7 @@ class Source(ABC):
     """Training and held-out batches of one data set."""
 
     seed: int = 0
-    #: what `rmt.train.evaluate` reports: "accuracy" (answers: tasks, QA) or "loss" (language modelling)
+    #: what `rmt.train.evaluation` reports: "accuracy" (answers: tasks, QA) or "loss" (language modelling)
     metric: str = "accuracy"
     #: whether `train_batch` depends on its arguments alone, so that worker processes can build batches ahead
     #: (`rmt.data.prefetch`); False for a source that reads its data in order

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from rmt.lazy import lazy_exports
 from rmt.train.config import TrainConfig
 
-_EXPORTS = {"evaluate": "rmt.train.evaluate", "train": "rmt.train.loop"}
+_EXPORTS = {"evaluate": "rmt.train.evaluation", "train": "rmt.train.loop"}
 __all__ = ["TrainConfig", "evaluate", "train"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from rmt.train.evaluate import evaluate
+    from rmt.train.evaluation import evaluate
     from rmt.train.loop import train

@@ -120,7 +120,8 @@ class TrainConfig:
         metadata=_doc(
             "Also keep the model of the best held-out evaluation at the final number of segments in OUTPUT/best "
             "(scored by curriculum_metric, or by the held-out loss for language-modelling data; best.json there "
-            "names the step and score), besides the last one in OUTPUT/model."
+            "names the step and score), besides the last one in OUTPUT/model. Each improvement writes a whole "
+            "model."
         ),
     )
     recompute: bool = field(

@@ -50,14 +50,14 @@ from rmt.data.prefetch import PrefetchingSource
 from rmt.data.sources import Source, TaskSource
 from rmt.data.tasks import Task
 from rmt.errors import InputError
-from rmt.files import recover_directory, write_atomic, write_json_atomic
+from rmt.files import atomic_directory, recover_directory, write_atomic, write_json_atomic
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.segments import loss_terms
 from rmt.train import fsdp
 from rmt.train.checkpoint import CHECKPOINT_DIR, checkpoint_exists, load_checkpoint, save_checkpoint
 from rmt.train.config import TrainConfig
-from rmt.train.evaluate import evaluate
+from rmt.train.evaluation import evaluate
 from rmt.train.optim import build_optimizer, trainable_parameters
 
 METRICS_FILE = "metrics.jsonl"
@@ -84,9 +84,11 @@ class TrainerState:
     running_count: int = 0
     data: str = ""  # the run's description of its data: a resume on other data is refused
     stop_reason: str = ""  # why it stopped early: "ceiling" (a held-out score of 1.0) or "plateau"
-    # save_best: the step whose model OUTPUT/best holds (0: none yet) and its held-out score
+    # save_best: the step whose model OUTPUT/best holds (0: none yet), its held-out score, and which score that is
+    # (metric and segments: a resume that changes them starts a new best)
     best_step: int = 0
     best_score: float | None = None
+    best_of: str = ""
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -461,9 +463,10 @@ def _after_eval(
     last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
     if scores is not None and config.save_best and last_stage:
         metric, higher = _best_metric(config, scores)
-        score = scores[metric]
-        if state.best_score is None or (score > state.best_score if higher else score < state.best_score):
-            state.best_step, state.best_score = step, score
+        score, of = scores[metric], f"{metric} at {config.curriculum[-1][1] if config.curriculum else 'all'} segments"
+        unbeaten = state.best_score is None or state.best_of != of
+        if math.isfinite(score) and (unbeaten or (score > state.best_score if higher else score < state.best_score)):
+            state.best_step, state.best_score, state.best_of = step, score, of
     if scores is not None and config.curriculum_metric in scores:
         score = scores[config.curriculum_metric]
         if config.curriculum_accuracy is not None and not last_stage and score >= config.curriculum_accuracy:
@@ -499,17 +502,23 @@ def _save_best(
     num_segments: int | None,
     save_extras: Any,
 ) -> None:
-    """Replace OUTPUT/best with the model as it is now, whose evaluation is the best so far, and its record (written
-    by the main process, which holds the scores)."""
-
-    def extras(folder: Path) -> None:
-        if save_extras is not None:
-            save_extras(folder)
-        metric = _best_metric(config, scores)[0] if scores is not None else None
-        record = {"step": state.best_step, "metric": metric, "score": state.best_score, "segments": num_segments}
-        write_json_atomic(Path(folder) / BEST_RECORD, record)
-
-    save_model(model, output_dir / BEST_DIR, accelerator, config, extras)
+    """Replace OUTPUT/best with the model as it is now, whose evaluation is the best so far, its extra files and its
+    record, swapped in together (a crash leaves the previous best whole). With FSDP every process gathers the
+    weights; the main process, which holds the scores, writes."""
+    weights = fsdp.full_weights(model) if config.fsdp else None
+    if accelerator.is_main_process:
+        with atomic_directory(output_dir / BEST_DIR) as folder:
+            save_memory_model(model, folder, state_dict=weights, progress=config.progress)
+            if save_extras is not None:
+                save_extras(folder)
+            record = {
+                "step": state.best_step,
+                "metric": _best_metric(config, scores)[0],
+                "score": state.best_score,
+                "segments": num_segments,
+            }
+            write_json_atomic(folder / BEST_RECORD, record)
+    accelerator.wait_for_everyone()
 
 
 def one_window(backbone: torch.nn.Module, task: Task) -> RecurrentMemoryModel:
