@@ -458,15 +458,16 @@ def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int 
 def _after_eval(
     config: TrainConfig, state: TrainerState, step: int, scores: dict[str, float] | None, accelerator: Accelerator
 ) -> TrainerState:
-    """Curriculum advance and early stopping on the held-out score named by `config.curriculum_metric`, decided by
-    the main process and shared with the others."""
+    """Curriculum advance and early stopping on the held-out score named by `config.curriculum_metric`, and whether
+    this evaluation is save_best's new best (`_best_metric`), decided by the main process and shared with the
+    others."""
     last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
     if scores is not None and config.save_best and last_stage:
         metric, higher = _best_metric(config, scores)
-        score, of = scores[metric], f"{metric} at {config.curriculum[-1][1] if config.curriculum else 'all'} segments"
+        value, of = scores[metric], f"{metric} at {config.curriculum[-1][1] if config.curriculum else 'all'} segments"
         unbeaten = state.best_score is None or state.best_of != of
-        if math.isfinite(score) and (unbeaten or (score > state.best_score if higher else score < state.best_score)):
-            state.best_step, state.best_score, state.best_of = step, score, of
+        if math.isfinite(value) and (unbeaten or (value > state.best_score if higher else value < state.best_score)):
+            state.best_step, state.best_score, state.best_of = step, value, of
     if scores is not None and config.curriculum_metric in scores:
         score = scores[config.curriculum_metric]
         if config.curriculum_accuracy is not None and not last_stage and score >= config.curriculum_accuracy:
