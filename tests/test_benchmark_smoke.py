@@ -38,6 +38,7 @@ from rmt.data.babilong_source import distractor_background
 from rmt.data.haystack import Haystack, load_haystack
 from rmt.eval.by_length import evaluate_by_length
 from rmt.memory.pretrained import save_memory_model
+from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.segments import closed_length
 
 
@@ -715,3 +716,29 @@ def test_babilong_fact_segment_bins_right_answers_by_the_segment_of_the_last_fac
         babilong_fact_segment.main(["--run", f"a={path}", "--trained", "other=4", "--segment-size", "128"])
     with pytest.raises(SystemExit, match="positive integer"):
         babilong_fact_segment.main(["--run", f"a={path}", "--trained", "a=four", "--segment-size", "128"])
+
+
+def test_long_inputs_precision_compares_warmed_up_fp32_and_bf16_answers(tmp_path, monkeypatch):
+    """The precision part on a tiny saved ARMT: both precisions warmed up before the timed prompts, answers compared."""
+    import rmt.data.haystack
+
+    folder = tiny_model_folder(tmp_path / "llama")
+    config = RMTConfig(num_memory_tokens=2, segment_size=32, memory_kind="armt", d_mem=8)
+    save_memory_model(memory_model(AutoModelForCausalLM.from_pretrained(folder), config), tmp_path / "armt")
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "armt" / "backbone")
+    monkeypatch.setattr(rmt.data.haystack, "default_haystack", lambda: Haystack.from_text(background_text(400)))
+    generated = []
+    original = RecurrentMemoryModel.generate
+
+    def counting(self, input_ids, **kwargs):
+        generated.append((self.backbone.dtype, input_ids.shape[1], kwargs["max_new_tokens"]))
+        return original(self, input_ids, **kwargs)
+
+    monkeypatch.setattr(RecurrentMemoryModel, "generate", counting)
+    output = tmp_path / "long.json"
+    args = ["precision", "--model", str(tmp_path / "armt"), "--length", "200", "--samples", "2"]
+    assert long_inputs.main([*args, "--threads", "1", "--output", str(output)]) == 0
+    entry = json.loads(output.read_text())["precision"][str(tmp_path / "armt")]
+    assert entry["warmed_up"] and entry["samples"] == 2 and 0 <= entry["same_answers"] <= 2
+    assert generated[:2] == [(torch.float32, 64, 2), (torch.bfloat16, 64, 2)]  # the warm-up, untimed
+    assert len(generated) == 2 + 2 * 2 and all(new == 8 for _, _, new in generated[2:])
