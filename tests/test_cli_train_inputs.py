@@ -290,10 +290,16 @@ def test_segment_counts_still_set_generated_babilong_data(tmp_path, model_folder
         build_setup(*parsed([*babilong, "--segments", "2", "--curriculum", "0:1,5:3"]))
 
 
-def test_the_recorded_data_names_each_babilong_flag_off_its_default(tmp_path, model_folder):
+def test_the_recorded_data_names_each_babilong_flag_off_its_default(tmp_path, model_folder, monkeypatch):
     """What a checkpoint records as its data, and a resume compares: other samples are other data."""
+    import rmt.cli.train
     from rmt.cli.train import build_setup
+    from rmt.data.haystack import Haystack
 
+    given = rmt.cli.train.load_background  # the built-in corpus is an optional install: a stand-in for it
+    rooms = " The bathroom, the bedroom, the garden, the hallway, the kitchen and the office were empty. "
+    built_in = Haystack.from_text(rooms.join(background_text(2, seed=seed) for seed in range(100)))  # --distractors
+    monkeypatch.setattr(rmt.cli.train, "load_background", lambda files: given(files) if files else built_in)
     haystack = tmp_path / "book.txt"
     haystack.write_text(background_text(200))
     babilong = ["--model", str(model_folder), "--data", "babilong:qa1", "--segment-size", "64"]
