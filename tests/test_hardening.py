@@ -470,7 +470,7 @@ def test_an_early_stop_at_a_perfect_score_says_so_and_stays_stopped_on_resume():
     from rmt.train.loop import TrainerState, _after_eval, _plateau_reason, _plateaued
 
     config = TrainConfig(plateau_evals=2)
-    state = _after_eval(config, TrainerState(best_accuracy=0.9998), 10, {"accuracy": 1.0}, Accelerator(cpu=True))
+    state = _after_eval(config, TrainerState(plateau_best=0.9998), 10, {"accuracy": 1.0}, Accelerator(cpu=True))
     assert state.stopped_early and state.evals_without_gain == 1
     assert _plateau_reason(config, state) == "held-out accuracy reached 1.0" and state.stop_reason == "ceiling"
     assert _plateaued(TrainConfig(plateau_evals=5), state) and not _plateaued(TrainConfig(), state)

@@ -5,6 +5,7 @@ in-context warm-up of a bare backbone (slow: the warm-up that teaches key-value 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,7 +80,7 @@ def test_curriculum_advance_and_plateau_read_the_chosen_metric():
     state = TrainerState()
     for exact in (0.5, 0.5, 0.5):
         state = _after_eval(plateau, state, 100, {**scores, "exact_match": exact}, one_process)
-    assert state.best_accuracy == 0.5 and state.stopped_early
+    assert state.plateau_best == 0.5 and state.stopped_early
     with pytest.raises(InputError, match="curriculum_metric"):
         TrainConfig(curriculum_metric="f1")
 
@@ -326,8 +327,8 @@ def test_held_out_loss_over_batches_is_the_loss_of_one_batch(aggregation):
     assert combined == pytest.approx(whole["loss"], rel=1e-5)
 
 
-def test_accuracy_settings_are_refused_for_data_without_accuracy(tmp_path):
-    """Language modelling reports a held-out loss only: a curriculum or plateau stop on accuracy would never act."""
+def test_an_accuracy_curriculum_is_refused_for_data_without_accuracy(tmp_path):
+    """Language modelling reports a held-out loss only: a curriculum advanced at an accuracy would never act."""
 
     class TextLike(_AnswersOfManyLengths):
         metric = "loss"
@@ -335,13 +336,24 @@ def test_accuracy_settings_are_refused_for_data_without_accuracy(tmp_path):
     model = memory_model(
         random_backbone("llama", 50, 2, 32, 4, 64, seed=0), RMTConfig(num_memory_tokens=2, segment_size=8)
     )
-    for setting in ({"plateau_evals": 2}, {"curriculum": [(0, 1), (5, 2)], "curriculum_accuracy": 0.9}):
-        config = TrainConfig(steps=2, batch_size=2, progress=False, **setting)
-        with pytest.raises(
-            InputError, match="acts on held-out accuracy, which this data does not have \\(it is scored by its loss"
-        ):
-            train(model, TextLike(), config, tmp_path / "run")
-        assert not (tmp_path / "run").exists()
+    config = TrainConfig(steps=2, batch_size=2, progress=False, curriculum=[(0, 1), (5, 2)], curriculum_accuracy=0.9)
+    with pytest.raises(
+        InputError, match=r"curriculum_accuracy acts on held-out accuracy, which this data does not have \(it is scored"
+    ):
+        train(model, TextLike(), config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plateau_of_the_held_out_loss_stops_language_modelling():
+    """On text the plateau stop reads the held-out loss, where lower is better and no value is a ceiling."""
+    from rmt.train.loop import _plateau_reason
+
+    config, state, one_process = TrainConfig(plateau_evals=2), TrainerState(), SimpleNamespace(num_processes=1)
+    for step, loss in ((2, 3.0), (4, 2.0), (6, 1.998), (8, 2.1)):
+        assert not state.stopped_early
+        state = _after_eval(config, state, step, {"loss": loss, "perplexity": math.exp(loss)}, one_process, "loss")
+    assert state.stopped_early and state.stop_reason == "plateau" and state.plateau_best == 2.0
+    assert _plateau_reason(config, state, "loss") == "held-out loss has not improved for 2 evaluations"
 
 
 def test_save_best_keeps_the_model_of_the_best_evaluation(tmp_path, monkeypatch):
@@ -374,15 +386,16 @@ def test_save_best_keeps_the_model_of_the_best_evaluation(tmp_path, monkeypatch)
 
     state, one_process = TrainerState(), SimpleNamespace(num_processes=1)
     for step, loss in ((2, 3.0), (4, 2.0), (6, 2.5)):
-        state = _after_eval(TrainConfig(save_best=True), state, step, {"loss": loss}, one_process)
+        state = _after_eval(TrainConfig(save_best=True), state, step, {"loss": loss}, one_process, "loss")
     assert (state.best_step, state.best_score) == (4, 2.0)
     stages = TrainConfig(save_best=True, curriculum=[(0, 1), (4, 2)])
     state = _after_eval(stages, TrainerState(), 2, {"loss": 1.0, "accuracy": 0.9}, one_process)
     assert state.best_step == 0  # an evaluation before the final number of segments is not comparable
     state = _after_eval(stages, replace(state, stage=1), 4, {"loss": 1.0, "accuracy": 0.5}, one_process)
     assert (state.best_step, state.best_score) == (4, 0.5)
-    diverged = _after_eval(TrainConfig(save_best=True), TrainerState(), 2, {"loss": float("nan")}, one_process)
-    diverged = _after_eval(TrainConfig(save_best=True), diverged, 4, {"loss": 5.0}, one_process)
+    diverged = TrainerState()
+    for step, loss in ((2, float("nan")), (4, 5.0)):
+        diverged = _after_eval(TrainConfig(save_best=True), diverged, step, {"loss": loss}, one_process, "loss")
     assert (diverged.best_step, diverged.best_score) == (4, 5.0)  # a diverged evaluation is never the best
     exact = replace(stages, curriculum_metric="exact_match")  # a resume that scores otherwise starts a new best
     state = _after_eval(exact, state, 8, {"loss": 1.0, "accuracy": 0.4, "exact_match": 0.1}, one_process)
@@ -408,3 +421,19 @@ def test_a_crash_while_the_best_model_is_saved_leaves_the_previous_best_whole(tm
         train(*small_setup(), config, tmp_path / "run", save_extras=extras)
     record = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
     assert record["step"] == 2 and record["score"] == 0.2 and len(saved) == 2
+
+
+def test_a_checkpoint_from_before_the_plateau_rename_keeps_its_best(tmp_path, monkeypatch):
+    """Checkpoints written before held-out losses could plateau name the plateau's best "best_accuracy"."""
+    import rmt.train.loop as loop
+
+    monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: {"loss": 1.0, "accuracy": 0.7})
+    config = TrainConfig(steps=2, batch_size=2, eval_every=2, eval_batches=1, plateau_evals=2, progress=False)
+    train(*small_setup(), config, tmp_path / "run")
+    state_file = tmp_path / "run" / "checkpoint" / "trainer_state.json"
+    record = json.loads(state_file.read_text())
+    record["trainer"].pop("plateau_best")
+    record["trainer"].update(best_accuracy=0.7, evals_without_gain=1)
+    state_file.write_text(json.dumps(record))
+    history = train(*small_setup(), replace(config, steps=4), tmp_path / "run", resume=True)
+    assert {"step": 4, "stopped": "plateau"} in history  # 0.7 again: the second evaluation without a gain

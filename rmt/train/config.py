@@ -102,17 +102,18 @@ class TrainConfig:
     curriculum_metric: HeldOutMetric = field(
         default="accuracy",
         metadata=_doc(
-            "The held-out score that curriculum_accuracy and plateau_evals read: 'accuracy' = the share of answer "
-            "tokens predicted right; 'exact_match' = the share of samples whose whole answer is right (stricter "
-            "where answers span several tokens, as a decoder's generated answers do)."
+            "The held-out score that curriculum_accuracy, plateau_evals and save_best read on data with answers: "
+            "'accuracy' = the share of answer tokens predicted right; 'exact_match' = the share of samples whose "
+            "whole answer is right (stricter where answers span several tokens, as a decoder's generated answers "
+            "do). Language-modelling data is scored by its held-out loss instead."
         ),
     )
     plateau_evals: int | None = field(
         default=None,
         metadata=_doc(
-            "Stop early once the held-out score (curriculum_metric, at the final number of segments) has not "
-            "improved by more than 0.005 over this many evaluations in a row, or has reached 1.0 (default: train "
-            "all steps)."
+            "Stop early once the held-out score (curriculum_metric, or the loss on language-modelling data, at the "
+            "final number of segments) has not improved by more than 0.005 over this many evaluations in a row, or "
+            "has reached 1.0 (default: train all steps)."
         ),
     )
     save_best: bool = field(

@@ -74,7 +74,8 @@ class TrainerState:
     """What the loop itself carries from step to step and saves in checkpoints."""
 
     stage: int = 0  # index into TrainConfig.curriculum
-    best_accuracy: float = -1.0  # best held-out score (curriculum_metric) at the final number of segments
+    # plateau_evals: the best held-out score (`held_out_metric`) at the final number of segments (None: none yet)
+    plateau_best: float | None = None
     evals_without_gain: int = 0
     stopped_early: bool = False
     elapsed_s: float = 0.0  # training time up to the last checkpoint, so a resumed log's elapsed_s carries on
@@ -122,16 +123,11 @@ def train(
     own layers and names. save_best also keeps the best-evaluated model in `output_dir/best`."""
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
-    if source.metric != "accuracy":  # language modelling: held-out loss only, no score to advance or stop on
-        for name, value in (
-            ("curriculum_accuracy", config.curriculum_accuracy),
-            ("plateau_evals", config.plateau_evals),
-        ):
-            if value is not None:
-                raise InputError(
-                    f"{name} acts on held-out accuracy, which this data does not have (it is scored by its "
-                    f"{source.metric}): it would never act"
-                )
+    if source.metric != "accuracy" and config.curriculum_accuracy is not None:  # language modelling: loss only
+        raise InputError(
+            f"curriculum_accuracy acts on held-out accuracy, which this data does not have (it is scored by its "
+            f"{source.metric}): it would never act"
+        )
     data = PrefetchingSource(source, config.data_workers) if config.data_workers else source
     run = (config, output_dir, resume, accelerator, description, save_extras, overwrite)
     try:
@@ -191,9 +187,12 @@ def _train(
     if resume:
         record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded, config)
         start_step = record["step"]
+        saved = dict(record.get("trainer", {}))
+        if "best_accuracy" in saved:  # its name in checkpoints from before held-out losses could plateau
+            saved.setdefault("plateau_best", saved.pop("best_accuracy"))
         known = {f.name for f in fields(TrainerState)}
-        state = TrainerState(**{k: v for k, v in record.get("trainer", {}).items() if k in known})
-        _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main)
+        state = TrainerState(**{k: v for k, v in saved.items() if k in known})
+        _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
     # Start-up succeeded: from here on the output folder changes.
     if main:
         if resume:
@@ -264,12 +263,13 @@ def _train(
                     loss=f"{loss:.3f}", **({"acc": f"{scores['accuracy']:.3f}"} if "accuracy" in scores else {})
                 )
                 _log(metrics_path, history, writer, record)
-            state = _after_eval(config, state, done, scores, accelerator)
+            state = _after_eval(config, state, done, scores, accelerator, source.metric)
             if config.save_best and state.best_step == done:
-                _save_best(model, output_dir, accelerator, config, state, scores, num_segments, save_extras)
+                _save_best(model, output_dir, accelerator, config, state, source.metric, num_segments, save_extras)
             if state.stopped_early and main:
                 _log(metrics_path, history, writer, {"step": done, "stopped": state.stop_reason})
-                print(f"stopped early at step {done}: {_plateau_reason(config, state)}", file=sys.stderr)
+                reason = _plateau_reason(config, state, source.metric)
+                print(f"stopped early at step {done}: {reason}", file=sys.stderr)
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         out_of_time = done < config.steps and _out_of_time(deadline, accelerator)
         if periodic or done == config.steps or state.stopped_early or out_of_time:
@@ -396,7 +396,13 @@ def _out_of_time(deadline: float | None, accelerator: Accelerator) -> bool:
 
 
 def _check_resume(
-    record: dict[str, Any], state: TrainerState, config: TrainConfig, description: str, path: Path, main: bool
+    record: dict[str, Any],
+    state: TrainerState,
+    config: TrainConfig,
+    description: str,
+    path: Path,
+    main: bool,
+    data_metric: str,
 ) -> None:
     """Refuse a resume on other data or behind its checkpoint; say what a changed step count does to the schedule,
     and whether a run that stopped early trains on under this run's plateau setting (which `state` then records)."""
@@ -423,7 +429,7 @@ def _check_resume(
             print(
                 f"the run stopped early at step {step}: "
                 + (
-                    f"{_plateau_reason(config, state)}; nothing to train (a resume {remedy} trains on)"
+                    f"{_plateau_reason(config, state, data_metric)}; nothing to train (a resume {remedy} trains on)"
                     if state.stopped_early
                     else "training on, as this run's plateau setting allows"
                 ),
@@ -439,10 +445,11 @@ def _plateaued(config: TrainConfig, state: TrainerState) -> bool:
     return state.stop_reason == "ceiling" or state.evals_without_gain >= config.plateau_evals
 
 
-def _plateau_reason(config: TrainConfig, state: TrainerState) -> str:
+def _plateau_reason(config: TrainConfig, state: TrainerState, data_metric: str = "accuracy") -> str:
+    metric = held_out_metric(config, data_metric)[0]
     if state.stop_reason == "ceiling":
-        return f"held-out {config.curriculum_metric} reached 1.0"
-    return f"held-out {config.curriculum_metric} has not improved for {state.evals_without_gain} evaluations"
+        return f"held-out {metric} reached 1.0"
+    return f"held-out {metric} has not improved for {state.evals_without_gain} evaluations"
 
 
 def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int | None:
@@ -456,41 +463,50 @@ def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int 
 
 
 def _after_eval(
-    config: TrainConfig, state: TrainerState, step: int, scores: dict[str, float] | None, accelerator: Accelerator
+    config: TrainConfig,
+    state: TrainerState,
+    step: int,
+    scores: dict[str, float] | None,
+    accelerator: Accelerator,
+    data_metric: str = "accuracy",
 ) -> TrainerState:
-    """Curriculum advance and early stopping on the held-out score named by `config.curriculum_metric`, and whether
-    this evaluation is save_best's new best (`_best_metric`), decided by the main process and shared with the
-    others."""
+    """Curriculum advance, early stopping and save_best's choice, on the held-out score `held_out_metric` names for
+    data scored by `data_metric` (the source's), decided by the main process and shared with the others."""
     last_stage = not config.curriculum or state.stage == len(config.curriculum) - 1
-    if scores is not None and config.save_best and last_stage:
-        metric, higher = _best_metric(config, scores)
-        value, of = scores[metric], f"{metric} at {config.curriculum[-1][1] if config.curriculum else 'all'} segments"
-        unbeaten = state.best_score is None or state.best_of != of
-        if math.isfinite(value) and (unbeaten or (value > state.best_score if higher else value < state.best_score)):
-            state.best_step, state.best_score, state.best_of = step, value, of
-    if scores is not None and config.curriculum_metric in scores:
-        score = scores[config.curriculum_metric]
-        if config.curriculum_accuracy is not None and not last_stage and score >= config.curriculum_accuracy:
+    if scores is not None:
+        metric, higher = held_out_metric(config, data_metric)
+        value = scores[metric]
+
+        def beats(best: float, margin: float = 0.0) -> bool:
+            return value > best + margin if higher else value < best - margin
+
+        if config.save_best and last_stage:
+            of = f"{metric} at {config.curriculum[-1][1] if config.curriculum else 'all'} segments"
+            unbeaten = state.best_score is None or state.best_of != of
+            if math.isfinite(value) and (unbeaten or beats(state.best_score)):
+                state.best_step, state.best_score, state.best_of = step, value, of
+        if config.curriculum_accuracy is not None and not last_stage and value >= config.curriculum_accuracy:
             state.stage += 1
-            state.best_accuracy, state.evals_without_gain = -1.0, 0
+            state.plateau_best, state.evals_without_gain = None, 0
         elif last_stage and config.plateau_evals is not None:
-            if score > state.best_accuracy + _PLATEAU_DELTA:
-                state.best_accuracy, state.evals_without_gain = score, 0
+            if math.isfinite(value) and (state.plateau_best is None or beats(state.plateau_best, _PLATEAU_DELTA)):
+                state.plateau_best, state.evals_without_gain = value, 0
             else:
                 state.evals_without_gain += 1
-            state.stopped_early = score >= 1.0 or state.evals_without_gain >= config.plateau_evals
+            ceiling = higher and value >= 1.0
+            state.stopped_early = ceiling or state.evals_without_gain >= config.plateau_evals
             if state.stopped_early:
-                state.stop_reason = "ceiling" if score >= 1.0 else "plateau"
+                state.stop_reason = "ceiling" if ceiling else "plateau"
     if accelerator.num_processes > 1:
         shared = broadcast_object_list([asdict(state)])
         state = TrainerState(**shared[0])
     return state
 
 
-def _best_metric(config: TrainConfig, scores: dict[str, float]) -> tuple[str, bool]:
-    """The held-out score save_best keeps the best model by, and whether higher is better: curriculum_metric, or the
-    loss where the data has no accuracy (language modelling)."""
-    return (config.curriculum_metric, True) if config.curriculum_metric in scores else ("loss", False)
+def held_out_metric(config: TrainConfig, data_metric: str) -> tuple[str, bool]:
+    """The held-out score that the curriculum, the plateau stop and save_best read, and whether higher is better:
+    curriculum_metric for data with answers (`Source.metric` "accuracy"), the loss for language modelling."""
+    return (config.curriculum_metric, True) if data_metric == "accuracy" else ("loss", False)
 
 
 def _save_best(
@@ -499,13 +515,13 @@ def _save_best(
     accelerator: Accelerator,
     config: TrainConfig,
     state: TrainerState,
-    scores: dict[str, float] | None,
+    data_metric: str,
     num_segments: int | None,
     save_extras: Any,
 ) -> None:
     """Replace OUTPUT/best with the model as it is now, whose evaluation is the best so far, its extra files and its
     record, swapped in together (a crash leaves the previous best whole). With FSDP every process gathers the
-    weights; the main process, which holds the scores, writes."""
+    weights; the main process writes."""
     weights = fsdp.full_weights(model) if config.fsdp else None
     if accelerator.is_main_process:
         with atomic_directory(output_dir / BEST_DIR) as folder:
@@ -514,7 +530,7 @@ def _save_best(
                 save_extras(folder)
             record = {
                 "step": state.best_step,
-                "metric": _best_metric(config, scores)[0],
+                "metric": held_out_metric(config, data_metric)[0],
                 "score": state.best_score,
                 "segments": num_segments,
             }
