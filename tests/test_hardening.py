@@ -60,6 +60,8 @@ def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
     code, err = run_cli([*args, "--lr", "1e-5", "--batch-size", "4"], capsys)
     assert code == 2 and "--lr: checkpoint 0.001, now 1e-05" in err
     assert "global batch (--batch-size x --grad-accumulation x processes): checkpoint 2, now 4" in err
+    code, err = run_cli([*args, "--decayed-parameters", "matrices"], capsys)  # other optimizer groups
+    assert code == 2 and "--decayed-parameters: checkpoint 'all', now 'matrices'" in err
     # The same global batch split otherwise (to fit memory) gives the same data and gradient: resumes.
     assert run_cli([*args, "--batch-size", "1", "--grad-accumulation", "2"], capsys)[0] == 0
 

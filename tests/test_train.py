@@ -437,3 +437,21 @@ def test_a_checkpoint_from_before_the_plateau_rename_keeps_its_best(tmp_path, mo
     state_file.write_text(json.dumps(record))
     history = train(*small_setup(), replace(config, steps=4), tmp_path / "run", resume=True)
     assert {"step": 4, "stopped": "plateau"} in history  # 0.7 again: the second evaluation without a gain
+
+
+@pytest.mark.parametrize("decayed", ["all", "matrices"])
+def test_weight_decay_on_matrices_leaves_biases_and_norm_gains(decayed):
+    """With zero gradients an AdamW step only decays: 'matrices' shrinks every weight matrix and embedding (the
+    memory's too) and leaves one-dimensional parameters (norm gains) as they are; 'all' shrinks those too."""
+    model, _ = small_setup()
+    config = TrainConfig(weight_decay=0.1, decayed_parameters=decayed, warmup_steps=0, lr_schedule="constant")
+    optimizer, _ = build_optimizer(model, config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    matrices = {name for name, p in model.named_parameters() if p.dim() >= 2}
+    gains = {name for name, p in model.named_parameters() if p.dim() < 2 and p.abs().sum() > 0}
+    assert gains and any("memory" in name for name in matrices)
+    assert changed == (matrices | gains if decayed == "all" else matrices)

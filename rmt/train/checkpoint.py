@@ -218,6 +218,7 @@ RESUME_FIXED = (
     "learning_rate",
     "memory_learning_rate",
     "weight_decay",
+    "decayed_parameters",
     "lr_schedule",
     "warmup_steps",
     "min_lr_factor",

@@ -17,6 +17,7 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 Trainable = Literal["all", "memory", "lora"]
 LRSchedule = Literal["cosine", "linear", "constant"]
 HeldOutMetric = Literal["accuracy", "exact_match"]
+DecayedParameters = Literal["all", "matrices"]
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -63,6 +64,14 @@ class TrainConfig:
         ),
     )
     weight_decay: float = field(default=0.01, metadata=_doc("AdamW weight decay."))
+    decayed_parameters: DecayedParameters = field(
+        default="all",
+        metadata=_doc(
+            "Which trainable parameters weight_decay applies to: 'all' (what every result of this project used), "
+            "or 'matrices' (those of two or more dimensions: weights and embeddings, memory embeddings included, "
+            "but not biases and normalisation gains, as Hugging Face's Trainer does)."
+        ),
+    )
     warmup_steps: int = field(default=100, metadata=_doc("Linear learning-rate warmup steps (>= 0)."))
     lr_schedule: LRSchedule = field(
         default="cosine",
@@ -218,6 +227,7 @@ class TrainConfig:
             "mixed_precision": get_args(MixedPrecision),
             "trainable": get_args(Trainable),
             "curriculum_metric": get_args(HeldOutMetric),
+            "decayed_parameters": get_args(DecayedParameters),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

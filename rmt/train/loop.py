@@ -564,7 +564,10 @@ def _parameter_summary(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     """One line: how many parameters train, of how many, by optimizer group (memory / backbone)."""
     total = sum(p.numel() for p in model.parameters())
     labels = {"backbone": "backbone LoRA adapters" if trainable == "lora" else "backbone"}
-    groups = {labels.get(g["name"], g["name"]): sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
+    groups: dict[str, int] = {}
+    for group in optimizer.param_groups:  # a name may have two groups (decayed or not): counted together
+        label = labels.get(group["name"], group["name"])
+        groups[label] = groups.get(label, 0) + sum(p.numel() for p in group["params"])
     training = sum(groups.values())
     by_group = ", ".join(f"{name} {count:,}" for name, count in groups.items())
     return f"training {training:,} of {total:,} parameters ({100 * training / max(total, 1):.2f}%): {by_group}"

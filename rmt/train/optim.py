@@ -4,7 +4,9 @@ Two groups: the parameters the memory wrapper adds (memory embeddings, ARMT proj
 initialised classification head, at `memory_learning_rate`; and the pretrained backbone at `learning_rate`.
 `trainable="memory"` freezes the backbone (the head of a classifier still trains: a pretrained encoder has none for
 the task); `trainable="lora"` freezes it too except its LoRA adapters (`rmt.backbones.lora`), which then form the
-backbone group. AdamW; warmup then cosine / linear / constant through transformers' schedules.
+backbone group. AdamW; warmup then cosine / linear / constant through transformers' schedules. With
+decayed_parameters="matrices" each group is split in two: the parameters of two or more dimensions, which decay, and
+the rest (biases, normalisation gains) at weight decay 0.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[
 def build_optimizer(
     model: RecurrentMemoryModel, config: TrainConfig, foreach: bool | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the trainable parameters in their two groups, and its learning-rate schedule. foreach=False for
-    groups that mix sharded (DTensor) and plain parameters, which the fused multi-tensor kernels cannot take."""
+    """AdamW over the trainable parameters in their groups (memory, then backbone: the last group's rate is the
+    backbone's), and its learning-rate schedule. foreach=False for groups that mix sharded (DTensor) and plain
+    parameters, which the fused multi-tensor kernels cannot take."""
     memory, backbone = parameter_groups(model, config.trainable)
-    groups = [
-        {"params": memory, "lr": config.memory_lr, "name": "memory"},
-        {"params": backbone, "lr": config.learning_rate, "name": "backbone"},
-    ]
+    groups = []
+    for name, params, lr in (("memory", memory, config.memory_lr), ("backbone", backbone, config.learning_rate)):
+        if config.decayed_parameters == "matrices":
+            groups.append({"params": [p for p in params if p.dim() >= 2], "lr": lr, "name": name})
+            groups.append({"params": [p for p in params if p.dim() < 2], "lr": lr, "name": name, "weight_decay": 0.0})
+        else:
+            groups.append({"params": params, "lr": lr, "name": name})
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay, foreach=foreach)
     names = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}
     extra = {"min_lr_rate": config.min_lr_factor} if config.lr_schedule == "cosine" else None
