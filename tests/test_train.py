@@ -355,6 +355,12 @@ def test_a_plateau_of_the_held_out_loss_stops_language_modelling():
     assert state.stopped_early and state.stop_reason == "plateau" and state.plateau_best == 2.0
     assert _plateau_reason(config, state, "loss") == "held-out loss has not improved for 2 evaluations"
 
+    # A resume that reads another score starts the plateau anew: 0.5 exact match is no plateau after 0.9 accuracy.
+    answers = {"loss": 1.0, "accuracy": 0.9, "exact_match": 0.5}
+    state = _after_eval(config, TrainerState(), 2, answers, one_process)
+    state = _after_eval(replace(config, curriculum_metric="exact_match"), state, 4, answers, one_process)
+    assert (state.plateau_best, state.evals_without_gain) == (0.5, 0)
+
 
 def test_save_best_keeps_the_model_of_the_best_evaluation(tmp_path, monkeypatch):
     """OUTPUT/best holds the weights the model had at its best-scoring evaluation (the same run stopped there: same
@@ -437,6 +443,7 @@ def test_a_checkpoint_from_before_the_plateau_rename_keeps_its_best(tmp_path, mo
     state_file.write_text(json.dumps(record))
     history = train(*small_setup(), replace(config, steps=4), tmp_path / "run", resume=True)
     assert {"step": 4, "stopped": "plateau"} in history  # 0.7 again: the second evaluation without a gain
+    assert loop.migrated_trainer_state({"best_accuracy": -1.0}) == {"plateau_best": None}  # -1.0 was "none yet"
 
 
 @pytest.mark.parametrize("decayed", ["all", "matrices"])

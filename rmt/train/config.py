@@ -122,7 +122,7 @@ class TrainConfig:
         metadata=_doc(
             "Stop early once the held-out score (curriculum_metric, or the loss on language-modelling data, at the "
             "final number of segments) has not improved by more than 0.005 over this many evaluations in a row, or "
-            "has reached 1.0 (default: train all steps)."
+            "(a score with answers) has reached 1.0 (default: train all steps)."
         ),
     )
     save_best: bool = field(

@@ -75,7 +75,9 @@ class TrainerState:
 
     stage: int = 0  # index into TrainConfig.curriculum
     # plateau_evals: the best held-out score (`held_out_metric`) at the final number of segments (None: none yet)
+    # and which score that is (a resume that scores otherwise starts the count anew)
     plateau_best: float | None = None
+    plateau_of: str = ""
     evals_without_gain: int = 0
     stopped_early: bool = False
     elapsed_s: float = 0.0  # training time up to the last checkpoint, so a resumed log's elapsed_s carries on
@@ -90,6 +92,16 @@ class TrainerState:
     best_step: int = 0
     best_score: float | None = None
     best_of: str = ""
+
+
+def migrated_trainer_state(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's TrainerState fields under today's names: `best_accuracy` (before held-out losses could
+    plateau; -1.0 meant none yet) is `plateau_best`."""
+    saved = dict(saved)
+    if "best_accuracy" in saved:
+        old_best = saved.pop("best_accuracy")
+        saved.setdefault("plateau_best", None if old_best == -1.0 else old_best)
+    return saved
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
@@ -187,9 +199,7 @@ def _train(
     if resume:
         record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded, config)
         start_step = record["step"]
-        saved = dict(record.get("trainer", {}))
-        if "best_accuracy" in saved:  # its name in checkpoints from before held-out losses could plateau
-            saved.setdefault("plateau_best", saved.pop("best_accuracy"))
+        saved = migrated_trainer_state(record.get("trainer", {}))
         known = {f.name for f in fields(TrainerState)}
         state = TrainerState(**{k: v for k, v in saved.items() if k in known})
         _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
@@ -449,7 +459,8 @@ def _plateau_reason(config: TrainConfig, state: TrainerState, data_metric: str =
     metric = held_out_metric(config, data_metric)[0]
     if state.stop_reason == "ceiling":
         return f"held-out {metric} reached 1.0"
-    return f"held-out {metric} has not improved for {state.evals_without_gain} evaluations"
+    count = state.evals_without_gain
+    return f"held-out {metric} has not improved for {count} evaluation{'s' if count != 1 else ''}"
 
 
 def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int | None:
@@ -480,8 +491,8 @@ def _after_eval(
         def beats(best: float, margin: float = 0.0) -> bool:
             return value > best + margin if higher else value < best - margin
 
+        of = f"{metric} at {config.curriculum[-1][1] if config.curriculum else 'all'} segments"
         if config.save_best and last_stage:
-            of = f"{metric} at {config.curriculum[-1][1] if config.curriculum else 'all'} segments"
             unbeaten = state.best_score is None or state.best_of != of
             if math.isfinite(value) and (unbeaten or beats(state.best_score)):
                 state.best_step, state.best_score, state.best_of = step, value, of
@@ -489,6 +500,9 @@ def _after_eval(
             state.stage += 1
             state.plateau_best, state.evals_without_gain = None, 0
         elif last_stage and config.plateau_evals is not None:
+            if state.plateau_of not in ("", of):  # ("": a checkpoint from before this was recorded)
+                state.plateau_best, state.evals_without_gain = None, 0
+            state.plateau_of = of
             if math.isfinite(value) and (state.plateau_best is None or beats(state.plateau_best, _PLATEAU_DELTA)):
                 state.plateau_best, state.evals_without_gain = value, 0
             else:
