@@ -236,3 +236,15 @@ def test_the_gguf_conversion_bar_follows_the_progress_switch(tmp_path, monkeypat
     finally:
         (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
     assert shown == [progress] and gguf_loading.tqdm is bar
+
+    def fails(location, **kwargs):
+        raise ValueError("a damaged file")
+
+    monkeypatch.setattr(rmt.build.AutoModelForCausalLM, "from_pretrained", fails)
+    hf_logging.disable_progress_bar()
+    try:
+        with pytest.raises(ValueError, match="a damaged file"):
+            rmt.build.pretrained_backbone(tmp_path / "model.gguf")
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+    assert gguf_loading.tqdm is bar  # put back after a failed load too

@@ -391,9 +391,9 @@ def test_save_best_keeps_the_model_of_the_best_evaluation(tmp_path, monkeypatch)
     assert same(best, at_step_4) and not same(best, last)
 
     state, one_process = TrainerState(), SimpleNamespace(num_processes=1)
-    for step, loss in ((2, 3.0), (4, 2.0), (6, 2.5)):
+    for step, loss in ((2, 3.0), (4, 2.0), (6, 2.5), (8, 2.0)):
         state = _after_eval(TrainConfig(save_best=True), state, step, {"loss": loss}, one_process, "loss")
-    assert (state.best_step, state.best_score) == (4, 2.0)
+    assert (state.best_step, state.best_score) == (4, 2.0)  # a tie is no new best
     stages = TrainConfig(save_best=True, curriculum=[(0, 1), (4, 2)])
     state = _after_eval(stages, TrainerState(), 2, {"loss": 1.0, "accuracy": 0.9}, one_process)
     assert state.best_step == 0  # an evaluation before the final number of segments is not comparable
@@ -409,24 +409,34 @@ def test_save_best_keeps_the_model_of_the_best_evaluation(tmp_path, monkeypatch)
 
 
 def test_a_crash_while_the_best_model_is_saved_leaves_the_previous_best_whole(tmp_path, monkeypatch):
+    """The second best's weights are written, then the run dies before its best.json: best/ is still the first best,
+    weights and record together."""
+    from safetensors.torch import load_file
+
     import rmt.train.loop as loop
 
     scores = iter([{"loss": 1.0, "accuracy": a} for a in (0.2, 0.6)])
     monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: next(scores))
-    saved = []
+    records, first_weights = [], {}
+    write_json = loop.write_json_atomic
 
-    def extras(folder):  # also called for every checkpoint, whose folders are not best/'s
-        if Path(folder).name.startswith(".best."):
-            saved.append(folder)
-            assert (Path(folder) / "memory.safetensors").is_file()  # the new weights are written by now
-        if len(saved) == 2:
-            raise RuntimeError("crash after the weights, before the record")
+    def crash_on_the_second_record(path, obj):
+        if Path(path).name == "best.json":
+            records.append(obj)
+            if len(records) == 2:
+                assert (Path(path).parent / "memory.safetensors").is_file()  # the new weights are there
+                raise RuntimeError("crash after the weights, before the record")
+            first_weights.update(load_file(Path(path).parent / "memory.safetensors"))
+        write_json(path, obj)
 
+    monkeypatch.setattr(loop, "write_json_atomic", crash_on_the_second_record)
     config = TrainConfig(steps=4, batch_size=2, eval_every=2, eval_batches=1, save_best=True, progress=False)
     with pytest.raises(RuntimeError, match="crash after the weights"):
-        train(*small_setup(), config, tmp_path / "run", save_extras=extras)
-    record = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
-    assert record["step"] == 2 and record["score"] == 0.2 and len(saved) == 2
+        train(*small_setup(), config, tmp_path / "run")
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "best.json").read_text())["step"] == 2 and len(records) == 2
+    kept = load_file(best / "memory.safetensors")
+    assert kept.keys() == first_weights.keys() and all(torch.equal(kept[k], first_weights[k]) for k in kept)
 
 
 def test_a_checkpoint_from_before_the_plateau_rename_keeps_its_best(tmp_path, monkeypatch):
