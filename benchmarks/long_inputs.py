@@ -16,7 +16,8 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
 Every part adds its measurements to one JSON file (--output, default benchmarks/results/long_inputs-cpu.json); parts
 may run at the same time in separate processes (one per core) and add to the same file. Each entry records the CPU
 and the torch threads it was measured with; entries are keyed by what was measured (kind and length, kind and new
-tokens, ...), so a run with other settings adds an entry instead of replacing one.
+tokens, ...), so a run with other settings adds an entry instead of replacing one, and a run on another CPU adds its
+entry beside the first one's as "KEY @ CPU".
 
 - reading: a document of random tokens read through `model.stream()` in chunks of 8192 with logits="none" (only
   the last token's logits at the end), in a fresh process per (kind, length) so that the peak RSS (ru_maxrss) is that
@@ -501,7 +502,7 @@ def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
     """Add this run's measurements to the result file. Parts may run at the same time in several processes (one per
     core): under the results lock the file is read again and only this run's entries are replaced. Each entry names
     the CPU it was measured on and its torch threads, since the parts of one file may come from different machines
-    and runs."""
+    and runs; an entry measured on another CPU is kept, and this run's goes beside it as "KEY @ CPU"."""
     device = device_name("cpu")
     for part in (value for value in record.values() if isinstance(value, dict)):
         for entry in part.values():
@@ -512,7 +513,10 @@ def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
         merged = json.loads(path.read_text()) if path.exists() else {}
         for key, value in record.items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key].update(value)
+                for name, entry in value.items():
+                    earlier = merged[key].get(name)
+                    elsewhere = isinstance(earlier, dict) and earlier.get("device", device) != device
+                    merged[key][f"{name} @ {device}" if elsewhere else name] = entry
             else:
                 merged[key] = value
         write_json(path, merged)

@@ -132,6 +132,14 @@ def test_long_inputs_parts_run_side_by_side_without_losing_each_others_results(t
     # Each entry names its machine (parts of one file may be measured on different ones).
     entries = [entry for part in ("reading", "generation") for entry in record[part].values()]
     assert len(entries) == 3 and all(entry["device"] and entry["threads"] == 1 for entry in entries)
+    # A run on another CPU keeps this one's entry and goes beside it.
+    record = json.loads((tmp_path / "long.json").read_text())
+    record["reading"]["rmt/4096"]["device"] = "another CPU"
+    (tmp_path / "long.json").write_text(json.dumps(record))
+    long_inputs.save(args, {"reading": {"rmt/4096": {"tokens_per_second": 5.0}}})
+    reading = json.loads((tmp_path / "long.json").read_text())["reading"]
+    here = long_inputs.device_name("cpu")
+    assert reading["rmt/4096"]["tokens_per_second"] == 1.0 and reading[f"rmt/4096 @ {here}"]["tokens_per_second"] == 5.0
 
 
 def test_long_inputs_bf16_gemm_times_each_projection_shape(tmp_path, monkeypatch):
