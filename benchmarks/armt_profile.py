@@ -21,7 +21,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.armt_speed import CONFIGS, build_model, sequential_last_logits
-from benchmarks.common import RESULTS_DIR, device_name, torch_threads, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    add_armt_shape_arguments,
+    add_device_argument,
+    device_name,
+    torch_threads,
+    write_json,
+)
 from rmt.inference import DiagonalARMT
 
 
@@ -59,22 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=sorted(CONFIGS),
         help="random Llama shape of benchmarks/armt_speed.py; llama-1b is Llama-3.2-1B's (default: %(default)s)",
     )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device, cuda when available (default: %(default)s)",
-    )
+    add_device_argument(parser)
     parser.add_argument("--length", type=int, default=32768, help="tokens (default: %(default)s)")
-    parser.add_argument(
-        "--segment-size", type=int, default=1024, help="ARMT input tokens per segment (default: %(default)s)"
-    )
-    parser.add_argument("--memory-tokens", type=int, default=16, help="ARMT memory tokens (default: %(default)s)")
-    parser.add_argument(
-        "--d-mem",
-        type=int,
-        default=64,
-        help="size of ARMT's associative memory keys before the DPFP map (default: %(default)s)",
-    )
+    add_armt_shape_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: results/armt_profile-...)")
     args = parser.parse_args(argv)

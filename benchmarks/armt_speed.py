@@ -60,7 +60,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, device_name, in_turns, rss_bytes, run_module, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    add_armt_shape_arguments,
+    add_device_argument,
+    device_name,
+    in_turns,
+    rss_bytes,
+    run_module,
+    write_json,
+)
 from rmt import ARMTForCausalLM, RMTConfig
 
 METHODS = ("full", "sequential", "diagonal")
@@ -301,11 +310,7 @@ def logits_error(diagonal: torch.Tensor, sequential: torch.Tensor) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.armt_speed", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device, cuda when available (default: %(default)s)",
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--dtype",
         default=None,
@@ -325,16 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="sequence lengths (default: 4096, 8192, ... up to 131072 on CUDA, 32768 on CPU)",
     )
-    parser.add_argument(
-        "--segment-size", type=int, default=1024, help="ARMT input tokens per segment (default: %(default)s)"
-    )
-    parser.add_argument("--memory-tokens", type=int, default=16, help="ARMT memory tokens (default: %(default)s)")
-    parser.add_argument(
-        "--d-mem",
-        type=int,
-        default=64,
-        help="size of ARMT's associative memory keys before the DPFP map (default: %(default)s)",
-    )
+    add_armt_shape_arguments(parser)
     parser.add_argument(
         "--batch-size",
         type=int,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import rss_bytes, run_module, write_json
+from benchmarks.common import add_device_argument, rss_bytes, run_module, write_json
 from rmt import RecurrentMemoryModel, RMTConfig
 from rmt.build import memory_model, random_backbone
 
@@ -86,11 +86,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bptt_memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device, cuda when available (default: %(default)s)",
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--segments",
         type=int,

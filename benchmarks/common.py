@@ -1,13 +1,14 @@
 """What the benchmark scripts share: atomic writes of result files, the lock on a results folder that several
 processes fill, torch's CPU thread count, the resident memory of this process, timing several variants in turns,
-and the command that starts a benchmark's worker subprocess (`python -m benchmarks.<name>`, importable from any
-working directory).
+the command that starts a benchmark's worker subprocess (`python -m benchmarks.<name>`, importable from any
+working directory), and the command-line flags several scripts take alike (device, ARMT's shape).
 
 Not a script: the benchmarks import it (`from benchmarks import common`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -108,3 +109,26 @@ def device_name(device: str) -> str:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model} ({os.cpu_count()} cores)"
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device, CUDA when this machine has it."""
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device, cuda when available (default: %(default)s)",
+    )
+
+
+def add_armt_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """--segment-size, --memory-tokens and --d-mem of the ARMT wrapper the speed and precision scripts build."""
+    parser.add_argument(
+        "--segment-size", type=int, default=1024, help="ARMT input tokens per segment (default: %(default)s)"
+    )
+    parser.add_argument("--memory-tokens", type=int, default=16, help="ARMT memory tokens (default: %(default)s)")
+    parser.add_argument(
+        "--d-mem",
+        type=int,
+        default=64,
+        help="size of ARMT's associative memory keys before the DPFP map (default: %(default)s)",
+    )

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.armt_speed import CONFIGS
-from benchmarks.common import RESULTS_DIR, device_name, torch_threads, write_json
+from benchmarks.common import RESULTS_DIR, add_armt_shape_arguments, device_name, torch_threads, write_json
 from rmt import ARMTForCausalLM, RMTConfig
 from rmt.inference import DiagonalARMT
 
@@ -112,16 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "(default: %(default)s)",
     )
     parser.add_argument("--length", type=int, default=4096, help="input length in tokens (default: %(default)s)")
-    parser.add_argument(
-        "--segment-size", type=int, default=1024, help="ARMT input tokens per segment (default: %(default)s)"
-    )
-    parser.add_argument("--memory-tokens", type=int, default=16, help="ARMT memory tokens (default: %(default)s)")
-    parser.add_argument(
-        "--d-mem",
-        type=int,
-        default=64,
-        help="size of ARMT's associative memory keys before the DPFP map (default: %(default)s)",
-    )
+    add_armt_shape_arguments(parser)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
