@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -305,14 +306,18 @@ def save_model(
     accelerator: Accelerator,
     config: TrainConfig,
     save_extras=None,
+    replace_whole: bool = False,
 ) -> None:
-    """`save_pretrained` of a trained model, from the main process; with FSDP every process takes part in gathering
-    the weights, so every process must call it."""
+    """`save_pretrained` of a trained model and `save_extras(folder)`, from the main process; with FSDP every process
+    takes part in gathering the weights, so every process must call it. replace_whole=True builds the whole folder
+    aside, extras included, and swaps it in at once (a crash leaves the previous folder as it was); otherwise the
+    weights are swapped in first and other files already in `path` are kept."""
     weights = fsdp.full_weights(model) if config.fsdp else None
     if accelerator.is_main_process:
-        save_memory_model(model, path, state_dict=weights, progress=config.progress)
-        if save_extras is not None:
-            save_extras(Path(path))
+        with atomic_directory(path) if replace_whole else nullcontext(Path(path)) as folder:
+            save_memory_model(model, folder, state_dict=weights, progress=config.progress)
+            if save_extras is not None:
+                save_extras(folder)
     accelerator.wait_for_everyone()
 
 
@@ -534,22 +539,20 @@ def _save_best(
     save_extras: Any,
 ) -> None:
     """Replace OUTPUT/best with the model as it is now, whose evaluation is the best so far, its extra files and its
-    record, swapped in together (a crash leaves the previous best whole). With FSDP every process gathers the
-    weights; the main process writes."""
-    weights = fsdp.full_weights(model) if config.fsdp else None
-    if accelerator.is_main_process:
-        with atomic_directory(output_dir / BEST_DIR) as folder:
-            save_memory_model(model, folder, state_dict=weights, progress=config.progress)
-            if save_extras is not None:
-                save_extras(folder)
-            record = {
-                "step": state.best_step,
-                "metric": held_out_metric(config, data_metric)[0],
-                "score": state.best_score,
-                "segments": num_segments,
-            }
-            write_json_atomic(folder / BEST_RECORD, record)
-    accelerator.wait_for_everyone()
+    record, swapped in together (a crash leaves the previous best whole)."""
+
+    def extras_and_record(folder: Path) -> None:
+        if save_extras is not None:
+            save_extras(folder)
+        record = {
+            "step": state.best_step,
+            "metric": held_out_metric(config, data_metric)[0],
+            "score": state.best_score,
+            "segments": num_segments,
+        }
+        write_json_atomic(folder / BEST_RECORD, record)
+
+    save_model(model, output_dir / BEST_DIR, accelerator, config, extras_and_record, replace_whole=True)
 
 
 def one_window(backbone: torch.nn.Module, task: Task) -> RecurrentMemoryModel:
