@@ -13,9 +13,10 @@ With `normalize` (RMTConfig.armt_write_norm, an addition to the published rule) 
 unit root mean square, so what the memory stores does not grow with the activations it is written from.
 
 Every function works on one layer ([B, ...] tensors, weights [out, in]) or on a group of G layers at once, as the
-diagonal engine needs ([G, B, ...] tensors, weights stacked [G, out, in]): the weight's rank tells which. `first` is a
-bool per sample (per cell in a group): True where this is the sample's first segment, so the first-segment rules
-apply row by row. `rmt/ops/naive.py` is the loop-by-loop oracle the tests compare this file against.
+diagonal engine needs ([G, B, ...] tensors, weights stacked [G, out, in]): the weight's rank tells which; on a CPU a
+group gives each layer's own result bit for bit (tested). `first` is a bool per sample (per cell in a group): True
+where this is the sample's first segment, so the first-segment rules apply row by row. `rmt/ops/naive.py` is the
+loop-by-loop oracle the tests compare this file against.
 """
 
 from __future__ import annotations
@@ -35,13 +36,28 @@ def dpfp(x: torch.Tensor) -> torch.Tensor:
 def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight^T for one layer (weight [out, in], x [..., in]) or a group (weight [G, out, in], x [G, ..., in]).
 
-    The group case is one batched matmul over the G weights; the activations' inner dims are flattened so the
-    weight is never broadcast (and copied) over them."""
+    On a GPU the group case is one batched matmul over the G weights (fewer kernel launches); the activations' inner
+    dims are flattened so the weight is never broadcast (and copied) over them. On a CPU it is each layer's own
+    product: a CPU BLAS may take another kernel for a batched product than for a single one (measured: bf16 products
+    of 18 to 32 rows), and then a group would round differently from the layers one at a time."""
     if weight.dim() == 2:
         return F.linear(x, weight)
+    if weight.device.type == "cpu":
+        return torch.stack([F.linear(x[g], weight[g]) for g in range(weight.shape[0])])
     group, out = weight.shape[0], weight.shape[1]
     flat = x.reshape(group, -1, x.shape[-1])  # [G, N, in]
     return torch.bmm(flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], out)  # [G, ..., out]
+
+
+def dot(x: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """x [..., N, d] . vector -> [..., N, 1] in fp32, vector [..., d]: z (one per matrix of x) or W_b ([1, d] for one
+    layer, [G, 1, d] for a group).
+
+    An elementwise product summed over d, not a matrix-vector product: a matmul kernel's order of summation depends on
+    how many leading dims it batches over, so the diagonal engine's grouped cells rounded differently from one
+    layer's and its bf16 logits drifted from sequential ARMT's. A sum over the last dim adds in the same order
+    whatever the leading dims."""
+    return (x.float() * vector.unsqueeze(-2).float()).sum(-1, keepdim=True)
 
 
 def associative_read(
@@ -52,7 +68,7 @@ def associative_read(
     h [..., T, D] (model dtype); A [..., K, D] and z [..., K] fp32; w_q [d_mem, D] or [G, d_mem, D]; first [...]."""
     q = dpfp(project(h, w_q).float())  # [..., T, K]
     num = torch.matmul(q, A)  # [..., T, D]
-    den = torch.matmul(q, z.unsqueeze(-1)) + EPS  # [..., T, 1]
+    den = dot(q, z) + EPS  # [..., T, 1]
     read = torch.where(first[..., None, None], 0.0, num / den)
     return h + read.to(h.dtype)
 
@@ -76,8 +92,10 @@ def associative_write(
         m = F.rms_norm(m.float(), (m.shape[-1],), eps=EPS).to(m.dtype)
     k = dpfp(project(m, w_k).float())  # [..., M, K]
     v = project(m, w_v).float()  # [..., M, D]
-    beta = torch.sigmoid(project(m, w_b).float())  # [..., M, 1]
-    zk = torch.matmul(k, z.unsqueeze(-1))  # [..., M, 1]
+    # sigmoid in float64, rounded to fp32: CPU kernels compute it one way on full vectors and another on a tail of
+    # elements, so in fp32 a group's beta and one layer's differed in the last bit; in float64 both round alike.
+    beta = torch.sigmoid(dot(m, w_b).double()).float()  # [..., M, 1]
+    zk = dot(k, z)  # [..., M, 1]
     old = first[..., None, None]
     v_bar = torch.where(old, 0.0, torch.matmul(k, A) / (zk + EPS))  # [..., M, D]
     # gamma only rescales how much of k_i is counted in the normaliser; it is a statistic, not trained through.
