@@ -7,10 +7,11 @@ positions (a learned table or rotary), the decoder layers, the final norm and th
 - `DecoderAdapter` gives those parts as HF's own modules and runs each HF decoder layer as it is (no forked modeling
   code, no patching): the sequential ARMT path, trainable.
 - `StackedLayers` is the diagonal engine's copy of the decoder layers: each weight of the L layers stacked once into
-  one [L, out, in] tensor, so any contiguous range of layers runs as batched matmuls over the group (inference only:
-  no dropout, no gradients). One class covers the three families with a few switches (RMSNorm or LayerNorm, rotary or
-  not, parallel residual, gated MLP); fused projections are re-laid out at stacking time so that every family's
-  attention input is [q | k | v] along the output dimension.
+  one [L, out, in] tensor, so any contiguous range of layers runs as batched matmuls over the group on a GPU, and
+  as each layer's own product on a CPU, where it must round as the layer itself does (inference only: no dropout, no
+  gradients). One class covers the three families with a few switches (RMSNorm or LayerNorm, rotary or not,
+  parallel residual, gated MLP); fused projections are re-laid out at stacking time so that every family's attention
+  input is [q | k | v] along the output dimension.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class DecoderAdapter:
 
 
 # Per-layer tensors of each family, in a common layout: nn.Linear's [out, in] (GPT-2's Conv1D weights, stored
-# [in, out] for y = x W + b, are transposed) and the attention input projection fused as [q | k | v] along `out`.
+# [in, out] for y = x W + b, are transposed) and the attention input projection stacked as [q | k | v] along `out`
+# (applied as one product where the family fuses it, GPT-2 and GPT-NeoX, and as three for Llama).
 # A gated MLP keeps gate and up apart: slicing a fused output would feed the activation strided views (slower on CPU).
 def _llama_tensors(layer: nn.Module) -> dict[str, torch.Tensor | None]:
     attn, mlp = layer.self_attn, layer.mlp
@@ -206,8 +208,10 @@ def _cat(*tensors: torch.Tensor | None) -> torch.Tensor | None:
 
 _TENSORS = {"llama": _llama_tensors, "gpt2": _gpt2_tensors, "gpt_neox": _neox_tensors}
 
-# On CPU the group's MLP runs in row chunks whose intermediates fit this budget: one [G, B * c, 4D] intermediate
-# for the whole group falls out of cache and made the grouped MLP ~1.8x slower than per-layer calls (1 core).
+# On CPU the group's MLP runs a few layers at a time, so that their intermediates fit this budget: one [G, B * c, 4D]
+# intermediate for the whole group falls out of cache and made the grouped MLP ~1.8x slower than per-layer calls
+# (1 core). The slices are of layers, never of rows: a matmul over fewer rows may take another kernel and round
+# differently from the model's own layer, which made grouped bf16 cells drift from sequential ARMT.
 _CPU_MLP_BYTES = 16 * 2**20
 
 
@@ -215,8 +219,9 @@ class StackedLayers:
     """The decoder layers of a backbone with every weight stacked over layers, for grouped execution.
 
     `forward(h, lo, hi, ...)` runs layers lo..hi-1 on h [hi - lo, B, c, D] (row g goes through layer lo + g) as one
-    computation: projections are `torch.bmm` over the stacked weights' slice [lo:hi] (a view, no copy), attention
-    uses the G * B rows as its batch. Weights are copied at construction (so they take twice the memory of the
+    computation: projections are `torch.bmm` over the stacked weights' slice [lo:hi] (a view, no copy; on a CPU each
+    layer's `F.linear`, see `_linear`), attention uses the G * B rows as its batch. On a CPU the result equals the
+    HF layers' bit for bit (tested). Weights are copied at construction (so they take twice the memory of the
     backbone's layers) in the backbone's dtype and on its device: build it after moving the model."""
 
     def __init__(self, adapter: DecoderAdapter) -> None:
@@ -250,6 +255,7 @@ class StackedLayers:
             self.scales = [layer.attention.scaling for layer in layers]
         self.rms_norm = family == "llama"
         self.gated_mlp = family == "llama"
+        self.fused_qkv = family != "llama"
         self.parallel_residual = family == "gpt_neox" and config.use_parallel_residual
 
     def forward(
@@ -268,9 +274,15 @@ class StackedLayers:
         group, batch, c, dim = h.shape
         w = {name: None if t is None else t[lo:hi] for name, t in self.weights.items()}  # this group's layers
         flat = h.reshape(group, batch * c, dim)  # [G, N, D]: position-wise parts see tokens as rows
-        qkv = _linear(self._norm(flat, w["norm1_w"], w["norm1_b"]), w["qkv_w"], w["qkv_b"])  # [G, N, (H + 2 KV) hd]
+        normed = self._norm(flat, w["norm1_w"], w["norm1_b"])
         sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
-        q, k, v = (t.reshape(group * batch, c, -1, self.head_dim).transpose(1, 2) for t in qkv.split(sizes, dim=-1))
+        if self.fused_qkv:  # [G, N, (H + 2 KV) hd], as the family's own fused projection
+            parts = _linear(normed, w["qkv_w"], w["qkv_b"]).split(sizes, dim=-1)
+        else:  # Llama projects q, k and v apart; one product of their summed width may round differently
+            biases = [None] * 3 if w["qkv_b"] is None else w["qkv_b"].split(sizes, dim=1)
+            weights = w["qkv_w"].split(sizes, dim=1)
+            parts = [_linear(normed, weight, bias) for weight, bias in zip(weights, biases, strict=True)]
+        q, k, v = (t.reshape(group * batch, c, -1, self.head_dim).transpose(1, 2) for t in parts)
         if rope is not None:
             q, k = _rotate(q, *rope, self.rotary_dim), _rotate(k, *rope, self.rotary_dim)
         if past is not None:
@@ -296,16 +308,24 @@ class StackedLayers:
         return out.to(x.dtype)
 
     def _mlp(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
-        """x [G, N, D] -> [G, N, D]; on CPU in row chunks that keep the [G, rows, 4D] intermediate in cache."""
-        rows = x.shape[1]
+        """x [G, N, D] -> [G, N, D]; on CPU a few layers at a time, so that their [g, N, 4D] intermediates stay in
+        cache (at least one layer, with all its rows)."""
+        group = x.shape[0]
         if x.device.type == "cpu":
             width = w["up_w"].shape[1] * (2 if self.gated_mlp else 1)  # intermediate values per row
-            rows = max(1, _CPU_MLP_BYTES // (x.shape[0] * width * x.element_size()))
-        if rows >= x.shape[1]:
-            return self._mlp_rows(x, w)
-        return torch.cat([self._mlp_rows(part, w) for part in x.split(rows, dim=1)], dim=1)
+            group = max(1, _CPU_MLP_BYTES // (x.shape[1] * width * x.element_size()))
+        if group >= x.shape[0]:
+            return self._mlp_layers(x, w)
+        return torch.cat(
+            [
+                self._mlp_layers(
+                    x[g : g + group], {name: None if t is None else t[g : g + group] for name, t in w.items()}
+                )
+                for g in range(0, x.shape[0], group)
+            ]
+        )
 
-    def _mlp_rows(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    def _mlp_layers(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
         up = _linear(x, w["up_w"], w["up_b"])
         if self.gated_mlp:
             up = self.act(_linear(x, w["gate_w"], w["gate_b"])) * up
@@ -320,20 +340,31 @@ class StackedLayers:
             repeats = self.heads // self.kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
         c, total = q.shape[2], k.shape[2]
+        mask = None
+        if total != c:  # a chunk after p cached positions: query i sits at position p + i and sees keys 0..p + i
+            mask = (
+                torch.arange(total, device=q.device)[None, :] <= (total - c + torch.arange(c, device=q.device))[:, None]
+            )
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            if mask is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=c > 1, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
         if len(set(scales)) == 1:
-            scale = scales[0]
-        else:  # per-layer scales (GPT-2's scale_attn_by_inverse_layer_idx): fold them into the queries
-            per_row = torch.tensor(scales, dtype=q.dtype, device=q.device).repeat_interleave(batch)
-            q, scale = q * per_row[:, None, None, None], 1.0
-        if total == c:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=c > 1, scale=scale)
-        # A chunk after p cached positions: query i sits at position p + i and sees keys 0..p + i.
-        mask = torch.arange(total, device=q.device)[None, :] <= (total - c + torch.arange(c, device=q.device))[:, None]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            return attend(q, k, v, scales[0])
+        # Per-layer scales (GPT-2's scale_attn_by_inverse_layer_idx): one call per layer with its own scale, as the
+        # layer itself applies it (scaling the queries instead rounds differently).
+        rows = [slice(g * batch, (g + 1) * batch) for g in range(len(scales))]
+        return torch.cat([attend(q[r], k[r], v[r], scale) for r, scale in zip(rows, scales, strict=True)])
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [G, N, in] through weights [G, out, in] (+ bias [G, out]) as one batched matmul -> [G, N, out]."""
+    """x [G, N, in] through weights [G, out, in] (+ bias [G, out]) -> [G, N, out]: one batched matmul on a GPU; on a
+    CPU each layer's own `F.linear`, the product the model's layer computes (a CPU BLAS may take another kernel for
+    a batched product, which rounds differently: measured, bf16 products of 18 to 32 rows)."""
+    if x.device.type == "cpu":
+        return torch.stack([F.linear(x[g], weight[g], None if bias is None else bias[g]) for g in range(x.shape[0])])
     if bias is None:
         return torch.bmm(x, weight.transpose(1, 2))
     return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
