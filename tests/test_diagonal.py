@@ -47,13 +47,22 @@ def _assert_states_equal(a, b) -> None:
 
 
 def _engine_equals_sequential(model: ARMTForCausalLM, ids: torch.Tensor):
-    """Assert the grouped engine gives sequential ARMT's logits and final memory bit for bit (on a CPU every grouped
-    product is the layer's own); return the sequential output."""
+    """Assert the grouped engine gives sequential ARMT's logits and final memory; return the sequential output.
+
+    Over whole segments bit for bit (on a CPU every grouped product is the layer's own). A ragged last segment is
+    padded to a whole cell in the engine, and a product over more rows may sum in another order: its logits, and the
+    memory it writes, only to a tolerance (on this project's Xeon they are equal too; with MKL, oneDNN and ATen held
+    to AVX2 they are not, while whole segments still are)."""
     with torch.no_grad():
         expected = model(ids)
     got = DiagonalARMT(model, group_size=None)(ids, logits="all")
-    assert torch.equal(got.logits, expected.logits)
-    _assert_states_equal(got.memory_state, expected.memory_state)
+    whole = ids.shape[1] // model.config.segment_size * model.config.segment_size
+    assert torch.equal(got.logits[:, :whole], expected.logits[:, :whole])
+    if whole == ids.shape[1]:
+        _assert_states_equal(got.memory_state, expected.memory_state)
+    else:
+        assert (got.logits - expected.logits).abs().max() <= 1e-4
+        _assert_states_close(got.memory_state, expected.memory_state)
     return expected
 
 
@@ -82,9 +91,11 @@ def _variant(name: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
 def test_engine_equals_sequential(family):
-    """Batch of 3, ragged last segment (4 full segments + 5 tokens): logits and final memory."""
+    """Batch of 3, whole segments (final memory bit for bit) and a ragged last segment (4 full segments + 5 tokens):
+    logits and final memory."""
     model = armt(_variant(family))
     ids = _ids(3, 4 * SEG + 5)
+    _engine_equals_sequential(model, ids[:, : 4 * SEG])
     expected = _engine_equals_sequential(model, ids)
     # Not vacuous: memory changes these logits well beyond the tolerance.
     with torch.no_grad():
@@ -116,7 +127,7 @@ def test_smaller_groups_and_sliced_mlp_equal_sequential(group_size, dtype, monke
     layer's intermediate): bit for bit. The MLP used to run in row chunks, which changed the product's kernel."""
     monkeypatch.setattr(layers, "_CPU_MLP_BYTES", 4096)
     model = armt(tiny_decoder("llama", layers=3)).to(dtype)
-    ids = _ids(2, 4 * SEG + 5)
+    ids = _ids(2, 4 * SEG)
     with torch.no_grad():
         expected = model(ids)
     got = DiagonalARMT(model, group_size=group_size)(ids, logits="all")
@@ -139,11 +150,11 @@ def test_samples_of_different_lengths():
         expected = model(ids, mask)
     engine = DiagonalARMT(model, group_size=None)
     got = engine(ids, mask, logits="all")
-    assert torch.equal(got.logits, expected.logits)
-    _assert_states_equal(got.memory_state, expected.memory_state)
+    assert (got.logits - expected.logits).abs().max() <= 1e-4  # ragged segments: see _engine_equals_sequential
+    _assert_states_close(got.memory_state, expected.memory_state)
     last = engine(ids, mask, logits="last").logits  # [B, V] at each sample's last token
     ends = torch.tensor([width - 1, width - 1, lengths[2] - 1])
-    assert torch.equal(last, expected.logits[torch.arange(3), ends])
+    torch.testing.assert_close(last, expected.logits[torch.arange(3), ends], rtol=1e-4, atol=1e-4)
 
 
 def test_continuing_from_a_memory_state():
@@ -155,14 +166,15 @@ def test_continuing_from_a_memory_state():
     tail = engine(ids[:, 2 * SEG :], memory_state=head.memory_state, logits="all")
     with torch.no_grad():
         full = model(ids)
-    assert torch.equal(tail.logits, full.logits[:, 2 * SEG :])
-    _assert_states_equal(tail.memory_state, full.memory_state)
+    assert torch.equal(tail.logits[:, : 3 * SEG], full.logits[:, 2 * SEG : 5 * SEG])  # whole segments
+    assert (tail.logits - full.logits[:, 2 * SEG :]).abs().max() <= 1e-4  # and the ragged last one
+    _assert_states_close(tail.memory_state, full.memory_state)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
 def test_bf16_engine_equals_bf16_sequential(family):
     """In bf16 too the grouped cells are the sequential computation: no rounding of their own to amplify."""
-    _engine_equals_sequential(armt(_variant(family)).to(torch.bfloat16), _ids(3, 4 * SEG + 5))
+    _engine_equals_sequential(armt(_variant(family)).to(torch.bfloat16), _ids(3, 4 * SEG))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

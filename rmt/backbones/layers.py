@@ -304,8 +304,9 @@ class StackedLayers:
             x32 = x.float()
             x32 = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
             return w * x32.to(x.dtype)
-        out = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * w.float() + bias[:, None, :].float()
-        return out.to(x.dtype)
+        # LayerNorm: each layer's own call, as nn.LayerNorm makes it. Normalising the group in fp32 and applying the
+        # affine after rounded differently in bf16 (a few elements in thousands).
+        return torch.stack([F.layer_norm(x[g], x.shape[-1:], weight[g], bias[g], self.eps) for g in range(x.shape[0])])
 
     def _mlp(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
         """x [G, N, D] -> [G, N, D]; on CPU a few layers at a time, so that their [g, N, 4D] intermediates stay in

@@ -26,15 +26,16 @@ before the next grouped computation if any changed (an optimizer step, `load_sta
 made through `.data` bypass version counters: call `refresh(force=True)` after them.) ARMT's own projections and
 memory tokens are read from the model at every call.
 
-Exactness: on a CPU the grouped cells give the sequential model's result bit for bit over whole segments, in fp32
-and bf16 (tested; at the Llama-3.2-1B shape and on SmolLM2 in bf16: benchmarks/results/diagonal_precision-*-cpu.json).
-Every product of a group there is the layer's own `F.linear`, the MLP is split by layers and never by rows, the
-memory's matrix-vector products are elementwise sums and its sigmoid is rounded from float64: each of these made
-grouped cells round differently from one layer's, and a recurrence amplifies a last-bit difference from segment to
-segment. A ragged last segment is padded to a whole cell, and a product over more rows may sum in another order
-(SmolLM2, fp32: logits within 1e-4 of the largest). On a GPU a group's products are batched matmuls, whose order of
-summation may differ from one layer's. One cell per group is the sequential model's own computation on any device.
-Dropout is not applied: run the model in eval mode when comparing.
+Exactness: on a CPU the grouped cells give the sequential model's result bit for bit over whole segments, in fp32 and
+bf16 (tested; at the Llama-3.2-1B shape and on SmolLM2 in bf16: benchmarks/results/diagonal_precision-*-cpu.json). Every
+product of a group there is the layer's own `F.linear` (Llama's q, k and v apart, as the layer projects them), a
+LayerNorm the layer's own call, the MLP is split by layers and never by rows, the memory's matrix-vector products are
+elementwise sums and its sigmoid is rounded from float64: each of these made grouped cells round differently from one
+layer's, and a recurrence amplifies a last-bit difference from segment to segment. (Checked natively on an Intel Xeon
+with AMX and with MKL, oneDNN and ATen held to AVX2.) A ragged last segment is padded to a whole cell, and a product
+over more rows may sum in another order (SmolLM2, fp32: logits within 1e-4 of the largest). On a GPU a group's products
+are batched matmuls, whose order of summation may differ from one layer's. One cell per group is the sequential model's
+own computation on any device. Dropout is not applied: run the model in eval mode when comparing.
 
 Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than one
 cell's and loses cache locality, so `group_size=1` runs the cells of a step one at a time, each its own memory read,

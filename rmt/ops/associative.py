@@ -50,14 +50,16 @@ def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def dot(x: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """x [..., N, d] . vector -> [..., N, 1] in fp32, vector [..., d]: z (one per matrix of x) or W_b ([1, d] for one
-    layer, [G, 1, d] for a group).
+    """x [..., N, d] . vector -> [..., N, 1] in fp32: vector [..., d] is one vector per matrix of x (z), or one for
+    all its rows ([1, d]: W_b of a layer; [G, 1, d]: a group's).
 
     An elementwise product summed over d, not a matrix-vector product: a matmul kernel's order of summation depends on
     how many leading dims it batches over, so the diagonal engine's grouped cells rounded differently from one
     layer's and its bf16 logits drifted from sequential ARMT's. A sum over the last dim adds in the same order
     whatever the leading dims."""
-    return (x.float() * vector.unsqueeze(-2).float()).sum(-1, keepdim=True)
+    if vector.dim() == x.dim() - 1:  # one vector per matrix: broadcast it over the matrix's rows
+        vector = vector.unsqueeze(-2)
+    return (x.float() * vector.float()).sum(-1, keepdim=True)
 
 
 def associative_read(

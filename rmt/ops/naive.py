@@ -54,7 +54,7 @@ def write(
                 m_i = (m_i.float() / (m_i.float().pow(2).sum() / m_i.numel() + EPS).sqrt()).to(m.dtype)
             k = dpfp((w_k @ m_i).float())  # [K]
             v = (w_v @ m_i).float()  # [D]
-            beta = torch.sigmoid((w_b @ m_i).float())[0]
+            beta = torch.sigmoid(w_b.float() @ m_i.float())[0]  # from fp32 products, as the vectorised path
             if bool(first[b]):
                 v_bar = torch.zeros_like(v)
                 gamma = torch.ones(())
