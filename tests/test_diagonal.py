@@ -15,6 +15,7 @@ from rmt.build import pretrained_backbone
 from rmt.inference import DiagonalARMT, diagonal_schedule
 from rmt.memory.armt import ARMTForCausalLM
 from rmt.memory.state import tree_map
+from rmt.ops.grouped import grouped_linear
 
 SEG, MEM = 8, 4
 
@@ -310,6 +311,20 @@ def test_grouped_products_on_cpu_are_each_layers_own():
         weight = (torch.randn(4, 576, 576, generator=g) * 576**-0.5).bfloat16()
         bias = torch.randn(4, 576, generator=g).bfloat16()
         for b in (None, bias):
-            got = layers._linear(x, weight, b)
+            got = grouped_linear(x, weight, b)
             for i in range(4):
                 assert torch.equal(got[i], torch.nn.functional.linear(x[i], weight[i], None if b is None else b[i]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_grouped_products_equal_each_layers_own(dtype):
+    """The batched matmul a GPU runs (reached here with batched=True) against each layer's `F.linear`, with and without
+    bias and with inner dims to flatten: equal up to the order of sums."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 2, 5, 16, generator=g).to(dtype)
+    weight = (torch.randn(3, 24, 16, generator=g) * 0.25).to(dtype)
+    bias = torch.randn(3, 24, generator=g).to(dtype)
+    for b in (None, bias):
+        batched = grouped_linear(x, weight, b, batched=True)
+        assert batched.shape == (3, 2, 5, 24)
+        torch.testing.assert_close(batched, grouped_linear(x, weight, b, batched=False))

@@ -26,6 +26,7 @@ from transformers.masking_utils import create_causal_mask
 from rmt.backbones import model_type
 from rmt.backbones.lora import has_lora_layers
 from rmt.errors import InputError
+from rmt.ops.grouped import grouped_linear
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,11 @@ class StackedLayers:
     """The decoder layers of a backbone with every weight stacked over layers, for grouped execution.
 
     `forward(h, lo, hi, ...)` runs layers lo..hi-1 on h [hi - lo, B, c, D] (row g goes through layer lo + g) as one
-    computation: projections are `torch.bmm` over the stacked weights' slice [lo:hi] (a view, no copy; on a CPU each
-    layer's `F.linear`, see `_linear`), attention uses the G * B rows as its batch. On a CPU the result equals the
-    HF layers' bit for bit (tested). Weights are copied at construction (so they take twice the memory of the
-    backbone's layers) in the backbone's dtype and on its device: build it after moving the model."""
+    computation: projections are `rmt.ops.grouped.grouped_linear` over the stacked weights' slice [lo:hi] (a view, no
+    copy; one batched matmul on a GPU, each layer's `F.linear` on a CPU), attention uses the G * B rows as its batch.
+    On a CPU the result equals the HF layers' bit for bit (tested). Weights are copied at construction (so they take
+    twice the memory of the backbone's layers) in the backbone's dtype and on its device: build it after moving the
+    model."""
 
     def __init__(self, adapter: DecoderAdapter) -> None:
         config, layers = adapter.config, list(adapter.layers)
@@ -277,11 +279,11 @@ class StackedLayers:
         normed = self._norm(flat, w["norm1_w"], w["norm1_b"])
         sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         if self.fused_qkv:  # [G, N, (H + 2 KV) hd], as the family's own fused projection
-            parts = _linear(normed, w["qkv_w"], w["qkv_b"]).split(sizes, dim=-1)
+            parts = grouped_linear(normed, w["qkv_w"], w["qkv_b"]).split(sizes, dim=-1)
         else:  # Llama projects q, k and v apart; one product of their summed width may round differently
             biases = [None] * 3 if w["qkv_b"] is None else w["qkv_b"].split(sizes, dim=1)
             weights = w["qkv_w"].split(sizes, dim=1)
-            parts = [_linear(normed, weight, bias) for weight, bias in zip(weights, biases, strict=True)]
+            parts = [grouped_linear(normed, weight, bias) for weight, bias in zip(weights, biases, strict=True)]
         q, k, v = (t.reshape(group * batch, c, -1, self.head_dim).transpose(1, 2) for t in parts)
         if rope is not None:
             q, k = _rotate(q, *rope, self.rotary_dim), _rotate(k, *rope, self.rotary_dim)
@@ -289,7 +291,7 @@ class StackedLayers:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [G B, KV, p + c, hd]
         attn = self._attention(q, k, v, self.scales[lo:hi], batch)  # [G B, H, c, hd]
         attn = attn.transpose(1, 2).reshape(group, batch * c, self.heads * self.head_dim)
-        attn = _linear(attn, w["out_w"], w["out_b"])  # [G, N, D]
+        attn = grouped_linear(attn, w["out_w"], w["out_b"])  # [G, N, D]
         if self.parallel_residual:  # summed in HF's order, (mlp + attn) + h, for bit-equal results
             out = self._mlp(self._norm(flat, w["norm2_w"], w["norm2_b"]), w) + attn + flat
         else:
@@ -327,12 +329,12 @@ class StackedLayers:
         )
 
     def _mlp_layers(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
-        up = _linear(x, w["up_w"], w["up_b"])
+        up = grouped_linear(x, w["up_w"], w["up_b"])
         if self.gated_mlp:
-            up = self.act(_linear(x, w["gate_w"], w["gate_b"])) * up
+            up = self.act(grouped_linear(x, w["gate_w"], w["gate_b"])) * up
         else:
             up = self.act(up)
-        return _linear(up, w["down_w"], w["down_b"])
+        return grouped_linear(up, w["down_w"], w["down_b"])
 
     def _attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scales: list[float], batch: int
@@ -358,17 +360,6 @@ class StackedLayers:
         # layer itself applies it (scaling the queries instead rounds differently).
         rows = [slice(g * batch, (g + 1) * batch) for g in range(len(scales))]
         return torch.cat([attend(q[r], k[r], v[r], scale) for r, scale in zip(rows, scales, strict=True)])
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [G, N, in] through weights [G, out, in] (+ bias [G, out]) -> [G, N, out]: one batched matmul on a GPU; on a
-    CPU each layer's own `F.linear`, the product the model's layer computes (a CPU BLAS may take another kernel for
-    a batched product, which rounds differently: measured, bf16 products of 18 to 32 rows)."""
-    if x.device.type == "cpu":
-        return torch.stack([F.linear(x[g], weight[g], None if bias is None else bias[g]) for g in range(x.shape[0])])
-    if bias is None:
-        return torch.bmm(x, weight.transpose(1, 2))
-    return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rmt.ops.grouped import grouped_linear
+
 EPS = 1e-5  # keeps the normalisers z.q and |k|^2 away from zero
 
 
@@ -34,19 +36,11 @@ def dpfp(x: torch.Tensor) -> torch.Tensor:
 
 
 def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight^T for one layer (weight [out, in], x [..., in]) or a group (weight [G, out, in], x [G, ..., in]).
-
-    On a GPU the group case is one batched matmul over the G weights (fewer kernel launches); the activations' inner
-    dims are flattened so the weight is never broadcast (and copied) over them. On a CPU it is each layer's own
-    product: a CPU BLAS may take another kernel for a batched product than for a single one (measured: bf16 products
-    of 18 to 32 rows), and then a group would round differently from the layers one at a time."""
+    """x @ weight^T for one layer (weight [out, in], x [..., in]) or a group (weight [G, out, in], x [G, ..., in]:
+    `rmt.ops.grouped.grouped_linear`, which gives each layer's own result on a CPU)."""
     if weight.dim() == 2:
         return F.linear(x, weight)
-    if weight.device.type == "cpu":
-        return torch.stack([F.linear(x[g], weight[g]) for g in range(weight.shape[0])])
-    group, out = weight.shape[0], weight.shape[1]
-    flat = x.reshape(group, -1, x.shape[-1])  # [G, N, in]
-    return torch.bmm(flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], out)  # [G, ..., out]
+    return grouped_linear(x, weight)
 
 
 def dot(x: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
