@@ -261,7 +261,7 @@ def test_one_cell_per_group_is_the_sequential_computation_in_bf16(family):
         expected = model(ids, logits="last")
     got = DiagonalARMT(model, group_size=1)(ids)
     assert torch.equal(got.logits, expected.logits)
-    tree_map(lambda x, y: torch.equal(x, y) or pytest.fail("memory differs"), got.memory_state, expected.memory_state)
+    _assert_states_equal(got.memory_state, expected.memory_state)
 
 
 def test_engine_equals_sequential_with_the_normalized_write():
