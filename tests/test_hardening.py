@@ -462,6 +462,11 @@ def test_an_early_stop_is_logged_and_a_resume_follows_the_new_plateau_setting(tm
     code, err = run_cli(["train", *base, "--steps", "20", "--plateau-evals", "5", "--resume"], capsys)
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert code == 0 and "training on" in err and max(r["step"] for r in records) == 6
+    code, err = run_cli(
+        ["train", *base, "--steps", "20", "--plateau-evals", "2", "--plateau-min-steps", "8", "--overwrite"], capsys
+    )
+    stops = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if "stopped" in line]
+    assert code == 0 and stops == [{"step": 8, "stopped": "plateau"}]
 
 
 def test_an_early_stop_at_a_perfect_score_says_so_and_stays_stopped_on_resume():
@@ -475,4 +480,4 @@ def test_an_early_stop_at_a_perfect_score_says_so_and_stays_stopped_on_resume():
     state = _after_eval(config, TrainerState(plateau_best=0.9998), 10, {"accuracy": 1.0}, Accelerator(cpu=True))
     assert state.stopped_early and state.evals_without_gain == 1
     assert _plateau_reason(config, state) == "held-out accuracy reached 1.0" and state.stop_reason == "ceiling"
-    assert _plateaued(TrainConfig(plateau_evals=5), state) and not _plateaued(TrainConfig(), state)
+    assert _plateaued(TrainConfig(plateau_evals=5), state, 10) and not _plateaued(TrainConfig(), state, 10)

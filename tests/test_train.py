@@ -85,6 +85,41 @@ def test_curriculum_advance_and_plateau_read_the_chosen_metric():
         TrainConfig(curriculum_metric="f1")
 
 
+def test_plateau_min_steps_counts_from_the_start_of_the_last_stage():
+    """A held-out 1.0 at the first evaluations of the last curriculum stage stops nothing until plateau_min_steps
+    steps have been trained there, whether the stage began by its step or on the held-out score; a resume of a run
+    that stopped early trains on when the new setting asks for more steps at the last stage."""
+    from rmt.train.loop import _plateaued, _stage_segments
+
+    one_process = SimpleNamespace(num_processes=1)
+    perfect = {"loss": 0.0, "accuracy": 1.0}
+    by_step = TrainConfig(curriculum=[(0, 1), (100, 2)], plateau_evals=3, plateau_min_steps=50)
+    state = TrainerState()
+    assert [_stage_segments(by_step, state, step) for step in (0, 99, 100, 101)] == [1, 1, 2, 2]
+    assert state.final_stage_from == 100
+    state = _after_eval(by_step, state, 125, perfect, one_process)
+    assert not state.stopped_early and state.evals_without_gain == 0
+    assert _after_eval(by_step, state, 150, perfect, one_process).stopped_early
+
+    on_score = TrainConfig(
+        curriculum=[(0, 1), (1000, 2)], curriculum_accuracy=0.9, plateau_evals=1, plateau_min_steps=50
+    )
+    state = _after_eval(on_score, TrainerState(), 200, perfect, one_process)
+    assert (state.stage, state.final_stage_from, state.stopped_early) == (1, 200, False)
+    assert not _after_eval(on_score, state, 225, perfect, one_process).stopped_early
+    state = _after_eval(on_score, state, 250, perfect, one_process)
+    assert state.stopped_early and state.stop_reason == "ceiling"
+    assert _plateaued(on_score, state, 250)
+    assert not _plateaued(
+        TrainConfig(curriculum=[(0, 1), (1000, 2)], plateau_evals=1, plateau_min_steps=100), state, 250
+    )
+
+    with pytest.raises(InputError, match="plateau_min_steps needs plateau_evals"):
+        TrainConfig(plateau_min_steps=10)
+    with pytest.raises(InputError, match="plateau_min_steps must be >= 0"):
+        TrainConfig(plateau_evals=2, plateau_min_steps=-1)
+
+
 def small_setup(memory_tokens: int = 4, length: int = 6, segments: int = 3, seed: int = 0):
     task = CopyTask(length=length)
     segment_size = task.segment_size_for(segments)

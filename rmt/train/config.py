@@ -125,6 +125,14 @@ class TrainConfig:
             "(a score with answers) has reached 1.0 (default: train all steps)."
         ),
     )
+    plateau_min_steps: int = field(
+        default=0,
+        metadata=_doc(
+            "Train at least this many steps at the final number of segments before plateau_evals may stop the run: "
+            "the first evaluations after the curriculum's last stage begins can reach 1.0 on a small held-out set "
+            "by chance, or not yet have moved."
+        ),
+    )
     save_best: bool = field(
         default=False,
         metadata=_doc(
@@ -254,6 +262,10 @@ class TrainConfig:
                 raise InputError(f"TrainConfig.curriculum_accuracy must be in (0, 1], got {self.curriculum_accuracy}")
         if self.plateau_evals is not None and self.plateau_evals < 1:
             raise InputError(f"TrainConfig.plateau_evals must be >= 1, got {self.plateau_evals}")
+        if self.plateau_min_steps < 0:
+            raise InputError(f"TrainConfig.plateau_min_steps must be >= 0, got {self.plateau_min_steps}")
+        if self.plateau_min_steps and self.plateau_evals is None:
+            raise InputError("TrainConfig.plateau_min_steps needs plateau_evals")
 
     @property
     def memory_lr(self) -> float:

@@ -80,6 +80,7 @@ class TrainerState:
     plateau_best: float | None = None
     plateau_of: str = ""
     evals_without_gain: int = 0
+    final_stage_from: int = 0  # steps done when the curriculum's last stage began (plateau_min_steps counts from it)
     stopped_early: bool = False
     elapsed_s: float = 0.0  # training time up to the last checkpoint, so a resumed log's elapsed_s carries on
     # Training losses since the last logged record: saved, so the first record after a resume is the mean the
@@ -436,7 +437,7 @@ def _check_resume(
             file=sys.stderr,
         )
     if state.stopped_early:
-        state.stopped_early = _plateaued(config, state)
+        state.stopped_early = _plateaued(config, state, step)
         if not state.stopped_early:
             state.stop_reason = ""
         remedy = "without plateau_evals" if state.stop_reason == "ceiling" else "with a larger plateau_evals, or none,"
@@ -452,10 +453,11 @@ def _check_resume(
             )
 
 
-def _plateaued(config: TrainConfig, state: TrainerState) -> bool:
-    """Whether a run that stopped early stays stopped under `config`: its held-out score had reached 1.0, or has not
-    improved for plateau_evals evaluations."""
-    if config.plateau_evals is None:
+def _plateaued(config: TrainConfig, state: TrainerState, step: int) -> bool:
+    """Whether a run that stopped early at `step` stays stopped under `config`: it trained plateau_min_steps at the
+    final number of segments, and its held-out score had reached 1.0 or has not improved for plateau_evals
+    evaluations."""
+    if config.plateau_evals is None or step - state.final_stage_from < config.plateau_min_steps:
         return False
     return state.stop_reason == "ceiling" or state.evals_without_gain >= config.plateau_evals
 
@@ -474,7 +476,10 @@ def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int 
     if not config.curriculum:
         return None
     by_step = max(i for i, (first, _) in enumerate(config.curriculum) if step >= first)
-    state.stage = max(state.stage, by_step)
+    if by_step > state.stage:
+        state.stage = by_step
+        if by_step == len(config.curriculum) - 1:
+            state.final_stage_from = step
     return config.curriculum[state.stage][1]
 
 
@@ -504,6 +509,8 @@ def _after_eval(
         if config.curriculum_accuracy is not None and not last_stage and value >= config.curriculum_accuracy:
             state.stage += 1
             state.plateau_best, state.evals_without_gain = None, 0
+            if state.stage == len(config.curriculum) - 1:
+                state.final_stage_from = step
         elif last_stage and config.plateau_evals is not None:
             if state.plateau_of not in ("", of):  # ("": a checkpoint from before this was recorded)
                 state.plateau_best, state.evals_without_gain = None, 0
@@ -513,7 +520,8 @@ def _after_eval(
             else:
                 state.evals_without_gain += 1
             ceiling = higher and value >= 1.0
-            state.stopped_early = ceiling or state.evals_without_gain >= config.plateau_evals
+            trained_long_enough = step - state.final_stage_from >= config.plateau_min_steps
+            state.stopped_early = trained_long_enough and (ceiling or state.evals_without_gain >= config.plateau_evals)
             if state.stopped_early:
                 state.stop_reason = "ceiling" if ceiling else "plateau"
     if accelerator.num_processes > 1:
