@@ -15,7 +15,7 @@ from rmt.build import pretrained_backbone
 from rmt.inference import DiagonalARMT, diagonal_schedule
 from rmt.memory.armt import ARMTForCausalLM
 from rmt.memory.state import tree_map
-from rmt.ops.grouped import grouped_linear
+from rmt.ops.grouped import grouped_layer_norm, grouped_linear
 
 SEG, MEM = 8, 4
 
@@ -328,3 +328,16 @@ def test_batched_grouped_products_equal_each_layers_own(dtype):
         batched = grouped_linear(x, weight, b, batched=True)
         assert batched.shape == (3, 2, 5, 24)
         torch.testing.assert_close(batched, grouped_linear(x, weight, b, batched=False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_grouped_layer_norm_equals_each_layers_own(dtype):
+    """The group's LayerNorm as a GPU runs it (batched=True: normalised in fp32, affine after) against each layer's
+    `F.layer_norm` (a CPU's): equal up to rounding; the per-layer one is the layer's own call bit for bit."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(3, 10, 32, generator=g) * 3 + 1).to(dtype)
+    weight, bias = (torch.randn(3, 32, generator=g).to(dtype) for _ in range(2))
+    per_layer = grouped_layer_norm(x, weight, bias, 1e-5)
+    for i in range(3):
+        assert torch.equal(per_layer[i], torch.nn.functional.layer_norm(x[i], (32,), weight[i], bias[i], 1e-5))
+    torch.testing.assert_close(grouped_layer_norm(x, weight, bias, 1e-5, batched=True), per_layer)

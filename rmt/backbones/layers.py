@@ -26,7 +26,7 @@ from transformers.masking_utils import create_causal_mask
 from rmt.backbones import model_type
 from rmt.backbones.lora import has_lora_layers
 from rmt.errors import InputError
-from rmt.ops.grouped import grouped_linear
+from rmt.ops.grouped import grouped_layer_norm, grouped_linear
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,8 @@ class StackedLayers:
 
     `forward(h, lo, hi, ...)` runs layers lo..hi-1 on h [hi - lo, B, c, D] (row g goes through layer lo + g) as one
     computation: projections are `rmt.ops.grouped.grouped_linear` over the stacked weights' slice [lo:hi] (a view, no
-    copy; one batched matmul on a GPU, each layer's `F.linear` on a CPU), attention uses the G * B rows as its batch.
+    copy; one batched matmul on a GPU, each layer's `F.linear` on a CPU), LayerNorms `grouped_layer_norm` by the same
+    rule, attention uses the G * B rows as its batch.
     On a CPU the result equals the HF layers' bit for bit (tested). Weights are copied at construction (so they take
     twice the memory of the backbone's layers) in the backbone's dtype and on its device: build it after moving the
     model."""
@@ -306,9 +307,7 @@ class StackedLayers:
             x32 = x.float()
             x32 = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
             return w * x32.to(x.dtype)
-        # LayerNorm: each layer's own call, as nn.LayerNorm makes it. Normalising the group in fp32 and applying the
-        # affine after rounded differently in bf16 (a few elements in thousands).
-        return torch.stack([F.layer_norm(x[g], x.shape[-1:], weight[g], bias[g], self.eps) for g in range(x.shape[0])])
+        return grouped_layer_norm(x, weight, bias, self.eps)
 
     def _mlp(self, x: torch.Tensor, w: dict[str, torch.Tensor | None]) -> torch.Tensor:
         """x [G, N, D] -> [G, N, D]; on CPU a few layers at a time, so that their [g, N, 4D] intermediates stay in
