@@ -167,13 +167,14 @@ def test_normalized_write_matches_oracle_and_ignores_the_scale_of_what_is_writte
 def test_one_sample_without_a_batch_dimension():
     """The functions also take one sample's tensors ([T, D], [K, D], [K]) and give the batched result's row."""
     x = {name: t.detach() for name, t in _inputs(9).items()}
+    batched_write = associative.associative_write(x["m"], x["A"], x["z"], x["w_k"], x["w_v"], x["w_b"], x["first"])
+    batched_read = associative.associative_read(x["h"], x["A"], x["z"], x["w_q"], x["first"])
     for b in range(B):
         write = associative.associative_write(
             x["m"][b], x["A"][b], x["z"][b], x["w_k"], x["w_v"], x["w_b"], x["first"][b]
         )
-        batched = associative.associative_write(x["m"], x["A"], x["z"], x["w_k"], x["w_v"], x["w_b"], x["first"])
-        for one, many in zip(write, batched, strict=True):
+        for one, many in zip(write, batched_write, strict=True):
             assert one.shape == many.shape[1:]
             torch.testing.assert_close(one, many[b], rtol=1e-6, atol=1e-6)
         read = associative.associative_read(x["h"][b], x["A"][b], x["z"][b], x["w_q"], x["first"][b])
-        torch.testing.assert_close(read, associative.associative_read(x["h"], x["A"], x["z"], x["w_q"], x["first"])[b])
+        torch.testing.assert_close(read, batched_read[b])

@@ -477,10 +477,15 @@ def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int 
         return None
     by_step = max(i for i, (first, _) in enumerate(config.curriculum) if step >= first)
     if by_step > state.stage:
-        state.stage = by_step
-        if by_step == len(config.curriculum) - 1:
-            state.final_stage_from = step
+        _enter_stage(config, state, by_step, step)
     return config.curriculum[state.stage][1]
+
+
+def _enter_stage(config: TrainConfig, state: TrainerState, stage: int, step: int) -> None:
+    """Move the curriculum on to `stage` after `step` steps, noting where its last stage began (plateau_min_steps)."""
+    state.stage = stage
+    if stage == len(config.curriculum) - 1:
+        state.final_stage_from = step
 
 
 def _after_eval(
@@ -507,10 +512,8 @@ def _after_eval(
             if math.isfinite(value) and (unbeaten or beats(state.best_score)):
                 state.best_step, state.best_score, state.best_of = step, value, of
         if config.curriculum_accuracy is not None and not last_stage and value >= config.curriculum_accuracy:
-            state.stage += 1
+            _enter_stage(config, state, state.stage + 1, step)
             state.plateau_best, state.evals_without_gain = None, 0
-            if state.stage == len(config.curriculum) - 1:
-                state.final_stage_from = step
         elif last_stage and config.plateau_evals is not None:
             if state.plateau_of not in ("", of):  # ("": a checkpoint from before this was recorded)
                 state.plateau_best, state.evals_without_gain = None, 0
