@@ -34,8 +34,9 @@ elementwise sums and its sigmoid is rounded from float64: each of these made gro
 layer's, and a recurrence amplifies a last-bit difference from segment to segment. (Checked natively on an Intel Xeon
 with AMX and with MKL, oneDNN and ATen held to AVX2.) A ragged last segment is padded to a whole cell, and a product
 over more rows may sum in another order (SmolLM2, fp32: logits within 1e-4 of the largest). On a GPU a group's products
-are batched matmuls, whose order of summation may differ from one layer's. One cell per group is the sequential model's
-own computation on any device. Dropout is not applied: run the model in eval mode when comparing.
+are batched matmuls and its LayerNorms one batched normalisation (`rmt.ops.grouped`), whose order of summation may
+differ from one layer's. One cell per group is the sequential model's own computation on any device. Dropout is not
+applied: run the model in eval mode when comparing.
 
 Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than one
 cell's and loses cache locality, so `group_size=1` runs the cells of a step one at a time, each its own memory read,
