@@ -267,13 +267,10 @@ class StackedLayers:
         lo: int,
         hi: int,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Layers lo..hi-1 on h [G, B, c, D] (G = hi - lo): a chunk of c positions of G * B self-contained sequences.
-
-        rope: (cos, sin) [c, rotary_dim] at the chunk's positions (None for learned positions). past: keys and values
-        [G * B, kv_heads, p, head_dim] of the p earlier positions of the same sequences (decoding); the chunk attends
-        to them and causally to itself. Returns (output [G, B, c, D], (keys, values) over all p + c positions)."""
+    ) -> torch.Tensor:
+        """Layers lo..hi-1 on h [G, B, c, D] (G = hi - lo): G * B self-contained sequences of c positions each,
+        attending causally. rope: (cos, sin) [c, rotary_dim] at the positions (None for learned positions).
+        Returns the output [G, B, c, D]."""
         group, batch, c, dim = h.shape
         w = {name: None if t is None else t[lo:hi] for name, t in self.weights.items()}  # this group's layers
         flat = h.reshape(group, batch * c, dim)  # [G, N, D]: position-wise parts see tokens as rows
@@ -288,8 +285,6 @@ class StackedLayers:
         q, k, v = (t.reshape(group * batch, c, -1, self.head_dim).transpose(1, 2) for t in parts)
         if rope is not None:
             q, k = _rotate(q, *rope, self.rotary_dim), _rotate(k, *rope, self.rotary_dim)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [G B, KV, p + c, hd]
         attn = self._attention(q, k, v, self.scales[lo:hi], batch)  # [G B, H, c, hd]
         attn = attn.transpose(1, 2).reshape(group, batch * c, self.heads * self.head_dim)
         attn = grouped_linear(attn, w["out_w"], w["out_b"])  # [G, N, D]
@@ -298,7 +293,7 @@ class StackedLayers:
         else:
             flat = flat + attn
             out = flat + self._mlp(self._norm(flat, w["norm2_w"], w["norm2_b"]), w)
-        return out.reshape(group, batch, c, dim), (k, v)
+        return out.reshape(group, batch, c, dim)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [G, N, D] through each layer's own norm (weight [G, D])."""
@@ -341,17 +336,10 @@ class StackedLayers:
         if self.kv_heads != self.heads:  # grouped-query attention: query head i uses key/value head i // repeats
             repeats = self.heads // self.kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        c, total = q.shape[2], k.shape[2]
-        mask = None
-        if total != c:  # a chunk after p cached positions: query i sits at position p + i and sees keys 0..p + i
-            mask = (
-                torch.arange(total, device=q.device)[None, :] <= (total - c + torch.arange(c, device=q.device))[:, None]
-            )
+        causal = q.shape[2] > 1
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-            if mask is None:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=c > 1, scale=scale)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
 
         if len(set(scales)) == 1:
             return attend(q, k, v, scales[0])

@@ -173,7 +173,7 @@ class DiagonalARMT:
                 if own_layers is not None:
                     h = adapter.run_layer(bottom, h[0], own_layers)[None]
                 else:
-                    h = self.layers.forward(h, bottom, top, rope)[0]
+                    h = self.layers.forward(h, bottom, top, rope)
                 index = (lengths[..., None] + slots)[..., None].expand(-1, -1, -1, h.shape[-1])  # [G, B, M, D]
                 new_A, new_z = associative_write(
                     h.gather(2, index),
