@@ -8,6 +8,7 @@ generation with the open segment's cache, the diagonal engine, and bf16 against 
     python -m benchmarks.long_inputs bf16-speed --kinds rmt armt full --segment-sizes 128 256 1024 --length 4096
     python -m benchmarks.long_inputs bf16-gemm --segment-sizes 128 256 1024
     python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained
+    python -m benchmarks.long_inputs save-untrained --model runs/smollm2-armt-untrained-128 --segment-size 128
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-untrained --length 4k --samples 10
     python -m benchmarks.long_inputs precision --model runs/smollm2-rmt-facts1/model --facts 1 --length 4k --samples 10
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-lora-writenorm-4seg/model --facts 1 \
@@ -36,7 +37,8 @@ entry beside the first one's as "KEY @ CPU".
   both are warmed up on the first prompt's first two segments first (entries with "warmed_up": false were measured
   before this warm-up, with the first-call costs in the first prompt's time).
   `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
-  reading of the input, for a comparison on answers in plain words.
+  reading of the input, for a comparison on answers in plain words (`--segment-size`, default 1024: the
+  wrapper's segments, e.g. 128 to match a model fine-tuned on segments of 128).
 - bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document,
   with the time split by kind of operation (matmul, batched matmul, attention, other) from profiled passes;
   kind full = SmolLM2 alone on independent windows of a memory model's segment with its memory tokens.
@@ -493,7 +495,7 @@ def save_untrained(args: argparse.Namespace) -> None:
     puts it), for `precision`."""
     from rmt.build import pretrained_tokenizer
 
-    build("armt").save_pretrained(args.model)
+    build("armt", segment_size=args.segment_size).save_pretrained(args.model)
     pretrained_tokenizer("smollm2").save_pretrained(Path(args.model) / "backbone")
     print(f"saved the untrained ARMT to {args.model}")
 
@@ -584,6 +586,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=[128, 1024],
         help="bf16-speed, bf16-gemm: segment sizes to compare",
+    )
+    parser.add_argument(
+        "--segment-size",
+        type=int,
+        default=SEGMENT,
+        help="save-untrained: the wrapper's segment size (default: %(default)s)",
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="bf16-speed, bf16-gemm: rounds per precision (the best counts)"
