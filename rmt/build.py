@@ -30,6 +30,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 
 from rmt.config import RMTConfig
@@ -293,7 +294,7 @@ def _forget_gguf_origin(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
-def pretrained_tokenizer(name_or_path: str | os.PathLike):
+def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """The tokenizer that goes with `pretrained_backbone(name_or_path)` (an rmt checkpoint's own tokenizer too)."""
     from transformers import AutoTokenizer
 

@@ -134,7 +134,7 @@ def demo_train_config(settings: DemoSettings, progress: bool = True) -> TrainCon
     )
 
 
-def _example(model, task: CopyTask) -> dict[str, str]:
+def _example(model: RecurrentMemoryModel, task: CopyTask) -> dict[str, str]:
     batch = task.batch(1, seed=12345)
     model.eval()
     with torch.no_grad():

@@ -23,7 +23,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rmt.cli.common import (
     DEFAULT_SEGMENTS,
@@ -35,6 +35,9 @@ from rmt.cli.common import (
     make_task,
 )
 from rmt.errors import InputError, MissingFileError
+
+if TYPE_CHECKING:
+    from rmt.memory.recurrent import RecurrentMemoryModel
 
 DEFAULT_BATCHES = 4
 DEFAULT_BATCH_SIZE = 64
@@ -278,7 +281,7 @@ def parse_samples(text: str, lengths: list[str]) -> dict[str, int]:
     return {name: named.get(name, DEFAULT_SAMPLES if default is None else default) for name in lengths}
 
 
-def _on_task(args: argparse.Namespace, model) -> int:
+def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
     from rmt.data.sources import TaskSource
     from rmt.train.evaluation import evaluate
 
@@ -302,7 +305,7 @@ def _on_task(args: argparse.Namespace, model) -> int:
     return 0
 
 
-def _on_file(args: argparse.Namespace, model) -> int:
+def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
     from rmt.build import pretrained_tokenizer
     from rmt.data.collate import QACollator, TextCollator
     from rmt.data.files import DatasetSource, load_records, record_shape
@@ -477,7 +480,7 @@ def _full_attention_window(args: argparse.Namespace, backbone: Any, mode: str) -
         )
 
 
-def _by_length(args: argparse.Namespace, model, plan: dict[str, Any]) -> int:
+def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict[str, Any]) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import pretrained_backbone, pretrained_tokenizer

@@ -643,7 +643,9 @@ def build_sample(
     rng = random.Random(f"babilong/{task}/placement/{seed}")
     draws = sorted(rng.random() for _ in story.facts)
 
-    def make_sample(context: str, depths: list[float], num_tokens: int, passage: _Passage | None, n: int):
+    def make_sample(
+        context: str, depths: list[float], num_tokens: int, passage: _Passage | None, n: int
+    ) -> BabilongSample:
         return BabilongSample(
             input=context,
             question=story.question,

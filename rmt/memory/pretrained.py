@@ -32,6 +32,8 @@ from rmt.files import atomic_directory, recover_directory
 from rmt.memory.registry import model_class
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from rmt.memory.interface import MemoryModel
 
 MEMORY_WEIGHTS = "memory.safetensors"
@@ -131,7 +133,7 @@ def load_memory_model(
     return model.to(backbone.device).eval()
 
 
-def _load_backbone(folder: Path, mode: str, kwargs: dict):
+def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config_file = folder / "config.json"

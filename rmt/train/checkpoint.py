@@ -23,7 +23,7 @@ import pickle
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ from rmt.train.config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.json"
+# Writes files that belong with a saved model into its folder (e.g. the tokenizer).
+SaveExtras = Callable[[Path], None]
 _BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -58,7 +60,7 @@ def save_checkpoint(
     step: int,
     config: TrainConfig,
     trainer_state: dict[str, Any],
-    save_extras: Any = None,
+    save_extras: SaveExtras | None = None,
     sharded: tuple[Any, Any] | None = None,
 ) -> None:
     """Write the checkpoint of `step` to `path`. Every process must call it (each saves its own RNG state).

@@ -56,7 +56,13 @@ from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.segments import loss_terms
 from rmt.train import fsdp
-from rmt.train.checkpoint import CHECKPOINT_DIR, checkpoint_exists, load_checkpoint, save_checkpoint
+from rmt.train.checkpoint import (
+    CHECKPOINT_DIR,
+    SaveExtras,
+    checkpoint_exists,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rmt.train.config import TrainConfig
 from rmt.train.evaluation import evaluate
 from rmt.train.optim import build_optimizer, trainable_parameters
@@ -119,7 +125,7 @@ def train(
     resume: bool = False,
     accelerator: Accelerator | None = None,
     description: str = "train",
-    save_extras: Any = None,
+    save_extras: SaveExtras | None = None,
     overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl).
@@ -167,7 +173,7 @@ def _train(
     resume: bool,
     accelerator: Accelerator | None,
     description: str,
-    save_extras: Any,
+    save_extras: SaveExtras | None,
     overwrite: bool,
 ) -> list[dict[str, Any]]:
     """`train` on a model whose LoRA adapters, if the config asks for them, are already in place."""
@@ -306,7 +312,7 @@ def save_model(
     path: str | os.PathLike,
     accelerator: Accelerator,
     config: TrainConfig,
-    save_extras=None,
+    save_extras: SaveExtras | None = None,
     replace_whole: bool = False,
 ) -> None:
     """`save_pretrained` of a trained model and `save_extras(folder)`, from the main process; with FSDP every process
@@ -547,7 +553,7 @@ def _save_best(
     state: TrainerState,
     data_metric: str,
     num_segments: int | None,
-    save_extras: Any,
+    save_extras: SaveExtras | None,
 ) -> None:
     """Replace OUTPUT/best with the model as it is now, whose evaluation is the best so far, its extra files and its
     record, swapped in together (a crash leaves the previous best whole)."""

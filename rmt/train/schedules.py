@@ -28,7 +28,9 @@ def curriculum_segments(step: int, stages: list[tuple[int, int]]) -> int:
     return current
 
 
-def linear_curriculum(start_segments: int, max_segments: int, total_steps: int, hold_fraction: float = 0.5):
+def linear_curriculum(
+    start_segments: int, max_segments: int, total_steps: int, hold_fraction: float = 0.5
+) -> list[tuple[int, int]]:
     """Stages growing by one segment from `start_segments` to `max_segments`, evenly over the first
     (1 - hold_fraction) of training, then holding `max_segments` (the RMT papers' +1 segment per stage)."""
     if not 1 <= start_segments <= max_segments:
