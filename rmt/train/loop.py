@@ -488,8 +488,10 @@ def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int 
 
 
 def _enter_stage(config: TrainConfig, state: TrainerState, stage: int, step: int) -> None:
-    """Move the curriculum on to `stage` after `step` steps, noting where its last stage began (plateau_min_steps)."""
+    """Move the curriculum on to `stage` after `step` steps, noting where its last stage began (plateau_min_steps);
+    the plateau count starts afresh there."""
     state.stage = stage
+    state.plateau_best, state.evals_without_gain = None, 0
     if stage == len(config.curriculum) - 1:
         state.final_stage_from = step
 
@@ -519,7 +521,6 @@ def _after_eval(
                 state.best_step, state.best_score, state.best_of = step, value, of
         if config.curriculum_accuracy is not None and not last_stage and value >= config.curriculum_accuracy:
             _enter_stage(config, state, state.stage + 1, step)
-            state.plateau_best, state.evals_without_gain = None, 0
         elif last_stage and config.plateau_evals is not None:
             if state.plateau_of not in ("", of):  # ("": a checkpoint from before this was recorded)
                 state.plateau_best, state.evals_without_gain = None, 0
