@@ -341,3 +341,7 @@ def test_batched_grouped_layer_norm_equals_each_layers_own(dtype):
     for i in range(3):
         assert torch.equal(per_layer[i], torch.nn.functional.layer_norm(x[i], (32,), weight[i], bias[i], 1e-5))
     torch.testing.assert_close(grouped_layer_norm(x, weight, bias, 1e-5, batched=True), per_layer)
+    no_bias = grouped_layer_norm(x, weight, None, 1e-5)  # a LayerNorm without bias
+    for i in range(3):
+        assert torch.equal(no_bias[i], torch.nn.functional.layer_norm(x[i], (32,), weight[i], None, 1e-5))
+    torch.testing.assert_close(grouped_layer_norm(x, weight, None, 1e-5, batched=True), no_bias)

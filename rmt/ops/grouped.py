@@ -32,14 +32,17 @@ def grouped_linear(
 
 
 def grouped_layer_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, batched: bool | None = None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, batched: bool | None = None
 ) -> torch.Tensor:
-    """x [G, N, D] through each layer's LayerNorm (weight, bias [G, D]). batched: the whole group normalised in fp32
-    and its affine applied after (True), or each layer's `F.layer_norm` (False); None picks by device (`_batched`)."""
+    """x [G, N, D] through each layer's LayerNorm (weight [G, D], bias [G, D] or None). batched: the whole group
+    normalised in fp32 and its affine applied after (True), or each layer's `F.layer_norm` (False); None picks by
+    device (`_batched`)."""
     if not _batched(x, batched):
-        return torch.stack([F.layer_norm(x[g], x.shape[-1:], weight[g], bias[g], eps) for g in range(x.shape[0])])
-    normed = F.layer_norm(x.float(), x.shape[-1:], eps=eps)
-    return (normed * weight[:, None, :].float() + bias[:, None, :].float()).to(x.dtype)
+        return torch.stack(
+            [F.layer_norm(x[g], x.shape[-1:], weight[g], None if bias is None else bias[g], eps) for g in range(len(x))]
+        )
+    normed = F.layer_norm(x.float(), x.shape[-1:], eps=eps) * weight[:, None, :].float()
+    return (normed if bias is None else normed + bias[:, None, :].float()).to(x.dtype)
 
 
 def _batched(x: torch.Tensor, batched: bool | None) -> bool:
