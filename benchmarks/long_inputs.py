@@ -331,8 +331,9 @@ def bf16_speed(args: argparse.Namespace, record: dict[str, Any]) -> None:
 def bf16_gemm(args: argparse.Namespace, record: dict[str, Any]) -> None:
     """fp32 against bf16 matrix products at SmolLM2's projection shapes, the three variants taking turns, the best
     of --repeats rounds of GEMM_CALLS calls each. "bf16" is `F.linear` on bf16 tensors, what the model runs;
-    "bf16 prepacked" holds the weight in oneDNN's blocked layout (where this torch build has those operators). One
-    decoder layer's seven projections together give the gain the model's matmul time can have at best."""
+    "bf16 prepacked" holds the weight in oneDNN's blocked layout (where this torch build has those operators and
+    this CPU runs them: AVX-512 or AVX-NE-CONVERT). One decoder layer's seven projections together give the gain the
+    model's matmul time can have at best."""
     from rmt.build import pretrained_backbone
 
     layer = pretrained_backbone("smollm2").model.layers[0]
@@ -344,13 +345,13 @@ def bf16_gemm(args: argparse.Namespace, record: dict[str, Any]) -> None:
     }
     results = record.setdefault("bf16_gemm", {})
     for rows in [size + MEMORY for size in args.segment_sizes]:
-        layer_seconds = dict.fromkeys(GEMM_VARIANTS, 0.0)
+        layer_seconds: dict[str, float] = {}
         entry: dict[str, Any] = {}
         for name, (weight, count) in projections.items():
             seconds = time_gemm(torch.randn(rows, weight.shape[1]), weight.detach(), args.repeats)
             entry[name] = {"rows, in, out": [rows, weight.shape[1], weight.shape[0]], **gemm_speedups(seconds)}
-            for variant in layer_seconds:
-                layer_seconds[variant] += count * seconds.get(variant, float("nan"))
+            for variant, value in seconds.items():
+                layer_seconds[variant] = layer_seconds.get(variant, 0.0) + count * value
         entry["layer"] = gemm_speedups(layer_seconds)
         results[f"rows {rows}"] = entry
         print(f"{rows} rows, one layer's seven projections: {format_speedups(entry['layer'])}", flush=True)
@@ -360,13 +361,12 @@ def bf16_gemm(args: argparse.Namespace, record: dict[str, Any]) -> None:
     save(args, record)
 
 
-GEMM_VARIANTS = ("fp32", "bf16", "bf16 prepacked")
 GEMM_CALLS = 20
 
 
 def time_gemm(inputs: torch.Tensor, weight: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Seconds per `inputs @ weight.T` for each variant of GEMM_VARIANTS this torch build can run, the best of
-    `rounds` rounds taken in turns."""
+    """Seconds per `inputs @ weight.T` for each variant (fp32, bf16, bf16 prepacked) this torch build and CPU can
+    run, the best of `rounds` rounds taken in turns."""
     inputs_bf16, weight_bf16 = inputs.bfloat16(), weight.bfloat16()
     products = {
         "fp32": functools.partial(torch.nn.functional.linear, inputs, weight),
@@ -374,10 +374,14 @@ def time_gemm(inputs: torch.Tensor, weight: torch.Tensor, rounds: int) -> dict[s
     }
     mkldnn = torch.ops.mkldnn
     if torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight"):
-        packed = mkldnn._reorder_linear_weight(weight_bf16, inputs.shape[0])
-        products["bf16 prepacked"] = functools.partial(
-            mkldnn._linear_pointwise, inputs_bf16, packed, None, "none", [], ""
-        )
+        try:
+            packed = mkldnn._reorder_linear_weight(weight_bf16, inputs.shape[0])
+        except RuntimeError:  # the operator exists, but this CPU lacks the instructions its bf16 path needs
+            pass
+        else:
+            products["bf16 prepacked"] = functools.partial(
+                mkldnn._linear_pointwise, inputs_bf16, packed, None, "none", [], ""
+            )
 
     def repeated(product: Callable[[], object]) -> None:
         for _ in range(GEMM_CALLS):

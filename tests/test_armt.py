@@ -28,10 +28,10 @@ def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _max_diff(a, b) -> float:
-    leaves = []
-    tree_map(lambda x, y: leaves.append(float((x.float() - y.float()).abs().max())) or x, a, b)
-    return max(leaves)
+def _assert_states_close(a, b) -> None:
+    """Every tensor of two memory states equal up to fp32 rounding, relative to its size: the associative state's
+    entries reach about 6, where a different order of the same sums (another CPU's kernels) moves the last bit."""
+    tree_map(lambda x, y: torch.testing.assert_close(x.float(), y.float(), rtol=1e-5, atol=1e-5) or x, a, b)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -119,7 +119,7 @@ def test_padded_samples_equal_samples_alone(family):
             got = batched.logits[i, width - n :] if i == 1 else batched.logits[i, :n]
             torch.testing.assert_close(got, alone.logits[0], rtol=1e-5, atol=1e-5)
             mine = select_rows(batched.memory_state, torch.tensor([i]))
-            assert _max_diff(mine, alone.memory_state) < 1e-5
+            _assert_states_close(mine, alone.memory_state)
 
 
 def test_forward_backward_gradients_equal_forward_with_truncated_bptt():

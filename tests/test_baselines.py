@@ -134,7 +134,9 @@ def test_a_token_older_than_mem_len_no_longer_influences_the_output():
 @pytest.mark.parametrize("memory_tokens", [0, 3])
 def test_recomputed_cache_gives_the_same_forward_pass(family, memory_tokens):
     """Same weights, same outputs: the recomputed keys/values equal the stored ones, padding and memory slots
-    included (a wrong cached position would change the rotary keys and the logits), and so does generation."""
+    included (a wrong cached position would change the rotary keys and the logits), and so does generation. Equal up
+    to fp32 rounding, not bit for bit: the recomputed keys/values come from products over other rows, which some
+    CPUs' kernels round otherwise (with AVX2 up to 6e-8 here; bit-equal with AVX-512)."""
     stored = model_for(family, num_memory_tokens=memory_tokens, xl_cache_tokens=8)
     recomputed = model_for(family, num_memory_tokens=memory_tokens, xl_cache_tokens=8, xl_cache_recompute=True)
     recomputed.load_state_dict(stored.state_dict())
@@ -143,9 +145,9 @@ def test_recomputed_cache_gives_the_same_forward_pass(family, memory_tokens):
     mask[1, 17:] = 0
     mask[2, :10] = 0
     expected, out = stored(ids, attention_mask=mask), recomputed(ids, attention_mask=mask)
-    torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-6)
     for a, b in zip(leaves(out.memory_state)[:5], leaves(expected.memory_state), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     prompt = random_ids(2, 15, seed=3)
     assert torch.equal(
         recomputed.generate(prompt, max_new_tokens=5).sequences, stored.generate(prompt, max_new_tokens=5).sequences
@@ -180,7 +182,8 @@ def one_window_with_detached_cache(backbone, ids: torch.Tensor, segment: int) ->
 def test_recomputed_cache_has_the_original_transformer_xl_gradients(family):
     """Gradients of every weight equal the reference's (an independent computation through HF's own one-window
     forward); the default cache of detached keys/values gives other ones (no gradient to the key/value
-    projections from the cached positions)."""
+    projections from the cached positions). The two sum in different orders: with AVX2 kernels an entry near zero
+    differs by 1.4e-6, so the absolute tolerance is 1e-5 (the detached cache's differences are far larger)."""
     ids = random_ids(2, 12, seed=5)
     weights = torch.randn(2, 12, VOCAB, generator=torch.Generator().manual_seed(6))
 
@@ -194,9 +197,9 @@ def test_recomputed_cache_has_the_original_transformer_xl_gradients(family):
     got = gradients(lambda m: m(ids).logits, recomputed)
     assert got.keys() == reference.keys()
     for name in reference:
-        torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-5)
     stored = gradients(lambda m: m(ids).logits, model_for(family))
-    differing = [n for n in reference if not torch.allclose(stored[n], reference[n], rtol=1e-4, atol=1e-6)]
+    differing = [n for n in reference if not torch.allclose(stored[n], reference[n], rtol=1e-4, atol=1e-5)]
     # Only what computes a layer's keys/values from its input: the input norm and the key/value projections.
     key_value_parts = ("ln_1", "c_attn", "input_layernorm", "k_proj", "v_proj", "query_key_value")
     assert differing and all(any(part in n for part in key_value_parts) for n in differing)
