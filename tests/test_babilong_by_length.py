@@ -1,6 +1,7 @@
 """The by-length evaluation's bookkeeping on a tiny encoder: samples from public files (no recorded fact depths) are
 counted apart from the near/far split, a cell with no samples is refused before anything runs, a file with fewer
-samples than asked for is evaluated whole with a warning, and results.json is strict JSON (no NaN)."""
+samples than asked for is evaluated whole with a warning, and results.json is strict JSON (no NaN); and on a tiny
+Llama, the full-attention baseline's generated answer is the backbone's own on the input's last window."""
 
 from __future__ import annotations
 
@@ -120,3 +121,30 @@ def test_results_json_never_holds_nan(tmp_path):
     with pytest.raises(ValueError, match="not JSON compliant"):  # refused, never written as NaN
         write_results(results, tmp_path)
     assert _strict((tmp_path / "results.json").read_text()) == written
+
+
+def test_a_decoders_full_attention_answer_is_the_backbones_own_greedy_answer_on_the_last_window(tmp_path):
+    """Beyond the window, full attention reads the prompt's last `window - max_new_tokens` tokens and generates the
+    answer in the same window, every answer token attending to the prompt: the backbone's own greedy continuation.
+    (A wrapper segment of the prompt's length alone started each answer token after the first in a new segment.)"""
+    import torch
+
+    from rmt.eval.by_length import readers
+
+    torch.manual_seed(0)
+    folder = tiny_model_folder(tmp_path, "llama")
+    tokenizer = pretrained_tokenizer(str(folder))
+    backbone = pretrained_backbone(str(folder), mode="decoder").eval()
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=16)).eval()
+    samples = build_dataset("qa1", 120, 4, tokenizer, Haystack.from_text(background_text(400)), seed=0)
+    window, new_tokens = 48, 6
+    reader = readers(model, tokenizer, ["full_attention"], window, new_tokens)["full_attention"]
+    for sample in samples:
+        prompt = torch.tensor(reader.collate.prompt_ids([sample.to_dict()]))
+        assert prompt.shape[1] > window  # the input is longer than the window
+        ids = prompt[:, -(window - new_tokens) :]
+        with torch.no_grad():
+            for _ in range(new_tokens):
+                ids = torch.cat([ids, backbone(ids).logits[:, -1:].argmax(-1)], dim=1)
+        expected = tokenizer.decode(ids[0, window - new_tokens :], skip_special_tokens=True)
+        assert reader.read(sample).answer == expected

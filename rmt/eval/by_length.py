@@ -209,10 +209,11 @@ def readers(
         if method == "no_memory":
             segment_size, limit = config.segment_size, None
         else:
-            limit = window or _window_of(backbone, config.mode)
-            if config.mode == "decoder":  # the answer must fit in the same window as the prompt
-                limit -= max_new_tokens
-            segment_size = limit
+            # One segment of the whole window: the prompt's last tokens and, for a decoder, its generated answer,
+            # which must attend to the prompt (a segment of the prompt's length alone would start each answer token
+            # after the first in a new segment, without the story or the question).
+            segment_size = window or _window_of(backbone, config.mode)
+            limit = segment_size - max_new_tokens if config.mode == "decoder" else segment_size
         plain = RMTConfig(num_memory_tokens=0, segment_size=segment_size, mode=config.mode, **special)
         out[method] = Reader(memory_model(backbone, plain).eval(), tokenizer, limit, max_new_tokens)
     return out
@@ -380,7 +381,7 @@ def _run_cell(
             }
         )
         elapsed = time.perf_counter() - started
-        bar.set_postfix(acc=f"{correct / (bar.n + 1):.2f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
+        bar.set_postfix(acc=f"{correct / (index + 1):.2f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
     bar.close()
     elapsed = time.perf_counter() - started
     outcome = Outcome(correct, len(samples), tokens, elapsed, tuple(near), tuple(far), tuple(unknown))
