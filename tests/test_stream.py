@@ -214,3 +214,57 @@ def test_bad_chunks_are_refused():
         stream.feed(torch.zeros(2, 4))
     with pytest.raises(InputError, match="vocabulary"):
         stream.feed(torch.full((2, 4), VOCAB))
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_rows_out_of_phase_fit_a_position_table_of_one_window(kind):
+    """GPT-2 with learned positions for exactly one window ([read | segment | write] for RMT, [segment | memory] for
+    ARMT): a chunk that extends one row's open segment while the other's is further along pads the call past the
+    segment; those places must not be numbered beyond the table (a ValueError and an IndexError before)."""
+    torch.manual_seed(0)
+    segment, memory = 5, 3
+    if kind == "armt":
+        config = RMTConfig(memory_kind="armt", num_memory_tokens=memory, segment_size=segment, d_mem=8)
+        model = strengthen_memory(ARMTForCausalLM(tiny_decoder("gpt2", positions=segment + memory), config)).eval()
+    else:
+        backbone = tiny_decoder("gpt2", positions=segment + 2 * memory)
+        model = RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=memory, segment_size=segment)).eval()
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(0))
+    stream = model.stream(batch_size=2)
+    stream.feed(ids[:, :4], torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]]), logits="all")  # row 0: 4 tokens cached
+    stream.feed(ids[:, :4], torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))  # row 1: 4 tokens, not yet cached
+    last = stream.feed(ids[:, 4:], logits="all")  # both rows' fifth token, row 1's first four cached with it
+    with torch.no_grad():
+        reference = model(ids).logits
+    torch.testing.assert_close(last[:, 0], reference[:, 4], atol=ATOL, rtol=1e-4)
+
+
+def test_a_float_or_bool_attention_mask_reads_as_the_integer_one():
+    """forward accepts a mask of 0./1. or False/True; the stream and generate read it the same (they indexed with
+    its float sums before)."""
+    model = decoder("rmt")
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :2] = 0
+    expected = model.stream(batch_size=2).feed(ids, mask, logits="last")
+    generated = model.generate(ids, attention_mask=mask, max_new_tokens=3).sequences
+    for other in (mask.float(), mask.bool()):
+        torch.testing.assert_close(model.stream(batch_size=2).feed(ids, other, logits="last"), expected)
+        assert torch.equal(model.generate(ids, attention_mask=other, max_new_tokens=3).sequences, generated)
+
+
+def test_a_refused_request_for_last_logits_leaves_the_stream_as_it_was():
+    """Last logits for a sample that has no token yet are refused before the chunk is read, so the caller can feed
+    the same chunk again (it was read, then refused, and read twice on the retry)."""
+    model = decoder("rmt")
+    ids = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])
+    stream = model.stream(batch_size=2)
+    with pytest.raises(InputError, match="at least one token"):
+        stream.feed(ids, mask, logits="last")
+    stream.feed(ids, mask)
+    with torch.no_grad():
+        reference = model(ids[:1], logits="last").logits
+    stream.feed(ids[1:].expand(2, -1), torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))
+    torch.testing.assert_close(stream.last_logits()[:1], reference, atol=ATOL, rtol=1e-4)
+    assert stream.seen.tolist() == [4, 4]

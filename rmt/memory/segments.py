@@ -53,8 +53,8 @@ def validate_input_ids(input_ids: torch.Tensor, vocab_size: int | None) -> None:
 def validate_attention_mask(
     attention_mask: torch.Tensor | None, input_ids: torch.Tensor, allow_empty: bool = False
 ) -> torch.Tensor:
-    """The attention mask as given (all ones when None), checked: same shape as input_ids, values 0 or 1, and (unless
-    `allow_empty`) at least one real token per sample."""
+    """The attention mask as integers (all ones when None), checked: same shape as input_ids, values 0 or 1 (of any
+    dtype: a float or bool mask is read the same), and (unless `allow_empty`) at least one real token per sample."""
     if attention_mask is None:
         return torch.ones_like(input_ids)
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
@@ -65,7 +65,7 @@ def validate_attention_mask(
     empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
     if empty and not allow_empty:
         raise InputError(f"sample(s) {empty} have no tokens (attention_mask is all zeros)")
-    return attention_mask
+    return attention_mask.long()
 
 
 def plan_segments(

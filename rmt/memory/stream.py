@@ -97,6 +97,8 @@ class MemoryStream:
         order = torch.sort((mask == 0).to(torch.int8), dim=1, stable=True).indices
         packed = input_ids.gather(1, order)
         counts = mask.sum(dim=1)
+        if logits == "last" and bool((self.seen + counts == 0).any()):  # refused before the stream changes
+            raise InputError("every sample needs at least one token before its logits")
         cursor = torch.zeros_like(counts)
         want = logits != "none"
         hidden_all = None
@@ -273,7 +275,10 @@ class MemoryStream:
         positions = start[:, None] + offsets  # [B, W] positions within each open segment
         valid = positions < stop[:, None]
         ids = self.buffer.gather(1, positions.clamp(max=self.buffer.shape[1] - 1)).masked_fill(~valid, 0)
-        hidden = model.extend_cache(ids, valid, positions, self.state, self.cache)
+        # The filler places after a sample's last token would run past its segment (up to 2 x segment_size - 2),
+        # beyond a learned position table; they are never attended to, so any position within the segment does.
+        in_segment = positions.clamp(max=model.config.segment_size - 1)
+        hidden = model.extend_cache(ids, valid, in_segment, self.state, self.cache)
         self.cached = stop
         # Every extended sample's last token is now its last token fed, including samples that got no tokens in the
         # chunk being fed (buffered earlier with logits="none"): without this, their last logits would be stale.
