@@ -197,3 +197,20 @@ def test_babilong_samples_export_as_records(tokenizer, tmp_path):
     samples = build_dataset("qa2", 100, 3, tokenizer, haystack, seed=0)
     batch = QACollator(tokenizer, "decoder")([s.to_dict() for s in samples])
     assert batch.input_ids.shape[0] == 3
+
+
+def test_babilong_source_samples_with_facts_before_the_last_segment_reach_it(tokenizer):
+    """The builder stops a sentence short of the length, and a book's sentence can be longer than a segment: such a
+    sample ended before its last segment, with its facts in what was really its last segment, and counted towards
+    facts_before_last anyway. Now it is redrawn."""
+    words = background_text(600).split()
+    sentences = [" ".join(words[i : i + 8]) + "." for i in range(0, 2000, 8)]
+    for i in range(0, len(sentences), 4):  # one sentence in four longer than a segment
+        sentences[i] = " ".join(words[i : i + 100]) + "."
+    collate = QACollator(tokenizer, "encoder", answer_labels("qa1"))
+    source = BabilongSource(
+        "qa1", tokenizer, Haystack(tuple(sentences)), collate, segment_size=64, facts_before_last=1.0, num_facts=1
+    )
+    for segments in (2, 3):
+        samples = source.samples(seed=0, count=60, num_segments=segments, training=True)
+        assert all(sample.num_tokens > (segments - 1) * 64 for sample in samples)

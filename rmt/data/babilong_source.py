@@ -110,10 +110,12 @@ class BabilongSource(Source):
         return out
 
     def _before_last(self, task: str, n: int, length: int, haystack: Haystack, sample_seed: int) -> BabilongSample:
-        """A sample whose facts all end before the last of `n` segments. A story too long to fit there is redrawn
-        (a new story and background, from seeds that `sample_seed` determines), never placed anywhere instead: that
-        would make fewer samples than `facts_before_last` need the memory. Redrawing favours stories with fewer
-        facts, where the bAbI task's range has stories that do not fit."""
+        """A sample whose facts all end before the last of `n` segments, and that reaches that segment. A story too
+        long to fit there is redrawn (a new story and background, from seeds that `sample_seed` determines), never
+        placed anywhere instead: that would make fewer samples than `facts_before_last` need the memory. So is a
+        sample that falls short of the last segment (the builder stops a sentence before the length, and a sentence
+        of a book can be hundreds of tokens): its facts would be in its own last segment. Redrawing favours stories
+        with fewer facts, where the bAbI task's range has stories that do not fit."""
         # The facts must end this many tokens into the context; a reserve of a segment or more leaves no context in
         # the last segment, and then anywhere is before it.
         room = (n - 1) * self.segment_size - _FACT_MARGIN_TOKENS
@@ -131,9 +133,12 @@ class BabilongSource(Source):
             # spares building most samples that would fail.
             if sum(count([" " + fact for fact in story.facts])) <= room:
                 try:
-                    return build_sample(task, length, count, haystack, seed, (0.0, end), self.num_facts)
+                    sample = build_sample(task, length, count, haystack, seed, (0.0, end), self.num_facts)
                 except FactPlacementError:  # no sentence boundary keeps them before it: draw another story
                     pass
+                else:
+                    if sample.num_tokens + self.reserve > (n - 1) * self.segment_size:
+                        return sample
             seed = redraws.getrandbits(53)
         raise self._unmet(task, n, length, f"none of {_MAX_PLACEMENT_DRAWS} {task} stories fit in {room} tokens")
 
