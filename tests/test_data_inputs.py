@@ -122,6 +122,11 @@ def test_a_missing_or_empty_field_is_named_when_the_file_is_loaded(tmp_path):
     listed = _jsonl(tmp_path / "listed.jsonl", [{**RECORD, "target": ["kitchen"]}])
     with pytest.raises(InputError, match=r"record 0: the field 'target' is a list \(\['kitchen'\]\), not text"):
         load_records(listed)
+    # One list, truth value or object among strings: datasets declares the column Json and stores JSON text.
+    for name, odd, kind in (("target", ["kitchen"], "list"), ("target", True, "bool"), ("input", {"a": 1}, "dict")):
+        mixed = _jsonl(tmp_path / "mixed.jsonl", [RECORD] * 5 + [{**RECORD, name: odd}] + [RECORD] * 3)
+        with pytest.raises(InputError, match=rf"mixed\.jsonl: record 5: the field '{name}' is a {kind} .*, not text"):
+            load_records(mixed)
     text = _jsonl(tmp_path / "text.jsonl", [{"text": "the river"}, {"text": None}])
     with pytest.raises(InputError, match=r"text\.jsonl: record 1: the field 'text' is empty"):
         load_records(text)

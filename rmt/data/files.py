@@ -124,19 +124,23 @@ def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
     else:
         return
     # Arrow batches of the needed columns only: a column of strings (or integers) is checked by its null count,
-    # without making Python strings of the contexts.
-    table = records.select_columns(list(names)).with_format("arrow")
+    # without making Python strings of the contexts. A column of another declared type is read as the records give
+    # it: datasets declares a column of mixed values `Json` and stores it as JSON text, which Arrow calls strings.
+    from datasets import Value
+
+    features = records.features or {}
+    selected = records.select_columns(list(names))
     start = 0
-    for batch in table.iter(batch_size=_CHECK_BATCH):
+    for batch in selected.with_format("arrow").iter(batch_size=_CHECK_BATCH):
         found: list[tuple[int, str, str]] = []
         for name in names:
             column = batch.column(name)
-            if _arrow_holds(column.type, types):
+            if _arrow_holds(column.type, types) and isinstance(features.get(name, Value("string")), Value):
                 if column.null_count:
                     index = pc.index(column.is_null(), True).as_py()
                     found.append((index, name, field_problem(None, types) or ""))
                 continue
-            for index, value in enumerate(column.to_pylist()):
+            for index, value in enumerate(selected[start : start + batch.num_rows][name]):
                 problem = field_problem(value, types)
                 if problem is not None:
                     found.append((index, name, problem))
