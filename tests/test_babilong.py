@@ -382,6 +382,11 @@ def test_too_narrow_depth_range_raises():
         build_sample("qa5", 300, count_words, HAYSTACK, seed=0, depth=(0.5, 0.52), num_facts=30)
     with pytest.raises(ValueError, match="0 <= low < high <= 1"):
         build_sample("qa1", 300, count_words, HAYSTACK, seed=0, depth=(0.6, 0.4))
+    # A 0k sample is its story alone: a depth range other than the whole is refused as such (it was refused as a
+    # range too narrow to "widen", which no range but the whole could satisfy).
+    with pytest.raises(InputError, match=r"0k sample is its story alone.*leave 0k out"):
+        build_sample("qa1", 0, count_words, None, seed=0, depth=(0.3, 0.9))
+    assert build_sample("qa1", 0, count_words, None, seed=0, depth=(0.0, 1.0)).num_tokens > 0
 
 
 def test_length_zero_is_the_facts_alone():

@@ -663,6 +663,11 @@ def build_sample(
         )
 
     if target == 0:
+        if depth != (0.0, 1.0):  # the story is the whole context: no background to place it in
+            raise InputError(
+                f"a 0k sample is its story alone, so its facts cannot lie within depth {depth}: leave 0k out of the "
+                "lengths or keep the whole depth range"
+            )
         gaps, depths = _place_facts([0], fact_counts, depth, draws)
         context = _assemble(story.facts, gaps, [])
         num_tokens = _counts(count, [join_context_and_question(context, story.question)])[0]
