@@ -191,6 +191,14 @@ def test_max_length_counts_from_the_longest_prompt():
         model.generate(prompt, mask, max_length=7)
     with pytest.raises(InputError, match="set max_new_tokens"):
         model.generate(prompt, mask)
+    # Lengths that are not whole numbers, and a config that is not a GenerationConfig, are one error each (they
+    # were a TypeError and an AttributeError).
+    with pytest.raises(InputError, match=r"max_new_tokens must be a whole number of tokens, got 2\.5"):
+        model.generate(prompt, mask, max_new_tokens=2.5)
+    with pytest.raises(InputError, match=r"max_length must be a whole number of tokens, got 12\.5"):
+        model.generate(prompt, mask, max_length=12.5)
+    with pytest.raises(InputError, match="generation_config must be a transformers GenerationConfig, got a dict"):
+        model.generate(prompt, mask, generation_config={"max_new_tokens": 3})
 
 
 def test_max_time_stops_decoding():

@@ -248,6 +248,11 @@ def _generation_config(
 ) -> GenerationConfig:
     # Checked before GenerationConfig keeps them: it stores unknown keywords as custom entries, so a typo such as
     # do_smaple=True would otherwise be accepted and ignored.
+    if config is not None and not isinstance(config, GenerationConfig):
+        raise InputError(
+            f"generation_config must be a transformers GenerationConfig, got a {type(config).__name__}: pass its "
+            "settings as keyword arguments of generate, or GenerationConfig(**settings)"
+        )
     unknown = sorted(set(overrides) - _config_fields())
     if unknown:
         raise InputError(
@@ -291,6 +296,9 @@ def _lengths(config: GenerationConfig, longest: int) -> tuple[int, int]:
             )
     elif max_new is None:
         raise InputError("set max_new_tokens (or max_length): how many tokens to generate")
+    for name, value in (("max_new_tokens", config.max_new_tokens), ("max_length", config.max_length)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InputError(f"{name} must be a whole number of tokens, got {value!r}")
     if max_new < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new}")
     min_new = config.min_new_tokens
