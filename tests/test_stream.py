@@ -268,3 +268,30 @@ def test_a_refused_request_for_last_logits_leaves_the_stream_as_it_was():
     stream.feed(ids[1:].expand(2, -1), torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))
     torch.testing.assert_close(stream.last_logits()[:1], reference, atol=ATOL, rtol=1e-4)
     assert stream.seen.tolist() == [4, 4]
+
+
+def test_a_sliding_window_shorter_than_the_open_segment_is_refused_for_token_logits():
+    """Mistral (RMT; ARMT runs no sliding-window family) with a sliding window of 4 under segments of 8: the cache
+    that gives a stream's logits and generate's tokens would drop positions (an IndexError inside it before). One pass
+    and a stream without logits still read; a window that holds the open segment is not refused."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    def model_with(window: int):
+        torch.manual_seed(0)
+        sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+        config = MistralConfig(vocab_size=VOCAB, num_key_value_heads=2, sliding_window=window, **sizes)
+        return RMTForCausalLM(MistralForCausalLM(config), RMTConfig(num_memory_tokens=2, segment_size=8)).eval()
+
+    ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
+    model = model_with(4)
+    with torch.no_grad():
+        model(ids)
+    model.stream().feed(ids)
+    with pytest.raises(InputError, match="sliding window keeps 4: use "):
+        model.stream().feed(ids, logits="last")
+    with pytest.raises(InputError, match="sliding window keeps 4"):
+        model.generate(ids, max_new_tokens=2)
+    wide = model_with(64)
+    with torch.no_grad():
+        reference = wide(ids, logits="last").logits
+    torch.testing.assert_close(wide.stream().feed(ids, logits="last"), reference, atol=ATOL, rtol=1e-4)
