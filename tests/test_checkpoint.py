@@ -74,6 +74,30 @@ def test_corrupt_checkpoint_errors_and_is_left_untouched(tmp_path):
         RecurrentMemoryModel.from_pretrained(tmp_path / "third")
 
 
+def test_backbone_weights_missing_or_of_another_shape_are_a_corrupt_checkpoint(tmp_path):
+    """transformers initialises a weight the files lack at random and only reports it, and raises a bare RuntimeError
+    for one whose shape the config does not give; both are refused as a damaged checkpoint, in one line."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=2, segment_size=4))
+    model.save_pretrained(tmp_path / "missing")
+    weights = tmp_path / "missing" / "backbone" / "model.safetensors"
+    tensors = load_file(weights)
+    dropped = sorted(name for name in tensors if name.endswith("down_proj.weight"))[-1]
+    del tensors[dropped]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"corrupt checkpoint: .*missing keys: {dropped}"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "missing")
+
+    model.save_pretrained(tmp_path / "shape")
+    config_file = tmp_path / "shape" / "backbone" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "intermediate_size": 48}))
+    with pytest.raises(ValueError, match=r"corrupt checkpoint: .*mismatched keys: .*in the files, .*by the config"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "shape")
+
+
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model = trained_like(RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5)))
     model.save_pretrained(tmp_path / "ckpt")

@@ -146,7 +146,30 @@ def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     if not isinstance(config, dict) or "model_type" not in config:
         raise InputError(f"corrupt checkpoint: cannot load the backbone from {folder}: {config_file} has no model_type")
     auto = AutoModelForCausalLM if mode == "decoder" else AutoModelForSequenceClassification
+    # transformers initialises a weight the files lack, or hold in another shape, at random and only reports it (or,
+    # for a shape, raises a bare RuntimeError): both are refused here as a damaged checkpoint, unless the caller
+    # asked for mismatched shapes to be re-initialised.
+    kinds = ["missing_keys", "unexpected_keys"]
+    if not kwargs.get("ignore_mismatched_sizes", False):
+        kinds.append("mismatched_keys")
     try:
-        return auto.from_pretrained(folder, **kwargs)
+        backbone, info = auto.from_pretrained(
+            folder, output_loading_info=True, **{**kwargs, "ignore_mismatched_sizes": True}
+        )
     except (SafetensorError, OSError) as err:  # unreadable or missing weight files
         raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err
+    problems = {kind: info.get(kind) for kind in kinds}
+    problems = {kind: sorted(map(_describe_key, keys)) for kind, keys in problems.items() if keys}
+    if problems:
+        found = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys[:5])}" for kind, keys in problems.items())
+        raise InputError(f"corrupt checkpoint: the backbone weights in {folder} do not match its config ({found})")
+    return backbone
+
+
+def _describe_key(key: object) -> str:
+    """A weight's name from transformers' loading info; a mismatched one comes as (name, shape in the files, shape
+    the config gives)."""
+    if isinstance(key, tuple) and len(key) == 3:
+        name, found, expected = key
+        return f"{name} {list(found)} in the files, {list(expected)} by the config"
+    return str(key)
