@@ -163,6 +163,14 @@ def test_bad_lora_settings_are_refused(monkeypatch):
         add_lora(tiny_decoder("llama"), targets=["nowhere_proj"])
     with pytest.raises(InputError, match="no LoRA adapter on the output head 'lm_head'"):
         add_lora(tiny_decoder("llama"), targets=["q_proj", "lm_head"])
+    # peft adapts an embedding with lora_embedding_A/B, which the merge did not see: its update was dropped.
+    with pytest.raises(InputError, match="'model.embed_tokens' is a Embedding: leave it out"):
+        add_lora(tiny_decoder("llama"), targets=["embed_tokens", "q_proj"])
+    from peft import LoraConfig, inject_adapter_in_model  # such adapters added by peft itself: never merged silently
+
+    adapted = inject_adapter_in_model(LoraConfig(r=2, target_modules=["embed_tokens"]), tiny_decoder("llama"))
+    with pytest.raises(InputError, match="adapter on an embedding layer cannot be merged"):
+        merged_state_dict(adapted)
     backbone = tiny_decoder("llama")
     add_lora(backbone)
     with pytest.raises(InputError, match="already has LoRA adapters"):
@@ -212,3 +220,16 @@ def test_encoder_head_classes_come_through_lora_training(tmp_path):
     saved = load_memory_model(tmp_path / "run" / "model")
     assert list(saved.backbone.config.id2label.values()) == answer_labels("qa1")
     assert not has_lora_layers(saved)
+
+
+def test_all_trains_the_whole_model_again_after_a_lora_run(tmp_path):
+    """Adding adapters froze the backbone and merging them left it frozen; trainable="all" only ever cleared
+    requires_grad, so a second run on the same model trained the memory alone (0 of 21 backbone tensors changed)."""
+    model, source = copy_model("llama")
+    train(model, source, lora_config(), tmp_path / "lora")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    train(model, source, lora_config(trainable="all"), tmp_path / "all")
+    after = model.backbone.state_dict()
+    assert all(not torch.equal(after[k], before[k]) for k in before if k.endswith("proj.weight"))
+    build_optimizer(model, lora_config(trainable="memory"))
+    assert not any(p.requires_grad for p in model.backbone.parameters())

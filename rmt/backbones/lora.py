@@ -72,10 +72,17 @@ def add_lora(
         raise InputError("the backbone has no linear layers to put LoRA adapters on")
     output = _output_head(backbone)
     for name, module in backbone.named_modules():
-        if module is output and any(name == t or name.endswith("." + t) for t in targets):
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if module is output:
             raise InputError(
                 f"no LoRA adapter on the output head {name!r}: many models share its weight with the token "
                 "embeddings, which a merged update would change too; leave it out of the targets"
+            )
+        if not isinstance(module, (nn.Linear, Conv1D)):  # peft adapts embeddings apart, and merging here would not
+            raise InputError(
+                f"LoRA adapters go on linear layers here; {name!r} is a {type(module).__name__}: leave it out of "
+                "the targets"
             )
     transposed = any(isinstance(m, Conv1D) for m in backbone.modules())  # GPT-2 stores its weights [in, out]
     config = LoraConfig(
@@ -131,6 +138,8 @@ def _output_head(backbone: nn.Module) -> nn.Module | None:
 def _merged_weight(layer: nn.Module) -> torch.Tensor:
     base = layer.get_base_layer().weight
     if ADAPTER not in getattr(layer, "lora_A", {}):
+        if getattr(layer, "lora_embedding_A", {}):  # never returned unmerged: its trained update would be lost
+            raise InputError("a LoRA adapter on an embedding layer cannot be merged here; adapt linear layers")
         return base.detach()
     delta = layer.get_delta_weight(ADAPTER)
     return (base.detach().float() + delta.detach().float()).to(base.dtype)

@@ -21,7 +21,10 @@ from rmt.train.config import TrainConfig
 
 
 def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(memory and head parameters, backbone parameters) that train, after freezing what `trainable` excludes."""
+    """(memory and head parameters, backbone parameters) that train, after setting each parameter's requires_grad
+    as `trainable` says: every parameter for "all", the wrapper's and a classifier head's for "memory", those and
+    the LoRA adapters for "lora". Set, not only cleared: a model that an earlier run froze (a LoRA run leaves its
+    merged backbone frozen) trains whole again with "all"."""
     head = set()
     if not model.token_logits:
         for name in CLASSIFIER_HEADS:  # a sequence classifier's task head: new for every task
@@ -32,10 +35,10 @@ def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[
     for name, param in model.named_parameters():
         in_backbone = name.startswith("backbone.")
         own = not in_backbone or id(param) in head
-        if trainable == "memory" and not own:
-            param.requires_grad_(False)
-        elif trainable == "lora" and in_backbone:  # adding the adapters froze the backbone, its task head included
+        if trainable == "lora" and in_backbone:  # adding the adapters froze the backbone, its task head included
             param.requires_grad_(".lora_" in name or id(param) in head)
+        else:
+            param.requires_grad_(trainable == "all" or own)
         if param.requires_grad:
             (memory if own else backbone).append(param)
     return memory, backbone
