@@ -114,6 +114,19 @@ def test_two_processes_train_lora_adapters_like_one(tmp_path):
     assert not any("lora" in name for name in one)  # merged: the model's own names
 
 
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_parameters_without_a_gradient_stay_untouched_on_two_processes_as_on_one(tmp_path):
+    """ARMT at one segment gives its write projections no gradient: one process leaves them to AdamW as None (no
+    step), and two processes must too. Averaged as zeros they moved by their momentum and counted Adam steps, and
+    the weights differed from one process by 4.7e-3 once a second segment came."""
+    args = ("--memory", "armt", "--first-segments", "1")
+    launch(tmp_path / "one", 1, "--batch-size", "4", *args)
+    launch(tmp_path / "two", 2, "--batch-size", "2", *args)
+    one, rank0, rank1 = (weights(tmp_path / p) for p in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt"))
+    assert max_difference(rank0, rank1) == 0.0
+    assert max_difference(rank0, one) <= 2e-6
+
+
 def test_fsdp_refuses_the_recomputed_transformer_xl_cache(tmp_path, capsys):
     """Recomputing the cache's keys/values calls the layers' projections outside their forward, where FSDP would
     not gather sharded weights: refused with one line before anything is written."""

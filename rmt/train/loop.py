@@ -13,7 +13,8 @@ the number of segments), so one step calls backward several times. With several 
 `accelerate launch`) the model is prepared by Accelerate (DDP: every process starts from the main process's weights),
 each process computes its share of the global batch without gradient synchronisation, and the gradients are then
 averaged in one bucketed all-reduce that every process makes with the same tensors (zeros for parameters that got no
-gradient on that process): one synchronisation per optimizer step, whatever the number of backward calls.
+gradient on that process; none where no process gave one, as in one process): one synchronisation per optimizer
+step, whatever the number of backward calls.
 Evaluation, logging and the final model are the main process's; the others wait at a barrier.
 
 Why a run repeats: the global random generators (dropout masks of a pretrained backbone) are seeded with the config's
@@ -390,7 +391,12 @@ def _micro_batch_weights(model: RecurrentMemoryModel, batch: Batch, slices: list
 
 def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
     """Average `.grad` over processes in flat buckets; every process passes the same parameters in the same order
-    (a missing gradient counts as zeros), so the collectives always pair up."""
+    (a missing gradient counts as zeros), so the collectives always pair up. A parameter that no process gave a
+    gradient keeps none, as in one process: AdamW skips it (zeros would still move it by its momentum and weight
+    decay, and count an Adam step; ARMT's write projections get no gradient at one segment)."""
+    if not params:
+        return
+    given = reduce(torch.tensor([float(p.grad is not None) for p in params], device=params[0].device), "sum")
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     start = 0
     while start < len(grads):
@@ -405,6 +411,9 @@ def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerato
             param.grad = flat[offset : offset + grad.numel()].view_as(grad).to(grad.dtype)
             offset += grad.numel()
         start = end
+    for param, count in zip(params, given.tolist(), strict=True):
+        if count == 0:
+            param.grad = None
 
 
 def _out_of_time(deadline: float | None, accelerator: Accelerator) -> bool:

@@ -1,5 +1,7 @@
 """A tiny training run for the multi-process tests: `torchrun --nproc_per_node 2 tests/helpers/distributed_train.py
-OUT [--steps N] [--batch-size B] [--resume] [--slow-after K] [--fsdp] [--trainable all|memory|lora]`. Every
+OUT [--steps N] [--batch-size B] [--resume] [--slow-after K] [--fsdp] [--trainable all|memory|lora]
+[--memory rmt|armt] [--first-segments N]` (--first-segments: copy 2 symbols per segment, N segments for the first 3
+steps and 2 after). Every
 process writes its final weights to OUT/rank{R}.pt so that the test can compare the processes with each other and
 with a one-process run.
 `--slow-after K` sleeps after each step from step K on, so that a test can kill the job mid-run. A crash in native
@@ -49,11 +51,18 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no")
     parser.add_argument("--fsdp", action="store_true")
     parser.add_argument("--trainable", default="all")
+    parser.add_argument("--memory", default="rmt")
+    parser.add_argument("--first-segments", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = CopyTask(length=4)
-    backbone = random_backbone("llama", task.vocab_size, num_layers=1, hidden_size=32, max_positions=64, seed=0)
-    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3)))
+    task, segment_size, curriculum = CopyTask(length=4), CopyTask(length=4).segment_size_for(3), None
+    if args.first_segments:  # a task per number of segments, as the curriculum asks for it
+        task, segment_size = (lambda n: CopyTask(length=2 * n)), CopyTask(length=2).segment_size_for(1)
+        curriculum = [(0, args.first_segments), (3, 2)]
+    vocab_size = CopyTask(length=4).vocab_size
+    backbone = random_backbone("llama", vocab_size, num_layers=1, hidden_size=32, max_positions=64, seed=0)
+    memory = {"memory_kind": "armt", "d_mem": 8} if args.memory == "armt" else {}
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=segment_size, **memory))
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -68,6 +77,7 @@ def main() -> None:
         fsdp=args.fsdp,
         trainable=args.trainable,
         lora_rank=2,
+        curriculum=curriculum,
         progress=False,
     )
     accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
