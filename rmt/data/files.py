@@ -129,13 +129,14 @@ def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
     from datasets import Value
 
     features = records.features or {}
+    declared_plain = {name: isinstance(features.get(name, Value("string")), Value) for name in names}
     selected = records.select_columns(list(names))
     start = 0
     for batch in selected.with_format("arrow").iter(batch_size=_CHECK_BATCH):
         found: list[tuple[int, str, str]] = []
         for name in names:
             column = batch.column(name)
-            if _arrow_holds(column.type, types) and isinstance(features.get(name, Value("string")), Value):
+            if declared_plain[name] and _arrow_holds(column.type, types):
                 if column.null_count:
                     index = pc.index(column.is_null(), True).as_py()
                     found.append((index, name, field_problem(None, types) or ""))

@@ -396,7 +396,8 @@ def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerato
     decay, and count an Adam step; ARMT's write projections get no gradient at one segment)."""
     if not params:
         return
-    given = reduce(torch.tensor([float(p.grad is not None) for p in params], device=params[0].device), "sum")
+    # 1 where this process has a gradient, averaged with the last bucket (no collective of its own): 0 = none had one.
+    given = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     start = 0
     while start < len(grads):
@@ -404,15 +405,15 @@ def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerato
         while end < len(grads) and (size == 0 or size + grads[end].numel() <= _ALL_REDUCE_BUCKET):
             size += grads[end].numel()
             end += 1
-        flat = torch.cat([g.reshape(-1).float() for g in grads[start:end]])
-        flat = reduce(flat, reduction="mean")
+        pieces = [g.reshape(-1).float() for g in grads[start:end]]
+        flat = reduce(torch.cat([*pieces, given] if end == len(grads) else pieces), reduction="mean")
         offset = 0
         for param, grad in zip(params[start:end], grads[start:end], strict=True):
             param.grad = flat[offset : offset + grad.numel()].view_as(grad).to(grad.dtype)
             offset += grad.numel()
         start = end
-    for param, count in zip(params, given.tolist(), strict=True):
-        if count == 0:
+    for param, share in zip(params, flat[offset:].tolist(), strict=True):
+        if share == 0:
             param.grad = None
 
 
