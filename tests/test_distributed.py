@@ -127,6 +127,33 @@ def test_parameters_without_a_gradient_stay_untouched_on_two_processes_as_on_one
     assert max_difference(rank0, one) <= 2e-6
 
 
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_a_process_whose_samples_have_no_target_sits_the_step_out(tmp_path):
+    """Process 1's half of every global batch has no target: it adds nothing (it crashed with "labels contain no
+    target token"), and both processes end with the weights of one process over the whole batch."""
+    launch(tmp_path / "one", 1, "--batch-size", "4", "--untargeted-half")
+    launch(tmp_path / "two", 2, "--batch-size", "2", "--untargeted-half")
+    one, rank0, rank1 = (weights(tmp_path / p) for p in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt"))
+    assert max_difference(rank0, rank1) == 0.0
+    assert max_difference(rank0, one) <= 1e-6
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_fsdp_refuses_processes_whose_samples_differ_in_segments_instead_of_hanging(tmp_path):
+    """Process 1's samples are a segment shorter: its sharded layers would be called once less than process 0's,
+    and the job hung in the weight gathers until killed. Both processes now stop at the first step, saying why."""
+    command = [str(TORCHRUN), "--nproc_per_node", "2", "--master-port", str(_free_port()), str(WORKER)]
+    command += [str(tmp_path / "fsdp"), "--batch-size", "2", "--fsdp", "--ragged"]
+    done = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "fsdp: at step 1 the processes' samples differ in layout (segments per micro-batch: process 0: 3, " in (
+        done.stderr
+    )
+    assert not (tmp_path / "fsdp" / "rank0.pt").exists()
+
+
 def test_fsdp_refuses_the_recomputed_transformer_xl_cache(tmp_path, capsys):
     """Recomputing the cache's keys/values calls the layers' projections outside their forward, where FSDP would
     not gather sharded weights: refused with one line before anything is written."""

@@ -323,10 +323,21 @@ class _AnswersOfManyLengths(Source):
         return self._batch(10**6 + index, batch_size)
 
 
+class _LastAnswerDropped(_AnswersOfManyLengths):
+    """The same batches with no target in the last sample."""
+
+    def _batch(self, seed: int, batch_size: int) -> Batch:
+        batch = super()._batch(seed, batch_size)
+        batch.labels[-1] = -100
+        return batch
+
+
+@pytest.mark.parametrize("source", [_AnswersOfManyLengths, _LastAnswerDropped])
 @pytest.mark.parametrize("aggregation", ["tokens", "segments"])
-def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length(aggregation):
+def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length(aggregation, source):
     """Each micro-batch's loss is a mean over its own terms (answer tokens, or (sample, segment) pairs with answer
-    tokens); weighted by their number, 4 x 1, 2 x 2 and 1 x 4 give the gradient of the whole batch."""
+    tokens); weighted by their number, 4 x 1, 2 x 2 and 1 x 4 give the gradient of the whole batch. A micro-batch
+    without a target weighs nothing (it raised "labels contain no target token")."""
     from accelerate import Accelerator
 
     from rmt.train.loop import _train_step
@@ -336,7 +347,7 @@ def test_gradient_accumulation_equals_one_batch_when_answers_differ_in_length(ag
         backbone = random_backbone("llama", 50, 2, 32, 4, 64, seed=0)
         model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=8, loss_aggregation=aggregation))
         config = TrainConfig(steps=1, batch_size=batch_size, grad_accumulation=accumulation, progress=False)
-        loss = _train_step(model, model, _AnswersOfManyLengths(), config, Accelerator(cpu=True), 0, None)
+        loss = _train_step(model, model, source(), config, Accelerator(cpu=True), 0, None)
         return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
     whole_loss, whole = gradient(4, 1)

@@ -158,13 +158,40 @@ class RecurrentMemoryModel(nn.Module):
         return MemoryStream(self, batch_size, memory_state)
 
     def plan(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        require_targets: bool = True,
     ) -> SegmentPlan:
         """The validated, packed and segmented input (`rmt.memory.segments.plan_segments`) for this model."""
         num_classes = None if self.token_logits else getattr(self.backbone.config, "num_labels", None)
         return plan_segments(
-            self.config, input_ids, attention_mask, labels, self.token_logits, self.vocab_size, num_classes
+            self.config,
+            input_ids,
+            attention_mask,
+            labels,
+            self.token_logits,
+            self.vocab_size,
+            num_classes,
+            require_targets=require_targets,
         )
+
+    def call_schedule(self, plan: SegmentPlan) -> tuple[tuple[str, ...], ...]:
+        """The backbone calls and backward passes that `forward_backward` makes for `plan`, in order: per segment the
+        modes of its groups (`_groups`; a STREAM group is backpropagated at once), then ("BACKWARD",) when the
+        window's loss is backpropagated at the end. Processes whose layers are sharded (FSDP) gather each layer's
+        weights at every call, so they must make the same calls."""
+        calls = []
+        window_loss = False
+        for s in range(int(plan.num_segments.max())):
+            groups = self._groups(plan, s, plan.num_segments > s, streaming=True)
+            calls.append(tuple(mode.name for _, mode in groups))
+            has_loss = self._segment_has_loss(plan, s)
+            window_loss |= any(
+                mode is SegmentMode.WINDOW and bool(select(has_loss, rows).any()) for rows, mode in groups
+            )
+        return (*calls, ("BACKWARD",) if window_loss else ())
 
     def start_state(self, batch_size: int, memory_state: State | None) -> State:
         """`memory_state` checked against this model's own state layout, or the initial state when None."""

@@ -76,11 +76,13 @@ def plan_segments(
     token_labels: bool,
     vocab_size: int | None = None,
     num_classes: int | None = None,
+    require_targets: bool = True,
 ) -> SegmentPlan:
     """Validate and pack the input, cut it into segments of `config.segment_size` and derive targets and loss weights.
 
     token_labels: True for causal LMs (labels [B, N], unshifted, -100 = ignore; ids < vocab_size), False for
-    classification (labels [B], classes < num_classes)."""
+    classification (labels [B], classes < num_classes). require_targets=False: token labels with no target give
+    all-zero weights instead of an InputError (`loss_weights`)."""
     validate_input_ids(input_ids, vocab_size)
     mask = validate_attention_mask(attention_mask, input_ids).bool()
     lengths = mask.sum(dim=1)
@@ -106,7 +108,7 @@ def plan_segments(
             targets[:, :-1] = labels[:, 1:]
             # A sample's last real token has nothing to predict; padding predicts nothing.
             targets = targets.masked_fill(~prefix_mask(lengths - 1, labels.shape[1]), IGNORE_INDEX)
-            weights = loss_weights(config, targets, num_segments)
+            weights = loss_weights(config, targets, num_segments, require_targets)
         else:
             if labels.dim() != 1 or labels.shape[0] != input_ids.shape[0]:
                 raise InputError(
@@ -134,8 +136,11 @@ def validate_labels(labels: torch.Tensor, bound: int | None, token_labels: bool)
         raise InputError(f"{what} hold values from {low} to {high}; allowed: {allowed}{ignore}")
 
 
-def loss_weights(config: RMTConfig, targets: torch.Tensor, num_segments: torch.Tensor) -> torch.Tensor:
-    """Per-target weights [B, N] whose weighted sum of token losses is the configured aggregate."""
+def loss_weights(
+    config: RMTConfig, targets: torch.Tensor, num_segments: torch.Tensor, require_targets: bool = True
+) -> torch.Tensor:
+    """Per-target weights [B, N] whose weighted sum of token losses is the configured aggregate. Without a target
+    to train on: an InputError, or all zeros with require_targets=False (a trainer's micro-batch that adds nothing)."""
     valid = targets != IGNORE_INDEX
     seg_size = config.segment_size
     segment_of = torch.arange(targets.shape[1], device=targets.device) // seg_size  # [N]
@@ -143,6 +148,8 @@ def loss_weights(config: RMTConfig, targets: torch.Tensor, num_segments: torch.T
     if aggregation == "last_segment":
         valid = valid & (segment_of[None, :] == (num_segments - 1)[:, None])
     if not bool(valid.any()):
+        if not require_targets:
+            return valid.float()
         raise InputError(
             "labels contain no target token to train on (all -100"
             + (

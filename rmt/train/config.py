@@ -180,7 +180,9 @@ class TrainConfig:
         default=False,
         metadata=_doc(
             "Shard the backbone's transformer layers over the processes (PyTorch FSDP2) instead of keeping a full "
-            "copy on each: for backbones that do not fit one device. Needs several processes (torchrun)."
+            "copy on each: for backbones that do not fit one device. Needs several processes (torchrun), whose "
+            "samples make the same layer calls (one layout: a synthetic task, text cut to one length); samples whose "
+            "segment counts differ between processes are refused."
         ),
     )
     data_workers: int = field(

@@ -55,7 +55,7 @@ from rmt.errors import InputError
 from rmt.files import atomic_directory, recover_directory, write_atomic, write_json_atomic
 from rmt.memory.pretrained import save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
-from rmt.memory.segments import loss_terms
+from rmt.memory.segments import SegmentPlan, loss_terms
 from rmt.train import fsdp
 from rmt.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -343,17 +343,23 @@ def _train_step(
     The global batch of this step is batch_size x grad_accumulation x processes samples; micro-batch m of process p
     takes its own slice, so the result does not depend on how the global batch is split (up to summation order).
     Each micro-batch's loss is a mean over its own targets, so it counts with its share of the global batch's targets
-    (`_micro_batch_weights`): answers of different lengths weigh what they would in one batch."""
+    (`_micro_batch_weights`): answers of different lengths weigh what they would in one batch. A micro-batch without
+    a target weighs nothing and is skipped."""
     procs, accum = accelerator.num_processes, config.grad_accumulation
     batch = source.train_batch(step, config.batch_size * procs * accum, num_segments)
     size = config.batch_size
     slices = [slice(first, first + size) for first in range(0, batch.input_ids.shape[0], size)]
     # Every process builds the whole global batch, so each knows every micro-batch's weight without communicating.
-    shares = _micro_batch_weights(model, batch, slices)
+    plans = _micro_batch_plans(model, batch, slices)
+    shares = _micro_batch_weights(model, batch, slices, plans)
+    if config.fsdp:
+        _check_same_calls(model, plans, procs, step)
     total = 0.0
     with accelerator.no_sync(prepared):
         for micro in range(accum):
             index = micro * procs + accelerator.process_index
+            if shares[index] == 0:
+                continue
             part = batch.rows(slices[index]).to(accelerator.device)
             # The gradients are averaged over processes at the end: scaled by procs, a share adds up to itself.
             scale = shares[index] * procs
@@ -371,22 +377,52 @@ def _train_step(
     return total
 
 
-def _micro_batch_weights(model: RecurrentMemoryModel, batch: Batch, slices: list[slice]) -> list[float]:
-    """Each micro-batch's share of the global batch's loss: the number of terms its loss is the mean of over the
-    total (samples for a classifier; for a causal LM `loss_terms` of the plan `forward` makes: targets, or
-    (sample, segment) pairs with loss_aggregation="segments")."""
-    if len(slices) == 1:  # one micro-batch (no accumulation, one process): nothing to weigh, no extra planning
-        return [1.0]
-    counts = []
+def _micro_batch_plans(model: RecurrentMemoryModel, batch: Batch, slices: list[slice]) -> list[SegmentPlan] | None:
+    """The plan `forward` makes of each micro-batch (one with no target included: it weighs nothing); None for a
+    single micro-batch (no accumulation, one process), which needs no weighing."""
+    if len(slices) == 1:
+        return None
+    plans = []
     for rows in slices:
         part = batch.rows(rows)
-        if model.token_logits:
-            plan = model.plan(part.input_ids, part.attention_mask, part.labels)
-            counts.append(float(loss_terms(model.config, plan.weights)))
-        else:
-            counts.append(float(part.input_ids.shape[0]))
+        plans.append(model.plan(part.input_ids, part.attention_mask, part.labels, require_targets=False))
+    return plans
+
+
+def _micro_batch_weights(
+    model: RecurrentMemoryModel, batch: Batch, slices: list[slice], plans: list[SegmentPlan] | None
+) -> list[float]:
+    """Each micro-batch's share of the global batch's loss: the number of terms its loss is the mean of over the
+    total (samples for a classifier; for a causal LM `loss_terms` of its plan: targets, or (sample, segment) pairs
+    with loss_aggregation="segments"). A global batch without a target keeps equal shares, so that `forward` refuses
+    it as it refuses one batch without a target."""
+    if plans is None:
+        return [1.0]
+    if model.token_logits:
+        counts = [float(loss_terms(model.config, plan.weights)) for plan in plans]
+    else:
+        counts = [float(batch.rows(rows).input_ids.shape[0]) for rows in slices]
     total = sum(counts)
     return [count / total for count in counts] if total else [1 / len(slices)] * len(slices)
+
+
+def _check_same_calls(model: RecurrentMemoryModel, plans: list[SegmentPlan] | None, procs: int, step: int) -> None:
+    """Refuse a step in which the processes' micro-batches would make different layer calls (`call_schedule`): with
+    sharded layers each call gathers the weights from every process, so they would wait on each other forever.
+    Every process decides alike (each holds the whole global batch), so all of them raise together."""
+    if plans is None:
+        return
+    for first in range(0, len(plans), procs):
+        together = plans[first : first + procs]
+        calls = [model.call_schedule(plan) for plan in together]
+        if any(c != calls[0] for c in calls[1:]):
+            segments = ", ".join(f"process {p}: {int(plan.num_segments.max())}" for p, plan in enumerate(together))
+            raise InputError(
+                f"fsdp: at step {step + 1} the processes' samples differ in layout (segments per micro-batch: "
+                f"{segments}; or targets in other segments), so their sharded layers would wait on each other "
+                "forever (every layer call gathers its weights from all processes); fsdp trains on samples of one "
+                "layout (a synthetic task, text cut to one length): train this data without --fsdp"
+            )
 
 
 def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerator) -> None:

@@ -1,7 +1,8 @@
 """A tiny training run for the multi-process tests: `torchrun --nproc_per_node 2 tests/helpers/distributed_train.py
 OUT [--steps N] [--batch-size B] [--resume] [--slow-after K] [--fsdp] [--trainable all|memory|lora]
-[--memory rmt|armt] [--first-segments N]` (--first-segments: copy 2 symbols per segment, N segments for the first 3
-steps and 2 after). Every
+[--memory rmt|armt] [--first-segments N] [--ragged] [--untargeted-half]` (--first-segments: copy 2 symbols per
+segment, N segments for the first 3 steps and 2 after; --ragged: the second half of each global batch loses its first
+segment to left padding; --untargeted-half: the second half has no targets). Every
 process writes its final weights to OUT/rank{R}.pt so that the test can compare the processes with each other and
 with a one-process run.
 `--slow-after K` sleeps after each step from step K on, so that a test can kill the job mid-run. A crash in native
@@ -28,16 +29,26 @@ from rmt.train.loop import train
 
 
 class SlowSource(TaskSource):
-    """A TaskSource that sleeps before each batch from step `after` on (so a test has time to kill the job)."""
+    """A TaskSource that sleeps before each batch from step `after` on (so a test has time to kill the job), and
+    can change the second half of each training batch: `ragged_segment` (a segment size) turns its first segment into
+    left padding, `untargeted_half` drops its targets."""
 
-    def __init__(self, task, seed: int, after: int | None) -> None:
+    def __init__(self, task, seed: int, after: int | None, ragged_segment: int = 0, untargeted_half: bool = False):
         super().__init__(task, seed)
         self.after = after
+        self.ragged_segment, self.untargeted_half = ragged_segment, untargeted_half
 
     def train_batch(self, step, batch_size, num_segments=None):
         if self.after is not None and step >= self.after:
             time.sleep(0.5)
-        return super().train_batch(step, batch_size, num_segments)
+        batch = super().train_batch(step, batch_size, num_segments)
+        half = batch.input_ids.shape[0] // 2
+        if self.ragged_segment:
+            batch.attention_mask[half:, : self.ragged_segment] = 0
+            batch.labels[half:, : self.ragged_segment] = -100
+        if self.untargeted_half:
+            batch.labels[half:] = -100
+        return batch
 
 
 def main() -> None:
@@ -53,6 +64,8 @@ def main() -> None:
     parser.add_argument("--trainable", default="all")
     parser.add_argument("--memory", default="rmt")
     parser.add_argument("--first-segments", type=int, default=None)
+    parser.add_argument("--ragged", action="store_true")
+    parser.add_argument("--untargeted-half", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     task, segment_size, curriculum = CopyTask(length=4), CopyTask(length=4).segment_size_for(3), None
@@ -81,7 +94,8 @@ def main() -> None:
         progress=False,
     )
     accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
-    train(model, SlowSource(task, 0, args.slow_after), config, args.output, resume=args.resume, accelerator=accelerator)
+    source = SlowSource(task, 0, args.slow_after, segment_size if args.ragged else 0, args.untargeted_half)
+    train(model, source, config, args.output, resume=args.resume, accelerator=accelerator)
     weights = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
     torch.save(weights, f"{args.output}/rank{accelerator.process_index}.pt")
     if accelerator.is_main_process and not args.fsdp:
