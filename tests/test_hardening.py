@@ -481,3 +481,33 @@ def test_an_early_stop_at_a_perfect_score_says_so_and_stays_stopped_on_resume():
     assert state.stopped_early and state.evals_without_gain == 1
     assert _plateau_reason(config, state) == "held-out accuracy reached 1.0" and state.stop_reason == "ceiling"
     assert _plateaued(TrainConfig(plateau_evals=5), state, 10) and not _plateaued(TrainConfig(), state, 10)
+
+
+GROWING = ["--task", "detect_memorize", "--segments", "3", *TINY[TINY.index("--family") :]]  # takes a curriculum
+
+
+def test_a_resume_keeps_the_curriculum_up_to_its_stage_and_may_change_the_stages_after(tmp_path, capsys):
+    """The checkpoint is in stage 2 of 0:1,2:2,4:3: a curriculum without that stage is refused in one line (it was
+    an IndexError), one that moves a later stage trains on."""
+    output = tmp_path / "run"
+    base = [*GROWING, "--output", str(output)]
+    assert run_cli(["train", *base, "--steps", "4", "--curriculum", "0:1,2:2,4:3"], capsys)[0] == 0
+    code, err = run_cli(["train", *base, "--steps", "6", "--curriculum", "0:1", "--resume"], capsys)
+    assert code == 2 and "it is in stage 2 of the curriculum 0:1,2:2,4:3, and this run's curriculum 0:1 changes" in err
+    code, err = run_cli(["train", *base, "--steps", "6", "--curriculum", "0:1,2:3", "--resume"], capsys)
+    assert code == 2 and "changes the stages up to it" in err
+    code, err = run_cli(["train", *base, "--steps", "6", "--curriculum", "0:1,2:2,5:3", "--resume"], capsys)
+    assert code == 0, err
+
+
+def test_a_run_stopped_on_a_plateau_trains_on_when_a_resume_adds_curriculum_stages(tmp_path, capsys):
+    """The plateau stop holds in the curriculum's last stage: a resume that adds a stage after it trains on into it
+    (it said "nothing to train"); a change of the held-out batches is noted."""
+    output = tmp_path / "run"
+    base = [*GROWING, "--eval-every", "1", "--lr", "1e-12", "--memory-lr", "1e-12", "--lr-schedule", "constant"]
+    base += ["--warmup", "0", "--output", str(output), "--steps", "20", "--plateau-evals", "2"]
+    assert run_cli(["train", *base, "--curriculum", "0:2"], capsys)[0] == 0
+    code, err = run_cli(["train", *base, "--curriculum", "0:2,6:3", "--resume", "--eval-batches", "3"], capsys)
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert code == 0 and "training on" in err and max(r["step"] for r in records) > 6
+    assert "note: eval_batches changed, so the held-out scores from step 4 on come from other samples" in err

@@ -472,15 +472,29 @@ def _check_resume(
     main: bool,
     data_metric: str,
 ) -> None:
-    """Refuse a resume on other data or behind its checkpoint; say what a changed step count does to the schedule,
-    and whether a run that stopped early trains on under this run's plateau setting (which `state` then records)."""
+    """Refuse a resume on other data, behind its checkpoint or with other curriculum stages up to the one it is in;
+    say what a changed step count does to the schedule and what changed held-out batches do to the comparisons, and
+    whether a run that stopped early trains on under this run's plateau and curriculum (which `state` then records)."""
     if state.data and state.data != description:
         raise InputError(f"cannot resume from {path}: it trained on {state.data!r}, this run reads {description!r}")
     state.data = description
     step = record["step"]
     if step > config.steps:
         raise InputError(f"cannot resume from {path}: it is at step {step}, past this run's {config.steps} steps")
-    saved_steps = record.get("train_config", {}).get("steps", config.steps)
+    saved = record.get("train_config", {})
+    _check_curriculum(saved, state, config, path, step)
+    changed_eval = [
+        key
+        for key in ("eval_batches", "eval_batch_size")
+        if saved.get(key, getattr(config, key)) != getattr(config, key)
+    ]
+    if changed_eval and main:
+        print(
+            f"note: {' and '.join(changed_eval)} changed, so the held-out scores from step {step + 1} on come from "
+            "other samples than the earlier ones that the curriculum, the plateau stop and save_best compare them with",
+            file=sys.stderr,
+        )
+    saved_steps = saved.get("steps", config.steps)
     if saved_steps != config.steps and config.lr_schedule != "constant" and main:
         print(
             f"note: the {config.lr_schedule} learning-rate schedule now runs over {config.steps} steps instead of "
@@ -505,10 +519,33 @@ def _check_resume(
             )
 
 
+def _check_curriculum(saved: dict[str, Any], state: TrainerState, config: TrainConfig, path: Path, step: int) -> None:
+    """A resume keeps the curriculum's stages up to the one the checkpoint is in (its state counts them); later
+    stages may change: added, moved or dropped. A stage that became the last one counts as begun at the resume."""
+    if "curriculum" not in saved:  # a checkpoint from before the setting was recorded
+        return
+    before = [tuple(stage) for stage in saved["curriculum"] or []]
+    now = list(config.curriculum or [])
+    if now[: state.stage + 1] != before[: state.stage + 1]:
+        raise InputError(
+            f"cannot resume from {path}: it is in stage {state.stage + 1} of the curriculum {_stages(before)}, and "
+            f"this run's curriculum {_stages(now)} changes the stages up to it; keep them (later stages may change), "
+            "or start a new run from its model"
+        )
+    if before and state.stage == len(now) - 1 < len(before) - 1:
+        state.final_stage_from = step
+
+
+def _stages(curriculum: list[tuple[int, int]]) -> str:
+    return ",".join(f"{first}:{segments}" for first, segments in curriculum) if curriculum else "(none)"
+
+
 def _plateaued(config: TrainConfig, state: TrainerState, step: int) -> bool:
-    """Whether a run that stopped early at `step` stays stopped under `config`: it trained plateau_min_steps at the
-    final number of segments, and its held-out score had reached 1.0 or has not improved for plateau_evals
-    evaluations."""
+    """Whether a run that stopped early at `step` stays stopped under `config`: it is in the curriculum's last stage
+    (a resume may add stages), trained plateau_min_steps at the final number of segments, and its held-out score had
+    reached 1.0 or has not improved for plateau_evals evaluations."""
+    if config.curriculum and state.stage < len(config.curriculum) - 1:
+        return False
     if config.plateau_evals is None or step - state.final_stage_from < config.plateau_min_steps:
         return False
     return state.stop_reason == "ceiling" or state.evals_without_gain >= config.plateau_evals
