@@ -3,7 +3,7 @@
 Used by `save_pretrained`, the trainer's checkpoints, memory files and the benchmarks' result files.
 
 - `write_atomic(path, data)`: the data goes to a temporary file next to `path`, is flushed to disk, then renamed
-  over `path` (a rename within one folder is atomic).
+  over `path` (a rename within one folder is atomic). Folders are flushed to disk whole before their swap.
 - `atomic_directory(path, owned=...)`: a context manager that yields an empty temporary folder next to `path`; when
   the block finishes without an exception the folder replaces `path`, with the files of `path` that the writer
   neither wrote again nor owns carried over, at any depth (a tokenizer saved into a checkpoint's backbone folder
@@ -167,19 +167,39 @@ def recover_directory(path: str | os.PathLike) -> None:
 
 def replace_directory(new: Path, target: Path) -> None:
     """Make the complete folder `new` the folder `target`, atomically where the system allows (see the module
-    docstring); the previous `target`, if any, is removed."""
+    docstring); the previous `target`, if any, is removed. `new`'s files reach the disk before the swap, and the swap
+    before this returns."""
     new, target = Path(new), _resolved(target)
+    _sync_tree(new)
     if not target.exists():
         os.replace(new, target)
-        return
-    if _exchange(new, target):  # `new` now holds the previous version
+    elif _exchange(new, target):  # `new` now holds the previous version
         shutil.rmtree(new, ignore_errors=True)
-        return
-    old = target.with_name(f".{target.name}.{_OLD_TAG}-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    else:
+        old = target.with_name(f".{target.name}.{_OLD_TAG}-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    _sync(target.parent)
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder`: a rename reaches the disk in the file system's journal, the
+    files' data may not, so after a power loss the new folder could hold empty or partial files under the old name."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if not os.path.islink(os.path.join(root, name)):
+                _sync(Path(root) / name)
+        _sync(Path(root))
+
+
+def _sync(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 _RENAME_EXCHANGE = 2

@@ -231,6 +231,27 @@ def test_the_linux_swap_has_no_window(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 
+def test_a_folder_reaches_the_disk_before_its_swap(tmp_path, monkeypatch):
+    """Every file and folder written in the block is fsynced before the swap (a rename alone can reach the disk
+    before the data it names), and the parent folder after it."""
+    target = tmp_path / "checkpoint"
+    events = []
+    real_sync, real_replace = files._sync, os.replace
+    monkeypatch.setattr(files, "_sync", lambda path: (events.append(("sync", path)), real_sync(path)))
+    monkeypatch.setattr(files.os, "replace", lambda src, dst: (events.append(("rename", dst)), real_replace(src, dst)))
+    for version in ("1", "2"):  # a new folder, then one that replaces it
+        events.clear()
+        with files.atomic_directory(target) as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "step").write_text(version)
+            (tmp / "sub" / "weights").write_text(version)
+        synced = [path for kind, path in events if kind == "sync"]
+        before_swap = {path.relative_to(tmp) for path in synced[:-1]}
+        assert before_swap == {Path("."), Path("sub"), Path("step"), Path("sub/weights")}
+        assert synced[-1] == tmp_path and events[-1] == ("sync", tmp_path)
+        assert (target / "sub" / "weights").read_text() == version
+
+
 def test_leftovers_of_dead_processes_are_removed_but_not_live_ones(tmp_path):
     target = tmp_path / "checkpoint"
     target.mkdir()
