@@ -194,6 +194,13 @@ class RMTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InputError(f"RMTConfig.{name} must be an integer, got {value!r}")
+        for name in ("cls_token_id", "sep_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InputError(f"RMTConfig.{name} must be a token id (an integer >= 0) or None, got {value!r}")
+        for name in ("armt_write_norm", "read_memory_only", "xl_cache_recompute"):
+            if not isinstance(getattr(self, name), bool):  # a string "false" would read as true
+                raise InputError(f"RMTConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.num_memory_tokens < 0:
             raise InputError(f"RMTConfig.num_memory_tokens must be >= 0, got {self.num_memory_tokens}")
         if self.segment_size <= 0:
@@ -258,7 +265,7 @@ class RMTConfig:
             raise MissingFileError(f"memory config not found: {path}")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"memory config {path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise InputError(f"memory config {path} must hold a JSON object")

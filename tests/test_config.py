@@ -21,6 +21,10 @@ from rmt.config import RMTConfig, field_help
         ({"segment_size": 2.5}, r"segment_size must be an integer"),
         ({"memory_kind": "armt", "mode": "encoder"}, r"memory_kind='armt' requires mode='decoder'"),
         ({"read_memory_only": True, "num_memory_tokens": 0}, r"read_memory_only needs num_memory_tokens >= 1"),
+        ({"read_memory_only": "false"}, r"read_memory_only must be true or false, got 'false'"),
+        ({"armt_write_norm": 1}, r"armt_write_norm must be true or false, got 1"),
+        ({"sep_token_id": "102"}, r"sep_token_id must be a token id \(an integer >= 0\) or None, got '102'"),
+        ({"cls_token_id": -1}, r"cls_token_id must be a token id"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, message):
@@ -40,6 +44,9 @@ def test_unknown_or_corrupt_json_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         RMTConfig.load(tmp_path / "bad.json")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")  # a damaged file: not text at all
+    with pytest.raises(ValueError, match="binary.json is not valid JSON"):
+        RMTConfig.load(tmp_path / "binary.json")
     with pytest.raises(FileNotFoundError, match="memory config not found"):
         RMTConfig.load(tmp_path / "missing.json")
 
