@@ -125,8 +125,30 @@ def test_memory_files_from_before_a_config_field_was_added_still_load():
         return RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=3, segment_size=5, **extra))
 
     before = "e4fa90ac959db30502e727b81d7211faabc85ac522750051f36193e528fe4d8a"
-    assert config_fingerprint(model()) == before
-    assert config_fingerprint(model(memory_write_scale="token_embeddings")) != before
+    assert config_fingerprint(model(), training_fields=True) == before
+    assert config_fingerprint(model(memory_write_scale="token_embeddings"), training_fields=True) != before
+
+
+def test_memory_loads_into_the_model_trained_otherwise_and_older_files_still_load(tmp_path, monkeypatch):
+    """BPTT depth and loss aggregation say how a model trains, not what it computes: a memory file loads whatever
+    they are now (it was refused as "another configuration"). Files written when the fingerprint covered them load
+    into a model with the same values."""
+    import dataclasses
+
+    model = armt()
+    path = save_memory(model, model.stream().memory_state, tmp_path / "a.memory")
+    trained_otherwise = dataclasses.replace(model.config, bptt_depth=1, loss_aggregation="segments")
+    monkeypatch.setattr(model, "config", trained_otherwise)
+    load_memory(model, path)
+    monkeypatch.undo()
+
+    original = memory_file.config_fingerprint
+    monkeypatch.setattr(memory_file, "config_fingerprint", lambda m, training_fields=False: original(m, True))
+    older = save_memory(model, model.stream().memory_state, tmp_path / "older.memory")
+    monkeypatch.undo()
+    load_memory(model, older)
+    with pytest.raises(InputError, match="another configuration"):
+        load_memory(armt(memory=3), older)
 
 
 def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, capsys):

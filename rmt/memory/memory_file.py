@@ -10,10 +10,10 @@ questions without reading the document again.
     answer = model.generate(question_ids, memory_state=state, max_new_tokens=20)
 
 The file is safetensors: one tensor per leaf of the state, its structure, and two fingerprints of the model that made
-it: of its configuration (RMTConfig and the backbone's shape) and of its weights (evenly spaced elements of every
-weight tensor, rounded to bf16 so that the same weights in fp32 or bf16 match). Loading into a model with another
-configuration or other weights is refused with a message that says which: a memory is only meaningful to the model
-that wrote it. The state is loaded in the dtypes of the loading model's own state. Questions asked after a loaded
+it: of its configuration (RMTConfig, less bptt_depth and loss_aggregation, which change only training, and the
+backbone's shape) and of its weights (evenly spaced elements of every weight tensor, rounded to bf16 so that the same
+weights in fp32 or bf16 match). Loading into a model with another configuration or other weights is refused with a
+message that says which: a memory is only meaningful to the model that wrote it. The state is loaded in the dtypes of the loading model's own state. Questions asked after a loaded
 memory start a new segment, as if the document ended at a segment boundary. Files of the first format (rmt-memory-1,
 whose weights fingerprint covered the memory parameters and the first rows of the token embeddings) still load.
 """
@@ -48,12 +48,20 @@ _FIRST_FORMAT_ROWS = 64  # rmt-memory-1: rows of the embedding matrix hashed int
 _FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False}
 
 
-def config_fingerprint(model: MemoryModel) -> str:
-    """sha256 of the model's RMTConfig and backbone shape."""
+# RMTConfig fields that say how a model trains, not what it computes: a memory file does not depend on them.
+_TRAINING_FIELDS = ("bptt_depth", "loss_aggregation")
+
+
+def config_fingerprint(model: MemoryModel, training_fields: bool = False) -> str:
+    """sha256 of the model's RMTConfig (without the fields that only change training; files written before that
+    hashed them too: `training_fields=True`) and backbone shape."""
     backbone = {key: getattr(model.backbone.config, key, None) for key in _BACKBONE_KEYS}
     rmt = model.config.to_dict()
     for name, value in _FIELDS_ADDED_LATER.items():
         if rmt.get(name) == value:
+            del rmt[name]
+    if not training_fields:
+        for name in _TRAINING_FIELDS:
             del rmt[name]
     text = json.dumps({"rmt": rmt, "backbone": backbone}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -125,7 +133,7 @@ def read_memory(model: MemoryModel, path: str | os.PathLike) -> tuple[State, dic
         raise InputError(f"{path} is not a memory file (unreadable safetensors: {err})") from err
     if header.get("format") not in (FORMAT, _FIRST_FORMAT):
         raise InputError(f"{path} is not a memory file written by rmt (format {header.get('format')!r})")
-    if header.get("config_fingerprint") != config_fingerprint(model):
+    if header.get("config_fingerprint") not in (config_fingerprint(model), config_fingerprint(model, True)):
         raise InputError(
             f"{path} was written by a model of another configuration (memory kind, memory tokens, segment size or "
             "backbone differ): load it into the model that read the document"
