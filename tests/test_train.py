@@ -518,3 +518,29 @@ def test_weight_decay_on_matrices_leaves_biases_and_norm_gains(decayed):
     gains = {name for name, p in model.named_parameters() if p.dim() < 2 and p.abs().sum() > 0}
     assert gains and any("memory" in name for name in matrices)
     assert changed == (matrices | gains if decayed == "all" else matrices)
+
+
+def test_a_step_the_fp16_scaler_skips_does_not_advance_the_learning_rate_schedule(tmp_path, monkeypatch):
+    """fp16's gradient scaler skips a step whose gradients overflow: the schedule stays where it is (it moved on, so
+    warm-up ended early by each skipped step). The scaler needs a GPU, so the skip of step 1 is simulated."""
+    from accelerate import Accelerator
+
+    calls = []
+    monkeypatch.setattr(
+        Accelerator, "optimizer_step_was_skipped", property(lambda self: calls.append(1) or len(calls) == 1)
+    )
+    model, source = small_setup()
+    config = TrainConfig(steps=3, batch_size=2, warmup_steps=2, log_every=1, eval_every=100, progress=False)
+    history = train(model, source, config, tmp_path)
+    assert [r["lr"] for r in history if "lr" in r] == [0.0, 0.0, config.learning_rate / 2]
+
+
+def test_fp16_on_the_cpu_is_refused_instead_of_training_in_fp32(tmp_path):
+    """Accelerate on the CPU leaves fp16 off (no autocast, no scaler: native_amp is False); Accelerate's settings
+    are global to the process, so the CPU Accelerator's two attributes stand in for it here."""
+    model, source = small_setup()
+    config = TrainConfig(steps=1, batch_size=2, mixed_precision="fp16", progress=False)
+    cpu_fp16 = SimpleNamespace(mixed_precision="fp16", native_amp=False)
+    with pytest.raises(InputError, match="fp16 mixed precision needs a GPU"):
+        train(model, source, config, tmp_path / "run", accelerator=cpu_fp16)
+    assert not (tmp_path / "run").exists()

@@ -152,8 +152,8 @@ class TrainConfig:
     mixed_precision: MixedPrecision = field(
         default="no",
         metadata=_doc(
-            "Autocast the forward pass to 'bf16' or 'fp16' (with a gradient scaler) through Accelerate; weights, "
-            "optimizer and memory states stay fp32."
+            "Autocast the forward pass to 'bf16' or 'fp16' (with a gradient scaler; GPU only) through Accelerate; "
+            "weights, optimizer and memory states stay fp32."
         ),
     )
     trainable: Trainable = field(

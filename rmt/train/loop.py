@@ -183,6 +183,11 @@ def _train(
         raise InputError(f"output {output_dir} exists and is not a folder")
     summary_writer = tensorboard_writer_class() if config.tensorboard else None
     accelerator = accelerator or default_accelerator(config)
+    if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
+        raise InputError(
+            "fp16 mixed precision needs a GPU: Accelerate neither autocasts to fp16 nor scales gradients on the CPU, "
+            "so the run would train in fp32; use bf16 on the CPU"
+        )
     main = accelerator.is_main_process
 
     model.to(accelerator.device)
@@ -253,7 +258,8 @@ def _train(
             grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
         lr = scheduler.get_last_lr()[-1]  # the rate this step used (the scheduler then moves to the next one)
         optimizer.step()
-        scheduler.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips a step with inf/nan gradients
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         state.running_loss += loss
