@@ -13,9 +13,10 @@ The file is safetensors: one tensor per leaf of the state, its structure, and tw
 it: of its configuration (RMTConfig, less bptt_depth and loss_aggregation, which change only training, and the
 backbone's shape) and of its weights (evenly spaced elements of every weight tensor, rounded to bf16 so that the same
 weights in fp32 or bf16 match). Loading into a model with another configuration or other weights is refused with a
-message that says which: a memory is only meaningful to the model that wrote it. The state is loaded in the dtypes of the loading model's own state. Questions asked after a loaded
-memory start a new segment, as if the document ended at a segment boundary. Files of the first format (rmt-memory-1,
-whose weights fingerprint covered the memory parameters and the first rows of the token embeddings) still load.
+message that says which: a memory is only meaningful to the model that wrote it. The state is loaded in the dtypes
+of the loading model's own state. Questions asked after a loaded memory start a new segment, as if the document ended
+at a segment boundary. Files of the first format (rmt-memory-1, whose weights fingerprint covered the memory
+parameters and the first rows of the token embeddings) still load.
 """
 
 from __future__ import annotations
