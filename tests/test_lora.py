@@ -233,3 +233,15 @@ def test_all_trains_the_whole_model_again_after_a_lora_run(tmp_path):
     assert all(not torch.equal(after[k], before[k]) for k in before if k.endswith("proj.weight"))
     build_optimizer(model, lora_config(trainable="memory"))
     assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize("trainable", ["lora", "memory"])
+def test_training_leaves_every_parameters_requires_grad_as_it_found_it(tmp_path, trainable):
+    """A run that trains part of the model freezes the rest for itself only: afterwards the model trains whole in
+    the user's own loop (after a LoRA run its merged backbone stayed frozen), and what the user froze stays frozen."""
+    model, source = copy_model("llama")
+    model.backbone.get_input_embeddings().weight.requires_grad_(False)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    train(model, source, lora_config(trainable=trainable), tmp_path)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert sum(not flag for flag in flags.values()) == 1

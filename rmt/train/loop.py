@@ -141,7 +141,8 @@ def train(
     `save_extras(folder)` writes files that belong with the model into checkpoints (e.g. the tokenizer). The model is
     trained in place. With trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which
     are merged into the backbone's weights when training ends, or stops on an error: the model comes back with its
-    own layers and names. save_best also keeps the best-evaluated model in `output_dir/best`."""
+    own layers and names, and every parameter's requires_grad as it was. save_best also keeps the best-evaluated
+    model in `output_dir/best`."""
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
     if source.metric != "accuracy" and config.curriculum_accuracy is not None:  # language modelling: loss only
@@ -151,6 +152,7 @@ def train(
         )
     data = PrefetchingSource(source, config.data_workers) if config.data_workers else source
     run = (config, output_dir, resume, accelerator, description, save_extras, overwrite)
+    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     try:
         if config.trainable != "lora":
             return _train(model, data, *run)
@@ -162,6 +164,8 @@ def train(
         finally:
             merge_lora(model)
     finally:
+        for param, flag in requires_grad:  # `trainable` froze parts of the model for this run only
+            param.requires_grad_(flag)
         if isinstance(data, PrefetchingSource):
             data.close()
 

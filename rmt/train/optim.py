@@ -23,8 +23,8 @@ from rmt.train.config import TrainConfig
 def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(memory and head parameters, backbone parameters) that train, after setting each parameter's requires_grad
     as `trainable` says: every parameter for "all", the wrapper's and a classifier head's for "memory", those and
-    the LoRA adapters for "lora". Set, not only cleared: a model that an earlier run froze (a LoRA run leaves its
-    merged backbone frozen) trains whole again with "all"."""
+    the LoRA adapters for "lora". Set, not only cleared: a model that its user froze trains whole with "all"
+    (`train` restores the flags when it ends)."""
     head = set()
     if not model.token_logits:
         for name in CLASSIFIER_HEADS:  # a sequence classifier's task head: new for every task
