@@ -152,6 +152,10 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     error = capsys.readouterr().err
     assert "--memory-tokens 3 (the checkpoint has 2), --segment-size 16 (the checkpoint has 32)" in error
     assert not (tmp_path / "refused").exists()
+    # Given at its default value (10), which argparse alone cannot tell from not given: refused as well.
+    assert main([*again, "--memory-tokens", "10", "--output", str(tmp_path / "refused")]) == 2
+    assert "--memory-tokens 10 (the checkpoint has 2)" in capsys.readouterr().err
+    assert main([*again, "--memory-tokens", "2", "--output", str(tmp_path / "same")]) == 0
 
 
 def test_train_with_the_same_seed_repeats_the_run(tmp_path, haystack_file):

@@ -523,14 +523,17 @@ def _refuse_other_classes(args: argparse.Namespace, backbone_config: Any, labels
 
 def _refuse_overridden_flags(args: argparse.Namespace, saved: RMTConfig) -> None:
     """An rmt checkpoint trains on with its own memory settings; a memory flag or --segment-size given with another
-    value than the checkpoint's would be ignored, so it is refused, naming each."""
+    value than the checkpoint's would be ignored, so it is refused, naming each (also one given at its default
+    value, which argparse alone cannot tell from one not given)."""
     defaults = RMTConfig()
-    differing = [
-        f"{flag_name(f.name, MEMORY_FLAGS)} {getattr(args, f.name)} (the checkpoint has {getattr(saved, f.name)})"
-        for f in dataclasses.fields(RMTConfig)
-        if f.name not in MEMORY_SKIP
-        and getattr(args, f.name) not in (getattr(defaults, f.name), getattr(saved, f.name))
-    ]
+    differing = []
+    for f in dataclasses.fields(RMTConfig):
+        if f.name in MEMORY_SKIP:
+            continue
+        flag, value = flag_name(f.name, MEMORY_FLAGS), getattr(args, f.name)
+        given = value != getattr(defaults, f.name) or flags_given(args, [flag, f"--no-{flag[2:]}"])
+        if given and value != getattr(saved, f.name):
+            differing.append(f"{flag} {value} (the checkpoint has {getattr(saved, f.name)})")
     if args.segment_size is not None and args.segment_size != saved.segment_size:
         differing.append(f"--segment-size {args.segment_size} (the checkpoint has {saved.segment_size})")
     if differing:
