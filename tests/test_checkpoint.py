@@ -160,6 +160,37 @@ def test_save_keeps_a_tokenizer_in_the_backbone_folder_but_not_old_weight_shards
     assert (folder / "backbone" / "tokenizer.json").read_text() == '{"version": "1.0"}'
 
 
+def test_the_trainers_model_save_swaps_weights_and_tokenizer_in_together(tmp_path):
+    """`rmt train` writes the tokenizer next to the weights: a crash while writing it leaves the model folder as it
+    was (the new weights were swapped in first, next to the old tokenizer), and a save that ends writes both."""
+    from accelerate import Accelerator
+
+    from rmt.train.config import TrainConfig
+    from rmt.train.loop import save_model
+
+    folder = tmp_path / "model"
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5))
+    model.save_pretrained(folder)
+    (folder / "backbone" / "tokenizer.json").write_text("old")
+    weights = (folder / "memory.safetensors").read_bytes()
+
+    def crash_in_tokenizer(into):
+        (into / "backbone" / "tokenizer.json").write_text("half")
+        raise OSError("disk full")
+
+    trained_like(model)
+    accelerator, config = Accelerator(cpu=True), TrainConfig(progress=False)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(model, folder, accelerator, config, crash_in_tokenizer)
+    assert (folder / "memory.safetensors").read_bytes() == weights
+    assert (folder / "backbone" / "tokenizer.json").read_text() == "old"
+    save_model(
+        model, folder, accelerator, config, lambda into: (into / "backbone" / "tokenizer.json").write_text("new")
+    )
+    assert (folder / "memory.safetensors").read_bytes() != weights
+    assert (folder / "backbone" / "tokenizer.json").read_text() == "new"
+
+
 def test_save_through_a_symbolic_link_writes_where_it_points(tmp_path):
     """Saving to a link (`latest -> run-2`) updates the folder it points to and keeps the link."""
     (tmp_path / "run-2").mkdir()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,11 +56,13 @@ def save_memory_model(
     path: str | os.PathLike,
     state_dict: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
+    extras: Callable[[Path], None] | None = None,
 ) -> None:
     """Write `model` to the folder `path` atomically (see the module docstring). `state_dict`: the model's full
     weights when its own parameters are sharded over processes (FSDP), gathered by the caller. A backbone with LoRA
     adapters is written with them merged into its weights. `progress=False` hides transformers' progress bar of the
-    write (a trainer run without progress bars saves quietly)."""
+    write (a trainer run without progress bars saves quietly). `extras(folder)` writes more files (a tokenizer) into
+    the folder before it is swapped in, so they change with the weights, at once."""
     if state_dict is None and has_lora_layers(model.backbone):
         state_dict = merged_state_dict(model)
     if state_dict is None:
@@ -76,6 +78,8 @@ def save_memory_model(
         tensors = {k: v.detach().contiguous().cpu() for k, v in memory_weights.items()}
         save_file(tensors, str(tmp / MEMORY_WEIGHTS), metadata={"format": "pt"})
         model.config.save(tmp / MEMORY_CONFIG)
+        if extras is not None:
+            extras(tmp)
 
 
 @contextmanager

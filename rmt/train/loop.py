@@ -327,15 +327,13 @@ def save_model(
     replace_whole: bool = False,
 ) -> None:
     """`save_pretrained` of a trained model and `save_extras(folder)`, from the main process; with FSDP every process
-    takes part in gathering the weights, so every process must call it. replace_whole=True builds the whole folder
-    aside, extras included, and swaps it in at once (a crash leaves the previous folder as it was); otherwise the
-    weights are swapped in first and other files already in `path` are kept."""
+    takes part in gathering the weights, so every process must call it. The weights and extras are swapped in at once
+    (a crash leaves the previous folder as it was); replace_whole=True replaces the whole folder, otherwise other
+    files already in `path` are kept."""
     weights = fsdp.full_weights(model) if config.fsdp else None
     if accelerator.is_main_process:
         with atomic_directory(path) if replace_whole else nullcontext(Path(path)) as folder:
-            save_memory_model(model, folder, state_dict=weights, progress=config.progress)
-            if save_extras is not None:
-                save_extras(folder)
+            save_memory_model(model, folder, state_dict=weights, progress=config.progress, extras=save_extras)
     accelerator.wait_for_everyone()
 
 
