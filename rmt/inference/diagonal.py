@@ -20,23 +20,25 @@ masked out, as the sequential loop drops finished samples.
 `generate` reads the prompt's complete segments with the diagonal pass and hands the rest to the model's own stream
 (`rmt.memory.generation`): same arguments and the same tokens as `model.generate`.
 
-The engine stays in step with its model: it keeps the version counters of the parameters it stacked and restacks them
-before the next grouped computation if any changed (an optimizer step, `load_state_dict`, an in-place edit under
-`torch.no_grad()`), so training the model further and then running the engine never uses stale weights. (Changes
-made through `.data` bypass version counters: call `refresh(force=True)` after them.) ARMT's own projections and
-memory tokens are read from the model at every call.
+The engine stays in step with its model: it records the version counters and storages of the parameters it stacked
+and the process's optimizer step count, and restacks before the next grouped computation if any changed (an optimizer
+step, fused kernels included; `load_state_dict`; an in-place edit under `torch.no_grad()`; a `.to()` round trip), so
+training the model further and then running the engine never uses stale weights. (An in-place change of `p.data`
+itself bypasses all of these: call `refresh(force=True)` after it.) ARMT's own projections and memory tokens are read
+from the model at every call.
 
 Exactness: on a CPU the grouped cells give the sequential model's result bit for bit over whole segments, in fp32 and
-bf16 (tested; at the Llama-3.2-1B shape and on SmolLM2 in bf16: benchmarks/results/diagonal_precision-*-cpu.json). Every
-product of a group there is the layer's own `F.linear` (Llama's q, k and v apart, as the layer projects them), a
-LayerNorm the layer's own call, the MLP is split by layers and never by rows, the memory's matrix-vector products are
-elementwise sums and its sigmoid is rounded from float64: each of these made grouped cells round differently from one
-layer's, and a recurrence amplifies a last-bit difference from segment to segment. (Checked natively on an Intel Xeon
-with AMX and with MKL, oneDNN and ATen held to AVX2.) A ragged last segment is padded to a whole cell, and a product
-over more rows may sum in another order (SmolLM2, fp32: logits within 1e-4 of the largest). On a GPU a group's products
-are batched matmuls and its LayerNorms one batched normalisation (`rmt.ops.grouped`), whose order of summation may
-differ from one layer's. One cell per group is the sequential model's own computation on any device. Dropout is not
-applied: run the model in eval mode when comparing.
+bf16 (tested; at the Llama-3.2-1B shape and on SmolLM2 in bf16: benchmarks/results/diagonal_precision-*-cpu.json), with
+SDPA attention, transformers' default: grouped cells always use SDPA, so a backbone set to eager attention agrees only
+up to rounding. Every product of a group there is the layer's own `F.linear` (Llama's q, k and v apart, as the layer
+projects them), a LayerNorm the layer's own call, the MLP is split by layers and never by rows, the memory's
+matrix-vector products are elementwise sums and its sigmoid is rounded from float64: each of these made grouped cells
+round differently from one layer's, and a recurrence amplifies a last-bit difference from segment to segment. (Checked
+natively on an Intel Xeon with AMX and with MKL, oneDNN and ATen held to AVX2.) A ragged last segment is padded to a
+whole cell, and a product over more rows may sum in another order (SmolLM2, fp32: logits within 1e-4 of the largest). On
+a GPU a group's products are batched matmuls and its LayerNorms one batched normalisation (`rmt.ops.grouped`), whose
+order of summation may differ from one layer's. One cell per group is the sequential model's own computation on any
+device. The engine runs in eval mode: no dropout, whatever mode the model is in.
 
 Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than one
 cell's and loses cache locality, so `group_size=1` runs the cells of a step one at a time, each its own memory read,
@@ -51,18 +53,34 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from rmt.backbones.layers import StackedLayers
 from rmt.errors import InputError
 from rmt.inference.schedule import layer_range
 from rmt.memory.armt import ARMTForCausalLM, layout_segment
-from rmt.memory.generation import generate
+from rmt.memory.generation import evaluation_mode, generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput
 from rmt.memory.segments import assemble_logits
 from rmt.memory.state import State
 from rmt.ops.associative import associative_read, associative_write
 
 Logits = Literal["all", "last", "none"]
+
+_optimizer_steps = 0  # optimizer steps taken in this process since the first engine was built
+_step_hook = None
+
+
+def _count_optimizer_steps() -> None:
+    """Count every optimizer step from now on (once per process): a global post-step hook, a counter increment."""
+    global _step_hook
+    if _step_hook is None:
+        _step_hook = register_optimizer_step_post_hook(_counted_step)
+
+
+def _counted_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
 
 
 class DiagonalARMT:
@@ -85,7 +103,8 @@ class DiagonalARMT:
         self.adapter = model.adapter
         self.num_layers = model.adapter.num_layers
         self._stacked: StackedLayers | None = None  # built when a group of several cells first needs it
-        self._versions: list | None = None
+        self._versions: tuple | None = None
+        _count_optimizer_steps()
 
     @property
     def layers(self) -> StackedLayers:
@@ -104,9 +123,13 @@ class DiagonalARMT:
         self._stacked = None
         return True
 
-    def _source_versions(self) -> list[tuple[int, int, torch.device, torch.dtype]]:
-        """Identity, version counter, device and dtype of every parameter of the decoder layers."""
-        return [(id(p), p._version, p.device, p.dtype) for p in self.adapter.layers.parameters()]
+    def _source_versions(self) -> tuple[int, list[tuple[int, int, int, torch.device, torch.dtype]]]:
+        """The process's optimizer step count, and the identity, version counter, storage, device and dtype of every
+        parameter of the decoder layers. Fused optimizer kernels update weights without bumping version counters,
+        and `.to()` round trips or `vector_to_parameters` swap `.data` (a new storage): any optimizer step, this
+        model's or another's, restacks."""
+        params = self.adapter.layers.parameters()
+        return _optimizer_steps, [(id(p), p._version, p.data_ptr(), p.device, p.dtype) for p in params]
 
     @torch.no_grad()
     def forward(
@@ -116,12 +139,18 @@ class DiagonalARMT:
         memory_state: State | None = None,
         logits: Logits = "last",
     ) -> RMTOutput:
-        """Same inputs and result as `model.forward` (without labels): logits [B, V] at each sample's last token
-        ("last", the default), or [B, N, V] ("all"), or None ("none": only the memory); memory_state after each
-        sample's end."""
+        """Same inputs and result as `model.forward` (without labels) in eval mode: logits [B, V] at each sample's
+        last token ("last", the default), or [B, N, V] ("all"), or None ("none": only the memory); memory_state after
+        each sample's end. Dropout is off whatever mode the model is in (the model's own flags are kept)."""
         if logits not in ("all", "last", "none"):
             raise InputError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         self.refresh()
+        with evaluation_mode(self.model):
+            return self._forward(input_ids, attention_mask, memory_state, logits)
+
+    def _forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory_state: State | None, logits: Logits
+    ) -> RMTOutput:
         model, adapter = self.model, self.adapter
         plan = model.plan(input_ids, attention_mask, None)  # the shared loop's packing and segmentation
         ids = plan.input_ids

@@ -33,7 +33,8 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, cast
 
@@ -129,11 +130,7 @@ def generate(
     keep_scores = output_scores or bool(config.output_scores)
     deadline = None if config.max_time is None else time.monotonic() + config.max_time
 
-    # Restore each submodule's own flag afterwards: train(was_training) would put an eval backbone inside a training
-    # wrapper into training mode (dropout on).
-    flags = [(module, module.training) for module in cast(nn.Module, model).modules()]
-    model.eval()
-    try:
+    with evaluation_mode(cast(nn.Module, model)):
         stream = _read_prompt(model, input_ids, mask, memory_state, prefill)
         logits = stream.last_logits()
         finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
@@ -156,12 +153,22 @@ def generate(
             if bool(finished.all()) or out_of_time or step == max_new_tokens - 1:
                 break
             logits = stream.feed(token[:, None], (~finished).long()[:, None], logits="last")
-    finally:
-        for module, training in flags:
-            module.training = training
     # As many new columns as steps run, and one score per step (Hugging Face's convention).
     sequences = torch.cat([input_ids, torch.stack(chosen, dim=1)], dim=1)
     return GenerateOutput(sequences, torch.stack(scores, dim=1) if keep_scores else None)
+
+
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode (no dropout) inside the block, each one's own flag restored after it:
+    `train(was_training)` would put an eval backbone inside a training wrapper into training mode."""
+    flags = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for child, training in flags:
+            child.training = training
 
 
 def _read_prompt(
