@@ -345,3 +345,59 @@ def test_batched_grouped_layer_norm_equals_each_layers_own(dtype):
     for i in range(3):
         assert torch.equal(no_bias[i], torch.nn.functional.layer_norm(x[i], (32,), weight[i], None, 1e-5))
     torch.testing.assert_close(grouped_layer_norm(x, weight, None, 1e-5, batched=True), no_bias)
+
+
+@pytest.mark.parametrize("change", ["fused_adamw", "new_storage"])
+def test_the_engine_sees_weight_changes_that_leave_version_counters_alone(change):
+    """A fused optimizer step updates the weights without bumping their version counters, and `.to()` there and
+    back (or `vector_to_parameters`) gives a parameter new data of its own: the grouped cells ran the stacked copies
+    from before (logits off by 0.3)."""
+    model = armt(tiny_decoder("llama"))
+    engine = DiagonalARMT(model, group_size=None)
+    ids = _ids(2, 3 * SEG, seed=5)
+    stacked = engine(ids).logits  # computed with the weights the engine has stacked now
+    if change == "fused_adamw":
+        optimizer = torch.optim.AdamW(model.backbone.parameters(), lr=0.05, fused=True)
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+    else:
+        weight = model.backbone.model.layers[0].mlp.down_proj.weight
+        weight.data = weight.data * 1.5  # new data, the parameter's version counter untouched
+    with torch.no_grad():
+        expected = model(ids, logits="last").logits
+    assert float((expected - stacked).abs().max()) > 1e-2  # the weights did change
+    torch.testing.assert_close(engine(ids).logits, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_int32_ids_and_a_memory_state_in_another_dtype_run_as_int64_and_the_models_own():
+    """forward takes int32 ids, so generate and the engine take them too (the stream crashed writing them into its
+    int64 buffer); a memory state in float64 is used in the model's dtypes (the associative read crashed)."""
+    model = armt(tiny_decoder("llama"))
+    engine = DiagonalARMT(model, group_size=None)
+    ids, prompt = _ids(2, 2 * SEG + 3, seed=6), _ids(2, 5, seed=7)
+    state = engine(ids).memory_state
+    wide = tree_map(lambda t: t.double() if t.is_floating_point() else t, state)
+    with torch.no_grad():
+        expected = model(prompt, memory_state=state, logits="last").logits
+        torch.testing.assert_close(model(prompt, memory_state=wide, logits="last").logits, expected)
+    torch.testing.assert_close(engine(prompt, memory_state=wide).logits, expected, atol=1e-5, rtol=1e-4)
+    greedy = model.generate(ids, max_new_tokens=4).sequences
+    assert torch.equal(model.generate(ids.int(), max_new_tokens=4).sequences, greedy)
+    assert torch.equal(engine.generate(ids.int(), max_new_tokens=4).sequences, greedy)
+
+
+def test_the_engine_runs_without_dropout_and_keeps_the_models_training_flags():
+    """A GPT-2 backbone with its default dropout, the model in training mode: the engine's forward gave another
+    result at every call (its generate already ran in eval mode)."""
+    backbone = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    model = armt(backbone)
+    ids = _ids(2, 3 * SEG, seed=8)
+    with torch.no_grad():
+        expected = model(ids, logits="last").logits  # in eval mode
+    model.train()
+    model.backbone.transformer.h[0].eval()  # a flag of its own, which must survive
+    flags = [m.training for m in model.modules()]
+    for group_size in (1, None):
+        engine = DiagonalARMT(model, group_size=group_size)
+        torch.testing.assert_close(engine(ids).logits, expected, atol=1e-5, rtol=1e-4)
+        assert [m.training for m in model.modules()] == flags

@@ -38,7 +38,16 @@ from rmt.memory.generation import generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput, SegmentOutput
 from rmt.memory.pretrained import load_memory_model, save_memory_model
 from rmt.memory.segments import SegmentPlan, assemble_logits, plan_segments, select
-from rmt.memory.state import State, batch_size_of, check_state, detach, detach_rows, merge_rows, select_rows
+from rmt.memory.state import (
+    State,
+    batch_size_of,
+    check_state,
+    detach,
+    detach_rows,
+    merge_rows,
+    select_rows,
+    tree_map,
+)
 from rmt.memory.stream import MemoryStream
 
 Backward = Callable[[torch.Tensor], None]
@@ -194,14 +203,16 @@ class RecurrentMemoryModel(nn.Module):
         return (*calls, ("BACKWARD",) if window_loss else ())
 
     def start_state(self, batch_size: int, memory_state: State | None) -> State:
-        """`memory_state` checked against this model's own state layout, or the initial state when None."""
+        """`memory_state` checked against this model's own state layout and put in its dtypes and on its device, or
+        the initial state when None."""
         initial = self.initial_state(batch_size)
         if memory_state is None:
             return initial
         check_state(memory_state, initial)
         if batch_size_of(memory_state) != batch_size:
             raise InputError(f"memory_state holds {batch_size_of(memory_state)} samples but input_ids has {batch_size}")
-        return memory_state
+        # In this model's own dtypes and on its device (a state kept in another precision, or moved off the GPU).
+        return tree_map(lambda leaf, own: leaf.to(own.device, own.dtype), memory_state, initial)
 
     # --- the loop -------------------------------------------------------------------------------------------
     def _run(

@@ -91,7 +91,7 @@ class MemoryStream:
         mask = (
             validate_attention_mask(attention_mask, input_ids, allow_empty=True) if attention_mask is not None else None
         )
-        input_ids = input_ids.to(model.device)
+        input_ids = input_ids.to(model.device, torch.long)  # int32 ids too, as forward takes them
         mask = torch.ones_like(input_ids) if mask is None else mask.to(model.device)
         # Each sample's fed tokens to the front, in order (`order` maps them back for logits="all").
         order = torch.sort((mask == 0).to(torch.int8), dim=1, stable=True).indices
