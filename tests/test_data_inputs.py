@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import pyarrow
 import pytest
 from conftest import background_text, word_tokenizer
 
@@ -47,8 +48,8 @@ def test_blank_lines_of_a_text_file_are_not_records(tmp_path, tokenizer, streami
         assert source.train_batch(step, 2).input_ids.shape[0] == 2
 
 
-def test_a_text_record_too_short_to_predict_is_named(tokenizer):
-    with pytest.raises(InputError, match=r"text record 1 of the batch \(' '\) has 1 token\(s\), fewer than 2"):
+def test_a_text_record_with_nothing_to_predict_is_named(tokenizer):
+    with pytest.raises(InputError, match=r"text record 1 of the batch: the field 'text' is blank \(' '\)"):
         TextCollator(tokenizer)([{"text": "the old man"}, {"text": " "}])
     with pytest.raises(InputError, match="text record 0 of the batch: the field 'text' is empty"):
         TextCollator(tokenizer)([{"text": None}])
@@ -133,7 +134,51 @@ def test_a_missing_or_empty_field_is_named_when_the_file_is_loaded(tmp_path):
     # A column of whole numbers is read as their digits, not refused.
     numbers = tmp_path / "numbers.csv"
     numbers.write_text("input,question,target\nTwo apples.,How many?,2\nThree pears.,How many?,3\n")
-    assert [r["target"] for r in load_records(numbers)] == [2, 3]
+    assert [r["target"] for r in load_records(numbers)] == ["2", "3"]
+    blank = _jsonl(tmp_path / "blank.jsonl", [RECORD, {**RECORD, "target": " "}])
+    with pytest.raises(
+        InputError, match=r"blank\.jsonl: record 1: the field 'target' is blank \(' '\): nothing to learn"
+    ):
+        load_records(blank)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_csv_cells_are_read_as_the_text_they_hold(tmp_path, streaming):
+    """pandas guessed types: the answers "007" became 7, "NA" and "None" a missing value (refused), "True" a bool
+    (refused). Only an empty cell is missing."""
+    answers = ["007", "NA", "None", "True", "1.50"]
+    path = tmp_path / "answers.csv"
+    path.write_text(
+        "input,question,target\n" + "".join(f"Box {i}.,What is in it?,{a}\n" for i, a in enumerate(answers))
+    )
+    assert [r["target"] for r in load_records(path, streaming=streaming)] == answers
+
+
+def test_unreadable_files_and_streams_are_named_in_one_line(tmp_path, tokenizer):
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"\x95\x00 not json\n")
+    for streaming in (False, True):
+        with pytest.raises(InputError, match=r"cannot read data file .*garbage\.jsonl as json: .*JSON parse error"):
+            load_records(garbage, streaming=streaming)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("input,question,target\n" + "Mary went.,Where?,kitchen\n" * 3 + "a,b,c,d\n")
+    with pytest.raises(InputError, match=r"ragged\.csv as csv: .*Expected 3 fields in line 5, saw 4"):
+        load_records(ragged)
+    # A file streamed past its first Arrow chunk (10 MB) meets a bad line only while training reads it.
+    source = DatasetSource(
+        load_records(_jsonl(tmp_path / "ok.jsonl", [RECORD] * 3), streaming=True), QACollator(tokenizer, "decoder")
+    )
+
+    def breaks_after_two():
+        yield RECORD
+        yield RECORD
+        raise pyarrow.lib.ArrowInvalid("JSON parse error: Missing a name for object member. in row 2")
+
+    source._epoch_records = breaks_after_two
+    with pytest.raises(InputError, match="cannot read the streamed training data past record 2: JSON parse error"):
+        source.train_batch(0, 4)
+    with pytest.raises(InputError, match="cannot hold out 31 records for validation: the streamed data has no more"):
+        split_validation(load_records(_jsonl(tmp_path / "few.jsonl", [RECORD] * 31), streaming=True), 31)
 
 
 def test_a_missing_or_empty_field_is_never_read_as_the_text_none(tmp_path, tokenizer):

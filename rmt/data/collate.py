@@ -35,6 +35,9 @@ TEXT_FIELDS = ("text",)
 # text such as "None".
 QA_TYPES: tuple[type, ...] = (str, int)
 TEXT_TYPES: tuple[type, ...] = (str,)
+# Fields that must hold more than white space: an answer to learn, a text to predict (a context or question may be
+# empty: the other one then holds the task).
+NOT_BLANK = ("target", "text")
 
 
 def qa_prompt(context: str, question: str) -> str:
@@ -179,21 +182,24 @@ def check_qa_record(record: Mapping[str, Any], where: str) -> None:
         _check_field(record, name, where, QA_TYPES)
 
 
-def field_problem(value: Any, types: tuple[type, ...]) -> str | None:
-    """Why a field's value cannot be read as text (None if it can). A bool is an int to Python, but not an answer."""
+def field_problem(value: Any, types: tuple[type, ...], blank_allowed: bool = True) -> str | None:
+    """Why a field's value cannot be read as text (None if it can). A bool is an int to Python, but not an answer.
+    blank_allowed=False: white space alone is refused too (`NOT_BLANK` fields)."""
     if value is None:
         # Hugging Face datasets give None for a key a record lacks and for an empty CSV cell.
         return "is empty (a missing key, null, or an empty CSV cell)"
     if isinstance(value, bool) or not isinstance(value, types):
         hint = " (a CSV column of numbers with an empty cell reads as floats)" if isinstance(value, float) else ""
         return f"is a {type(value).__name__} ({_shorten(value)}), not text{hint}"
+    if not blank_allowed and isinstance(value, str) and not value.strip():
+        return f"is blank ({_shorten(value)}): nothing to learn"
     return None
 
 
 def _check_field(record: Mapping[str, Any], name: str, where: str, types: tuple[type, ...]) -> None:
     if name not in record:
         raise InputError(f"{where} lacks the field {name!r}: it has {sorted(record)}")
-    problem = field_problem(record[name], types)
+    problem = field_problem(record[name], types, name not in NOT_BLANK)
     if problem is not None:
         raise InputError(f"{where}: the field {name!r} {problem}")
 

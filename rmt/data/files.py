@@ -11,8 +11,9 @@ seeded permutation per epoch), so resumed runs continue exactly; a streamed sour
 by reading past the examples already consumed.
 
 Bad records are refused with an InputError that names them, as early as the data allows: a file with no records
-when it is loaded; a missing, empty or non-text field (which `datasets` would fill with None) when a file read in
-memory is loaded, else when a batch draws the record; an encoder's answer outside its label set when a
+when it is loaded; a missing, empty or non-text field (which `datasets` would fill with None), or a blank target or
+text, when a file read in memory is loaded, else when a batch draws the record (and a new training run draws its
+first batches before it changes its output folder); an encoder's answer outside its label set when a
 `DatasetSource` is made over records in memory, else when a batch draws it.
 """
 
@@ -26,10 +27,13 @@ from typing import Any
 import torch
 
 from rmt.data.batch import Batch
-from rmt.data.collate import QA_FIELDS, QA_TYPES, TEXT_FIELDS, TEXT_TYPES, field_problem
+from rmt.data.collate import NOT_BLANK, QA_FIELDS, QA_TYPES, TEXT_FIELDS, TEXT_TYPES, field_problem
 from rmt.data.sources import Source
 from rmt.errors import InputError, MissingFileError
 
+# What reading a data file can raise past `datasets`' own checks: pyarrow's ArrowInvalid, pandas' ParserError and
+# UnicodeDecodeError are ValueErrors; datasets' DatasetGenerationError is not.
+READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 STREAM_ABOVE_BYTES = 2 * 2**30
 _SHUFFLE_BUFFER = 10_000
@@ -66,23 +70,56 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
 
     datasets.disable_progress_bars()
     # The json and csv readers skip a byte order mark themselves; the text reader would keep it in the first line.
-    options = {"encoding": "utf-8-sig"} if kind == "text" else {}
+    options: dict[str, Any] = {"encoding": "utf-8-sig"} if kind == "text" else {}
+    if kind == "csv":
+        options.update(_csv_as_text(path))
     try:
         records = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming, **options)
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
         if "corresponds to no data" in str(err):  # what `datasets` says of "[]" or a CSV header alone
             raise InputError(f"data file {path} has no records") from err
-        raise InputError(f"cannot read data file {path} as {kind}: {err}") from err
+        raise InputError(f"cannot read data file {path} as {kind}: {_reason(err)}") from err
     if kind == "text":
         if records.column_names is None:  # a streamed text file, before `datasets` has it cached: say what it holds
             records = records.cast(datasets.Features({"text": datasets.Value("string")}))
         # A blank line separates paragraphs; as a record it would be a document with nothing to predict.
         records = records.filter(_has_text, input_columns="text", batched=True)
-    if (next(iter(records), None) is None) if streaming else len(records) == 0:
+    try:
+        empty = (next(iter(records), None) is None) if streaming else len(records) == 0
+    except READ_ERRORS as err:  # a streamed file is read only now
+        raise InputError(f"cannot read data file {path} as {kind}: {_reason(err)}") from err
+    if empty:
         raise InputError(f"data file {path} has no records")
     if not streaming:
         check_fields(records, path)
     return records
+
+
+def _csv_as_text(path: Path) -> dict[str, Any]:
+    """Options that make `datasets` read every CSV cell as the text it holds: pandas would guess types, turning the
+    answers "007" into 7, "NA" or "None" into a missing value and "True" into a bool. Only an empty cell is missing."""
+    import csv
+
+    from datasets import Features, Value
+
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        header = next(csv.reader(file), [])
+    return {
+        "features": Features({name: Value("string") for name in header}),
+        "keep_default_na": False,
+        "na_values": [""],
+    }
+
+
+def _reason(err: BaseException) -> str:
+    """An error's message with its cause's: `datasets` wraps a parser's error ("Expected 3 fields in line 4") in a
+    DatasetGenerationError that says only that one occurred."""
+    cause = err.__cause__ or err.__context__
+    return (
+        f"{err} ({type(cause).__name__}: {str(cause).strip()})"
+        if cause is not None and str(cause) not in str(err)
+        else str(err)
+    )
 
 
 def _has_text(texts: list[str]) -> list[bool]:
@@ -111,9 +148,11 @@ def _is_blank(path: Path) -> bool:
 
 def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
     """Refuse a map-style dataset of question-answering (or text) records if a record's input, question or target
-    (or text) is missing, None or not text: Hugging Face datasets fill a key that a record lacks, and an empty CSV
-    cell, with None, which would otherwise reach the model as the text "None". The InputError names the first such
-    record (counted from 0) and its field. Records of neither shape are left to `record_shape`."""
+    (or text) is missing, None or not text, or whose target (or text) is blank: Hugging Face datasets fill a key that
+    a record lacks, and an empty CSV cell, with None, which would otherwise reach the model as the text "None". The
+    InputError names the first such record (counted from 0) and its field. Records of neither shape are left to
+    `record_shape`."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     columns = list(records.column_names or [])
@@ -140,9 +179,14 @@ def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
                 if column.null_count:
                     index = pc.index(column.is_null(), True).as_py()
                     found.append((index, name, field_problem(None, types) or ""))
+                elif name in NOT_BLANK and not pa.types.is_integer(column.type):
+                    blank = pc.equal(pc.utf8_trim_whitespace(column), "")
+                    if pc.any(blank).as_py():
+                        index = pc.index(blank, True).as_py()
+                        found.append((index, name, field_problem(column[index].as_py(), types, False) or ""))
                 continue
             for index, value in enumerate(selected[start : start + batch.num_rows][name]):
-                problem = field_problem(value, types)
+                problem = field_problem(value, types, name not in NOT_BLANK)
                 if problem is not None:
                     found.append((index, name, problem))
                     break
@@ -184,7 +228,10 @@ def split_validation(records: Any, count: int, seed: int = 0) -> tuple[Any, Any]
             raise InputError(f"cannot hold out {count} records for validation: the data has only {len(records)}")
         split = records.train_test_split(test_size=count, seed=seed, shuffle=True)
         return split["train"], split["test"]
-    return records.skip(count), records.take(count)
+    train = records.skip(count)
+    if next(iter(train), None) is None:
+        raise InputError(f"cannot hold out {count} records for validation: the streamed data has no more than that")
+    return train, records.take(count)
 
 
 class DatasetSource(Source):
@@ -262,6 +309,8 @@ class DatasetSource(Source):
         return records
 
     def _next(self) -> dict[str, Any]:
+        from datasets.exceptions import DatasetGenerationError
+
         for _ in range(2):
             try:
                 record = next(self._stream)
@@ -270,4 +319,8 @@ class DatasetSource(Source):
             except StopIteration:
                 self._epoch += 1
                 self._stream = iter(self._epoch_records())
+            except (*READ_ERRORS, DatasetGenerationError) as err:
+                raise InputError(
+                    f"cannot read the streamed training data past record {self._position}: {_reason(err)}"
+                ) from err
         raise InputError("the streamed training data is empty")

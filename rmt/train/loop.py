@@ -221,6 +221,8 @@ def _train(
         known = {f.name for f in fields(TrainerState)}
         state = TrainerState(**{k: v for k, v in saved.items() if k in known})
         _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
+    else:
+        _build_first_batches(source, config, accelerator.num_processes)
     # Start-up succeeded: from here on the output folder changes.
     if main:
         if resume:
@@ -316,6 +318,16 @@ def _train(
         writer.close()
     accelerator.wait_for_everyone()
     return history
+
+
+def _build_first_batches(source: Source, config: TrainConfig, processes: int) -> None:
+    """Build the first training batch and the first held-out batch once before a new run clears its output folder:
+    data that cannot be batched (a record without a needed field, a sample that cannot be built, an empty stream)
+    is refused while an earlier run there is still whole. Sources are pure in the step, so this changes no batch."""
+    raw = source.source if isinstance(source, PrefetchingSource) else source
+    segments = config.curriculum[0][1] if config.curriculum else None
+    raw.train_batch(0, config.batch_size * config.grad_accumulation * processes, segments)
+    raw.eval_batch(0, config.eval_batch_size, segments)
 
 
 def save_model(
