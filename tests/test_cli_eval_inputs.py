@@ -443,3 +443,18 @@ def test_help_states_defaults_and_descriptions_are_sentences():
     import rmt.demo
 
     assert "about a minute" in rmt.demo.__doc__ and "a few minutes" not in rmt.demo.__doc__
+
+
+def test_a_detect_memorize_model_evaluated_at_another_segment_size_is_told_so(tmp_path, capsys):
+    """The segment-size note covered every task but detect_memorize, whose size is its segment size."""
+    from rmt.data.tasks import make_task
+
+    task = make_task("detect_memorize", num_segments=2, segment_size=8)
+    backbone = random_backbone("llama", task.vocab_size, num_layers=1, hidden_size=32, max_positions=64)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(2)))
+    model.save_pretrained(tmp_path / "model")
+    args = ["eval", str(tmp_path / "model"), "--task", "detect_memorize", "--segments", "2", "--batches", "1"]
+    assert main([*args, "--task-size", "8"]) == 0
+    assert "note: the model was trained with segment_size" not in capsys.readouterr().err
+    assert main(args) == 0  # the default task size, 64 tokens per segment
+    assert f"note: the model was trained with segment_size={task.segment_size_for(2)}" in capsys.readouterr().err

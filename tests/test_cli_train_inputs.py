@@ -336,8 +336,10 @@ def test_a_resume_on_a_data_file_split_or_cut_otherwise_is_refused(tmp_path, mod
     text.write_text("\n".join(background_text(40).split(". ")))
     lm = ["--model", str(model_folder), "--data", str(text), "--max-length", "64", "--validation-samples", "4"]
     assert build_setup(*parsed(lm)).description == "book.txt (--max-length 64, --validation-samples 4)"
-    held_out = ["--model", str(model_folder), "--data", str(text), "--validation-data", str(qa_file)]
-    assert build_setup(*parsed(held_out)).description == "book.txt (--validation-data qa.jsonl)"
+    other = tmp_path / "other-book.txt"
+    other.write_text("\n".join(background_text(10).split(". ")))
+    held_out = ["--model", str(model_folder), "--data", str(text), "--validation-data", str(other)]
+    assert build_setup(*parsed(held_out)).description == "book.txt (--validation-data other-book.txt)"
 
 
 # 6. A failed start leaves no folder
@@ -408,3 +410,71 @@ def test_segments_default_is_three_for_synthetic_tasks(tmp_path):
     setup = build_setup(*parsed(args))
     assert setup.model.config.segment_size == 5  # copy of 4 symbols: 13 tokens in 3 segments
     assert torch.is_tensor(next(setup.model.parameters()))
+
+
+def test_data_that_cannot_be_batched_is_refused_before_overwrite_clears_the_run(
+    trained_run, model_folder, qa_file, capsys
+):
+    """A record with a blank answer, or held-out records of another kind than the training data, failed only when a
+    batch drew them: with --overwrite the previous run was already gone."""
+    before = snapshot(trained_run)
+    blank = qa_file.parent / "blank-answer.jsonl"
+    records = [json.loads(line) for line in qa_file.read_text().splitlines()]
+    for record in records[5:]:  # the first 4 are held out when streamed; any training batch draws a blank one
+        record["target"] = "  "
+    blank.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = qa_file.parent / "text.txt"
+    text.write_text("Mary went to the kitchen.\nJohn went to the garden.\n")
+    held_out = QUICK.index("--validation-samples")
+    base = ["train", "--model", str(model_folder), "--segment-size", "16", *QUICK[:held_out], *QUICK[held_out + 2 :]]
+    base += ["--output", str(trained_run)]
+    for data, message in (
+        ([blank, "--streaming", "--validation-samples", "4"], "the field 'target' is blank ('  '): nothing to learn"),
+        ([qa_file, "--validation-data", text], "holds text for language modelling, but --data"),
+    ):
+        code, err = run_cli([*base[:-2], "--data", *map(str, data), *base[-2:], "--overwrite"], capsys)
+        assert code == 2 and message in error_line(err)
+        assert snapshot(trained_run) == before
+    code, err = run_cli([*base, "--data", str(blank), "--validation-samples", "4", "--overwrite"], capsys)  # at load
+    assert code == 2 and "blank-answer.jsonl: record 5: the field 'target' is blank" in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lora-rank", "4"], "--lora-rank applies to --trainable lora only"),
+        (["--d-mem", "8"], "--d-mem applies to ARMT (--memory armt) only"),
+        (["--memory", "armt", "--write-init", "learned"], "--write-init applies to RMT memory tokens"),
+        (["--lr-schedule", "linear", "--min-lr-factor", "0.2"], "--min-lr-factor applies to the cosine schedule"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, flags, message):
+    code, err = run_cli(["train", *TINY, *flags, "--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and message in error_line(err) and not (tmp_path / "run").exists()
+
+
+def test_task_size_of_a_task_without_one_and_validation_samples_next_to_validation_data(
+    tmp_path, model_folder, qa_file, capsys
+):
+    task = TINY.index("--task") + 1
+    quadratic = [*TINY[:task], "quadratic", *TINY[task + 1 :]]  # keeps --task-size 4
+    code, err = run_cli(["train", *quadratic, "--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and "quadratic has one size" in error_line(err)
+    args = ["train", "--model", str(model_folder), "--segment-size", "16", "--data", str(qa_file)]
+    args += ["--validation-data", str(qa_file), *QUICK]
+    code, err = run_cli([*args, "--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and "with --validation-data, drop it" in error_line(err)
+
+
+def test_a_curriculum_sizes_a_learned_position_table_and_the_final_score_for_its_longest_stage(tmp_path, capsys):
+    """GPT-2's learned positions under a Transformer-XL cache number the whole input: the table was sized for the
+    default 3 segments, so the 6-segment stage crashed at step 2; and the final score was taken at those 3 segments,
+    which a 0:1,2:2 curriculum never trained."""
+    args = ["train", "--task", "detect_memorize", "--task-size", "8", "--family", "gpt2", "--layers", "1"]
+    args += ["--hidden", "32", "--memory-tokens", "2", "--batch-size", "2", "--eval-every", "2", "--eval-batches", "1"]
+    args += ["--eval-batch-size", "2", "--steps", "4", "--no-progress"]
+    assert main([*args, "--curriculum", "0:1,2:6", "--xl-cache-tokens", "4", "--output", str(tmp_path / "xl")]) == 0
+    capsys.readouterr()
+    assert main([*args, "--curriculum", "0:1,2:2", "--output", str(tmp_path / "short")]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") : printed.rindex("}") + 1])["segments"] == 2

@@ -117,6 +117,8 @@ def make_task(name: str, size: int | None, segments: int) -> Any:
 
     if size is not None and size <= 0:
         raise InputError(f"--task-size must be > 0, got {size}")
+    if size is not None and name not in TASK_SIZE_DEFAULTS:
+        raise InputError(f"--task-size applies to {', '.join(TASK_SIZE_DEFAULTS)}; {name} has one size")
     size = size if size is not None else TASK_SIZE_DEFAULTS.get(name)
     if name in ("copy", "reverse"):
         return build(name, length=size)

@@ -294,7 +294,7 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
         raise InputError(
             f"the {name} task uses {task.vocab_size} token ids but the model embeds only {model.vocab_size}"
         )
-    if task.segment_size_for(segments) != model.config.segment_size and name != "detect_memorize":
+    if task.segment_size_for(segments) != model.config.segment_size:
         print(
             f"note: the model was trained with segment_size={model.config.segment_size}; "
             f"{segments} segments of this task would need {task.segment_size_for(segments)}",

@@ -251,6 +251,8 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
     while the user thinks it did."""
     tasks = babilong_tasks(args.data or "")
     data_file = args.data is not None and not tasks
+    saved = _checkpoint_config(args.model)  # an rmt checkpoint keeps its own memory kind
+    armt = (saved.memory_kind if saved is not None else args.memory_kind) == "armt"
     unread = (
         (("--family", "--layers", "--hidden", "--heads"), args.model is not None, "a random backbone (no --model)"),
         (("--dtype",), args.model is None, "a pretrained --model (a random backbone is built in fp32)"),
@@ -262,6 +264,14 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
             "a data file (--data FILE)",
         ),
         (("--haystack", "--facts-before-last"), not tasks, "generated BABILong data (--data babilong:TASK)"),
+        (
+            ("--lora-rank", "--lora-alpha", "--lora-dropout", "--lora-targets"),
+            args.trainable != "lora",
+            "--trainable lora",
+        ),
+        (("--d-mem", "--armt-write-norm"), not armt, "ARMT (--memory armt)"),
+        (("--write-init", "--memory-positions", "--memory-write-scale"), armt, "RMT memory tokens (--memory rmt)"),
+        (("--min-lr-factor",), args.lr_schedule != "cosine", "the cosine schedule (--lr-schedule cosine)"),
     )
     for flags, ignored, scope in unread:
         given = flags_given(args, flags) if ignored else []
@@ -346,7 +356,8 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     if config.curriculum:
         size = args.task_size if args.task_size is not None else TASK_SIZE_DEFAULTS["detect_memorize"]
         source = TaskSource(lambda n: build_task("detect_memorize", num_segments=n, segment_size=size), args.seed)
-        eval_segments = max([n for _, n in config.curriculum] + [args.segments])
+        given = [args.segments] if flags_given(args, ["--segments"]) else []  # else the default, never trained at
+        eval_segments = max([n for _, n in config.curriculum] + given)
     else:
         source, eval_segments = TaskSource(task, seed=args.seed), None
     saved = _checkpoint_config(args.model)
@@ -366,8 +377,9 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
             raise InputError(f"the {name} task needs {task.vocab_size} token ids; {args.model} embeds fewer")
     else:
         positions = segment_size + 2 * memory.num_memory_tokens
-        if memory.xl_cache_tokens:  # positions run on across segments: the table must cover the whole input
-            positions = task.sequence_length + (args.segments + 1) * 2 * memory.num_memory_tokens
+        if memory.xl_cache_tokens:  # positions run on across segments: the table must cover the longest input
+            longest = eval_segments or args.segments
+            positions = source.task(longest).sequence_length + (longest + 1) * 2 * memory.num_memory_tokens
         backbone = random_backbone(
             args.family,
             vocab_size=task.vocab_size,
@@ -454,8 +466,15 @@ def _text_setup(
     records = load_records(args.data, streaming=args.streaming or None)
     shape = record_shape(records.column_names, args.data)
     if args.validation_data:
+        if flags_given(args, ["--validation-samples"]):
+            raise InputError("--validation-samples splits held-out records off --data; with --validation-data, drop it")
         validation = load_records(args.validation_data, streaming=False)
-        record_shape(validation.column_names, args.validation_data)
+        if record_shape(validation.column_names, args.validation_data) != shape:
+            kinds = {"qa": "question-answering records", "text": "text for language modelling"}
+            raise InputError(
+                f"--validation-data {args.validation_data} holds {kinds[record_shape(validation.column_names)]}, "
+                f"but --data {args.data} holds {kinds[shape]}: hold out data of the same kind"
+            )
     else:
         records, validation = split_validation(records, args.validation_samples, seed=args.seed)
     if shape == "qa":

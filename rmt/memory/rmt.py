@@ -348,9 +348,9 @@ class RMTForCausalLM(RecurrentMemoryModel):
         return (*cache, hidden, positions)
 
     def check_positions(self, positions: torch.Tensor) -> None:
-        """Raise a ValueError when position ids run past a learned position table (they grow with the cache)."""
+        """Raise an InputError when position ids run past a learned position table (they grow with the cache)."""
         if self._position_limit is not None and int(positions.max()) >= self._position_limit:
-            raise ValueError(
+            raise InputError(
                 f"the Transformer-XL cache numbers positions across segments and this input reaches position "
                 f"{int(positions.max())}, but the backbone ({self.backbone.config.model_type}, learned absolute "
                 f"positions) embeds at most {self._position_limit}: shorten the input, build the backbone with more "
