@@ -28,8 +28,10 @@ swapped every round, and reports the median per-round diagonal/sequential ratio:
 apart, and on a shared machine the load changes in between; alternating cancels that (`--no-paired` skips it).
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed runs (weights included; the diagonal engine's
 stacked copy of the layer weights too). On CPU there is no allocator counter: the peak resident set size of the
-worker process (`resource.getrusage(...).ru_maxrss`, Linux: KiB) after the timed runs, and the resident size just
-before them (model and engine built, warm-up done), so `peak - before` is what the run itself added.
+worker process over the timed runs (VmHWM, reset just before them: `reset_peak_rss`), and the resident size just
+before them (model and engine built, warm-up done, its working set still resident), so `peak - before` is what the
+timed runs added beyond the warm-up. Entries without "peak_of" hold the process's ru_maxrss instead, which building
+the model (in fp32, then cast) set: their CPU peaks are the same for every method and say nothing about the runs.
 
 Output: a table on stdout and a JSON file (`--output`, rewritten after every length with `meta.complete` false until
 the last one) with the device name, torch/transformers versions, the model config, every measurement, and the
@@ -66,6 +68,8 @@ from benchmarks.common import (
     add_device_argument,
     device_name,
     in_turns,
+    peak_rss_bytes,
+    reset_peak_rss,
     rss_bytes,
     run_module,
     write_json,
@@ -215,6 +219,7 @@ def worker(spec: dict) -> dict:
                 result["before_mb"] = torch.cuda.memory_allocated() / 2**20
             else:
                 result["before_mb"] = rss_bytes() / 2**20
+                reset_peak_rss()  # building the model in fp32 before a cast to bf16 peaked above any run
             times, cpu_times = [], []
             faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(args.repeats):
@@ -227,7 +232,8 @@ def worker(spec: dict) -> dict:
         if cuda:
             result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         else:
-            result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            result["peak_mb"] = peak_rss_bytes() / 2**20
+            result["peak_of"] = "timed runs"  # entries without it hold ru_maxrss: the model's construction peak
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
         result.update(
             status="ok",

@@ -88,6 +88,24 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
+def reset_peak_rss() -> None:
+    """Start the peak resident size (`peak_rss_bytes`) over from the current size (Linux: writing 5 to
+    /proc/self/clear_refs resets VmHWM), so that a later peak is that of the work after this call: a process's
+    ru_maxrss never goes down, and loading a model (SmolLM2's GGUF de-quantized, a model built in fp32 then cast)
+    can peak above anything the measured work reaches."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident size of this process since it started or since `reset_peak_rss` (VmHWM)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line")
+
+
 def run_module(
     module: str, args: list[str], env: Mapping[str, str] | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:

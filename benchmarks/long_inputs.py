@@ -21,10 +21,12 @@ tokens, ...), so a run with other settings adds an entry instead of replacing on
 entry beside the first one's as "KEY @ CPU".
 
 - reading: a document of random tokens read through `model.stream()` in chunks of 8192 with logits="none" (only
-  the last token's logits at the end), in a fresh process per (kind, length) so that the peak RSS (ru_maxrss) is that
-  run's. Kinds: rmt (16 memory tokens), armt (16 memory tokens, d_mem 64), both with segments of 1024; full = SmolLM2
-  alone with full attention (up to its 8192-token window), the last token's logits only. Per-token time and peak RSS
-  are compared with the 4096-token run of the same kind (targets: within 1.1x and 5%).
+  the last token's logits at the end), in a fresh process per (kind, length). The peak RSS is that of the reading:
+  the high-water mark is reset once the model is loaded (`reset_peak_rss`). Entries without "peak_rss_of" hold the
+  process's ru_maxrss, which loading SmolLM2 set (about 1135 MiB against about 905 MiB loaded): those peaks cannot
+  show what reading added. Kinds: rmt (16 memory tokens), armt (16 memory tokens, d_mem 64), both with segments of
+  1024; full = SmolLM2 alone with full attention (up to its 8192-token window), the last token's logits only.
+  Per-token time and peak RSS are compared with the 4096-token run of the same kind (targets: within 1.1x and 5%).
 - generation: 128 new tokens after a 1536-token prompt (one complete segment, 512 in the open one), with rmt's
   generate (the open segment's keys/values cached) against re-running the open segment for every token; same tokens.
   Both are warmed up on 2 new tokens first.
@@ -54,7 +56,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,8 @@ from benchmarks.common import (
     RESULTS_DIR,
     device_name,
     in_turns,
+    peak_rss_bytes,
+    reset_peak_rss,
     results_lock,
     rss_bytes,
     run_module,
@@ -110,6 +113,7 @@ def read_worker(kind: str, length: int) -> dict[str, Any]:
     model = build(kind)
     loaded = rss_bytes()
     vocab = model.config.vocab_size if kind == "full" else model.vocab_size
+    reset_peak_rss()  # the peak of the reading alone: loading the GGUF weights peaks higher
     started = time.perf_counter()
     with torch.no_grad():
         if kind == "full":
@@ -126,7 +130,8 @@ def read_worker(kind: str, length: int) -> dict[str, Any]:
         "length": length,
         "seconds": seconds,
         "tokens_per_second": length / seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
+        "peak_rss_of": "reading",  # entries without it hold ru_maxrss, the loading peak (see the module docstring)
         "rss_after_loading_mib": loaded / 2**20,
     }
 
@@ -529,23 +534,30 @@ def save(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 
 def summary(record: dict[str, Any]) -> str:
-    """Markdown table of the reading runs: tokens/s, per-token time and peak RSS against the 4096-token run."""
+    """Markdown table of the reading runs: tokens/s, per-token time and peak RSS against the 4096-token run of the
+    same kind on the same CPU ("KEY @ CPU" entries apart); a peak is compared only with a peak of the same kind (the
+    reading's, or the older entries' process peak, which loading set)."""
     runs = record.get("reading", {})
     lines = [
-        "| kind | tokens | tokens/s | s/token vs 4k | peak RSS MiB | RSS vs 4k |",
-        "|---|---|---|---|---|---|",
+        "| kind | tokens | CPU | tokens/s | s/token vs 4k | peak RSS MiB (of) | RSS vs 4k |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
-        base = runs.get(f"{kind}/4096")
-        for key in sorted((k for k in runs if k.startswith(kind + "/")), key=lambda k: int(k.split("/")[1])):
-            run = runs[key]
+        for key in sorted((k for k in runs if k.startswith(kind + "/")), key=lambda k: (_place(k), runs[k]["length"])):
+            run, base = runs[key], runs.get(f"{kind}/4096{_place(key)}")
             per_token = (base["tokens_per_second"] / run["tokens_per_second"]) if base else float("nan")
-            rss = (run["peak_rss_mib"] / base["peak_rss_mib"]) if base else float("nan")
+            same_peak = base is not None and base.get("peak_rss_of") == run.get("peak_rss_of")
+            rss = (run["peak_rss_mib"] / base["peak_rss_mib"]) if same_peak else float("nan")
             lines.append(
-                f"| {kind} | {run['length']} | {run['tokens_per_second']:.1f} | {per_token:.3f} | "
-                f"{run['peak_rss_mib']:.0f} | {rss:.3f} |"
+                f"| {kind} | {run['length']} | {run.get('device', '')} | {run['tokens_per_second']:.1f} | "
+                f"{per_token:.3f} | {run['peak_rss_mib']:.0f} ({run.get('peak_rss_of', 'process')}) | {rss:.3f} |"
             )
     return "\n".join(lines)
+
+
+def _place(key: str) -> str:
+    """The " @ CPU" part of an entry's key ("" for the first CPU's entries)."""
+    return key[key.index(" @ ") :] if " @ " in key else ""
 
 
 PARTS = {
