@@ -205,6 +205,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "memory_off": lambda ids: segment_nll(model.backbone, ids, segment),
     }
     settings = {
+        "model": str(args.model),  # memory and memory_off are this model's: never paired with another's
         "base_model": args.base_model,
         "documents": args.documents,
         "document_tokens": args.document_tokens,
@@ -255,7 +256,8 @@ def check_settings(path: Path, settings: dict) -> dict:
     if not path.exists():
         return {"settings": settings, "methods": {}}
     results = json.loads(path.read_text())
-    differing = sorted(key for key in settings if results["settings"].get(key) != settings[key])
+    # A setting a file does not record (written before it was recorded) is taken as unchanged.
+    differing = sorted(key for key in settings if results["settings"].get(key, settings[key]) != settings[key])
     if differing:
         raise SystemExit(
             f"{path} holds results made with other settings ({', '.join(differing)}): use another --output"
