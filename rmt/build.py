@@ -205,6 +205,8 @@ def pretrained_backbone(
     except InputError:
         raise
     except ValueError as err:
+        if gguf is not None:  # empty, truncated, not GGUF, or an architecture transformers cannot read from GGUF
+            raise InputError(f"cannot load the GGUF file {gguf} in {location}: {_one_line(err)}") from err
         if not str(err).startswith("Unrecognized configuration class"):
             raise
         kind = "causal LM (decoder)" if mode == "decoder" else "sequence classifier (encoder)"

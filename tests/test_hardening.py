@@ -532,3 +532,34 @@ def test_a_run_stopped_on_a_plateau_trains_on_when_a_resume_adds_curriculum_stag
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert code == 0 and "training on" in err and max(r["step"] for r in records) > 6
     assert "note: eval_batches changed, so the held-out scores from step 4 on come from other samples" in err
+
+
+def test_backbones_without_the_head_a_wrapper_needs_are_refused_when_it_is_built():
+    """ARMT on a model without an LM head, and the encoder wrapper on one without a sequence-classification head,
+    were built and then crashed in forward (a TypeError on the missing head; an AttributeError on 'logits')."""
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    from rmt import ARMTForCausalLM
+
+    llama = LlamaModel(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, max_position_embeddings=64))  # fmt: skip
+    with pytest.raises(InputError, match="LlamaModel has no LM head: ARMTForCausalLM needs a causal LM"):
+        ARMTForCausalLM(llama, RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=8, d_mem=4))
+    bert = BertModel(BertConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=4, max_position_embeddings=64))  # fmt: skip
+    with pytest.raises(InputError, match="BertModel is not a sequence classifier"):
+        RMTForSequenceClassification(bert, RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=8))
+
+
+def test_from_pretrained_takes_a_dtype_by_name_and_a_damaged_gguf_file_is_one_line(tmp_path):
+    from rmt.build import pretrained_backbone
+
+    model = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=2, segment_size=8))
+    model.save_pretrained(tmp_path / "model")
+    loaded = RMTForCausalLM.from_pretrained(tmp_path / "model", dtype="bf16")  # an AttributeError on torch.bf16
+    assert loaded.backbone.dtype == torch.bfloat16
+    with pytest.raises(InputError, match="unknown dtype 'bf17'"):
+        RMTForCausalLM.from_pretrained(tmp_path / "model", dtype="bf17")
+    (tmp_path / "damaged.gguf").write_bytes(b"GGUF" + b"\x00" * 20)
+    with pytest.raises(InputError, match="cannot load the GGUF file damaged.gguf"):
+        pretrained_backbone(str(tmp_path / "damaged.gguf"))

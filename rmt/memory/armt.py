@@ -76,6 +76,11 @@ class ARMTForCausalLM(RecurrentMemoryModel):
             raise InputError("ARMT needs num_memory_tokens >= 1: the memory tokens are what writes the memory")
         if config.read_memory_only:
             raise InputError("read_memory_only is an RMT control experiment; ARMT does not support it")
+        if backbone.get_output_embeddings() is None:
+            raise InputError(
+                f"{type(backbone).__name__} has no LM head: ARMTForCausalLM needs a causal LM such as "
+                "AutoModelForCausalLM (e.g. LlamaForCausalLM, not LlamaModel)"
+            )
         super().__init__(backbone, config)
         self.adapter = DecoderAdapter(backbone)
         m = config.num_memory_tokens

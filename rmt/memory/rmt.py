@@ -391,6 +391,11 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
                 f"{config.mode!r}, {config.memory_kind!r}"
             )
         kind = check_family(backbone, "encoder")
+        if not type(backbone).__name__.endswith("ForSequenceClassification"):
+            raise InputError(
+                f"{type(backbone).__name__} is not a sequence classifier: RMTForSequenceClassification needs one such "
+                "as AutoModelForSequenceClassification (e.g. BertForSequenceClassification, not BertModel)"
+            )
         super().__init__(backbone, config)
         m = config.num_memory_tokens
         self.prefix_length = 1 + m + 1 if m > 0 else 1  # [CLS] [memory] [SEP]  or just [CLS]
