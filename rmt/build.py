@@ -134,6 +134,15 @@ OFFLINE_MODELS: dict[str, tuple[str, str, str, str | None]] = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype given by name ("fp32", "bf16", "fp16", as the command line takes it) or as a torch dtype."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return dtype
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name or None) for an offline model name, a local folder (Hugging Face files or
     one .gguf file), a path to a .gguf file, or a hub id."""
@@ -178,11 +187,7 @@ def pretrained_backbone(
     location, gguf = resolve_model(name_or_path)
     if gguf is not None:
         kwargs["gguf_file"] = gguf
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-        dtype = DTYPES[dtype]
-    kwargs["dtype"] = dtype or torch.float32
+    kwargs["dtype"] = torch_dtype(dtype) or torch.float32
     if mode == "encoder":
         auto = AutoModelForSequenceClassification
         if labels is not None:

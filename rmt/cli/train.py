@@ -469,10 +469,11 @@ def _text_setup(
         if flags_given(args, ["--validation-samples"]):
             raise InputError("--validation-samples splits held-out records off --data; with --validation-data, drop it")
         validation = load_records(args.validation_data, streaming=False)
-        if record_shape(validation.column_names, args.validation_data) != shape:
+        held_out_shape = record_shape(validation.column_names, args.validation_data)
+        if held_out_shape != shape:
             kinds = {"qa": "question-answering records", "text": "text for language modelling"}
             raise InputError(
-                f"--validation-data {args.validation_data} holds {kinds[record_shape(validation.column_names)]}, "
+                f"--validation-data {args.validation_data} holds {kinds[held_out_shape]}, "
                 f"but --data {args.data} holds {kinds[shape]}: hold out data of the same kind"
             )
     else:

@@ -31,9 +31,6 @@ from rmt.data.collate import NOT_BLANK, QA_FIELDS, QA_TYPES, TEXT_FIELDS, TEXT_T
 from rmt.data.sources import Source
 from rmt.errors import InputError, MissingFileError
 
-# What reading a data file can raise past `datasets`' own checks: pyarrow's ArrowInvalid, pandas' ParserError and
-# UnicodeDecodeError are ValueErrors; datasets' DatasetGenerationError is not.
-READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 STREAM_ABOVE_BYTES = 2 * 2**30
 _SHUFFLE_BUFFER = 10_000
@@ -75,7 +72,7 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
         options.update(_csv_as_text(path))
     try:
         records = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming, **options)
-    except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as err:
+    except _read_errors() as err:
         if "corresponds to no data" in str(err):  # what `datasets` says of "[]" or a CSV header alone
             raise InputError(f"data file {path} has no records") from err
         raise InputError(f"cannot read data file {path} as {kind}: {_reason(err)}") from err
@@ -86,13 +83,21 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
         records = records.filter(_has_text, input_columns="text", batched=True)
     try:
         empty = (next(iter(records), None) is None) if streaming else len(records) == 0
-    except READ_ERRORS as err:  # a streamed file is read only now
+    except _read_errors() as err:  # a streamed file is read only now
         raise InputError(f"cannot read data file {path} as {kind}: {_reason(err)}") from err
     if empty:
         raise InputError(f"data file {path} has no records")
     if not streaming:
         check_fields(records, path)
     return records
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a data file through `datasets` can raise, at load or (streamed) at any record: pyarrow's
+    ArrowInvalid, pandas' ParserError and UnicodeDecodeError are ValueErrors; DatasetGenerationError wraps them."""
+    from datasets.exceptions import DatasetGenerationError
+
+    return ValueError, OSError, DatasetGenerationError
 
 
 def _csv_as_text(path: Path) -> dict[str, Any]:
@@ -309,8 +314,6 @@ class DatasetSource(Source):
         return records
 
     def _next(self) -> dict[str, Any]:
-        from datasets.exceptions import DatasetGenerationError
-
         for _ in range(2):
             try:
                 record = next(self._stream)
@@ -319,7 +322,7 @@ class DatasetSource(Source):
             except StopIteration:
                 self._epoch += 1
                 self._stream = iter(self._epoch_records())
-            except (*READ_ERRORS, DatasetGenerationError) as err:
+            except _read_errors() as err:
                 raise InputError(
                     f"cannot read the streamed training data past record {self._position}: {_reason(err)}"
                 ) from err

@@ -120,12 +120,10 @@ def load_memory_model(
         tensors = load_file(str(path / MEMORY_WEIGHTS))
     except (SafetensorError, OSError) as err:
         raise InputError(f"corrupt checkpoint: cannot read {path / MEMORY_WEIGHTS}: {err}") from err
-    if isinstance(backbone_kwargs.get("dtype"), str):  # "bf16" as pretrained_backbone and the CLI take it
-        from rmt.build import DTYPES
+    if "dtype" in backbone_kwargs:  # "bf16" too, as pretrained_backbone and the command line take it
+        from rmt.build import torch_dtype
 
-        if backbone_kwargs["dtype"] not in DTYPES:
-            raise InputError(f"unknown dtype {backbone_kwargs['dtype']!r}; choose one of {sorted(DTYPES)}")
-        backbone_kwargs = {**backbone_kwargs, "dtype": DTYPES[backbone_kwargs["dtype"]]}
+        backbone_kwargs = {**backbone_kwargs, "dtype": torch_dtype(backbone_kwargs["dtype"])}
     backbone = _load_backbone(path / BACKBONE_DIR, config.mode, backbone_kwargs)
     model = model_cls(backbone, config)
     expected_tensors = model.memory_state_dict()

@@ -370,7 +370,7 @@ def _train_step(
     size = config.batch_size
     slices = [slice(first, first + size) for first in range(0, batch.input_ids.shape[0], size)]
     # Every process builds the whole global batch, so each knows every micro-batch's weight without communicating.
-    plans = _micro_batch_plans(model, batch, slices)
+    plans = _micro_batch_plans(model, batch, slices, config.fsdp)
     shares = _micro_batch_weights(model, batch, slices, plans)
     if config.fsdp:
         _check_same_calls(model, plans, procs, step)
@@ -397,10 +397,13 @@ def _train_step(
     return total
 
 
-def _micro_batch_plans(model: RecurrentMemoryModel, batch: Batch, slices: list[slice]) -> list[SegmentPlan] | None:
-    """The plan `forward` makes of each micro-batch (one with no target included: it weighs nothing); None for a
-    single micro-batch (no accumulation, one process), which needs no weighing."""
-    if len(slices) == 1:
+def _micro_batch_plans(
+    model: RecurrentMemoryModel, batch: Batch, slices: list[slice], fsdp_calls: bool
+) -> list[SegmentPlan] | None:
+    """The plan `forward` makes of each micro-batch (one with no target included: it weighs nothing), where a causal
+    LM's weights or FSDP's call check (`fsdp_calls`) need it; None for a single micro-batch (no accumulation, one
+    process) and for a classifier's, which weigh by their sample counts."""
+    if len(slices) == 1 or not (model.token_logits or fsdp_calls):
         return None
     plans = []
     for rows in slices:
@@ -416,7 +419,7 @@ def _micro_batch_weights(
     total (samples for a classifier; for a causal LM `loss_terms` of its plan: targets, or (sample, segment) pairs
     with loss_aggregation="segments"). A global batch without a target keeps equal shares, so that `forward` refuses
     it as it refuses one batch without a target."""
-    if plans is None:
+    if len(slices) == 1:
         return [1.0]
     if model.token_logits:
         counts = [float(loss_terms(model.config, plan.weights)) for plan in plans]
