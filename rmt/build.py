@@ -202,7 +202,7 @@ def pretrained_backbone(
         raise InputError(f"mode must be 'decoder' or 'encoder', got {mode!r}")
     try:
         with _gguf_bar_follows_transformers() if gguf is not None else nullcontext():
-            model = auto.from_pretrained(location, **kwargs)
+            model, info = auto.from_pretrained(location, output_loading_info=True, **kwargs)
     except SafetensorError as err:  # a damaged or truncated weights file
         raise InputError(f"cannot load a model from {name_or_path!r}: damaged weights in {location}: {err}") from err
     except OSError as err:
@@ -219,9 +219,33 @@ def pretrained_backbone(
             f"cannot load a model from {name_or_path!r}: transformers has no {kind} for its family "
             f"{backbone_model_type(name_or_path)!r}"
         ) from err
+    _check_loaded_weights(name_or_path, model, info, mode, new_head=mode == "encoder" and labels is not None)
     if gguf is not None:
         _forget_gguf_origin(model)
     return model
+
+
+def _check_loaded_weights(
+    name_or_path: str | os.PathLike, model: PreTrainedModel, info: dict, mode: str, new_head: bool
+) -> None:
+    """transformers starts every weight the files lack (or hold in another shape, under ignore_mismatched_sizes) at
+    random and only logs a report, so a headless folder loaded as a causal LM, or a folder missing a layer's weight,
+    would train and answer from random values. Refused, except a classifier's new head (and BERT-style pooler) when
+    an encoder is loaded for new classes (`labels`): everything outside the base model is the head."""
+    from rmt.memory.pretrained import loading_problems
+
+    base = model.base_model_prefix + "."
+
+    def head(name: str) -> bool:
+        return new_head and (not name.startswith(base) or name.startswith(base + "pooler."))
+
+    found = loading_problems(info, ["missing_keys", "mismatched_keys"], allowed=head)
+    if found:
+        raise InputError(
+            f"cannot load a model from {str(name_or_path)!r}: its files lack weights that a {type(model).__name__} "
+            f"needs, which would start at random ({found})"
+            + ("; pass labels to start a new classification head" if mode == "encoder" and not new_head else "")
+        )
 
 
 @contextmanager

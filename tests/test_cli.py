@@ -225,7 +225,7 @@ def test_the_gguf_conversion_bar_follows_the_progress_switch(tmp_path, monkeypat
 
     def load(location, **kwargs):
         shown.append(not gguf_loading.tqdm(range(1)).disable)
-        return random_backbone("llama", vocab_size=16, num_layers=1, hidden_size=32, num_heads=2)
+        return random_backbone("llama", vocab_size=16, num_layers=1, hidden_size=32, num_heads=2), {}
 
     monkeypatch.setattr(rmt.build.AutoModelForCausalLM, "from_pretrained", load)
     (tmp_path / "model.gguf").write_bytes(b"")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import background_text, tiny_model_folder
+from safetensors.torch import load_file, save_file
 
 from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer, random_backbone
 from rmt.cli import build_parser, main
@@ -324,6 +325,13 @@ def test_a_full_attention_baseline_that_cannot_read_the_samples_is_refused_befor
     args = ["eval", encoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
     code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", str(other)], capsys)
     assert code == 2 and "answers with the classes ['yes', 'no']" in err and not output.exists()
+    headless = tmp_path / "headless"
+    shutil.copytree(other, headless)
+    weights = load_file(headless / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, headless / "model.safetensors")
+    code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", str(headless)], capsys)
+    assert code == 2 and "must be a classifier trained on the same answers" in err and "classifier.bias" in err
+    assert not output.exists()  # a head at random scored the baseline by chance before
 
 
 def test_a_full_attention_baseline_with_a_smaller_vocabulary_is_refused_before_any_cell(decoder, tmp_path, capsys):

@@ -563,3 +563,38 @@ def test_from_pretrained_takes_a_dtype_by_name_and_a_damaged_gguf_file_is_one_li
     (tmp_path / "damaged.gguf").write_bytes(b"GGUF" + b"\x00" * 20)
     with pytest.raises(InputError, match="cannot load the GGUF file damaged.gguf"):
         pretrained_backbone(str(tmp_path / "damaged.gguf"))
+
+
+def test_a_backbone_folder_missing_weights_is_refused_not_started_at_random(tmp_path):
+    """pretrained_backbone loaded a headless LlamaModel folder as a causal LM, or a folder missing one layer's weight,
+    with random values in their place (transformers only logs a report) and `rmt train --model` trained on it. A new
+    classifier head (and pooler) for an encoder loaded with labels is the one thing that may start at random."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    from rmt.build import pretrained_backbone
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    llama_config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=64, tie_word_embeddings=False, **shape)
+    LlamaModel(llama_config).save_pretrained(tmp_path / "headless")
+    with pytest.raises(InputError, match=r"lack weights that a LlamaForCausalLM needs.*missing keys: lm_head\.weight"):
+        pretrained_backbone(str(tmp_path / "headless"))
+    decoder = random_backbone("llama", vocab_size=VOCAB, num_layers=1, hidden_size=32, num_heads=4)
+    decoder.save_pretrained(tmp_path / "decoder")
+    assert pretrained_backbone(str(tmp_path / "decoder")) is not None  # complete: loads
+    weights = load_file(tmp_path / "decoder" / "model.safetensors")
+    del weights["model.layers.0.mlp.down_proj.weight"]
+    save_file(weights, tmp_path / "decoder" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"missing keys: model\.layers\.0\.mlp\.down_proj\.weight"):
+        pretrained_backbone(str(tmp_path / "decoder"))
+
+    BertModel(BertConfig(vocab_size=VOCAB, max_position_embeddings=64, **shape)).save_pretrained(tmp_path / "bert")
+    classifier = pretrained_backbone(str(tmp_path / "bert"), mode="encoder", labels=["a", "b", "c"])
+    assert classifier.config.num_labels == 3  # a new head for new classes
+    with pytest.raises(InputError, match=r"missing keys: classifier\.bias.*pass labels to start a new classification"):
+        pretrained_backbone(str(tmp_path / "bert"), mode="encoder")  # a baseline's classifier must come with its head
+    weights = load_file(tmp_path / "bert" / "model.safetensors")
+    del weights["encoder.layer.0.output.dense.weight"]
+    save_file(weights, tmp_path / "bert" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"missing keys: bert\.encoder\.layer\.0\.output\.dense\.weight"):
+        pretrained_backbone(str(tmp_path / "bert"), mode="encoder", labels=["a", "b", "c"])

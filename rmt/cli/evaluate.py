@@ -503,7 +503,12 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
         haystack = load_background(args.haystack)
     baseline = None
     if args.full_attention_model and "full_attention" in methods:
-        baseline = pretrained_backbone(args.full_attention_model, mode=mode).to(model.device).eval()
+        try:
+            baseline = pretrained_backbone(args.full_attention_model, mode=mode).to(model.device).eval()
+        except InputError as err:
+            if mode != "encoder":
+                raise
+            raise InputError(f"--full-attention-model must be a classifier trained on the same answers: {err}") from err
         _check_baseline(args.full_attention_model, baseline, model, tokenizer, mode)
     if "full_attention" in methods:
         _full_attention_window(args, baseline if baseline is not None else model.backbone, mode)

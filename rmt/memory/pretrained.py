@@ -166,12 +166,22 @@ def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
         )
     except (SafetensorError, OSError) as err:  # unreadable or missing weight files
         raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err
-    problems = {kind: info.get(kind) for kind in kinds}
-    problems = {kind: sorted(map(_describe_key, keys)) for kind, keys in problems.items() if keys}
-    if problems:
-        found = "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys[:5])}" for kind, keys in problems.items())
+    found = loading_problems(info, kinds)
+    if found:
         raise InputError(f"corrupt checkpoint: the backbone weights in {folder} do not match its config ({found})")
     return backbone
+
+
+def loading_problems(info: dict, kinds: list[str], allowed: Callable[[str], bool] = lambda name: False) -> str:
+    """The weights that transformers' loading info (`from_pretrained(..., output_loading_info=True)`) lists under
+    `kinds` ("missing_keys", "unexpected_keys", "mismatched_keys") and `allowed` does not accept, as one phrase
+    ("missing keys: a, b; mismatched keys: c [2, 4] in the files, [3, 4] by the config"); "" when there are none."""
+    problems = {}
+    for kind in kinds:
+        keys = [key for key in info.get(kind) or () if not allowed(key[0] if isinstance(key, tuple) else str(key))]
+        if keys:
+            problems[kind] = sorted(map(_describe_key, keys))
+    return "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys[:5])}" for kind, keys in problems.items())
 
 
 def _describe_key(key: object) -> str:
