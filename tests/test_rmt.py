@@ -259,6 +259,30 @@ def test_padded_sample_equals_sample_alone(decoder_family, memory_positions):
         assert out.logits[row, ~keep].abs().sum() == 0
 
 
+@pytest.mark.parametrize("memory_positions", ["sequential", "shared"])
+def test_padded_sample_equals_sample_alone_under_a_sliding_window(memory_positions):
+    """A sliding window (Mistral, 4 places) shorter than [read memory | segment | write memory] counts sequence
+    places: write slots after a short segment's padding saw fewer of its tokens than the sample alone (its memory off
+    by 2e-2), so they go right after each row's real tokens."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    backbone = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, num_key_value_heads=2, sliding_window=4, **sizes))
+    config = RMTConfig(num_memory_tokens=2, segment_size=8, memory_positions=memory_positions)
+    model = RMTForCausalLM(backbone, config).eval()
+    ids = random_ids(2, 21, seed=3)
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0  # its last segment holds 5 of 8 tokens
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+        for row in range(2):
+            keep = mask[row].bool()
+            alone = model(ids[row : row + 1, keep])
+            torch.testing.assert_close(out.logits[row, keep], alone.logits[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out.memory_state[row], alone.memory_state[0], rtol=1e-5, atol=1e-5)
+
+
 def test_encoder_padded_sample_equals_sample_alone():
     model = RMTForSequenceClassification(tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=3, segment_size=8))
     ids = torch.randint(5, 100, (2, 30))

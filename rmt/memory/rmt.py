@@ -76,7 +76,8 @@ class RMTForCausalLM(RecurrentMemoryModel):
 
     With `config.xl_cache_tokens` = C > 0 every layer also attends to a Transformer-XL cache: the detached
     keys/values of the last C tokens of the previous segment(s), passed to the backbone as its `cache`.
-    Segment window:  [cache (C) | read memory (M) | segment tokens (t) | write memory (M)]
+    Segment window:  [cache (C) | read memory (M) | segment tokens (t) | write memory (M)]; in a batch, a row with
+    fewer tokens has its padding after its write slots (a sliding-window backbone counts sequence places).
     - The cache holds segment tokens only. Memory slots already reach the next segment as memory; caching them
       too would give each segment a second, stale copy of the memory, and C counts input tokens as `mem_len` does.
     - Positions run on across segments as if the input were laid out in one line [mem | seg 1 | mem | seg 2 ...]:
@@ -167,7 +168,11 @@ class RMTForCausalLM(RecurrentMemoryModel):
         )
         hidden = out.last_hidden_state  # [b, M + t + writes, D]
         memory = state[0] if self.cache_tokens else state
-        new_memory = self.written_memory(hidden[:, m + t :]) if writes else memory
+        if writes:
+            index = window.write_index[..., None].expand(-1, -1, hidden.shape[-1])
+            new_memory = self.written_memory(hidden.gather(1, index))
+        else:
+            new_memory = memory
         if not self.cache_tokens:
             return hidden[:, m : m + t], new_memory
         layer_inputs = None
@@ -249,7 +254,8 @@ class RMTForCausalLM(RecurrentMemoryModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: State, write: bool
     ) -> SegmentWindow:
         """The backbone inputs of one segment: [cache | read memory | tokens | write memory (if `write` and the
-        config has write slots)]. input_ids/attention_mask [b, t] with real tokens first."""
+        config has write slots) | padding]. input_ids/attention_mask [b, t] with real tokens first; the write slots
+        follow each row's last real token, so a row's padding comes after them."""
         config = self.config
         b, t = input_ids.shape
         m = config.num_memory_tokens
@@ -258,18 +264,22 @@ class RMTForCausalLM(RecurrentMemoryModel):
         memory = state[0] if self.cache_tokens else state
         tokens = self.backbone.get_input_embeddings()(input_ids)  # [b, t, D]
         memory = memory.to(tokens.dtype)
-        pieces = [memory, tokens]
         start = self._start_positions(state, b, device)  # [b, 1]
         token_positions = start + m + torch.arange(t, device=device)  # [b, t]
-        positions = [(start + torch.arange(m, device=device)).expand(b, m), token_positions]  # read slots, tokens
+        read_positions = (start + torch.arange(m, device=device)).expand(b, m)
+        embeds = torch.cat([memory, tokens, tokens.new_zeros(b, writes, tokens.shape[-1])], dim=1)  # [b, M+t+w, D]
+        mask = torch.cat([attention_mask.new_ones(b, m), attention_mask, attention_mask.new_zeros(b, writes)], dim=1)
+        positions = torch.cat([read_positions, token_positions, token_positions.new_zeros(b, writes)], dim=1)
+        write_index = None
         if writes:
-            write_embeds, write_positions = self.write_slots(state, attention_mask.sum(dim=1))
-            pieces.append(write_embeds.to(tokens.dtype))
-            positions.append(write_positions)
-        embeds = torch.cat(pieces, dim=1)  # [b, M + t + writes, D]
-        ones = attention_mask.new_ones(b, m)
-        mask = torch.cat([ones, attention_mask, ones[:, :writes]], dim=1)
-        positions = torch.cat(positions, dim=1)  # [b, M + t + writes]
+            # Directly after the real tokens rather than after the padding: a sliding-window backbone counts sequence
+            # places, so slots behind a short segment's padding would see fewer of its tokens than the sample alone.
+            lengths = attention_mask.sum(dim=1)
+            write_embeds, write_positions = self.write_slots(state, lengths)
+            write_index = m + lengths[:, None] + torch.arange(writes, device=device)  # [b, writes]
+            embeds = embeds.scatter(1, write_index[..., None].expand_as(write_embeds), write_embeds.to(tokens.dtype))
+            mask = mask.scatter(1, write_index, 1)
+            positions = positions.scatter(1, write_index, write_positions)
 
         cache = None
         if self.cache_tokens:
@@ -285,7 +295,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
             cache = DynamicCache(ddp_cache_data=pairs, config=self.backbone.config)
             mask = torch.cat([cache_mask.to(mask.dtype), mask], dim=1)  # [b, C + M + t + writes]
             self.check_positions(positions)
-        return SegmentWindow(embeds, mask, positions, cache)
+        return SegmentWindow(embeds, mask, positions, cache, write_index)
 
     def write_slots(self, state: State, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [b, M, D] and position ids [b, M] of the write slots of a segment with `lengths` [b] real
@@ -366,6 +376,7 @@ class SegmentWindow:
     attention_mask: torch.Tensor  # [b, C + M + t + writes] (C = 0 without the cache)
     position_ids: torch.Tensor  # [b, M + t + writes]
     cache: DynamicCache | None  # the Transformer-XL cache as an HF cache object, None without it
+    write_index: torch.Tensor | None  # [b, writes]: where each row's write slots are in embeds; None without them
 
 
 @register_model("encoder", "rmt")
