@@ -283,6 +283,26 @@ def test_padded_sample_equals_sample_alone_under_a_sliding_window(memory_positio
             torch.testing.assert_close(out.memory_state[row], alone.memory_state[0], rtol=1e-5, atol=1e-5)
 
 
+def test_a_transformer_xl_cache_under_a_sliding_window_too_short_to_hold_its_call_is_refused_when_built():
+    """The cache takes every layer's keys of [cache | read memory | segment | write memory] from one call; a sliding
+    window keeps only its last places, so the first forward raised a NotImplementedError (a traceback in the CLI)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from rmt.errors import InputError
+
+    def mistral(window: int) -> MistralForCausalLM:
+        sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+        return MistralForCausalLM(
+            MistralConfig(vocab_size=VOCAB, num_key_value_heads=2, sliding_window=window, **sizes)
+        )
+
+    config = RMTConfig(num_memory_tokens=2, segment_size=8, xl_cache_tokens=8)
+    with pytest.raises(InputError, match=r"= 20 places from one call, but this backbone's sliding window keeps 19"):
+        RMTForCausalLM(mistral(20), config)
+    model = RMTForCausalLM(mistral(21), config)
+    assert model(random_ids(2, 30)).logits.shape == (2, 30, VOCAB)  # the window holds the call: runs
+
+
 def test_encoder_padded_sample_equals_sample_alone():
     model = RMTForSequenceClassification(tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=3, segment_size=8))
     ids = torch.randint(5, 100, (2, 30))

@@ -67,6 +67,17 @@ def max_positions(backbone: nn.Module) -> int | None:
     return None
 
 
+def sliding_window(backbone: nn.Module) -> int | None:
+    """The shortest sliding window among the backbone's attention layers (Mistral's or Qwen2's may have one): such a
+    layer attends to its last `sliding_window` places and its key/value cache keeps one fewer. None when every layer
+    attends to all places."""
+    from transformers import DynamicCache
+
+    windows = [getattr(layer, "sliding_window", None) for layer in DynamicCache(config=backbone.config).layers]
+    windows = [window for window in windows if window]
+    return min(windows) if windows else None
+
+
 def hidden_size(backbone: nn.Module) -> int:
     return backbone.get_input_embeddings().weight.shape[1]
 

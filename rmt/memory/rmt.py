@@ -26,7 +26,7 @@ from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from rmt.backbones import check_family, check_fits, hidden_size, kv_shape, max_positions
+from rmt.backbones import check_family, check_fits, hidden_size, kv_shape, max_positions, sliding_window
 from rmt.backbones.layers import layer_keys_values
 from rmt.config import RMTConfig
 from rmt.errors import InputError
@@ -117,6 +117,16 @@ class RMTForCausalLM(RecurrentMemoryModel):
         writes = 0 if config.read_memory_only else m
         needed = config.segment_size + m + (writes if config.memory_positions == "sequential" else 0)
         check_fits(backbone, config.segment_size, needed, f"[read memory ({m}) | segment | write memory ({writes})]")
+        window = sliding_window(backbone)
+        cached = config.xl_cache_tokens
+        held = cached + m + config.segment_size + writes
+        if cached and window is not None and window - 1 < held:
+            raise InputError(
+                f"xl_cache_tokens: the Transformer-XL cache takes every layer's keys of [cache ({cached}) | read "
+                f"memory ({m}) | segment ({config.segment_size}) | write memory ({writes})] = {held} places "
+                f"from one call, but this backbone's sliding window keeps {window - 1}: use fewer cache tokens or a "
+                "shorter segment, or a backbone without a sliding window"
+            )
         self.memory = _memory_parameter(backbone, m) if m > 0 else None
         self.write_memory = (
             _memory_parameter(backbone, m) if m > 0 and config.write_init == "learned" and writes else None

@@ -292,14 +292,13 @@ def _check_full_attention(model: MemoryModel, window: int) -> None:
     """Refuse a backbone whose key/value cache keeps fewer than `window` positions (sliding-window attention, as
     Mistral's or Qwen2's may have): an open segment's tokens and what precedes them must all stay in the cache that
     gives a stream's logits and generate's tokens. One pass over the input (`forward`) does not need it."""
-    from transformers import DynamicCache
+    from rmt.backbones import sliding_window
 
-    layers = DynamicCache(config=model.backbone.config).layers
-    windows = [w for w in (getattr(layer, "sliding_window", None) for layer in layers) if w]
-    if windows and min(windows) < window:
-        longest = model.config.segment_size - (window - min(windows))  # the segment size that would fit
+    sliding = sliding_window(model.backbone)
+    if sliding is not None and sliding < window:
+        longest = model.config.segment_size - (window - sliding)  # the segment size that would fit
         advice = f"use segments of at most {longest} tokens, or " if longest >= 1 else "use "
         raise InputError(
             f"token logits and generation read an open segment of up to {window} positions through the key/value "
-            f"cache, but this backbone's sliding window keeps {min(windows)}: {advice}a backbone without one"
+            f"cache, but this backbone's sliding window keeps {sliding}: {advice}a backbone without one"
         )
