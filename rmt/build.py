@@ -64,12 +64,29 @@ def random_backbone(
     key-value binding (tests/test_train.py)."""
     if family not in RANDOM_FAMILIES:
         raise InputError(f"unknown model family {family!r}; random backbones exist for {list(RANDOM_FAMILIES)}")
-    sizes = {"vocab_size": vocab_size, "num_layers": num_layers, "hidden_size": hidden_size, "num_heads": num_heads}
+    sizes = {
+        "vocab_size": vocab_size,
+        "num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "num_heads": num_heads,
+        "max_positions": max_positions,
+        "num_labels": num_labels,
+    }
+    if num_kv_heads is not None:
+        sizes["num_kv_heads"] = num_kv_heads
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InputError(f"{name} must be an integer > 0, got {value!r}")
     if hidden_size % num_heads:
         raise InputError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+    if num_kv_heads is not None and family != "llama":
+        raise InputError(f"num_kv_heads (grouped-query attention) applies to llama backbones only, not {family!r}")
+    if num_kv_heads is not None and num_heads % num_kv_heads:
+        raise InputError(f"num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
+    if pad_token_id is not None and (
+        isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or not 0 <= pad_token_id < vocab_size
+    ):
+        raise InputError(f"pad_token_id must be a token id in [0, {vocab_size}) or None, got {pad_token_id!r}")
     torch.manual_seed(seed)
     if init_std is not None and not init_std > 0:
         raise InputError(f"init_std must be > 0, got {init_std!r}")
@@ -187,6 +204,10 @@ def pretrained_backbone(
     location, gguf = resolve_model(name_or_path)
     if gguf is not None:
         kwargs["gguf_file"] = gguf
+    if "torch_dtype" in kwargs:  # transformers' older name for dtype
+        if dtype is not None:
+            raise InputError("give dtype or torch_dtype, not both")
+        dtype = kwargs.pop("torch_dtype")
     kwargs["dtype"] = torch_dtype(dtype) or torch.float32
     if mode == "encoder":
         auto = AutoModelForSequenceClassification
@@ -212,6 +233,11 @@ def pretrained_backbone(
     except ValueError as err:
         if gguf is not None:  # empty, truncated, not GGUF, or an architecture transformers cannot read from GGUF
             raise InputError(f"cannot load the GGUF file {gguf} in {location}: {_one_line(err)}") from err
+        if "does not recognize this architecture" in str(err):
+            raise InputError(
+                f"cannot load a model from {name_or_path!r}: this transformers does not know its family "
+                f"{backbone_model_type(name_or_path)!r}"
+            ) from err
         if not str(err).startswith("Unrecognized configuration class"):
             raise
         kind = "causal LM (decoder)" if mode == "decoder" else "sequence classifier (encoder)"

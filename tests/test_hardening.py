@@ -598,3 +598,31 @@ def test_a_backbone_folder_missing_weights_is_refused_not_started_at_random(tmp_
     save_file(weights, tmp_path / "bert" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(InputError, match=r"missing keys: bert\.encoder\.layer\.0\.output\.dense\.weight"):
         pretrained_backbone(str(tmp_path / "bert"), mode="encoder", labels=["a", "b", "c"])
+
+
+def test_backbone_builders_refuse_what_they_cannot_build_in_one_line(tmp_path):
+    """random_backbone accepted num_kv_heads that do not divide the heads, max_positions=0 and a pad id outside the
+    vocabulary (each a crash in forward); pretrained_backbone(torch_dtype=...) came back in fp32 and an unknown
+    family was transformers' raw ValueError; a memory that alone fills the positions advised "at most -4"."""
+    from rmt.build import pretrained_backbone
+
+    for kwargs, message in [
+        ({"num_kv_heads": 3}, "num_heads=4 must be divisible by num_kv_heads=3"),
+        ({"num_kv_heads": 0}, "num_kv_heads must be an integer > 0"),
+        ({"max_positions": 0}, "max_positions must be an integer > 0"),
+        ({"pad_token_id": VOCAB}, rf"pad_token_id must be a token id in \[0, {VOCAB}\)"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            random_backbone("llama", VOCAB, 1, 32, 4, **kwargs)
+    with pytest.raises(InputError, match="num_kv_heads .* llama backbones only, not 'gpt2'"):
+        random_backbone("gpt2", VOCAB, 1, 32, 4, num_kv_heads=2)
+    random_backbone("llama", VOCAB, 1, 32, 4, num_kv_heads=2).save_pretrained(tmp_path / "llama")
+    assert pretrained_backbone(str(tmp_path / "llama"), torch_dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(InputError, match="dtype or torch_dtype, not both"):
+        pretrained_backbone(str(tmp_path / "llama"), dtype="fp32", torch_dtype=torch.bfloat16)
+    (tmp_path / "unknown").mkdir()
+    (tmp_path / "unknown" / "config.json").write_text('{"model_type": "frobnicator"}')
+    with pytest.raises(InputError, match="does not know its family 'frobnicator'"):
+        pretrained_backbone(str(tmp_path / "unknown"))
+    with pytest.raises(InputError, match="the memory alone takes them all: use fewer memory tokens"):
+        RMTForCausalLM(random_backbone("gpt2", VOCAB, 1, 32, 4, 8), RMTConfig(num_memory_tokens=6, segment_size=4))

@@ -49,9 +49,15 @@ def check_fits(backbone: nn.Module, segment_size: int, needed: int, layout: str)
     embeds, naming the largest segment_size that fits."""
     limit = max_positions(backbone)
     if limit is not None and needed > limit:
+        fitting = segment_size - (needed - limit)
+        advice = (
+            f"lower segment_size to at most {fitting}"
+            if fitting >= 1
+            else "the memory alone takes them all: use fewer memory tokens or a backbone with more positions"
+        )
         raise InputError(
             f"segment_size={segment_size} needs {needed} positions ({layout}) but the backbone embeds at most "
-            f"{limit}: lower segment_size to at most {segment_size - (needed - limit)}"
+            f"{limit}: {advice}"
         )
 
 
