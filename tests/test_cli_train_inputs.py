@@ -446,6 +446,8 @@ def test_data_that_cannot_be_batched_is_refused_before_overwrite_clears_the_run(
         (["--d-mem", "8"], "--d-mem applies to ARMT (--memory armt) only"),
         (["--memory", "armt", "--write-init", "learned"], "--write-init applies to RMT memory tokens"),
         (["--lr-schedule", "linear", "--min-lr-factor", "0.2"], "--min-lr-factor applies to the cosine schedule"),
+        (["--encoder-memory-init", "embedding_output"], "--encoder-memory-init applies to an encoder --model"),
+        (["--curriculum-metric", "exact_match"], "--curriculum-metric applies to runs that read the held-out score"),
     ],
 )
 def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, flags, message):

@@ -253,6 +253,8 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
     data_file = args.data is not None and not tasks
     saved = _checkpoint_config(args.model)  # an rmt checkpoint keeps its own memory kind
     armt = (saved.memory_kind if saved is not None else args.memory_kind) == "armt"
+    encoder = args.model is not None and _mode_of(args.model) == "encoder"
+    score_read = args.curriculum_accuracy is not None or args.plateau_evals is not None or args.save_best
     unread = (
         (("--family", "--layers", "--hidden", "--heads"), args.model is not None, "a random backbone (no --model)"),
         (("--dtype",), args.model is None, "a pretrained --model (a random backbone is built in fp32)"),
@@ -272,6 +274,12 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
         (("--d-mem", "--armt-write-norm"), not armt, "ARMT (--memory armt)"),
         (("--write-init", "--memory-positions", "--memory-write-scale"), armt, "RMT memory tokens (--memory rmt)"),
         (("--min-lr-factor",), args.lr_schedule != "cosine", "the cosine schedule (--lr-schedule cosine)"),
+        (("--encoder-memory-input", "--encoder-memory-init"), not encoder, "an encoder --model (such as minilm)"),
+        (
+            ("--curriculum-metric",),
+            not score_read,
+            "runs that read the held-out score (--curriculum-accuracy, --plateau-evals, --save-best)",
+        ),
     )
     for flags, ignored, scope in unread:
         given = flags_given(args, flags) if ignored else []
