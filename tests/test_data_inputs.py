@@ -85,6 +85,18 @@ def test_a_file_with_no_records_is_refused(tmp_path, name, content, streaming):
         load_records(path, streaming=streaming)
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_parquet_file_with_no_rows_is_refused_as_such(tmp_path, streaming):
+    """It said "BatchSize must be greater than 0"."""
+    import pyarrow as pa
+    import pyarrow.parquet
+
+    path = tmp_path / "empty.parquet"
+    pyarrow.parquet.write_table(pa.table({name: pa.array([], pa.string()) for name in RECORD}), path)
+    with pytest.raises(InputError, match=r"data file .*empty\.parquet has no records"):
+        load_records(path, streaming=streaming)
+
+
 def test_a_streamed_text_file_names_its_column_the_first_time(tmp_path, monkeypatch):
     """Streamed before `datasets` has cached it, a text file's column was unknown, and its shape was refused."""
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # a cold cache

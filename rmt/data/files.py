@@ -52,7 +52,9 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise InputError(f"data file {path}: unknown format {path.suffix!r}; use one of {sorted(FORMATS)}")
-    if _is_blank(path):  # `datasets` fails on these with a bare StopIteration or a message that does not say why
+    if _is_blank(path) or kind == "parquet" and _parquet_rows(path) == 0:
+        # `datasets` fails on these with a bare StopIteration or a message that does not say why ("BatchSize must be
+        # greater than 0" for a parquet file without rows)
         raise InputError(f"data file {path} has no records")
     if streaming is None:
         streaming = path.stat().st_size > STREAM_ABOVE_BYTES
@@ -138,6 +140,16 @@ def _leading_characters(path: Path, count: int = 2) -> str:
         head = file.read(1 << 12)
     head = head.removeprefix(_BOM)
     return "".join(head.decode("utf-8", errors="replace").split())[:count]
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """The rows a parquet file's footer counts; None when it cannot be read (`datasets` then says why)."""
+    import pyarrow.parquet
+
+    try:
+        return pyarrow.parquet.ParquetFile(path).metadata.num_rows
+    except (ValueError, OSError):  # ArrowInvalid (not parquet, truncated) is a ValueError
+        return None
 
 
 def _is_blank(path: Path) -> bool:
