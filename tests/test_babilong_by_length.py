@@ -148,3 +148,25 @@ def test_a_decoders_full_attention_answer_is_the_backbones_own_greedy_answer_on_
                 ids = torch.cat([ids, backbone(ids).logits[:, -1:].argmax(-1)], dim=1)
         expected = tokenizer.decode(ids[0, window - new_tokens :], skip_special_tokens=True)
         assert reader.read(sample).answer == expected
+
+
+def test_a_generated_answer_stops_at_every_end_token_the_backbone_names(tmp_path):
+    """The reader passed only the tokenizer's eos_token_id, which overrode the backbone's generation config (Llama
+    3's instruct models name several end tokens there): an answer ran on past the end the model chose."""
+    import torch
+
+    from rmt.eval.by_length import readers
+    from rmt.memory.generation import stop_token_ids
+
+    torch.manual_seed(0)
+    folder = tiny_model_folder(tmp_path, "llama")
+    tokenizer = pretrained_tokenizer(str(folder))
+    model = memory_model(pretrained_backbone(str(folder)), RMTConfig(num_memory_tokens=2, segment_size=16)).eval()
+    sample = build_dataset("qa1", 0, 1, tokenizer, None, seed=0)[0]
+    reader = readers(model, tokenizer, ["memory"], None, 6)["memory"]
+    prompt = torch.tensor(reader.collate.prompt_ids([sample.to_dict()]))
+    tokens = model.generate(prompt, max_new_tokens=6, do_sample=False).sequences[0, prompt.shape[1] :].tolist()
+    assert tokenizer.eos_token_id not in tokens[:3]
+    model.backbone.generation_config.eos_token_id = [tokens[2], tokens[2] + 1]
+    assert stop_token_ids(model, tokenizer) == [tokens[2], tokens[2] + 1, tokenizer.eos_token_id]
+    assert reader.read(sample).answer == tokenizer.decode(tokens[:3], skip_special_tokens=True)

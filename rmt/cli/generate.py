@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import DTYPES, pretrained_tokenizer
-    from rmt.memory.generation import check_generation_settings
+    from rmt.memory.generation import check_generation_settings, stop_token_ids
     from rmt.memory.memory_file import read_memory, save_memory
     from rmt.memory.recurrent import RecurrentMemoryModel
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.do_sample,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": stop_token_ids(model, tokenizer),
         **sampling,
     }
     prompt = None

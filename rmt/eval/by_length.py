@@ -55,6 +55,7 @@ from rmt.data.babilong import (
 from rmt.data.collate import QACollator, check_qa_record
 from rmt.errors import InputError
 from rmt.files import write_atomic
+from rmt.memory.generation import stop_token_ids
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.plotting import pyplot, save_figure
 
@@ -152,7 +153,7 @@ class Reader:
             prompt = torch.tensor(self.collate.prompt_ids([record]), device=device)
             total = prompt.shape[1]
             ids = prompt[:, -self.window :] if self.window else prompt
-            eos = self.tokenizer.eos_token_id
+            eos = stop_token_ids(self.model, self.tokenizer)
             generated = self.model.generate(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos, do_sample=False)
             answer = self.tokenizer.decode(generated.sequences[0, ids.shape[1] :], skip_special_tokens=True)
         offsets = self._fact_offsets(sample)

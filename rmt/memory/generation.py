@@ -429,6 +429,13 @@ def _with_custom(built: LogitsProcessorList, custom: list) -> LogitsProcessorLis
     return merged
 
 
+def stop_token_ids(model: MemoryModel, tokenizer: Any) -> list[int]:
+    """The ids that end an answer: the backbone's generation config's eos_token_id (one or several: Llama 3's instruct
+    models end a turn with <|eot_id|> or <|end_of_text|>) and then the tokenizer's, without repeats."""
+    own = getattr(model.backbone, "generation_config", None)
+    return list(dict.fromkeys([*_token_ids(getattr(own, "eos_token_id", None)), *_token_ids(tokenizer.eos_token_id)]))
+
+
 def _token_ids(value: int | list[int] | None) -> list[int]:
     """Token ids of a setting that takes one or several, in their order, without repeats."""
     if value is None:
