@@ -229,6 +229,9 @@ def evaluate(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - began
         beyond = [loss[args.window - 1 :] for loss in losses]
         low, high = bootstrap_interval(beyond)
+        # Targets every method scores: the segment methods leave a segment's first token unscored, memory and
+        # sliding do not, so paired ratios compare the methods on the tokens that remain (position p = window + k).
+        shared = [(args.window + torch.arange(loss.shape[0])) % segment != 0 for loss in beyond]
         entry = {
             "model": args.base_model if method in ("sliding", "segments") else str(args.model),
             "memory_tokens": config.num_memory_tokens if method == "memory" else 0,
@@ -236,6 +239,9 @@ def evaluate(args: argparse.Namespace) -> int:
             "interval_95": [low, high],
             "perplexity_by_segment": None if method == "sliding" else by_segment(losses, segment),
             "document_nll_beyond_window": [loss[~loss.isnan()].double().mean().item() for loss in beyond],
+            "document_nll_shared_tokens": [
+                loss[keep].double().mean().item() for loss, keep in zip(beyond, shared, strict=True)
+            ],
             "seconds": seconds,
             "seconds_per_document": seconds / len(documents),
             "threads": torch.get_num_threads(),
@@ -268,10 +274,13 @@ def check_settings(path: Path, settings: dict) -> dict:
 def paired_ratio(methods: dict, first: str, second: str, resamples: int = 2000) -> tuple[float, tuple[float, float]]:
     """Perplexity of `first` over that of `second` beyond the window, with its 95% bootstrap interval resampling the
     documents jointly (document perplexities vary far more than the methods do, so pairing narrows the interval).
-    Every document weighs the same: they hold the same number of scored tokens, up to the segment methods' unscored
-    first token of a segment."""
-    a = torch.tensor(methods[first]["document_nll_beyond_window"], dtype=torch.float64)
-    b = torch.tensor(methods[second]["document_nll_beyond_window"], dtype=torch.float64)
+    Every document weighs the same. Both on the tokens every method scores (not a segment's first token, which the
+    segment methods leave unscored); entries written before that was recorded pair all the tokens each scored."""
+    key = "document_nll_shared_tokens"
+    if key not in methods[first] or key not in methods[second]:
+        key = "document_nll_beyond_window"
+    a = torch.tensor(methods[first][key], dtype=torch.float64)
+    b = torch.tensor(methods[second][key], dtype=torch.float64)
     picks = _resampled_documents(len(a), resamples, seed=0)
     return (a - b).mean().exp().item(), _middle_95((a[picks] - b[picks]).mean(1).exp())
 

@@ -604,6 +604,17 @@ def test_long_document_lm_prepare_and_evaluate(tmp_path, monkeypatch):
     by_segment = {m: results["methods"][m]["perplexity_by_segment"] for m in ("segments", "memory_off")}
     assert len(by_segment["segments"]) == 3 and by_segment["segments"] == by_segment["memory_off"]
     assert "| sliding |" in (out / "results.md").read_text()
+    # Paired ratios compare the tokens every method scores: the segment methods leave target 64 (a segment's first)
+    # unscored, memory and sliding score it too.
+    entries = results["methods"]
+    segments = entries["segments"]
+    assert segments["document_nll_shared_tokens"] == pytest.approx(segments["document_nll_beyond_window"])
+    assert entries["memory"]["document_nll_shared_tokens"] != pytest.approx(
+        entries["memory"]["document_nll_beyond_window"]
+    )
+    shared = {m: {"document_nll_beyond_window": e["document_nll_shared_tokens"]} for m, e in entries.items()}
+    ratio = long_document_lm.paired_ratio(entries, "memory", "memory_off")[0]
+    assert ratio == pytest.approx(long_document_lm.paired_ratio(shared, "memory", "memory_off")[0])
     # A second process adds its methods to the folder; one with other settings is refused before it scores anything.
     (out / "results.json").write_text(json.dumps({**results, "methods": {}}))
     assert long_document_lm.main([*args, *common, "--methods", "memory", "--output", str(out)]) == 0
