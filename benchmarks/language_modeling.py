@@ -116,6 +116,14 @@ def bits_by_segment(model, docs: list[bytes], segment: int, batch_size: int) -> 
     return [float(t / c / math.log(2)) for t, c in zip(totals, counts, strict=True)]
 
 
+def predicted_bytes(document_bytes: int, segment: int) -> list[int]:
+    """How many bytes of a document each segment position predicts: `segment`, a shorter last segment's length, and
+    one fewer in the first (a document's first byte predicts nothing). Weights of the overall bpb."""
+    counts = [min(segment, document_bytes - start) for start in range(0, document_bytes, segment)]
+    counts[0] -= 1
+    return counts
+
+
 def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: list[bytes]) -> dict:
     config = config_of(kind, args)
     positions = args.document_bytes + 4 * args.memory + 2 * args.segment_size  # Tr-XL positions run on
@@ -139,9 +147,7 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
     train(model, source, train_config, Path(args.output) / "runs" / kind, description=kind)
     seconds = time.time() - started
     by_segment = bits_by_segment(model, held_out[: args.eval_documents], args.segment_size, 16)
-    count = len(by_segment)
-    weights = [args.segment_size] * count
-    weights[0] -= 1  # the first byte of a document predicts nothing
+    weights = predicted_bytes(args.document_bytes, args.segment_size)
     overall = sum(b * w for b, w in zip(by_segment, weights, strict=True)) / sum(weights)
     return {"kind": kind, "rmt_config": config.to_dict(), "bpb": overall, "bpb_by_segment": by_segment,
             "train_seconds": round(seconds, 1)}  # fmt: skip

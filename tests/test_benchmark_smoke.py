@@ -42,6 +42,13 @@ from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.segments import closed_length
 
 
+def test_language_modeling_weighs_each_segment_by_the_bytes_it_predicts():
+    """A partial last segment (--document-bytes not a multiple of --segment-size) weighed as a full one."""
+    assert language_modeling.predicted_bytes(256, 64) == [63, 64, 64, 64]
+    assert language_modeling.predicted_bytes(200, 64) == [63, 64, 64, 8]
+    assert sum(language_modeling.predicted_bytes(200, 64)) == 199
+
+
 def test_language_modeling_smoke(tmp_path, monkeypatch):
     books = [("book one", background_text(800, seed=1)), ("book two", background_text(800, seed=2))]
     monkeypatch.setattr(language_modeling, "default_corpus_texts", lambda: books)
