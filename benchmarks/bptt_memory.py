@@ -2,6 +2,7 @@
 
 Run from the repository root:
     python -m benchmarks.bptt_memory [--device cpu|cuda] [--segments 2 8 32] [--json out.json]
+    python -m benchmarks.bptt_memory --json benchmarks/results/bptt_memory-cpu.json   (the committed CPU run)
 
 One training step (loss on every token, gradients into .grad) of a GPT-2-shaped RMT for each (path, depth,
 number of segments):
