@@ -221,6 +221,28 @@ def test_streaming_backward_equals_reference(aggregation, depth, recompute, firs
     torch.testing.assert_close(streamed.memory_state, reference.memory_state.detach())
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("depth", [0, 1])
+def test_streaming_backward_with_the_backbone_frozen_equals_reference(depth, recompute):
+    """Training the memory alone (trainable='memory'): a segment before the BPTT window that reads detached memory
+    reaches no trainable parameter (with the default write_init='memory'), and backpropagating its loss raised
+    "element 0 of tensors does not require grad"."""
+    model = decoder("llama", bptt_depth=depth)
+    model.backbone.requires_grad_(False)
+    ids = random_ids(2, 23, seed=4)
+    model.zero_grad()
+    reference = model(ids, labels=ids)
+    reference.loss.backward()
+    expected = grads(model)
+    model.zero_grad()
+    streamed = model.forward_backward(ids, labels=ids, recompute=recompute)
+    actual = grads(model)
+    torch.testing.assert_close(streamed.loss, reference.loss.detach())
+    assert set(actual) == set(expected) == {"memory"}
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_encoder_streaming_backward_equals_reference():
     model = RMTForSequenceClassification(
         tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=3, segment_size=8, bptt_depth=1)

@@ -291,7 +291,10 @@ class RecurrentMemoryModel(nn.Module):
                 if part is not None:
                     loss_value = loss_value + part.detach()
                     if mode is SegmentMode.STREAM:
-                        backward(part)
+                        # With the backbone frozen, a segment that reads detached memory may reach no trainable
+                        # parameter (RMT's memory enters through the first segment only): nothing to backpropagate.
+                        if part.requires_grad:
+                            backward(part)
                     else:
                         window_loss = part if window_loss is None else window_loss + part
         loss = None
