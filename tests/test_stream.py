@@ -203,6 +203,15 @@ def test_forward_logits_options_match_all():
     assert none is None
     with pytest.raises(InputError, match="padding"):
         model(ids, attention_mask=mask, logits=torch.tensor([[0, 1], [0, 1]]))
+    # Right padding too: it returned a padding place's hidden state, or zeros, without a word.
+    right = torch.tensor([[1] * 9 + [0] * 3, [1] * 12])
+    for place in (9, 11):
+        with pytest.raises(InputError, match="must be real tokens"):
+            model(ids, attention_mask=right, logits=torch.tensor([[place], [0]]))
+    with pytest.raises(InputError, match="an integer .* tensor of positions"):  # an answer mask passed by mistake
+        model(ids, attention_mask=mask, logits=mask.bool())
+    int32 = model(ids, attention_mask=mask, logits=torch.tensor([[2, 11], [0, 5]], dtype=torch.int32)).logits
+    torch.testing.assert_close(int32, picked)
 
 
 def test_bad_chunks_are_refused():

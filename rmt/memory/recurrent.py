@@ -391,19 +391,27 @@ class _LogitsCollector:
             self.wanted = self._packed_positions(request, batch, length)
 
     def _packed_positions(self, positions: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-        if positions.dim() != 2 or positions.shape[0] != batch or positions.is_floating_point():
-            raise InputError(f"logits positions must be an integer [batch={batch}, K] tensor, got {positions!r}")
+        if (
+            positions.dim() != 2
+            or positions.shape[0] != batch
+            or positions.is_floating_point()
+            or positions.dtype == torch.bool
+        ):
+            raise InputError(
+                f"logits positions must be an integer [batch={batch}, K] tensor of positions, got {positions!r}"
+            )
         if bool(((positions < 0) | (positions >= length)).any()):
             raise InputError(f"logits positions must lie in 0..{length - 1}")
-        positions = positions.to(self.plan.input_ids.device)
-        if self.plan.order is None:
-            return positions
-        packed_of = torch.empty_like(self.plan.order).scatter_(  # caller position -> packed position
-            1, self.plan.order, torch.arange(length, device=positions.device).expand(batch, -1).contiguous()
-        )
-        if not bool(self.plan.attention_mask.gather(1, packed_of.gather(1, positions)).bool().all()):
+        positions = positions.to(self.plan.input_ids.device).long()
+        if self.plan.order is not None:
+            packed_of = torch.empty_like(self.plan.order).scatter_(  # caller position -> packed position
+                1, self.plan.order, torch.arange(length, device=positions.device).expand(batch, -1).contiguous()
+            )
+            positions = packed_of.gather(1, positions)
+        # Checked for every padding side: a padding place's hidden state is no token's (right padding gave garbage).
+        if not bool(self.plan.attention_mask.gather(1, positions).bool().all()):
             raise InputError("logits positions must be real tokens (attention_mask 1), not padding")
-        return packed_of.gather(1, positions)
+        return positions
 
     def add(self, rows: torch.Tensor | None, start: int, hidden: torch.Tensor) -> None:
         if self.kind == "none":
