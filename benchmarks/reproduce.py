@@ -19,10 +19,10 @@ on held-out samples. Model kinds, all the same `RMTForCausalLM` with a different
     memtrxl          memory tokens + that cache         (num_memory_tokens=M, xl_cache_tokens=T)
     memory_at_start  read slots only, no write slots    (read_memory_only=True): the paper's control
 (T = one segment, as in the paper; --xl-cache-segments N makes it N segments.)
-Tasks (rmt.data.tasks, the paper's formats): copy-24, reverse-24, associative retrieval (4 pairs; 4 PAD tokens in
-front for 5 segments, since 11 tokens cannot be cut into 5 equal segments), quadratic equations (step-by-step solution,
-exact match), and detect-and-memorize for extrapolation: trained with a curriculum up to N segments, evaluated at
-N, 2N, 4N, 8N (cell `detect_memorize:8:rmt`).
+Tasks (rmt.data.tasks, the paper's formats): copy-24, reverse-24, associative retrieval (4 pairs; 4 filler tokens
+in front for 5 segments, since 11 tokens cannot be cut into 5 equal segments), quadratic equations (step-by-step
+solution, exact match), and detect-and-memorize for extrapolation: trained with a curriculum up to N segments,
+evaluated at N, 2N, 4N, 8N (cell `detect_memorize:8:rmt`).
 
 Associative retrieval needs a backbone that binds a value to its key, and this one did not learn that from the
 one-query task alone in our attempts (no result file of those attempts is kept). So each of its cells first warms
@@ -90,7 +90,7 @@ from rmt.train.schedules import linear_curriculum
 
 def _associative(segments: int) -> Task:
     # 4 pairs, 11 tokens, cut into 2 or 3 segments. 11 tokens cannot be cut into 5 equal segments, so 5 segments
-    # get 4 PADs in front (15 tokens, size 3): the query and its answer then sit alone in the last segment.
+    # get 4 filler tokens in front (15 tokens, size 3): the query and its answer then sit alone in the last segment.
     return make_task("associative_retrieval", num_pairs=4, lead_padding=4 if segments == 5 else 0)
 
 
@@ -145,8 +145,10 @@ TASKS: dict[str, TaskSetup] = {
             description="multi-query retrieval (the same pairs, 8 queries per sample) in one window",
         ),
         paper_model=PAPER["models"]["associative_retrieval"],
-        note="5 segments: 4 PAD tokens in front (15 tokens, segments of 3: PADs | PAD k v | k v k | v k v | ? k v), "
-        "as 11 tokens cannot be cut into 5 equal segments; the query and its answer sit alone in the last segment. "
+        note="5 segments: 4 filler tokens in front (15 tokens, segments of 3: _ _ _ | _ k v | k v k | v k v | ? k v), "
+        "as 11 tokens cannot be cut into 5 equal segments; the query and its answer sit alone in the last segment "
+        "(until the filler was a token of its own, it was PAD, which the attention mask dropped: those cells ran as "
+        "4 segments). "
         "Trained on the one-query task alone, this backbone did not learn to bind a value to its key in our "
         "attempts, so every cell here starts from the same backbone warmed up in context (see Setup). "
         "1 segment (no memory, the whole sample in one window) is the in-context ceiling",

@@ -139,15 +139,24 @@ def test_associative_retrieval_multi_query_scores_only_the_values():
 
 
 def test_associative_retrieval_lead_padding_puts_the_query_alone_in_the_last_segment():
+    """The lead was PAD, which the attention mask drops: the model packed the 11 real tokens into 4 segments of 3,
+    so "5 segments" ran as 4 with the query's key and value split from the "?"."""
+    from rmt import RMTConfig
+    from rmt.memory.segments import plan_segments
+
     task = AssociativeRetrievalTask(num_pairs=4, lead_padding=4)
     batch = task.batch(32, seed=2)
     ids, labels = batch.input_ids, batch.labels
     assert task.sequence_length == 15 and task.answer_start == 14 and task.segment_size_for(5) == 3
-    assert bool((ids[:, :4] == task.pad_token_id).all())
+    assert bool((ids[:, :4] == task.filler_token_id).all()) and bool(batch.attention_mask.bool().all())
+    assert task.vocab_size == AssociativeRetrievalTask(num_pairs=4).vocab_size + 1  # the filler is the one new id
     assert torch.equal(ids[:, 4:], AssociativeRetrievalTask(num_pairs=4).batch(32, seed=2).input_ids)
     assert bool((ids[:, 12] == task.query_token_id).all())  # the last segment (12..14) is "?", key, value
     assert [i for i, label in enumerate(labels[0].tolist()) if label != -100] == [14]
-    assert re.fullmatch(r"([a-z]\d){4}\?[a-z]\d", task.decode(ids[0]))  # PAD renders as nothing
+    assert re.fullmatch(r"____([a-z]\d){4}\?[a-z]\d", task.decode(ids[0]))
+    config = RMTConfig(segment_size=3, num_memory_tokens=2)
+    plan = plan_segments(config, ids, batch.attention_mask, labels, True, task.vocab_size)
+    assert plan.num_segments.tolist() == [5] * 32
     with pytest.raises(ValueError, match="lead_padding"):
         AssociativeRetrievalTask(lead_padding=-1)
 

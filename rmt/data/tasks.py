@@ -17,7 +17,7 @@ Formats, as `decode` renders them:
   reverse                "3141>1413"      L symbols, START, the L symbols reversed      N = 2L+1
   associative_retrieval  "a1b2c3d4?c3"    n (key, value) pairs, QUERY, a key, its value      N = 2n+3
                          (num_queries=q > 1: "a1b2c3d4?c3a1c3", q queried pairs, N = 2n+1+2q;
-                         lead_padding=p: p PAD tokens first, N = p+2n+3)
+                         lead_padding=p: p filler tokens '_' first, N = p+2n+3)
   quadratic              "   3x^2+6x-9=0|x^2+2x-3=0;D=4+12=16;sqrtD=4;x1=(-2-4)/2=-3,x2=(-2+4)/2=1$"
                          equation right-aligned in a fixed field of blanks, START, solution, END, PAD
   detect_memorize        "kq!3zx...?3"    noise, FACT marker + fact anywhere, QUESTION, fact
@@ -201,13 +201,15 @@ class AssociativeRetrievalTask(Task):
     and scores every value but not the keys: multi-query associative recall, whose denser signal lets a small
     backbone learn in-context key-value binding that the one-query task alone does not teach it at CPU budgets.
 
-    lead_padding PAD tokens (unscored) come first, so that a cut into segments can put the query and its answer
-    alone in the last segment: 4 pairs (11 tokens) cannot be cut into 5 equal segments, but with 4 PADs in front
-    (15 tokens) segments of 3 give "___|_a1|b2c|3d4|?c3", and a model without memory is at chance.
+    lead_padding filler tokens (unscored, shown as '_') come first, so that a cut into segments can put the query
+    and its answer alone in the last segment: 4 pairs (11 tokens) cannot be cut into 5 equal segments, but with 4
+    fillers in front (15 tokens) segments of 3 give "___|_a1|b2c|3d4|?c3", and a model without memory is at chance.
+    The filler is a token of its own, attended like any other: PAD would be masked out and the sample packed into 4
+    segments from its first real token.
 
     Keys come from an alphabet of num_keys tokens (default 26, shown as letters a-z; a larger alphabet,
     shown as '<k{i}>' tokens, allows more pairs), values from num_values tokens (default 10 digits).
-    num_pairs > num_keys raises ValueError. Token ids: values, keys, QUERY, PAD."""
+    num_pairs > num_keys raises ValueError. Token ids: values, keys, QUERY, PAD, and FILLER with lead_padding."""
 
     num_pairs: int = 4
     num_keys: int = 26
@@ -229,9 +231,14 @@ class AssociativeRetrievalTask(Task):
         self.key_offset = self.num_values
         self.query_token_id = self.num_values + self.num_keys
         self.pad_token_id = self.query_token_id + 1
-        self.vocab_size = self.query_token_id + 2
+        # Only a task with lead padding has the filler, so the others keep their vocabulary (and their results).
+        self.filler_token_id = self.query_token_id + 2 if self.lead_padding else None
+        self.vocab_size = self.query_token_id + (3 if self.lead_padding else 2)
         self.tokens = (
-            _names(self.num_values, string.digits, "v") + _names(self.num_keys, string.ascii_lowercase, "k") + ["?", ""]
+            _names(self.num_values, string.digits, "v")
+            + _names(self.num_keys, string.ascii_lowercase, "k")
+            + ["?", ""]
+            + (["_"] if self.lead_padding else [])
         )
 
     @property
@@ -258,8 +265,10 @@ class AssociativeRetrievalTask(Task):
         query = torch.randint(n, (b, self.num_queries), generator=g)  # [B, q]
         pairs = torch.stack([keys, values], dim=2).reshape(b, 2 * n)  # k1 v1 k2 v2 ...
         asked = torch.stack([keys.gather(1, query), values.gather(1, query)], dim=2).reshape(b, 2 * self.num_queries)
-        padding = torch.full((b, self.lead_padding), self.pad_token_id)
-        return torch.cat([padding, pairs, torch.full((b, 1), self.query_token_id), asked], dim=1)
+        pieces = [pairs, torch.full((b, 1), self.query_token_id), asked]
+        if self.lead_padding:
+            pieces.insert(0, torch.full((b, self.lead_padding), self.filler_token_id))
+        return torch.cat(pieces, dim=1)
 
 
 # ----------------------------------------------------------------------------- quadratic equations
