@@ -13,10 +13,13 @@ from rmt.memory.state import State
 
 @dataclass
 class SegmentOutput:
-    """What one segment step produced (returned when `output_segments=True`)."""
+    """What one segment step produced (returned when `output_segments=True`). A decoder's logits are in segment
+    order: position j of segment k is each row's (k * segment_size + j)-th real token, counted from its first real
+    token (a left-padded row's padding is not in any segment); a row's places past its last real token are no
+    token's and their logits mean nothing."""
 
     rows: torch.Tensor  # [b] indices of the samples active in this segment
-    logits: torch.Tensor  # decoder: [b, t, V]; encoder: [b, num_labels]
+    logits: torch.Tensor  # decoder: [b, t, V] (segment order, see above); encoder: [b, num_labels]
     memory_state: State  # state of the whole batch after this segment
 
 
