@@ -53,6 +53,8 @@ class DemoSettings:
 def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Train RMT and the no-memory baseline; write results.json and accuracy.png; return the results."""
     settings = settings or DemoSettings()
+    if not str(output_dir).strip():  # an unset shell variable: Path("") would be the working folder
+        raise InputError("the output folder is empty: give a folder")
     output_dir = Path(output_dir)
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

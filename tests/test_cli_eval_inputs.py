@@ -299,6 +299,36 @@ def test_generate_says_when_a_saved_memory_stands_in_for_another_document(decode
     assert code == 2 and "nothing to do" in err
 
 
+def test_a_memory_file_names_its_document_for_runs_from_another_folder(decoder, tmp_path, capsys, monkeypatch):
+    """The file kept --document as typed (relative), so a run from another folder with the same document said it
+    was another one."""
+    (tmp_path / "here" / "deep").mkdir(parents=True)
+    (tmp_path / "there").mkdir()
+    (tmp_path / "doc.txt").write_text(background_text(20))
+    monkeypatch.chdir(tmp_path / "here" / "deep")
+    first = ["generate", decoder, "--document", "../../doc.txt", "--memory-file", "../../doc.memory"]
+    assert _run(first, capsys)[0] == 0
+    monkeypatch.chdir(tmp_path / "there")
+    args = ["generate", decoder, "--document", "../doc.txt", "--memory-file", "../doc.memory", "--prompt", "Where"]
+    code, _, err = _run([*args, "--max-new-tokens", "2"], capsys)
+    assert code == 0 and "is not read" not in err
+
+
+def test_babilong_tasks_named_twice_are_evaluated_once_and_synthetic_segments_follow_the_model(decoder, capsys):
+    """babilong:qa1,qa1 evaluated qa1 twice (twice the time, duplicate rows and predictions); --segments of a
+    fixed-length synthetic task changed only a note, never how the model cut the input."""
+    from rmt.cli.common import make_task
+    from rmt.cli.train import babilong_tasks
+
+    assert babilong_tasks("babilong:qa2,qa1,qa2") == ["qa2", "qa1"]
+    cut = -(-make_task("copy", 4, 3).sequence_length // 16)  # the decoder fixture cuts at 16 tokens
+    args = ["eval", decoder, "--task", "copy", "--task-size", "4", "--batches", "1"]
+    code, _, err = _run([*args, "--segments", str(cut + 1)], capsys)
+    assert code == 2 and f"segments of 16, that is {cut}; its segment size, not --segments, decides" in err
+    code, out, _ = _run([*args, "--segments", str(cut)], capsys)
+    assert code == 0 and json.loads(out)["segments"] == cut
+
+
 def test_model_kinds_and_missing_tokenizers_are_refused_in_one_line(decoder, encoder, tmp_path, capsys):
     text = tmp_path / "lm.txt"
     text.write_text(background_text(5))

@@ -77,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", help="folder written by save_pretrained (e.g. OUTPUT/model)")
     segments_help = (
-        "synthetic tasks: number of segments the input is cut into; a data file or BABILong is cut as the model cuts it"
+        "synthetic tasks: detect_memorize's number of segments (the sample's length); the other tasks are cut as "
+        "the model cuts them (a --segments that differs is refused), and so are a data file and BABILong"
     )
     add_task_arguments(parser, default_task=None, segments_given=True, segments_help=segments_help)
     parser.add_argument("--data", default=None, help="a data file, or babilong:TASK[,TASK...] to evaluate by length")
@@ -294,14 +295,24 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
         raise InputError(
             f"the {name} task uses {task.vocab_size} token ids but the model embeds only {model.vocab_size}"
         )
-    if task.segment_size_for(segments) != model.config.segment_size:
-        print(
-            f"note: the model was trained with segment_size={model.config.segment_size}; "
-            f"{segments} segments of this task would need {task.segment_size_for(segments)}",
-            file=sys.stderr,
-        )
+    size = model.config.segment_size
+    if name == "detect_memorize":  # --segments sets the sample's length; its task size is its segment size
+        if task.segment_size_for(segments) != size:
+            print(
+                f"note: the model was trained with segment_size={size}; "
+                f"{segments} segments of this task would need {task.segment_size_for(segments)}",
+                file=sys.stderr,
+            )
+        cut = segments
+    else:  # the sample's length is the task's: the model's segment size decides the segments
+        cut = -(-task.sequence_length // size)
+        if args.segments is not None and args.segments != cut:
+            raise InputError(
+                f"--segments {args.segments}: this model cuts the {name} task's {task.sequence_length} tokens into "
+                f"segments of {size}, that is {cut}; its segment size, not --segments, decides (drop the flag)"
+            )
     scores = evaluate(model, TaskSource(task), batches=args.batches, batch_size=args.batch_size)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "task": name, **scores}, indent=2))
+    print(json.dumps({"checkpoint": str(args.checkpoint), "task": name, "segments": cut, **scores}, indent=2))
     return 0
 
 

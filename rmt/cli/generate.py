@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         state = stream.memory_state
         print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)")
         if memory_file is not None:
-            save_memory(model, state, memory_file, document=str(document), tokens=ids.shape[1])
+            # The absolute path: a later run from another folder compares it with its own --document.
+            save_memory(model, state, memory_file, document=str(document.resolve()), tokens=ids.shape[1])
             print(f"saved the document's memory to {memory_file}")
     if prompt is None:
         return 0

@@ -602,7 +602,7 @@ def babilong_tasks(spec: str) -> list[str] | None:
         return None
     from rmt.data.babilong import TASKS
 
-    tasks = [t for t in spec[len(BABILONG_PREFIX) :].split(",") if t]
+    tasks = list(dict.fromkeys(t for t in spec[len(BABILONG_PREFIX) :].split(",") if t))  # each task once
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown:
         raise InputError(f"--data {spec}: expected babilong:TASK[,TASK...] with tasks from {list(TASKS)}")
