@@ -31,6 +31,8 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+from rmt.errors import InputError
+
 _TMP_TAG = "tmp"
 _OLD_TAG = "old"
 
@@ -101,10 +103,11 @@ def _carry_over(old: Path, new: Path, owned: set[str], prefix: str = "") -> None
 
 
 def _resolved(path: str | os.PathLike) -> Path:
-    """`path`, or where it points when it is a symbolic link: swapping the link itself would replace the link with
-    a folder and leave the folder it pointed to unchanged."""
+    """`path` made absolute ("." or ".." name no folder to swap beside them), or where it points when it is a
+    symbolic link: swapping the link itself would replace the link with a folder and leave the folder it pointed to
+    unchanged."""
     path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    return Path(os.path.realpath(path)) if path.is_symlink() else Path(os.path.abspath(path))
 
 
 def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -129,7 +132,14 @@ def temporary_directory(path: str | os.PathLike) -> Path:
 
 def _new_temporary_directory(path: Path) -> Path:
     """An empty folder next to `path` with a name `recover_directory` recognises and the permissions of a folder made
-    by `mkdir` (mkdtemp's are owner-only)."""
+    by `mkdir` (mkdtemp's are owner-only). Refuses a `path` that holds the working folder: the swap would leave this
+    process (and a shell there) in a deleted folder."""
+    here = Path(os.path.realpath(os.getcwd()))
+    if here == Path(os.path.realpath(path)) or Path(os.path.realpath(path)) in here.parents:
+        raise InputError(
+            f"cannot write the folder {path} whole: it holds the working folder {here}, which replacing it would "
+            "delete; write to a folder beside it or below it"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
     tmp.chmod(_permissions(0o777))
     return tmp

@@ -626,3 +626,22 @@ def test_backbone_builders_refuse_what_they_cannot_build_in_one_line(tmp_path):
         pretrained_backbone(str(tmp_path / "unknown"))
     with pytest.raises(InputError, match="the memory alone takes them all: use fewer memory tokens"):
         RMTForCausalLM(random_backbone("gpt2", VOCAB, 1, 32, 4, 8), RMTConfig(num_memory_tokens=6, segment_size=4))
+
+
+def test_a_model_saved_into_the_working_folder_and_a_demo_without_an_output(tmp_path, capsys, monkeypatch):
+    """save_pretrained(".") made its temporary folder inside the target (Path(".").name is empty) and, into a
+    folder holding files, copied it into itself until the name was too long; a swap of the working folder (or one
+    above it) would leave the process in a deleted folder, so it is refused. `rmt demo --output ""` (an unset shell
+    variable) wrote into the working folder."""
+    model = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=2, segment_size=8))
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path / "work")
+    for folder in (".", "..", "../work"):  # replacing any of them would leave the process in a deleted folder
+        with pytest.raises(InputError, match="holds the working folder"):
+            model.save_pretrained(folder)
+    assert os.listdir(".") == ["notes.txt"] and sorted(os.listdir("..")) == ["work"]
+    model.save_pretrained("model")  # below it: fine
+    assert torch.equal(RMTForCausalLM.from_pretrained("model").memory, model.memory)
+    code, err = run_cli(["demo", "--output", "", "--no-progress"], capsys)
+    assert code == 2 and "the output folder is empty" in err and sorted(os.listdir(".")) == ["model", "notes.txt"]

@@ -373,6 +373,28 @@ def test_held_out_loss_over_batches_is_the_loss_of_one_batch(aggregation):
     assert combined == pytest.approx(whole["loss"], rel=1e-5)
 
 
+def test_scores_of_a_batch_with_a_left_padded_row_without_an_answer():
+    """Such a row whose only real token is the last one put its (unscored) filler at the last position, past the
+    targets, which are one shorter than the input: an IndexError."""
+    from rmt.train.evaluation import score_batch
+
+    model = memory_model(random_backbone("llama", 50, 2, 32, 4, 64), RMTConfig(num_memory_tokens=2, segment_size=4))
+    ids = torch.randint(5, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :11] = 0  # left padding: one real token, no answer
+    labels = torch.full_like(ids, -100)
+    labels[0, 9:] = ids[0, 9:]
+    with torch.no_grad():
+        both = score_batch(model.eval(), Batch(ids, mask, labels))
+        alone = score_batch(model, Batch(ids[:1], mask[:1], labels[:1]))
+    assert (both["hits"], both["total"], both["exact"], both["samples"]) == (
+        alone["hits"],
+        alone["total"],
+        alone["exact"],
+        alone["samples"],
+    )
+
+
 def test_an_accuracy_curriculum_is_refused_for_data_without_accuracy(tmp_path):
     """Language modelling reports a held-out loss only: a curriculum advanced at an accuracy would never act."""
 

@@ -89,7 +89,9 @@ def score_batch(model: RecurrentMemoryModel, batch: Batch, with_accuracy: bool =
     positions = torch.where(valid, order, filler[:, None])
     out = model(**batch.model_inputs(), logits=positions)
     predicted = out.logits.argmax(dim=-1)  # [B, K]
-    hit = (predicted == targets.gather(1, positions)) & valid
+    # A row without an answer may have its filler at the last position, which predicts nothing (targets are one
+    # shorter than the input); its entries are not valid, so any target index in range serves.
+    hit = (predicted == targets.gather(1, positions.clamp(max=targets.shape[1] - 1))) & valid
     has_answer = counts > 0
     exact = ((hit | ~valid).all(dim=1) & has_answer).sum()
     return {
