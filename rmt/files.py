@@ -38,8 +38,9 @@ _OLD_TAG = "old"
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the previous file or the complete new one."""
-    path = Path(path)
+    """Write `data` to `path` so that a crash leaves either the previous file or the complete new one. A `path` that
+    is a symbolic link is written where it points (as `atomic_directory` does), the link kept."""
+    path = _resolved(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent)
     try:

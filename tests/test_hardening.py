@@ -283,6 +283,16 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
 
 
+def test_an_atomic_file_write_through_a_symbolic_link_keeps_the_link(tmp_path):
+    """write_atomic replaced a link with a regular file and left the file it pointed to as it was, unlike
+    atomic_directory, which writes where a link points."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "results.json").write_text("old")
+    (tmp_path / "results.json").symlink_to(tmp_path / "shared" / "results.json")
+    files.write_atomic(tmp_path / "results.json", "new")
+    assert (tmp_path / "results.json").is_symlink() and (tmp_path / "shared" / "results.json").read_text() == "new"
+
+
 def test_a_metrics_line_cut_off_by_a_crash_does_not_stop_a_resume(trained_run, capsys):
     log = trained_run / "metrics.jsonl"
     before = [json.loads(line) for line in log.read_text().splitlines()]
