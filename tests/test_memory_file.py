@@ -167,6 +167,22 @@ def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, 
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
     second = capsys.readouterr().out
     assert "loaded the memory" in second and second.splitlines()[-1] == first.splitlines()[-1]
+    # The answer is the model's from the document's memory, which it reads: without it the answer differs.
+    tokenizer = pretrained_tokenizer(str(tmp_path / "model"))
+    prompt = tokenizer("Where is Mary ?", add_special_tokens=False, return_tensors="pt").input_ids
+    ids = tokenizer(document.read_text(), add_special_tokens=False, return_tensors="pt").input_ids
+    saved = RMTForCausalLM.from_pretrained(tmp_path / "model").eval()
+    with torch.no_grad():
+        state = saved(ids, logits="none").memory_state
+    eos = [tokenizer.eos_token_id]
+    answers = {
+        name: tokenizer.decode(
+            saved.generate(prompt, memory_state=memory_state, max_new_tokens=3, eos_token_id=eos).sequences[0, -3:],
+            skip_special_tokens=True,
+        ).strip()
+        for name, memory_state in (("document", state), ("none", None))
+    }
+    assert first.splitlines()[-1] == answers["document"] != answers["none"]
     assert main(["generate", str(tmp_path / "model"), "--memory-file", str(tmp_path / "none.memory")]) == 2
     sampled = [*args, "--max-new-tokens", "3", "--no-progress", "--do-sample", "--temperature", "3", "--top-k", "20"]
     assert main([*sampled, "--seed", "4"]) == 0

@@ -135,7 +135,10 @@ def test_padded_chunks_equal_each_sample_alone(kind, seed):
     chunks = [torch.randint(0, VOCAB, (batch, width), generator=rng) for _ in requests]
     masks = [(torch.rand(batch, width, generator=rng) < 0.6).long() for _ in requests]
     masks[0][:, 0] = 1  # every sample has a token before the first "last"
-    masks[2][1] = 0  # sample 1 gets nothing in a "last" chunk after tokens fed with "none"
+    # Sample 1 gets two tokens in a "none" chunk, which leave its segment open (12 and 10 tokens before them), and
+    # nothing in the "last" chunk after it: its last logits are those of the "none" chunk's tokens.
+    masks[3][1] = torch.tensor([1, 1, 0, 0, 0, 0])
+    masks[4][1] = 0
     masks[3][2, 1::2] = 0  # gaps
     stream = model.stream(batch_size=batch)
     outputs = [
