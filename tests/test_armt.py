@@ -122,26 +122,34 @@ def test_padded_samples_equal_samples_alone(family):
             _assert_states_close(mine, alone.memory_state)
 
 
-def test_forward_backward_gradients_equal_forward_with_truncated_bptt():
-    model = armt("llama", bptt_depth=1).train()
-    ids = _ids(2, 4 * SEG)
-    labels = ids.clone()
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("depth", [0, 1, -1])
+def test_forward_backward_gradients_equal_forward_with_truncated_bptt(depth, recompute):
+    """The streaming backward (and with recompute=True, each window segment recomputed in the backward pass)
+    against one graph over the whole input, with samples of several lengths."""
+    model = armt("llama", bptt_depth=depth).train()
+    ids = _ids(3, 4 * SEG)
+    mask = torch.ones_like(ids)
+    mask[1, 2 * SEG + 3 :] = 0  # right padding: 3 segments
+    mask[2, : SEG + 2] = 0  # left padding
+    labels = ids.masked_fill(mask == 0, -100)
 
     def grads() -> dict[str, torch.Tensor]:
         out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         return out
 
-    loss = model(ids, labels=labels).loss
+    loss = model(ids, attention_mask=mask, labels=labels).loss
     loss.backward()
     reference = grads()
-    streamed = model.forward_backward(ids, labels=labels)
+    streamed = model.forward_backward(ids, attention_mask=mask, labels=labels, recompute=recompute)
     got = grads()
     torch.testing.assert_close(streamed.loss, loss.detach(), rtol=1e-6, atol=1e-6)
     assert set(got) == set(reference)
     for name in reference:
         torch.testing.assert_close(got[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)
-    for name in ("memory", "w_q", "w_k", "w_v", "w_b"):
+    # At depth 0 no gradient crosses a segment: only the read (w_q) gets one, not what writes for later segments.
+    for name in ("memory", "w_q", "w_k", "w_v", "w_b") if depth else ("w_q",):
         assert reference[name].abs().sum() > 0, name
 
 

@@ -68,6 +68,18 @@ def _engine_equals_sequential(model: ARMTForCausalLM, ids: torch.Tensor):
 
 
 def _variant(name: str) -> torch.nn.Module:
+    """A tiny backbone of a family or variant, its biases drawn at random (transformers starts them at zero, where a
+    bias the engine dropped or misplaced would go unseen)."""
+    backbone = _zero_bias_variant(name)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter_name, parameter in backbone.named_parameters():
+            if parameter_name.endswith("bias"):
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return backbone
+
+
+def _zero_bias_variant(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "gpt2-layer-scaled":  # per-layer attention scale: the group mixes scales
         config = GPT2Config(
@@ -136,7 +148,8 @@ def test_smaller_groups_and_sliced_mlp_equal_sequential(group_size, dtype, monke
     _assert_states_equal(got.memory_state, expected.memory_state)
 
 
-def test_samples_of_different_lengths():
+@pytest.mark.parametrize("group_size", [None, 1])  # 1: the CPU's default ("auto")
+def test_samples_of_different_lengths(group_size):
     """Right and left padding, samples with 5, 2 and 3 segments: as the sequential loop (finished samples keep
     their memory)."""
     model = armt(tiny_decoder("llama", layers=3))
@@ -149,13 +162,39 @@ def test_samples_of_different_lengths():
     mask[2, : lengths[2]] = 1
     with torch.no_grad():
         expected = model(ids, mask)
-    engine = DiagonalARMT(model, group_size=None)
+    engine = DiagonalARMT(model, group_size=group_size)
     got = engine(ids, mask, logits="all")
     assert (got.logits - expected.logits).abs().max() <= 1e-4  # ragged segments: see _engine_equals_sequential
     _assert_states_close(got.memory_state, expected.memory_state)
     last = engine(ids, mask, logits="last").logits  # [B, V] at each sample's last token
     ends = torch.tensor([width - 1, width - 1, lengths[2] - 1])
     torch.testing.assert_close(last, expected.logits[torch.arange(3), ends], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
+def test_the_gpu_path_forced_on_the_cpu_equals_sequential(family, monkeypatch):
+    """What a GPU runs, forced here (no GPU in the tests): each group's products as one batched matmul, its
+    LayerNorms as one batched normalisation, its MLP whole; on ragged samples, up to the order of sums."""
+    from rmt.ops import grouped
+
+    batched_calls = []
+
+    def always_batched(x: torch.Tensor, batched: bool | None) -> bool:
+        batched_calls.append(batched)
+        return True if batched is None else batched
+
+    monkeypatch.setattr(grouped, "_batched", always_batched)
+    monkeypatch.setattr(layers, "_CPU_MLP_BYTES", 1 << 40)
+    model = armt(_variant(family))
+    ids = _ids(2, 4 * SEG + 3, seed=5)
+    mask = torch.ones_like(ids)
+    mask[1, : SEG + 2] = 0  # left padding: one segment fewer
+    with torch.no_grad():
+        expected = model(ids, mask)
+    got = DiagonalARMT(model, group_size=None)(ids, mask, logits="all")
+    assert batched_calls and None in batched_calls  # the default kernel choice was asked, and answered batched
+    assert (got.logits - expected.logits).abs().max() <= 1e-4
+    _assert_states_close(got.memory_state, expected.memory_state)
 
 
 def test_continuing_from_a_memory_state():
@@ -178,15 +217,16 @@ def test_bf16_engine_equals_bf16_sequential(family):
     _engine_equals_sequential(armt(_variant(family)).to(torch.bfloat16), _ids(3, 4 * SEG))
 
 
+@pytest.mark.parametrize("group_size", [None, 1])
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("prompt", [3, SEG, 2 * SEG + 5])
-def test_generate_equals_sequential_greedy(family, prompt):
+def test_generate_equals_sequential_greedy(family, prompt, group_size):
     """Prompts that end inside a segment, exactly on a boundary, or after several; decoding crosses two
     segment boundaries (memory writes during generation)."""
     model = armt(tiny_decoder(family, layers=3))
     ids = _ids(2, prompt, seed=prompt)
     expected = model.generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
-    got = DiagonalARMT(model, group_size=None).generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
+    got = DiagonalARMT(model, group_size=group_size).generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
     assert torch.equal(got.sequences, expected.sequences)
     assert torch.equal(got.scores, expected.scores)
 

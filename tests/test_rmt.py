@@ -243,10 +243,14 @@ def test_streaming_backward_with_the_backbone_frozen_equals_reference(depth, rec
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_encoder_streaming_backward_equals_reference():
-    model = RMTForSequenceClassification(
-        tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=3, segment_size=8, bptt_depth=1)
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("depth", [0, 1, -1])
+@pytest.mark.parametrize("memory_input", ["after_embeddings", "embedding_layer"])
+def test_encoder_streaming_backward_equals_reference(depth, recompute, memory_input):
+    config = RMTConfig(
+        mode="encoder", num_memory_tokens=3, segment_size=8, bptt_depth=depth, encoder_memory_input=memory_input
     )
+    model = RMTForSequenceClassification(tiny_encoder(), config)
     ids = torch.randint(5, 100, (3, 30))
     mask = torch.ones_like(ids)
     mask[1, 20:] = 0
@@ -255,7 +259,7 @@ def test_encoder_streaming_backward_equals_reference():
     model(ids, attention_mask=mask, labels=labels).loss.backward()
     expected = grads(model)
     model.zero_grad()
-    model.forward_backward(ids, attention_mask=mask, labels=labels)
+    model.forward_backward(ids, attention_mask=mask, labels=labels, recompute=recompute)
     actual = grads(model)
     assert set(actual) == set(expected)
     for name in expected:
