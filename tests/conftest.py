@@ -23,9 +23,17 @@ def _one_thread():
 def tiny_decoder(
     family: str = "gpt2", vocab_size: int = VOCAB, hidden: int = 32, layers: int = 2, positions: int = 256
 ):
-    """A tiny random causal LM of the given family, in eval mode, fp32 (Llama with grouped-query attention)."""
+    """A tiny random causal LM of the given family, in eval mode, fp32 (Llama with grouped-query attention). Its
+    biases (GPT-2's, GPT-NeoX's) are drawn at random: transformers starts them at zero, where code that dropped or
+    misplaced a bias would compute the same."""
     num_kv_heads = 2 if family == "llama" else None
-    return random_backbone(family, vocab_size, layers, hidden, 4, positions, num_kv_heads=num_kv_heads).eval()
+    backbone = random_backbone(family, vocab_size, layers, hidden, 4, positions, num_kv_heads=num_kv_heads)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in backbone.named_parameters():
+            if name.endswith("bias"):
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return backbone.eval()
 
 
 def tiny_encoder(num_labels: int = 3, hidden: int = 32, layers: int = 2, positions: int = 128):

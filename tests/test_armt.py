@@ -56,7 +56,7 @@ def test_first_segment_equals_backbone_and_memory_matters_later(family):
         changed = ids.clone()
         changed[:, 2] = (changed[:, 2] + 1) % VOCAB
         diff = (model(changed).logits[:, 2 * SEG :] - logits[:, 2 * SEG :]).abs().max()
-        assert diff > 1e-2
+        assert diff > 1e-4  # 100 times what is left with the memory's values zeroed (below)
         with torch.no_grad():
             model.w_v.zero_()
         no_memory = (model(changed).logits[:, 2 * SEG :] - model(ids).logits[:, 2 * SEG :]).abs().max()

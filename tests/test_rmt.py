@@ -121,7 +121,7 @@ def test_perturbing_segment_1_reaches_segment_3_only_through_memory(decoder_fami
     last = slice(12, 18)
     difference = (model(ids).logits[:, last] - model(changed).logits[:, last]).abs().max()
     if memory_tokens:
-        assert difference > 1e-4
+        assert difference > 1e-5  # far above fp32 rounding; without memory tokens it is exactly 0
     else:
         assert difference == 0
 
