@@ -276,13 +276,19 @@ def test_padded_sample_equals_sample_alone(decoder_family, memory_positions):
     mask = torch.ones_like(ids)
     mask[1, 17:] = 0  # right padding, 3 segments instead of 4
     mask[2, :5] = 0  # left padding
-    out = model(ids, attention_mask=mask)
-    for row in range(3):
-        keep = mask[row].bool()
-        alone = model(ids[row : row + 1, keep])
-        torch.testing.assert_close(out.logits[row, keep], alone.logits[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(out.memory_state[row], alone.memory_state[0], rtol=1e-5, atol=1e-5)
-        assert out.logits[row, ~keep].abs().sum() == 0
+    _assert_padded_rows_equal_each_alone(model, ids, mask)
+
+
+def _assert_padded_rows_equal_each_alone(model: RMTForCausalLM, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Every row of the padded batch gives the logits and memory of its real tokens read alone."""
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+        for row in range(ids.shape[0]):
+            keep = mask[row].bool()
+            alone = model(ids[row : row + 1, keep])
+            torch.testing.assert_close(out.logits[row, keep], alone.logits[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out.memory_state[row], alone.memory_state[0], rtol=1e-5, atol=1e-5)
+            assert out.logits[row, ~keep].abs().sum() == 0
 
 
 @pytest.mark.parametrize("memory_positions", ["sequential", "shared"])
@@ -300,13 +306,7 @@ def test_padded_sample_equals_sample_alone_under_a_sliding_window(memory_positio
     ids = random_ids(2, 21, seed=3)
     mask = torch.ones_like(ids)
     mask[1, 13:] = 0  # its last segment holds 5 of 8 tokens
-    with torch.no_grad():
-        out = model(ids, attention_mask=mask)
-        for row in range(2):
-            keep = mask[row].bool()
-            alone = model(ids[row : row + 1, keep])
-            torch.testing.assert_close(out.logits[row, keep], alone.logits[0], rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(out.memory_state[row], alone.memory_state[0], rtol=1e-5, atol=1e-5)
+    _assert_padded_rows_equal_each_alone(model, ids, mask)
 
 
 def test_a_transformer_xl_cache_under_a_sliding_window_too_short_to_hold_its_call_is_refused_when_built():
