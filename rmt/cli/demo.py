@@ -27,7 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rmt.demo import DemoSettings, format_table, run_demo
+    from rmt.errors import InputError
 
+    # Checked here so that the message names the flag (TrainConfig would name its own field).
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be at least 1, got {args.steps}")
+    if not 0 <= args.seed < 2**32:
+        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
     apply_runtime(args)
     settings = DemoSettings(seed=args.seed)
     if args.steps is not None:
