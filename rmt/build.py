@@ -199,7 +199,9 @@ def pretrained_backbone(
     backbone of an rmt checkpoint too) or a hub id when the hub is reachable.
 
     mode "decoder" loads a causal LM, "encoder" a sequence classifier whose classes are `labels` (a new head when the
-    weights have none or one for another number of classes; transformers warns of the latter). dtype: "fp32",
+    weights have none or one for another number of classes; transformers warns of the latter). Weights the model
+    needs and the files lack are refused (transformers would start them at random): only an encoder given `labels`
+    may start its head (and pooler) so; without `labels` an encoder must bring its classifier head. dtype: "fp32",
     "bf16", "fp16" or a torch dtype (default: fp32). Other keyword arguments go to transformers' from_pretrained."""
     location, gguf = resolve_model(name_or_path)
     if gguf is not None:

@@ -104,11 +104,10 @@ def _carry_over(old: Path, new: Path, owned: set[str], prefix: str = "") -> None
 
 
 def _resolved(path: str | os.PathLike) -> Path:
-    """`path` made absolute ("." or ".." name no folder to swap beside them), or where it points when it is a
-    symbolic link: swapping the link itself would replace the link with a folder and leave the folder it pointed to
-    unchanged."""
-    path = Path(path)
-    return Path(os.path.realpath(path)) if path.is_symlink() else Path(os.path.abspath(path))
+    """`path` as the file system resolves it: absolute ("." or ".." name no folder to swap beside them), symbolic
+    links followed (swapping a link itself would replace the link with a folder and leave the folder it pointed to
+    unchanged; ".." after a link is taken from where the link points, as the OS takes it)."""
+    return Path(os.path.realpath(path))
 
 
 def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:

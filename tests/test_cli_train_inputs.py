@@ -480,3 +480,17 @@ def test_a_curriculum_sizes_a_learned_position_table_and_the_final_score_for_its
     assert main([*args, "--curriculum", "0:1,2:2", "--output", str(tmp_path / "short")]) == 0
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") : printed.rindex("}") + 1])["segments"] == 2
+
+
+def test_an_encoder_without_a_head_on_a_data_file_is_told_what_it_needs(tmp_path, qa_file, capsys):
+    """The missing-weights refusal reached `rmt train --model minilm --data FILE` before the data did, with advice
+    (pass labels) that the command line has no flag for."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_model_folder(tmp_path / "bert", "bert", ["yes", "no"])
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, folder / "model.safetensors")
+    args = ["train", "--model", str(folder), "--data", str(qa_file), *QUICK, "--output", str(tmp_path / "run")]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and "has no classification head and --data" in error_line(err)
+    assert "babilong:TASK (the task's answers are the classes)" in error_line(err) and not (tmp_path / "run").exists()

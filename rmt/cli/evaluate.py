@@ -296,6 +296,7 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
             f"the {name} task uses {task.vocab_size} token ids but the model embeds only {model.vocab_size}"
         )
     size = model.config.segment_size
+    cut = -(-task.sequence_length // size)  # the segments the model cuts a sample into
     if name == "detect_memorize":  # --segments sets the sample's length; its task size is its segment size
         if task.segment_size_for(segments) != size:
             print(
@@ -303,9 +304,7 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
                 f"{segments} segments of this task would need {task.segment_size_for(segments)}",
                 file=sys.stderr,
             )
-        cut = segments
     else:  # the sample's length is the task's: the model's segment size decides the segments
-        cut = -(-task.sequence_length // size)
         if args.segments is not None and args.segments != cut:
             raise InputError(
                 f"--segments {args.segments}: this model cuts the {name} task's {task.sequence_length} tokens into "
@@ -516,10 +515,15 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     if args.full_attention_model and "full_attention" in methods:
         try:
             baseline = pretrained_backbone(args.full_attention_model, mode=mode).to(model.device).eval()
+        except MissingFileError:
+            raise
         except InputError as err:
-            if mode != "encoder":
+            if mode != "encoder" or "lack weights" not in str(err):
                 raise
-            raise InputError(f"--full-attention-model must be a classifier trained on the same answers: {err}") from err
+            raise InputError(
+                f"--full-attention-model {args.full_attention_model} has no classification head: it must be a "
+                "classifier trained on the same answers"
+            ) from err
         _check_baseline(args.full_attention_model, baseline, model, tokenizer, mode)
     if "full_attention" in methods:
         _full_attention_window(args, baseline if baseline is not None else model.backbone, mode)

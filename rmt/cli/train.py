@@ -34,7 +34,7 @@ from rmt.cli.common import (
 )
 from rmt.cli.options import add_config_arguments, config_from_args, flag_name, name_flag
 from rmt.config import RMTConfig
-from rmt.errors import InputError
+from rmt.errors import InputError, MissingFileError
 from rmt.train.config import TrainConfig
 
 MEMORY_FLAGS = {
@@ -574,7 +574,19 @@ def _refuse_overridden_flags(args: argparse.Namespace, saved: RMTConfig) -> None
 def _pretrained(args: argparse.Namespace, mode: str, labels: list[str] | None = None) -> tuple[Any, Any]:
     from rmt.build import pretrained_backbone, pretrained_tokenizer
 
-    backbone = pretrained_backbone(args.model, mode=mode, dtype=args.dtype, labels=labels)
+    try:
+        backbone = pretrained_backbone(args.model, mode=mode, dtype=args.dtype, labels=labels)
+    except MissingFileError:
+        raise
+    except InputError as err:
+        if mode != "encoder" or labels is not None or "lack weights" not in str(err):
+            raise
+        raise InputError(
+            f"--model {args.model} has no classification head and --data {args.data} names no classes to start one: "
+            "an encoder trains on a data file from a classifier fine-tuned on its answers (its config names the "
+            "classes), or on babilong:TASK (the task's answers are the classes); text for language modelling needs "
+            "a decoder"
+        ) from err
     return backbone, pretrained_tokenizer(args.model)
 
 

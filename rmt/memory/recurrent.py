@@ -58,7 +58,8 @@ class SegmentMode(enum.Enum):
     """How the loop runs a group of samples in one segment."""
 
     WINDOW = "window"  # keeps its graph: inside the reference forward, or within bptt_depth + 1 of the sample's end
-    STREAM = "stream"  # has a loss that no later gradient reaches: backpropagated at once, graph released
+    STREAM = "stream"  # has a loss that no later gradient reaches: backpropagated at once (if it reaches a trainable
+    # parameter at all), graph released
     NOGRAD = "nograd"  # neither a loss nor a reachable gradient: run without autograd
 
 
@@ -188,7 +189,8 @@ class RecurrentMemoryModel(nn.Module):
 
     def call_schedule(self, plan: SegmentPlan) -> tuple[tuple[str, ...], ...]:
         """The backbone calls and backward passes that `forward_backward` makes for `plan`, in order: per segment the
-        modes of its groups (`_groups`; a STREAM group is backpropagated at once), then ("BACKWARD",) when the
+        modes of its groups (`_groups`; a STREAM group is backpropagated at once, unless its loss reaches no trainable
+        parameter, which holds alike in every process), then ("BACKWARD",) when the
         window's loss is backpropagated at the end. Processes whose layers are sharded (FSDP) gather each layer's
         weights at every call, so they must make the same calls."""
         calls = []

@@ -309,7 +309,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
 
     def write_slots(self, state: State, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [b, M, D] and position ids [b, M] of the write slots of a segment with `lengths` [b] real
-        tokens (they follow the tokens: the caller appends them after the segment)."""
+        tokens (they follow each row's last real token: `segment_window` places them there, before its padding)."""
         m = self.config.num_memory_tokens
         memory = state[0] if self.cache_tokens else state
         b, device = memory.shape[0], memory.device
