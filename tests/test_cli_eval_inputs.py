@@ -499,3 +499,25 @@ def test_a_detect_memorize_model_evaluated_at_another_segment_size_is_told_so(tm
     assert f"note: the model was trained with segment_size={task.segment_size_for(2)}" in err
     longer = make_task("detect_memorize", num_segments=2, segment_size=64)
     assert json.loads(out)["segments"] == -(-longer.sequence_length // task.segment_size_for(2))  # how it was cut
+
+
+def test_rmt_generate_stops_at_an_end_token_the_generation_config_names(decoder, tmp_path, capsys):
+    """rmt generate passed the tokenizer's eos_token_id alone, which overrode the backbone's generation config."""
+    from rmt.build import pretrained_tokenizer
+
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(5))
+    args = ["--document", str(document), "--prompt", "Where is Mary", "--max-new-tokens", "4"]
+    code, out, _ = _run(["generate", decoder, *args], capsys)
+    assert code == 0
+    tokenizer = pretrained_tokenizer(decoder)
+    answer = tokenizer(out.splitlines()[-1], add_special_tokens=False).input_ids
+    assert len(answer) == 4 and tokenizer.eos_token_id not in answer
+    stopping = tmp_path / "model"
+    shutil.copytree(decoder, stopping)
+    config_file = stopping / "backbone" / "generation_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config["eos_token_id"] = [answer[1]]
+    config_file.write_text(json.dumps(config))
+    code, out, _ = _run(["generate", str(stopping), *args], capsys)
+    assert code == 0 and out.splitlines()[-1] == tokenizer.decode(answer[:2], skip_special_tokens=True).strip()
