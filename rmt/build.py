@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from rmt.config import RMTConfig
-from rmt.errors import InputError, MissingFileError
+from rmt.errors import InputError, MissingFileError, MissingWeightsError
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import model_class
 
@@ -263,16 +263,19 @@ def _check_loaded_weights(
     from rmt.memory.pretrained import loading_problems
 
     base = model.base_model_prefix + "."
+    kinds = ["missing_keys", "mismatched_keys"]
 
     def head(name: str) -> bool:
-        return new_head and (not name.startswith(base) or name.startswith(base + "pooler."))
+        return not name.startswith(base) or name.startswith(base + "pooler.")
 
-    found = loading_problems(info, ["missing_keys", "mismatched_keys"], allowed=head)
+    found = loading_problems(info, kinds, allowed=head if new_head else lambda name: False)
     if found:
-        raise InputError(
+        head_only = mode == "encoder" and not loading_problems(info, kinds, allowed=head)
+        raise MissingWeightsError(
             f"cannot load a model from {str(name_or_path)!r}: its files lack weights that a {type(model).__name__} "
             f"needs, which would start at random ({found})"
-            + ("; pass labels to start a new classification head" if mode == "encoder" and not new_head else "")
+            + ("; pass labels to start a new classification head" if head_only else ""),
+            head_only=head_only,
         )
 
 

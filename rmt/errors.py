@@ -14,3 +14,12 @@ class InputError(ValueError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """A file or folder that the call needs does not exist."""
+
+
+class MissingWeightsError(InputError):
+    """A model's files lack weights it needs (which transformers would start at random). `head_only`: all that is
+    missing is a classifier's head (and pooler), so a classifier for new classes could start from these files."""
+
+    def __init__(self, message: str, head_only: bool) -> None:
+        super().__init__(message)
+        self.head_only = head_only

@@ -34,7 +34,7 @@ from rmt.cli.common import (
     check_output_folder,
     make_task,
 )
-from rmt.errors import InputError, MissingFileError
+from rmt.errors import InputError, MissingFileError, MissingWeightsError
 
 if TYPE_CHECKING:
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -515,10 +515,8 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     if args.full_attention_model and "full_attention" in methods:
         try:
             baseline = pretrained_backbone(args.full_attention_model, mode=mode).to(model.device).eval()
-        except MissingFileError:
-            raise
-        except InputError as err:
-            if mode != "encoder" or "lack weights" not in str(err):
+        except MissingWeightsError as err:
+            if not err.head_only:
                 raise
             raise InputError(
                 f"--full-attention-model {args.full_attention_model} has no classification head: it must be a "

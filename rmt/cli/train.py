@@ -34,7 +34,7 @@ from rmt.cli.common import (
 )
 from rmt.cli.options import add_config_arguments, config_from_args, flag_name, name_flag
 from rmt.config import RMTConfig
-from rmt.errors import InputError, MissingFileError
+from rmt.errors import InputError, MissingWeightsError
 from rmt.train.config import TrainConfig
 
 MEMORY_FLAGS = {
@@ -576,10 +576,8 @@ def _pretrained(args: argparse.Namespace, mode: str, labels: list[str] | None = 
 
     try:
         backbone = pretrained_backbone(args.model, mode=mode, dtype=args.dtype, labels=labels)
-    except MissingFileError:
-        raise
-    except InputError as err:
-        if mode != "encoder" or labels is not None or "lack weights" not in str(err):
+    except MissingWeightsError as err:
+        if not err.head_only:
             raise
         raise InputError(
             f"--model {args.model} has no classification head and --data {args.data} names no classes to start one: "
