@@ -287,9 +287,10 @@ class RMTForCausalLM(RecurrentMemoryModel):
             lengths = attention_mask.sum(dim=1)
             write_embeds, write_positions = self.write_slots(state, lengths)
             write_index = m + lengths[:, None] + torch.arange(writes, device=device)  # [b, writes]
-            embeds = embeds.scatter(1, write_index[..., None].expand_as(write_embeds), write_embeds.to(tokens.dtype))
-            mask = mask.scatter(1, write_index, 1)
-            positions = positions.scatter(1, write_index, write_positions)
+            # In place into the tensors just built (no copy per segment); autograd tracks scatter_ on a cat's output.
+            embeds.scatter_(1, write_index[..., None].expand_as(write_embeds), write_embeds.to(tokens.dtype))
+            mask.scatter_(1, write_index, 1)
+            positions.scatter_(1, write_index, write_positions)
 
         cache = None
         if self.cache_tokens:
