@@ -28,12 +28,18 @@ def tiny_decoder(
     misplaced a bias would compute the same."""
     num_kv_heads = 2 if family == "llama" else None
     backbone = random_backbone(family, vocab_size, layers, hidden, 4, positions, num_kv_heads=num_kv_heads)
+    return random_biases(backbone).eval()
+
+
+def random_biases(backbone: torch.nn.Module) -> torch.nn.Module:
+    """`backbone` with every bias drawn at random (seeded; transformers starts biases at zero, where code that
+    dropped or misplaced a bias would compute the same)."""
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in backbone.named_parameters():
             if name.endswith("bias"):
                 parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-    return backbone.eval()
+    return backbone
 
 
 def tiny_encoder(num_labels: int = 3, hidden: int = 32, layers: int = 2, positions: int = 128):

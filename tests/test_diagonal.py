@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import VOCAB, strengthen_memory, tiny_decoder
+from conftest import VOCAB, random_biases, strengthen_memory, tiny_decoder
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from rmt import RMTConfig
@@ -68,24 +68,13 @@ def _engine_equals_sequential(model: ARMTForCausalLM, ids: torch.Tensor):
 
 
 def _variant(name: str) -> torch.nn.Module:
-    """A tiny backbone of a family or variant, its biases drawn at random (transformers starts them at zero, where a
-    bias the engine dropped or misplaced would go unseen)."""
-    backbone = _zero_bias_variant(name)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter_name, parameter in backbone.named_parameters():
-            if parameter_name.endswith("bias"):
-                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-    return backbone
-
-
-def _zero_bias_variant(name: str) -> torch.nn.Module:
+    """A tiny backbone of a family or variant, its biases drawn at random (`random_biases`)."""
     torch.manual_seed(0)
     if name == "gpt2-layer-scaled":  # per-layer attention scale: the group mixes scales
         config = GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, scale_attn_by_inverse_layer_idx=True
         )
-        return GPT2LMHeadModel(config).eval()
+        return random_biases(GPT2LMHeadModel(config)).eval()
     if name == "llama-biases":  # projection biases on every linear; MHA without grouped keys
         config = LlamaConfig(
             vocab_size=VOCAB,
@@ -98,8 +87,8 @@ def _zero_bias_variant(name: str) -> torch.nn.Module:
             mlp_bias=True,
             max_position_embeddings=64,
         )
-        return LlamaForCausalLM(config).eval()
-    return tiny_decoder(name, layers=3)
+        return random_biases(LlamaForCausalLM(config)).eval()
+    return tiny_decoder(name, layers=3)  # its biases are drawn at random already
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
