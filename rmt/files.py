@@ -134,8 +134,8 @@ def _new_temporary_directory(path: Path) -> Path:
     """An empty folder next to `path` with a name `recover_directory` recognises and the permissions of a folder made
     by `mkdir` (mkdtemp's are owner-only). Refuses a `path` that holds the working folder: the swap would leave this
     process (and a shell there) in a deleted folder."""
-    here = Path(os.path.realpath(os.getcwd()))
-    if here == Path(os.path.realpath(path)) or Path(os.path.realpath(path)) in here.parents:
+    here, target = Path(os.path.realpath(os.getcwd())), Path(os.path.realpath(path))
+    if target == here or target in here.parents:
         raise InputError(
             f"cannot write the folder {path} whole: it holds the working folder {here}, which replacing it would "
             "delete; write to a folder beside it or below it"
