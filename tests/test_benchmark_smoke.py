@@ -26,6 +26,7 @@ from benchmarks import (
     language_modeling,
     long_document_lm,
     long_inputs,
+    memory_scale,
     mixed_precision,
     processes,
 )
@@ -768,3 +769,32 @@ def test_long_inputs_precision_compares_warmed_up_fp32_and_bf16_answers(tmp_path
     assert entry["warmed_up"] and entry["samples"] == 2 and 0 <= entry["same_answers"] <= 2
     assert generated[:2] == [(torch.float32, 64, 2), (torch.bfloat16, 64, 2)]  # the warm-up, untimed
     assert len(generated) == 2 + 2 * 2 and all(new == 8 for _, _, new in generated[2:])
+
+
+def test_memory_scale_measures_the_written_memory_of_each_write_scale(tmp_path, monkeypatch):
+    books = [(f"book {i}", background_text(300, seed=i)) for i in range(2)]
+    monkeypatch.setattr(memory_scale, "default_corpus_texts", lambda: books)
+    folder = tiny_model_folder(tmp_path / "llama")
+    output = tmp_path / "scale.json"
+    settings = ["--segment-size", "16", "--memory-tokens", "2", "--segments", "3", "--documents", "2"]
+    assert memory_scale.main(["--model", str(folder), *settings, "--output", str(output)]) == 0
+    written = json.loads(output.read_text())
+
+    backbone = AutoModelForCausalLM.from_pretrained(folder).eval()
+    input_ids = memory_scale.documents(AutoTokenizer.from_pretrained(folder), 2, 48)
+    torch.manual_seed(0)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=16)).eval()
+    with torch.no_grad():
+        out = model(input_ids, output_segments=True)
+        token_norm = backbone.get_input_embeddings()(input_ids).norm(dim=-1).mean()
+        memory_norm = model.memory.norm(dim=-1).mean()
+    hidden = written["write_scales"]["hidden"]
+    assert written["token_embedding_norm"] == pytest.approx(float(token_norm), rel=1e-6)
+    assert hidden["initial_memory_norm"] == pytest.approx(float(memory_norm), rel=1e-6)
+    expected = [float(segment.memory_state.norm(dim=-1).mean()) for segment in out.segment_outputs]
+    assert hidden["written_memory_norm"] == pytest.approx(expected, rel=1e-5)
+    # RMS-normalised then scaled by a gain that starts at the embeddings' standard deviation: norm sqrt(D) * std.
+    width = backbone.config.hidden_size
+    scaled = written["write_scales"]["token_embeddings"]["written_memory_norm"]
+    embedding_std = float(backbone.get_input_embeddings().weight.detach().std())
+    assert scaled == pytest.approx([width**0.5 * embedding_std] * 3, rel=1e-3)
