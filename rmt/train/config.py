@@ -87,7 +87,13 @@ class TrainConfig:
     )
     eval_every: int = field(default=200, metadata=_doc("Evaluate on held-out batches every N steps (> 0)."))
     eval_batches: int = field(default=4, metadata=_doc("Held-out batches per evaluation (> 0)."))
-    eval_batch_size: int = field(default=64, metadata=_doc("Samples per held-out batch (> 0)."))
+    eval_batch_size: int = field(
+        default=64,
+        metadata=_doc(
+            "Samples per held-out batch (> 0). A generated task draws each held-out batch from its own seed, so "
+            "held-out scores are comparable only between runs with the same held-out batch size and number of batches."
+        ),
+    )
     log_every: int = field(default=10, metadata=_doc("Write the running training loss every N steps (> 0)."))
     checkpoint_every: int = field(default=500, metadata=_doc("Write a checkpoint every N steps (0: only at the end)."))
     seed: int = field(
