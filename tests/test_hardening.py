@@ -62,6 +62,17 @@ def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
     assert "global batch (--batch-size x --grad-accumulation x processes): checkpoint 2, now 4" in err
     code, err = run_cli([*args, "--decayed-parameters", "matrices"], capsys)  # other optimizer groups
     assert code == 2 and "--decayed-parameters: checkpoint 'all', now 'matrices'" in err
+    code, err = run_cli([*args, "--trainable", "memory"], capsys)  # other parameters in the optimizer
+    assert code == 2 and "--trainable: checkpoint 'all', now 'memory'" in err
+    # A checkpoint written with FSDP has another layout: said so, not reported as a damaged accelerate/ folder.
+    state_file = trained_run / "checkpoint" / "trainer_state.json"
+    record = json.loads(state_file.read_text())
+    record["train_config"]["fsdp"] = True
+    state_file.write_text(json.dumps(record))
+    code, err = run_cli(args, capsys)
+    assert code == 2 and "it was saved with fsdp (layers sharded with FSDP) and this run does not shard them" in err
+    record["train_config"]["fsdp"] = False
+    state_file.write_text(json.dumps(record))
     # The same global batch split otherwise (to fit memory) gives the same data and gradient: resumes.
     assert run_cli([*args, "--batch-size", "1", "--grad-accumulation", "2"], capsys)[0] == 0
 
@@ -446,6 +457,26 @@ def test_resume_refuses_another_task_and_a_step_count_behind_the_checkpoint(trai
     assert code == 2 and "it is at step 2, past this run's 1 steps" in err
     code, err = run_cli(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"], capsys)
     assert code == 0 and "the cosine learning-rate schedule now runs over 4 steps instead of 2" in err
+
+
+def test_a_refused_resume_leaves_the_callers_model_as_it_was(trained_run):
+    """The checks of the data, the step count and the curriculum run before the checkpoint is loaded into the model."""
+    from rmt.data.sources import TaskSource
+    from rmt.data.tasks import make_task
+    from rmt.memory.pretrained import load_memory_model
+    from rmt.train.config import TrainConfig
+    from rmt.train.loop import train
+
+    model = load_memory_model(trained_run / "model")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5)  # unlike the checkpoint's weights
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    saved = json.loads((trained_run / "checkpoint" / "trainer_state.json").read_text())["train_config"]
+    config = TrainConfig(**{**saved, "steps": 1})
+    with pytest.raises(InputError, match="it is at step 2, past this run's 1 steps"):
+        train(model, TaskSource(make_task("copy", length=4)), config, trained_run, True, None, "copy (task size 4)")
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
 def test_a_damaged_or_missing_part_of_the_accelerate_state_is_refused(trained_run, capsys):

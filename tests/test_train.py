@@ -83,6 +83,9 @@ def test_curriculum_advance_and_plateau_read_the_chosen_metric():
     assert state.plateau_best == 0.5 and state.stopped_early
     with pytest.raises(InputError, match="curriculum_metric"):
         TrainConfig(curriculum_metric="f1")
+    with pytest.raises(InputError, match="fsdp and mixed_precision='fp16' cannot be combined"):
+        TrainConfig(fsdp=True, mixed_precision="fp16")
+    assert TrainConfig(fsdp=True, mixed_precision="bf16").fsdp
 
 
 def test_plateau_min_steps_counts_from_the_start_of_the_last_stage():

@@ -133,11 +133,14 @@ def load_checkpoint(
     model: RecurrentMemoryModel,
     sharded: tuple[Any, Any] | None = None,
     config: TrainConfig | None = None,
+    check_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer, schedule, scaler and RNGs from `path` (prepared objects registered with
     `accelerator`; `sharded`: (optimizer, scheduler) of an FSDP-sharded model); returns the trainer_state.json
-    record. Refuses a checkpoint of another model, or (given the run's `config`) one whose LoRA adapters differ from
-    the run's, with a message that names the difference, and a damaged one with a message that names the file."""
+    record. Refuses a checkpoint of another model, or (given the run's `config`) one whose LoRA adapters, trained
+    parameters or FSDP sharding differ from the run's, with a message that names the difference, and a damaged one
+    with a message that names the file. `check_record(record)` may refuse the checkpoint by raising: it runs before
+    anything is loaded, so a refused resume leaves the model and optimizer as they were."""
     if accelerator.is_main_process:
         recover_directory(path)
     accelerator.wait_for_everyone()
@@ -153,20 +156,24 @@ def load_checkpoint(
         step = int(record["step"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"cannot resume: {state_file} is corrupt: {err}") from err
+    record["step"] = step
     _check_same_model(record, model, path)
     if config is not None:
+        _check_same_sharding(record, config, path)
         _check_same_adapters(record, config, path)
         _check_same_optimization(record, config, path, accelerator.num_processes)
+    if check_record is not None:
+        check_record(record)
     if sharded is None:
         _check_accelerate_state(path / "accelerate", accelerator)
+    state = path / fsdp.STATE_FILE if sharded is not None else path / "accelerate"
     try:
         if sharded is not None:
             fsdp.load_state(path, model, *sharded, accelerator)
         else:
-            accelerator.load_state(str(path / "accelerate"))
+            accelerator.load_state(str(state))
     except (OSError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
-        raise InputError(f"cannot resume: checkpoint {path / 'accelerate'} is incomplete or corrupt: {err}") from err
-    record["step"] = step
+        raise InputError(f"cannot resume: checkpoint {state} is incomplete or corrupt: {err}") from err
     return record
 
 
@@ -225,6 +232,7 @@ RESUME_FIXED = (
     "warmup_steps",
     "min_lr_factor",
     "seed",
+    "trainable",  # the optimizer's parameter groups hold what trained
 )
 GLOBAL_BATCH = "global_batch"  # batch_size x grad_accumulation x processes, in ResumeSettingsError.changes
 
@@ -258,6 +266,18 @@ def _check_same_optimization(record: dict[str, Any], config: TrainConfig, path: 
         changes.append((GLOBAL_BATCH, saved_batch, global_batch))
     if changes:
         raise ResumeSettingsError(path, changes)
+
+
+def _check_same_sharding(record: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """An FSDP checkpoint holds gathered weights and optimizer state where Accelerate's holds its own folder: the two
+    layouts do not read each other."""
+    saved = record.get("train_config", {}).get("fsdp")
+    if saved is not None and saved != config.fsdp:
+        raise InputError(
+            f"cannot resume from {path}: it was saved {'with' if saved else 'without'} fsdp (layers sharded with "
+            f"FSDP) and this run {'shards' if config.fsdp else 'does not shard'} them; resume "
+            f"{'with' if saved else 'without'} --fsdp, or start a new run from its model"
+        )
 
 
 def _check_same_adapters(record: dict[str, Any], config: TrainConfig, path: Path) -> None:

@@ -260,6 +260,11 @@ class TrainConfig:
                     "TrainConfig: fsdp and trainable='lora' cannot be combined (sharding LoRA adapter layers is not "
                     "supported); train the adapters without fsdp"
                 )
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise InputError(
+                "TrainConfig: fsdp and mixed_precision='fp16' cannot be combined (fp16's loss scaling is not undone "
+                "on sharded gradients before clipping); use mixed_precision='bf16' with fsdp"
+            )
         if self.curriculum is not None:
             self.curriculum = [tuple(stage) for stage in self.curriculum]
             curriculum_segments(0, self.curriculum)  # validates the stages

@@ -215,12 +215,16 @@ def _train(
     start_step = 0
     metrics_path = output_dir / METRICS_FILE
     if resume:
-        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded, config)
-        start_step = record["step"]
-        saved = migrated_trainer_state(record.get("trainer", {}))
-        known = {f.name for f in fields(TrainerState)}
-        state = TrainerState(**{k: v for k, v in saved.items() if k in known})
-        _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
+        resumed: list[TrainerState] = []
+
+        def check_record(record: dict[str, Any]) -> None:  # before load_checkpoint changes the model
+            saved = migrated_trainer_state(record.get("trainer", {}))
+            known = {f.name for f in fields(TrainerState)}
+            resumed.append(TrainerState(**{k: v for k, v in saved.items() if k in known}))
+            _check_resume(record, resumed[0], config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
+
+        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded, config, check_record)
+        start_step, state = record["step"], resumed[0]
     else:
         _build_first_batches(source, config, accelerator.num_processes)
     # Start-up succeeded: from here on the output folder changes.
