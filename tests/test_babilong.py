@@ -33,7 +33,14 @@ from rmt.data.babilong import (
     save_babilong,
     token_counter,
 )
-from rmt.data.haystack import Haystack, load_haystack, mentions_haystack, split_sentences
+from rmt.data.haystack import (
+    CUT_CHARS,
+    LONG_SENTENCE_CHARS,
+    Haystack,
+    load_haystack,
+    mentions_haystack,
+    split_sentences,
+)
 from rmt.errors import InputError
 
 # ------------------------------------------------------------------------------------------------ background
@@ -624,6 +631,28 @@ def test_split_sentences():
         "Dr. Watson met J. R. Smith in the U.S. Army!",
         "It rained e.g. hard.",
     ]
+
+
+def test_text_without_capitals_or_punctuation_still_splits_into_sentence_sized_pieces():
+    """One lower-cased paragraph was one 'sentence', so a sample built from it held no background at all."""
+    lowered = " ".join(SENTENCES[:200]).lower()
+    assert len(lowered) > LONG_SENTENCE_CHARS
+    pieces = split_sentences(lowered)
+    assert pieces == [sentence.lower() for sentence in SENTENCES[:200]]
+    words = " ".join(f"word{i}" for i in range(2000))  # no punctuation at all: cut at spaces
+    cuts = split_sentences(words)
+    assert " ".join(cuts) == words and all(len(cut) <= CUT_CHARS for cut in cuts) and len(cuts) > 1
+    short = " ".join(SENTENCES[:3]).lower()  # under the limit: one sentence, as before
+    assert split_sentences(short) == [short]
+    sample = build_sample("qa1", 500, count_words, Haystack.from_text(lowered), seed=0)
+    longest = max(count_words([" " + piece])[0] for piece in pieces)
+    assert 500 - longest < sample.num_tokens <= 500 and sample.background_sentences > 0
+
+
+def test_load_haystack_drops_a_byte_order_mark(tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_bytes(b"\xef\xbb\xbf" + background_text(SENTENCES[:3]).encode())
+    assert load_haystack(book).sentences == tuple(SENTENCES[:3])
 
 
 def test_background_splits_back_into_its_sentences():

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             )
     else:
         document = Path(args.document)
-        ids = tokenizer(document.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False).input_ids
+        ids = tokenizer(document.read_text(encoding="utf-8-sig", errors="replace"), add_special_tokens=False).input_ids
         if not ids:
             raise InputError(f"--document {document} holds no text")
         ids = torch.tensor([ids], device=device)
