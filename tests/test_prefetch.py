@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +121,48 @@ def test_a_tied_embedding_backbone_resumes_exactly_tied_and_without_a_shared_ten
     assert [r["loss"] for r in resumed if "loss" in r] == [r["loss"] for r in straight if "loss" in r]
     backbone = resumed_model.backbone
     assert backbone.lm_head.weight.data_ptr() == backbone.get_input_embeddings().weight.data_ptr()
+
+
+TRAINER_WITH_WORKERS = """
+from rmt.data.prefetch import PrefetchingSource
+from rmt.data.sources import TaskSource
+from rmt.data.tasks import CopyTask
+source = PrefetchingSource(TaskSource(CopyTask(length=4)), workers=2)
+source.train_batch(0, 4)
+print("ready", flush=True)
+input()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_workers_end_with_a_training_process_that_is_killed_outright():
+    """A SIGKILL (the out-of-memory killer) gives the trainer no chance to stop its workers: they stop themselves."""
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAINER_WITH_WORKERS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    workers: list[int] = []
+    try:
+        assert trainer.stdout.readline().strip() == "ready"
+        workers = [int(pid) for pid in Path(f"/proc/{trainer.pid}/task/{trainer.pid}/children").read_text().split()]
+        assert len(workers) == 2
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+        deadline = time.monotonic() + 20
+        running = workers
+        while running and time.monotonic() < deadline:
+            time.sleep(0.2)
+            running = [pid for pid in workers if _running(pid)]
+        assert running == []
+    finally:
+        trainer.kill()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie awaiting its reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -12,13 +12,18 @@ workers gives the losses of the run without them. When the curriculum changes th
 built for the old number are dropped and the source builds the current one itself.
 
 The workers are forked from the training process (they inherit the source without pickling it); a platform
-without fork, or a source whose batches depend on what was read before (a streamed file), is refused.
+without fork, or a source whose batches depend on what was read before (a streamed file), is refused. On Linux a
+worker ends with the training process even when that one is killed outright (SIGKILL, the out-of-memory killer),
+which would otherwise leave the workers waiting for work forever, holding their copy of its memory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from rmt.data.batch import Batch
@@ -29,9 +34,16 @@ from rmt.errors import InputError
 _WORKER_SOURCE: Source | None = None
 
 
-def _worker_init(source: Source) -> None:
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal this process gets when its parent ends
+
+
+def _worker_init(source: Source, parent: int) -> None:
     import torch
 
+    if sys.platform == "linux":  # the signal follows the thread that forked: the one that asked for batches
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent ended before the request above
+            os._exit(0)
     global _WORKER_SOURCE
     _WORKER_SOURCE = source
     torch.set_num_threads(1)  # each worker is one core's worth of sample building
@@ -63,7 +75,7 @@ class PrefetchingSource(Source):
         # Rust tokenizers that ran threads before a fork can deadlock in the child: keep them single-threaded.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._pool = ProcessPoolExecutor(
-            workers, multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(source,)
+            workers, multiprocessing.get_context("fork"), initializer=_worker_init, initargs=(source, os.getpid())
         )
 
     @property
