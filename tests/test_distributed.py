@@ -60,7 +60,11 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, caps
     assert '"accuracy"' in capsys.readouterr().out
 
     # Kill the whole job (both processes) with SIGKILL once it has written the checkpoint of step 2, then resume.
-    job = launch(tmp_path / "killed", 2, "--batch-size", "2", "--slow-after", "3", background=True)
+    # With dropout, so that the resumed run must also restore every process's random numbers.
+    launch(tmp_path / "dropout", 2, "--batch-size", "2", "--dropout", "0.3")
+    straight = weights(tmp_path / "dropout" / "rank0.pt")
+    assert max_difference(straight, rank0) > 1e-3  # the dropout is drawn
+    job = launch(tmp_path / "killed", 2, "--batch-size", "2", "--dropout", "0.3", "--slow-after", "3", background=True)
     state = tmp_path / "killed" / "checkpoint" / "trainer_state.json"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline:
@@ -69,10 +73,10 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, caps
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert not (tmp_path / "killed" / "rank0.pt").exists()  # it really stopped before the end
-    launch(tmp_path / "killed", 2, "--batch-size", "2", "--resume")
+    launch(tmp_path / "killed", 2, "--batch-size", "2", "--dropout", "0.3", "--resume")
     resumed = weights(tmp_path / "killed" / "rank0.pt")
-    assert max_difference(resumed, rank0) == 0.0
-    assert max_difference(weights(tmp_path / "killed" / "rank1.pt"), rank0) == 0.0
+    assert max_difference(resumed, straight) == 0.0
+    assert max_difference(weights(tmp_path / "killed" / "rank1.pt"), straight) == 0.0
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
@@ -89,7 +93,11 @@ def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys)
     assert main(["eval", model, "--task", "copy", "--task-size", "4", "--segments", "3"]) == 0
     assert '"accuracy"' in capsys.readouterr().out
 
-    job = launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", "--slow-after", "3", background=True)
+    dropout = ["--dropout", "0.3"]  # every step draws random numbers: the resume must restore them
+    launch(tmp_path / "dropout", 2, "--batch-size", "2", "--fsdp", *dropout)
+    straight = weights(tmp_path / "dropout" / "rank0.pt")
+    assert max_difference(straight, rank0) > 1e-3
+    job = launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", *dropout, "--slow-after", "3", background=True)
     state = tmp_path / "killed" / "checkpoint" / "trainer_state.json"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline:
@@ -98,8 +106,8 @@ def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert not (tmp_path / "killed" / "rank0.pt").exists()  # it really stopped before the end
-    launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", "--resume")
-    assert max_difference(weights(tmp_path / "killed" / "rank0.pt"), rank0) == 0.0
+    launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", *dropout, "--resume")
+    assert max_difference(weights(tmp_path / "killed" / "rank0.pt"), straight) == 0.0
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")

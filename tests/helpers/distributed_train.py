@@ -1,10 +1,10 @@
 """A tiny training run for the multi-process tests: `torchrun --nproc_per_node 2 tests/helpers/distributed_train.py
 OUT [--steps N] [--batch-size B] [--resume] [--slow-after K] [--fsdp] [--trainable all|memory|lora]
-[--memory rmt|armt] [--first-segments N] [--ragged] [--untargeted-half]` (--first-segments: copy 2 symbols per
-segment, N segments for the first 3 steps and 2 after; --ragged: the second half of each global batch loses its first
-segment to left padding; --untargeted-half: the second half has no targets). Every
-process writes its final weights to OUT/rank{R}.pt so that the test can compare the processes with each other and
-with a one-process run.
+[--memory rmt|armt] [--first-segments N] [--ragged] [--untargeted-half] [--dropout P]` (--first-segments: copy 2
+symbols per segment, N segments for the first 3 steps and 2 after; --ragged: the second half of each global batch
+loses its first segment to left padding; --untargeted-half: the second half has no targets; --dropout: attention
+dropout, so that every step draws random numbers and a resume must restore them). Every process writes its final
+weights to OUT/rank{R}.pt so that the test can compare the processes with each other and with a one-process run.
 `--slow-after K` sleeps after each step from step K on, so that a test can kill the job mid-run. A crash in native
 code (an abort in the communication library) prints every thread's Python stack (faulthandler), so that a failing
 test says where it happened."""
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--first-segments", type=int, default=None)
     parser.add_argument("--ragged", action="store_true")
     parser.add_argument("--untargeted-half", action="store_true")
+    parser.add_argument("--dropout", type=float, default=0.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     task, segment_size, curriculum = CopyTask(length=4), CopyTask(length=4).segment_size_for(3), None
@@ -74,6 +75,8 @@ def main() -> None:
         curriculum = [(0, args.first_segments), (3, 2)]
     vocab_size = CopyTask(length=4).vocab_size
     backbone = random_backbone("llama", vocab_size, num_layers=1, hidden_size=32, max_positions=64, seed=0)
+    for layer in backbone.model.layers:
+        layer.self_attn.attention_dropout = args.dropout
     memory = {"memory_kind": "armt", "d_mem": 8} if args.memory == "armt" else {}
     model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=segment_size, **memory))
     config = TrainConfig(
