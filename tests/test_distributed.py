@@ -170,3 +170,18 @@ def test_fsdp_refuses_the_recomputed_transformer_xl_cache(tmp_path, capsys):
     assert main([*args, "--output", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "fsdp cannot shard a model with xl_cache_recompute" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_fsdp_checkpoint_random_states_restore_the_generator_from_new_and_older_records():
+    """FSDP checkpoints record each process's generators as {"cpu", "cuda"}; older ones hold the CPU state alone."""
+    from rmt.train.fsdp import _rng_states, _set_rng_states
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)
+    record = _rng_states(cpu)
+    expected = torch.rand(3)
+    assert record["cuda"] is None  # no GPU generator on a CPU device
+    for saved in (record, record["cpu"]):
+        torch.manual_seed(2)
+        _set_rng_states(saved, cpu)
+        assert torch.equal(torch.rand(3), expected)

@@ -10,7 +10,8 @@ all-reduce, as without FSDP.
 
 Checkpoints gather the full weights and optimizer state on the main process (`get_model_state_dict` /
 `get_optimizer_state_dict` with full state dicts) and write them in the usual layout (model/ is a plain
-`save_pretrained` folder), plus every process's RNG state; resuming loads them and re-shards.
+`save_pretrained` folder), plus every process's RNG states (the CPU generator's, and on a GPU its device's, which
+dropout draws from there); resuming loads them and re-shards.
 """
 
 from __future__ import annotations
@@ -102,12 +103,26 @@ def save_state(
     Every process must call it."""
     weights = full_weights(model)
     optimizer_state = get_optimizer_state_dict(model, _unwrap(optimizer), options=FULL)
-    rng = gather_object([torch.get_rng_state()])
+    rng = gather_object([_rng_states(accelerator.device)])
     if accelerator.is_main_process:
         state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng}
         torch.save(state, folder / STATE_FILE)
         return weights
     return None
+
+
+def _rng_states(device: torch.device) -> dict[str, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_states(states: dict[str, torch.Tensor | None] | torch.Tensor, device: torch.device) -> None:
+    """Restore `_rng_states`'s record (a bare tensor: the CPU state alone, as checkpoints before the GPU's held)."""
+    if isinstance(states, torch.Tensor):
+        states = {"cpu": states, "cuda": None}
+    torch.set_rng_state(states["cpu"])
+    if states["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, accelerator: Accelerator) -> None:
@@ -127,7 +142,7 @@ def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, a
     set_optimizer_state_dict(model, _unwrap(optimizer), state["optimizer"], options=options)
     scheduler.load_state_dict(state["scheduler"])
     if accelerator.process_index < len(state["rng"]):
-        torch.set_rng_state(state["rng"][accelerator.process_index])
+        _set_rng_states(state["rng"][accelerator.process_index], accelerator.device)
     else:
         from rmt.train.checkpoint import note_missing_random_state
 
