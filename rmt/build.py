@@ -177,9 +177,12 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
         if not (path / "config.json").exists() and len(ggufs) == 1:
             return str(path), ggufs[0]
         if not (path / "config.json").exists():
+            from rmt.memory.pretrained import model_inside
+
             raise MissingFileError(
                 f"{path} is not a model folder: it has no config.json"
                 + (f" and {len(ggufs)} .gguf files (pass one of them)" if ggufs else "")
+                + model_inside(path)
             )
         return str(path), None
     if path.exists() or os.sep in name and not _looks_like_hub_id(name):

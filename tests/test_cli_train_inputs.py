@@ -494,3 +494,56 @@ def test_an_encoder_without_a_head_on_a_data_file_is_told_what_it_needs(tmp_path
     code, err = run_cli(args, capsys)
     assert code == 2 and "has no classification head and --data" in error_line(err)
     assert "babilong:TASK (the task's answers are the classes)" in error_line(err) and not (tmp_path / "run").exists()
+
+
+def test_a_missing_data_file_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """`--model minilm --data nofile` was told the encoder has no head (after loading it), not that the file is
+    missing; a BABILong task's bare name gets the babilong: spelling."""
+    import rmt.cli.train as train_cli
+
+    monkeypatch.setattr(train_cli, "_mode_of", lambda name: pytest.fail("the model was read before the data"))
+    output = str(tmp_path / "run")
+    code, err = run_cli(
+        ["train", "--model", "minilm", "--data", str(tmp_path / "no.jsonl"), "--output", output], capsys
+    )
+    assert code == 2 and error_line(err).endswith(f"no data file at {tmp_path / 'no.jsonl'}")
+    code, err = run_cli(["train", "--model", "minilm", "--data", "qa1", "--output", output], capsys)
+    assert code == 2 and "no data file at qa1 (for the generated BABILong task, write babilong:qa1)" in err
+    code, err = run_cli(["eval", "run/model", "--data", "qa2"], capsys)
+    assert code == 2 and "no data file at qa2 (for the generated BABILong task, write babilong:qa2)" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_records_to_hold_out_names_the_flags_that_fix_it(tmp_path, model_folder, qa_file, capsys):
+    args = ["train", "--model", str(model_folder), "--data", str(qa_file), *QUICK, "--output", str(tmp_path / "run")]
+    code, err = run_cli([*args, "--validation-samples", "12"], capsys)
+    line = error_line(err)
+    assert code == 2 and f"--data {qa_file}: cannot hold out 12 records for validation: the data has only 12" in line
+    assert "hold out fewer with --validation-samples, or give --validation-data" in line
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_error_line(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    real_mkdir = Path.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if path == tmp_path / "run":
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # as under /proc, which passes every earlier check
+    code, err = run_cli(["train", *TINY, "--output", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert error_line(err).endswith(f"cannot create the output folder {tmp_path / 'run'}: No such file or directory")
+
+
+def test_a_run_folder_given_as_the_model_points_to_its_model(trained_run, tmp_path, capsys):
+    code, err = run_cli(["eval", str(trained_run), "--task", "copy", "--task-size", "4"], capsys)
+    assert code == 2 and f"(its model is {trained_run / 'model'})" in err
+    code, err = run_cli(["eval", str(trained_run / "checkpoint"), "--task", "copy", "--task-size", "4"], capsys)
+    assert code == 2 and f"(its model is {trained_run / 'checkpoint' / 'model'})" in err
+    code, err = run_cli(
+        ["train", "--model", str(trained_run), "--task", "copy", "--output", str(tmp_path / "b")], capsys
+    )
+    assert code == 2 and f"(its model is {trained_run / 'model'})" in err

@@ -144,12 +144,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rmt.cli.train import babilong_tasks
+    from rmt.cli.train import babilong_tasks, check_data_files
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
     if args.data is not None and args.task is not None:
         raise InputError("give either --task or --data, not both")
+    check_data_files(args.data)
     tasks = babilong_tasks(args.data or "")
     kind = "by_length" if tasks else "file" if args.data is not None else "task"
     refuse_unused_flags(args, kind)

@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
             f"--output {output} already holds a run ({', '.join(existing)}): give --resume to continue it, "
             "--overwrite to replace it, or another --output"
         )
+    check_data_files(args.data, args.validation_data)  # before a model loads for seconds or minutes
     refuse_ignored_flags(args)
     config = config_from_args(TrainConfig, args, TRAIN_FLAGS, progress=not args.no_progress)
     if config.tensorboard:
@@ -485,7 +486,12 @@ def _text_setup(
                 f"but --data {args.data} holds {kinds[shape]}: hold out data of the same kind"
             )
     else:
-        records, validation = split_validation(records, args.validation_samples, seed=args.seed)
+        try:
+            records, validation = split_validation(records, args.validation_samples, seed=args.seed)
+        except InputError as err:
+            raise InputError(
+                f"--data {args.data}: {err}; hold out fewer with --validation-samples, or give --validation-data"
+            ) from None
     if shape == "qa":
         if args.max_length is not None:
             raise InputError(f"--max-length cuts text for language modelling; {args.data} holds questions and answers")
@@ -605,6 +611,19 @@ def _mode_of(name_or_path: str) -> str:
         f"--model {name_or_path}: unknown model family {model_type!r}; supported: decoders "
         f"{sorted(DECODER_FAMILIES)}, encoders {sorted(ENCODER_FAMILIES)}"
     )
+
+
+def check_data_files(*specs: str | None) -> None:
+    """Refuse a --data (or --validation-data) that is neither babilong:TASK nor an existing file, suggesting
+    babilong:NAME for a BABILong task's bare name."""
+    from rmt.data.babilong import TASKS
+    from rmt.errors import MissingFileError
+
+    for spec in specs:
+        if spec is None or spec.startswith(BABILONG_PREFIX) or Path(spec).is_file():
+            continue
+        hint = f" (for the generated BABILong task, write {BABILONG_PREFIX}{spec})" if spec in TASKS else ""
+        raise MissingFileError(f"no data file at {spec}{hint}")
 
 
 def babilong_tasks(spec: str) -> list[str] | None:

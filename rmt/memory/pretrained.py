@@ -95,6 +95,13 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def model_inside(folder: Path) -> str:
+    """' (its model is FOLDER/model)' when `folder` is a training run or checkpoint folder holding a saved memory model,
+    else '': the hint for a path one level too high."""
+    inner = folder / "model"
+    return f" (its model is {inner})" if (inner / MEMORY_CONFIG).is_file() else ""
+
+
 def load_memory_model(
     path: str | os.PathLike, expected: type[MemoryModel] | None = None, **backbone_kwargs
 ) -> MemoryModel:
@@ -111,7 +118,7 @@ def load_memory_model(
         raise MissingFileError(f"no checkpoint at {path}: the folder does not exist")
     missing = [n for n in (MEMORY_CONFIG, MEMORY_WEIGHTS, BACKBONE_DIR) if not (path / n).exists()]
     if missing:
-        raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}")
+        raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}{model_inside(path)}")
     config = RMTConfig.load(path / MEMORY_CONFIG)
     model_cls = model_class(config)
     if expected is not None and not issubclass(model_cls, expected):

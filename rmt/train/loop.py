@@ -235,7 +235,10 @@ def _train(
             remove_run(output_dir)
         elif metrics_path.exists():
             metrics_path.unlink()  # a fresh run starts a fresh log
-        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the output folder {output_dir}: {err.strerror}") from None
     history = _read_metrics(metrics_path) if main else []
     writer = None
     if summary_writer is not None and main:
