@@ -248,3 +248,18 @@ def test_the_gguf_conversion_bar_follows_the_progress_switch(tmp_path, monkeypat
     finally:
         (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
     assert gguf_loading.tqdm is bar  # put back after a failed load too
+
+
+def test_argparse_errors_are_one_line_naming_the_command(capsys):
+    """argparse printed the whole usage block before its error (44 lines for rmt train), and reported a stray
+    argument under `rmt` instead of the command it was given to."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--task", "cpy", "--output", "unused"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("rmt train: error: argument --task: invalid choice: 'cpy'") and "see rmt train --help" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["babilong", "--tasks", "qa1,", "qa2", "--output", "unused"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err == "rmt babilong: error: unrecognized arguments: qa2 (see rmt babilong --help)\n"

@@ -2,14 +2,15 @@
 
 Each subcommand (one module here) maps onto plain functions of the library; the memory and training flags are
 generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help text and the library never disagree.
-Problems with the input (a bad value, a missing or damaged file) print one line and exit with status 2; anything
-else is a bug and shows its traceback.
+Problems with the input (a bad value, a missing or damaged file, a flag argparse cannot parse) print one line and
+exit with status 2; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from rmt import __version__
 from rmt.cli import babilong, demo, evaluate, generate, train
@@ -18,8 +19,16 @@ from rmt.errors import InputError
 COMMANDS = (demo, train, evaluate, babilong, generate)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line naming the command, as rmt's own are (argparse prints the whole
+    usage block first, tens of lines for `rmt train`, with the error last)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="rmt",
         description="Recurrent memory for Hugging Face transformers: train, evaluate and run memory models "
         "(RMT, ARMT) on inputs longer than their context window.",
@@ -35,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported for the command they were given to, not for `rmt`
+        prog = f"{parser.prog} {args.command}"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     args.command_line = list(sys.argv[1:] if argv is None else argv)  # to tell a flag given from its default
     try:
         return args.handler(args)
