@@ -521,3 +521,33 @@ def test_rmt_generate_stops_at_an_end_token_the_generation_config_names(decoder,
     config_file.write_text(json.dumps(config))
     code, out, _ = _run(["generate", str(stopping), *args], capsys)
     assert code == 0 and out.splitlines()[-1] == tokenizer.decode(answer[:2], skip_special_tokens=True).strip()
+
+
+def test_rmt_generate_asks_a_question_in_the_format_models_are_trained_on(decoder, tmp_path, capsys, monkeypatch):
+    """--prompt is continued as typed; --question is asked as the trainer and rmt eval ask (Question: ... Answer:)."""
+    from rmt.build import pretrained_tokenizer
+    from rmt.data.collate import qa_prompt
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    prompts = []
+    real_generate = RecurrentMemoryModel.generate
+
+    def record(model, input_ids, *args, **kwargs):
+        prompts.append(input_ids[0].tolist())
+        return real_generate(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(RecurrentMemoryModel, "generate", record)
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(5))
+    common = ["--document", str(document), "--max-new-tokens", "2"]
+    assert _run(["generate", decoder, *common, "--question", "Where is Mary?"], capsys)[0] == 0
+    assert _run(["generate", decoder, *common, "--prompt", "Where is Mary?"], capsys)[0] == 0
+    tokenizer = pretrained_tokenizer(decoder)
+    asked = tokenizer(qa_prompt("", "Where is Mary?"), add_special_tokens=False).input_ids
+    assert prompts == [asked, tokenizer("Where is Mary?", add_special_tokens=False).input_ids]
+    assert tokenizer.decode(asked).strip().startswith("Question") and asked != prompts[1]
+    code, _, err = _run(["generate", decoder, *common, "--question", " "], capsys)
+    assert code == 2 and "--question is empty" in err
+    with pytest.raises(SystemExit):
+        main(["generate", decoder, *common, "--question", "Where?", "--prompt", "Where?"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -1,15 +1,17 @@
 """Read a long document through memory, then answer a prompt.
 
-    rmt generate runs/qa1-lm/model --document book.txt --prompt "Where is Mary?" --max-new-tokens 20
+    rmt generate runs/qa1-lm/model --document book.txt --question "Where is Mary?" --max-new-tokens 20
     rmt generate runs/qa1-lm/model --document book.txt --memory-file book.memory      # read once, save the memory
-    rmt generate runs/qa1-lm/model --memory-file book.memory --prompt "Where is the milk?"   # ask again, no re-reading
+    rmt generate runs/qa1-lm/model --memory-file book.memory --question "Where is the milk?"   # no re-reading
+    rmt generate runs/lm/model --document book.txt --prompt "The next chapter begins"   # any text to continue
 
 The document is read in chunks with a progress bar (tokens/s), keeping only the memory: a 1M-token document needs one
 segment's activations. With --memory-file, an existing file is loaded instead of reading the document, and a missing
-one is written after reading it. The prompt starts a new segment after the document's memory. Any causal memory model
-works (RMT, ARMT), e.g. one trained from the offline SmolLM2 weights. Decoding is greedy unless --do-sample is given;
---temperature, --top-k and --top-p need it. The prompt and the generation settings are checked before the document
-is read.
+one is written after reading it. The prompt starts a new segment after the document's memory. --question asks the
+way `rmt train` and `rmt eval` ask a question-answering model ("Question: TEXT", a line break, then "Answer:", after
+a blank line); --prompt is continued as it is. Any causal memory model works (RMT, ARMT), e.g. one trained from the
+offline SmolLM2 weights. Decoding is greedy unless --do-sample is given; --temperature, --top-k and --top-p need
+it. The prompt and the generation settings are checked before the document is read.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", help="a causal memory model saved by save_pretrained (e.g. OUTPUT/model)")
     parser.add_argument("--document", default=None, help="text file to read through memory")
-    parser.add_argument("--prompt", default=None, help="text to answer after the document")
+    asked = parser.add_mutually_exclusive_group()
+    asked.add_argument("--prompt", default=None, help="text to continue after the document, as it is")
+    asked.add_argument(
+        "--question",
+        default=None,
+        help="a question to answer after the document, in the question-answering format models are trained on",
+    )
     parser.add_argument("--memory-file", default=None, help="load the document's memory from here, or save it here")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -60,11 +68,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import DTYPES, pretrained_tokenizer
+    from rmt.data.collate import qa_prompt
     from rmt.memory.generation import check_generation_settings, stop_token_ids
     from rmt.memory.memory_file import read_memory, save_memory
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
+    asked = "--question" if args.question is not None else "--prompt"
+    text = args.question if args.question is not None else args.prompt
     if args.document is None and args.memory_file is None:
         raise InputError("give --document (and/or --memory-file with a saved memory)")
     if args.max_new_tokens < 1 or args.chunk_tokens < 1:
@@ -76,19 +87,24 @@ def run(args: argparse.Namespace) -> int:
     if sampling and not args.do_sample:
         verb = "sets" if len(sampling) == 1 else "set"
         raise InputError(f"{named} {verb} sampling, but without --do-sample decoding is greedy: add --do-sample")
-    if args.prompt is None and (sampling or args.do_sample):
-        raise InputError(f"{named or '--do-sample'}: how the answer to --prompt is generated, and there is no --prompt")
-    if args.prompt is not None and not args.prompt.strip():
-        raise InputError("--prompt is empty: give the text to answer after the document")
-    memory_file = Path(args.memory_file) if args.memory_file else None
-    if args.prompt is None and memory_file is None:
+    if text is None and (sampling or args.do_sample):
         raise InputError(
-            "nothing to do: give --prompt to answer after the document, or --memory-file to save its memory"
+            f"{named or '--do-sample'}: how the answer is generated, and there is no --prompt or --question to answer"
+        )
+    if text is not None and not text.strip():
+        raise InputError(f"{asked} is empty: give the text to answer after the document")
+    memory_file = Path(args.memory_file) if args.memory_file else None
+    if text is None and memory_file is None:
+        raise InputError(
+            "nothing to do: give --prompt or --question to answer after the document, or --memory-file to save its "
+            "memory"
         )
     if memory_file is not None and memory_file.exists() and not memory_file.is_file():
         raise InputError(f"--memory-file {memory_file} is a folder, not a memory file")
-    if args.prompt is None and memory_file is not None and memory_file.exists():
-        raise InputError(f"nothing to do: --memory-file {memory_file} exists already; give --prompt to answer from it")
+    if text is None and memory_file is not None and memory_file.exists():
+        raise InputError(
+            f"nothing to do: --memory-file {memory_file} exists already; give --prompt or --question to answer from it"
+        )
     if memory_file is None or not memory_file.exists():
         if args.document is None:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
@@ -111,10 +127,12 @@ def run(args: argparse.Namespace) -> int:
         **sampling,
     }
     prompt = None
-    if args.prompt is not None:  # checked now, not after reading a long document
-        prompt = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+    if text is not None:  # checked now, not after reading a long document
+        if args.question is not None:
+            text = qa_prompt("", args.question)
+        prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
         if prompt.shape[1] == 0:
-            raise InputError(f"--prompt {args.prompt!r} holds no tokens of this model's tokenizer")
+            raise InputError(f"{asked} {text!r} holds no tokens of this model's tokenizer")
         check_generation_settings(model, prompt, **settings)
 
     if memory_file is not None and memory_file.exists():
