@@ -263,3 +263,12 @@ def test_argparse_errors_are_one_line_naming_the_command(capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err == "rmt babilong: error: unrecognized arguments: qa2 (see rmt babilong --help)\n"
+
+
+def test_help_names_flags_not_config_fields(capsys):
+    """The help is generated from the config dataclasses' docs, which name fields; the help shows their flags."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--memory-tokens MEMORY_TOKENS" in text and "--lr LR" in text and "NUM_MEMORY_TOKENS" not in text
+    assert "(needs --xl-cache-tokens > 0)" in text and "xl_cache_tokens" not in text

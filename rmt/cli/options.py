@@ -2,14 +2,17 @@
 
 Each field becomes `--field-name` (or the flag given in `flags`), its metadata "doc" the help text, its default the
 default; bools become switches, Literal fields get their choices, and a metadata "parse" function reads values such
-as a curriculum. `config_from_args` builds the dataclass back from the parsed namespace; the dataclass's errors about a
-field given by a flag name the flag.
+as a curriculum. The help names flags, not fields: a field name with an underscore in a doc ("needs xl_cache_tokens >
+0") reads as its flag there ("needs --xl-cache-tokens > 0"), and each value's placeholder is its flag's name.
+`config_from_args` builds the dataclass back from the parsed namespace; the dataclass's errors about a field given by
+a flag name the flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin
@@ -29,12 +32,12 @@ def add_config_arguments(
     `shown` gives the "(default: ...)" text of fields whose default is None (what None means for them)."""
     flags, defaults, shown_none = flags or {}, defaults or {}, shown or {}
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
+    given = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    to_flags = _field_names_to_flags({f.name: flag_name(f.name, flags) for f in given if "_" in f.name})
+    for f in given:
         flag = flag_name(f.name, flags)
         default = defaults.get(f.name, f.default)
-        doc = f.metadata.get("doc", "")
+        doc = to_flags(f.metadata.get("doc", ""))
         kind, choices = _kind(hints[f.name])
         if kind is bool:
             if default:
@@ -48,7 +51,20 @@ def add_config_arguments(
         if default is None:
             shown = shown_none.get(f.name)
         help_text = doc + (f" (default: {shown})" if shown is not None else "")
-        parser.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, help=help_text)
+        metavar = None if choices else flag[2:].upper().replace("-", "_")
+        parser.add_argument(
+            flag, dest=f.name, type=parse, default=default, choices=choices, metavar=metavar, help=help_text
+        )
+
+
+def _field_names_to_flags(flags: dict[str, str]) -> Callable[[str], str]:
+    """A function that writes each field name of `flags` (whole words, not after a '.' as in "TrainConfig.x") as its
+    flag."""
+    if not flags:
+        return lambda text: text
+    names = sorted(flags, key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, names)) + r")(?!\w)")
+    return lambda text: pattern.sub(lambda match: flags[match.group(1)], text)
 
 
 def flag_name(field_name: str, flags: dict[str, str] | None = None) -> str:
