@@ -130,5 +130,6 @@ def run(args: argparse.Namespace) -> int:
     finally:  # an interruption between the renames leaves no staged file behind
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
-    print(f"wrote {len(cells)} files of {args.samples} samples under {Path(args.output)}")
+    files = f"{len(cells)} file{'s' if len(cells) != 1 else ''}"
+    print(f"wrote {files} of {args.samples} sample{'s' if args.samples != 1 else ''} under {Path(args.output)}")
     return 0

@@ -142,14 +142,14 @@ class RecurrentMemoryModel(nn.Module):
         recompute: bool = False,
     ) -> RMTOutput:
         """Compute the loss and accumulate its gradients into `.grad`, with memory that does not grow with the
-        number of segments. Same gradients as `forward(...).loss.backward()`. `backward` replaces
-        `loss.backward()` (e.g. `accelerator.backward`). Returns the detached loss and final memory state
-        (logits are not kept).
+        number of segments once `bptt_depth` is finite. Same gradients as `forward(...).loss.backward()`.
+        `backward` replaces `loss.backward()` (e.g. `accelerator.backward`). Returns the detached loss and final
+        memory state (logits are not kept).
 
         Peak memory: the activations of the last `bptt_depth` + 1 segments (all segments at depth -1). With
         `recompute=True` those segments keep only their inputs and are recomputed one at a time during the
-        backward pass (gradient checkpointing per segment): about one segment's activations at any depth, for
-        one extra forward pass of the window segments."""
+        backward pass (gradient checkpointing per segment): their inputs and one segment's activations, for one
+        extra forward pass of the window segments (at depth -1 the inputs of every segment, so it still grows)."""
         if labels is None:
             raise InputError("forward_backward needs labels")
         plan = self.plan(input_ids, attention_mask, labels)

@@ -102,7 +102,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
         if config.mode != "decoder" or config.memory_kind != "rmt":
-            raise ValueError(
+            raise InputError(
                 f"RMTForCausalLM needs mode='decoder' and memory_kind='rmt', got {config.mode!r}, "
                 f"{config.memory_kind!r}"
             )
@@ -408,7 +408,7 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
         if config.mode != "encoder" or config.memory_kind != "rmt":
-            raise ValueError(
+            raise InputError(
                 f"RMTForSequenceClassification needs mode='encoder' and memory_kind='rmt', got "
                 f"{config.mode!r}, {config.memory_kind!r}"
             )

@@ -6,8 +6,9 @@
     last = stream.feed(question_ids, logits="last")        # [B, V] at each sample's last token
     stream.memory_state                                    # what forward(everything fed).memory_state would be
 
-A stream gives exactly what one pass of `forward` over everything fed so far gives (tests: random chunkings against
-the one-pass logits and final memory, RMT and ARMT, decoder and encoder). How:
+A stream gives what one pass of `forward` over everything fed so far gives: the memory bit for bit, the logits of
+the open segment's tokens up to float rounding (they come from a key/value cache, another order of sums; tests:
+random chunkings against the one-pass logits and final memory, RMT and ARMT, decoder and encoder). How:
 - A sample is cut into segments from its own first token, as in `forward`. Tokens of a segment that is not complete
   yet wait in a buffer; when the buffer holds `segment_size` tokens the segment is run by the model's own `step`, the
   same computation `forward` makes, and its memory becomes the state. A chunk that starts at a segment boundary and

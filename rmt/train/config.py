@@ -151,8 +151,9 @@ class TrainConfig:
     recompute: bool = field(
         default=False,
         metadata=_doc(
-            "Recompute each segment's activations during the backward pass: peak memory of about one segment at "
-            "any BPTT depth, for one extra forward pass."
+            "Recompute each segment's activations during the backward pass, for one extra forward pass: only the "
+            "segments' inputs are kept, so peak memory is flat in the number of segments with a finite bptt_depth "
+            "(at -1, all segments, it still grows, more slowly than without)."
         ),
     )
     mixed_precision: MixedPrecision = field(
