@@ -547,3 +547,13 @@ def test_a_run_folder_given_as_the_model_points_to_its_model(trained_run, tmp_pa
         ["train", "--model", str(trained_run), "--task", "copy", "--output", str(tmp_path / "b")], capsys
     )
     assert code == 2 and f"(its model is {trained_run / 'model'})" in err
+
+
+def test_a_synthetic_run_reports_its_segments_and_a_warmup_longer_than_the_run(tmp_path, capsys):
+    assert main(["train", *TINY, "--output", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert json.loads(printed[printed.index("{") : printed.rindex("}") + 1])["segments"] == 3  # was null
+    assert "note: the warmup (100 steps) is not shorter than the run (2 steps)" in captured.err
+    assert main(["train", *TINY, "--warmup", "1", "--output", str(tmp_path / "short")]) == 0
+    assert "note: the warmup" not in capsys.readouterr().err

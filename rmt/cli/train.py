@@ -224,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
     if accelerator.is_main_process or config.fsdp:  # sharded layers need every process to run
         scores = evaluate(setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments)
         if accelerator.is_main_process:
-            print(json.dumps({"data": setup.description, "segments": setup.eval_segments, **scores}, indent=2))
+            # A fixed synthetic task spans --segments segments (its source takes no segment count).
+            segments = setup.eval_segments or (args.segments if args.data is None else None)
+            print(json.dumps({"data": setup.description, "segments": segments, **scores}, indent=2))
             print(f"model saved to {output / 'model'}")
             if config.save_best:
                 print(_best_model_line(output))

@@ -208,6 +208,12 @@ def _train(
     params = trainable_parameters(model)
     if main:
         print(_parameter_summary(model, optimizer, config.trainable), file=sys.stderr, flush=True)
+        if config.warmup_steps >= config.steps:
+            print(
+                f"note: the warmup ({config.warmup_steps} steps) is not shorter than the run ({config.steps} steps): "
+                "the learning rate never reaches its peak",
+                file=sys.stderr,
+            )
 
     # Before a resume, which then restores the checkpoint's generator states in place of these.
     set_seed(config.seed)
