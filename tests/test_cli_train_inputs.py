@@ -198,6 +198,20 @@ def test_a_name_that_is_no_model_is_one_error_line(tmp_path, qa_file, capsys, mo
     assert not (tmp_path / "out").exists()
 
 
+def test_a_misspelt_offline_model_is_named_at_once_and_its_capitals_do_not_matter(tmp_path, monkeypatch):
+    """A misspelt offline name was tried on the hub (half a minute of retries) before one line said nothing loaded."""
+    from rmt.build import resolve_model
+    from rmt.errors import MissingFileError
+
+    monkeypatch.setattr("rmt.build._package_dir", lambda module, package: str(tmp_path / package))
+    assert resolve_model("SmolLM2") == resolve_model("smollm2")
+    for typed, meant in (("smollm", "smollm2"), ("mini-lm", "minilm")):
+        with pytest.raises(MissingFileError, match=f"no model named '{typed}': did you mean '{meant}'"):
+            resolve_model(typed)
+    assert resolve_model("gpt2") == ("gpt2", None)  # a hub id without an organisation is still one
+    assert resolve_model("fx/smollm") == ("fx/smollm", None)
+
+
 def _broken_folder(source, target, damage: str):
     import shutil
 
