@@ -700,5 +700,6 @@ def test_mentions_haystack_keeps_named_sentences_with_neighbours_and_swaps_the_n
     many = Haystack(tuple(f"They met in the garden on day {i}." for i in range(400)))
     swapped = collections.Counter(named.search(s).group() for s in mentions_haystack(many, rooms).sentences)
     assert set(swapped) == set(rooms) and min(swapped.values()) > 60  # every room named, not only "garden"
+    assert mentions_haystack(many, rooms, seed=1) != mentions_haystack(many, rooms, seed=2)  # the seed draws them
     with pytest.raises(InputError, match="names any of"):
         mentions_haystack(Haystack(tuple(sentences[2:5])), rooms)
