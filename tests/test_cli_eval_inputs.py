@@ -325,8 +325,10 @@ def test_babilong_tasks_named_twice_are_evaluated_once_and_synthetic_segments_fo
     args = ["eval", decoder, "--task", "copy", "--task-size", "4", "--batches", "1"]
     code, _, err = _run([*args, "--segments", str(cut + 1)], capsys)
     assert code == 2 and f"segments of 16, that is {cut}; its segment size, not --segments, decides" in err
-    code, out, _ = _run([*args, "--segments", str(cut)], capsys)
-    assert code == 0 and json.loads(out)["segments"] == cut
+    code, out, err = _run([*args, "--segments", str(cut)], capsys)
+    assert code == 0 and json.loads(out)["segments"] == cut and "--task-size not given" not in err
+    code, _, err = _run(["eval", decoder, "--task", "copy", "--batches", "1"], capsys)  # a copy-24 task, silently
+    assert code == 0 and "note: --task-size not given, so the copy task has its default size 24" in err
 
 
 def test_model_kinds_and_missing_tokenizers_are_refused_in_one_line(decoder, encoder, tmp_path, capsys):

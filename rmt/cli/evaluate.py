@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from rmt.cli.common import (
     DEFAULT_SEGMENTS,
     FACTS_HELP,
+    TASK_SIZE_DEFAULTS,
     add_runtime_arguments,
     add_task_arguments,
     apply_runtime,
@@ -306,6 +307,12 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
                 file=sys.stderr,
             )
     else:  # the sample's length is the task's: the model's segment size decides the segments
+        if args.task_size is None and name in TASK_SIZE_DEFAULTS:  # nothing in a saved model says its task's size
+            print(
+                f"note: --task-size not given, so the {name} task has its default size {TASK_SIZE_DEFAULTS[name]}; "
+                "give the size the model was trained on",
+                file=sys.stderr,
+            )
         if args.segments is not None and args.segments != cut:
             raise InputError(
                 f"--segments {args.segments}: this model cuts the {name} task's {task.sequence_length} tokens into "
