@@ -165,8 +165,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name or None) for an offline model name, a local folder (Hugging Face files or
     one .gguf file), a path to a .gguf file, or a hub id."""
     name = str(name_or_path)
-    if name.lower() in OFFLINE_MODELS and not Path(name).exists():  # "SmolLM2" names smollm2 too
-        module, package, inside, gguf = OFFLINE_MODELS[name.lower()]
+    offline = name if name in OFFLINE_MODELS else name.lower() if not Path(name).exists() else None
+    if offline in OFFLINE_MODELS:  # "SmolLM2" names smollm2 too, unless a folder of that spelling exists
+        module, package, inside, gguf = OFFLINE_MODELS[offline]
         return str(Path(_package_dir(module, package)) / inside), gguf
     path = Path(name)
     if path.is_file() and path.suffix == ".gguf":
@@ -190,7 +191,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
         raise MissingFileError(f"no model at {name}: expected {sorted(OFFLINE_MODELS)}, a model folder or a .gguf file")
     near = difflib.get_close_matches(name.lower(), OFFLINE_MODELS, n=1, cutoff=0.75)
     if near and "/" not in name:  # a misspelt offline name would otherwise wait on hub retries for half a minute
-        raise MissingFileError(f"no model named {name!r}: did you mean {near[0]!r}? (a hub id reads ORG/NAME)")
+        raise MissingFileError(
+            f"no model named {name!r} and no folder of that name: did you mean {near[0]!r}? (a hub id reads ORG/NAME)"
+        )
     return name, None  # a hub id: transformers resolves it (and says so if the hub cannot be reached)
 
 

@@ -263,6 +263,9 @@ def test_argparse_errors_are_one_line_naming_the_command(capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err == "rmt babilong: error: unrecognized arguments: qa2 (see rmt babilong --help)\n"
+    with pytest.raises(SystemExit):
+        main(["--bogus", "babilong", "--tasks", "qa1", "--output", "unused"])  # before the command: rmt's
+    assert capsys.readouterr().err == "rmt: error: unrecognized arguments: --bogus (see rmt --help)\n"
 
 
 def test_help_names_flags_not_config_fields(capsys):

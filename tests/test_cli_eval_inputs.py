@@ -527,9 +527,11 @@ def test_rmt_generate_stops_at_an_end_token_the_generation_config_names(decoder,
 
 def test_rmt_generate_asks_a_question_in_the_format_models_are_trained_on(decoder, tmp_path, capsys, monkeypatch):
     """--prompt is continued as typed; --question is asked as the trainer and rmt eval ask (Question: ... Answer:)."""
+    import rmt.build
     from rmt.build import pretrained_tokenizer
     from rmt.data.collate import qa_prompt
     from rmt.memory.recurrent import RecurrentMemoryModel
+    from rmt.memory.stream import MemoryStream
 
     prompts = []
     real_generate = RecurrentMemoryModel.generate
@@ -539,12 +541,37 @@ def test_rmt_generate_asks_a_question_in_the_format_models_are_trained_on(decode
         return real_generate(model, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(RecurrentMemoryModel, "generate", record)
+    fed = []
+    real_feed = MemoryStream.feed
+
+    def record_fed(stream, input_ids, *args, **kwargs):
+        fed.append(input_ids[0].tolist())
+        return real_feed(stream, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryStream, "feed", record_fed)
+    texts = []
+    real_tokenizer = rmt.build.pretrained_tokenizer
+
+    class Recording:  # the model's tokenizer, recording the texts it tokenizes
+        def __init__(self, tokenizer):
+            self.tokenizer = tokenizer
+
+        def __call__(self, text, *args, **kwargs):
+            texts.append(text)
+            return self.tokenizer(text, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.tokenizer, name)
+
+    monkeypatch.setattr(rmt.build, "pretrained_tokenizer", lambda name: Recording(real_tokenizer(name)))
     document = tmp_path / "doc.txt"
-    document.write_text(background_text(5))
+    document.write_text(background_text(5) + "\n\n")  # a file's last line break would come before "\n\nQuestion:"
     common = ["--document", str(document), "--max-new-tokens", "2"]
     assert _run(["generate", decoder, *common, "--question", "Where is Mary?"], capsys)[0] == 0
     assert _run(["generate", decoder, *common, "--prompt", "Where is Mary?"], capsys)[0] == 0
     tokenizer = pretrained_tokenizer(decoder)
+    assert fed[0] == tokenizer(background_text(5).rstrip(), add_special_tokens=False).input_ids  # one chunk
+    assert texts[:2] == [qa_prompt("", "Where is Mary?"), background_text(5).rstrip()]  # no line break left
     asked = tokenizer(qa_prompt("", "Where is Mary?"), add_special_tokens=False).input_ids
     assert prompts == [asked, tokenizer("Where is Mary?", add_special_tokens=False).input_ids]
     assert tokenizer.decode(asked).strip().startswith("Question") and asked != prompts[1]

@@ -206,8 +206,16 @@ def test_a_misspelt_offline_model_is_named_at_once_and_its_capitals_do_not_matte
     monkeypatch.setattr("rmt.build._package_dir", lambda module, package: str(tmp_path / package))
     assert resolve_model("SmolLM2") == resolve_model("smollm2")
     for typed, meant in (("smollm", "smollm2"), ("mini-lm", "minilm")):
-        with pytest.raises(MissingFileError, match=f"no model named '{typed}': did you mean '{meant}'"):
+        with pytest.raises(
+            MissingFileError, match=f"no model named '{typed}' and no folder of that name: did you mean '{meant}'"
+        ):
             resolve_model(typed)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "minilm").mkdir()  # e.g. an earlier --output minilm: the exact offline name still wins
+    (tmp_path / "SmolLM2").mkdir()  # another spelling: the folder is meant
+    assert resolve_model("minilm") == resolve_model("MiniLM")
+    with pytest.raises(MissingFileError, match="SmolLM2 is not a model folder"):
+        resolve_model("SmolLM2")
     assert resolve_model("gpt2") == ("gpt2", None)  # a hub id without an organisation is still one
     assert resolve_model("fx/smollm") == ("fx/smollm", None)
 
@@ -526,6 +534,14 @@ def test_a_missing_data_file_is_named_before_the_model_loads(tmp_path, capsys, m
     code, err = run_cli(["eval", "run/model", "--data", "qa2"], capsys)
     assert code == 2 and "no data file at qa2 (for the generated BABILong task, write babilong:qa2)" in err
     assert not (tmp_path / "run").exists()
+    # The checks that name the real problem still come first.
+    monkeypatch.undo()
+    code, err = run_cli(["train", "--task", "copy", "--data", "qa1", "--output", output], capsys)
+    assert code == 2 and "give either --task (synthetic) or --data, not both" in err
+    missing = str(tmp_path / "no.jsonl")
+    args = ["train", "--model", "minilm", "--data", "babilong:qa1", "--validation-data", missing, "--output", output]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and "no data file" not in err and "--validation-data" in err
 
 
 def test_too_few_records_to_hold_out_names_the_flags_that_fix_it(tmp_path, model_folder, qa_file, capsys):
@@ -564,7 +580,8 @@ def test_a_run_folder_given_as_the_model_points_to_its_model(trained_run, tmp_pa
 
 
 def test_a_synthetic_run_reports_its_segments_and_a_warmup_longer_than_the_run(tmp_path, capsys):
-    assert main(["train", *TINY, "--output", str(tmp_path / "run")]) == 0
+    without_segments = [arg for i, arg in enumerate(TINY) if "--segments" not in TINY[max(0, i - 1) : i + 1]]
+    assert main(["train", *without_segments, "--output", str(tmp_path / "run")]) == 0  # the default, 3
     captured = capsys.readouterr()
     printed = captured.out
     assert json.loads(printed[printed.index("{") : printed.rindex("}") + 1])["segments"] == 3  # was null

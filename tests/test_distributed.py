@@ -185,3 +185,48 @@ def test_fsdp_checkpoint_random_states_restore_the_generator_from_new_and_older_
         torch.manual_seed(2)
         _set_rng_states(saved, cpu)
         assert torch.equal(torch.rand(3), expected)
+
+
+def test_an_fsdp_state_file_without_its_optimizer_state_is_refused(tmp_path, monkeypatch):
+    """One process in a gloo group of one: the optimizer state travels shard by shard, and a file that lost it is
+    refused on every process (it resumed with a fresh optimizer, silently)."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from rmt.build import memory_model, random_backbone
+    from rmt.config import RMTConfig
+    from rmt.train import fsdp
+    from rmt.train.config import TrainConfig
+    from rmt.train.optim import build_optimizer
+
+    def unsharded():
+        backbone = random_backbone("llama", 16, num_layers=1, hidden_size=32, max_positions=64, seed=0)
+        return memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=8))
+
+    def sharded():
+        model = unsharded()
+        fsdp.shard_layers(model, SimpleNamespace(num_processes=2))
+        return (model, *build_optimizer(model, TrainConfig(steps=10), foreach=False))
+
+    monkeypatch.setattr(fsdp, "gather_object", lambda objects: objects)  # one process: its own list
+    accelerator = SimpleNamespace(is_main_process=True, process_index=0, device=torch.device("cpu"))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        model, optimizer, scheduler = sharded()
+        ids = torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(0))
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        scheduler.step()
+        unsharded().save_pretrained(tmp_path / "model")  # the weights' values do not matter here
+        fsdp.save_state(tmp_path, model, optimizer, scheduler, accelerator)
+        resumed = sharded()
+        fsdp.load_state(tmp_path, *resumed, accelerator)
+        assert resumed[1].state and resumed[2].last_epoch == 1  # the optimizer's moments and the schedule
+        state = torch.load(tmp_path / fsdp.STATE_FILE, weights_only=False)
+        del state["optimizer"]
+        torch.save(state, tmp_path / fsdp.STATE_FILE)
+        with pytest.raises(KeyError, match="holds no optimizer state"):
+            fsdp.load_state(tmp_path, *sharded(), accelerator)
+    finally:
+        dist.destroy_process_group()

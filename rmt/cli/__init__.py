@@ -46,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported for the command they were given to, not for `rmt`
-        prog = f"{parser.prog} {args.command}"
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    if unknown:  # reported for the command they were given to (after its name), else for `rmt`
+        before_command = command_line[: command_line.index(args.command)]
+        prog = parser.prog if any(u in before_command for u in unknown) else f"{parser.prog} {args.command}"
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
-    args.command_line = list(sys.argv[1:] if argv is None else argv)  # to tell a flag given from its default
+    args.command_line = command_line  # to tell a flag given from its default
     try:
         return args.handler(args)
     except InputError as err:

@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             f"--output {output} already holds a run ({', '.join(existing)}): give --resume to continue it, "
             "--overwrite to replace it, or another --output"
         )
-    check_data_files(args.data, args.validation_data)  # before a model loads for seconds or minutes
+    if args.task is None:  # (both: the conflict is refused as such below)
+        check_data_files(args.data, args.validation_data if babilong_tasks(args.data or "") is None else None)
     refuse_ignored_flags(args)
     config = config_from_args(TrainConfig, args, TRAIN_FLAGS, progress=not args.no_progress)
     if config.tensorboard:
@@ -225,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
         scores = evaluate(setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments)
         if accelerator.is_main_process:
             # A fixed synthetic task spans --segments segments (its source takes no segment count).
-            segments = setup.eval_segments or (args.segments if args.data is None else None)
+            synthetic = args.segments if args.segments is not None else DEFAULT_SEGMENTS
+            segments = setup.eval_segments or (synthetic if args.data is None else None)
             print(json.dumps({"data": setup.description, "segments": segments, **scores}, indent=2))
             print(f"model saved to {output / 'model'}")
             if config.save_best:

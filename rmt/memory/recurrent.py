@@ -17,7 +17,7 @@ Two ways to train, with equal gradients (tests compare them):
 - `forward(...)` builds one graph over all segments: simple, the reference; its memory grows with length.
 - `forward_backward(...)` backpropagates each segment's loss as soon as no later gradient can reach that segment, runs
   segments that carry no loss and no reachable gradient under `no_grad`, and keeps only the last `bptt_depth` + 1
-  segments' activations alive: peak memory does not grow with the number of segments.
+  segments' activations alive: with a finite `bptt_depth`, peak memory does not grow with the number of segments.
 """
 
 from __future__ import annotations

@@ -152,8 +152,8 @@ class TrainConfig:
         default=False,
         metadata=_doc(
             "Recompute each segment's activations during the backward pass, for one extra forward pass: only the "
-            "segments' inputs are kept, so peak memory is flat in the number of segments with a finite bptt_depth "
-            "(at -1, all segments, it still grows, more slowly than without)."
+            "segments' inputs are kept, so peak memory is flat in the number of segments with a finite BPTT depth "
+            "(through all segments, the default, it still grows, more slowly than without)."
         ),
     )
     mixed_precision: MixedPrecision = field(

@@ -136,11 +136,17 @@ def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, a
         state = torch.load(folder / STATE_FILE, weights_only=False)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     set_model_state_dict(model, weights, options=options)
-    # The optimizer state goes out shard by shard (broadcast_from_rank0); only the small rest is sent whole.
-    set_optimizer_state_dict(model, _unwrap(optimizer), state.pop("optimizer", {}), options=options)
+    # The optimizer state goes out shard by shard (broadcast_from_rank0); only the small rest is sent whole, with
+    # whether the file held an optimizer state, so that every process refuses a file without one.
+    optimizer_state = state.pop("optimizer", None) if accelerator.is_main_process else {}
+    if accelerator.is_main_process:
+        state["has_optimizer"] = optimizer_state is not None
     shared = [state if accelerator.is_main_process else None]
     dist.broadcast_object_list(shared, src=0)
     state = shared[0]
+    if not state["has_optimizer"]:
+        raise KeyError(f"{STATE_FILE} holds no optimizer state")
+    set_optimizer_state_dict(model, _unwrap(optimizer), optimizer_state, options=options)
     scheduler.load_state_dict(state["scheduler"])
     if accelerator.process_index < len(state["rng"]):
         _set_rng_states(state["rng"][accelerator.process_index], accelerator.device)

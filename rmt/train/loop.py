@@ -8,13 +8,13 @@ segments (advanced by step or on held-out accuracy), early stopping on a plateau
 bar, metrics to `metrics.jsonl` (TensorBoard optional), checkpoints written atomically every N steps, exact resume, a
 time limit (`max_time`) and worker processes that build the next batches (`data_workers`, `rmt.data.prefetch`).
 
-Gradients come from `model.forward_backward`, which backpropagates segment by segment (memory that does not grow with
-the number of segments), so one step calls backward several times. With several processes (`torchrun`,
-`accelerate launch`) the model is prepared by Accelerate (DDP: every process starts from the main process's weights),
-each process computes its share of the global batch without gradient synchronisation, and the gradients are then
-averaged in one bucketed all-reduce that every process makes with the same tensors (zeros for parameters that got no
-gradient on that process; none where no process gave one, as in one process): one synchronisation per optimizer
-step, whatever the number of backward calls.
+Gradients come from `model.forward_backward`, which backpropagates segment by segment (with a finite BPTT depth, memory
+that does not grow with the number of segments), so one step calls backward several times. With several processes
+(`torchrun`, `accelerate launch`) the model is prepared by Accelerate (DDP: every process starts from the main
+process's weights), each process computes its share of the global batch without gradient synchronisation, and the
+gradients are then averaged in one bucketed all-reduce that every process makes with the same tensors (zeros for
+parameters that got no gradient on that process; none where no process gave one, as in one process): one
+synchronisation per optimizer step, whatever the number of backward calls.
 Evaluation, logging and the final model are the main process's; the others wait at a barrier.
 
 Why a run repeats: the global random generators (dropout masks of a pretrained backbone) are seeded with the config's
