@@ -518,7 +518,7 @@ def test_an_encoder_without_a_head_on_a_data_file_is_told_what_it_needs(tmp_path
     assert "babilong:TASK (the task's answers are the classes)" in error_line(err) and not (tmp_path / "run").exists()
 
 
-def test_a_missing_data_file_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
+def test_a_missing_data_file_is_named_before_the_model_loads(tmp_path, model_folder, capsys, monkeypatch):
     """`--model minilm --data nofile` was told the encoder has no head (after loading it), not that the file is
     missing; a BABILong task's bare name gets the babilong: spelling."""
     import rmt.cli.train as train_cli
@@ -539,7 +539,8 @@ def test_a_missing_data_file_is_named_before_the_model_loads(tmp_path, capsys, m
     code, err = run_cli(["train", "--task", "copy", "--data", "qa1", "--output", output], capsys)
     assert code == 2 and "give either --task (synthetic) or --data, not both" in err
     missing = str(tmp_path / "no.jsonl")
-    args = ["train", "--model", "minilm", "--data", "babilong:qa1", "--validation-data", missing, "--output", output]
+    args = ["train", "--model", str(model_folder), "--data", "babilong:qa1", "--validation-data", missing]
+    args += ["--output", output]
     code, err = run_cli(args, capsys)
     assert code == 2 and "no data file" not in err and "--validation-data" in err
 
