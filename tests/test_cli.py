@@ -275,3 +275,11 @@ def test_help_names_flags_not_config_fields(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "--memory-tokens MEMORY_TOKENS" in text and "--lr LR" in text and "NUM_MEMORY_TOKENS" not in text
     assert "(needs --xl-cache-tokens > 0)" in text and "xl_cache_tokens" not in text
+
+
+def test_demo_help_states_the_demos_own_step_limit(capsys):
+    from rmt.demo import DemoSettings
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert f"(default: {DemoSettings().steps}, fewer on a plateau)" in " ".join(capsys.readouterr().out.split())

@@ -85,6 +85,7 @@ def add_task_arguments(
     default_task: str | None = "copy",
     segments_given: bool = False,
     segments_help: str | None = None,
+    segments_default: str = str(DEFAULT_SEGMENTS),
 ) -> None:
     """--task, --task-size and --segments. segments_given=True: --segments defaults to None, so that the command can
     tell whether it was given (None stands for DEFAULT_SEGMENTS). `segments_help` replaces --segments' description
@@ -107,7 +108,7 @@ def add_task_arguments(
             or "number of segments the input is cut into (synthetic tasks; BABILong training: samples of this many "
             "segments when there is no curriculum)"
         )
-        + f" (default: {DEFAULT_SEGMENTS})",
+        + f" (default: {segments_default})",
     )
 
 

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "once its held-out accuracy has stopped improving.",
     )
     parser.add_argument("--output", default="runs/demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=None, help="most training steps per model (default: the demo's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="most training steps per model (default: 600, fewer on a plateau)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     add_runtime_arguments(parser)
     parser.set_defaults(handler=run)

@@ -81,7 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synthetic tasks: detect_memorize's number of segments (the sample's length); the other tasks are cut as "
         "the model cuts them (a --segments that differs is refused), and so are a data file and BABILong"
     )
-    add_task_arguments(parser, default_task=None, segments_given=True, segments_help=segments_help)
+    add_task_arguments(
+        parser,
+        default_task=None,
+        segments_given=True,
+        segments_help=segments_help,
+        segments_default=f"{DEFAULT_SEGMENTS} for detect_memorize",
+    )
     parser.add_argument("--data", default=None, help="a data file, or babilong:TASK[,TASK...] to evaluate by length")
     parser.add_argument(
         "--batches", type=int, default=None, help=f"task/file: evaluation batches (default: {DEFAULT_BATCHES})"

@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory-file", default=None, help="load the document's memory from here, or save it here")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=None, help="with --do-sample: sampling temperature (> 0)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="with --do-sample: sampling temperature (> 0; default: the model's, else 1.0)",
+    )
     parser.add_argument(
         "--top-k",
         type=int,
@@ -54,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --do-sample: sample from the k most likely tokens only (default: the model's, else 50; 0: all)",
     )
     parser.add_argument(
-        "--top-p", type=float, default=None, help="with --do-sample: nucleus sampling, the smallest set with this mass"
+        "--top-p",
+        type=float,
+        default=None,
+        help="with --do-sample: nucleus sampling, the smallest set with this mass (default: the model's, else off)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=8192, help="tokens read per chunk (default: %(default)s)")
