@@ -53,7 +53,9 @@ def trained_run(tmp_path, capsys):
 def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
     args = ["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]
     code, err = run_cli([*args, "--memory-tokens", "3"], capsys)
-    assert code == 2 and "num_memory_tokens: checkpoint 2, now 3" in err
+    assert code == 2 and "--memory-tokens: checkpoint 2, now 3" in err  # the flag, not the library's field
+    code, err = run_cli([*args, "--segments", "4"], capsys)
+    assert code == 2 and "segment size (from --task-size and --segments): checkpoint" in err
     code, err = run_cli([*args, "--hidden", "64"], capsys)
     assert code == 2 and "backbone hidden_size: checkpoint 32, now 64" in err
     # The restored optimizer and schedule would override a new learning rate; a new global batch changes the data.

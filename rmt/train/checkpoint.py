@@ -202,21 +202,34 @@ def _check_accelerate_state(folder: Path, accelerator: Accelerator) -> None:
         raise InputError(f"cannot resume: {random_state} is damaged: {err}") from err
 
 
+class ModelMismatchError(InputError):
+    """A resume into a model other than the checkpoint's. `differences`: (setting, checkpoint's value, now), the
+    setting an RMTConfig field or "backbone KEY", so that a command line can name its own flags."""
+
+    def __init__(self, path: Path, differences: list[tuple[str, Any, Any]], names: dict[str, str] | None = None):
+        self.path, self.differences = path, differences
+        names = names or {}
+        listed = "; ".join(
+            f"{names.get(key, key)}: checkpoint {saved!r}, now {now!r}" for key, saved, now in differences
+        )
+        super().__init__(
+            f"cannot resume from {path}: it was trained with a different model ({listed}); resume with the same "
+            "settings or start a new run in another --output"
+        )
+
+
 def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path: Path) -> None:
     differences = []
     saved = record.get("rmt_config", {})
     for key, value in model.config.to_dict().items():
         if key in saved and saved[key] != value:
-            differences.append(f"{key}: checkpoint {saved[key]!r}, now {value!r}")
+            differences.append((key, saved[key], value))
     for key, value in _backbone_shape(model).items():
         saved_value = record.get("backbone", {}).get(key)
         if saved_value is not None and saved_value != value:
-            differences.append(f"backbone {key}: checkpoint {saved_value!r}, now {value!r}")
+            differences.append((f"backbone {key}", saved_value, value))
     if differences:
-        raise InputError(
-            f"cannot resume from {path}: it was trained with a different model ({'; '.join(differences)}); "
-            "resume with the same settings or start a new run in another --output"
-        )
+        raise ModelMismatchError(path, differences)
 
 
 # Settings a resumed run cannot change. The optimizer state restored from the checkpoint holds the learning rates
