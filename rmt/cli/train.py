@@ -220,12 +220,12 @@ def run(args: argparse.Namespace) -> int:
     except ResumeSettingsError as err:  # the same refusal, in the flags' names
         names = {key: flag_name(key, TRAIN_FLAGS) for key, _, _ in err.changes}
         names[GLOBAL_BATCH] = "global batch (--batch-size x --grad-accumulation x processes)"
-        raise ResumeSettingsError(err.path, err.changes, names) from None
+        raise err.named(names) from None
     except ModelMismatchError as err:
-        names = {key: flag_name(key, MEMORY_FLAGS) for key, _, _ in err.differences if " " not in key}
+        names = {key: flag_name(key, MEMORY_FLAGS) for key, _, _ in err.changes if " " not in key}
         if args.data is None:  # a synthetic task's segment size follows from its size and segments
             names["segment_size"] = "segment size (from --task-size and --segments)"
-        raise ModelMismatchError(err.path, err.differences, names) from None
+        raise err.named(names) from None
     save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
     if accelerator.is_main_process or config.fsdp:  # sharded layers need every process to run
         scores = evaluate(setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments)

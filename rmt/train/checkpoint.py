@@ -127,20 +127,14 @@ def _quiet_about_tied_parameters(model: torch.nn.Module) -> Iterator[None]:
         accelerate_logger.removeFilter(keep)
 
 
-def load_checkpoint(
-    path: Path,
-    accelerator: Accelerator,
-    model: RecurrentMemoryModel,
-    sharded: tuple[Any, Any] | None = None,
-    config: TrainConfig | None = None,
-    check_record: Callable[[dict[str, Any]], None] | None = None,
+def read_checkpoint(
+    path: Path, accelerator: Accelerator, model: RecurrentMemoryModel, config: TrainConfig | None = None
 ) -> dict[str, Any]:
-    """Restore model, optimizer, schedule, scaler and RNGs from `path` (prepared objects registered with
-    `accelerator`; `sharded`: (optimizer, scheduler) of an FSDP-sharded model); returns the trainer_state.json
-    record. Refuses a checkpoint of another model, or (given the run's `config`) one whose LoRA adapters, trained
-    parameters or FSDP sharding differ from the run's, with a message that names the difference, and a damaged one
-    with a message that names the file. `check_record(record)` may refuse the checkpoint by raising: it runs before
-    anything is loaded, so a refused resume leaves the model and optimizer as they were."""
+    """The trainer_state.json record of the checkpoint at `path`, once it is known to fit: refuses a checkpoint of
+    another model, or (given the run's `config`) one whose LoRA adapters, trained parameters, FSDP sharding or
+    optimization settings differ from the run's, with a message that names the difference. Loads nothing into the
+    model: a caller's further checks may still refuse the resume with the model as it was (`restore_checkpoint`
+    then loads)."""
     if accelerator.is_main_process:
         recover_directory(path)
     accelerator.wait_for_everyone()
@@ -162,8 +156,15 @@ def load_checkpoint(
         _check_same_sharding(record, config, path)
         _check_same_adapters(record, config, path)
         _check_same_optimization(record, config, path, accelerator.num_processes)
-    if check_record is not None:
-        check_record(record)
+    return record
+
+
+def restore_checkpoint(
+    path: Path, accelerator: Accelerator, model: RecurrentMemoryModel, sharded: tuple[Any, Any] | None = None
+) -> None:
+    """Restore model, optimizer, schedule, scaler and RNGs from the checkpoint at `path` that `read_checkpoint`
+    accepted (prepared objects registered with `accelerator`; `sharded`: (optimizer, scheduler) of an FSDP-sharded
+    model); a damaged checkpoint is refused with a message that names the file."""
     if sharded is None:
         _check_accelerate_state(path / "accelerate", accelerator)
     state = path / fsdp.STATE_FILE if sharded is not None else path / "accelerate"
@@ -174,7 +175,6 @@ def load_checkpoint(
             accelerator.load_state(str(state))
     except (OSError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
         raise InputError(f"cannot resume: checkpoint {state} is incomplete or corrupt: {err}") from err
-    return record
 
 
 def note_missing_random_state(folder: Path, process: int) -> None:
@@ -202,17 +202,30 @@ def _check_accelerate_state(folder: Path, accelerator: Accelerator) -> None:
         raise InputError(f"cannot resume: {random_state} is damaged: {err}") from err
 
 
-class ModelMismatchError(InputError):
-    """A resume into a model other than the checkpoint's. `differences`: (setting, checkpoint's value, now), the
-    setting an RMTConfig field or "backbone KEY", so that a command line can name its own flags."""
+class CheckpointDifferenceError(InputError):
+    """A resume refused for settings that differ from the checkpoint's. `changes`: (setting, checkpoint's value,
+    now); `named(names)` gives the same refusal with settings renamed (a command line names its own flags)."""
 
-    def __init__(self, path: Path, differences: list[tuple[str, Any, Any]], names: dict[str, str] | None = None):
-        self.path, self.differences = path, differences
+    def __init__(self, path: Path, changes: list[tuple[str, Any, Any]], names: dict[str, str] | None = None) -> None:
+        self.path, self.changes = path, changes
         names = names or {}
-        listed = "; ".join(
-            f"{names.get(key, key)}: checkpoint {saved!r}, now {now!r}" for key, saved, now in differences
-        )
-        super().__init__(
+        listed = "; ".join(f"{names.get(key, key)}: checkpoint {saved!r}, now {now!r}" for key, saved, now in changes)
+        super().__init__(self.message(path, listed))
+
+    @staticmethod
+    def message(path: Path, listed: str) -> str:
+        raise NotImplementedError
+
+    def named(self, names: dict[str, str]) -> CheckpointDifferenceError:
+        return type(self)(self.path, self.changes, names)
+
+
+class ModelMismatchError(CheckpointDifferenceError):
+    """A resume into a model other than the checkpoint's; a setting is an RMTConfig field or "backbone KEY"."""
+
+    @staticmethod
+    def message(path: Path, listed: str) -> str:
+        return (
             f"cannot resume from {path}: it was trained with a different model ({listed}); resume with the same "
             "settings or start a new run in another --output"
         )
@@ -250,15 +263,13 @@ RESUME_FIXED = (
 GLOBAL_BATCH = "global_batch"  # batch_size x grad_accumulation x processes, in ResumeSettingsError.changes
 
 
-class ResumeSettingsError(InputError):
-    """A resume with settings the checkpoint's run did not have. `changes`: (setting, checkpoint's value, now), the
-    setting a TrainConfig field or GLOBAL_BATCH, so that a command line can name its own flags."""
+class ResumeSettingsError(CheckpointDifferenceError):
+    """A resume with training settings the checkpoint's run did not have; a setting is a TrainConfig field or
+    GLOBAL_BATCH."""
 
-    def __init__(self, path: Path, changes: list[tuple[str, Any, Any]], names: dict[str, str] | None = None) -> None:
-        self.path, self.changes = path, changes
-        names = names or {}
-        listed = "; ".join(f"{names.get(key, key)}: checkpoint {saved!r}, now {now!r}" for key, saved, now in changes)
-        super().__init__(
+    @staticmethod
+    def message(path: Path, listed: str) -> str:
+        return (
             f"cannot resume from {path} with other training settings ({listed}): the restored optimizer, schedule "
             "and data order would not follow them; resume with the checkpoint's settings, or start a new run from "
             "its model"
@@ -316,6 +327,6 @@ def _backbone_shape(model: RecurrentMemoryModel) -> dict[str, Any]:
 
 def checkpoint_exists(output_dir: str | os.PathLike) -> bool:
     """Whether OUTPUT/checkpoint holds a checkpoint to resume from (also one that a crash left set aside, which
-    `load_checkpoint` restores). Reads only: every process may ask."""
+    `read_checkpoint` restores). Reads only: every process may ask."""
     path = Path(output_dir) / CHECKPOINT_DIR
     return (path / TRAINER_STATE).is_file() or set_aside_exists(path)

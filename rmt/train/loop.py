@@ -61,7 +61,8 @@ from rmt.train.checkpoint import (
     CHECKPOINT_DIR,
     SaveExtras,
     checkpoint_exists,
-    load_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
     save_checkpoint,
 )
 from rmt.train.config import TrainConfig
@@ -221,16 +222,13 @@ def _train(
     start_step = 0
     metrics_path = output_dir / METRICS_FILE
     if resume:
-        resumed: list[TrainerState] = []
-
-        def check_record(record: dict[str, Any]) -> None:  # before load_checkpoint changes the model
-            saved = migrated_trainer_state(record.get("trainer", {}))
-            known = {f.name for f in fields(TrainerState)}
-            resumed.append(TrainerState(**{k: v for k, v in saved.items() if k in known}))
-            _check_resume(record, resumed[0], config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
-
-        record = load_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded, config, check_record)
-        start_step, state = record["step"], resumed[0]
+        record = read_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, config)
+        start_step = record["step"]
+        saved = migrated_trainer_state(record.get("trainer", {}))
+        known = {f.name for f in fields(TrainerState)}
+        state = TrainerState(**{k: v for k, v in saved.items() if k in known})
+        _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
+        restore_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)  # only once every check passed
     else:
         _build_first_batches(source, config, accelerator.num_processes)
     # Start-up succeeded: from here on the output folder changes.
