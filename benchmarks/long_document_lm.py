@@ -49,13 +49,16 @@ METHODS = ("sliding", "segments", "memory", "memory_off")
 PAIRS = (("memory", "memory_off"), ("memory", "sliding"), ("memory_off", "segments"), ("segments", "sliding"))
 
 
-def corpus_blocks(tokenizer, block_tokens: int) -> list[list[int]]:
+def corpus_blocks(tokenizer, block_tokens: int, limit: int | None = None) -> list[list[int]]:
     """Every book of the built-in corpus tokenized and cut into consecutive blocks of `block_tokens` tokens (a book's
-    shorter tail is dropped), books in the corpus's fixed order."""
+    shorter tail is dropped), books in the corpus's fixed order; with `limit`, the first `limit` blocks only (the
+    books after them are not tokenized)."""
     blocks = []
     for _, text in default_corpus_texts():
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         blocks += [ids[i : i + block_tokens] for i in range(0, len(ids) - block_tokens + 1, block_tokens)]
+        if limit is not None and len(blocks) >= limit:
+            return blocks[:limit]
     return blocks
 
 

@@ -25,22 +25,19 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import device_name, torch_threads, write_json
+from benchmarks.long_document_lm import corpus_blocks
 from rmt import RMTConfig
 from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
-from rmt.data.haystack import default_corpus_texts
 
 WRITE_SCALES = ("hidden", "token_embeddings")
 
 
 def documents(tokenizer, count: int, tokens: int) -> torch.Tensor:
     """`count` consecutive blocks of `tokens` tokens from the start of the built-in corpus, books in its order."""
-    blocks: list[list[int]] = []
-    for _, text in default_corpus_texts():
-        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        blocks += [ids[i : i + tokens] for i in range(0, len(ids) - tokens + 1, tokens)]
-        if len(blocks) >= count:
-            return torch.tensor(blocks[:count])
-    raise SystemExit(f"the built-in corpus holds only {len(blocks)} blocks of {tokens} tokens, fewer than {count}")
+    blocks = corpus_blocks(tokenizer, tokens, limit=count)
+    if len(blocks) < count:
+        raise SystemExit(f"the built-in corpus holds only {len(blocks)} blocks of {tokens} tokens, fewer than {count}")
+    return torch.tensor(blocks)
 
 
 def vector_norm(vectors: torch.Tensor) -> float:

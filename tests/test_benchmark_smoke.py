@@ -773,7 +773,7 @@ def test_long_inputs_precision_compares_warmed_up_fp32_and_bf16_answers(tmp_path
 
 def test_memory_scale_measures_the_written_memory_of_each_write_scale(tmp_path, monkeypatch):
     books = [(f"book {i}", background_text(300, seed=i)) for i in range(2)]
-    monkeypatch.setattr(memory_scale, "default_corpus_texts", lambda: books)
+    monkeypatch.setattr(long_document_lm, "default_corpus_texts", lambda: books)
     folder = tiny_model_folder(tmp_path / "llama")
     output = tmp_path / "scale.json"
     settings = ["--segment-size", "16", "--memory-tokens", "2", "--segments", "3", "--documents", "2"]

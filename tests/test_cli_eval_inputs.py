@@ -533,22 +533,16 @@ def test_rmt_generate_asks_a_question_in_the_format_models_are_trained_on(decode
     from rmt.memory.recurrent import RecurrentMemoryModel
     from rmt.memory.stream import MemoryStream
 
-    prompts = []
-    real_generate = RecurrentMemoryModel.generate
+    def recording(calls: list, method):  # `method`, recording the first row of the ids it is given
+        def record(self, input_ids, *args, **kwargs):
+            calls.append(input_ids[0].tolist())
+            return method(self, input_ids, *args, **kwargs)
 
-    def record(model, input_ids, *args, **kwargs):
-        prompts.append(input_ids[0].tolist())
-        return real_generate(model, input_ids, *args, **kwargs)
+        return record
 
-    monkeypatch.setattr(RecurrentMemoryModel, "generate", record)
-    fed = []
-    real_feed = MemoryStream.feed
-
-    def record_fed(stream, input_ids, *args, **kwargs):
-        fed.append(input_ids[0].tolist())
-        return real_feed(stream, input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(MemoryStream, "feed", record_fed)
+    prompts, fed = [], []
+    monkeypatch.setattr(RecurrentMemoryModel, "generate", recording(prompts, RecurrentMemoryModel.generate))
+    monkeypatch.setattr(MemoryStream, "feed", recording(fed, MemoryStream.feed))
     texts = []
     real_tokenizer = rmt.build.pretrained_tokenizer
 
