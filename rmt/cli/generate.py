@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         document = Path(args.document)
         # Without its trailing line breaks, so that --question's "\n\nQuestion:" follows the text as in training.
-        text = document.read_text(encoding="utf-8-sig", errors="replace").rstrip()
-        ids = tokenizer(text, add_special_tokens=False).input_ids
+        document_text = document.read_text(encoding="utf-8-sig", errors="replace").rstrip()
+        ids = tokenizer(document_text, add_special_tokens=False).input_ids
         if not ids:
             raise InputError(f"--document {document} holds no text")
         ids = torch.tensor([ids], device=device)
