@@ -4,14 +4,15 @@ with the weights of a run that was never interrupted."""
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -38,6 +39,23 @@ def launch(output: Path, processes: int, *args: str, background: bool = False):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def kill_job(job: subprocess.Popen) -> None:
+    """SIGKILL a torchrun job: torchrun and every worker. The workers run in sessions of their own (torch's elastic
+    agent starts them so), so killing torchrun's process group would leave them training to the end, and a resume
+    after that would have nothing left to do."""
+    root = psutil.Process(job.pid)
+    processes = [root, *root.children(recursive=True)]
+    assert len(processes) > 1, "the job's workers have not started"
+    for process in processes:
+        process.kill()
+    job.wait()
+    psutil.wait_procs(processes, timeout=30)
+
+
+def checkpoint_step(output: Path) -> int:
+    return json.loads((output / "checkpoint" / "trainer_state.json").read_text())["step"]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -70,9 +88,10 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, caps
     while not state.exists() and time.time() < deadline:
         time.sleep(0.2)
     assert state.exists(), job.stderr.read().decode()[-3000:] if job.poll() is not None else "no checkpoint"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
+    kill_job(job)
+    time.sleep(1.5)  # a worker that outlived the kill would have finished a step (0.5 s each) by now
     assert not (tmp_path / "killed" / "rank0.pt").exists()  # it really stopped before the end
+    assert checkpoint_step(tmp_path / "killed") < 6  # and the resume has steps left to run
     launch(tmp_path / "killed", 2, "--batch-size", "2", "--dropout", "0.3", "--resume")
     resumed = weights(tmp_path / "killed" / "rank0.pt")
     assert max_difference(resumed, straight) == 0.0
@@ -103,9 +122,10 @@ def test_fsdp_sharded_layers_train_like_one_process_and_resume(tmp_path, capsys)
     while not state.exists() and time.time() < deadline:
         time.sleep(0.2)
     assert state.exists(), "no checkpoint"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
+    kill_job(job)
+    time.sleep(1.5)  # a worker that outlived the kill would have finished a step (0.5 s each) by now
     assert not (tmp_path / "killed" / "rank0.pt").exists()  # it really stopped before the end
+    assert checkpoint_step(tmp_path / "killed") < 6  # and the resume has steps left to run
     launch(tmp_path / "killed", 2, "--batch-size", "2", "--fsdp", *dropout, "--resume")
     assert max_difference(weights(tmp_path / "killed" / "rank0.pt"), straight) == 0.0
 
