@@ -58,6 +58,11 @@ def checkpoint_step(output: Path) -> int:
     return json.loads((output / "checkpoint" / "trainer_state.json").read_text())["step"]
 
 
+def eval_records(output: Path) -> list[dict]:
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if v is not None} for record in records if "eval_loss" in record]
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)
 
@@ -73,6 +78,11 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, caps
     one, rank0, rank1 = (weights(tmp_path / p) for p in ("one/rank0.pt", "two/rank0.pt", "two/rank1.pt"))
     assert max_difference(rank0, rank1) == 0.0  # the processes agree exactly
     assert max_difference(rank0, one) <= 1e-6  # and with one process over the same global batch
+    # Held-out scores shared out over the processes are those of one process scoring every batch.
+    evals = [eval_records(tmp_path / run) for run in ("one", "two")]
+    assert len(evals[0]) == len(evals[1]) == 2
+    for alone, shared in zip(*evals, strict=True):
+        assert shared == pytest.approx(alone, rel=1e-5)
 
     assert main(["eval", str(tmp_path / "two" / "model"), "--task", "copy", "--task-size", "4", "--segments", "3"]) == 0
     assert '"accuracy"' in capsys.readouterr().out

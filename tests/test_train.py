@@ -243,6 +243,41 @@ def test_resume_with_dropout_continues_exactly(tmp_path):
     assert [p.name for p in (tmp_path / "resumed").iterdir() if p.name.startswith(".")] == []
 
 
+class RecordedShare:
+    """Stands in for one of `processes` processes in `evaluate`: its reduce keeps this process's sums and returns the
+    totals of every share recorded so far (the test calls the last process last)."""
+
+    shares: list[torch.Tensor] = []
+
+    def __init__(self, index: int, processes: int) -> None:
+        self.process_index, self.num_processes = index, processes
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        assert reduction == "sum"
+        RecordedShare.shares.append(tensor.clone())
+        return torch.stack(RecordedShare.shares).sum(dim=0)
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_evaluation_shared_over_processes_scores_every_batch_once(processes):
+    """Each process scores every n-th held-out batch (5 batches): the added shares are the one-process
+    scores, so every batch was scored exactly once, and each process scored a share (not all, not none)."""
+    model, _ = small_setup()
+    task = CopyTask(length=6)
+
+    class FiveBatches(TaskSource):
+        def num_eval_batches(self, batch_size: int) -> int:
+            return 5
+
+    source = FiveBatches(task)
+    alone = evaluate(model, source, batches=9, batch_size=16)
+    RecordedShare.shares = []
+    shared = [evaluate(model, source, 9, 16, processes=RecordedShare(i, processes)) for i in range(processes)]
+    assert shared[-1] == pytest.approx(alone, rel=1e-12)
+    samples = [int(share[-1]) for share in RecordedShare.shares]  # each process's answered samples
+    assert sum(samples) == 5 * 16 and all(0 < n < 5 * 16 for n in samples), samples
+
+
 def test_short_run_learns_copy_across_three_segments(tmp_path):
     config = TrainConfig(
         steps=250,

@@ -227,16 +227,18 @@ def run(args: argparse.Namespace) -> int:
             names["segment_size"] = "segment size (from --task-size and --segments)"
         raise err.named(names) from None
     save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
-    if accelerator.is_main_process or config.fsdp:  # sharded layers need every process to run
-        scores = evaluate(setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments)
-        if accelerator.is_main_process:
-            # A fixed synthetic task spans --segments segments (its source takes no segment count).
-            synthetic = args.segments if args.segments is not None else DEFAULT_SEGMENTS
-            segments = setup.eval_segments or (synthetic if args.data is None else None)
-            print(json.dumps({"data": setup.description, "segments": segments, **scores}, indent=2))
-            print(f"model saved to {output / 'model'}")
-            if config.save_best:
-                print(_best_model_line(output))
+    processes = None if config.fsdp else accelerator  # as in training: FSDP's processes each run every batch
+    scores = evaluate(
+        setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments, processes
+    )
+    if accelerator.is_main_process:
+        # A fixed synthetic task spans --segments segments (its source takes no segment count).
+        synthetic = args.segments if args.segments is not None else DEFAULT_SEGMENTS
+        segments = setup.eval_segments or (synthetic if args.data is None else None)
+        print(json.dumps({"data": setup.description, "segments": segments, **scores}, indent=2))
+        print(f"model saved to {output / 'model'}")
+        if config.save_best:
+            print(_best_model_line(output))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # close the process group while every process is still here, not at interpreter exit
     return 0

@@ -8,6 +8,11 @@ The loss is the mean over everything scored, not the mean of the batches' means:
 number of targets it averages (answer or text tokens for a causal LM, samples for a classifier), so the score does not
 depend on the batch size. With `loss_aggregation="tokens"` (the default) that is exactly the mean over every scored
 token.
+
+With several processes (`processes=accelerator`, outside FSDP) each process scores every n-th held-out batch and the
+sums are added over the processes: the same scores as one process (up to the order of the additions), in 1/n of the
+time, and no process idles at a collective while another evaluates alone (a long evaluation could otherwise outlast
+the process group's timeout).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+from accelerate import Accelerator
 
 from rmt.data.batch import Batch
 from rmt.data.sources import Source
@@ -30,26 +36,32 @@ def evaluate(
     batches: int,
     batch_size: int,
     num_segments: int | None = None,
+    processes: Accelerator | None = None,
 ) -> dict[str, float]:
     """Mean loss (over every term the configured loss averages: `loss_terms` for causal LMs, samples for
     classifiers) and, for answer tasks, per-token answer accuracy and full-answer exact match, over `batches`
-    held-out batches of `source` (fewer if the source has fewer)."""
+    held-out batches of `source` (fewer if the source has fewer). With `processes` (an Accelerator of several
+    processes, all of which must call this) the batches are shared out and every process gets the scores of all."""
     available = source.num_eval_batches(batch_size)
     count = batches if available is None else min(batches, available)
+    rank, world = (processes.process_index, processes.num_processes) if processes is not None else (0, 1)
     was_training = model.training
     model.eval()
-    loss = weight = 0.0
-    hits = total = exact = samples = 0
+    sums = dict.fromkeys(("loss", "weight", "hits", "total", "exact", "samples"), 0.0)
     try:
-        for index in range(count):
+        for index in range(rank, count, world):
             batch = source.eval_batch(index, batch_size, num_segments).to(model.device)
             result = score_batch(model, batch, with_accuracy=source.metric == "accuracy")
-            loss += result["loss"] * result["weight"]
-            weight += result["weight"]
-            hits, total = hits + result["hits"], total + result["total"]
-            exact, samples = exact + result["exact"], samples + result["samples"]
+            result["loss"] *= result["weight"]  # summed, then divided by the total weight
+            for key in sums:
+                sums[key] += result[key]
     finally:
         model.train(was_training)
+    if world > 1:
+        added = processes.reduce(torch.tensor(list(sums.values()), dtype=torch.float64, device=model.device), "sum")
+        sums = dict(zip(sums, added.tolist(), strict=True))
+    loss, weight = sums["loss"], sums["weight"]
+    hits, total, exact, samples = (int(sums[key]) for key in ("hits", "total", "exact", "samples"))
     scores = {"loss": loss / weight if weight else float("nan")}
     if source.metric == "accuracy":
         scores.update(accuracy=hits / max(total, 1), exact_match=exact / max(samples, 1))

@@ -296,9 +296,10 @@ def _train(
             if main:
                 _log(metrics_path, history, writer, record)
         if done % config.eval_every == 0 or done == config.steps:
-            scores = None
-            if main or config.fsdp:  # sharded layers gather their weights in every process: all must run
-                scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments)
+            # Sharded layers gather their weights in every process: each runs every batch. Otherwise each process
+            # scores its share of the batches and all get the totals.
+            processes = None if config.fsdp else accelerator
+            scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments, processes)
             if main:
                 record = {"step": done, **{f"eval_{k}": v for k, v in scores.items()}, "segments": num_segments}
                 bar.set_postfix(

@@ -85,7 +85,7 @@ def main() -> None:
         learning_rate=1e-2,
         warmup_steps=1,
         eval_every=3,
-        eval_batches=1,
+        eval_batches=3,  # shared out over the processes: each scores a share
         eval_batch_size=8,
         log_every=1,
         checkpoint_every=2,
