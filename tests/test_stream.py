@@ -11,6 +11,7 @@ from conftest import VOCAB, strengthen_memory, tiny_decoder, tiny_encoder
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.errors import InputError
 from rmt.memory.state import tree_map
+from rmt.memory.stream import MemoryStream
 
 ATOL = 1e-5
 
@@ -288,28 +289,70 @@ def test_a_refused_request_for_last_logits_leaves_the_stream_as_it_was():
     assert stream.seen.tolist() == [4, 4]
 
 
-def test_a_sliding_window_shorter_than_the_open_segment_is_refused_for_token_logits():
-    """Mistral (RMT; ARMT runs no sliding-window family) with a sliding window of 4 under segments of 8: the cache
-    that gives a stream's logits and generate's tokens would drop positions (an IndexError inside it before). One pass
-    and a stream without logits still read; a window that holds the open segment is not refused."""
+def mistral_rmt(window: int) -> RMTForCausalLM:
+    """Mistral with a sliding window of `window` (RMT; ARMT runs no sliding-window family), 2 memory tokens,
+    segments of 8: the open segment spans 10 places, and the window's cache keeps `window` - 1."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    def model_with(window: int):
-        torch.manual_seed(0)
-        sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-        config = MistralConfig(vocab_size=VOCAB, num_key_value_heads=2, sliding_window=window, **sizes)
-        return RMTForCausalLM(MistralForCausalLM(config), RMTConfig(num_memory_tokens=2, segment_size=8)).eval()
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = MistralConfig(vocab_size=VOCAB, num_key_value_heads=2, sliding_window=window, **sizes)
+    return RMTForCausalLM(MistralForCausalLM(config), RMTConfig(num_memory_tokens=2, segment_size=8)).eval()
 
+
+@pytest.mark.parametrize("window", [4, 10])
+def test_a_sliding_window_shorter_than_the_open_segment_is_refused_for_token_logits(window):
+    """A sliding window's cache keeps one place fewer than the window: at 4, or at 10 (the open segment's 10 places;
+    an IndexError inside the cache before), the cache that gives a stream's logits and generate's tokens would drop
+    places. One pass and a stream without logits still read; a window of 11 holds the open segment and is not
+    refused."""
     ids = torch.randint(0, VOCAB, (1, 20), generator=torch.Generator().manual_seed(0))
-    model = model_with(4)
+    model = mistral_rmt(window)
     with torch.no_grad():
         model(ids)
     model.stream().feed(ids)
-    with pytest.raises(InputError, match="sliding window keeps 4: use "):
+    kept = f"sliding window \\({window}\\) keeps {window - 1}"
+    with pytest.raises(InputError, match=kept + ": use "):
         model.stream().feed(ids, logits="last")
-    with pytest.raises(InputError, match="sliding window keeps 4"):
+    with pytest.raises(InputError, match=kept):
         model.generate(ids, max_new_tokens=2)
-    wide = model_with(64)
+    wide = mistral_rmt(11)
     with torch.no_grad():
         reference = wide(ids, logits="last").logits
     torch.testing.assert_close(wide.stream().feed(ids, logits="last"), reference, atol=ATOL, rtol=1e-4)
+    generated = wide.generate(ids, max_new_tokens=12, do_sample=False).sequences
+    with torch.no_grad():
+        for end in range(20, 32):  # greedy: each token is the argmax of one pass over what precedes it
+            assert generated[0, end] == wide(generated[:, :end], logits="last").logits.argmax(-1)
+
+
+def test_samples_fed_at_different_rates_under_a_sliding_window_get_their_one_pass_logits(monkeypatch):
+    """Under the tightest sliding window (11: its cache keeps the open segment's 10 places and no more), samples fed
+    different numbers of tokens per call would need more places than the cache keeps (gaps where one sample got
+    fewer tokens than another; a sliding cache then dropped entries, logits off by 0.06). Packed, or extended one
+    sample at a time when packing is not enough, each sample gets its one-pass logits."""
+    model = mistral_rmt(11)
+    apart = []
+    extend_each_sample = MemoryStream._extend_each_sample
+    monkeypatch.setattr(
+        MemoryStream, "_extend_each_sample", lambda self, *a: apart.append(1) or extend_each_sample(self, *a)
+    )
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (2, 30), generator=g)
+    with torch.no_grad():
+        reference = model(ids).logits
+    stream = model.stream(batch_size=2)
+    fed = [0, 0]
+    for counts in [(7, 1), (0, 6), (3, 5), (9, 2), (1, 8), (10, 8)]:  # tokens per sample and call
+        width = max(counts)
+        chunk = torch.zeros(2, width, dtype=torch.long)
+        mask = torch.zeros(2, width, dtype=torch.long)
+        for row, count in enumerate(counts):
+            chunk[row, :count] = ids[row, fed[row] : fed[row] + count]
+            mask[row, :count] = 1
+        out = stream.feed(chunk, mask, logits="all")
+        for row, count in enumerate(counts):
+            expected = reference[row, fed[row] : fed[row] + count]
+            torch.testing.assert_close(out[row, :count], expected, atol=ATOL, rtol=1e-4)
+            fed[row] += count
+    assert fed == [30, 30] and apart, "the sample-by-sample extension was not reached"

@@ -50,11 +50,13 @@ class OpenCache:
             self.append(keys, values, valid)
         self.compact()
 
-    def compact(self) -> None:
-        """Drop the entries no sample uses any more, keeping each sample's own order (valid entries moved right)."""
+    def compact(self, pack: bool = False) -> None:
+        """Drop the entries no sample uses any more, keeping each sample's own order (valid entries moved right).
+        Without `pack` nothing moves unless a place can be dropped; with it, each sample's gaps go too (its entries
+        end up side by side at the right), so that the cache has as few places as its fullest sample needs."""
         keep = int(self.valid.sum(dim=1).max()) if self.valid.numel() else 0
-        if keep >= self.length:
-            return
+        if keep >= self.length and not (pack and bool((self.valid.to(torch.int8).diff(dim=1) < 0).any())):
+            return  # nothing to drop, and (when packing) no valid entry before an invalid one
         index = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices[:, self.length - keep :]  # [B, keep]
         self.valid = self.valid.gather(1, index)
         gather = index[:, None, :, None]
@@ -63,6 +65,24 @@ class OpenCache:
 
     def select(self, rows: torch.Tensor) -> OpenCache:
         return OpenCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.valid[rows])
+
+    @staticmethod
+    def stack(rows: list[OpenCache]) -> OpenCache:
+        """One cache of the samples of `rows` (caches of one sample each, lengths may differ): each sample's entries
+        packed to the right, invalid places before them."""
+        for row in rows:
+            row.compact(pack=True)
+        length = max(row.length for row in rows)
+
+        def padded(t: torch.Tensor, dim: int) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = length - t.shape[dim]
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        layers = range(len(rows[0].keys))
+        keys = [torch.cat([padded(row.keys[i], 2) for row in rows]) for i in layers]
+        values = [torch.cat([padded(row.values[i], 2) for row in rows]) for i in layers]
+        return OpenCache(keys, values, torch.cat([padded(row.valid, 1) for row in rows]))
 
     def as_hf_cache(self, config: object) -> DynamicCache:
         """The entries as a Hugging Face cache to pass to the backbone (which extends it)."""

@@ -64,6 +64,7 @@ class MemoryStream:
         self.last_hidden: torch.Tensor | None = None  # [B, D] at each sample's last token (decoders)
         self.last_class_logits: torch.Tensor | None = None  # [B, C] of each sample's last completed segment
         self._extended_from = torch.zeros_like(self.fill)  # buffer position where the last cache extension began
+        self._cache_places: int | None = None  # places a sliding-window backbone's key/value cache keeps
         self._rows = torch.arange(batch_size, device=device)
 
     @torch.no_grad()
@@ -263,7 +264,7 @@ class MemoryStream:
             restart = self._rows if self.cache is None else self._rows[self.stale]
             prefix = model.open_cache(select_rows(self.state, restart))
             if self.cache is None:
-                _check_full_attention(model, prefix.length + model.config.segment_size)
+                self._cache_places = _check_full_attention(model, prefix.length + model.config.segment_size)
                 self.cache = prefix
             else:
                 self.cache.restart_rows(restart, prefix)
@@ -280,7 +281,16 @@ class MemoryStream:
         # The filler places after a sample's last token would run past its segment (up to 2 x segment_size - 2),
         # beyond a learned position table; they are never attended to, so any position within the segment does.
         in_segment = positions.clamp(max=model.config.segment_size - 1)
-        hidden = model.extend_cache(ids, valid, in_segment, self.state, self.cache)
+        places = self._cache_places
+        if places is not None and self.cache.length + width > places:
+            # A sliding window's cache keeps `places`: samples fed at different rates leave gaps in each other's
+            # places. Packed, the cache may fit; if not, each sample is extended alone (one sample's open segment
+            # always fits, as _check_full_attention made sure).
+            self.cache.compact(pack=True)
+        if places is not None and self.cache.length + width > places:
+            hidden = self._extend_each_sample(ids, valid, in_segment, stop - start)
+        else:
+            hidden = model.extend_cache(ids, valid, in_segment, self.state, self.cache)
         self.cached = stop
         # Every extended sample's last token is now its last token fed, including samples that got no tokens in the
         # chunk being fed (buffered earlier with logits="none"): without this, their last logits would be stale.
@@ -288,18 +298,46 @@ class MemoryStream:
         self._remember_last(extended, hidden[extended, stop[extended] - start[extended] - 1])
         return hidden
 
+    def _extend_each_sample(
+        self, ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, counts: torch.Tensor
+    ) -> torch.Tensor:
+        """`model.extend_cache` one sample at a time (`counts` [B]: its new tokens), each with its own entries only;
+        returns the hidden states [B, W, D] the batched call would."""
+        model = self.model
+        hidden = None
+        caches = []
+        for row in range(self.batch_size):
+            rows = self._rows[row : row + 1]
+            cache = self.cache.select(rows)
+            count = int(counts[row])
+            if count:
+                cache.compact(pack=True)
+                state = select_rows(self.state, rows)
+                out = model.extend_cache(ids[rows, :count], valid[rows, :count], positions[rows, :count], state, cache)
+                if hidden is None:
+                    hidden = out.new_zeros(self.batch_size, ids.shape[1], out.shape[-1])
+                hidden[row, :count] = out[0]
+            caches.append(cache)
+        self.cache = OpenCache.stack(caches)
+        return hidden
 
-def _check_full_attention(model: MemoryModel, window: int) -> None:
+
+def _check_full_attention(model: MemoryModel, window: int) -> int | None:
     """Refuse a backbone whose key/value cache keeps fewer than `window` positions (sliding-window attention, as
-    Mistral's or Qwen2's may have): an open segment's tokens and what precedes them must all stay in the cache that
-    gives a stream's logits and generate's tokens. One pass over the input (`forward`) does not need it."""
+    Mistral's or Qwen2's may have: such a cache keeps one place fewer than the window): an open segment's tokens and
+    what precedes them must all stay in the cache that gives a stream's logits and generate's tokens. One pass over
+    the input (`forward`) does not need it. Returns the places the cache keeps (None: all)."""
     from rmt.backbones import sliding_window
 
     sliding = sliding_window(model.backbone)
-    if sliding is not None and sliding < window:
-        longest = model.config.segment_size - (window - sliding)  # the segment size that would fit
+    if sliding is None:
+        return None
+    places = sliding - 1
+    if places < window:
+        longest = model.config.segment_size - (window - places)  # the segment size that would fit
         advice = f"use segments of at most {longest} tokens, or " if longest >= 1 else "use "
         raise InputError(
             f"token logits and generation read an open segment of up to {window} positions through the key/value "
-            f"cache, but this backbone's sliding window keeps {sliding}: {advice}a backbone without one"
+            f"cache, but this backbone's sliding window ({sliding}) keeps {places}: {advice}a backbone without one"
         )
+    return places
