@@ -282,6 +282,10 @@ def test_generate_refuses_a_run_that_would_do_nothing_and_a_folder_for_a_documen
     assert code == 2 and "nothing to do" in err and "read " not in out
     code, _, err = _run(["generate", decoder, "--document", str(tmp_path), "--prompt", "Where"], capsys)
     assert code == 2 and "is a folder, not a text file" in err
+    # An unset shell variable ("$MEMORY") read the document, answered and saved nothing.
+    args = ["generate", decoder, "--document", str(document), "--memory-file", "", "--prompt", "Where"]
+    code, out, err = _run(args, capsys)
+    assert code == 2 and "--memory-file is empty" in err and "read " not in out
 
 
 def test_generate_says_when_a_saved_memory_stands_in_for_another_document(decoder, tmp_path, capsys):

@@ -73,15 +73,20 @@ def test_padded_prompts_decode_each_row_as_if_alone():
         assert torch.equal(out.sequences[row, 8:], alone.sequences[0, -6:])
 
 
-def test_eos_stops_a_row_and_pads_it():
+@pytest.mark.parametrize("pad", [VOCAB - 1, -1])
+def test_eos_stops_a_row_and_pads_it(pad):
+    """A finished row gets pad_token_id in the output, even one outside the vocabulary (-1, as some configs have):
+    the stream is fed nothing for it (it refused the id before)."""
     model = model_for("gpt2")
-    prompt = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(3))
+    prompt = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(5))
     free = model.generate(prompt, max_new_tokens=6).sequences[:, 4:]
-    eos = int(free[0, 1])
+    eos = next(int(t) for t in free[0, :4] if t not in free[1])  # row 0 emits it early, row 1 never
     first = int((free[0] == eos).nonzero()[0])  # where row 0 first emits it
-    out = model.generate(prompt, max_new_tokens=6, eos_token_id=eos, pad_token_id=VOCAB - 1).sequences[:, 4:]
+    out = model.generate(prompt, max_new_tokens=6, eos_token_id=eos, pad_token_id=pad).sequences[:, 4:]
+    assert out.shape[1] == 6 and first < 4  # row 0 stopped with steps left, which row 1 went on to take
+    assert torch.equal(out[1], free[1])
     assert torch.equal(out[0, : first + 1], free[0, : first + 1])
-    assert bool((out[0, first + 1 :] == VOCAB - 1).all())
+    assert bool((out[0, first + 1 :] == pad).all())
 
 
 def test_bad_arguments():

@@ -222,6 +222,7 @@ def test_max_time_stops_decoding():
         ({"encoder_no_repeat_ngram_size": 2}, "encoder_no_repeat_ngram_size"),
         ({"output_logits": True}, "output_logits"),
         ({"do_smaple": True}, "unknown generate argument.*do_smaple"),
+        ({"return_dict_in_generate": False}, "returns a GenerateOutput; take its .sequences"),
         ({"streamer": object(), "do_sample": True}, "unknown generate argument.*streamer"),
     ],
 )
@@ -316,12 +317,18 @@ def test_checking_settings_refuses_what_generate_refuses(settings, refused):
 
 @pytest.mark.parametrize(
     "case",
-    ["config-filled-from-the-backbone", "sampling-default-top-k", "pad-is-the-first-eos", "begin-suppress-after-bos"],
+    [
+        "config-filled-from-the-backbone",
+        "sampling-default-top-k",
+        "pad-is-the-first-eos",
+        "begin-suppress-after-bos",
+        "min-new-tokens-over-min-length",
+    ],
 )
 def test_settings_resolve_as_in_hugging_face(case):
     """A passed GenerationConfig's unset fields come from the backbone's, then transformers' defaults (top_k=50 when
     sampling); finished rows are padded with the first EOS id; begin_suppress_tokens starts after a forced BOS on a
-    one-token prompt."""
+    one-token prompt; min_new_tokens takes the place of min_length where both are set."""
     model = plain_model()
     prompt = prompts(2, 6, seed=8)
     free = model.generate(prompt, max_new_tokens=6).sequences[:, 6:]
@@ -331,6 +338,8 @@ def test_settings_resolve_as_in_hugging_face(case):
         settings = {"generation_config": GenerationConfig(max_new_tokens=6)}
     elif case == "sampling-default-top-k":
         settings = {"do_sample": True, "max_new_tokens": 6}
+    elif case == "min-new-tokens-over-min-length":
+        settings = {"max_new_tokens": 6, "min_length": 12, "min_new_tokens": 1, "eos_token_id": int(free[0, 1])}
     elif case == "pad-is-the-first-eos":
         settings = {"max_new_tokens": 6, "eos_token_id": [int(free[0, 1]), int(free[1, 1]), 1]}
     else:

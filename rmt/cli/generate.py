@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if text is not None and not text.strip():
         raise InputError(f"{asked} is empty: give the text to answer after the document")
-    memory_file = Path(args.memory_file) if args.memory_file else None
+    if args.memory_file is not None and not args.memory_file.strip():  # an unset shell variable, say
+        raise InputError("--memory-file is empty: give the memory file to save or read")
+    memory_file = Path(args.memory_file) if args.memory_file is not None else None
     if text is None and memory_file is None:
         raise InputError(
             "nothing to do: give --prompt or --question to answer after the document, or --memory-file to save its "

@@ -95,10 +95,10 @@ def generate(
     Length: `max_new_tokens`, or `max_length` counted from the longest prompt's real tokens (padding not counted):
     max_new_tokens = max_length - max(attention_mask.sum(1)), the same for every row; with prompts padded to the
     longest, as a batch usually is, that is Hugging Face's max_length - P. Where both are set, max_new_tokens wins,
-    as in Hugging Face. `min_length` becomes min_new_tokens the same way. Settings resolve as Hugging Face resolves
-    them: `kwargs` over `generation_config`, whose unset fields come from the backbone's generation_config and then
-    transformers' defaults (so sampling keeps the 50 likeliest tokens unless top_k says otherwise); a call that
-    sets no length at all is refused.
+    as in Hugging Face. `min_length` becomes min_new_tokens the same way (min_new_tokens wins where both are set,
+    as in Hugging Face). Settings resolve as Hugging Face resolves them: `kwargs` over `generation_config`, whose
+    unset fields come from the backbone's generation_config and then transformers' defaults (so sampling keeps the
+    50 likeliest tokens unless top_k says otherwise); a call that sets no length at all is refused.
 
     num_return_sequences = R > 1 (sampling only) samples R continuations of every prompt: B * R rows, the R of
     prompt b at rows b * R .. b * R + R - 1 (as Hugging Face groups them); `memory_state` rows are repeated alike.
@@ -152,7 +152,9 @@ def generate(
             out_of_time = deadline is not None and time.monotonic() > deadline
             if bool(finished.all()) or out_of_time or step == max_new_tokens - 1:
                 break
-            logits = stream.feed(token[:, None], (~finished).long()[:, None], logits="last")
+            # A finished row feeds nothing (mask 0); its id is 0, not the pad id, which may lie outside the vocabulary.
+            fed = token.masked_fill(finished, 0)[:, None]
+            logits = stream.feed(fed, (~finished).long()[:, None], logits="last")
     # As many new columns as steps run, and one score per step (Hugging Face's convention).
     sequences = torch.cat([input_ids, torch.stack(chosen, dim=1)], dim=1)
     return GenerateOutput(sequences, torch.stack(scores, dim=1) if keep_scores else None)
@@ -284,6 +286,10 @@ def _generation_config(
             f"max_new_tokens={config.max_new_tokens} (from the generation config) takes precedence over "
             f"max_length={overrides['max_length']}",
             stacklevel=3,
+        )
+    if overrides.get("return_dict_in_generate") is False:  # asked for by name: a tensor is expected back
+        raise InputError(
+            "return_dict_in_generate=False is not supported: generate returns a GenerateOutput; take its .sequences"
         )
     refused = _unsupported(config)
     if refused:
