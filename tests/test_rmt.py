@@ -470,3 +470,40 @@ def test_encoder_learns_to_carry_a_fact_through_memory():
     with torch.no_grad():
         accuracy = float((model(ids).logits.argmax(-1) == fact).float().mean())
     assert accuracy > 0.9, accuracy
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_streaming_backward_under_dropout_draws_the_forward_masks(kind, recompute):
+    """With dropout active, the streaming backward (and recompute=True, which runs each segment again in the backward
+    pass) gives the gradients of one graph over the input from the same random state: a recomputed segment must draw
+    the dropout masks its forward drew, or its gradients belong to another network."""
+    from rmt.memory.armt import ARMTForCausalLM
+
+    torch.manual_seed(0)
+    backbone = tiny_decoder("gpt2")
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.2
+    if kind == "armt":
+        model = ARMTForCausalLM(backbone, RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=6, d_mem=8))
+    else:
+        model = RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=4, segment_size=6))
+    model.train()
+    ids = random_ids(2, 4 * 6, seed=3)
+    torch.manual_seed(5)
+    reference = model(ids, labels=ids)
+    reference.loss.backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    streamed = model.forward_backward(ids, labels=ids, recompute=recompute)
+    actual = grads(model)
+    torch.testing.assert_close(streamed.loss, reference.loss.detach())
+    assert set(actual) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(6)  # other masks, other gradients: the dropout is drawn
+    model(ids, labels=ids).loss.backward()
+    assert any(not torch.allclose(p.grad, expected[n], atol=1e-4) for n, p in model.named_parameters() if n in expected)
