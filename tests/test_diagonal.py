@@ -235,6 +235,10 @@ def test_generate_continues_from_a_memory_state():
     assert torch.equal(diagonal.scores, sequential.scores)
     fresh = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, output_scores=True)
     assert not torch.allclose(fresh.scores, diagonal.scores, atol=1e-3)  # the state reaches the prefilled segments
+    # A state kept in another precision is put in the model's own, for the prefilled segments too.
+    wide = tree_map(lambda t: t.double() if t.is_floating_point() else t, state)
+    again = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=wide, output_scores=True)
+    assert torch.equal(again.scores, diagonal.scores)
 
 
 @pytest.mark.slow

@@ -356,3 +356,35 @@ def test_samples_fed_at_different_rates_under_a_sliding_window_get_their_one_pas
             torch.testing.assert_close(out[row, :count], expected, atol=ATOL, rtol=1e-4)
             fed[row] += count
     assert fed == [30, 30] and apart, "the sample-by-sample extension was not reached"
+
+
+def test_a_stream_stopped_half_way_through_a_chunk_refuses_to_go_on(monkeypatch):
+    """An error inside a feed (here the second segment's step) leaves part of the chunk in the memory: the stream
+    says so at its next use instead of reading on from an incomplete state. Bad input refused before anything is
+    read leaves it usable."""
+    model = decoder("rmt")
+
+    def ids(batch: int, length: int) -> torch.Tensor:
+        return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(length))
+
+    stream = model.stream()
+    with pytest.raises(InputError, match="reads 1 samples"):
+        stream.feed(ids(2, 4))
+    stream.feed(ids(1, 4))  # still usable
+    step, calls = model.step, []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(model, "step", failing_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        stream.feed(ids(1, 20))
+    monkeypatch.setattr(model, "step", step)
+    for use in (lambda: stream.feed(ids(1, 2)), stream.last_logits, lambda: stream.memory_state):
+        with pytest.raises(
+            InputError, match="stopped half-way through a chunk .RuntimeError: out of memory.*new stream"
+        ):
+            use()

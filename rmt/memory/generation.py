@@ -195,7 +195,7 @@ def _read_prompt(
     if rows.numel():
         width = int(closed.max())
         closed_mask = (torch.arange(width, device=mask.device)[None, :] < closed[rows, None]).long()
-        start = None if memory_state is None else select_rows(memory_state, rows)
+        start = None if memory_state is None else select_rows(state, rows)  # in the model's dtypes and device
         state = merge_rows(state, rows, prefill(packed[rows, :width], closed_mask, start))
     stream = MemoryStream(model, batch, state)
     offsets = torch.arange(int((lengths - closed).max()), device=mask.device)

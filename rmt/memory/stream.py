@@ -23,6 +23,9 @@ random chunkings against the one-pass logits and final memory, RMT and ARMT, dec
 Memory held: the state, one segment of tokens per sample, the open segment's keys/values (decoders, when logits are
 asked for) and the logits returned; nothing grows with the input.
 
+Bad input is refused before anything is read, and the stream stays usable. A feed that stops half-way (an error
+inside the model, Ctrl-C) has put part of its chunk into the memory: the stream then refuses every further use.
+
 Encoders (classification) keep the buffer only; `classify()` gives the class logits one pass would give (the last
 segment's: the buffered partial segment if there is one, else the last completed one).
 """
@@ -65,6 +68,7 @@ class MemoryStream:
         self.last_class_logits: torch.Tensor | None = None  # [B, C] of each sample's last completed segment
         self._extended_from = torch.zeros_like(self.fill)  # buffer position where the last cache extension began
         self._cache_places: int | None = None  # places a sliding-window backbone's key/value cache keeps
+        self._failure: str | None = None  # the error that stopped a feed half-way (the state is then incomplete)
         self._rows = torch.arange(batch_size, device=device)
 
     @torch.no_grad()
@@ -76,6 +80,7 @@ class MemoryStream:
         logits (decoders): "none"; "last" = [B, V] at each sample's last token fed so far; "all" = [B, n, V] at the
         chunk's positions (zeros where nothing was fed)."""
         model = self.model
+        self._check_usable()
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
             # An empty chunk (e.g. the end of a split document) feeds nothing; the checks below need a token.
             input_ids = input_ids.new_zeros(input_ids.shape[0], 1)
@@ -109,7 +114,34 @@ class MemoryStream:
             hidden_all = torch.zeros(self.batch_size, input_ids.shape[1], self._hidden_size(), dtype=dtype)
             hidden_all = hidden_all.to(model.device)
 
-        seg = model.config.segment_size
+        try:
+            self._read(packed, counts, cursor, want, hidden_all)
+        except BaseException as err:  # part of the chunk may be in the state, part not (Ctrl-C too)
+            self._failure = f"{type(err).__name__}: {err}"
+            raise
+        self.seen += counts
+
+        if logits == "none":
+            return None
+        if logits == "last":
+            return self.last_logits()
+        # hidden_all is in packed order (each sample's fed tokens first): mask it in that order, then put it back.
+        packed_mask = mask.gather(1, order)
+        out = model.head(hidden_all) * packed_mask[..., None].to(hidden_all.dtype)
+        out = torch.zeros_like(out).scatter(1, order[..., None].expand_as(out), out)
+        return out[:, :0] if empty_chunk else out
+
+    def _read(
+        self,
+        packed: torch.Tensor,
+        counts: torch.Tensor,
+        cursor: torch.Tensor,
+        want: bool,
+        hidden_all: torch.Tensor | None,
+    ) -> None:
+        """Take each sample's `counts` tokens from `packed` (its fed tokens first) into its segments: complete
+        segments go through `step`, the rest into the buffer (and the open-segment cache when logits are wanted)."""
+        seg = self.model.config.segment_size
         while bool((cursor < counts).any()):
             remaining = counts - cursor
             direct = (self.fill == 0) & (remaining >= seg)
@@ -139,22 +171,19 @@ class MemoryStream:
             if full.numel():
                 hidden = self._close(full, self.buffer[full])
                 self._remember_last(full, hidden[:, -1])
-        self.seen += counts
 
-        if logits == "none":
-            return None
-        if logits == "last":
-            return self.last_logits()
-        # hidden_all is in packed order (each sample's fed tokens first): mask it in that order, then put it back.
-        packed_mask = mask.gather(1, order)
-        out = model.head(hidden_all) * packed_mask[..., None].to(hidden_all.dtype)
-        out = torch.zeros_like(out).scatter(1, order[..., None].expand_as(out), out)
-        return out[:, :0] if empty_chunk else out
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise InputError(
+                f"this stream stopped half-way through a chunk ({self._failure}): its memory holds part of that chunk; "
+                "start a new stream"
+            )
 
     @torch.no_grad()
     def last_logits(self) -> torch.Tensor:
         """Decoders: logits [B, V] at each sample's last token fed so far (built from the buffer if those tokens were
         fed with logits="none")."""
+        self._check_usable()
         if not self.model.token_logits:
             raise InputError("an encoder stream has no token logits: use classify()")
         if bool((self.seen == 0).any()):
@@ -168,6 +197,7 @@ class MemoryStream:
     def memory_state(self) -> State:
         """The memory one `forward` over everything fed would return: after each sample's last segment, the open
         (partial) one included. The open segments are written on a copy; the stream itself is unchanged."""
+        self._check_usable()
         open_rows = self._rows[self.fill > 0]
         if not open_rows.numel():
             return self.state
@@ -182,6 +212,7 @@ class MemoryStream:
     @torch.no_grad()
     def classify(self) -> torch.Tensor:
         """Encoders: class logits [B, C] of each sample's last segment, as `forward` gives them."""
+        self._check_usable()
         if self.model.token_logits:
             raise InputError("classify() is for encoders; a decoder stream returns logits from feed()")
         if bool((self.seen == 0).any()):
