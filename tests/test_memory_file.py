@@ -97,6 +97,15 @@ def test_damaged_memory_file_header_is_refused(tmp_path):
             load_memory(model, tmp_path / "bad.memory")
 
 
+def test_a_folder_and_metadata_that_is_not_json_are_refused(tmp_path):
+    model = armt()
+    with pytest.raises(InputError, match="is a folder, not a memory file"):
+        load_memory(model, tmp_path)
+    with pytest.raises(InputError, match="metadata must be JSON values"):
+        save_memory(model, model.stream().memory_state, tmp_path / "a.memory", document=tmp_path)
+    assert not (tmp_path / "a.memory").exists()  # nothing written
+
+
 def test_memory_files_of_the_first_format_still_load(tmp_path, monkeypatch):
     """rmt-memory-1 files carry the first weights fingerprint (memory parameters and first token embeddings)."""
     import rmt.memory.memory_file as memory_file

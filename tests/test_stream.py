@@ -174,6 +174,9 @@ def test_an_empty_chunk_feeds_nothing():
     empty = ids[:, :0]
     assert stream.feed(empty) is None
     assert stream.feed(empty, logits="all").shape == (2, 0, VOCAB)
+    assert stream.feed(empty, torch.zeros(2, 0, dtype=torch.long)) is None
+    with pytest.raises(InputError, match=r"attention_mask has shape \(2, 5\) but input_ids \(2, 0\)"):
+        stream.feed(empty, torch.ones(2, 5, dtype=torch.long))  # a mask of another chunk
     with torch.no_grad():
         reference = model(ids, logits="last")
     torch.testing.assert_close(stream.feed(empty, logits="last"), reference.logits, atol=ATOL, rtol=1e-4)

@@ -108,11 +108,18 @@ def save_memory(model: MemoryModel, state: State, path: str | os.PathLike, **met
         "structure": pytree.treespec_dumps(spec),
         "config_fingerprint": config_fingerprint(model),
         "weights_fingerprint": weights_fingerprint(model),
-        "metadata": json.dumps(metadata),
+        "metadata": _metadata_json(metadata),
     }
     path = Path(path)
     write_atomic(path, save(tensors, metadata=header))
     return path
+
+
+def _metadata_json(metadata: dict[str, Any]) -> str:
+    try:
+        return json.dumps(metadata)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"save_memory's metadata must be JSON values (str, numbers, lists, dicts): {err}") from None
 
 
 def load_memory(model: MemoryModel, path: str | os.PathLike) -> State:
@@ -124,6 +131,8 @@ def load_memory(model: MemoryModel, path: str | os.PathLike) -> State:
 def read_memory(model: MemoryModel, path: str | os.PathLike) -> tuple[State, dict[str, Any]]:
     """(state, the metadata saved with it) from `path`, checked against `model`."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a memory file")
     if not path.is_file():
         raise MissingFileError(f"no memory file at {path}")
     try:

@@ -83,6 +83,10 @@ class MemoryStream:
         self._check_usable()
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
             # An empty chunk (e.g. the end of a split document) feeds nothing; the checks below need a token.
+            if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise InputError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}"
+                )
             input_ids = input_ids.new_zeros(input_ids.shape[0], 1)
             attention_mask = torch.zeros_like(input_ids)
             empty_chunk = True
