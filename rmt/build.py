@@ -170,12 +170,12 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
         module, package, inside, gguf = OFFLINE_MODELS[offline]
         return str(Path(_package_dir(module, package)) / inside), gguf
     path = Path(name)
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file() and path.suffix.lower() == ".gguf":
         return str(path.parent), path.name
     if path.is_dir():
         if (path / "rmt_config.json").exists():  # an rmt checkpoint: its backbone is a plain HF folder
             path = path / "backbone"
-        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        ggufs = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
         if not (path / "config.json").exists() and len(ggufs) == 1:
             return str(path), ggufs[0]
         if not (path / "config.json").exists():

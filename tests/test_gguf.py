@@ -98,6 +98,13 @@ def test_rmt_loads_the_gguf_file_and_the_folder_holding_it(gguf_file, source, gi
     assert tokenizer("<|im_end|>").input_ids == [EOS_ID]  # a control token stays whole
 
 
+def test_an_upper_case_suffix_is_a_gguf_file_too(tmp_path, source):
+    written = gguf_folder(tmp_path / "upper", source)
+    upper = written.rename(written.with_name("TINY.GGUF"))
+    assert resolve_model(upper) == resolve_model(upper.parent) == (str(upper.parent), "TINY.GGUF")
+    assert pretrained_backbone(upper).config.vocab_size == VOCAB_SIZE
+
+
 @pytest.fixture(scope="module")
 def qa_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "qa.jsonl"
