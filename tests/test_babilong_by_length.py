@@ -1,7 +1,10 @@
 """The by-length evaluation's bookkeeping on a tiny encoder: samples from public files (no recorded fact depths) are
 counted apart from the near/far split, a cell with no samples is refused before anything runs, a file with fewer
-samples than asked for is evaluated whole with a warning, and results.json is strict JSON (no NaN); and on a tiny
-Llama, the full-attention baseline's generated answer is the backbone's own on the input's last window."""
+samples than asked for is evaluated whole with a warning, and results.json is strict JSON (no NaN); on a tiny
+Llama, the full-attention baseline's generated answer is the backbone's own on the input's last window. What each
+method reads: no_memory is the backbone on the memory model's segments, each alone; an encoder's full attention reads
+the input's last window; a sample is near or far by where its facts lie against the last segment or the window; and
+a decoder's readers never run the LM head on more than the last position."""
 
 from __future__ import annotations
 
@@ -9,14 +12,16 @@ import json
 import math
 
 import pytest
-from conftest import background_text, tiny_model_folder
+import torch
+from conftest import BACKGROUND_WORDS, background_text, tiny_model_folder
 
 from rmt import RMTConfig
 from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
 from rmt.data.babilong import BabilongSample, answer_labels, build_dataset
 from rmt.data.haystack import Haystack
 from rmt.errors import InputError
-from rmt.eval.by_length import Outcome, evaluate_by_length, format_table, write_results
+from rmt.eval.by_length import METHODS as ALL_METHODS
+from rmt.eval.by_length import Outcome, evaluate_by_length, format_table, readers, write_results
 
 METHODS = ["memory", "no_memory"]
 
@@ -127,10 +132,6 @@ def test_a_decoders_full_attention_answer_is_the_backbones_own_greedy_answer_on_
     """Beyond the window, full attention reads the prompt's last `window - max_new_tokens` tokens and generates the
     answer in the same window, every answer token attending to the prompt: the backbone's own greedy continuation.
     (A wrapper segment of the prompt's length alone started each answer token after the first in a new segment.)"""
-    import torch
-
-    from rmt.eval.by_length import readers
-
     torch.manual_seed(0)
     folder = tiny_model_folder(tmp_path, "llama")
     tokenizer = pretrained_tokenizer(str(folder))
@@ -153,9 +154,6 @@ def test_a_decoders_full_attention_answer_is_the_backbones_own_greedy_answer_on_
 def test_a_generated_answer_stops_at_every_end_token_the_backbone_names(tmp_path):
     """The reader passed only the tokenizer's eos_token_id, which overrode the backbone's generation config (Llama
     3's instruct models name several end tokens there): an answer ran on past the end the model chose."""
-    import torch
-
-    from rmt.eval.by_length import readers
     from rmt.memory.generation import stop_token_ids
 
     torch.manual_seed(0)
@@ -170,3 +168,186 @@ def test_a_generated_answer_stops_at_every_end_token_the_backbone_names(tmp_path
     model.backbone.generation_config.eos_token_id = [tokens[2], tokens[2] + 1]
     assert stop_token_ids(model, tokenizer) == [tokens[2], tokens[2] + 1, tokenizer.eos_token_id]
     assert reader.read(sample).answer == tokenizer.decode(tokens[:3], skip_special_tokens=True)
+
+
+# --- what each method reads -------------------------------------------------------------------------------------
+
+CLS, SEP = 2, 3  # the word tokenizer's [CLS] and [SEP]
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    """(backbone, tokenizer, haystack): a tiny BERT answering with qa1's rooms, its weights drawn large enough that
+    its answer depends on what it reads (at transformers' initial scale it answers one class whatever the input)."""
+    folder = tiny_model_folder(tmp_path_factory.mktemp("varied"), "bert", answer_labels("qa1"))
+    backbone = pretrained_backbone(str(folder), mode="encoder").eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0, 0.5, generator=generator)
+    return backbone, pretrained_tokenizer(str(folder)), Haystack.from_text(background_text(400))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """(backbone, tokenizer): a tiny random Llama with the word tokenizer."""
+    folder = tiny_model_folder(tmp_path_factory.mktemp("llama"), "llama")
+    return pretrained_backbone(str(folder), mode="decoder").eval(), pretrained_tokenizer(str(folder))
+
+
+def _encoder_memory_model(backbone, segment_size: int = 16):
+    torch.manual_seed(0)
+    config = RMTConfig(
+        mode="encoder", num_memory_tokens=2, segment_size=segment_size, cls_token_id=CLS, sep_token_id=SEP
+    )
+    return memory_model(backbone, config).eval()
+
+
+def _classify(backbone, ids: torch.Tensor) -> torch.Tensor:
+    """The backbone's class logits on [CLS] ids [SEP], as one segment without memory."""
+    with torch.no_grad():
+        return backbone(torch.cat([torch.tensor([[CLS]]), ids, torch.tensor([[SEP]])], dim=1)).logits
+
+
+def test_an_encoders_no_memory_reader_is_the_backbone_on_the_last_segment_alone(varied):
+    """no_memory cuts the input into the memory model's segments (16 tokens) and carries no memory between them: its
+    class logits are the backbone's on [CLS] last segment [SEP] (the last 32-token segment starts elsewhere here), and
+    not the memory model's, whose memory tokens it lacks; its answer is that class."""
+    backbone, tokenizer, haystack = varied
+    model = _encoder_memory_model(backbone)
+    reader = readers(model, tokenizer, ["memory", "no_memory"], None)["no_memory"]
+    plain = reader.model
+    assert plain is not model and plain.backbone is model.backbone and reader.window is None
+    assert plain.config.num_memory_tokens == 0 and plain.config.segment_size == 16
+    answers = set()
+    for sample in build_dataset("qa1", 64, 4, tokenizer, haystack, seed=0):
+        ids = reader.collate([sample.to_dict()]).input_ids
+        start = (ids.shape[1] - 1) // 16 * 16
+        assert start != (ids.shape[1] - 1) // 32 * 32
+        expected = _classify(backbone, ids[:, start:])
+        with torch.no_grad():
+            torch.testing.assert_close(plain(ids).logits, expected)
+            assert (model(ids).logits - expected).abs().max() > 1e-3
+        answer = reader.read(sample).answer
+        assert answer == reader.labels[int(expected.argmax())]
+        answers.add(answer)
+    assert len(answers) > 1  # the answer follows the input
+
+
+def test_a_decoders_no_memory_reader_is_the_backbone_on_each_segment_alone(llama):
+    """A decoder's no_memory logits over a prompt of 4 segments are the backbone's on each 16-token segment read
+    alone, and differ from the memory model's."""
+    backbone, tokenizer = llama
+    torch.manual_seed(0)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=16)).eval()
+    reader = readers(model, tokenizer, ["no_memory"], None, 4)["no_memory"]
+    assert reader.model is not model and reader.model.config.num_memory_tokens == 0
+    sample = build_dataset("qa1", 50, 1, tokenizer, Haystack.from_text(background_text(400)), seed=0)[0]
+    prompt = torch.tensor(reader.collate.prompt_ids([sample.to_dict()]))
+    assert 48 < prompt.shape[1] <= 64
+    with torch.no_grad():
+        expected = torch.cat([backbone(prompt[:, s : s + 16]).logits for s in range(0, prompt.shape[1], 16)], dim=1)
+        torch.testing.assert_close(reader.model(prompt).logits, expected)
+        assert (model(prompt).logits - expected).abs().max() > 1e-3
+
+
+def test_an_encoders_full_attention_reads_the_last_window(varied):
+    """Beyond its window an encoder reads the input's last `window` tokens as one segment: the ids its model gets are
+    the collated ids' last 24, which end with the question, and its answer is the class the backbone scores highest
+    on [CLS] those tokens [SEP]."""
+    backbone, tokenizer, haystack = varied
+    window = 24
+    reader = readers(_encoder_memory_model(backbone), tokenizer, ["full_attention"], window)["full_attention"]
+    seen = []
+    handle = reader.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        for sample in build_dataset("qa1", 80, 4, tokenizer, haystack, seed=0):
+            ids = reader.collate([sample.to_dict()]).input_ids
+            assert ids.shape[1] > window
+            reading = reader.read(sample)
+            question = tokenizer(sample.question, add_special_tokens=False).input_ids
+            assert torch.equal(seen[-1], ids[:, -window:]) and seen[-1][0, -len(question) :].tolist() == question
+            assert reading.answer == reader.labels[int(_classify(backbone, ids[:, -window:]).argmax())]
+            assert reading.tokens == window
+    finally:
+        handle.remove()
+
+
+FACT = "Mary went to the kitchen ."  # 6 tokens of the word tokenizer
+
+
+def _placed(offsets: list[int]) -> BabilongSample:
+    """A qa1 sample of 40 context tokens with the fact at each of `offsets` (in tokens) and its depths recorded."""
+    words = [BACKGROUND_WORDS[i % len(BACKGROUND_WORDS)] for i in range(40)]
+    for offset in offsets:
+        words[offset : offset + 6] = FACT.split()
+    return BabilongSample(
+        " ".join(words),
+        "Where is Mary?",
+        "kitchen",
+        task="qa1",
+        facts=[FACT] * len(offsets),
+        supporting_facts=list(range(len(offsets))),
+        fact_depths=[offset / 40 for offset in offsets],
+    )
+
+
+@pytest.mark.parametrize("mode", ["encoder", "decoder"])
+def test_near_and_far_follow_the_last_segment_and_the_window(mode, varied, llama):
+    """Facts at known offsets of a 40-token context, read as 44 tokens (encoder: context, question) or 48 (decoder:
+    context, question, answer cue): the memory model's and no_memory's last 16-token segment starts at token 32, full
+    attention's window of 20 read tokens (a decoder's window of 28 less 4 new tokens) at token 24. A sample is near
+    when every supporting fact starts in that span, at its first token included."""
+    offsets = [[0], [24], [23], [31], [32], [34], [2, 34]]
+    segment = [False, False, False, False, True, True, False]
+    window = [False, True, False, True, True, True, False]
+    if mode == "encoder":
+        backbone, tokenizer, _ = varied
+        model, window_size, total = _encoder_memory_model(backbone), 20, 44
+    else:
+        backbone, tokenizer = llama
+        model, window_size, total = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=16)), 28, 48
+    samples = [_placed(o) for o in offsets]
+    assert len(tokenizer(samples[0].input, add_special_tokens=False).input_ids) == 40
+    results = evaluate_by_length(
+        model,
+        tokenizer,
+        ["qa1"],
+        [44],
+        len(samples),
+        files={("qa1", "44"): samples},
+        methods=["memory", "no_memory", "full_attention"],
+        window=window_size,
+        max_new_tokens=4,
+        progress=False,
+    )
+    expected = {"memory": segment, "no_memory": segment, "full_attention": window}
+    for method, near in expected.items():
+        records = [r for r in results["predictions"] if r["method"] == method]
+        assert [r["supporting_offsets"] for r in records] == offsets
+        assert [r["facts_in_last_span"] for r in records] == near, method
+        tokens = window_size - (4 if mode == "decoder" else 0) if method == "full_attention" else total
+        assert [r["tokens"] for r in records] == [tokens] * len(samples)
+        cell = results["cells"][f"qa1/44/{method}"]
+        assert cell["facts_in_last_span"]["samples"] == sum(near)
+        assert cell["facts_before_last_span"]["samples"] == len(near) - sum(near)
+
+
+def test_a_decoders_readers_never_score_the_whole_prompt(llama):
+    """Every method generates its answer to a 120-token prompt running the LM head on one position at a time (the
+    prompt's last token, then each new one): never on the prompt's [1, N] positions."""
+    backbone, tokenizer = llama
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=16)).eval()
+    sample = build_dataset("qa1", 120, 1, tokenizer, Haystack.from_text(background_text(400)), seed=0)[0]
+    rows = []
+    handle = backbone.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: rows.append(math.prod(args[0].shape[:-1]))
+    )
+    try:
+        for method, reader in readers(model, tokenizer, list(ALL_METHODS), 48, 4).items():
+            rows.clear()
+            reader.read(sample)
+            assert rows and max(rows) == 1, (method, rows)
+    finally:
+        handle.remove()

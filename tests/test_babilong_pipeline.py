@@ -186,6 +186,13 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
 
     tokenizer = pretrained_tokenizer(str(encoder_dir))
     backbone = pretrained_backbone(str(encoder_dir), mode="encoder")
+    # Weights drawn large enough that the answer depends on what the model reads: at transformers' initial scale the
+    # tiny BERT answers one class whatever the input, and any baseline would agree with the memory model.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0, 0.5, generator=generator)
     config = RMTConfig(mode="encoder", num_memory_tokens=0, segment_size=40, cls_token_id=2, sep_token_id=3)
     model = memory_model(backbone, config)
     haystack = Haystack.from_text(haystack_file.read_text())
@@ -217,9 +224,9 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
                 assert read[offset : offset + len(fact)] == fact
         assert sum(record["correct"] for record in answers) == results["cells"][f"qa1/80/{method}"]["correct"]
         assert all(record["task"] == "qa1" and record["length"] == "80" for record in answers)
-    assert [r["answer"] for r in written if r["method"] == "memory"] == [
-        r["answer"] for r in written if r["method"] == "no_memory"
-    ]
+    answers = [r["answer"] for r in written if r["method"] == "memory"]
+    assert answers == [r["answer"] for r in written if r["method"] == "no_memory"]
+    assert len(set(answers)) > 1  # answers that follow the input: a baseline reading other segments would differ
 
     # --facts reaches the generated samples, not only the record.
     import rmt.eval.by_length as by_length
