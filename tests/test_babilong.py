@@ -478,13 +478,16 @@ def test_length_names_round_trip():
 # ------------------------------------------------------------------------------------------------ files
 
 
-@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".JSONL"])
 def test_save_and_load_round_trip(tmp_path, suffix):
+    """Also with line and paragraph separators (U+2028, U+2029, U+0085) inside a field: JSON lines keep them raw, and
+    a reader that cut lines at them too (str.splitlines) broke the record."""
     samples = build_dataset("qa5", 400, 3, count_words, HAYSTACK, seed=0, depth=(0.1, 0.9))
-    samples[0].extra["model_output"] = "Fred."
+    samples[0].extra["model_output"] = "Fred.\u2028Then\u2029more\x85."
     path = save_babilong(samples, tmp_path / "data" / "qa5" / f"400{suffix}")
     assert load_babilong(path) == samples
     assert [path.name] == [p.name for p in path.parent.iterdir()]  # no temporary file left
+    assert path.read_text(encoding="utf-8").startswith("[") == (suffix == ".json")  # .JSONL is JSON lines too
 
 
 def test_load_reads_public_layout(tmp_path):

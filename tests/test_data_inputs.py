@@ -169,13 +169,18 @@ def test_csv_cells_are_read_as_the_text_they_hold(tmp_path, streaming):
 def test_unreadable_files_and_streams_are_named_in_one_line(tmp_path, tokenizer):
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_bytes(b"\x95\x00 not json\n")
-    for streaming in (False, True):
-        with pytest.raises(InputError, match=r"cannot read data file .*garbage\.jsonl as json: .*JSON parse error"):
-            load_records(garbage, streaming=streaming)
+    with pytest.raises(InputError, match=r"cannot read data file .*garbage\.jsonl: line 1 is not UTF-8 text"):
+        load_records(garbage)
+    with pytest.raises(InputError, match=r"cannot read data file .*garbage\.jsonl as json: .*JSON parse error"):
+        load_records(garbage, streaming=True)
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("input,question,target\n" + "Mary went.,Where?,kitchen\n" * 3 + "a,b,c,d\n")
-    with pytest.raises(InputError, match=r"ragged\.csv as csv: .*Expected 3 fields in line 5, saw 4"):
+    with pytest.raises(InputError, match=r"ragged\.csv: line 5 has 4 fields but the header names 3"):
         load_records(ragged)
+    fewer = tmp_path / "fewer.csv"  # too few fields: pandas' own message, with the line
+    fewer.write_text("input,question,target\n" + "Mary went.,Where?,kitchen\n" * 3 + "a,b\n" + "x,y,z\n" * 2)
+    with pytest.raises(InputError, match=r"fewer\.csv: record 3: the field 'target' is empty"):
+        load_records(fewer)
     # A file streamed past its first Arrow chunk (10 MB) meets a bad line only while training reads it.
     source = DatasetSource(
         load_records(_jsonl(tmp_path / "ok.jsonl", [RECORD] * 3), streaming=True), QACollator(tokenizer, "decoder")
@@ -187,10 +192,65 @@ def test_unreadable_files_and_streams_are_named_in_one_line(tmp_path, tokenizer)
         raise pyarrow.lib.ArrowInvalid("JSON parse error: Missing a name for object member. in row 2")
 
     source._epoch_records = breaks_after_two
-    with pytest.raises(InputError, match="cannot read the streamed training data past record 2: JSON parse error"):
+    with pytest.raises(InputError, match=r"streamed training data \(reading ahead of record 2\): JSON parse error"):
         source.train_batch(0, 4)
     with pytest.raises(InputError, match="cannot hold out 31 records for validation: the streamed data has no more"):
         split_validation(load_records(_jsonl(tmp_path / "few.jsonl", [RECORD] * 31), streaming=True), 31)
+
+
+def test_csv_files_as_pandas_and_other_tools_write_them(tmp_path):
+    """pandas' to_csv writes its index as a column without a name: loaded (the column named as pandas names it),
+    where the empty name failed deep inside datasets. A delimiter at the end of every line made pandas take the
+    first column for an index and shift every field by one (the question read as the input): refused, naming the
+    line. A file in another encoding than UTF-8 is one error line, not a traceback."""
+    indexed = tmp_path / "indexed.csv"
+    indexed.write_text(",input,question,target\n0,Mary went.,Where is Mary?,kitchen\n1,John went.,Where?,garden\n")
+    records = load_records(indexed)
+    assert [(r["input"], r["target"]) for r in records] == [("Mary went.", "kitchen"), ("John went.", "garden")]
+    assert records.column_names == ["Unnamed: 0", "input", "question", "target"]
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("input,question,target,note,note\nMary went.,Where?,kitchen,a,b\n")
+    assert load_records(repeated).column_names == ["input", "question", "target", "note", "note.1"]
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("input,question,target\nMary went.,Where is Mary?,kitchen,\n")
+    with pytest.raises(InputError, match=r"trailing\.csv: line 2 has 4 fields but the header names 3 \(a delimiter"):
+        load_records(trailing)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("input,question,target\nMary went to the caf\xe9.,Where?,kitchen\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin\.csv is not UTF-8 text"):
+        load_records(latin)
+
+
+def test_bad_lines_of_a_json_lines_file_are_named_by_their_place_in_the_file(tmp_path):
+    """pyarrow counted rows within its read block (a broken line 30,001 was 'row 30000' of one block, of another in a
+    larger file), and it reads text without checking UTF-8, so a record in another encoding loaded and failed in the
+    middle of training."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(RECORD) + "\n" + '{"input": "x" "question": "q", "target": "k"}\n')
+    with pytest.raises(InputError, match=r"broken\.jsonl: line 2 is not JSON \(Expecting ','"):
+        load_records(broken)
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text(json.dumps(RECORD) + "\n[1, 2]\n")
+    with pytest.raises(InputError, match=r"listed\.jsonl: line 2 is not a JSON object \(a record\): list"):
+        load_records(listed)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(
+        (json.dumps(RECORD) + "\n").encode() * 3
+        + '{"input": "caf\xe9", "question": "q", "target": "k"}\n'.encode("latin-1")
+    )
+    with pytest.raises(InputError, match=r"latin\.jsonl: record 3: the field 'input' is not UTF-8 text"):
+        load_records(latin)
+    # The first bad record is named, whatever is wrong with it: a blank before an empty one.
+    mixed = _jsonl(tmp_path / "mixed.jsonl", [RECORD, {**RECORD, "target": " "}, RECORD, {**RECORD, "target": None}])
+    with pytest.raises(InputError, match=r"mixed\.jsonl: record 1: the field 'target' is blank"):
+        load_records(mixed)
+
+
+def test_labels_that_differ_only_in_case_are_refused(tokenizer):
+    """Answers are matched without regard to case: "Kitchen" and "kitchen" would both be class 1, class 0 never
+    trained."""
+    with pytest.raises(InputError, match="name a class twice when case is ignored"):
+        QACollator(tokenizer, "encoder", ["Kitchen", "kitchen"])
 
 
 def test_a_missing_or_empty_field_is_never_read_as_the_text_none(tmp_path, tokenizer):

@@ -748,7 +748,7 @@ def save_babilong(samples: Iterable[BabilongSample | Mapping[str, Any]], path: s
 
     path = Path(path)
     records = [(s if isinstance(s, BabilongSample) else BabilongSample.from_dict(s)).to_dict() for s in samples]
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     else:
         text = "[" + ", ".join(json.dumps(record, ensure_ascii=False) for record in records) + "]\n"
@@ -773,7 +773,8 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
         else:
             records = _json_object(text, path)
             if records is None:
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
+                # Lines end at "\n" alone: splitlines() would also cut at U+2028, U+2029 or U+0085 inside a string.
+                records = [json.loads(line) for line in text.split("\n") if line.strip()]
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not a JSON array or JSON lines ({error})") from error
     if not records:

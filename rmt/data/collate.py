@@ -82,6 +82,8 @@ class QACollator:
         self.tokenizer, self.mode = tokenizer, mode
         self.labels = list(labels) if labels else None
         self.label_index = {label.lower(): i for i, label in enumerate(self.labels or [])}
+        if len(self.label_index) < len(self.labels or []):  # answers are matched without regard to case
+            raise InputError(f"the labels {self.labels} name a class twice when case is ignored")
         self.pad_id = _pad_id(tokenizer)
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> Batch:

@@ -44,8 +44,10 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
     .jsonl/.json, .csv, .parquet, .txt (one record per line; blank lines are not records). A UTF-8 byte order mark is
     allowed.
 
-    Raises InputError for a file with no records and, when the file is read in memory, for a question-answering
-    (or text) record whose input, question or target (or text) is missing, empty or not text, naming the record."""
+    Raises InputError for a file with no records, a CSV file that is not UTF-8 or whose first rows have more fields
+    than its header, a JSON-lines line that is not a JSON object (named by its line), and, when the file is read in
+    memory, for a question-answering (or text) record whose input, question or target (or text) is missing, empty,
+    not text or not UTF-8, naming the record."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"no data file at {path}")
@@ -58,8 +60,8 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
         raise InputError(f"data file {path} has no records")
     if streaming is None:
         streaming = path.stat().st_size > STREAM_ABOVE_BYTES
-    leading = _leading_characters(path) if streaming and kind == "json" else ""
-    if leading.startswith("[") and leading != "[]":
+    leading = _leading_characters(path) if kind == "json" else ""
+    if streaming and leading.startswith("[") and leading != "[]":
         # `datasets` parses a JSON array whole even when asked to stream: a file too large to load would not fit.
         raise InputError(
             f"data file {path} is one JSON array, which cannot be streamed (it is parsed whole); write it as JSON "
@@ -77,6 +79,9 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
     except _read_errors() as err:
         if "corresponds to no data" in str(err):  # what `datasets` says of "[]" or a CSV header alone
             raise InputError(f"data file {path} has no records") from err
+        bad_line = _first_bad_json_line(path) if kind == "json" and leading[:1] != "[" else None
+        if bad_line is not None:  # pyarrow counts rows within its read block, not in the file
+            raise InputError(f"cannot read data file {path}: {bad_line}") from err
         raise InputError(f"cannot read data file {path} as {kind}: {_reason(err)}") from err
     if kind == "text":
         if records.column_names is None:  # a streamed text file, before `datasets` has it cached: say what it holds
@@ -102,20 +107,71 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return ValueError, OSError, DatasetGenerationError
 
 
+_CSV_ROWS_CHECKED = 1000  # data rows whose number of fields is compared with the header's
+
+
 def _csv_as_text(path: Path) -> dict[str, Any]:
     """Options that make `datasets` read every CSV cell as the text it holds: pandas would guess types, turning the
-    answers "007" into 7, "NA" or "None" into a missing value and "True" into a bool. Only an empty cell is missing."""
+    answers "007" into 7, "NA" or "None" into a missing value and "True" into a bool. Only an empty cell is missing.
+
+    Columns are named as pandas names them (an unnamed one "Unnamed: i", a repeated name "name.1"), so that a file
+    written by pandas with its index loads. Rows with more fields than the header are refused (from the first
+    rows): pandas would take their first column for an index and shift every field by one."""
     import csv
 
     from datasets import Features, Value
 
-    with path.open(encoding="utf-8-sig", newline="") as file:
-        header = next(csv.reader(file), [])
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as file:
+            rows = csv.reader(file)
+            header = next(rows, [])
+            for number, row in enumerate(rows, start=2):
+                if len(row) > len(header):
+                    raise InputError(
+                        f"data file {path}: line {number} has {len(row)} fields but the header names {len(header)} "
+                        "(a delimiter at the end of the line, or values without a column name)"
+                    )
+                if number > _CSV_ROWS_CHECKED:
+                    break
+    except UnicodeDecodeError as err:
+        raise InputError(f"data file {path} is not UTF-8 text: {err}") from None
+    except csv.Error as err:
+        raise InputError(f"cannot read data file {path} as csv: {err}") from None
+    names: list[str] = []
+    for index, name in enumerate(header):
+        name = name or f"Unnamed: {index}"
+        taken, suffix = name, 0
+        while taken in names:
+            suffix += 1
+            taken = f"{name}.{suffix}"
+        names.append(taken)
     return {
-        "features": Features({name: Value("string") for name in header}),
+        "features": Features({name: Value("string") for name in names}),
         "keep_default_na": False,
         "na_values": [""],
+        "index_col": False,
     }
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """For a JSON-lines file that did not load: which line is not a JSON object (counted from 1), read again line by
+    line, or None when every line is."""
+    import json
+
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            line = raw.removeprefix(_BOM) if number == 1 else raw
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                return f"line {number} is not UTF-8 text ({err})"
+            except ValueError as err:
+                return f"line {number} is not JSON ({err})"
+            if not isinstance(value, dict):
+                return f"line {number} is not a JSON object (a record): {type(value).__name__}"
+    return None
 
 
 def _reason(err: BaseException) -> str:
@@ -140,6 +196,23 @@ def _leading_characters(path: Path, count: int = 2) -> str:
         head = file.read(1 << 12)
     head = head.removeprefix(_BOM)
     return "".join(head.decode("utf-8", errors="replace").split())[:count]
+
+
+def _first_undecodable(column: Any) -> int | None:
+    """The index of the first value of an Arrow string column that is not valid UTF-8, or None."""
+    import pyarrow as pa
+
+    try:
+        column.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        for index, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            if value is not None:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return index
+        return None
 
 
 def _parquet_rows(path: Path) -> int | None:
@@ -193,11 +266,16 @@ def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
         for name in names:
             column = batch.column(name)
             if declared_plain[name] and _arrow_holds(column.type, types):
+                if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                    undecodable = _first_undecodable(column)  # pyarrow's JSON reader does not check UTF-8
+                    if undecodable is not None:
+                        found.append((undecodable, name, "is not UTF-8 text"))
+                        continue
                 if column.null_count:
                     index = pc.index(column.is_null(), True).as_py()
                     found.append((index, name, field_problem(None, types) or ""))
-                elif name in NOT_BLANK and not pa.types.is_integer(column.type):
-                    blank = pc.equal(pc.utf8_trim_whitespace(column), "")
+                if name in NOT_BLANK and not pa.types.is_integer(column.type):
+                    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), False)
                     if pc.any(blank).as_py():
                         index = pc.index(blank, True).as_py()
                         found.append((index, name, field_problem(column[index].as_py(), types, False) or ""))
@@ -335,7 +413,7 @@ class DatasetSource(Source):
                 self._epoch += 1
                 self._stream = iter(self._epoch_records())
             except _read_errors() as err:
-                raise InputError(
-                    f"cannot read the streamed training data past record {self._position}: {_reason(err)}"
+                raise InputError(  # the file is read ahead of the records handed out (a shuffle buffer)
+                    f"cannot read the streamed training data (reading ahead of record {self._position}): {_reason(err)}"
                 ) from err
         raise InputError("the streamed training data is empty")
