@@ -215,6 +215,9 @@ def test_csv_files_as_pandas_and_other_tools_write_them(tmp_path):
     trailing.write_text("input,question,target\nMary went.,Where is Mary?,kitchen,\n")
     with pytest.raises(InputError, match=r"trailing\.csv: line 2 has 4 fields but the header names 3 \(a delimiter"):
         load_records(trailing)
+    long = tmp_path / "long.csv"  # a cell past the csv module's default field limit (128 KiB)
+    long.write_text("input,question,target\n" + "Mary went. " * 20_000 + ",Where is Mary?,kitchen\n")
+    assert load_records(long)[0]["target"] == "kitchen"
     latin = tmp_path / "latin.csv"
     latin.write_bytes("input,question,target\nMary went to the caf\xe9.,Where?,kitchen\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin\.csv is not UTF-8 text"):

@@ -121,6 +121,7 @@ def _csv_as_text(path: Path) -> dict[str, Any]:
 
     from datasets import Features, Value
 
+    limit = csv.field_size_limit(2**31 - 1)  # a long story in one cell is fine (the module's default: 128 KiB)
     try:
         with path.open(encoding="utf-8-sig", newline="") as file:
             rows = csv.reader(file)
@@ -137,6 +138,8 @@ def _csv_as_text(path: Path) -> dict[str, Any]:
         raise InputError(f"data file {path} is not UTF-8 text: {err}") from None
     except csv.Error as err:
         raise InputError(f"cannot read data file {path} as csv: {err}") from None
+    finally:
+        csv.field_size_limit(limit)
     names: list[str] = []
     for index, name in enumerate(header):
         name = name or f"Unnamed: {index}"
