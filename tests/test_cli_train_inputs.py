@@ -121,6 +121,10 @@ def test_a_run_is_refused_for_any_of_its_parts(tmp_path, capsys):
             (output / part).mkdir()
         code, err = run_cli(["train", *TINY, "--output", str(output)], capsys)
         assert code == 2 and f"already holds a run ({part})" in error_line(err)
+        if part != "checkpoint":  # as a run stopped (Ctrl-C) before its first checkpoint leaves it
+            assert "it has no checkpoint to resume; give --overwrite to replace it" in error_line(err)
+            code, err = run_cli(["train", *TINY, "--output", str(output), "--resume"], capsys)
+            assert code == 2 and f"to continue from: start it again with --overwrite (it holds {part})" in err
 
 
 def test_overwrite_replaces_the_run_only_once_start_up_succeeded(trained_run, capsys, monkeypatch):
@@ -470,6 +474,8 @@ def test_data_that_cannot_be_batched_is_refused_before_overwrite_clears_the_run(
         (["--lr-schedule", "linear", "--min-lr-factor", "0.2"], "--min-lr-factor applies to the cosine schedule"),
         (["--encoder-memory-init", "embedding_output"], "--encoder-memory-init applies to an encoder --model"),
         (["--curriculum-metric", "exact_match"], "--curriculum-metric applies to runs that read the held-out score"),
+        (["--trainable", "memory", "--memory-lr", "1e-2", "--lr", "0.5"], "--lr applies to runs that train backbone"),
+        (["--memory-tokens", "0", "--trainable", "memory"], "trainable='memory' leaves nothing to train"),
     ],
 )
 def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, flags, message):
@@ -589,3 +595,6 @@ def test_a_synthetic_run_reports_its_segments_and_a_warmup_longer_than_the_run(t
     assert "note: the warmup (100 steps) is not shorter than the run (2 steps)" in captured.err
     assert main(["train", *TINY, "--warmup", "1", "--output", str(tmp_path / "short")]) == 0
     assert "note: the warmup" not in capsys.readouterr().err
+    detect = ["--task", "detect_memorize", "--task-size", "8", *TINY[6:], "--curriculum", "0:1,20:2"]
+    assert main(["train", *detect, "--output", str(tmp_path / "late")]) == 0
+    assert "note: the curriculum's stage(s) from step 20 lie past the run's 2 steps" in capsys.readouterr().err

@@ -461,6 +461,17 @@ def test_resume_refuses_another_task_and_a_step_count_behind_the_checkpoint(trai
     assert code == 0 and "the cosine learning-rate schedule now runs over 4 steps instead of 2" in err
 
 
+def test_resume_refuses_detect_memorize_over_another_number_of_segments(tmp_path, capsys):
+    """detect_memorize's segment size does not depend on --segments (its samples' length does), so neither the model
+    check nor the data description told 2 segments from 5: the resume trained on other data."""
+    detect = ["--task", "detect_memorize", "--task-size", "8", *TINY[6:], "--eval-batches", "1", "--steps"]
+    output = ["--output", str(tmp_path / "run")]
+    assert run_cli(["train", *detect, "2", "--segments", "2", *output], capsys)[0] == 0
+    code, err = run_cli(["train", *detect, "4", "--segments", "5", *output, "--resume"], capsys)
+    expected = "trained on 'detect_memorize (task size 8, 2 segments)', this run reads 'detect_memorize (task size 8"
+    assert code == 2 and expected in err
+
+
 def test_a_refused_resume_leaves_the_callers_model_as_it_was(trained_run):
     """The checks of the data, the step count and the curriculum run before the checkpoint is loaded into the model."""
     from rmt.data.sources import TaskSource
@@ -526,6 +537,7 @@ def test_an_early_stop_is_logged_and_a_resume_follows_the_new_plateau_setting(tm
     code, err = run_cli(["train", *base, "--steps", "20", "--plateau-evals", "5", "--resume"], capsys)
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert code == 0 and "training on" in err and max(r["step"] for r in records) == 6
+    assert [r for r in records if "stopped" in r] == [{"step": 6, "stopped": "plateau"}]  # not the one at step 3
     code, err = run_cli(
         ["train", *base, "--steps", "20", "--plateau-evals", "2", "--plateau-min-steps", "8", "--overwrite"], capsys
     )

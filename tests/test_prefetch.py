@@ -99,6 +99,7 @@ def test_a_run_stopped_by_its_time_limit_saves_and_resumes_exactly(tmp_path):
     assert state["step"] == 1
     resumed = train(small_model(task), TaskSource(task), config, tmp_path / "limited", resume=True)
     assert [r["loss"] for r in resumed if "loss" in r] == [r["loss"] for r in straight if "loss" in r]
+    assert not any("stopped" in r for r in resumed)  # the record of the time limit went with the stop
 
 
 def test_a_tied_embedding_backbone_resumes_exactly_tied_and_without_a_shared_tensor_warning(tmp_path, caplog):

@@ -83,6 +83,8 @@ def test_curriculum_advance_and_plateau_read_the_chosen_metric():
     assert state.plateau_best == 0.5 and state.stopped_early
     with pytest.raises(InputError, match="curriculum_metric"):
         TrainConfig(curriculum_metric="f1")
+    with pytest.raises(InputError, match="this curriculum has one stage"):  # nothing to move on to
+        TrainConfig(curriculum=[(0, 2)], curriculum_accuracy=0.5)
     with pytest.raises(InputError, match="fsdp and mixed_precision='fp16' cannot be combined"):
         TrainConfig(fsdp=True, mixed_precision="fp16")
     assert TrainConfig(fsdp=True, mixed_precision="bf16").fsdp
@@ -276,6 +278,30 @@ def test_evaluation_shared_over_processes_scores_every_batch_once(processes):
     assert shared[-1] == pytest.approx(alone, rel=1e-12)
     samples = [int(share[-1]) for share in RecordedShare.shares]  # each process's answered samples
     assert sum(samples) == 5 * 16 and all(0 < n < 5 * 16 for n in samples), samples
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_resume_with_more_steps_trains_its_first_step_at_the_new_schedules_rate(tmp_path, schedule):
+    """The restored optimizer held the old schedule's rate at the checkpoint (a linear schedule's last: 0), and the
+    first resumed step took it: step 11 of a 10-step run stretched to 20 trained at 0 (linear) or at the old cosine's
+    floor, where a 20-step run trains at 5.6e-3 or 6.3e-3."""
+    config = TrainConfig(
+        steps=10,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        lr_schedule=schedule,
+        log_every=1,
+        eval_every=100,
+        checkpoint_every=5,
+        progress=False,
+    )
+    train(*small_setup(), config, tmp_path / "run")
+    resumed = train(*small_setup(), replace(config, steps=20), tmp_path / "run", resume=True)
+    fresh = train(*small_setup(), replace(config, steps=20), tmp_path / "fresh")
+    rates = [{r["step"]: r["lr"] for r in history if "lr" in r} for history in (resumed, fresh)]
+    for step in (11, 12, 20):
+        assert rates[0][step] == pytest.approx(rates[1][step], rel=1e-12), step
 
 
 def test_short_run_learns_copy_across_three_segments(tmp_path):

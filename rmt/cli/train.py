@@ -183,14 +183,18 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if args.resume and args.overwrite:
         raise InputError("give --resume (continue the run in --output) or --overwrite (replace it), not both")
-    if args.resume and not checkpoint_exists(output):
-        raise InputError(f"--resume: no checkpoint in {output / 'checkpoint'} (run without --resume to start)")
     existing = run_entries(output)
-    if existing and not (args.resume or args.overwrite):
-        raise InputError(
-            f"--output {output} already holds a run ({', '.join(existing)}): give --resume to continue it, "
-            "--overwrite to replace it, or another --output"
+    if args.resume and not checkpoint_exists(output):
+        start = (  # a run stopped before its first checkpoint left other files, which a new run must replace
+            f"start it again with --overwrite (it holds {', '.join(existing)})" if existing else "run without --resume"
         )
+        raise InputError(f"--resume: no checkpoint in {output / 'checkpoint'} to continue from: {start}")
+    if existing and not (args.resume or args.overwrite):
+        if checkpoint_exists(output):
+            choices = "give --resume to continue it, --overwrite to replace it, or another --output"
+        else:  # stopped before its first checkpoint
+            choices = "it has no checkpoint to resume; give --overwrite to replace it, or another --output"
+        raise InputError(f"--output {output} already holds a run ({', '.join(existing)}): {choices}")
     if args.task is None:  # (both: the conflict is refused as such below)
         check_data_files(args.data, args.validation_data if babilong_tasks(args.data or "") is None else None)
     refuse_ignored_flags(args)
@@ -286,6 +290,11 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
         (("--d-mem", "--armt-write-norm"), not armt, "ARMT (--memory armt)"),
         (("--write-init", "--memory-positions", "--memory-write-scale"), armt, "RMT memory tokens (--memory rmt)"),
         (("--min-lr-factor",), args.lr_schedule != "cosine", "the cosine schedule (--lr-schedule cosine)"),
+        (
+            ("--lr",),  # with --trainable memory only the memory group trains, at --memory-lr where that is given
+            args.trainable == "memory" and args.memory_learning_rate is not None,
+            "runs that train backbone weights (--trainable all or lora); the memory trains at --memory-lr",
+        ),
         (("--encoder-memory-input", "--encoder-memory-init"), not encoder, "an encoder --model (such as minilm)"),
         (
             ("--curriculum-metric",),
@@ -369,6 +378,8 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     task = make_task(name, args.task_size, args.segments)
     size = TASK_SIZE_DEFAULTS.get(name) if args.task_size is None else args.task_size
     description = name if size is None else f"{name} (task size {size})"  # a resume on another task is refused
+    if name == "detect_memorize" and not config.curriculum:  # its length is its number of segments, not its size
+        description = f"{name} (task size {size}, {args.segments} segments)"
     if config.curriculum and name != "detect_memorize":
         raise InputError("--curriculum with a synthetic task applies to detect_memorize, whose length grows with it")
     segment_size = task.segment_size_for(args.segments)

@@ -272,6 +272,11 @@ class TrainConfig:
         if self.curriculum_accuracy is not None:
             if self.curriculum is None:
                 raise InputError("TrainConfig.curriculum_accuracy needs a curriculum")
+            if len(self.curriculum) < 2:
+                raise InputError(
+                    "TrainConfig.curriculum_accuracy moves a curriculum on to its next stage, and this curriculum has "
+                    "one stage: give it more, or drop curriculum_accuracy"
+                )
             if not 0.0 < self.curriculum_accuracy <= 1.0:
                 raise InputError(f"TrainConfig.curriculum_accuracy must be in (0, 1], got {self.curriculum_accuracy}")
         if self.plateau_evals is not None and self.plateau_evals < 1:

@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -209,6 +210,13 @@ def _train(
     params = trainable_parameters(model)
     if main:
         print(_parameter_summary(model, optimizer, config.trainable), file=sys.stderr, flush=True)
+        late = [start for start, _ in config.curriculum or [] if start >= config.steps]
+        if late and config.curriculum_accuracy is None:
+            print(
+                f"note: the curriculum's stage(s) from step {late[0]} lie past the run's {config.steps} steps: they "
+                "train only if a resume adds steps (held-out scores at the final number of segments wait for them)",
+                file=sys.stderr,
+            )
         if config.warmup_steps >= config.steps:
             print(
                 f"note: the warmup ({config.warmup_steps} steps) is not shorter than the run ({config.steps} steps): "
@@ -229,12 +237,14 @@ def _train(
         state = TrainerState(**{k: v for k, v in saved.items() if k in known})
         _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
         restore_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)  # only once every check passed
+        if record.get("train_config", {}).get("steps", config.steps) != config.steps:
+            _rate_of_this_schedule(scheduler)
     else:
         _build_first_batches(source, config, accelerator.num_processes)
     # Start-up succeeded: from here on the output folder changes.
     if main:
         if resume:
-            _truncate_metrics(metrics_path, start_step)
+            _truncate_metrics(metrics_path, start_step, keep_stop=state.stopped_early)
         elif overwrite:
             remove_run(output_dir)
         elif metrics_path.exists():
@@ -554,6 +564,16 @@ def _check_resume(
             )
 
 
+def _rate_of_this_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Put the rate this run's schedule gives at the checkpoint's step into the optimizer: the restored optimizer
+    holds the rate of the schedule the checkpoint ran under, which another step count changes, and the first step
+    after the resume would take it (a linear schedule's last one is 0: a lost step)."""
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": deliberate here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.last_epoch -= 1
+        scheduler.step()
+
+
 def _check_curriculum(saved: dict[str, Any], state: TrainerState, config: TrainConfig, path: Path, step: int) -> None:
     """A resume keeps the curriculum's stages up to the one the checkpoint is in (its state counts them); later
     stages may change: added, moved or dropped. A stage that became the last one counts as begun at the resume."""
@@ -756,9 +776,10 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from (they will be logged again)."""
-    kept = [r for r in _read_metrics(path) if r["step"] <= step]
+def _truncate_metrics(path: Path, step: int, keep_stop: bool = False) -> None:
+    """Drop records logged after the checkpoint we resume from (they will be logged again), and the record of why
+    the run stopped there (a time limit, a plateau) unless it is still stopped (`keep_stop`): it trains on."""
+    kept = [r for r in _read_metrics(path) if r["step"] <= step and (keep_stop or "stopped" not in r)]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

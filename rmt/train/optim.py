@@ -16,6 +16,7 @@ from torch import nn
 from transformers import get_scheduler
 
 from rmt.backbones.lora import CLASSIFIER_HEADS
+from rmt.errors import InputError
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train.config import TrainConfig
 
@@ -51,6 +52,11 @@ def build_optimizer(
     backbone's), and its learning-rate schedule. foreach=False for groups that mix sharded (DTensor) and plain
     parameters, which the fused multi-tensor kernels cannot take."""
     memory, backbone = parameter_groups(model, config.trainable)
+    if not memory and not backbone:
+        raise InputError(
+            f"trainable={config.trainable!r} leaves nothing to train: this model has no memory parameters (0 memory "
+            "tokens); train all of it, or give it memory tokens"
+        )
     groups = []
     for name, params, lr in (("memory", memory, config.memory_lr), ("backbone", backbone, config.learning_rate)):
         if config.decayed_parameters == "matrices":
