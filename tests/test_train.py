@@ -630,3 +630,13 @@ def test_fp16_on_the_cpu_is_refused_instead_of_training_in_fp32(tmp_path):
     with pytest.raises(InputError, match="fp16 mixed precision needs a GPU"):
         train(model, source, config, tmp_path / "run", accelerator=cpu_fp16)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_accelerator_of_another_precision_than_the_config_is_refused(tmp_path):
+    """The run would train in the Accelerator's precision while its checkpoints record the config's."""
+    model, source = small_setup()
+    config = TrainConfig(steps=1, batch_size=2, mixed_precision="bf16", progress=False)
+    fp32 = SimpleNamespace(mixed_precision="no", native_amp=True)
+    with pytest.raises(InputError, match="the Accelerator runs mixed precision 'no' but the config asks for 'bf16'"):
+        train(model, source, config, tmp_path / "run", accelerator=fp32)
+    assert not (tmp_path / "run").exists()

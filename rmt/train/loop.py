@@ -189,6 +189,11 @@ def _train(
         raise InputError(f"output {output_dir} exists and is not a folder")
     summary_writer = tensorboard_writer_class() if config.tensorboard else None
     accelerator = accelerator or default_accelerator(config)
+    if accelerator.mixed_precision != config.mixed_precision:  # checkpoints record the config's: they must agree
+        raise InputError(
+            f"the Accelerator runs mixed precision {accelerator.mixed_precision!r} but the config asks for "
+            f"{config.mixed_precision!r}: pass an Accelerator(mixed_precision={config.mixed_precision!r}), or none"
+        )
     if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
         raise InputError(
             "fp16 mixed precision needs a GPU: Accelerate neither autocasts to fp16 nor scales gradients on the CPU, "
