@@ -632,6 +632,13 @@ def test_fp16_on_the_cpu_is_refused_instead_of_training_in_fp32(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_task_given_for_a_source_is_refused_with_the_wrapper_to_use(tmp_path):
+    model, _ = small_setup()
+    with pytest.raises(InputError, match=r"got a CopyTask: wrap it, TaskSource\(task\)"):
+        train(model, CopyTask(length=6), TrainConfig(steps=1, progress=False), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_accelerator_of_another_precision_than_the_config_is_refused(tmp_path):
     """The run would train in the Accelerator's precision while its checkpoints record the config's."""
     model, source = small_setup()

@@ -147,6 +147,9 @@ def train(
     model in `output_dir/best`."""
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
+    if not isinstance(source, Source):
+        hint = ": wrap it, TaskSource(task)" if isinstance(source, Task) else ""
+        raise InputError(f"train takes a data source (rmt.data.sources.Source), got a {type(source).__name__}{hint}")
     if source.metric != "accuracy" and config.curriculum_accuracy is not None:  # language modelling: loss only
         raise InputError(
             f"curriculum_accuracy acts on held-out accuracy, which this data does not have (it is scored by its "
