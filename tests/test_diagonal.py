@@ -276,10 +276,14 @@ def test_smollm2_engine_equals_sequential():
 
 
 def test_group_size_default_and_bad_values():
-    """'auto' runs the layers of a step one by one on the CPU (faster there, see benchmarks/armt_speed.py)."""
+    """'auto' runs the layers of a step one by one on the CPU (faster there, see benchmarks/armt_speed.py), and
+    follows the model where it moves after the engine was built (off the CPU: the whole diagonal at once)."""
     model = armt(tiny_decoder("llama", layers=2))
-    assert DiagonalARMT(model).group_size == 1
+    engine = DiagonalARMT(model)
+    assert engine.group_size == 1
     assert DiagonalARMT(model, group_size=None).group_size is None
+    model.to("meta")  # a device other than the CPU (no GPU here)
+    assert engine.group_size is None
     for bad in (0, -1, "fast", 1.5):
         with pytest.raises(ValueError, match="group_size"):
             DiagonalARMT(model, group_size=bad)

@@ -97,6 +97,58 @@ def test_merged_weights_give_the_adapted_model_outputs_and_gradients(family):
         assert torch.allclose(model(**inputs).logits, adapted_logits, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")  # two adapters: on purpose here
+@pytest.mark.parametrize("case", ["own-name", "two-adapters", "merged-by-peft"])
+def test_merging_keeps_every_update_the_adapted_model_applies(case):
+    """merge_lora gives the adapted model's outputs whatever peft holds: an adapter of the user's own name (it was
+    dropped: only "default" was merged), two adapters both active, or an update peft's own merge() already put into
+    the base weight (it was added a second time)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model, source = copy_model("llama")
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    if case == "own-name":
+        inject_adapter_in_model(config, model.backbone, adapter_name="mine")
+    else:
+        add_lora(model.backbone, rank=4, targets=["q_proj", "v_proj"])
+    if case == "two-adapters":
+        inject_adapter_in_model(config, model.backbone, adapter_name="second")
+        for _, layer in model.backbone.named_modules():
+            if hasattr(layer, "lora_A"):
+                layer.set_adapter(["default", "second"])
+    randomise_adapters(model)
+    inputs = source.eval_batch(0, 2).model_inputs()
+    with torch.no_grad():
+        adapted = model(**inputs).logits
+        if case == "merged-by-peft":
+            for layer in model.backbone.modules():
+                if hasattr(layer, "lora_A"):
+                    layer.merge()
+            assert torch.allclose(model(**inputs).logits, adapted, atol=1e-5)
+        merge_lora(model)
+        assert not has_lora_layers(model)
+        assert torch.allclose(model(**inputs).logits, adapted, atol=1e-5)
+
+
+def test_adapters_go_on_the_backbone_and_never_on_a_head_tied_to_the_embeddings():
+    """Given the memory model, the adapters reached the backbone's LM head (tied to the token embeddings in GPT-2:
+    merging changed the embeddings too, logits off by 4.4); a tied head is never a default target; a target string
+    is a comma-separated list (it was split into characters), an empty list names nothing."""
+    from rmt.memory.armt import ARMTForCausalLM
+
+    backbone = tiny_decoder("gpt2")
+    model = ARMTForCausalLM(backbone, RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=5, d_mem=8))
+    with pytest.raises(InputError, match="pass model.backbone, not the memory model"):
+        add_lora(model)
+    head = backbone.get_output_embeddings()
+    assert head.weight is backbone.get_input_embeddings().weight
+    assert not any(backbone.get_submodule(name) is head for name in default_lora_targets(backbone))
+    llama = tiny_decoder("llama")
+    assert add_lora(llama, targets="q_proj, v_proj") == 2 * llama.config.num_hidden_layers
+    with pytest.raises(InputError, match="the LoRA targets are empty"):
+        add_lora(tiny_decoder("llama"), targets=[])
+
+
 def test_optimizer_groups_hold_the_adapters_and_the_encoders_new_head():
     """Encoder: the backbone is frozen but for its adapters (backbone group, learning_rate) and its classification
     head (memory group, memory_learning_rate); the default targets leave the head to train whole."""

@@ -42,7 +42,7 @@ def default_lora_targets(backbone: nn.Module) -> list[str]:
     return [
         name
         for name, module in backbone.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and id(module) not in excluded
+        if isinstance(module, (nn.Linear, Conv1D)) and id(module) not in excluded and not _tied(module, backbone)
     ]
 
 
@@ -65,16 +65,24 @@ def add_lora(
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as err:
         raise InputError('LoRA needs the peft package: pip install "rmt[lora]" (or pip install peft)') from err
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    if isinstance(backbone, RecurrentMemoryModel):  # its memory projections and the backbone's tied head
+        raise InputError("add_lora takes the backbone: pass model.backbone, not the memory model")
     if has_lora_layers(backbone):
         raise InputError("the backbone already has LoRA adapters; merge them first (rmt.backbones.lora.merge_lora)")
-    targets = list(targets) if targets else default_lora_targets(backbone)
+    if isinstance(targets, str):  # "q_proj,v_proj", as the command line writes them
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if targets is not None and not targets:
+        raise InputError("the LoRA targets are empty: name the layers to adapt, or give none for every linear layer")
+    targets = list(targets) if targets is not None else default_lora_targets(backbone)
     if not targets:
         raise InputError("the backbone has no linear layers to put LoRA adapters on")
     output = _output_head(backbone)
     for name, module in backbone.named_modules():
         if not any(name == t or name.endswith("." + t) for t in targets):
             continue
-        if module is output:
+        if module is output or _tied(module, backbone):
             raise InputError(
                 f"no LoRA adapter on the output head {name!r}: many models share its weight with the token "
                 "embeddings, which a merged update would change too; leave it out of the targets"
@@ -117,7 +125,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def merge_lora(model: nn.Module) -> int:
     """Merge every LoRA layer's update into its base layer and put the base layer back in its place, in place;
-    returns the number of layers merged. Afterwards the module tree and parameter names are the backbone's own."""
+    returns the number of layers merged. Afterwards the module tree and parameter names are the backbone's own, and
+    every parameter's requires_grad is as peft left it (the base weights frozen; the trainer restores its own)."""
     layers = list(_lora_layers(model))
     for name, layer in layers:
         base = layer.get_base_layer()
@@ -135,14 +144,28 @@ def _output_head(backbone: nn.Module) -> nn.Module | None:
     return backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
 
 
+def _tied(module: nn.Module, backbone: nn.Module) -> bool:
+    """Whether `module`'s weight is an embedding's too (a tied LM head): a merged update would change both."""
+    weight = getattr(module, "weight", None)
+    return (
+        weight is not None
+        and not isinstance(module, nn.Embedding)
+        and any(isinstance(m, nn.Embedding) and m.weight is weight for m in backbone.modules())
+    )
+
+
 def _merged_weight(layer: nn.Module) -> torch.Tensor:
+    """The base weight plus the update of every adapter the layer applies: its active adapters (any name, a
+    user's own too) that peft has not already merged into the base weight itself."""
     base = layer.get_base_layer().weight
-    if ADAPTER not in getattr(layer, "lora_A", {}):
-        if getattr(layer, "lora_embedding_A", {}):  # never returned unmerged: its trained update would be lost
-            raise InputError("a LoRA adapter on an embedding layer cannot be merged here; adapt linear layers")
-        return base.detach()
-    delta = layer.get_delta_weight(ADAPTER)
-    return (base.detach().float() + delta.detach().float()).to(base.dtype)
+    if getattr(layer, "lora_embedding_A", {}):  # never returned unmerged: its trained update would be lost
+        raise InputError("a LoRA adapter on an embedding layer cannot be merged here; adapt linear layers")
+    applied = [] if layer.disable_adapters else layer.active_adapters
+    pending = [name for name in applied if name in layer.lora_A and name not in layer.merged_adapters]
+    merged = base.detach().float()
+    for name in pending:
+        merged = merged + layer.get_delta_weight(name).detach().float()
+    return merged.to(base.dtype)
 
 
 def _owner(key: str, prefixes: dict[str, nn.Module]) -> str | None:

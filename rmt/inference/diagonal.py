@@ -94,11 +94,9 @@ class DiagonalARMT:
         model is on the CPU, else None."""
         if not isinstance(model, ARMTForCausalLM):
             raise TypeError(f"DiagonalARMT runs an ARMTForCausalLM, got {type(model).__name__}")
-        if group_size == "auto":
-            group_size = 1 if model.memory.device.type == "cpu" else None
-        elif group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+        if group_size != "auto" and group_size is not None and (not isinstance(group_size, int) or group_size < 1):
             raise InputError(f"group_size must be an int >= 1, None or 'auto', got {group_size!r}")
-        self.group_size = group_size
+        self._group_size = group_size
         self.model = model
         self.adapter = model.adapter
         self.num_layers = model.adapter.num_layers
@@ -130,6 +128,13 @@ class DiagonalARMT:
         model's or another's, restacks."""
         params = self.adapter.layers.parameters()
         return _optimizer_steps, [(id(p), p._version, p.data_ptr(), p.device, p.dtype) for p in params]
+
+    @property
+    def group_size(self) -> int | None:
+        """The cells per grouped call; "auto" is decided by where the model is now (it may have moved since)."""
+        if self._group_size == "auto":
+            return 1 if self.model.memory.device.type == "cpu" else None
+        return self._group_size
 
     @torch.no_grad()
     def forward(
