@@ -11,8 +11,8 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
   folders are exchanged in one `renameat2(RENAME_EXCHANGE)` call, so there is no moment at which `path` does not
   exist; elsewhere the old folder is first renamed aside, and `recover_directory` puts it back if the process died
   between the two renames.
-- `recover_directory(path)`: run before reading or replacing a folder: restores a folder left aside by a crash and
-  removes the temporary folders of processes that no longer run.
+- `recover_directory(path)`: run before reading or replacing a folder (and by `write_atomic` before a file): restores
+  a folder left aside by a crash and removes the temporary files and folders of processes that no longer run.
 - `temporary_directory(path)` + `replace_directory(tmp, path)`: the two halves of `atomic_directory`, for a folder
   that several processes fill (the trainer's checkpoints under multi-process training).
 - `set_aside_exists(path)`: whether `recover_directory` would restore a previous version (read-only).
@@ -42,10 +42,11 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     is a symbolic link is written where it points (as `atomic_directory` does), the link kept."""
     path = _resolved(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(path)  # the temporary file of an earlier write to `path` that was killed (SIGKILL, SIGTERM)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent)
     try:
-        os.fchmod(handle, _permissions(0o666))
-        with os.fdopen(handle, "wb") as f:
+        with os.fdopen(handle, "wb") as f:  # owns the descriptor from here: closed whatever fails below
+            os.fchmod(f.fileno(), _permissions(0o666))
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
@@ -154,11 +155,11 @@ def _permissions(requested: int) -> int:
 
 
 def recover_directory(path: str | os.PathLike) -> None:
-    """Undo what a crash inside `atomic_directory` may have left next to `path`.
+    """Undo what a crash inside `atomic_directory` or `write_atomic` may have left next to `path`.
 
     If `path` is missing but a previous version was set aside (the crash fell between the two renames of the portable
-    swap), that version is restored. Temporary and set-aside folders of processes that have ended are removed; those
-    of running processes (a save in progress elsewhere) are left alone."""
+    swap), that version is restored. Temporary files and temporary and set-aside folders of processes that have ended
+    are removed; those of running processes (a save in progress elsewhere) are left alone."""
     path = Path(path)
     if not path.parent.is_dir():
         return
@@ -171,8 +172,11 @@ def recover_directory(path: str | os.PathLike) -> None:
     if not path.exists() and set_aside:
         os.replace(set_aside.pop(), path)
     for _, entry in leftovers:
-        if entry.exists():
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
 
 
 def replace_directory(new: Path, target: Path) -> None:

@@ -536,6 +536,30 @@ def test_load_refuses_a_field_that_is_not_text(tmp_path, field, value, said):
         load_babilong(path)
 
 
+@pytest.mark.parametrize(
+    "metadata, said",
+    [
+        (
+            {"facts": ["a.", "b."], "fact_depths": [0.1, 0.5], "supporting_facts": [9]},
+            "'supporting_facts' names fact 9 of 2",
+        ),
+        ({"fact_depths": ["x", 0.5]}, "'fact_depths' is not a list of fractions from 0 to 1"),
+        ({"fact_depths": [1.5]}, "'fact_depths' is not a list of fractions"),
+        ({"supporting_facts": "0"}, "'supporting_facts' is not a list of fact indices"),
+        ({"length": "4k"}, "'length' is '4k', not a whole number"),
+        ({"seed": True}, "'seed' is True, not a whole number"),
+        ({"facts": "Mary went."}, "'facts' is not a list of texts"),
+    ],
+)
+def test_load_refuses_metadata_that_evaluation_could_not_read(tmp_path, metadata, said):
+    """Evaluation reads a file's facts' depths and supporting facts: a bad one failed mid-run with a traceback
+    (IndexError, TypeError), after the earlier cells were written."""
+    path = tmp_path / "0k.json"
+    path.write_text(json.dumps([PUBLIC_RECORD, {**PUBLIC_RECORD, **metadata}]))
+    with pytest.raises(InputError, match=rf"0k\.json: record 1: the field {said}"):
+        load_babilong(path)
+
+
 def test_load_reads_a_file_with_a_byte_order_mark(tmp_path):
     for name, text in (("bom.json", json.dumps([PUBLIC_RECORD])), ("bom.jsonl", json.dumps(PUBLIC_RECORD) + "\n")):
         (tmp_path / name).write_text(text, encoding="utf-8-sig")

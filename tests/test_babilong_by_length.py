@@ -128,6 +128,29 @@ def test_results_json_never_holds_nan(tmp_path):
     assert _strict((tmp_path / "results.json").read_text()) == written
 
 
+def test_an_interrupted_first_write_leaves_no_file_of_the_run_it_replaces(tmp_path, monkeypatch):
+    """With --overwrite the first cell's write replaces an earlier run's files: interrupted while drawing (a second
+    per figure), it left the earlier run's accuracy.png and heatmaps beside this run's results.json. Now the earlier
+    files go first, and results.json is written last, once the rest is."""
+    import rmt.eval.by_length as by_length
+
+    for name in ("results.json", "predictions.jsonl", "accuracy.png", "heatmap-no_memory.png", "heatmap-memory.png"):
+        (tmp_path / name).write_text("earlier run")
+    (tmp_path / "notes.txt").write_text("mine")  # not a result file: kept
+    cell = Outcome(correct=1, total=2, tokens=20, seconds=1.0).record()
+    results = {"tasks": ["qa1"], "lengths": ["0k"], "methods": ["memory"], "cells": {"qa1/0k/memory": cell}}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(by_length, "plot_methods", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(results, tmp_path, replace=True)
+    left = {path.name: path.read_text(errors="replace") for path in tmp_path.iterdir()}
+    assert [name for name, text in left.items() if text == "earlier run"] == [] and "results.json" not in left
+    assert set(left) == {"notes.txt", "predictions.jsonl", "table.md", "heatmap-memory.png"}
+
+
 def test_a_decoders_full_attention_answer_is_the_backbones_own_greedy_answer_on_the_last_window(tmp_path):
     """Beyond the window, full attention reads the prompt's last `window - max_new_tokens` tokens and generates the
     answer in the same window, every answer token attending to the prompt: the backbone's own greedy continuation.

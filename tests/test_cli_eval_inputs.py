@@ -379,6 +379,27 @@ def test_a_full_attention_baseline_with_a_smaller_vocabulary_is_refused_before_a
     assert code == 2 and "embeds 16 token ids, fewer than the" in err and not output.exists()
 
 
+def test_a_full_attention_baseline_with_another_tokenizer_is_refused_before_any_cell(decoder, tmp_path, capsys):
+    """It embeds enough ids, but its own tokenizer gives the samples' words other ids than the checkpoint's, which
+    writes the samples: it read ids that meant other words to it, and scored 0.00 without a word said."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from rmt.build import pretrained_tokenizer
+
+    ours = pretrained_tokenizer(decoder)
+    shifted = {token: i + 1 for token, i in ours.get_vocab().items()} | {"[EXTRA]": 0}  # every id one further
+    words = Tokenizer(models.WordLevel(shifted, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    other = tmp_path / "other"
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(other)
+    random_backbone("llama", len(shifted), 1, 32, 4, 2048).save_pretrained(other)
+    output = tmp_path / "out"
+    args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--output", str(output)]
+    code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", str(other)], capsys)
+    assert code == 2 and "has another tokenizer than the checkpoint's" in err and not output.exists()
+
+
 def test_unused_haystack_is_refused(decoder, haystack, tmp_path, capsys):
     args = ["--lengths", "0k", "--haystack", haystack]
     code, _, err = _run(["eval", decoder, "--data", "babilong:qa1", "--samples", "1", *args], capsys)

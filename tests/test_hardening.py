@@ -276,6 +276,33 @@ def test_leftovers_of_dead_processes_are_removed_but_not_live_ones(tmp_path):
     assert not dead.exists() and live.exists()
 
 
+def test_the_temporary_file_of_a_killed_write_goes_with_the_next_write(tmp_path):
+    """write_atomic's temporary file stays behind when its process is killed (SIGKILL, SIGTERM): the next write of
+    that file removes it, not a write in progress by a running process."""
+    dead = tmp_path / ".results.json.tmp-999999999-abc"
+    live = tmp_path / f".results.json.tmp-{os.getppid()}-abc"
+    other = tmp_path / ".table.md.tmp-999999999-abc"  # another file's: left to that file's next write
+    for leftover in (dead, live, other):
+        leftover.write_text("half")
+    files.write_atomic(tmp_path / "results.json", "{}")
+    assert not dead.exists() and live.exists() and other.exists()
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_a_failed_atomic_write_closes_its_file(tmp_path, monkeypatch):
+    """fchmod failing (a file system that refuses it) left the temporary file's descriptor open."""
+    opened = len(os.listdir("/proc/self/fd"))
+
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "fchmod", refuse)
+    for _ in range(5):
+        with pytest.raises(PermissionError):
+            files.write_atomic(tmp_path / "result.json", "{}")
+    assert len(os.listdir("/proc/self/fd")) == opened and not list(tmp_path.iterdir())
+
+
 def test_metrics_log_survives_a_resume(trained_run, capsys):
     before = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert main(["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]) == 0

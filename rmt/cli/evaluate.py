@@ -454,6 +454,25 @@ def earlier_results(folder: Path) -> list[str]:
     return [name for name in RESULT_FILES if (folder / name).exists()]
 
 
+def _check_same_tokens(name: str, tokenizer: Any, tasks: list[str]) -> None:
+    """Refuse a --full-attention-model whose own tokenizer writes the samples' words as other ids than the
+    checkpoint's, which writes them for every method: it would read ids that mean other tokens to it."""
+    from rmt.build import pretrained_tokenizer
+    from rmt.data.babilong import answer_labels
+
+    try:
+        own = pretrained_tokenizer(name)
+    except InputError:  # a folder of weights alone: nothing to compare with (its vocabulary size was checked)
+        return
+    words = sorted({word for task in tasks for word in answer_labels(task)})
+    probe = "Mary went to the kitchen. Where is Mary?\nAnswer: " + " ".join(words)
+    if tokenizer(probe, add_special_tokens=False).input_ids != own(probe, add_special_tokens=False).input_ids:
+        raise InputError(
+            f"--full-attention-model {name} has another tokenizer than the checkpoint's, which writes the samples "
+            "for every method (the same text gives other ids): give a model with the checkpoint's tokenizer"
+        )
+
+
 def _check_baseline(name: str, baseline: Any, model: Any, tokenizer: Any, mode: str) -> None:
     """Refuse a --full-attention-model that cannot read the checkpoint tokenizer's ids or, for an encoder, does not
     answer with the checkpoint's classes: found only at its first cell, after the memory cells are written."""
@@ -537,6 +556,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
                 "classifier trained on the same answers"
             ) from err
         _check_baseline(args.full_attention_model, baseline, model, tokenizer, mode)
+        _check_same_tokens(args.full_attention_model, tokenizer, tasks)
     if "full_attention" in methods:
         _full_attention_window(args, baseline if baseline is not None else model.backbone, mode)
     if files is None:

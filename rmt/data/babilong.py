@@ -760,8 +760,9 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
     """Read a BABILong file: a JSON array of objects (the public files, `save_babilong`) or JSON lines, in UTF-8
     (with or without a byte order mark). Every record needs input, question and target, as text; other keys are kept
     (metadata fields, or `extra`). Raises InputError naming the file, and the record and field where there is one,
-    for a file with no records, a record that is not an object or lacks a field or whose field is not text, and a
-    JSON object of sample lists keyed by length or task (one file holds one task and length)."""
+    for a file with no records, a record that is not an object or lacks a field or whose field is not text, metadata
+    that evaluation could not read (`metadata_problem`), and a JSON object of sample lists keyed by length or task
+    (one file holds one task and length)."""
     path = Path(path)
     # utf-8-sig: files saved by Windows tools start with a byte order mark, which json.loads refuses.
     text = path.read_text(encoding="utf-8-sig")
@@ -792,8 +793,49 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
                 value = record[name]
                 what = "null" if value is None else f"a {type(value).__name__} ({value!r:.40}), not text"
                 raise InputError(f"{path}: record {i}: the field {name!r} is {what}")
-        samples.append(BabilongSample.from_dict(record))
+        sample = BabilongSample.from_dict(record)
+        problem = metadata_problem(sample)
+        if problem is not None:
+            raise InputError(f"{path}: record {i}: {problem}")
+        samples.append(sample)
     return samples
+
+
+def metadata_problem(sample: BabilongSample) -> str | None:
+    """What is wrong with a sample's metadata (read from a file: evaluation reads the facts' depths and supporting
+    facts), or None: each field absent or of its type, the supporting facts indices of its facts and depths."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    for name in ("length", "num_tokens", "seed", "background_start", "background_sentences"):
+        value = getattr(sample, name)
+        if value is not None and not whole(value):
+            return f"the field {name!r} is {value!r}, not a whole number"
+    if sample.task is not None and not isinstance(sample.task, str):
+        return f"the field 'task' is {sample.task!r}, not text"
+    if sample.facts is not None and not (
+        isinstance(sample.facts, list) and all(isinstance(fact, str) for fact in sample.facts)
+    ):
+        return "the field 'facts' is not a list of texts"
+    depths = sample.fact_depths
+    if depths is not None and not (isinstance(depths, list) and all(number(d) and 0 <= d <= 1 for d in depths)):
+        return "the field 'fact_depths' is not a list of fractions from 0 to 1"
+    if sample.depth_range is not None and not (
+        len(sample.depth_range) == 2 and all(number(d) for d in sample.depth_range)
+    ):
+        return f"the field 'depth_range' is {list(sample.depth_range)!r}, not two numbers"
+    supporting = sample.supporting_facts
+    if supporting is not None:
+        known = [len(x) for x in (sample.facts, depths) if x is not None]
+        if not (isinstance(supporting, list) and all(whole(k) and k >= 0 for k in supporting)):
+            return "the field 'supporting_facts' is not a list of fact indices"
+        if known and max(supporting, default=-1) >= min(known):
+            return f"the field 'supporting_facts' names fact {max(supporting)} of {min(known)}"
+    return None
 
 
 def _json_object(text: str, path: Path) -> list[Any] | None:

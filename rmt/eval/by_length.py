@@ -283,8 +283,8 @@ def evaluate_by_length(
                     "peak_rss_mib": round(peak_rss_mib(), 1),
                     "peak_rss_scope": peak_scope,
                 }
-                if output_dir is not None:
-                    write_results(results, Path(output_dir), predictions)
+                if output_dir is not None:  # the first cell's write replaces an earlier run's files whole
+                    write_results(results, Path(output_dir), predictions, replace=len(results["cells"]) == 1)
     return {**results, "predictions": predictions}
 
 
@@ -392,15 +392,23 @@ def _run_cell(
 RESULT_FILES = ("results.json", "predictions.jsonl", "table.md", "accuracy.png", *(f"heatmap-{m}.png" for m in METHODS))
 
 
-def write_results(results: dict[str, Any], output_dir: Path, predictions: Sequence[dict[str, Any]] = ()) -> None:
+def write_results(
+    results: dict[str, Any], output_dir: Path, predictions: Sequence[dict[str, Any]] = (), replace: bool = False
+) -> None:
     """results.json, predictions.jsonl (one answer per line), table.md, one heatmap per method and accuracy.png (the
-    methods side by side by length), each written atomically. The heatmaps of methods that `results` does not hold
-    (an earlier run's, in the same folder) are removed, so the folder holds only this run's results."""
+    methods side by side by length), each written atomically, results.json last: an interrupted write leaves the
+    others as new as it or newer. `replace`: remove every result file an earlier run left in the folder first, so
+    that an interruption cannot leave its plots beside this run's results. The heatmaps of methods that `results`
+    does not hold are removed, so the folder holds only this run's results."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: NaN is not JSON (strict readers refuse the file); a value with no number is null instead.
-    write_atomic(output_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    # Serialised first: results that cannot be written change nothing on disk.
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
     lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in predictions)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if replace:
+        for name in RESULT_FILES:
+            (output_dir / name).unlink(missing_ok=True)
     write_atomic(output_dir / "predictions.jsonl", lines)
     write_atomic(output_dir / "table.md", format_table(results) + "\n")
     for method in results["methods"]:
@@ -409,6 +417,7 @@ def write_results(results: dict[str, Any], output_dir: Path, predictions: Sequen
     for method in METHODS:
         if method not in results["methods"]:
             (output_dir / f"heatmap-{method}.png").unlink(missing_ok=True)
+    write_atomic(output_dir / "results.json", text)
 
 
 def format_table(results: dict[str, Any]) -> str:
