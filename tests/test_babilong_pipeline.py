@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import background_text, tiny_model_folder
 
+import rmt.eval.by_length as by_length_module
 from rmt.cli import build_parser, main
 from rmt.cli.options import config_from_args
 from rmt.cli.train import build_setup
@@ -89,6 +90,8 @@ def test_train_on_a_file_then_evaluate_decoder(tmp_path, decoder_dir, haystack_f
     args += ["--methods", "memory,no_memory,full_attention", "--window", "48", "--haystack", str(haystack_file)]
     assert main([*args, "--output", str(by_length), "--no-progress"]) == 0
     results = json.loads((by_length / "results.json").read_text())
+    assert results["complete"] and results["settings"]["checkpoint"] == str(output / "model")  # how it was made
+    assert results["settings"]["window"] == 48 and results["settings"]["lengths"] == "0k,120"
     assert set(results["cells"]) == {
         f"qa1/{n}/{m}" for n in ("0k", "120") for m in ("memory", "no_memory", "full_attention")
     }
@@ -197,9 +200,17 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
     model = memory_model(backbone, config)
     haystack = Haystack.from_text(haystack_file.read_text())
     out = tmp_path / "by-length"
+    written_complete = []
+    write = by_length_module.write_results
+    monkeypatch.setattr(
+        by_length_module,
+        "write_results",
+        lambda results, *a, **k: written_complete.append(results["complete"]) or write(results, *a, **k),
+    )
     results = evaluate_by_length(
         model, tokenizer, ["qa1"], [80], 6, haystack, methods=["memory", "no_memory"], progress=False, output_dir=out
     )
+    assert written_complete == [False, True]  # a file written after the first cell says it is not all there
     memory, no_memory = (results["cells"][f"qa1/80/{m}"] for m in ("memory", "no_memory"))
     # Memory off (M = 0) is already what no_memory runs: the same samples must get the same answers.
     assert memory["correct"] == no_memory["correct"] and memory["tokens"] == no_memory["tokens"]
@@ -229,8 +240,6 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
     assert len(set(answers)) > 1  # answers that follow the input: a baseline reading other segments would differ
 
     # --facts reaches the generated samples, not only the record.
-    import rmt.eval.by_length as by_length
-
     built = []
 
     def recording_build_dataset(*args, **kwargs):
@@ -238,7 +247,7 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
         built.extend(samples)
         return samples
 
-    monkeypatch.setattr(by_length, "build_dataset", recording_build_dataset)
+    monkeypatch.setattr(by_length_module, "build_dataset", recording_build_dataset)
     results = evaluate_by_length(model, tokenizer, ["qa1"], [80], 6, haystack, progress=False, num_facts=1)
     assert results["num_facts"] == 1 and len(built) == 6 and all(sample.num_facts == 1 for sample in built)
 
@@ -247,7 +256,6 @@ def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack
 def test_by_length_peak_rss_is_each_cells_own(encoder_dir, haystack_file, monkeypatch):
     """A method that needs much memory (here 400 MB touched while it reads, then freed) does not raise the peak RSS
     recorded for the cells after it: each cell's peak is reset before it runs."""
-    import rmt.eval.by_length as by_length
     from rmt import RMTConfig
     from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer
 
@@ -263,7 +271,7 @@ def test_by_length_peak_rss_is_each_cells_own(encoder_dir, haystack_file, monkey
             return super().answer(sample, task)
 
     monkeypatch.setattr(
-        by_length,
+        by_length_module,
         "readers",
         lambda model, tokenizer, methods, *args: {
             "hungry": HungryReader(model, tokenizer),

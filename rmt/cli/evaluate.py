@@ -447,6 +447,12 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
     }
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's flags as results.json keeps them (values of plain types: the command is the rest)."""
+    plain = (str, int, float, bool, type(None))
+    return {"command": "rmt eval", **{k: v for k, v in vars(args).items() if isinstance(v, plain)}}
+
+
 def earlier_results(folder: Path) -> list[str]:
     """The result files of an earlier by-length run in `folder`."""
     from rmt.eval.by_length import RESULT_FILES
@@ -589,6 +595,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
         files=files,
         full_attention_backbone=baseline,
         num_facts=num_facts,
+        settings=_settings(args),
     )
     print(format_table(results))
     if args.output:

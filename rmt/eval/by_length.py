@@ -245,10 +245,13 @@ def evaluate_by_length(
     files: dict[tuple[str, str], list[BabilongSample]] | None = None,
     full_attention_backbone: Any = None,
     num_facts: int | tuple[int, int] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of each method on each task and length, and every answer (`results["predictions"]`); writes
     results.json, predictions.jsonl and the plots to `output_dir` after every finished cell (so an interrupted run
-    keeps what it measured). `samples`: per length name, or one count for all. `files`: samples read from BABILong
+    keeps what it measured; results["complete"] says whether every cell is there). `settings` (e.g. the command's
+    flags) are kept in results["settings"], so that a results file says how it was made. `samples`: per length
+    name, or one count for all. `files`: samples read from BABILong
     files, by (task, length name), instead of generated ones. `num_facts`: facts per generated story (a count or an
     inclusive range; None: the bAbI task's range).
 
@@ -263,6 +266,9 @@ def evaluate_by_length(
     predictions: list[dict[str, Any]] = []
     if num_facts is not None:
         results["num_facts"] = num_facts
+    if settings is not None:
+        results["settings"] = settings
+    cells = len(names) * len(tasks) * len(per_method)
     for name in names:
         for task in tasks:
             count = counts[(task, name)]
@@ -283,6 +289,7 @@ def evaluate_by_length(
                     "peak_rss_mib": round(peak_rss_mib(), 1),
                     "peak_rss_scope": peak_scope,
                 }
+                results["complete"] = len(results["cells"]) == cells
                 if output_dir is not None:  # the first cell's write replaces an earlier run's files whole
                     write_results(results, Path(output_dir), predictions, replace=len(results["cells"]) == 1)
     return {**results, "predictions": predictions}
