@@ -372,7 +372,7 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
 
     location, gguf = resolve_model(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf} if gguf else {}))
+        tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf} if gguf else {}))
     except OSError as err:
         raise MissingFileError(f"cannot load a tokenizer from {name_or_path!r}: {_one_line(err)}") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a damaged tokenizer file
@@ -383,6 +383,15 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
         raise InputError(
             f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none): {_one_line(err)}"
         ) from err
+    # Without tokenizer files transformers still builds some families' tokenizers (GPT-2's, BERT's) from their config
+    # alone: empty, or [UNK] for every word. Text through one would train and answer on nothing.
+    words = tokenizer("Mary went to the kitchen.", add_special_tokens=False).input_ids
+    if not words or all(token == tokenizer.unk_token_id for token in words):
+        raise InputError(
+            f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none): the one transformers "
+            f"builds without tokenizer files has {len(tokenizer)} entries and no words"
+        )
+    return tokenizer
 
 
 def _looks_like_hub_id(name: str) -> bool:

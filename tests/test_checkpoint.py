@@ -9,6 +9,7 @@ from conftest import tiny_decoder, tiny_encoder
 
 import rmt.memory.pretrained as pretrained
 from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+from rmt.errors import InputError
 
 
 def trained_like(model: torch.nn.Module) -> torch.nn.Module:
@@ -72,6 +73,32 @@ def test_corrupt_checkpoint_errors_and_is_left_untouched(tmp_path):
     (tmp_path / "third" / "backbone" / "config.json").write_text("{broken")
     with pytest.raises(ValueError, match="corrupt checkpoint: cannot load the backbone"):
         RecurrentMemoryModel.from_pretrained(tmp_path / "third")
+
+
+def test_a_checkpoint_with_a_backbone_file_or_an_unknown_family_is_one_error(tmp_path):
+    """Raw NotADirectoryError and transformers' ValueError ("Unrecognized configuration class") before."""
+    import json
+    import shutil
+
+    model = RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=3, segment_size=5))
+    model.save_pretrained(tmp_path / "ckpt")
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "family")
+    shutil.rmtree(tmp_path / "ckpt" / "backbone")
+    (tmp_path / "ckpt" / "backbone").write_text("not a folder")
+    with pytest.raises(InputError, match="corrupt checkpoint: .*backbone is a file"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "ckpt")
+    config_file = tmp_path / "family" / "backbone" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_type": "t5"}))
+    with pytest.raises(InputError, match="its family 't5' has no causal LM in this transformers"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "family")
+
+
+def test_a_classifier_of_one_label_is_refused():
+    """num_labels=1 is Hugging Face's regression: a softmax over one class has loss 0 and trains nothing."""
+    backbone = tiny_encoder()
+    backbone.config.num_labels = 1
+    with pytest.raises(InputError, match="the classifier has 1 label"):
+        RMTForSequenceClassification(backbone, RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=8))
 
 
 def test_backbone_weights_missing_or_of_another_shape_are_a_corrupt_checkpoint(tmp_path):

@@ -19,6 +19,7 @@ from rmt.cli.evaluate import parse_samples
 from rmt.config import RMTConfig
 from rmt.data.babilong import answer_labels, build_dataset, save_babilong
 from rmt.data.haystack import Haystack
+from rmt.errors import InputError
 
 LENGTHS = ["0k", "1k", "4k", "16k", "64k", "1M"]
 
@@ -351,6 +352,18 @@ def test_model_kinds_and_missing_tokenizers_are_refused_in_one_line(decoder, enc
             os.remove(untokenized / "backbone" / name)
     code, _, err = _run(["eval", str(untokenized), "--data", str(text)], capsys)
     assert code == 2 and "has no tokenizer" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "bert"])
+def test_a_model_folder_without_tokenizer_files_has_no_tokenizer_in_any_family(family, tmp_path, capsys):
+    """transformers builds GPT-2's, GPT-NeoX's and BERT's tokenizers from their config alone: empty, or [UNK] for
+    every word. `rmt train --model DIR --data babilong:qa1` trained on all-[UNK] input and exited 0."""
+    random_backbone(family, 64, 1, 32, 4, 256).save_pretrained(tmp_path / "model")
+    with pytest.raises(InputError, match="has no tokenizer .*and no words"):
+        pretrained_tokenizer(tmp_path / "model")
+    args = ["train", "--model", str(tmp_path / "model"), "--data", "babilong:qa1", "--output", str(tmp_path / "run")]
+    code, _, err = _run([*args, "--steps", "1"], capsys)
+    assert code == 2 and "has no tokenizer" in err and not (tmp_path / "run").exists()
 
 
 def test_a_full_attention_baseline_that_cannot_read_the_samples_is_refused_before_any_cell(encoder, tmp_path, capsys):

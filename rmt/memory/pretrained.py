@@ -119,6 +119,9 @@ def load_memory_model(
     missing = [n for n in (MEMORY_CONFIG, MEMORY_WEIGHTS, BACKBONE_DIR) if not (path / n).exists()]
     if missing:
         raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}{model_inside(path)}")
+    for name, folder in ((MEMORY_CONFIG, False), (MEMORY_WEIGHTS, False), (BACKBONE_DIR, True)):
+        if (path / name).is_dir() != folder:
+            raise InputError(f"corrupt checkpoint: {path / name} is a {'file' if folder else 'folder'}")
     config = RMTConfig.load(path / MEMORY_CONFIG)
     model_cls = model_class(config)
     if expected is not None and not issubclass(model_cls, expected):
@@ -148,6 +151,10 @@ def load_memory_model(
     return model.to(backbone.device).eval()
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -173,6 +180,11 @@ def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
         )
     except (SafetensorError, OSError) as err:  # unreadable or missing weight files
         raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err
+    except ValueError as err:  # a family this transformers does not know, or has no such model class for
+        raise InputError(
+            f"cannot load the backbone from {folder}: its family {config['model_type']!r} has no "
+            f"{'causal LM' if mode == 'decoder' else 'sequence classifier'} in this transformers ({_first_line(err)})"
+        ) from err
     found = loading_problems(info, kinds)
     if found:
         raise InputError(f"corrupt checkpoint: the backbone weights in {folder} do not match its config ({found})")

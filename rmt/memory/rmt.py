@@ -418,6 +418,12 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
                 f"{type(backbone).__name__} is not a sequence classifier: RMTForSequenceClassification needs one such "
                 "as AutoModelForSequenceClassification (e.g. BertForSequenceClassification, not BertModel)"
             )
+        labels, problem = backbone.config.num_labels, getattr(backbone.config, "problem_type", None)
+        if labels < 2 or problem not in (None, "single_label_classification"):  # the loss is a softmax over classes
+            raise InputError(
+                f"the classifier has {labels} label(s) and problem_type {problem!r}: RMTForSequenceClassification "
+                "answers with one of at least 2 classes (single-label classification)"
+            )
         super().__init__(backbone, config)
         m = config.num_memory_tokens
         self.prefix_length = 1 + m + 1 if m > 0 else 1  # [CLS] [memory] [SEP]  or just [CLS]
