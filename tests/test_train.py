@@ -85,6 +85,25 @@ def test_curriculum_advance_and_plateau_read_the_chosen_metric():
         TrainConfig(curriculum_metric="f1")
     with pytest.raises(InputError, match="this curriculum has one stage"):  # nothing to move on to
         TrainConfig(curriculum=[(0, 2)], curriculum_accuracy=0.5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"recompute": "no"}, "recompute must be True or False, got 'no'"),  # a non-empty string was true
+        ({"progress": "false"}, "progress must be True or False"),
+        ({"checkpoint_every": 1.5}, "checkpoint_every must be a whole number"),  # checkpointed every third step
+        ({"warmup_steps": "10"}, "warmup_steps must be a whole number"),
+        ({"learning_rate": "1e-3"}, "learning_rate must be a number"),
+        ({"plateau_evals": 1.5}, "plateau_evals must be a whole number"),
+        ({"curriculum": [(0, 1.5)]}, r"a pair of whole numbers \(first step, segments\), got \(0, 1.5\)"),
+        ({"curriculum": [(0, 1, 2)]}, "a pair of whole numbers"),
+        ({"curriculum": "0:1,5:2"}, "curriculum needs a list of"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(changes, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig(**changes)
     with pytest.raises(InputError, match="fsdp and mixed_precision='fp16' cannot be combined"):
         TrainConfig(fsdp=True, mixed_precision="fp16")
     assert TrainConfig(fsdp=True, mixed_precision="bf16").fsdp

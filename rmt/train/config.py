@@ -212,6 +212,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_doc("Show progress bars."))
 
     def __post_init__(self) -> None:
+        self._check_types()
         positive = ("steps", "batch_size", "grad_accumulation", "eval_every", "eval_batches", "eval_batch_size")
         for name in (*positive, "log_every"):
             value = getattr(self, name)
@@ -267,8 +268,8 @@ class TrainConfig:
                 "on sharded gradients before clipping); use mixed_precision='bf16' with fsdp"
             )
         if self.curriculum is not None:
-            self.curriculum = [tuple(stage) for stage in self.curriculum]
             curriculum_segments(0, self.curriculum)  # validates the stages
+            self.curriculum = [tuple(stage) for stage in self.curriculum]
         if self.curriculum_accuracy is not None:
             if self.curriculum is None:
                 raise InputError("TrainConfig.curriculum_accuracy needs a curriculum")
@@ -285,6 +286,25 @@ class TrainConfig:
             raise InputError(f"TrainConfig.plateau_min_steps must be >= 0, got {self.plateau_min_steps}")
         if self.plateau_min_steps and self.plateau_evals is None:
             raise InputError("TrainConfig.plateau_min_steps needs plateau_evals")
+
+    def _check_types(self) -> None:
+        """Switches must be bools ("no" is true in Python: recompute="no" turned recompute on), counts whole numbers
+        (checkpoint_every=1.5 checkpointed every third step), rates numbers (a string failed deep in the optimizer)."""
+        switches = ("save_best", "recompute", "fsdp", "tensorboard", "progress")
+        counts = ("warmup_steps", "checkpoint_every", "seed", "plateau_min_steps", "lora_rank", "plateau_evals")
+        numbers = ("learning_rate", "memory_learning_rate", "weight_decay", "min_lr_factor", "grad_clip")
+        numbers += ("curriculum_accuracy", "lora_alpha", "lora_dropout", "max_time")
+        for name in switches:
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name in counts:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InputError(f"TrainConfig.{name} must be a whole number, got {value!r}")
+        for name in numbers:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InputError(f"TrainConfig.{name} must be a number, got {value!r}")
 
     @property
     def memory_lr(self) -> float:

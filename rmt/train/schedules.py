@@ -12,8 +12,15 @@ def curriculum_segments(step: int, stages: list[tuple[int, int]]) -> int:
     The first stage must start at step 0; stages are sorted by first_step. Example: [(0, 1), (500, 2), (1000, 4)]
     trains on 1 segment for steps 0-499, 2 for 500-999 and 4 from step 1000 on.
     """
-    if not stages:
-        raise InputError("curriculum needs at least one stage")
+    if isinstance(stages, str) or not stages:
+        raise InputError(f"curriculum needs a list of (first step, segments) stages, got {stages!r}")
+    for stage in stages:
+        if not (
+            isinstance(stage, list | tuple)
+            and len(stage) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in stage)
+        ):
+            raise InputError(f"a curriculum stage is a pair of whole numbers (first step, segments), got {stage!r}")
     if stages[0][0] != 0:
         raise InputError(f"the first curriculum stage must start at step 0, got {stages[0][0]}")
     starts = [first for first, _ in stages]
