@@ -640,14 +640,26 @@ def test_a_step_the_fp16_scaler_skips_does_not_advance_the_learning_rate_schedul
     assert [r["lr"] for r in history if "lr" in r] == [0.0, 0.0, config.learning_rate / 2]
 
 
-def test_fp16_on_the_cpu_is_refused_instead_of_training_in_fp32(tmp_path):
-    """Accelerate on the CPU leaves fp16 off (no autocast, no scaler: native_amp is False); Accelerate's settings
-    are global to the process, so the CPU Accelerator's two attributes stand in for it here."""
+@pytest.mark.parametrize(
+    ("precision", "accelerator", "message"),
+    [
+        # Accelerate on the CPU leaves fp16 off (no autocast, no scaler: native_amp is False); its settings are
+        # global to the process, so the CPU Accelerator's two attributes stand in for it here.
+        ("fp16", SimpleNamespace(mixed_precision="fp16", native_amp=False), "fp16 mixed precision needs a GPU"),
+        # The run would train in the Accelerator's precision while its checkpoints record the config's.
+        (
+            "bf16",
+            SimpleNamespace(mixed_precision="no", native_amp=True),
+            "the Accelerator runs mixed precision 'no' but the config asks for 'bf16'",
+        ),
+    ],
+)
+def test_an_accelerator_that_cannot_run_the_configs_precision_is_refused(tmp_path, precision, accelerator, message):
+    """fp16 on the CPU (it would train in fp32), or an Accelerator of another precision than the config's."""
     model, source = small_setup()
-    config = TrainConfig(steps=1, batch_size=2, mixed_precision="fp16", progress=False)
-    cpu_fp16 = SimpleNamespace(mixed_precision="fp16", native_amp=False)
-    with pytest.raises(InputError, match="fp16 mixed precision needs a GPU"):
-        train(model, source, config, tmp_path / "run", accelerator=cpu_fp16)
+    config = TrainConfig(steps=1, batch_size=2, mixed_precision=precision, progress=False)
+    with pytest.raises(InputError, match=message):
+        train(model, source, config, tmp_path / "run", accelerator=accelerator)
     assert not (tmp_path / "run").exists()
 
 
@@ -655,14 +667,4 @@ def test_a_task_given_for_a_source_is_refused_with_the_wrapper_to_use(tmp_path):
     model, _ = small_setup()
     with pytest.raises(InputError, match=r"got a CopyTask: wrap it, TaskSource\(task\)"):
         train(model, CopyTask(length=6), TrainConfig(steps=1, progress=False), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
-def test_an_accelerator_of_another_precision_than_the_config_is_refused(tmp_path):
-    """The run would train in the Accelerator's precision while its checkpoints record the config's."""
-    model, source = small_setup()
-    config = TrainConfig(steps=1, batch_size=2, mixed_precision="bf16", progress=False)
-    fp32 = SimpleNamespace(mixed_precision="no", native_amp=True)
-    with pytest.raises(InputError, match="the Accelerator runs mixed precision 'no' but the config asks for 'bf16'"):
-        train(model, source, config, tmp_path / "run", accelerator=fp32)
     assert not (tmp_path / "run").exists()

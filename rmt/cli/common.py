@@ -72,6 +72,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_seed(seed: int) -> None:
+    """Refuse a --seed that torch.manual_seed cannot take (a traceback from deep inside torch otherwise)."""
+    if not 0 <= seed < 2**32:
+        raise InputError(f"--seed must be in [0, 2**32), got {seed}")
+
+
 def flags_given(args: argparse.Namespace, flags: Sequence[str]) -> list[str]:
     """Which of `flags` the command line gave (as `--flag VALUE` or `--flag=VALUE`), from `args.command_line` (set by
     `rmt.cli.main`; none when the handler is called without it). The commands refuse abbreviated flags, so whole

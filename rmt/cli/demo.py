@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rmt.cli.common import add_runtime_arguments, apply_runtime
+from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     # Checked here so that the message names the flag (TrainConfig would name its own field).
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be at least 1, got {args.steps}")
-    if not 0 <= args.seed < 2**32:
-        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
+    check_seed(args.seed)
     apply_runtime(args)
     settings = DemoSettings(seed=args.seed)
     if args.steps is not None:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from rmt.cli.common import add_runtime_arguments, apply_runtime
+from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed
 from rmt.errors import InputError
 
 
@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --document (and/or --memory-file with a saved memory)")
     if args.max_new_tokens < 1 or args.chunk_tokens < 1:
         raise InputError("--max-new-tokens and --chunk-tokens must be >= 1")
-    if not 0 <= args.seed < 2**32:  # what torch.manual_seed takes
-        raise InputError(f"--seed must be in [0, 2**32), got {args.seed}")
+    check_seed(args.seed)
     # Sampling settings not given on the command line keep the model's generation config (transformers' defaults).
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     sampling = {name: value for name, value in sampling.items() if value is not None}

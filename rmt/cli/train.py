@@ -183,14 +183,14 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if args.resume and args.overwrite:
         raise InputError("give --resume (continue the run in --output) or --overwrite (replace it), not both")
-    existing = run_entries(output)
-    if args.resume and not checkpoint_exists(output):
+    existing, resumable = run_entries(output), checkpoint_exists(output)
+    if args.resume and not resumable:
         start = (  # a run stopped before its first checkpoint left other files, which a new run must replace
             f"start it again with --overwrite (it holds {', '.join(existing)})" if existing else "run without --resume"
         )
         raise InputError(f"--resume: no checkpoint in {output / 'checkpoint'} to continue from: {start}")
     if existing and not (args.resume or args.overwrite):
-        if checkpoint_exists(output):
+        if resumable:
             choices = "give --resume to continue it, --overwrite to replace it, or another --output"
         else:  # stopped before its first checkpoint
             choices = "it has no checkpoint to resume; give --overwrite to replace it, or another --output"

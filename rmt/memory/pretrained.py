@@ -151,10 +151,6 @@ def load_memory_model(
     return model.to(backbone.device).eval()
 
 
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
 def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -181,9 +177,11 @@ def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     except (SafetensorError, OSError) as err:  # unreadable or missing weight files
         raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err
     except ValueError as err:  # a family this transformers does not know, or has no such model class for
+        from rmt.build import _one_line
+
         raise InputError(
             f"cannot load the backbone from {folder}: its family {config['model_type']!r} has no "
-            f"{'causal LM' if mode == 'decoder' else 'sequence classifier'} in this transformers ({_first_line(err)})"
+            f"{'causal LM' if mode == 'decoder' else 'sequence classifier'} in this transformers ({_one_line(err)})"
         ) from err
     found = loading_problems(info, kinds)
     if found:

@@ -291,7 +291,7 @@ class TrainConfig:
         """Switches must be bools ("no" is true in Python: recompute="no" turned recompute on), counts whole numbers
         (checkpoint_every=1.5 checkpointed every third step), rates numbers (a string failed deep in the optimizer)."""
         switches = ("save_best", "recompute", "fsdp", "tensorboard", "progress")
-        counts = ("warmup_steps", "checkpoint_every", "seed", "plateau_min_steps", "lora_rank", "plateau_evals")
+        counts = ("warmup_steps", "checkpoint_every", "plateau_min_steps", "lora_rank", "plateau_evals")
         numbers = ("learning_rate", "memory_learning_rate", "weight_decay", "min_lr_factor", "grad_clip")
         numbers += ("curriculum_accuracy", "lora_alpha", "lora_dropout", "max_time")
         for name in switches:

@@ -15,7 +15,8 @@ process's weights), each process computes its share of the global batch without 
 gradients are then averaged in one bucketed all-reduce that every process makes with the same tensors (zeros for
 parameters that got no gradient on that process; none where no process gave one, as in one process): one
 synchronisation per optimizer step, whatever the number of backward calls.
-Evaluation, logging and the final model are the main process's; the others wait at a barrier.
+Held-out evaluation is shared out (each process scores every n-th batch; `rmt.train.evaluation`); logging and the
+final model are the main process's, the others wait at a barrier.
 
 Why a run repeats: the global random generators (dropout masks of a pretrained backbone) are seeded with the config's
 seed when training starts, and the batches come from the source's own generators.
