@@ -295,11 +295,11 @@ def _assert_padded_rows_equal_each_alone(model: RMTForCausalLM, ids: torch.Tenso
 def test_padded_sample_equals_sample_alone_under_a_sliding_window(memory_positions):
     """A sliding window (Mistral, 4 places) shorter than [read memory | segment | write memory] counts sequence
     places: write slots after a short segment's padding saw fewer of its tokens than the sample alone (its memory off
-    by 2e-2), so they go right after each row's real tokens."""
+    by 2e-2), so they go right after each row's real tokens. Four layers reach the 12 places' first from their last."""
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}
     backbone = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, num_key_value_heads=2, sliding_window=4, **sizes))
     config = RMTConfig(num_memory_tokens=2, segment_size=8, memory_positions=memory_positions)
     model = RMTForCausalLM(backbone, config).eval()
@@ -307,6 +307,37 @@ def test_padded_sample_equals_sample_alone_under_a_sliding_window(memory_positio
     mask = torch.ones_like(ids)
     mask[1, 13:] = 0  # its last segment holds 5 of 8 tokens
     _assert_padded_rows_equal_each_alone(model, ids, mask)
+
+
+@pytest.mark.parametrize(("layers", "window", "refused"), [(2, 4, True), (4, 4, False), (1, 11, True), (1, 12, False)])
+def test_sliding_windows_that_cut_the_write_memory_off_the_read_memory_are_refused(layers, window, refused):
+    """[read memory (2) | segment (8) | write memory (2)] spans 12 places; the last write slot draws on the first read
+    slot only through the layers' windows, each reaching window - 1 places further back. Out of reach (2 layers of
+    window 4 reach 6 places), a change in a segment's first token left the next segment's logits equal to the bit:
+    the recurrence carried nothing, with no error. Refused when built; in reach, the first token counts."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from rmt.errors import InputError
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": layers, "num_attention_heads": 4}
+    backbone = MistralForCausalLM(
+        MistralConfig(vocab_size=VOCAB, num_key_value_heads=2, sliding_window=window, **sizes)
+    )
+    config = RMTConfig(num_memory_tokens=2, segment_size=8)
+    if refused:
+        reach = layers * (window - 1)
+        with pytest.raises(
+            InputError, match=rf"spans 12 places, .* reach {reach} places back .* at most {8 - 11 + reach}"
+        ):
+            RMTForCausalLM(backbone, config)
+        return
+    model = RMTForCausalLM(backbone, config).eval()
+    ids = random_ids(1, 16)
+    changed = ids.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % VOCAB
+    with torch.no_grad():
+        assert (model(ids).logits[0, 8:] - model(changed).logits[0, 8:]).abs().max() > 1e-4
 
 
 def test_a_transformer_xl_cache_under_a_sliding_window_too_short_to_hold_its_call_is_refused_when_built():

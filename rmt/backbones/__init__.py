@@ -84,6 +84,18 @@ def sliding_window(backbone: nn.Module) -> int | None:
     return min(windows) if windows else None
 
 
+def sliding_reach(backbone: nn.Module) -> int | None:
+    """How many places back the last place of one forward pass can draw from through all layers when every layer
+    has a sliding window: each layer reaches `window - 1` places further. None when a layer attends to all places
+    (through it, every place reaches every earlier one)."""
+    from transformers import DynamicCache
+
+    windows = [getattr(layer, "sliding_window", None) for layer in DynamicCache(config=backbone.config).layers]
+    if not windows or not all(windows):
+        return None
+    return sum(window - 1 for window in windows)
+
+
 def hidden_size(backbone: nn.Module) -> int:
     return backbone.get_input_embeddings().weight.shape[1]
 

@@ -26,7 +26,15 @@ from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from rmt.backbones import check_family, check_fits, hidden_size, kv_shape, max_positions, sliding_window
+from rmt.backbones import (
+    check_family,
+    check_fits,
+    hidden_size,
+    kv_shape,
+    max_positions,
+    sliding_reach,
+    sliding_window,
+)
 from rmt.backbones.layers import layer_keys_values
 from rmt.config import RMTConfig
 from rmt.errors import InputError
@@ -117,6 +125,19 @@ class RMTForCausalLM(RecurrentMemoryModel):
         writes = 0 if config.read_memory_only else m
         needed = config.segment_size + m + (writes if config.memory_positions == "sequential" else 0)
         check_fits(backbone, config.segment_size, needed, f"[read memory ({m}) | segment | write memory ({writes})]")
+        reach = sliding_reach(backbone)
+        places = m + config.segment_size + writes
+        if writes and reach is not None and places - 1 > reach:
+            # The write memory draws on the read memory only through the layers' windows; out of their reach, what
+            # a segment writes cannot depend on what earlier segments wrote, and the recurrence carries nothing.
+            fitting = config.segment_size - (places - 1 - reach)
+            advice = f"use a segment of at most {fitting} tokens" if fitting >= 1 else "use fewer memory tokens"
+            raise InputError(
+                f"[read memory ({m}) | segment ({config.segment_size}) | write memory ({writes})] spans {places} "
+                f"places, but this backbone's sliding windows reach {reach} places back through all its layers: the "
+                "write memory could not draw on all of the read memory, so what passes from segment to segment would "
+                f"be cut; {advice}, or a backbone without a sliding window"
+            )
         window = sliding_window(backbone)
         cached = config.xl_cache_tokens
         held = cached + m + config.segment_size + writes
