@@ -269,7 +269,33 @@ class RMTConfig:
             raise InputError(f"memory config {path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise InputError(f"memory config {path} must hold a JSON object")
+        missing = [name for name in SAVED_SINCE_FIRST_FORMAT if name not in data]
+        if missing:
+            # A field added later is absent from older files and takes its default; these were in every saved
+            # file, so their absence means the file was edited or cut, and a default (segments of 128 for a model
+            # trained on segments of 4) would load a different model without a word.
+            raise InputError(
+                f"memory config {path} lacks {', '.join(missing)}: every saved rmt_config.json has them (was the "
+                "file edited or cut short?)"
+            )
         return cls.from_dict(data)
+
+
+# The fields of the first saved format: every rmt_config.json written by save() has them.
+SAVED_SINCE_FIRST_FORMAT = (
+    "num_memory_tokens",
+    "segment_size",
+    "mode",
+    "bptt_depth",
+    "write_init",
+    "memory_positions",
+    "loss_aggregation",
+    "memory_kind",
+    "d_mem",
+    "read_memory_only",
+    "cls_token_id",
+    "sep_token_id",
+)
 
 
 def field_help(cls: type, name: str) -> str:

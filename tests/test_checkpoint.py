@@ -3,6 +3,8 @@ clear errors; a failed save never damages the checkpoint already on disk."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import tiny_decoder, tiny_encoder
@@ -65,9 +67,17 @@ def test_corrupt_checkpoint_errors_and_is_left_untouched(tmp_path):
     assert weights.read_bytes() == before
 
     model.save_pretrained(tmp_path / "other")
-    (tmp_path / "other" / "rmt_config.json").write_text('{"num_memory_tokens": 5, "segment_size": 5}')
+    saved = json.loads((tmp_path / "other" / "rmt_config.json").read_text())
+    (tmp_path / "other" / "rmt_config.json").write_text(json.dumps({**saved, "num_memory_tokens": 5}))
     with pytest.raises(ValueError, match="memory has shape \\(3, 32\\).*expected \\(5, 32\\)"):
         RecurrentMemoryModel.from_pretrained(tmp_path / "other")
+    del saved["segment_size"]  # a default (128) would load a model of other segments
+    (tmp_path / "other" / "rmt_config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="rmt_config.json lacks segment_size: every saved rmt_config.json has"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "other")
+    del saved["xl_cache_tokens"]  # a field added after the first format: older files lack it and still load
+    (tmp_path / "other" / "rmt_config.json").write_text(json.dumps({**saved, "segment_size": 5}))
+    assert RecurrentMemoryModel.from_pretrained(tmp_path / "other").config.xl_cache_tokens == 0
 
     model.save_pretrained(tmp_path / "third")
     (tmp_path / "third" / "backbone" / "config.json").write_text("{broken")
