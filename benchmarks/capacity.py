@@ -71,7 +71,7 @@ def warm_up(pairs: int, seed: int, args: argparse.Namespace) -> tuple[torch.nn.M
         progress=False,
     )
     started = time.time()
-    train_in_context(backbone, warmup_task, config, Path(args.output) / f"warmup-{pairs}-seed{seed}")
+    train_in_context(backbone, warmup_task, config, Path(args.output) / f"warmup-{pairs}-seed{seed}", overwrite=True)
     in_context = evaluate(one_window(backbone, task), TaskSource(task, seed=seed), batches=4, batch_size=128)[
         "accuracy"
     ]
@@ -110,7 +110,8 @@ def run_point(kind: str, pairs: int, seed: int, backbone: torch.nn.Module, args:
     )
     source = TaskSource(task, seed=seed)
     started = time.time()
-    history = train(model, source, train_config, Path(args.output) / f"{kind}-{pairs}-seed{seed}")
+    # A point not kept in capacity.json is trained again from the start, replacing what an earlier run left.
+    history = train(model, source, train_config, Path(args.output) / f"{kind}-{pairs}-seed{seed}", overwrite=True)
     scores = evaluate(model, source, batches=4, batch_size=128)
     segments = -(-task.sequence_length // segment_size)
     final_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)

@@ -144,7 +144,7 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
         progress=not args.no_progress,
     )
     started = time.time()
-    train(model, source, train_config, Path(args.output) / "runs" / kind, description=kind)
+    train(model, source, train_config, Path(args.output) / "runs" / kind, description=kind, overwrite=True)
     seconds = time.time() - started
     by_segment = bits_by_segment(model, held_out[: args.eval_documents], args.segment_size, 16)
     weights = predicted_bytes(args.document_bytes, args.segment_size)

@@ -297,7 +297,8 @@ def pretrain_backbone(
     train_config = replace(
         _train_config(warmup_setup, pretraining.steps, seed, progress), weight_decay=0.0, min_lr_factor=1.0
     )
-    train_in_context(backbone, warmup_task, train_config, output_dir, description="in-context warm-up")
+    # a warm-up runs whole: one an interrupted run left is replaced
+    train_in_context(backbone, warmup_task, train_config, output_dir, description="in-context warm-up", overwrite=True)
     seconds = time.time() - started
     batches, batch_size = max(1, setup.eval_samples // 256), min(256, setup.eval_samples)
     in_context = evaluate(one_window(backbone, task), TaskSource(task, seed=seed), batches, batch_size)
@@ -419,8 +420,8 @@ def train_cell(
 ) -> tuple[list[dict[str, Any]], int]:
     """`train` into `folder`; with `resume`, continue from the checkpoint an interrupted run left there (refused when
     that run had other settings). Returns the training log and the step it started from."""
-    if not (resume and checkpoint_exists(folder)):
-        return train(model, source, config, folder, description=description), 0
+    if not (resume and checkpoint_exists(folder)):  # the cell starts over, replacing what an earlier run left
+        return train(model, source, config, folder, description=description, overwrite=True), 0
     recover_directory(folder / CHECKPOINT_DIR)  # a checkpoint a crash left set aside, as `train` would restore it
     state = json.loads((folder / CHECKPOINT_DIR / TRAINER_STATE).read_text())
     saved, wanted = state["train_config"], asdict(config)

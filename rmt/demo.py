@@ -66,7 +66,9 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     for name, memory_tokens in (("RMT", settings.memory_tokens), ("no memory", 0)):
         model = demo_model(settings, memory_tokens)
         started = time.time()
-        history = train(model, source, train_config, output_dir / name.replace(" ", "_"), description=name)
+        # The demo is meant to be run again: each run replaces the last.
+        folder = output_dir / name.replace(" ", "_")
+        history = train(model, source, train_config, folder, description=name, overwrite=True)
         seconds = time.time() - started
         final = evaluate(model, source, batches=4, batch_size=256)
         runs[name] = {

@@ -8,6 +8,8 @@ import argparse
 import hashlib
 import json
 import sys
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -157,7 +159,8 @@ def test_overwrite_replaces_the_run_only_once_start_up_succeeded(trained_run, ca
 
 
 def test_library_train_keeps_the_log_when_start_up_fails(tmp_path, monkeypatch):
-    """A fresh library run replaces metrics.jsonl, but only once everything that can fail at start-up was built."""
+    """A library run with overwrite=True replaces metrics.jsonl, but only once everything that can fail at start-up
+    was built."""
     from rmt.build import memory_model, random_backbone
     from rmt.config import RMTConfig
     from rmt.data.sources import TaskSource
@@ -171,8 +174,36 @@ def test_library_train_keeps_the_log_when_start_up_fails(tmp_path, monkeypatch):
     config = TrainConfig(steps=1, batch_size=2, eval_batches=1, eval_batch_size=2, tensorboard=True, progress=False)
     no_tensorboard(monkeypatch)
     with pytest.raises(InputError, match="needs the tensorboard package: pip install tensorboard"):
-        train(model, TaskSource(task), config, tmp_path)
+        train(model, TaskSource(task), config, tmp_path, overwrite=True)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 7}\n'
+
+
+def test_library_train_into_a_folder_that_holds_a_run_is_refused_unless_overwrite(tmp_path):
+    """A fresh train() kept an earlier run's checkpoint until its own first one replaced it, and its best model and
+    TensorBoard logs beside the new run's: refused like `rmt train`, with nothing touched; overwrite=True replaces."""
+    from rmt.build import memory_model, random_backbone
+    from rmt.config import RMTConfig
+    from rmt.data.sources import TaskSource
+    from rmt.data.tasks import make_task
+    from rmt.train.loop import train
+
+    task = make_task("copy", length=4)
+
+    def model() -> Any:
+        backbone = random_backbone("llama", task.vocab_size, 1, 32, 4, 64)
+        return memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3)))
+
+    config = TrainConfig(steps=2, batch_size=2, eval_every=2, eval_batches=1, eval_batch_size=2, progress=False)
+    train(model(), TaskSource(task), replace(config, save_best=True), tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    assert {"best", "checkpoint", "metrics.jsonl"} <= {path.split("/")[0] for path in before}
+    with pytest.raises(InputError, match=r"already holds a run \(metrics.jsonl, checkpoint, best\): pass resume=True"):
+        train(model(), TaskSource(task), config, tmp_path)
+    assert snapshot(tmp_path) == before
+    train(model(), TaskSource(task), config, tmp_path, overwrite=True)
+    assert not (tmp_path / "best").exists()  # the earlier run's best model went with it
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 # 2. --tensorboard without the package

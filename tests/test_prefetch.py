@@ -69,7 +69,10 @@ def test_training_with_data_workers_logs_the_losses_of_training_without(tmp_path
     losses = {}
     for workers in (0, 2):
         history = train(
-            small_model(task), TaskSource(task), TrainConfig(**{**vars(config), "data_workers": workers}), tmp_path
+            small_model(task),
+            TaskSource(task),
+            TrainConfig(**{**vars(config), "data_workers": workers}),
+            tmp_path / f"workers-{workers}",
         )
         losses[workers] = [r["loss"] for r in history if "loss" in r]
     assert len(losses[0]) == 5

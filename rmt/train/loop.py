@@ -134,9 +134,10 @@ def train(
 ) -> list[dict[str, Any]]:
     """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl).
 
-    resume=True continues from `output_dir/checkpoint` (an error if there is none). A fresh run starts a fresh
-    metrics.jsonl; overwrite=True also removes the rest of a run already in `output_dir` (`run_entries`: its
-    checkpoint, model, best model and TensorBoard logs). Nothing in `output_dir` is created or removed before
+    resume=True continues from `output_dir/checkpoint` (an error if there is none). A fresh run into a folder that
+    holds an earlier run (`run_entries`: its metrics, checkpoint, model, best model or TensorBoard logs) is refused
+    unless overwrite=True, which removes that run first (its checkpoint would be replaced and its best model and logs
+    mixed with the new run's). Nothing in `output_dir` is created or removed before
     start-up succeeded (the optimizer built, a checkpoint to resume loaded, TensorBoard found). `description` names
     the run's data: it labels the progress bar and is saved with each checkpoint, and a resume with another
     description is refused (`rmt train` passes the task and its size, the data file's name or the BABILong task, with
@@ -155,6 +156,14 @@ def train(
         raise InputError(
             f"curriculum_accuracy acts on held-out accuracy, which this data does not have (it is scored by its "
             f"{source.metric}): it would never act"
+        )
+    # Every process looks before any writes: the main process writes only after the model is prepared, which
+    # waits for all of them.
+    earlier = run_entries(output_dir)
+    if earlier and not (resume or overwrite):
+        raise InputError(
+            f"{output_dir} already holds a run ({', '.join(earlier)}): pass resume=True to continue it, "
+            "overwrite=True to replace it, or another output_dir"
         )
     data = PrefetchingSource(source, config.data_workers) if config.data_workers else source
     run = (config, output_dir, resume, accelerator, description, save_extras, overwrite)
@@ -256,8 +265,6 @@ def _train(
             _truncate_metrics(metrics_path, start_step, keep_stop=state.stopped_early)
         elif overwrite:
             remove_run(output_dir)
-        elif metrics_path.exists():
-            metrics_path.unlink()  # a fresh run starts a fresh log
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -732,14 +739,14 @@ def train_in_context(
     config: TrainConfig,
     output_dir: str | os.PathLike,
     description: str = "in-context",
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Train a bare decoder `backbone` on `task` with every sample in one attention window (no memory, one segment):
     a warm-up that gives a small random backbone an in-context skill (e.g. key-value binding, through multi-query
     associative retrieval) before a memory model learns to carry it across segments. The backbone is updated in
-    place; returns the logged records, as `train` does."""
-    return train(
-        one_window(backbone, task), TaskSource(task, seed=config.seed), config, output_dir, description=description
-    )
+    place; returns the logged records, as `train` does (`overwrite` as there)."""
+    source = TaskSource(task, seed=config.seed)
+    return train(one_window(backbone, task), source, config, output_dir, description=description, overwrite=overwrite)
 
 
 def _parameter_summary(model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainable: str) -> str:
