@@ -668,3 +668,23 @@ def test_a_task_given_for_a_source_is_refused_with_the_wrapper_to_use(tmp_path):
     with pytest.raises(InputError, match=r"got a CopyTask: wrap it, TaskSource\(task\)"):
         train(model, CopyTask(length=6), TrainConfig(steps=1, progress=False), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_settings_given_as_dicts_are_refused_with_the_class_to_build():
+    """A dict for the training or memory config failed with AttributeError: 'dict' object has no attribute ..."""
+    from conftest import tiny_decoder, tiny_encoder
+
+    from rmt import ARMTForCausalLM, RMTForCausalLM, RMTForSequenceClassification
+
+    model, source = small_setup()
+    with pytest.raises(
+        InputError, match=r"train takes a TrainConfig, got a dict: build one from it, TrainConfig\(\*\*"
+    ):
+        train(model, source, {"steps": 1}, "unused")
+    for cls, backbone in (
+        (RMTForCausalLM, tiny_decoder()),
+        (ARMTForCausalLM, tiny_decoder()),
+        (RMTForSequenceClassification, tiny_encoder()),
+    ):
+        with pytest.raises(InputError, match=rf"{cls.__name__} takes an RMTConfig, got a dict: build one from it"):
+            cls(backbone, {"segment_size": 4})

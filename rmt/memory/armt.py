@@ -37,7 +37,7 @@ from rmt.backbones.layers import DecoderAdapter
 from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.memory.open_cache import OpenCache
-from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.recurrent import RecurrentMemoryModel, check_config
 from rmt.memory.registry import register_model
 from rmt.memory.state import State, batch_size_of
 from rmt.ops.associative import associative_read, associative_write
@@ -67,6 +67,7 @@ class ARMTForCausalLM(RecurrentMemoryModel):
     token_logits = True
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
+        check_config(config, "ARMTForCausalLM")
         if config.mode != "decoder" or config.memory_kind != "armt":
             raise InputError(
                 f"ARMTForCausalLM needs mode='decoder' and memory_kind='armt', got {config.mode!r}, "

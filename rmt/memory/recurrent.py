@@ -63,6 +63,13 @@ class SegmentMode(enum.Enum):
     NOGRAD = "nograd"  # neither a loss nor a reachable gradient: run without autograd
 
 
+def check_config(config: object, model_class: str) -> None:
+    """Refuse a memory config that is not an RMTConfig (a dict of its fields failed with an AttributeError)."""
+    if not isinstance(config, RMTConfig):
+        hint = ": build one from it, RMTConfig(**fields)" if isinstance(config, dict) else ""
+        raise InputError(f"{model_class} takes an RMTConfig, got a {type(config).__name__}{hint}")
+
+
 class RecurrentMemoryModel(nn.Module):
     """Base class: a Hugging Face backbone plus a memory carried across segments.
 

@@ -39,7 +39,7 @@ from rmt.backbones.layers import layer_keys_values
 from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.memory.open_cache import OpenCache
-from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.memory.recurrent import RecurrentMemoryModel, check_config
 from rmt.memory.registry import register_model
 from rmt.memory.state import State, batch_size_of
 
@@ -109,6 +109,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
     token_logits = True
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
+        check_config(config, "RMTForCausalLM")
         if config.mode != "decoder" or config.memory_kind != "rmt":
             raise InputError(
                 f"RMTForCausalLM needs mode='decoder' and memory_kind='rmt', got {config.mode!r}, "
@@ -428,6 +429,7 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
     token_logits = False
 
     def __init__(self, backbone: PreTrainedModel, config: RMTConfig) -> None:
+        check_config(config, "RMTForSequenceClassification")
         if config.mode != "encoder" or config.memory_kind != "rmt":
             raise InputError(
                 f"RMTForSequenceClassification needs mode='encoder' and memory_kind='rmt', got "

@@ -149,6 +149,9 @@ def train(
     model in `output_dir/best`."""
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
+    if not isinstance(config, TrainConfig):
+        hint = ": build one from it, TrainConfig(**settings)" if isinstance(config, dict) else ""
+        raise InputError(f"train takes a TrainConfig, got a {type(config).__name__}{hint}")
     if not isinstance(source, Source):
         hint = ": wrap it, TaskSource(task)" if isinstance(source, Task) else ""
         raise InputError(f"train takes a data source (rmt.data.sources.Source), got a {type(source).__name__}{hint}")
