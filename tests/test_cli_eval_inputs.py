@@ -218,6 +218,8 @@ def test_samples_per_length_do_not_depend_on_their_order():
             "--max-new-tokens 100000: the full-attention backbone's window of",
         ),
         (["--babilong-dir", "BABILONG_DIR_FILE"], "is a file, not a folder"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+        (["--seed", str(2**32)], f"--seed must be in [0, 2**32), got {2**32}"),
     ],
 )
 def test_by_length_settings_are_refused_with_the_flag_named(decoder, flags, message, tmp_path, capsys):
@@ -490,6 +492,8 @@ def test_messages_name_the_flag_given(decoder, encoder, tmp_path, capsys):
     assert code == 2 and "--tasks 'qa9': unknown task(s) qa9" in err and "--data" not in err
     code, _, err = _run([*babilong, "--facts", "9-2"], capsys)
     assert code == 2 and "--facts 9-2: the range is empty" in err and "num_facts" not in err
+    code, _, err = _run([*babilong, "--seed", "-1"], capsys)
+    assert code == 2 and "--seed must be in [0, 2**32), got -1" in err and not (tmp_path / "b").exists()
     code, _, err = _run(["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--facts", "9-2"], capsys)
     assert code == 2 and "--facts 9-2: the range is empty" in err
     record = {"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "cellar"}

@@ -15,7 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
-from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime
+from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime, check_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     apply_runtime(args)
     check_output_folder(args.output)
+    check_seed(args.seed)
     tasks = []
     for task in (t.strip() for t in args.tasks.split(",")):
         if task and task not in tasks:

@@ -33,6 +33,7 @@ from rmt.cli.common import (
     add_task_arguments,
     apply_runtime,
     check_output_folder,
+    check_seed,
     make_task,
 )
 from rmt.errors import InputError, MissingFileError, MissingWeightsError
@@ -436,6 +437,7 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
                 "task and length, as `rmt babilong` writes them"
             )
     args.seed = DEFAULT_SEED if args.seed is None else args.seed
+    check_seed(args.seed)
     return {
         "tasks": tasks,
         "lengths": lengths,
