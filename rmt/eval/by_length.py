@@ -20,6 +20,9 @@ so that wrong answers can be looked at by depth or sample. Each cell also splits
 facts lie: all in the last span the method reads at once, or not; samples that do not record their facts' depths
 (public BABILong files) are counted apart, as unknown.
 
+The files are rewritten after every cell, so an interrupted run keeps what it measured; given those results
+(`read_results`), a run with the same arguments keeps their finished cells and evaluates only the others.
+
 Each accuracy comes with its 95% Wilson interval. Time is measured per method and length (tokens read per second),
 and the peak RSS of each cell: on Linux the peak is reset before the cell (`peak_rss_scope: "cell"`), so a method
 that needs more memory does not raise the figure of the cells after it; elsewhere it is the process's peak so far
@@ -53,7 +56,7 @@ from rmt.data.babilong import (
     parse_length,
 )
 from rmt.data.collate import QACollator, check_qa_record
-from rmt.errors import InputError
+from rmt.errors import InputError, MissingFileError
 from rmt.files import write_atomic
 from rmt.memory.generation import stop_token_ids
 from rmt.memory.recurrent import RecurrentMemoryModel
@@ -246,6 +249,7 @@ def evaluate_by_length(
     full_attention_backbone: Any = None,
     num_facts: int | tuple[int, int] | None = None,
     settings: dict[str, Any] | None = None,
+    earlier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of each method on each task and length, and every answer (`results["predictions"]`); writes
     results.json, predictions.jsonl and the plots to `output_dir` after every finished cell (so an interrupted run
@@ -255,6 +259,12 @@ def evaluate_by_length(
     files, by (task, length name), instead of generated ones. `num_facts`: facts per generated story (a count or an
     inclusive range; None: the bAbI task's range).
 
+    `earlier`: the results of an interrupted run with the same arguments (as returned, or `read_results`): its
+    finished cells (`finished_cells`) are kept as they are, answers and timings included, and only the others are
+    evaluated; the files in `output_dir` are then the earlier run's, continued, and nothing is written when no cell
+    is left. A cell's samples depend on its task, length and `seed` alone, never on the cells run before it, so the
+    cells are those of an uninterrupted run.
+
     Raises InputError, before evaluating anything, for a cell with no samples (a count below 1, or an empty file).
     A file with fewer samples than asked for is evaluated whole, with a one-line warning on stderr; a cell's
     "samples" is the number evaluated."""
@@ -263,25 +273,36 @@ def evaluate_by_length(
     per_method = readers(model, tokenizer, methods, window, max_new_tokens, full_attention_backbone)
     counts = _sample_counts(tasks, names, samples, files, per_method.values())
     results: dict[str, Any] = {"tasks": list(tasks), "lengths": names, "methods": list(methods), "cells": {}}
-    predictions: list[dict[str, Any]] = []
     if num_facts is not None:
         results["num_facts"] = num_facts
     if settings is not None:
         results["settings"] = settings
-    cells = len(names) * len(tasks) * len(per_method)
+    keys = [f"{task}/{name}/{method}" for name in names for task in tasks for method in per_method]
+    done = finished_cells(earlier, keys)  # key -> (cell, its answers)
+
+    def gather() -> list[dict[str, Any]]:
+        """Set the cells done so far, and return their answers, in the order of an uninterrupted run, whichever
+        were kept: a resumed run's files are then the same as its."""
+        results["cells"] = {key: done[key][0] for key in keys if key in done}
+        results["complete"] = len(results["cells"]) == len(keys)
+        return [answer for key in keys if key in done for answer in done[key][1]]
+
+    predictions = gather()
+    written = False
     for name in names:
         for task in tasks:
+            todo = {m: reader for m, reader in per_method.items() if f"{task}/{name}/{m}" not in done}
+            if not todo:  # every method's cell is kept: its samples are not built
+                continue
             count = counts[(task, name)]
             if files is not None and (task, name) in files:
                 cell_samples = files[(task, name)][:count]
             else:
                 cell_samples = build_dataset(task, name, count, tokenizer, haystack, seed=seed, num_facts=num_facts)
-            for method, reader in per_method.items():
+            for method, reader in todo.items():
                 peak_scope = "cell" if reset_peak_rss() else "process"
                 outcome, answers = _run_cell(reader, cell_samples, task, f"{task} {name} {method}", progress)
-                predictions.extend({"task": task, "length": name, "method": method, **answer} for answer in answers)
-                key = f"{task}/{name}/{method}"
-                results["cells"][key] = {
+                cell = {
                     **outcome.record(),
                     "task": task,
                     "length": name,
@@ -289,9 +310,61 @@ def evaluate_by_length(
                     "peak_rss_mib": round(peak_rss_mib(), 1),
                     "peak_rss_scope": peak_scope,
                 }
-                results["complete"] = len(results["cells"]) == cells
-                if output_dir is not None:  # the first cell's write replaces an earlier run's files whole
-                    write_results(results, Path(output_dir), predictions, replace=len(results["cells"]) == 1)
+                done[f"{task}/{name}/{method}"] = (
+                    cell,
+                    [{"task": task, "length": name, "method": method, **answer} for answer in answers],
+                )
+                predictions = gather()
+                if output_dir is not None:
+                    # A new run's first write replaces an earlier run's files whole; a resumed run's continues them.
+                    write_results(results, Path(output_dir), predictions, replace=earlier is None and not written)
+                    written = True
+    return {**results, "predictions": predictions}
+
+
+def finished_cells(
+    earlier: dict[str, Any] | None, keys: Iterable[str]
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The cells of `earlier` (results as `evaluate_by_length` returns them, or as `read_results` reads them) among
+    `keys` ("task/length/method") that are finished, each with its answers: those whose every answer is in the
+    predictions. A cell whose answers are not all there (predictions.jsonl removed or edited) is not finished: kept,
+    it would leave predictions.jsonl short of its answers."""
+    if earlier is None:
+        return {}
+    answers: dict[str, list[dict[str, Any]]] = {}
+    for record in earlier.get("predictions", ()):
+        answers.setdefault(f"{record.get('task')}/{record.get('length')}/{record.get('method')}", []).append(record)
+    finished = {}
+    for key in keys:
+        cell = earlier["cells"].get(key)
+        if isinstance(cell, dict) and len(answers.get(key, ())) == cell.get("samples"):
+            finished[key] = (cell, answers[key])
+    return finished
+
+
+def read_results(output_dir: str | Path) -> dict[str, Any]:
+    """The results an earlier run wrote to `output_dir`, as `evaluate_by_length` returns them: results.json, with the
+    answers of predictions.jsonl under "predictions" (none when that file is not there). Raises MissingFileError
+    without results.json, and InputError for files that are not an evaluation's results."""
+    output_dir = Path(output_dir)
+    path = output_dir / "results.json"
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such file")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not JSON ({err})") from err
+    if not isinstance(results, dict) or not isinstance(results.get("cells"), dict):
+        raise InputError(f"{path} is not the results of an evaluation by length (it has no cells)")
+    path = output_dir / "predictions.jsonl"
+    try:
+        # Written in ASCII (json.dumps escapes the rest): splitlines() cannot cut a record at U+2028 or the like.
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        predictions = [json.loads(line) for line in lines if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not JSON lines ({err})") from err
+    if not all(isinstance(record, dict) for record in predictions):
+        raise InputError(f"{path} holds a line that is not an answer (a JSON object)")
     return {**results, "predictions": predictions}
 
 
