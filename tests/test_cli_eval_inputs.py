@@ -1,5 +1,6 @@
 """`rmt eval`, `rmt generate`, `rmt babilong` and `rmt demo`: bad input is refused at start-up with one line that names
-the flag, before anything is read or written; an earlier run's results are never lost or mixed with a new run's."""
+the flag, before anything is read or written; an earlier run's results are never lost or mixed with a new run's, and
+an interrupted one resumed gives the cells of an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -152,6 +153,163 @@ def test_write_results_writes_every_file_atomically(tmp_path, monkeypatch):
     results = {"tasks": ["qa1"], "lengths": ["0k"], "methods": ["memory"], "cells": {"qa1/0k/memory": cell}}
     by_length.write_results(results, tmp_path)
     assert {"results.json", "predictions.jsonl", "table.md"} <= set(written)
+
+
+# A run of four cells (two lengths, two methods), as tests of --resume interrupt it or take cells from it.
+RESUMABLE = ["--data", "babilong:qa1", "--lengths", "0k,60", "--samples", "2", "--methods", "memory,no_memory"]
+# What a cell measures that varies from run to run.
+TIMINGS = ("seconds", "tokens_per_second", "peak_rss_mib", "peak_rss_scope")
+
+
+def _resumable(decoder: str, haystack: str, output: Path) -> list[str]:
+    return ["eval", decoder, *RESUMABLE, "--haystack", haystack, "--output", str(output)]
+
+
+def _with(args: list[str], flag: str, value: str) -> list[str]:
+    """`args` with another value for `flag`."""
+    at = args.index(flag) + 1
+    return [*args[:at], value, *args[at + 1 :]]
+
+
+def _measured(results: dict) -> list:
+    """The cells, in their order, without their timings."""
+    return [(key, {k: v for k, v in cell.items() if k not in TIMINGS}) for key, cell in results["cells"].items()]
+
+
+def _cells_run(monkeypatch, interrupt_after: int | None = None) -> list[str]:
+    """The cells evaluated from now on, by label ("qa1 0k memory"), filled as they run; with `interrupt_after`, the
+    next cell after that many raises KeyboardInterrupt (Ctrl-C during it)."""
+    import rmt.eval.by_length as by_length
+
+    monkeypatch.undo()  # the cell runner of an earlier call, if any
+    run_cell, labels = by_length._run_cell, []
+
+    def counted(reader, samples, task, label, progress):
+        if len(labels) == interrupt_after:
+            raise KeyboardInterrupt
+        labels.append(label)
+        return run_cell(reader, samples, task, label, progress)
+
+    monkeypatch.setattr(by_length, "_run_cell", counted)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, decoder, haystack) -> Path:
+    """The results of the RESUMABLE run, uninterrupted."""
+    output = tmp_path_factory.mktemp("finished") / "by-length"
+    assert main([*_resumable(decoder, haystack, output), "--no-progress"]) == 0
+    return output
+
+
+def test_an_interrupted_evaluation_resumed_gives_the_cells_of_an_uninterrupted_one(
+    decoder, haystack, finished, tmp_path, capsys, monkeypatch
+):
+    output = tmp_path / "by-length"
+    args = _resumable(decoder, haystack, output)
+    _cells_run(monkeypatch, interrupt_after=1)
+    code, _, err = _run(args, capsys)
+    assert code == 130 and "the same command with --resume" in err
+    interrupted = json.loads((output / "results.json").read_text())
+    assert not interrupted["complete"] and list(interrupted["cells"]) == ["qa1/0k/memory"]
+
+    run = _cells_run(monkeypatch)
+    code, _, err = _run([*args, "--resume"], capsys)
+    assert code == 0, err
+    assert "1 of 4 cells kept, 3 to compute" in err
+    assert run == ["qa1 0k no_memory", "qa1 60 memory", "qa1 60 no_memory"]  # the first cell is not run again
+    resumed = json.loads((output / "results.json").read_text())
+    assert resumed["cells"]["qa1/0k/memory"] == interrupted["cells"]["qa1/0k/memory"]  # kept, timings and all
+    # The cells of the uninterrupted run, in its order: the samples of a cell do not depend on the cells run before.
+    uninterrupted = json.loads((finished / "results.json").read_text())
+    assert resumed["complete"] and _measured(resumed) == _measured(uninterrupted)
+    assert sorted(p.name for p in output.iterdir()) == sorted(p.name for p in finished.iterdir())
+    for name in ("predictions.jsonl", "table.md"):  # every answer, the kept cell's too, in the uninterrupted order
+        assert (output / name).read_text() == (finished / name).read_text()
+
+
+def test_a_resumed_evaluation_computes_only_the_cells_not_finished(
+    decoder, haystack, finished, tmp_path, capsys, monkeypatch
+):
+    output = tmp_path / "by-length"
+    shutil.copytree(finished, output)
+    args = _resumable(decoder, haystack, output)
+    run = _cells_run(monkeypatch)
+    # Complete: nothing to run and nothing rewritten, whatever the runtime flags and however the flags spell the run.
+    before = _digest(output)
+    respelled = _with(_with(args, "--lengths", "60,0k"), "--methods", "no_memory,memory")
+    code, out, err = _run([*respelled, "--seed", "0", "--threads", "1", "--resume"], capsys)
+    assert code == 0, err
+    assert run == [] and "holds every cell already: nothing computed, no file rewritten" in err
+    assert "| qa1 | no_memory |" in out and _digest(output) == before
+
+    # A cell missing from results.json, and one whose answers are missing from predictions.jsonl: both run again.
+    results = json.loads((output / "results.json").read_text())
+    del results["cells"]["qa1/60/memory"]
+    results["complete"] = False
+    (output / "results.json").write_text(json.dumps(results))
+    lines = (output / "predictions.jsonl").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not ('"length": "0k"' in line and '"method": "no_memory"' in line)]
+    assert len(kept) == len(lines) - 2
+    (output / "predictions.jsonl").write_text("".join(kept))
+    code, _, err = _run([*args, "--resume"], capsys)
+    assert code == 0, err
+    assert run == ["qa1 0k no_memory", "qa1 60 memory"] and "2 of 4 cells kept, 2 to compute" in err
+    resumed, uninterrupted = (json.loads((f / "results.json").read_text()) for f in (output, finished))
+    assert resumed["complete"] and _measured(resumed) == _measured(uninterrupted)
+    for key in ("qa1/0k/memory", "qa1/60/no_memory"):
+        assert resumed["cells"][key] == uninterrupted["cells"][key]  # not measured again
+    assert (output / "predictions.jsonl").read_text() == (finished / "predictions.jsonl").read_text()
+
+
+def test_resume_refuses_other_flags_naming_each_with_both_values(decoder, haystack, finished, tmp_path, capsys):
+    output = tmp_path / "by-length"
+    shutil.copytree(finished, output)
+    results = json.loads((output / "results.json").read_text())
+    del results["cells"]["qa1/60/no_memory"]
+    results["complete"] = False
+    (output / "results.json").write_text(json.dumps(results))
+    before = _digest(output)
+    args = _resumable(decoder, haystack, output)
+    code, _, err = _run([*_with(args, "--samples", "3"), "--seed", "1", "--threads", "2", "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--samples: 2 in results.json, 3 in this command" in err
+    assert "--seed: 0 in results.json, 1 in this command" in err
+    assert "--lengths" not in err and "--threads" not in err  # the samples of the same lengths; a runtime flag
+    code, _, err = _run([*_with(args, "--methods", "memory"), "--resume"], capsys)
+    assert code == 2 and "--methods: memory,no_memory in results.json, memory in this command" in err
+    code, _, err = _run([*args, "--max-new-tokens", "4", "--resume"], capsys)
+    assert code == 2 and "--max-new-tokens: 8 in results.json, 4 in this command" in err
+    assert _digest(output) == before
+
+
+def test_resume_refuses_a_folder_without_results_and_overwrite(decoder, haystack, finished, tmp_path, capsys):
+    args = _resumable(decoder, haystack, tmp_path / "new")[:-2]
+    code, _, err = _run([*args, "--output", str(tmp_path / "new"), "--resume"], capsys)
+    assert code == 2 and f"--output {tmp_path / 'new'} holds no results.json to continue: run without --resume" in err
+    assert not (tmp_path / "new").exists()
+    half = tmp_path / "half"  # interrupted in its first write, before results.json
+    half.mkdir()
+    shutil.copy(finished / "predictions.jsonl", half)
+    code, _, err = _run([*args, "--output", str(half), "--resume"], capsys)
+    assert code == 2 and "run without --resume (with --overwrite: it holds predictions.jsonl)" in err
+    code, _, err = _run([*args, "--resume"], capsys)
+    assert code == 2 and "--resume continues the results in --output: give --output" in err
+
+    output = tmp_path / "by-length"
+    shutil.copytree(finished, output)
+    before = _digest(output)
+    code, _, err = _run([*args, "--output", str(output), "--resume", "--overwrite"], capsys)
+    assert code == 2 and "--resume continues the run in --output, --overwrite replaces it: give one of them" in err
+    assert _digest(output) == before
+    results = json.loads((output / "results.json").read_text())
+    del results["settings"]  # written by an rmt that did not record them
+    for text, message in ((json.dumps(results), "does not record the flags it was made with"), ("{", "is not JSON")):
+        (output / "results.json").write_text(text)
+        before = _digest(output)
+        code, _, err = _run([*args, "--output", str(output), "--resume"], capsys)
+        assert code == 2 and err.startswith("rmt eval: error: --resume: ") and len(err.strip().splitlines()) == 1
+        assert message in err and _digest(output) == before
 
 
 # ------------------------------------------------------------------------------------------ 2. files and folders

@@ -12,8 +12,11 @@ By length, it prints the accuracy table (task x length, 95% intervals), writes r
 answer), table.md, accuracy.png (the methods side by side) and a heatmap per method to --output after every finished
 cell, and shows a progress bar with tokens/s. Every setting, and every sample (generated, or read from
 --babilong-dir), is checked before the first cell runs. An --output that holds an earlier run's results is refused
-unless --overwrite is given; the earlier files are then replaced when the first cell is written. `--samples
-0k=100,1M=10` sets counts per length (the lengths not named get 100, or the bare count given: `--samples 50,1M=10`).
+unless --overwrite is given; the earlier files are then replaced when the first cell is written. --resume continues
+an interrupted run in --output instead: given the flags results.json records (--threads, --device and --no-progress
+aside), it keeps the cells measured there and computes only the others, as an uninterrupted run would have; when every
+cell is there it says so and rewrites nothing. `--samples 0k=100,1M=10` sets counts per length (the lengths not named
+get 100, or the bare count given: `--samples 50,1M=10`).
 """
 
 from __future__ import annotations
@@ -65,7 +68,11 @@ BY_LENGTH_FLAGS = (
     "seed",
     "output",
     "overwrite",
+    "resume",
 )
+# The flags a resumed run may set otherwise than the run it continues: where the files go and how the run goes, not
+# which samples go to which model.
+RESUME_FREE_FLAGS = ("command", "output", "overwrite", "resume", "threads", "device", "no_progress")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,6 +154,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace the results of an earlier run in --output (refused without it)",
     )
+    babilong.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --output: keep its cells, compute the missing ones (the flags must be "
+        "the run's, which results.json records)",
+    )
     add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -165,6 +178,17 @@ def run(args: argparse.Namespace) -> int:
     num_facts = facts_setting(args.facts, tasks, "--data babilong:TASK")  # refused without BABILong data
     if kind == "by_length":
         plan = by_length_plan(args, tasks, num_facts)  # every check that needs no model, before loading it
+        if plan["earlier"] is not None:
+            results = Path(args.output) / "results.json"
+            if not plan["todo"]:  # no model to load
+                from rmt.eval.by_length import format_table
+
+                print(format_table(plan["earlier"]))
+                print(f"\n{results} holds every cell already: nothing computed, no file rewritten", file=sys.stderr)
+                return 0
+            cells = len(tasks) * len(plan["lengths"]) * len(plan["methods"])
+            kept = cells - len(plan["todo"])
+            print(f"resuming {results}: {kept} of {cells} cells kept, {len(plan['todo'])} to compute", file=sys.stderr)
         model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
         return _by_length(args, model, plan)
     args.batches = DEFAULT_BATCHES if args.batches is None else args.batches
@@ -377,30 +401,28 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
     """The by-length settings, checked before the model is loaded: lengths, samples, methods, the window, the output
     folder, the --babilong-dir files. Fills in the defaults of the by-length flags."""
     from rmt.data.babilong import babilong_file, parse_length
-    from rmt.eval.by_length import METHODS
 
+    if args.resume and args.overwrite:
+        raise InputError("--resume continues the run in --output, --overwrite replaces it: give one of them")
     if args.output is not None:
         check_output_folder(args.output)
         earlier = earlier_results(Path(args.output))
-        if earlier and not args.overwrite:
+        if args.resume and "results.json" not in earlier:
+            held = f" (with --overwrite: it holds {', '.join(earlier)})" if earlier else ""
+            raise InputError(
+                f"--resume: --output {args.output} holds no results.json to continue: run without --resume{held}"
+            )
+        if earlier and not args.overwrite and not args.resume:
             raise InputError(
                 f"--output {args.output} holds the results of an earlier run ({', '.join(earlier)}): give another "
-                "folder, or --overwrite to replace them"
+                "folder, --resume to continue it or --overwrite to replace it"
             )
-    elif args.overwrite:
-        raise InputError("--overwrite replaces the results in --output: give --output")
+    elif args.overwrite or args.resume:
+        flag = "--overwrite replaces" if args.overwrite else "--resume continues"
+        raise InputError(f"{flag} the results in --output: give --output")
     lengths = parse_lengths(args.lengths if args.lengths is not None else DEFAULT_LENGTHS)
     samples = parse_samples(args.samples if args.samples is not None else str(DEFAULT_SAMPLES), lengths)
-    methods: list[str] = []
-    text = args.methods if args.methods is not None else DEFAULT_METHODS
-    for method in (m.strip() for m in text.split(",")):
-        if method and method not in methods:
-            methods.append(method)
-    if not methods:
-        raise InputError(f"--methods {text!r}: give at least one of {', '.join(METHODS)}")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise InputError(f"--methods {text}: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    methods = parse_methods(args.methods if args.methods is not None else DEFAULT_METHODS)
     if "full_attention" not in methods:
         given = [_flag(args, name) for name in ("window", "full_attention_model") if getattr(args, name) is not None]
         if given:
@@ -438,6 +460,14 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
             )
     args.seed = DEFAULT_SEED if args.seed is None else args.seed
     check_seed(args.seed)
+    todo = [(task, name, method) for name in lengths for task in tasks for method in methods]
+    earlier = None
+    if args.resume:  # last: the flags are compared with the defaults filled in
+        from rmt.eval.by_length import finished_cells
+
+        earlier = _resumed_results(args)
+        finished = finished_cells(earlier, ["/".join(cell) for cell in todo])
+        todo = [cell for cell in todo if "/".join(cell) not in finished]
     return {
         "tasks": tasks,
         "lengths": lengths,
@@ -446,7 +476,87 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
         "files": files,
         "num_facts": num_facts,
         "max_new_tokens_given": max_new_tokens_given,
+        "earlier": earlier,
+        "todo": todo,
     }
+
+
+def parse_methods(text: str) -> list[str]:
+    """The methods of a comma-separated list, each once, in the order given; at least one."""
+    from rmt.eval.by_length import METHODS
+
+    methods: list[str] = []
+    for method in (m.strip() for m in text.split(",")):
+        if method and method not in methods:
+            methods.append(method)
+    if not methods:
+        raise InputError(f"--methods {text!r}: give at least one of {', '.join(METHODS)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"--methods {text}: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _resumed_results(args: argparse.Namespace) -> dict[str, Any]:
+    """The results in --output that --resume continues, with their answers; refused when results.json cannot be read
+    or was made with other flags than this command's."""
+    from rmt.eval.by_length import read_results
+
+    path = Path(args.output) / "results.json"
+    try:
+        earlier = read_results(args.output)
+    except InputError as err:
+        raise InputError(f"--resume: {err}") from err
+    recorded = earlier.get("settings")
+    if not isinstance(recorded, dict):
+        raise InputError(
+            f"--resume: {path} does not record the flags it was made with, so this command's cannot be checked "
+            "against them: run without --resume, with --overwrite"
+        )
+    differing = _differing_flags(recorded, _settings(args))
+    if differing:
+        raise InputError(
+            f"--resume: {path} was made with other flags ({'; '.join(differing)}): give the same flags, or run "
+            "without --resume (--overwrite, or another --output)"
+        )
+    return earlier
+
+
+def _differing_flags(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`--flag: A in results.json, B in this command` for each flag whose value differs between an earlier run's
+    settings and this command's, the flags that only say how the run goes aside; --lengths, --samples and --methods
+    are compared as the run reads them."""
+    theirs, ours = _as_read(recorded), _as_read(current)
+    differing = []
+    for name in dict.fromkeys([*recorded, *current]):
+        if name in RESUME_FREE_FLAGS or theirs.get(name) == ours.get(name):
+            continue
+        if recorded.get(name) == current.get(name):  # --samples 3 read against other --lengths, which are named
+            continue
+        there, here = ("not given" if value is None else value for value in (recorded.get(name), current.get(name)))
+        differing.append(f"--{name.replace('_', '-')}: {there} in results.json, {here} in this command")
+    return differing
+
+
+def _as_read(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with --lengths, --samples and --methods as the run reads them, so that a resumed run may spell
+    them otherwise (a default given or left out, another order: the cells run by increasing length and are the same
+    in any order of the methods). A results.json edited so that they do not parse keeps them as written."""
+    from rmt.data.babilong import parse_length
+
+    lengths, samples, methods = (settings.get(name) for name in ("lengths", "samples", "methods"))
+    if not all(value is None or isinstance(value, str) for value in (lengths, samples, methods)):
+        return settings
+    try:
+        names = parse_lengths(DEFAULT_LENGTHS if lengths is None else lengths)
+        read = {
+            "lengths": sorted(names, key=parse_length),
+            "samples": parse_samples(str(DEFAULT_SAMPLES) if samples is None else samples, names),
+            "methods": sorted(parse_methods(DEFAULT_METHODS if methods is None else methods)),
+        }
+    except InputError:
+        return settings
+    return {**settings, **read}
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -575,30 +685,43 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
         if mode == "encoder":
             config = model.backbone.config
             labels = QACollator(tokenizer, mode, [config.id2label[i] for i in range(config.num_labels)])
-        cells = [(task, name) for name in sorted(lengths, key=parse_length) for task in tasks]
+        pending = {(task, name) for task, name, _ in plan["todo"]}  # a resumed run's kept cells need no samples
+        cells = [
+            (task, name) for name in sorted(lengths, key=parse_length) for task in tasks if (task, name) in pending
+        ]
         for task, name in tqdm(cells, desc="checking samples", disable=args.no_progress, leave=False):
             built = build_dataset(task, name, samples[name], tokenizer, haystack, seed=args.seed, num_facts=num_facts)
             if labels is not None:
                 labels.check_records([sample.to_dict() for sample in built], f"the {task} {name} samples")
             del built
-    results = evaluate_by_length(
-        model,
-        tokenizer,
-        tasks,
-        lengths,
-        samples,
-        haystack=haystack,
-        seed=args.seed,
-        methods=methods,
-        window=args.window,
-        max_new_tokens=args.max_new_tokens,
-        output_dir=args.output,
-        progress=not args.no_progress,
-        files=files,
-        full_attention_backbone=baseline,
-        num_facts=num_facts,
-        settings=_settings(args),
-    )
+    try:
+        results = evaluate_by_length(
+            model,
+            tokenizer,
+            tasks,
+            lengths,
+            samples,
+            haystack=haystack,
+            seed=args.seed,
+            methods=methods,
+            window=args.window,
+            max_new_tokens=args.max_new_tokens,
+            output_dir=args.output,
+            progress=not args.no_progress,
+            files=files,
+            full_attention_backbone=baseline,
+            num_facts=num_facts,
+            settings=_settings(args),
+            earlier=plan["earlier"],
+        )
+    except KeyboardInterrupt:
+        if args.output and (Path(args.output) / "results.json").is_file():
+            print(
+                f"{Path(args.output) / 'results.json'} keeps the cells measured so far: the same command with "
+                "--resume (not --overwrite) computes the others",
+                file=sys.stderr,
+            )
+        raise
     print(format_table(results))
     if args.output:
         print(f"\nwrote {Path(args.output) / 'results.json'}, predictions.jsonl, table.md and plots")
