@@ -418,6 +418,10 @@ def test_eval_help_describes_segments_for_synthetic_tasks_only():
     [
         (["--do-sample", "--top-p", "2"], "top_p"),
         (["--do-sample", "--temperature", "0"], "temperature"),
+        (["--do-sample", "--temperature", "inf"], "temperature must be a finite number, got inf"),
+        (["--do-sample", "--top-p", "nan"], "top_p must be a finite number, got nan"),
+        (["--do-sample", "--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--do-sample", "--top-k", "-1"], "top_k must be a whole number >= 0"),
         (["--temperature", "0.5"], "--temperature 0.5 sets sampling, but without --do-sample decoding is greedy"),
     ],
 )

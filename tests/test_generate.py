@@ -153,7 +153,7 @@ def test_sampling_goes_through_transformers_processors():
     again = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0).sequences
     assert torch.equal(first, again) and not torch.equal(first, greedy)
     for bad, name in (({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top_k"), ({"top_p": 1.5}, "top_p")):
-        with pytest.raises(InputError, match=f"bad generation settings: `{name}`"):
+        with pytest.raises(InputError, match=f"bad generation settings: `?{name}`? "):
             model.generate(prompt, max_new_tokens=2, do_sample=True, **bad)
 
 

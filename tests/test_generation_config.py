@@ -368,3 +368,47 @@ def test_settings_the_backbone_config_makes_invalid_are_one_error():
     config = GenerationConfig(suppress_tokens=[5], max_new_tokens=3)
     with pytest.raises(InputError, match="bad generation settings"):
         model.generate(prompts(1, 4, seed=1), generation_config=config, forced_eos_token_id=None)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"top_p": float("nan")}, "top_p must be a finite number, got nan"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"top_p": "0.9"}, "top_p must be a finite number"),
+        ({"temperature": float("inf")}, "temperature must be a finite number, got inf"),
+        ({"temperature": float("nan")}, "temperature must be a finite number, got nan"),
+        ({"epsilon_cutoff": float("nan")}, "epsilon_cutoff must be a finite number"),
+        ({"eta_cutoff": float("nan")}, "eta_cutoff must be a finite number"),
+        ({"top_k": True}, "top_k must be a whole number >= 0"),
+        ({"top_k": -1}, "top_k must be a whole number >= 0"),
+    ],
+)
+def test_sampling_settings_that_transformers_lets_through_are_refused(setting, message):
+    """top_p=nan or 0, temperature=inf and NaN cutoffs pass transformers' warpers (NaN fails no comparison; top_p=0
+    decodes greedily, temperature=inf uniformly) and top_k=True failed inside torch: refused before any work, by
+    generate, check_generation_settings and the diagonal engine alike. Greedy decoding ignores them, as in
+    transformers."""
+    from rmt.memory.generation import check_generation_settings
+
+    model = plain_model()
+    prompt = prompts(1, 5, seed=6)
+    sampling = {"do_sample": True, "max_new_tokens": 2, **setting}
+    with pytest.raises(InputError, match=message):
+        check_generation_settings(model, prompt, **sampling)
+    with pytest.raises(InputError, match=message):
+        model.generate(prompt, **sampling)
+    with pytest.raises(InputError, match=message):
+        DiagonalARMT(memory_model("armt"), group_size=None).generate(prompt, **sampling)
+    assert model.generate(prompt, max_new_tokens=2, **setting).sequences.shape == (1, 7)
+
+
+def test_a_whole_number_temperature_samples():
+    """transformers' warper takes only a float: temperature=2 was refused as not "a strictly positive float"."""
+    model = plain_model()
+    torch.manual_seed(0)
+    ours = model.generate(prompts(1, 5, seed=6), do_sample=True, temperature=2, max_new_tokens=3).sequences
+    torch.manual_seed(0)
+    assert torch.equal(
+        ours, model.generate(prompts(1, 5, seed=6), do_sample=True, temperature=2.0, max_new_tokens=3).sequences
+    )

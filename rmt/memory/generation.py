@@ -22,7 +22,8 @@ renormalize_logits; max_new_tokens / max_length, max_time, eos_token_id, pad_tok
 sampling). Your own `logits_processor` is merged in as transformers merges it: before the sampling warpers, in
 place of a built-in processor of the same type. A setting that would change the
 result and that this token-by-token loop does not implement (beam search, constraints, stop_strings, contrastive
-search, ...) and a keyword that is no GenerationConfig field are refused with an InputError, never silently ignored.
+search, ...) and a keyword that is no GenerationConfig field are refused with an InputError, never silently ignored;
+so are sampling settings that transformers lets through (top_p NaN or 0, temperature inf).
 
 `prefill(closed_ids, closed_mask, memory_state)` lets an engine compute the memory of the prompt's complete segments
 its own way (the diagonal engine does); the rest of the prompt and decoding then go through the stream.
@@ -31,6 +32,8 @@ its own way (the diagonal engine does); the rest of the prompt and decoding then
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -294,7 +297,44 @@ def _generation_config(
     refused = _unsupported(config)
     if refused:
         raise InputError("; ".join(refused))
+    _check_sampling(config)
     return config
+
+
+# The sampling settings that are fractions or scales. transformers' warpers check their ranges, but with comparisons
+# that NaN passes (top_p, epsilon_cutoff, eta_cutoff) and with inf in range (temperature=inf samples uniformly).
+_SAMPLING_NUMBERS = ("temperature", "top_p", "min_p", "typical_p", "top_h", "epsilon_cutoff", "eta_cutoff")
+
+
+def _check_sampling(config: GenerationConfig) -> None:
+    """Refuse the sampling settings transformers would take: a value that is no finite number (NaN, inf, a string),
+    top_p <= 0 (its warper accepts 0 and then keeps one token: greedy decoding in disguise), a top_k that is no whole
+    number >= 0 (True passes its check and fails inside torch). Its warpers refuse the rest (temperature <= 0,
+    top_p > 1, a negative top_k, ...). Under greedy decoding these settings are ignored, as in transformers (which
+    warns): a backbone's generation config may hold any."""
+    if not config.do_sample:
+        return
+    for name in _SAMPLING_NUMBERS:
+        value = getattr(config, name, None)
+        if value is not None and not (_is_number(value) and math.isfinite(value)):
+            raise InputError(f"bad generation settings: {name} must be a finite number, got {value!r}")
+    if config.top_p is not None and not 0 < config.top_p <= 1:
+        raise InputError(
+            f"bad generation settings: top_p must be in (0, 1] (the probability mass sampled from; 1: all), "
+            f"got {config.top_p!r}"
+        )
+    if config.top_k is not None and not (_is_whole(config.top_k) and config.top_k >= 0):
+        raise InputError(f"bad generation settings: top_k must be a whole number >= 0 (0: all), got {config.top_k!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any) -> bool:
+    """A whole number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _lengths(config: GenerationConfig, longest: int) -> tuple[int, int]:
@@ -401,8 +441,8 @@ def _processors(
             processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin, device))
         processors = _with_custom(processors, extra or [])
         if config.do_sample:
-            if config.temperature not in (None, 1.0):
-                processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.temperature not in (None, 1.0):  # a float for its check: temperature=2 is a temperature too
+                processors.append(TemperatureLogitsWarper(float(config.temperature)))
             if config.top_h is not None:
                 processors.append(TopHLogitsWarper(config.top_h))
             if config.top_k:
