@@ -89,6 +89,43 @@ def test_eos_stops_a_row_and_pads_it(pad):
     assert bool((out[0, first + 1 :] == pad).all())
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"eos_token_id": VOCAB}, f"eos_token_id {VOCAB} is outside the model's vocabulary"),
+        ({"eos_token_id": -1}, "eos_token_id -1 is outside"),
+        ({"eos_token_id": [3, VOCAB + 7]}, f"eos_token_id {VOCAB + 7} is outside"),
+        ({"eos_token_id": 2.5}, "eos_token_id must be a token id"),
+        ({"forced_eos_token_id": VOCAB}, "forced_eos_token_id"),
+        ({"forced_bos_token_id": VOCAB}, "forced_bos_token_id"),
+        ({"pad_token_id": "0"}, "pad_token_id must be a whole number"),
+    ],
+)
+def test_end_and_forced_tokens_outside_the_vocabulary_are_refused(setting, message):
+    """An EOS id the model cannot emit never ended a row (decoding ran to max_new_tokens without a word); a forced
+    one, or an EOS id that is no number, failed with a traceback from inside transformers or torch."""
+    model = model_for("gpt2")
+    with pytest.raises(InputError, match=message):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, **setting)
+
+
+def test_an_end_token_outside_the_vocabulary_from_the_backbones_config_is_refused():
+    model = model_for("gpt2")
+    model.backbone.generation_config.eos_token_id = VOCAB
+    with pytest.raises(InputError, match=f"eos_token_id {VOCAB} is outside"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("pad", [VOCAB, -5])
+def test_any_whole_pad_id_is_taken(pad):
+    """The pad id only fills finished rows of the result (it is never fed to the model), as in transformers."""
+    model = model_for("gpt2")
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    eos = int(model.generate(prompt, max_new_tokens=1).sequences[0, -1])
+    out = model.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=3, eos_token_id=eos, pad_token_id=pad)
+    assert out.sequences[:, 4:].eq(pad).all()
+
+
 def test_bad_arguments():
     model = model_for("gpt2")
     with pytest.raises(ValueError, match="max_new_tokens"):

@@ -23,7 +23,8 @@ sampling). Your own `logits_processor` is merged in as transformers merges it: b
 place of a built-in processor of the same type. A setting that would change the
 result and that this token-by-token loop does not implement (beam search, constraints, stop_strings, contrastive
 search, ...) and a keyword that is no GenerationConfig field are refused with an InputError, never silently ignored;
-so are sampling settings that transformers lets through (top_p NaN or 0, temperature inf).
+so are sampling settings that transformers lets through (top_p NaN or 0, temperature inf) and an end or forced token
+id outside the vocabulary.
 
 `prefill(closed_ids, closed_mask, memory_state)` lets an engine compute the memory of the prompt's complete segments
 its own way (the diagonal engine does); the rest of the prompt and decoding then go through the stream.
@@ -123,7 +124,7 @@ def generate(
         input_ids, mask = input_ids[rows], mask[rows]
     batch, width = input_ids.shape
     eos = _token_ids(config.eos_token_id)
-    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)  # as transformers pads
+    pad = int(config.pad_token_id) if config.pad_token_id is not None else (eos[0] if eos else 0)  # as transformers
     # Processors read each row's real tokens right-aligned, so a right-padded prompt's padding does not sit between
     # its text and the new tokens; repetition_penalty skips that padding (as transformers does for left padding).
     padding = width - mask.sum(dim=1)
@@ -271,6 +272,7 @@ def _generation_config(
             f"unknown generate argument(s) {', '.join(unknown)}: neither GenerationConfig fields nor "
             "arguments of generate"
         )
+    _check_token_ids(overrides, model.vocab_size)  # now: GenerationConfig fails on a pad id that is no number
     # As transformers resolves them: the call's keywords over `config`, whose unset fields come from the backbone's
     # generation_config and then transformers' global defaults (e.g. top_k=50 when sampling). Its default max_length
     # (20 tokens) is left out: a call that names no length is refused rather than cut at 20.
@@ -297,6 +299,7 @@ def _generation_config(
     refused = _unsupported(config)
     if refused:
         raise InputError("; ".join(refused))
+    _check_token_ids(config.to_dict(), model.vocab_size)  # those from the backbone's or the passed config too
     _check_sampling(config)
     return config
 
@@ -397,6 +400,30 @@ def _settings(
     return config, mask, max_new_tokens, min_new_tokens
 
 
+def _check_token_ids(settings: dict[str, Any], vocab_size: int) -> None:
+    """Refuse an end or forced token that is no id of the model's vocabulary: an eos_token_id out of it can never be
+    generated, so no row would stop at it (silently decoding to max_new_tokens), and a forced one failed inside
+    transformers' processor. pad_token_id may be any whole number: it only fills finished rows of the result and is
+    never fed to the model, and configs use -1 or an id past the embeddings (transformers allows both)."""
+    for name, several in (("eos_token_id", True), ("forced_eos_token_id", True), ("forced_bos_token_id", False)):
+        value = settings.get(name)
+        if value is None:
+            continue
+        ids = value if several and isinstance(value, (list, tuple)) else [value]
+        if not all(_is_whole(token) for token in ids):
+            kind = "a token id (a whole number) or a list of them" if several else "a token id (a whole number)"
+            raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}")
+        outside = [int(token) for token in ids if not 0 <= token < vocab_size]
+        if outside:
+            raise InputError(
+                f"bad generation settings: {name} {outside[0]} is outside the model's vocabulary "
+                f"(ids 0..{vocab_size - 1})"
+            )
+    pad = settings.get("pad_token_id")
+    if pad is not None and not _is_whole(pad):
+        raise InputError(f"bad generation settings: pad_token_id must be a whole number, got {pad!r}")
+
+
 def _processors(
     config: GenerationConfig,
     extra: LogitsProcessorList | None,
@@ -486,4 +513,4 @@ def _token_ids(value: int | list[int] | None) -> list[int]:
     """Token ids of a setting that takes one or several, in their order, without repeats."""
     if value is None:
         return []
-    return [value] if isinstance(value, int) else list(dict.fromkeys(value))
+    return [int(value)] if _is_whole(value) else list(dict.fromkeys(int(token) for token in value))
