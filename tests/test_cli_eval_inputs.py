@@ -433,6 +433,20 @@ def test_generate_checks_its_settings_before_reading(decoder, flags, message, tm
     assert "read " not in out  # refused before the document was read
 
 
+def test_generate_notes_a_seed_without_sampling(decoder, tmp_path, capsys):
+    """--seed changes nothing under greedy decoding: a note says so, and the answer is given as without it."""
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(20))
+    args = ["generate", decoder, "--document", str(document), "--prompt", "Where", "--max-new-tokens", "2"]
+    code, plain, err = _run(args, capsys)
+    assert code == 0 and "--seed" not in err
+    code, seeded, err = _run([*args, "--seed", "7"], capsys)
+    assert code == 0 and "note: --seed has no effect without --do-sample" in err
+    assert seeded.splitlines()[-1] == plain.splitlines()[-1]
+    code, _, err = _run([*args, "--seed", "7", "--do-sample"], capsys)
+    assert code == 0 and "--seed" not in err
+
+
 def test_generate_refuses_an_empty_prompt_before_reading(decoder, tmp_path, capsys):
     document = tmp_path / "doc.txt"
     document.write_text(background_text(20))

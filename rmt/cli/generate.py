@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed
+from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed, flags_given
 from rmt.errors import InputError
 
 
@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="with --do-sample: nucleus sampling, the smallest set with this mass (default: the model's, else off)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="with --do-sample: seed for sampling (default: %(default)s)"
+    )
     parser.add_argument("--chunk-tokens", type=int, default=8192, help="tokens read per chunk (default: %(default)s)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="weights' dtype (default: fp32)")
     add_runtime_arguments(parser)
@@ -89,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.chunk_tokens < 1:
         raise InputError("--max-new-tokens and --chunk-tokens must be >= 1")
     check_seed(args.seed)
+    if not args.do_sample and flags_given(args, ["--seed"]):
+        # A note, not a refusal: greedy decoding gives the same answer under every seed, so the run is what was asked
+        # for either way, and a script that always passes --seed keeps working when it switches sampling off.
+        print(
+            "note: --seed has no effect without --do-sample: greedy decoding does not draw at random", file=sys.stderr
+        )
     # Sampling settings not given on the command line keep the model's generation config (transformers' defaults).
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     sampling = {name: value for name, value in sampling.items() if value is not None}
