@@ -36,7 +36,9 @@ from rmt.data.babilong import (
 from rmt.data.haystack import (
     CUT_CHARS,
     LONG_SENTENCE_CHARS,
+    SNIFF_BYTES,
     Haystack,
+    check_text_file,
     load_haystack,
     mentions_haystack,
     split_sentences,
@@ -680,6 +682,26 @@ def test_load_haystack_drops_a_byte_order_mark(tmp_path):
     book = tmp_path / "book.txt"
     book.write_bytes(b"\xef\xbb\xbf" + background_text(SENTENCES[:3]).encode())
     assert load_haystack(book).sentences == tuple(SENTENCES[:3])
+
+
+def test_text_files_must_be_utf8(tmp_path):
+    """A file read with replacement characters gave a haystack of noise; the first MiB is checked by
+    check_text_file (a character cut at its end is fine), the whole file when it is read."""
+    text = background_text(SENTENCES[:3])
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text(text, encoding="utf-16")
+    with pytest.raises(InputError, match=r"utf16\.txt is not UTF-8 text: a NUL byte at offset 3 \(a binary file"):
+        load_haystack(utf16)
+    late = tmp_path / "late.txt"  # text, then a cp1252 quote past the first MiB
+    head = ((text + " ") * (SNIFF_BYTES // len(text) + 1))[: SNIFF_BYTES - 1] + "\u00e9" * 8  # one across the MiB
+    late.write_bytes(head.encode() + b"\x93quoted\x94")
+    check_text_file(late, "late")
+    with pytest.raises(InputError, match=f"late.txt is not UTF-8 text: byte 0x93 at offset {len(head.encode())} "):
+        load_haystack(late)
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(bytes(range(1, 256)) * 8)  # no NUL byte
+    with pytest.raises(InputError, match="--haystack x is not UTF-8 text: byte 0x80 at offset 127"):
+        check_text_file(binary, "--haystack x")
 
 
 def test_background_splits_back_into_its_sentences():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -445,6 +446,39 @@ def test_generate_notes_a_seed_without_sampling(decoder, tmp_path, capsys):
     assert seeded.splitlines()[-1] == plain.splitlines()[-1]
     code, _, err = _run([*args, "--seed", "7", "--do-sample"], capsys)
     assert code == 0 and "--seed" not in err
+
+
+def test_generate_refuses_a_document_that_is_not_text_before_reading(decoder, tmp_path, capsys):
+    """A binary file was read with replacement characters and answered from noise (exit 0); a pipe said "no such
+    file"."""
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(random.Random(0).randbytes(4096))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Mary went to the caf\xe9.".encode("latin-1"))
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for document, message in [
+        (binary, f"--document {binary} is not UTF-8 text: a NUL byte at offset"),
+        (latin, f"--document {latin} is not UTF-8 text: byte 0xe9 at offset 20"),
+        (pipe, f"--document {pipe} is not a regular file (a pipe or a device)"),
+    ]:
+        code, out, err = _run(["generate", decoder, "--document", str(document), "--prompt", "Where"], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err and "read " not in out
+
+
+def test_babilong_refuses_a_haystack_that_is_not_text(decoder, tmp_path, capsys):
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(random.Random(0).randbytes(4096))
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    args = ["babilong", "--tokenizer", decoder, "--lengths", "1k", "--samples", "1", "--output", str(tmp_path / "b")]
+    code, _, err = _run([*args, "--haystack", str(binary)], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"--haystack {binary} is not UTF-8 text: a NUL byte" in err
+    code, _, err = _run([*args, "--haystack", str(pipe)], capsys)
+    assert code == 2 and f"--haystack {pipe} is not a regular file" in err
+    code, _, err = _run([*args, "--haystack", str(tmp_path / "missing.txt")], capsys)
+    assert code == 2 and "--haystack " in err and "missing.txt: no such file" in err
+    assert not (tmp_path / "b").exists()
 
 
 def test_generate_refuses_an_empty_prompt_before_reading(decoder, tmp_path, capsys):

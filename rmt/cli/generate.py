@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rmt.build import DTYPES, pretrained_tokenizer
     from rmt.data.collate import qa_prompt
+    from rmt.data.haystack import check_text_file, read_text_file
     from rmt.memory.generation import check_generation_settings, stop_token_ids
     from rmt.memory.memory_file import read_memory, save_memory
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -127,10 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if memory_file is None or not memory_file.exists():
         if args.document is None:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
-        if Path(args.document).is_dir():
-            raise InputError(f"--document {args.document} is a folder, not a text file")
-        if not Path(args.document).is_file():
-            raise InputError(f"--document {args.document}: no such file")
+        check_text_file(args.document, f"--document {args.document}")  # a binary file: refused before the model loads
         if memory_file is not None:
             from rmt.cli.common import check_output_folder
 
@@ -167,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         document = Path(args.document)
         # Without its trailing line breaks, so that --question's "\n\nQuestion:" follows the text as in training.
-        document_text = document.read_text(encoding="utf-8-sig", errors="replace").rstrip()
+        document_text = read_text_file(document, f"--document {document}").rstrip()
         ids = tokenizer(document_text, add_special_tokens=False).input_ids
         if not ids:
             raise InputError(f"--document {document} holds no text")

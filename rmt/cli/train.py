@@ -679,12 +679,11 @@ def _babilong_labels(tasks: list[str]) -> list[str]:
 
 def load_background(spec: str | None) -> Any:
     """The BABILong background text: the files of --haystack (comma-separated), or the built-in corpus."""
-    from rmt.data.haystack import default_haystack, load_haystack
+    from rmt.data.haystack import check_text_file, default_haystack, load_haystack
 
     if spec is None:
         return default_haystack()
     paths = [Path(p) for p in spec.split(",") if p]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise InputError(f"--haystack: no such file(s): {', '.join(missing)}")
+    for path in paths:  # every file's first MiB before any is read whole
+        check_text_file(path, f"--haystack {path}")
     return load_haystack(paths)

