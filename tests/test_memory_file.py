@@ -228,3 +228,12 @@ def test_weights_fingerprint_of_a_tensor_past_two_to_the_24_elements_samples_its
         return memory_file.weights_fingerprint(module)
 
     assert fingerprint(0.0) != fingerprint(1.0)
+
+
+@pytest.mark.parametrize("state", ["abc", None, (), torch.tensor(1.0)])
+def test_saving_something_that_is_no_memory_state_is_one_error(tmp_path, state):
+    """A string (or None, an empty tuple, a tensor without a batch dimension) failed with an AttributeError or an
+    IndexError from reading its first leaf's shape."""
+    with pytest.raises(InputError, match="save_memory's state must be a memory state .* got a "):
+        save_memory(armt(), state, tmp_path / "a.memory")
+    assert not (tmp_path / "a.memory").exists()

@@ -391,3 +391,10 @@ def test_a_stream_stopped_half_way_through_a_chunk_refuses_to_go_on(monkeypatch)
             InputError, match="stopped half-way through a chunk .RuntimeError: out of memory.*new stream"
         ):
             use()
+
+
+@pytest.mark.parametrize("batch_size", [1.5, 2.0, True, "2"])
+def test_a_stream_of_a_batch_size_that_is_no_whole_number_is_refused(batch_size):
+    """1.5 failed inside torch (expand() takes 1 positional argument ...); "2" in a comparison."""
+    with pytest.raises(InputError, match="batch_size must be a whole number of samples"):
+        decoder("armt").stream(batch_size=batch_size)

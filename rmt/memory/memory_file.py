@@ -100,7 +100,14 @@ def _first_format_weights_fingerprint(model: MemoryModel) -> str:
 def save_memory(model: MemoryModel, state: State, path: str | os.PathLike, **metadata: Any) -> Path:
     """Write `state` (as `forward` or a stream returns it) to `path` atomically; `metadata` (JSON values, e.g. the
     number of tokens read, the document's name) is stored with it."""
-    check_state(state, model.initial_state(pytree.tree_leaves(state)[0].shape[0]))
+    leaves = pytree.tree_leaves(state)
+    if not leaves or not all(isinstance(leaf, torch.Tensor) and leaf.dim() > 0 for leaf in leaves):
+        # checked here: the batch size below is read from the first leaf
+        raise InputError(
+            "save_memory's state must be a memory state as forward or a stream returns it (tensors with a batch "
+            f"dimension first), got a {type(state).__name__}"
+        )
+    check_state(state, model.initial_state(leaves[0].shape[0]))
     leaves, spec = pytree.tree_flatten(state)
     tensors = {f"leaf.{i:03d}": leaf.detach().to("cpu").contiguous() for i, leaf in enumerate(leaves)}
     header = {

@@ -32,6 +32,7 @@ segment's: the buffered partial segment if there is one, else the last completed
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -51,6 +52,9 @@ class MemoryStream:
     """A memory model reading inputs chunk by chunk (see the module docstring). Build it with `model.stream()`."""
 
     def __init__(self, model: MemoryModel, batch_size: int = 1, memory_state: State | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):  # 1.5 failed deep in torch
+            raise InputError(f"batch_size must be a whole number of samples, got {batch_size!r}")
+        batch_size = int(batch_size)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
