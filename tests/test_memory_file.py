@@ -230,6 +230,60 @@ def test_weights_fingerprint_of_a_tensor_past_two_to_the_24_elements_samples_its
     assert fingerprint(0.0) != fingerprint(1.0)
 
 
+def _rewrite_header(path, change) -> None:
+    """Rewrite a safetensors file's metadata with `change(metadata)`, its tensors' bytes as they were."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + size])
+    change(header["__metadata__"])
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+
+
+def _read_memory_of(model, tokens: int = 12):
+    stream = model.stream()
+    stream.feed(torch.randint(0, VOCAB, (1, tokens), generator=torch.Generator().manual_seed(3)))
+    return stream.memory_state
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_a_flipped_data_byte_is_refused_as_corrupt_and_files_without_a_checksum_still_load(tmp_path, kind):
+    """A bit flipped in the tensors' bytes loaded silently as another memory; the checksum in the header refuses it.
+    A file written before the checksum existed (no key) still loads."""
+    model = armt() if kind == "armt" else RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3)).eval()
+    path = save_memory(model, _read_memory_of(model), tmp_path / "a.memory")
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01  # a low bit of the last float's bytes: still a finite number
+    damaged = tmp_path / "damaged.memory"
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"damaged\.memory is corrupt: its tensors do not match the checksum"):
+        load_memory(model, damaged)
+    for file in (path, damaged):
+        _rewrite_header(file, lambda metadata: metadata.pop("tensors_sha256"))
+        load_memory(model, file)  # as before the checksum: a damaged one cannot be told
+
+
+def test_memory_with_nan_or_inf_is_refused_on_save_and_on_load(tmp_path, monkeypatch):
+    model = armt()
+    state = _read_memory_of(model)
+    for value in (float("nan"), float("inf")):
+        bad = pytree.tree_map(lambda leaf: leaf.clone(), state)
+        pytree.tree_leaves(bad)[0].view(-1)[5] = value
+        with pytest.raises(InputError, match=r"the memory state holds NaN or inf values \(leaf 0\)"):
+            save_memory(model, bad, tmp_path / "a.memory")
+        assert not (tmp_path / "a.memory").exists()
+        # A file that holds them, with a checksum that matches (written by a version that did not check them):
+        monkeypatch.setattr(memory_file, "_non_finite_leaf", lambda leaves: None)
+        path = save_memory(model, bad, tmp_path / "old.memory")
+        monkeypatch.undo()
+        with pytest.raises(InputError, match=r"old\.memory holds NaN or inf memory values \(leaf 0\)"):
+            load_memory(model, path)
+
+
 @pytest.mark.parametrize("state", ["abc", None, (), torch.tensor(1.0)])
 def test_saving_something_that_is_no_memory_state_is_one_error(tmp_path, state):
     """A string (or None, an empty tuple, a tensor without a batch dimension) failed with an AttributeError or an

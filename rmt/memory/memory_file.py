@@ -17,6 +17,11 @@ message that says which: a memory is only meaningful to the model that wrote it.
 of the loading model's own state. Questions asked after a loaded memory start a new segment, as if the document ended
 at a segment boundary. Files of the first format (rmt-memory-1, whose weights fingerprint covered the memory
 parameters and the first rows of the token embeddings) still load.
+
+The header also holds a sha256 checksum of the tensors (names, dtypes, shapes and bytes): a file whose data was
+damaged (a bit flipped on disk or in a copy) is refused as corrupt instead of loading as another memory; files
+written before the checksum existed have none and load unchecked. A state with NaN or inf values is
+refused on save and on load (a model that diverged while reading has no memory worth keeping).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ _FIRST_FORMAT = "rmt-memory-1"
 _BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 _SAMPLES_PER_TENSOR = 1024  # evenly spaced elements of each weight tensor hashed into the weights fingerprint
 _FIRST_FORMAT_ROWS = 64  # rmt-memory-1: rows of the embedding matrix hashed into the weights fingerprint
+# The header key of the tensors' checksum. An optional key of the same format, not a new format: files without it (and
+# rmt versions that do not know it) still read each other's files.
+_CHECKSUM = "tensors_sha256"
 # RMTConfig fields added after memory files were first written, with the value every older file's model had: left
 # out of the config fingerprint at that value, so the older files still load.
 _FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False}
@@ -97,9 +105,25 @@ def _first_format_weights_fingerprint(model: MemoryModel) -> str:
     return digest.hexdigest()
 
 
+def _tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of CPU tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())  # any dtype's bytes (bf16 too)
+    return digest.hexdigest()
+
+
+def _non_finite_leaf(leaves: list[torch.Tensor]) -> int | None:
+    """The index of the first floating-point leaf holding a NaN or an infinity, or None."""
+    return next(
+        (i for i, leaf in enumerate(leaves) if leaf.is_floating_point() and not bool(torch.isfinite(leaf).all())), None
+    )
+
+
 def save_memory(model: MemoryModel, state: State, path: str | os.PathLike, **metadata: Any) -> Path:
     """Write `state` (as `forward` or a stream returns it) to `path` atomically; `metadata` (JSON values, e.g. the
-    number of tokens read, the document's name) is stored with it."""
+    number of tokens read, the document's name) is stored with it. A state with NaN or inf values is refused."""
     leaves = pytree.tree_leaves(state)
     if not leaves or not all(isinstance(leaf, torch.Tensor) and leaf.dim() > 0 for leaf in leaves):
         # checked here: the batch size below is read from the first leaf
@@ -108,6 +132,12 @@ def save_memory(model: MemoryModel, state: State, path: str | os.PathLike, **met
             f"dimension first), got a {type(state).__name__}"
         )
     check_state(state, model.initial_state(leaves[0].shape[0]))
+    bad = _non_finite_leaf(leaves)
+    if bad is not None:
+        raise InputError(
+            f"the memory state holds NaN or inf values (leaf {bad}): the model diverged while reading; a file of it "
+            "would be refused when loaded"
+        )
     leaves, spec = pytree.tree_flatten(state)
     tensors = {f"leaf.{i:03d}": leaf.detach().to("cpu").contiguous() for i, leaf in enumerate(leaves)}
     header = {
@@ -116,6 +146,7 @@ def save_memory(model: MemoryModel, state: State, path: str | os.PathLike, **met
         "config_fingerprint": config_fingerprint(model),
         "weights_fingerprint": weights_fingerprint(model),
         "metadata": _metadata_json(metadata),
+        _CHECKSUM: _tensors_checksum(tensors),
     }
     path = Path(path)
     write_atomic(path, save(tensors, metadata=header))
@@ -150,6 +181,11 @@ def read_memory(model: MemoryModel, path: str | os.PathLike) -> tuple[State, dic
         raise InputError(f"{path} is not a memory file (unreadable safetensors: {err})") from err
     if header.get("format") not in (FORMAT, _FIRST_FORMAT):
         raise InputError(f"{path} is not a memory file written by rmt (format {header.get('format')!r})")
+    if _CHECKSUM in header and header[_CHECKSUM] != _tensors_checksum(tensors):
+        raise InputError(
+            f"{path} is corrupt: its tensors do not match the checksum saved with them (a damaged copy); "
+            "read the document again to write a new one"
+        )
     if header.get("config_fingerprint") not in (config_fingerprint(model), config_fingerprint(model, True)):
         raise InputError(
             f"{path} was written by a model of another configuration (memory kind, memory tokens, segment size or "
@@ -170,6 +206,12 @@ def read_memory(model: MemoryModel, path: str | os.PathLike) -> tuple[State, dic
         raise InputError(f"{path} is not a memory file (damaged header or tensors: {err!r})") from err
     reference = model.initial_state(leaves[0].shape[0])
     check_state(state, reference)
+    bad = _non_finite_leaf(leaves)
+    if bad is not None:  # a file without a checksum, or written by a model that diverged
+        raise InputError(
+            f"{path} holds NaN or inf memory values (leaf {bad}): the model diverged while reading, or the file is "
+            "damaged; read the document again"
+        )
     # In the loading model's dtypes (a state saved by the same weights in fp32, read by them in bf16, or back).
     state = pytree.tree_map(lambda leaf, own: leaf.to(model.device, own.dtype), state, reference)
     return state, metadata
