@@ -481,6 +481,28 @@ def test_babilong_refuses_a_haystack_that_is_not_text(decoder, tmp_path, capsys)
     assert not (tmp_path / "b").exists()
 
 
+def test_train_and_eval_refuse_a_haystack_that_is_not_text_before_the_model_loads(
+    decoder, tmp_path, capsys, monkeypatch
+):
+    """Found when the BABILong samples were first built, after the model had loaded (minutes for a real one)."""
+    import rmt.build
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --haystack was checked")
+
+    monkeypatch.setattr(rmt.build, "pretrained_backbone", no_loading)
+    monkeypatch.setattr(RecurrentMemoryModel, "from_pretrained", no_loading)
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(random.Random(0).randbytes(4096))
+    train = ["train", "--model", decoder, "--data", "babilong:qa1", "--output", str(tmp_path / "run")]
+    evaluate = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "1k", "--output", str(tmp_path / "eval")]
+    for args in (train, evaluate):
+        code, _, err = _run([*args, "--haystack", str(binary)], capsys)
+        assert code == 2 and err.count("\n") == 1 and f"--haystack {binary} is not UTF-8 text: a NUL byte" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
+
+
 def test_generate_refuses_an_empty_prompt_before_reading(decoder, tmp_path, capsys):
     document = tmp_path / "doc.txt"
     document.write_text(background_text(20))

@@ -400,6 +400,7 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
 def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -> dict[str, Any]:
     """The by-length settings, checked before the model is loaded: lengths, samples, methods, the window, the output
     folder, the --babilong-dir files. Fills in the defaults of the by-length flags."""
+    from rmt.cli.train import check_background
     from rmt.data.babilong import babilong_file, parse_length
 
     if args.resume and args.overwrite:
@@ -458,6 +459,7 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
                 f"--babilong-dir {root}: no file {missing[0]}{more}; it needs DIR/data/<task>/<length>.json for every "
                 "task and length, as `rmt babilong` writes them"
             )
+    check_background(args.haystack)
     args.seed = DEFAULT_SEED if args.seed is None else args.seed
     check_seed(args.seed)
     todo = [(task, name, method) for name in lengths for task in tasks for method in methods]

@@ -198,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task is None:  # (both: the conflict is refused as such below)
         check_data_files(args.data, args.validation_data if babilong_tasks(args.data or "") is None else None)
     refuse_ignored_flags(args)
+    check_background(args.haystack)  # before the model loads
     config = config_from_args(TrainConfig, args, TRAIN_FLAGS, progress=not args.no_progress)
     if config.tensorboard:
         tensorboard_writer_class("--tensorboard")  # refused now, not once the model is built
@@ -677,13 +678,21 @@ def _babilong_labels(tasks: list[str]) -> list[str]:
     return sorted({label for task in tasks for label in answer_labels(task)})
 
 
+def check_background(spec: str | None) -> list[Path]:
+    """The files of --haystack (comma-separated), each checked to be there and to start as text: a command calls this
+    before it loads a model, so that a wrong file is named at once."""
+    from rmt.data.haystack import check_text_file
+
+    paths = [Path(p) for p in (spec or "").split(",") if p]
+    for path in paths:  # every file's first MiB before any is read whole
+        check_text_file(path, f"--haystack {path}")
+    return paths
+
+
 def load_background(spec: str | None) -> Any:
     """The BABILong background text: the files of --haystack (comma-separated), or the built-in corpus."""
-    from rmt.data.haystack import check_text_file, default_haystack, load_haystack
+    from rmt.data.haystack import default_haystack, load_haystack
 
     if spec is None:
         return default_haystack()
-    paths = [Path(p) for p in spec.split(",") if p]
-    for path in paths:  # every file's first MiB before any is read whole
-        check_text_file(path, f"--haystack {path}")
-    return load_haystack(paths)
+    return load_haystack(check_background(spec))
