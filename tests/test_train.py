@@ -590,6 +590,52 @@ def test_a_crash_while_the_best_model_is_saved_leaves_the_previous_best_whole(tm
     assert kept.keys() == first_weights.keys() and all(torch.equal(kept[k], first_weights[k]) for k in kept)
 
 
+@pytest.mark.parametrize("resumed_steps", [8, 6])
+def test_a_best_model_saved_after_the_last_checkpoint_is_chosen_again_on_resume(
+    tmp_path, monkeypatch, capsys, resumed_steps
+):
+    """The run stops between saving step 8's best model and step 8's checkpoint (step 4's is on disk). Resumed for 8
+    steps, it saves step 8's model again (the weights of an uninterrupted run's best); for 6, best/ held step 8's
+    model, from a step the run never reaches: it now holds the best from step 5 on (step 6's)."""
+    import rmt.train.loop as loop
+    from rmt.memory.pretrained import load_memory_model
+
+    def scripted(scores: list[float]) -> None:
+        remaining = iter(scores)
+        monkeypatch.setattr(loop, "evaluate", lambda *args, **kwargs: {"loss": 1.0, "accuracy": next(remaining)})
+
+    config = TrainConfig(
+        steps=8, batch_size=2, eval_every=2, eval_batches=1, checkpoint_every=4, save_best=True, progress=False
+    )
+    scripted([0.2, 0.6, 0.7, 0.9])
+    train(*small_setup(), config, tmp_path / "whole")
+    save_checkpoint = loop.save_checkpoint
+
+    def stop_at_step_8(folder, accelerator, model, step, *args):
+        if step == 8:
+            raise KeyboardInterrupt
+        save_checkpoint(folder, accelerator, model, step, *args)
+
+    scripted([0.2, 0.6, 0.7, 0.9])
+    monkeypatch.setattr(loop, "save_checkpoint", stop_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(*small_setup(), config, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "best" / "best.json").read_text())["step"] == 8
+    monkeypatch.setattr(loop, "save_checkpoint", save_checkpoint)
+    scripted([0.5, 0.9] if resumed_steps == 8 else [0.5])
+    train(*small_setup(), replace(config, steps=resumed_steps), tmp_path / "run", resume=True)
+    assert "held the model of step 8, past the checkpoint's step 4" in capsys.readouterr().err
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert (best["step"], best["score"]) == ((8, 0.9) if resumed_steps == 8 else (6, 0.5))
+    expected = "whole/best" if resumed_steps == 8 else "run/checkpoint/model"
+    pairs = zip(
+        load_memory_model(tmp_path / "run" / "best").state_dict().values(),
+        load_memory_model(tmp_path / expected).state_dict().values(),
+        strict=True,
+    )
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_a_checkpoint_from_before_the_plateau_rename_keeps_its_best(tmp_path, monkeypatch):
     """Checkpoints written before held-out losses could plateau name the plateau's best "best_accuracy"."""
     import rmt.train.loop as loop

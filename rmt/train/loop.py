@@ -36,6 +36,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -249,6 +250,7 @@ def _train(
     set_seed(config.seed)
     state = TrainerState(data=description)
     start_step = 0
+    best_after = None  # a resume's OUTPUT/best from a step past its checkpoint
     metrics_path = output_dir / METRICS_FILE
     if resume:
         record = read_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, config)
@@ -257,6 +259,12 @@ def _train(
         known = {f.name for f in fields(TrainerState)}
         state = TrainerState(**{k: v for k, v in saved.items() if k in known})
         _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
+        best_after = _best_after_checkpoint(output_dir, start_step, accelerator)
+        if best_after is not None:
+            # The checkpoint's best model was replaced by one of the steps this run goes through again: the best is
+            # chosen anew from here. A run as long as the first saves that step's model again (its score beat the
+            # old best, and so every score in between); a shorter one never reaches it.
+            state.best_step, state.best_score, state.best_of = 0, None, ""
         restore_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)  # only once every check passed
         if record.get("train_config", {}).get("steps", config.steps) != config.steps:
             _rate_of_this_schedule(scheduler)
@@ -266,6 +274,14 @@ def _train(
     if main:
         if resume:
             _truncate_metrics(metrics_path, start_step, keep_stop=state.stopped_early)
+            if best_after is not None:
+                remove_run(output_dir, [BEST_DIR])
+                print(
+                    f"note: {output_dir / BEST_DIR} held the model of step {best_after}, past the checkpoint's step "
+                    f"{start_step} (the run stopped in between): removed; the best model is chosen again from step "
+                    f"{start_step + 1} on",
+                    file=sys.stderr,
+                )
         elif overwrite:
             remove_run(output_dir)
         try:
@@ -697,6 +713,20 @@ def _after_eval(
     return state
 
 
+def _best_after_checkpoint(output_dir: Path, step: int, accelerator: Accelerator) -> int | None:
+    """The step of the model in OUTPUT/best when it is later than the checkpoint's `step` (the run stopped between
+    saving it and its next checkpoint), else None. Every process reads it before the main process may remove it."""
+    if accelerator.is_main_process:
+        recover_directory(output_dir / BEST_DIR)  # a best model a crash left set aside is the one to look at
+    accelerator.wait_for_everyone()
+    try:
+        saved = int(json.loads((output_dir / BEST_DIR / BEST_RECORD).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not readable: nothing to compare
+        saved = None
+    accelerator.wait_for_everyone()
+    return saved if saved is not None and saved > step else None
+
+
 def held_out_metric(config: TrainConfig, data_metric: str) -> tuple[str, bool]:
     """The held-out score that the curriculum, the plateau stop and save_best read, and whether higher is better:
     curriculum_metric for data with answers (`Source.metric` "accuracy"), the loss for language modelling."""
@@ -827,12 +857,13 @@ def run_entries(output_dir: str | os.PathLike) -> list[str]:
     return found
 
 
-def remove_run(output_dir: str | os.PathLike) -> None:
-    """Remove the run in `output_dir` (`run_entries`); other files stay. Each folder is first renamed to a name that
-    `rmt.files.recover_directory` clears, so a crash half-way leaves no half-removed checkpoint that --resume would
-    try to read."""
+def remove_run(output_dir: str | os.PathLike, folders: Iterable[str] | None = None) -> None:
+    """Remove the run in `output_dir` (`run_entries`), or only its `folders` (e.g. [BEST_DIR]); other files stay. Each
+    folder is first renamed to a name that `rmt.files.recover_directory` clears, so a crash half-way leaves no
+    half-removed checkpoint that --resume would try to read."""
     output_dir = Path(output_dir)
-    for name in (CHECKPOINT_DIR, MODEL_DIR, BEST_DIR, TENSORBOARD_DIR):
+    whole = folders is None
+    for name in (CHECKPOINT_DIR, MODEL_DIR, BEST_DIR, TENSORBOARD_DIR) if whole else folders:
         path = output_dir / name
         recover_directory(path)  # a folder set aside by a crashed save is part of the run too
         if path.is_dir():
@@ -842,4 +873,5 @@ def remove_run(output_dir: str | os.PathLike) -> None:
             shutil.rmtree(doomed)
         elif path.exists():
             path.unlink()
-    (output_dir / METRICS_FILE).unlink(missing_ok=True)
+    if whole:
+        (output_dir / METRICS_FILE).unlink(missing_ok=True)
