@@ -136,6 +136,10 @@ def interpret(facts, question: str, check_consistency: bool = True) -> str:
                 assert (
                     None in (person_room.get(person), object_room.get(obj)) or person_room[person] == object_room[obj]
                 )
+            if holder.get(obj) not in (None, person):
+                # (supporting facts alone) it left its holder by a fact that is not among them: where, they do not say
+                object_room.pop(obj, None)
+                trails.setdefault(obj, []).append(None)
             holder[obj] = person
             put(obj, person_room.get(person))
         elif match := _DROP.fullmatch(fact):

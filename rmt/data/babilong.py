@@ -188,8 +188,10 @@ class _World:
         self.acquired: dict[str, int] = {}  # the fact by which the holder got the object
         self.object_place: dict[str, str] = {}
         self.object_proof: dict[str, tuple[int, ...]] = {}
-        # Rooms an object has been in, one entry per change of room, each with the facts that prove it was there.
-        self.object_trail: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        # Rooms an object has been in, one entry per change of room: the room, the facts that prove it came there,
+        # and the latest facts that put it there (someone else may have picked it up in the same room since), which
+        # prove it was still there when it left.
+        self.object_trail: dict[str, list[tuple[str, tuple[int, ...], tuple[int, ...]]]] = {}
         self.gives: list[tuple[str, str, str, int]] = []  # (giver, object, receiver, fact index)
 
     def _may_meet(self, place: str | None, other_place: str | None) -> bool:
@@ -221,8 +223,10 @@ class _World:
         self.object_place[obj] = place
         self.object_proof[obj] = proof
         trail = self.object_trail.setdefault(obj, [])
-        if not trail or trail[-1][0] != place:
-            trail.append((place, proof))
+        if trail and trail[-1][0] == place:
+            trail[-1] = (place, trail[-1][1], proof)
+        else:
+            trail.append((place, proof, proof))
 
     def _gather(self, person: str, other_place: str | None) -> None:
         """An unplaced person acting with someone or something in a known room is in that room."""
@@ -275,11 +279,11 @@ def _questions_qa2(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
 def _questions_qa3(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
     questions = []
     for obj, trail in world.object_trail.items():
-        rooms = [room for room, _ in trail]
+        rooms = [room for room, _, _ in trail]
         for k in range(1, len(trail)):
             # "before the office" names one moment only if the object was in the office once.
             if rooms.count(rooms[k]) == 1:
-                proof = _proof(*trail[k - 1][1], *trail[k][1])
+                proof = _proof(*trail[k - 1][2], *trail[k][1])  # still in the room before, then came to this one
                 questions.append((f"Where was the {obj} before the {rooms[k]}?", rooms[k - 1], proof))
     return questions
 
