@@ -555,6 +555,9 @@ def test_load_refuses_a_field_that_is_not_text(tmp_path, field, value, said):
         ({"length": "4k"}, "'length' is '4k', not a whole number"),
         ({"seed": True}, "'seed' is True, not a whole number"),
         ({"facts": "Mary went."}, "'facts' is not a list of texts"),
+        ({"depth_range": 0.5}, r"'depth_range' is 0.5, not two fractions low < high from 0 to 1"),
+        ({"depth_range": [0.6, 0.4]}, r"'depth_range' is \[0.6, 0.4\], not two fractions"),
+        ({"facts": ["a.", "b."], "fact_depths": [0.1]}, "'fact_depths' has 1 depths for 2 facts"),
     ],
 )
 def test_load_refuses_metadata_that_evaluation_could_not_read(tmp_path, metadata, said):

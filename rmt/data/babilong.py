@@ -459,7 +459,7 @@ class BabilongSample:
             raise InputError(f"record lacks field(s) {', '.join(missing)} (BABILong records need {_NEEDED})")
         names = {item.name for item in fields(cls)} - {"extra"}
         known = {key: value for key, value in record.items() if key in names}
-        if known.get("depth_range") is not None:
+        if isinstance(known.get("depth_range"), list):  # other values are left for metadata_problem to name
             known["depth_range"] = tuple(known["depth_range"])
         return cls(**known, extra={key: value for key, value in record.items() if key not in names})
 
@@ -828,10 +828,14 @@ def metadata_problem(sample: BabilongSample) -> str | None:
     depths = sample.fact_depths
     if depths is not None and not (isinstance(depths, list) and all(number(d) and 0 <= d <= 1 for d in depths)):
         return "the field 'fact_depths' is not a list of fractions from 0 to 1"
-    if sample.depth_range is not None and not (
-        len(sample.depth_range) == 2 and all(number(d) for d in sample.depth_range)
+    span = sample.depth_range
+    if span is not None and not (
+        isinstance(span, tuple) and len(span) == 2 and all(number(d) for d in span) and 0 <= span[0] < span[1] <= 1
     ):
-        return f"the field 'depth_range' is {list(sample.depth_range)!r}, not two numbers"
+        shown = list(span) if isinstance(span, tuple) else span
+        return f"the field 'depth_range' is {shown!r}, not two fractions low < high from 0 to 1"
+    if sample.facts is not None and depths is not None and len(depths) != len(sample.facts):
+        return f"the field 'fact_depths' has {len(depths)} depths for {len(sample.facts)} facts"
     supporting = sample.supporting_facts
     if supporting is not None:
         known = [len(x) for x in (sample.facts, depths) if x is not None]
