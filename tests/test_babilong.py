@@ -181,6 +181,8 @@ def interpret(facts, question: str, check_consistency: bool = True) -> str:
         return one({g for g, o, r in gives if (o, r) == (match[1], match[2])})
     if match := re.fullmatch(r"What did (\w+) give to (\w+)\?", question):
         return one({o for g, o, r in gives if (g, r) == (match[1], match[2])})
+    if match := re.fullmatch(r"Who gave the (\w+)\?", question):
+        return one({g for g, o, r in gives if o == match[1]})
     if match := re.fullmatch(r"Who received the (\w+)\?", question):
         return one({r for g, o, r in gives if o == match[1]})
     if match := re.fullmatch(r"Who did (\w+) give the (\w+) to\?", question):

@@ -43,12 +43,13 @@ Conventions (decisions of this module; the public BABILong facts they follow are
   kitchen" is right.
 
 Stories: qa1 "Where is Mary?" (1 supporting fact); qa2 "Where is the milk?" (2: how its holder got it and where the
-holder went, or the drop and where the dropper was); qa3 "Where was the milk before the office?" (the facts that put
-it in the two places, 3 or 4); qa4 "What is north of the garden?" / "What is the garden south of?" (1 of 2 facts);
-qa5 "Who gave the milk to Jeff?", "What did Fred give to Jeff?", "Who received the milk?", "Who did Fred give the
-milk to?" (1). Questions always have exactly one right answer in the story. The number of facts is drawn uniformly
-from the range the BABILong README gives for the bAbI task (`DEFAULT_NUM_FACTS`); `build_sample` caps it at one fact
-per 10 target tokens so the facts leave room for background (the public builder caps at one per 8 GPT-2 tokens).
+holder went, or the drop and where the dropper was); qa3 "Where was the milk before the office?" (the facts that last
+put it in the room before and brought it to the one named, 3 or 4); qa4 "What is north of the garden?" / "What is the
+garden south of?" (1 of 2 facts); qa5 "Who gave the milk to Jeff?", "What did Fred give to Jeff?", "Who gave the milk?",
+"Who received the milk?", "Who did Fred give the milk to?" (1). Questions always have exactly one right answer in the
+story. The number of facts is drawn uniformly from the range the BABILong README gives for the bAbI task
+(`DEFAULT_NUM_FACTS`); `build_sample` caps it at one fact per 10 target tokens so the facts leave room for background
+(the public builder caps at one per 8 GPT-2 tokens).
 """
 
 from __future__ import annotations
@@ -294,6 +295,7 @@ def _questions_qa5(world: _World) -> list[tuple[str, str, tuple[int, ...]]]:
     forms = {
         "Who gave the {o} to {r}?": (lambda g, o, r: (o, r), lambda g, o, r: g),
         "What did {g} give to {r}?": (lambda g, o, r: (g, r), lambda g, o, r: o),
+        "Who gave the {o}?": (lambda g, o, r: (o,), lambda g, o, r: g),
         "Who received the {o}?": (lambda g, o, r: (o,), lambda g, o, r: r),
         "Who did {g} give the {o} to?": (lambda g, o, r: (g, o), lambda g, o, r: r),
     }
