@@ -1,0 +1,76 @@
+"""The README's Python examples run as written: each ```python block is executed, in order, in a fresh folder. The
+blocks that continue an earlier example (streaming, the diagonal engine) get the few names they take from it (a
+tokenizer, a document in chunks, prompts) from a prelude here; the training example runs 3 of its 600 steps."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+# What each block uses without defining it, by a name it alone defines or calls.
+PRELUDES = {
+    "model.stream()": """
+from types import SimpleNamespace
+
+document = torch.randint(0, 1000, (1, 700))
+chunks = document.split(97, dim=1)  # chunks that do not align with the segments
+question_ids = torch.randint(0, 1000, (1, 5))
+tokenizer = SimpleNamespace(eos_token_id=2)
+prompts = torch.randint(0, 1000, (2, 9))
+mask = torch.ones_like(prompts)
+mask[1, 6:] = 0  # a shorter prompt in the same batch
+""",
+    "DiagonalARMT(": """
+from transformers import LlamaConfig, LlamaForCausalLM
+
+backbone = LlamaForCausalLM(
+    LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+)
+input_ids = torch.randint(0, 1000, (1, 2100))
+prompt_ids = torch.randint(0, 1000, (1, 1030))
+""",
+}
+
+
+def test_the_readme_has_the_examples_this_test_runs():
+    blocks = python_blocks()
+    assert len(blocks) == 4
+    assert all(any(key in block for block in blocks) for key in PRELUDES)
+    assert sum("steps=600" in block for block in blocks) == 1
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_readme_example_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in python_blocks()[: index + 1]:  # later blocks continue the earlier ones' model
+        prelude = "".join(code for key, code in PRELUDES.items() if key in block)
+        torch.manual_seed(0)
+        exec(
+            compile("import torch\n" + prelude + block.replace("steps=600", "steps=3"), str(README), "exec"), namespace
+        )
+    if index == 0:  # the shapes its comments give
+        out = namespace["out"]
+        assert (out.logits.shape, out.memory_state.shape) == ((2, 1000, 1000), (2, 8, 64))
+    if index == 1:  # the stream's memory is the one-pass memory
+        one_pass = namespace["model"](namespace["document"], logits="none").memory_state
+        torch.testing.assert_close(namespace["state"], one_pass)
+        assert namespace["answer"].sequences.shape[1] <= 5 + 20
+    if index == 2:  # the engine gives what the model gives (every position's logits last), as its comments say
+        model, input_ids = namespace["model"], namespace["input_ids"]
+        with torch.no_grad():
+            torch.testing.assert_close(namespace["out"].logits, model(input_ids).logits)
+            expected = model.generate(namespace["prompt_ids"], max_new_tokens=20).sequences
+        assert torch.equal(namespace["generated"].sequences, expected)
+    if index == 3:
+        assert namespace["records"][-1]["step"] == 3 and "eval_accuracy" in namespace["records"][-1]
