@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -427,7 +426,10 @@ def peak_rss_mib() -> float:
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import resource  # POSIX only: imported where /proc is missing (macOS), not at the top (Windows has neither)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _run_cell(
