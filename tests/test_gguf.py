@@ -1,8 +1,10 @@
-"""The GGUF path on a tiny GGUF file written here (tests/helpers/tiny_gguf.py), without the real SmolLM2 file that
-only the slow suite reads: rmt's loader takes the file itself and the folder that holds it, and gets the weights of
-the random Llama the file was written from (its logits, to float rounding) and a tokenizer that encodes and decodes;
-then `rmt train --model FILE.gguf --data FILE.jsonl` and `rmt eval OUTPUT/model` run as a user would run them, and
-the saved model is a plain safetensors folder that loads without the GGUF file."""
+"""The GGUF path on tiny GGUF files written here (tests/helpers/tiny_gguf.py), without the real files (SmolLM2's
+ships in a package that only the slow suite reads): for each decoder family rmt wraps that users have as GGUF (Llama,
+Mistral, Qwen2, GPT-2), rmt's loader takes the file itself and the folder that holds it, and gets the weights of the
+random model the file was written from (its logits, to float rounding) and a tokenizer that encodes and decodes, and
+RMT (ARMT where the family runs layer by layer) wraps it; then `rmt train --model FILE.gguf --data FILE.jsonl` and
+`rmt eval OUTPUT/model` run as a user would run them, and the saved model is a plain safetensors folder that loads
+without the GGUF file."""
 
 from __future__ import annotations
 
@@ -14,44 +16,41 @@ from pathlib import Path
 import gguf  # the dev extra installs it: without it these tests fail rather than skip
 import pytest
 import torch
-from helpers.tiny_gguf import BOS_ID, EOS_ID, ROPE_THETA, VOCAB_SIZE, tiny_llama, write_tiny_gguf
+from helpers.tiny_gguf import BOS_ID, EOS_ID, GPT2_POSITIONS, ROPE_THETA, VOCAB_SIZE, tiny_model, write_tiny_gguf
+from transformers import PreTrainedModel
 
-from rmt.build import backbone_model_type, pretrained_backbone, pretrained_tokenizer, resolve_model
+from rmt import RMTConfig
+from rmt.build import backbone_model_type, memory_model, pretrained_backbone, pretrained_tokenizer, resolve_model
 from rmt.cli import main
+from rmt.errors import InputError
 
 TEXT = "Mary went to the kitchen. Where is Mary? In the kitchen, ünï."
+FAMILIES = ["llama", "mistral", "qwen2", "gpt2"]
+# the family transformers loads each file as: llama.cpp writes Mistral as the llama architecture
+LOADED_AS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
+ROTARY = ("llama", "mistral", "qwen2")
 
 
-@pytest.fixture(scope="module")
-def source():
-    """The random Llama the tiny file is written from."""
-    return tiny_llama()
-
-
-def gguf_folder(directory: Path, model) -> Path:
+def gguf_folder(directory: Path, model: PreTrainedModel, **options) -> Path:
     """`directory` holding the tiny GGUF file of `model` and nothing else. Returns the file's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    return write_tiny_gguf(directory / "tiny.gguf", model)
+    return write_tiny_gguf(directory / "tiny.gguf", model, **options)
 
 
 @pytest.fixture(scope="module")
-def gguf_file(tmp_path_factory, source):
-    return gguf_folder(tmp_path_factory.mktemp("gguf") / "tiny", source)
+def written(tmp_path_factory) -> dict[str, tuple[PreTrainedModel, Path]]:
+    """family -> (the random model, the tiny GGUF file written from it), once for the module."""
+    out = {}
+    for family in FAMILIES:
+        source = tiny_model(family)
+        out[family] = source, gguf_folder(tmp_path_factory.mktemp(family) / "tiny", source)
+    return out
 
 
-def test_the_tiny_file_is_laid_out_as_llama_cpp_writes_one(gguf_file, source):
-    """Tied embeddings (no output.weight), fp32 tensors, and query/key rows stored in llama.cpp's order, which
-    transformers must undo: the logits test below would not notice a loader that skipped that otherwise."""
-    tensors = {t.name: t for t in gguf.GGUFReader(gguf_file).tensors}
-    assert "output.weight" not in tensors and len(tensors) == 2 + 9 * source.config.num_hidden_layers
-    assert {t.tensor_type for t in tensors.values()} == {gguf.GGMLQuantizationType.F32}
-    attention = source.model.layers[0].self_attn
-    for name, weight in (("attn_q", attention.q_proj.weight), ("attn_k", attention.k_proj.weight)):
-        stored = torch.from_numpy(tensors[f"blk.0.{name}.weight"].data.copy())
-        assert stored.shape == weight.shape and not torch.equal(stored, weight.detach())
-        assert torch.equal(stored.sort(dim=0).values, weight.detach().sort(dim=0).values)  # the same rows, reordered
-    stored = torch.from_numpy(tensors["blk.0.attn_v.weight"].data.copy())
-    assert torch.equal(stored, attention.v_proj.weight.detach())
+@pytest.fixture(scope="module")
+def source(written) -> PreTrainedModel:
+    """The random Llama the llama file is written from (the family the command-line tests run on)."""
+    return written["llama"][0]
 
 
 def logits(model, ids):
@@ -59,20 +58,66 @@ def logits(model, ids):
         return model(ids).logits
 
 
+def token_ids(batch: int = 2, length: int = 24) -> torch.Tensor:
+    return torch.randint(0, VOCAB_SIZE, (batch, length), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_file_is_laid_out_as_llama_cpp_writes_its_family(written, family):
+    """llama.cpp's architecture and tensor names (from gguf-py's own tables), tied embeddings (no output.weight), fp32
+    tensors, and each family's stored layout, which transformers must undo: the logits test below would not notice
+    a loader that skipped it otherwise (llama's query/key rows permuted; Qwen2's as they are, with biases; GPT-2's
+    Conv1D weights transposed)."""
+    source, path = written[family]
+    reader = gguf.GGUFReader(path)
+    architecture = reader.fields["general.architecture"].contents()
+    assert architecture == LOADED_AS[family]
+    arch = next(key for key, name in gguf.MODEL_ARCH_NAMES.items() if name == architecture)
+    layers = source.config.num_hidden_layers
+    names = {gguf.TENSOR_NAMES[t].format(bid=b) for t in gguf.MODEL_TENSORS[arch] for b in range(layers)}
+    tensors = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
+    assert {name.rsplit(".", 1)[0] for name in tensors} <= names - {"output"}
+    assert len(tensors) == len(source.state_dict()) - 1  # every weight but the tied head
+    assert {t.tensor_type for t in reader.tensors} == {gguf.GGMLQuantizationType.F32}
+
+    def reordered(stored: torch.Tensor, weight: torch.Tensor) -> bool:  # the same rows in another order
+        return not torch.equal(stored, weight) and torch.equal(stored.sort(0).values, weight.sort(0).values)
+
+    if family == "gpt2":
+        attention = source.transformer.h[0].attn
+        assert torch.equal(tensors["blk.0.attn_qkv.weight"], attention.c_attn.weight.detach().T)
+        assert torch.equal(tensors["blk.0.attn_qkv.bias"], attention.c_attn.bias.detach())
+        assert tensors["position_embd.weight"].shape == (GPT2_POSITIONS, source.config.n_embd)
+        return
+    attention = source.model.layers[0].self_attn
+    for name in ("q", "k", "v"):
+        weight = getattr(attention, f"{name}_proj").weight.detach()
+        stored = tensors[f"blk.0.attn_{name}.weight"]
+        assert reordered(stored, weight) if family != "qwen2" and name != "v" else torch.equal(stored, weight)
+        if family == "qwen2":
+            assert torch.equal(tensors[f"blk.0.attn_{name}.bias"], getattr(attention, f"{name}_proj").bias.detach())
+
+
 @pytest.mark.parametrize("given", ["file", "folder"])
-def test_rmt_loads_the_gguf_file_and_the_folder_holding_it(gguf_file, source, given, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rmt_loads_the_gguf_file_and_the_folder_holding_it(written, family, given, tmp_path):
+    source, gguf_file = written[family]
     path = gguf_file if given == "file" else gguf_file.parent
     assert resolve_model(path) == (str(gguf_file.parent), "tiny.gguf")
     assert backbone_model_type(path) is None  # transformers reads the family from the file
 
     backbone = pretrained_backbone(path).eval()
     config = backbone.config
-    assert config.model_type == "llama" and config.vocab_size == VOCAB_SIZE and config.tie_word_embeddings
-    assert config.num_key_value_heads == 2 and config.rope_parameters["rope_theta"] == ROPE_THETA
+    assert config.model_type == LOADED_AS[family] and config.vocab_size == VOCAB_SIZE and config.tie_word_embeddings
+    if family in ROTARY:
+        assert config.num_key_value_heads == 2 and config.rope_parameters["rope_theta"] == ROPE_THETA
+        assert config.max_position_embeddings == source.config.max_position_embeddings
+    else:
+        assert config.n_positions == GPT2_POSITIONS
     assert all(p.dtype == torch.float32 for p in backbone.parameters())
-    ids = torch.randint(0, VOCAB_SIZE, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids = token_ids()
     expected = logits(source, ids)
-    torch.testing.assert_close(logits(backbone, ids), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits(backbone, ids), expected, rtol=0, atol=1e-6)
     assert expected.std() > 0.5  # wide enough weights that a misread tensor could not hide in rounding
 
     # Dequantized floats, not a quantized model: the GGUF marker is gone, so it saves as a plain HF folder.
@@ -83,7 +128,7 @@ def test_rmt_loads_the_gguf_file_and_the_folder_holding_it(gguf_file, source, gi
     from transformers import AutoModelForCausalLM
 
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
-    torch.testing.assert_close(logits(again, ids), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits(again, ids), expected, rtol=0, atol=1e-6)
 
     half = pretrained_backbone(path, dtype="bf16")
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
@@ -96,6 +141,23 @@ def test_rmt_loads_the_gguf_file_and_the_folder_holding_it(gguf_file, source, gi
     assert tokenizer.convert_ids_to_tokens(tokenizer(" the").input_ids) == ["Ġthe"]
     assert tokenizer.decode(encoded) == TEXT
     assert tokenizer("<|im_end|>").input_ids == [EOS_ID]  # a control token stays whole
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rmt_and_armt_wrap_a_backbone_loaded_from_gguf(written, family):
+    """RMT wraps every family; ARMT runs the backbone layer by layer, which rmt does for Llama (so a Mistral file,
+    loaded as Llama) and GPT-2, and refuses for Qwen2 by name."""
+    backbone = pretrained_backbone(written[family][1])
+    ids = token_ids(length=20)  # three segments, the last one short
+    rmt = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=8)).eval()
+    assert logits(rmt, ids).shape == (2, 20, VOCAB_SIZE) and logits(rmt, ids).isfinite().all()
+    armt_config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=8, d_mem=4)
+    if family == "qwen2":
+        with pytest.raises(InputError, match="model family 'qwen2' cannot be run layer by layer"):
+            memory_model(backbone, armt_config)
+        return
+    armt = memory_model(backbone, armt_config).eval()
+    assert logits(armt, ids).shape == (2, 20, VOCAB_SIZE) and logits(armt, ids).isfinite().all()
 
 
 def test_an_upper_case_suffix_is_a_gguf_file_too(tmp_path, source):
@@ -127,9 +189,9 @@ TRAIN += ["--eval-batches", "1", "--eval-batch-size", "2", "--validation-samples
 
 @pytest.mark.parametrize("given", ["file", "folder"])
 def test_train_on_a_gguf_model_then_evaluate_without_it(tmp_path, source, qa_file, given, capsys):
-    written = gguf_folder(tmp_path / "gguf", source)
+    gguf_file = gguf_folder(tmp_path / "gguf", source)
     output = tmp_path / "run"
-    model = str(written if given == "file" else written.parent)
+    model = str(gguf_file if given == "file" else gguf_file.parent)
     assert main(["train", "--model", model, "--data", str(qa_file), *TRAIN, "--output", str(output)]) == 0
     captured = capsys.readouterr()
     trained = json.loads(captured.out.split("model saved")[0])
@@ -144,7 +206,7 @@ def test_train_on_a_gguf_model_then_evaluate_without_it(tmp_path, source, qa_fil
     config = json.loads((backbone / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
 
-    shutil.rmtree(written.parent)  # evaluated without the file it was trained from
+    shutil.rmtree(gguf_file.parent)  # evaluated without the file it was trained from
     args = ["eval", str(output / "model"), "--data", str(qa_file), "--batches", "2", "--batch-size", "2"]
     assert main([*args, "--no-progress"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
