@@ -211,11 +211,17 @@ def pretrained_backbone(
     mode "decoder" loads a causal LM, "encoder" a sequence classifier whose classes are `labels` (a new head when the
     weights have none or one for another number of classes; transformers warns of the latter). Weights the model
     needs and the files lack are refused (transformers would start them at random): only an encoder given `labels`
-    may start its head (and pooler) so; without `labels` an encoder must bring its classifier head. dtype: "fp32",
-    "bf16", "fp16" or a torch dtype (default: fp32). Other keyword arguments go to transformers' from_pretrained."""
+    may start its head (and pooler) so; without `labels` an encoder must bring its classifier head. A GGUF file of
+    an architecture transformers cannot read, or one it misreads (README: GGUF files), is refused in one line. dtype:
+    "fp32", "bf16", "fp16" or a torch dtype (default: fp32). Other keyword arguments go to transformers'
+    from_pretrained."""
     location, gguf = resolve_model(name_or_path)
     if gguf is not None:
         kwargs["gguf_file"] = gguf
+        # transformers builds the model from the config it reads out of the file; where it misreads a shape (GPT-2's
+        # context length), the file's tensors do not fit and it raises a bare RuntimeError pointing at a logged table.
+        # Reported in the loading info instead, to be refused below with the shapes.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
     if "torch_dtype" in kwargs:  # transformers' older name for dtype
         if dtype is not None:
             raise InputError("give dtype or torch_dtype, not both")
@@ -257,10 +263,34 @@ def pretrained_backbone(
             f"cannot load a model from {name_or_path!r}: transformers has no {kind} for its family "
             f"{backbone_model_type(name_or_path)!r}"
         ) from err
+    if gguf is not None:
+        _check_gguf_shapes(location, gguf, model, info)
     _check_loaded_weights(name_or_path, model, info, mode, new_head=mode == "encoder" and labels is not None)
     if gguf is not None:
         _forget_gguf_origin(model)
     return model
+
+
+# What transformers (5.25 at least) misreads in a family's GGUF file, said when a file's tensors then do not fit
+_GGUF_MISREADS = {
+    "gpt2": "transformers gives every GPT-2 it reads from GGUF 1024 positions and an MLP 4 times the hidden size, "
+    "whatever the file says (it reads the context length into a key GPT-2 does not use and ignores the feed-forward "
+    "length): load this model from a Hugging Face folder instead",
+}
+
+
+def _check_gguf_shapes(location: str, gguf: str, model: PreTrainedModel, info: dict) -> None:
+    """Refuse a model whose weights have other shapes than the GGUF file's tensors: transformers misread the file's
+    config, and would have started those weights at random."""
+    from rmt.memory.pretrained import loading_problems
+
+    found = loading_problems(info, ["mismatched_keys"])
+    if found:
+        misread = _GGUF_MISREADS.get(model.config.model_type)
+        raise InputError(
+            f"cannot load the GGUF file {gguf} in {location}: the {type(model).__name__} that transformers builds "
+            f"from its metadata does not fit its tensors ({found})" + (f"; {misread}" if misread else "")
+        )
 
 
 def _check_loaded_weights(

@@ -160,6 +160,16 @@ def test_rmt_and_armt_wrap_a_backbone_loaded_from_gguf(written, family):
     assert logits(armt, ids).shape == (2, 20, VOCAB_SIZE) and logits(armt, ids).isfinite().all()
 
 
+def test_a_gpt2_file_of_other_than_1024_positions_is_refused_with_the_shapes(tmp_path):
+    """transformers builds every GPT-2 it reads from GGUF with 1024 positions (it reads the file's context length into
+    `n_ctx`, which GPT-2 does not use): a file of another context length does not fit. It raised a bare RuntimeError
+    pointing at a table it had logged, a traceback from rmt; now one line with the shapes and the reason."""
+    path = gguf_folder(tmp_path / "gpt2", tiny_model("gpt2", positions=512))
+    shapes = r"transformer\.wpe\.weight \[512, 32\] in the files, \[1024, 32\] by the config"
+    with pytest.raises(InputError, match=rf"tiny.gguf .*GPT2LMHeadModel .*does not fit its tensors .*{shapes}.*1024"):
+        pretrained_backbone(path)
+
+
 def test_an_upper_case_suffix_is_a_gguf_file_too(tmp_path, source):
     written = gguf_folder(tmp_path / "upper", source)
     upper = written.rename(written.with_name("TINY.GGUF"))
