@@ -248,9 +248,13 @@ def pretrained_backbone(
         raise MissingFileError(_load_error(name_or_path, location, err)) from err
     except InputError:
         raise
+    except NotImplementedError as err:  # transformers' GGUF reader has no tensor names for the family it read
+        if gguf is None:
+            raise
+        raise InputError(_gguf_refusal(location, gguf, err)) from err
     except ValueError as err:
         if gguf is not None:  # empty, truncated, not GGUF, or an architecture transformers cannot read from GGUF
-            raise InputError(f"cannot load the GGUF file {gguf} in {location}: {_one_line(err)}") from err
+            raise InputError(_gguf_refusal(location, gguf, err)) from err
         if "does not recognize this architecture" in str(err):
             raise InputError(
                 f"cannot load a model from {name_or_path!r}: this transformers does not know its family "
@@ -271,12 +275,49 @@ def pretrained_backbone(
     return model
 
 
+# GGUF architectures (general.architecture) that transformers reads into a family the memory models wrap. llama.cpp
+# writes Mistral models as llama; gpt_neox, which the memory models wrap from a Hugging Face folder, transformers
+# cannot read from GGUF.
+GGUF_ARCHITECTURES = ("gpt2", "llama", "qwen2")
 # What transformers (5.25 at least) misreads in a family's GGUF file, said when a file's tensors then do not fit
 _GGUF_MISREADS = {
     "gpt2": "transformers gives every GPT-2 it reads from GGUF 1024 positions and an MLP 4 times the hidden size, "
     "whatever the file says (it reads the context length into a key GPT-2 does not use and ignores the feed-forward "
     "length): load this model from a Hugging Face folder instead",
 }
+
+
+def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
+    """One line for a GGUF file that transformers could not load: its words, and what rmt can take when the file's
+    architecture is none of that, or why a llama file failed when transformers misread it by its name."""
+    message = f"cannot load the GGUF file {gguf} in {location}: {_one_line(err)}"
+    fields = _gguf_fields(Path(location) / gguf, ("general.architecture", "general.name"))
+    architecture, name = fields.get("general.architecture"), fields.get("general.name")
+    if architecture is None:  # not a GGUF file it could read either: transformers' words say so
+        return message
+    if architecture not in GGUF_ARCHITECTURES:
+        return (
+            f"{message} (rmt's memory models take GGUF files of architecture {', '.join(GGUF_ARCHITECTURES)}, "
+            f"Mistral's included as llama, and this one is {architecture!r}: load the model from a Hugging Face "
+            "folder instead)"
+        )
+    if architecture == "llama" and name == "mistral":
+        return (
+            f"{message} (transformers reads a llama file named exactly 'mistral' as Mistral, which it cannot load from "
+            "GGUF: rename the model, e.g. gguf-new-metadata --general-name 'Mistral 7B' IN.gguf OUT.gguf)"
+        )
+    return message
+
+
+def _gguf_fields(path: Path, keys: tuple[str, ...]) -> dict[str, str]:
+    """The string values of these metadata keys of a GGUF file (those it has); none of a file gguf cannot read."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+        return {key: bytes(fields[key].parts[fields[key].data[0]]).decode() for key in keys if key in fields}
+    except (OSError, ValueError, LookupError):  # empty, truncated or not GGUF (or a name that is no UTF-8 text)
+        return {}
 
 
 def _check_gguf_shapes(location: str, gguf: str, model: PreTrainedModel, info: dict) -> None:
@@ -409,7 +450,10 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
         raise InputError(
             f"cannot load a tokenizer from {name_or_path!r}: a file in {location} is not valid JSON: {err}"
         ) from err
-    except ValueError as err:  # transformers found no tokenizer file it can build one from
+    except ValueError as err:
+        if gguf is not None:  # a GGUF file carries its tokenizer: what failed is reading the file
+            raise InputError(_gguf_refusal(location, gguf, err)) from err
+        # transformers found no tokenizer file it can build one from
         raise InputError(
             f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none): {_one_line(err)}"
         ) from err

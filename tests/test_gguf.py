@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf  # the dev extra installs it: without it these tests fail rather than skip
@@ -168,6 +170,47 @@ def test_a_gpt2_file_of_other_than_1024_positions_is_refused_with_the_shapes(tmp
     shapes = r"transformer\.wpe\.weight \[512, 32\] in the files, \[1024, 32\] by the config"
     with pytest.raises(InputError, match=rf"tiny.gguf .*GPT2LMHeadModel .*does not fit its tensors .*{shapes}.*1024"):
         pretrained_backbone(path)
+
+
+def test_a_llama_file_named_mistral_is_refused_saying_why_and_loads_renamed(tmp_path, source):
+    """transformers reads a llama file whose general.name is exactly "mistral" as Mistral, then finds no tensor names
+    for Mistral in gguf-py: a NotImplementedError (advising a newer gguf-py, which has none either), a traceback from
+    rmt. Now one line saying why, whose renaming command loads the file as the Llama it is (a name that only contains
+    "mistral" loads so from the start, as the tests above show)."""
+    path = gguf_folder(tmp_path / "named", source, name="mistral")
+    with pytest.raises(InputError, match="tiny.gguf .*named exactly 'mistral' as Mistral.*gguf-new-metadata"):
+        pretrained_backbone(path)
+    renamed = tmp_path / "renamed" / "tiny.gguf"
+    renamed.parent.mkdir()
+    command = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--general-name", "Mistral 7B"]
+    subprocess.run([*command, str(path), str(renamed)], check=True, capture_output=True)
+    backbone = pretrained_backbone(renamed).eval()
+    assert backbone.config.model_type == "llama"
+    torch.testing.assert_close(logits(backbone, token_ids()), logits(source, token_ids()), rtol=0, atol=1e-6)
+
+
+def test_a_gguf_architecture_transformers_cannot_read_is_refused_naming_those_rmt_takes(tmp_path, qa_file, capsys):
+    """GPT-NeoX, which the memory models wrap from a Hugging Face folder, transformers cannot read from GGUF: the
+    backbone, its tokenizer and `rmt train` refuse the file in one line that names the architectures rmt takes
+    (the tokenizer's refusal said the file had no tokenizer, as if from a synthetic task)."""
+    path = tmp_path / "pythia.gguf"
+    writer = gguf.GGUFWriter(path, "gptneox")  # transformers stops at the architecture: no tensors needed
+    writer.add_name("tiny pythia")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    expected = (
+        r"cannot load the GGUF file pythia.gguf .*architecture gptneox is not supported.*rmt's memory models take "
+        r"GGUF files of architecture gpt2, llama, qwen2, Mistral's included as llama, and this one is 'gptneox'"
+    )
+    for load in (pretrained_backbone, pretrained_tokenizer):
+        with pytest.raises(InputError, match=expected):
+            load(path)
+    args = ["train", "--model", str(path), "--data", str(qa_file), *TRAIN, "--output", str(tmp_path / "run")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("rmt train: error: cannot load the GGUF file pythia.gguf") and error.count("\n") == 1
 
 
 def test_an_upper_case_suffix_is_a_gguf_file_too(tmp_path, source):
