@@ -311,8 +311,10 @@ def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
 
 def _gguf_fields(path: Path, keys: tuple[str, ...]) -> dict[str, str]:
     """The string values of these metadata keys of a GGUF file (those it has); none of a file gguf cannot read."""
-    from gguf import GGUFReader
-
+    try:
+        from gguf import GGUFReader
+    except ImportError:  # transformers' own error then says to install it
+        return {}
     try:
         fields = GGUFReader(path).fields
         return {key: bytes(fields[key].parts[fields[key].data[0]]).decode() for key in keys if key in fields}
