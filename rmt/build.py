@@ -218,10 +218,10 @@ def pretrained_backbone(
     location, gguf = resolve_model(name_or_path)
     if gguf is not None:
         kwargs["gguf_file"] = gguf
-        # transformers builds the model from the config it reads out of the file; where it misreads a shape (GPT-2's
-        # context length), the file's tensors do not fit and it raises a bare RuntimeError pointing at a logged table.
-        # Reported in the loading info instead, to be refused below with the shapes.
-        kwargs.setdefault("ignore_mismatched_sizes", True)
+    # Weights of other shapes than the config gives (a config.json edited after saving; a GGUF file whose config
+    # transformers misreads, as GPT-2's context length) made transformers raise a bare RuntimeError pointing at a
+    # logged table. Reported in the loading info instead, to be refused below with the shapes.
+    kwargs.setdefault("ignore_mismatched_sizes", True)
     if "torch_dtype" in kwargs:  # transformers' older name for dtype
         if dtype is not None:
             raise InputError("give dtype or torch_dtype, not both")
@@ -356,7 +356,7 @@ def _check_loaded_weights(
         head_only = mode == "encoder" and not loading_problems(info, kinds, allowed=head)
         raise MissingWeightsError(
             f"cannot load a model from {str(name_or_path)!r}: its files lack weights that a {type(model).__name__} "
-            f"needs, which would start at random ({found})"
+            f"needs, or hold them in other shapes than its config gives, which would start at random ({found})"
             + ("; pass labels to start a new classification head" if head_only else ""),
             head_only=head_only,
         )

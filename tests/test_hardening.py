@@ -669,6 +669,13 @@ def test_a_backbone_folder_missing_weights_is_refused_not_started_at_random(tmp_
     save_file(weights, tmp_path / "decoder" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(InputError, match=r"missing keys: model\.layers\.0\.mlp\.down_proj\.weight"):
         pretrained_backbone(str(tmp_path / "decoder"))
+    decoder.save_pretrained(tmp_path / "edited")
+    config = json.loads((tmp_path / "edited" / "config.json").read_text())
+    (tmp_path / "edited" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    with pytest.raises(  # transformers' bare RuntimeError ("look at the above report") before
+        InputError, match=r"in other shapes .*mismatched keys: model\.layers\.0\.mlp\.down_proj\.weight \[32, 64\] in"
+    ):
+        pretrained_backbone(str(tmp_path / "edited"))
 
     BertModel(BertConfig(vocab_size=VOCAB, max_position_embeddings=64, **shape)).save_pretrained(tmp_path / "bert")
     classifier = pretrained_backbone(str(tmp_path / "bert"), mode="encoder", labels=["a", "b", "c"])
