@@ -11,6 +11,7 @@ import difflib
 import functools
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -239,8 +240,9 @@ def pretrained_backbone(
         auto = AutoModelForCausalLM
     else:
         raise InputError(f"mode must be 'decoder' or 'encoder', got {mode!r}")
+    held: list[logging.LogRecord] = []
     try:
-        with _gguf_bar_follows_transformers() if gguf is not None else nullcontext():
+        with _gguf_bar_follows_transformers() if gguf is not None else nullcontext(), _load_report_held(held):
             model, info = auto.from_pretrained(location, output_loading_info=True, **kwargs)
     except SafetensorError as err:  # a damaged or truncated weights file
         raise InputError(f"cannot load a model from {name_or_path!r}: damaged weights in {location}: {err}") from err
@@ -252,6 +254,10 @@ def pretrained_backbone(
         if gguf is None:
             raise
         raise InputError(_gguf_refusal(location, gguf, err)) from err
+    except RuntimeError:  # transformers points at its report for the details: shown after all
+        for record in held:
+            logging.getLogger(record.name).handle(record)
+        raise
     except ValueError as err:
         if gguf is not None:  # empty, truncated, not GGUF, or an architecture transformers cannot read from GGUF
             raise InputError(_gguf_refusal(location, gguf, err)) from err
@@ -360,6 +366,27 @@ def _check_loaded_weights(
             + ("; pass labels to start a new classification head" if head_only else ""),
             head_only=head_only,
         )
+
+
+@contextmanager
+def _load_report_held(held: list[logging.LogRecord]) -> Iterator[None]:
+    """transformers logs a LOAD REPORT table of the weights that are missing, unexpected or of other shapes, printed
+    before rmt's own one-line refusal of the same problem (`_check_loaded_weights`), or for what a new classifier head
+    makes expected. While a model loads, the table is held back in `held` instead, for a caller to log when loading
+    fails in a way that points at it."""
+    logger = logging.getLogger("transformers.modeling_utils")
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
 
 
 @contextmanager

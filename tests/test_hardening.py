@@ -647,6 +647,34 @@ def test_from_pretrained_takes_a_dtype_by_name_and_a_damaged_gguf_file_is_one_li
         pretrained_backbone(str(tmp_path / "damaged.gguf"))
 
 
+def test_transformers_load_report_is_held_back_unless_loading_fails_pointing_at_it(tmp_path, caplog, monkeypatch):
+    """transformers printed its LOAD REPORT table (ANSI colours, one row per weight) before rmt's one-line refusal of
+    the same weights; it is shown when transformers fails with an error that refers to it."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    from rmt.build import pretrained_backbone
+
+    decoder = random_backbone("llama", vocab_size=VOCAB, num_layers=1, hidden_size=32, num_heads=4)
+    decoder.save_pretrained(tmp_path / "edited")
+    config = json.loads((tmp_path / "edited" / "config.json").read_text())
+    (tmp_path / "edited" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    caplog.set_level(logging.WARNING, logger="transformers.modeling_utils")
+    with pytest.raises(InputError, match="mismatched keys"):
+        pretrained_backbone(str(tmp_path / "edited"))
+    assert "LOAD REPORT" not in caplog.text
+
+    def failing_load(*args, **kwargs):
+        logging.getLogger("transformers.modeling_utils").warning("LlamaForCausalLM LOAD REPORT from: here\n| key |")
+        raise RuntimeError("We encountered some issues ... look at the above report!")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", failing_load)
+    with pytest.raises(RuntimeError, match="above report"):
+        pretrained_backbone(str(tmp_path / "edited"))
+    assert "LOAD REPORT from: here" in caplog.text
+
+
 def test_a_backbone_folder_missing_weights_is_refused_not_started_at_random(tmp_path):
     """pretrained_backbone loaded a headless LlamaModel folder as a causal LM, or a folder missing one layer's weight,
     with random values in their place (transformers only logs a report) and `rmt train --model` trained on it. A new
