@@ -31,8 +31,12 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from rmt.config import RMTConfig
@@ -40,7 +44,9 @@ from rmt.errors import InputError, MissingFileError, MissingWeightsError
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import model_class
 
-RANDOM_FAMILIES = ("gpt2", "llama", "gpt_neox", "bert")
+RANDOM_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox", "bert")
+# The families with rotary positions and separate q/k/v projections, where grouped-query attention is a config value
+_GQA_FAMILIES = ("llama", "mistral", "qwen2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -58,7 +64,9 @@ def random_backbone(
     init_std: float | None = None,
 ) -> PreTrainedModel:
     """A randomly initialised HF model of `family` (decoders: causal LM; 'bert': sequence classifier).
-    `num_kv_heads` (llama only) gives grouped-query attention; default: as many as attention heads.
+    `num_kv_heads` (llama, mistral, qwen2) gives grouped-query attention; default: as many as attention heads.
+    Mistral and Qwen2 are built without a sliding window (every layer attends to all places): they compute what a
+    Llama computes but for Qwen2's q/k/v biases.
     `pad_token_id`: HF zeroes that token's embedding row and never updates it (`padding_idx`), so it must be the
     task's padding token or None (default), never a token the task uses (e.g. 0, a digit in every task here).
     `init_std`: std of the initial weights (HF's `initializer_range`; None keeps HF's 0.02, sized for widths of
@@ -81,8 +89,11 @@ def random_backbone(
             raise InputError(f"{name} must be an integer > 0, got {value!r}")
     if hidden_size % num_heads:
         raise InputError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
-    if num_kv_heads is not None and family != "llama":
-        raise InputError(f"num_kv_heads (grouped-query attention) applies to llama backbones only, not {family!r}")
+    if num_kv_heads is not None and family not in _GQA_FAMILIES:
+        raise InputError(
+            f"num_kv_heads (grouped-query attention) applies to {', '.join(_GQA_FAMILIES)} backbones only, "
+            f"not {family!r}"
+        )
     if num_kv_heads is not None and num_heads % num_kv_heads:
         raise InputError(f"num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
     if pad_token_id is not None and (
@@ -108,17 +119,21 @@ def random_backbone(
             **common,
         )
         return GPT2LMHeadModel(config)
-    if family == "llama":
-        config = LlamaConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads or num_heads,
-            max_position_embeddings=max_positions,
+    if family in _GQA_FAMILIES:
+        rotary = {
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": num_kv_heads or num_heads,
+            "max_position_embeddings": max_positions,
             **common,
-        )
-        return LlamaForCausalLM(config)
+        }
+        if family == "mistral":  # MistralConfig's default is a 4096-place window
+            return MistralForCausalLM(MistralConfig(sliding_window=None, **rotary))
+        if family == "qwen2":  # Qwen2Config has none unless use_sliding_window
+            return Qwen2ForCausalLM(Qwen2Config(**rotary))
+        return LlamaForCausalLM(LlamaConfig(**rotary))
     if family == "gpt_neox":
         config = GPTNeoXConfig(
             hidden_size=hidden_size,

@@ -731,7 +731,7 @@ def test_backbone_builders_refuse_what_they_cannot_build_in_one_line(tmp_path):
     ]:
         with pytest.raises(InputError, match=message):
             random_backbone("llama", VOCAB, 1, 32, 4, **kwargs)
-    with pytest.raises(InputError, match="num_kv_heads .* llama backbones only, not 'gpt2'"):
+    with pytest.raises(InputError, match="num_kv_heads .* llama, mistral, qwen2 backbones only, not 'gpt2'"):
         random_backbone("gpt2", VOCAB, 1, 32, 4, num_kv_heads=2)
     random_backbone("llama", VOCAB, 1, 32, 4, num_kv_heads=2).save_pretrained(tmp_path / "llama")
     assert pretrained_backbone(str(tmp_path / "llama"), torch_dtype=torch.bfloat16).dtype == torch.bfloat16

@@ -135,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--family",
         default="gpt2",
-        choices=["gpt2", "llama", "gpt_neox"],
+        choices=["gpt2", "llama", "mistral", "qwen2", "gpt_neox"],
         help="random backbone family (default: %(default)s)",
     )
     model.add_argument("--layers", type=int, default=4, help="random backbone layers (default: %(default)s)")
