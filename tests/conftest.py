@@ -23,11 +23,35 @@ def _one_thread():
 def tiny_decoder(
     family: str = "gpt2", vocab_size: int = VOCAB, hidden: int = 32, layers: int = 2, positions: int = 256
 ):
-    """A tiny random causal LM of the given family, in eval mode, fp32 (Llama with grouped-query attention). Its
-    biases (GPT-2's, GPT-NeoX's) are drawn at random: transformers starts them at zero, where code that dropped or
-    misplaced a bias would compute the same."""
-    num_kv_heads = 2 if family == "llama" else None
+    """A tiny random causal LM of the given family, in eval mode, fp32 (Llama, Mistral and Qwen2 with grouped-query
+    attention). Its biases (GPT-2's, GPT-NeoX's, Qwen2's) are drawn at random: transformers starts them at zero, where
+    code that dropped or misplaced a bias would compute the same."""
+    num_kv_heads = 2 if family in ("llama", "mistral", "qwen2") else None
     backbone = random_backbone(family, vocab_size, layers, hidden, 4, positions, num_kv_heads=num_kv_heads)
+    return random_biases(backbone).eval()
+
+
+def sliding_decoder(family: str, window: int, layers: int = 2) -> torch.nn.Module:
+    """A tiny random Mistral or Qwen2 (width 32, grouped-query attention, random biases, eval mode) with a sliding
+    window of `window` places: in every layer (Mistral), or in every layer but the first (Qwen2's max_window_layers,
+    so that full and sliding layers mix)."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    sizes = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
+    if family == "mistral":
+        backbone = MistralForCausalLM(MistralConfig(sliding_window=window, **sizes))
+    else:
+        config = Qwen2Config(use_sliding_window=True, sliding_window=window, max_window_layers=1, **sizes)
+        backbone = Qwen2ForCausalLM(config)
     return random_biases(backbone).eval()
 
 

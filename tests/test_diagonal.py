@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import VOCAB, random_biases, strengthen_memory, tiny_decoder
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from conftest import VOCAB, random_biases, sliding_decoder, strengthen_memory, tiny_decoder
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from rmt import RMTConfig
 from rmt.backbones import layers
@@ -18,6 +18,8 @@ from rmt.memory.state import tree_map
 from rmt.ops.grouped import grouped_layer_norm, grouped_linear
 
 SEG, MEM = 8, 4
+FAMILIES = ["llama", "gpt2", "gpt_neox", "mistral", "qwen2"]
+SLIDING = ["mistral-sliding", "qwen2-sliding"]  # sliding windows of exactly [segment | memory], the shortest taken
 
 
 def armt(backbone: torch.nn.Module, segment_size: int = SEG, memory: int = MEM, d_mem: int = 4) -> ARMTForCausalLM:
@@ -88,10 +90,25 @@ def _variant(name: str) -> torch.nn.Module:
             max_position_embeddings=64,
         )
         return random_biases(LlamaForCausalLM(config)).eval()
+    if name == "mistral-head-dim":  # a head size other than hidden / heads (as Mistral NeMo's): q is 64 wide, not 32
+        config = MistralConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=None,
+            max_position_embeddings=64,
+        )
+        return MistralForCausalLM(config).eval()
+    if name.endswith("-sliding"):  # the shortest window ARMT takes, [segment | memory]; Qwen2's mixes layer types
+        return sliding_decoder(name.removesuffix("-sliding"), SEG + MEM, layers=3)
     return tiny_decoder(name, layers=3)  # its biases are drawn at random already
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
+@pytest.mark.parametrize("family", [*FAMILIES, "gpt2-layer-scaled", "llama-biases", "mistral-head-dim", *SLIDING])
 def test_engine_equals_sequential(family):
     """Batch of 3, whole segments (final memory bit for bit) and a ragged last segment (4 full segments + 5 tokens):
     logits and final memory."""
@@ -160,7 +177,9 @@ def test_samples_of_different_lengths(group_size):
     torch.testing.assert_close(last, expected.logits[torch.arange(3), ends], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
+@pytest.mark.parametrize(
+    "family", ["llama", "qwen2", "gpt_neox", "gpt2-layer-scaled", "llama-biases", "mistral-head-dim", *SLIDING]
+)
 def test_the_gpu_path_forced_on_the_cpu_equals_sequential(family, monkeypatch):
     """What a GPU runs, forced here (no GPU in the tests): each group's products as one batched matmul, its
     LayerNorms as one batched normalisation, its MLP whole; on ragged samples, up to the order of sums."""
@@ -200,19 +219,19 @@ def test_continuing_from_a_memory_state():
     _assert_states_close(tail.memory_state, full.memory_state)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gpt2-layer-scaled", "llama-biases"])
+@pytest.mark.parametrize("family", [*FAMILIES, "gpt2-layer-scaled", "llama-biases", "mistral-head-dim"])
 def test_bf16_engine_equals_bf16_sequential(family):
     """In bf16 too the grouped cells are the sequential computation: no rounding of their own to amplify."""
     _engine_equals_sequential(armt(_variant(family)).to(torch.bfloat16), _ids(3, 4 * SEG))
 
 
 @pytest.mark.parametrize("group_size", [None, 1])
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "mistral-sliding"])
 @pytest.mark.parametrize("prompt", [3, SEG, 2 * SEG + 5])
 def test_generate_equals_sequential_greedy(family, prompt, group_size):
     """Prompts that end inside a segment, exactly on a boundary, or after several; decoding crosses two
-    segment boundaries (memory writes during generation)."""
-    model = armt(tiny_decoder(family, layers=3))
+    segment boundaries (memory writes during generation; under a sliding window, through its sliding-window cache)."""
+    model = armt(_variant(family))
     ids = _ids(2, prompt, seed=prompt)
     expected = model.generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
     got = DiagonalARMT(model, group_size=group_size).generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
@@ -289,7 +308,7 @@ def test_group_size_default_and_bad_values():
             DiagonalARMT(model, group_size=bad)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_one_cell_per_group_is_the_sequential_computation_in_bf16(family):
     """group_size=1 runs the model's own layers: bf16 results equal sequential ARMT's exactly (whole segments)."""
     model = armt(tiny_decoder(family, layers=3)).to(torch.bfloat16)

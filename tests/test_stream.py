@@ -293,7 +293,7 @@ def test_a_refused_request_for_last_logits_leaves_the_stream_as_it_was():
 
 
 def mistral_rmt(window: int) -> RMTForCausalLM:
-    """Mistral with a sliding window of `window` (RMT; ARMT runs no sliding-window family), 2 memory tokens,
+    """Mistral with a sliding window of `window` (RMT; ARMT refuses windows shorter than its segments), 2 memory tokens,
     segments of 8: the open segment spans 10 places, and the window's cache keeps `window` - 1."""
     from transformers import MistralConfig, MistralForCausalLM
 

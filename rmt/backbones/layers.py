@@ -1,17 +1,23 @@
-"""Layer-by-layer access to Hugging Face causal LMs (GPT-2, Llama, GPT-NeoX) for models that act between layers.
+"""Layer-by-layer access to Hugging Face causal LMs (GPT-2, Llama, Mistral, Qwen2, GPT-NeoX) for models that act
+between layers.
 
 ARMT reads its associative memory before every decoder layer and writes it after; the diagonal engine runs different
 layers of different segments as one grouped computation. Both need the backbone taken apart: token embeddings,
 positions (a learned table or rotary), the decoder layers, the final norm and the LM head.
 
 - `DecoderAdapter` gives those parts as HF's own modules and runs each HF decoder layer as it is (no forked modeling
-  code, no patching): the sequential ARMT path, trainable.
+  code, no patching): the sequential ARMT path, trainable. Every layer gets one causal mask over all places: a
+  sliding window (Mistral's, Qwen2's) is not applied, so a caller must keep its inputs within the window (ARMT refuses
+  a window shorter than its [segment | memory tokens]; within it the window cuts nothing).
 - `StackedLayers` is the diagonal engine's copy of the decoder layers: each weight of the L layers stacked once into
   one [L, out, in] tensor, so any contiguous range of layers runs as batched matmuls over the group on a GPU, and
   as each layer's own product on a CPU, where it must round as the layer itself does (inference only: no dropout, no
-  gradients). One class covers the three families with a few switches (RMSNorm or LayerNorm, rotary or not,
-  parallel residual, gated MLP); fused projections are re-laid out at stacking time so that every family's attention
-  input is [q | k | v] along the output dimension.
+  gradients). One class covers the families with a few switches (RMSNorm or LayerNorm, rotary or not, parallel
+  residual, gated MLP); fused projections are re-laid out at stacking time so that every family's attention input is
+  [q | k | v] along the output dimension. Mistral and Qwen2 have Llama's decoder layer (RMSNorm, rotary on the whole
+  head, gated MLP, grouped-query attention, a head size that may differ from hidden / heads) but for their
+  projections' biases (Qwen2: on q, k and v; Llama: optional on every projection; Mistral: none), which the stacked
+  weights carry wherever the layer has them, and their sliding windows (see above).
 """
 
 from __future__ import annotations
@@ -42,9 +48,14 @@ class _Family:
 _FAMILIES: dict[str, _Family] = {
     "gpt2": _Family("h", "ln_f", "wpe", "drop", None, "cache"),
     "llama": _Family("layers", "norm", None, None, "rotary_emb", "cache"),
+    "mistral": _Family("layers", "norm", None, None, "rotary_emb", "cache"),
+    "qwen2": _Family("layers", "norm", None, None, "rotary_emb", "cache"),
     "gpt_neox": _Family("layers", "final_layer_norm", None, "emb_dropout", "rotary_emb", "layer_past"),
 }
 LAYERWISE_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
+# Families whose decoder layer is Llama's (input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
+# mlp.{gate,up,down}_proj with act_fn), up to biases and sliding windows
+_LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
 
 class DecoderAdapter:
@@ -137,9 +148,11 @@ class DecoderAdapter:
 
 # Per-layer tensors of each family, in a common layout: nn.Linear's [out, in] (GPT-2's Conv1D weights, stored
 # [in, out] for y = x W + b, are transposed) and the attention input projection stacked as [q | k | v] along `out`
-# (applied as one product where the family fuses it, GPT-2 and GPT-NeoX, and as three for Llama).
+# (applied as one product where the family fuses it, GPT-2 and GPT-NeoX, and as three for Llama, Mistral and Qwen2).
 # A gated MLP keeps gate and up apart: slicing a fused output would feed the activation strided views (slower on CPU).
 def _llama_tensors(layer: nn.Module) -> dict[str, torch.Tensor | None]:
+    """Llama's layer, and Mistral's and Qwen2's, which have its modules: a projection's bias is None where the layer
+    has none (Qwen2's o_proj, every one of Mistral's)."""
     attn, mlp = layer.self_attn, layer.mlp
     return {
         "norm1_w": layer.input_layernorm.weight,
@@ -207,7 +220,7 @@ def _cat(*tensors: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensors[0] is None else torch.cat(tensors)
 
 
-_TENSORS = {"llama": _llama_tensors, "gpt2": _gpt2_tensors, "gpt_neox": _neox_tensors}
+_TENSORS = {**dict.fromkeys(_LLAMA_LIKE, _llama_tensors), "gpt2": _gpt2_tensors, "gpt_neox": _neox_tensors}
 
 # On CPU the group's MLP runs a few layers at a time, so that their intermediates fit this budget: one [G, B * c, 4D]
 # intermediate for the whole group falls out of cache and made the grouped MLP ~1.8x slower than per-layer calls
@@ -244,7 +257,7 @@ class StackedLayers:
         }  # name -> [L, ...]
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        if family == "llama":
+        if family in _LLAMA_LIKE:
             attn, self.act = layers[0].self_attn, layers[0].mlp.act_fn
             self.head_dim, self.rotary_dim, self.eps = attn.head_dim, attn.head_dim, config.rms_norm_eps
             self.scales = [layer.self_attn.scaling for layer in layers]
@@ -256,9 +269,9 @@ class StackedLayers:
             attn, self.act = layers[0].attention, layers[0].mlp.act
             self.head_dim, self.rotary_dim, self.eps = attn.head_size, attn.rotary_ndims, config.layer_norm_eps
             self.scales = [layer.attention.scaling for layer in layers]
-        self.rms_norm = family == "llama"
-        self.gated_mlp = family == "llama"
-        self.fused_qkv = family != "llama"
+        self.rms_norm = family in _LLAMA_LIKE
+        self.gated_mlp = family in _LLAMA_LIKE
+        self.fused_qkv = family not in _LLAMA_LIKE
         self.parallel_residual = family == "gpt_neox" and config.use_parallel_residual
 
     def forward(
@@ -278,7 +291,7 @@ class StackedLayers:
         sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         if self.fused_qkv:  # [G, N, (H + 2 KV) hd], as the family's own fused projection
             parts = grouped_linear(normed, w["qkv_w"], w["qkv_b"]).split(sizes, dim=-1)
-        else:  # Llama projects q, k and v apart; one product of their summed width may round differently
+        else:  # Llama's layer projects q, k and v apart; one product of their summed width may round differently
             biases = [None] * 3 if w["qkv_b"] is None else w["qkv_b"].split(sizes, dim=1)
             weights = w["qkv_w"].split(sizes, dim=1)
             parts = [grouped_linear(normed, weight, bias) for weight, bias in zip(weights, biases, strict=True)]
@@ -298,7 +311,7 @@ class StackedLayers:
     def _norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [G, N, D] through each layer's own norm (weight [G, D])."""
         w = weight[:, None, :]
-        if self.rms_norm:  # as HF's LlamaRMSNorm: normalise in fp32, scale in the model dtype
+        if self.rms_norm:  # as HF's LlamaRMSNorm (Mistral's, Qwen2's): normalise in fp32, scale in the model dtype
             x32 = x.float()
             x32 = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + self.eps)
             return w * x32.to(x.dtype)
@@ -380,7 +393,7 @@ def layer_keys_values(
         qkv = attn.query_key_value(layer.input_layernorm(hidden))
         _, keys, values = qkv.view(batch, length, -1, 3 * attn.head_size).transpose(1, 2).chunk(3, dim=-1)
         rotary_dim = attn.rotary_ndims
-    elif kind in ("llama", "mistral", "qwen2"):
+    elif kind in _LLAMA_LIKE:
         layer = base.layers[index]
         attn = layer.self_attn
         normed = layer.input_layernorm(hidden)

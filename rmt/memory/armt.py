@@ -1,10 +1,13 @@
-"""ARMT: an associative memory in every decoder layer of a Hugging Face causal LM (GPT-2, Llama, GPT-NeoX).
+"""ARMT: an associative memory in every decoder layer of a Hugging Face causal LM (GPT-2, Llama, Mistral, Qwen2,
+GPT-NeoX).
 
 Per segment, the backbone runs on  [segment tokens (t) | memory tokens (M)]:  the M memory tokens are the same
 learned embeddings in every segment (their hidden states are not carried). Before each decoder layer l the hidden
 states read layer l's memory (A_l [K, D], z_l [K]); after it, the layer's outputs at the memory tokens write it
 (rules in `rmt/ops/associative.py`). Tokens come first and attention is causal, so tokens never see the memory tokens:
 on a first segment (no read) the token logits are exactly the backbone's. Every segment starts again at position 0.
+A sliding window (Mistral's, Qwen2's) must span a whole [segment | memory tokens]: within it the window cuts nothing, so
+ARMT runs every layer with plain causal attention; a shorter window is refused (see `check_window`).
 
 The backbone is run one layer at a time through `rmt.backbones.layers.DecoderAdapter` (HF's own modules, no forked
 modeling code). The segment loop, padding, truncated BPTT, streaming `forward_backward` and checkpointing are the
@@ -32,7 +35,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rmt.backbones import check_fits, hidden_size, kv_shape
+from rmt.backbones import check_fits, hidden_size, kv_shape, sliding_window
 from rmt.backbones.layers import DecoderAdapter
 from rmt.config import RMTConfig
 from rmt.errors import InputError
@@ -56,9 +59,32 @@ def layout_segment(
     return x, index
 
 
+def check_window(backbone: nn.Module, segment_size: int, memory_tokens: int) -> None:
+    """Raise an InputError when a layer's sliding window is shorter than [segment | memory tokens], naming the largest
+    segment_size that fits.
+
+    Refused rather than applied: in every layer the memory tokens that write the memory would attend only to the
+    segment's last places, and applying windows would take per-layer masks (Qwen2 mixes full and sliding layers) in
+    the layer-by-layer run, the diagonal engine's grouped attention and generation's cache. A window that spans the
+    segment and its memory tokens cuts nothing (generation's open segment holds fewer places still), so there one
+    causal mask for every layer (the layer-by-layer run) and plain causal attention (the diagonal engine) are exactly
+    the backbone's own attention."""
+    window = sliding_window(backbone)
+    places = segment_size + memory_tokens
+    if window is None or window >= places:  # place i sees places i - window + 1 .. i
+        return
+    fitting = window - memory_tokens
+    advice = f"lower segment_size to at most {fitting}" if fitting >= 1 else "use fewer memory tokens"
+    raise InputError(
+        f"ARMT attends within [segment ({segment_size}) | memory tokens ({memory_tokens})] = {places} places, but "
+        f"this backbone's sliding window spans {window}: the memory tokens would not attend to the segment's first "
+        f"tokens; {advice}, or use a backbone without a sliding window"
+    )
+
+
 @register_model("decoder", "armt")
 class ARMTForCausalLM(RecurrentMemoryModel):
-    """ARMT around a Hugging Face causal LM of the GPT-2, Llama or GPT-NeoX family.
+    """ARMT around a Hugging Face causal LM of the GPT-2, Llama, Mistral, Qwen2 or GPT-NeoX family.
 
     Parameters of its own: `memory` [M, D] (the memory token embeddings) and, stacked over the L layers, `w_q`,
     `w_k` [L, d_mem, D], `w_v` [L, D, D] (zero at start, so an untrained ARMT computes what its backbone computes)
@@ -86,6 +112,7 @@ class ARMTForCausalLM(RecurrentMemoryModel):
         self.adapter = DecoderAdapter(backbone)
         m = config.num_memory_tokens
         check_fits(backbone, config.segment_size, config.segment_size + m, f"[segment | memory tokens ({m})]")
+        check_window(backbone, config.segment_size, m)
         layers, dim, d_mem = self.adapter.num_layers, hidden_size(backbone), config.d_mem
         weight = backbone.get_input_embeddings().weight
         factory = {"dtype": weight.dtype, "device": weight.device}
