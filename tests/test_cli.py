@@ -132,8 +132,8 @@ def test_ctrl_c_while_a_command_loads_is_one_line(capsys, monkeypatch):
     assert capsys.readouterr().err == "rmt train: interrupted\n"
 
 
-@pytest.mark.parametrize("memory", ["rmt", "armt"])
-def test_train_then_eval(tmp_path, capsys, memory):
+@pytest.mark.parametrize(("memory", "family"), [("rmt", "llama"), ("armt", "llama"), ("armt", "qwen2")])
+def test_train_then_eval(tmp_path, capsys, memory, family):
     output = tmp_path / "run"
     args = [
         "train",
@@ -146,7 +146,7 @@ def test_train_then_eval(tmp_path, capsys, memory):
         "--output",
         str(output),
         "--family",
-        "llama",
+        family,
         "--layers",
         "1",
         "--hidden",
