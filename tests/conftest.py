@@ -82,7 +82,7 @@ def strengthen_memory(model):
     return model
 
 
-@pytest.fixture(params=["gpt2", "llama", "gpt_neox"])
+@pytest.fixture(params=["gpt2", "llama", "mistral", "qwen2", "gpt_neox"])
 def decoder_family(request) -> str:
     return request.param
 
