@@ -43,7 +43,9 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize(
-    ("family", "name"), [("llama", name) for name in CONFIGS] + [("gpt2", "rmt"), ("gpt2", "memtrxl")]
+    ("family", "name"),
+    [("llama", name) for name in CONFIGS]
+    + [(family, kind) for family in ("gpt2", "mistral", "qwen2", "gpt_neox") for kind in ("rmt", "memtrxl")],
 )
 @pytest.mark.parametrize("prompt_length", [3, 5, 7])
 def test_greedy_equals_repeated_full_forward(family, name, prompt_length):

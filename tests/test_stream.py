@@ -72,6 +72,24 @@ def test_random_chunkings_equal_one_pass(kind, seed):
     assert_states_equal(stream.memory_state, reference.memory_state)
 
 
+@pytest.mark.parametrize("kind", ["rmt", "memtrxl", "armt"])
+@pytest.mark.parametrize("family", ["gpt2", "mistral", "qwen2", "gpt_neox"])
+def test_random_chunkings_equal_one_pass_in_every_family(kind, family):
+    """The open segment's key/value cache and the Transformer-XL cache's keys are laid out per family (Qwen2's q/k/v
+    biases, GPT-NeoX's fused projection, GPT-2's learned positions); Llama runs in the test above."""
+    model = decoder(kind, family)
+    ids = torch.randint(0, VOCAB, (2, 23), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = model(ids)
+    stream = model.stream(batch_size=2)
+    pieces, position = [], 0
+    for size in random_chunks(23, 3):
+        pieces.append(stream.feed(ids[:, position : position + size], logits="all"))
+        position += size
+    torch.testing.assert_close(torch.cat(pieces, dim=1), reference.logits, atol=ATOL, rtol=1e-4)
+    assert_states_equal(stream.memory_state, reference.memory_state)
+
+
 @pytest.mark.parametrize("kind", ["rmt", "armt"])
 def test_memory_only_stream_keeps_no_logits_and_matches_forward(kind):
     model = decoder(kind, family="gpt2")
