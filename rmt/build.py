@@ -330,6 +330,15 @@ def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
     return message
 
 
+def gguf_architecture(name_or_path: str | os.PathLike) -> str | None:
+    """The architecture (`general.architecture`) of the GGUF file that `pretrained_backbone(name_or_path)` loads,
+    read from its header without loading weights; None when it loads no GGUF file or the header cannot be read."""
+    location, gguf = resolve_model(name_or_path)
+    if gguf is None:
+        return None
+    return _gguf_fields(Path(location) / gguf, ("general.architecture",)).get("general.architecture")
+
+
 def _gguf_fields(path: Path, keys: tuple[str, ...]) -> dict[str, str]:
     """The string values of these metadata keys of a GGUF file (those it has); none of a file gguf cannot read."""
     try:

@@ -206,7 +206,24 @@ def test_a_gguf_architecture_transformers_cannot_read_is_refused_naming_those_rm
     args = ["train", "--model", str(path), "--data", str(qa_file), *TRAIN, "--output", str(tmp_path / "run")]
     assert main(args) == 2
     error = capsys.readouterr().err
-    assert error.startswith("rmt train: error: cannot load the GGUF file pythia.gguf") and error.count("\n") == 1
+    assert error.startswith(f"rmt train: error: --model {path}: a GGUF file of architecture 'gptneox'; rmt's memory")
+    assert error.count("\n") == 1
+
+
+def test_rmt_train_refuses_a_gguf_architecture_it_does_not_wrap_before_loading_it(tmp_path, qa_file, capsys):
+    """Phi-3, which transformers reads from GGUF, loaded whole (minutes for a real model) before the memory model
+    refused its family; the file's header says its architecture."""
+    path = tmp_path / "phi.gguf"
+    writer = gguf.GGUFWriter(path, "phi3")  # a header alone: loading the weights would fail, refusing must not
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    args = ["train", "--model", str(path), "--data", str(qa_file), *TRAIN, "--output", str(tmp_path / "run")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert f"--model {path}: a GGUF file of architecture 'phi3'; rmt's memory models take GGUF files of" in error
+    assert error.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
 def test_an_upper_case_suffix_is_a_gguf_file_too(tmp_path, source):
