@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -225,7 +226,7 @@ def pretrained_backbone(
     backbone of an rmt checkpoint too) or a hub id when the hub is reachable.
 
     mode "decoder" loads a causal LM, "encoder" a sequence classifier whose classes are `labels` (a new head when the
-    weights have none or one for another number of classes; transformers warns of the latter). Weights the model
+    weights have none or one for another number of classes, with a warning for the latter). Weights the model
     needs and the files lack are refused (transformers would start them at random): only an encoder given `labels`
     may start its head (and pooler) so; without `labels` an encoder must bring its classifier head. A GGUF file of
     an architecture transformers cannot read, or one it misreads (README: GGUF files), is refused in one line. dtype:
@@ -291,6 +292,7 @@ def pretrained_backbone(
     if gguf is not None:
         _check_gguf_shapes(location, gguf, model, info)
     _check_loaded_weights(name_or_path, model, info, mode, new_head=mode == "encoder" and labels is not None)
+    _warn_of_dropped_weights(name_or_path, model, info)
     if gguf is not None:
         _forget_gguf_origin(model)
     return model
@@ -389,6 +391,29 @@ def _check_loaded_weights(
             f"needs, or hold them in other shapes than its config gives, which would start at random ({found})"
             + ("; pass labels to start a new classification head" if head_only else ""),
             head_only=head_only,
+        )
+
+
+def _warn_of_dropped_weights(name_or_path: str | os.PathLike, model: PreTrainedModel, info: dict) -> None:
+    """Warn, in one line each, of what transformers' held-back report said that a load may want but a user should
+    know: weights of the base model that the files hold and the model does not use (a config.json set to fewer
+    layers than the files hold: a way to keep the first layers, or an edit that cut the model), and a classifier head
+    in the files replaced by a new one for other classes."""
+    from rmt.memory.pretrained import loading_problems
+
+    base = model.base_model_prefix + "."
+    dropped = loading_problems(info, ["unexpected_keys"], allowed=lambda name: not name.startswith(base))
+    if dropped:
+        warnings.warn(
+            f"{name_or_path}: its files hold weights that this {type(model).__name__} does not use, left out "
+            f"({dropped})",
+            stacklevel=3,
+        )
+    replaced = loading_problems(info, ["mismatched_keys"], allowed=lambda name: name.startswith(base))
+    if replaced:
+        warnings.warn(
+            f"{name_or_path}: its classifier head is for other classes and starts anew for these ({replaced})",
+            stacklevel=3,
         )
 
 

@@ -665,6 +665,17 @@ def test_transformers_load_report_is_held_back_unless_loading_fails_pointing_at_
         pretrained_backbone(str(tmp_path / "edited"))
     assert "LOAD REPORT" not in caplog.text
 
+    config["num_hidden_layers"] = 0  # the files hold a layer the model does not use: said, since the table is not
+    (tmp_path / "edited" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"does not use, left out \(unexpected keys: model\.layers\.0\."):
+        assert pretrained_backbone(str(tmp_path / "edited")).config.num_hidden_layers == 0
+    from transformers import BertConfig, BertForSequenceClassification
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    BertForSequenceClassification(BertConfig(vocab_size=VOCAB, num_labels=2, **shape)).save_pretrained(tmp_path / "b")
+    with pytest.warns(UserWarning, match=r"classifier head is for other classes .*classifier\.weight \[2, 32\]"):
+        pretrained_backbone(str(tmp_path / "b"), mode="encoder", labels=["x", "y", "z"])
+
     def failing_load(*args, **kwargs):
         logging.getLogger("transformers.modeling_utils").warning("LlamaForCausalLM LOAD REPORT from: here\n| key |")
         raise RuntimeError("We encountered some issues ... look at the above report!")
