@@ -313,6 +313,51 @@ def test_resume_refuses_a_folder_without_results_and_overwrite(decoder, haystack
         assert message in err and _digest(output) == before
 
 
+def test_resume_takes_the_same_places_spelled_otherwise_and_refuses_other_weights_at_the_same_path(
+    decoder, haystack, finished, tmp_path, capsys, monkeypatch
+):
+    """The checkpoint and --haystack were compared as typed (./model against model was refused, naming a flag
+    --checkpoint that the positional argument is not), and a checkpoint trained further at the same path resumed
+    with the earlier weights' cells kept."""
+    model = tmp_path / "model"
+    shutil.copytree(decoder, model)
+    output = tmp_path / "by-length"
+    shutil.copytree(finished, output)
+    results = json.loads((output / "results.json").read_text())
+    del results["cells"]["qa1/60/no_memory"]
+    results["complete"] = False
+    results["settings"]["checkpoint"] = str(model)
+    (output / "results.json").write_text(json.dumps(results))
+    args = _with(_resumable("./model/", haystack, output), "--haystack", os.path.relpath(haystack, tmp_path))
+    run = _cells_run(monkeypatch)  # (undoes the monkeypatch's earlier changes: the folder is changed after it)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run([*args, "--resume"], capsys)
+    assert code == 0 and run == ["qa1 60 no_memory"], err
+
+    results = json.loads((output / "results.json").read_text())
+    del results["cells"]["qa1/60/no_memory"]
+    (output / "results.json").write_text(json.dumps({**results, "complete": False}))
+    weights = load_file(model / "memory.safetensors")
+    save_file({name: tensor + 0.01 for name, tensor in weights.items()}, model / "memory.safetensors")
+    before = _digest(output)
+    code, _, err = _run([*args, "--resume"], capsys)
+    assert code == 2 and "--resume: the model at ./model/ is not the one" in err and "(its weights differ)" in err
+    assert _digest(output) == before
+
+
+def test_an_overwrite_interrupted_before_its_first_cell_does_not_point_to_resume(
+    decoder, haystack, finished, tmp_path, capsys, monkeypatch
+):
+    """Stopped before it wrote a cell, an --overwrite run leaves the earlier run's results.json: resuming that would
+    keep the results the user meant to replace, so the note does not suggest it."""
+    output = tmp_path / "by-length"
+    shutil.copytree(finished, output)
+    _cells_run(monkeypatch, interrupt_after=0)
+    code, _, err = _run([*_resumable(decoder, haystack, output), "--overwrite"], capsys)
+    assert code == 130 and "--resume" not in err
+    assert f"{output / 'results.json'} is still the earlier run's: this run wrote no cell" in err
+
+
 # ------------------------------------------------------------------------------------------ 2. files and folders
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -72,7 +73,11 @@ BY_LENGTH_FLAGS = (
 )
 # The flags a resumed run may set otherwise than the run it continues: where the files go and how the run goes, not
 # which samples go to which model.
-RESUME_FREE_FLAGS = ("command", "output", "overwrite", "resume", "threads", "device", "no_progress")
+RESUME_FREE_FLAGS = ("command", "output", "overwrite", "resume", "threads", "device", "no_progress", "weights")
+# The settings' fingerprint of the model's weights (checked once the model is loaded, not as a flag)
+WEIGHTS_SETTING = "weights"
+# Flags that name files or folders: the same place spelled otherwise (./x, an absolute path) is the same flag
+PATH_FLAGS = ("checkpoint", "haystack", "babilong_dir", "full_attention_model")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -190,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             kept = cells - len(plan["todo"])
             print(f"resuming {results}: {kept} of {cells} cells kept, {len(plan['todo'])} to compute", file=sys.stderr)
         model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
+        if plan["earlier"] is not None:
+            _check_same_weights(args, plan["earlier"], model)
         return _by_length(args, model, plan)
     args.batches = DEFAULT_BATCHES if args.batches is None else args.batches
     args.batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
@@ -536,16 +543,26 @@ def _differing_flags(recorded: dict[str, Any], current: dict[str, Any]) -> list[
         if recorded.get(name) == current.get(name):  # --samples 3 read against other --lengths, which are named
             continue
         there, here = ("not given" if value is None else value for value in (recorded.get(name), current.get(name)))
-        differing.append(f"--{name.replace('_', '-')}: {there} in results.json, {here} in this command")
+        flag = "the checkpoint" if name == "checkpoint" else f"--{name.replace('_', '-')}"  # positional
+        differing.append(f"{flag}: {there} in results.json, {here} in this command")
     return differing
 
 
 def _as_read(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings with --lengths, --samples and --methods as the run reads them, so that a resumed run may spell
     them otherwise (a default given or left out, another order: the cells run by increasing length and are the same
-    in any order of the methods). A results.json edited so that they do not parse keeps them as written."""
+    in any order of the methods), and paths as absolute paths from here (./model, model and /home/.../model are one
+    place). A results.json edited so that they do not parse keeps them as written."""
     from rmt.data.babilong import parse_length
 
+    settings = {
+        **settings,
+        **{
+            name: ",".join(os.path.realpath(part) for part in value.split(","))
+            for name in PATH_FLAGS
+            if isinstance(value := settings.get(name), str)
+        },
+    }
     lengths, samples, methods = (settings.get(name) for name in ("lengths", "samples", "methods"))
     if not all(value is None or isinstance(value, str) for value in (lengths, samples, methods)):
         return settings
@@ -559,6 +576,28 @@ def _as_read(settings: dict[str, Any]) -> dict[str, Any]:
     except InputError:
         return settings
     return {**settings, **read}
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """(modification time, size) of a file, None when there is none."""
+    try:
+        status = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if status is None else (status.st_mtime_ns, status.st_size)
+
+
+def _check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], model: RecurrentMemoryModel) -> None:
+    """Refuse to resume with a model whose weights are not those of the run that wrote results.json (a checkpoint
+    trained further at the same path). Results written before the fingerprint was recorded are not checked."""
+    from rmt.memory.memory_file import weights_fingerprint
+
+    recorded = earlier.get("settings", {}).get(WEIGHTS_SETTING)
+    if recorded is not None and recorded != weights_fingerprint(model):
+        raise InputError(
+            f"--resume: the model at {args.checkpoint} is not the one {Path(args.output) / 'results.json'} was made "
+            "with (its weights differ): run without --resume (--overwrite, or another --output)"
+        )
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -651,6 +690,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     from rmt.data.babilong import build_dataset, load_babilong, parse_length
     from rmt.data.collate import QACollator
     from rmt.eval.by_length import evaluate_by_length, format_table
+    from rmt.memory.memory_file import weights_fingerprint
 
     tasks, lengths, samples, methods = plan["tasks"], plan["lengths"], plan["samples"], plan["methods"]
     num_facts = plan["num_facts"]
@@ -696,6 +736,8 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
             if labels is not None:
                 labels.check_records([sample.to_dict() for sample in built], f"the {task} {name} samples")
             del built
+    results_file = Path(args.output) / "results.json" if args.output else None
+    before = _stamp(results_file)  # to tell, on an interrupt, whether this run wrote it
     try:
         results = evaluate_by_length(
             model,
@@ -713,16 +755,18 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
             files=files,
             full_attention_backbone=baseline,
             num_facts=num_facts,
-            settings=_settings(args),
+            settings={**_settings(args), WEIGHTS_SETTING: weights_fingerprint(model)},
             earlier=plan["earlier"],
         )
     except KeyboardInterrupt:
-        if args.output and (Path(args.output) / "results.json").is_file():
+        if results_file is not None and _stamp(results_file) != before:
             print(
-                f"{Path(args.output) / 'results.json'} keeps the cells measured so far: the same command with "
-                "--resume (not --overwrite) computes the others",
+                f"{results_file} keeps the cells measured so far: the same command with --resume (not --overwrite) "
+                "computes the others",
                 file=sys.stderr,
             )
+        elif results_file is not None and results_file.is_file():  # an --overwrite run stopped before its first cell
+            print(f"{results_file} is still the earlier run's: this run wrote no cell", file=sys.stderr)
         raise
     print(format_table(results))
     if args.output:
