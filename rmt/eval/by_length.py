@@ -306,7 +306,7 @@ def evaluate_by_length(
                     "task": task,
                     "length": name,
                     "method": method,
-                    "peak_rss_mib": round(peak_rss_mib(), 1),
+                    "peak_rss_mib": None if (peak := peak_rss_mib()) is None else round(peak, 1),
                     "peak_rss_scope": peak_scope,
                 }
                 done[f"{task}/{name}/{method}"] = (
@@ -416,9 +416,9 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def peak_rss_mib() -> float:
+def peak_rss_mib() -> float | None:
     """Peak RSS in MiB: Linux's VmHWM (since the last `reset_peak_rss`, else since the process started), or the
-    process's peak from getrusage where /proc is not there."""
+    process's peak from getrusage where /proc is not there; None where neither is (Windows)."""
     try:
         status = Path("/proc/self/status").read_text()
     except OSError:
@@ -426,8 +426,10 @@ def peak_rss_mib() -> float:
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    import resource  # POSIX only: imported where /proc is missing (macOS), not at the top (Windows has neither)
-
+    try:
+        import resource  # POSIX only: imported where /proc is missing (macOS)
+    except ImportError:  # Windows: not measured (None), rather than an error after the cell was evaluated
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
