@@ -309,12 +309,13 @@ def test_padded_sample_equals_sample_alone_under_a_sliding_window(memory_positio
     _assert_padded_rows_equal_each_alone(model, ids, mask)
 
 
-@pytest.mark.parametrize(("layers", "window", "refused"), [(2, 4, True), (4, 4, False), (1, 11, True), (1, 12, False)])
+@pytest.mark.parametrize(("layers", "window", "refused"), [(2, 4, True), (4, 4, False), (1, 10, True), (1, 11, False)])
 def test_sliding_windows_that_cut_the_write_memory_off_the_read_memory_are_refused(layers, window, refused):
-    """[read memory (2) | segment (8) | write memory (2)] spans 12 places; the last write slot draws on the first read
-    slot only through the layers' windows, each reaching window - 1 places further back. Out of reach (2 layers of
-    window 4 reach 6 places), a change in a segment's first token left the next segment's logits equal to the bit:
-    the recurrence carried nothing, with no error. Refused when built; in reach, the first token counts."""
+    """[read memory (2) | segment (8) | write memory (2)] spans 12 places; the first write slot, 10 places after the
+    first read slot, draws on it only through the layers' windows, each reaching window - 1 places further back. Out
+    of reach (2 layers of window 4 reach 6 places), a change in a segment's first token left the next segment's
+    logits equal to the bit: the recurrence carried nothing, with no error. Refused when built; in reach (one layer
+    of window 11 reaches 10), the first token counts."""
     from transformers import MistralConfig, MistralForCausalLM
 
     from rmt.errors import InputError
@@ -328,7 +329,7 @@ def test_sliding_windows_that_cut_the_write_memory_off_the_read_memory_are_refus
     if refused:
         reach = layers * (window - 1)
         with pytest.raises(
-            InputError, match=rf"spans 12 places, .* reach {reach} places back .* at most {8 - 11 + reach}"
+            InputError, match=rf"spans 12 places, .* reach {reach} places back .* at most {reach - 2} tokens"
         ):
             RMTForCausalLM(backbone, config)
         return

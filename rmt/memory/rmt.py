@@ -128,10 +128,11 @@ class RMTForCausalLM(RecurrentMemoryModel):
         check_fits(backbone, config.segment_size, needed, f"[read memory ({m}) | segment | write memory ({writes})]")
         reach = sliding_reach(backbone)
         places = m + config.segment_size + writes
-        if writes and reach is not None and places - 1 > reach:
-            # The write memory draws on the read memory only through the layers' windows; out of their reach, what
-            # a segment writes cannot depend on what earlier segments wrote, and the recurrence carries nothing.
-            fitting = config.segment_size - (places - 1 - reach)
+        if writes and reach is not None and m + config.segment_size > reach:
+            # The write memory draws on the read memory and the segment only through the layers' windows. The first
+            # write slot, m + segment_size places after the first read slot, must reach it: beyond, part of what
+            # earlier segments wrote is out of every write slot's reach (all of it when the windows are short).
+            fitting = reach - m
             advice = f"use a segment of at most {fitting} tokens" if fitting >= 1 else "use fewer memory tokens"
             raise InputError(
                 f"[read memory ({m}) | segment ({config.segment_size}) | write memory ({writes})] spans {places} "
