@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -270,6 +271,10 @@ def pretrained_backbone(
         if gguf is None:
             raise
         raise InputError(_gguf_refusal(location, gguf, err)) from err
+    except struct.error as err:  # the gguf package read past the end of a GGUF file's header
+        if gguf is None:
+            raise
+        raise InputError(_gguf_cut_short(location, gguf, err)) from err
     except RuntimeError:  # transformers points at its report for the details: shown after all
         for record in held:
             logging.getLogger(record.name).handle(record)
@@ -308,6 +313,11 @@ _GGUF_MISREADS = {
     "whatever the file says (it reads the context length into a key GPT-2 does not use and ignores the feed-forward "
     "length): load this model from a Hugging Face folder instead",
 }
+
+
+def _gguf_cut_short(location: str, gguf: str, err: Exception) -> str:
+    """One line for a GGUF file whose header ends early (a copy or download cut short; struct.error before)."""
+    return f"cannot load the GGUF file {gguf} in {location}: it ends inside its header (cut short?): {_one_line(err)}"
 
 
 def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
@@ -528,6 +538,10 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
         raise InputError(
             f"cannot load a tokenizer from {name_or_path!r}: a file in {location} is not valid JSON: {err}"
         ) from err
+    except struct.error as err:  # as in pretrained_backbone
+        if gguf is None:
+            raise
+        raise InputError(_gguf_cut_short(location, gguf, err)) from err
     except ValueError as err:
         if gguf is not None:  # a GGUF file carries its tokenizer: what failed is reading the file
             raise InputError(_gguf_refusal(location, gguf, err)) from err

@@ -226,6 +226,19 @@ def test_rmt_train_refuses_a_gguf_architecture_it_does_not_wrap_before_loading_i
     assert error.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
+def test_a_gguf_file_cut_short_in_its_header_is_one_error_line(tmp_path, written, qa_file, capsys):
+    """A copy or download cut short inside the header ended in struct.error from the gguf package, a traceback."""
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(written["llama"][1].read_bytes()[:2000])
+    for load in (pretrained_backbone, pretrained_tokenizer):
+        with pytest.raises(InputError, match=r"cannot load the GGUF file cut.gguf .*: it ends inside its header"):
+            load(path)
+    args = ["train", "--model", str(path), "--data", str(qa_file), *TRAIN, "--output", str(tmp_path / "run")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "it ends inside its header (cut short?)" in error and error.count("\n") == 1
+
+
 def test_an_upper_case_suffix_is_a_gguf_file_too(tmp_path, source):
     written = gguf_folder(tmp_path / "upper", source)
     upper = written.rename(written.with_name("TINY.GGUF"))
