@@ -101,6 +101,10 @@ def test_eos_stops_a_row_and_pads_it(pad):
         ({"forced_eos_token_id": VOCAB}, "forced_eos_token_id"),
         ({"forced_bos_token_id": VOCAB}, "forced_bos_token_id"),
         ({"pad_token_id": "0"}, "pad_token_id must be a whole number"),
+        ({"suppress_tokens": [1, VOCAB]}, f"suppress_tokens names {VOCAB}, outside the model's vocabulary"),
+        ({"begin_suppress_tokens": [-2]}, "begin_suppress_tokens names -2, outside"),
+        ({"bad_words_ids": [[1, 2], [VOCAB + 1]]}, f"bad_words_ids names {VOCAB + 1}, outside"),
+        ({"bad_words_ids": [5]}, "bad_words_ids must hold lists of token ids, got 5"),
     ],
 )
 def test_end_and_forced_tokens_outside_the_vocabulary_are_refused(setting, message):

@@ -422,6 +422,26 @@ def _check_token_ids(settings: dict[str, Any], vocab_size: int) -> None:
     pad = settings.get("pad_token_id")
     if pad is not None and not _is_whole(pad):
         raise InputError(f"bad generation settings: pad_token_id must be a whole number, got {pad!r}")
+    # Token lists: an id outside the vocabulary was ignored (suppress_tokens) or failed in transformers' processor
+    # mid-decoding (bad_words_ids).
+    bad_words = settings.get("bad_words_ids")
+    lists = {
+        "suppress_tokens": [settings.get("suppress_tokens")],
+        "begin_suppress_tokens": [settings.get("begin_suppress_tokens")],
+        "bad_words_ids": bad_words if isinstance(bad_words, (list, tuple)) else [bad_words],
+    }
+    for name, groups in lists.items():
+        for ids in groups:
+            if ids is None:
+                continue
+            if not isinstance(ids, (list, tuple)) or not all(_is_whole(token) for token in ids):
+                raise InputError(f"bad generation settings: {name} must hold lists of token ids, got {ids!r}")
+            outside = [int(token) for token in ids if not 0 <= token < vocab_size]
+            if outside:
+                raise InputError(
+                    f"bad generation settings: {name} names {outside[0]}, outside the model's vocabulary "
+                    f"(ids 0..{vocab_size - 1})"
+                )
 
 
 def _processors(
