@@ -291,3 +291,18 @@ def test_saving_something_that_is_no_memory_state_is_one_error(tmp_path, state):
     with pytest.raises(InputError, match="save_memory's state must be a memory state .* got a "):
         save_memory(armt(), state, tmp_path / "a.memory")
     assert not (tmp_path / "a.memory").exists()
+
+
+def test_a_memory_state_of_another_structure_is_refused_naming_both():
+    """The message counted leaves ("1 leaves, expected 1") where the structures differed but their counts did not."""
+    torch.manual_seed(0)
+    rmt = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=2, segment_size=4)).eval()
+    armt_config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=4, d_mem=8)
+    armt = ARMTForCausalLM(tiny_decoder("llama"), armt_config).eval()
+    ids = torch.randint(0, VOCAB, (1, 6))
+    with torch.no_grad():
+        armt_state = armt(ids).memory_state
+        with pytest.raises(InputError, match=r"structure \(a dict with keys memory, this model's is a tensor\)"):
+            rmt(ids, memory_state={"memory": torch.zeros(1, 2, 32)})
+        with pytest.raises(InputError, match=r"structure \(a tuple of 2 \(.*\), this model's is a tensor\)"):
+            rmt(ids, memory_state=armt_state)

@@ -63,8 +63,8 @@ def check_state(state: State, reference: State) -> None:
     ref_leaves, ref_spec = pytree.tree_flatten(reference)
     if spec != ref_spec or not all(isinstance(t, torch.Tensor) for t in leaves):
         raise InputError(
-            f"memory_state does not have this model's structure ({len(leaves)} leaves, expected {len(ref_leaves)}): "
-            "was it made by another model or configuration?"
+            f"memory_state does not have this model's structure (a {_layout(state)}, this model's is a "
+            f"{_layout(reference)}): was it made by another model or configuration?"
         )
     for index, (leaf, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
         if leaf.shape[1:] != ref.shape[1:]:
@@ -73,3 +73,19 @@ def check_state(state: State, reference: State) -> None:
                 f"{tuple(ref.shape[1:])} (e.g. [memory tokens, hidden size]): was it made by another model or "
                 "configuration?"
             )
+
+
+def _layout(state: object) -> str:
+    """A state's nesting in words: "tensor", "tuple of 2 (tensor, list of 3 tensors)", "dict with keys a, b"."""
+    if isinstance(state, torch.Tensor):
+        return "tensor"
+    if isinstance(state, dict):
+        return f"dict with keys {', '.join(map(str, state))}"
+    if isinstance(state, (list, tuple)):
+        parts = [_layout(item) for item in state]
+        if set(parts) == {"tensor"}:
+            inside = "tensors" if len(parts) > 1 else "tensor"
+        else:
+            inside = ", ".join(parts)
+        return f"{type(state).__name__} of {len(state)}" + (f" ({inside})" if parts else "")
+    return type(state).__name__
