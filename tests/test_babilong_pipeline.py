@@ -183,6 +183,17 @@ def test_train_with_the_same_seed_repeats_the_run(tmp_path, haystack_file):
     assert losses("1", "other") != first
 
 
+def test_a_classifier_head_for_other_classes_is_replaced_with_a_one_line_warning(tmp_path, haystack_file, capsys):
+    """transformers' LOAD REPORT table said so before it was held back; rmt's own warning reads like its errors."""
+    folder = tiny_model_folder(tmp_path / "bert", "bert", ["yes", "no"])
+    args = ["train", "--model", str(folder), "--data", "babilong:qa1", "--haystack", str(haystack_file)]
+    args += ["--segment-size", "32", "--memory-tokens", "2", "--output", str(tmp_path / "run")]
+    assert main([*args, *TRAIN, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "rmt train: warning: " in err and "its classifier head is for other classes and starts anew" in err
+    assert "UserWarning" not in err and "LOAD REPORT" not in err
+
+
 def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file, monkeypatch, tmp_path):
     from rmt import RMTConfig
     from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer

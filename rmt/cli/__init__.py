@@ -3,14 +3,18 @@
 Each subcommand (one module here) maps onto plain functions of the library; the memory and training flags are
 generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help text and the library never disagree.
 Problems with the input (a bad value, a missing or damaged file, a flag argparse cannot parse) print one line and
-exit with status 2; anything else is a bug and shows its traceback.
+exit with status 2; anything else is a bug and shows its traceback. rmt's own warnings print as one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from typing import NoReturn
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn, TextIO
 
 from rmt import __version__
 from rmt.cli import babilong, demo, evaluate, generate, train
@@ -43,6 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    prog: str,
+    default: Callable[..., None],
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning rmt raises, as one line in the command's voice ("rmt train: warning: ..."), like its errors; the
+    warnings of other libraries as Python shows them (their file and line say where they come from)."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        print(f"{prog}: warning: {message}", file=file or sys.stderr)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -53,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     args.command_line = command_line  # to tell a flag given from its default
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_show_warning, f"rmt {args.command}", warnings.showwarning)
+            return args.handler(args)
     except InputError as err:
         print(f"rmt {args.command}: error: {err}", file=sys.stderr)
         return 2
