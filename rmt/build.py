@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from rmt.config import RMTConfig
-from rmt.errors import InputError, MissingFileError, MissingWeightsError
+from rmt.errors import InputError, MissingFileError, MissingWeightsError, RMTWarning
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import model_class
 
@@ -404,6 +404,11 @@ def _check_loaded_weights(
         )
 
 
+# Buffers that files written by older transformers hold and today's models recompute (GPT-2's causal mask and its
+# masked value, rotary frequencies, BERT's position ids): not weights, nothing lost when left out.
+_OLD_BUFFERS = (".attn.masked_bias", ".attn.bias", ".rotary_emb.inv_freq", ".position_ids")
+
+
 def _warn_of_dropped_weights(name_or_path: str | os.PathLike, model: PreTrainedModel, info: dict) -> None:
     """Warn, in one line each, of what transformers' held-back report said that a load may want but a user should
     know: weights of the base model that the files hold and the model does not use (a config.json set to fewer
@@ -412,17 +417,23 @@ def _warn_of_dropped_weights(name_or_path: str | os.PathLike, model: PreTrainedM
     from rmt.memory.pretrained import loading_problems
 
     base = model.base_model_prefix + "."
-    dropped = loading_problems(info, ["unexpected_keys"], allowed=lambda name: not name.startswith(base))
+
+    def allowed(name: str) -> bool:  # outside the base model (another head), or a buffer older files saved
+        return not name.startswith(base) or name.endswith(_OLD_BUFFERS)
+
+    dropped = loading_problems(info, ["unexpected_keys"], allowed=allowed)
     if dropped:
         warnings.warn(
             f"{name_or_path}: its files hold weights that this {type(model).__name__} does not use, left out "
             f"({dropped})",
+            RMTWarning,
             stacklevel=3,
         )
     replaced = loading_problems(info, ["mismatched_keys"], allowed=lambda name: name.startswith(base))
     if replaced:
         warnings.warn(
             f"{name_or_path}: its classifier head is for other classes and starts anew for these ({replaced})",
+            RMTWarning,
             stacklevel=3,
         )
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from rmt.errors import InputError, MissingFileError
+from rmt.errors import InputError, MissingFileError, RMTWarning
 
 Mode = Literal["decoder", "encoder"]
 WriteInit = Literal["memory", "learned"]
@@ -236,7 +236,7 @@ class RMTConfig:
                 warnings.warn(
                     f"RMTConfig.{name}={getattr(self, name)!r} has no effect with mode={self.mode!r}, "
                     f"memory_kind={self.memory_kind!r}",
-                    UserWarning,
+                    RMTWarning,
                     stacklevel=4,
                 )
 

@@ -2,7 +2,8 @@
 
 `InputError` (a `ValueError`) means the input was wrong: a shape, a value, a setting, a file's contents.
 `MissingFileError` (also a `FileNotFoundError`) means a file or folder the call needs is not there. The `rmt`
-command prints these as one line; anything else is a bug and keeps its traceback.
+command prints these as one line; anything else is a bug and keeps its traceback. `RMTWarning` (a `UserWarning`) is
+what rmt warns of in its own words, which the command prints as one line too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ class InputError(ValueError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """A file or folder that the call needs does not exist."""
+
+
+class RMTWarning(UserWarning):
+    """Something the caller should know that rmt goes on with (a setting without effect, weights left out)."""
 
 
 class MissingWeightsError(InputError):

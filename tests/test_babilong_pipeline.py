@@ -183,15 +183,32 @@ def test_train_with_the_same_seed_repeats_the_run(tmp_path, haystack_file):
     assert losses("1", "other") != first
 
 
-def test_a_classifier_head_for_other_classes_is_replaced_with_a_one_line_warning(tmp_path, haystack_file, capsys):
-    """transformers' LOAD REPORT table said so before it was held back; rmt's own warning reads like its errors."""
+def test_a_classifier_head_for_other_classes_is_replaced_with_a_one_line_warning(
+    tmp_path, haystack_file, capsys, monkeypatch
+):
+    """transformers' LOAD REPORT table said so before it was held back; rmt's own warning reads like its errors when
+    the command prints it, and stays a warning that recorders (pytest.warns) and filters see."""
+    import sys
+    import warnings
+
+    from rmt.errors import RMTWarning
+
     folder = tiny_model_folder(tmp_path / "bert", "bert", ["yes", "no"])
     args = ["train", "--model", str(folder), "--data", "babilong:qa1", "--haystack", str(haystack_file)]
-    args += ["--segment-size", "32", "--memory-tokens", "2", "--output", str(tmp_path / "run")]
-    assert main([*args, *TRAIN, "--no-progress"]) == 0
+    args += ["--segment-size", "32", "--memory-tokens", "2", *TRAIN, "--no-progress"]
+    with pytest.warns(RMTWarning, match="its classifier head is for other classes and starts anew"):
+        assert main([*args, "--output", str(tmp_path / "recorded")]) == 0
+
+    def printed(message, category, filename, lineno, file=None, line=None):  # as Python shows a warning
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", printed)
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp_path / "printed")]) == 0
     err = capsys.readouterr().err
     assert "rmt train: warning: " in err and "its classifier head is for other classes and starts anew" in err
-    assert "UserWarning" not in err and "LOAD REPORT" not in err
+    assert "RMTWarning" not in err and "LOAD REPORT" not in err
+    assert warnings.formatwarning("x", UserWarning, "f.py", 1).startswith("f.py:1: UserWarning")  # restored after
 
 
 def test_by_length_scores_every_method_on_the_same_samples(encoder_dir, haystack_file, monkeypatch, tmp_path):

@@ -17,7 +17,7 @@ import rmt.files as files
 from rmt import RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.build import random_backbone
 from rmt.cli import main
-from rmt.errors import InputError
+from rmt.errors import InputError, RMTWarning
 
 TINY = ["--task", "copy", "--task-size", "4", "--segments", "3", "--family", "llama", "--layers", "1"]
 TINY += ["--hidden", "32", "--memory-tokens", "2", "--batch-size", "2", "--eval-every", "2", "--no-progress"]
@@ -667,13 +667,24 @@ def test_transformers_load_report_is_held_back_unless_loading_fails_pointing_at_
 
     config["num_hidden_layers"] = 0  # the files hold a layer the model does not use: said, since the table is not
     (tmp_path / "edited" / "config.json").write_text(json.dumps(config))
-    with pytest.warns(UserWarning, match=r"does not use, left out \(unexpected keys: model\.layers\.0\."):
+    with pytest.warns(RMTWarning, match=r"does not use, left out \(unexpected keys: model\.layers\.0\."):
         assert pretrained_backbone(str(tmp_path / "edited")).config.num_hidden_layers == 0
+    import warnings
+
+    from safetensors.torch import load_file, save_file
     from transformers import BertConfig, BertForSequenceClassification
 
+    gpt2 = random_backbone("gpt2", vocab_size=VOCAB, num_layers=1, hidden_size=32, num_heads=4)
+    gpt2.save_pretrained(tmp_path / "gpt2")  # with the masked_bias buffer files of older transformers hold: no warning
+    weights = load_file(tmp_path / "gpt2" / "model.safetensors")
+    weights["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(weights, tmp_path / "gpt2" / "model.safetensors", metadata={"format": "pt"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RMTWarning)
+        pretrained_backbone(str(tmp_path / "gpt2"))
     shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
     BertForSequenceClassification(BertConfig(vocab_size=VOCAB, num_labels=2, **shape)).save_pretrained(tmp_path / "b")
-    with pytest.warns(UserWarning, match=r"classifier head is for other classes .*classifier\.weight \[2, 32\]"):
+    with pytest.warns(RMTWarning, match=r"classifier head is for other classes .*classifier\.weight \[2, 32\]"):
         pretrained_backbone(str(tmp_path / "b"), mode="encoder", labels=["x", "y", "z"])
 
     def failing_load(*args, **kwargs):

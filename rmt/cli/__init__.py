@@ -13,12 +13,11 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import NoReturn
 
 from rmt import __version__
 from rmt.cli import babilong, demo, evaluate, generate, train
-from rmt.errors import InputError
+from rmt.errors import InputError, RMTWarning
 
 COMMANDS = (demo, train, evaluate, babilong, generate)
 
@@ -47,25 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(
+def _format_warning(
     prog: str,
-    default: Callable[..., None],
+    default: Callable[..., str],
     message: Warning | str,
     category: type[Warning],
     filename: str,
     lineno: int,
-    file: TextIO | None = None,
     line: str | None = None,
-) -> None:
-    """A warning rmt raises, as one line in the command's voice ("rmt train: warning: ..."), like its errors; the
-    warnings of other libraries as Python shows them (their file and line say where they come from)."""
-    if Path(filename).resolve().is_relative_to(_PACKAGE):
-        print(f"{prog}: warning: {message}", file=file or sys.stderr)
-    else:
-        default(message, category, filename, lineno, file, line)
-
-
-_PACKAGE = Path(__file__).resolve().parents[1]
+) -> str:
+    """rmt's own warnings (RMTWarning) as one line in the command's voice ("rmt train: warning: ..."), like its
+    errors; other warnings as Python formats them (their file and line say where they come from). Only the text
+    changes: warning filters, -W error and whoever records warnings see them as before."""
+    if issubclass(category, RMTWarning):
+        return f"{prog}: warning: {message}\n"
+    return default(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,16 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         prog = parser.prog if any(u in before_command for u in unknown) else f"{parser.prog} {args.command}"
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     args.command_line = command_line  # to tell a flag given from its default
+    default_format = warnings.formatwarning
+    warnings.formatwarning = functools.partial(_format_warning, f"rmt {args.command}", default_format)
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = functools.partial(_show_warning, f"rmt {args.command}", warnings.showwarning)
-            return args.handler(args)
+        return args.handler(args)
     except InputError as err:
         print(f"rmt {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rmt {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":
