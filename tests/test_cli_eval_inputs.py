@@ -333,6 +333,16 @@ def test_resume_takes_the_same_places_spelled_otherwise_and_refuses_other_weight
     monkeypatch.chdir(tmp_path)
     code, _, err = _run([*args, "--resume"], capsys)
     assert code == 0 and run == ["qa1 60 no_memory"], err
+    assert json.loads((output / "results.json").read_text())["settings"]["haystack"] == os.path.realpath(haystack)
+    elsewhere = tmp_path / "elsewhere"  # the same spelling from another folder: another file, refused
+    elsewhere.mkdir()
+    (elsewhere / "model").symlink_to(model)
+    (elsewhere / os.path.relpath(haystack, tmp_path)).parent.mkdir(parents=True, exist_ok=True)
+    (elsewhere / os.path.relpath(haystack, tmp_path)).write_text(background_text(400, seed=9))
+    monkeypatch.chdir(elsewhere)
+    code, _, err = _run([*args, "--resume"], capsys)
+    assert code == 2 and "--haystack: " in err and "the checkpoint" not in err, err
+    monkeypatch.chdir(tmp_path)
 
     results = json.loads((output / "results.json").read_text())
     del results["cells"]["qa1/60/no_memory"]
@@ -356,6 +366,12 @@ def test_an_overwrite_interrupted_before_its_first_cell_does_not_point_to_resume
     code, _, err = _run([*_resumable(decoder, haystack, output), "--overwrite"], capsys)
     assert code == 130 and "--resume" not in err
     assert f"{output / 'results.json'} is still the earlier run's: this run wrote no cell" in err
+    results = json.loads((output / "results.json").read_text())  # a resume stopped before its first cell: resume
+    del results["cells"]["qa1/60/no_memory"]
+    (output / "results.json").write_text(json.dumps({**results, "complete": False}))
+    _cells_run(monkeypatch, interrupt_after=0)
+    code, _, err = _run([*_resumable(decoder, haystack, output), "--resume"], capsys)
+    assert code == 130 and "the same command with --resume (not --overwrite) computes the others" in err
 
 
 # ------------------------------------------------------------------------------------------ 2. files and folders

@@ -555,14 +555,7 @@ def _as_read(settings: dict[str, Any]) -> dict[str, Any]:
     place). A results.json edited so that they do not parse keeps them as written."""
     from rmt.data.babilong import parse_length
 
-    settings = {
-        **settings,
-        **{
-            name: ",".join(os.path.realpath(part) for part in value.split(","))
-            for name in PATH_FLAGS
-            if isinstance(value := settings.get(name), str)
-        },
-    }
+    settings = {**settings, **_absolute_paths(settings)}  # (results of before, with relative paths: from here)
     lengths, samples, methods = (settings.get(name) for name in ("lengths", "samples", "methods"))
     if not all(value is None or isinstance(value, str) for value in (lengths, samples, methods)):
         return settings
@@ -601,9 +594,21 @@ def _check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], model
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The command's flags as results.json keeps them (values of plain types: the command is the rest)."""
+    """The command's flags as results.json keeps them (values of plain types: the command is the rest), paths made
+    absolute: a resume from another folder then compares the places the first run read."""
     plain = (str, int, float, bool, type(None))
-    return {"command": "rmt eval", **{k: v for k, v in vars(args).items() if isinstance(v, plain)}}
+    settings = {"command": "rmt eval", **{k: v for k, v in vars(args).items() if isinstance(v, plain)}}
+    return {**settings, **_absolute_paths(settings)}
+
+
+def _absolute_paths(settings: dict[str, Any]) -> dict[str, str]:
+    """The path flags among `settings`, each path absolute (a comma-separated list path by path); a relative one is
+    taken from the current folder."""
+    return {
+        name: ",".join(os.path.realpath(part) for part in value.split(","))
+        for name in PATH_FLAGS
+        if isinstance(value := settings.get(name), str)
+    }
 
 
 def earlier_results(folder: Path) -> list[str]:
@@ -759,7 +764,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
             earlier=plan["earlier"],
         )
     except KeyboardInterrupt:
-        if results_file is not None and _stamp(results_file) != before:
+        if results_file is not None and (_stamp(results_file) != before or args.resume):
             print(
                 f"{results_file} keeps the cells measured so far: the same command with --resume (not --overwrite) "
                 "computes the others",
