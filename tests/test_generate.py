@@ -104,7 +104,9 @@ def test_eos_stops_a_row_and_pads_it(pad):
         ({"suppress_tokens": [1, VOCAB]}, f"suppress_tokens names {VOCAB}, outside the model's vocabulary"),
         ({"begin_suppress_tokens": [-2]}, "begin_suppress_tokens names -2, outside"),
         ({"bad_words_ids": [[1, 2], [VOCAB + 1]]}, f"bad_words_ids names {VOCAB + 1}, outside"),
-        ({"bad_words_ids": [5]}, "bad_words_ids must hold lists of token ids, got 5"),
+        ({"bad_words_ids": [5]}, "bad_words_ids must be a list of lists of token ids, got \\[5\\]"),
+        ({"suppress_tokens": 5}, "suppress_tokens must be a list of token ids, got 5"),
+        ({"sequence_bias": {(3, VOCAB): -1.0}}, f"sequence_bias names {VOCAB}, outside"),
     ],
 )
 def test_end_and_forced_tokens_outside_the_vocabulary_are_refused(setting, message):
@@ -208,3 +210,11 @@ def test_generation_past_the_learned_positions_is_refused():
     assert model.generate(prompt, max_new_tokens=10).sequences.shape == (1, 160)
     with pytest.raises(ValueError, match=r"reaches position 2\d\d.*embeds at most 256"):
         model.generate(prompt, max_new_tokens=100)
+
+
+def test_token_lists_given_as_tensors_or_in_range_still_decode():
+    """suppress_tokens as a tensor of ids worked before the vocabulary check and still does."""
+    model = model_for("gpt2")
+    prompt = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(0))
+    out = model.generate(prompt, max_new_tokens=3, suppress_tokens=torch.tensor([1, 2]), sequence_bias={(3,): -1.0})
+    assert out.sequences.shape == (1, 7) and not set(out.sequences[0, 4:].tolist()) & {1, 2}

@@ -423,25 +423,35 @@ def _check_token_ids(settings: dict[str, Any], vocab_size: int) -> None:
     if pad is not None and not _is_whole(pad):
         raise InputError(f"bad generation settings: pad_token_id must be a whole number, got {pad!r}")
     # Token lists: an id outside the vocabulary was ignored (suppress_tokens) or failed in transformers' processor
-    # mid-decoding (bad_words_ids).
-    bad_words = settings.get("bad_words_ids")
-    lists = {
-        "suppress_tokens": [settings.get("suppress_tokens")],
-        "begin_suppress_tokens": [settings.get("begin_suppress_tokens")],
-        "bad_words_ids": bad_words if isinstance(bad_words, (list, tuple)) else [bad_words],
-    }
-    for name, groups in lists.items():
-        for ids in groups:
-            if ids is None:
-                continue
-            if not isinstance(ids, (list, tuple)) or not all(_is_whole(token) for token in ids):
-                raise InputError(f"bad generation settings: {name} must hold lists of token ids, got {ids!r}")
-            outside = [int(token) for token in ids if not 0 <= token < vocab_size]
-            if outside:
-                raise InputError(
-                    f"bad generation settings: {name} names {outside[0]}, outside the model's vocabulary "
-                    f"(ids 0..{vocab_size - 1})"
-                )
+    # mid-decoding (bad_words_ids, sequence_bias).
+    for name, kind in (
+        ("suppress_tokens", "a list of token ids"),
+        ("begin_suppress_tokens", "a list of token ids"),
+        ("bad_words_ids", "a list of lists of token ids"),
+        ("sequence_bias", "a mapping from tuples of token ids to biases"),
+    ):
+        value = settings.get(name)
+        if value is None:
+            continue
+        try:
+            if name == "sequence_bias":  # {(ids, ...): bias}, or transformers' list form [[[ids], bias], ...]
+                pairs = value.items() if isinstance(value, dict) else value
+                groups = [list(ids) for ids, _ in pairs]
+            elif name == "bad_words_ids":
+                groups = [list(ids) for ids in value]
+            else:
+                groups = [list(value)]
+        except (TypeError, ValueError):
+            raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}") from None
+        ids = [token.item() if isinstance(token, torch.Tensor) else token for group in groups for token in group]
+        if not all(_is_whole(token) for token in ids):
+            raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}")
+        outside = [int(token) for token in ids if not 0 <= token < vocab_size]
+        if outside:
+            raise InputError(
+                f"bad generation settings: {name} names {outside[0]}, outside the model's vocabulary "
+                f"(ids 0..{vocab_size - 1})"
+            )
 
 
 def _processors(
