@@ -302,7 +302,7 @@ def test_a_memory_state_of_another_structure_is_refused_naming_both():
     ids = torch.randint(0, VOCAB, (1, 6))
     with torch.no_grad():
         armt_state = armt(ids).memory_state
-        with pytest.raises(InputError, match=r"structure \(a dict with keys memory, this model's is a tensor\)"):
+        with pytest.raises(InputError, match=r"structure \(given: dict \{memory: tensor\}; this model's: tensor\)"):
             rmt(ids, memory_state={"memory": torch.zeros(1, 2, 32)})
-        with pytest.raises(InputError, match=r"structure \(a tuple of 2 \(.*\), this model's is a tensor\)"):
+        with pytest.raises(InputError, match=r"structure \(given: tuple of 2: .*; this model's: tensor\)"):
             rmt(ids, memory_state=armt_state)

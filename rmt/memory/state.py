@@ -63,7 +63,7 @@ def check_state(state: State, reference: State) -> None:
     ref_leaves, ref_spec = pytree.tree_flatten(reference)
     if spec != ref_spec or not all(isinstance(t, torch.Tensor) for t in leaves):
         raise InputError(
-            f"memory_state does not have this model's structure (a {_layout(state)}, this model's is a "
+            f"memory_state does not have this model's structure (given: {_layout(state)}; this model's: "
             f"{_layout(reference)}): was it made by another model or configuration?"
         )
     for index, (leaf, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
@@ -76,16 +76,17 @@ def check_state(state: State, reference: State) -> None:
 
 
 def _layout(state: object) -> str:
-    """A state's nesting in words: "tensor", "tuple of 2 (tensor, list of 3 tensors)", "dict with keys a, b"."""
+    """A state's nesting in words: "tensor", "tuple of 2: tensor, list of 3 tensors", "dict {memory: tensor}"."""
     if isinstance(state, torch.Tensor):
         return "tensor"
     if isinstance(state, dict):
-        return f"dict with keys {', '.join(map(str, state))}"
+        return "dict {" + ", ".join(f"{key}: {_layout(value)}" for key, value in state.items()) + "}"
     if isinstance(state, (list, tuple)):
+        kind = type(state).__name__
         parts = [_layout(item) for item in state]
+        if not parts:
+            return f"empty {kind}"
         if set(parts) == {"tensor"}:
-            inside = "tensors" if len(parts) > 1 else "tensor"
-        else:
-            inside = ", ".join(parts)
-        return f"{type(state).__name__} of {len(state)}" + (f" ({inside})" if parts else "")
+            return f"{kind} of {len(parts)} tensor{'s' if len(parts) > 1 else ''}"
+        return f"{kind} of {len(parts)}: " + ", ".join(parts)
     return type(state).__name__
