@@ -94,9 +94,9 @@ def test_eos_stops_a_row_and_pads_it(pad):
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"eos_token_id": VOCAB}, f"eos_token_id {VOCAB} is outside the model's vocabulary"),
-        ({"eos_token_id": -1}, "eos_token_id -1 is outside"),
-        ({"eos_token_id": [3, VOCAB + 7]}, f"eos_token_id {VOCAB + 7} is outside"),
+        ({"eos_token_id": VOCAB}, f"eos_token_id names {VOCAB}, outside the model's vocabulary"),
+        ({"eos_token_id": -1}, "eos_token_id names -1, outside"),
+        ({"eos_token_id": [3, VOCAB + 7]}, f"eos_token_id names {VOCAB + 7}, outside"),
         ({"eos_token_id": 2.5}, "eos_token_id must be a token id"),
         ({"forced_eos_token_id": VOCAB}, "forced_eos_token_id"),
         ({"forced_bos_token_id": VOCAB}, "forced_bos_token_id"),
@@ -120,7 +120,7 @@ def test_end_and_forced_tokens_outside_the_vocabulary_are_refused(setting, messa
 def test_an_end_token_outside_the_vocabulary_from_the_backbones_config_is_refused():
     model = model_for("gpt2")
     model.backbone.generation_config.eos_token_id = VOCAB
-    with pytest.raises(InputError, match=f"eos_token_id {VOCAB} is outside"):
+    with pytest.raises(InputError, match=f"eos_token_id names {VOCAB}, outside"):
         model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
 
 

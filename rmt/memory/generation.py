@@ -410,15 +410,8 @@ def _check_token_ids(settings: dict[str, Any], vocab_size: int) -> None:
         if value is None:
             continue
         ids = value if several and isinstance(value, (list, tuple)) else [value]
-        if not all(_is_whole(token) for token in ids):
-            kind = "a token id (a whole number) or a list of them" if several else "a token id (a whole number)"
-            raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}")
-        outside = [int(token) for token in ids if not 0 <= token < vocab_size]
-        if outside:
-            raise InputError(
-                f"bad generation settings: {name} {outside[0]} is outside the model's vocabulary "
-                f"(ids 0..{vocab_size - 1})"
-            )
+        kind = "a token id (a whole number) or a list of them" if several else "a token id (a whole number)"
+        _check_ids_in_vocabulary(name, value, kind, ids, vocab_size)
     pad = settings.get("pad_token_id")
     if pad is not None and not _is_whole(pad):
         raise InputError(f"bad generation settings: pad_token_id must be a whole number, got {pad!r}")
@@ -444,14 +437,20 @@ def _check_token_ids(settings: dict[str, Any], vocab_size: int) -> None:
         except (TypeError, ValueError):
             raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}") from None
         ids = [token.item() if isinstance(token, torch.Tensor) else token for group in groups for token in group]
-        if not all(_is_whole(token) for token in ids):
-            raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}")
-        outside = [int(token) for token in ids if not 0 <= token < vocab_size]
-        if outside:
-            raise InputError(
-                f"bad generation settings: {name} names {outside[0]}, outside the model's vocabulary "
-                f"(ids 0..{vocab_size - 1})"
-            )
+        _check_ids_in_vocabulary(name, value, kind, ids, vocab_size)
+
+
+def _check_ids_in_vocabulary(name: str, value: Any, kind: str, ids: list[Any], vocab_size: int) -> None:
+    """Refuse the setting `name` (`value`, which should be `kind`) when one of its `ids` is no whole number or lies
+    outside the vocabulary."""
+    if not all(_is_whole(token) for token in ids):
+        raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}")
+    outside = [int(token) for token in ids if not 0 <= token < vocab_size]
+    if outside:
+        raise InputError(
+            f"bad generation settings: {name} names {outside[0]}, outside the model's vocabulary "
+            f"(ids 0..{vocab_size - 1})"
+        )
 
 
 def _processors(
