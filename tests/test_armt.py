@@ -174,9 +174,10 @@ def test_first_segment_equals_backbone_and_memory_matters_later(family):
         assert no_memory < 1e-6
 
 
-def test_eager_attention_backbone():
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_eager_attention_backbone(family):
     """The layer-by-layer run builds HF's causal mask for the backbone's attention implementation."""
-    backbone = tiny_decoder("llama")
+    backbone = tiny_decoder(family)
     backbone.config._attn_implementation = "eager"
     config = RMTConfig(memory_kind="armt", num_memory_tokens=MEM, segment_size=SEG, d_mem=4)
     model = ARMTForCausalLM(backbone, config).eval()
@@ -233,12 +234,13 @@ def test_padded_samples_equal_samples_alone(family):
             _assert_states_close(mine, alone.memory_state)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("depth", [0, 1, -1])
-def test_forward_backward_gradients_equal_forward_with_truncated_bptt(depth, recompute):
+def test_forward_backward_gradients_equal_forward_with_truncated_bptt(depth, recompute, family):
     """The streaming backward (and with recompute=True, each window segment recomputed in the backward pass)
     against one graph over the whole input, with samples of several lengths."""
-    model = armt("llama", bptt_depth=depth).train()
+    model = armt(family, bptt_depth=depth).train()
     ids = _ids(3, 4 * SEG)
     mask = torch.ones_like(ids)
     mask[1, 2 * SEG + 3 :] = 0  # right padding: 3 segments
