@@ -352,6 +352,7 @@ def test_resume_takes_the_same_places_spelled_otherwise_and_refuses_other_weight
     before = _digest(output)
     code, _, err = _run([*args, "--resume"], capsys)
     assert code == 2 and "--resume: the model at ./model/ is not the one" in err and "(its weights differ)" in err
+    assert "resuming" not in err  # said only once the resume goes ahead
     assert _digest(output) == before
 
 

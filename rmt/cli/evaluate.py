@@ -191,12 +191,12 @@ def run(args: argparse.Namespace) -> int:
                 print(format_table(plan["earlier"]))
                 print(f"\n{results} holds every cell already: nothing computed, no file rewritten", file=sys.stderr)
                 return 0
-            cells = len(tasks) * len(plan["lengths"]) * len(plan["methods"])
-            kept = cells - len(plan["todo"])
-            print(f"resuming {results}: {kept} of {cells} cells kept, {len(plan['todo'])} to compute", file=sys.stderr)
         model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
         if plan["earlier"] is not None:
             _check_same_weights(args, plan["earlier"], model)
+            cells = len(tasks) * len(plan["lengths"]) * len(plan["methods"])
+            kept = cells - len(plan["todo"])
+            print(f"resuming {results}: {kept} of {cells} cells kept, {len(plan['todo'])} to compute", file=sys.stderr)
         return _by_length(args, model, plan)
     args.batches = DEFAULT_BATCHES if args.batches is None else args.batches
     args.batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
