@@ -406,9 +406,13 @@ def test_sampling_settings_that_transformers_lets_through_are_refused(setting, m
 def test_a_whole_number_temperature_samples():
     """transformers' warper takes only a float: temperature=2 was refused as not "a strictly positive float"."""
     model = plain_model()
-    torch.manual_seed(0)
-    ours = model.generate(prompts(1, 5, seed=6), do_sample=True, temperature=2, max_new_tokens=3).sequences
-    torch.manual_seed(0)
-    assert torch.equal(
-        ours, model.generate(prompts(1, 5, seed=6), do_sample=True, temperature=2.0, max_new_tokens=3).sequences
-    )
+
+    def sampled(temperature: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        return model.generate(
+            prompts(1, 5, seed=6), do_sample=True, temperature=temperature, max_new_tokens=12
+        ).sequences
+
+    ours = sampled(2)
+    assert torch.equal(ours, sampled(2.0))
+    assert not torch.equal(ours, sampled(1.0))  # applied, not ignored: the same draws pick other tokens
