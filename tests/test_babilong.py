@@ -571,6 +571,14 @@ def test_load_refuses_metadata_that_evaluation_could_not_read(tmp_path, metadata
         load_babilong(path)
 
 
+def test_load_refuses_a_file_that_is_not_utf8_in_one_line(tmp_path):
+    """read with its own read_text, a Latin-1 file ended in a bare UnicodeDecodeError (a traceback from rmt eval)."""
+    path = tmp_path / "0k.json"
+    path.write_bytes(json.dumps([{**PUBLIC_RECORD, "input": "caf\u00e9"}], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(InputError, match=r"0k\.json is not UTF-8 text: byte 0xe9 at offset"):
+        load_babilong(path)
+
+
 def test_load_reads_a_file_with_a_byte_order_mark(tmp_path):
     for name, text in (("bom.json", json.dumps([PUBLIC_RECORD])), ("bom.jsonl", json.dumps(PUBLIC_RECORD) + "\n")):
         (tmp_path / name).write_text(text, encoding="utf-8-sig")

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rmt.data.haystack import Haystack
+from rmt.data.haystack import Haystack, read_text_file
 from rmt.errors import InputError
 
 TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
@@ -770,8 +770,7 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
     that evaluation could not read (`metadata_problem`), and a JSON object of sample lists keyed by length or task
     (one file holds one task and length)."""
     path = Path(path)
-    # utf-8-sig: files saved by Windows tools start with a byte order mark, which json.loads refuses.
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text_file(path)  # without the byte order mark of files saved by Windows tools (json.loads refuses it)
     if not text.strip():
         raise InputError(f"{path} has no records")
     try:

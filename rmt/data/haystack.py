@@ -45,7 +45,6 @@ DEFAULT_MIN_CHARS = 16
 # Bytes of a file that check_text_file reads: random bytes fail UTF-8 within a few, and a binary format's header
 # holds NUL bytes, so one MiB tells them from text at a cost independent of the file's size (a 1 GB book).
 SNIFF_BYTES = 1 << 20
-_BOM = codecs.BOM_UTF8
 # Longer than every sentence of the built-in books (the longest has 3,197 characters), so their split is unchanged.
 LONG_SENTENCE_CHARS = 4000
 CUT_CHARS = 1000
@@ -229,7 +228,7 @@ def _decode(data: bytes, label: str, final: bool) -> str:
     nul = data.find(b"\0")
     if nul >= 0:  # valid UTF-8, but no text file holds one: a binary file, or UTF-16 text (every other byte NUL)
         raise InputError(f"{label} is not UTF-8 text: a NUL byte at offset {nul} (a binary file, or UTF-16 text)")
-    body = data.removeprefix(_BOM)
+    body = data.removeprefix(codecs.BOM_UTF8)
     try:
         return codecs.getincrementaldecoder("utf-8")().decode(body, final=final)
     except UnicodeDecodeError as err:
