@@ -171,6 +171,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rmt.cli.train import babilong_tasks, check_data_files
+    from rmt.memory.memory_file import weights_fingerprint
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
@@ -192,8 +193,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\n{results} holds every cell already: nothing computed, no file rewritten", file=sys.stderr)
                 return 0
         model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
+        plan["weights"] = weights_fingerprint(model)  # recorded with the results, and checked on a resume
         if plan["earlier"] is not None:
-            _check_same_weights(args, plan["earlier"], model)
+            _check_same_weights(args, plan["earlier"], plan["weights"])
             cells = len(tasks) * len(plan["lengths"]) * len(plan["methods"])
             kept = cells - len(plan["todo"])
             print(f"resuming {results}: {kept} of {cells} cells kept, {len(plan['todo'])} to compute", file=sys.stderr)
@@ -580,13 +582,12 @@ def _stamp(path: Path | None) -> tuple[int, int] | None:
     return None if status is None else (status.st_mtime_ns, status.st_size)
 
 
-def _check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], model: RecurrentMemoryModel) -> None:
-    """Refuse to resume with a model whose weights are not those of the run that wrote results.json (a checkpoint
-    trained further at the same path). Results written before the fingerprint was recorded are not checked."""
-    from rmt.memory.memory_file import weights_fingerprint
-
+def _check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], weights: str) -> None:
+    """Refuse to resume with a model whose weights (their fingerprint) are not those of the run that wrote
+    results.json (a checkpoint trained further at the same path). Results written before the fingerprint was recorded
+    are not checked."""
     recorded = earlier.get("settings", {}).get(WEIGHTS_SETTING)
-    if recorded is not None and recorded != weights_fingerprint(model):
+    if recorded is not None and recorded != weights:
         raise InputError(
             f"--resume: the model at {args.checkpoint} is not the one {Path(args.output) / 'results.json'} was made "
             "with (its weights differ): run without --resume (--overwrite, or another --output)"
@@ -695,7 +696,6 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     from rmt.data.babilong import build_dataset, load_babilong, parse_length
     from rmt.data.collate import QACollator
     from rmt.eval.by_length import evaluate_by_length, format_table
-    from rmt.memory.memory_file import weights_fingerprint
 
     tasks, lengths, samples, methods = plan["tasks"], plan["lengths"], plan["samples"], plan["methods"]
     num_facts = plan["num_facts"]
@@ -760,7 +760,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
             files=files,
             full_attention_backbone=baseline,
             num_facts=num_facts,
-            settings={**_settings(args), WEIGHTS_SETTING: weights_fingerprint(model)},
+            settings={**_settings(args), WEIGHTS_SETTING: plan["weights"]},
             earlier=plan["earlier"],
         )
     except KeyboardInterrupt:
