@@ -73,24 +73,26 @@ def max_positions(backbone: nn.Module) -> int | None:
     return None
 
 
-def sliding_window(backbone: nn.Module) -> int | None:
-    """The shortest sliding window among the backbone's attention layers (Mistral's or Qwen2's may have one): such a
-    layer attends to its last `sliding_window` places and its key/value cache keeps one fewer. None when every layer
-    attends to all places."""
+def layer_windows(backbone: nn.Module) -> list[int | None]:
+    """Each attention layer's sliding window (Mistral's or Qwen2's may have one), None for a layer that attends to
+    all places: such a layer attends to its last `window` places and its key/value cache keeps one fewer."""
     from transformers import DynamicCache
 
-    windows = [getattr(layer, "sliding_window", None) for layer in DynamicCache(config=backbone.config).layers]
-    windows = [window for window in windows if window]
-    return min(windows) if windows else None
+    return [getattr(layer, "sliding_window", None) or None for layer in DynamicCache(config=backbone.config).layers]
 
 
-def sliding_reach(backbone: nn.Module) -> int | None:
+def sliding_window(backbone: nn.Module, windows: list[int | None] | None = None) -> int | None:
+    """The shortest sliding window among the backbone's layers (`windows`: its `layer_windows`, when known); None
+    when every layer attends to all places."""
+    set_windows = [w for w in (layer_windows(backbone) if windows is None else windows) if w]
+    return min(set_windows) if set_windows else None
+
+
+def sliding_reach(backbone: nn.Module, windows: list[int | None] | None = None) -> int | None:
     """How many places back the last place of one forward pass can draw from through all layers when every layer
-    has a sliding window: each layer reaches `window - 1` places further. None when a layer attends to all places
-    (through it, every place reaches every earlier one)."""
-    from transformers import DynamicCache
-
-    windows = [getattr(layer, "sliding_window", None) for layer in DynamicCache(config=backbone.config).layers]
+    has a sliding window (`windows`: its `layer_windows`, when known): each layer reaches `window - 1` places
+    further. None when a layer attends to all places (through it, every place reaches every earlier one)."""
+    windows = layer_windows(backbone) if windows is None else windows
     if not windows or not all(windows):
         return None
     return sum(window - 1 for window in windows)

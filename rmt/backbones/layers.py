@@ -45,17 +45,15 @@ class _Family:
     cache_argument: str  # the decoder layer's keyword for the key/value cache
 
 
-_FAMILIES: dict[str, _Family] = {
-    "gpt2": _Family("h", "ln_f", "wpe", "drop", None, "cache"),
-    "llama": _Family("layers", "norm", None, None, "rotary_emb", "cache"),
-    "mistral": _Family("layers", "norm", None, None, "rotary_emb", "cache"),
-    "qwen2": _Family("layers", "norm", None, None, "rotary_emb", "cache"),
-    "gpt_neox": _Family("layers", "final_layer_norm", None, "emb_dropout", "rotary_emb", "layer_past"),
-}
-LAYERWISE_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
 # Families whose decoder layer is Llama's (input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
 # mlp.{gate,up,down}_proj with act_fn), up to biases and sliding windows
 _LLAMA_LIKE = ("llama", "mistral", "qwen2")
+_FAMILIES: dict[str, _Family] = {
+    "gpt2": _Family("h", "ln_f", "wpe", "drop", None, "cache"),
+    **dict.fromkeys(_LLAMA_LIKE, _Family("layers", "norm", None, None, "rotary_emb", "cache")),
+    "gpt_neox": _Family("layers", "final_layer_norm", None, "emb_dropout", "rotary_emb", "layer_past"),
+}
+LAYERWISE_FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
 
 
 class DecoderAdapter:

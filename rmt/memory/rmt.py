@@ -31,6 +31,7 @@ from rmt.backbones import (
     check_fits,
     hidden_size,
     kv_shape,
+    layer_windows,
     max_positions,
     sliding_reach,
     sliding_window,
@@ -126,7 +127,8 @@ class RMTForCausalLM(RecurrentMemoryModel):
         writes = 0 if config.read_memory_only else m
         needed = config.segment_size + m + (writes if config.memory_positions == "sequential" else 0)
         check_fits(backbone, config.segment_size, needed, f"[read memory ({m}) | segment | write memory ({writes})]")
-        reach = sliding_reach(backbone)
+        windows = layer_windows(backbone)  # read once: each reading builds a cache object
+        reach = sliding_reach(backbone, windows)
         places = m + config.segment_size + writes
         if writes and reach is not None and m + config.segment_size > reach:
             # The write memory draws on the read memory and the segment only through the layers' windows. The first
@@ -140,7 +142,7 @@ class RMTForCausalLM(RecurrentMemoryModel):
                 "write memory could not draw on all of the read memory, so what passes from segment to segment would "
                 f"be cut; {advice}, or a backbone without a sliding window"
             )
-        window = sliding_window(backbone)
+        window = sliding_window(backbone, windows)
         cached = config.xl_cache_tokens
         held = cached + m + config.segment_size + writes
         if cached and window is not None and window - 1 < held:
