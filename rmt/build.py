@@ -267,16 +267,14 @@ def pretrained_backbone(
         raise MissingFileError(_load_error(name_or_path, location, err)) from err
     except InputError:
         raise
-    except NotImplementedError as err:  # transformers' GGUF reader has no tensor names for the family it read
-        if gguf is None:
-            raise
-        raise InputError(_gguf_refusal(location, gguf, err)) from err
     except struct.error as err:  # the gguf package read past the end of a GGUF file's header
         if gguf is None:
             raise
         raise InputError(_gguf_cut_short(location, gguf, err)) from err
-    except RuntimeError:  # transformers points at its report for the details: shown after all
-        for record in held:
+    except RuntimeError as err:
+        if gguf is not None and isinstance(err, NotImplementedError):  # no tensor names for the family it read
+            raise InputError(_gguf_refusal(location, gguf, err)) from err
+        for record in held:  # transformers points at its report for the details: shown after all
             logging.getLogger(record.name).handle(record)
         raise
     except ValueError as err:
@@ -329,17 +327,21 @@ def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
     if architecture is None:  # not a GGUF file it could read either: transformers' words say so
         return message
     if architecture not in GGUF_ARCHITECTURES:
-        return (
-            f"{message} (rmt's memory models take GGUF files of architecture {', '.join(GGUF_ARCHITECTURES)}, "
-            f"Mistral's included as llama, and this one is {architecture!r}: load the model from a Hugging Face "
-            "folder instead)"
-        )
+        return f"{message} ({gguf_architecture_refusal(architecture)})"
     if architecture == "llama" and name == "mistral":
         return (
             f"{message} (transformers reads a llama file named exactly 'mistral' as Mistral, which it cannot load from "
             "GGUF: rename the model, e.g. gguf-new-metadata --general-name 'Mistral 7B' IN.gguf OUT.gguf)"
         )
     return message
+
+
+def gguf_architecture_refusal(architecture: str) -> str:
+    """Why a GGUF file of `architecture` (none of GGUF_ARCHITECTURES) is not taken, and what to do instead."""
+    return (
+        f"rmt's memory models take GGUF files of architecture {', '.join(GGUF_ARCHITECTURES)}, Mistral's included as "
+        f"llama, and this one is {architecture!r}: load the model from a Hugging Face folder instead"
+    )
 
 
 def gguf_architecture(name_or_path: str | os.PathLike) -> str | None:

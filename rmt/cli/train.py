@@ -621,17 +621,14 @@ def _mode_of(name_or_path: str) -> str:
     """'encoder' for BERT-like backbones (classifiers), 'decoder' for causal LMs, from the model's config; a config
     that cannot be read, or a family the memory models do not support, is refused before any weights load."""
     from rmt.backbones import DECODER_FAMILIES, ENCODER_FAMILIES
-    from rmt.build import GGUF_ARCHITECTURES, backbone_model_type, gguf_architecture
+    from rmt.build import GGUF_ARCHITECTURES, backbone_model_type, gguf_architecture, gguf_architecture_refusal
 
     model_type = backbone_model_type(name_or_path)
     if model_type is None:  # a GGUF file: transformers reads causal LMs from it
         architecture = gguf_architecture(name_or_path)
         if architecture is not None and architecture not in GGUF_ARCHITECTURES:  # known before minutes of loading
-            raise InputError(
-                f"--model {name_or_path}: a GGUF file of architecture {architecture!r}; rmt's memory models take GGUF "
-                f"files of architecture {', '.join(GGUF_ARCHITECTURES)} (Mistral's are llama): load the model from "
-                "a Hugging Face folder instead"
-            )
+            refusal = gguf_architecture_refusal(architecture)
+            raise InputError(f"--model {name_or_path}: a GGUF file of architecture {architecture!r}; {refusal}")
         return "decoder"
     if model_type in ENCODER_FAMILIES:
         return "encoder"
