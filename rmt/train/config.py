@@ -40,6 +40,11 @@ def parse_curriculum(text: str) -> list[tuple[int, int]]:
         raise InputError(f"curriculum must look like 0:1,500:2,1000:4 (STEP:SEGMENTS,...), got {text!r}") from err
 
 
+# Counts that must be > 0 (their type is checked with the other whole numbers in TrainConfig._check_types)
+_POSITIVE_COUNTS = ("steps", "batch_size", "grad_accumulation", "eval_every", "eval_batches", "eval_batch_size")
+_POSITIVE_COUNTS += ("log_every",)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping settings of one training run."""
@@ -213,16 +218,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        positive = ("steps", "batch_size", "grad_accumulation", "eval_every", "eval_batches", "eval_batch_size")
-        for name in (*positive, "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise InputError(f"TrainConfig.{name} must be an integer > 0, got {value!r}")
+        for name in _POSITIVE_COUNTS:
+            if getattr(self, name) <= 0:
+                raise InputError(f"TrainConfig.{name} must be an integer > 0, got {getattr(self, name)!r}")
         if self.checkpoint_every < 0:
             raise InputError(
                 f"TrainConfig.checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
             )
-        if isinstance(self.data_workers, bool) or not isinstance(self.data_workers, int) or self.data_workers < 0:
+        if self.data_workers < 0:
             raise InputError(f"TrainConfig.data_workers must be an integer >= 0, got {self.data_workers!r}")
         if self.max_time is not None and not self.max_time > 0:
             raise InputError(f"TrainConfig.max_time must be > 0 seconds, got {self.max_time!r}")
@@ -238,7 +241,7 @@ class TrainConfig:
             raise InputError(f"TrainConfig.min_lr_factor must be in [0, 1], got {self.min_lr_factor}")
         if not self.grad_clip >= 0:  # also refuses NaN, which would turn clipping off without a word
             raise InputError(f"TrainConfig.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if not 0 <= self.seed < 2**32:
             raise InputError(f"TrainConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
         choices = {
             "lr_schedule": get_args(LRSchedule),
@@ -251,7 +254,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise InputError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.trainable == "lora":
-            if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank <= 0:
+            if self.lora_rank <= 0:
                 raise InputError(f"TrainConfig.lora_rank must be an integer > 0, got {self.lora_rank!r}")
             if not self.lora_alpha > 0:
                 raise InputError(f"TrainConfig.lora_alpha must be > 0, got {self.lora_alpha!r}")
@@ -291,7 +294,8 @@ class TrainConfig:
         """Switches must be bools ("no" is true in Python: recompute="no" turned recompute on), counts whole numbers
         (checkpoint_every=1.5 checkpointed every third step), rates numbers (a string failed deep in the optimizer)."""
         switches = ("save_best", "recompute", "fsdp", "tensorboard", "progress")
-        counts = ("warmup_steps", "checkpoint_every", "plateau_min_steps", "lora_rank", "plateau_evals")
+        counts = (*_POSITIVE_COUNTS, "warmup_steps", "checkpoint_every", "plateau_min_steps", "lora_rank")
+        counts += ("plateau_evals", "data_workers", "seed")
         numbers = ("learning_rate", "memory_learning_rate", "weight_decay", "min_lr_factor", "grad_clip")
         numbers += ("curriculum_accuracy", "lora_alpha", "lora_dropout", "max_time")
         for name in switches:
