@@ -181,7 +181,8 @@ class DiagonalARMT:
         wave = torch.zeros(layers + 1, batch, width, model.memory.shape[1], dtype=dtype, device=device)
         rope = adapter.rotary_table(wave, positions)
         # One cell at a time runs the model's own layers: the same kernels as the sequential model, no weight copies.
-        own_layers = adapter.layer_kwargs(wave[0], positions) if self.group_size == 1 else None
+        group_size = self.group_size  # decided once per call, not at every step
+        own_layers = adapter.layer_kwargs(wave[0], positions) if group_size == 1 else None
         w_q, w_k, w_v, w_b = model.w_q, model.w_k, model.w_v, model.w_b
 
         pieces: list[tuple[None, int, torch.Tensor]] = []
@@ -194,7 +195,7 @@ class DiagonalARMT:
                 )
                 wave[0] = adapter.add_positions(x, positions)
             lo, hi = layer_range(step, segments, layers)
-            size = self.group_size or hi - lo
+            size = group_size or hi - lo
             # The step's cells in groups of at most `size` layers, each group read -> layers -> write on its own
             # (on a CPU one cell at a time keeps a cell's activations in cache, as the sequential loop does). The
             # highest group goes first: a group writes its outputs into the rows the groups above it read.
