@@ -39,10 +39,11 @@ def default_lora_targets(backbone: nn.Module) -> list[str]:
 
     heads = [_output_head(backbone), *(getattr(backbone, name, None) for name in CLASSIFIER_HEADS)]
     excluded = {id(m) for head in heads if isinstance(head, nn.Module) for m in head.modules()}
+    embeddings = _embedding_weights(backbone)
     return [
         name
         for name, module in backbone.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and id(module) not in excluded and not _tied(module, backbone)
+        if isinstance(module, (nn.Linear, Conv1D)) and id(module) not in excluded and not _tied(module, embeddings)
     ]
 
 
@@ -79,10 +80,11 @@ def add_lora(
     if not targets:
         raise InputError("the backbone has no linear layers to put LoRA adapters on")
     output = _output_head(backbone)
+    embeddings = _embedding_weights(backbone)
     for name, module in backbone.named_modules():
         if not any(name == t or name.endswith("." + t) for t in targets):
             continue
-        if module is output or _tied(module, backbone):
+        if module is output or _tied(module, embeddings):
             raise InputError(
                 f"no LoRA adapter on the output head {name!r}: many models share its weight with the token "
                 "embeddings, which a merged update would change too; leave it out of the targets"
@@ -144,14 +146,16 @@ def _output_head(backbone: nn.Module) -> nn.Module | None:
     return backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
 
 
-def _tied(module: nn.Module, backbone: nn.Module) -> bool:
-    """Whether `module`'s weight is an embedding's too (a tied LM head): a merged update would change both."""
+def _embedding_weights(backbone: nn.Module) -> set[int]:
+    """The ids of the backbone's embedding weights (looked up once, not once per layer)."""
+    return {id(m.weight) for m in backbone.modules() if isinstance(m, nn.Embedding)}
+
+
+def _tied(module: nn.Module, embedding_weights: set[int]) -> bool:
+    """Whether `module`'s weight is an embedding's too (a tied LM head; `embedding_weights`: the ids from
+    `_embedding_weights`): a merged update would change both."""
     weight = getattr(module, "weight", None)
-    return (
-        weight is not None
-        and not isinstance(module, nn.Embedding)
-        and any(isinstance(m, nn.Embedding) and m.weight is weight for m in backbone.modules())
-    )
+    return weight is not None and not isinstance(module, nn.Embedding) and id(weight) in embedding_weights
 
 
 def _merged_weight(layer: nn.Module) -> torch.Tensor:
