@@ -313,14 +313,17 @@ _GGUF_MISREADS = {
 }
 
 
-def _gguf_cut_short(location: str, gguf: str, err: Exception) -> str:
-    """One line for a GGUF file whose header ends early (a copy or download cut short; struct.error before)."""
-    return f"cannot load the GGUF file {gguf} in {location}: it ends inside its header (cut short?): {_one_line(err)}"
+def _gguf_cut_short(location: str, gguf: str, err: Exception, part: str = "header") -> str:
+    """One line for a GGUF file that ends early (a copy or download cut short) inside `part`: its header (struct.error
+    before) or its tensor data (numpy's reshape error before)."""
+    return f"cannot load the GGUF file {gguf} in {location}: it ends inside its {part} (cut short?): {_one_line(err)}"
 
 
 def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
     """One line for a GGUF file that transformers could not load: its words, and what rmt can take when the file's
     architecture is none of that, or why a llama file failed when transformers misread it by its name."""
+    if "cannot reshape array of size" in str(err):  # gguf's reader viewed a tensor past the end of the file
+        return _gguf_cut_short(location, gguf, err, part="tensor data")
     message = f"cannot load the GGUF file {gguf} in {location}: {_one_line(err)}"
     fields = _gguf_fields(Path(location) / gguf, ("general.architecture", "general.name"))
     architecture, name = fields.get("general.architecture"), fields.get("general.name")

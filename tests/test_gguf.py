@@ -239,6 +239,16 @@ def test_a_gguf_file_cut_short_in_its_header_is_one_error_line(tmp_path, written
     assert "it ends inside its header (cut short?)" in error and error.count("\n") == 1
 
 
+def test_a_gguf_file_cut_short_in_its_tensor_data_says_so(tmp_path, written):
+    """Cut inside the weights, the file's header reads, and numpy's "cannot reshape array" was all the error said."""
+    path = tmp_path / "cut.gguf"
+    whole = written["llama"][1].read_bytes()
+    path.write_bytes(whole[: len(whole) - 1000])
+    for load in (pretrained_backbone, pretrained_tokenizer):
+        with pytest.raises(InputError, match=r"cut.gguf .*: it ends inside its tensor data \(cut short\?\): cannot"):
+            load(path)
+
+
 def test_an_upper_case_suffix_is_a_gguf_file_too(tmp_path, source):
     written = gguf_folder(tmp_path / "upper", source)
     upper = written.rename(written.with_name("TINY.GGUF"))
