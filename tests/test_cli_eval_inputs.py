@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import background_text, tiny_model_folder
 from safetensors.torch import load_file, save_file
 
@@ -19,7 +20,7 @@ from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer, r
 from rmt.cli import build_parser, main
 from rmt.cli.evaluate import parse_samples
 from rmt.config import RMTConfig
-from rmt.data.babilong import answer_labels, build_dataset, save_babilong
+from rmt.data.babilong import answer_labels, babilong_file, build_dataset, save_babilong
 from rmt.data.haystack import Haystack
 from rmt.errors import InputError
 
@@ -353,6 +354,58 @@ def test_resume_takes_the_same_places_spelled_otherwise_and_refuses_other_weight
     code, _, err = _run([*args, "--resume"], capsys)
     assert code == 2 and "--resume: the model at ./model/ is not the one" in err and "(its weights differ)" in err
     assert "resuming" not in err  # said only once the resume goes ahead
+    assert _digest(output) == before
+
+
+@pytest.mark.parametrize("flag", ["--haystack", "--babilong-dir", "--full-attention-model"])
+def test_resume_refuses_files_whose_contents_changed_at_the_same_paths(flag, decoder, haystack, tmp_path, capsys):
+    """These flags were compared by path alone: a background text, a samples file or a baseline replaced at the same
+    path was resumed, the cells of the earlier one kept."""
+    tokenizer = pretrained_tokenizer(decoder)
+    output, place = tmp_path / "by-length", tmp_path / "input"
+    one_length = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1"]
+    if flag == "--haystack":
+        shutil.copy(haystack, place)
+        args = _resumable(decoder, str(place), output)
+
+        def change() -> None:
+            place.write_text(background_text(400, seed=9))
+
+    elif flag == "--babilong-dir":
+        save_babilong(build_dataset("qa1", 0, 2, tokenizer, None, seed=0), babilong_file(place, "qa1", "0k"))
+        args = [*one_length[:-2], "--babilong-dir", str(place), "--output", str(output)]
+
+        def change() -> None:
+            save_babilong(build_dataset("qa1", 0, 2, tokenizer, None, seed=1), babilong_file(place, "qa1", "0k"))
+
+    else:
+        pretrained_backbone(decoder).save_pretrained(place)
+        tokenizer.save_pretrained(place)
+        args = [*one_length, "--methods", "memory,full_attention", "--full-attention-model", str(place)]
+        args += ["--output", str(output)]
+
+        def change() -> None:
+            backbone = pretrained_backbone(place)
+            with torch.no_grad():
+                for weight in backbone.parameters():
+                    weight.add_(0.01)
+            backbone.save_pretrained(place)
+
+    def drop_a_cell() -> None:
+        results = json.loads((output / "results.json").read_text())
+        results["cells"].popitem()
+        (output / "results.json").write_text(json.dumps({**results, "complete": False}))
+
+    assert _run(args, capsys)[0] == 0
+    drop_a_cell()
+    code, _, err = _run([*args, "--resume"], capsys)  # the same contents: resumed
+    assert code == 0 and "cells kept, 1 to compute" in err, err
+    drop_a_cell()
+    change()
+    before = _digest(output)
+    code, _, err = _run([*args, "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--resume: {flag} {place}: not what {output / 'results.json'} was made from (the same paths" in err
     assert _digest(output) == before
 
 

@@ -14,7 +14,8 @@ cell, and shows a progress bar with tokens/s. Every setting, and every sample (g
 --babilong-dir), is checked before the first cell runs. An --output that holds an earlier run's results is refused
 unless --overwrite is given; the earlier files are then replaced when the first cell is written. --resume continues
 an interrupted run in --output instead: given the flags results.json records (--threads, --device and --no-progress
-aside), it keeps the cells measured there and computes only the others, as an uninterrupted run would have; when every
+aside), the same model weights and the same contents of the --haystack, --babilong-dir and --full-attention-model files
+(both recorded as fingerprints), it keeps the cells measured there and computes only the others, as an uninterrupted run would have; when every
 cell is there it says so and rewrites nothing. `--samples 0k=100,1M=10` sets counts per length (the lengths not named
 get 100, or the bare count given: `--samples 50,1M=10`).
 """
@@ -73,9 +74,14 @@ BY_LENGTH_FLAGS = (
 )
 # The flags a resumed run may set otherwise than the run it continues: where the files go and how the run goes, not
 # which samples go to which model.
-RESUME_FREE_FLAGS = ("command", "output", "overwrite", "resume", "threads", "device", "no_progress", "weights")
+RESUME_FREE_FLAGS = ("command", "output", "overwrite", "resume", "threads", "device", "no_progress")
 # The settings' fingerprint of the model's weights (checked once the model is loaded, not as a flag)
 WEIGHTS_SETTING = "weights"
+# The settings' fingerprints of what the path flags name besides the model ({flag: sha256}): the same path may hold
+# another text or another baseline by the time a run is resumed
+CONTENTS_SETTING = "contents"
+# The settings that are no flags, checked apart from the flags
+NOT_FLAGS = (WEIGHTS_SETTING, CONTENTS_SETTING)
 # Flags that name files or folders: the same place spelled otherwise (./x, an absolute path) is the same flag
 PATH_FLAGS = ("checkpoint", "haystack", "babilong_dir", "full_attention_model")
 
@@ -196,9 +202,6 @@ def run(args: argparse.Namespace) -> int:
         plan["weights"] = weights_fingerprint(model)  # recorded with the results, and checked on a resume
         if plan["earlier"] is not None:
             _check_same_weights(args, plan["earlier"], plan["weights"])
-            cells = len(tasks) * len(plan["lengths"]) * len(plan["methods"])
-            kept = cells - len(plan["todo"])
-            print(f"resuming {results}: {kept} of {cells} cells kept, {len(plan['todo'])} to compute", file=sys.stderr)
         return _by_length(args, model, plan)
     args.batches = DEFAULT_BATCHES if args.batches is None else args.batches
     args.batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
@@ -472,11 +475,12 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
     args.seed = DEFAULT_SEED if args.seed is None else args.seed
     check_seed(args.seed)
     todo = [(task, name, method) for name in lengths for task in tasks for method in methods]
+    contents = _file_contents(args, files)
     earlier = None
     if args.resume:  # last: the flags are compared with the defaults filled in
         from rmt.eval.by_length import finished_cells
 
-        earlier = _resumed_results(args)
+        earlier = _resumed_results(args, contents)
         finished = finished_cells(earlier, ["/".join(cell) for cell in todo])
         todo = [cell for cell in todo if "/".join(cell) not in finished]
     return {
@@ -489,7 +493,29 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -
         "max_new_tokens_given": max_new_tokens_given,
         "earlier": earlier,
         "todo": todo,
+        "contents": contents,
     }
+
+
+def _file_contents(args: argparse.Namespace, files: dict[tuple[str, str], Path] | None) -> dict[str, str]:
+    """sha256 of the --haystack files and of the --babilong-dir files the run reads, by flag: results.json records
+    them, and a resume refuses files that changed at the same paths."""
+    import hashlib
+
+    named = {"haystack": [Path(p) for p in (args.haystack or "").split(",") if p]}
+    named["babilong_dir"] = [files[cell] for cell in sorted(files)] if files else []
+    contents = {}
+    for flag, paths in named.items():
+        if paths:
+            digest = hashlib.sha256()
+            for path in paths:  # each file's own digest: two files are not their concatenation
+                one = hashlib.sha256()
+                with path.open("rb") as file:
+                    while block := file.read(1 << 20):
+                        one.update(block)
+                digest.update(one.digest())
+            contents[flag] = digest.hexdigest()
+    return contents
 
 
 def parse_methods(text: str) -> list[str]:
@@ -508,9 +534,9 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-def _resumed_results(args: argparse.Namespace) -> dict[str, Any]:
+def _resumed_results(args: argparse.Namespace, contents: dict[str, str]) -> dict[str, Any]:
     """The results in --output that --resume continues, with their answers; refused when results.json cannot be read
-    or was made with other flags than this command's."""
+    or was made with other flags than this command's, or from files whose `contents` (`_file_contents`) changed."""
     from rmt.eval.by_length import read_results
 
     path = Path(args.output) / "results.json"
@@ -530,7 +556,23 @@ def _resumed_results(args: argparse.Namespace) -> dict[str, Any]:
             f"--resume: {path} was made with other flags ({'; '.join(differing)}): give the same flags, or run "
             "without --resume (--overwrite, or another --output)"
         )
+    _check_same_contents(args, recorded, contents)
     return earlier
+
+
+def _check_same_contents(args: argparse.Namespace, recorded: dict[str, Any], contents: dict[str, str]) -> None:
+    """Refuse to resume from files that are not those the earlier run read: the same paths, other contents (results
+    written before the contents were recorded are not checked)."""
+    theirs = recorded.get(CONTENTS_SETTING)
+    if not isinstance(theirs, dict):
+        return
+    changed = [flag for flag, digest in contents.items() if theirs.get(flag, digest) != digest]
+    if changed:
+        named = "; ".join(f"{_flag(args, flag)}" for flag in changed)
+        raise InputError(
+            f"--resume: {named}: not what {Path(args.output) / 'results.json'} was made from (the same paths, other "
+            "contents): run without --resume (--overwrite, or another --output)"
+        )
 
 
 def _differing_flags(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -540,7 +582,7 @@ def _differing_flags(recorded: dict[str, Any], current: dict[str, Any]) -> list[
     theirs, ours = _as_read(recorded), _as_read(current)
     differing = []
     for name in dict.fromkeys([*recorded, *current]):
-        if name in RESUME_FREE_FLAGS or theirs.get(name) == ours.get(name):
+        if name in RESUME_FREE_FLAGS or name in NOT_FLAGS or theirs.get(name) == ours.get(name):
             continue
         if recorded.get(name) == current.get(name):  # --samples 3 read against other --lengths, which are named
             continue
@@ -696,6 +738,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     from rmt.data.babilong import build_dataset, load_babilong, parse_length
     from rmt.data.collate import QACollator
     from rmt.eval.by_length import evaluate_by_length, format_table
+    from rmt.memory.memory_file import weights_fingerprint
 
     tasks, lengths, samples, methods = plan["tasks"], plan["lengths"], plan["samples"], plan["methods"]
     num_facts = plan["num_facts"]
@@ -722,6 +765,16 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
             ) from err
         _check_baseline(args.full_attention_model, baseline, model, tokenizer, mode)
         _check_same_tokens(args.full_attention_model, tokenizer, tasks)
+        plan["contents"]["full_attention_model"] = weights_fingerprint(baseline)
+    if plan["earlier"] is not None:  # said once every check of the resume passed
+        _check_same_contents(args, plan["earlier"]["settings"], plan["contents"])
+        cells = len(tasks) * len(lengths) * len(methods)
+        kept = cells - len(plan["todo"])
+        print(
+            f"resuming {Path(args.output) / 'results.json'}: {kept} of {cells} cells kept, {len(plan['todo'])} to "
+            "compute",
+            file=sys.stderr,
+        )
     if "full_attention" in methods:
         _full_attention_window(args, baseline if baseline is not None else model.backbone, mode)
     if files is None:
@@ -760,7 +813,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
             files=files,
             full_attention_backbone=baseline,
             num_facts=num_facts,
-            settings={**_settings(args), WEIGHTS_SETTING: plan["weights"]},
+            settings={**_settings(args), WEIGHTS_SETTING: plan["weights"], CONTENTS_SETTING: plan["contents"]},
             earlier=plan["earlier"],
         )
     except KeyboardInterrupt:
