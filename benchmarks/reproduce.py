@@ -372,9 +372,14 @@ def _train_config(setup: TaskSetup | ExtrapolationSetup, steps: int, seed: int, 
 
 
 def cell_setup(cell: Cell, overrides: dict[str, Any]) -> tuple[TaskSetup | ExtrapolationSetup, int]:
-    """The setup a cell runs with (the task's, with the non-None `overrides`) and its number of training steps."""
+    """The setup a cell runs with (the task's, with the non-None `overrides`) and its number of training steps.
+    `pretraining_steps` sets the steps of the task's in-context warm-up (a task without one ignores it)."""
     base = EXTRAPOLATION if cell.task == "detect_memorize" else TASKS[cell.task]
+    overrides = dict(overrides)
+    pretraining_steps = overrides.pop("pretraining_steps", None)
     setup = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if pretraining_steps is not None and getattr(setup, "pretraining", None) is not None:
+        setup = replace(setup, pretraining=replace(setup.pretraining, steps=pretraining_steps))
     if cell.task == "detect_memorize":
         return setup, setup.steps
     if overrides.get("steps") is not None:
@@ -401,6 +406,12 @@ def settings_differing(
         "steps": (record["train"].get("steps"), steps),
         "batch_size": (record["train"].get("batch_size"), setup.batch_size),
         "learning_rate": (record["train"].get("learning_rate"), setup.learning_rate),
+        "pretraining_steps": (  # none for a cell started from a saved model (--init-backbone, --init-model)
+            (record.get("pretraining") or {}).get("steps"),
+            setup.pretraining.steps
+            if getattr(setup, "pretraining", None) is not None and not (init_backbone or init_model)
+            else None,
+        ),
         "xl_cache_recompute": (  # records made before the option existed used the stored keys/values
             record["rmt_config"].get("xl_cache_recompute", False),
             xl_recompute and cell.kind in CACHE_KINDS,
@@ -657,6 +668,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=None, help="backbone width (default: per task)")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default: per task)")
     parser.add_argument(
+        "--pretraining-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps of the in-context warm-up of tasks that have one (associative retrieval; default: per task, "
+        "2000, enough for 2 layers; 6 layers of width 64 needed about 6000)",
+    )
+    parser.add_argument(
         "--init-backbone",
         metavar="FOLDER",
         help="start each cell's backbone from a saved model (e.g. another cell's cells/KEY/checkpoint/model) instead "
@@ -716,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("benchmarks.reproduce: --smoke runs its own cells; drop --cells")
     if args.steps is not None and args.steps < 0:
         raise SystemExit(f"benchmarks.reproduce: --steps must be >= 0, got {args.steps}")
+    if args.pretraining_steps is not None and args.pretraining_steps < 1:
+        raise SystemExit(f"benchmarks.reproduce: --pretraining-steps must be >= 1, got {args.pretraining_steps}")
     if args.init_backbone and args.init_model:
         raise SystemExit("benchmarks.reproduce: --init-backbone and --init-model both name a start; give one of them")
     if args.fresh and args.resume:
@@ -735,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         "layers": args.layers,
         "hidden": args.hidden,
         "heads": args.heads,
+        "pretraining_steps": args.pretraining_steps,
     }
     recorded = reproduce_report.load_results(output / "results.json")["cells"] if args.resume else {}
     with torch_threads(args.threads):

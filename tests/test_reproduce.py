@@ -7,7 +7,6 @@ configs; extrapolation and warm-up cells; --resume (skipping recorded cells, con
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import multiprocessing
 from pathlib import Path
@@ -183,10 +182,18 @@ def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(tmp_path, 
     monkeypatch.setattr(reproduce, "train_in_context", recording_warmup)
     setup = reproduce.TASKS["associative_retrieval"]
     cell = reproduce.parse_cell("associative_retrieval:3:rmt")
-    few = dataclasses.replace(setup.pretraining, steps=30)
-    record = reproduce.run_cell(cell, tmp_path, progress=False, steps=2, batch_size=8, eval_samples=64, pretraining=few)
+    overrides = {"steps": 2, "batch_size": 8, "eval_samples": 64, "pretraining_steps": 30}  # --pretraining-steps 30
+    record = reproduce.run_cell(cell, tmp_path, progress=False, **overrides)
     warmup = record["pretraining"]
     assert warmup["steps"] == 30 and warmup["sequence_length"] == 25  # 4 pairs, QUERY, 8 queried pairs
+    # --resume tells warm-ups of other lengths apart (a cell started from a saved model has none)
+    assert reproduce.settings_differing(record, cell, overrides, None) == []
+    assert reproduce.settings_differing(record, cell, {**overrides, "pretraining_steps": 31}, None) == [
+        "pretraining_steps"
+    ]
+    assert reproduce.settings_differing(record, cell, {**overrides, "pretraining_steps": None}, None) == [
+        "pretraining_steps"
+    ]  # the task's own 2000
     assert record["model"]["init_std"] == 0.1
     # The recorded in-context accuracy is the warmed-up backbone's, on the cell's own one-query task.
     assert warmup["in_context_accuracy"] == pytest.approx(in_window_accuracy(warmed[0], setup.make(3), 64))
