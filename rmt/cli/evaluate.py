@@ -568,7 +568,7 @@ def _check_same_contents(args: argparse.Namespace, recorded: dict[str, Any], con
         return
     changed = [flag for flag, digest in contents.items() if theirs.get(flag, digest) != digest]
     if changed:
-        named = "; ".join(f"{_flag(args, flag)}" for flag in changed)
+        named = "; ".join(_flag(args, flag) for flag in changed)
         raise InputError(
             f"--resume: {named}: not what {Path(args.output) / 'results.json'} was made from (the same paths, other "
             "contents): run without --resume (--overwrite, or another --output)"
