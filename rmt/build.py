@@ -319,10 +319,15 @@ def _gguf_cut_short(location: str, gguf: str, err: Exception, part: str = "heade
     return f"cannot load the GGUF file {gguf} in {location}: it ends inside its {part} (cut short?): {_one_line(err)}"
 
 
+# numpy's errors when gguf's reader views a tensor past the end of the file: a cut within the last tensor's elements,
+# or one that leaves a part of an element (the reader views the bytes as uint8 first)
+_TENSOR_VIEW_PAST_THE_END = ("cannot reshape array of size", "When changing to a larger dtype")
+
+
 def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
     """One line for a GGUF file that transformers could not load: its words, and what rmt can take when the file's
     architecture is none of that, or why a llama file failed when transformers misread it by its name."""
-    if "cannot reshape array of size" in str(err):  # gguf's reader viewed a tensor past the end of the file
+    if any(sign in str(err) for sign in _TENSOR_VIEW_PAST_THE_END):
         return _gguf_cut_short(location, gguf, err, part="tensor data")
     message = f"cannot load the GGUF file {gguf} in {location}: {_one_line(err)}"
     fields = _gguf_fields(Path(location) / gguf, ("general.architecture", "general.name"))
