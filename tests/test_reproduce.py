@@ -202,6 +202,27 @@ def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(tmp_path, 
     assert "warmed up in context" in table and "| associative_retrieval:3:rmt |" in table
 
 
+def test_pretraining_steps_from_the_command_line_and_a_resume_after_another_warm_up(tmp_path, monkeypatch):
+    """--pretraining-steps reaches the cell's warm-up and its record; a cell interrupted after a warm-up of one
+    length is not resumed after a warm-up of another (the record would name the new one, the model the old)."""
+    monkeypatch.setattr(reproduce, "write_full_report", lambda output: None)
+    cell = "associative_retrieval:3:rmt"
+    argv = ["--cells", cell, "--steps", "2", "--batch-size", "8", "--output", str(tmp_path), "--no-progress"]
+    assert reproduce.main([*argv, "--pretraining-steps", "20"]) == 0
+    record = json.loads((tmp_path / "results.json").read_text())["cells"][cell]
+    assert record["pretraining"]["steps"] == 20
+    with pytest.raises(SystemExit, match="--pretraining-steps must be >= 1, got 0"):
+        reproduce.main([*argv, "--pretraining-steps", "0"])
+    saved = str(tmp_path / "cells" / "associative_retrieval-3-rmt" / "checkpoint" / "model")
+    with pytest.raises(SystemExit, match="--pretraining-steps sets the warm-up, which a cell started from a saved"):
+        reproduce.main([*argv, "--pretraining-steps", "20", "--init-backbone", saved])
+    # the cell's checkpoint, as an interrupted run leaves it, resumed with another warm-up
+    with pytest.raises(InputError, match="trained after a warm-up of 20 steps, not 30: give --pretraining-steps 20"):
+        reproduce.run_cell(
+            reproduce.parse_cell(cell), tmp_path, progress=False, resume=True, steps=2, pretraining_steps=30
+        )
+
+
 def test_table_shows_the_mean_and_each_seed_of_a_cell():
     base = {"task": "copy", "segments": 6, "kind": "rmt", "metric": "accuracy", "published": 1.0}
     base |= {"segment_size": 13, "train_seconds": 1.0, "train": {"steps": 1, "learning_rate": 1e-3}}
