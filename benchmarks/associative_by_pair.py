@@ -34,7 +34,10 @@ def task_for(segments: int) -> AssociativeRetrievalTask:
 @torch.no_grad()
 def accuracy_by_pair(model: RecurrentMemoryModel, task: AssociativeRetrievalTask, samples: int) -> dict[str, object]:
     """Answer accuracy overall and for each queried pair (1 = the first pair of the sample), over `samples` held-out
-    samples in batches of 256, with the count of samples that asked each pair."""
+    samples in batches of 256 (up to 256, or a multiple of it), with the count of samples that asked each pair (None:
+    no sample asked it)."""
+    if samples > 256 and samples % 256:
+        raise ValueError(f"samples must be 1-256 or a multiple of 256, got {samples}")
     model.eval()
     hits, asked = torch.zeros(task.num_pairs), torch.zeros(task.num_pairs)
     batch_size = min(256, samples)
@@ -61,13 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.associative_by_pair", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("models", nargs="+", help="saved cell models (OUTPUT/cells/KEY/checkpoint/model)")
-    parser.add_argument("--segments", type=int, required=True, help="the cell's number of segments (2, 3 or 5)")
-    parser.add_argument("--samples", type=int, default=2048, help="held-out samples (default: %(default)s)")
+    parser.add_argument(
+        "--segments", type=int, required=True, choices=(1, 2, 3, 5), help="the cell's number of segments"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=2048,
+        help="held-out samples, up to 256 or a multiple of 256 (batches of 256, as the harness draws them; default: "
+        "%(default)s)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the results to this JSON file")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    if args.samples < 1:
-        raise SystemExit(f"benchmarks.associative_by_pair: --samples must be >= 1, got {args.samples}")
+    if args.samples < 1 or (args.samples > 256 and args.samples % 256):
+        raise SystemExit(
+            f"benchmarks.associative_by_pair: --samples must be 1-256 or a multiple of 256, got {args.samples}"
+        )
     torch.set_num_threads(1)
     task = task_for(args.segments)
     results = {}
@@ -80,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         result = accuracy_by_pair(model, task, args.samples)
         results[str(folder)] = result
-        by_pair = " / ".join(f"{value:.2f}" for value in result["by_pair"])
+        by_pair = " / ".join("-" if value is None else f"{value:.2f}" for value in result["by_pair"])
         print(f"{folder}: {result['accuracy']:.3f} overall; by pair 1-4: {by_pair}", flush=True)
     if args.output is not None:
         record = {"command": " ".join(["python -m benchmarks.associative_by_pair", *argv]), "results": results}

@@ -53,3 +53,10 @@ def test_a_saved_cell_model_is_measured_and_another_segment_size_refused(tmp_pat
     assert "overall; by pair 1-4:" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="reads segments of 3 tokens, not the 6 of 2 segments"):
         associative_by_pair.main([str(tmp_path / "model"), "--segments", "2", "--samples", "8"])
+    with pytest.raises(SystemExit):  # as many tokens per segment as 5, but the task without its filler tokens
+        associative_by_pair.main([str(tmp_path / "model"), "--segments", "4"])
+    assert "invalid choice: 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--samples must be 1-256 or a multiple of 256, got 300"):
+        associative_by_pair.main([str(tmp_path / "model"), "--segments", "5", "--samples", "300"])
+    assert associative_by_pair.main([str(tmp_path / "model"), "--segments", "5", "--samples", "2"]) == 0
+    assert " - " in capsys.readouterr().out  # pairs that no sample asked
