@@ -14,8 +14,8 @@ cell, and shows a progress bar with tokens/s. Every setting, and every sample (g
 --babilong-dir), is checked before the first cell runs. An --output that holds an earlier run's results is refused
 unless --overwrite is given; the earlier files are then replaced when the first cell is written. --resume continues
 an interrupted run in --output instead: given the flags results.json records (--threads, --device and --no-progress
-aside), the same model weights and the same contents of the --haystack, --babilong-dir and --full-attention-model
-files (both recorded as fingerprints), it keeps the cells measured there and computes only the others, as an
+aside), the same model weights and the same --haystack, --babilong-dir and --full-attention-model contents (each
+recorded as a fingerprint), it keeps the cells measured there and computes only the others, as an
 uninterrupted run would have; when every cell is there it says so and rewrites nothing. `--samples 0k=100,1M=10`
 sets counts per length (the lengths not named get 100, or the bare count given: `--samples 50,1M=10`).
 """
