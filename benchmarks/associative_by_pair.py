@@ -35,11 +35,14 @@ def task_for(segments: int) -> AssociativeRetrievalTask:
 def accuracy_by_pair(model: RecurrentMemoryModel, task: AssociativeRetrievalTask, samples: int) -> dict[str, object]:
     """Answer accuracy overall and for each queried pair (1 = the first pair of the sample), over `samples` held-out
     samples in batches of 256 (up to 256, or a multiple of it), with the count of samples that asked each pair (None:
-    no sample asked it)."""
+    no sample asked it). Also how often the answer is one of the sample's values (`answer_among_values`) and the
+    accuracy of a guess drawn uniformly from them (`guess_among_values`): a memory that keeps which values came but
+    not which key each belongs to answers among them at about that guess's accuracy."""
     if samples > 256 and samples % 256:
         raise ValueError(f"samples must be 1-256 or a multiple of 256, got {samples}")
     model.eval()
     hits, asked = torch.zeros(task.num_pairs), torch.zeros(task.num_pairs)
+    among, guess = 0.0, 0.0
     batch_size = min(256, samples)
     for index in range(max(1, samples // batch_size)):
         batch = TaskSource(task).eval_batch(index, batch_size).to(model.device)
@@ -47,7 +50,10 @@ def accuracy_by_pair(model: RecurrentMemoryModel, task: AssociativeRetrievalTask
         answer = task.answer_start
         predicted = logits[:, answer - 1].argmax(dim=-1).cpu()  # the value is predicted at the queried key
         target = batch.input_ids[:, answer].cpu()
-        keys = batch.input_ids[:, task.lead_padding : task.lead_padding + 2 * task.num_pairs : 2].cpu()
+        pairs = batch.input_ids[:, task.lead_padding : task.lead_padding + 2 * task.num_pairs].cpu()
+        keys, values = pairs[:, 0::2], pairs[:, 1::2]
+        among += float((values == predicted[:, None]).any(dim=1).sum())
+        guess += float((values == target[:, None]).float().mean(dim=1).sum())
         pair = (keys == batch.input_ids[:, answer - 1 : answer].cpu()).float().argmax(dim=1)
         right = (predicted == target).float()
         hits += torch.zeros(task.num_pairs).index_add_(0, pair, right)
@@ -56,6 +62,8 @@ def accuracy_by_pair(model: RecurrentMemoryModel, task: AssociativeRetrievalTask
         "accuracy": round(float(hits.sum() / asked.sum()), 4),
         "by_pair": [round(float(h / a), 4) if a else None for h, a in zip(hits, asked, strict=True)],
         "samples_by_pair": [int(a) for a in asked],
+        "answer_among_values": round(among / float(asked.sum()), 4),
+        "guess_among_values": round(guess / float(asked.sum()), 4),
     }
 
 
@@ -94,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         result = accuracy_by_pair(model, task, args.samples)
         results[str(folder)] = result
         by_pair = " / ".join("-" if value is None else f"{value:.2f}" for value in result["by_pair"])
-        print(f"{folder}: {result['accuracy']:.3f} overall; by pair 1-4: {by_pair}", flush=True)
+        print(
+            f"{folder}: {result['accuracy']:.3f} overall; by pair 1-4: {by_pair}; answers among the sample's values "
+            f"{result['answer_among_values']:.2f} (a guess among them scores {result['guess_among_values']:.2f})",
+            flush=True,
+        )
     if args.output is not None:
         record = {"command": " ".join(["python -m benchmarks.associative_by_pair", *argv]), "results": results}
         record["segments"], record["samples"] = args.segments, args.samples

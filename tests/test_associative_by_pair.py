@@ -36,6 +36,23 @@ def test_answers_are_grouped_by_the_queried_pair():
     assert max(result["by_pair"][:3]) < 0.3  # right only where the asked value equals the last one (1 in 10)
     expected = sum(a * n for a, n in zip(result["by_pair"], result["samples_by_pair"], strict=True)) / 512
     assert result["accuracy"] == pytest.approx(expected, abs=1e-3)
+    assert result["answer_among_values"] == 1.0  # the last pair's value is always one of the sample's
+    assert 0.3 < result["guess_among_values"] < 0.35  # 1/4 + 3/4 * 1/10: the asked value, or another equal to it
+
+
+def test_answers_outside_the_samples_values_are_counted_so():
+    task = associative_by_pair.task_for(5)
+    model = LastPairOnly(task)
+    real_forward = model.forward
+
+    def query_token(input_ids, attention_mask):  # answers QUERY, which is no value
+        logits = real_forward(input_ids, attention_mask).logits
+        logits[:, task.answer_start - 1, task.query_token_id] = 2.0
+        return type("Output", (), {"logits": logits})()
+
+    model.forward = query_token
+    result = associative_by_pair.accuracy_by_pair(model, task, 256)
+    assert result["accuracy"] == 0.0 and result["answer_among_values"] == 0.0
 
 
 def test_a_saved_cell_model_is_measured_and_another_segment_size_refused(tmp_path, capsys):
