@@ -9,7 +9,9 @@ argmax at the answer position as the harness does, and groups the answers by the
 tokens the sample is `_ _ _ | _ k1 v1 | k2 v2 k3 | v3 k4 v4 | ? k v`: pair 1 lies in segment 2, pair 2 in segment 3,
 pair 3 across segments 3 and 4, pair 4 in segment 4, and the query in segment 5. A model that keeps only the last
 segment's pairs in memory scores near 1 on pair 4 and near chance (0.1) on pairs 1-2; one that keeps every pair
-scores alike on all four. Several model folders are measured one after the other (one line each).
+scores alike on all four. It also counts how often the answer is one of the sample's four values, against what a
+guess among them scores (about 0.33): a memory that keeps the values but not which key each belongs to answers among
+them at about that accuracy. Several model folders are measured one after the other (one line each).
 """
 
 from __future__ import annotations
