@@ -200,15 +200,17 @@ def _warmup_seconds(record: dict[str, Any]) -> float:
 
 def _pretraining_text(setup: TaskSetup, records: Iterable[dict[str, Any]]) -> str:
     """The Setup sentence on the backbone's initial weights and in-context warm-up, with what the warm-up reached."""
+    records = list(records)
     text = f" Initial weight std {setup.init_std}." if setup.init_std is not None else ""
     pretraining = setup.pretraining
     if pretraining is None:
         return text
     reached = sorted({r["pretraining"]["in_context_accuracy"] for r in records if "pretraining" in r})
     after = f"; one-query accuracy in one window after it: {min(reached):.2f}-{max(reached):.2f}" if reached else ""
+    steps = _used(records, "steps", pretraining.steps, "pretraining")  # --pretraining-steps, where it was given
     return (
         f"{text} Before each cell, the bare backbone is warmed up in context on {pretraining.description} "
-        f"({pretraining.steps} steps of batch {pretraining.batch_size}, lr {pretraining.learning_rate}{after}); "
+        f"({steps} steps of batch {pretraining.batch_size}, lr {pretraining.learning_rate}{after}); "
         "all kinds start from it."
     )
 

@@ -200,6 +200,7 @@ def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(tmp_path, 
     assert (tmp_path / "cells" / "associative_retrieval-3-rmt" / "pretraining" / "metrics.jsonl").exists()
     table = reproduce_report.format_table({"cells": {cell.key: record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
     assert "warmed up in context" in table and "| associative_retrieval:3:rmt |" in table
+    assert "(30 steps of batch 32," in table  # the warm-up the cell ran, not the task's default
 
 
 def test_pretraining_steps_from_the_command_line_and_a_resume_after_another_warm_up(tmp_path, monkeypatch):
