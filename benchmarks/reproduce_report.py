@@ -107,7 +107,7 @@ def format_table(results: dict[str, Any], tasks: Mapping[str, TaskSetup], extrap
             + _cache_length_text(ran.values())
             + _cache_text(ran.values())
             + "."
-            + _pretraining_text(setup, ran.values())
+            + _pretraining_text(setup, [record for seeds in runs.values() for record in seeds])  # every seed's
             + _start_text(runs)
             + (f" Note: {setup.note}." if setup.note else ""),
             "",

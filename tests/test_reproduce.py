@@ -201,6 +201,11 @@ def test_associative_cell_starts_from_a_backbone_warmed_up_in_context(tmp_path, 
     table = reproduce_report.format_table({"cells": {cell.key: record}}, reproduce.TASKS, reproduce.EXTRAPOLATION)
     assert "warmed up in context" in table and "| associative_retrieval:3:rmt |" in table
     assert "(30 steps of batch 32," in table  # the warm-up the cell ran, not the task's default
+    other_seed = copy.deepcopy(record) | {"seed": 1}
+    other_seed["pretraining"] = record["pretraining"] | {"in_context_accuracy": 0.0}  # its warm-up learnt nothing
+    seeds = {"cells": {cell.key: record, f"{cell.key}@1": other_seed}}
+    table = reproduce_report.format_table(seeds, reproduce.TASKS, reproduce.EXTRAPOLATION)
+    assert f"one window after it: 0.00-{warmup['in_context_accuracy']:.2f})" in table  # every seed's warm-up
 
 
 def test_pretraining_steps_from_the_command_line_and_a_resume_after_another_warm_up(tmp_path, monkeypatch):
