@@ -315,12 +315,12 @@ _GGUF_MISREADS = {
 
 def _gguf_cut_short(location: str, gguf: str, err: Exception, part: str = "header") -> str:
     """One line for a GGUF file that ends early (a copy or download cut short) inside `part`: its header (struct.error
-    before) or its tensor data (numpy's reshape error before)."""
+    before) or its tensor data (one of numpy's `_TENSOR_VIEW_PAST_THE_END` errors before)."""
     return f"cannot load the GGUF file {gguf} in {location}: it ends inside its {part} (cut short?): {_one_line(err)}"
 
 
-# numpy's errors when gguf's reader views a tensor past the end of the file: a cut within the last tensor's elements,
-# or one that leaves a part of an element (the reader views the bytes as uint8 first)
+# numpy's errors when gguf's reader views a tensor past the end of the file: a cut that leaves a tensor's data short
+# by whole elements, or by a part of one (the reader views the bytes as uint8 first)
 _TENSOR_VIEW_PAST_THE_END = ("cannot reshape array of size", "When changing to a larger dtype")
 
 
