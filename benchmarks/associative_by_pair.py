@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.reproduce import TASKS
 from rmt.data.sources import TaskSource
-from rmt.data.tasks import AssociativeRetrievalTask, make_task
+from rmt.data.tasks import AssociativeRetrievalTask
 from rmt.memory.recurrent import RecurrentMemoryModel
 
 
 def task_for(segments: int) -> AssociativeRetrievalTask:
-    """The harness's associative-retrieval task at this many segments (4 filler tokens in front at 5)."""
-    return make_task("associative_retrieval", num_pairs=4, lead_padding=4 if segments == 5 else 0)
+    """The harness's own associative-retrieval task at this many segments (4 filler tokens in front at 5)."""
+    return TASKS["associative_retrieval"].make(segments)
 
 
 @torch.no_grad()
