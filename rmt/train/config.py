@@ -41,8 +41,15 @@ def parse_curriculum(text: str) -> list[tuple[int, int]]:
 
 
 # Counts that must be > 0 (their type is checked with the other whole numbers in TrainConfig._check_types)
-_POSITIVE_COUNTS = ("steps", "batch_size", "grad_accumulation", "eval_every", "eval_batches", "eval_batch_size")
-_POSITIVE_COUNTS += ("log_every",)
+_POSITIVE_COUNTS = (
+    "steps",
+    "batch_size",
+    "grad_accumulation",
+    "eval_every",
+    "eval_batches",
+    "eval_batch_size",
+    "log_every",
+)
 
 
 @dataclass
