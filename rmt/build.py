@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from torch import nn
 from transformers import (
@@ -271,6 +272,14 @@ def pretrained_backbone(
         if gguf is None:
             raise
         raise InputError(_gguf_cut_short(location, gguf, err)) from err
+    except StrictDataclassError as err:  # a config value its family refuses: heads that do not divide the width...
+        raise InputError(
+            f"cannot load a model from {name_or_path!r}: {_config_source(gguf)}: {_one_line(err)}"
+        ) from err
+    except KeyError as err:  # ...or one its layers look up and do not know (a rope type)
+        raise InputError(
+            f"cannot load a model from {name_or_path!r}: no {err} known, which {_config_source(gguf)} names"
+        ) from err
     except RuntimeError as err:
         if gguf is not None and isinstance(err, NotImplementedError):  # no tensor names for the family it read
             raise InputError(_gguf_refusal(location, gguf, err)) from err
@@ -299,6 +308,11 @@ def pretrained_backbone(
     if gguf is not None:
         _forget_gguf_origin(model)
     return model
+
+
+def _config_source(gguf: str | None) -> str:
+    """Where a loaded model's config comes from, for an error about one of its values."""
+    return "its config.json" if gguf is None else f"the metadata of {gguf}"
 
 
 # GGUF architectures (general.architecture) that transformers reads into a family the memory models wrap. llama.cpp

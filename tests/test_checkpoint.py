@@ -103,6 +103,39 @@ def test_a_checkpoint_with_a_backbone_file_or_an_unknown_family_is_one_error(tmp
         RecurrentMemoryModel.from_pretrained(tmp_path / "family")
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"num_attention_heads": 5, "num_key_value_heads": 5}, "config.json: .*not a multiple of the number of"),
+        ({"num_hidden_layers": "two"}, "config.json: .*'num_hidden_layers' expected int"),
+        ({"rope_parameters": {"rope_type": "nonsense", "rope_theta": 1}}, "config.json describes: no 'nonsense' known"),
+    ],
+)
+def test_a_backbone_config_with_values_its_family_refuses_is_a_corrupt_checkpoint(tmp_path, edit, message):
+    """Raw StrictDataclassError or KeyError of transformers before, not naming the file."""
+    RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5)).save_pretrained(tmp_path)
+    config_file = tmp_path / "backbone" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **edit}))
+    with pytest.raises(InputError, match=f"corrupt checkpoint: .*{message}"):
+        RecurrentMemoryModel.from_pretrained(tmp_path)
+
+
+def test_loading_options_keep_their_own_errors_and_dtypes_are_taken_by_name(tmp_path):
+    """A bad device_map or attention implementation was reported as "its family has no causal LM"; torch_dtype="bf16"
+    was refused where dtype="bf16" loads, and transformers' default dtype="auto" was refused."""
+    model = RMTForCausalLM(tiny_decoder("gpt2"), RMTConfig(num_memory_tokens=3, segment_size=5))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="device_map as a string") as raised:
+        RecurrentMemoryModel.from_pretrained(tmp_path, device_map="gpu7")
+    assert not isinstance(raised.value, InputError)
+    with pytest.raises(ValueError, match='attn_implementation="flash_attention_9"` is not supported'):
+        RecurrentMemoryModel.from_pretrained(tmp_path, attn_implementation="flash_attention_9")
+    assert RecurrentMemoryModel.from_pretrained(tmp_path, torch_dtype="bf16").backbone.dtype == torch.bfloat16
+    assert RecurrentMemoryModel.from_pretrained(tmp_path, dtype="auto").backbone.dtype == torch.float32
+    with pytest.raises(InputError, match="give dtype or torch_dtype, not both"):
+        RecurrentMemoryModel.from_pretrained(tmp_path, dtype="bf16", torch_dtype="bf16")
+
+
 def test_a_classifier_of_one_label_is_refused():
     """num_labels=1 is Hugging Face's regression: a softmax over one class has loss 0 and trains nothing."""
     backbone = tiny_encoder()

@@ -763,6 +763,16 @@ def test_backbone_builders_refuse_what_they_cannot_build_in_one_line(tmp_path):
     (tmp_path / "unknown" / "config.json").write_text('{"model_type": "frobnicator"}')
     with pytest.raises(InputError, match="does not know its family 'frobnicator'"):
         pretrained_backbone(str(tmp_path / "unknown"))
+    # Config values the family refuses were transformers' StrictDataclassError or a bare KeyError, naming no file.
+    llama_config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    for name, edit, message in [
+        ("heads", {"num_attention_heads": 5, "num_key_value_heads": 5}, "its config.json: .*not a multiple of"),
+        ("rope", {"rope_parameters": {"rope_type": "nonsense", "rope_theta": 1}}, "no 'nonsense' known, which its"),
+    ]:
+        shutil.copytree(tmp_path / "llama", tmp_path / name)
+        (tmp_path / name / "config.json").write_text(json.dumps({**llama_config, **edit}))
+        with pytest.raises(InputError, match=f"cannot load a model from .*{name}'?: {message}"):
+            pretrained_backbone(str(tmp_path / name))
     with pytest.raises(InputError, match="the memory alone takes them all: use fewer memory tokens"):
         RMTForCausalLM(random_backbone("gpt2", VOCAB, 1, 32, 4, 8), RMTConfig(num_memory_tokens=6, segment_size=4))
 

@@ -32,7 +32,7 @@ from rmt.files import atomic_directory, recover_directory
 from rmt.memory.registry import model_class
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
     from rmt.memory.interface import MemoryModel
 
@@ -130,10 +130,7 @@ def load_memory_model(
         tensors = load_file(str(path / MEMORY_WEIGHTS))
     except (SafetensorError, OSError) as err:
         raise InputError(f"corrupt checkpoint: cannot read {path / MEMORY_WEIGHTS}: {err}") from err
-    if "dtype" in backbone_kwargs:  # "bf16" too, as pretrained_backbone and the command line take it
-        from rmt.build import torch_dtype
-
-        backbone_kwargs = {**backbone_kwargs, "dtype": torch_dtype(backbone_kwargs["dtype"])}
+    backbone_kwargs = _with_torch_dtype(backbone_kwargs)
     backbone = _load_backbone(path / BACKBONE_DIR, config.mode, backbone_kwargs)
     model = model_cls(backbone, config)
     expected_tensors = model.memory_state_dict()
@@ -151,18 +148,25 @@ def load_memory_model(
     return model.to(backbone.device).eval()
 
 
+def _with_torch_dtype(kwargs: dict) -> dict:
+    """`kwargs` with a dtype given by name as the command line names it ("bf16"), under `dtype` or its older name
+    `torch_dtype`, as `dtype` and a torch dtype; "auto" (the checkpoint's own dtype, transformers' default) is kept."""
+    from rmt.build import torch_dtype
+
+    converted = dict(kwargs)
+    if "torch_dtype" in converted:
+        if "dtype" in converted:
+            raise InputError("give dtype or torch_dtype, not both")
+        converted["dtype"] = converted.pop("torch_dtype")
+    if converted.get("dtype", "auto") != "auto":
+        converted["dtype"] = torch_dtype(converted["dtype"])
+    return converted
+
+
 def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    config_file = folder / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError as err:
-        raise MissingFileError(f"no complete checkpoint: {config_file} is missing") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"corrupt checkpoint: cannot load the backbone from {folder}: {config_file}: {err}") from err
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise InputError(f"corrupt checkpoint: cannot load the backbone from {folder}: {config_file} has no model_type")
+    config = _backbone_config(folder)
     auto = AutoModelForCausalLM if mode == "decoder" else AutoModelForSequenceClassification
     # transformers initialises a weight the files lack, or hold in another shape, at random and only reports it (or,
     # for a shape, raises a bare RuntimeError): both are refused here as a damaged checkpoint, unless the caller
@@ -172,21 +176,56 @@ def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
         kinds.append("mismatched_keys")
     try:
         backbone, info = auto.from_pretrained(
-            folder, output_loading_info=True, **{**kwargs, "ignore_mismatched_sizes": True}
+            folder, config=config, output_loading_info=True, **{**kwargs, "ignore_mismatched_sizes": True}
         )
     except (SafetensorError, OSError) as err:  # unreadable or missing weight files
         raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err
-    except ValueError as err:  # a family this transformers does not know, or has no such model class for
-        from rmt.build import _one_line
-
+    except KeyError as err:  # a config value the family's layers look up and do not know (a rope type)
         raise InputError(
-            f"cannot load the backbone from {folder}: its family {config['model_type']!r} has no "
-            f"{'causal LM' if mode == 'decoder' else 'sequence classifier'} in this transformers ({_one_line(err)})"
+            f"corrupt checkpoint: cannot build the backbone {folder / 'config.json'} describes: no {err} known"
+        ) from err
+    except ValueError as err:
+        if not str(err).startswith("Unrecognized configuration class"):
+            raise  # not about the files: a device_map or attention implementation this machine cannot serve
+        raise InputError(
+            f"cannot load the backbone from {folder}: its family {config.model_type!r} has no "
+            f"{'causal LM' if mode == 'decoder' else 'sequence classifier'} in this transformers"
         ) from err
     found = loading_problems(info, kinds)
     if found:
         raise InputError(f"corrupt checkpoint: the backbone weights in {folder} do not match its config ({found})")
     return backbone
+
+
+def _backbone_config(folder: Path) -> PretrainedConfig:
+    """The backbone's config, read from `folder`/config.json; a missing file is a MissingFileError, and a file that
+    is not JSON, names no family or holds values its family's config refuses (heads that do not divide the width, a
+    count given as text, an unknown rope type) an InputError naming it, as is a family this transformers lacks."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+
+    from rmt.build import _one_line
+
+    config_file = folder / "config.json"
+    try:
+        fields = json.loads(config_file.read_text())
+    except FileNotFoundError as err:
+        raise MissingFileError(f"no complete checkpoint: {config_file} is missing") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"corrupt checkpoint: cannot load the backbone from {folder}: {config_file}: {err}") from err
+    if not isinstance(fields, dict) or "model_type" not in fields:
+        raise InputError(f"corrupt checkpoint: cannot load the backbone from {folder}: {config_file} has no model_type")
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except ValueError as err:
+        if "does not recognize this architecture" in str(err) or "Unrecognized model" in str(err):
+            raise InputError(
+                f"cannot load the backbone from {folder}: this transformers does not know its family "
+                f"{fields['model_type']!r}"
+            ) from err
+        raise InputError(f"corrupt checkpoint: {config_file}: {_one_line(err)}") from err
+    except (StrictDataclassError, TypeError, KeyError) as err:
+        raise InputError(f"corrupt checkpoint: {config_file}: {_one_line(err)}") from err
 
 
 def loading_problems(info: dict, kinds: list[str], allowed: Callable[[str], bool] = lambda name: False) -> str:
