@@ -11,8 +11,12 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
   folders are exchanged in one `renameat2(RENAME_EXCHANGE)` call, so there is no moment at which `path` does not
   exist; elsewhere the old folder is first renamed aside, and `recover_directory` puts it back if the process died
   between the two renames.
-- `recover_directory(path)`: run before reading or replacing a folder (and by `write_atomic` before a file): restores
-  a folder left aside by a crash and removes the temporary files and folders of processes that no longer run.
+- `recover_directory(path)`: run before replacing a folder (and by `write_atomic` before a file): restores a folder
+  left aside by a crash and removes the temporary files and folders of processes that no longer run; with
+  `remove=False`, before reading one, it only restores (a reader changes nothing else on the disk).
+  Temporary names carry the process id and a tag of the machine (host name and boot), since a process id says
+  whether a writer still runs only on its own machine and in its own container: the leftovers of other machines are
+  left alone (a save in progress there, which a reader here must not delete).
 - `temporary_directory(path)` + `replace_directory(tmp, path)`: the two halves of `atomic_directory`, for a folder
   that several processes fill (the trainer's checkpoints under multi-process training).
 - `set_aside_exists(path)`: whether `recover_directory` would restore a previous version (read-only).
@@ -22,10 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fnmatch
+import functools
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -43,7 +52,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     path = _resolved(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)  # the temporary file of an earlier write to `path` that was killed (SIGKILL, SIGTERM)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=_leftover_prefix(path.name, _TMP_TAG), dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as f:  # owns the descriptor from here: closed whatever fails below
             os.fchmod(f.fileno(), _permissions(0o666))
@@ -78,9 +87,10 @@ def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = No
     tmp = _new_temporary_directory(path)
     try:
         yield tmp
+        _share_like_open(tmp)  # before the carry-over: the files kept from `path` keep their own permissions
         if owned is not None and path.is_dir():
             _carry_over(path, tmp, set(owned))
-        replace_directory(tmp, path)
+        _swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -141,9 +151,37 @@ def _new_temporary_directory(path: Path) -> Path:
             f"cannot write the folder {path} whole: it holds the working folder {here}, which replacing it would "
             "delete; write to a folder beside it or below it"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_leftover_prefix(path.name, _TMP_TAG), dir=path.parent))
     tmp.chmod(_permissions(0o777))
     return tmp
+
+
+def _leftover_prefix(name: str, tag: str) -> str:
+    """The start of the name of a temporary ('tmp') or set-aside ('old') entry next to `name`, which
+    `_parse_leftover` reads back: the process and the machine that made it."""
+    return f".{name}.{tag}-{os.getpid()}-{_machine_tag()}-"
+
+
+@functools.cache
+def _machine_tag() -> str:
+    """'h' and 8 hex digits that differ between machines and containers (host name and boot id), so that a
+    leftover's process id is judged only where it means something."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return "h" + hashlib.sha256(f"{socket.gethostname()}/{boot}".encode()).hexdigest()[:8]
+
+
+def _share_like_open(folder: Path) -> None:
+    """Give every file written under `folder` the permissions `open` gives (0666 less the umask, 0777 for an
+    executable one): safetensors writes its files owner-only (0600) whatever the umask, so a checkpoint saved for a
+    team could be read by its writer alone."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            file = Path(root) / name
+            if not file.is_symlink():
+                file.chmod(_permissions(0o777 if file.stat().st_mode & 0o111 else 0o666))
 
 
 def _permissions(requested: int) -> int:
@@ -154,23 +192,32 @@ def _permissions(requested: int) -> int:
     return requested & ~mask
 
 
-def recover_directory(path: str | os.PathLike) -> None:
+def recover_directory(path: str | os.PathLike, remove: bool = True) -> None:
     """Undo what a crash inside `atomic_directory` or `write_atomic` may have left next to `path`.
 
     If `path` is missing but a previous version was set aside (the crash fell between the two renames of the portable
     swap), that version is restored. Temporary files and temporary and set-aside folders of processes that have ended
-    are removed; those of running processes (a save in progress elsewhere) are left alone."""
+    are removed; those of running processes (a save in progress elsewhere) and of other machines are left alone.
+    `remove=False` (before reading `path`): only the restore, and a folder that cannot be listed or changed (a parent
+    others may not list, a read-only disk) is read as it is."""
     path = Path(path)
     if not path.parent.is_dir():
         return
-    leftovers = []
-    for entry in path.parent.iterdir():
-        parsed = _parse_leftover(entry.name, path.name)
-        if parsed is not None and not _process_alive(parsed[1]):
-            leftovers.append((parsed[0], entry))
-    set_aside = sorted((entry for tag, entry in leftovers if tag == _OLD_TAG), key=lambda e: e.stat().st_mtime)
-    if not path.exists() and set_aside:
-        os.replace(set_aside.pop(), path)
+    try:
+        leftovers = [
+            (parsed[0], entry)
+            for entry in path.parent.iterdir()
+            if (parsed := _parse_leftover(entry.name, path.name)) is not None and _ended_here(parsed)
+        ]
+        set_aside = sorted((entry for tag, entry in leftovers if tag == _OLD_TAG), key=lambda e: e.stat().st_mtime)
+        if not path.exists() and set_aside:
+            os.replace(set_aside.pop(), path)
+    except OSError:
+        if remove:
+            raise
+        return
+    if not remove:
+        return
     for _, entry in leftovers:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -181,16 +228,23 @@ def recover_directory(path: str | os.PathLike) -> None:
 
 def replace_directory(new: Path, target: Path) -> None:
     """Make the complete folder `new` the folder `target`, atomically where the system allows (see the module
-    docstring); the previous `target`, if any, is removed. `new`'s files reach the disk before the swap, and the swap
-    before this returns."""
-    new, target = Path(new), _resolved(target)
+    docstring); the previous `target`, if any, is removed. `new`'s files get the permissions `open` gives (some
+    writers make theirs owner-only) and reach the disk before the swap, and the swap before this returns."""
+    new = Path(new)
+    _share_like_open(new)
+    _swap_in(new, target)
+
+
+def _swap_in(new: Path, target: str | os.PathLike) -> None:
+    """`replace_directory` with `new`'s permissions as they are."""
+    target = _resolved(target)
     _sync_tree(new)
     if not target.exists():
         os.replace(new, target)
     elif _exchange(new, target):  # `new` now holds the previous version
         shutil.rmtree(new, ignore_errors=True)
     else:
-        old = target.with_name(f".{target.name}.{_OLD_TAG}-{os.getpid()}")
+        old = target.with_name(_leftover_prefix(target.name, _OLD_TAG).rstrip("-"))
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
         os.replace(new, target)
@@ -221,12 +275,17 @@ _AT_FDCWD = -100
 
 
 def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2); False where the system cannot."""
+    """Swap two paths in one atomic step (Linux renameat2); False where the system or file system cannot. Any other
+    failure (a path gone) raises OSError: the portable swap would first move `b` aside and then fail too."""
     renameat2 = getattr(_libc(), "renameat2", None)
     if renameat2 is None:
         return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return result == 0
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, f"cannot swap {a} and {b}: {os.strerror(error)}")
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -248,14 +307,22 @@ def set_aside_exists(path: str | os.PathLike) -> bool:
     )
 
 
-def _parse_leftover(name: str, target: str) -> tuple[str, int] | None:
-    """('tmp' or 'old', pid) for names written by this module next to `target`, else None."""
+def _parse_leftover(name: str, target: str) -> tuple[str, int, str | None] | None:
+    """('tmp' or 'old', pid, machine tag) for names written by this module next to `target`, else None; the tag is
+    None in the names of versions that did not write one (they are taken for this machine's)."""
     for tag in (_TMP_TAG, _OLD_TAG):
         prefix = f".{target}.{tag}-"
         if name.startswith(prefix):
-            pid = name[len(prefix) :].split("-", 1)[0]
-            return (tag, int(pid)) if pid.isdigit() else None
+            pid, *rest = name[len(prefix) :].split("-")
+            machine = rest[0] if rest and re.fullmatch(r"h[0-9a-f]{8}", rest[0]) else None
+            return (tag, int(pid), machine) if pid.isdigit() else None
     return None
+
+
+def _ended_here(leftover: tuple[str, int, str | None]) -> bool:
+    """Whether the process that left `leftover` (`_parse_leftover`) ran on this machine and has ended."""
+    _, pid, machine = leftover
+    return machine in (None, _machine_tag()) and not _process_alive(pid)
 
 
 def _process_alive(pid: int) -> bool:

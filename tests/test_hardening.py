@@ -14,7 +14,7 @@ import torch
 from conftest import VOCAB, tiny_decoder, tiny_encoder
 
 import rmt.files as files
-from rmt import RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.build import random_backbone
 from rmt.cli import main
 from rmt.errors import InputError, RMTWarning
@@ -212,8 +212,10 @@ def test_a_crash_between_the_two_renames_keeps_the_old_folder(tmp_path, monkeypa
         (tmp / "step").write_text("6")
     monkeypatch.setattr(files.os, "replace", real_replace)
     assert not target.exists()  # the window the crash fell into
-    set_aside = tmp_path / f".checkpoint.old-{os.getpid()}"
-    os.rename(set_aside, tmp_path / ".checkpoint.old-999999999")  # as if left by a process that has ended
+    (set_aside,) = tmp_path.glob(".checkpoint.old-*")
+    assert set_aside.name == f".checkpoint.old-{os.getpid()}-{files._machine_tag()}"
+    # As if left by a process of this machine that has ended.
+    os.rename(set_aside, tmp_path / f".checkpoint.old-999999999-{files._machine_tag()}")
     assert files.set_aside_exists(target)  # what `--resume` asks before restoring it
     files.recover_directory(target)
     assert (target / "step").read_text() == "3" and not files.set_aside_exists(target)
@@ -222,8 +224,8 @@ def test_a_crash_between_the_two_renames_keeps_the_old_folder(tmp_path, monkeypa
 
 def test_the_linux_swap_has_no_window(tmp_path, monkeypatch):
     """With renameat2 the two folders are exchanged in one call: at every os-level step the target exists."""
-    if not files._exchange(tmp_path / "missing-a", tmp_path / "missing-b") and files._libc() is None:
-        pytest.skip("no libc")
+    if getattr(files._libc(), "renameat2", None) is None:
+        pytest.skip("no renameat2 in this C library")
     target = tmp_path / "checkpoint"
     target.mkdir()
     (target / "step").write_text("3")
@@ -274,6 +276,78 @@ def test_leftovers_of_dead_processes_are_removed_but_not_live_ones(tmp_path):
     live.mkdir()
     files.recover_directory(target)
     assert not dead.exists() and live.exists()
+
+
+def test_a_load_deletes_nothing_and_a_save_leaves_other_machines_leftovers(tmp_path):
+    """A load removed every temporary folder whose process it could not see, so a job in another container or on
+    another node deleted a save in progress there (its process id means nothing here). Now a load only restores a
+    set-aside version, and a save removes only this machine's leftovers (and those of names without a machine tag,
+    written before the tag)."""
+    target = tmp_path / "ckpt"
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4)).save_pretrained(target)
+    elsewhere = tmp_path / ".ckpt.tmp-999999999-h00000000-abc"  # another machine's save, whatever its pid here
+    ended_here = tmp_path / f".ckpt.tmp-999999999-{files._machine_tag()}-abc"
+    untagged = tmp_path / ".ckpt.tmp-999999999-abc"
+    for leftover in (elsewhere, ended_here, untagged):
+        leftover.mkdir()
+    RecurrentMemoryModel.from_pretrained(target)
+    assert elsewhere.exists() and ended_here.exists() and untagged.exists()
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4)).save_pretrained(target)
+    assert elsewhere.exists() and not ended_here.exists() and not untagged.exists()
+
+
+def test_a_checkpoint_loads_where_its_parent_folder_cannot_be_listed(tmp_path, monkeypatch):
+    """A home folder of mode 711 on a shared machine: listing it for leftovers raised PermissionError before."""
+    target = tmp_path / "ckpt"
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4)).save_pretrained(target)
+    real_iterdir = Path.iterdir
+
+    def unlistable(self):
+        if self == tmp_path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", unlistable)
+    assert RecurrentMemoryModel.from_pretrained(target).config.num_memory_tokens == 2
+    with pytest.raises(PermissionError):  # a writer must see its leftovers: it refuses instead
+        files.recover_directory(target)
+
+
+def test_saved_files_get_the_permissions_open_gives_and_kept_files_keep_theirs(tmp_path):
+    """safetensors writes owner-only files (0600) whatever the umask: a checkpoint saved for a team could be read
+    by its writer alone (and safetensors reported the refusal as "No such file", read as a corrupt checkpoint)."""
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "ckpt"
+        RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4)).save_pretrained(target)
+        private = target / "notes.txt"
+        private.write_text("mine")
+        private.chmod(0o600)
+        RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4)).save_pretrained(target)
+        modes = {p.relative_to(target).as_posix(): p.stat().st_mode & 0o777 for p in target.rglob("*") if p.is_file()}
+        assert modes.pop("notes.txt") == 0o600  # carried over from the earlier folder as it was
+        assert modes and set(modes.values()) == {0o644}, modes
+        # The trainer's checkpoint folder, filled by several processes, is swapped in by replace_directory.
+        tmp = files.temporary_directory(tmp_path / "checkpoint")
+        (tmp / "state.bin").write_text("x")
+        (tmp / "state.bin").chmod(0o600)
+        files.replace_directory(tmp, tmp_path / "checkpoint")
+        assert (tmp_path / "checkpoint" / "state.bin").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
+
+
+def test_a_swap_whose_new_folder_is_gone_leaves_the_old_one_in_place(tmp_path):
+    """renameat2 failing for a missing path was taken for "not supported": the portable swap then moved the current
+    folder aside before failing too."""
+    if getattr(files._libc(), "renameat2", None) is None:
+        pytest.skip("no renameat2 in this C library")
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "step").write_text("3")
+    with pytest.raises(FileNotFoundError):
+        files.replace_directory(tmp_path / "gone", target)
+    assert (target / "step").read_text() == "3" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
 def test_the_temporary_file_of_a_killed_write_goes_with_the_next_write(tmp_path):

@@ -111,7 +111,7 @@ def load_memory_model(
     Errors that are not about the files (e.g. a `device_map` this machine cannot serve) keep their own type and
     message."""
     path = Path(path)
-    recover_directory(path)
+    recover_directory(path, remove=False)  # a version a crashed save set aside; a reader deletes nothing
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} is a file, not a checkpoint folder")
     if not path.is_dir():
