@@ -337,6 +337,20 @@ def test_saved_files_get_the_permissions_open_gives_and_kept_files_keep_theirs(t
         os.umask(mask)
 
 
+def test_a_checkpoint_file_that_may_not_be_read_is_named(tmp_path, monkeypatch):
+    """safetensors reported it as "No such file", which the loader took for a corrupt checkpoint (the tests run as
+    root, who may read anything: os.access is made to refuse the file)."""
+    target = tmp_path / "ckpt"
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4)).save_pretrained(target)
+    real_access = os.access
+    for refused in (target / "backbone" / "model.safetensors", target / "memory.safetensors", target / "backbone"):
+        monkeypatch.setattr(
+            os, "access", lambda file, mode, refused=refused: file != refused and real_access(file, mode)
+        )
+        with pytest.raises(InputError, match=f"cannot read {refused}: permission denied"):
+            RecurrentMemoryModel.from_pretrained(target)
+
+
 def test_a_swap_whose_new_folder_is_gone_leaves_the_old_one_in_place(tmp_path):
     """renameat2 failing for a missing path was taken for "not supported": the portable swap then moved the current
     folder aside before failing too."""

@@ -122,6 +122,11 @@ def load_memory_model(
     for name, folder in ((MEMORY_CONFIG, False), (MEMORY_WEIGHTS, False), (BACKBONE_DIR, True)):
         if (path / name).is_dir() != folder:
             raise InputError(f"corrupt checkpoint: {path / name} is a {'file' if folder else 'folder'}")
+    unreadable = _first_unreadable(path)
+    if unreadable is not None:  # safetensors would report it as "No such file"
+        raise InputError(
+            f"cannot read {unreadable}: permission denied (readable by its owner alone? chmod a+r shares it)"
+        )
     config = RMTConfig.load(path / MEMORY_CONFIG)
     model_cls = model_class(config)
     if expected is not None and not issubclass(model_cls, expected):
@@ -146,6 +151,15 @@ def load_memory_model(
             )
     model.load_state_dict(tensors, strict=False)
     return model.to(backbone.device).eval()
+
+
+def _first_unreadable(path: Path) -> Path | None:
+    """The first of a checkpoint's weight files (or its backbone folder) this process may not read, if any: saves
+    before rmt gave saved files the umask's permissions wrote them owner-only."""
+    backbone = path / BACKBONE_DIR
+    if not os.access(backbone, os.R_OK | os.X_OK):
+        return backbone
+    return next((f for f in (path / MEMORY_WEIGHTS, *backbone.iterdir()) if not os.access(f, os.R_OK)), None)
 
 
 def _with_torch_dtype(kwargs: dict) -> dict:
