@@ -99,6 +99,19 @@ def _multi_query(task: Task) -> Task:
     return make_task("associative_retrieval", num_pairs=task.num_pairs, num_queries=8)
 
 
+def _no_memory_ceilings(name: str, segments: tuple[int, ...]) -> str:
+    """What no memory can reach on copy or reverse of 24 at each number of segments: the answer tokens whose source
+    lies in their own segment right, the others at chance (`answers_within_a_segment`)."""
+    task = make_task(name, length=24)
+    ceilings = [task.no_memory_ceiling(task.segment_size_for(n)) for n in segments]
+    return (
+        "no memory can reach at most "
+        + " / ".join(f"{c:.2f}" for c in ceilings)
+        + f" at {' / '.join(map(str, segments))} segments (those answer tokens whose source lies in their own segment "
+        "right, chance for the rest)"
+    )
+
+
 TASKS: dict[str, TaskSetup] = {
     "copy": TaskSetup(
         title="copy-24",
@@ -111,7 +124,7 @@ TASKS: dict[str, TaskSetup] = {
         steps=1000,
         more_steps={9: 1600},
         paper_model=PAPER["models"]["copy"],
-        note="memory-at-start control: at chance in the authors' runs",
+        note="memory-at-start control: at chance in the authors' runs; " + _no_memory_ceilings("copy", (3, 6, 9)),
     ),
     "reverse": TaskSetup(
         title="reverse-24",
@@ -123,7 +136,7 @@ TASKS: dict[str, TaskSetup] = {
         steps=1000,
         paper_model=PAPER["models"]["reverse"],
         note="no memory scores above chance with short segments: next to START the reversed answer mirrors the "
-        "source tokens just before it, inside the same segment",
+        "source tokens just before it, inside the same segment; " + _no_memory_ceilings("reverse", (2, 4, 6)),
     ),
     "associative_retrieval": TaskSetup(
         title="associative retrieval",

@@ -105,6 +105,24 @@ def test_reverse_target_is_reversed():
     assert task.decode([1, 2, task.start_token_id, 2, 1]) == "12>21"
 
 
+@pytest.mark.parametrize(
+    "name, segments, within",
+    # copy-24 in 3 segments of 25 (answers at 25..72): 25 is predicted at START, in the source's segment, and 49-50
+    # (the second copy's first two) in the segment that holds the first copy; in 6 or 9 segments none.
+    # reverse-24 (answers at 25..48): the last source tokens share a segment with START and the answer's start.
+    [("copy", 3, 3), ("copy", 6, 0), ("copy", 9, 0), ("reverse", 2, 1), ("reverse", 4, 2), ("reverse", 6, 3)],
+)
+def test_answers_a_model_without_memory_can_still_copy(name, segments, within):
+    task = make_task(name, length=24)
+    size = task.segment_size_for(segments)
+    assert task.answers_within_a_segment(size) == within
+    assert task.no_memory_ceiling(size) == pytest.approx(
+        (within + (task.answer_length - within) / 10) / task.answer_length
+    )
+    # One window holds everything: every answer token has its source in view.
+    assert task.answers_within_a_segment(task.sequence_length) == task.answer_length
+
+
 def test_associative_retrieval_format():
     task = AssociativeRetrievalTask(num_pairs=4)
     batch = task.batch(256, seed=0)

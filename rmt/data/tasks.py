@@ -157,6 +157,29 @@ class _SymbolTask(Task):
     @abstractmethod
     def _target(self, source: torch.Tensor) -> torch.Tensor: ...
 
+    def answers_within_a_segment(self, segment_size: int) -> int:
+        """How many answer tokens a model without memory can still copy, cut into segments of `segment_size` from
+        the first token: those whose source symbol stands, by the task's layout, in the segment of the position
+        that predicts them (the source itself, or an earlier copy of it). Next to START the first answer token has
+        its source in the same segment when the source ends there; copy's second copy starts next to the first."""
+        _check_int("segment_size", segment_size, 1)
+        # The source symbol each position holds: its index in the source, -1 for START.
+        origin = torch.cat(
+            [torch.arange(self.length), torch.tensor([-1]), self._target(torch.arange(self.length)[None])[0]]
+        )
+        count = 0
+        for position in range(self.answer_start, self.sequence_length):
+            predictor = position - 1  # position t predicts token t + 1
+            segment_start = predictor - predictor % segment_size
+            count += bool((origin[segment_start : predictor + 1] == origin[position]).any())
+        return count
+
+    def no_memory_ceiling(self, segment_size: int) -> float:
+        """The answer accuracy a model without memory can reach: the answers within a segment right, the rest at
+        chance (1 / num_symbols)."""
+        within = self.answers_within_a_segment(segment_size)
+        return (within + (self.answer_length - within) / self.num_symbols) / self.answer_length
+
     def _sample(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         source = torch.randint(self.num_symbols, (batch_size, self.length), generator=g)  # [B, L]
         start = torch.full((batch_size, 1), self.start_token_id)
