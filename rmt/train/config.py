@@ -84,7 +84,13 @@ class TrainConfig:
             "but not biases and normalisation gains, as Hugging Face's Trainer does)."
         ),
     )
-    warmup_steps: int = field(default=100, metadata=_doc("Linear learning-rate warmup steps (>= 0)."))
+    warmup_steps: int = field(
+        default=100,
+        metadata=_doc(
+            "Linear learning-rate warmup steps (>= 0). As in transformers' schedules, the k-th step (from 0) trains "
+            "at k / warmup_steps x the peak: the first at 0."
+        ),
+    )
     lr_schedule: LRSchedule = field(
         default="cosine",
         metadata=_doc(
@@ -92,7 +98,13 @@ class TrainConfig:
             "(transformers' schedules)."
         ),
     )
-    min_lr_factor: float = field(default=0.1, metadata=_doc("Cosine schedule: final learning rate / peak (0..1)."))
+    min_lr_factor: float = field(
+        default=0.1,
+        metadata=_doc(
+            "Cosine schedule: the learning rate the decay reaches at the end of the run, / the peak (0..1); as in "
+            "transformers' schedules the last step trains a little above it."
+        ),
+    )
     grad_clip: float = field(
         default=1.0,
         metadata=_doc("Clip the global gradient norm to this value (0: off; the norm is logged either way)."),
