@@ -338,8 +338,8 @@ def test_saved_files_get_the_permissions_open_gives_and_kept_files_keep_theirs(t
 
 
 def test_a_checkpoint_file_that_may_not_be_read_is_named(tmp_path, monkeypatch):
-    """safetensors reported it as "No such file", which the loader took for a corrupt checkpoint (the tests run as
-    root, who may read anything: os.access is made to refuse the file)."""
+    """safetensors reported it as "No such file", which the loader took for a corrupt checkpoint. os.access is made
+    to refuse the file: the tests may run as root, who may read anything."""
     target = tmp_path / "ckpt"
     RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=2, segment_size=4)).save_pretrained(target)
     real_access = os.access
