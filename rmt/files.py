@@ -13,10 +13,9 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
   between the two renames.
 - `recover_directory(path)`: run before replacing a folder (and by `write_atomic` before a file): restores a folder
   left aside by a crash and removes the temporary files and folders of processes that no longer run; with
-  `remove=False`, before reading one, it only restores (a reader changes nothing else on the disk).
-  Temporary names carry the process id and a tag of the machine (host name and boot), since a process id says
-  whether a writer still runs only on its own machine and in its own container: the leftovers of other machines are
-  left alone (a save in progress there, which a reader here must not delete).
+  `remove=False`, before reading one, it only restores. A process id says whether its writer still runs only in the
+  writer's own process namespace: a reader in another container or on another node would take a save in progress
+  there for a crashed one, so readers delete nothing.
 - `temporary_directory(path)` + `replace_directory(tmp, path)`: the two halves of `atomic_directory`, for a folder
   that several processes fill (the trainer's checkpoints under multi-process training).
 - `set_aside_exists(path)`: whether `recover_directory` would restore a previous version (read-only).
@@ -28,13 +27,9 @@ import contextlib
 import ctypes
 import errno
 import fnmatch
-import functools
-import hashlib
 import json
 import os
-import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -52,7 +47,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     path = _resolved(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)  # the temporary file of an earlier write to `path` that was killed (SIGKILL, SIGTERM)
-    handle, tmp = tempfile.mkstemp(prefix=_leftover_prefix(path.name, _TMP_TAG), dir=path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as f:  # owns the descriptor from here: closed whatever fails below
             os.fchmod(f.fileno(), _permissions(0o666))
@@ -151,26 +146,9 @@ def _new_temporary_directory(path: Path) -> Path:
             f"cannot write the folder {path} whole: it holds the working folder {here}, which replacing it would "
             "delete; write to a folder beside it or below it"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=_leftover_prefix(path.name, _TMP_TAG), dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TMP_TAG}-{os.getpid()}-", dir=path.parent))
     tmp.chmod(_permissions(0o777))
     return tmp
-
-
-def _leftover_prefix(name: str, tag: str) -> str:
-    """The start of the name of a temporary ('tmp') or set-aside ('old') entry next to `name`, which
-    `_parse_leftover` reads back: the process and the machine that made it."""
-    return f".{name}.{tag}-{os.getpid()}-{_machine_tag()}-"
-
-
-@functools.cache
-def _machine_tag() -> str:
-    """'h' and 8 hex digits that differ between machines and containers (host name and boot id), so that a
-    leftover's process id is judged only where it means something."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return "h" + hashlib.sha256(f"{socket.gethostname()}/{boot}".encode()).hexdigest()[:8]
 
 
 def _share_like_open(folder: Path) -> None:
@@ -197,7 +175,7 @@ def recover_directory(path: str | os.PathLike, remove: bool = True) -> None:
 
     If `path` is missing but a previous version was set aside (the crash fell between the two renames of the portable
     swap), that version is restored. Temporary files and temporary and set-aside folders of processes that have ended
-    are removed; those of running processes (a save in progress elsewhere) and of other machines are left alone.
+    are removed; those of running processes (a save in progress elsewhere) are left alone.
     `remove=False` (before reading `path`): only the restore, and a folder that cannot be listed or changed (a parent
     others may not list, a read-only disk) is read as it is."""
     path = Path(path)
@@ -207,7 +185,7 @@ def recover_directory(path: str | os.PathLike, remove: bool = True) -> None:
         leftovers = [
             (parsed[0], entry)
             for entry in path.parent.iterdir()
-            if (parsed := _parse_leftover(entry.name, path.name)) is not None and _ended_here(parsed)
+            if (parsed := _parse_leftover(entry.name, path.name)) is not None and not _process_alive(parsed[1])
         ]
         set_aside = sorted((entry for tag, entry in leftovers if tag == _OLD_TAG), key=lambda e: e.stat().st_mtime)
         if not path.exists() and set_aside:
@@ -244,7 +222,7 @@ def _swap_in(new: Path, target: str | os.PathLike) -> None:
     elif _exchange(new, target):  # `new` now holds the previous version
         shutil.rmtree(new, ignore_errors=True)
     else:
-        old = target.with_name(_leftover_prefix(target.name, _OLD_TAG).rstrip("-"))
+        old = target.with_name(f".{target.name}.{_OLD_TAG}-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
         os.replace(new, target)
@@ -307,22 +285,14 @@ def set_aside_exists(path: str | os.PathLike) -> bool:
     )
 
 
-def _parse_leftover(name: str, target: str) -> tuple[str, int, str | None] | None:
-    """('tmp' or 'old', pid, machine tag) for names written by this module next to `target`, else None; the tag is
-    None in the names of versions that did not write one (they are taken for this machine's)."""
+def _parse_leftover(name: str, target: str) -> tuple[str, int] | None:
+    """('tmp' or 'old', pid) for names written by this module next to `target`, else None."""
     for tag in (_TMP_TAG, _OLD_TAG):
         prefix = f".{target}.{tag}-"
         if name.startswith(prefix):
-            pid, *rest = name[len(prefix) :].split("-")
-            machine = rest[0] if rest and re.fullmatch(r"h[0-9a-f]{8}", rest[0]) else None
-            return (tag, int(pid), machine) if pid.isdigit() else None
+            pid = name[len(prefix) :].split("-", 1)[0]
+            return (tag, int(pid)) if pid.isdigit() else None
     return None
-
-
-def _ended_here(leftover: tuple[str, int, str | None]) -> bool:
-    """Whether the process that left `leftover` (`_parse_leftover`) ran on this machine and has ended."""
-    _, pid, machine = leftover
-    return machine in (None, _machine_tag()) and not _process_alive(pid)
 
 
 def _process_alive(pid: int) -> bool:

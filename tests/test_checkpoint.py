@@ -134,6 +134,10 @@ def test_loading_options_keep_their_own_errors_and_dtypes_are_taken_by_name(tmp_
     assert RecurrentMemoryModel.from_pretrained(tmp_path, dtype="auto").backbone.dtype == torch.float32
     with pytest.raises(InputError, match="give dtype or torch_dtype, not both"):
         RecurrentMemoryModel.from_pretrained(tmp_path, dtype="bf16", torch_dtype="bf16")
+    # Keyword arguments that set config values reach the config (not the model's constructor, a TypeError).
+    assert RecurrentMemoryModel.from_pretrained(tmp_path, use_cache=False).backbone.config.use_cache is False
+    with pytest.raises(InputError, match="cannot load the backbone from .*'n_layer' expected int"):
+        RecurrentMemoryModel.from_pretrained(tmp_path, n_layer="two")
 
 
 def test_a_classifier_of_one_label_is_refused():

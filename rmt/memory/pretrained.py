@@ -13,6 +13,7 @@ eval mode, as Hugging Face models are after `from_pretrained`.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging as hf_logging
@@ -41,14 +43,8 @@ MEMORY_CONFIG = "rmt_config.json"
 BACKBONE_DIR = "backbone"
 # What a save replaces even where it writes no file of that name: the old weights (their sharding may change). The
 # rest of an existing checkpoint folder (a tokenizer in backbone/, a README) is kept.
-_OWNED = (
-    MEMORY_WEIGHTS,
-    MEMORY_CONFIG,
-    f"{BACKBONE_DIR}/*.safetensors",
-    f"{BACKBONE_DIR}/*.safetensors.index.json",
-    f"{BACKBONE_DIR}/*.bin",
-    f"{BACKBONE_DIR}/*.bin.index.json",
-)
+_WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+_OWNED = (MEMORY_WEIGHTS, MEMORY_CONFIG, *(f"{BACKBONE_DIR}/{pattern}" for pattern in _WEIGHT_FILES))
 
 
 def save_memory_model(
@@ -154,12 +150,15 @@ def load_memory_model(
 
 
 def _first_unreadable(path: Path) -> Path | None:
-    """The first of a checkpoint's weight files (or its backbone folder) this process may not read, if any: saves
-    before rmt gave saved files the umask's permissions wrote them owner-only."""
+    """The first of the files a load reads (weights, configs) or its backbone folder that this process may not read,
+    if any: saves before rmt gave saved files the umask's permissions wrote the weights owner-only. Other files a
+    folder holds (a private note kept from an earlier save) do not matter."""
     backbone = path / BACKBONE_DIR
     if not os.access(backbone, os.R_OK | os.X_OK):
         return backbone
-    return next((f for f in (path / MEMORY_WEIGHTS, *backbone.iterdir()) if not os.access(f, os.R_OK)), None)
+    read = [path / MEMORY_WEIGHTS, path / MEMORY_CONFIG, backbone / "config.json"]
+    read += [file for file in backbone.iterdir() if any(fnmatch.fnmatchcase(file.name, p) for p in _WEIGHT_FILES)]
+    return next((file for file in read if file.exists() and not os.access(file, os.R_OK)), None)
 
 
 def _with_torch_dtype(kwargs: dict) -> dict:
@@ -180,6 +179,8 @@ def _with_torch_dtype(kwargs: dict) -> dict:
 def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from rmt.build import _one_line
+
     config = _backbone_config(folder)
     auto = AutoModelForCausalLM if mode == "decoder" else AutoModelForSequenceClassification
     # transformers initialises a weight the files lack, or hold in another shape, at random and only reports it (or,
@@ -189,11 +190,15 @@ def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     if not kwargs.get("ignore_mismatched_sizes", False):
         kinds.append("mismatched_keys")
     try:
+        # Not config=config: the caller's keyword arguments that override config values (use_cache=False) would
+        # then go to the model's constructor instead.
         backbone, info = auto.from_pretrained(
-            folder, config=config, output_loading_info=True, **{**kwargs, "ignore_mismatched_sizes": True}
+            folder, output_loading_info=True, **{**kwargs, "ignore_mismatched_sizes": True}
         )
     except (SafetensorError, OSError) as err:  # unreadable or missing weight files
         raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err
+    except StrictDataclassError as err:  # a config value given as a keyword argument that the family refuses
+        raise InputError(f"cannot load the backbone from {folder}: {_one_line(err)}") from err
     except KeyError as err:  # a config value the family's layers look up and do not know (a rope type)
         raise InputError(
             f"corrupt checkpoint: cannot build the backbone {folder / 'config.json'} describes: no {err} known"
@@ -215,7 +220,6 @@ def _backbone_config(folder: Path) -> PretrainedConfig:
     """The backbone's config, read from `folder`/config.json; a missing file is a MissingFileError, and a file that
     is not JSON, names no family or holds values its family's config refuses (heads that do not divide the width, a
     count given as text, an unknown rope type) an InputError naming it, as is a family this transformers lacks."""
-    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     from rmt.build import _one_line
