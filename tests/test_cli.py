@@ -283,3 +283,33 @@ def test_demo_help_states_the_demos_own_step_limit(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert f"(default: {DemoSettings().steps}, fewer on a plateau)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_demo_scores_on_samples_its_early_stop_did_not_see_and_states_what_no_memory_can_reach(tmp_path, monkeypatch):
+    """The final score drew the same first samples as the trainer's held-out evaluations, which chose when to stop;
+    and "chance 0.10" was the only reference, where 3 of the 48 answer tokens need no memory."""
+    from rmt.data.tasks import CopyTask
+    from rmt.demo import DemoSettings, UnwatchedHeldOut, demo_train_config, format_table, run_demo
+    from rmt.train.loop import TaskSource
+
+    settings = DemoSettings(steps=2, eval_every=1, warmup_steps=0, batch_size=4)
+    watched = demo_train_config(settings).eval_batches
+    task = CopyTask(length=24)
+    final, seen = UnwatchedHeldOut(task, watched).eval_batch(0, 256), TaskSource(task).eval_batch(watched, 256)
+    assert torch.equal(final.input_ids, seen.input_ids)
+    trainer_saw = torch.cat([TaskSource(task).eval_batch(i, 128).input_ids for i in range(watched)])
+    assert not (final.input_ids[:, None] == trainer_saw[None]).all(-1).any()  # no sample of the final score seen
+    import rmt.demo
+
+    scored_on = []
+    real_evaluate = rmt.demo.evaluate
+    monkeypatch.setattr(
+        rmt.demo,
+        "evaluate",
+        lambda model, source, **kw: (scored_on.append(source), real_evaluate(model, source, **kw))[1],
+    )
+    results = run_demo(tmp_path / "demo", settings, progress=False)
+    assert len(scored_on) == 2 and all(isinstance(s, UnwatchedHeldOut) and s.watched == watched for s in scored_on)
+    assert results["no_memory_ceiling"] == pytest.approx((3 + 45 / 10) / 48)
+    assert "(chance 0.10; without memory at most 0.16)" in format_table(results)
+    assert (tmp_path / "demo" / "accuracy.png").is_file()
