@@ -71,6 +71,12 @@ def test_corrupt_checkpoint_errors_and_is_left_untouched(tmp_path):
     (tmp_path / "other" / "rmt_config.json").write_text(json.dumps({**saved, "num_memory_tokens": 5}))
     with pytest.raises(ValueError, match="memory has shape \\(3, 32\\).*expected \\(5, 32\\)"):
         RecurrentMemoryModel.from_pretrained(tmp_path / "other")
+    from safetensors.torch import save_file
+
+    model.save_pretrained(tmp_path / "whole")  # memory of whole numbers: load_state_dict would cast them
+    save_file({"memory": torch.zeros(3, 32, dtype=torch.int64)}, tmp_path / "whole" / "memory.safetensors")
+    with pytest.raises(InputError, match="corrupt checkpoint: memory holds torch.int64 values"):
+        RecurrentMemoryModel.from_pretrained(tmp_path / "whole")
     del saved["segment_size"]  # a default (128) would load a model of other segments
     (tmp_path / "other" / "rmt_config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="rmt_config.json lacks segment_size: every saved rmt_config.json has"):

@@ -145,6 +145,8 @@ def load_memory_model(
                 f"corrupt checkpoint: {name} has shape {tuple(tensor.shape)} in {path / MEMORY_WEIGHTS}, "
                 f"expected {tuple(expected_tensors[name].shape)}"
             )
+        if not tensor.dtype.is_floating_point:  # load_state_dict would cast whole numbers to floats silently
+            raise InputError(f"corrupt checkpoint: {name} holds {tensor.dtype} values in {path / MEMORY_WEIGHTS}")
     model.load_state_dict(tensors, strict=False)
     return model.to(backbone.device).eval()
 
