@@ -1,7 +1,7 @@
 """The package as `pip install` gives it: a wheel built from this source tree, installed on its own (not the
 editable install the suite otherwise runs), holds every module of `rmt`, its type marker and a working `rmt`
-command. A subpackage left out of the build's package list, or a module that reads a file the wheel does not
-carry, passes every other test here and breaks for every user who installs the package."""
+command. A subpackage left out of the build's package list, or a module that reads on import a file the wheel does
+not carry, passes every other test here and breaks for every user who installs the package."""
 
 from __future__ import annotations
 
@@ -50,20 +50,16 @@ def run_installed(target: Path, code: str, cwd: Path) -> subprocess.CompletedPro
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-def source_modules() -> set[str]:
-    """Every module of the source tree's `rmt` package, dotted."""
+def modules_under(root: Path) -> set[str]:
+    """Every module of the `rmt` package under `root` (the source tree, or where the wheel was installed), dotted."""
     return {
-        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for path in (ROOT / "rmt").rglob("*.py")
+        ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        for path in (root / "rmt").rglob("*.py")
     }
 
 
-def test_wheel_holds_every_module_and_the_type_marker(installed, tmp_path):
-    names = {
-        ".".join(path.relative_to(installed).with_suffix("").parts).removesuffix(".__init__")
-        for path in (installed / "rmt").rglob("*.py")
-    }
-    assert names == source_modules()
+def test_wheel_holds_every_module_and_the_type_marker(installed):
+    assert modules_under(installed) == modules_under(ROOT)
     assert (installed / "rmt" / "py.typed").is_file()
     # Nothing of the source tree but the package: tests and benchmarks stay out of site-packages.
     assert sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "rmt"]
@@ -88,7 +84,7 @@ def test_installed_package_imports_every_module_and_runs_its_command(installed, 
     assert imported.returncode == 0, imported.stderr
     location, names = imported.stdout.splitlines()
     assert Path(location).is_relative_to(installed)
-    assert {"rmt", *names.split()} == source_modules()
+    assert {"rmt", *names.split()} == modules_under(ROOT)
 
     # The console script pip wrote, run by this interpreter (its first line names the one pip ran under).
     env = {**os.environ, "PYTHONPATH": str(installed), "OMP_NUM_THREADS": "1"}
