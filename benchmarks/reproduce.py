@@ -705,8 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="steps of the in-context warm-up of the tasks that have one (associative retrieval; default: per task: "
-        "2000, which 2 layers need; at 6 layers of width 64 seed 0 learnt binding between 4800 and 6400 steps, seed 1 "
-        "not in 8000)",
+        "2000, which 2 layers need; at 6 layers of width 64 seed 0 learnt binding between 4800 and 6400 steps, seed 2 "
+        "by 3200, seed 1 not in 16000)",
     )
     parser.add_argument(
         "--init-backbone",
