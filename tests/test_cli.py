@@ -288,6 +288,7 @@ def test_demo_help_states_the_demos_own_step_limit(capsys):
 def test_demo_scores_on_samples_its_early_stop_did_not_see_and_states_what_no_memory_can_reach(tmp_path, monkeypatch):
     """The final score drew the same first samples as the trainer's held-out evaluations, which chose when to stop;
     and "chance 0.10" was the only reference, where 3 of the 48 answer tokens need no memory."""
+    import rmt.demo
     from rmt.data.tasks import CopyTask
     from rmt.demo import DemoSettings, UnwatchedHeldOut, demo_train_config, format_table, run_demo
     from rmt.train.loop import TaskSource
@@ -299,15 +300,14 @@ def test_demo_scores_on_samples_its_early_stop_did_not_see_and_states_what_no_me
     assert torch.equal(final.input_ids, seen.input_ids)
     trainer_saw = torch.cat([TaskSource(task).eval_batch(i, 128).input_ids for i in range(watched)])
     assert not (final.input_ids[:, None] == trainer_saw[None]).all(-1).any()  # no sample of the final score seen
-    import rmt.demo
-
     scored_on = []
     real_evaluate = rmt.demo.evaluate
-    monkeypatch.setattr(
-        rmt.demo,
-        "evaluate",
-        lambda model, source, **kw: (scored_on.append(source), real_evaluate(model, source, **kw))[1],
-    )
+
+    def recording_evaluate(model, source, **kwargs):
+        scored_on.append(source)
+        return real_evaluate(model, source, **kwargs)
+
+    monkeypatch.setattr(rmt.demo, "evaluate", recording_evaluate)
     results = run_demo(tmp_path / "demo", settings, progress=False)
     assert len(scored_on) == 2 and all(isinstance(s, UnwatchedHeldOut) and s.watched == watched for s in scored_on)
     assert results["no_memory_ceiling"] == pytest.approx((3 + 45 / 10) / 48)
