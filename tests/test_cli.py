@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,28 @@ def test_ctrl_c_while_a_command_loads_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(rmt.cli.train, "run", interrupted)
     assert main(["train", "--output", "unused"]) == 130
     assert capsys.readouterr().err == "rmt train: interrupted\n"
+
+
+def test_running_out_of_memory_is_one_line_with_the_size(tmp_path, capsys):
+    # A memory of 10^13 tokens of width 64 is 2.3 PiB, beyond any address space: refused before a page is touched,
+    # whatever the overcommit policy (torch.empty shows it here first).
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        torch.empty(10**13, 64)
+    args = ["train", "--task", "copy", "--task-size", "8", "--segments", "2", "--memory-tokens", str(10**13)]
+    assert main([*args, "--hidden", "64", "--steps", "1", "--no-progress", "--output", str(tmp_path / "run")]) == 1
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(r"rmt train: error: out of memory: could not allocate \d{7}\.\d GiB \(.*\)", last_line)
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch):
+    import rmt.cli.train
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(rmt.cli.train, "run", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--output", "unused"])
 
 
 @pytest.mark.parametrize(("memory", "family"), [("rmt", "llama"), ("armt", "llama"), ("armt", "qwen2")])

@@ -3,13 +3,15 @@
 Each subcommand (one module here) maps onto plain functions of the library; the memory and training flags are
 generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help text and the library never disagree.
 Problems with the input (a bad value, a missing or damaged file, a flag argparse cannot parse) print one line and
-exit with status 2; anything else is a bug and shows its traceback. rmt's own warnings print as one line too.
+exit with status 2; running out of memory (the CPU's or a GPU's) prints one line with the size asked for and exits
+with status 1; anything else is a bug and shows its traceback. rmt's own warnings print as one line too.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -63,6 +65,22 @@ def _format_warning(
     return default(message, category, filename, lineno, line)
 
 
+_CPU_ALLOCATION_FAILED = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes")
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """One line for an allocation that failed, naming its size: torch's CPU allocator raises a RuntimeError whose
+    first line is the C++ assertion, a GPU a torch.OutOfMemoryError of several lines. None for any other error."""
+    torch = sys.modules.get("torch")  # an error from torch means torch is loaded; rmt --help does not load it
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+        return f"out of GPU memory: {str(err).splitlines()[0]} (a smaller batch, segment or memory needs less)"
+    failed = _CPU_ALLOCATION_FAILED.search(str(err))
+    if failed is None:
+        return None
+    size = int(failed.group(1)) / 2**30
+    return f"out of memory: could not allocate {size:.1f} GiB (a smaller batch, segment or memory needs less)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -82,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rmt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        problem = out_of_memory(err)
+        if problem is None:
+            raise
+        print(f"rmt {args.command}: error: {problem}", file=sys.stderr)
+        return 1
     finally:
         warnings.formatwarning = default_format
 
