@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB, tiny_decoder, tiny_encoder
+from conftest import VOCAB, strengthen_memory, tiny_decoder, tiny_encoder
+from torch.utils._pytree import tree_leaves
 
 from rmt import RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.build import random_backbone
+from rmt.memory import ARMTForCausalLM, detach_state
+from rmt.memory.state import tree_map
 
 
 def decoder(family="gpt2", **config) -> RMTForCausalLM:
@@ -192,6 +195,50 @@ def test_bptt_depth_limits_gradient_reach(depth, streaming):
     assert reached == [False] * (segments - expected_reach) + [True] * expected_reach
     memory_gets_gradient = model.memory.grad is not None and bool(model.memory.grad.abs().sum() > 0)
     assert memory_gets_gradient == (depth < 0 or depth >= segments - 1)
+
+
+def carried_state_model(kind: str, depth: int) -> RMTForCausalLM | ARMTForCausalLM:
+    if kind == "rmt":
+        return decoder(bptt_depth=depth)
+    config = RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=6, d_mem=4, bptt_depth=depth)
+    return strengthen_memory(ARMTForCausalLM(tiny_decoder("llama"), config))
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("depth", [0, 1, 2, -1])
+def test_a_carried_memory_state_is_the_first_transition_of_truncated_bptt(kind, depth, streaming):
+    """The state an earlier call returned enters segment 0 as transition 0, which a sample of 2 segments keeps only
+    at depth >= 2 (or -1), whichever segment's loss would reach it. It was reached at every depth."""
+    model = carried_state_model(kind, depth)
+    ids = labels = random_ids(2, 12)
+    earlier = model(random_ids(2, 6, seed=1), logits="none").memory_state
+    carried = tree_map(lambda t: t.detach().requires_grad_(t.is_floating_point()), earlier)
+    if streaming:
+        model.forward_backward(ids, labels=labels, memory_state=carried)
+    else:
+        model(ids, labels=labels, memory_state=carried).loss.backward()
+    leaves = [t for t in tree_leaves(carried) if t.requires_grad]
+    reached = any(t.grad is not None and bool(t.grad.abs().sum() > 0) for t in leaves)
+    assert reached == (depth < 0 or depth >= 2)
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_a_training_loop_carrying_memory_between_optimizer_steps(kind):
+    """Memory passed from call to call with an optimizer step between them: a finite depth cuts the graph into the
+    earlier call (it raised "backward through the graph a second time" / "modified by an inplace operation"), and
+    at depth -1 detach_state does."""
+    for depth, prepare in ((1, lambda state: state), (-1, detach_state)):
+        model = carried_state_model(kind, depth).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        state = None
+        for seed in range(3):
+            ids = random_ids(2, 12, seed)
+            out = model(ids, labels=ids, memory_state=state)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            state = prepare(out.memory_state)
 
 
 @pytest.mark.parametrize("recompute", [False, True])

@@ -5,6 +5,7 @@ from rmt.memory.outputs import GenerateOutput, RMTOutput, SegmentOutput
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.registry import model_class
 from rmt.memory.rmt import RMTForCausalLM, RMTForSequenceClassification
+from rmt.memory.state import detach as detach_state
 
 __all__ = [
     "ARMTForCausalLM",
@@ -14,5 +15,6 @@ __all__ = [
     "RMTOutput",
     "RecurrentMemoryModel",
     "SegmentOutput",
+    "detach_state",
     "model_class",
 ]

@@ -7,7 +7,9 @@ the rest:
   own first real token (`rmt.memory.segments`): samples may have different numbers of segments (finished samples drop
   out of later steps and keep their memory), and a padded sample gives the same result as the sample alone;
 - truncated BPTT: gradients flow through at most `bptt_depth` memory transitions, counted back from each sample's last
-  segment (the RMT papers' scheme); earlier transitions are detached;
+  segment (the RMT papers' scheme); earlier transitions are detached. A `memory_state` passed in (the state an earlier
+  call returned) is the transition into the call's first segment and follows the same rule, so a finite depth also
+  cuts the graph back into the earlier call;
 - losses: next-token cross-entropy with labels shifted over the whole input (so a segment's last token is trained to
   predict the next segment's first token), combined with per-token weights that implement `loss_aggregation`;
   classification loss on each sample's last segment in encoder mode. The LM head runs only where a loss or an output
@@ -135,7 +137,11 @@ class RecurrentMemoryModel(nn.Module):
 
         logits (causal LMs): "all" = [B, N, V] at every position; "last" = [B, V] at each sample's last real token;
         "none" = no logits; a LongTensor [B, K] of positions (in input_ids' coordinates) = [B, K, V] there. Only what
-        is asked for goes through the LM head."""
+        is asked for goes through the LM head.
+
+        The returned `memory_state` keeps its graph, as a recurrent layer's state does: passed back as
+        `memory_state=`, gradients flow into the earlier call as far as `bptt_depth` allows (at depth -1 all the way,
+        so a loop that steps its optimizer between calls passes `rmt.memory.detach_state(out.memory_state)`)."""
         plan = self.plan(input_ids, attention_mask, labels)
         return self._run(plan, memory_state, backward=None, output_segments=output_segments, logits=logits)
 
@@ -236,6 +242,7 @@ class RecurrentMemoryModel(nn.Module):
         batch, length = plan.input_ids.shape
         seg_size, depth = self.config.segment_size, self.config.bptt_depth
         state = self.start_state(batch, memory_state)
+        carried = memory_state is not None
         streaming = backward is not None
         has_loss = plan.targets is not None
         total_segments = int(plan.num_segments.max())
@@ -253,8 +260,9 @@ class RecurrentMemoryModel(nn.Module):
             last_step = plan.num_segments - 1 == s  # [B] samples whose last segment this is
 
             # Truncated BPTT: the memory entering segment s is transition s; keep only each sample's last
-            # `depth` transitions (transition numbers num_segments - depth .. num_segments - 1).
-            if depth >= 0 and s >= 1:
+            # `depth` transitions (transition numbers num_segments - depth .. num_segments - 1). The memory entering
+            # segment 0 is a transition only when it was passed in; the model's own initial memory is a parameter.
+            if depth >= 0 and (s >= 1 or carried):
                 state = detach_rows(state, active & (s < plan.num_segments - depth))
 
             # Every group reads the memory as it entered the segment, not `state` after an earlier group's merge:
@@ -265,7 +273,7 @@ class RecurrentMemoryModel(nn.Module):
                 ids = select(plan.input_ids, rows)[:, start : start + width]
                 mask = select(plan.attention_mask, rows)[:, start : start + width]
                 state_in = select_rows(entering, rows)
-                if mode is not SegmentMode.WINDOW and s >= 1:
+                if mode is not SegmentMode.WINDOW and (s >= 1 or carried):
                     state_in = detach(state_in)  # already detached by the rule; cut the graph link as well
                 ending = select(last_step, rows)
                 if mode is SegmentMode.WINDOW and streaming and recompute:
