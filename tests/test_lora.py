@@ -297,3 +297,21 @@ def test_training_leaves_every_parameters_requires_grad_as_it_found_it(tmp_path,
     train(model, source, lora_config(trainable=trainable), tmp_path)
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     assert sum(not flag for flag in flags.values()) == 1
+
+
+@pytest.mark.parametrize("memory", ["rmt", "armt"])
+def test_a_peft_model_as_backbone_is_refused_and_the_model_inside_it_trains(memory):
+    """A PeftModel passes itself off as its base model, and the first forward failed with an AttributeError about
+    `last_hidden_state` (RMT) or `layers` (ARMT). The model inside it keeps peft's adapters, which then train."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_decoder("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    config = RMTConfig(num_memory_tokens=2, segment_size=6, memory_kind=memory, d_mem=4)
+    for wrapper in (peft_model, peft_model.base_model):
+        with pytest.raises(InputError, match=f"the backbone is a peft {type(wrapper).__name__}: give the model inside"):
+            memory_model(wrapper, config)
+    model = memory_model(peft_model.get_base_model(), config)
+    ids = torch.randint(0, 64, (2, 15), generator=torch.Generator().manual_seed(0))
+    model(ids, labels=ids).loss.backward()
+    adapter_grads = [p.grad for name, p in model.named_parameters() if "lora_B" in name]
+    assert adapter_grads and all(grad is not None and bool(grad.abs().sum() > 0) for grad in adapter_grads)

@@ -27,6 +27,16 @@ ENCODER_FAMILIES: dict[str, str] = {
 
 
 def model_type(backbone: nn.Module) -> str:
+    from transformers import PreTrainedModel
+
+    if hasattr(backbone, "peft_config") and not isinstance(backbone, PreTrainedModel):
+        # A PeftModel (or peft's tuner) passes itself off as the model it wraps (config, attributes), but its
+        # base_model is not the transformer's: the first forward failed deep inside with an AttributeError.
+        raise InputError(
+            f"the backbone is a peft {type(backbone).__name__}: give the model inside it "
+            "(`peft_model.get_base_model()`, whose adapter layers stay in place and train), or apply get_peft_model "
+            "to the memory model"
+        )
     config = getattr(backbone, "config", None)
     if config is None or not hasattr(config, "model_type"):
         raise InputError(
