@@ -11,6 +11,7 @@ from torch.utils._pytree import tree_leaves
 
 from rmt import RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.build import random_backbone
+from rmt.errors import InputError
 from rmt.memory import ARMTForCausalLM, detach_state
 from rmt.memory.state import tree_map
 
@@ -49,6 +50,28 @@ def test_encoder_memory_off_one_segment_is_the_backbone():
     ids = torch.randint(5, 100, (2, 10))
     full = torch.cat([torch.full((2, 1), 101), ids, torch.full((2, 1), 102)], dim=1)
     torch.testing.assert_close(model(ids).logits, backbone(full).logits, rtol=0, atol=1e-6)
+
+
+def test_an_encoder_takes_what_a_bert_tokenizer_returns_without_special_tokens(tmp_path):
+    """`model(**tokenizer(texts, ...))` failed on token_type_ids; with the tokenizer's default special tokens the
+    model read [CLS][memory][SEP][CLS] ... [SEP][SEP] and answered otherwise, silently."""
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(60))]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    config = RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=4, cls_token_id=2, sep_token_id=3)
+    model = RMTForSequenceClassification(tiny_encoder(), config)
+    texts = ["w1 w2 w3 w4 w5 w6", "w7 w8 w9"]
+    plain = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    assert set(plain) == {"input_ids", "token_type_ids", "attention_mask"}
+    expected = model(plain["input_ids"], plain["attention_mask"]).logits
+    torch.testing.assert_close(model(**plain).logits, expected, rtol=0, atol=0)
+    with pytest.raises(InputError, match=r"row 0 starts with the \[CLS\] id \(2\) .* add_special_tokens=False"):
+        model(**tokenizer(texts, padding=True, return_tensors="pt"))
+    pair = tokenizer(["w1 w2"], ["w3"], add_special_tokens=False, return_tensors="pt")
+    with pytest.raises(InputError, match="token_type_ids marks a second text"):
+        model(**pair)
 
 
 # --- memory carries information -------------------------------------------------------------------------

@@ -40,8 +40,10 @@ from rmt.backbones.layers import layer_keys_values
 from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.memory.open_cache import OpenCache
-from rmt.memory.recurrent import RecurrentMemoryModel, check_config
+from rmt.memory.outputs import RMTOutput
+from rmt.memory.recurrent import LogitsRequest, RecurrentMemoryModel, check_config
 from rmt.memory.registry import register_model
+from rmt.memory.segments import SegmentPlan
 from rmt.memory.state import State, batch_size_of
 
 # Families whose positions come from a learned table (bounded); the others are rotary (unbounded).
@@ -475,6 +477,48 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         if m > 0:
             std = _embedding_output_std(backbone) if config.encoder_memory_init == "embedding_output" else None
             self.memory = _memory_parameter(backbone, m, std)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        memory_state: State | None = None,
+        output_segments: bool = False,
+        logits: LogitsRequest = "all",
+        token_type_ids: torch.Tensor | None = None,
+    ) -> RMTOutput:
+        """`RecurrentMemoryModel.forward`; `token_type_ids`, which BERT tokenizers return, is taken so that
+        `model(**tokenizer(texts, add_special_tokens=False, ...))` runs, and must mark one text (all 0)."""
+        if token_type_ids is not None and bool((token_type_ids != 0).any()):
+            raise InputError(
+                "token_type_ids marks a second text (type 1): the encoder reads one text, cut into segments; "
+                "join the texts into one"
+            )
+        return super().forward(input_ids, attention_mask, labels, memory_state, output_segments, logits)
+
+    def plan(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        require_targets: bool = True,
+    ) -> SegmentPlan:
+        """`RecurrentMemoryModel.plan`, refusing input that already holds the special tokens the encoder adds around
+        every segment (a tokenizer's default, add_special_tokens=True): read as text, they changed the answer
+        silently."""
+        plan = super().plan(input_ids, attention_mask, labels, require_targets)
+        first = plan.input_ids[:, 0]
+        last = plan.input_ids.gather(1, (plan.lengths - 1).clamp(min=0)[:, None])[:, 0]
+        wrapped = (plan.lengths >= 2) & (first == self.cls_token_id) & (last == self.sep_token_id)
+        if bool(wrapped.any()):
+            row = int(wrapped.nonzero()[0])
+            raise InputError(
+                f"input_ids row {row} starts with the [CLS] id ({self.cls_token_id}) and ends with the [SEP] id "
+                f"({self.sep_token_id}), which the encoder adds around every segment itself: tokenize with "
+                "add_special_tokens=False"
+            )
+        return plan
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         if self.memory is None:
