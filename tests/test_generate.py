@@ -118,10 +118,21 @@ def test_end_and_forced_tokens_outside_the_vocabulary_are_refused(setting, messa
 
 
 def test_an_end_token_outside_the_vocabulary_from_the_backbones_config_is_refused():
+    """A GPT2Config names 50256 whatever its vocabulary: the message says where the id came from, and the call's
+    eos_token_id=None overrides it."""
     model = model_for("gpt2")
     model.backbone.generation_config.eos_token_id = VOCAB
-    with pytest.raises(InputError, match=f"eos_token_id names {VOCAB}, outside"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(InputError, match=f"eos_token_id names {VOCAB}, outside .* the backbone's; eos_token_id="):
+        model.generate(prompt, max_new_tokens=2)
+    assert model.generate(prompt, max_new_tokens=2, eos_token_id=None).sequences.shape == (1, 5)
+
+
+@pytest.mark.parametrize("argument", ["streamer", "stopping_criteria", "inputs", "past_key_values"])
+def test_arguments_of_hugging_faces_generate_that_it_does_not_take_are_named_so(argument):
+    model = model_for("gpt2")
+    with pytest.raises(InputError, match=f"{argument}: argument\\(s\\) of Hugging Face's generate that this"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, **{argument: None})
 
 
 @pytest.mark.parametrize("pad", [VOCAB, -5])

@@ -223,7 +223,10 @@ def test_max_time_stops_decoding():
         ({"output_logits": True}, "output_logits"),
         ({"do_smaple": True}, "unknown generate argument.*do_smaple"),
         ({"return_dict_in_generate": False}, "returns a GenerateOutput; take its .sequences"),
-        ({"streamer": object(), "do_sample": True}, "unknown generate argument.*streamer"),
+        (
+            {"streamer": object(), "do_sample": True},
+            "streamer: argument.*of Hugging Face.s generate that this generate does not take",
+        ),
     ],
 )
 def test_settings_that_would_be_ignored_are_refused(settings, message):

@@ -208,6 +208,25 @@ def _read_prompt(
     return stream
 
 
+# Arguments of Hugging Face's generate (or of the model call it makes) that this loop has no counterpart for.
+_HF_ONLY_ARGUMENTS = frozenset(
+    {
+        "assistant_model",
+        "custom_generate",
+        "inputs",
+        "negative_prompt_attention_mask",
+        "negative_prompt_ids",
+        "past_key_values",
+        "prefix_allowed_tokens_fn",
+        "stopping_criteria",
+        "streamer",
+        "synced_gpus",
+        "tokenizer",
+        "use_model_defaults",
+    }
+)
+
+
 @cache
 def _config_fields() -> frozenset[str]:
     """The settings a GenerationConfig has (its bookkeeping entries aside)."""
@@ -266,6 +285,12 @@ def _generation_config(
             f"generation_config must be a transformers GenerationConfig, got a {type(config).__name__}: pass its "
             "settings as keyword arguments of generate, or GenerationConfig(**settings)"
         )
+    unsupported = sorted(set(overrides) & _HF_ONLY_ARGUMENTS)
+    if unsupported:
+        raise InputError(
+            f"{', '.join(unsupported)}: argument(s) of Hugging Face's generate that this generate does not take "
+            "(it decodes greedily or by sampling, with logits processors; the prompt is input_ids)"
+        )
     unknown = sorted(set(overrides) - _config_fields())
     if unknown:
         raise InputError(
@@ -299,7 +324,8 @@ def _generation_config(
     refused = _unsupported(config)
     if refused:
         raise InputError("; ".join(refused))
-    _check_token_ids(config.to_dict(), model.vocab_size)  # those from the backbone's or the passed config too
+    # Those from the passed config or the backbone's (a GPT-2 config names 50256 whatever its vocabulary) too.
+    _check_token_ids(config.to_dict(), model.vocab_size, origin="the generation_config passed or the backbone's")
     _check_sampling(config)
     return config
 
@@ -400,18 +426,19 @@ def _settings(
     return config, mask, max_new_tokens, min_new_tokens
 
 
-def _check_token_ids(settings: dict[str, Any], vocab_size: int) -> None:
+def _check_token_ids(settings: dict[str, Any], vocab_size: int, origin: str | None = None) -> None:
     """Refuse an end or forced token that is no id of the model's vocabulary: an eos_token_id out of it can never be
     generated, so no row would stop at it (silently decoding to max_new_tokens), and a forced one failed inside
     transformers' processor. pad_token_id may be any whole number: it only fills finished rows of the result and is
-    never fed to the model, and configs use -1 or an id past the embeddings (transformers allows both)."""
+    never fed to the model, and configs use -1 or an id past the embeddings (transformers allows both). `origin`:
+    settings that come from a generation config rather than the call, said in the message with how to override."""
     for name, several in (("eos_token_id", True), ("forced_eos_token_id", True), ("forced_bos_token_id", False)):
         value = settings.get(name)
         if value is None:
             continue
         ids = value if several and isinstance(value, (list, tuple)) else [value]
         kind = "a token id (a whole number) or a list of them" if several else "a token id (a whole number)"
-        _check_ids_in_vocabulary(name, value, kind, ids, vocab_size)
+        _check_ids_in_vocabulary(name, value, kind, ids, vocab_size, origin)
     pad = settings.get("pad_token_id")
     if pad is not None and not _is_whole(pad):
         raise InputError(f"bad generation settings: pad_token_id must be a whole number, got {pad!r}")
@@ -437,19 +464,22 @@ def _check_token_ids(settings: dict[str, Any], vocab_size: int) -> None:
         except (TypeError, ValueError):
             raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}") from None
         ids = [token.item() if isinstance(token, torch.Tensor) else token for group in groups for token in group]
-        _check_ids_in_vocabulary(name, value, kind, ids, vocab_size)
+        _check_ids_in_vocabulary(name, value, kind, ids, vocab_size, origin)
 
 
-def _check_ids_in_vocabulary(name: str, value: Any, kind: str, ids: list[Any], vocab_size: int) -> None:
+def _check_ids_in_vocabulary(
+    name: str, value: Any, kind: str, ids: list[Any], vocab_size: int, origin: str | None = None
+) -> None:
     """Refuse the setting `name` (`value`, which should be `kind`) when one of its `ids` is no whole number or lies
-    outside the vocabulary."""
+    outside the vocabulary; `origin` names the config it came from (None: the call)."""
+    where = "" if origin is None else f" (set by {origin}; {name}=... or None in the call overrides it)"
     if not all(_is_whole(token) for token in ids):
-        raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}")
+        raise InputError(f"bad generation settings: {name} must be {kind}, got {value!r}{where}")
     outside = [int(token) for token in ids if not 0 <= token < vocab_size]
     if outside:
         raise InputError(
             f"bad generation settings: {name} names {outside[0]}, outside the model's vocabulary "
-            f"(ids 0..{vocab_size - 1})"
+            f"(ids 0..{vocab_size - 1}){where}"
         )
 
 
