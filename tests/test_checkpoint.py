@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_decoder, tiny_encoder
+from conftest import VOCAB, tiny_decoder, tiny_encoder
 
 import rmt.memory.pretrained as pretrained
 from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
@@ -301,3 +301,34 @@ def test_wrong_class_is_refused(tmp_path):
     RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=1, segment_size=5)).save_pretrained(tmp_path / "c")
     with pytest.raises(ValueError, match="holds a RMTForCausalLM, not a RMTForSequenceClassification"):
         RMTForSequenceClassification.from_pretrained(tmp_path / "c")
+
+
+def test_config_fields_given_to_from_pretrained_change_the_saved_config(tmp_path):
+    """As Hugging Face's config overrides: `segment_size=` went to the backbone's constructor (a TypeError)."""
+    model = trained_like(RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5)))
+    model.save_pretrained(tmp_path)
+    loaded = RMTForCausalLM.from_pretrained(tmp_path, segment_size=7, bptt_depth=1, use_cache=False)
+    assert (loaded.config.segment_size, loaded.config.bptt_depth) == (7, 1)
+    assert loaded.backbone.config.use_cache is False  # the rest still reaches the backbone
+    same_weights = RMTForCausalLM(model.backbone, RMTConfig(num_memory_tokens=3, segment_size=7, bptt_depth=1))
+    same_weights.load_state_dict(model.state_dict())
+    ids = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(ids).logits, same_weights.eval()(ids).logits, rtol=0, atol=0)
+    assert RMTForCausalLM.from_pretrained(tmp_path, num_memory_tokens=3).config.num_memory_tokens == 3  # unchanged
+    with pytest.raises(InputError, match="saved with num_memory_tokens=3, write_init='memory', which decide its"):
+        RMTForCausalLM.from_pretrained(tmp_path, num_memory_tokens=4, write_init="learned")
+    with pytest.raises(InputError, match="segment_size"):
+        RMTForCausalLM.from_pretrained(tmp_path, segment_size=0)
+
+
+def test_save_pretrained_takes_hugging_faces_serialization_options(tmp_path):
+    model = trained_like(RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5)))
+    model.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="20KB")
+    shards = sorted(p.name for p in (tmp_path / "sharded" / "backbone").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    loaded = RMTForCausalLM.from_pretrained(tmp_path / "sharded")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    with pytest.raises(InputError, match="safetensors only"):
+        model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert not (tmp_path / "pickled").exists()

@@ -13,6 +13,7 @@ eval mode, as Hugging Face models are after `from_pretrained`.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -53,12 +54,14 @@ def save_memory_model(
     state_dict: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
     extras: Callable[[Path], None] | None = None,
+    max_shard_size: int | str | None = None,
 ) -> None:
     """Write `model` to the folder `path` atomically (see the module docstring). `state_dict`: the model's full
     weights when its own parameters are sharded over processes (FSDP), gathered by the caller. A backbone with LoRA
     adapters is written with them merged into its weights. `progress=False` hides transformers' progress bar of the
     write (a trainer run without progress bars saves quietly). `extras(folder)` writes more files (a tokenizer) into
-    the folder before it is swapped in, so they change with the weights, at once."""
+    the folder before it is swapped in, so they change with the weights, at once. `max_shard_size`: the largest
+    backbone weights file (transformers' default when None)."""
     if state_dict is None and has_lora_layers(model.backbone):
         state_dict = merged_state_dict(model)
     if state_dict is None:
@@ -70,7 +73,8 @@ def save_memory_model(
     if Path(path).exists() and not Path(path).is_dir():
         raise InputError(f"cannot save a model to {path}: it is a file, not a folder")
     with atomic_directory(path, owned=_OWNED) as tmp, _progress_bars(progress):
-        model.backbone.save_pretrained(tmp / BACKBONE_DIR, safe_serialization=True, state_dict=backbone_weights)
+        shards = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        model.backbone.save_pretrained(tmp / BACKBONE_DIR, state_dict=backbone_weights, **shards)
         tensors = {k: v.detach().contiguous().cpu() for k, v in memory_weights.items()}
         save_file(tensors, str(tmp / MEMORY_WEIGHTS), metadata={"format": "pt"})
         model.config.save(tmp / MEMORY_CONFIG)
@@ -98,14 +102,22 @@ def model_inside(folder: Path) -> str:
     return f" (its model is {inner})" if (inner / MEMORY_CONFIG).is_file() else ""
 
 
-def load_memory_model(
-    path: str | os.PathLike, expected: type[MemoryModel] | None = None, **backbone_kwargs
-) -> MemoryModel:
+# RMTConfig fields that decide which memory weights a checkpoint holds, or their shapes: a load cannot change them.
+_FIXED_BY_WEIGHTS = ("mode", "memory_kind", "num_memory_tokens", "d_mem", "write_init", "memory_write_scale")
+
+
+def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | None = None, **kwargs) -> MemoryModel:
     """Load a checkpoint written by `save_memory_model`. `expected`: refuse a checkpoint of another model class.
+    Keyword arguments named after RMTConfig fields change the saved config (as Hugging Face's config overrides do:
+    `segment_size=256`, `bptt_depth=2`), except those that decide the memory weights (`_FIXED_BY_WEIGHTS`); the
+    others go to the backbone's from_pretrained (`dtype`, `device_map`, ...).
 
     Missing files raise MissingFileError, damaged ones an InputError naming the file ("corrupt checkpoint: ...").
     Errors that are not about the files (e.g. a `device_map` this machine cannot serve) keep their own type and
     message."""
+    fields = {f.name for f in dataclasses.fields(RMTConfig)}
+    overrides = {name: value for name, value in kwargs.items() if name in fields}
+    backbone_kwargs = {name: value for name, value in kwargs.items() if name not in fields}
     path = Path(path)
     recover_directory(path, remove=False)  # a version a crashed save set aside; a reader deletes nothing
     if path.exists() and not path.is_dir():
@@ -124,6 +136,14 @@ def load_memory_model(
             f"cannot read {unreadable}: permission denied (readable by its owner alone? chmod a+r shares it)"
         )
     config = RMTConfig.load(path / MEMORY_CONFIG)
+    changed = [name for name in _FIXED_BY_WEIGHTS if name in overrides and overrides[name] != getattr(config, name)]
+    if changed:
+        saved = ", ".join(f"{name}={getattr(config, name)!r}" for name in changed)
+        raise InputError(
+            f"checkpoint {path} was saved with {saved}, which decide its memory weights: a load cannot change them"
+        )
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
     model_cls = model_class(config)
     if expected is not None and not issubclass(model_cls, expected):
         raise InputError(f"checkpoint {path} holds a {model_cls.__name__}, not a {expected.__name__}")

@@ -113,16 +113,23 @@ class RecurrentMemoryModel(nn.Module):
         """The wrapper's own parameters and buffers (everything except the backbone)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
+    def save_pretrained(
+        self, path: str | os.PathLike, safe_serialization: bool = True, max_shard_size: int | str | None = None
+    ) -> None:
         """Write `path/backbone/` (the backbone's own HF format), `path/memory.safetensors` and `path/rmt_config.json`,
-        atomically (see `rmt.memory.pretrained`)."""
-        save_memory_model(self, path)
+        atomically (see `rmt.memory.pretrained`). Weights are always safetensors (`safe_serialization=False` is
+        refused); `max_shard_size` ("2GB", as in Hugging Face) splits the backbone's weights into files of that size."""
+        if not safe_serialization:
+            raise InputError("rmt checkpoints are written as safetensors only: safe_serialization=False is refused")
+        save_memory_model(self, path, max_shard_size=max_shard_size)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **backbone_kwargs) -> RecurrentMemoryModel:
-        """Load a model written by `save_pretrained`. `backbone_kwargs` go to the backbone's from_pretrained
-        (e.g. dtype). Raises MissingFileError / InputError naming the missing or corrupt file."""
-        return load_memory_model(path, None if cls is RecurrentMemoryModel else cls, **backbone_kwargs)
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> RecurrentMemoryModel:
+        """Load a model written by `save_pretrained`. Keyword arguments named after RMTConfig fields change the saved
+        config (`segment_size=256`, `bptt_depth=2`; not those that decide the memory weights, such as
+        num_memory_tokens); the others go to the backbone's from_pretrained (e.g. dtype, device_map). Raises
+        MissingFileError / InputError naming the missing or corrupt file."""
+        return load_memory_model(path, None if cls is RecurrentMemoryModel else cls, **kwargs)
 
     def forward(
         self,
