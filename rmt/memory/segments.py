@@ -156,7 +156,7 @@ def loss_weights(
                 " among the predictions made in each sample's last segment; with loss_aggregation='last_segment' a "
                 "label at the segment's first position is predicted by the segment before and does not count)"
                 if aggregation == "last_segment"
-                else ")"
+                else " after the shift: the label at a sample's first token is predicted by nothing and does not count)"
             )
         )
     weights = valid.float()
