@@ -515,6 +515,10 @@ def test_shape_mismatches_are_refused():
         model(ids, attention_mask=torch.ones(2, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="no target token"):
         model(ids, labels=torch.full_like(ids, -100))
+    first_only = torch.full_like(ids, -100)
+    first_only[:, 0] = ids[:, 0]
+    with pytest.raises(ValueError, match="the label at a sample's first token is predicted by nothing"):
+        model(ids, labels=first_only)
     with pytest.raises(ValueError, match="memory_state holds 1 samples"):
         model(ids, memory_state=model.initial_state(1))
 
@@ -609,3 +613,37 @@ def test_streaming_backward_under_dropout_draws_the_forward_masks(kind, recomput
     torch.manual_seed(6)  # other masks, other gradients: the dropout is drawn
     model(ids, labels=ids).loss.backward()
     assert any(not torch.allclose(p.grad, expected[n], atol=1e-4) for n, p in model.named_parameters() if n in expected)
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_hugging_face_model_conveniences(kind):
+    """dtype, num_parameters, get_input_embeddings and gradient checkpointing as on a Hugging Face model: the
+    backbone's layers run again in the backward pass and the gradients stay the same."""
+    model = (decoder("llama") if kind == "rmt" else carried_state_model(kind, -1)).train()
+    assert model.dtype == torch.float32 and model.get_input_embeddings() is model.backbone.get_input_embeddings()
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+    model.backbone.requires_grad_(False)
+    memory = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
+    assert model.num_parameters(only_trainable=True) == memory > 0
+    model.backbone.requires_grad_(True)
+    ids = random_ids(2, 14)
+
+    def layer_calls_and_grads() -> tuple[int, dict[str, torch.Tensor]]:
+        calls = []
+        # On the layer's first module: transformers checkpoints a layer's forward (its own hooks stay outside), and
+        # the recomputation stops once it has what the backward pass needs.
+        first = model.backbone.base_model.layers[0].input_layernorm
+        handle = first.register_forward_pre_hook(lambda *args: calls.append(1))
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        handle.remove()
+        return len(calls), grads(model)
+
+    plain_calls, plain = layer_calls_and_grads()
+    model.gradient_checkpointing_enable()
+    calls, checkpointed = layer_calls_and_grads()
+    assert calls == 2 * plain_calls  # each layer call ran again in the backward pass
+    for name, grad in checkpointed.items():
+        torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-6)
+    model.gradient_checkpointing_disable()
+    assert layer_calls_and_grads()[0] == plain_calls

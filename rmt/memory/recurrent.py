@@ -105,9 +105,40 @@ class RecurrentMemoryModel(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's dtype (an ARMT keeps its associative state in fp32 whatever it is)."""
+        return self.backbone.dtype
+
+    @property
     def vocab_size(self) -> int:
         """Number of token ids the backbone embeds."""
         return self.backbone.get_input_embeddings().weight.shape[0]
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Parameters of the backbone and the memory together (Hugging Face's name and meaning)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each backbone layer's activations in the backward pass instead of keeping them (the backbone's
+        own Hugging Face activation checkpointing; same gradients). `forward_backward(recompute=True)` recomputes
+        whole segments instead."""
+        backbone = self.backbone
+        enable = getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)
+        enable(activation_checkpointing_kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        backbone = self.backbone
+        getattr(backbone, "activation_checkpointing_disable", backbone.gradient_checkpointing_disable)()
+
+    # transformers' older names for the same (deprecated in transformers 5, still what most training scripts call)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
 
     def memory_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapper's own parameters and buffers (everything except the backbone)."""
