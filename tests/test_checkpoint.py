@@ -332,3 +332,13 @@ def test_save_pretrained_takes_hugging_faces_serialization_options(tmp_path):
     with pytest.raises(InputError, match="safetensors only"):
         model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     assert not (tmp_path / "pickled").exists()
+
+
+def test_a_flat_state_dict_from_hugging_face_tooling_is_named_with_the_way_to_save(tmp_path):
+    """Trainer.save_model and Accelerator.save_model write one model.safetensors of the whole wrapper."""
+    from safetensors.torch import save_file
+
+    model = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"flat state dict, as Trainer.save_model .*\(model\).save_pretrained"):
+        RMTForCausalLM.from_pretrained(tmp_path)

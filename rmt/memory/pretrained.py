@@ -126,7 +126,14 @@ def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | Non
         raise MissingFileError(f"no checkpoint at {path}: the folder does not exist")
     missing = [n for n in (MEMORY_CONFIG, MEMORY_WEIGHTS, BACKBONE_DIR) if not (path / n).exists()]
     if missing:
-        raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}{model_inside(path)}")
+        flat = len(missing) == 3 and any(path.glob("model*.safetensors"))
+        hint = (
+            " (its model*.safetensors is a flat state dict, as Trainer.save_model or Accelerator.save_model write: "
+            "save an rmt model with unwrap_model(model).save_pretrained(...))"
+            if flat
+            else model_inside(path)
+        )
+        raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}{hint}")
     for name, folder in ((MEMORY_CONFIG, False), (MEMORY_WEIGHTS, False), (BACKBONE_DIR, True)):
         if (path / name).is_dir() != folder:
             raise InputError(f"corrupt checkpoint: {path / name} is a {'file' if folder else 'folder'}")
