@@ -230,3 +230,10 @@ def test_token_lists_given_as_tensors_or_in_range_still_decode():
     free = model.generate(prompt, max_new_tokens=3).sequences[0, 4:].tolist()  # what suppression must change
     out = model.generate(prompt, max_new_tokens=3, suppress_tokens=torch.tensor(free), sequence_bias={(3,): -1.0})
     assert out.sequences.shape == (1, 7) and not set(out.sequences[0, 4:].tolist()) & set(free)
+
+
+def test_the_output_reads_as_hugging_faces_does():
+    model = model_for("gpt2")
+    out = model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, output_scores=True)
+    assert out[0] is out["sequences"] is out.sequences and out[1] is out["scores"] is out.scores
+    assert out.to_tuple() == (out.sequences, out.scores)

@@ -40,9 +40,10 @@ class RMTOutput(ModelOutput):
 
 
 @dataclass
-class GenerateOutput:
+class GenerateOutput(ModelOutput):
     """sequences [B, P + N]: each prompt row followed by its N generated tokens (pad_token_id after EOS);
-    scores [B, N, V]: the processed logits each generated token was chosen from (with `output_scores=True`)."""
+    scores [B, N, V]: the processed logits each generated token was chosen from (with `output_scores=True`). A
+    Hugging Face ModelOutput: `out.sequences`, `out["sequences"]` and `out[0]` are the same."""
 
     sequences: torch.Tensor
     scores: torch.Tensor | None = None
