@@ -72,6 +72,9 @@ def test_an_encoder_takes_what_a_bert_tokenizer_returns_without_special_tokens(t
     pair = tokenizer(["w1 w2"], ["w3"], add_special_tokens=False, return_tensors="pt")
     with pytest.raises(InputError, match="token_type_ids marks a second text"):
         model(**pair)
+    for request in ("none", "bogus", torch.zeros(2, 1, dtype=torch.long)):  # were ignored silently
+        with pytest.raises(InputError, match="an encoder gives class logits"):
+            model(**plain, logits=request)
 
 
 # --- memory carries information -------------------------------------------------------------------------

@@ -218,6 +218,17 @@ def test_encoder_stream_classifies_like_one_pass():
         assert_states_equal(stream.memory_state, reference.memory_state)
     with pytest.raises(InputError, match="no token logits"):
         model.stream().feed(ids[:1], logits="last")
+    # Text wrapped in [CLS] ... [SEP] by its tokenizer: refused by classify() as by forward (the stream took it).
+    wrapped = torch.cat([torch.full((2, 1), 101), ids, torch.full((2, 1), 102)], dim=1)
+    wrapped[0, -1] = 7  # row 0 ends otherwise: row 1 is the one named
+    for sizes in ([22], [1, 20, 1], [5, 17, 0]):
+        stream = model.stream(batch_size=2)
+        for chunk in torch.split(wrapped, sizes, dim=1):
+            stream.feed(chunk)
+        with pytest.raises(InputError, match=r"row 1 starts with the \[CLS\] id \(101\) and ends with"):
+            stream.classify()
+    with pytest.raises(InputError, match=r"row 1 starts with the \[CLS\] id \(101\) and ends with"):
+        model(wrapped)
 
 
 def test_forward_logits_options_match_all():

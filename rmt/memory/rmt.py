@@ -488,8 +488,14 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         logits: LogitsRequest = "all",
         token_type_ids: torch.Tensor | None = None,
     ) -> RMTOutput:
-        """`RecurrentMemoryModel.forward`; `token_type_ids`, which BERT tokenizers return, is taken so that
-        `model(**tokenizer(texts, add_special_tokens=False, ...))` runs, and must mark one text (all 0)."""
+        """`RecurrentMemoryModel.forward`, giving class logits [B, C] (`logits` other than its default is refused:
+        the token logits it chooses are a causal LM's). `token_type_ids`, which BERT tokenizers return, is taken so
+        that `model(**tokenizer(texts, add_special_tokens=False, ...))` runs, and must mark one text (all 0)."""
+        if not (isinstance(logits, str) and logits == "all"):
+            raise InputError(
+                f"logits={logits!r} chooses a causal LM's token logits: an encoder gives class logits [B, C] of each "
+                "sample's last segment"
+            )
         if token_type_ids is not None and bool((token_type_ids != 0).any()):
             raise InputError(
                 "token_type_ids marks a second text (type 1): the encoder reads one text, cut into segments; "
@@ -508,9 +514,14 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         every segment (a tokenizer's default, add_special_tokens=True): read as text, they changed the answer
         silently."""
         plan = super().plan(input_ids, attention_mask, labels, require_targets)
-        first = plan.input_ids[:, 0]
         last = plan.input_ids.gather(1, (plan.lengths - 1).clamp(min=0)[:, None])[:, 0]
-        wrapped = (plan.lengths >= 2) & (first == self.cls_token_id) & (last == self.sep_token_id)
+        self.refuse_special_tokens_around(plan.input_ids[:, 0], last, plan.lengths)
+        return plan
+
+    def refuse_special_tokens_around(self, first: torch.Tensor, last: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Raise an InputError when a sample's first token [B] is the [CLS] id and its last [B] the [SEP] id (and it
+        has more than one): its tokenizer added them, and the encoder adds its own around every segment."""
+        wrapped = (lengths >= 2) & (first == self.cls_token_id) & (last == self.sep_token_id)
         if bool(wrapped.any()):
             row = int(wrapped.nonzero()[0])
             raise InputError(
@@ -518,7 +529,6 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
                 f"({self.sep_token_id}), which the encoder adds around every segment itself: tokenize with "
                 "add_special_tokens=False"
             )
-        return plan
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         if self.memory is None:

@@ -70,6 +70,9 @@ class MemoryStream:
         self.stale = torch.ones(batch_size, dtype=torch.bool, device=device)  # cache rows that need a new prefix
         self.last_hidden: torch.Tensor | None = None  # [B, D] at each sample's last token (decoders)
         self.last_class_logits: torch.Tensor | None = None  # [B, C] of each sample's last completed segment
+        # Encoders: each sample's first and latest token fed, for the check of forward's that classify() repeats.
+        self.first_token = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+        self.latest_token = torch.full((batch_size,), -1, dtype=torch.long, device=device)
         self._extended_from = torch.zeros_like(self.fill)  # buffer position where the last cache extension began
         self._cache_places: int | None = None  # places a sliding-window backbone's key/value cache keeps
         self._failure: str | None = None  # the error that stopped a feed half-way (the state is then incomplete)
@@ -127,6 +130,11 @@ class MemoryStream:
         except BaseException as err:  # part of the chunk may be in the state, part not (Ctrl-C too)
             self._failure = f"{type(err).__name__}: {err}"
             raise
+        if not model.token_logits:
+            fed = counts > 0
+            self.first_token = torch.where(fed & (self.seen == 0), packed[:, 0], self.first_token)
+            last_fed = packed.gather(1, (counts - 1).clamp(min=0)[:, None])[:, 0]
+            self.latest_token = torch.where(fed, last_fed, self.latest_token)
         self.seen += counts
 
         if logits == "none":
@@ -225,6 +233,7 @@ class MemoryStream:
             raise InputError("classify() is for encoders; a decoder stream returns logits from feed()")
         if bool((self.seen == 0).any()):
             raise InputError("every sample needs at least one token before classify()")
+        self.model.refuse_special_tokens_around(self.first_token, self.latest_token, self.seen)
         out = self.last_class_logits
         for width in self.fill[self.fill > 0].unique().tolist():
             rows = self._rows[self.fill == width]
