@@ -122,6 +122,15 @@ def test_engine_equals_sequential(family):
         assert (model(ids).logits - expected.logits).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("segment_size", "memory"), [(1, 1), (1, 2), (2, 1)])
+def test_engine_equals_sequential_on_cells_of_a_few_rows(family, segment_size, memory):
+    """A cell of 3 rows or fewer: GPT-2's weights stacked as a contiguous [out, in] copy took another kernel than its
+    own Conv1D product there and rounded otherwise (last-bit differences in the logits)."""
+    model = armt(_variant(family), segment_size=segment_size, memory=memory, d_mem=2)
+    _engine_equals_sequential(model, _ids(1, 4 * segment_size))
+
+
 def test_engine_runs_one_grouped_call_per_diagonal():
     model = armt(tiny_decoder("llama", layers=3))
     engine = DiagonalARMT(model, group_size=None)

@@ -227,6 +227,15 @@ _TENSORS = {**dict.fromkeys(_LLAMA_LIKE, _llama_tensors), "gpt2": _gpt2_tensors,
 _CPU_MLP_BYTES = 16 * 2**20
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The layers' tensors stacked into one [L, ...] tensor. Weights read transposed (GPT-2's Conv1D keeps [in, out])
+    are stacked in their own layout and transposed back as a view: each layer's product is then the BLAS call the
+    layer makes itself, where a contiguous [out, in] copy takes another kernel for a few rows and rounds otherwise."""
+    if all(t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous() for t in tensors):
+        return torch.stack([t.t() for t in tensors]).transpose(1, 2)
+    return torch.stack(tensors).contiguous()
+
+
 class StackedLayers:
     """The decoder layers of a backbone with every weight stacked over layers, for grouped execution.
 
@@ -250,7 +259,7 @@ class StackedLayers:
             )
         per_layer = [_TENSORS[family](layer) for layer in layers]
         self.weights: dict[str, torch.Tensor | None] = {
-            name: None if first is None else torch.stack([t[name].detach() for t in per_layer]).contiguous()
+            name: None if first is None else _stack([t[name].detach() for t in per_layer])
             for name, first in per_layer[0].items()
         }  # name -> [L, ...]
         self.heads = config.num_attention_heads
