@@ -249,6 +249,20 @@ def test_a_carried_memory_state_is_the_first_transition_of_truncated_bptt(kind, 
     assert reached == (depth < 0 or depth >= 2)
 
 
+@pytest.mark.parametrize("depth", [0, 1])
+def test_the_initial_memory_passed_explicitly_trains_as_when_none_is_passed(depth):
+    """`memory_state=model.initial_state(B)` is the model's own memory (a view of its parameter), not a transition
+    from an earlier call: cut as one, the memory parameter got no gradient at a finite depth."""
+    model = decoder(bptt_depth=depth)
+    ids = random_ids(2, 24)
+    model(ids, labels=ids).loss.backward()
+    expected = model.memory.grad.clone()
+    model.zero_grad()
+    model(ids, labels=ids, memory_state=model.initial_state(2)).loss.backward()
+    assert bool(expected.abs().sum() > 0)
+    torch.testing.assert_close(model.memory.grad, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kind", ["rmt", "armt"])
 def test_a_training_loop_carrying_memory_between_optimizer_steps(kind):
     """Memory passed from call to call with an optimizer step between them: a finite depth cuts the graph into the
@@ -650,3 +664,14 @@ def test_hugging_face_model_conveniences(kind):
         torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-6)
     model.gradient_checkpointing_disable()
     assert layer_calls_and_grads()[0] == plain_calls
+    assert model.num_parameters(exclude_embeddings=True) == model.num_parameters() - sum(
+        p.numel() for module in model.modules() if isinstance(module, torch.nn.Embedding) for p in module.parameters()
+    )
+
+
+def test_activation_checkpointing_with_a_transformer_xl_cache_is_refused():
+    """transformers' checkpointed layers drop the key/value cache that the Transformer-XL cache feeds them: the
+    forward failed with a shape mismatch."""
+    model = decoder("llama", xl_cache_tokens=4).train()
+    with pytest.raises(InputError, match="activation checkpointing drops the key/value cache"):
+        model.gradient_checkpointing_enable()

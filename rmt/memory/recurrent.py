@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
 from torch.utils.checkpoint import checkpoint
 
 from rmt.config import RMTConfig
@@ -117,14 +118,27 @@ class RecurrentMemoryModel(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        """Parameters of the backbone and the memory together (Hugging Face's name and meaning)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters of the backbone and the memory together (Hugging Face's name and meaning: `exclude_embeddings`
+        leaves out the nn.Embedding tables)."""
+        embeddings = {
+            id(p) for module in self.modules() if isinstance(module, nn.Embedding) for p in module.parameters()
+        }
+        return sum(
+            p.numel()
+            for p in self.parameters()
+            if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embeddings)
+        )
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each backbone layer's activations in the backward pass instead of keeping them (the backbone's
         own Hugging Face activation checkpointing; same gradients). `forward_backward(recompute=True)` recomputes
-        whole segments instead."""
+        whole segments instead. Refused with a Transformer-XL cache, which the layers would then drop."""
+        if getattr(self, "cache_tokens", 0):
+            raise InputError(
+                "activation checkpointing drops the key/value cache the Transformer-XL cache (xl_cache_tokens) "
+                "feeds the layers: use forward_backward(recompute=True), which recomputes whole segments"
+            )
         backbone = self.backbone
         enable = getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)
         enable(activation_checkpointing_kwargs)
@@ -178,8 +192,9 @@ class RecurrentMemoryModel(nn.Module):
         is asked for goes through the LM head.
 
         The returned `memory_state` keeps its graph, as a recurrent layer's state does: passed back as
-        `memory_state=`, gradients flow into the earlier call as far as `bptt_depth` allows (at depth -1 all the way,
-        so a loop that steps its optimizer between calls passes `rmt.memory.detach_state(out.memory_state)`)."""
+        `memory_state=`, gradients flow into the earlier call as far as `bptt_depth` allows (for the rows of no more
+        segments than bptt_depth, and at depth -1 all the way), so a loop that steps its optimizer between calls
+        passes `rmt.memory.detach_state(out.memory_state)`."""
         plan = self.plan(input_ids, attention_mask, labels)
         return self._run(plan, memory_state, backward=None, output_segments=output_segments, logits=logits)
 
@@ -267,6 +282,14 @@ class RecurrentMemoryModel(nn.Module):
         # In this model's own dtypes and on its device (a state kept in another precision, or moved off the GPU).
         return tree_map(lambda leaf, own: leaf.to(own.device, own.dtype), memory_state, initial)
 
+    def _links_to_an_earlier_graph(self, memory_state: State) -> bool:
+        """Whether a passed-in state is a transition from an earlier call (a state that call returned, with its
+        graph), as opposed to a state without a graph (detached, loaded from a file) or this model's own initial
+        memory passed explicitly (`initial_state`: a view of its parameters, which must keep training as when no
+        state is passed)."""
+        own = {id(parameter) for parameter in self.parameters()}
+        return any(leaf.requires_grad and id(leaf._base) not in own for leaf in pytree.tree_leaves(memory_state))
+
     # --- the loop -------------------------------------------------------------------------------------------
     def _run(
         self,
@@ -280,7 +303,7 @@ class RecurrentMemoryModel(nn.Module):
         batch, length = plan.input_ids.shape
         seg_size, depth = self.config.segment_size, self.config.bptt_depth
         state = self.start_state(batch, memory_state)
-        carried = memory_state is not None
+        carried = memory_state is not None and self._links_to_an_earlier_graph(memory_state)
         streaming = backward is not None
         has_loss = plan.targets is not None
         total_segments = int(plan.num_segments.max())
