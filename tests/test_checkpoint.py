@@ -317,6 +317,8 @@ def test_config_fields_given_to_from_pretrained_change_the_saved_config(tmp_path
     assert RMTForCausalLM.from_pretrained(tmp_path, num_memory_tokens=3).config.num_memory_tokens == 3  # unchanged
     with pytest.raises(InputError, match="saved with num_memory_tokens=3, write_init='memory', which decide its"):
         RMTForCausalLM.from_pretrained(tmp_path, num_memory_tokens=4, write_init="learned")
+    with pytest.raises(InputError, match="saved with read_memory_only=False, which decide"):  # its write weights
+        RMTForCausalLM.from_pretrained(tmp_path, read_memory_only=True)
     with pytest.raises(InputError, match="segment_size"):
         RMTForCausalLM.from_pretrained(tmp_path, segment_size=0)
 

@@ -103,7 +103,15 @@ def model_inside(folder: Path) -> str:
 
 
 # RMTConfig fields that decide which memory weights a checkpoint holds, or their shapes: a load cannot change them.
-_FIXED_BY_WEIGHTS = ("mode", "memory_kind", "num_memory_tokens", "d_mem", "write_init", "memory_write_scale")
+_FIXED_BY_WEIGHTS = (
+    "mode",
+    "memory_kind",
+    "num_memory_tokens",
+    "d_mem",
+    "write_init",
+    "memory_write_scale",
+    "read_memory_only",
+)
 
 
 def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | None = None, **kwargs) -> MemoryModel:
@@ -163,8 +171,10 @@ def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | Non
     model = model_cls(backbone, config)
     expected_tensors = model.memory_state_dict()
     if set(tensors) != set(expected_tensors):
+        overridden = f" (with {', '.join(sorted(overrides))} overridden)" if overrides else ""
         raise InputError(
             f"corrupt checkpoint: {path / MEMORY_WEIGHTS} holds {sorted(tensors)}, expected {sorted(expected_tensors)}"
+            f"{overridden}"
         )
     for name, tensor in tensors.items():
         if tensor.shape != expected_tensors[name].shape:
