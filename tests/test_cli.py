@@ -144,6 +144,27 @@ def test_running_out_of_memory_is_one_line_with_the_size(tmp_path, capsys):
     assert re.fullmatch(r"rmt train: error: out of memory: could not allocate \d{7}\.\d GiB \(.*\)", last_line)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+        RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    ],
+)
+def test_running_out_of_gpu_memory_is_one_line(error, capsys, monkeypatch):
+    import rmt.cli.train
+
+    def out_of_memory(args):
+        raise error
+
+    monkeypatch.setattr(rmt.cli.train, "run", out_of_memory)
+    assert main(["train", "--output", "unused"]) == 1
+    first_line = str(error).splitlines()[0]
+    assert capsys.readouterr().err == f"rmt train: error: out of GPU memory: {first_line} (a smaller batch, " + (
+        "segment or memory needs less)\n"
+    )
+
+
 def test_other_runtime_errors_keep_their_traceback(monkeypatch):
     import rmt.cli.train
 

@@ -74,6 +74,8 @@ def out_of_memory(err: BaseException) -> str | None:
     torch = sys.modules.get("torch")  # an error from torch means torch is loaded; rmt --help does not load it
     if torch is not None and isinstance(err, torch.OutOfMemoryError):
         return f"out of GPU memory: {str(err).splitlines()[0]} (a smaller batch, segment or memory needs less)"
+    if "CUDA error: out of memory" in str(err) or "CUBLAS_STATUS_ALLOC_FAILED" in str(err):  # a GPU library's
+        return f"out of GPU memory: {str(err).splitlines()[0]} (a smaller batch, segment or memory needs less)"
     failed = _CPU_ALLOCATION_FAILED.search(str(err))
     if failed is None:
         return None
