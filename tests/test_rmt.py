@@ -69,9 +69,12 @@ def test_an_encoder_takes_what_a_bert_tokenizer_returns_without_special_tokens(t
     torch.testing.assert_close(model(**plain).logits, expected, rtol=0, atol=0)
     with pytest.raises(InputError, match=r"row 0 starts with the \[CLS\] id \(2\) .* add_special_tokens=False"):
         model(**tokenizer(texts, padding=True, return_tensors="pt"))
+    model.forward_backward(**plain, labels=torch.tensor([0, 2]))  # the training path takes them too
     pair = tokenizer(["w1 w2"], ["w3"], add_special_tokens=False, return_tensors="pt")
     with pytest.raises(InputError, match="token_type_ids marks a second text"):
         model(**pair)
+    with pytest.raises(InputError, match="token_type_ids marks a second text"):
+        model.forward_backward(**pair, labels=torch.tensor([1]))
     for request in ("none", "bogus", torch.zeros(2, 1, dtype=torch.long)):  # were ignored silently
         with pytest.raises(InputError, match="an encoder gives class logits"):
             model(**plain, logits=request)

@@ -41,7 +41,7 @@ from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.memory.open_cache import OpenCache
 from rmt.memory.outputs import RMTOutput
-from rmt.memory.recurrent import LogitsRequest, RecurrentMemoryModel, check_config
+from rmt.memory.recurrent import Backward, LogitsRequest, RecurrentMemoryModel, check_config
 from rmt.memory.registry import register_model
 from rmt.memory.segments import SegmentPlan
 from rmt.memory.state import State, batch_size_of
@@ -496,12 +496,22 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
                 f"logits={logits!r} chooses a causal LM's token logits: an encoder gives class logits [B, C] of each "
                 "sample's last segment"
             )
-        if token_type_ids is not None and bool((token_type_ids != 0).any()):
-            raise InputError(
-                "token_type_ids marks a second text (type 1): the encoder reads one text, cut into segments; "
-                "join the texts into one"
-            )
+        _check_one_text(token_type_ids)
         return super().forward(input_ids, attention_mask, labels, memory_state, output_segments, logits)
+
+    def forward_backward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        memory_state: State | None = None,
+        backward: Backward | None = None,
+        recompute: bool = False,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> RMTOutput:
+        """`RecurrentMemoryModel.forward_backward`, taking `token_type_ids` as `forward` does."""
+        _check_one_text(token_type_ids)
+        return super().forward_backward(input_ids, attention_mask, labels, memory_state, backward, recompute)
 
     def plan(
         self,
@@ -580,6 +590,15 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
 def _at_memory_positions(embeddings: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """`embeddings` [b, 1 + M + ..., D] with positions 1..M (after [CLS]) replaced by the memory `state` [b, M, D]."""
     return torch.cat([embeddings[:, :1], state.to(embeddings.dtype), embeddings[:, 1 + state.shape[1] :]], dim=1)
+
+
+def _check_one_text(token_type_ids: torch.Tensor | None) -> None:
+    """Refuse token types that mark a second text (a BERT tokenizer's sentence pair)."""
+    if token_type_ids is not None and bool((token_type_ids != 0).any()):
+        raise InputError(
+            "token_type_ids marks a second text (type 1): the encoder reads one text, cut into segments; "
+            "join the texts into one"
+        )
 
 
 def _first_set(*values: int | None) -> int | None:
