@@ -70,6 +70,8 @@ def test_an_encoder_takes_what_a_bert_tokenizer_returns_without_special_tokens(t
     with pytest.raises(InputError, match=r"row 0 starts with the \[CLS\] id \(2\) .* add_special_tokens=False"):
         model(**tokenizer(texts, padding=True, return_tensors="pt"))
     model.forward_backward(**plain, labels=torch.tensor([0, 2]))  # the training path takes them too
+    flat, column = model(**plain, labels=torch.tensor([0, 2])), model(**plain, labels=torch.tensor([[0], [2]]))
+    torch.testing.assert_close(column.loss, flat.loss, rtol=0, atol=0)  # [batch, 1] labels, as Hugging Face takes
     pair = tokenizer(["w1 w2"], ["w3"], add_special_tokens=False, return_tensors="pt")
     with pytest.raises(InputError, match="token_type_ids marks a second text"):
         model(**pair)

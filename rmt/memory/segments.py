@@ -110,9 +110,11 @@ def plan_segments(
             targets = targets.masked_fill(~prefix_mask(lengths - 1, labels.shape[1]), IGNORE_INDEX)
             weights = loss_weights(config, targets, num_segments, require_targets)
         else:
+            if labels.dim() == 2 and labels.shape[1] == 1:  # [batch, 1], as Hugging Face's classifiers take too
+                labels = labels[:, 0]
             if labels.dim() != 1 or labels.shape[0] != input_ids.shape[0]:
                 raise InputError(
-                    f"labels must have shape [batch] = [{input_ids.shape[0]}] for classification, "
+                    f"labels must have shape [batch] = [{input_ids.shape[0]}] (or [batch, 1]) for classification, "
                     f"got {tuple(labels.shape)}"
                 )
             targets = labels
