@@ -72,11 +72,11 @@ def out_of_memory(err: BaseException) -> str | None:
     """One line for an allocation that failed, naming its size: torch's CPU allocator raises a RuntimeError whose
     first line is the C++ assertion, a GPU a torch.OutOfMemoryError of several lines. None for any other error."""
     torch = sys.modules.get("torch")  # an error from torch means torch is loaded; rmt --help does not load it
-    if torch is not None and isinstance(err, torch.OutOfMemoryError):
-        return f"out of GPU memory: {str(err).splitlines()[0]} (a smaller batch, segment or memory needs less)"
-    if "CUDA error: out of memory" in str(err) or "CUBLAS_STATUS_ALLOC_FAILED" in str(err):  # a GPU library's
-        return f"out of GPU memory: {str(err).splitlines()[0]} (a smaller batch, segment or memory needs less)"
-    failed = _CPU_ALLOCATION_FAILED.search(str(err))
+    text = str(err)
+    gpu_library = "CUDA error: out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text
+    if gpu_library or (torch is not None and isinstance(err, torch.OutOfMemoryError)):
+        return f"out of GPU memory: {text.splitlines()[0]} (a smaller batch, segment or memory needs less)"
+    failed = _CPU_ALLOCATION_FAILED.search(text)
     if failed is None:
         return None
     size = int(failed.group(1)) / 2**30
