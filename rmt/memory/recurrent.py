@@ -184,6 +184,7 @@ class RecurrentMemoryModel(nn.Module):
         memory_state: State | None = None,
         output_segments: bool = False,
         logits: LogitsRequest = "all",
+        token_type_ids: torch.Tensor | None = None,
     ) -> RMTOutput:
         """Run the whole input through the recurrence in one autograd graph (the reference path).
 
@@ -194,7 +195,17 @@ class RecurrentMemoryModel(nn.Module):
         The returned `memory_state` keeps its graph, as a recurrent layer's state does: passed back as
         `memory_state=`, gradients flow into the earlier call as far as `bptt_depth` allows (for the rows of no more
         segments than bptt_depth, and at depth -1 all the way), so a loop that steps its optimizer between calls
-        passes `rmt.memory.detach_state(out.memory_state)`."""
+        passes `rmt.memory.detach_state(out.memory_state)`.
+
+        An encoder gives class logits [B, C] and refuses `logits` other than its default. `token_type_ids`, which
+        BERT tokenizers return, is taken so that `model(**tokenizer(texts, add_special_tokens=False, ...))` runs, and
+        must mark one text (all 0)."""
+        if not self.token_logits and not (isinstance(logits, str) and logits == "all"):
+            raise InputError(
+                f"logits={logits!r} chooses a causal LM's token logits: an encoder gives class logits [B, C] of each "
+                "sample's last segment"
+            )
+        _check_one_text(token_type_ids)
         plan = self.plan(input_ids, attention_mask, labels)
         return self._run(plan, memory_state, backward=None, output_segments=output_segments, logits=logits)
 
@@ -206,11 +217,12 @@ class RecurrentMemoryModel(nn.Module):
         memory_state: State | None = None,
         backward: Backward | None = None,
         recompute: bool = False,
+        token_type_ids: torch.Tensor | None = None,
     ) -> RMTOutput:
         """Compute the loss and accumulate its gradients into `.grad`, with memory that does not grow with the
         number of segments once `bptt_depth` is finite. Same gradients as `forward(...).loss.backward()`.
         `backward` replaces `loss.backward()` (e.g. `accelerator.backward`). Returns the detached loss and final
-        memory state (logits are not kept).
+        memory state (logits are not kept). `token_type_ids` as `forward` takes them.
 
         Peak memory: the activations of the last `bptt_depth` + 1 segments (all segments at depth -1). With
         `recompute=True` those segments keep only their inputs and are recomputed one at a time during the
@@ -218,6 +230,7 @@ class RecurrentMemoryModel(nn.Module):
         extra forward pass of the window segments (at depth -1 the inputs of every segment, so it still grows)."""
         if labels is None:
             raise InputError("forward_backward needs labels")
+        _check_one_text(token_type_ids)
         plan = self.plan(input_ids, attention_mask, labels)
         return self._run(
             plan, memory_state, backward=backward or (lambda loss: loss.backward()), recompute=recompute, logits="none"
@@ -242,7 +255,7 @@ class RecurrentMemoryModel(nn.Module):
     ) -> SegmentPlan:
         """The validated, packed and segmented input (`rmt.memory.segments.plan_segments`) for this model."""
         num_classes = None if self.token_logits else getattr(self.backbone.config, "num_labels", None)
-        return plan_segments(
+        plan = plan_segments(
             self.config,
             input_ids,
             attention_mask,
@@ -252,6 +265,12 @@ class RecurrentMemoryModel(nn.Module):
             num_classes,
             require_targets=require_targets,
         )
+        self.check_planned_input(plan)
+        return plan
+
+    def check_planned_input(self, plan: SegmentPlan) -> None:
+        """Raise an InputError for input this kind of model cannot read as meant (every check `plan_segments` makes
+        holds for all kinds; a subclass adds its own here)."""
 
     def call_schedule(self, plan: SegmentPlan) -> tuple[tuple[str, ...], ...]:
         """The backbone calls and backward passes that `forward_backward` makes for `plan`, in order: per segment the
@@ -447,6 +466,16 @@ class RecurrentMemoryModel(nn.Module):
         targets = select(plan.targets, rows)[:, start : start + width][scored]
         token_loss = F.cross_entropy(self.head(output[scored]).float(), targets, reduction="none")
         return (token_loss * weights[scored]).sum()
+
+
+def _check_one_text(token_type_ids: torch.Tensor | None) -> None:
+    """Refuse token types that mark a second text (a BERT tokenizer's sentence pair): the memory models read one text,
+    cut into segments, and pass no token types on."""
+    if token_type_ids is not None and bool((token_type_ids != 0).any()):
+        raise InputError(
+            "token_type_ids marks a second text (type 1): the model reads one text, cut into segments; join the "
+            "texts into one"
+        )
 
 
 class _LogitsCollector:

@@ -40,8 +40,7 @@ from rmt.backbones.layers import layer_keys_values
 from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.memory.open_cache import OpenCache
-from rmt.memory.outputs import RMTOutput
-from rmt.memory.recurrent import Backward, LogitsRequest, RecurrentMemoryModel, check_config
+from rmt.memory.recurrent import RecurrentMemoryModel, check_config
 from rmt.memory.registry import register_model
 from rmt.memory.segments import SegmentPlan
 from rmt.memory.state import State, batch_size_of
@@ -478,55 +477,11 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
             std = _embedding_output_std(backbone) if config.encoder_memory_init == "embedding_output" else None
             self.memory = _memory_parameter(backbone, m, std)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        memory_state: State | None = None,
-        output_segments: bool = False,
-        logits: LogitsRequest = "all",
-        token_type_ids: torch.Tensor | None = None,
-    ) -> RMTOutput:
-        """`RecurrentMemoryModel.forward`, giving class logits [B, C] (`logits` other than its default is refused:
-        the token logits it chooses are a causal LM's). `token_type_ids`, which BERT tokenizers return, is taken so
-        that `model(**tokenizer(texts, add_special_tokens=False, ...))` runs, and must mark one text (all 0)."""
-        if not (isinstance(logits, str) and logits == "all"):
-            raise InputError(
-                f"logits={logits!r} chooses a causal LM's token logits: an encoder gives class logits [B, C] of each "
-                "sample's last segment"
-            )
-        _check_one_text(token_type_ids)
-        return super().forward(input_ids, attention_mask, labels, memory_state, output_segments, logits)
-
-    def forward_backward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        memory_state: State | None = None,
-        backward: Backward | None = None,
-        recompute: bool = False,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> RMTOutput:
-        """`RecurrentMemoryModel.forward_backward`, taking `token_type_ids` as `forward` does."""
-        _check_one_text(token_type_ids)
-        return super().forward_backward(input_ids, attention_mask, labels, memory_state, backward, recompute)
-
-    def plan(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        require_targets: bool = True,
-    ) -> SegmentPlan:
-        """`RecurrentMemoryModel.plan`, refusing input that already holds the special tokens the encoder adds around
-        every segment (a tokenizer's default, add_special_tokens=True): read as text, they changed the answer
-        silently."""
-        plan = super().plan(input_ids, attention_mask, labels, require_targets)
+    def check_planned_input(self, plan: SegmentPlan) -> None:
+        """Refuse input that already holds the special tokens the encoder adds around every segment (a tokenizer's
+        default, add_special_tokens=True): read as text, they changed the answer silently."""
         last = plan.input_ids.gather(1, (plan.lengths - 1).clamp(min=0)[:, None])[:, 0]
         self.refuse_special_tokens_around(plan.input_ids[:, 0], last, plan.lengths)
-        return plan
 
     def refuse_special_tokens_around(self, first: torch.Tensor, last: torch.Tensor, lengths: torch.Tensor) -> None:
         """Raise an InputError when a sample's first token [B] is the [CLS] id and its last [B] the [SEP] id (and it
@@ -590,15 +545,6 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
 def _at_memory_positions(embeddings: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """`embeddings` [b, 1 + M + ..., D] with positions 1..M (after [CLS]) replaced by the memory `state` [b, M, D]."""
     return torch.cat([embeddings[:, :1], state.to(embeddings.dtype), embeddings[:, 1 + state.shape[1] :]], dim=1)
-
-
-def _check_one_text(token_type_ids: torch.Tensor | None) -> None:
-    """Refuse token types that mark a second text (a BERT tokenizer's sentence pair)."""
-    if token_type_ids is not None and bool((token_type_ids != 0).any()):
-        raise InputError(
-            "token_type_ids marks a second text (type 1): the encoder reads one text, cut into segments; "
-            "join the texts into one"
-        )
 
 
 def _first_set(*values: int | None) -> int | None:
