@@ -344,3 +344,88 @@ def test_a_flat_state_dict_from_hugging_face_tooling_is_named_with_the_way_to_sa
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
     with pytest.raises(FileNotFoundError, match=r"flat state dict, as Trainer.save_model .*\(model\).save_pretrained"):
         RMTForCausalLM.from_pretrained(tmp_path)
+
+
+def _cached_snapshot(cache_dir, repo_id: str, files_from) -> None:
+    """Put the files of the folder `files_from` into a Hugging Face Hub cache at `cache_dir` as the Hub's download
+    leaves them (refs/main naming a snapshot folder), so the real hub library reads them with local_files_only."""
+    import shutil
+
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(files_from, repo / "snapshots" / commit)
+
+
+def test_push_to_hub_uploads_what_from_pretrained_loads_by_hub_id(tmp_path, monkeypatch):
+    """No Hub is reachable in tests: the upload is recorded by a stand-in for HfApi, and the load reads the uploaded
+    files through the real hub library from its cache (local_files_only), as after a download."""
+    import shutil
+
+    import huggingface_hub
+
+    uploads = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploads["created"] = (repo_id, private, exist_ok, self.token)
+
+        def upload_folder(self, repo_id, folder_path, **options):
+            shutil.copytree(folder_path, tmp_path / "uploaded")
+            uploads["options"] = options
+            return huggingface_hub.CommitInfo(
+                commit_url=f"https://huggingface.co/{repo_id}/commit/1",
+                commit_message="",
+                commit_description="",
+                oid="1",
+            )
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    model = trained_like(RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5)))
+    url = model.push_to_hub("someone/tiny-rmt", private=True, token="hf_x", commit_message="first")
+    assert url == "https://huggingface.co/someone/tiny-rmt/commit/1"
+    assert uploads["created"] == ("someone/tiny-rmt", True, True, "hf_x")
+    assert uploads["options"]["commit_message"] == "first"
+    assert "backbone/*.safetensors" in uploads["options"]["delete_patterns"]  # an earlier upload's other shards go
+
+    cache = tmp_path / "hub-cache"
+    _cached_snapshot(cache, "someone/tiny-rmt", tmp_path / "uploaded")
+    loaded = RMTForCausalLM.from_pretrained("someone/tiny-rmt", cache_dir=cache, local_files_only=True, bptt_depth=1)
+    assert loaded.config.bptt_depth == 1  # overrides still apply
+    ids = torch.randint(0, VOCAB, (2, 13), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)
+
+
+def test_hub_ids_that_give_no_rmt_checkpoint_are_one_line(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    empty_cache = tmp_path / "empty-cache"
+    with pytest.raises(FileNotFoundError, match="no checkpoint at someone/absent: it is no local folder, and as a Hug"):
+        RMTForCausalLM.from_pretrained("someone/absent", cache_dir=empty_cache, local_files_only=True)
+    with pytest.raises(InputError, match="not arguments of a hub download: mirror"):
+        pretrained.hub_checkpoint_folder("someone/absent", mirror="x")
+
+    def no_rmt_config(repo_id, filename, **hub):
+        raise EntryNotFoundError(f"{filename} not in {repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_rmt_config)
+    with pytest.raises(InputError, match="HuggingFaceTB/SmolLM2-135M is not an rmt checkpoint: it has no rmt_config"):
+        RMTForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M")
+
+
+def test_local_paths_are_not_taken_for_hub_ids(tmp_path, monkeypatch):
+    """A mistyped local path of two parts whose first part is a folder here stays a local path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint at runs/modle: the folder does not exist"):
+        RMTForCausalLM.from_pretrained("runs/modle")
+    assert pretrained._names_a_hub_checkpoint("someone/model")
+    for local in ("runs/modle", "./a", "a/b/c", "/abs/b", "one", "bad name/x"):
+        assert not pretrained._names_a_hub_checkpoint(local)
+    RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=1, segment_size=5)).save_pretrained("saved")
+    assert RMTForCausalLM.from_pretrained("saved", revision="v1").config.num_memory_tokens == 1  # ignored locally

@@ -9,6 +9,9 @@ half-written checkpoint and an existing one is replaced only once the new one is
 folder (a tokenizer saved there or in backbone/, a README) are kept, as in Hugging Face's own `save_pretrained`;
 old weight files are not. A loaded model is in
 eval mode, as Hugging Face models are after `from_pretrained`.
+
+A checkpoint on the Hugging Face Hub loads by its id ("owner/name", when no local path of that name exists), through
+the Hub's cache (`hub_checkpoint_folder`); `push_to_hub` uploads one (`upload_to_hub`).
 """
 
 from __future__ import annotations
@@ -120,13 +123,18 @@ def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | Non
     `segment_size=256`, `bptt_depth=2`), except those that decide the memory weights (`_FIXED_BY_WEIGHTS`); the
     others go to the backbone's from_pretrained (`dtype`, `device_map`, ...).
 
+    A hub id ("owner/name") that is no local path is fetched from the Hugging Face Hub with `HUB_ARGUMENTS`
+    (`revision`, `token`, `cache_dir`, `local_files_only`, `force_download`), which a local folder ignores, as
+    transformers does.
+
     Missing files raise MissingFileError, damaged ones an InputError naming the file ("corrupt checkpoint: ...").
     Errors that are not about the files (e.g. a `device_map` this machine cannot serve) keep their own type and
     message."""
     fields = {f.name for f in dataclasses.fields(RMTConfig)}
+    hub = {name: kwargs.pop(name) for name in HUB_ARGUMENTS if name in kwargs}
     overrides = {name: value for name, value in kwargs.items() if name in fields}
     backbone_kwargs = {name: value for name, value in kwargs.items() if name not in fields}
-    path = Path(path)
+    path = hub_checkpoint_folder(path, **hub) if _names_a_hub_checkpoint(path) else Path(path)
     recover_directory(path, remove=False)  # a version a crashed save set aside; a reader deletes nothing
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} is a file, not a checkpoint folder")
@@ -186,6 +194,91 @@ def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | Non
             raise InputError(f"corrupt checkpoint: {name} holds {tensor.dtype} values in {path / MEMORY_WEIGHTS}")
     model.load_state_dict(tensors, strict=False)
     return model.to(backbone.device).eval()
+
+
+# from_pretrained's keyword arguments that say how to fetch a checkpoint from the Hugging Face Hub, as transformers'
+HUB_ARGUMENTS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+
+
+def _names_a_hub_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` reads as a hub id ("owner/name") and names no local path. A mistyped local path of two parts
+    whose first part is a local folder (`runs/modle`) stays a local path, so its error says the folder is missing."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    name = str(path)
+    if isinstance(path, Path) or Path(name).exists() or name.count("/") != 1 or name.startswith((".", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not Path(name.split("/")[0]).is_dir()
+
+
+def hub_checkpoint_folder(repo_id: str, **hub) -> Path:
+    """The local folder of the rmt checkpoint `repo_id` on the Hugging Face Hub: its snapshot in the Hub's cache,
+    downloaded when missing or stale. `hub`: `HUB_ARGUMENTS`. A repository that is not an rmt checkpoint (no
+    rmt_config.json: a plain Hugging Face model) is refused before its weights download."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from rmt.build import _one_line
+
+    unknown = sorted(set(hub) - set(HUB_ARGUMENTS))
+    if unknown:
+        raise InputError(f"not arguments of a hub download: {', '.join(unknown)} (it takes {', '.join(HUB_ARGUMENTS)})")
+    not_local = f"no checkpoint at {repo_id}: it is no local folder, and as a Hugging Face Hub id"
+    try:
+        hf_hub_download(repo_id, MEMORY_CONFIG, **hub)
+        return Path(snapshot_download(repo_id, **hub))
+    except RepositoryNotFoundError as err:
+        raise MissingFileError(
+            f"{not_local} no repository of that name is visible (a private one needs token=): {_one_line(err)}"
+        ) from err
+    except LocalEntryNotFoundError as err:  # no connection (or local_files_only) and nothing in the cache
+        raise MissingFileError(f"{not_local} it could not be fetched: {_one_line(err)}") from err
+    except EntryNotFoundError as err:
+        raise InputError(
+            f"the Hugging Face Hub repository {repo_id} is not an rmt checkpoint: it has no {MEMORY_CONFIG} (a "
+            "plain model gets memory as a backbone: RMTForCausalLM(AutoModelForCausalLM.from_pretrained(...), "
+            "RMTConfig(...)))"
+        ) from err
+    except OSError as err:  # another answer of the Hub (a revision it does not have, a gated repository, ...)
+        raise MissingFileError(f"{not_local} it could not be fetched: {_one_line(err)}") from err
+
+
+def upload_to_hub(
+    model: MemoryModel,
+    repo_id: str,
+    commit_message: str = "Upload rmt model",
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = None,
+) -> str:
+    """Save `model` as `save_memory_model` does into a temporary folder and upload it to the Hugging Face Hub
+    repository `repo_id` (created if missing) in one commit, whose URL is returned. Weight files of an earlier upload
+    that this one does not write (other shards) are deleted in the same commit, as a local save replaces them."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "model"
+        save_memory_model(model, folder, max_shard_size=max_shard_size)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+            delete_patterns=list(_OWNED),
+        )
+    return str(commit.commit_url)
 
 
 def _first_unreadable(path: Path) -> Path | None:

@@ -39,7 +39,7 @@ from rmt.config import RMTConfig
 from rmt.errors import InputError
 from rmt.memory.generation import generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput, SegmentOutput
-from rmt.memory.pretrained import load_memory_model, save_memory_model
+from rmt.memory.pretrained import load_memory_model, save_memory_model, upload_to_hub
 from rmt.memory.segments import SegmentPlan, assemble_logits, plan_segments, select
 from rmt.memory.state import (
     State,
@@ -168,12 +168,28 @@ class RecurrentMemoryModel(nn.Module):
             raise InputError("rmt checkpoints are written as safetensors only: safe_serialization=False is refused")
         save_memory_model(self, path, max_shard_size=max_shard_size)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str = "Upload rmt model",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = None,
+    ) -> str:
+        """Upload the model to the Hugging Face Hub repository `repo_id` ("owner/name", created if missing) as
+        `save_pretrained` writes it, in one commit; returns the commit's URL. `from_pretrained(repo_id)` loads it."""
+        return upload_to_hub(self, repo_id, commit_message, private, token, revision, create_pr, max_shard_size)
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> RecurrentMemoryModel:
-        """Load a model written by `save_pretrained`. Keyword arguments named after RMTConfig fields change the saved
-        config (`segment_size=256`, `bptt_depth=2`; not those that decide the memory weights, such as
-        num_memory_tokens); the others go to the backbone's from_pretrained (e.g. dtype, device_map). Raises
-        MissingFileError / InputError naming the missing or corrupt file."""
+        """Load a model written by `save_pretrained` from its folder, or one `push_to_hub` uploaded by its hub id
+        ("owner/name", with `revision`, `token`, `cache_dir`, `local_files_only`, `force_download` as in Hugging
+        Face). Keyword arguments named after RMTConfig fields change the saved config (`segment_size=256`,
+        `bptt_depth=2`; not those that decide the memory weights, such as num_memory_tokens); the others go to the
+        backbone's from_pretrained (e.g. dtype, device_map). Raises MissingFileError / InputError naming the missing or
+        corrupt file."""
         return load_memory_model(path, None if cls is RecurrentMemoryModel else cls, **kwargs)
 
     def forward(
