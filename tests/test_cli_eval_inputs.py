@@ -963,3 +963,22 @@ def test_rmt_generate_asks_a_question_in_the_format_models_are_trained_on(decode
     with pytest.raises(SystemExit):
         main(["generate", decoder, *common, "--question", "Where?", "--prompt", "Where?"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_rmt_generate_reads_a_checkpoint_by_its_hub_id(decoder, tmp_path, capsys, monkeypatch):
+    """The model and its tokenizer (in backbone/) come from the Hub's cache, as after a download; no Hub is reachable
+    in tests, so the hub library runs offline on a cache holding the checkpoint's files."""
+    import huggingface_hub.constants
+
+    repo = tmp_path / "cache" / "models--someone--tiny-rmt"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(decoder, repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(5))
+    args = ["--document", str(document), "--prompt", "Where is Mary", "--max-new-tokens", "4"]
+    runs = [_run(["generate", model, *args], capsys) for model in (decoder, "someone/tiny-rmt")]
+    assert [code for code, _, _ in runs] == [0, 0]
+    assert runs[1][1].splitlines()[-1] == runs[0][1].splitlines()[-1]  # the same answer

@@ -95,7 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="folder written by save_pretrained (e.g. OUTPUT/model)")
+    parser.add_argument(
+        "checkpoint",
+        help="folder written by save_pretrained (e.g. OUTPUT/model), or its Hugging Face Hub id (owner/name)",
+    )
     segments_help = (
         "synthetic tasks: detect_memorize's number of segments (the sample's length); the other tasks are cut as "
         "the model cuts them (a --segments that differs is refused), and so are a data file and BABILong"

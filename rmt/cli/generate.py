@@ -34,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", help="a causal memory model saved by save_pretrained (e.g. OUTPUT/model)")
+    parser.add_argument(
+        "checkpoint",
+        help="a causal memory model saved by save_pretrained (e.g. OUTPUT/model), or its Hugging Face Hub id "
+        "(owner/name)",
+    )
     parser.add_argument("--document", default=None, help="text file to read through memory")
     asked = parser.add_mutually_exclusive_group()
     asked.add_argument("--prompt", default=None, help="text to continue after the document, as it is")

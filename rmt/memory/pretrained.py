@@ -248,6 +248,19 @@ def hub_checkpoint_folder(repo_id: str, **hub) -> Path:
         raise MissingFileError(f"{not_local} it could not be fetched: {_one_line(err)}") from err
 
 
+def cached_hub_checkpoint(repo_id: str) -> Path | None:
+    """The snapshot folder of the rmt checkpoint `repo_id` (its main revision) in the Hub's default cache, found
+    without asking the Hub; None when it is not there (or `repo_id` is no rmt checkpoint)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(repo_id, MEMORY_CONFIG)
+    except HFValidationError:
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def upload_to_hub(
     model: MemoryModel,
     repo_id: str,
