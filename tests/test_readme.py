@@ -49,9 +49,35 @@ def test_the_readme_has_the_examples_this_test_runs():
     assert sum("steps=600" in block for block in blocks) == 1
 
 
+def stand_in_hub(folder: Path, monkeypatch) -> None:
+    """No Hub is reachable in tests: push_to_hub's upload lands in `folder`/<repo id>, and from_pretrained's download
+    reads it from there."""
+    import shutil
+
+    import huggingface_hub
+
+    class Api:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **options):
+            pass
+
+        def upload_folder(self, repo_id, folder_path, **options):
+            shutil.copytree(folder_path, folder / repo_id, dirs_exist_ok=True)
+            return huggingface_hub.CommitInfo(
+                commit_url=f"{repo_id}/commit/1", commit_message="", commit_description="", oid="1"
+            )
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, name, **hub: str(folder / repo_id / name))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **hub: str(folder / repo_id))
+
+
 @pytest.mark.parametrize("index", range(4))
 def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    stand_in_hub(tmp_path / "hub", monkeypatch)
     namespace: dict = {}
     for block in python_blocks()[: index + 1]:  # later blocks continue the earlier ones' model
         prelude = "".join(code for key, code in PRELUDES.items() if key in block)

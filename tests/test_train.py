@@ -734,3 +734,75 @@ def test_settings_given_as_dicts_are_refused_with_the_class_to_build():
     ):
         with pytest.raises(InputError, match=rf"{cls.__name__} takes an RMTConfig, got a dict: build one from it"):
             cls(backbone, {"segment_size": 4})
+
+
+def test_a_bf16_run_gives_the_model_back_computing_in_fp32(tmp_path):
+    """Accelerate's prepare() wraps the model's forward in autocast for good: after a bf16 run, model(...) computed
+    in bf16 (max |logit difference| 2e-3 against the same weights in fp32)."""
+    model, source = small_setup()
+    train(model, source, TrainConfig(steps=1, batch_size=2, mixed_precision="bf16", progress=False), tmp_path / "r")
+    ids = source.task().batch(2, seed=5).input_ids
+    reference = memory_model(
+        random_backbone("llama", model.backbone.config.vocab_size, 2, 32, max_positions=64), model.config
+    )
+    reference.load_state_dict(model.state_dict())
+    model.eval()
+    torch.testing.assert_close(model(ids).logits, reference.eval()(ids).logits, rtol=0, atol=0)
+
+
+def test_runs_in_two_precisions_one_after_the_other_in_one_process(tmp_path):
+    """Accelerate keeps one state per process and refused the second precision (a raw ValueError)."""
+    for precision in ("no", "bf16", "no"):
+        model, source = small_setup()
+        config = TrainConfig(steps=1, batch_size=2, mixed_precision=precision, progress=False)
+        assert train(model, source, config, tmp_path / precision, overwrite=True)[-1]["step"] == 1
+
+
+def test_gradients_left_on_the_model_before_training_are_not_added_to_its_first_step(tmp_path):
+    config = TrainConfig(steps=1, batch_size=2, progress=False)
+    fresh, source = small_setup()
+    dirty, _ = small_setup()
+    batch = source.task().batch(2, seed=9)
+    dirty.forward_backward(batch.input_ids, labels=batch.labels)  # the README's training step, run before
+    train(fresh, source, config, tmp_path / "fresh")
+    train(dirty, source, config, tmp_path / "dirty")
+    for (name, a), b in zip(fresh.state_dict().items(), dirty.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_an_accelerator_that_accumulates_gradients_itself_is_refused(tmp_path):
+    """accelerator.backward divides the loss by its own accumulation steps, on top of the trainer's weights."""
+    from accelerate import Accelerator
+
+    model, source = small_setup()
+    accumulating = Accelerator(cpu=True, gradient_accumulation_steps=4)
+    with pytest.raises(InputError, match="accumulates gradients over 4 steps itself: .*TrainConfig.grad_accumulation"):
+        train(model, source, TrainConfig(steps=1, progress=False), tmp_path / "run", accelerator=accumulating)
+    assert not (tmp_path / "run").exists()
+    assert Accelerator(cpu=True).gradient_accumulation_steps == 1  # not left to the runs after it
+
+
+def test_a_curriculum_over_samples_of_one_length_is_refused(tmp_path):
+    """A fixed task ignores the number of segments: the log named stages that never happened."""
+    model, source = small_setup()
+    config = TrainConfig(steps=4, curriculum=[(0, 1), (2, 2)], progress=False)
+    with pytest.raises(InputError, match="this TaskSource gives samples of one length"):
+        train(model, source, config, tmp_path / "run")
+    growing = TaskSource(lambda segments: CopyTask(length=2 * segments))
+    assert growing.follows_num_segments and not source.follows_num_segments
+
+
+def test_held_out_scores_of_a_bf16_run_are_computed_in_bf16(tmp_path, monkeypatch):
+    """In the precision the run trains in, with or without FSDP (whose model Accelerate never wrapped in autocast)."""
+    import rmt.train.loop as loop
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", recording)
+    model, source = small_setup()
+    train(model, source, TrainConfig(steps=1, batch_size=2, mixed_precision="bf16", progress=False), tmp_path / "r")
+    assert seen == [True]

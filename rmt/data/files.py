@@ -360,6 +360,8 @@ class DatasetSource(Source):
             if self.validation:
                 check(self.validation, "the validation data")
 
+    follows_num_segments = False  # records are as long as they are
+
     @property
     def batches_are_pure(self) -> bool:
         """A streamed file is read in order, so its batch of a step depends on the batches read before it."""

@@ -86,6 +86,10 @@ class PrefetchingSource(Source):
     def metric(self) -> str:
         return self.source.metric
 
+    @property
+    def follows_num_segments(self) -> bool:
+        return self.source.follows_num_segments
+
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
         key = (step, batch_size, num_segments)
         future = self._pending.pop(key, None)

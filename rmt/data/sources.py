@@ -31,6 +31,9 @@ class Source(ABC):
     #: whether `train_batch` depends on its arguments alone, so that worker processes can build batches ahead
     #: (`rmt.data.prefetch`); False for a source that reads its data in order
     batches_are_pure: bool = True
+    #: whether batches are as long as the `num_segments` they are asked for, so that a curriculum acts on them; False
+    #: for a source whose samples have one length (a fixed task, a data file)
+    follows_num_segments: bool = True
 
     @abstractmethod
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
@@ -54,6 +57,10 @@ class TaskSource(Source):
     def __init__(self, task: Task | TaskFactory, seed: int = 0) -> None:
         self._task = task
         self.seed = seed
+
+    @property
+    def follows_num_segments(self) -> bool:
+        return not isinstance(self._task, Task)
 
     def task(self, num_segments: int | None = None) -> Task:
         if isinstance(self._task, Task):

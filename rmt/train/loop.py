@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import broadcast_object_list, reduce, set_seed
 from tqdm.auto import tqdm
 
@@ -118,8 +119,22 @@ def migrated_trainer_state(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_accelerator(config: TrainConfig) -> Accelerator:
-    """An Accelerator on the GPU when there is one (else the CPU) with the config's mixed precision."""
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    """An Accelerator on the GPU when there is one (else the CPU) with the config's mixed precision. Accelerate keeps
+    one state per process: a single process that trained in another precision before (two `train` calls in a
+    notebook) gets it reset; a distributed one is refused, as Accelerate refuses it."""
+    settings = {"cpu": not torch.cuda.is_available(), "mixed_precision": config.mixed_precision}
+    try:
+        return Accelerator(**settings)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        if PartialState().num_processes > 1:
+            raise InputError(
+                f"these processes trained in another mixed precision before: Accelerate cannot change it to "
+                f"{config.mixed_precision!r} within them; start them again"
+            ) from err
+        AcceleratorState._reset_state()
+        return Accelerator(**settings)
 
 
 def train(
@@ -133,7 +148,10 @@ def train(
     save_extras: SaveExtras | None = None,
     overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl).
+    """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl):
+    every `log_every` steps the mean training loss over those steps, `lr` (the backbone's rate at the last of them;
+    the memory's with trainable="memory"), `grad_norm` (the last step's, before clipping) and `segments`; every
+    `eval_every` steps the held-out scores (`eval_loss`, `eval_accuracy`, ...).
 
     resume=True continues from `output_dir/checkpoint` (an error if there is none). A fresh run into a folder that
     holds an earlier run (`run_entries`: its metrics, checkpoint, model, best model or TensorBoard logs) is refused
@@ -160,6 +178,12 @@ def train(
         raise InputError(
             f"curriculum_accuracy acts on held-out accuracy, which this data does not have (it is scored by its "
             f"{source.metric}): it would never act"
+        )
+    if config.curriculum and not source.follows_num_segments:
+        raise InputError(
+            f"a curriculum changes the number of segments of generated samples, and this {type(source).__name__} "
+            "gives samples of one length (a fixed task or a data file): it would log stages that never happen; "
+            "drop the curriculum, or pass TaskSource a factory num_segments -> task"
         )
     # Every process looks before any writes: the main process writes only after the model is prepared, which
     # waits for all of them.
@@ -216,6 +240,11 @@ def _train(
             "fp16 mixed precision needs a GPU: Accelerate neither autocasts to fp16 nor scales gradients on the CPU, "
             "so the run would train in fp32; use bf16 on the CPU"
         )
+    if accelerator.gradient_accumulation_steps > 1:  # accelerator.backward would divide every gradient by it
+        raise InputError(
+            f"the Accelerator accumulates gradients over {accelerator.gradient_accumulation_steps} steps itself: pass "
+            "one without gradient_accumulation_steps and set TrainConfig.grad_accumulation instead"
+        )
     main = accelerator.is_main_process
 
     model.to(accelerator.device)
@@ -228,6 +257,9 @@ def _train(
     else:
         optimizer, scheduler = build_optimizer(model, config)
         prepared, optimizer = accelerator.prepare(model, optimizer)
+        # prepare() wraps the model's own forward in autocast for good, which would leave a bf16 run's model
+        # computing in bf16 after training; the trainer autocasts where it runs the model instead.
+        accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
         accelerator.register_for_checkpointing(scheduler)
     params = trainable_parameters(model)
     if main:
@@ -297,6 +329,7 @@ def _train(
         )
 
     model.train()
+    optimizer.zero_grad(set_to_none=True)  # gradients the caller left (a forward_backward of their own) are not ours
     bar = tqdm(
         range(start_step, config.steps),
         initial=start_step,
@@ -306,6 +339,7 @@ def _train(
         dynamic_ncols=True,
     )
     started = time.time() - state.elapsed_s
+    shown_loss = None  # the progress bar's: the last logged mean training loss
     deadline = None if config.max_time is None else time.time() + config.max_time
     for step in bar:
         if state.stopped_early:
@@ -337,18 +371,21 @@ def _train(
                 "elapsed_s": round(time.time() - started, 2),
             }
             state.running_loss, state.running_count = 0.0, 0
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            shown_loss = record["loss"]
+            bar.set_postfix(loss=f"{shown_loss:.3f}")
             if main:
                 _log(metrics_path, history, writer, record)
         if done % config.eval_every == 0 or done == config.steps:
             # Sharded layers gather their weights in every process: each runs every batch. Otherwise each process
             # scores its share of the batches and all get the totals.
             processes = None if config.fsdp else accelerator
-            scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments, processes)
+            with accelerator.autocast():  # held-out scores in the precision the run trains in
+                scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments, processes)
             if main:
                 record = {"step": done, **{f"eval_{k}": v for k, v in scores.items()}, "segments": num_segments}
                 bar.set_postfix(
-                    loss=f"{loss:.3f}", **({"acc": f"{scores['accuracy']:.3f}"} if "accuracy" in scores else {})
+                    loss=f"{loss if shown_loss is None else shown_loss:.3f}",
+                    **({"acc": f"{scores['accuracy']:.3f}"} if "accuracy" in scores else {}),
                 )
                 _log(metrics_path, history, writer, record)
             state = _after_eval(config, state, done, scores, accelerator, source.metric)
