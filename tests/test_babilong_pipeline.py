@@ -13,9 +13,10 @@ import torch
 from conftest import background_text, tiny_model_folder
 
 import rmt.eval.by_length as by_length_module
+from rmt.build import pretrained_tokenizer
 from rmt.cli import build_parser, main
 from rmt.cli.options import config_from_args
-from rmt.cli.train import build_setup
+from rmt.cli.train import build_setup, load_background
 from rmt.data.babilong import answer_labels, build_dataset, load_babilong, save_babilong
 from rmt.data.haystack import Haystack
 from rmt.eval.by_length import Outcome, Reader, evaluate_by_length, format_table, wilson_interval
@@ -42,9 +43,13 @@ def encoder_dir(tmp_path_factory):
 TRAIN = ["--steps", "3", "--batch-size", "2", "--eval-every", "3", "--eval-batches", "1", "--eval-batch-size", "2"]
 
 
-def test_babilong_command_writes_the_public_layout(tmp_path, decoder_dir, haystack_file):
+def test_babilong_command_writes_the_public_layout(tmp_path, decoder_dir, haystack_file, capsys):
     args = ["babilong", "--tasks", "qa1,qa4", "--lengths", "0k,200", "--samples", "3", "--tokenizer", str(decoder_dir)]
     assert main([*args, "--haystack", str(haystack_file), "--output", str(tmp_path), "--no-progress"]) == 0
+    # The default seed gives what rmt eval scores by default: said, so that no one trains on it unawares.
+    assert "these are the samples that rmt eval --data babilong:TASK scores by default" in capsys.readouterr().err
+    evaluated = build_dataset("qa1", "200", 3, pretrained_tokenizer(decoder_dir), load_background(str(haystack_file)))
+    assert [s.input for s in load_babilong(tmp_path / "data" / "qa1" / "200.json")] == [s.input for s in evaluated]
     for task in ("qa1", "qa4"):
         for name in ("0k", "200"):
             records = json.loads((tmp_path / "data" / task / f"{name}.json").read_text())

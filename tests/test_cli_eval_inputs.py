@@ -982,3 +982,44 @@ def test_rmt_generate_reads_a_checkpoint_by_its_hub_id(decoder, tmp_path, capsys
     runs = [_run(["generate", model, *args], capsys) for model in (decoder, "someone/tiny-rmt")]
     assert [code for code, _, _ in runs] == [0, 0]
     assert runs[1][1].splitlines()[-1] == runs[0][1].splitlines()[-1]  # the same answer
+
+
+def test_eval_and_generate_refuse_a_checkpoint_whose_tokenizer_belongs_to_another_model(decoder, tmp_path, capsys):
+    """rmt train checked it; rmt eval and rmt generate failed later, on ids outside the vocabulary."""
+    other = tmp_path / "model"
+    shutil.copytree(decoder, other)
+    tokenizer = pretrained_tokenizer(decoder)
+    tokenizer.add_tokens([f"extra{i}" for i in range(1000)])
+    tokenizer.save_pretrained(other / "backbone")
+    record = {"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "kitchen"}
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(3))
+    for args in (
+        ["eval", str(other), "--data", str(data)],
+        ["eval", str(other), "--data", "babilong:qa1", "--lengths", "0k", "--samples", "2"],
+        ["generate", str(other), "--document", str(document), "--prompt", "Where is Mary"],
+    ):
+        code, _, err = _run(args, capsys)
+        assert code == 2 and "the tokenizer belongs to another model" in err, args
+
+
+def test_eval_on_a_file_makes_records_of_the_scored_ones_alone(decoder, tmp_path, capsys, monkeypatch):
+    """All of a data file's records became Python dicts (400 MiB more for a 400 MiB file), though only --batches x
+    --batch-size of them are scored."""
+    import rmt.data.files
+
+    held = []
+    original = rmt.data.files.DatasetSource.__init__
+
+    def recording(self, train, collate, seed=0, validation=None, metric="accuracy"):
+        held.append((len(train), len(validation)))
+        original(self, train, collate, seed, validation, metric)
+
+    monkeypatch.setattr(rmt.data.files.DatasetSource, "__init__", recording)
+    record = {"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "kitchen"}
+    data = tmp_path / "qa.jsonl"
+    data.write_text((json.dumps(record) + "\n") * 50)
+    code, out, _ = _run(["eval", decoder, "--data", str(data), "--batches", "2", "--batch-size", "3"], capsys)
+    assert code == 0 and json.loads(out)["scored"] == 6 and held == [(6, 6)]

@@ -224,6 +224,22 @@ def test_csv_files_as_pandas_and_other_tools_write_them(tmp_path):
         load_records(latin)
 
 
+@pytest.mark.parametrize("chunk_bytes", [3, 7, 1 << 24])
+def test_a_json_lines_file_with_null_lines_is_refused_before_pyarrow_crashes_on_it(tmp_path, chunk_bytes):
+    """pyarrow's JSON reader killed the process (SIGSEGV, no message) on a file whose first line is `null`."""
+    from rmt.data.files import _first_null_line
+
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_bytes(b"\xef\xbb\xbfnull\nnull\n")
+    with pytest.raises(InputError, match=r"nulls\.jsonl: line 1 is not a JSON object \(a record\): null"):
+        load_records(nulls)
+    later = tmp_path / "later.jsonl"
+    later.write_text((json.dumps(RECORD) + "\n") * 3 + " null\r\n" + json.dumps({**RECORD, "target": None}) + "\n")
+    assert _first_null_line(later, chunk_bytes) == 4  # a null field is not a null line
+    later.write_text((json.dumps(RECORD) + "\n") * 3 + json.dumps({**RECORD, "target": None}) + "\nnull")
+    assert _first_null_line(later, chunk_bytes) == 5
+
+
 def test_bad_lines_of_a_json_lines_file_are_named_by_their_place_in_the_file(tmp_path):
     """pyarrow counted rows within its read block (a broken line 30,001 was 'row 30000' of one block, of another in a
     larger file), and it reads text without checking UTF-8, so a record in another encoding loaded and failed in the

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime, check_seed
+from rmt.cli.evaluate import DEFAULT_SEED
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="facts only within this depth range of the context, LOW,HIGH within 0..1 (default: %(default)s)",
     )
     parser.add_argument("--facts", default=None, help=FACTS_HELP)
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed (default: %(default)s, which gives the samples rmt eval --data babilong:TASK scores by default: "
+        "give training data another seed)",
+    )
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace files of these tasks and lengths already in --output"
@@ -139,4 +147,10 @@ def run(args: argparse.Namespace) -> int:
             temporary.unlink(missing_ok=True)
     files = f"{len(cells)} file{'s' if len(cells) != 1 else ''}"
     print(f"wrote {files} of {args.samples} sample{'s' if args.samples != 1 else ''} under {Path(args.output)}")
+    if args.seed == DEFAULT_SEED:  # the same call as rmt eval's: training on these files would score training data
+        print(
+            f"note: with --seed {DEFAULT_SEED} these are the samples that rmt eval --data babilong:TASK scores by "
+            "default; data to train on needs another --seed",
+            file=sys.stderr,
+        )
     return 0

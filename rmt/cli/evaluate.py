@@ -371,12 +371,17 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
 
 def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
     from rmt.build import pretrained_tokenizer
-    from rmt.data.collate import QACollator, TextCollator
+    from rmt.data.collate import QACollator, TextCollator, check_tokenizer
     from rmt.data.files import DatasetSource, load_records, record_shape
     from rmt.train.evaluation import evaluate
 
     tokenizer = pretrained_tokenizer(args.checkpoint)
+    check_tokenizer(tokenizer, model.backbone.get_input_embeddings().weight.shape[0])
     records = load_records(args.data, streaming=False)
+    total = len(records)
+    scored = min(args.batches * args.batch_size, total)  # evaluate() reads the first batches, the last maybe short
+    # Only what is scored becomes Python records: the file stays memory-mapped by `datasets`, however large.
+    head = records.select(range(scored))
     shape = record_shape(records.column_names, args.data)
     if shape == "qa":
         labels = None
@@ -384,16 +389,14 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
             config = model.backbone.config
             labels = [config.id2label[i] for i in range(config.num_labels)]
         collate, metric = QACollator(tokenizer, model.config.mode, labels), "accuracy"
-        collate.check_records(records, "the evaluation samples")  # named as what they are here, before the source
+        collate.check_records(head, "the evaluation samples")  # named as what they are here, before the source
     else:
         if model.config.mode == "encoder":
             raise InputError(
                 f"{args.data} holds text for language modelling, which needs a decoder; {args.checkpoint} is an encoder"
             )
         collate, metric = TextCollator(tokenizer), "loss"
-    source = DatasetSource(records, collate, validation=records, metric=metric)
-    total = len(records)
-    scored = min(args.batches * args.batch_size, total)  # evaluate() reads the first batches, the last maybe short
+    source = DatasetSource(head, collate, validation=head, metric=metric)
     scores = evaluate(model, source, batches=args.batches, batch_size=args.batch_size)
     print(
         json.dumps(
@@ -739,13 +742,14 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     from rmt.build import pretrained_backbone, pretrained_tokenizer
     from rmt.cli.train import load_background
     from rmt.data.babilong import build_dataset, load_babilong, parse_length
-    from rmt.data.collate import QACollator
+    from rmt.data.collate import QACollator, check_tokenizer
     from rmt.eval.by_length import evaluate_by_length, format_table
     from rmt.memory.memory_file import weights_fingerprint
 
     tasks, lengths, samples, methods = plan["tasks"], plan["lengths"], plan["samples"], plan["methods"]
     num_facts = plan["num_facts"]
     tokenizer = pretrained_tokenizer(args.checkpoint)
+    check_tokenizer(tokenizer, model.backbone.get_input_embeddings().weight.shape[0])
     mode = model.config.mode
     if mode == "encoder" and plan["max_new_tokens_given"]:
         raise InputError(f"--max-new-tokens: {args.checkpoint} is an encoder, which answers with a class, not tokens")

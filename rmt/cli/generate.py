@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import DTYPES, pretrained_tokenizer
-    from rmt.data.collate import qa_prompt
+    from rmt.data.collate import check_tokenizer, qa_prompt
     from rmt.data.haystack import check_text_file, read_text_file
     from rmt.memory.generation import check_generation_settings, stop_token_ids
     from rmt.memory.memory_file import read_memory, save_memory
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if not model.token_logits:
         raise InputError(f"{args.checkpoint} holds a classifier; generate needs a causal LM (decoder)")
     tokenizer = pretrained_tokenizer(args.checkpoint)
+    check_tokenizer(tokenizer, model.backbone.get_input_embeddings().weight.shape[0])
     settings = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.do_sample,

@@ -20,6 +20,7 @@ first batches before it changes its output folder); an encoder's answer outside 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
             f"data file {path} is one JSON array, which cannot be streamed (it is parsed whole); write it as JSON "
             "lines (one record per line, .jsonl)"
         )
+    null_line = _first_null_line(path) if kind == "json" and leading[:1] != "[" else None
+    if null_line is not None:  # pyarrow's JSON reader crashes the process (SIGSEGV) on a block that starts with one
+        raise InputError(f"cannot read data file {path}: line {null_line} is not a JSON object (a record): null")
     import datasets
 
     datasets.disable_progress_bars()
@@ -154,6 +158,28 @@ def _csv_as_text(path: Path) -> dict[str, Any]:
         "na_values": [""],
         "index_col": False,
     }
+
+
+_NULL_LINE = re.compile(rb"^[ \t]*null[ \t]*\r?$", re.MULTILINE)
+
+
+def _first_null_line(path: Path, chunk_bytes: int = 1 << 24) -> int | None:
+    """The number (from 1) of the first line of a JSON-lines file that is `null`, or None: read in large chunks and
+    searched with a regular expression, so that a file of gigabytes takes seconds."""
+    number, carry = 1, b""
+    with path.open("rb") as file:
+        if file.read(len(_BOM)) != _BOM:
+            file.seek(0)
+        while chunk := file.read(chunk_bytes):
+            lines = carry + chunk
+            cut = lines.rfind(b"\n") + 1  # whole lines only: the rest waits for the next chunk
+            whole, carry = lines[:cut], lines[cut:]
+            found = _NULL_LINE.search(whole)
+            if found is not None:
+                return number + whole.count(b"\n", 0, found.start())
+            number += whole.count(b"\n")
+    found = _NULL_LINE.search(carry)
+    return number if found is not None else None
 
 
 def _first_bad_json_line(path: Path) -> str | None:
