@@ -1023,3 +1023,19 @@ def test_eval_on_a_file_makes_records_of_the_scored_ones_alone(decoder, tmp_path
     data.write_text((json.dumps(record) + "\n") * 50)
     code, out, _ = _run(["eval", decoder, "--data", str(data), "--batches", "2", "--batch-size", "3"], capsys)
     assert code == 0 and json.loads(out)["scored"] == 6 and held == [(6, 6)]
+
+
+def test_a_broken_json_lines_line_and_an_empty_haystack_are_named(decoder, tmp_path, capsys):
+    """json counted the lines of the one line it was given ('line 1 column 29' for line 3), and --haystack ','
+    reached load_haystack, whose message named the function instead of the flag."""
+    from rmt.data.babilong import load_babilong
+
+    lines = tmp_path / "qa1.jsonl"
+    record = {"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "kitchen"}
+    lines.write_text(json.dumps(record) + "\n\n" + '{"input": "x" "question": "q"}\n')
+    with pytest.raises(InputError, match=r"qa1\.jsonl: line 3 is not JSON \(Expecting ',' delimiter at column 15\)"):
+        load_babilong(lines)
+    for spec in (",", ""):
+        babilong = ["babilong", "--tokenizer", decoder, "--lengths", "1k", "--output", str(tmp_path / "b")]
+        code, _, err = _run([*babilong, "--haystack", spec], capsys)
+        assert code == 2 and f"--haystack {spec!r}: no file named" in err and not (tmp_path / "b").exists()

@@ -377,3 +377,34 @@ def test_facts_before_last_with_a_short_haystack_blames_the_haystack(tokenizer):
         source = BabilongSource("qa1", tokenizer, haystack, collate, 64, facts_before_last=fraction)
         with pytest.raises(InputError, match="haystack too short"):
             source.samples(seed=0, count=2, num_segments=3, training=True)
+
+
+@pytest.mark.parametrize("shape", ["qa", "text"])
+def test_held_out_records_of_a_streamed_file_are_checked_before_training(tmp_path, shape):
+    """They are in memory from the start, but a bad one stopped the run at its first evaluation (with --overwrite,
+    after the earlier run there was removed)."""
+    tokenizer = word_tokenizer(tmp_path / "tokenizer")
+    good, bad = (RECORD, {**RECORD, "target": None}) if shape == "qa" else ({"text": "Mary went."}, {"text": None})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [good, good, good, bad, *[good] * 10]))
+    train_records, held_out = split_validation(load_records(data, streaming=True), 8)
+    collate = QACollator(tokenizer, "decoder") if shape == "qa" else TextCollator(tokenizer)
+    field = "target" if shape == "qa" else "text"
+    with pytest.raises(InputError, match=f"the validation data: record 3: the field '{field}' is empty"):
+        DatasetSource(train_records, collate, validation=held_out)
+
+
+def test_a_read_error_is_one_line_naming_the_line_of_the_file(tmp_path, capfd):
+    """pyarrow refuses an escaped half of a surrogate pair that Python's json takes, so its 'row N' (counted in its
+    read block) was all the message said; and `datasets` logged its own line before the error."""
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text((json.dumps(RECORD) + "\n") * 3 + '{"input": "\\ud800", "question": "q", "target": "k"}\n')
+    with pytest.raises(InputError, match=r"lone\.jsonl: line 4 holds an escaped half of a surrogate pair alone"):
+        load_records(lone)
+    assert "Failed to" not in capfd.readouterr().err
+    extra = tmp_path / "extra.csv"
+    extra.write_text("input,question,target\n" + "a,b,c\n" * 1200 + "a,b,c,d\n")
+    for streaming in (False, True):
+        with pytest.raises(InputError, match="Expected 3 fields in line 1202, saw 4"):
+            load_records(extra, streaming=streaming)
+        assert "Failed to" not in capfd.readouterr().err

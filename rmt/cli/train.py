@@ -688,6 +688,8 @@ def check_background(spec: str | None) -> list[Path]:
     from rmt.data.haystack import check_text_file
 
     paths = [Path(p) for p in (spec or "").split(",") if p]
+    if spec is not None and not paths:
+        raise InputError(f"--haystack {spec!r}: no file named")
     for path in paths:  # every file's first MiB before any is read whole
         check_text_file(path, f"--haystack {path}")
     return paths

@@ -762,6 +762,21 @@ def save_babilong(samples: Iterable[BabilongSample | Mapping[str, Any]], path: s
     return path
 
 
+def _json_lines(text: str, path: Path) -> list[Any]:
+    """The values of a JSON-lines text; a line that is not JSON is named by its number in the file (json counts the
+    lines of the one line it is given)."""
+    values = []
+    # Lines end at "\n" alone: splitlines() would also cut at U+2028, U+2029 or U+0085 inside a string.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}: line {number} is not JSON ({error.msg} at column {error.colno})") from error
+    return values
+
+
 def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
     """Read a BABILong file: a JSON array of objects (the public files, `save_babilong`) or JSON lines, in UTF-8
     (with or without a byte order mark). Every record needs input, question and target, as text; other keys are kept
@@ -779,8 +794,7 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
         else:
             records = _json_object(text, path)
             if records is None:
-                # Lines end at "\n" alone: splitlines() would also cut at U+2028, U+2029 or U+0085 inside a string.
-                records = [json.loads(line) for line in text.split("\n") if line.strip()]
+                records = _json_lines(text, path)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not a JSON array or JSON lines ({error})") from error
     if not records:

@@ -110,8 +110,12 @@ class QACollator:
     def check_records(self, records: Sequence[Mapping[str, Any]], name: str = "data") -> None:
         """Check every record's answer before training, so that a bad one is found now rather than when a batch
         draws it (maybe hours in): an encoder's answers must be in the label set. Raises an InputError naming the
-        first offending record (its position in `records`) and its answer. `records`: a list of dicts or a map-style
-        `datasets.Dataset`, of which only the target column is read."""
+        first offending record (its position in `records`) and its answer. `records`: a list of dicts, whose fields are
+        checked too (the held-out records of a streamed file), or a map-style `datasets.Dataset`, of which only the
+        target column is read (`rmt.data.files.load_records` checked its fields)."""
+        if not hasattr(records, "column_names"):
+            for position, record in enumerate(records):
+                check_qa_record(record, f"{name}: record {position}")
         if self.mode != "encoder":
             return
         # A Dataset gives its target column without decoding the (long) contexts.
@@ -175,6 +179,13 @@ class TextCollator:
                     "fewer than 2: nothing to predict"
                 )
         return pad_batch(ids, ids, self.pad_id)
+
+    def check_records(self, records: Sequence[Mapping[str, Any]], name: str = "data") -> None:
+        """Check the text field of every record of a list (the held-out records of a streamed file) before training,
+        naming the first bad one; a map-style `datasets.Dataset` was checked by `rmt.data.files.load_records`."""
+        if not hasattr(records, "column_names"):
+            for position, record in enumerate(records):
+                _check_field(record, "text", f"{name}: record {position}", TEXT_TYPES)
 
 
 def check_qa_record(record: Mapping[str, Any], where: str) -> None:

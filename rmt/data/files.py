@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
     if kind == "csv":
         options.update(_csv_as_text(path))
     try:
-        records = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming, **options)
+        with _datasets_errors_unlogged():  # the reader logs its error before raising it: said once, below
+            records = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming, **options)
     except _read_errors() as err:
         if "corresponds to no data" in str(err):  # what `datasets` says of "[]" or a CSV header alone
             raise InputError(f"data file {path} has no records") from err
@@ -93,7 +95,8 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
         # A blank line separates paragraphs; as a record it would be a document with nothing to predict.
         records = records.filter(_has_text, input_columns="text", batched=True)
     try:
-        empty = (next(iter(records), None) is None) if streaming else len(records) == 0
+        with _datasets_errors_unlogged():
+            empty = (next(iter(records), None) is None) if streaming else len(records) == 0
     except _read_errors() as err:  # a streamed file is read only now
         raise InputError(f"cannot read data file {path} as {kind}: {_reason(err)}") from err
     if empty:
@@ -101,6 +104,19 @@ def load_records(path: str | os.PathLike, streaming: bool | None = None) -> Any:
     if not streaming:
         check_fields(records, path)
     return records
+
+
+@contextmanager
+def _datasets_errors_unlogged() -> Iterator[None]:
+    """Inside the block, `datasets` logs nothing below CRITICAL (its JSON and CSV readers log the error they raise)."""
+    from datasets.utils import logging as datasets_logging
+
+    level = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(level)
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -200,6 +216,10 @@ def _first_bad_json_line(path: Path) -> str | None:
                 return f"line {number} is not JSON ({err})"
             if not isinstance(value, dict):
                 return f"line {number} is not a JSON object (a record): {type(value).__name__}"
+            try:  # Python's json takes an escaped half of a surrogate pair alone, pyarrow's reader does not
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as err:
+                return f"line {number} holds an escaped half of a surrogate pair alone, which is no text ({err})"
     return None
 
 
