@@ -408,3 +408,21 @@ def test_a_read_error_is_one_line_naming_the_line_of_the_file(tmp_path, capfd):
         with pytest.raises(InputError, match="Expected 3 fields in line 1202, saw 4"):
             load_records(extra, streaming=streaming)
         assert "Failed to" not in capfd.readouterr().err
+
+
+def test_numbers_read_as_floats_are_named_at_the_record_and_value_the_file_holds(tmp_path):
+    """Arrow widens a column of whole numbers and fractions to floats: the message named record 0 and '1.0' (the file
+    holds 1 there; the fraction 2.5 is record 3), and a whole number beyond 64 bits as a float the file never held."""
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        '{"input": "a", "question": "q", "target": 1}\n' * 3 + '{"input": "a", "question": "q", "target": 2.5}\n'
+    )
+    with pytest.raises(InputError, match=r"record 3: the field 'target' is a float \(2\.5\), not text$"):
+        load_records(mixed)
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"input": "a", "question": "q", "target": null}\n{"input": "a", "question": "q", "target": 2.5}\n')
+    with pytest.raises(InputError, match=r"record 0: the field 'target' is empty"):
+        load_records(big)
+    big.write_text('{"input": "a", "question": "q", "target": 12345678901234567890}\n')
+    with pytest.raises(InputError, match=r"record 0: the field 'target' is a number \(1\.23.*beyond 64 bits"):
+        load_records(big)

@@ -202,8 +202,7 @@ def field_problem(value: Any, types: tuple[type, ...], blank_allowed: bool = Tru
         # Hugging Face datasets give None for a key a record lacks and for an empty CSV cell.
         return "is empty (a missing key, null, or an empty CSV cell)"
     if isinstance(value, bool) or not isinstance(value, types):
-        hint = " (a CSV column of numbers with an empty cell reads as floats)" if isinstance(value, float) else ""
-        return f"is a {type(value).__name__} ({_shorten(value)}), not text{hint}"
+        return f"is a {type(value).__name__} ({_shorten(value)}), not text"
     if not blank_allowed and isinstance(value, str) and not value.strip():
         return f"is blank ({_shorten(value)}): nothing to learn"
     return None

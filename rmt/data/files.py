@@ -329,6 +329,12 @@ def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
                         index = pc.index(blank, True).as_py()
                         found.append((index, name, field_problem(column[index].as_py(), types, False) or ""))
                 continue
+            if pa.types.is_floating(column.type) and declared_plain[name]:
+                if column.null_count:
+                    found.append((pc.index(column.is_null(), True).as_py(), name, field_problem(None, types) or ""))
+                if column.null_count < len(column):
+                    found.append(_first_float(column, name))
+                continue
             for index, value in enumerate(selected[start : start + batch.num_rows][name]):
                 problem = field_problem(value, types, name not in NOT_BLANK)
                 if problem is not None:
@@ -338,6 +344,25 @@ def check_fields(records: Any, path: str | os.PathLike = "data") -> None:
             index, name, problem = min(found)
             raise InputError(f"{path}: record {start + index}: the field {name!r} {problem}")
         start += batch.num_rows
+
+
+def _first_float(column: Any, name: str) -> tuple[int, str, str]:
+    """(index, field, problem) for a column of numbers that Arrow reads as floats: whole numbers and fractions mixed
+    (the whole ones read as 1.0), or whole numbers beyond 64 bits. Named at its first fraction, the value the file
+    holds; without one at its first value, saying why a whole number reads as a float."""
+    import pyarrow.compute as pc
+
+    fraction = pc.fill_null(pc.not_equal(pc.floor(column), column), False)
+    if pc.any(fraction).as_py():
+        index = pc.index(fraction, True).as_py()
+        return index, name, f"is a float ({column[index].as_py()!r}), not text"
+    index = pc.index(column.is_valid(), True).as_py()
+    return (
+        index,
+        name,
+        f"is a number ({column[index].as_py()!r} as read: the column holds a number beyond 64 bits, or written with a "
+        "decimal point), not text",
+    )
 
 
 def _arrow_holds(kind: Any, types: tuple[type, ...]) -> bool:
