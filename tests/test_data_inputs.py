@@ -283,6 +283,16 @@ def test_a_missing_or_empty_field_is_never_read_as_the_text_none(tmp_path, token
             collate(streamed)
         with pytest.raises(InputError, match="record 0 of the batch: the field 'target' is empty"):
             collate([{**RECORD, "target": None}])
+        # A batch's place does not locate a record of a shuffled or streamed file: its question (or input) does.
+        with pytest.raises(
+            InputError,
+            match="record 1 of the batch: the field 'target' is blank .*; the record's question: 'Where is Mary\\?'$",
+        ):
+            collate([RECORD, {**RECORD, "target": " "}, {**RECORD, "target": None}])
+        with pytest.raises(
+            InputError, match="record 1 of the batch: the field 'question' is empty .*; the record's input: 'John"
+        ):
+            collate(streamed)
         with pytest.raises(InputError, match="record 0 of the batch: the field 'input' is a float"):
             collate([{**RECORD, "input": float("nan")}])
         with pytest.raises(InputError, match="record 0 of the batch: the field 'target' is a bool"):

@@ -88,7 +88,10 @@ class QACollator:
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> Batch:
         for position, record in enumerate(records):
-            check_qa_record(record, f"question-answering record {position} of the batch")
+            try:
+                check_qa_record(record, f"question-answering record {position} of the batch")
+            except InputError as err:  # a batch's place says little in a shuffled (or streamed) file: its text more
+                raise InputError(f"{err}; {_text_to_find(record)}") from None
         if self.mode == "encoder":
             texts = [f"{r['input']} {r['question']}" for r in records]
             ids = self._tokenize(texts)
@@ -224,6 +227,15 @@ def _shorten(value: Any, limit: int = 60) -> str:
 def _excerpt(record: Mapping[str, Any]) -> str:
     """A record's question, to find it by: the index alone may not locate it (records are split and shuffled)."""
     return f"(question {_shorten(record.get('question'))})"
+
+
+def _text_to_find(record: Mapping[str, Any]) -> str:
+    """The start of a record's question, or of its input when the question is no text, to find the record by."""
+    for name in ("question", "input"):
+        value = record.get(name)
+        if isinstance(value, str) and value.strip():
+            return f"the record's {name}: {_shorten(value)}"
+    return "the record has no question or input text"
 
 
 def _pad_id(tokenizer: Any) -> int:
