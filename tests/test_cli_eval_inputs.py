@@ -946,6 +946,9 @@ def test_rmt_generate_asks_a_question_in_the_format_models_are_trained_on(decode
         def __getattr__(self, name):
             return getattr(self.tokenizer, name)
 
+        def __len__(self):  # not looked up through __getattr__
+            return len(self.tokenizer)
+
     monkeypatch.setattr(rmt.build, "pretrained_tokenizer", lambda name: Recording(real_tokenizer(name)))
     document = tmp_path / "doc.txt"
     document.write_text(background_text(5) + "\n\n")  # a file's last line break would come before "\n\nQuestion:"
