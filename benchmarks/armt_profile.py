@@ -1,6 +1,6 @@
 """Where sequential ARMT and the diagonal engine spend their time: busy device time and kernel count, one profiled run.
 
-    python -m benchmarks.armt_profile --config llama-1b --device cuda --length 32768 \\
+    python -m benchmarks.armt_profile --config llama-1b --device cuda --length 32768 --threads 0 \\
         --output benchmarks/results/armt_profile-llama-1b-cuda-32768.json
 
 The model and input of benchmarks/armt_speed.py (random weights in bf16, the same seeds). Each path runs once to

@@ -2,6 +2,7 @@
 generation with the open segment's cache, the diagonal engine, and bf16 against fp32 inference.
 
     python -m benchmarks.long_inputs reading --kinds rmt armt full --lengths 4096 16384 65536 262144 1048576
+    python -m benchmarks.long_inputs reading --kinds full --lengths 8192  # its window (longer lengths are skipped)
     python -m benchmarks.long_inputs generation
     python -m benchmarks.long_inputs diagonal --length 16384
     python -m benchmarks.long_inputs precision --model runs/smollm2-armt-qa1/checkpoint/model --length 4k --samples 10
@@ -38,7 +39,7 @@ entry beside the first one's as "KEY @ CPU".
   --label). The two precisions take turns prompt by prompt, so their tokens/s ratio is measured under the same load;
   both are warmed up on the first prompt's first two segments first (entries with "warmed_up": false were measured
   before this warm-up, with the first-call costs in the first prompt's time).
-  `save-untrained FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
+  `save-untrained --model FOLDER` saves the untrained ARMT wrapper of the timing parts, whose answers are SmolLM2's own
   reading of the input, for a comparison on answers in plain words (`--segment-size`, default 1024: the
   wrapper's segments, e.g. 128 to match a model fine-tuned on segments of 128).
 - bf16-speed: tokens/s with bf16 weights against fp32 by segment size, the two taking turns on one random document,

@@ -14,8 +14,9 @@ benchmark does. Held-out batches place facts anywhere. `num_facts` (a count or a
 `distractors` is the fraction of training samples whose background is cut from `mentions_haystack`: book
 sentences that name the tasks' answers (rooms for qa1-qa4), each with its neighbours and each name swapped for a
 random answer. The built-in books name a room about 300 times per 1M MiniLM tokens, 0.3 times in a 1k-token training
-sample; this background about 10 times per 1k tokens (`python -m benchmarks.babilong_mentions_haystack --report`,
-benchmarks/results/babilong/minilm-qa1-single-fact-distractors/rooms-background.json). A memory trained on the books
+sample; this background about 10 times per 1k tokens (`python -m benchmarks.babilong_mentions_haystack --tasks qa1
+--seed 0 --output runs/rooms-seed0.txt --report
+benchmarks/results/babilong/minilm-qa1-single-fact-distractors/rooms-background.json`). A memory trained on the books
 alone may store a room that a book names as a fact; these samples teach it not to. Held-out batches never use them.
 """
 
