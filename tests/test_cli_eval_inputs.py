@@ -1042,3 +1042,31 @@ def test_a_broken_json_lines_line_and_an_empty_haystack_are_named(decoder, tmp_p
         babilong = ["babilong", "--tokenizer", decoder, "--lengths", "1k", "--output", str(tmp_path / "b")]
         code, _, err = _run([*babilong, "--haystack", spec], capsys)
         assert code == 2 and f"--haystack {spec!r}: no file named" in err and not (tmp_path / "b").exists()
+
+
+def test_eval_cuts_text_documents_as_training_did(decoder, tmp_path, capsys):
+    """A run trained with --max-length scored its held-out text cut; rmt eval scored whole documents and had no way
+    to cut them, so it could not reproduce the run's held-out loss."""
+    from rmt.data.collate import TextCollator
+    from rmt.data.files import DatasetSource, load_records
+    from rmt.memory.recurrent import RecurrentMemoryModel
+    from rmt.train.evaluation import evaluate
+
+    text = tmp_path / "val.txt"
+    text.write_text("\n".join(background_text(3, seed=i) for i in range(8)) + "\n")
+    args = ["eval", decoder, "--data", str(text), "--batches", "2", "--batch-size", "4"]
+    code, out, _ = _run([*args, "--max-length", "8"], capsys)
+    assert code == 0
+    cut = json.loads(out)["loss"]
+    code, out, _ = _run(args, capsys)
+    assert code == 0 and json.loads(out)["loss"] != cut
+    records = load_records(text, streaming=False)
+    source = DatasetSource(records, TextCollator(pretrained_tokenizer(decoder), 8), validation=records, metric="loss")
+    model = RecurrentMemoryModel.from_pretrained(decoder)
+    assert evaluate(model, source, batches=2, batch_size=4)["loss"] == pytest.approx(cut, rel=1e-6)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "kitchen"}))
+    code, _, err = _run(["eval", decoder, "--data", str(qa), "--max-length", "8"], capsys)
+    assert code == 2 and "--max-length: only for a data file of text" in err
+    code, _, err = _run(["eval", decoder, "--task", "copy", "--max-length", "8"], capsys)
+    assert code == 2 and "--max-length 8: only for a data file of text" in err

@@ -89,9 +89,12 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, caps
 
     # Kill the whole job (both processes) with SIGKILL once it has written the checkpoint of step 2, then resume.
     # With dropout, so that the resumed run must also restore every process's random numbers.
-    launch(tmp_path / "dropout", 2, "--batch-size", "2", "--dropout", "0.3")
+    launch(tmp_path / "dropout", 2, "--batch-size", "2", "--dropout", "0.3", "--record-rng")
     straight = weights(tmp_path / "dropout" / "rank0.pt")
     assert max_difference(straight, rank0) > 1e-3  # the dropout is drawn
+    # ...by each process from generators of its own (with one seed for all, their masks were the same)
+    states = [torch.load(tmp_path / "dropout" / f"rng{rank}.pt") for rank in (0, 1)]
+    assert not torch.equal(*states)
     job = launch(tmp_path / "killed", 2, "--batch-size", "2", "--dropout", "0.3", "--slow-after", "3", background=True)
     state = tmp_path / "killed" / "checkpoint" / "trainer_state.json"
     deadline = time.time() + 120

@@ -58,6 +58,7 @@ DEFAULT_SEED = 0
 # that does not read it is refused rather than ignored.
 SYNTHETIC_FLAGS = ("task_size", "segments")
 BATCH_FLAGS = ("batches", "batch_size")
+TEXT_FILE_FLAGS = ("max_length",)
 BY_LENGTH_FLAGS = (
     "lengths",
     "samples",
@@ -116,6 +117,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help=f"task/file: batch size (default: {DEFAULT_BATCH_SIZE})"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="text data file: cut documents to this many tokens, as rmt train --max-length did (default: whole "
+        "documents)",
     )
     babilong = parser.add_argument_group("BABILong by length")
     babilong.add_argument(
@@ -221,7 +229,10 @@ def refuse_unused_flags(args: argparse.Namespace, kind: str) -> None:
     """Refuse the flags that the kind of evaluation asked for ("task", "file" or "by_length") does not read: ignored,
     they would change nothing while the user thinks they did."""
     unused = {
-        "task": ((BY_LENGTH_FLAGS, "BABILong by length (--data babilong:TASK)"),),
+        "task": (
+            (BY_LENGTH_FLAGS, "BABILong by length (--data babilong:TASK)"),
+            (TEXT_FILE_FLAGS, "a data file of text (--data FILE)"),
+        ),
         "file": (
             (SYNTHETIC_FLAGS, "synthetic tasks (--task)"),
             (BY_LENGTH_FLAGS, "BABILong by length (--data babilong:TASK)"),
@@ -229,6 +240,7 @@ def refuse_unused_flags(args: argparse.Namespace, kind: str) -> None:
         "by_length": (
             (SYNTHETIC_FLAGS, "synthetic tasks (--task)"),
             (BATCH_FLAGS, "a synthetic task or a data file (--task or --data FILE)"),
+            (TEXT_FILE_FLAGS, "a data file of text (--data FILE)"),
         ),
     }[kind]
     current = {
@@ -388,6 +400,8 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
         if model.config.mode == "encoder":
             config = model.backbone.config
             labels = [config.id2label[i] for i in range(config.num_labels)]
+        if args.max_length is not None:
+            raise InputError(f"--max-length: only for a data file of text, and {args.data} holds questions and answers")
         collate, metric = QACollator(tokenizer, model.config.mode, labels), "accuracy"
         collate.check_records(head, "the evaluation samples")  # named as what they are here, before the source
     else:
@@ -395,7 +409,7 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
             raise InputError(
                 f"{args.data} holds text for language modelling, which needs a decoder; {args.checkpoint} is an encoder"
             )
-        collate, metric = TextCollator(tokenizer), "loss"
+        collate, metric = TextCollator(tokenizer, args.max_length), "loss"
     source = DatasetSource(head, collate, validation=head, metric=metric)
     scores = evaluate(model, source, batches=args.batches, batch_size=args.batch_size)
     print(

@@ -278,8 +278,10 @@ def _train(
                 file=sys.stderr,
             )
 
-    # Before a resume, which then restores the checkpoint's generator states in place of these.
-    set_seed(config.seed)
+    # Before a resume, which then restores the checkpoint's generator states in place of these. Each process its own
+    # seed (seed + its index): with one seed for all, every process drew the same dropout masks for its part of the
+    # batch. Batches do not come from these generators (sources are pure in the seed and step).
+    set_seed(config.seed, device_specific=True)
     state = TrainerState(data=description)
     start_step = 0
     best_after = None  # a resume's OUTPUT/best from a step past its checkpoint

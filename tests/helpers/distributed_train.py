@@ -16,6 +16,7 @@ import faulthandler
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--ragged", action="store_true")
     parser.add_argument("--untargeted-half", action="store_true")
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument(
+        "--record-rng", action="store_true", help="save each process's CPU generator state as it starts"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     task, segment_size, curriculum = CopyTask(length=4), CopyTask(length=4).segment_size_for(3), None
@@ -97,6 +101,16 @@ def main() -> None:
         progress=False,
     )
     accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
+    if args.record_rng:  # the generator state that the first micro-batch's dropout draws from
+        first_call = model.forward_backward
+
+        def recording(*inputs, **options):
+            path = Path(args.output) / f"rng{accelerator.process_index}.pt"
+            if not path.exists():
+                torch.save(torch.get_rng_state(), path)
+            return first_call(*inputs, **options)
+
+        model.forward_backward = recording
     source = SlowSource(task, 0, args.slow_after, segment_size if args.ragged else 0, args.untargeted_half)
     train(model, source, config, args.output, resume=args.resume, accelerator=accelerator)
     weights = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
