@@ -115,8 +115,8 @@ class RMTConfig:
     read_memory_only: bool = field(
         default=False,
         metadata=_doc(
-            "Control experiment: read slots only, no write slots, so memory is never updated (the initial "
-            "memory is read by every segment)."
+            "Decoder RMT only. Control experiment: read slots only, no write slots, so memory is never updated "
+            "(the initial memory is read by every segment)."
         ),
     )
     xl_cache_tokens: int = field(
@@ -219,6 +219,12 @@ class RMTConfig:
             raise InputError("RMTConfig.memory_kind='armt' requires mode='decoder'")
         if self.read_memory_only and self.num_memory_tokens == 0:
             raise InputError("RMTConfig.read_memory_only needs num_memory_tokens >= 1")
+        if self.read_memory_only and (self.mode, self.memory_kind) != ("decoder", "rmt"):
+            raise InputError(
+                "RMTConfig.read_memory_only is a control experiment of decoder RMT (mode='decoder', "
+                f"memory_kind='rmt'): mode={self.mode!r}, memory_kind={self.memory_kind!r} would write the memory all "
+                "the same"
+            )
         self._warn_unused()
 
     def _warn_unused(self) -> None:
@@ -227,15 +233,21 @@ class RMTConfig:
         if self.memory_kind == "armt" or self.mode == "encoder":
             unused += ["write_init", "memory_positions", "memory_write_scale"]
         if self.mode == "decoder":
-            unused += ["encoder_memory_input", "encoder_memory_init"]
+            unused += ["encoder_memory_input", "encoder_memory_init", "cls_token_id", "sep_token_id"]
+        else:
+            unused += ["loss_aggregation"]  # a classifier's loss is its answer's, read after the last segment
+        if self.read_memory_only:
+            unused += ["write_init"]  # no write slots
         if self.memory_kind == "rmt":
             unused += ["d_mem", "armt_write_norm"]
         defaults = {f.name: f.default for f in fields(self)}
-        for name in unused:
+        for name in dict.fromkeys(unused):
             if getattr(self, name) != defaults[name]:
+                setting = f"mode={self.mode!r}, memory_kind={self.memory_kind!r}"
+                if name == "write_init" and self.read_memory_only:
+                    setting = "read_memory_only=True"
                 warnings.warn(
-                    f"RMTConfig.{name}={getattr(self, name)!r} has no effect with mode={self.mode!r}, "
-                    f"memory_kind={self.memory_kind!r}",
+                    f"RMTConfig.{name}={getattr(self, name)!r} has no effect with {setting}",
                     RMTWarning,
                     stacklevel=4,
                 )

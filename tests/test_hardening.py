@@ -182,6 +182,16 @@ def test_settings_that_do_not_apply_warn():
         RMTConfig(memory_kind="armt", armt_write_norm=True)
     with pytest.warns(UserWarning, match="armt_write_norm=True has no effect.*memory_kind='rmt'"):
         RMTConfig(armt_write_norm=True)
+    # Found by a documentation audit: these were ignored without a word.
+    with pytest.warns(UserWarning, match="cls_token_id=5 has no effect with mode='decoder'"):
+        RMTConfig(cls_token_id=5)
+    with pytest.warns(UserWarning, match="loss_aggregation='segments' has no effect with mode='encoder'"):
+        RMTConfig(mode="encoder", loss_aggregation="segments")
+    with pytest.warns(UserWarning, match="write_init='learned' has no effect with read_memory_only=True"):
+        RMTConfig(num_memory_tokens=2, read_memory_only=True, write_init="learned")
+    for kind in ({"mode": "encoder"}, {"memory_kind": "armt"}):  # the encoder wrote its memory all the same
+        with pytest.raises(InputError, match="read_memory_only is a control experiment of decoder RMT"):
+            RMTConfig(num_memory_tokens=2, read_memory_only=True, **kind)
 
 
 def test_from_pretrained_keeps_errors_that_are_not_about_the_files(tmp_path):

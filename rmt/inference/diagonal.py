@@ -8,7 +8,8 @@ samples as its batch (each segment is self-contained); the associative read and 
 memories. L + S - 1 grouped steps replace S * L layer calls, which fills a GPU that per-layer matmuls of one segment
 leave idle. With one cell per group
 (`group_size=1`, the CPU default) each cell runs the model's own layer: the same kernels as the sequential model, so
-the same result in any dtype, and no stacked copy of the weights.
+the same result in any dtype over whole segments (a ragged last segment, padded to a whole cell, agrees up to float
+rounding), and no stacked copy of the weights.
 
 Layout. A wavefront buffer [L + 1, B, T + M, D] holds, for each layer l, the input of the segment it works on next;
 step t reads rows lo..hi-1 and writes its outputs one row down, and row L receives each finished segment. Every cell
@@ -38,7 +39,7 @@ natively on an Intel Xeon with AMX and with MKL, oneDNN and ATen held to AVX2.) 
 whole cell, and a product over more rows may sum in another order (SmolLM2, fp32: logits within 1e-4 of the largest). On
 a GPU a group's products are batched matmuls and its LayerNorms one batched normalisation (`rmt.ops.grouped`), whose
 order of summation may differ from one layer's. One cell per group is the sequential model's own computation on any
-device. The engine runs in eval mode: no dropout, whatever mode the model is in.
+device (over whole segments). The engine runs in eval mode: no dropout, whatever mode the model is in.
 
 Speed: grouping pays off on a GPU. On a CPU a stacked computation over many cells has a larger working set than one
 cell's and loses cache locality, so `group_size=1` runs the cells of a step one at a time, each its own memory read,

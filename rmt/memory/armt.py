@@ -21,7 +21,8 @@ Memory state (passed in and returned by `step`, never stored on the module), bat
              per sample even in the degenerate case where every write key is zero.
 Padded rows: the shared loop packs each sample's real tokens to the front, and `step` places the memory tokens
 right after each row's real tokens (positions len .. len + M - 1), with the padding after them where causal
-attention keeps it out of sight, so a padded sample computes exactly what it computes alone.
+attention keeps it out of sight, so a padded sample computes what it computes alone (up to float rounding: its
+products run at the batch's width).
 
 Generation (`generate`, `stream`: rmt.memory.generation, rmt.memory.stream) cuts prompt + generated tokens into
 segments by absolute position, as `forward` does, so decoding continues the open segment: its tokens read the memory
@@ -101,8 +102,6 @@ class ARMTForCausalLM(RecurrentMemoryModel):
             )
         if config.num_memory_tokens < 1:
             raise InputError("ARMT needs num_memory_tokens >= 1: the memory tokens are what writes the memory")
-        if config.read_memory_only:
-            raise InputError("read_memory_only is an RMT control experiment; ARMT does not support it")
         if backbone.get_output_embeddings() is None:
             raise InputError(
                 f"{type(backbone).__name__} has no LM head: ARMTForCausalLM needs a causal LM such as "

@@ -6,9 +6,11 @@
     last = stream.feed(question_ids, logits="last")        # [B, V] at each sample's last token
     stream.memory_state                                    # what forward(everything fed).memory_state would be
 
-A stream gives what one pass of `forward` over everything fed so far gives: the memory bit for bit, the logits of
-the open segment's tokens up to float rounding (they come from a key/value cache, another order of sums; tests:
-random chunkings against the one-pass logits and final memory, RMT and ARMT, decoder and encoder). How:
+A stream gives what one pass of `forward` over everything fed so far gives: the memory bit for bit when the batch's
+rows are fed equal lengths (otherwise up to float rounding: forward runs a short row's last segment at the batch's
+width), the logits of the open segment's tokens up to float rounding (they come from a key/value cache, another
+order of sums; tests: random chunkings against the one-pass logits and final memory, RMT and ARMT, decoder and
+encoder). How:
 - A sample is cut into segments from its own first token, as in `forward`. Tokens of a segment that is not complete
   yet wait in a buffer; when the buffer holds `segment_size` tokens the segment is run by the model's own `step`, the
   same computation `forward` makes, and its memory becomes the state. A chunk that starts at a segment boundary and
@@ -16,8 +18,8 @@ random chunkings against the one-pass logits and final memory, RMT and ARMT, dec
 - Logits of tokens of the open segment (decoders) come from a key/value cache of that segment (`OpenCache`): token t
   of a segment sees the memory read and the tokens before it, never the memory write that follows, so its logits are
   final as soon as it is fed. One new token costs one position through the layers; closing the segment re-runs it
-  once with `step`, so the memory is bit for bit the one `forward` writes. The cache is only built when logits are
-  asked for: a stream fed with logits="none" costs what `forward` costs.
+  once with `step`, so the memory is the one `forward` writes (bit for bit as above). The cache is only built when
+  logits are asked for: a stream fed with logits="none" costs what `forward` costs.
 - Samples of a batch may be fed different numbers of tokens (attention_mask): each has its own buffer and fill level,
   and a segment closes for the samples that completed it.
 Memory held: the state, one segment of tokens per sample, the open segment's keys/values (decoders, when logits are

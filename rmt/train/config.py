@@ -121,7 +121,12 @@ class TrainConfig:
     log_every: int = field(default=10, metadata=_doc("Write the running training loss every N steps (> 0)."))
     checkpoint_every: int = field(default=500, metadata=_doc("Write a checkpoint every N steps (0: only at the end)."))
     seed: int = field(
-        default=0, metadata=_doc("Seed of the data order, of the model's random initialisation and of dropout.")
+        default=0,
+        metadata=_doc(
+            "Seed of dropout (plus each process's index) and of LoRA adapters' initialisation. rmt train also seeds "
+            "the data order and a random model's weights with it; from Python the data order is the source's seed "
+            "(TaskSource(task, seed=...))."
+        ),
     )
     curriculum: list[tuple[int, int]] | None = field(
         default=None,
@@ -168,8 +173,8 @@ class TrainConfig:
         metadata=_doc(
             "Also keep the model of the best held-out evaluation at the final number of segments in OUTPUT/best "
             "(scored by curriculum_metric, or by the held-out loss for language-modelling data; best.json there "
-            "names the step and score), besides the last one in OUTPUT/model. Each improvement writes a whole "
-            "model."
+            "names the step and score), besides the last one (rmt train's OUTPUT/model; train() leaves it in "
+            "OUTPUT/checkpoint/model). Each improvement writes a whole model."
         ),
     )
     recompute: bool = field(
@@ -227,8 +232,8 @@ class TrainConfig:
     max_time: float | None = field(
         default=None,
         metadata=_doc(
-            "Stop after this many seconds of training in this run, as a job's time limit: a checkpoint and the "
-            "model are saved, and --resume continues. The limit counts from when this process starts training, so a "
+            "Stop after this many seconds of training in this run, as a job's time limit: a checkpoint (with its "
+            "model) is saved, and --resume continues. The limit counts from when this process starts training, so a "
             "resumed run gets all of it again (default: no limit)."
         ),
     )
