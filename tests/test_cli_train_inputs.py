@@ -629,3 +629,55 @@ def test_a_synthetic_run_reports_its_segments_and_a_warmup_longer_than_the_run(t
     detect = ["--task", "detect_memorize", "--task-size", "8", *TINY[6:], "--curriculum", "0:1,20:2"]
     assert main(["train", *detect, "--output", str(tmp_path / "late")]) == 0
     assert "note: the curriculum's stage(s) from step 20 lie past the run's 2 steps" in capsys.readouterr().err
+
+
+def test_a_bf16_run_reports_its_final_scores_as_it_logged_them_and_bf16_weights_are_named(
+    tmp_path, model_folder, qa_file, capsys, monkeypatch
+):
+    """The summary rmt train prints was scored in fp32 after a bf16 run whose logged held-out scores were autocast
+    (5.29 against 5.14 on SmolLM2); --dtype bf16 trained bf16 weights that lose small updates without a word."""
+    import rmt.train.evaluation
+
+    precisions = []
+    evaluate = rmt.train.evaluation.evaluate
+
+    def recording(*args, **kwargs):  # rmt train's final evaluation (the trainer's own is bound in its module)
+        precisions.append(torch.is_autocast_enabled("cpu"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(rmt.train.evaluation, "evaluate", recording)
+    args = ["train", "--model", str(model_folder), "--data", str(qa_file), "--validation-samples", "4"]
+    args += ["--segment-size", "16", "--memory-tokens", "2", "--steps", "1", "--batch-size", "2", "--no-progress"]
+    assert main([*args, "--mixed-precision", "bf16", "--output", str(tmp_path / "mixed")]) == 0
+    assert precisions and all(precisions)  # the final evaluation too
+    assert "--dtype bf16 trains bf16 weights" not in capsys.readouterr().err
+    assert main([*args, "--dtype", "bf16", "--output", str(tmp_path / "bf16")]) == 0
+    assert "note: --dtype bf16 trains bf16 weights with no fp32 copy" in capsys.readouterr().err
+
+
+def test_held_out_evaluation_shows_a_progress_bar_unless_asked_not_to(capfd):
+    from rmt.build import memory_model, random_backbone
+    from rmt.config import RMTConfig
+    from rmt.data.sources import TaskSource
+    from rmt.data.tasks import CopyTask
+    from rmt.train.evaluation import evaluate
+
+    task = CopyTask(length=4)
+    backbone = random_backbone("llama", task.vocab_size, num_layers=1, hidden_size=32, max_positions=64)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3)))
+    for progress in (True, False):
+        evaluate(model, TaskSource(CopyTask(length=4)), batches=2, batch_size=2, progress=progress)
+        assert ("held-out" in capfd.readouterr().err) is progress
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [["--write-init", "learned"], ["--memory-write-scale", "token_embeddings"], ["--loss-aggregation", "segments"]],
+)
+def test_decoder_memory_flags_are_refused_for_an_encoder(tmp_path, qa_file, capsys, flag):
+    """They warned that RMTConfig ignores them and the run went on, recording them in its rmt_config.json."""
+    folder = tiny_model_folder(tmp_path / "bert", "bert", ["kitchen", "garden", "office", "hallway"])
+    args = ["train", "--model", str(folder), "--data", str(qa_file), *QUICK, *flag, "--output", str(tmp_path / "run")]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and f"{flag[0]} applies to decoders (an encoder writes" in error_line(err)
+    assert not (tmp_path / "run").exists()

@@ -376,7 +376,9 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
                 f"--segments {args.segments}: this model cuts the {name} task's {task.sequence_length} tokens into "
                 f"segments of {size}, that is {cut}; its segment size, not --segments, decides (drop the flag)"
             )
-    scores = evaluate(model, TaskSource(task), batches=args.batches, batch_size=args.batch_size)
+    scores = evaluate(
+        model, TaskSource(task), batches=args.batches, batch_size=args.batch_size, progress=not args.no_progress
+    )
     print(json.dumps({"checkpoint": str(args.checkpoint), "task": name, "segments": cut, **scores}, indent=2))
     return 0
 
@@ -411,7 +413,7 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
             )
         collate, metric = TextCollator(tokenizer, args.max_length), "loss"
     source = DatasetSource(head, collate, validation=head, metric=metric)
-    scores = evaluate(model, source, batches=args.batches, batch_size=args.batch_size)
+    scores = evaluate(model, source, batches=args.batches, batch_size=args.batch_size, progress=not args.no_progress)
     print(
         json.dumps(
             {"checkpoint": str(args.checkpoint), "data": str(args.data), "records": total, "scored": scored, **scores},

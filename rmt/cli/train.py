@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(trained on whole, with its own memory settings and segment size) (default: a random backbone of --family)",
     )
     model.add_argument(
-        "--dtype", default="fp32", choices=("fp32", "bf16"), help="--model's weights' dtype (default: fp32)"
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="--model's weights' dtype (default: fp32). bf16 weights train without an fp32 copy, so updates below "
+        "bf16's precision are lost; --mixed-precision bf16 computes in bf16 and keeps fp32 weights",
     )
     model.add_argument(
         "--family",
@@ -172,11 +177,10 @@ class Setup:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import Accelerator
 
     from rmt.train.checkpoint import GLOBAL_BATCH, ModelMismatchError, ResumeSettingsError, checkpoint_exists
     from rmt.train.evaluation import evaluate
-    from rmt.train.loop import run_entries, save_model, tensorboard_writer_class, train
+    from rmt.train.loop import default_accelerator, run_entries, save_model, tensorboard_writer_class, train
 
     device = apply_runtime(args)
     check_output_folder(args.output)
@@ -203,7 +207,14 @@ def run(args: argparse.Namespace) -> int:
     if config.tensorboard:
         tensorboard_writer_class("--tensorboard")  # refused now, not once the model is built
     setup = build_setup(args, config)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=config.mixed_precision)
+    accelerator = default_accelerator(config, cpu=device.type == "cpu")
+    if args.dtype == "bf16" and accelerator.is_main_process:
+        print(
+            "note: --dtype bf16 trains bf16 weights with no fp32 copy: an update smaller than a weight's bf16 "
+            "precision is lost, and at small learning rates most are; --mixed-precision bf16 with --dtype fp32 "
+            "computes in bf16 and keeps fp32 weights",
+            file=sys.stderr,
+        )
     tokenizer = setup.tokenizer
 
     def save_tokenizer(folder: Path) -> None:
@@ -233,9 +244,16 @@ def run(args: argparse.Namespace) -> int:
         raise err.named(names) from None
     save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
     processes = None if config.fsdp else accelerator  # as in training: FSDP's processes each run every batch
-    scores = evaluate(
-        setup.model, setup.source, config.eval_batches, config.eval_batch_size, setup.eval_segments, processes
-    )
+    with accelerator.autocast():  # in the precision of the held-out scores logged during training
+        scores = evaluate(
+            setup.model,
+            setup.source,
+            config.eval_batches,
+            config.eval_batch_size,
+            setup.eval_segments,
+            processes,
+            config.progress,
+        )
     if accelerator.is_main_process:
         # A fixed synthetic task spans --segments segments (its source takes no segment count).
         synthetic = args.segments if args.segments is not None else DEFAULT_SEGMENTS
@@ -297,6 +315,11 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
             "runs that train backbone weights (--trainable all or lora); the memory trains at --memory-lr",
         ),
         (("--encoder-memory-input", "--encoder-memory-init"), not encoder, "an encoder --model (such as minilm)"),
+        (
+            ("--write-init", "--memory-positions", "--memory-write-scale", "--loss-aggregation", "--read-memory-only"),
+            encoder,
+            "decoders (an encoder writes its memory as it reads it, and its loss is its answer's)",
+        ),
         (
             ("--curriculum-metric",),
             not score_read,

@@ -21,6 +21,7 @@ import math
 
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from rmt.data.batch import Batch
 from rmt.data.sources import Source
@@ -37,11 +38,13 @@ def evaluate(
     batch_size: int,
     num_segments: int | None = None,
     processes: Accelerator | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Mean loss (over every term the configured loss averages: `loss_terms` for causal LMs, samples for
     classifiers) and, for answer tasks, per-token answer accuracy and full-answer exact match, over `batches`
     held-out batches of `source` (fewer if the source has fewer). With `processes` (an Accelerator of several
-    processes, all of which must call this) the batches are shared out and every process gets the scores of all."""
+    processes, all of which must call this) the batches are shared out and every process gets the scores of all.
+    `progress`: a progress bar of the batches (the main process's share), which goes when done."""
     available = source.num_eval_batches(batch_size)
     count = batches if available is None else min(batches, available)
     rank, world = (processes.process_index, processes.num_processes) if processes is not None else (0, 1)
@@ -49,7 +52,8 @@ def evaluate(
     model.eval()
     sums = dict.fromkeys(("loss", "weight", "hits", "total", "exact", "samples"), 0.0)
     try:
-        for index in range(rank, count, world):
+        shares = tqdm(range(rank, count, world), desc="held-out", disable=not progress or rank != 0, leave=False)
+        for index in shares:
             batch = source.eval_batch(index, batch_size, num_segments).to(model.device)
             result = score_batch(model, batch, with_accuracy=source.metric == "accuracy")
             result["loss"] *= result["weight"]  # summed, then divided by the total weight

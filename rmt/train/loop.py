@@ -118,11 +118,12 @@ def migrated_trainer_state(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
-def default_accelerator(config: TrainConfig) -> Accelerator:
-    """An Accelerator on the GPU when there is one (else the CPU) with the config's mixed precision. Accelerate keeps
-    one state per process: a single process that trained in another precision before (two `train` calls in a
-    notebook) gets it reset; a distributed one is refused, as Accelerate refuses it."""
-    settings = {"cpu": not torch.cuda.is_available(), "mixed_precision": config.mixed_precision}
+def default_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerator:
+    """An Accelerator on the GPU when there is one (else the CPU; `cpu=True` forces it) with the config's mixed
+    precision. Accelerate keeps one state per process: a single process that trained in another precision before
+    (two `train` calls in a notebook) gets it reset; a distributed one is refused, as Accelerate refuses it."""
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    settings = {"cpu": cpu, "mixed_precision": config.mixed_precision}
     try:
         return Accelerator(**settings)
     except ValueError as err:
@@ -382,7 +383,9 @@ def _train(
             # scores its share of the batches and all get the totals.
             processes = None if config.fsdp else accelerator
             with accelerator.autocast():  # held-out scores in the precision the run trains in
-                scores = evaluate(model, source, config.eval_batches, config.eval_batch_size, num_segments, processes)
+                scores = evaluate(
+                    model, source, config.eval_batches, config.eval_batch_size, num_segments, processes, config.progress
+                )
             if main:
                 record = {"step": done, **{f"eval_{k}": v for k, v in scores.items()}, "segments": num_segments}
                 bar.set_postfix(
