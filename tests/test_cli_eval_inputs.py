@@ -651,6 +651,14 @@ def test_generate_says_when_a_saved_memory_stands_in_for_another_document(decode
     assert code == 0 and "is not read" not in err
     code, _, err = _run(["generate", decoder, "--memory-file", str(memory)], capsys)
     assert code == 2 and "nothing to do" in err
+    # The same path, another text: the memory of the text as it was is refused (it answered from it unawares).
+    first.write_text(background_text(3))
+    code, _, err = _run([*same, "--max-new-tokens", "2"], capsys)
+    assert code == 2 and f"holds the memory of {first} as it was when it was read, and the file has changed" in err
+    code, _, err = _run(
+        ["generate", decoder, "--memory-file", str(memory), "--prompt", "W", "--max-new-tokens", "2"], capsys
+    )
+    assert code == 0  # without --document nothing is compared
 
 
 def test_a_memory_file_names_its_document_for_runs_from_another_folder(decoder, tmp_path, capsys, monkeypatch):

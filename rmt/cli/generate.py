@@ -17,6 +17,7 @@ it. The prompt and the generation settings are checked before the document is re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -159,9 +160,18 @@ def run(args: argparse.Namespace) -> int:
 
     if memory_file is not None and memory_file.exists():
         state, metadata = read_memory(model, memory_file)
-        print(f"loaded the memory of {metadata.get('document', 'a document')} ({metadata.get('tokens', '?')} tokens)")
         saved = metadata.get("document")
-        if args.document is not None and (saved is None or Path(saved).resolve() != Path(args.document).resolve()):
+        same_path = (
+            saved is not None and args.document is not None and Path(saved).resolve() == Path(args.document).resolve()
+        )
+        recorded = metadata.get("document_sha256")  # (memory files of before it was recorded have none)
+        if same_path and recorded is not None and Path(saved).is_file() and _sha256(Path(saved)) != recorded:
+            raise InputError(
+                f"--memory-file {memory_file} holds the memory of {saved} as it was when it was read, and the file "
+                "has changed since: delete the memory file (or give another --memory-file) to read it again"
+            )
+        print(f"loaded the memory of {metadata.get('document', 'a document')} ({metadata.get('tokens', '?')} tokens)")
+        if args.document is not None and not same_path:
             print(
                 f"note: --document {args.document} is not read: {memory_file} already holds the memory of "
                 f"{metadata.get('document', 'another document')} (give another --memory-file to read this one)",
@@ -187,7 +197,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)")
         if memory_file is not None:
             # The absolute path: a later run from another folder compares it with its own --document.
-            save_memory(model, state, memory_file, document=str(document.resolve()), tokens=ids.shape[1])
+            save_memory(
+                model,
+                state,
+                memory_file,
+                document=str(document.resolve()),
+                document_sha256=_sha256(document),
+                tokens=ids.shape[1],
+            )
             print(f"saved the document's memory to {memory_file}")
     if prompt is None:
         return 0
@@ -195,3 +212,12 @@ def run(args: argparse.Namespace) -> int:
     out = model.generate(prompt, memory_state=state, **settings)
     print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
     return 0
+
+
+def _sha256(path: Path) -> str:
+    """The sha256 of a file's bytes: a memory file records its document's, to tell when the document changed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
