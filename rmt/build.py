@@ -182,8 +182,7 @@ def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name or None) for an offline model name, a local folder (Hugging Face files or
-    one .gguf file), a path to a .gguf file, or a hub id (the backbone folder of an rmt checkpoint on the Hub that
-    `from_pretrained` has fetched into the Hub's cache)."""
+    one .gguf file), a path to a .gguf file, or a hub id."""
     name = str(name_or_path)
     offline = name if name in OFFLINE_MODELS else name.lower() if not Path(name).exists() else None
     if offline in OFFLINE_MODELS:  # "SmolLM2" names smollm2 too, unless a folder of that spelling exists
@@ -214,11 +213,6 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
         raise MissingFileError(
             f"no model named {name!r} and no folder of that name: did you mean {near[0]!r}? (a hub id reads ORG/NAME)"
         )
-    from rmt.memory.pretrained import cached_hub_checkpoint
-
-    cached = cached_hub_checkpoint(name) if _looks_like_hub_id(name) else None
-    if cached is not None:  # an rmt checkpoint that from_pretrained fetched: its backbone, as for a local one
-        return str(cached / "backbone"), None
     return name, None  # a hub id: transformers resolves it (and says so if the hub cannot be reached)
 
 

@@ -290,6 +290,14 @@ class RMTConfig:
                 f"memory config {path} lacks {', '.join(missing)}: every saved rmt_config.json has them (was the "
                 "file edited or cut short?)"
             )
+        if data.get("mode") == "encoder" and data.get("read_memory_only"):
+            # Saved before it was refused for encoders, which wrote their memory all the same: it meant nothing.
+            warnings.warn(
+                f"{path}: read_memory_only=True is dropped: an encoder never honoured it (its memory was written)",
+                RMTWarning,
+                stacklevel=2,
+            )
+            data = {**data, "read_memory_only": False}
         return cls.from_dict(data)
 
 

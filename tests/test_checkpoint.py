@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_decoder, tiny_encoder
+from conftest import VOCAB, tiny_decoder, tiny_encoder, word_tokenizer
 
 import rmt.memory.pretrained as pretrained
 from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
@@ -386,7 +386,9 @@ def test_push_to_hub_uploads_what_from_pretrained_loads_by_hub_id(tmp_path, monk
 
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     model = trained_like(RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5)))
-    url = model.push_to_hub("someone/tiny-rmt", private=True, token="hf_x", commit_message="first")
+    tokenizer = word_tokenizer(tmp_path / "tokenizer")  # where rmt eval / rmt generate read a checkpoint's
+    url = model.push_to_hub("someone/tiny-rmt", private=True, token="hf_x", commit_message="first", tokenizer=tokenizer)
+    assert (tmp_path / "uploaded" / "backbone" / "tokenizer.json").is_file()
     assert url == "https://huggingface.co/someone/tiny-rmt/commit/1"
     assert uploads["created"] == ("someone/tiny-rmt", True, True, "hf_x")
     assert uploads["options"]["commit_message"] == "first"
@@ -429,3 +431,22 @@ def test_local_paths_are_not_taken_for_hub_ids(tmp_path, monkeypatch):
         assert not pretrained._names_a_hub_checkpoint(local)
     RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=1, segment_size=5)).save_pretrained("saved")
     assert RMTForCausalLM.from_pretrained("saved", revision="v1").config.num_memory_tokens == 1  # ignored locally
+
+
+def test_an_encoder_checkpoint_saved_with_read_memory_only_loads_without_it(tmp_path):
+    """The flag is refused for encoders now (they wrote their memory all the same); checkpoints saved with it, which
+    it never changed, still load, with a warning."""
+    import warnings
+
+    model = trained_like(
+        RMTForSequenceClassification(tiny_encoder(), RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=6))
+    )
+    model.save_pretrained(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "rmt_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "read_memory_only": True}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = RMTForSequenceClassification.from_pretrained(tmp_path / "ckpt")
+    assert any("read_memory_only=True is dropped: an encoder never honoured it" in str(w.message) for w in caught)
+    ids = torch.randint(5, 100, (2, 15))
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)

@@ -759,7 +759,7 @@ def test_runs_in_two_precisions_one_after_the_other_in_one_process(tmp_path):
 
 
 def test_gradients_left_on_the_model_before_training_are_not_added_to_its_first_step(tmp_path):
-    config = TrainConfig(steps=1, batch_size=2, progress=False)
+    config = TrainConfig(steps=1, batch_size=2, warmup_steps=0, progress=False)  # a first step at a learning rate
     fresh, source = small_setup()
     dirty, _ = small_setup()
     batch = source.task().batch(2, seed=9)
@@ -793,7 +793,8 @@ def test_a_curriculum_over_samples_of_one_length_is_refused(tmp_path):
 
 
 def test_held_out_scores_of_a_bf16_run_are_computed_in_bf16(tmp_path, monkeypatch):
-    """In the precision the run trains in, with or without FSDP (whose model Accelerate never wrapped in autocast)."""
+    """In the precision the run trains in: by the trainer's own autocast, which FSDP runs (whose model Accelerate
+    never wraps) go through too; this test runs the path without FSDP."""
     import rmt.train.loop as loop
 
     seen = []

@@ -189,9 +189,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rmt.cli.train import babilong_tasks, check_data_files
     from rmt.memory.memory_file import weights_fingerprint
+    from rmt.memory.pretrained import local_checkpoint
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
+    args.checkpoint = local_checkpoint(args.checkpoint)  # a hub id: its snapshot, with its tokenizer in backbone/
     if args.data is not None and args.task is not None:
         raise InputError("give either --task or --data, not both")
     check_data_files(args.data)

@@ -87,9 +87,11 @@ def run(args: argparse.Namespace) -> int:
     from rmt.data.haystack import check_text_file, read_text_file
     from rmt.memory.generation import check_generation_settings, stop_token_ids
     from rmt.memory.memory_file import read_memory, save_memory
+    from rmt.memory.pretrained import local_checkpoint
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
+    args.checkpoint = local_checkpoint(args.checkpoint)  # a hub id: its snapshot, with its tokenizer in backbone/
     asked = "--question" if args.question is not None else "--prompt"
     text = args.question if args.question is not None else args.prompt
     if args.document is None and args.memory_file is None:

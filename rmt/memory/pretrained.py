@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -248,17 +248,11 @@ def hub_checkpoint_folder(repo_id: str, **hub) -> Path:
         raise MissingFileError(f"{not_local} it could not be fetched: {_one_line(err)}") from err
 
 
-def cached_hub_checkpoint(repo_id: str) -> Path | None:
-    """The snapshot folder of the rmt checkpoint `repo_id` (its main revision) in the Hub's default cache, found
-    without asking the Hub; None when it is not there (or `repo_id` is no rmt checkpoint)."""
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        found = try_to_load_from_cache(repo_id, MEMORY_CONFIG)
-    except HFValidationError:
-        return None
-    return Path(found).parent if isinstance(found, str) else None
+def local_checkpoint(name: str) -> str:
+    """`name` itself, or for a hub id of an rmt checkpoint ("owner/name", no local path) the folder of its snapshot
+    in the Hub's cache, downloaded if needed: what a command reads the model, its tokenizer (in backbone/) and its
+    files from, and records as the checkpoint it evaluated."""
+    return str(hub_checkpoint_folder(name)) if _names_a_hub_checkpoint(name) else name
 
 
 def upload_to_hub(
@@ -270,10 +264,13 @@ def upload_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     max_shard_size: int | str | None = None,
+    tokenizer: Any = None,
 ) -> str:
     """Save `model` as `save_memory_model` does into a temporary folder and upload it to the Hugging Face Hub
     repository `repo_id` (created if missing) in one commit, whose URL is returned. Weight files of an earlier upload
-    that this one does not write (other shards) are deleted in the same commit, as a local save replaces them."""
+    that this one does not write (other shards) are deleted in the same commit, as a local save replaces them.
+    `tokenizer` is saved into backbone/ with it, where `rmt train` keeps a checkpoint's tokenizer and `rmt eval` /
+    `rmt generate` read it."""
     import tempfile
 
     from huggingface_hub import HfApi
@@ -282,7 +279,8 @@ def upload_to_hub(
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "model"
-        save_memory_model(model, folder, max_shard_size=max_shard_size)
+        extras = None if tokenizer is None else lambda into: tokenizer.save_pretrained(into / BACKBONE_DIR)
+        save_memory_model(model, folder, max_shard_size=max_shard_size, extras=extras)
         commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -177,10 +177,14 @@ class RecurrentMemoryModel(nn.Module):
         revision: str | None = None,
         create_pr: bool = False,
         max_shard_size: int | str | None = None,
+        tokenizer: Any = None,
     ) -> str:
         """Upload the model to the Hugging Face Hub repository `repo_id` ("owner/name", created if missing) as
-        `save_pretrained` writes it, in one commit; returns the commit's URL. `from_pretrained(repo_id)` loads it."""
-        return upload_to_hub(self, repo_id, commit_message, private, token, revision, create_pr, max_shard_size)
+        `save_pretrained` writes it, in one commit; returns the commit's URL. `from_pretrained(repo_id)` loads it.
+        `tokenizer`: saved with it (in backbone/), so that `rmt eval` and `rmt generate` can read the hub id."""
+        return upload_to_hub(
+            self, repo_id, commit_message, private, token, revision, create_pr, max_shard_size, tokenizer
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> RecurrentMemoryModel:
