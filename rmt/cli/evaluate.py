@@ -193,7 +193,6 @@ def run(args: argparse.Namespace) -> int:
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
-    args.checkpoint = local_checkpoint(args.checkpoint)  # a hub id: its snapshot, with its tokenizer in backbone/
     if args.data is not None and args.task is not None:
         raise InputError("give either --task or --data, not both")
     check_data_files(args.data)
@@ -201,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
     kind = "by_length" if tasks else "file" if args.data is not None else "task"
     refuse_unused_flags(args, kind)
     num_facts = facts_setting(args.facts, tasks, "--data babilong:TASK")  # refused without BABILong data
+    # A hub id: its snapshot, with its tokenizer in backbone/; after the checks of the flags (a mistyped local path
+    # reads as a hub id, and its error would hide theirs), before the plan records the checkpoint's path.
+    args.checkpoint = local_checkpoint(args.checkpoint)
     if kind == "by_length":
         plan = by_length_plan(args, tasks, num_facts)  # every check that needs no model, before loading it
         if plan["earlier"] is not None:

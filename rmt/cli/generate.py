@@ -91,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
-    args.checkpoint = local_checkpoint(args.checkpoint)  # a hub id: its snapshot, with its tokenizer in backbone/
     asked = "--question" if args.question is not None else "--prompt"
     text = args.question if args.question is not None else args.prompt
     if args.document is None and args.memory_file is None:
@@ -140,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
             from rmt.cli.common import check_output_folder
 
             check_output_folder(memory_file, "--memory-file")  # its folder: not a file
+    # A hub id: its snapshot, with its tokenizer in backbone/ (after the checks of the flags: a mistyped local path
+    # reads as a hub id, and its error would hide theirs).
+    args.checkpoint = local_checkpoint(args.checkpoint)
     model = RecurrentMemoryModel.from_pretrained(args.checkpoint, dtype=DTYPES[args.dtype]).to(device).eval()
     if not model.token_logits:
         raise InputError(f"{args.checkpoint} holds a classifier; generate needs a causal LM (decoder)")
