@@ -206,8 +206,10 @@ def _names_a_hub_checkpoint(path: str | os.PathLike) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    from rmt.build import _looks_like_hub_id
+
     name = str(path)
-    if isinstance(path, Path) or Path(name).exists() or name.count("/") != 1 or name.startswith((".", "~")):
+    if isinstance(path, Path) or Path(name).exists() or not _looks_like_hub_id(name):
         return False
     try:
         validate_repo_id(name)
