@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
-from rmt.cli.train import load_background
+from rmt.cli.data_flags import load_background
 from rmt.data.babilong import build_sample
 from rmt.eval.by_length import Reader
 from rmt.memory.armt import ARMTForCausalLM

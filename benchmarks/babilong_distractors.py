@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
-from rmt.cli.train import load_background
+from rmt.cli.data_flags import load_background
 from rmt.data.babilong import PLACES, BabilongSample, build_sample, parse_num_facts
 from rmt.data.haystack import whole_words
 from rmt.eval.by_length import Reader

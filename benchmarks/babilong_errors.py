@@ -34,7 +34,7 @@ from typing import Any
 from benchmarks.babilong_distractors import rebuild_samples
 from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
-from rmt.cli.train import load_background
+from rmt.cli.data_flags import load_background
 from rmt.data.babilong import PLACES, BabilongSample, build_dataset, parse_num_facts
 from rmt.eval.by_length import Reader
 from rmt.memory.pretrained import load_memory_model

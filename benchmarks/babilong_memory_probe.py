@@ -38,7 +38,7 @@ import torch
 from benchmarks.babilong_distractors import end_of_fact
 from benchmarks.common import torch_threads, write_json
 from rmt.build import pretrained_tokenizer
-from rmt.cli.train import load_background
+from rmt.cli.data_flags import load_background
 from rmt.data.babilong import PLACES, BabilongSample, build_sample
 from rmt.data.haystack import Haystack, whole_words
 from rmt.eval.by_length import Reader

@@ -17,7 +17,7 @@ import collections
 from typing import Any
 
 from rmt.build import pretrained_tokenizer
-from rmt.cli.train import load_background
+from rmt.cli.data_flags import load_background
 from rmt.data.babilong import answer_labels, token_counter
 from rmt.data.babilong_source import distractor_background
 from rmt.data.haystack import Haystack, whole_words

@@ -291,9 +291,9 @@ def test_facts_per_story_parse_as_a_count_or_a_range_the_tasks_allow():
     assert parse_num_facts("1", ["qa1"]) == 1
     assert parse_num_facts(" 2-10 ", ["qa1", "qa2"]) == (2, 10)
     for text, tasks, message in [
-        ("x", ["qa1"], "bad facts per story 'x'"),
-        ("1-", ["qa1"], "bad facts per story"),
-        ("5-3", ["qa1"], "range .* is empty"),
+        ("x", ["qa1"], "facts per story 'x': give a count"),
+        ("1-", ["qa1"], "facts per story '1-': give a count"),
+        ("5-3", ["qa1"], "facts per story 5-3: the range is empty"),
         ("1", ["qa1", "qa2"], "qa2 stories need at least 2 facts"),
         ("3", ["qa4"], "qa4 stories need exactly 2 facts"),
     ]:

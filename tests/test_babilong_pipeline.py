@@ -15,8 +15,9 @@ from conftest import background_text, tiny_model_folder
 import rmt.eval.by_length as by_length_module
 from rmt.build import pretrained_tokenizer
 from rmt.cli import build_parser, main
+from rmt.cli.data_flags import load_background
 from rmt.cli.options import config_from_args
-from rmt.cli.train import build_setup, load_background
+from rmt.cli.train import build_setup
 from rmt.data.babilong import answer_labels, build_dataset, load_babilong, save_babilong
 from rmt.data.haystack import Haystack
 from rmt.eval.by_length import Outcome, Reader, evaluate_by_length, format_table, wilson_interval

@@ -680,7 +680,7 @@ def test_babilong_tasks_named_twice_are_evaluated_once_and_synthetic_segments_fo
     """babilong:qa1,qa1 evaluated qa1 twice (twice the time, duplicate rows and predictions); --segments of a
     fixed-length synthetic task changed only a note, never how the model cut the input."""
     from rmt.cli.common import make_task
-    from rmt.cli.train import babilong_tasks
+    from rmt.cli.data_flags import babilong_tasks
 
     assert babilong_tasks("babilong:qa2,qa1,qa2") == ["qa2", "qa1"]
     cut = -(-make_task("copy", 4, 3).sequence_length // 16)  # the decoder fixture cuts at 16 tokens
@@ -851,6 +851,12 @@ def test_messages_name_the_flag_given(decoder, encoder, tmp_path, capsys):
     assert code == 2 and "--seed must be in [0, 2**32), got -1" in err and not (tmp_path / "b").exists()
     code, _, err = _run(["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--facts", "9-2"], capsys)
     assert code == 2 and "--facts 9-2: the range is empty" in err
+    train = ["train", "--model", decoder, "--data", "babilong:qa1", "--output", str(tmp_path / "t")]
+    code, _, err = _run([*train, "--facts", "9-2"], capsys)  # every command words --facts alike
+    assert code == 2 and "--facts 9-2: the range is empty" in err and not (tmp_path / "t").exists()
+    for command in (train, [*babilong, "--tasks", "qa1"]):
+        code, _, err = _run([*command, "--facts", "x"], capsys)
+        assert code == 2 and "--facts 'x': give a count (e.g. 1) or a range" in err
     record = {"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "cellar"}
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps(record) + "\n")

@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime, check_seed
-from rmt.cli.evaluate import DEFAULT_SEED
+from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime, check_output_folder, check_seed
+from rmt.cli.data_flags import DEFAULT_SEED, facts_setting, load_background, parse_lengths
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,9 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from rmt.build import pretrained_tokenizer
-    from rmt.cli.common import check_output_folder
-    from rmt.cli.evaluate import facts_setting, parse_lengths
-    from rmt.cli.train import load_background
     from rmt.data.babilong import TASKS, babilong_file, build_dataset, parse_length, save_babilong
     from rmt.errors import InputError
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,15 @@ from rmt.cli.common import (
     check_seed,
     make_task,
 )
+from rmt.cli.data_flags import (
+    DEFAULT_SEED,
+    babilong_tasks,
+    check_background,
+    check_data_files,
+    facts_setting,
+    load_background,
+    parse_lengths,
+)
 from rmt.errors import InputError, MissingFileError, MissingWeightsError
 
 if TYPE_CHECKING:
@@ -52,7 +60,6 @@ DEFAULT_LENGTHS = "0k,1k,4k,16k"
 DEFAULT_SAMPLES = 100
 DEFAULT_METHODS = "memory"
 DEFAULT_MAX_NEW_TOKENS = 8
-DEFAULT_SEED = 0
 
 # The flags that only one kind of evaluation reads (dest names); each defaults to None so that a flag given to a kind
 # that does not read it is refused rather than ignored.
@@ -187,7 +194,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rmt.cli.train import babilong_tasks, check_data_files
     from rmt.memory.memory_file import weights_fingerprint
     from rmt.memory.pretrained import local_checkpoint
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -264,46 +270,6 @@ def _flag(args: argparse.Namespace, name: str) -> str:
     value = getattr(args, name)
     flag = "--" + name.replace("_", "-")
     return flag if value is True else f"{flag} {value}"
-
-
-def facts_setting(spec: str | None, tasks: list[str] | None, needs: str) -> int | tuple[int, int] | None:
-    """The --facts setting checked against the BABILong tasks (None: the tasks' own ranges), with messages that name
-    --facts. `needs`: what --facts needs when there are no BABILong tasks (the flag that gives them)."""
-    if spec is None:
-        return None
-    if tasks is None:
-        raise InputError(f"--facts sets facts per BABILong story: it needs {needs}")
-    from rmt.data.babilong import parse_num_facts
-
-    match = re.fullmatch(r"(\d+)(?:-(\d+))?", spec.strip())
-    if match is None:
-        raise InputError(f"--facts {spec!r}: give a count (e.g. 1) or a range MIN-MAX (e.g. 2-10)")
-    low, high = match.groups()
-    if high is not None and int(low) > int(high):
-        raise InputError(f"--facts {spec}: the range is empty; give MIN-MAX with MIN <= MAX (e.g. 2-10)")
-    try:
-        return parse_num_facts(spec, tasks)
-    except InputError as err:
-        raise InputError(f"--facts {spec}: {err}") from err
-
-
-def parse_lengths(text: str, flag: str = "--lengths") -> list[str]:
-    """The length names of a comma-separated list, each once, in the order given; at least one."""
-    from rmt.data.babilong import length_name, parse_length
-
-    names: list[str] = []
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        try:
-            name = length_name(parse_length(item))
-        except InputError as err:
-            raise InputError(f"{flag} {text}: {err}") from err
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise InputError(f"{flag} {text!r}: give at least one length, e.g. 0k,1k,4k")
-    return names
 
 
 def parse_samples(text: str, lengths: list[str]) -> dict[str, int]:
@@ -438,7 +404,6 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
 def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: Any) -> dict[str, Any]:
     """The by-length settings, checked before the model is loaded: lengths, samples, methods, the window, the output
     folder, the --babilong-dir files. Fills in the defaults of the by-length flags."""
-    from rmt.cli.train import check_background
     from rmt.data.babilong import babilong_file, parse_length
 
     if args.resume and args.overwrite:
@@ -760,7 +725,6 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     from tqdm.auto import tqdm
 
     from rmt.build import pretrained_backbone, pretrained_tokenizer
-    from rmt.cli.train import load_background
     from rmt.data.babilong import build_dataset, load_babilong, parse_length
     from rmt.data.collate import QACollator, check_tokenizer
     from rmt.eval.by_length import evaluate_by_length, format_table

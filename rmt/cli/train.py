@@ -33,6 +33,13 @@ from rmt.cli.common import (
     flags_given,
     make_task,
 )
+from rmt.cli.data_flags import (
+    babilong_tasks,
+    check_background,
+    check_data_files,
+    facts_setting,
+    load_background,
+)
 from rmt.cli.options import add_config_arguments, config_from_args, flag_name, name_flag
 from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingWeightsError
@@ -64,7 +71,6 @@ DEFAULT_SEGMENT_SIZE = 128
 DECODER_RESERVE = 16  # tokens of a BABILong decoder sample kept for the answer cue, the answer and EOS
 DEFAULT_FACTS_BEFORE_LAST = 0.5
 DEFAULT_VALIDATION_SAMPLES = 200
-BABILONG_PREFIX = "babilong:"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -342,7 +348,7 @@ def build_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     _check_sizes(args)
     set_seed(args.seed)
     tasks = babilong_tasks(args.data or "")
-    num_facts = babilong_num_facts(args.facts, tasks)  # refused without BABILong data
+    num_facts = facts_setting(args.facts, tasks, "--data babilong:TASK")  # refused without BABILong data
     if args.distractors and tasks is None:
         raise InputError("--distractors draws BABILong backgrounds: it needs --data babilong:TASK")
     if args.data is not None and tasks is None:  # a data file: its records have their own length
@@ -663,65 +669,7 @@ def _mode_of(name_or_path: str) -> str:
     )
 
 
-def check_data_files(*specs: str | None) -> None:
-    """Refuse a --data (or --validation-data) that is neither babilong:TASK nor an existing file, suggesting
-    babilong:NAME for a BABILong task's bare name."""
-    from rmt.data.babilong import TASKS
-    from rmt.errors import MissingFileError
-
-    for spec in specs:
-        if spec is None or spec.startswith(BABILONG_PREFIX) or Path(spec).is_file():
-            continue
-        hint = f" (for the generated BABILong task, write {BABILONG_PREFIX}{spec})" if spec in TASKS else ""
-        raise MissingFileError(f"no data file at {spec}{hint}")
-
-
-def babilong_tasks(spec: str) -> list[str] | None:
-    if not spec.startswith(BABILONG_PREFIX):
-        return None
-    from rmt.data.babilong import TASKS
-
-    tasks = list(dict.fromkeys(t for t in spec[len(BABILONG_PREFIX) :].split(",") if t))  # each task once
-    unknown = [t for t in tasks if t not in TASKS]
-    if not tasks or unknown:
-        raise InputError(f"--data {spec}: expected babilong:TASK[,TASK...] with tasks from {list(TASKS)}")
-    return tasks
-
-
-def babilong_num_facts(spec: str | None, tasks: list[str] | None) -> int | tuple[int, int] | None:
-    """The --facts setting checked against the BABILong tasks (None: the tasks' own ranges)."""
-    if spec is None:
-        return None
-    if tasks is None:
-        raise InputError("--facts sets facts per BABILong story: it needs --data babilong:TASK")
-    from rmt.data.babilong import parse_num_facts
-
-    return parse_num_facts(spec, tasks)
-
-
 def _babilong_labels(tasks: list[str]) -> list[str]:
     from rmt.data.babilong import answer_labels
 
     return sorted({label for task in tasks for label in answer_labels(task)})
-
-
-def check_background(spec: str | None) -> list[Path]:
-    """The files of --haystack (comma-separated), each checked to be there and to start as text: a command calls this
-    before it loads a model, so that a wrong file is named at once."""
-    from rmt.data.haystack import check_text_file
-
-    paths = [Path(p) for p in (spec or "").split(",") if p]
-    if spec is not None and not paths:
-        raise InputError(f"--haystack {spec!r}: no file named")
-    for path in paths:  # every file's first MiB before any is read whole
-        check_text_file(path, f"--haystack {path}")
-    return paths
-
-
-def load_background(spec: str | None) -> Any:
-    """The BABILong background text: the files of --haystack (comma-separated), or the built-in corpus."""
-    from rmt.data.haystack import default_haystack, load_haystack
-
-    if spec is None:
-        return default_haystack()
-    return load_haystack(check_background(spec))

@@ -385,19 +385,25 @@ def _fact_range(num_facts: int | tuple[int, int]) -> tuple[int, int]:
 _FACT_COUNT_PATTERN = re.compile(r"(\d+)(?:-(\d+))?")
 
 
-def parse_num_facts(text: str, tasks: Sequence[str]) -> int | tuple[int, int]:
+def parse_num_facts(text: str, tasks: Sequence[str], name: str = "facts per story") -> int | tuple[int, int]:
     """A facts-per-story setting from "N" or "MIN-MAX" (inclusive), checked against every one of `tasks`.
 
     "1" with qa1 is the single-fact task of the 1M-token RMT paper (Bulatov et al. 2023, "detect and memorize"): the
-    one supporting fact hidden in the background, no distractor facts. Raises InputError naming the problem.
+    one supporting fact hidden in the background, no distractor facts. Raises InputError naming the problem, after
+    `name` and the text (a command passes its flag).
     """
     match = _FACT_COUNT_PATTERN.fullmatch(text.strip())
     if match is None:
-        raise InputError(f"bad facts per story {text!r}: give a count (e.g. 1) or a range MIN-MAX (e.g. 2-10)")
+        raise InputError(f"{name} {text!r}: give a count (e.g. 1) or a range MIN-MAX (e.g. 2-10)")
     low, high = match.groups()
+    if high is not None and int(low) > int(high):
+        raise InputError(f"{name} {text.strip()}: the range is empty; give MIN-MAX with MIN <= MAX (e.g. 2-10)")
     num_facts: int | tuple[int, int] = int(low) if high is None else (int(low), int(high))
     for task in tasks:
-        make_story(task, 0, num_facts)  # raises for an empty range or too few facts for the task
+        try:
+            make_story(task, 0, num_facts)  # raises for too few or too many facts for the task
+        except InputError as err:
+            raise InputError(f"{name} {text.strip()}: {err}") from err
     return num_facts
 
 
