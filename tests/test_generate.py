@@ -91,6 +91,39 @@ def test_eos_stops_a_row_and_pads_it(pad):
     assert bool((out[0, first + 1 :] == pad).all())
 
 
+@pytest.mark.parametrize("setting", [{"repetition_penalty": 1.5}, {"no_repeat_ngram_size": 2}])
+def test_processors_see_no_pad_id_after_a_row_ends(setting):
+    """Processors index the scores with the ids they see: a finished row shows them an id of the vocabulary, not a
+    pad id outside it (-1 crashed them), and the other row decodes on as if alone."""
+    model = model_for("llama")
+    prompt = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(5))
+    free = model.generate(prompt, max_new_tokens=8, **setting).sequences[:, 4:]
+    eos = int(free[0, 2])
+    assert eos not in free[1] and eos not in free[0, :2]  # row 0 ends at step 3 of 8, row 1 never
+    out = model.generate(prompt, max_new_tokens=8, eos_token_id=eos, pad_token_id=-1, **setting).sequences[:, 4:]
+    assert torch.equal(out[1], free[1]) and torch.equal(out[0, :3], free[0, :3]) and bool((out[0, 3:] == -1).all())
+
+
+@pytest.mark.parametrize("name", ["no_repeat_ngram_size", "bad_words_ids", "sequence_bias"])
+def test_processors_that_match_ids_do_not_see_the_padding(name):
+    """A one-token prompt left-padded with the id X it emits first decodes as if alone under n-gram, bad-word and
+    sequence-bias checks that would ban X after the padding: they see padding as an id outside the vocabulary."""
+    model = model_for("llama")
+    row = torch.randint(0, VOCAB, (1, 1), generator=torch.Generator().manual_seed(7))
+    first = int(model.generate(row, max_new_tokens=1).sequences[0, -1])
+    assert first != int(row[0, 0])
+    setting = {
+        "no_repeat_ngram_size": {"no_repeat_ngram_size": 1},
+        "bad_words_ids": {"bad_words_ids": [[first, int(row[0, 0]), first]]},
+        "sequence_bias": {"sequence_bias": {(first, int(row[0, 0]), first): -1e9}},
+    }[name]
+    alone = model.generate(row, max_new_tokens=6, **setting).sequences[0, 1:]
+    padded = torch.cat([torch.full((1, 3), first), row], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1]])
+    left = model.generate(padded, mask, max_new_tokens=6, **setting).sequences[0, 4:]
+    assert int(alone[0]) == first and torch.equal(left, alone)
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

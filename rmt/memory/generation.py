@@ -11,7 +11,9 @@ written. Under greedy decoding the tokens are the argmax of `forward(prompt + ge
 
 Prompts of different lengths decode together in one loop: pad them (left or right) and pass `attention_mask`; each
 row is read from its own first real token, as if alone. The logits processors see each row's real tokens
-right-aligned (padding first), so n-gram and bad-word checks run on a row's own text even when it was right-padded.
+right-aligned (padding first), and the processors that match token ids (no_repeat_ngram_size, bad_words_ids,
+sequence_bias) see the padding as an id outside the vocabulary, so they run on a row's own text however it was padded
+and whatever id pads it; repetition_penalty skips the padding. A caller's own processors see the padding ids as given.
 
 Settings are transformers' `GenerationConfig` fields, applied with transformers' own logits processors, as
 `model.generate` of a Hugging Face model applies them: greedy (`do_sample=False`, the default) or sampling
@@ -146,11 +148,12 @@ def generate(
                 token = torch.multinomial(torch.softmax(scores_now, dim=-1), 1).squeeze(1)
             else:
                 token = scores_now.argmax(dim=-1)
-            token = token.masked_fill(finished, pad)
             if keep_scores:
                 scores.append(scores_now)
-            chosen.append(token)
-            view = torch.cat([view, token[:, None]], dim=1)
+            chosen.append(token.masked_fill(finished, pad))
+            # A finished row's scores choose nothing: it shows the processors an id of the vocabulary (the pad id
+            # may lie outside it, and processors index the scores with the ids they see).
+            view = torch.cat([view, token.masked_fill(finished, 0)[:, None]], dim=1)
             if eos:
                 finished |= torch.isin(token, eos_ids)
             out_of_time = deadline is not None and time.monotonic() > deadline
@@ -526,6 +529,11 @@ def _processors(
             begin = prompt_width + int(prompt_width <= 1 and config.forced_bos_token_id is not None)
             processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin, device))
         processors = _with_custom(processors, extra or [])
+        if bool((padding > 0).any()):
+            processors = LogitsProcessorList(
+                _PaddingBlind(processor, padding) if isinstance(processor, _MATCHES_TOKEN_IDS) else processor
+                for processor in processors
+            )
         if config.do_sample:
             if config.temperature not in (None, 1.0):  # a float for its check: temperature=2 is a temperature too
                 processors.append(TemperatureLogitsWarper(float(config.temperature)))
@@ -548,6 +556,24 @@ def _processors(
     if config.renormalize_logits:  # transformers keeps the normalization last
         processors.append(LogitNormalization())
     return processors
+
+
+_MATCHES_TOKEN_IDS = (NoRepeatNGramLogitsProcessor, NoBadWordsLogitsProcessor, SequenceBiasLogitsProcessor)
+
+
+class _PaddingBlind:
+    """A processor that matches token ids, shown each row's padding (its first `padding[b]` columns) as the id just
+    past the vocabulary, with a column of -inf scores for it: padding then matches no n-gram, bad word or biased
+    sequence, whichever id the caller padded with."""
+
+    def __init__(self, processor: Any, padding: torch.Tensor) -> None:
+        self.processor, self.padding = processor, padding
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+        blind = input_ids.masked_fill(columns < self.padding[:, None], scores.shape[-1])
+        widened = torch.cat([scores, scores.new_full((scores.shape[0], 1), -math.inf)], dim=1)
+        return self.processor(blind, widened)[:, :-1]
 
 
 def _with_custom(built: LogitsProcessorList, custom: list) -> LogitsProcessorList:

@@ -317,7 +317,7 @@ class RecurrentMemoryModel(nn.Module):
             return initial
         check_state(memory_state, initial)
         if batch_size_of(memory_state) != batch_size:
-            raise InputError(f"memory_state holds {batch_size_of(memory_state)} samples but input_ids has {batch_size}")
+            raise InputError(f"memory_state holds {batch_size_of(memory_state)} samples but the batch has {batch_size}")
         # In this model's own dtypes and on its device (a state kept in another precision, or moved off the GPU).
         return tree_map(lambda leaf, own: leaf.to(own.device, own.dtype), memory_state, initial)
 
