@@ -4,6 +4,9 @@ memory and answers from the file; the diagonal engine follows its model's weight
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder, tiny_model_folder
@@ -106,36 +109,51 @@ def test_a_folder_and_metadata_that_is_not_json_are_refused(tmp_path):
     assert not (tmp_path / "a.memory").exists()  # nothing written
 
 
-def test_memory_files_of_the_first_format_still_load(tmp_path, monkeypatch):
-    """rmt-memory-1 files carry the first weights fingerprint (memory parameters and first token embeddings)."""
-    import rmt.memory.memory_file as memory_file
+def _save_as_format(monkeypatch, format_name: str, config_fingerprint, weights_fingerprint, *args) -> Path:
+    """save_memory(*args) writing a file of an earlier format, with that format's fingerprints."""
+    with monkeypatch.context() as patch:
+        patch.setattr(memory_file, "FORMAT", format_name)
+        patch.setattr(memory_file, "config_fingerprint", config_fingerprint)
+        patch.setattr(memory_file, "weights_fingerprint", weights_fingerprint)
+        return save_memory(*args)
 
+
+@pytest.mark.parametrize("written_as", ["rmt-memory-1", "rmt-memory-2"])
+def test_memory_files_of_earlier_formats_still_load(tmp_path, monkeypatch, written_as):
+    """rmt-memory-1 files carry the first weights fingerprint (memory parameters and first token embeddings),
+    rmt-memory-2 files one of sampled elements; both the configuration fingerprint of the backbone's shape."""
     model = armt()
-    monkeypatch.setattr(memory_file, "FORMAT", "rmt-memory-1")
-    monkeypatch.setattr(memory_file, "weights_fingerprint", memory_file._first_format_weights_fingerprint)
-    path = save_memory(model, model.stream().memory_state, tmp_path / "old.memory")
-    monkeypatch.undo()
+    weights = {
+        "rmt-memory-1": memory_file._first_format_weights_fingerprint,
+        "rmt-memory-2": memory_file.sampled_weights_fingerprint,
+    }[written_as]
+    state = model.stream().memory_state
+    path = _save_as_format(
+        monkeypatch, written_as, memory_file._shape_config_fingerprint, weights, model, state, tmp_path / "old.memory"
+    )
     load_memory(model, path)
     retrained = armt()
     with torch.no_grad():
         retrained.w_k.add_(0.01)
     with pytest.raises(InputError, match="other weights"):
         load_memory(retrained, path)
+    with pytest.raises(InputError, match="another configuration"):
+        load_memory(armt(memory=3), path)
 
 
 def test_memory_files_from_before_a_config_field_was_added_still_load():
     """The config fingerprint of a model with default settings is the one rmt wrote before `memory_write_scale`
     existed (computed with that version), so memory files saved then still load; the new setting changes it."""
     from rmt.build import random_backbone
-    from rmt.memory.memory_file import config_fingerprint
 
     def model(**extra) -> RMTForCausalLM:
         backbone = random_backbone("llama", 64, 2, 32, 4, 128, seed=0)
         return RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=3, segment_size=5, **extra))
 
     before = "e4fa90ac959db30502e727b81d7211faabc85ac522750051f36193e528fe4d8a"
-    assert config_fingerprint(model(), training_fields=True) == before
-    assert config_fingerprint(model(memory_write_scale="token_embeddings"), training_fields=True) != before
+    assert memory_file._shape_config_fingerprint(model(), training_fields=True) == before
+    changed = model(memory_write_scale="token_embeddings")
+    assert memory_file._shape_config_fingerprint(changed, training_fields=True) != before
 
 
 def test_memory_loads_into_the_model_trained_otherwise_and_older_files_still_load(tmp_path, monkeypatch):
@@ -151,13 +169,60 @@ def test_memory_loads_into_the_model_trained_otherwise_and_older_files_still_loa
     load_memory(model, path)
     monkeypatch.undo()
 
-    original = memory_file.config_fingerprint
-    monkeypatch.setattr(memory_file, "config_fingerprint", lambda m, training_fields=False: original(m, True))
-    older = save_memory(model, model.stream().memory_state, tmp_path / "older.memory")
-    monkeypatch.undo()
+    with_training_fields = functools.partial(memory_file._shape_config_fingerprint, training_fields=True)
+    weights = memory_file.sampled_weights_fingerprint
+    state = model.stream().memory_state
+    older = _save_as_format(
+        monkeypatch, "rmt-memory-2", with_training_fields, weights, model, state, tmp_path / "older.memory"
+    )
     load_memory(model, older)
     with pytest.raises(InputError, match="another configuration"):
         load_memory(armt(memory=3), older)
+
+
+def test_memory_of_a_backbone_configured_otherwise_is_refused_and_of_a_saved_copy_loads(tmp_path):
+    """The configuration fingerprint covers every backbone field that changes what it computes (a norm's epsilon,
+    the rotary base: the same shapes and weights, another memory), not the ones that change nothing (names, token
+    ids, output flags): the model saved and loaded again, or asked for attentions, still reads the file."""
+    model = armt()
+    path = save_memory(model, model.stream().memory_state, tmp_path / "a.memory")
+    for field, value in (("rms_norm_eps", 0.5), ("rope_theta", 100.0)):
+        other = armt()
+        setattr(other.backbone.config, field, value)
+        with pytest.raises(InputError, match="another configuration"):
+            load_memory(other, path)
+    model.save_pretrained(tmp_path / "model")
+    load_memory(ARMTForCausalLM.from_pretrained(tmp_path / "model"), path)
+    model.backbone.config.output_hidden_states = True
+    model.backbone.config.pad_token_id = 3
+    load_memory(model, path)
+
+
+def test_memory_of_weights_that_differ_in_any_element_is_refused_and_of_merged_adapters_loads(tmp_path):
+    """Every element counts (a fine-tuned copy that changed a few embedding rows is another model); a model with LoRA
+    adapters and the same model with them merged are one model."""
+    from rmt.backbones.lora import add_lora, merge_lora
+
+    model = armt()
+    path = save_memory(model, model.stream().memory_state, tmp_path / "a.memory")
+    other = armt()
+    with torch.no_grad():
+        other.backbone.get_input_embeddings().weight[7, 5] += 0.5  # one element, far from any sampled one
+    with pytest.raises(InputError, match="other weights"):
+        load_memory(other, path)
+    adapted = armt()
+    add_lora(adapted.backbone, rank=2)
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)  # a trained adapter
+    stream = adapted.stream()
+    stream.feed(torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(2)))
+    adapted_path = save_memory(adapted, stream.memory_state, tmp_path / "adapted.memory")
+    with pytest.raises(InputError, match="other weights"):
+        load_memory(model, adapted_path)
+    merge_lora(adapted)
+    load_memory(adapted, adapted_path)
 
 
 def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, capsys):
@@ -216,7 +281,7 @@ def test_diagonal_engine_follows_its_model_weights():
     assert not engine.refresh()  # nothing changed since: no restacking
 
 
-def test_weights_fingerprint_of_a_tensor_past_two_to_the_24_elements_samples_its_last_element():
+def test_sampled_weights_fingerprint_of_a_tensor_past_two_to_the_24_elements_samples_its_last_element():
     """An LLM's embedding has more elements than float32 counts exactly: the sampled positions stay in range, and
     the last element is one of them."""
     size = 2**24 + 4  # its last index, 2**24 + 3, rounds up to 2**24 + 4 in float32
@@ -225,7 +290,7 @@ def test_weights_fingerprint_of_a_tensor_past_two_to_the_24_elements_samples_its
         module = torch.nn.Module()
         module.weight = torch.nn.Parameter(torch.zeros(size), requires_grad=False)
         module.weight.data[-1] = last
-        return memory_file.weights_fingerprint(module)
+        return memory_file.sampled_weights_fingerprint(module)
 
     assert fingerprint(0.0) != fingerprint(1.0)
 

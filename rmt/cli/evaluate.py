@@ -194,7 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rmt.memory.memory_file import weights_fingerprint
+    from rmt.memory.memory_file import sampled_weights_fingerprint
     from rmt.memory.pretrained import local_checkpoint
     from rmt.memory.recurrent import RecurrentMemoryModel
 
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\n{results} holds every cell already: nothing computed, no file rewritten", file=sys.stderr)
                 return 0
         model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
-        plan["weights"] = weights_fingerprint(model)  # recorded with the results, and checked on a resume
+        plan["weights"] = sampled_weights_fingerprint(model)  # recorded with the results, and checked on a resume
         if plan["earlier"] is not None:
             _check_same_weights(args, plan["earlier"], plan["weights"])
         return _by_length(args, model, plan)
@@ -728,7 +728,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
     from rmt.data.babilong import build_dataset, load_babilong, parse_length
     from rmt.data.collate import QACollator, check_tokenizer
     from rmt.eval.by_length import evaluate_by_length, format_table
-    from rmt.memory.memory_file import weights_fingerprint
+    from rmt.memory.memory_file import sampled_weights_fingerprint
 
     tasks, lengths, samples, methods = plan["tasks"], plan["lengths"], plan["samples"], plan["methods"]
     num_facts = plan["num_facts"]
@@ -756,7 +756,7 @@ def _by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: dict
             ) from err
         _check_baseline(args.full_attention_model, baseline, model, tokenizer, mode)
         _check_same_tokens(args.full_attention_model, tokenizer, tasks)
-        plan["contents"]["full_attention_model"] = weights_fingerprint(baseline)
+        plan["contents"]["full_attention_model"] = sampled_weights_fingerprint(baseline)
     if plan["earlier"] is not None:  # said once every check of the resume passed
         _check_same_contents(args, plan["earlier"]["settings"], plan["contents"])
         cells = len(tasks) * len(lengths) * len(methods)

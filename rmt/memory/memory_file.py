@@ -11,12 +11,14 @@ questions without reading the document again.
 
 The file is safetensors: one tensor per leaf of the state, its structure, and two fingerprints of the model that made
 it: of its configuration (RMTConfig, less bptt_depth and loss_aggregation, which change only training, and the
-backbone's shape) and of its weights (evenly spaced elements of every weight tensor, rounded to bf16 so that the same
-weights in fp32 or bf16 match). Loading into a model with another configuration or other weights is refused with a
-message that says which: a memory is only meaningful to the model that wrote it. The state is loaded in the dtypes
-of the loading model's own state. Questions asked after a loaded memory start a new segment, as if the document ended
-at a segment boundary. Files of the first format (rmt-memory-1, whose weights fingerprint covered the memory
-parameters and the first rows of the token embeddings) still load.
+backbone's configuration, less the fields that change no computation: names, token ids, output flags) and of its
+weights (every element of every weight tensor rounded to bf16, so that the same weights in fp32 or bf16 match; LoRA
+adapters merged, so that a model with adapters and its merged checkpoint match). Loading into a model with another
+configuration or other weights is refused with a message that says which: a memory is only meaningful to the model
+that wrote it. The state is loaded in the dtypes of the loading model's own state. Questions asked after a loaded
+memory start a new segment, as if the document ended at a segment boundary. Files of the earlier formats still load,
+checked as they were written: rmt-memory-2 (the backbone's shape only, and 1,024 evenly spaced elements of each
+weight tensor) and rmt-memory-1 (the memory parameters and the first rows of the token embeddings).
 
 The header also holds a sha256 checksum of the tensors (names, dtypes, shapes and bytes): a file whose data was
 damaged (a bit flipped on disk or in a copy) is refused as corrupt instead of loading as another memory; files
@@ -26,17 +28,21 @@ refused on save and on load (a model that diverged while reading has no memory w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
+from torch import nn
 from torch.utils import _pytree as pytree
 
+from rmt.backbones.lora import merged_state_dict
 from rmt.errors import InputError, MissingFileError
 from rmt.files import write_atomic
 from rmt.memory.state import State, check_state
@@ -44,10 +50,22 @@ from rmt.memory.state import State, check_state
 if TYPE_CHECKING:
     from rmt.memory.interface import MemoryModel
 
-FORMAT = "rmt-memory-2"
+FORMAT = "rmt-memory-3"
+_SECOND_FORMAT = "rmt-memory-2"
 _FIRST_FORMAT = "rmt-memory-1"
-_BACKBONE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-_SAMPLES_PER_TENSOR = 1024  # evenly spaced elements of each weight tensor hashed into the weights fingerprint
+_SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")  # rmt-memory-2
+_SAMPLES_PER_TENSOR = 1024  # rmt-memory-2: evenly spaced elements of each weight tensor in the weights fingerprint
+# Backbone configuration fields that change no computation of the memory (names, token ids, what a forward returns,
+# the dtype, which the weights fingerprint covers): left out of the configuration fingerprint, along with every field
+# whose name starts with "_" (transformers' own bookkeeping).
+_NOT_COMPUTING_KEYS = frozenset(
+    {
+        "architectures", "attn_implementation", "bos_token_id", "cls_token_id", "dtype", "eos_token_id",
+        "finetuning_task", "id2label", "label2id", "output_attentions", "output_hidden_states", "pad_token_id",
+        "prefix", "problem_type", "return_dict", "sep_token_id", "task_specific_params", "tie_word_embeddings",
+        "tokenizer_class", "torch_dtype", "torchscript", "transformers_version", "use_cache",
+    }
+)  # fmt: skip
 _FIRST_FORMAT_ROWS = 64  # rmt-memory-1: rows of the embedding matrix hashed into the weights fingerprint
 # The header key of the tensors' checksum. An optional key of the same format, not a new format: files without it (and
 # rmt versions that do not know it) still read each other's files.
@@ -61,10 +79,25 @@ _FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False}
 _TRAINING_FIELDS = ("bptt_depth", "loss_aggregation")
 
 
-def config_fingerprint(model: MemoryModel, training_fields: bool = False) -> str:
-    """sha256 of the model's RMTConfig (without the fields that only change training; files written before that
-    hashed them too: `training_fields=True`) and backbone shape."""
-    backbone = {key: getattr(model.backbone.config, key, None) for key in _BACKBONE_KEYS}
+def config_fingerprint(model: MemoryModel) -> str:
+    """sha256 of the model's RMTConfig (without the fields that only change training) and of its backbone's
+    configuration (without the fields that change no computation)."""
+    backbone = {
+        key: value
+        for key, value in model.backbone.config.to_dict().items()
+        if key not in _NOT_COMPUTING_KEYS and not key.startswith("_")
+    }
+    return _config_digest(model, backbone, training_fields=False)
+
+
+def _shape_config_fingerprint(model: MemoryModel, training_fields: bool = False) -> str:
+    """The configuration fingerprint of rmt-memory-1 and -2 files: the backbone's shape alone (and, in files written
+    before the training fields were left out, those too: `training_fields=True`)."""
+    backbone = {key: getattr(model.backbone.config, key, None) for key in _SHAPE_KEYS}
+    return _config_digest(model, backbone, training_fields)
+
+
+def _config_digest(model: MemoryModel, backbone: dict[str, Any], training_fields: bool) -> str:
     rmt = model.config.to_dict()
     for name, value in _FIELDS_ADDED_LATER.items():
         if rmt.get(name) == value:
@@ -72,14 +105,27 @@ def config_fingerprint(model: MemoryModel, training_fields: bool = False) -> str
     if not training_fields:
         for name in _TRAINING_FIELDS:
             del rmt[name]
-    text = json.dumps({"rmt": rmt, "backbone": backbone}, sort_keys=True)
+    text = json.dumps({"rmt": rmt, "backbone": backbone}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def weights_fingerprint(model: MemoryModel) -> str:
-    """sha256 of every weight tensor's name, shape and up to _SAMPLES_PER_TENSOR evenly spaced elements rounded to
-    bf16: a fine-tuned checkpoint differs in its layers, not only in its embeddings, while the same weights cast to
-    bf16 must still match."""
+    """sha256 of every weight tensor's name, shape and elements rounded to bf16 (the same weights in fp32 or bf16
+    match), LoRA adapters merged into their layers under the names a model without adapters has."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(merged_state_dict(cast(nn.Module, model)).items()):
+        if not tensor.is_floating_point():
+            continue
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        rounded = tensor.detach().to("cpu", torch.bfloat16).contiguous().reshape(-1)
+        digest.update(rounded.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def sampled_weights_fingerprint(model: MemoryModel) -> str:
+    """The weights fingerprint of rmt-memory-2 files: every weight tensor's name, shape and up to
+    _SAMPLES_PER_TENSOR evenly spaced elements rounded to bf16. Quick on any model; `rmt eval` records it with its
+    results (a by-length run resumes only with the same weights)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if not tensor.is_floating_point():
@@ -103,6 +149,20 @@ def _first_format_weights_fingerprint(model: MemoryModel) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+# For each format: the configuration fingerprints a file of it may hold, and its weights fingerprint.
+_FINGERPRINTS: dict[str, tuple[tuple[Callable[[MemoryModel], str], ...], Callable[[MemoryModel], str]]] = {
+    FORMAT: ((config_fingerprint,), weights_fingerprint),
+    _SECOND_FORMAT: (
+        (_shape_config_fingerprint, functools.partial(_shape_config_fingerprint, training_fields=True)),
+        sampled_weights_fingerprint,
+    ),
+    _FIRST_FORMAT: (
+        (_shape_config_fingerprint, functools.partial(_shape_config_fingerprint, training_fields=True)),
+        _first_format_weights_fingerprint,
+    ),
+}
 
 
 def _tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -179,23 +239,24 @@ def read_memory(model: MemoryModel, path: str | os.PathLike) -> tuple[State, dic
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path} is not a memory file (unreadable safetensors: {err})") from err
-    if header.get("format") not in (FORMAT, _FIRST_FORMAT):
+    written_as = header.get("format")
+    if written_as not in _FINGERPRINTS:
         raise InputError(f"{path} is not a memory file written by rmt (format {header.get('format')!r})")
     if _CHECKSUM in header and header[_CHECKSUM] != _tensors_checksum(tensors):
         raise InputError(
             f"{path} is corrupt: its tensors do not match the checksum saved with them (a damaged copy); "
             "read the document again to write a new one"
         )
-    if header.get("config_fingerprint") not in (config_fingerprint(model), config_fingerprint(model, True)):
+    configurations, weights = _FINGERPRINTS[written_as]
+    if header.get("config_fingerprint") not in [fingerprint(model) for fingerprint in configurations]:
         raise InputError(
             f"{path} was written by a model of another configuration (memory kind, memory tokens, segment size or "
             "backbone differ): load it into the model that read the document"
         )
-    fingerprint = weights_fingerprint if header["format"] == FORMAT else _first_format_weights_fingerprint
-    if header.get("weights_fingerprint") != fingerprint(model):
+    if header.get("weights_fingerprint") != weights(model):
         raise InputError(
-            f"{path} was written by a model with the same configuration but other weights (e.g. another checkpoint): "
-            "load it into the model that read the document"
+            f"{path} was written by a model with the same configuration but other weights (another checkpoint, or "
+            "these weights in fp16: fp32 and bf16 match): load it into the model that read the document"
         )
     try:
         spec = pytree.treespec_loads(header["structure"])
