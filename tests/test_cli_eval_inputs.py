@@ -638,27 +638,75 @@ def test_generate_refuses_a_run_that_would_do_nothing_and_a_folder_for_a_documen
     assert code == 2 and "--memory-file is empty" in err and "read " not in out
 
 
-def test_generate_says_when_a_saved_memory_stands_in_for_another_document(decoder, tmp_path, capsys):
+def test_generate_refuses_a_saved_memory_of_another_document(decoder, tmp_path, capsys):
+    """A memory file answers for the document it holds, told by content: another --document is refused (it answered
+    from the first document with a note and exit 0, so a loop over documents sharing one file answered every question
+    from the first), a copy at another path or the same file spelled otherwise is the same document, and a file
+    changed since it was read is refused."""
     first, second, memory = tmp_path / "first.txt", tmp_path / "second.txt", tmp_path / "doc.memory"
     first.write_text(background_text(20))
     second.write_text(background_text(30))
     assert _run(["generate", decoder, "--document", str(first), "--memory-file", str(memory)], capsys)[0] == 0
     args = ["generate", decoder, "--document", str(second), "--memory-file", str(memory), "--prompt", "Where"]
-    code, _, err = _run([*args, "--max-new-tokens", "2"], capsys)
-    assert code == 0 and f"--document {second} is not read" in err
-    same = ["generate", decoder, "--document", os.path.relpath(first), "--memory-file", str(memory), "--prompt", "W"]
-    code, _, err = _run([*same, "--max-new-tokens", "2"], capsys)  # the same file, spelled otherwise
-    assert code == 0 and "is not read" not in err
+    code, out, err = _run([*args, "--max-new-tokens", "2"], capsys)
+    assert code == 2 and f"holds the memory of {first}, and --document {second} is another document" in err
+    assert "loaded" not in out
+    copy = tmp_path / "copy.txt"
+    copy.write_bytes(first.read_bytes())
+    for document in (str(copy), os.path.relpath(first)):
+        same = ["generate", decoder, "--document", document, "--memory-file", str(memory), "--prompt", "W"]
+        code, out, err = _run([*same, "--max-new-tokens", "2"], capsys)
+        assert code == 0 and f"loaded the memory of {first}" in out
     code, _, err = _run(["generate", decoder, "--memory-file", str(memory)], capsys)
     assert code == 2 and "nothing to do" in err
     # The same path, another text: the memory of the text as it was is refused (it answered from it unawares).
     first.write_text(background_text(3))
     code, _, err = _run([*same, "--max-new-tokens", "2"], capsys)
-    assert code == 2 and f"holds the memory of {first} as it was when it was read, and the file has changed" in err
+    assert code == 2 and f"and --document {os.path.relpath(first)} has changed since it was read" in err
     code, _, err = _run(
         ["generate", decoder, "--memory-file", str(memory), "--prompt", "W", "--max-new-tokens", "2"], capsys
     )
     assert code == 0  # without --document nothing is compared
+    code, _, err = _run([*same[:3], str(tmp_path / "gone.txt"), *same[4:]], capsys)
+    assert code == 2 and "gone.txt: no such file" in err
+
+
+def test_generate_refuses_a_memory_file_of_a_batch_and_a_folder_path(decoder, tmp_path, capsys):
+    from rmt.memory.memory_file import save_memory
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    model = RecurrentMemoryModel.from_pretrained(decoder)
+    memory = tmp_path / "batch.memory"
+    save_memory(model, model.initial_state(2), memory, document=7)  # the Python API: any JSON metadata
+    args = ["generate", decoder, "--memory-file", str(memory), "--prompt", "Where", "--max-new-tokens", "2"]
+    code, _, err = _run(args, capsys)
+    assert code == 2 and "holds the memories of 2 documents" in err
+    document = tmp_path / "doc.txt"
+    document.write_text(background_text(5))
+    args = ["generate", decoder, "--document", str(document), "--memory-file", f"{tmp_path}/new/", "--prompt", "W"]
+    code, _, err = _run(args, capsys)
+    assert code == 2 and "names a folder: give a file in it" in err and not (tmp_path / "new").exists()
+
+
+def test_generate_answers_when_its_memory_file_cannot_be_written(decoder, tmp_path, capsys, monkeypatch):
+    """A full disk while the memory is saved: one line naming the file, the answer still given (the document read
+    is not lost), exit 1, and no file left."""
+    import errno
+
+    import rmt.files
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    document, memory = tmp_path / "doc.txt", tmp_path / "doc.memory"
+    document.write_text(background_text(5))
+    args = ["generate", decoder, "--document", str(document), "--prompt", "Where", "--max-new-tokens", "2"]
+    code, expected, _ = _run(args, capsys)
+    monkeypatch.setattr(rmt.files.os, "fsync", full_disk)
+    code, out, err = _run([*args, "--memory-file", str(memory)], capsys)
+    assert code == 1 and f"could not save the memory to {memory}: No space left on device" in err
+    assert "Traceback" not in err and out.splitlines()[-1] == expected.splitlines()[-1]
+    assert not memory.exists() and list(tmp_path.iterdir()) == [document]
 
 
 def test_a_memory_file_names_its_document_for_runs_from_another_folder(decoder, tmp_path, capsys, monkeypatch):
@@ -972,6 +1020,7 @@ def test_rmt_generate_asks_a_question_in_the_format_models_are_trained_on(decode
     tokenizer = pretrained_tokenizer(decoder)
     assert fed[0] == tokenizer(background_text(5).rstrip(), add_special_tokens=False).input_ids  # one chunk
     assert texts[:2] == [qa_prompt("", "Where is Mary?"), background_text(5).rstrip()]  # no line break left
+    assert texts[2:4] == ["Where is Mary?", background_text(5) + "\n\n"]  # --prompt continues the text as it is
     asked = tokenizer(qa_prompt("", "Where is Mary?"), add_special_tokens=False).input_ids
     assert prompts == [asked, tokenizer("Where is Mary?", add_special_tokens=False).input_ids]
     assert tokenizer.decode(asked).strip().startswith("Question") and asked != prompts[1]

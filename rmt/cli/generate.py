@@ -6,8 +6,9 @@
     rmt generate runs/lm/model --document book.txt --prompt "The next chapter begins"   # any text to continue
 
 The document is read in chunks with a progress bar (tokens/s), keeping only the memory: a 1M-token document needs one
-segment's activations. With --memory-file, an existing file is loaded instead of reading the document, and a missing
-one is written after reading it. The prompt starts a new segment after the document's memory. --question asks the
+segment's activations. With --memory-file, an existing file is loaded instead of reading the document (refused when
+--document names another document, or the same file changed since), and a missing one is written after reading it.
+The prompt starts a new segment after the document's memory. --question asks the
 way `rmt train` and `rmt eval` ask a question-answering model ("Question: TEXT", a line break, then "Answer:", after
 a blank line); --prompt is continued as it is. Any causal memory model works (RMT, ARMT), e.g. one trained from the
 offline SmolLM2 weights. Decoding is greedy unless --do-sample is given; --temperature, --top-k and --top-p need
@@ -18,12 +19,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed, flags_given
+from rmt.cli.common import add_runtime_arguments, apply_runtime, check_output_folder, check_seed, flags_given
 from rmt.errors import InputError
+
+if TYPE_CHECKING:
+    from rmt.memory.recurrent import RecurrentMemoryModel
+    from rmt.memory.state import State
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rmt.build import DTYPES, pretrained_tokenizer
     from rmt.data.collate import check_tokenizer, qa_prompt
-    from rmt.data.haystack import check_text_file, read_text_file
+    from rmt.data.haystack import check_text_file, decode_text
     from rmt.memory.generation import check_generation_settings, stop_token_ids
-    from rmt.memory.memory_file import read_memory, save_memory
     from rmt.memory.pretrained import local_checkpoint
     from rmt.memory.recurrent import RecurrentMemoryModel
 
@@ -119,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{asked} is empty: give the text to answer after the document")
     if args.memory_file is not None and not args.memory_file.strip():  # an unset shell variable, say
         raise InputError("--memory-file is empty: give the memory file to save or read")
+    if args.memory_file is not None and args.memory_file.endswith(("/", os.sep)):
+        raise InputError(f"--memory-file {args.memory_file} names a folder: give a file in it")
     memory_file = Path(args.memory_file) if args.memory_file is not None else None
     if text is None and memory_file is None:
         raise InputError(
@@ -131,13 +139,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"nothing to do: --memory-file {memory_file} exists already; give --prompt or --question to answer from it"
         )
+    if args.document is not None:  # a missing or binary file: refused before the model loads
+        check_text_file(args.document, f"--document {args.document}")
     if memory_file is None or not memory_file.exists():
         if args.document is None:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
-        check_text_file(args.document, f"--document {args.document}")  # a binary file: refused before the model loads
         if memory_file is not None:
-            from rmt.cli.common import check_output_folder
-
             check_output_folder(memory_file, "--memory-file")  # its folder: not a file
     # A hub id: its snapshot, with its tokenizer in backbone/ (after the checks of the flags: a mistyped local path
     # reads as a hub id, and its error would hide theirs).
@@ -162,29 +169,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{asked} {text!r} holds no tokens of this model's tokenizer")
         check_generation_settings(model, prompt, **settings)
 
+    save_failed = False
     if memory_file is not None and memory_file.exists():
-        state, metadata = read_memory(model, memory_file)
-        saved = metadata.get("document")
-        same_path = (
-            saved is not None and args.document is not None and Path(saved).resolve() == Path(args.document).resolve()
-        )
-        recorded = metadata.get("document_sha256")  # (memory files of before it was recorded have none)
-        if same_path and recorded is not None and Path(saved).is_file() and _sha256(Path(saved)) != recorded:
-            raise InputError(
-                f"--memory-file {memory_file} holds the memory of {saved} as it was when it was read, and the file "
-                "has changed since: delete the memory file (or give another --memory-file) to read it again"
-            )
-        print(f"loaded the memory of {metadata.get('document', 'a document')} ({metadata.get('tokens', '?')} tokens)")
-        if args.document is not None and not same_path:
-            print(
-                f"note: --document {args.document} is not read: {memory_file} already holds the memory of "
-                f"{metadata.get('document', 'another document')} (give another --memory-file to read this one)",
-                file=sys.stderr,
-            )
+        state = _saved_memory(model, memory_file, args.document, args.dtype)
     else:
         document = Path(args.document)
-        # Without its trailing line breaks, so that --question's "\n\nQuestion:" follows the text as in training.
-        document_text = read_text_file(document, f"--document {document}").rstrip()
+        raw = document.read_bytes()  # hashed as read: a file that changes while it is read is not the one recorded
+        document_text = decode_text(raw, f"--document {document}")
+        if args.question is not None:  # "\n\nQuestion:" follows the text without its trailing breaks, as in training
+            document_text = document_text.rstrip()
         ids = tokenizer(document_text, add_special_tokens=False).input_ids
         if not ids:
             raise InputError(f"--document {document} holds no text")
@@ -200,26 +193,72 @@ def run(args: argparse.Namespace) -> int:
         state = stream.memory_state
         print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)")
         if memory_file is not None:
-            # The absolute path: a later run from another folder compares it with its own --document.
-            save_memory(
-                model,
-                state,
-                memory_file,
-                document=str(document.resolve()),
-                document_sha256=_sha256(document),
-                tokens=ids.shape[1],
-            )
-            print(f"saved the document's memory to {memory_file}")
+            sha256 = hashlib.sha256(raw).hexdigest()
+            save_failed = not _save(model, state, memory_file, document, sha256, ids.shape[1], args.dtype)
     if prompt is None:
         return 0
     torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
     out = model.generate(prompt, memory_state=state, **settings)
     print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
-    return 0
+    return 1 if save_failed else 0
+
+
+def _saved_memory(model: RecurrentMemoryModel, memory_file: Path, document: str | None, dtype: str) -> State:
+    """The memory saved in `memory_file`, refused when --document names another document than the one it holds (by
+    content: a copy at another path is the same document) or the same file changed since."""
+    from rmt.memory.memory_file import read_memory
+    from rmt.memory.state import batch_size_of
+
+    state, metadata = read_memory(model, memory_file)
+    if batch_size_of(state) != 1:
+        raise InputError(
+            f"--memory-file {memory_file} holds the memories of {batch_size_of(state)} documents (saved from a batch "
+            "with the Python API): rmt generate answers from one"
+        )
+    saved = metadata.get("document")
+    saved = saved if isinstance(saved, str) else None  # the Python API may record any JSON value
+    recorded = metadata.get("document_sha256")  # (memory files of before it was recorded have none)
+    if document is not None:
+        given = Path(document)
+        same_path = saved is not None and Path(saved).resolve() == given.resolve()
+        same = _sha256(given) == recorded if recorded is not None else same_path
+        if not same:
+            held = f"the memory of {saved}" if saved else "the memory of a document"
+            reason = "has changed since it was read" if same_path else "is another document"
+            raise InputError(
+                f"--memory-file {memory_file} holds {held}, and --document {document} {reason}: give another "
+                "--memory-file to read it (or delete this one), or leave out --document to answer from the saved memory"
+            )
+    print(f"loaded the memory of {saved or 'a document'} ({metadata.get('tokens', '?')} tokens)")
+    read_in = metadata.get("dtype")
+    if read_in is not None and read_in != dtype:
+        print(f"note: the document was read in {read_in}; the answer is generated in {dtype}", file=sys.stderr)
+    return state
+
+
+def _save(
+    model: RecurrentMemoryModel, state: State, memory_file: Path, document: Path, sha256: str, tokens: int, dtype: str
+) -> bool:
+    """Save the document's memory; a failure to write it (a full disk, say) is one line, and the answer still
+    follows: False then."""
+    from rmt.memory.memory_file import save_memory
+
+    try:
+        # The absolute path: a later run from another folder names the document it holds.
+        save_memory(
+            model, state, memory_file, document=str(document.resolve()), document_sha256=sha256, tokens=tokens,
+            dtype=dtype,
+        )  # fmt: skip
+    except OSError as err:
+        problem = err.strerror or err
+        print(f"rmt generate: error: could not save the memory to {memory_file}: {problem}", file=sys.stderr)
+        return False
+    print(f"saved the document's memory to {memory_file}")
+    return True
 
 
 def _sha256(path: Path) -> str:
-    """The sha256 of a file's bytes: a memory file records its document's, to tell when the document changed."""
+    """The sha256 of a file's bytes: a memory file records its document's, to tell another document or a changed one."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while block := file.read(1 << 20):

@@ -219,7 +219,12 @@ def read_text_file(path: str | os.PathLike, label: str | None = None) -> str:
     """The text of a UTF-8 file, a byte order mark dropped; an InputError that starts with `label` (default: the
     path) if it holds a NUL byte or bytes that are not UTF-8 (the whole file is decoded strictly: the same one pass
     that decoding with replacement makes)."""
-    return _decode(Path(path).read_bytes(), label or str(path), final=True)
+    return decode_text(Path(path).read_bytes(), label or str(path))
+
+
+def decode_text(data: bytes, label: str) -> str:
+    """A whole file's bytes as text, as `read_text_file` reads them (for a caller that needs the bytes too)."""
+    return _decode(data, label, final=True)
 
 
 def _decode(data: bytes, label: str, final: bool) -> str:
