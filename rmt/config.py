@@ -254,6 +254,7 @@ class RMTConfig:
 
     @property
     def memory_enabled(self) -> bool:
+        """Whether the model has memory tokens (num_memory_tokens 0 is the no-memory baseline)."""
         return self.num_memory_tokens > 0
 
     def to_dict(self) -> dict[str, Any]:

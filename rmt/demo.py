@@ -25,8 +25,7 @@ from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
 from rmt.data.batch import Batch
 from rmt.data.tasks import CopyTask
-from rmt.errors import InputError
-from rmt.files import write_atomic
+from rmt.files import check_output_folder, write_atomic
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.plotting import pyplot, save_figure
 from rmt.train.loop import TaskSource, TrainConfig, evaluate, train
@@ -55,10 +54,8 @@ class DemoSettings:
 def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Train RMT and the no-memory baseline; write results.json and accuracy.png; return the results."""
     settings = settings or DemoSettings()
-    if not str(output_dir).strip():  # an unset shell variable: Path("") would be the working folder
-        raise InputError("the output folder is empty: give a folder")
+    check_output_folder(output_dir, "output folder")  # empty text (an unset shell variable) would be the working folder
     output_dir = Path(output_dir)
-    check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     task = CopyTask(length=settings.length)
     segment_size = task.segment_size_for(settings.segments)
@@ -106,17 +103,6 @@ class UnwatchedHeldOut(TaskSource):
 
     def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
         return super().eval_batch(self.watched + index, batch_size, num_segments)
-
-
-def check_output_dir(path: Path) -> None:
-    """Refuse, before training, an output folder that is a file or lies under one (found only when the first file
-    is written otherwise)."""
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "exists and is not a folder" if folder == path else f"lies under {folder}, a file"
-                raise InputError(f"output folder {path} {where}")
-            return
 
 
 def demo_model(settings: DemoSettings, memory_tokens: int) -> RecurrentMemoryModel:

@@ -19,6 +19,7 @@ Used by `save_pretrained`, the trainer's checkpoints, memory files and the bench
 - `temporary_directory(path)` + `replace_directory(tmp, path)`: the two halves of `atomic_directory`, for a folder
   that several processes fill (the trainer's checkpoints under multi-process training).
 - `set_aside_exists(path)`: whether `recover_directory` would restore a previous version (read-only).
+- `check_output_folder(path)`: refuse, before any work, an output folder that could not be written.
 """
 
 from __future__ import annotations
@@ -39,6 +40,24 @@ from rmt.errors import InputError
 
 _TMP_TAG = "tmp"
 _OLD_TAG = "old"
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> None:
+    """Refuse an output folder that is empty text (an unset shell variable would write into the working folder),
+    a file, under a file, or in a folder this process cannot write to, before anything runs (the first write would
+    fail with a traceback, maybe hours in). `flag` names the folder in the message: the command's flag, or words."""
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty: give a folder")
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if folder == path and not folder.is_dir():
+                raise InputError(f"{flag} {path} exists and is not a folder")
+            if not folder.is_dir():
+                raise InputError(f"{flag} {path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"{flag} {path}: {folder} is not writable")
+            return
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

@@ -727,11 +727,11 @@ def test_a_memory_file_names_its_document_for_runs_from_another_folder(decoder, 
 def test_babilong_tasks_named_twice_are_evaluated_once_and_synthetic_segments_follow_the_model(decoder, capsys):
     """babilong:qa1,qa1 evaluated qa1 twice (twice the time, duplicate rows and predictions); --segments of a
     fixed-length synthetic task changed only a note, never how the model cut the input."""
-    from rmt.cli.common import make_task
+    from rmt.cli.common import task_from_flags
     from rmt.cli.data_flags import babilong_tasks
 
     assert babilong_tasks("babilong:qa2,qa1,qa2") == ["qa2", "qa1"]
-    cut = -(-make_task("copy", 4, 3).sequence_length // 16)  # the decoder fixture cuts at 16 tokens
+    cut = -(-task_from_flags("copy", 4, 3).sequence_length // 16)  # the decoder fixture cuts at 16 tokens
     args = ["eval", decoder, "--task", "copy", "--task-size", "4", "--batches", "1"]
     code, _, err = _run([*args, "--segments", str(cut + 1)], capsys)
     assert code == 2 and f"segments of 16, that is {cut}; its segment size, not --segments, decides" in err

@@ -16,8 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime, check_output_folder, check_seed
+from rmt.cli.common import FACTS_HELP, add_runtime_arguments, apply_runtime, check_seed
 from rmt.cli.data_flags import DEFAULT_SEED, facts_setting, load_background, parse_lengths
+from rmt.files import check_output_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:

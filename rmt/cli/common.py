@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmt.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+
+    from rmt.data.tasks import Task
 
 TASK_NAMES = ("copy", "reverse", "associative_retrieval", "quadratic", "detect_memorize")
 TASK_SIZE_DEFAULTS = {"copy": 24, "reverse": 24, "associative_retrieval": 4, "detect_memorize": 64}
@@ -118,7 +119,7 @@ def add_task_arguments(
     )
 
 
-def make_task(name: str, size: int | None, segments: int) -> Any:
+def task_from_flags(name: str, size: int | None, segments: int) -> Task:
     """The synthetic task of the --task/--task-size/--segments flags."""
     from rmt.data.tasks import make_task as build
 
@@ -134,21 +135,3 @@ def make_task(name: str, size: int | None, segments: int) -> Any:
     if name == "detect_memorize":
         return build(name, num_segments=segments, segment_size=size)
     return build(name)
-
-
-def check_output_folder(path: str | Path, flag: str = "--output") -> None:
-    """Refuse an output folder that is empty text (an unset shell variable would write into the working folder),
-    a file, under a file, or in a folder this process cannot write to, before anything runs (the first write would
-    fail with a traceback, maybe hours in)."""
-    if not str(path).strip():
-        raise InputError(f"{flag} is empty: give a folder")
-    path = Path(path)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if folder == path and not folder.is_dir():
-                raise InputError(f"{flag} {path} exists and is not a folder")
-            if not folder.is_dir():
-                raise InputError(f"{flag} {path}: {folder} is a file, not a folder")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise InputError(f"{flag} {path}: {folder} is not writable")
-            return

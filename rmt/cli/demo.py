@@ -1,5 +1,5 @@
-"""`rmt demo`: train the same small transformer with and without RMT memory on copy-24 in 3 segments (CPU, a few
-minutes) and print what each learned (`rmt.demo`)."""
+"""`rmt demo`: train the same small transformer with and without RMT memory on copy-24 in 3 segments (CPU, about a
+minute) and print what each learned (`rmt.demo`)."""
 
 from __future__ import annotations
 

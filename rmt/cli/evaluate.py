@@ -36,9 +36,8 @@ from rmt.cli.common import (
     add_runtime_arguments,
     add_task_arguments,
     apply_runtime,
-    check_output_folder,
     check_seed,
-    make_task,
+    task_from_flags,
 )
 from rmt.cli.data_flags import (
     DEFAULT_SEED,
@@ -50,6 +49,7 @@ from rmt.cli.data_flags import (
     parse_lengths,
 )
 from rmt.errors import InputError, MissingFileError, MissingWeightsError
+from rmt.files import check_output_folder
 
 if TYPE_CHECKING:
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -320,7 +320,7 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
     if model.config.mode == "encoder":
         raise InputError(f"{args.checkpoint} is an encoder (it answers with a class); synthetic tasks score a decoder")
     segments = DEFAULT_SEGMENTS if args.segments is None else args.segments
-    task = make_task(name, args.task_size, segments)
+    task = task_from_flags(name, args.task_size, segments)
     if task.vocab_size > model.vocab_size:
         raise InputError(
             f"the {name} task uses {task.vocab_size} token ids but the model embeds only {model.vocab_size}"

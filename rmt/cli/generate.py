@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rmt.cli.common import add_runtime_arguments, apply_runtime, check_output_folder, check_seed, flags_given
+from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed, flags_given
 from rmt.errors import InputError
+from rmt.files import check_output_folder
 
 if TYPE_CHECKING:
     from rmt.memory.recurrent import RecurrentMemoryModel

@@ -29,9 +29,8 @@ from rmt.cli.common import (
     add_runtime_arguments,
     add_task_arguments,
     apply_runtime,
-    check_output_folder,
     flags_given,
-    make_task,
+    task_from_flags,
 )
 from rmt.cli.data_flags import (
     babilong_tasks,
@@ -43,6 +42,7 @@ from rmt.cli.data_flags import (
 from rmt.cli.options import add_config_arguments, config_from_args, flag_name, name_flag
 from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingWeightsError
+from rmt.files import check_output_folder
 from rmt.train.config import TrainConfig
 
 MEMORY_FLAGS = {
@@ -402,10 +402,10 @@ def memory_config(args: argparse.Namespace, segment_size: int, **fields: Any) ->
 def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     from rmt.build import memory_model, random_backbone
     from rmt.data.sources import TaskSource
-    from rmt.data.tasks import make_task as build_task
+    from rmt.data.tasks import make_task
 
     name = args.task or "copy"
-    task = make_task(name, args.task_size, args.segments)
+    task = task_from_flags(name, args.task_size, args.segments)
     size = TASK_SIZE_DEFAULTS.get(name) if args.task_size is None else args.task_size
     description = name if size is None else f"{name} (task size {size})"  # a resume on another task is refused
     if name == "detect_memorize" and not config.curriculum:  # its length is its number of segments, not its size
@@ -416,7 +416,7 @@ def _task_setup(args: argparse.Namespace, config: TrainConfig) -> Setup:
     memory = memory_config(args, segment_size)
     if config.curriculum:
         size = args.task_size if args.task_size is not None else TASK_SIZE_DEFAULTS["detect_memorize"]
-        source = TaskSource(lambda n: build_task("detect_memorize", num_segments=n, segment_size=size), args.seed)
+        source = TaskSource(lambda n: make_task("detect_memorize", num_segments=n, segment_size=size), args.seed)
         given = [args.segments] if flags_given(args, ["--segments"]) else []  # else the default, never trained at
         eval_segments = max([n for _, n in config.curriculum] + given)
     else:

@@ -533,7 +533,7 @@ class RMTForSequenceClassification(RecurrentMemoryModel):
         def insert_memory(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
             return _at_memory_positions(output, state)
 
-        memory_on = self.config.num_memory_tokens > 0
+        memory_on = self.config.memory_enabled
         hook = self.backbone.base_model.embeddings.register_forward_hook(insert_memory) if memory_on else None
         try:
             return self.backbone(input_ids=ids, **inputs)
