@@ -175,7 +175,7 @@ def by_segment(losses: list[torch.Tensor], segment: int) -> list[float]:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from rmt.memory.pretrained import MEMORY_CONFIG
+    from rmt.backbones.loading import MEMORY_CONFIG
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     if args.window >= args.document_tokens:

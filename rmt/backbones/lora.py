@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from rmt.config import RMTConfig
 from rmt.errors import InputError
 
 ADAPTER = "default"  # peft's name for the one adapter added here
@@ -66,9 +67,7 @@ def add_lora(
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as err:
         raise InputError('LoRA needs the peft package: pip install "rmt[lora]" (or pip install peft)') from err
-    from rmt.memory.recurrent import RecurrentMemoryModel
-
-    if isinstance(backbone, RecurrentMemoryModel):  # its memory projections and the backbone's tied head
+    if isinstance(getattr(backbone, "config", None), RMTConfig):  # a memory model: its projections, its tied head
         raise InputError("add_lora takes the backbone: pass model.backbone, not the memory model")
     if has_lora_layers(backbone):
         raise InputError("the backbone already has LoRA adapters; merge them first (rmt.backbones.lora.merge_lora)")

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from rmt.build import DTYPES, pretrained_tokenizer
+    from rmt.backbones.loading import DTYPES
+    from rmt.build import pretrained_tokenizer
     from rmt.data.collate import check_tokenizer, qa_prompt
     from rmt.data.haystack import check_text_file, decode_text
     from rmt.memory.generation import check_generation_settings, stop_token_ids

@@ -581,7 +581,7 @@ def _data_identity(name: str, settings: dict[str, tuple[Any, Any]]) -> str:
 
 def _checkpoint_config(model: str | None) -> RMTConfig | None:
     """The RMTConfig of the rmt checkpoint folder `--model` names; None for any other model."""
-    from rmt.memory.pretrained import MEMORY_CONFIG
+    from rmt.backbones.loading import MEMORY_CONFIG
 
     if model is None or not (Path(model) / MEMORY_CONFIG).is_file():
         return None
@@ -590,7 +590,7 @@ def _checkpoint_config(model: str | None) -> RMTConfig | None:
 
 def _load_checkpoint(args: argparse.Namespace) -> Any:
     """The rmt checkpoint --model names, whole, in the --dtype asked for."""
-    from rmt.build import DTYPES
+    from rmt.backbones.loading import DTYPES
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     return RecurrentMemoryModel.from_pretrained(args.model, dtype=DTYPES[args.dtype])
@@ -650,7 +650,8 @@ def _mode_of(name_or_path: str) -> str:
     """'encoder' for BERT-like backbones (classifiers), 'decoder' for causal LMs, from the model's config; a config
     that cannot be read, or a family the memory models do not support, is refused before any weights load."""
     from rmt.backbones import DECODER_FAMILIES, ENCODER_FAMILIES
-    from rmt.build import GGUF_ARCHITECTURES, backbone_model_type, gguf_architecture, gguf_architecture_refusal
+    from rmt.backbones.gguf import GGUF_ARCHITECTURES, gguf_architecture_refusal
+    from rmt.build import backbone_model_type, gguf_architecture
 
     model_type = backbone_model_type(name_or_path)
     if model_type is None:  # a GGUF file: transformers reads causal LMs from it

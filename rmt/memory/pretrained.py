@@ -31,6 +31,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging as hf_logging
 
+from rmt.backbones.loading import (
+    BACKBONE_DIR,
+    MEMORY_CONFIG,
+    MEMORY_WEIGHTS,
+    dtype_keywords,
+    loading_problems,
+    looks_like_hub_id,
+    model_inside,
+    one_line,
+)
 from rmt.backbones.lora import has_lora_layers, merged_state_dict
 from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingFileError
@@ -42,9 +52,6 @@ if TYPE_CHECKING:
 
     from rmt.memory.interface import MemoryModel
 
-MEMORY_WEIGHTS = "memory.safetensors"
-MEMORY_CONFIG = "rmt_config.json"
-BACKBONE_DIR = "backbone"
 # What a save replaces even where it writes no file of that name: the old weights (their sharding may change). The
 # rest of an existing checkpoint folder (a tokenizer in backbone/, a README) is kept.
 _WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
@@ -96,13 +103,6 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
     finally:
         if was_enabled and not enabled:
             hf_logging.enable_progress_bar()
-
-
-def model_inside(folder: Path) -> str:
-    """' (its model is FOLDER/model)' when `folder` is a training run or checkpoint folder holding a saved memory model,
-    else '': the hint for a path one level too high."""
-    inner = folder / "model"
-    return f" (its model is {inner})" if (inner / MEMORY_CONFIG).is_file() else ""
 
 
 # RMTConfig fields that decide which memory weights a checkpoint holds, or their shapes: a load cannot change them.
@@ -174,7 +174,7 @@ def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | Non
         tensors = load_file(str(path / MEMORY_WEIGHTS))
     except (SafetensorError, OSError) as err:
         raise InputError(f"corrupt checkpoint: cannot read {path / MEMORY_WEIGHTS}: {err}") from err
-    backbone_kwargs = _with_torch_dtype(backbone_kwargs)
+    backbone_kwargs = dtype_keywords(backbone_kwargs)
     backbone = _load_backbone(path / BACKBONE_DIR, config.mode, backbone_kwargs)
     model = model_cls(backbone, config)
     expected_tensors = model.memory_state_dict()
@@ -206,10 +206,8 @@ def _names_a_hub_checkpoint(path: str | os.PathLike) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    from rmt.build import _looks_like_hub_id
-
     name = str(path)
-    if isinstance(path, Path) or Path(name).exists() or not _looks_like_hub_id(name):
+    if isinstance(path, Path) or Path(name).exists() or not looks_like_hub_id(name):
         return False
     try:
         validate_repo_id(name)
@@ -225,8 +223,6 @@ def hub_checkpoint_folder(repo_id: str, **hub) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    from rmt.build import _one_line
-
     unknown = sorted(set(hub) - set(HUB_ARGUMENTS))
     if unknown:
         raise InputError(f"not arguments of a hub download: {', '.join(unknown)} (it takes {', '.join(HUB_ARGUMENTS)})")
@@ -236,10 +232,10 @@ def hub_checkpoint_folder(repo_id: str, **hub) -> Path:
         return Path(snapshot_download(repo_id, **hub))
     except RepositoryNotFoundError as err:
         raise MissingFileError(
-            f"{not_local} no repository of that name is visible (a private one needs token=): {_one_line(err)}"
+            f"{not_local} no repository of that name is visible (a private one needs token=): {one_line(err)}"
         ) from err
     except LocalEntryNotFoundError as err:  # no connection (or local_files_only) and nothing in the cache
-        raise MissingFileError(f"{not_local} it could not be fetched: {_one_line(err)}") from err
+        raise MissingFileError(f"{not_local} it could not be fetched: {one_line(err)}") from err
     except EntryNotFoundError as err:
         raise InputError(
             f"the Hugging Face Hub repository {repo_id} is not an rmt checkpoint: it has no {MEMORY_CONFIG} (a "
@@ -247,7 +243,7 @@ def hub_checkpoint_folder(repo_id: str, **hub) -> Path:
             "RMTConfig(...)))"
         ) from err
     except OSError as err:  # another answer of the Hub (a revision it does not have, a gated repository, ...)
-        raise MissingFileError(f"{not_local} it could not be fetched: {_one_line(err)}") from err
+        raise MissingFileError(f"{not_local} it could not be fetched: {one_line(err)}") from err
 
 
 def local_checkpoint(name: str) -> str:
@@ -306,25 +302,8 @@ def _first_unreadable(path: Path) -> Path | None:
     return next((file for file in read if file.exists() and not os.access(file, os.R_OK)), None)
 
 
-def _with_torch_dtype(kwargs: dict) -> dict:
-    """`kwargs` with a dtype given by name as the command line names it ("bf16"), under `dtype` or its older name
-    `torch_dtype`, as `dtype` and a torch dtype; "auto" (the checkpoint's own dtype, transformers' default) is kept."""
-    from rmt.build import torch_dtype
-
-    converted = dict(kwargs)
-    if "torch_dtype" in converted:
-        if "dtype" in converted:
-            raise InputError("give dtype or torch_dtype, not both")
-        converted["dtype"] = converted.pop("torch_dtype")
-    if converted.get("dtype", "auto") != "auto":
-        converted["dtype"] = torch_dtype(converted["dtype"])
-    return converted
-
-
 def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from rmt.build import _one_line
 
     config = _backbone_config(folder)
     auto = AutoModelForCausalLM if mode == "decoder" else AutoModelForSequenceClassification
@@ -343,7 +322,7 @@ def _load_backbone(folder: Path, mode: str, kwargs: dict) -> PreTrainedModel:
     except (SafetensorError, OSError) as err:  # unreadable or missing weight files
         raise InputError(f"corrupt checkpoint: cannot load the backbone weights from {folder}: {err}") from err
     except StrictDataclassError as err:  # a config value given as a keyword argument that the family refuses
-        raise InputError(f"cannot load the backbone from {folder}: {_one_line(err)}") from err
+        raise InputError(f"cannot load the backbone from {folder}: {one_line(err)}") from err
     except KeyError as err:  # a config value the family's layers look up and do not know (a rope type)
         raise InputError(
             f"corrupt checkpoint: cannot build the backbone {folder / 'config.json'} describes: no {err} known"
@@ -367,8 +346,6 @@ def _backbone_config(folder: Path) -> PretrainedConfig:
     count given as text, an unknown rope type) an InputError naming it, as is a family this transformers lacks."""
     from transformers import AutoConfig
 
-    from rmt.build import _one_line
-
     config_file = folder / "config.json"
     try:
         fields = json.loads(config_file.read_text())
@@ -386,27 +363,6 @@ def _backbone_config(folder: Path) -> PretrainedConfig:
                 f"cannot load the backbone from {folder}: this transformers does not know its family "
                 f"{fields['model_type']!r}"
             ) from err
-        raise InputError(f"corrupt checkpoint: {config_file}: {_one_line(err)}") from err
+        raise InputError(f"corrupt checkpoint: {config_file}: {one_line(err)}") from err
     except (StrictDataclassError, TypeError, KeyError) as err:
-        raise InputError(f"corrupt checkpoint: {config_file}: {_one_line(err)}") from err
-
-
-def loading_problems(info: dict, kinds: list[str], allowed: Callable[[str], bool] = lambda name: False) -> str:
-    """The weights that transformers' loading info (`from_pretrained(..., output_loading_info=True)`) lists under
-    `kinds` ("missing_keys", "unexpected_keys", "mismatched_keys") and `allowed` does not accept, as one phrase
-    ("missing keys: a, b; mismatched keys: c [2, 4] in the files, [3, 4] by the config"); "" when there are none."""
-    problems = {}
-    for kind in kinds:
-        keys = [key for key in info.get(kind) or () if not allowed(key[0] if isinstance(key, tuple) else str(key))]
-        if keys:
-            problems[kind] = sorted(map(_describe_key, keys))
-    return "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys[:5])}" for kind, keys in problems.items())
-
-
-def _describe_key(key: object) -> str:
-    """A weight's name from transformers' loading info; a mismatched one comes as (name, shape in the files, shape
-    the config gives)."""
-    if isinstance(key, tuple) and len(key) == 3:
-        name, found, expected = key
-        return f"{name} {list(found)} in the files, {list(expected)} by the config"
-    return str(key)
+        raise InputError(f"corrupt checkpoint: {config_file}: {one_line(err)}") from err

@@ -1,7 +1,9 @@
 """Which memory model class serves which (mode, memory_kind) of an `RMTConfig`.
 
 Model classes register themselves with `@register_model(mode, memory_kind)`; `model_class(config)` finds the class
-for a config, which is how `from_pretrained` and `rmt.build.memory_model` build the right wrapper.
+for a config, which is how `from_pretrained` and `rmt.build.memory_model` build the right wrapper. `model_class`
+imports `rmt.memory` (inside the function) so that every class has registered itself: the model modules import this
+one, and this one needs them loaded, an import cycle kept on purpose.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import os
 import pickle
 import re
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -177,15 +176,6 @@ def restore_checkpoint(
         raise InputError(f"cannot resume: checkpoint {state} is incomplete or corrupt: {err}") from err
 
 
-def note_missing_random_state(folder: Path, process: int) -> None:
-    """Say that a resumed process starts without its saved random state (its checkpoint had fewer processes)."""
-    print(
-        f"note: {folder} holds no random state for process {process} (it was saved by fewer processes): this "
-        "process's random numbers will differ from an uninterrupted run's",
-        file=sys.stderr,
-    )
-
-
 def _check_accelerate_state(folder: Path, accelerator: Accelerator) -> None:
     """Accelerate's part of a checkpoint must be there, and this process's random state readable: accelerate itself
     only logs a failure to restore it, and the resumed run's dropout and data order would then differ unseen. A
@@ -194,7 +184,7 @@ def _check_accelerate_state(folder: Path, accelerator: Accelerator) -> None:
         raise InputError(f"cannot resume: checkpoint {folder.parent} is incomplete: {folder.name}/ is missing")
     random_state = folder / f"random_states_{accelerator.process_index}.pkl"
     if not random_state.is_file():
-        note_missing_random_state(folder, accelerator.process_index)
+        fsdp.note_missing_random_state(folder, accelerator.process_index)
         return
     try:
         torch.load(random_state, weights_only=False)  # written by this run's own accelerate: a trusted file

@@ -17,6 +17,7 @@ dropout draws from there); resuming loads them and re-shards.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +152,16 @@ def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, a
     if accelerator.process_index < len(state["rng"]):
         _set_rng_states(state["rng"][accelerator.process_index], accelerator.device)
     else:
-        from rmt.train.checkpoint import note_missing_random_state
-
         note_missing_random_state(folder, accelerator.process_index)
+
+
+def note_missing_random_state(folder: Path, process: int) -> None:
+    """Say that a resumed process starts without its saved random state (its checkpoint had fewer processes)."""
+    print(
+        f"note: {folder} holds no random state for process {process} (it was saved by fewer processes): this "
+        "process's random numbers will differ from an uninterrupted run's",
+        file=sys.stderr,
+    )
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:

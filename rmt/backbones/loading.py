@@ -1,0 +1,83 @@
+"""What loading a backbone or a saved memory model needs, shared by `rmt.build` (backbones) and
+`rmt.memory.pretrained` (memory-model checkpoints): dtypes by name, one-line errors, the hub-id test, transformers'
+loading report as one phrase, and the layout of a checkpoint folder.
+
+A checkpoint folder holds MEMORY_CONFIG (the RMTConfig), MEMORY_WEIGHTS (the wrapper's own parameters) and the
+backbone in BACKBONE_DIR, a plain Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rmt.errors import InputError
+
+MEMORY_WEIGHTS = "memory.safetensors"
+MEMORY_CONFIG = "rmt_config.json"
+BACKBONE_DIR = "backbone"
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype given by name ("fp32", "bf16", "fp16", as the command line takes it) or as a torch dtype."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return dtype
+
+
+def dtype_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with a dtype given by name as the command line names it ("bf16"), under `dtype` or its older name
+    `torch_dtype`, as `dtype` and a torch dtype; "auto" (the checkpoint's own dtype, transformers' default) is kept."""
+    converted = dict(kwargs)
+    if "torch_dtype" in converted:
+        if "dtype" in converted:
+            raise InputError("give dtype or torch_dtype, not both")
+        converted["dtype"] = converted.pop("torch_dtype")
+    if converted.get("dtype", "auto") != "auto":
+        converted["dtype"] = torch_dtype(converted["dtype"])
+    return converted
+
+
+def one_line(err: Exception) -> str:
+    """An error's message on one line (transformers' messages span several)."""
+    return " ".join(str(err).split())
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a Hugging Face Hub id ("owner/name"; not a relative or absolute path)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def model_inside(folder: Path) -> str:
+    """' (its model is FOLDER/model)' when `folder` is a training run or checkpoint folder holding a saved memory model,
+    else '': the hint for a path one level too high."""
+    inner = folder / "model"
+    return f" (its model is {inner})" if (inner / MEMORY_CONFIG).is_file() else ""
+
+
+def loading_problems(info: dict, kinds: list[str], allowed: Callable[[str], bool] = lambda name: False) -> str:
+    """The weights that transformers' loading info (`from_pretrained(..., output_loading_info=True)`) lists under
+    `kinds` ("missing_keys", "unexpected_keys", "mismatched_keys") and `allowed` does not accept, as one phrase
+    ("missing keys: a, b; mismatched keys: c [2, 4] in the files, [3, 4] by the config"); "" when there are none."""
+    problems = {}
+    for kind in kinds:
+        keys = [key for key in info.get(kind) or () if not allowed(key[0] if isinstance(key, tuple) else str(key))]
+        if keys:
+            problems[kind] = sorted(map(describe_key, keys))
+    return "; ".join(f"{kind.replace('_', ' ')}: {', '.join(keys[:5])}" for kind, keys in problems.items())
+
+
+def describe_key(key: object) -> str:
+    """A weight's name from transformers' loading info; a mismatched one comes as (name, shape in the files, shape
+    the config gives)."""
+    if isinstance(key, tuple) and len(key) == 3:
+        name, found, expected = key
+        return f"{name} {list(found)} in the files, {list(expected)} by the config"
+    return str(key)
