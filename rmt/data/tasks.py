@@ -30,6 +30,7 @@ import string
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -489,7 +490,7 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def make_task(name: str, **kwargs) -> Task:
+def make_task(name: str, **kwargs: Any) -> Task:
     """Build a task by registry name, e.g. make_task("detect_memorize", num_segments=4, segment_size=32)."""
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")

@@ -50,7 +50,7 @@ benchmarks/results/armt_speed-*.json (`python -m benchmarks.armt_speed`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,9 @@ class DiagonalARMT:
 
     __call__ = forward
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> GenerateOutput:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> GenerateOutput:
         """`model.generate` with the same arguments and result, the prompt's complete segments read by the diagonal
         pass; the open segment and the new tokens then go through the model's stream (one position per token)."""
         self.refresh()

@@ -117,7 +117,7 @@ _FIXED_BY_WEIGHTS = (
 )
 
 
-def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | None = None, **kwargs) -> MemoryModel:
+def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | None = None, **kwargs: Any) -> MemoryModel:
     """Load a checkpoint written by `save_memory_model`. `expected`: refuse a checkpoint of another model class.
     Keyword arguments named after RMTConfig fields change the saved config (as Hugging Face's config overrides do:
     `segment_size=256`, `bptt_depth=2`), except those that decide the memory weights (`_FIXED_BY_WEIGHTS`); the
@@ -216,7 +216,7 @@ def _names_a_hub_checkpoint(path: str | os.PathLike) -> bool:
     return not Path(name.split("/")[0]).is_dir()
 
 
-def hub_checkpoint_folder(repo_id: str, **hub) -> Path:
+def hub_checkpoint_folder(repo_id: str, **hub: Any) -> Path:
     """The local folder of the rmt checkpoint `repo_id` on the Hugging Face Hub: its snapshot in the Hub's cache,
     downloaded when missing or stale. `hub`: `HUB_ARGUMENTS`. A repository that is not an rmt checkpoint (no
     rmt_config.json: a plain Hugging Face model) is refused before its weights download."""

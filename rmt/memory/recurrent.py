@@ -187,7 +187,7 @@ class RecurrentMemoryModel(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> RecurrentMemoryModel:
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> RecurrentMemoryModel:
         """Load a model written by `save_pretrained` from its folder, or one `push_to_hub` uploaded by its hub id
         ("owner/name", with `revision`, `token`, `cache_dir`, `local_files_only`, `force_download` as in Hugging
         Face). Keyword arguments named after RMTConfig fields change the saved config (`segment_size=256`,
@@ -256,7 +256,9 @@ class RecurrentMemoryModel(nn.Module):
             plan, memory_state, backward=backward or (lambda loss: loss.backward()), recompute=recompute, logits="none"
         )
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> GenerateOutput:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> GenerateOutput:
         """Generate after each prompt row (causal LMs), in Hugging Face terms: max_new_tokens, do_sample, temperature,
         top_k, top_p, eos_token_id, pad_token_id, memory_state, ... (`rmt.memory.generation.generate`)."""
         return generate(self, input_ids, attention_mask, **kwargs)

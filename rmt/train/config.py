@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from rmt.errors import InputError
-from rmt.train.schedules import curriculum_segments
+from rmt.train.schedules import check_curriculum
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 Trainable = Literal["all", "memory", "lora"]
@@ -295,7 +295,7 @@ class TrainConfig:
                 "on sharded gradients before clipping); use mixed_precision='bf16' with fsdp"
             )
         if self.curriculum is not None:
-            curriculum_segments(0, self.curriculum)  # validates the stages
+            check_curriculum(self.curriculum)
             self.curriculum = [tuple(stage) for stage in self.curriculum]
         if self.curriculum_accuracy is not None:
             if self.curriculum is None:

@@ -72,6 +72,7 @@ from rmt.train.checkpoint import (
 from rmt.train.config import TrainConfig
 from rmt.train.evaluation import evaluate
 from rmt.train.optim import build_optimizer, trainable_parameters
+from rmt.train.schedules import stage_at
 
 METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
@@ -696,7 +697,7 @@ def _stage_segments(config: TrainConfig, state: TrainerState, step: int) -> int 
     step is where it begins at the latest; with curriculum_accuracy it may begin earlier (state.stage)."""
     if not config.curriculum:
         return None
-    by_step = max(i for i, (first, _) in enumerate(config.curriculum) if step >= first)
+    by_step = stage_at(step, config.curriculum)
     if by_step > state.stage:
         _enter_stage(config, state, by_step, step)
     return config.curriculum[state.stage][1]

@@ -1,17 +1,16 @@
-"""Curriculum over the number of segments, as pure functions of the training step (the learning-rate schedule is
-transformers', built in `rmt.train.optim`)."""
+"""Curriculum over the number of segments: stages [(first step, segments), ...], checked (`check_curriculum`) and
+looked up by step (`stage_at`, `curriculum_segments`). A stage's first step is where it begins at the latest: with
+TrainConfig.curriculum_accuracy the trainer may begin it earlier. The learning-rate schedule is transformers', built
+in `rmt.train.optim`."""
 
 from __future__ import annotations
 
 from rmt.errors import InputError
 
 
-def curriculum_segments(step: int, stages: list[tuple[int, int]]) -> int:
-    """Number of segments to train on at `step`, given stages [(first_step, num_segments), ...].
-
-    The first stage must start at step 0; stages are sorted by first_step. Example: [(0, 1), (500, 2), (1000, 4)]
-    trains on 1 segment for steps 0-499, 2 for 500-999 and 4 from step 1000 on.
-    """
+def check_curriculum(stages: list[tuple[int, int]]) -> None:
+    """Refuse stages that are not pairs of whole numbers (first step, segments) starting at step 0, with strictly
+    increasing first steps and positive segment counts."""
     if isinstance(stages, str) or not stages:
         raise InputError(f"curriculum needs a list of (first step, segments) stages, got {stages!r}")
     for stage in stages:
@@ -28,11 +27,21 @@ def curriculum_segments(step: int, stages: list[tuple[int, int]]) -> int:
         raise InputError(f"curriculum stage starts must be strictly increasing, got {starts}")
     if any(n <= 0 for _, n in stages):
         raise InputError(f"curriculum segment counts must be > 0, got {[n for _, n in stages]}")
-    current = stages[0][1]
-    for first, num_segments in stages:
-        if step >= first:
-            current = num_segments
-    return current
+
+
+def stage_at(step: int, stages: list[tuple[int, int]]) -> int:
+    """The index of the stage that has begun by `step` by its first step (stages checked by `check_curriculum`)."""
+    return max(i for i, (first, _) in enumerate(stages) if step >= first)
+
+
+def curriculum_segments(step: int, stages: list[tuple[int, int]]) -> int:
+    """Number of segments to train on at `step` by the stages' first steps, given stages [(first_step,
+    num_segments), ...], checked first.
+
+    Example: [(0, 1), (500, 2), (1000, 4)] trains on 1 segment for steps 0-499, 2 for 500-999 and 4 from step 1000 on.
+    """
+    check_curriculum(stages)
+    return stages[stage_at(step, stages)][1]
 
 
 def linear_curriculum(
