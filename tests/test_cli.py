@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -142,6 +143,29 @@ def test_running_out_of_memory_is_one_line_with_the_size(tmp_path, capsys):
     assert main([*args, "--hidden", "64", "--steps", "1", "--no-progress", "--output", str(tmp_path / "run")]) == 1
     last_line = capsys.readouterr().err.splitlines()[-1]
     assert re.fullmatch(r"rmt train: error: out of memory: could not allocate \d{7}\.\d GiB \(.*\)", last_line)
+
+
+def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    """A write the machine refuses (no space, no permission, read-only) is the machine's problem, not a bug in rmt:
+    one line, status 1. An error rmt does not expect from a write still shows its traceback."""
+    import errno
+
+    import rmt.files
+
+    def failing(code: int):
+        def fsync(*args, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        return fsync
+
+    args = ["train", "--task", "copy", "--task-size", "4", "--segments", "2", "--memory-tokens", "2", "--hidden", "32"]
+    args += ["--steps", "2", "--no-progress", "--output", str(tmp_path / "run")]
+    monkeypatch.setattr(rmt.files.os, "fsync", failing(errno.ENOSPC))
+    assert main(args) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "rmt train: error: No space left on device"
+    monkeypatch.setattr(rmt.files.os, "fsync", failing(errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        main([*args, "--overwrite"])
 
 
 @pytest.mark.parametrize(

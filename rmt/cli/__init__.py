@@ -3,13 +3,15 @@
 Each subcommand (one module here) maps onto plain functions of the library; the memory and training flags are
 generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help text and the library never disagree.
 Problems with the input (a bad value, a missing or damaged file, a flag argparse cannot parse) print one line and
-exit with status 2; running out of memory (the CPU's or a GPU's) prints one line with the size asked for and exits
+exit with status 2; running out of memory (the CPU's or a GPU's) prints one line with the size asked for, and a
+file that cannot be written (a full disk or quota, no permission, a read-only file system) one line naming it, both
 with status 1; anything else is a bug and shows its traceback. rmt's own warnings print as one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import re
 import sys
@@ -22,6 +24,8 @@ from rmt.cli import babilong, demo, evaluate, generate, train
 from rmt.errors import InputError, RMTWarning
 
 COMMANDS = (demo, train, evaluate, babilong, generate)
+# What stops a write for reasons of the machine, not of rmt: a full disk or quota, no permission, a read-only mount.
+_CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -102,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rmt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in _CANNOT_WRITE:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"rmt {args.command}: error: {err.strerror}{where}", file=sys.stderr)
+        return 1
     except RuntimeError as err:
         problem = out_of_memory(err)
         if problem is None:
