@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from rmt.build import memory_model, pretrained_backbone, pretrained_tokenizer, random_backbone
 from rmt.cli import build_parser, main
-from rmt.cli.evaluate import parse_samples
+from rmt.cli.evaluate_by_length import parse_samples
 from rmt.config import RMTConfig
 from rmt.data.babilong import answer_labels, babilong_file, build_dataset, save_babilong
 from rmt.data.haystack import Haystack
