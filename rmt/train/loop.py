@@ -196,16 +196,24 @@ def train(
             "overwrite=True to replace it, or another output_dir"
         )
     data = PrefetchingSource(source, config.data_workers) if config.data_workers else source
-    run = (config, output_dir, resume, accelerator, description, save_extras, overwrite)
+    run = {
+        "config": config,
+        "output_dir": Path(output_dir),
+        "resume": resume,
+        "accelerator": accelerator,
+        "description": description,
+        "save_extras": save_extras,
+        "overwrite": overwrite,
+    }
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     try:
         if config.trainable != "lora":
-            return _train(model, data, *run)
+            return _train(model, data, **run)
         with torch.random.fork_rng(devices=[]):  # the adapters' draw depends on the seed alone
             torch.manual_seed(config.seed)
             add_lora(model.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
         try:
-            return _train(model, data, *run)
+            return _train(model, data, **run)
         finally:
             merge_lora(model)
     finally:
@@ -219,7 +227,7 @@ def _train(
     model: RecurrentMemoryModel,
     source: Source,
     config: TrainConfig,
-    output_dir: str | os.PathLike,
+    output_dir: Path,
     resume: bool,
     accelerator: Accelerator | None,
     description: str,
@@ -227,58 +235,16 @@ def _train(
     overwrite: bool,
 ) -> list[dict[str, Any]]:
     """`train` on a model whose LoRA adapters, if the config asks for them, are already in place."""
-    output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} exists and is not a folder")
     summary_writer = tensorboard_writer_class() if config.tensorboard else None
     accelerator = accelerator or default_accelerator(config)
-    if accelerator.mixed_precision != config.mixed_precision:  # checkpoints record the config's: they must agree
-        raise InputError(
-            f"the Accelerator runs mixed precision {accelerator.mixed_precision!r} but the config asks for "
-            f"{config.mixed_precision!r}: pass an Accelerator(mixed_precision={config.mixed_precision!r}), or none"
-        )
-    if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
-        raise InputError(
-            "fp16 mixed precision needs a GPU: Accelerate neither autocasts to fp16 nor scales gradients on the CPU, "
-            "so the run would train in fp32; use bf16 on the CPU"
-        )
-    if accelerator.gradient_accumulation_steps > 1:  # accelerator.backward would divide every gradient by it
-        raise InputError(
-            f"the Accelerator accumulates gradients over {accelerator.gradient_accumulation_steps} steps itself: pass "
-            "one without gradient_accumulation_steps and set TrainConfig.grad_accumulation instead"
-        )
+    _check_accelerator(accelerator, config)
     main = accelerator.is_main_process
-
-    model.to(accelerator.device)
-    sharded = None
-    if config.fsdp:  # layers sharded with FSDP2; no DDP wrapper (rmt.train.fsdp)
-        fsdp.shard_layers(model, accelerator)
-        optimizer, scheduler = build_optimizer(model, config, foreach=False)
-        prepared, optimizer = model, accelerator.prepare(optimizer)
-        sharded = (optimizer, scheduler)
-    else:
-        optimizer, scheduler = build_optimizer(model, config)
-        prepared, optimizer = accelerator.prepare(model, optimizer)
-        # prepare() wraps the model's own forward in autocast for good, which would leave a bf16 run's model
-        # computing in bf16 after training; the trainer autocasts where it runs the model instead.
-        accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
-        accelerator.register_for_checkpointing(scheduler)
+    prepared, optimizer, scheduler, sharded = _prepare(model, accelerator, config)
     params = trainable_parameters(model)
     if main:
-        print(_parameter_summary(model, optimizer, config.trainable), file=sys.stderr, flush=True)
-        late = [start for start, _ in config.curriculum or [] if start >= config.steps]
-        if late and config.curriculum_accuracy is None:
-            print(
-                f"note: the curriculum's stage(s) from step {late[0]} lie past the run's {config.steps} steps: they "
-                "train only if a resume adds steps (held-out scores at the final number of segments wait for them)",
-                file=sys.stderr,
-            )
-        if config.warmup_steps >= config.steps:
-            print(
-                f"note: the warmup ({config.warmup_steps} steps) is not shorter than the run ({config.steps} steps): "
-                "the learning rate never reaches its peak",
-                file=sys.stderr,
-            )
+        _start_notes(model, optimizer, config)
 
     # Before a resume, which then restores the checkpoint's generator states in place of these. Each process its own
     # seed (seed + its index): with one seed for all, every process drew the same dropout masks for its part of the
@@ -289,41 +255,14 @@ def _train(
     best_after = None  # a resume's OUTPUT/best from a step past its checkpoint
     metrics_path = output_dir / METRICS_FILE
     if resume:
-        record = read_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, config)
-        start_step = record["step"]
-        saved = migrated_trainer_state(record.get("trainer", {}))
-        known = {f.name for f in fields(TrainerState)}
-        state = TrainerState(**{k: v for k, v in saved.items() if k in known})
-        _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
-        best_after = _best_after_checkpoint(output_dir, start_step, accelerator)
-        if best_after is not None:
-            # The checkpoint's best model was replaced by one of the steps this run goes through again: the best is
-            # chosen anew from here. A run as long as the first saves that step's model again (its score beat the
-            # old best, and so every score in between); a shorter one never reaches it.
-            state.best_step, state.best_score, state.best_of = 0, None, ""
-        restore_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)  # only once every check passed
-        if record.get("train_config", {}).get("steps", config.steps) != config.steps:
-            _rate_of_this_schedule(scheduler)
+        start_step, state, best_after = _resume(
+            model, source, config, output_dir, accelerator, description, scheduler, sharded
+        )
     else:
         _build_first_batches(source, config, accelerator.num_processes)
     # Start-up succeeded: from here on the output folder changes.
     if main:
-        if resume:
-            _truncate_metrics(metrics_path, start_step, keep_stop=state.stopped_early)
-            if best_after is not None:
-                remove_run(output_dir, [BEST_DIR])
-                print(
-                    f"note: {output_dir / BEST_DIR} held the model of step {best_after}, past the checkpoint's step "
-                    f"{start_step} (the run stopped in between): removed; the best model is chosen again from step "
-                    f"{start_step + 1} on",
-                    file=sys.stderr,
-                )
-        elif overwrite:
-            remove_run(output_dir)
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"cannot create the output folder {output_dir}: {err.strerror}") from None
+        _prepare_output(output_dir, resume, overwrite, start_step, state, best_after)
     history = _read_metrics(metrics_path) if main else []
     writer = None
     if summary_writer is not None and main:
@@ -418,6 +357,116 @@ def _train(
         writer.close()
     accelerator.wait_for_everyone()
     return history
+
+
+def _check_accelerator(accelerator: Accelerator, config: TrainConfig) -> None:
+    """Refuse an Accelerator that would train otherwise than `config` says."""
+    if accelerator.mixed_precision != config.mixed_precision:  # checkpoints record the config's: they must agree
+        raise InputError(
+            f"the Accelerator runs mixed precision {accelerator.mixed_precision!r} but the config asks for "
+            f"{config.mixed_precision!r}: pass an Accelerator(mixed_precision={config.mixed_precision!r}), or none"
+        )
+    if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
+        raise InputError(
+            "fp16 mixed precision needs a GPU: Accelerate neither autocasts to fp16 nor scales gradients on the CPU, "
+            "so the run would train in fp32; use bf16 on the CPU"
+        )
+    if accelerator.gradient_accumulation_steps > 1:  # accelerator.backward would divide every gradient by it
+        raise InputError(
+            f"the Accelerator accumulates gradients over {accelerator.gradient_accumulation_steps} steps itself: pass "
+            "one without gradient_accumulation_steps and set TrainConfig.grad_accumulation instead"
+        )
+
+
+def _prepare(model: RecurrentMemoryModel, accelerator: Accelerator, config: TrainConfig) -> tuple[Any, Any, Any, Any]:
+    """(the model as the training step runs it, optimizer, scheduler, and for FSDP (optimizer, scheduler), else
+    None): the model on the accelerator's device, its layers sharded (FSDP2, no DDP wrapper: rmt.train.fsdp) or
+    wrapped for DDP by Accelerate."""
+    model.to(accelerator.device)
+    if config.fsdp:
+        fsdp.shard_layers(model, accelerator)
+        optimizer, scheduler = build_optimizer(model, config, foreach=False)
+        optimizer = accelerator.prepare(optimizer)
+        return model, optimizer, scheduler, (optimizer, scheduler)
+    optimizer, scheduler = build_optimizer(model, config)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    # prepare() wraps the model's own forward in autocast for good, which would leave a bf16 run's model computing in
+    # bf16 after training; the trainer autocasts where it runs the model instead.
+    accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
+    accelerator.register_for_checkpointing(scheduler)
+    return prepared, optimizer, scheduler, None
+
+
+def _start_notes(model: RecurrentMemoryModel, optimizer: Any, config: TrainConfig) -> None:
+    """What trains, and notes on settings that do less than they seem to (main process)."""
+    print(_parameter_summary(model, optimizer, config.trainable), file=sys.stderr, flush=True)
+    late = [start for start, _ in config.curriculum or [] if start >= config.steps]
+    if late and config.curriculum_accuracy is None:
+        print(
+            f"note: the curriculum's stage(s) from step {late[0]} lie past the run's {config.steps} steps: they "
+            "train only if a resume adds steps (held-out scores at the final number of segments wait for them)",
+            file=sys.stderr,
+        )
+    if config.warmup_steps >= config.steps:
+        print(
+            f"note: the warmup ({config.warmup_steps} steps) is not shorter than the run ({config.steps} steps): "
+            "the learning rate never reaches its peak",
+            file=sys.stderr,
+        )
+
+
+def _resume(
+    model: RecurrentMemoryModel,
+    source: Source,
+    config: TrainConfig,
+    output_dir: Path,
+    accelerator: Accelerator,
+    description: str,
+    scheduler: Any,
+    sharded: Any,
+) -> tuple[int, TrainerState, int | None]:
+    """(the checkpoint's step, its trainer state, the step of a best model saved past it or None): every check of
+    the checkpoint against this run first, then the checkpoint restored into the model, optimizer and schedule."""
+    main = accelerator.is_main_process
+    record = read_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, config)
+    start_step = record["step"]
+    saved = migrated_trainer_state(record.get("trainer", {}))
+    known = {f.name for f in fields(TrainerState)}
+    state = TrainerState(**{k: v for k, v in saved.items() if k in known})
+    _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
+    best_after = _best_after_checkpoint(output_dir, start_step, accelerator)
+    if best_after is not None:
+        # The checkpoint's best model was replaced by one of the steps this run goes through again: the best is
+        # chosen anew from here. A run as long as the first saves that step's model again (its score beat the old
+        # best, and so every score in between); a shorter one never reaches it.
+        state.best_step, state.best_score, state.best_of = 0, None, ""
+    restore_checkpoint(output_dir / CHECKPOINT_DIR, accelerator, model, sharded)  # only once every check passed
+    if record.get("train_config", {}).get("steps", config.steps) != config.steps:
+        _rate_of_this_schedule(scheduler)
+    return start_step, state, best_after
+
+
+def _prepare_output(
+    output_dir: Path, resume: bool, overwrite: bool, start_step: int, state: TrainerState, best_after: int | None
+) -> None:
+    """The output folder made ready once start-up succeeded (main process): a resume's records past its checkpoint
+    removed, an overwritten run removed, the folder created."""
+    if resume:
+        _truncate_metrics(output_dir / METRICS_FILE, start_step, keep_stop=state.stopped_early)
+        if best_after is not None:
+            remove_run(output_dir, [BEST_DIR])
+            print(
+                f"note: {output_dir / BEST_DIR} held the model of step {best_after}, past the checkpoint's step "
+                f"{start_step} (the run stopped in between): removed; the best model is chosen again from step "
+                f"{start_step + 1} on",
+                file=sys.stderr,
+            )
+    elif overwrite:
+        remove_run(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the output folder {output_dir}: {err.strerror}") from None
 
 
 def _build_first_batches(source: Source, config: TrainConfig, processes: int) -> None:
