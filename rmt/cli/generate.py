@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed, flags_given
 from rmt.errors import InputError
@@ -88,17 +88,62 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from rmt.backbones.loading import DTYPES
     from rmt.build import pretrained_tokenizer
     from rmt.data.collate import check_tokenizer, qa_prompt
-    from rmt.data.haystack import check_text_file, decode_text
     from rmt.memory.generation import check_generation_settings, stop_token_ids
     from rmt.memory.pretrained import local_checkpoint
     from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
+    text, memory_file, sampling = _checked_flags(args)
+    asked = "--question" if args.question is not None else "--prompt"
+    # A hub id: its snapshot, with its tokenizer in backbone/ (after the checks of the flags: a mistyped local path
+    # reads as a hub id, and its error would hide theirs).
+    args.checkpoint = local_checkpoint(args.checkpoint)
+    model = RecurrentMemoryModel.from_pretrained(args.checkpoint, dtype=DTYPES[args.dtype]).to(device).eval()
+    if not model.token_logits:
+        raise InputError(f"{args.checkpoint} holds a classifier; generate needs a causal LM (decoder)")
+    tokenizer = pretrained_tokenizer(args.checkpoint)
+    check_tokenizer(tokenizer, model.backbone.get_input_embeddings().weight.shape[0])
+    settings = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "eos_token_id": stop_token_ids(model, tokenizer),
+        **sampling,
+    }
+    prompt = None
+    if text is not None:  # checked now, not after reading a long document
+        if args.question is not None:
+            text = qa_prompt("", args.question)
+        prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
+        if prompt.shape[1] == 0:
+            raise InputError(f"{asked} {text!r} holds no tokens of this model's tokenizer")
+        check_generation_settings(model, prompt, **settings)
+
+    save_failed = False
+    if memory_file is not None and memory_file.exists():
+        state = _saved_memory(model, memory_file, args.document, args.dtype)
+    else:
+        document = Path(args.document)
+        raw = document.read_bytes()  # hashed as read: a file that changes while it is read is not the one recorded
+        state, tokens = _read_document(model, tokenizer, document, raw, args)
+        if memory_file is not None:
+            sha256 = hashlib.sha256(raw).hexdigest()
+            save_failed = not _save(model, state, memory_file, document, sha256, tokens, args.dtype)
+    if prompt is None:
+        return 0
+    torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
+    out = model.generate(prompt, memory_state=state, **settings)
+    print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
+    return 1 if save_failed else 0
+
+
+def _checked_flags(args: argparse.Namespace) -> tuple[str | None, Path | None, dict[str, float | int]]:
+    """(the text to answer, --memory-file, the sampling settings given), every flag checked before the model loads."""
+    from rmt.data.haystack import check_text_file
+
     asked = "--question" if args.question is not None else "--prompt"
     text = args.question if args.question is not None else args.prompt
     if args.document is None and args.memory_file is None:
@@ -148,61 +193,36 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
         if memory_file is not None:
             check_output_folder(memory_file, "--memory-file")  # its folder: not a file
-    # A hub id: its snapshot, with its tokenizer in backbone/ (after the checks of the flags: a mistyped local path
-    # reads as a hub id, and its error would hide theirs).
-    args.checkpoint = local_checkpoint(args.checkpoint)
-    model = RecurrentMemoryModel.from_pretrained(args.checkpoint, dtype=DTYPES[args.dtype]).to(device).eval()
-    if not model.token_logits:
-        raise InputError(f"{args.checkpoint} holds a classifier; generate needs a causal LM (decoder)")
-    tokenizer = pretrained_tokenizer(args.checkpoint)
-    check_tokenizer(tokenizer, model.backbone.get_input_embeddings().weight.shape[0])
-    settings = {
-        "max_new_tokens": args.max_new_tokens,
-        "do_sample": args.do_sample,
-        "eos_token_id": stop_token_ids(model, tokenizer),
-        **sampling,
-    }
-    prompt = None
-    if text is not None:  # checked now, not after reading a long document
-        if args.question is not None:
-            text = qa_prompt("", args.question)
-        prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
-        if prompt.shape[1] == 0:
-            raise InputError(f"{asked} {text!r} holds no tokens of this model's tokenizer")
-        check_generation_settings(model, prompt, **settings)
+    return text, memory_file, sampling
 
-    save_failed = False
-    if memory_file is not None and memory_file.exists():
-        state = _saved_memory(model, memory_file, args.document, args.dtype)
-    else:
-        document = Path(args.document)
-        raw = document.read_bytes()  # hashed as read: a file that changes while it is read is not the one recorded
-        document_text = decode_text(raw, f"--document {document}")
-        if args.question is not None:  # "\n\nQuestion:" follows the text without its trailing breaks, as in training
-            document_text = document_text.rstrip()
-        ids = tokenizer(document_text, add_special_tokens=False).input_ids
-        if not ids:
-            raise InputError(f"--document {document} holds no text")
-        ids = torch.tensor([ids], device=device)
-        stream = model.stream()
-        started = time.perf_counter()
-        with tqdm(total=ids.shape[1], unit="tok", desc="reading", disable=args.no_progress) as bar:
-            for start in range(0, ids.shape[1], args.chunk_tokens):
-                chunk = ids[:, start : start + args.chunk_tokens]
-                stream.feed(chunk)
-                bar.update(chunk.shape[1])
-        seconds = time.perf_counter() - started
-        state = stream.memory_state
-        print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)")
-        if memory_file is not None:
-            sha256 = hashlib.sha256(raw).hexdigest()
-            save_failed = not _save(model, state, memory_file, document, sha256, ids.shape[1], args.dtype)
-    if prompt is None:
-        return 0
-    torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
-    out = model.generate(prompt, memory_state=state, **settings)
-    print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
-    return 1 if save_failed else 0
+
+def _read_document(
+    model: RecurrentMemoryModel, tokenizer: Any, document: Path, raw: bytes, args: argparse.Namespace
+) -> tuple[State, int]:
+    """(the memory after the document's text `raw`, its tokens), read in chunks of --chunk-tokens with a bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from rmt.data.haystack import decode_text
+
+    document_text = decode_text(raw, f"--document {document}")
+    if args.question is not None:  # "\n\nQuestion:" follows the text without its trailing breaks, as in training
+        document_text = document_text.rstrip()
+    ids = tokenizer(document_text, add_special_tokens=False).input_ids
+    if not ids:
+        raise InputError(f"--document {document} holds no text")
+    ids = torch.tensor([ids], device=model.device)
+    stream = model.stream()
+    started = time.perf_counter()
+    with tqdm(total=ids.shape[1], unit="tok", desc="reading", disable=args.no_progress) as bar:
+        for start in range(0, ids.shape[1], args.chunk_tokens):
+            chunk = ids[:, start : start + args.chunk_tokens]
+            stream.feed(chunk)
+            bar.update(chunk.shape[1])
+    seconds = time.perf_counter() - started
+    state = stream.memory_state
+    print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)")
+    return state, ids.shape[1]
 
 
 def _saved_memory(model: RecurrentMemoryModel, memory_file: Path, document: str | None, dtype: str) -> State:
