@@ -214,6 +214,12 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
         return str(path), None
     if path.exists() or os.sep in name and not looks_like_hub_id(name):
         raise MissingFileError(f"no model at {name}: expected {sorted(OFFLINE_MODELS)}, a model folder or a .gguf file")
+    if looks_like_hub_id(name) and Path(name.split("/")[0]).is_dir():
+        # A mistyped local path (runs/modle), not a hub id: it would wait on hub retries for half a minute first.
+        raise MissingFileError(
+            f"no model at {name}: the folder {name.split('/')[0]} has no {name.split('/')[1]!r} (a hub id is read as "
+            "one only when no local folder has its owner's name)"
+        )
     near = difflib.get_close_matches(name.lower(), OFFLINE_MODELS, n=1, cutoff=0.75)
     if near and "/" not in name:  # a misspelt offline name would otherwise wait on hub retries for half a minute
         raise MissingFileError(
@@ -445,6 +451,13 @@ def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception) 
     return f"cannot load a model from {str(name_or_path)!r}{hint}: {one_line(err)}"
 
 
+# Files a Hugging Face tokenizer is built from (fast, slow, SentencePiece and tiktoken ones)
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model",
+    "*.tiktoken",
+)  # fmt: skip
+
+
 def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """The tokenizer that goes with `pretrained_backbone(name_or_path)` (an rmt checkpoint's own tokenizer too)."""
     from transformers import AutoTokenizer
@@ -465,9 +478,13 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
     except ValueError as err:
         if gguf is not None:  # a GGUF file carries its tokenizer: what failed is reading the file
             raise InputError(gguf_refusal(location, gguf, err)) from err
-        # transformers found no tokenizer file it can build one from
+        # transformers found no tokenizer file it can build one from; where the folder holds none at all, its advice
+        # (install sentencepiece or tiktoken to convert a slow tokenizer) does not apply
+        files = Path(location)
+        held = files.is_dir() and any(any(files.glob(pattern)) for pattern in _TOKENIZER_FILES)
         raise InputError(
-            f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none): {one_line(err)}"
+            f"{name_or_path} has no tokenizer (a model trained on a synthetic task has none; text needs a model "
+            f"trained from a pretrained --model)" + (f": {one_line(err)}" if held else "")
         ) from err
     # Without tokenizer files transformers still builds some families' tokenizers (GPT-2's, BERT's) from their config
     # alone: empty, or [UNK] for every word. Text through one would train and answer on nothing.

@@ -25,6 +25,7 @@ from rmt.build import memory_model, random_backbone
 from rmt.config import RMTConfig
 from rmt.data.batch import Batch
 from rmt.data.tasks import CopyTask
+from rmt.errors import InputError
 from rmt.files import check_output_folder, write_atomic
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.plotting import pyplot, save_figure
@@ -56,6 +57,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     settings = settings or DemoSettings()
     check_output_folder(output_dir, "output folder")  # empty text (an unset shell variable) would be the working folder
     output_dir = Path(output_dir)
+    _check_not_another_run(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     task = CopyTask(length=settings.length)
     segment_size = task.segment_size_for(settings.segments)
@@ -103,6 +105,31 @@ class UnwatchedHeldOut(TaskSource):
 
     def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
         return super().eval_batch(self.watched + index, batch_size, num_segments)
+
+
+# What a demo writes into its output folder: a rerun replaces them.
+_DEMO_ENTRIES = frozenset({"RMT", "no_memory", "results.json", "accuracy.png"})
+
+
+def _check_not_another_run(output_dir: Path) -> None:
+    """Refuse an output folder that holds anything but an earlier demo's results (another command's run or
+    results): the demo replaces its own files there, and would mix them with the others."""
+    if not output_dir.is_dir():
+        return
+    others = sorted(entry.name for entry in output_dir.iterdir() if entry.name not in _DEMO_ENTRIES)
+    results = output_dir / "results.json"
+    if not others and results.is_file():
+        try:
+            earlier = json.loads(results.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and str(earlier.get("task", "")).startswith("copy-") and "models" in earlier):
+            others = ["results.json (not a demo's)"]
+    if others:
+        raise InputError(
+            f"output folder {output_dir} holds what is not an earlier demo's ({', '.join(others[:5])}): the demo "
+            "replaces its own results there, and would mix them with these; give another output folder"
+        )
 
 
 def demo_model(settings: DemoSettings, memory_tokens: int) -> RecurrentMemoryModel:

@@ -346,6 +346,18 @@ def test_a_flat_state_dict_from_hugging_face_tooling_is_named_with_the_way_to_sa
         RMTForCausalLM.from_pretrained(tmp_path)
 
 
+def test_a_checkpoints_backbone_and_a_plain_model_folder_are_named_as_what_they_are(tmp_path):
+    """A folder one level too deep (a checkpoint's backbone/) and a plain Hugging Face model were both called a
+    training library's flat state dict."""
+    model = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5))
+    model.save_pretrained(tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match=r"it is the backbone of the checkpoint .*model: give that folder\)$"):
+        RMTForCausalLM.from_pretrained(tmp_path / "model" / "backbone")
+    model.backbone.save_pretrained(tmp_path / "plain")
+    with pytest.raises(FileNotFoundError, match="it is a plain Hugging Face model, not an rmt checkpoint: give it"):
+        RMTForCausalLM.from_pretrained(tmp_path / "plain")
+
+
 def _cached_snapshot(cache_dir, repo_id: str, files_from) -> None:
     """Put the files of the folder `files_from` into a Hugging Face Hub cache at `cache_dir` as the Hub's download
     leaves them (refs/main naming a snapshot folder), so the real hub library reads them with local_files_only."""

@@ -447,6 +447,24 @@ def test_output_that_is_a_file_is_refused_at_start_up(decoder, haystack, tmp_pat
     assert afile.read_text() == "mine\n"
 
 
+def test_demo_replaces_only_an_earlier_demo(tmp_path, capsys):
+    """The demo is meant to be rerun into its folder; a folder holding another command's results (it replaced their
+    results.json and mixed its files with theirs) is refused, nothing in it touched."""
+    demo = ["demo", "--steps", "1", "--no-progress", "--output", str(tmp_path / "demo")]
+    assert _run(demo, capsys)[0] == 0
+    assert _run(demo, capsys)[0] == 0
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.json").write_text('{"settings": {}}\n')
+    code, _, err = _run([*demo[:-1], str(results)], capsys)
+    assert code == 2 and "results.json (not a demo's)" in err
+    (results / "predictions.jsonl").write_text("{}\n")
+    code, _, err = _run([*demo[:-1], str(results)], capsys)
+    assert code == 2 and "holds what is not an earlier demo's (predictions.jsonl)" in err
+    assert sorted(p.name for p in results.iterdir()) == ["predictions.jsonl", "results.json"]
+    assert (results / "results.json").read_text() == '{"settings": {}}\n'
+
+
 def test_missing_babilong_dir_files_are_named(decoder, tmp_path, capsys):
     args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k"]
     code, _, err = _run([*args, "--babilong-dir", str(tmp_path / "nope")], capsys)
@@ -757,6 +775,14 @@ def test_model_kinds_and_missing_tokenizers_are_refused_in_one_line(decoder, enc
             os.remove(untokenized / "backbone" / name)
     code, _, err = _run(["eval", str(untokenized), "--data", str(text)], capsys)
     assert code == 2 and "has no tokenizer" in err and "Traceback" not in err
+
+
+def test_a_folder_without_tokenizer_files_is_not_told_to_install_a_converter(tmp_path):
+    """transformers' advice for a Llama folder without tokenizer files (install sentencepiece or tiktoken to convert a
+    slow tokenizer) sent a user of a synthetic-task model to install packages that do not help."""
+    random_backbone("llama", 64, 1, 32, 4, 256).save_pretrained(tmp_path / "model")
+    with pytest.raises(InputError, match=r"has no tokenizer \(.*a pretrained --model\)$"):
+        pretrained_tokenizer(tmp_path / "model")
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "bert"])

@@ -253,6 +253,9 @@ def test_a_misspelt_offline_model_is_named_at_once_and_its_capitals_do_not_matte
         resolve_model("SmolLM2")
     assert resolve_model("gpt2") == ("gpt2", None)  # a hub id without an organisation is still one
     assert resolve_model("fx/smollm") == ("fx/smollm", None)
+    (tmp_path / "runs").mkdir()  # a mistyped run folder under a local folder: named at once, no hub retries
+    with pytest.raises(MissingFileError, match="no model at runs/modle: the folder runs has no 'modle'"):
+        resolve_model("runs/modle")
 
 
 def _broken_folder(source, target, damage: str):
@@ -570,6 +573,8 @@ def test_a_missing_data_file_is_named_before_the_model_loads(tmp_path, model_fol
     assert code == 2 and "no data file at qa1 (for the generated BABILong task, write babilong:qa1)" in err
     code, err = run_cli(["eval", "run/model", "--data", "qa2"], capsys)
     assert code == 2 and "no data file at qa2 (for the generated BABILong task, write babilong:qa2)" in err
+    code, err = run_cli(["train", "--model", "minilm", "--data", "babilong", "--output", output], capsys)
+    assert code == 2 and "no data file at babilong (BABILong samples: name the tasks: babilong:TASK[,TASK...]" in err
     assert not (tmp_path / "run").exists()
     # The checks that name the real problem still come first.
     monkeypatch.undo()
@@ -629,6 +634,9 @@ def test_a_synthetic_run_reports_its_segments_and_a_warmup_longer_than_the_run(t
     detect = ["--task", "detect_memorize", "--task-size", "8", *TINY[6:], "--curriculum", "0:1,20:2"]
     assert main(["train", *detect, "--output", str(tmp_path / "late")]) == 0
     assert "note: the curriculum's stage(s) from step 20 lie past the run's 2 steps" in capsys.readouterr().err
+    accuracy = ["--curriculum-accuracy", "0.9", "--overwrite"]  # stages may begin early: still noted (was silent)
+    assert main(["train", *detect, *accuracy, "--output", str(tmp_path / "late")]) == 0
+    assert "adds steps or held-out accuracy reaches 0.9 at the stage before first" in capsys.readouterr().err
 
 
 def test_a_bf16_run_reports_its_final_scores_as_it_logged_them_and_bf16_weights_are_named(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model_folder
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -42,9 +43,20 @@ prompt_ids = torch.randint(0, 1000, (1, 1030))
 }
 
 
+def stand_in_minilm(folder: Path, monkeypatch) -> None:
+    """The offline MiniLM package is an optional install: `minilm` names a tiny BERT classifier with a word
+    tokenizer in `folder` (the real weights load in the slow tests)."""
+    import rmt.build
+
+    tiny_model_folder(
+        folder / "model", "bert", labels=["bathroom", "bedroom", "garden", "hallway", "kitchen", "office"]
+    )
+    monkeypatch.setattr(rmt.build, "_package_dir", lambda module, package: str(folder))
+
+
 def test_the_readme_has_the_examples_this_test_runs():
     blocks = python_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     assert all(any(key in block for block in blocks) for key in PRELUDES)
     assert sum("steps=600" in block for block in blocks) == 1
 
@@ -74,10 +86,11 @@ def stand_in_hub(folder: Path, monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **hub: str(folder / repo_id))
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stand_in_hub(tmp_path / "hub", monkeypatch)
+    stand_in_minilm(tmp_path / "minilm-package", monkeypatch)
     namespace: dict = {}
     for block in python_blocks()[: index + 1]:  # later blocks continue the earlier ones' model
         prelude = "".join(code for key, code in PRELUDES.items() if key in block)
@@ -88,15 +101,17 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
     if index == 0:  # the shapes its comments give
         out = namespace["out"]
         assert (out.logits.shape, out.memory_state.shape) == ((2, 1000, 1000), (2, 8, 64))
-    if index == 1:  # the stream's memory is the one-pass memory
+    if index == 1:  # a score per room, from the classifier's new head
+        assert namespace["classifier"](**namespace["batch"]).logits.shape == (1, 6)
+    if index == 2:  # the stream's memory is the one-pass memory
         one_pass = namespace["model"](namespace["document"], logits="none").memory_state
         torch.testing.assert_close(namespace["state"], one_pass)
         assert namespace["answer"].sequences.shape[1] <= 5 + 20
-    if index == 2:  # the engine gives what the model gives (every position's logits last), as its comments say
+    if index == 3:  # the engine gives what the model gives (every position's logits last), as its comments say
         model, input_ids = namespace["model"], namespace["input_ids"]
         with torch.no_grad():
             torch.testing.assert_close(namespace["out"].logits, model(input_ids).logits)
             expected = model.generate(namespace["prompt_ids"], max_new_tokens=20).sequences
         assert torch.equal(namespace["generated"].sequences, expected)
-    if index == 3:
+    if index == 4:
         assert namespace["records"][-1]["step"] == 3 and "eval_accuracy" in namespace["records"][-1]

@@ -29,6 +29,8 @@ def check_data_files(*specs: str | None) -> None:
         if spec is None or spec.startswith(BABILONG_PREFIX) or Path(spec).is_file():
             continue
         hint = f" (for the generated BABILong task, write {BABILONG_PREFIX}{spec})" if spec in TASKS else ""
+        if spec.lower() == BABILONG_PREFIX[:-1]:
+            hint = f" (BABILong samples: name the tasks: {BABILONG_PREFIX}TASK[,TASK...], of {list(TASKS)})"
         raise MissingFileError(f"no data file at {spec}{hint}")
 
 

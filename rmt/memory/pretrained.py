@@ -142,14 +142,7 @@ def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | Non
         raise MissingFileError(f"no checkpoint at {path}: the folder does not exist")
     missing = [n for n in (MEMORY_CONFIG, MEMORY_WEIGHTS, BACKBONE_DIR) if not (path / n).exists()]
     if missing:
-        flat = len(missing) == 3 and any(path.glob("model*.safetensors"))
-        hint = (
-            " (its model*.safetensors is a flat state dict, as Trainer.save_model or Accelerator.save_model write: "
-            "save an rmt model with unwrap_model(model).save_pretrained(...))"
-            if flat
-            else model_inside(path)
-        )
-        raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}{hint}")
+        raise MissingFileError(f"no complete checkpoint at {path}: missing {', '.join(missing)}{_hint(path, missing)}")
     for name, folder in ((MEMORY_CONFIG, False), (MEMORY_WEIGHTS, False), (BACKBONE_DIR, True)):
         if (path / name).is_dir() != folder:
             raise InputError(f"corrupt checkpoint: {path / name} is a {'file' if folder else 'folder'}")
@@ -288,6 +281,26 @@ def upload_to_hub(
             delete_patterns=list(_OWNED),
         )
     return str(commit.commit_url)
+
+
+def _hint(path: Path, missing: list[str]) -> str:
+    """What a folder that is no rmt checkpoint may be instead: a checkpoint's backbone, a plain Hugging Face model, a
+    flat state dict (a training library's save), or a run folder with the checkpoint inside it."""
+    if len(missing) < 3:
+        return ""
+    if (path / "config.json").is_file():
+        if path.name == BACKBONE_DIR and (path.parent / MEMORY_CONFIG).is_file():
+            return f" (it is the backbone of the checkpoint {path.parent}: give that folder)"
+        return (
+            " (it is a plain Hugging Face model, not an rmt checkpoint: give it memory with rmt train --model "
+            f"{path}, or in Python RMTForCausalLM(AutoModelForCausalLM.from_pretrained(...), RMTConfig(...)))"
+        )
+    if any(path.glob("model*.safetensors")):
+        return (
+            " (its model*.safetensors is a flat state dict, as Trainer.save_model or Accelerator.save_model write: "
+            "save an rmt model with unwrap_model(model).save_pretrained(...))"
+        )
+    return model_inside(path)
 
 
 def _first_unreadable(path: Path) -> Path | None:

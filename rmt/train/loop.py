@@ -401,10 +401,16 @@ def _start_notes(model: RecurrentMemoryModel, optimizer: Any, config: TrainConfi
     """What trains, and notes on settings that do less than they seem to (main process)."""
     print(_parameter_summary(model, optimizer, config.trainable), file=sys.stderr, flush=True)
     late = [start for start, _ in config.curriculum or [] if start >= config.steps]
-    if late and config.curriculum_accuracy is None:
+    if late:
+        early = (
+            ""
+            if config.curriculum_accuracy is None
+            else f" or held-out accuracy reaches {config.curriculum_accuracy:g} at the stage before first"
+        )
         print(
             f"note: the curriculum's stage(s) from step {late[0]} lie past the run's {config.steps} steps: they "
-            "train only if a resume adds steps (held-out scores at the final number of segments wait for them)",
+            f"train only if a resume adds steps{early} (held-out scores at the final number of segments wait for "
+            "them)",
             file=sys.stderr,
         )
     if config.warmup_steps >= config.steps:
