@@ -51,14 +51,16 @@ from rmt.backbones.gguf import (
     gguf_fields,
     gguf_refusal,
 )
-from rmt.backbones.loading import (
+from rmt.backbones.loading import (  # DTYPES and torch_dtype: rmt.build's public names before they moved there
     BACKBONE_DIR,
+    DTYPES,  # noqa: F401
     MEMORY_CONFIG,
     dtype_keywords,
     loading_problems,
     looks_like_hub_id,
     model_inside,
     one_line,
+    torch_dtype,  # noqa: F401
 )
 from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingFileError, MissingWeightsError, RMTWarning
@@ -214,7 +216,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, str | None]:
         return str(path), None
     if path.exists() or os.sep in name and not looks_like_hub_id(name):
         raise MissingFileError(f"no model at {name}: expected {sorted(OFFLINE_MODELS)}, a model folder or a .gguf file")
-    if looks_like_hub_id(name) and Path(name.split("/")[0]).is_dir():
+    if looks_like_hub_id(name) and Path(name.split("/")[0]).is_dir() and not _in_hub_cache(name):
         # A mistyped local path (runs/modle), not a hub id: it would wait on hub retries for half a minute first.
         raise MissingFileError(
             f"no model at {name}: the folder {name.split('/')[0]} has no {name.split('/')[1]!r} (a hub id is read as "
@@ -243,9 +245,9 @@ def pretrained_backbone(
     weights have none or one for another number of classes, with a warning for the latter). Weights the model
     needs and the files lack are refused (transformers would start them at random): only an encoder given `labels`
     may start its head (and pooler) so; without `labels` an encoder must bring its classifier head. A GGUF file of
-    an architecture transformers cannot read, or one it misreads (README: GGUF files), is refused in one line. dtype:
-    "fp32", "bf16", "fp16" or a torch dtype (default: fp32). Other keyword arguments go to transformers'
-    from_pretrained."""
+    an architecture transformers cannot read, or one it misreads (README: GGUF files), is refused in one line. dtype
+    (or its older name torch_dtype): "fp32", "bf16", "fp16", a torch dtype, or "auto" for the files' own (default:
+    fp32). Other keyword arguments go to transformers' from_pretrained."""
     location, gguf = resolve_model(name_or_path)
     if gguf is not None:
         kwargs["gguf_file"] = gguf
@@ -256,7 +258,8 @@ def pretrained_backbone(
     if dtype is not None:
         kwargs["dtype"] = dtype
     kwargs = dtype_keywords(kwargs)
-    kwargs.setdefault("dtype", torch.float32)
+    if kwargs.get("dtype") is None:  # not given, or given as None
+        kwargs["dtype"] = torch.float32
     if mode == "encoder":
         auto = AutoModelForSequenceClassification
         if labels is not None:
@@ -495,6 +498,16 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
             f"builds without tokenizer files has {len(tokenizer)} entries and no words"
         )
     return tokenizer
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face Hub's cache holds a model of this id (its config.json), fetched earlier."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
 
 
 def _package_dir(module: str, package: str) -> str:

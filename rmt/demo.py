@@ -116,13 +116,14 @@ def _check_not_another_run(output_dir: Path) -> None:
     results): the demo replaces its own files there, and would mix them with the others."""
     if not output_dir.is_dir():
         return
-    others = sorted(entry.name for entry in output_dir.iterdir() if entry.name not in _DEMO_ENTRIES)
+    # Hidden entries pass: a file manager's (.DS_Store), or the temporary files of a write a crash cut short.
+    others = sorted(e.name for e in output_dir.iterdir() if e.name not in _DEMO_ENTRIES and not e.name.startswith("."))
     results = output_dir / "results.json"
     if not others and results.is_file():
         try:
             earlier = json.loads(results.read_text())
-        except (OSError, ValueError):
-            earlier = None
+        except (OSError, ValueError):  # unreadable or cut short (older demos wrote it in place): replaced
+            earlier = {"task": "copy-", "models": {}}
         if not (isinstance(earlier, dict) and str(earlier.get("task", "")).startswith("copy-") and "models" in earlier):
             others = ["results.json (not a demo's)"]
     if others:

@@ -452,6 +452,8 @@ def test_demo_replaces_only_an_earlier_demo(tmp_path, capsys):
     results.json and mixed its files with theirs) is refused, nothing in it touched."""
     demo = ["demo", "--steps", "1", "--no-progress", "--output", str(tmp_path / "demo")]
     assert _run(demo, capsys)[0] == 0
+    (tmp_path / "demo" / ".DS_Store").write_bytes(b"")  # hidden files pass, and a results.json cut short
+    (tmp_path / "demo" / "results.json").write_text('{"task": "cop')
     assert _run(demo, capsys)[0] == 0
     results = tmp_path / "results"
     results.mkdir()
@@ -725,6 +727,23 @@ def test_generate_answers_when_its_memory_file_cannot_be_written(decoder, tmp_pa
     assert code == 1 and f"could not save the memory to {memory}: No space left on device" in err
     assert "Traceback" not in err and out.splitlines()[-1] == expected.splitlines()[-1]
     assert not memory.exists() and list(tmp_path.iterdir()) == [document]
+    code, _, err = _run(args[:4] + ["--memory-file", str(memory)], capsys)  # only to save it: exit 1 too (was 0)
+    assert code == 1 and "could not save the memory" in err and not memory.exists()
+
+
+def test_generate_notes_a_memory_read_in_another_way(decoder, tmp_path, capsys):
+    """--prompt reads a document with its trailing line breaks, --question without them, and a memory file records
+    how it was read (and in which dtype): reused the other way, a note says so."""
+    document, memory = tmp_path / "doc.txt", tmp_path / "doc.memory"
+    document.write_text(background_text(5) + "\n")
+    args = ["generate", decoder, "--document", str(document), "--memory-file", str(memory), "--max-new-tokens", "2"]
+    assert _run([*args, "--prompt", "Where"], capsys)[0] == 0
+    code, _, err = _run([*args, "--prompt", "Where"], capsys)
+    assert code == 0 and "note" not in err
+    code, _, err = _run([*args, "--question", "Where is Mary?"], capsys)
+    assert code == 0 and "note: the memory was read with the document's trailing line breaks (by a --prompt" in err
+    code, _, err = _run([*args, "--prompt", "Where", "--dtype", "bf16"], capsys)
+    assert code == 0 and "note: the document was read in fp32; the answer is generated in bf16" in err
 
 
 def test_a_memory_file_names_its_document_for_runs_from_another_folder(decoder, tmp_path, capsys, monkeypatch):

@@ -104,6 +104,21 @@ def test_processors_see_no_pad_id_after_a_row_ends(setting):
     assert torch.equal(out[1], free[1]) and torch.equal(out[0, :3], free[0, :3]) and bool((out[0, 3:] == -1).all())
 
 
+def test_a_callers_processor_sees_the_vocabulary_as_given_in_padded_and_unpadded_calls():
+    """Only rmt's own processors see padding as an extra id: a caller's SequenceBiasLogitsProcessor, which sizes its
+    bias by the first call's vocabulary, crashed when reused for a padded batch after an unpadded one."""
+    from transformers.generation.logits_process import LogitsProcessorList, SequenceBiasLogitsProcessor
+
+    model = model_for("llama")
+    caller = LogitsProcessorList([SequenceBiasLogitsProcessor({(3,): -5.0})])
+    prompt = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0
+    model.generate(prompt, max_new_tokens=3, logits_processor=caller)
+    padded = model.generate(prompt, mask, max_new_tokens=3, logits_processor=caller, output_scores=True)
+    assert padded.scores.shape[-1] == VOCAB
+
+
 @pytest.mark.parametrize("name", ["no_repeat_ngram_size", "bad_words_ids", "sequence_bias"])
 def test_processors_that_match_ids_do_not_see_the_padding(name):
     """A one-token prompt left-padded with the id X it emits first decodes as if alone under n-gram, bad-word and

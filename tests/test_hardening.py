@@ -854,6 +854,10 @@ def test_backbone_builders_refuse_what_they_cannot_build_in_one_line(tmp_path):
         random_backbone("gpt2", VOCAB, 1, 32, 4, num_kv_heads=2)
     random_backbone("llama", VOCAB, 1, 32, 4, num_kv_heads=2).save_pretrained(tmp_path / "llama")
     assert pretrained_backbone(str(tmp_path / "llama"), torch_dtype=torch.bfloat16).dtype == torch.bfloat16
+    random_backbone("llama", VOCAB, 1, 32, 4).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for unset in ({}, {"dtype": None}, {"torch_dtype": None}):  # fp32 unless asked otherwise, whatever the files hold
+        assert pretrained_backbone(str(tmp_path / "bf16"), **unset).dtype == torch.float32
+    assert pretrained_backbone(str(tmp_path / "bf16"), dtype="auto").dtype == torch.bfloat16  # the files' own
     with pytest.raises(InputError, match="dtype or torch_dtype, not both"):
         pretrained_backbone(str(tmp_path / "llama"), dtype="fp32", torch_dtype=torch.bfloat16)
     (tmp_path / "unknown").mkdir()

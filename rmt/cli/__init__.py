@@ -4,8 +4,9 @@ Each subcommand (one module here) maps onto plain functions of the library; the 
 generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help text and the library never disagree.
 Problems with the input (a bad value, a missing or damaged file, a flag argparse cannot parse) print one line and
 exit with status 2; running out of memory (the CPU's or a GPU's) prints one line with the size asked for, and a
-file that cannot be written (a full disk or quota, no permission, a read-only file system) one line naming it, both
-with status 1; anything else is a bug and shows its traceback. rmt's own warnings print as one line too.
+write the machine refuses (a full disk or quota, a read-only file system, a file this user may not write) one line,
+naming the file where the system names it, both with status 1; anything else is a bug and shows its traceback.
+rmt's own warnings print as one line too.
 """
 
 from __future__ import annotations
@@ -107,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rmt {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as err:
-        if err.errno not in _CANNOT_WRITE:
+        # A permission error without a file is no refused write (a socket, a signal): a bug to show whole
+        if err.errno not in _CANNOT_WRITE or (err.errno in (errno.EACCES, errno.EPERM) and not err.filename):
             raise
-        where = f": {err.filename}" if err.filename else ""
-        print(f"rmt {args.command}: error: {err.strerror}{where}", file=sys.stderr)
+        names = " -> ".join(str(name) for name in (err.filename, err.filename2) if name)
+        print(f"rmt {args.command}: error: {err.strerror}{f': {names}' if names else ''}", file=sys.stderr)
         return 1
     except RuntimeError as err:
         problem = out_of_memory(err)

@@ -123,17 +123,19 @@ def run(args: argparse.Namespace) -> int:
         check_generation_settings(model, prompt, **settings)
 
     save_failed = False
+    # How the document is read, recorded with its memory: a later run that reads it otherwise is told
+    reading = {"dtype": args.dtype, "trailing_breaks": args.question is None}
     if memory_file is not None and memory_file.exists():
-        state = _saved_memory(model, memory_file, args.document, args.dtype)
+        state = _saved_memory(model, memory_file, args.document, reading)
     else:
         document = Path(args.document)
         raw = document.read_bytes()  # hashed as read: a file that changes while it is read is not the one recorded
         state, tokens = _read_document(model, tokenizer, document, raw, args)
         if memory_file is not None:
             sha256 = hashlib.sha256(raw).hexdigest()
-            save_failed = not _save(model, state, memory_file, document, sha256, tokens, args.dtype)
+            save_failed = not _save(model, state, memory_file, document, sha256, tokens, reading)
     if prompt is None:
-        return 0
+        return 1 if save_failed else 0
     torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
     out = model.generate(prompt, memory_state=state, **settings)
     print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
@@ -225,7 +227,9 @@ def _read_document(
     return state, ids.shape[1]
 
 
-def _saved_memory(model: RecurrentMemoryModel, memory_file: Path, document: str | None, dtype: str) -> State:
+def _saved_memory(
+    model: RecurrentMemoryModel, memory_file: Path, document: str | None, reading: dict[str, Any]
+) -> State:
     """The memory saved in `memory_file`, refused when --document names another document than the one it holds (by
     content: a copy at another path is the same document) or the same file changed since."""
     from rmt.memory.memory_file import read_memory
@@ -253,13 +257,29 @@ def _saved_memory(model: RecurrentMemoryModel, memory_file: Path, document: str 
             )
     print(f"loaded the memory of {saved or 'a document'} ({metadata.get('tokens', '?')} tokens)")
     read_in = metadata.get("dtype")
-    if read_in is not None and read_in != dtype:
-        print(f"note: the document was read in {read_in}; the answer is generated in {dtype}", file=sys.stderr)
+    if read_in is not None and read_in != reading["dtype"]:
+        print(
+            f"note: the document was read in {read_in}; the answer is generated in {reading['dtype']}", file=sys.stderr
+        )
+    kept = metadata.get("trailing_breaks")
+    if kept is not None and kept != reading["trailing_breaks"]:
+        print(
+            f"note: the memory was read {'with' if kept else 'without'} the document's trailing line breaks (by a "
+            f"{'--prompt' if kept else '--question'} run); this {'--prompt' if kept else '--question'} reads it "
+            f"{'without' if kept else 'with'} them",
+            file=sys.stderr,
+        )
     return state
 
 
 def _save(
-    model: RecurrentMemoryModel, state: State, memory_file: Path, document: Path, sha256: str, tokens: int, dtype: str
+    model: RecurrentMemoryModel,
+    state: State,
+    memory_file: Path,
+    document: Path,
+    sha256: str,
+    tokens: int,
+    reading: dict[str, Any],
 ) -> bool:
     """Save the document's memory; a failure to write it (a full disk, say) is one line, and the answer still
     follows: False then."""
@@ -269,7 +289,7 @@ def _save(
         # The absolute path: a later run from another folder names the document it holds.
         save_memory(
             model, state, memory_file, document=str(document.resolve()), document_sha256=sha256, tokens=tokens,
-            dtype=dtype,
+            **reading,
         )  # fmt: skip
     except OSError as err:
         problem = err.strerror or err

@@ -13,7 +13,8 @@ Prompts of different lengths decode together in one loop: pad them (left or righ
 row is read from its own first real token, as if alone. The logits processors see each row's real tokens
 right-aligned (padding first), and the processors that match token ids (no_repeat_ngram_size, bad_words_ids,
 sequence_bias) see the padding as an id outside the vocabulary, so they run on a row's own text however it was padded
-and whatever id pads it; repetition_penalty skips the padding. A caller's own processors see the padding ids as given.
+and whatever id pads it; repetition_penalty skips the padding. A caller's own processors (`logits_processor`) see the
+padding ids and the vocabulary as given, as transformers shows them.
 
 Settings are transformers' `GenerationConfig` fields, applied with transformers' own logits processors, as
 `model.generate` of a Hugging Face model applies them: greedy (`do_sample=False`, the default) or sampling
@@ -528,10 +529,13 @@ def _processors(
             # transformers' first free step: after a forced BOS token when the prompt is a single token
             begin = prompt_width + int(prompt_width <= 1 and config.forced_bos_token_id is not None)
             processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin, device))
+        built = {id(processor) for processor in processors}
         processors = _with_custom(processors, extra or [])
-        if bool((padding > 0).any()):
+        if bool((padding > 0).any()):  # rmt's own processors only: a caller's see the ids (and vocabulary) as given
             processors = LogitsProcessorList(
-                _PaddingBlind(processor, padding) if isinstance(processor, _MATCHES_TOKEN_IDS) else processor
+                _PaddingBlind(processor, padding)
+                if id(processor) in built and isinstance(processor, _MATCHES_TOKEN_IDS)
+                else processor
                 for processor in processors
             )
         if config.do_sample:

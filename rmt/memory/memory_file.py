@@ -9,16 +9,19 @@ questions without reading the document again.
     state = load_memory(model, "report.memory.safetensors")
     answer = model.generate(question_ids, memory_state=state, max_new_tokens=20)
 
-The file is safetensors: one tensor per leaf of the state, its structure, and two fingerprints of the model that made
-it: of its configuration (RMTConfig, less bptt_depth and loss_aggregation, which change only training, and the
-backbone's configuration, less the fields that change no computation: names, token ids, output flags) and of its
-weights (every element of every weight tensor rounded to bf16, so that the same weights in fp32 or bf16 match; LoRA
-adapters merged, so that a model with adapters and its merged checkpoint match). Loading into a model with another
-configuration or other weights is refused with a message that says which: a memory is only meaningful to the model
-that wrote it. The state is loaded in the dtypes of the loading model's own state. Questions asked after a loaded
-memory start a new segment, as if the document ended at a segment boundary. Files of the earlier formats still load,
-checked as they were written: rmt-memory-2 (the backbone's shape only, and 1,024 evenly spaced elements of each
-weight tensor) and rmt-memory-1 (the memory parameters and the first rows of the token embeddings).
+The file is safetensors: one tensor per leaf of the state, its structure, and two fingerprints of the model that
+made it: of its configuration (RMTConfig, less bptt_depth and loss_aggregation, which change only training, and the
+backbone's configuration, less the fields that change no computation: names, token ids, output flags, dropout,
+initialisation) and of its weights (every element of every weight tensor rounded to bf16, so that the same weights
+in fp32 or bf16 match; LoRA adapters merged, so that a model with adapters and its merged checkpoint match; a pass
+over all the weights, through the CPU, on every save and load). A transformers version that names its configuration
+fields otherwise (they have been renamed before) refuses the files of an older one as another configuration. Loading
+into a model with another configuration or other weights is refused with a message that says which: a memory is only
+meaningful to the model that wrote it. The state is loaded in the dtypes of the loading model's own state. Questions
+asked after a loaded memory start a new segment, as if the document ended at a segment boundary. Files of the
+earlier formats still load, checked as they were written: rmt-memory-2 (the backbone's shape only, and 1,024 evenly
+spaced elements of each weight tensor) and rmt-memory-1 (the memory parameters and the first rows of the token
+embeddings).
 
 The header also holds a sha256 checksum of the tensors (names, dtypes, shapes and bytes): a file whose data was
 damaged (a bit flipped on disk or in a copy) is refused as corrupt instead of loading as another memory; files
@@ -56,14 +59,18 @@ _FIRST_FORMAT = "rmt-memory-1"
 _SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")  # rmt-memory-2
 _SAMPLES_PER_TENSOR = 1024  # rmt-memory-2: evenly spaced elements of each weight tensor in the weights fingerprint
 # Backbone configuration fields that change no computation of the memory (names, token ids, what a forward returns,
-# the dtype, which the weights fingerprint covers): left out of the configuration fingerprint, along with every field
-# whose name starts with "_" (transformers' own bookkeeping).
+# the dtype, which the weights fingerprint covers; dropout, off where a memory is read; initialisation; how a
+# feed-forward layer is chunked): left out of the configuration fingerprint, along with every field whose name starts
+# with "_" (transformers' own bookkeeping).
 _NOT_COMPUTING_KEYS = frozenset(
     {
         "architectures", "attn_implementation", "bos_token_id", "cls_token_id", "dtype", "eos_token_id",
         "finetuning_task", "id2label", "label2id", "output_attentions", "output_hidden_states", "pad_token_id",
         "prefix", "problem_type", "return_dict", "sep_token_id", "task_specific_params", "tie_word_embeddings",
         "tokenizer_class", "torch_dtype", "torchscript", "transformers_version", "use_cache",
+        "attention_dropout", "attention_probs_dropout_prob", "attn_pdrop", "classifier_dropout", "embd_pdrop",
+        "hidden_dropout", "hidden_dropout_prob", "resid_pdrop", "summary_first_dropout",
+        "initializer_range", "initializer_factor", "chunk_size_feed_forward",
     }
 )  # fmt: skip
 _FIRST_FORMAT_ROWS = 64  # rmt-memory-1: rows of the embedding matrix hashed into the weights fingerprint

@@ -287,7 +287,7 @@ def _hint(path: Path, missing: list[str]) -> str:
     """What a folder that is no rmt checkpoint may be instead: a checkpoint's backbone, a plain Hugging Face model, a
     flat state dict (a training library's save), or a run folder with the checkpoint inside it."""
     if len(missing) < 3:
-        return ""
+        return model_inside(path)
     if (path / "config.json").is_file():
         if path.name == BACKBONE_DIR and (path.parent / MEMORY_CONFIG).is_file():
             return f" (it is the backbone of the checkpoint {path.parent}: give that folder)"

@@ -405,7 +405,7 @@ def _start_notes(model: RecurrentMemoryModel, optimizer: Any, config: TrainConfi
         early = (
             ""
             if config.curriculum_accuracy is None
-            else f" or held-out accuracy reaches {config.curriculum_accuracy:g} at the stage before first"
+            else f", or if held-out accuracy reaches {config.curriculum_accuracy:g} soon enough to start them early"
         )
         print(
             f"note: the curriculum's stage(s) from step {late[0]} lie past the run's {config.steps} steps: they "
