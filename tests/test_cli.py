@@ -166,6 +166,18 @@ def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_pa
     monkeypatch.setattr(rmt.files.os, "fsync", failing(errno.EIO))
     with pytest.raises(OSError, match="Input/output error"):
         main([*args, "--overwrite"])
+    monkeypatch.setattr(rmt.files.os, "fsync", failing(errno.EACCES))  # no file named: not a refused write
+    with pytest.raises(PermissionError):
+        main([*args, "--overwrite"])
+    monkeypatch.undo()
+
+    def full_zip_writer(*args, **kwargs):  # what torch.save raised on a full tmpfs (torch 2.13)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(torch, "save", full_zip_writer)  # Accelerate saves the optimizer's state with it
+    assert main([*args, "--overwrite"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("rmt train: error: torch could not write a file (is the disk full?): [enforce fail at")
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help te
 Problems with the input (a bad value, a missing or damaged file, a flag argparse cannot parse) print one line and
 exit with status 2; running out of memory (the CPU's or a GPU's) prints one line with the size asked for, and a
 write the machine refuses (a full disk or quota, a read-only file system, a file this user may not write) one line,
-naming the file where the system names it, both with status 1; anything else is a bug and shows its traceback.
-rmt's own warnings print as one line too.
+naming the file where the system names it (torch.save's own failure to write one line too), both with status 1;
+anything else is a bug and shows its traceback. rmt's own warnings print as one line too.
 """
 
 from __future__ import annotations
@@ -73,6 +73,15 @@ def _format_warning(
 _CPU_ALLOCATION_FAILED = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes")
 
 
+def torch_write_failed(err: BaseException) -> str | None:
+    """One line for torch.save failing to write its file (a checkpoint's optimizer or random states): its zip writer
+    reports a full disk only as an assertion on the file position. None for any other error."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    if "inline_container.cc" not in first and "PytorchStreamWriter" not in first:
+        return None
+    return f"torch could not write a file (is the disk full?): {first}"
+
+
 def out_of_memory(err: BaseException) -> str | None:
     """One line for an allocation that failed, naming its size: torch's CPU allocator raises a RuntimeError whose
     first line is the C++ assertion, a GPU a torch.OutOfMemoryError of several lines. None for any other error."""
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rmt {args.command}: error: {err.strerror}{f': {names}' if names else ''}", file=sys.stderr)
         return 1
     except RuntimeError as err:
-        problem = out_of_memory(err)
+        problem = out_of_memory(err) or torch_write_failed(err)
         if problem is None:
             raise
         print(f"rmt {args.command}: error: {problem}", file=sys.stderr)
