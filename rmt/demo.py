@@ -123,7 +123,7 @@ def _check_not_another_run(output_dir: Path) -> None:
         try:
             earlier = json.loads(results.read_text())
         except (OSError, ValueError):  # unreadable or cut short (older demos wrote it in place): replaced
-            earlier = {"task": "copy-", "models": {}}
+            return
         if not (isinstance(earlier, dict) and str(earlier.get("task", "")).startswith("copy-") and "models" in earlier):
             others = ["results.json (not a demo's)"]
     if others:

@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -58,6 +59,15 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--output") -> None
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise InputError(f"{flag} {path}: {folder} is not writable")
             return
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks: what a record of a file compares to tell it changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

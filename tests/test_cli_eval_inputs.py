@@ -741,7 +741,10 @@ def test_generate_notes_a_memory_read_in_another_way(decoder, tmp_path, capsys):
     code, _, err = _run([*args, "--prompt", "Where"], capsys)
     assert code == 0 and "note" not in err
     code, _, err = _run([*args, "--question", "Where is Mary?"], capsys)
-    assert code == 0 and "note: the memory was read with the document's trailing line breaks (by a --prompt" in err
+    assert code == 0 and (
+        "note: the memory was read with the document's trailing line breaks (by a --prompt run); this --question run "
+        "reads the document without them" in err
+    )
     code, _, err = _run([*args, "--prompt", "Where", "--dtype", "bf16"], capsys)
     assert code == 0 and "note: the document was read in fp32; the answer is generated in bf16" in err
 

@@ -87,6 +87,13 @@ def flags_given(args: argparse.Namespace, flags: Sequence[str]) -> list[str]:
     return [flag for flag in flags if any(word == flag or word.startswith(flag + "=") for word in words)]
 
 
+def flag_with_value(args: argparse.Namespace, name: str) -> str:
+    """A flag as given on the command line, with its value ("--seed 3"; a switch alone: "--resume")."""
+    value = getattr(args, name)
+    flag = "--" + name.replace("_", "-")
+    return flag if value is True else f"{flag} {value}"
+
+
 def add_task_arguments(
     parser: argparse.ArgumentParser | Any,
     default_task: str | None = "copy",

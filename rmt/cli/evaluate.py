@@ -35,6 +35,7 @@ from rmt.cli.common import (
     add_runtime_arguments,
     add_task_arguments,
     apply_runtime,
+    flag_with_value,
     task_from_flags,
 )
 from rmt.cli.data_flags import DEFAULT_SEED, babilong_tasks, check_data_files, facts_setting
@@ -45,7 +46,6 @@ from rmt.cli.evaluate_by_length import (
     DEFAULT_SAMPLES,
     by_length_plan,
     check_same_weights,
-    flag_with_value,
     run_by_length,
 )
 from rmt.errors import InputError

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rmt.cli.common import check_seed
+from rmt.cli.common import check_seed, flag_with_value
 from rmt.cli.data_flags import DEFAULT_SEED, check_background, load_background, parse_lengths
 from rmt.errors import InputError, MissingFileError, MissingWeightsError
-from rmt.files import check_output_folder
+from rmt.files import check_output_folder, file_sha256
 
 if TYPE_CHECKING:
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -60,13 +60,6 @@ class ByLengthPlan:
     contents: dict[str, str]
     # the model's weights' fingerprint, recorded as WEIGHTS_SETTING; None until `run` loads the model
     weights: str | None = None
-
-
-def flag_with_value(args: argparse.Namespace, name: str) -> str:
-    """A flag as given on the command line, with its value ("--seed 3"; a switch alone: "--resume")."""
-    value = getattr(args, name)
-    flag = "--" + name.replace("_", "-")
-    return flag if value is True else f"{flag} {value}"
 
 
 def parse_samples(text: str, lengths: list[str]) -> dict[str, int]:
@@ -212,11 +205,7 @@ def _file_contents(args: argparse.Namespace, files: dict[tuple[str, str], Path] 
         if paths:
             digest = hashlib.sha256()
             for path in paths:  # each file's own digest: two files are not their concatenation
-                one = hashlib.sha256()
-                with path.open("rb") as file:
-                    while block := file.read(1 << 20):
-                        one.update(block)
-                digest.update(one.digest())
+                digest.update(bytes.fromhex(file_sha256(path)))
             contents[flag] = digest.hexdigest()
     return contents
 

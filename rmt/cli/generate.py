@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from rmt.cli.common import add_runtime_arguments, apply_runtime, check_seed, flags_given
 from rmt.errors import InputError
-from rmt.files import check_output_folder
+from rmt.files import check_output_folder, file_sha256
 
 if TYPE_CHECKING:
     from rmt.memory.recurrent import RecurrentMemoryModel
@@ -247,7 +247,7 @@ def _saved_memory(
     if document is not None:
         given = Path(document)
         same_path = saved is not None and Path(saved).resolve() == given.resolve()
-        same = _sha256(given) == recorded if recorded is not None else same_path
+        same = file_sha256(given) == recorded if recorded is not None else same_path
         if not same:
             held = f"the memory of {saved}" if saved else "the memory of a document"
             reason = "has changed since it was read" if same_path else "is another document"
@@ -263,10 +263,11 @@ def _saved_memory(
         )
     kept = metadata.get("trailing_breaks")
     if kept is not None and kept != reading["trailing_breaks"]:
+        ways = {True: ("with", "--prompt"), False: ("without", "--question")}  # trailing breaks kept: how, by whom
+        (then, then_flag), (now, now_flag) = ways[kept], ways[reading["trailing_breaks"]]
         print(
-            f"note: the memory was read {'with' if kept else 'without'} the document's trailing line breaks (by a "
-            f"{'--prompt' if kept else '--question'} run); this {'--prompt' if kept else '--question'} reads it "
-            f"{'without' if kept else 'with'} them",
+            f"note: the memory was read {then} the document's trailing line breaks (by a {then_flag} run); this "
+            f"{now_flag} run reads the document {now} them",
             file=sys.stderr,
         )
     return state
@@ -297,12 +298,3 @@ def _save(
         return False
     print(f"saved the document's memory to {memory_file}")
     return True
-
-
-def _sha256(path: Path) -> str:
-    """The sha256 of a file's bytes: a memory file records its document's, to tell another document or a changed one."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
