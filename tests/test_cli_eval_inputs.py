@@ -357,6 +357,34 @@ def test_resume_takes_the_same_places_spelled_otherwise_and_refuses_other_weight
     assert _digest(output) == before
 
 
+def test_resume_refuses_the_same_weights_in_another_dtype(decoder, haystack, finished, tmp_path, capsys):
+    """The weights' fingerprint rounds to bf16, so a checkpoint saved again in bf16 at the same path shares it with
+    the fp32 one: its dtype, recorded in results.json, tells them apart (the cells kept would be fp32 answers)."""
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    assert json.loads((finished / "results.json").read_text())["settings"]["dtype"] == "float32"
+    model = tmp_path / "model"
+    RecurrentMemoryModel.from_pretrained(decoder).to(torch.bfloat16).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(decoder) / "backbone" / name, model / "backbone")
+    output = tmp_path / "by-length"
+    shutil.copytree(finished, output)
+    results = json.loads((output / "results.json").read_text())
+    del results["cells"]["qa1/60/no_memory"]
+    results["settings"]["checkpoint"] = str(model)
+    (output / "results.json").write_text(json.dumps({**results, "complete": False}))
+    before = _digest(output)
+    code, _, err = _run([*_resumable(str(model), haystack, output), "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"the model at {model} holds bfloat16 weights" in err and "was made with float32 ones" in err
+    assert _digest(output) == before
+    del results["settings"]["dtype"]  # written by an rmt that did not record it: resumed as before
+    (output / "results.json").write_text(json.dumps({**results, "complete": False}))
+    code, _, err = _run([*_resumable(str(model), haystack, output), "--resume"], capsys)
+    assert code == 0 and "3 of 4 cells kept, 1 to compute" in err, err
+    assert json.loads((output / "results.json").read_text())["settings"]["dtype"] == "bfloat16"
+
+
 @pytest.mark.parametrize("flag", ["--haystack", "--babilong-dir", "--full-attention-model"])
 def test_resume_refuses_files_whose_contents_changed_at_the_same_paths(flag, decoder, haystack, tmp_path, capsys):
     """These flags were compared by path alone: a background text, a samples file or a baseline replaced at the same

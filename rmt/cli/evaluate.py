@@ -47,6 +47,7 @@ from rmt.cli.evaluate_by_length import (
     by_length_plan,
     check_same_weights,
     run_by_length,
+    weights_dtype,
 )
 from rmt.errors import InputError
 
@@ -204,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
         plan.weights = sampled_weights_fingerprint(model)  # recorded with the results, and checked on a resume
+        plan.dtype = weights_dtype(model)
         if plan.earlier is not None:
-            check_same_weights(args, plan.earlier, plan.weights)
+            check_same_weights(args, plan.earlier, plan.weights, plan.dtype)
         return run_by_length(args, model, plan)
     args.batches = DEFAULT_BATCHES if args.batches is None else args.batches
     args.batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
@@ -288,7 +290,8 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
     scores = evaluate(
         model, TaskSource(task), batches=args.batches, batch_size=args.batch_size, progress=not args.no_progress
     )
-    print(json.dumps({"checkpoint": str(args.checkpoint), "task": name, "segments": cut, **scores}, indent=2))
+    made = {"checkpoint": str(args.checkpoint), "dtype": weights_dtype(model), "task": name, "segments": cut}
+    print(json.dumps({**made, **scores}, indent=2))
     return 0
 
 
@@ -325,7 +328,14 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
     scores = evaluate(model, source, batches=args.batches, batch_size=args.batch_size, progress=not args.no_progress)
     print(
         json.dumps(
-            {"checkpoint": str(args.checkpoint), "data": str(args.data), "records": total, "scored": scored, **scores},
+            {
+                "checkpoint": str(args.checkpoint),
+                "dtype": weights_dtype(model),
+                "data": str(args.data),
+                "records": total,
+                "scored": scored,
+                **scores,
+            },
             indent=2,
         )
     )

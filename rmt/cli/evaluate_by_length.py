@@ -35,8 +35,11 @@ WEIGHTS_SETTING = "weights"
 # The settings' fingerprints of what the path flags name besides the model ({flag: sha256}): the same path may hold
 # another text or another baseline by the time a run is resumed
 CONTENTS_SETTING = "contents"
+# The settings' dtype of the model's weights as loaded (torch's name, "float32"): the fingerprint rounds to bf16, so an
+# fp32 checkpoint and its bf16 copy share it, and a resume across them would mix answers of both precisions
+DTYPE_SETTING = "dtype"
 # The settings that are no flags, checked apart from the flags
-NOT_FLAGS = (WEIGHTS_SETTING, CONTENTS_SETTING)
+NOT_FLAGS = (WEIGHTS_SETTING, CONTENTS_SETTING, DTYPE_SETTING)
 # Flags that name files or folders: the same place spelled otherwise (./x, an absolute path) is the same flag
 PATH_FLAGS = ("checkpoint", "haystack", "babilong_dir", "full_attention_model")
 
@@ -60,6 +63,8 @@ class ByLengthPlan:
     contents: dict[str, str]
     # the model's weights' fingerprint, recorded as WEIGHTS_SETTING; None until `run` loads the model
     weights: str | None = None
+    # the dtype of the model's weights ("float32", "bfloat16"), recorded as DTYPE_SETTING; None until it is loaded
+    dtype: str | None = None
 
 
 def parse_samples(text: str, lengths: list[str]) -> dict[str, int]:
@@ -316,15 +321,28 @@ def _stamp(path: Path | None) -> tuple[int, int] | None:
     return None if status is None else (status.st_mtime_ns, status.st_size)
 
 
-def check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], weights: str) -> None:
-    """Refuse to resume with a model whose weights (their fingerprint) are not those of the run that wrote
-    results.json (a checkpoint trained further at the same path). Results written before the fingerprint was recorded
-    are not checked."""
-    recorded = earlier.get("settings", {}).get(WEIGHTS_SETTING)
-    if recorded is not None and recorded != weights:
+def weights_dtype(model: RecurrentMemoryModel) -> str:
+    """The dtype of the model's floating-point weights as torch names it without its prefix ("float32"); a model
+    holding several gives them all, joined by "+" in sorted order."""
+    names = {str(p.dtype).removeprefix("torch.") for p in model.state_dict().values() if p.is_floating_point()}
+    return "+".join(sorted(names))
+
+
+def check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], weights: str, dtype: str) -> None:
+    """Refuse to resume with a model whose weights (their fingerprint) or their dtype are not those of the run that
+    wrote results.json (a checkpoint trained further, or saved again in bf16, at the same path). Results written before
+    the fingerprint or the dtype was recorded are not checked for it."""
+    recorded = earlier.get("settings", {})
+    made = f"{Path(args.output) / 'results.json'} was made with"
+    if recorded.get(WEIGHTS_SETTING) not in (None, weights):
         raise InputError(
-            f"--resume: the model at {args.checkpoint} is not the one {Path(args.output) / 'results.json'} was made "
-            "with (its weights differ): run without --resume (--overwrite, or another --output)"
+            f"--resume: the model at {args.checkpoint} is not the one {made} (its weights differ): run without "
+            "--resume (--overwrite, or another --output)"
+        )
+    if recorded.get(DTYPE_SETTING) not in (None, dtype):
+        raise InputError(
+            f"--resume: the model at {args.checkpoint} holds {dtype} weights, and {made} {recorded[DTYPE_SETTING]} "
+            "ones: run without --resume (--overwrite, or another --output), or resume with the checkpoint it read"
         )
 
 
@@ -504,7 +522,12 @@ def run_by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: B
             files=files,
             full_attention_backbone=baseline,
             num_facts=num_facts,
-            settings={**_settings(args), WEIGHTS_SETTING: plan.weights, CONTENTS_SETTING: plan.contents},
+            settings={
+                **_settings(args),
+                WEIGHTS_SETTING: plan.weights,
+                CONTENTS_SETTING: plan.contents,
+                DTYPE_SETTING: plan.dtype,
+            },
             earlier=plan.earlier,
         )
     except KeyboardInterrupt:
