@@ -241,6 +241,12 @@ def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, 
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
     second = capsys.readouterr().out
     assert "loaded the memory" in second and second.splitlines()[-1] == first.splitlines()[-1]
+    # The command that read the document, run again with its --chunk-tokens: the memory is loaded, and the flag noted.
+    reread = ["generate", str(tmp_path / "model"), "--document", str(document), "--memory-file", str(memory)]
+    assert main([*reread, "--chunk-tokens", "7", "--prompt", "Where is Mary ?", "--max-new-tokens", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == first.splitlines()[-1] and "loaded the memory" in out
+    assert f"note: --chunk-tokens has no effect: the document's memory is loaded from --memory-file {memory}" in err
     # The answer is the model's from the document's memory, which it reads: without it the answer differs.
     tokenizer = pretrained_tokenizer(str(tmp_path / "model"))
     prompt = tokenizer("Where is Mary ?", add_special_tokens=False, return_tensors="pt").input_ids

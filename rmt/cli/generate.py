@@ -190,6 +190,13 @@ def _checked_flags(args: argparse.Namespace) -> tuple[str | None, Path | None, d
         )
     if args.document is not None:  # a missing or binary file: refused before the model loads
         check_text_file(args.document, f"--document {args.document}")
+    if memory_file is not None and memory_file.exists() and flags_given(args, ["--chunk-tokens"]):
+        # A note: the same command reads and saves the document on its first run and loads the memory on the next.
+        print(
+            f"note: --chunk-tokens has no effect: the document's memory is loaded from --memory-file {memory_file}, "
+            "not read",
+            file=sys.stderr,
+        )
     if memory_file is None or not memory_file.exists():
         if args.document is None:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
