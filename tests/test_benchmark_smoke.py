@@ -24,6 +24,7 @@ from benchmarks import (
     diagonal_precision,
     encoder_memory,
     language_modeling,
+    language_modeling_paired,
     long_document_lm,
     long_inputs,
     memory_scale,
@@ -86,6 +87,51 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
     runs = json.loads((rescaled / "results.json").read_text())["runs"]
     assert runs["rmt"]["rmt_config"]["memory_write_scale"] == "token_embeddings"
     assert runs["trxl"]["rmt_config"]["memory_write_scale"] == "hidden"
+
+
+def test_language_modeling_paired_reads_the_models_again_and_pairs_their_documents(tmp_path, monkeypatch, capsys):
+    """The per-document losses, summed per segment, give the bpb by segment that the benchmark recorded (the slow
+    reference of the paired path); the mean of the per-document differences is the difference of the overall bpb."""
+    books = [("book one", background_text(800, seed=1)), ("book two", background_text(800, seed=2))]
+    monkeypatch.setattr(language_modeling, "default_corpus_texts", lambda: books)
+    args = ["--steps", "2", "--document-bytes", "200", "--segment-size", "64", "--eval-documents", "6"]
+    args += ["--layers", "1", "--hidden", "32", "--no-progress", "--memory", "4"]
+    assert language_modeling.main([*args, "--kinds", "baseline", "rmt", "--output", str(tmp_path / "a")]) == 0
+    recorded = json.loads((tmp_path / "a" / "results.json").read_text())["runs"]
+    output = tmp_path / "paired.json"
+    first, second = f"{tmp_path / 'a'}:rmt", f"{tmp_path / 'a'}:baseline"
+    assert language_modeling_paired.main([first, second, "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["documents"] == 6 and result["from_segment"] == 1
+    assert result["mean_difference"] == pytest.approx(recorded["rmt"]["bpb"] - recorded["baseline"]["bpb"], abs=1e-6)
+    low, high = result["interval_95"]
+    assert low < result["mean_difference"] < high and 0 <= result["documents_first_better"] <= 6
+    assert "documents, segments 1+:" in capsys.readouterr().out
+    # The per-document losses against the benchmark's own bpb by segment, segment by segment.
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    _, held_out = language_modeling.documents(200, 0.02, 0)
+    model = RecurrentMemoryModel.from_pretrained(tmp_path / "a" / "runs" / "rmt" / "checkpoint" / "model")
+    nats = language_modeling_paired.nats_by_document(model, held_out[:6], 64, 4)
+    weights = language_modeling.predicted_bytes(200, 64)
+    by_segment = (nats.sum(0) / (6 * torch.tensor(weights)) / math.log(2)).tolist()
+    assert by_segment == pytest.approx(recorded["rmt"]["bpb_by_segment"], rel=1e-6)  # the benchmark sums in fp32
+    later = language_modeling_paired.main([first, second, "--from-segment", "2", "--output", str(output)])
+    assert later == 0 and json.loads(output.read_text())["from_segment"] == 2
+
+    # Runs of another seed held out other documents; a record the checkpoint does not give; a kind not trained.
+    assert language_modeling.main([*args, "--kinds", "baseline", "--seed", "1", "--output", str(tmp_path / "b")]) == 0
+    with pytest.raises(SystemExit, match="held out other documents \\(--seed 0 against 1\\)"):
+        language_modeling_paired.main([first, f"{tmp_path / 'b'}:baseline"])
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    results["runs"]["rmt"]["bpb"] += 0.01
+    (tmp_path / "a" / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="the checkpoint is not the model that made the record"):
+        language_modeling_paired.main([first, second])
+    with pytest.raises(SystemExit, match="holds no 'trxl' run \\(it holds: baseline, rmt\\)"):
+        language_modeling_paired.main([f"{tmp_path / 'a'}:trxl", second])
+    with pytest.raises(SystemExit, match="--from-segment 5: the documents have segments 1 to 4"):
+        language_modeling_paired.main([first, second, "--from-segment", "5"])
 
 
 def test_diagonal_precision_smoke(tmp_path):

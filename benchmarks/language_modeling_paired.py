@@ -1,0 +1,162 @@
+"""Two trained models of `benchmarks.language_modeling` compared document by document on their shared held-out
+documents: the mean difference in bits per byte with its 95% interval, so that a gap between two kinds of one seed
+can be told apart from which documents happened to be held out.
+
+    python -m benchmarks.language_modeling_paired runs/lm-seg50-mem10-wscale-bpttall:rmt runs/lm-seg50-mem10:trxl \
+        --from-segment 2 --output benchmarks/results/language_modeling-seg50-cpu/paired-seed0.json
+
+Each side is FOLDER:KIND, a --output folder of `benchmarks.language_modeling` (its results.json and the final model
+in runs/KIND/checkpoint/model). Both folders must hold the same held-out documents (the same --seed and
+--document-bytes), which every kind of one seed scores alike. The models are read again on those documents; the
+bpb each gives overall must equal the bpb its results.json records (to 1e-4), or the script stops: the checkpoint is
+then not the model that made the record.
+
+Every held-out document has the same length, so the mean of the per-document differences is the difference of the
+two overall bpb. The interval is mean +- 1.96 standard errors over the documents (a normal approximation; there are
+a few hundred documents). --from-segment 2 leaves out segment 1, where no model has context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import torch_threads, write_json
+from benchmarks.language_modeling import documents, predicted_bytes
+from rmt.memory.recurrent import RecurrentMemoryModel
+
+# How close the recomputed overall bpb must come to the recorded one (evaluation batches of another size round
+# otherwise in the last digits; a different model differs in the second or third decimal)
+REPRODUCED_TOLERANCE = 1e-4
+# Settings that decide which documents are held out and how they are cut into segments
+SAME_DOCUMENTS = ("seed", "document_bytes")
+
+
+def nats_by_document(model: Any, docs: list[bytes], segment: int, batch_size: int) -> torch.Tensor:
+    """[documents, segments]: the summed loss in nats of the bytes each segment of each document predicts (a
+    document's first byte predicts nothing)."""
+    rows = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(docs), batch_size):
+            ids = torch.tensor([list(d) for d in docs[start : start + batch_size]], dtype=torch.long)
+            logits = model(ids).logits.float()  # [B, N, 256]
+            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, N - 1]
+            positions = torch.arange(1, ids.shape[1]) // segment  # segment of each predicted byte
+            sums = torch.zeros(ids.shape[0], int(positions.max()) + 1, dtype=torch.float64)
+            rows.append(sums.index_add_(1, positions, loss.double()))
+    return torch.cat(rows)
+
+
+def side(spec: str) -> tuple[Path, str, dict[str, Any]]:
+    """(folder, kind, its results.json) of FOLDER:KIND, refused with one line when it does not name a trained run."""
+    folder, sep, kind = spec.rpartition(":")
+    if not sep or not folder or not kind:
+        raise SystemExit(f"error: {spec!r}: give FOLDER:KIND (a benchmarks.language_modeling --output and a kind)")
+    results_file = Path(folder) / "results.json"
+    if not results_file.is_file():
+        raise SystemExit(f"error: {results_file} does not exist: {folder} is no benchmarks.language_modeling output")
+    results = json.loads(results_file.read_text())
+    if kind not in results.get("runs", {}):
+        held = ", ".join(sorted(results.get("runs", {}))) or "none"
+        raise SystemExit(f"error: {results_file} holds no {kind!r} run (it holds: {held})")
+    if not (Path(folder) / "runs" / kind / "checkpoint" / "model").is_dir():
+        raise SystemExit(
+            f"error: {Path(folder) / 'runs' / kind / 'checkpoint' / 'model'}: the trained model is missing"
+        )
+    return Path(folder), kind, results
+
+
+def per_document_bpb(nats: torch.Tensor, weights: list[int], from_segment: int) -> torch.Tensor:
+    """Each document's bits per byte over its segments from `from_segment` (1-based) on."""
+    first = from_segment - 1
+    return nats[:, first:].sum(1) / sum(weights[first:]) / math.log(2)
+
+
+def compare(first: str, second: str, from_segment: int, batch_size: int) -> dict[str, Any]:
+    """The paired comparison of two sides (FOLDER:KIND), as the result file keeps it."""
+    sides = [side(spec) for spec in (first, second)]
+    settings = [results["settings"] for _, _, results in sides]
+    differing = [name for name in SAME_DOCUMENTS if settings[0].get(name) != settings[1].get(name)]
+    if differing:
+        named = ", ".join(
+            f"--{n.replace('_', '-')} {settings[0].get(n)} against {settings[1].get(n)}" for n in differing
+        )
+        raise SystemExit(f"error: the two runs held out other documents ({named}): compare runs of one seed")
+    if settings[0]["segment_size"] != settings[1]["segment_size"]:
+        raise SystemExit(
+            f"error: segments of {settings[0]['segment_size']} against {settings[1]['segment_size']} bytes: the "
+            "per-segment comparison needs one segment size"
+        )
+    segment, document_bytes = settings[0]["segment_size"], settings[0]["document_bytes"]
+    weights = predicted_bytes(document_bytes, segment)
+    if not 1 <= from_segment <= len(weights):
+        raise SystemExit(f"error: --from-segment {from_segment}: the documents have segments 1 to {len(weights)}")
+    _, held_out = documents(document_bytes, 0.02, settings[0]["seed"])
+    scored = min(settings[0]["eval_documents"], settings[1]["eval_documents"], len(held_out))
+    docs = held_out[:scored]
+    bpb = []
+    for folder, kind, results in sides:
+        model = RecurrentMemoryModel.from_pretrained(folder / "runs" / kind / "checkpoint" / "model")
+        nats = nats_by_document(model, docs, segment, batch_size)
+        overall = float(nats.sum() / (len(docs) * sum(weights)) / math.log(2))
+        recorded = results["runs"][kind]["bpb"]
+        if abs(overall - recorded) > REPRODUCED_TOLERANCE:
+            raise SystemExit(
+                f"error: {folder}:{kind} gives {overall:.5f} bpb now and its results.json records {recorded:.5f}: the "
+                "checkpoint is not the model that made the record"
+            )
+        bpb.append(per_document_bpb(nats, weights, from_segment))
+    difference = bpb[0] - bpb[1]
+    mean = float(difference.mean())
+    half = 1.96 * float(difference.std(unbiased=True)) / math.sqrt(len(docs))
+    return {
+        "first": first,
+        "second": second,
+        "documents": len(docs),
+        "from_segment": from_segment,
+        "bpb": {first: float(bpb[0].mean()), second: float(bpb[1].mean())},
+        "mean_difference": mean,  # first - second: below 0 when the first predicts better
+        "interval_95": [mean - half, mean + half],
+        "documents_first_better": int((difference < 0).sum()),
+        "settings": {name: settings[0][name] for name in (*SAME_DOCUMENTS, "segment_size")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("first", help="FOLDER:KIND, e.g. runs/lm-seg50-mem10-wscale-bpttall:rmt")
+    parser.add_argument("second", help="FOLDER:KIND of the same seed, e.g. runs/lm-seg50-mem10:trxl")
+    parser.add_argument(
+        "--from-segment",
+        type=int,
+        default=1,
+        help="score the segments from this one on (1-based; 2 leaves out segment 1) (default: %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="documents per forward pass (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--output", default=None, help="JSON file for the comparison (default: printed only)")
+    args = parser.parse_args(argv)
+    with torch_threads(args.threads):
+        result = compare(args.first, args.second, args.from_segment, args.batch_size)
+    low, high = result["interval_95"]
+    print(
+        f"{args.first} - {args.second}, {result['documents']} documents, segments {args.from_segment}+: "
+        f"{result['mean_difference']:+.4f} bpb, 95% interval [{low:+.4f}, {high:+.4f}]; the first better on "
+        f"{result['documents_first_better']} of {result['documents']} documents"
+    )
+    if args.output:
+        command = ["python -m benchmarks.language_modeling_paired", *(sys.argv[1:] if argv is None else argv)]
+        write_json(Path(args.output), {**result, "command": " ".join(command)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
