@@ -124,9 +124,18 @@ def predicted_bytes(document_bytes: int, segment: int) -> list[int]:
     return counts
 
 
+def positions_needed(document_bytes: int, segment_size: int, memory: int) -> int:
+    """Positions a backbone needs for a document of every kind: with a Transformer-XL cache they run on across the
+    segments, each of which adds the memory read and written (as `rmt train` sizes a random backbone). A Llama's
+    rotary positions have no table, so a smaller value changed nothing in the committed runs; a family with a position
+    table would fail past it."""
+    segments = -(-document_bytes // segment_size)
+    return document_bytes + (segments + 1) * 2 * memory
+
+
 def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: list[bytes]) -> dict:
     config = config_of(kind, args)
-    positions = args.document_bytes + 4 * args.memory + 2 * args.segment_size  # Tr-XL positions run on
+    positions = positions_needed(args.document_bytes, args.segment_size, args.memory)
     backbone = random_backbone("llama", 256, args.layers, args.hidden, args.heads, positions, seed=args.seed)
     model = memory_model(backbone, config)
     train_config = TrainConfig(

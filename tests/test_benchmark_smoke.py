@@ -34,7 +34,7 @@ from benchmarks import (
 from benchmarks.babilong_errors import KINDS, classify, classify_predictions, kind_of, named_room
 from benchmarks.common import time_in_turns
 from rmt import RMTConfig
-from rmt.build import memory_model
+from rmt.build import memory_model, random_backbone
 from rmt.data.babilong import PLACES, BabilongSample, answer_labels, build_dataset
 from rmt.data.babilong_source import distractor_background
 from rmt.data.haystack import Haystack, load_haystack
@@ -87,6 +87,25 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
     runs = json.loads((rescaled / "results.json").read_text())["runs"]
     assert runs["rmt"]["rmt_config"]["memory_write_scale"] == "token_embeddings"
     assert runs["trxl"]["rmt_config"]["memory_write_scale"] == "hidden"
+
+
+@pytest.mark.parametrize("segment_size, memory", [(50, 10), (128, 20), (64, 4)])
+def test_language_modeling_backbone_covers_the_positions_every_kind_uses(segment_size, memory):
+    """Transformer-XL + memory at segments of 50 used 1243 positions where the backbone was given 1164 (harmless for
+    a Llama's rotary positions, fatal for a position table)."""
+    args = argparse.Namespace(memory=memory, segment_size=segment_size, bptt=-1, xl_recompute=False)
+    args.memory_write_scale = "hidden"
+    needed = language_modeling.positions_needed(1024, segment_size, memory)
+    for kind in language_modeling.KINDS:
+        backbone = random_backbone("llama", 256, 1, 16, 2, needed, seed=0)
+        model = memory_model(backbone, language_modeling.config_of(kind, args))
+        used = []
+        model.backbone.base_model.register_forward_pre_hook(
+            lambda _, __, kwargs, used=used: used.append(int(kwargs["position_ids"].max())), with_kwargs=True
+        )
+        with torch.no_grad():
+            model(torch.randint(0, 256, (1, 1024)))
+        assert len(used) == -(-1024 // segment_size) and max(used) < needed, (kind, used)
 
 
 def test_language_modeling_paired_reads_the_models_again_and_pairs_their_documents(tmp_path, monkeypatch, capsys):
