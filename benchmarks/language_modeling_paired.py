@@ -3,13 +3,14 @@ documents: the mean difference in bits per byte with its 95% interval, so that a
 can be told apart from which documents happened to be held out.
 
     python -m benchmarks.language_modeling_paired runs/lm-seg50-mem10-wscale-bpttall:rmt runs/lm-seg50-mem10:trxl \
-        --from-segment 2 --output benchmarks/results/language_modeling-seg50-cpu/paired-seed0.json
+        --from-segment 2 \
+        --output benchmarks/results/language_modeling-seg50-cpu/paired/rmt-bptt-all-vs-trxl-seed0-from-segment-2.json
 
 Each side is FOLDER:KIND, a --output folder of `benchmarks.language_modeling` (its results.json and the final model
 in runs/KIND/checkpoint/model). Both folders must hold the same held-out documents (the same --seed and
---document-bytes), which every kind of one seed scores alike. The models are read again on those documents; the
-bpb each gives overall must equal the bpb its results.json records (to 1e-4), or the script stops: the checkpoint is
-then not the model that made the record.
+--document-bytes), which every kind of one seed scores alike. Each model is read again on the documents its run
+scored; the bpb it gives overall must equal the bpb its results.json records (to 1e-4), or the script stops: the
+checkpoint is then not the model that made the record. The two are paired on the documents both runs scored.
 
 Every held-out document has the same length, so the mean of the per-document differences is the difference of the
 two overall bpb. The interval is mean +- 1.96 standard errors over the documents (a normal approximation; there are
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import torch_threads, write_json
-from benchmarks.language_modeling import documents, predicted_bytes
+from benchmarks.language_modeling import HELD_OUT, documents, predicted_bytes
 from rmt.memory.recurrent import RecurrentMemoryModel
 
 # How close the recomputed overall bpb must come to the recorded one (evaluation batches of another size round
@@ -99,30 +100,32 @@ def compare(first: str, second: str, from_segment: int, batch_size: int) -> dict
     weights = predicted_bytes(document_bytes, segment)
     if not 1 <= from_segment <= len(weights):
         raise SystemExit(f"error: --from-segment {from_segment}: the documents have segments 1 to {len(weights)}")
-    _, held_out = documents(document_bytes, 0.02, settings[0]["seed"])
-    scored = min(settings[0]["eval_documents"], settings[1]["eval_documents"], len(held_out))
-    docs = held_out[:scored]
+    _, held_out = documents(document_bytes, HELD_OUT, settings[0]["seed"])
+    # Each run scored the first --eval-documents held-out documents (all, when fewer are held out): each is checked on
+    # its own, and the two are paired on the documents both scored.
+    own = [min(run_settings["eval_documents"], len(held_out)) for run_settings in settings]
+    shared = min(own)
     bpb = []
-    for folder, kind, results in sides:
+    for (folder, kind, results), scored in zip(sides, own, strict=True):
         model = RecurrentMemoryModel.from_pretrained(folder / "runs" / kind / "checkpoint" / "model")
-        nats = nats_by_document(model, docs, segment, batch_size)
-        overall = float(nats.sum() / (len(docs) * sum(weights)) / math.log(2))
+        nats = nats_by_document(model, held_out[:scored], segment, batch_size)
+        overall = float(nats.sum() / (scored * sum(weights)) / math.log(2))
         recorded = results["runs"][kind]["bpb"]
         if abs(overall - recorded) > REPRODUCED_TOLERANCE:
             raise SystemExit(
                 f"error: {folder}:{kind} gives {overall:.5f} bpb now and its results.json records {recorded:.5f}: the "
                 "checkpoint is not the model that made the record"
             )
-        bpb.append(per_document_bpb(nats, weights, from_segment))
+        bpb.append(per_document_bpb(nats[:shared], weights, from_segment))
     difference = bpb[0] - bpb[1]
     mean = float(difference.mean())
-    half = 1.96 * float(difference.std(unbiased=True)) / math.sqrt(len(docs))
+    half = 1.96 * float(difference.std(unbiased=True)) / math.sqrt(shared)
     return {
         "first": first,
         "second": second,
-        "documents": len(docs),
+        "documents": shared,
         "from_segment": from_segment,
-        "bpb": {first: float(bpb[0].mean()), second: float(bpb[1].mean())},
+        "bpb": {first: float(bpb[0].mean()), second: float(bpb[1].mean())},  # on the paired documents
         "mean_difference": mean,  # first - second: below 0 when the first predicts better
         "interval_95": [mean - half, mean + half],
         "documents_first_better": int((difference < 0).sum()),
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--output", default=None, help="JSON file for the comparison (default: printed only)")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     with torch_threads(args.threads):
         result = compare(args.first, args.second, args.from_segment, args.batch_size)
     low, high = result["interval_95"]

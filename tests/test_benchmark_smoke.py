@@ -91,8 +91,8 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("segment_size, memory", [(50, 10), (128, 20), (64, 4)])
 def test_language_modeling_backbone_covers_the_positions_every_kind_uses(segment_size, memory):
-    """Transformer-XL + memory at segments of 50 used 1243 positions where the backbone was given 1164 (harmless for
-    a Llama's rotary positions, fatal for a position table)."""
+    """Transformer-XL + memory at segments of 50 reached position 1243 where the backbone was given 1164 positions
+    (harmless for a Llama's rotary positions, fatal for a position table)."""
     args = argparse.Namespace(memory=memory, segment_size=segment_size, bptt=-1, xl_recompute=False)
     args.memory_write_scale = "hidden"
     needed = language_modeling.positions_needed(1024, segment_size, memory)
@@ -109,41 +109,67 @@ def test_language_modeling_backbone_covers_the_positions_every_kind_uses(segment
 
 
 def test_language_modeling_paired_reads_the_models_again_and_pairs_their_documents(tmp_path, monkeypatch, capsys):
-    """The per-document losses, summed per segment, give the bpb by segment that the benchmark recorded (the slow
-    reference of the paired path); the mean of the per-document differences is the difference of the overall bpb."""
+    """The per-document losses, summed per segment, give the bpb by segment that the benchmark recorded; the paired
+    numbers (mean difference, interval, documents won, each side's bpb) are those of the per-document bpb; runs that
+    scored different numbers of documents pair on the documents both scored."""
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
     books = [("book one", background_text(800, seed=1)), ("book two", background_text(800, seed=2))]
     monkeypatch.setattr(language_modeling, "default_corpus_texts", lambda: books)
-    args = ["--steps", "2", "--document-bytes", "200", "--segment-size", "64", "--eval-documents", "6"]
+    args = ["--steps", "2", "--document-bytes", "200", "--segment-size", "64"]
     args += ["--layers", "1", "--hidden", "32", "--no-progress", "--memory", "4"]
-    assert language_modeling.main([*args, "--kinds", "baseline", "rmt", "--output", str(tmp_path / "a")]) == 0
+    six = ["--eval-documents", "6", "--kinds", "baseline", "rmt", "--output", str(tmp_path / "a")]
+    assert language_modeling.main([*args, *six]) == 0
     recorded = json.loads((tmp_path / "a" / "results.json").read_text())["runs"]
+    backbone = json.loads(
+        (tmp_path / "a" / "runs" / "rmt" / "checkpoint" / "model" / "backbone" / "config.json").read_text()
+    )
+    assert backbone["max_position_embeddings"] == language_modeling.positions_needed(200, 64, 4)  # as the run sized it
+    _, held_out = language_modeling.documents(200, language_modeling.HELD_OUT, 0)
+    weights = language_modeling.predicted_bytes(200, 64)
+    nats = {}
+    for kind in ("rmt", "baseline"):
+        model = RecurrentMemoryModel.from_pretrained(tmp_path / "a" / "runs" / kind / "checkpoint" / "model")
+        nats[kind] = language_modeling_paired.nats_by_document(model, held_out[:6], 64, 4)
+        by_segment = (nats[kind].sum(0) / (6 * torch.tensor(weights)) / math.log(2)).tolist()
+        assert by_segment == pytest.approx(recorded[kind]["bpb_by_segment"], rel=1e-6)  # the benchmark sums in fp32
+
+    def check(result: dict, documents: int, first_segment: int) -> None:
+        """`result` against the per-document bpb of rmt and baseline on the first `documents` documents."""
+        rmt, baseline = (
+            nats[kind][:documents, first_segment - 1 :].sum(1) / sum(weights[first_segment - 1 :]) / math.log(2)
+            for kind in ("rmt", "baseline")
+        )
+        difference = rmt - baseline
+        mean, half = float(difference.mean()), 1.96 * float(difference.std()) / math.sqrt(documents)
+        assert result["documents"] == documents and result["from_segment"] == first_segment
+        assert result["mean_difference"] == pytest.approx(mean, abs=1e-9)
+        assert result["interval_95"] == pytest.approx([mean - half, mean + half], abs=1e-9)
+        assert result["documents_first_better"] == int((difference < 0).sum())
+        assert list(result["bpb"].values()) == pytest.approx([float(rmt.mean()), float(baseline.mean())], abs=1e-9)
+
     output = tmp_path / "paired.json"
     first, second = f"{tmp_path / 'a'}:rmt", f"{tmp_path / 'a'}:baseline"
     assert language_modeling_paired.main([first, second, "--output", str(output)]) == 0
-    result = json.loads(output.read_text())
-    assert result["documents"] == 6 and result["from_segment"] == 1
-    assert result["mean_difference"] == pytest.approx(recorded["rmt"]["bpb"] - recorded["baseline"]["bpb"], abs=1e-6)
-    low, high = result["interval_95"]
-    assert low < result["mean_difference"] < high and 0 <= result["documents_first_better"] <= 6
-    assert "documents, segments 1+:" in capsys.readouterr().out
-    # The per-document losses against the benchmark's own bpb by segment, segment by segment.
-    from rmt.memory.recurrent import RecurrentMemoryModel
+    check(json.loads(output.read_text()), 6, 1)
+    overall = recorded["rmt"]["bpb"] - recorded["baseline"]["bpb"]  # all segments: the difference of the overall bpb
+    assert json.loads(output.read_text())["mean_difference"] == pytest.approx(overall, abs=1e-6)
+    assert language_modeling_paired.main([first, second, "--from-segment", "2", "--output", str(output)]) == 0
+    check(json.loads(output.read_text()), 6, 2)
+    assert "documents, segments 2+:" in capsys.readouterr().out
 
-    _, held_out = language_modeling.documents(200, 0.02, 0)
-    model = RecurrentMemoryModel.from_pretrained(tmp_path / "a" / "runs" / "rmt" / "checkpoint" / "model")
-    nats = language_modeling_paired.nats_by_document(model, held_out[:6], 64, 4)
-    weights = language_modeling.predicted_bytes(200, 64)
-    by_segment = (nats.sum(0) / (6 * torch.tensor(weights)) / math.log(2)).tolist()
-    assert by_segment == pytest.approx(recorded["rmt"]["bpb_by_segment"], rel=1e-6)  # the benchmark sums in fp32
-    later = language_modeling_paired.main([first, second, "--from-segment", "2", "--output", str(output)])
-    assert later == 0 and json.loads(output.read_text())["from_segment"] == 2
+    # The same no-memory run, scoring 4 documents: each side is checked on its own documents, paired on the first 4.
+    assert language_modeling.main([*args, "--eval-documents", "4", "--kinds", "baseline", "--output",
+                                   str(tmp_path / "b")]) == 0  # fmt: skip
+    assert language_modeling_paired.main([first, f"{tmp_path / 'b'}:baseline", "--output", str(output)]) == 0
+    check(json.loads(output.read_text()), 4, 1)
 
     # Runs of another seed held out other documents; a record the checkpoint does not give; a kind not trained.
-    assert language_modeling.main([*args, "--kinds", "baseline", "--seed", "1", "--output", str(tmp_path / "b")]) == 0
+    assert language_modeling.main([*args, "--kinds", "baseline", "--seed", "1", "--output", str(tmp_path / "c")]) == 0
     with pytest.raises(SystemExit, match="held out other documents \\(--seed 0 against 1\\)"):
-        language_modeling_paired.main([first, f"{tmp_path / 'b'}:baseline"])
+        language_modeling_paired.main([first, f"{tmp_path / 'c'}:baseline"])
     results = json.loads((tmp_path / "a" / "results.json").read_text())
-    results["runs"]["rmt"]["bpb"] += 0.01
+    results["runs"]["rmt"]["bpb"] += 2e-4  # past the tolerance of 1e-4
     (tmp_path / "a" / "results.json").write_text(json.dumps(results))
     with pytest.raises(SystemExit, match="the checkpoint is not the model that made the record"):
         language_modeling_paired.main([first, second])
