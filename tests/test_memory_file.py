@@ -234,14 +234,15 @@ def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, 
     document.write_text("Mary went to the kitchen . " * 30)
     memory = tmp_path / "doc.memory"
     args = ["generate", str(tmp_path / "model"), "--document", str(document), "--memory-file", str(memory)]
-    assert main([*args, "--prompt", "Where is Mary ?", "--max-new-tokens", "3", "--no-progress"]) == 0
-    first = capsys.readouterr().out
-    assert "read 180 tokens" in first and memory.exists()
+    assert main([*args, "--prompt", "Where is Mary ?", "--max-new-tokens", "3", "--chunk-tokens", "7"]) == 0
+    first, err = capsys.readouterr()
+    assert "read 180 tokens" in first and memory.exists() and "--chunk-tokens" not in err  # it read in chunks of 7
     args = ["generate", str(tmp_path / "model"), "--memory-file", str(memory), "--prompt", "Where is Mary ?"]
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
-    second = capsys.readouterr().out
+    second, err = capsys.readouterr()
     assert "loaded the memory" in second and second.splitlines()[-1] == first.splitlines()[-1]
-    # The command that read the document, run again with its --chunk-tokens: the memory is loaded, and the flag noted.
+    assert "--chunk-tokens" not in err  # not given
+    # The command that read the document, run again as it was: the memory is loaded, and --chunk-tokens noted.
     reread = ["generate", str(tmp_path / "model"), "--document", str(document), "--memory-file", str(memory)]
     assert main([*reread, "--chunk-tokens", "7", "--prompt", "Where is Mary ?", "--max-new-tokens", "3"]) == 0
     out, err = capsys.readouterr()

@@ -127,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
     reading = {"dtype": args.dtype, "trailing_breaks": args.question is None}
     if memory_file is not None and memory_file.exists():
         state = _saved_memory(model, memory_file, args.document, reading)
+        if flags_given(args, ["--chunk-tokens"]):
+            # A note, once the memory is taken: the same command reads and saves the document on its first run and
+            # loads the memory on the next.
+            print(
+                f"note: --chunk-tokens has no effect: the document's memory is loaded from --memory-file "
+                f"{memory_file}, not read",
+                file=sys.stderr,
+            )
     else:
         document = Path(args.document)
         raw = document.read_bytes()  # hashed as read: a file that changes while it is read is not the one recorded
@@ -190,13 +198,6 @@ def _checked_flags(args: argparse.Namespace) -> tuple[str | None, Path | None, d
         )
     if args.document is not None:  # a missing or binary file: refused before the model loads
         check_text_file(args.document, f"--document {args.document}")
-    if memory_file is not None and memory_file.exists() and flags_given(args, ["--chunk-tokens"]):
-        # A note: the same command reads and saves the document on its first run and loads the memory on the next.
-        print(
-            f"note: --chunk-tokens has no effect: the document's memory is loaded from --memory-file {memory_file}, "
-            "not read",
-            file=sys.stderr,
-        )
     if memory_file is None or not memory_file.exists():
         if args.document is None:
             raise InputError(f"--memory-file {memory_file} does not exist yet: give --document to read")
