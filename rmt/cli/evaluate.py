@@ -44,6 +44,7 @@ from rmt.cli.evaluate_by_length import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_METHODS,
     DEFAULT_SAMPLES,
+    DTYPE_SETTING,
     by_length_plan,
     check_same_weights,
     run_by_length,
@@ -208,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
         plan.dtype = weights_dtype(model)
         if plan.earlier is not None:
             check_same_weights(args, plan.earlier, plan.weights, plan.dtype)
+            if DTYPE_SETTING not in plan.earlier["settings"]:  # cells kept from a results.json that did not say
+                plan.dtype = None
+
         return run_by_length(args, model, plan)
     args.batches = DEFAULT_BATCHES if args.batches is None else args.batches
     args.batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
