@@ -101,21 +101,28 @@ def config_of(kind: str, args: argparse.Namespace) -> RMTConfig:
 
 
 @torch.no_grad()
+def nats_by_document(model, docs: list[bytes], segment: int, batch_size: int) -> torch.Tensor:
+    """[documents, segments]: the summed loss in nats of the bytes each segment of each document predicts (a
+    document's first byte predicts nothing)."""
+    rows = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(docs), batch_size):
+            ids = torch.tensor([list(d) for d in docs[start : start + batch_size]], dtype=torch.long)
+            logits = model(ids).logits.float()  # [B, N, 256]
+            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, N - 1]
+            positions = torch.arange(1, ids.shape[1]) // segment  # segment of each predicted byte
+            sums = torch.zeros(ids.shape[0], int(positions.max()) + 1, dtype=torch.float64)
+            rows.append(sums.index_add_(1, positions, loss.double()))
+    model.train()
+    return torch.cat(rows)
+
+
 def bits_by_segment(model, docs: list[bytes], segment: int, batch_size: int) -> list[float]:
     """Bits per byte of the held-out documents at each segment position (the first byte predicts nothing)."""
-    totals, counts = None, None
-    model.eval()
-    for start in range(0, len(docs), batch_size):
-        ids = torch.tensor([list(d) for d in docs[start : start + batch_size]], dtype=torch.long)
-        logits = model(ids).logits.float()  # [B, N, 256]
-        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, N - 1]
-        positions = torch.arange(1, ids.shape[1]) // segment  # segment of each predicted byte
-        per_segment = torch.zeros(int(positions.max()) + 1).index_add_(0, positions, loss.sum(0))
-        number = torch.zeros_like(per_segment).index_add_(0, positions, torch.full_like(loss[0], ids.shape[0]))
-        totals = per_segment if totals is None else totals + per_segment
-        counts = number if counts is None else counts + number
-    model.train()
-    return [float(t / c / math.log(2)) for t, c in zip(totals, counts, strict=True)]
+    nats = nats_by_document(model, docs, segment, batch_size)
+    counts = predicted_bytes(len(docs[0]), segment)  # every document has the same length
+    return [float(total / (len(docs) * count) / math.log(2)) for total, count in zip(nats.sum(0), counts, strict=True)]
 
 
 def predicted_bytes(document_bytes: int, segment: int) -> list[int]:

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import torch_threads, write_json
-from benchmarks.language_modeling import HELD_OUT, documents, predicted_bytes
+from benchmarks.language_modeling import HELD_OUT, documents, nats_by_document, predicted_bytes
 from rmt.memory.recurrent import RecurrentMemoryModel
 
 # How close the recomputed overall bpb must come to the recorded one (evaluation batches of another size round
@@ -38,22 +37,6 @@ from rmt.memory.recurrent import RecurrentMemoryModel
 REPRODUCED_TOLERANCE = 1e-4
 # Settings that decide which documents are held out and how they are cut into segments
 SAME_DOCUMENTS = ("seed", "document_bytes")
-
-
-def nats_by_document(model: Any, docs: list[bytes], segment: int, batch_size: int) -> torch.Tensor:
-    """[documents, segments]: the summed loss in nats of the bytes each segment of each document predicts (a
-    document's first byte predicts nothing)."""
-    rows = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(docs), batch_size):
-            ids = torch.tensor([list(d) for d in docs[start : start + batch_size]], dtype=torch.long)
-            logits = model(ids).logits.float()  # [B, N, 256]
-            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, N - 1]
-            positions = torch.arange(1, ids.shape[1]) // segment  # segment of each predicted byte
-            sums = torch.zeros(ids.shape[0], int(positions.max()) + 1, dtype=torch.float64)
-            rows.append(sums.index_add_(1, positions, loss.double()))
-    return torch.cat(rows)
 
 
 def side(spec: str) -> tuple[Path, str, dict[str, Any]]:
