@@ -132,7 +132,7 @@ def test_language_modeling_paired_reads_the_models_again_and_pairs_their_documen
         model = RecurrentMemoryModel.from_pretrained(tmp_path / "a" / "runs" / kind / "checkpoint" / "model")
         nats[kind] = language_modeling.nats_by_document(model, held_out[:6], 64, 4)
         by_segment = (nats[kind].sum(0) / (6 * torch.tensor(weights)) / math.log(2)).tolist()
-        assert by_segment == pytest.approx(recorded[kind]["bpb_by_segment"], rel=1e-6)  # fp32 sums in runs made before
+        assert by_segment == pytest.approx(recorded[kind]["bpb_by_segment"], rel=1e-6)  # the run's own record
 
     def check(result: dict, documents: int, first_segment: int) -> None:
         """`result` against the per-document bpb of rmt and baseline on the first `documents` documents."""
