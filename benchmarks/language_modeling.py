@@ -95,6 +95,7 @@ def config_of(kind: str, args: argparse.Namespace) -> RMTConfig:
         segment_size=args.segment_size,
         xl_cache_tokens=cache,
         xl_cache_recompute=args.xl_recompute and cache > 0,
+        xl_contiguous_positions=args.xl_contiguous_positions and cache > 0 and memory > 0,
         bptt_depth=depth,
         memory_write_scale=args.memory_write_scale if memory else "hidden",
     )
@@ -175,7 +176,7 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
 # What may differ between processes filling one output folder: which kinds each trains, how, and where the folder is.
 NOT_COMPARED = ("kinds", "threads", "no_progress", "output")
 # Settings added after runs were committed, with the value those runs had: an older results.json still compares.
-ADDED_SETTINGS = {"xl_recompute": False, "memory_write_scale": "hidden"}
+ADDED_SETTINGS = {"xl_recompute": False, "memory_write_scale": "hidden", "xl_contiguous_positions": False}
 
 
 def comparable_settings(settings: dict) -> dict:
@@ -268,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         "--xl-recompute",
         action="store_true",
         help="Transformer-XL caches recompute keys/values from cached layer inputs (RMTConfig.xl_cache_recompute)",
+    )
+    parser.add_argument(
+        "--xl-contiguous-positions",
+        action="store_true",
+        help="Transformer-XL + memory numbers each segment's tokens on from the previous segment's last token "
+        "(RMTConfig.xl_contiguous_positions)",
     )
     parser.add_argument(
         "--memory-write-scale",

@@ -141,6 +141,16 @@ class RMTConfig:
             "the cache per layer per segment and the hidden states in the state."
         ),
     )
+    xl_contiguous_positions: bool = field(
+        default=False,
+        metadata=_doc(
+            "Decoder RMT with a Transformer-XL cache and memory tokens: number each segment's tokens on from the "
+            "previous segment's last token, its read slots taking the M positions just before them (those of the "
+            "previous segment's last M tokens, which the cache keeps at their own). By default the read slots take "
+            "M new positions between the two segments, so a segment's first token sits M + 1 positions after the "
+            "token before it where Transformer-XL alone has it 1 after."
+        ),
+    )
     memory_write_scale: MemoryWriteScale = field(
         default="hidden",
         metadata=_doc(
@@ -198,7 +208,7 @@ class RMTConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise InputError(f"RMTConfig.{name} must be a token id (an integer >= 0) or None, got {value!r}")
-        for name in ("armt_write_norm", "read_memory_only", "xl_cache_recompute"):
+        for name in ("armt_write_norm", "read_memory_only", "xl_cache_recompute", "xl_contiguous_positions"):
             if not isinstance(getattr(self, name), bool):  # a string "false" would read as true
                 raise InputError(f"RMTConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.num_memory_tokens < 0:
@@ -215,6 +225,12 @@ class RMTConfig:
             raise InputError("RMTConfig.xl_cache_tokens > 0 needs mode='decoder' and memory_kind='rmt'")
         if self.xl_cache_recompute and not self.xl_cache_tokens:
             raise InputError("RMTConfig.xl_cache_recompute needs a Transformer-XL cache (xl_cache_tokens > 0)")
+        if self.xl_contiguous_positions and not (self.xl_cache_tokens and self.num_memory_tokens):
+            raise InputError(
+                "RMTConfig.xl_contiguous_positions places memory slots beside a Transformer-XL cache: it needs "
+                f"xl_cache_tokens > 0 and num_memory_tokens > 0 (got {self.xl_cache_tokens} and "
+                f"{self.num_memory_tokens})"
+            )
         if self.memory_kind == "armt" and self.mode != "decoder":
             raise InputError("RMTConfig.memory_kind='armt' requires mode='decoder'")
         if self.read_memory_only and self.num_memory_tokens == 0:

@@ -73,6 +73,39 @@ def test_memtrxl_segment_equals_a_long_window_without_the_old_read_slots():
     torch.testing.assert_close(model(ids).logits[:, t:], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_with_padding", [False, True])
+def test_memtrxl_with_contiguous_positions_numbers_the_tokens_on(batch_with_padding):
+    # As above, with xl_contiguous_positions: segment 2's read memory takes the positions of segment 1's last M
+    # tokens and its tokens follow segment 1's last one, [memory 0 | segment 1 | memory 1 | segment 2] at
+    # 0..m-1, m..m+t-1, t..t+m-1, m+t..m+2t-1. A right-padded row beside a longer one must give the same logits.
+    m, t = 3, 5
+    model = model_for("llama", num_memory_tokens=m, segment_size=t, xl_cache_tokens=t, xl_contiguous_positions=True)
+    ids = random_ids(1, 2 * t, seed=3)
+    memory_1 = model(ids[:, :t]).memory_state[0]
+    embed = model.backbone.get_input_embeddings()
+    memory_0 = model.initial_state(1)[0]
+    embeds = torch.cat([memory_0, embed(ids[:, :t]), memory_1, embed(ids[:, t:])], dim=1)
+    n = embeds.shape[1]
+    allowed = torch.ones(n, n).tril().bool()
+    allowed[m + t :, :m] = False
+    mask = torch.zeros(1, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    positions = torch.cat([torch.arange(m), m + torch.arange(t), t + torch.arange(m), m + t + torch.arange(t)])
+    hidden = model.backbone.base_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions[None]
+    ).last_hidden_state
+    expected = model.backbone.get_output_embeddings()(hidden[:, 2 * m + t :])
+    if batch_with_padding:  # this sample, right-padded, beside one 3 tokens longer
+        batch = torch.cat([torch.cat([ids, ids[:, :3]], dim=1), random_ids(1, 2 * t + 3, seed=4)])
+        attention_mask = torch.ones_like(batch)
+        attention_mask[0, 2 * t :] = 0
+        logits = model(batch, attention_mask=attention_mask).logits[:1, t : 2 * t]
+    else:
+        logits = model(ids).logits[:, t:]
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    default = model_for("llama", num_memory_tokens=m, segment_size=t, xl_cache_tokens=t)
+    assert (default(ids).logits[:, t:] - expected).abs().max() > 1e-3  # the default numbers them otherwise
+
+
 # --- detached, bounded --------------------------------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ def test_every_memory_flag_reaches_the_model_config():
         "read_memory_only": ["--read-memory-only"],
         "xl_cache_tokens": ["--xl-cache-tokens", "4"],
         "xl_cache_recompute": ["--xl-cache-tokens", "4", "--xl-cache-recompute"],
+        "xl_contiguous_positions": ["--memory-tokens", "2", "--xl-cache-tokens", "4", "--xl-contiguous-positions"],
         "encoder_memory_input": ["--encoder-memory-input", "embedding_layer"],
         "encoder_memory_init": ["--encoder-memory-init", "embedding_output"],
         "memory_write_scale": ["--memory-write-scale", "token_embeddings"],

@@ -23,6 +23,15 @@ from rmt.config import RMTConfig, field_help
         ({"read_memory_only": True, "num_memory_tokens": 0}, r"read_memory_only needs num_memory_tokens >= 1"),
         ({"read_memory_only": "false"}, r"read_memory_only must be true or false, got 'false'"),
         ({"armt_write_norm": 1}, r"armt_write_norm must be true or false, got 1"),
+        ({"xl_contiguous_positions": "no"}, r"xl_contiguous_positions must be true or false, got 'no'"),
+        (
+            {"xl_contiguous_positions": True, "num_memory_tokens": 2},
+            r"xl_contiguous_positions .* needs xl_cache_tokens > 0 and num_memory_tokens > 0 \(got 0 and 2\)",
+        ),
+        (
+            {"xl_contiguous_positions": True, "xl_cache_tokens": 4, "num_memory_tokens": 0},
+            r"xl_contiguous_positions .* \(got 4 and 0\)",
+        ),
         ({"sep_token_id": "102"}, r"sep_token_id must be a token id \(an integer >= 0\) or None, got '102'"),
         ({"cls_token_id": -1}, r"cls_token_id must be a token id"),
     ],

@@ -38,6 +38,7 @@ CONFIGS = {
     "no-memory": {"num_memory_tokens": 0},
     "trxl": {"num_memory_tokens": 0, "xl_cache_tokens": 4},
     "memtrxl": {"xl_cache_tokens": 7},
+    "memtrxl-contiguous": {"xl_cache_tokens": 7, "xl_contiguous_positions": True},
     "memory-at-start": {"read_memory_only": True, "xl_cache_tokens": 5},
 }
 

@@ -16,7 +16,11 @@ from rmt.memory.stream import MemoryStream
 ATOL = 1e-5
 
 
-RMT_VARIANTS = {"memtrxl": {"xl_cache_tokens": 4}, "rmt-rescaled": {"memory_write_scale": "token_embeddings"}}
+RMT_VARIANTS = {
+    "memtrxl": {"xl_cache_tokens": 4},
+    "memtrxl-contiguous": {"xl_cache_tokens": 4, "xl_contiguous_positions": True},
+    "rmt-rescaled": {"memory_write_scale": "token_embeddings"},
+}
 
 
 def decoder(kind: str, family: str = "llama"):
@@ -56,7 +60,7 @@ def assert_states_equal(a, b) -> None:
     tree_map(lambda x, y: torch.testing.assert_close(x, y, atol=0, rtol=0) or x, a, b)
 
 
-@pytest.mark.parametrize("kind", ["rmt", "memtrxl", "rmt-rescaled", "armt"])
+@pytest.mark.parametrize("kind", ["rmt", "memtrxl", "memtrxl-contiguous", "rmt-rescaled", "armt"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_chunkings_equal_one_pass(kind, seed):
     model = decoder(kind)

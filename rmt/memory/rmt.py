@@ -92,10 +92,12 @@ class RMTForCausalLM(RecurrentMemoryModel):
       too would give each segment a second, stale copy of the memory, and C counts input tokens as `mem_len` does.
     - Positions run on across segments as if the input were laid out in one line [mem | seg 1 | mem | seg 2 ...]:
       a segment starting at position P puts its read slots at P..P+M-1 and its tokens at P+M.., and the next segment
-      starts at P+M+t, so its read slots take the previous write slots' positions ('sequential'). Cached keys keep
-      the positions they were computed at, so with M = 0 a segment plus its cache computes what one long attention
-      window over the same tokens computes. Rotary backbones handle any length; learned absolute positions (GPT-2)
-      must cover the whole input (checked, with an error naming the limit).
+      starts at P+M+t, so its read slots take the previous write slots' positions ('sequential'). With
+      `config.xl_contiguous_positions` the next segment starts at P+t instead: its read slots share the positions
+      of the previous segment's last M tokens and its tokens number on from that segment's last one. Cached keys
+      keep the positions they were computed at, so with M = 0 a segment plus its cache computes what one long
+      attention window over the same tokens computes. Rotary backbones handle any length; learned absolute
+      positions (GPT-2) must cover the whole input (checked, with an error naming the limit).
     - State (a tuple, batch first in every leaf, so the shared loop can select, merge and detach rows):
       (memory [B, M, D], keys [B, L, H, C, d], values [B, L, H, C, d], cache_mask [B, C] bool, next_position [B]).
       Valid cache entries are right-aligned (oldest first); a False mask entry (start of the input, or fewer than C
@@ -386,7 +388,8 @@ class RMTForCausalLM(RecurrentMemoryModel):
         keep = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices[:, -c:]  # [b, C]
         index = keep[:, None, None, :, None].expand(-1, keys.shape[1], keys.shape[2], -1, keys.shape[4])
         lengths = attention_mask.sum(dim=1)  # [b]
-        cache = (keys.gather(3, index), values.gather(3, index), valid.gather(1, keep), next_position + m + lengths)
+        advance = lengths if self.config.xl_contiguous_positions else m + lengths
+        cache = (keys.gather(3, index), values.gather(3, index), valid.gather(1, keep), next_position + advance)
         if layer_inputs is None:
             return cache
         hidden = torch.cat([state[5], layer_inputs.detach()], dim=2)  # [b, L, C + t, D]
