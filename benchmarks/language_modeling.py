@@ -10,10 +10,11 @@ into documents of --document-bytes bytes; 2% of the documents (seeded) are held 
 (vocabulary 256), so the metric is bits per byte (bpb), as for enwik8 in the paper.
 
 Models (the same random Llama-architecture backbone, --layers x --hidden; segments of --segment-size bytes, the
-paper's enwik8 setting by default): `baseline` (no memory, each segment alone), `trxl` (cache of --memory previous
-tokens; with --xl-recompute its keys/values are recomputed from the cached layer inputs, the original
-Transformer-XL's gradients), `rmt` (--memory memory tokens, BPTT depth --bptt; --memory-write-scale
-token_embeddings writes the memory at the token embeddings' scale), `trxl+rmt` (both). Each trains
+paper's enwik8 setting by default): `baseline` (no memory, each segment alone), `trxl` (cache of --cache previous
+tokens, by default --memory of them; with --xl-recompute its keys/values are recomputed from the cached layer inputs,
+the original Transformer-XL's gradients), `rmt` (--memory memory tokens, BPTT depth --bptt; --memory-write-scale
+token_embeddings writes the memory at the token embeddings' scale), `trxl+rmt` (both; --xl-contiguous-positions
+numbers each segment's tokens on from the previous segment's last one). Each trains
 --steps steps of --batch-size documents (bf16 autocast with --bf16), then is scored on the held-out documents: bpb
 overall and by the position of the segment in its document (memory helps later segments). Writes results.json,
 results.md and bpb_by_segment.png to --output; the table sits next to the paper's numbers for orientation
@@ -88,7 +89,7 @@ class ByteDocuments(Source):
 
 def config_of(kind: str, args: argparse.Namespace) -> RMTConfig:
     memory = args.memory if "rmt" in kind else 0
-    cache = args.memory if "trxl" in kind else 0
+    cache = (args.memory if args.cache is None else args.cache) if "trxl" in kind else 0
     depth = args.bptt if memory else -1
     return RMTConfig(
         num_memory_tokens=memory,
@@ -146,7 +147,7 @@ def positions_needed(document_bytes: int, segment_size: int, memory: int) -> int
 
 def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: list[bytes]) -> dict:
     config = config_of(kind, args)
-    positions = positions_needed(args.document_bytes, args.segment_size, args.memory)
+    positions = positions_needed(args.document_bytes, args.segment_size, args.memory)  # the cache adds none
     backbone = random_backbone("llama", 256, args.layers, args.hidden, args.heads, positions, seed=args.seed)
     model = memory_model(backbone, config)
     train_config = TrainConfig(
@@ -176,7 +177,12 @@ def run(kind: str, args: argparse.Namespace, source: ByteDocuments, held_out: li
 # What may differ between processes filling one output folder: which kinds each trains, how, and where the folder is.
 NOT_COMPARED = ("kinds", "threads", "no_progress", "output")
 # Settings added after runs were committed, with the value those runs had: an older results.json still compares.
-ADDED_SETTINGS = {"xl_recompute": False, "memory_write_scale": "hidden", "xl_contiguous_positions": False}
+ADDED_SETTINGS = {
+    "xl_recompute": False,
+    "memory_write_scale": "hidden",
+    "xl_contiguous_positions": False,
+    "cache": None,
+}
 
 
 def comparable_settings(settings: dict) -> dict:
@@ -251,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=4, help="attention heads of the backbone (default: %(default)s)")
     parser.add_argument("--segment-size", type=int, default=128, help="bytes per segment (default: %(default)s)")
     parser.add_argument("--memory", type=int, default=20, help="memory tokens and Tr-XL cache length")
+    parser.add_argument(
+        "--cache",
+        type=int,
+        default=None,
+        help="Tr-XL cache length when it differs from --memory (the paper's Transformer-XL + memory: 150 + 10)",
+    )
     parser.add_argument("--bptt", type=int, default=2, help="RMT's BPTT depth")
     parser.add_argument(
         "--document-bytes",
@@ -297,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         "(default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    if args.cache is not None and args.cache < 1:
+        parser.error(f"--cache {args.cache}: a Transformer-XL cache holds at least 1 token (leave it out for --memory)")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     train_docs, held_out = documents(args.document_bytes, HELD_OUT, args.seed)

@@ -87,14 +87,26 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
     runs = json.loads((rescaled / "results.json").read_text())["runs"]
     assert runs["rmt"]["rmt_config"]["memory_write_scale"] == "token_embeddings"
     assert runs["trxl"]["rmt_config"]["memory_write_scale"] == "hidden"
+    longer = tmp_path / "longer-cache"  # --cache sets the Transformer-XL cache apart from the memory tokens
+    contiguous = ["--cache", "32", "--memory", "4", "--xl-contiguous-positions"]
+    assert language_modeling.main([*args[:-1], str(longer), "--kinds", "trxl", "trxl+rmt", *contiguous]) == 0
+    runs = json.loads((longer / "results.json").read_text())["runs"]
+    assert [runs["trxl"]["rmt_config"][k] for k in ("xl_cache_tokens", "num_memory_tokens")] == [32, 0]
+    both = runs["trxl+rmt"]["rmt_config"]
+    assert [both[k] for k in ("xl_cache_tokens", "num_memory_tokens", "xl_contiguous_positions")] == [32, 4, True]
+    assert not runs["trxl"]["rmt_config"]["xl_contiguous_positions"]  # no memory tokens to place
+    with pytest.raises(SystemExit, match="other settings.*cache"):
+        language_modeling.main([*args[:-1], str(longer), "--kinds", "rmt", "--memory", "4"])
 
 
-@pytest.mark.parametrize("segment_size, memory", [(50, 10), (128, 20), (64, 4)])
-def test_language_modeling_backbone_covers_the_positions_every_kind_uses(segment_size, memory):
+@pytest.mark.parametrize(
+    "segment_size, memory, cache", [(50, 10, None), (128, 20, None), (64, 4, None), (150, 10, 150)]
+)
+def test_language_modeling_backbone_covers_the_positions_every_kind_uses(segment_size, memory, cache):
     """Transformer-XL + memory at segments of 50 reached position 1243 where the backbone was given 1164 positions
     (harmless for a Llama's rotary positions, fatal for a position table)."""
-    args = argparse.Namespace(memory=memory, segment_size=segment_size, bptt=-1, xl_recompute=False)
-    args.memory_write_scale = "hidden"
+    args = argparse.Namespace(memory=memory, segment_size=segment_size, bptt=-1, xl_recompute=False, cache=cache)
+    args.memory_write_scale, args.xl_contiguous_positions = "hidden", False
     needed = language_modeling.positions_needed(1024, segment_size, memory)
     for kind in language_modeling.KINDS:
         backbone = random_backbone("llama", 256, 1, 16, 2, needed, seed=0)
