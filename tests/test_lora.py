@@ -166,6 +166,20 @@ def test_optimizer_groups_hold_the_adapters_and_the_encoders_new_head():
     assert trainable == groups["backbone"] | groups["memory"]
 
 
+@pytest.mark.parametrize("trainable", ["memory", "lora", "all"])
+def test_parameter_summary_counts_an_encoders_new_head_apart_from_the_memory(trainable):
+    from rmt.train.loop import _parameter_summary
+
+    model = memory_model(tiny_encoder(), RMTConfig(num_memory_tokens=2, segment_size=16, mode="encoder"))
+    if trainable == "lora":
+        add_lora(model.backbone, rank=2)
+    optimizer, _ = build_optimizer(model, lora_config(trainable=trainable))
+    head = sum(p.numel() for p in model.backbone.classifier.parameters())
+    line = _parameter_summary(model, optimizer, trainable)
+    assert f"memory {model.memory.numel():,}, task head {head:,}" in line, line
+    assert ("backbone" in line) == (trainable != "memory")
+
+
 def test_armt_trains_with_adapters_and_the_diagonal_engine_needs_them_merged(tmp_path):
     model, source = copy_model("llama", memory="armt")
     strengthen_memory(model)

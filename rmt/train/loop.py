@@ -71,7 +71,7 @@ from rmt.train.checkpoint import (
 )
 from rmt.train.config import TrainConfig
 from rmt.train.evaluation import evaluate
-from rmt.train.optim import build_optimizer, trainable_parameters
+from rmt.train.optim import build_optimizer, task_head_ids, trainable_parameters
 from rmt.train.schedules import stage_at
 
 METRICS_FILE = "metrics.jsonl"
@@ -880,14 +880,17 @@ def train_in_context(
     return train(one_window(backbone, task), source, config, output_dir, description=description, overwrite=overwrite)
 
 
-def _parameter_summary(model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainable: str) -> str:
-    """One line: how many parameters train, of how many, by optimizer group (memory / backbone)."""
+def _parameter_summary(model: RecurrentMemoryModel, optimizer: torch.optim.Optimizer, trainable: str) -> str:
+    """One line: how many parameters train, of how many, by optimizer group (memory / backbone), a classifier's task
+    head (in the memory group) counted apart."""
     total = sum(p.numel() for p in model.parameters())
     labels = {"backbone": "backbone LoRA adapters" if trainable == "lora" else "backbone"}
+    head = task_head_ids(model)
     groups: dict[str, int] = {}
     for group in optimizer.param_groups:  # a name may have two groups (decayed or not): counted together
-        label = labels.get(group["name"], group["name"])
-        groups[label] = groups.get(label, 0) + sum(p.numel() for p in group["params"])
+        for param in group["params"]:
+            label = "task head" if id(param) in head else labels.get(group["name"], group["name"])
+            groups[label] = groups.get(label, 0) + param.numel()
     training = sum(groups.values())
     by_group = ", ".join(f"{name} {count:,}" for name, count in groups.items())
     return f"training {training:,} of {total:,} parameters ({100 * training / max(total, 1):.2f}%): {by_group}"

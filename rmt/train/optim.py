@@ -26,12 +26,7 @@ def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[
     as `trainable` says: every parameter for "all", the wrapper's and a classifier head's for "memory", those and
     the LoRA adapters for "lora". Set, not only cleared: a model that its user froze trains whole with "all"
     (`train` restores the flags when it ends)."""
-    head = set()
-    if not model.token_logits:
-        for name in CLASSIFIER_HEADS:  # a sequence classifier's task head: new for every task
-            module = getattr(model.backbone, name, None)
-            if isinstance(module, nn.Module):
-                head.update(id(p) for p in module.parameters())
+    head = task_head_ids(model)
     memory, backbone = [], []
     for name, param in model.named_parameters():
         in_backbone = name.startswith("backbone.")
@@ -43,6 +38,18 @@ def parameter_groups(model: RecurrentMemoryModel, trainable: str) -> tuple[list[
         if param.requires_grad:
             (memory if own else backbone).append(param)
     return memory, backbone
+
+
+def task_head_ids(model: RecurrentMemoryModel) -> set[int]:
+    """The ids of a sequence classifier's task head parameters (new for every task, so they train with the memory);
+    empty for a causal LM."""
+    head: set[int] = set()
+    if not model.token_logits:
+        for name in CLASSIFIER_HEADS:
+            module = getattr(model.backbone, name, None)
+            if isinstance(module, nn.Module):
+                head.update(id(p) for p in module.parameters())
+    return head
 
 
 def build_optimizer(
