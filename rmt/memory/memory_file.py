@@ -79,7 +79,7 @@ _FIRST_FORMAT_ROWS = 64  # rmt-memory-1: rows of the embedding matrix hashed int
 _CHECKSUM = "tensors_sha256"
 # RMTConfig fields added after memory files were first written, with the value every older file's model had: left
 # out of the config fingerprint at that value, so the older files still load.
-_FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False}
+_FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False, "xl_contiguous_positions": False}
 
 
 # RMTConfig fields that say how a model trains, not what it computes: a memory file does not depend on them.
