@@ -79,6 +79,19 @@ def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
     assert run_cli([*args, "--batch-size", "1", "--grad-accumulation", "2"], capsys)[0] == 0
 
 
+def test_resume_compares_a_memory_setting_added_after_the_checkpoint_with_its_default(trained_run, capsys):
+    """A checkpoint written before a config field existed lacks it; its model had the default, so a resume that sets
+    the field otherwise is refused (it was skipped) and one that keeps the default goes on."""
+    state_file = trained_run / "checkpoint" / "trainer_state.json"
+    record = json.loads(state_file.read_text())
+    del record["rmt_config"]["memory_write_scale"]
+    state_file.write_text(json.dumps(record))
+    args = ["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]
+    code, err = run_cli([*args, "--memory-write-scale", "token_embeddings"], capsys)
+    assert code == 2 and "--memory-write-scale: checkpoint 'hidden', now 'token_embeddings'" in err
+    assert run_cli(args, capsys)[0] == 0
+
+
 def test_resume_from_a_damaged_checkpoint(trained_run, capsys):
     state = trained_run / "checkpoint" / "accelerate"
     target = next(p for p in state.iterdir() if p.name.startswith("optimizer"))

@@ -32,6 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError
 
+from rmt.config import RMTConfig
 from rmt.errors import InputError, MissingFileError
 from rmt.files import (
     recover_directory,
@@ -224,9 +225,13 @@ class ModelMismatchError(CheckpointDifferenceError):
 def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path: Path) -> None:
     differences = []
     saved = record.get("rmt_config", {})
+    # A field the record lacks was added to RMTConfig after the checkpoint was written: the checkpoint's model had
+    # its default, as the model loaded from it has now.
+    defaults = RMTConfig().to_dict()
     for key, value in model.config.to_dict().items():
-        if key in saved and saved[key] != value:
-            differences.append((key, saved[key], value))
+        before = saved.get(key, defaults[key])
+        if saved and before != value:
+            differences.append((key, before, value))
     for key, value in _backbone_shape(model).items():
         saved_value = record.get("backbone", {}).get(key)
         if saved_value is not None and saved_value != value:
