@@ -51,13 +51,11 @@ def test_cache_shorter_than_a_segment_sees_exactly_the_last_mem_len_tokens(famil
     torch.testing.assert_close(model(ids).logits[:, 6:], window[:, 4:], rtol=1e-5, atol=1e-5)
 
 
-def test_memtrxl_segment_equals_a_long_window_without_the_old_read_slots():
-    # MemTrXL, segment 2: cached tokens of segment 1 (computed with memory 0 in view), then read memory 1, tokens.
-    # Oracle: one pass over [memory 0 | segment 1 | memory 1 | segment 2] at positions 0.., causal, except that
-    # segment 2's side does not see memory 0 (it is not in the cache).
-    m, t = 3, 5
-    model = model_for("llama", num_memory_tokens=m, segment_size=t, xl_cache_tokens=t)
-    ids = random_ids(1, 2 * t, seed=3)
+def second_segment_in_one_window(model: RMTForCausalLM, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """MemTrXL's logits for segment 2 of `ids` (two segments, the cache holding segment 1), computed in one pass over
+    [memory 0 | segment 1 | memory 1 | segment 2] at `positions`, causal except that segment 2's side does not see
+    memory 0 (it is not in the cache). Memory 1 is the memory segment 1 writes."""
+    m, t = model.config.num_memory_tokens, model.config.segment_size
     memory_1 = model(ids[:, :t]).memory_state[0]  # [1, M, D]
     embed = model.backbone.get_input_embeddings()
     memory_0 = model.initial_state(1)[0]
@@ -67,33 +65,31 @@ def test_memtrxl_segment_equals_a_long_window_without_the_old_read_slots():
     allowed[m + t :, :m] = False
     mask = torch.zeros(1, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
     hidden = model.backbone.base_model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=torch.arange(n)[None]
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions[None]
     ).last_hidden_state
-    expected = model.backbone.get_output_embeddings()(hidden[:, 2 * m + t :])
+    return model.backbone.get_output_embeddings()(hidden[:, 2 * m + t :])
+
+
+def test_memtrxl_segment_equals_a_long_window_without_the_old_read_slots():
+    # MemTrXL, segment 2: cached tokens of segment 1 (computed with memory 0 in view), then read memory 1, tokens,
+    # at positions 0.. running on.
+    m, t = 3, 5
+    model = model_for("llama", num_memory_tokens=m, segment_size=t, xl_cache_tokens=t)
+    ids = random_ids(1, 2 * t, seed=3)
+    expected = second_segment_in_one_window(model, ids, torch.arange(2 * (m + t)))
     torch.testing.assert_close(model(ids).logits[:, t:], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch_with_padding", [False, True])
 def test_memtrxl_with_contiguous_positions_numbers_the_tokens_on(batch_with_padding):
-    # As above, with xl_contiguous_positions: segment 2's read memory takes the positions of segment 1's last M
+    # With xl_contiguous_positions: segment 2's read memory takes the positions of segment 1's last M
     # tokens and its tokens follow segment 1's last one, [memory 0 | segment 1 | memory 1 | segment 2] at
     # 0..m-1, m..m+t-1, t..t+m-1, m+t..m+2t-1. A right-padded row beside a longer one must give the same logits.
     m, t = 3, 5
     model = model_for("llama", num_memory_tokens=m, segment_size=t, xl_cache_tokens=t, xl_contiguous_positions=True)
     ids = random_ids(1, 2 * t, seed=3)
-    memory_1 = model(ids[:, :t]).memory_state[0]
-    embed = model.backbone.get_input_embeddings()
-    memory_0 = model.initial_state(1)[0]
-    embeds = torch.cat([memory_0, embed(ids[:, :t]), memory_1, embed(ids[:, t:])], dim=1)
-    n = embeds.shape[1]
-    allowed = torch.ones(n, n).tril().bool()
-    allowed[m + t :, :m] = False
-    mask = torch.zeros(1, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
     positions = torch.cat([torch.arange(m), m + torch.arange(t), t + torch.arange(m), m + t + torch.arange(t)])
-    hidden = model.backbone.base_model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=positions[None]
-    ).last_hidden_state
-    expected = model.backbone.get_output_embeddings()(hidden[:, 2 * m + t :])
+    expected = second_segment_in_one_window(model, ids, positions)
     if batch_with_padding:  # this sample, right-padded, beside one 3 tokens longer
         batch = torch.cat([torch.cat([ids, ids[:, :3]], dim=1), random_ids(1, 2 * t + 3, seed=4)])
         attention_mask = torch.ones_like(batch)
