@@ -108,14 +108,13 @@ def nats_by_document(model, docs: list[bytes], segment: int, batch_size: int) ->
     document's first byte predicts nothing)."""
     rows = []
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(docs), batch_size):
-            ids = torch.tensor([list(d) for d in docs[start : start + batch_size]], dtype=torch.long)
-            logits = model(ids).logits.float()  # [B, N, 256]
-            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, N - 1]
-            positions = torch.arange(1, ids.shape[1]) // segment  # segment of each predicted byte
-            sums = torch.zeros(ids.shape[0], int(positions.max()) + 1, dtype=torch.float64)
-            rows.append(sums.index_add_(1, positions, loss.double()))
+    for start in range(0, len(docs), batch_size):
+        ids = torch.tensor([list(d) for d in docs[start : start + batch_size]], dtype=torch.long)
+        logits = model(ids).logits.float()  # [B, N, 256]
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [B, N - 1]
+        positions = torch.arange(1, ids.shape[1]) // segment  # segment of each predicted byte
+        sums = torch.zeros(ids.shape[0], int(positions.max()) + 1, dtype=torch.float64)
+        rows.append(sums.index_add_(1, positions, loss.double()))
     model.train()
     return torch.cat(rows)
 
