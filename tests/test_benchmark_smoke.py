@@ -4,6 +4,7 @@ real runs are in benchmarks/results/): they run end to end and write what they p
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import statistics
@@ -44,11 +45,11 @@ from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.memory.segments import closed_length
 
 
-def test_language_modeling_weighs_each_segment_by_the_bytes_it_predicts():
+def test_language_modeling_weighs_each_segment_by_the_tokens_it_predicts():
     """A partial last segment (--document-bytes not a multiple of --segment-size) weighed as a full one."""
-    assert language_modeling.predicted_bytes(256, 64) == [63, 64, 64, 64]
-    assert language_modeling.predicted_bytes(200, 64) == [63, 64, 64, 8]
-    assert sum(language_modeling.predicted_bytes(200, 64)) == 199
+    assert language_modeling.predicted_tokens(256, 64) == [63, 64, 64, 64]
+    assert language_modeling.predicted_tokens(200, 64) == [63, 64, 64, 8]
+    assert sum(language_modeling.predicted_tokens(200, 64)) == 199
 
 
 def test_language_modeling_smoke(tmp_path, monkeypatch):
@@ -99,6 +100,74 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
         language_modeling.main([*args[:-1], str(longer), "--kinds", "rmt", "--memory", "4"])
 
 
+def test_language_modeling_reads_words_with_a_vocabulary_of_the_training_documents(monkeypatch):
+    """Words as WikiText-103 splits them; the vocabulary counted on the training documents only (a word seen only in
+    held-out text reads as <unk>); every document the same number of words; deterministic per seed."""
+    text = "Don't stop. " * 30 + "rare words 12 here " + "held " * 4 + "the end; " * 30
+    monkeypatch.setattr(language_modeling, "default_corpus_texts", lambda: [("book", text)])
+    assert language_modeling.WORD.findall("Don't stop, 12 cats.") == ["Don't", "stop", ",", "12", "cats", "."]
+    corpus = language_modeling.word_documents(10, 5, 0.2, seed=0)
+    assert len({len(d) for d in corpus.train + corpus.held_out}) == 1 and len(corpus.train[0]) == 10
+    assert corpus.vocabulary_size == 5 and all(0 <= i < 5 for d in corpus.train + corpus.held_out for i in d)
+    words = language_modeling.WORD.findall(text)
+    pieces = [tuple(words[i : i + 10]) for i in range(0, len(words) - 9, 10)]
+    train, held_out = language_modeling.split(pieces, 0.2, 0)
+    counts = collections.Counter(w for piece in train for w in piece)
+    vocabulary = {w: i + 1 for i, (w, _) in enumerate(counts.most_common(4))}
+    assert corpus.train == [tuple(vocabulary.get(w, 0) for w in piece) for piece in train]
+    assert corpus.held_out == [tuple(vocabulary.get(w, 0) for w in piece) for piece in held_out]
+    unknown = sum(w not in vocabulary for piece in held_out for w in piece) / (10 * len(held_out))
+    assert corpus.unknown_share == pytest.approx(unknown)
+    again = language_modeling.word_documents(10, 5, 0.2, seed=0)
+    assert (again.train, again.held_out) == (corpus.train, corpus.held_out)
+    assert language_modeling.word_documents(10, 5, 0.2, seed=1).held_out != corpus.held_out
+
+
+def test_language_modeling_in_words_smoke(tmp_path, monkeypatch, capsys):
+    """--unit word trains and scores on word ids (perplexity = 2 ** bits per word), pairs its runs, and refuses the
+    other unit's flags."""
+    books = [("book one", background_text(800, seed=1)), ("book two", background_text(800, seed=2))]
+    monkeypatch.setattr(language_modeling, "default_corpus_texts", lambda: books)
+    args = ["--unit", "word", "--steps", "2", "--document-words", "100", "--segment-size", "32", "--vocabulary", "16"]
+    args += ["--layers", "1", "--hidden", "32", "--memory", "4", "--no-progress", "--eval-documents", "6"]
+    assert language_modeling.main([*args, "--kinds", "baseline", "rmt", "--output", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["document_bytes"] is None and results["documents"]["vocabulary"] == 16
+    assert 0 < results["documents"]["unknown_share"] < 1
+    for kind, run in results["runs"].items():
+        assert "bpb" not in run and len(run["bpw_by_segment"]) == 4  # 100 words = 3 segments of 32 and one of 4
+        assert run["perplexity"] == pytest.approx(2 ** run["bpw"])
+        assert run["perplexity_by_segment"] == pytest.approx([2**b for b in run["bpw_by_segment"]])
+        assert 0 < run["bpw"] < 5  # untrained: about log2(16) = 4 bits
+        backbone = RecurrentMemoryModel.from_pretrained(tmp_path / "runs" / kind / "checkpoint" / "model").backbone
+        assert backbone.config.vocab_size == 16
+    assert (tmp_path / "perplexity_by_segment.png").exists() and "| perplexity | bpw |" in (
+        tmp_path / "results.md"
+    ).read_text()
+    output = tmp_path / "paired.json"
+    assert language_modeling_paired.main([f"{tmp_path}:rmt", f"{tmp_path}:baseline", "--output", str(output)]) == 0
+    paired = json.loads(output.read_text())
+    difference = results["runs"]["rmt"]["bpw"] - results["runs"]["baseline"]["bpw"]
+    assert paired["mean_difference"] == pytest.approx(difference, abs=1e-6)
+    assert paired["perplexity_ratio"] == pytest.approx(
+        results["runs"]["rmt"]["perplexity"] / results["runs"]["baseline"]["perplexity"], rel=1e-5
+    )
+    assert "bpw, 95% interval" in capsys.readouterr().out
+    other = tmp_path / "other-vocabulary"  # another vocabulary holds out the same words as other ids: refused
+    assert language_modeling.main([*args, "--vocabulary", "12", "--kinds", "baseline", "--output", str(other)]) == 0
+    with pytest.raises(SystemExit, match="held out other documents \\(--vocabulary 16 against 12\\)"):
+        language_modeling_paired.main([f"{tmp_path}:rmt", f"{other}:baseline"])
+    for flags, message in (
+        (["--vocabulary", "64"], "--vocabulary: only for --unit word"),
+        (["--unit", "word", "--document-bytes", "256"], "--document-bytes: only for --unit byte"),
+        (["--unit", "word", "--vocabulary", "1"], "at least one word besides <unk>"),
+    ):
+        with pytest.raises(SystemExit):
+            language_modeling.main([*flags, "--output", str(tmp_path / "refused")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 @pytest.mark.parametrize(
     "segment_size, memory, cache", [(50, 10, None), (128, 20, None), (64, 4, None), (150, 10, 150)]
 )
@@ -138,7 +207,7 @@ def test_language_modeling_paired_reads_the_models_again_and_pairs_their_documen
     )
     assert backbone["max_position_embeddings"] == language_modeling.positions_needed(200, 64, 4)  # as the run sized it
     _, held_out = language_modeling.documents(200, language_modeling.HELD_OUT, 0)
-    weights = language_modeling.predicted_bytes(200, 64)
+    weights = language_modeling.predicted_tokens(200, 64)
     nats = {}
     for kind in ("rmt", "baseline"):
         model = RecurrentMemoryModel.from_pretrained(tmp_path / "a" / "runs" / kind / "checkpoint" / "model")
