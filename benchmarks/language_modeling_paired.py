@@ -41,8 +41,8 @@ from benchmarks.language_modeling import (
 )
 from rmt.memory.recurrent import RecurrentMemoryModel
 
-# How close the recomputed overall bpb must come to the recorded one (evaluation batches of another size round
-# otherwise in the last digits; a different model differs in the second or third decimal)
+# How close the recomputed overall bits per byte or word must come to the recorded ones (evaluation batches of
+# another size round otherwise in the last digits; a different model differs in the second or third decimal)
 REPRODUCED_TOLERANCE = 1e-4
 # Settings that decide which documents are held out and how they are cut into segments
 SAME_DOCUMENTS = ("seed", "unit", "document_bytes", "document_words", "vocabulary")
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch_threads(args.threads):
         result = compare(args.first, args.second, args.from_segment, args.batch_size)
     low, high = result["interval_95"]
-    key = "bpw" if "perplexity_ratio" in result else "bpb"
+    key = metric_key(result["settings"])
     print(
         f"{args.first} - {args.second}, {result['documents']} documents, segments {args.from_segment}+: "
         f"{result['mean_difference']:+.4f} {key}, 95% interval [{low:+.4f}, {high:+.4f}]; the first better on "

@@ -95,6 +95,9 @@ def test_memtrxl_with_contiguous_positions_numbers_the_tokens_on(batch_with_padd
         attention_mask = torch.ones_like(batch)
         attention_mask[0, 2 * t :] = 0
         logits = model(batch, attention_mask=attention_mask).logits[:1, t : 2 * t]
+        # Positions advance by each row's own tokens, also in a segment the row only partly fills (3 of 5 here)
+        attention_mask[0, 2 * t - 2 :] = 0
+        assert model(batch, attention_mask=attention_mask).memory_state[4].tolist() == [2 * t - 2, 2 * t + 3]
     else:
         logits = model(ids).logits[:, t:]
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)

@@ -72,9 +72,12 @@ def test_language_modeling_smoke(tmp_path, monkeypatch):
     assert trxl["xl_cache_tokens"] == 20 and trxl["num_memory_tokens"] == 20 and trxl["bptt_depth"] == 2
     assert (tmp_path / "bpb_by_segment.png").exists() and "| trxl |" in (tmp_path / "results.md").read_text()
     assert not trxl["xl_cache_recompute"]
-    # A folder made before --xl-recompute existed takes more runs of the default cache, and refuses the other one.
+    # A folder made before --xl-recompute (and the later settings) existed takes more runs of the default cache, and
+    # refuses the other one.
     settings = results["settings"]
-    del settings["xl_recompute"], results["runs"]["trxl"]
+    for name in ("xl_recompute", "cache", "xl_contiguous_positions", "unit", "document_words", "vocabulary"):
+        del settings[name]
+    del results["runs"]["trxl"]
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert language_modeling.main([*args, "--kinds", "trxl"]) == 0
     with pytest.raises(SystemExit, match="other settings.*xl_recompute"):
@@ -111,7 +114,7 @@ def test_language_modeling_reads_words_with_a_vocabulary_of_the_training_documen
     assert corpus.vocabulary_size == 5 and all(0 <= i < 5 for d in corpus.train + corpus.held_out for i in d)
     words = language_modeling.WORD.findall(text)
     pieces = [tuple(words[i : i + 10]) for i in range(0, len(words) - 9, 10)]
-    train, held_out = language_modeling.split(pieces, 0.2, 0)
+    train, held_out = language_modeling.split(pieces, 0.2, 0, "10 words")
     counts = collections.Counter(w for piece in train for w in piece)
     vocabulary = {w: i + 1 for i, (w, _) in enumerate(counts.most_common(4))}
     assert corpus.train == [tuple(vocabulary.get(w, 0) for w in piece) for piece in train]
@@ -165,6 +168,8 @@ def test_language_modeling_in_words_smoke(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             language_modeling.main([*flags, "--output", str(tmp_path / "refused")])
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="gives 0 document\\(s\\) of 100000 words: too few to train and hold out"):
+        language_modeling.main([*args, "--document-words", "100000", "--output", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
 
 

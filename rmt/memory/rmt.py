@@ -92,9 +92,10 @@ class RMTForCausalLM(RecurrentMemoryModel):
       too would give each segment a second, stale copy of the memory, and C counts input tokens as `mem_len` does.
     - Positions run on across segments as if the input were laid out in one line [mem | seg 1 | mem | seg 2 ...]:
       a segment starting at position P puts its read slots at P..P+M-1 and its tokens at P+M.., and the next segment
-      starts at P+M+t, so its read slots take the previous write slots' positions ('sequential'). With
-      `config.xl_contiguous_positions` the next segment starts at P+t instead: its read slots share the positions
-      of the previous segment's last M tokens and its tokens number on from that segment's last one. Cached keys
+      starts at P+M+t (t: the row's tokens in the segment, padding not counted), so its read slots take the previous
+      write slots' positions ('sequential'). With `config.xl_contiguous_positions` the next segment starts at P+t
+      instead: its read slots share the positions of the previous segment's last M tokens (of the tokens before
+      them, when that segment has fewer than M) and its tokens number on from that segment's last one. Cached keys
       keep the positions they were computed at, so with M = 0 a segment plus its cache computes what one long
       attention window over the same tokens computes. Rotary backbones handle any length; learned absolute
       positions (GPT-2) must cover the whole input (checked, with an error naming the limit).
