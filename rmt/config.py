@@ -298,9 +298,10 @@ class RMTConfig:
             raise InputError(f"memory config {path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise InputError(f"memory config {path} must hold a JSON object")
+        data = with_fields_added_later(data)
         missing = [name for name in SAVED_SINCE_FIRST_FORMAT if name not in data]
         if missing:
-            # A field added later is absent from older files and takes its default; these were in every saved
+            # A field added later is absent from older files and takes the value they meant; these were in every saved
             # file, so their absence means the file was edited or cut, and a default (segments of 128 for a model
             # trained on segments of 4) would load a different model without a word.
             raise InputError(
@@ -333,6 +334,23 @@ SAVED_SINCE_FIRST_FORMAT = (
     "cls_token_id",
     "sep_token_id",
 )
+# The fields added after the first saved format, each with the value every model saved before it existed had (its
+# default when it was added). A saved config or checkpoint record that lacks one means that value, whatever the
+# field's default becomes later; every new field is listed here (a test checks that each field is in one of the two).
+ADDED_AFTER_FIRST_FORMAT: dict[str, Any] = {
+    "xl_cache_tokens": 0,
+    "xl_cache_recompute": False,
+    "xl_contiguous_positions": False,
+    "memory_write_scale": "hidden",
+    "armt_write_norm": False,
+    "encoder_memory_input": "after_embeddings",
+    "encoder_memory_init": "token_embeddings",
+}
+
+
+def with_fields_added_later(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved RMTConfig dict with the fields it predates filled in with the values its model had."""
+    return {**{k: v for k, v in ADDED_AFTER_FIRST_FORMAT.items() if k not in saved}, **saved}
 
 
 def field_help(cls: type, name: str) -> str:

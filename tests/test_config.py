@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from rmt.config import RMTConfig, field_help
+from rmt.config import ADDED_AFTER_FIRST_FORMAT, SAVED_SINCE_FIRST_FORMAT, RMTConfig, field_help
 
 
 @pytest.mark.parametrize(
@@ -63,3 +65,24 @@ def test_unknown_or_corrupt_json_is_refused(tmp_path):
 def test_every_field_is_documented():
     for name in RMTConfig.__dataclass_fields__:
         assert len(field_help(RMTConfig, name)) > 20, name
+
+
+def test_every_field_is_in_the_first_format_or_has_the_value_older_files_meant():
+    """A new RMTConfig field must say what a saved config without it meant, or changing its default later would
+    change every model saved before the field existed."""
+    fields = set(RMTConfig.__dataclass_fields__)
+    first, later = set(SAVED_SINCE_FIRST_FORMAT), set(ADDED_AFTER_FIRST_FORMAT)
+    assert first | later == fields and not first & later
+    RMTConfig(**{**ADDED_AFTER_FIRST_FORMAT, "xl_cache_tokens": 4})  # values the config accepts
+
+
+def test_a_saved_config_without_a_later_field_loads_with_the_value_its_model_had(tmp_path, monkeypatch):
+    """Not with the field's default: were the default of memory_write_scale changed, a config saved before the field
+    existed would still load as 'hidden', the scale its model was trained with."""
+    saved = RMTConfig(num_memory_tokens=3, segment_size=17).to_dict()
+    del saved["memory_write_scale"], saved["xl_cache_tokens"]
+    (tmp_path / "c.json").write_text(json.dumps(saved))
+    monkeypatch.setitem(ADDED_AFTER_FIRST_FORMAT, "memory_write_scale", "token_embeddings")  # unlike the default
+    monkeypatch.setitem(ADDED_AFTER_FIRST_FORMAT, "xl_cache_tokens", 4)
+    loaded = RMTConfig.load(tmp_path / "c.json")
+    assert (loaded.memory_write_scale, loaded.xl_cache_tokens) == ("token_embeddings", 4)

@@ -17,6 +17,7 @@ import rmt.files as files
 from rmt import RecurrentMemoryModel, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.build import random_backbone
 from rmt.cli import main
+from rmt.config import ADDED_AFTER_FIRST_FORMAT
 from rmt.errors import InputError, RMTWarning
 
 TINY = ["--task", "copy", "--task-size", "4", "--segments", "3", "--family", "llama", "--layers", "1"]
@@ -79,9 +80,10 @@ def test_resume_with_other_settings_names_the_difference(trained_run, capsys):
     assert run_cli([*args, "--batch-size", "1", "--grad-accumulation", "2"], capsys)[0] == 0
 
 
-def test_resume_compares_a_memory_setting_added_after_the_checkpoint_with_its_default(trained_run, capsys):
-    """A checkpoint written before a config field existed lacks it; its model had the default, so a resume that sets
-    the field otherwise is refused (it was skipped) and one that keeps the default goes on."""
+def test_resume_compares_a_memory_setting_added_after_the_checkpoint_with_its_default(trained_run, capsys, monkeypatch):
+    """A checkpoint written before a config field existed lacks it; its model had the value of the models before
+    the field (its default), so a resume that sets the field otherwise is refused (it was skipped) and one that keeps
+    it goes on. That value, not a later default, is what the checkpoint is compared with."""
     state_file = trained_run / "checkpoint" / "trainer_state.json"
     record = json.loads(state_file.read_text())
     del record["rmt_config"]["memory_write_scale"]
@@ -89,6 +91,10 @@ def test_resume_compares_a_memory_setting_added_after_the_checkpoint_with_its_de
     args = ["train", *TINY, "--steps", "4", "--output", str(trained_run), "--resume"]
     code, err = run_cli([*args, "--memory-write-scale", "token_embeddings"], capsys)
     assert code == 2 and "--memory-write-scale: checkpoint 'hidden', now 'token_embeddings'" in err
+    with monkeypatch.context() as patch:  # as if the models before the field had written at the other scale
+        patch.setitem(ADDED_AFTER_FIRST_FORMAT, "memory_write_scale", "token_embeddings")
+        code, err = run_cli(args, capsys)
+        assert code == 2 and "--memory-write-scale: checkpoint 'token_embeddings', now 'hidden'" in err
     assert run_cli(args, capsys)[0] == 0
 
 

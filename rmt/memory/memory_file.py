@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from rmt.backbones.lora import merged_state_dict
+from rmt.config import ADDED_AFTER_FIRST_FORMAT
 from rmt.errors import InputError, MissingFileError
 from rmt.files import write_atomic
 from rmt.memory.state import State, check_state
@@ -79,7 +80,10 @@ _FIRST_FORMAT_ROWS = 64  # rmt-memory-1: rows of the embedding matrix hashed int
 _CHECKSUM = "tensors_sha256"
 # RMTConfig fields added after memory files were first written, with the value every older file's model had: left
 # out of the config fingerprint at that value, so the older files still load.
-_FIELDS_ADDED_LATER = {"memory_write_scale": "hidden", "armt_write_norm": False, "xl_contiguous_positions": False}
+_FIELDS_ADDED_LATER = {
+    name: ADDED_AFTER_FIRST_FORMAT[name]
+    for name in ("memory_write_scale", "armt_write_norm", "xl_contiguous_positions")
+}
 
 
 # RMTConfig fields that say how a model trains, not what it computes: a memory file does not depend on them.

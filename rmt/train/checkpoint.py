@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError
 
-from rmt.config import RMTConfig
+from rmt.config import RMTConfig, with_fields_added_later
 from rmt.errors import InputError, MissingFileError
 from rmt.files import (
     recover_directory,
@@ -226,10 +226,10 @@ def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path:
     differences = []
     saved = record.get("rmt_config", {})
     # A field the record lacks was added to RMTConfig after the checkpoint was written: the checkpoint's model had
-    # its default, as the model loaded from it has now.
-    defaults = RMTConfig().to_dict()
+    # the value of the models before the field, as the model loaded from it has now.
+    before_fields = {**RMTConfig().to_dict(), **with_fields_added_later(saved)}
     for key, value in model.config.to_dict().items():
-        before = saved.get(key, defaults[key])
+        before = before_fields[key]
         if saved and before != value:
             differences.append((key, before, value))
     for key, value in _backbone_shape(model).items():
