@@ -122,9 +122,8 @@ def word_documents(size: int, vocabulary: int, held_out: float, seed: int) -> Co
 
 
 def corpus(settings: dict) -> Corpus:
-    """The training and held-out documents of a run's settings (its parsed flags, or the `settings` of a results.json
-    written before --unit existed, which read bytes)."""
-    settings = {**ADDED_SETTINGS, **settings}
+    """The training and held-out documents of a run's settings: its parsed flags, or a results.json's `settings`
+    completed with ADDED_SETTINGS (as every function here that reads settings takes them)."""
     if settings["unit"] == "word":
         return word_documents(settings["document_words"], settings["vocabulary"], HELD_OUT, settings["seed"])
     train_docs, held_out = documents(settings["document_bytes"], HELD_OUT, settings["seed"])
@@ -133,13 +132,12 @@ def corpus(settings: dict) -> Corpus:
 
 def document_length(settings: dict) -> int:
     """Tokens (bytes or words) per document of a run's settings."""
-    settings = {**ADDED_SETTINGS, **settings}
     return settings["document_words"] if settings["unit"] == "word" else settings["document_bytes"]
 
 
 def metric_key(settings: dict) -> str:
     """The name of a run's score in results.json: bits per byte ("bpb") or bits per word ("bpw")."""
-    return "bpw" if {**ADDED_SETTINGS, **settings}["unit"] == "word" else "bpb"
+    return "bpw" if settings["unit"] == "word" else "bpb"
 
 
 class TokenDocuments(Source):

@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError
 
-from rmt.config import RMTConfig, with_fields_added_later
+from rmt.config import with_fields_added_later
 from rmt.errors import InputError, MissingFileError
 from rmt.files import (
     recover_directory,
@@ -227,11 +227,10 @@ def _check_same_model(record: dict[str, Any], model: RecurrentMemoryModel, path:
     saved = record.get("rmt_config", {})
     # A field the record lacks was added to RMTConfig after the checkpoint was written: the checkpoint's model had
     # the value of the models before the field, as the model loaded from it has now.
-    before_fields = {**RMTConfig().to_dict(), **with_fields_added_later(saved)}
+    before = with_fields_added_later(saved) if saved else {}
     for key, value in model.config.to_dict().items():
-        before = before_fields[key]
-        if saved and before != value:
-            differences.append((key, before, value))
+        if key in before and before[key] != value:
+            differences.append((key, before[key], value))
     for key, value in _backbone_shape(model).items():
         saved_value = record.get("backbone", {}).get(key)
         if saved_value is not None and saved_value != value:
