@@ -25,6 +25,7 @@ from benchmarks import (
     diagonal_precision,
     encoder_memory,
     language_modeling,
+    language_modeling_compare,
     language_modeling_paired,
     long_document_lm,
     long_inputs,
@@ -160,6 +161,33 @@ def test_language_modeling_in_words_smoke(tmp_path, monkeypatch, capsys):
     assert language_modeling.main([*args, "--vocabulary", "12", "--kinds", "baseline", "--output", str(other)]) == 0
     with pytest.raises(SystemExit, match="held out other documents \\(--vocabulary 16 against 12\\)"):
         language_modeling_paired.main([f"{tmp_path}:rmt", f"{other}:baseline"])
+
+    # Runs of separate folders in one plot and table: the later segments weighted by the words each predicts.
+    compared = tmp_path / "compared"
+    specs = [f"{tmp_path}:rmt=memory", f"{tmp_path}:baseline", f"{other}:baseline=other vocabulary"]
+    assert language_modeling_compare.main([*specs, "--output", str(compared)]) == 0
+    rows = json.loads((compared / "comparison.json").read_text())["runs"]
+    by_segment = results["runs"]["rmt"]["bpw_by_segment"]
+    assert rows[0]["overall_perplexity"] == pytest.approx(results["runs"]["rmt"]["perplexity"])
+    # 100 words in segments of 32: 31, 32, 32 and 4 words predicted
+    assert rows[0]["later_segments"] == pytest.approx(
+        (32 * by_segment[1] + 32 * by_segment[2] + 4 * by_segment[3]) / 68
+    )
+    assert [row["label"] for row in rows] == ["memory", f"{tmp_path}:baseline", "other vocabulary"]
+    assert [row["settings"]["memory"] for row in rows] == [4, 0, 0]
+    assert (compared / "comparison.png").exists() and "| memory |" in (compared / "comparison.md").read_text()
+    cut = tmp_path / "cut-otherwise"  # segments of another size do not line up: refused
+    cut.mkdir()
+    recut = {**results, "settings": {**results["settings"], "segment_size": 16}}
+    (cut / "results.json").write_text(json.dumps(recut))
+    for runs, message in (
+        ([f"{tmp_path}:rmt", f"{cut}:rmt"], "segment_size 32 against 16"),
+        ([f"{tmp_path}:rmt", f"{tmp_path}:trxl"], "holds no 'trxl' run \\(it holds: baseline, rmt\\)"),
+        ([f"{tmp_path}:rmt=a", f"{tmp_path}:baseline=a"], "two runs share a label"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            language_modeling_compare.main([*runs, "--output", str(tmp_path / "refused-comparison")])
+    assert not (tmp_path / "refused-comparison").exists()
     for flags, message in (
         (["--vocabulary", "64"], "--vocabulary: only for --unit word"),
         (["--unit", "word", "--document-bytes", "256"], "--document-bytes: only for --unit byte"),
