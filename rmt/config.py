@@ -67,7 +67,8 @@ class RMTConfig:
         default=-1,
         metadata=_doc(
             "Truncated backpropagation through time: gradients flow through at most this many memory "
-            "transitions before the end of each sample (-1: all, 0: none; >= -1)."
+            "transitions before the end of each sample (-1: all, 0: none; >= -1). An untrained ARMT cannot learn "
+            "its memory at 0: no loss reaches a write, and its value projection starts at zero."
         ),
     )
     write_init: WriteInit = field(

@@ -807,3 +807,32 @@ def test_held_out_scores_of_a_bf16_run_are_computed_in_bf16(tmp_path, monkeypatc
     model, source = small_setup()
     train(model, source, TrainConfig(steps=1, batch_size=2, mixed_precision="bf16", progress=False), tmp_path / "r")
     assert seen == [True]
+
+
+def test_armt_at_bptt_depth_0_is_noted_as_leaving_its_memory_empty(tmp_path, capsys):
+    """At depth 0 no loss reaches ARMT's writes, and its value projection starts at zero: the trainer says that the
+    memory stays empty (it does: w_v is still zero after training), and only that no gradient reaches the write once
+    w_v holds something; depth 1 trains w_v and gets no note."""
+    task = CopyTask(length=4)
+    config = TrainConfig(steps=2, batch_size=4, eval_every=2, eval_batches=1, progress=False)
+
+    def armt(depth: int) -> RecurrentMemoryModel:
+        backbone = random_backbone("llama", task.vocab_size, num_layers=1, hidden_size=32, max_positions=64, seed=0)
+        settings = RMTConfig(
+            num_memory_tokens=2, segment_size=task.segment_size_for(3), memory_kind="armt", d_mem=8, bptt_depth=depth
+        )
+        return memory_model(backbone, settings)
+
+    model = armt(0)
+    train(model, TaskSource(task, seed=0), config, tmp_path / "depth0")
+    err = capsys.readouterr().err
+    assert "note: ARMT at BPTT depth 0 (bptt_depth=0): no loss reaches the memory's writes" in err
+    assert "the memory stays empty" in err and not model.w_v.detach().any()
+    with torch.no_grad():
+        model.w_v.fill_(0.01)
+    train(model, TaskSource(task, seed=0), replace(config, seed=1), tmp_path / "depth0-written")
+    err = capsys.readouterr().err
+    assert "no loss reaches the memory's writes" in err and "stays empty" not in err
+    model = armt(1)
+    train(model, TaskSource(task, seed=0), config, tmp_path / "depth1")
+    assert "BPTT depth 0" not in capsys.readouterr().err and model.w_v.detach().any()
