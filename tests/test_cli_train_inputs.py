@@ -721,3 +721,15 @@ def test_a_run_stopped_early_counts_as_finished_only_with_its_model(trained_run)
     assert finished_run(trained_run, 3) is None
     state_file.write_text("{")
     assert finished_run(trained_run, 2) is None
+
+
+@pytest.mark.parametrize("flag", [["--memory", "armt"], ["--xl-cache-tokens", "4"]])
+def test_decoder_only_memories_are_refused_for_an_encoder_in_flag_terms(tmp_path, qa_file, capsys, flag):
+    """They were refused by RMTConfig in its own terms ("memory_kind='armt' requires mode='decoder'"), naming a mode
+    that no flag sets."""
+    folder = tiny_model_folder(tmp_path / "bert", "bert", ["kitchen", "garden", "office", "hallway"])
+    args = ["train", "--model", str(folder), "--data", str(qa_file), *QUICK, *flag, "--output", str(tmp_path / "run")]
+    code, err = run_cli(args, capsys)
+    expected = f"{' '.join(flag) if flag[0] == '--memory' else flag[0]}: needs a decoder, and --model {folder} is an"
+    assert code == 2 and expected in error_line(err)
+    assert not (tmp_path / "run").exists()

@@ -43,7 +43,7 @@ def babilong_tasks(spec: str) -> list[str] | None:
     tasks = list(dict.fromkeys(t for t in spec[len(BABILONG_PREFIX) :].split(",") if t))  # each task once
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown:
-        raise InputError(f"--data {spec}: expected babilong:TASK[,TASK...] with tasks from {list(TASKS)}")
+        raise InputError(f"--data {spec}: expected babilong:TASK[,TASK...] with tasks from {', '.join(TASKS)}")
     return tasks
 
 

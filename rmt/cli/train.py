@@ -488,6 +488,13 @@ def _text_setup(
     else:
         segment_size = saved.segment_size if saved is not None else DEFAULT_SEGMENT_SIZE
     mode = _mode_of(args.model)
+    if mode == "encoder" and saved is None:  # said in the flags' terms (RMTConfig names a mode no flag sets)
+        decoder_only = [flag for flag, given in (("--memory armt", args.memory_kind == "armt"),
+                                                 ("--xl-cache-tokens", args.xl_cache_tokens > 0)) if given]  # fmt: skip
+        if decoder_only:
+            raise InputError(
+                f"{decoder_only[0]}: needs a decoder, and --model {args.model} is an encoder (a sequence classifier)"
+            )
     labels = None
     if mode == "encoder":
         labels = _babilong_labels(tasks) if tasks else None
