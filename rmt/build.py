@@ -56,6 +56,7 @@ from rmt.backbones.loading import (  # DTYPES and torch_dtype: rmt.build's publi
     DTYPES,  # noqa: F401
     MEMORY_CONFIG,
     dtype_keywords,
+    hub_unreachable,
     loading_problems,
     looks_like_hub_id,
     model_inside,
@@ -249,6 +250,7 @@ def pretrained_backbone(
     (or its older name torch_dtype): "fp32", "bf16", "fp16", a torch dtype, or "auto" for the files' own (default:
     fp32). Other keyword arguments go to transformers' from_pretrained."""
     location, gguf = resolve_model(name_or_path)
+    kwargs = {**_hub_keywords(location), **kwargs}
     if gguf is not None:
         kwargs["gguf_file"] = gguf
     # Weights of other shapes than the config gives (a config.json edited after saving; a GGUF file whose config
@@ -425,7 +427,7 @@ def backbone_model_type(name_or_path: str | os.PathLike) -> str | None:
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(location).model_type
+            return AutoConfig.from_pretrained(location, **_hub_keywords(location)).model_type
         except OSError as err:
             raise MissingFileError(_load_error(name_or_path, location, err)) from err
         except ValueError as err:  # a config without a model_type transformers knows
@@ -451,7 +453,20 @@ def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception) 
         if tried_hub
         else ""
     )
-    return f"cannot load a model from {str(name_or_path)!r}{hint}: {one_line(err)}"
+    return f"cannot load a model from {str(name_or_path)!r}{hint}{_unreachable_hub_hint(location)}: {one_line(err)}"
+
+
+def _hub_keywords(location: str) -> dict[str, Any]:
+    """From_pretrained's keywords for `location`: for a hub id when the hub cannot be reached, the local cache alone
+    (`local_files_only`; a mistyped name fails at once instead of after half a minute of retries)."""
+    return {"local_files_only": True} if not Path(location).exists() and hub_unreachable() else {}
+
+
+def _unreachable_hub_hint(location: str) -> str:
+    """' (the Hub cannot be reached: REASON; only its local cache was read)' for a hub id while the Hub cannot be
+    reached, else ''."""
+    reason = None if Path(location).exists() else hub_unreachable()
+    return f" (the Hub cannot be reached: {reason}; only its local cache was read)" if reason else ""
 
 
 # Files a Hugging Face tokenizer is built from (fast, slow, SentencePiece and tiktoken ones)
@@ -467,9 +482,13 @@ def pretrained_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizer
 
     location, gguf = resolve_model(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf} if gguf else {}))
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, **({"gguf_file": gguf} if gguf else {}), **_hub_keywords(location)
+        )
     except OSError as err:
-        raise MissingFileError(f"cannot load a tokenizer from {name_or_path!r}: {one_line(err)}") from err
+        raise MissingFileError(
+            f"cannot load a tokenizer from {name_or_path!r}{_unreachable_hub_hint(location)}: {one_line(err)}"
+        ) from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a damaged tokenizer file
         raise InputError(
             f"cannot load a tokenizer from {name_or_path!r}: a file in {location} is not valid JSON: {err}"

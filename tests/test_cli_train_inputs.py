@@ -233,6 +233,47 @@ def test_a_name_that_is_no_model_is_one_error_line(tmp_path, qa_file, capsys, mo
     assert not (tmp_path / "out").exists()
 
 
+def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_path, qa_file, capsys, monkeypatch):
+    """With no connection to the Hub, a name tried as a hub id waited on the hub library's retries (about half a
+    minute) before its one line; now only the local cache is read and the line says why."""
+    import socket
+
+    import huggingface_hub.constants
+
+    from rmt.backbones import loading
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    for name in loading._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    tried = []
+
+    def no_network(address, timeout):
+        tried.append(address)
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr("huggingface_hub.utils._http._http_backoff_base", lambda *a, **k: pytest.fail("asked the hub"))
+    loading._no_connection.cache_clear()
+    try:
+        assert loading.hub_unreachable() == "no connection to hub.invalid: Name or service not known"
+        for command in (
+            ["train", "--model", "nope", "--data", str(qa_file), *QUICK, "--output", str(tmp_path / "out")],
+            ["eval", "someone/nope", "--task", "copy"],
+        ):
+            code, err = run_cli(command, capsys)
+            [line] = [line for line in err.splitlines() if line.startswith(f"rmt {command[0]}: error: ")]
+            assert code == 2 and "(the Hub cannot be reached: no connection to hub.invalid" in line, line
+        assert tried == [("hub.invalid", 443)]  # once per process
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # a direct connection says nothing behind a proxy
+        assert loading.hub_unreachable() is None
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        assert loading.hub_unreachable() == "HF_HUB_OFFLINE is set"
+    finally:
+        loading._no_connection.cache_clear()
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_misspelt_offline_model_is_named_at_once_and_its_capitals_do_not_matter(tmp_path, monkeypatch):
     """A misspelt offline name was tried on the hub (half a minute of retries) before one line said nothing loaded."""
     from rmt.build import resolve_model

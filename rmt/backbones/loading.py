@@ -1,6 +1,6 @@
 """What loading a backbone or a saved memory model needs, shared by `rmt.build` (backbones) and
 `rmt.memory.pretrained` (memory-model checkpoints): dtypes by name, one-line errors, the hub-id test, transformers'
-loading report as one phrase, and the layout of a checkpoint folder.
+loading report as one phrase, whether the Hugging Face Hub can be reached, and the layout of a checkpoint folder.
 
 A checkpoint folder holds MEMORY_CONFIG (the RMTConfig), MEMORY_WEIGHTS (the wrapper's own parameters) and the
 backbone in BACKBONE_DIR, a plain Hugging Face folder.
@@ -8,6 +8,10 @@ backbone in BACKBONE_DIR, a plain Hugging Face folder.
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,36 @@ def one_line(err: Exception) -> str:
 def looks_like_hub_id(name: str) -> bool:
     """Whether `name` has the form of a Hugging Face Hub id ("owner/name"; not a relative or absolute path)."""
     return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+# Environment variables of a proxy: a direct connection to the Hub then says nothing about whether it can be reached
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here, or None when it may be: HF_HUB_OFFLINE is set, or its
+    endpoint takes no connection within 3 seconds (not tried behind a proxy). A loader that finds it unreachable
+    reads hub ids from the local cache alone (`local_files_only`), so a mistyped name is refused at once instead of
+    after the hub library's retries (about half a minute)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    return _no_connection(constants.ENDPOINT)
+
+
+@functools.cache
+def _no_connection(endpoint: str) -> str | None:
+    """Why no connection to `endpoint` opens within 3 seconds, or None if one does (tried once per process)."""
+    url = urllib.parse.urlparse(endpoint)
+    host, port = url.hostname or endpoint, url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as err:
+        return f"no connection to {host}: {err.strerror or err}"
+    return None
 
 
 def model_inside(folder: Path) -> str:

@@ -36,6 +36,7 @@ from rmt.backbones.loading import (
     MEMORY_CONFIG,
     MEMORY_WEIGHTS,
     dtype_keywords,
+    hub_unreachable,
     loading_problems,
     looks_like_hub_id,
     model_inside,
@@ -220,6 +221,10 @@ def hub_checkpoint_folder(repo_id: str, **hub: Any) -> Path:
     if unknown:
         raise InputError(f"not arguments of a hub download: {', '.join(unknown)} (it takes {', '.join(HUB_ARGUMENTS)})")
     not_local = f"no checkpoint at {repo_id}: it is no local folder, and as a Hugging Face Hub id"
+    unreachable = hub_unreachable()
+    if unreachable and "local_files_only" not in hub:  # the cache alone, without the hub library's retries
+        hub = {**hub, "local_files_only": True}
+        not_local = f"{not_local} (the Hub cannot be reached: {unreachable}; only its local cache was read)"
     try:
         hf_hub_download(repo_id, MEMORY_CONFIG, **hub)
         return Path(snapshot_download(repo_id, **hub))
