@@ -243,6 +243,8 @@ def _train(
     accelerator = accelerator or default_accelerator(config)
     _check_accelerator(accelerator, config)
     main = accelerator.is_main_process
+    if main:
+        _armt_depth_zero_note(model)
     prepared, optimizer, scheduler, sharded = _prepare(model, accelerator, config)
     params = trainable_parameters(model)
     if main:
@@ -421,21 +423,27 @@ def _start_notes(model: RecurrentMemoryModel, optimizer: Any, config: TrainConfi
             "the learning rate never reaches its peak",
             file=sys.stderr,
         )
-    if model.config.memory_kind == "armt" and model.config.bptt_depth == 0:
-        # Every write lies outside the gradient window at depth 0; an untrained ARMT's value projection is zero, so
-        # what it writes stays zero and its reads add nothing: the memory can never start to learn.
-        empty = not bool(model.w_v.detach().any())
-        print(
-            "note: ARMT at BPTT depth 0 (bptt_depth=0): no loss reaches the memory's writes, so its key, value and "
-            "gate projections (w_k, w_v, w_b) get no gradient"
-            + (
-                "; its value projection is still zero, so the memory stays empty and this run trains the backbone "
-                "alone (a depth of 1 or more, or -1 for all, trains the memory)"
-                if empty
-                else ""
-            ),
-            file=sys.stderr,
-        )
+
+
+def _armt_depth_zero_note(model: RecurrentMemoryModel) -> None:
+    """Say that ARMT at BPTT depth 0 trains no write, and that an untrained one's memory stays empty. Read before the
+    model is prepared (sharded weights would need every process to look)."""
+    if model.config.memory_kind != "armt" or model.config.bptt_depth != 0:
+        return
+    # Every write lies outside the gradient window at depth 0; an untrained ARMT's value projection is zero, so what
+    # it writes stays zero and its reads add nothing: the memory can never start to learn.
+    empty = not bool(model.w_v.detach().any())
+    print(
+        "note: ARMT at BPTT depth 0 (bptt_depth=0): no loss reaches the memory's writes, so its key, value and gate "
+        "projections (w_k, w_v, w_b) get no gradient"
+        + (
+            "; its value projection is still zero, so the memory stays empty and this run trains the backbone alone "
+            "(a depth of 1 or more, or -1 for all, trains the memory)"
+            if empty
+            else ""
+        ),
+        file=sys.stderr,
+    )
 
 
 def _resume(
