@@ -190,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
     from rmt.train.checkpoint import GLOBAL_BATCH, ModelMismatchError, ResumeSettingsError, checkpoint_exists
     from rmt.train.evaluation import evaluate
     from rmt.train.loop import (
+        checkpoint_step,
         default_accelerator,
-        finished_run,
         run_entries,
         save_model,
         tensorboard_writer_class,
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         if tokenizer is not None:
             tokenizer.save_pretrained(Path(folder) / "backbone")
 
-    finished = finished_run(output, config.steps) if args.resume else None  # read before the resume changes it
+    resumed_from = checkpoint_step(output) if args.resume else None
     try:
         train(
             setup.model,
@@ -259,14 +259,14 @@ def run(args: argparse.Namespace) -> int:
         if args.data is None:  # a synthetic task's segment size follows from its size and segments
             names["segment_size"] = "segment size (from --task-size and --segments)"
         raise err.named(names) from None
-    if finished is None:
-        save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
-    elif accelerator.is_main_process:
+    if resumed_from is not None and checkpoint_step(output) == resumed_from and accelerator.is_main_process:
+        # Saved all the same: model/ may be older than the checkpoint (a crash between the two writes).
         print(
-            f"note: the run in {output} had finished ({finished}): nothing left to train; {output / 'model'} is kept "
-            "as it was saved",
+            f"note: the run in {output} had finished at step {resumed_from} (all its steps done, or stopped early): "
+            f"nothing was left to train; {output / 'model'} is written again from its checkpoint",
             file=sys.stderr,
         )
+    save_model(setup.model, output / "model", accelerator, config, save_tokenizer)
     processes = None if config.fsdp else accelerator  # as in training: FSDP's processes each run every batch
     with accelerator.autocast():  # in the precision of the held-out scores logged during training
         scores = evaluate(
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         synthetic = args.segments if args.segments is not None else DEFAULT_SEGMENTS
         segments = setup.eval_segments or (synthetic if args.data is None else None)
         print(json.dumps({"data": setup.description, "segments": segments, **scores}, indent=2))
-        print(f"model saved to {output / 'model'}" if finished is None else f"model in {output / 'model'}")
+        print(f"model saved to {output / 'model'}")
         if config.save_best:
             print(_best_model_line(output))
     accelerator.wait_for_everyone()

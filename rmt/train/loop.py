@@ -48,7 +48,6 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import broadcast_object_list, reduce, set_seed
 from tqdm.auto import tqdm
 
-from rmt.backbones.loading import BACKBONE_DIR, MEMORY_CONFIG, MEMORY_WEIGHTS
 from rmt.backbones.lora import add_lora, merge_lora
 from rmt.build import memory_model
 from rmt.config import RMTConfig
@@ -967,21 +966,13 @@ def tensorboard_writer_class(setting: str = "TensorBoard logging (TrainConfig.te
     return SummaryWriter
 
 
-def finished_run(output_dir: str | os.PathLike, steps: int) -> str | None:
-    """Why a resume of the run in `output_dir` would train nothing, or None: its checkpoint has all `steps` steps
-    done, or the run stopped early on a plateau, and `output_dir`/model holds a whole saved model. A checkpoint that
-    cannot be read gives None (the resume itself names what is wrong with it)."""
-    output_dir = Path(output_dir)
+def checkpoint_step(output_dir: str | os.PathLike) -> int | None:
+    """The step of the checkpoint in `output_dir`, or None where none can be read (a resume names what is wrong)."""
     try:
-        record = json.loads((output_dir / CHECKPOINT_DIR / TRAINER_STATE).read_text())
-        step, stopped = int(record["step"]), bool(record.get("trainer", {}).get("stopped_early", False))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        record = json.loads((Path(output_dir) / CHECKPOINT_DIR / TRAINER_STATE).read_text())
+        return int(record["step"])
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    if not all((output_dir / MODEL_DIR / name).exists() for name in (MEMORY_CONFIG, MEMORY_WEIGHTS, BACKBONE_DIR)):
-        return None
-    if stopped:
-        return f"it stopped early at step {step}"
-    return f"its checkpoint has all {steps} steps" if step >= steps else None
 
 
 def run_entries(output_dir: str | os.PathLike) -> list[str]:
