@@ -250,7 +250,7 @@ def pretrained_backbone(
     (or its older name torch_dtype): "fp32", "bf16", "fp16", a torch dtype, or "auto" for the files' own (default:
     fp32). Other keyword arguments go to transformers' from_pretrained."""
     location, gguf = resolve_model(name_or_path)
-    kwargs = {**_hub_keywords(location), **kwargs}
+    kwargs = {**_hub_keywords(location, model=True), **kwargs}
     if gguf is not None:
         kwargs["gguf_file"] = gguf
     # Weights of other shapes than the config gives (a config.json edited after saving; a GGUF file whose config
@@ -456,10 +456,13 @@ def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception) 
     return f"cannot load a model from {str(name_or_path)!r}{hint}{_unreachable_hub_hint(location)}: {one_line(err)}"
 
 
-def _hub_keywords(location: str) -> dict[str, Any]:
+def _hub_keywords(location: str, model: bool = False) -> dict[str, Any]:
     """From_pretrained's keywords for `location`: for a hub id when the hub cannot be reached, the local cache alone
-    (`local_files_only`; a mistyped name fails at once instead of after half a minute of retries)."""
-    return {"local_files_only": True} if not Path(location).exists() and hub_unreachable() else {}
+    (`local_files_only`; a mistyped name fails at once instead of after half a minute of retries). A model's load
+    also looks for a PEFT adapter on the hub, which takes its own keywords (`model=True`)."""
+    if Path(location).exists() or not hub_unreachable():
+        return {}
+    return {"local_files_only": True, **({"adapter_kwargs": {"local_files_only": True}} if model else {})}
 
 
 def _unreachable_hub_hint(location: str) -> str:

@@ -236,16 +236,21 @@ def test_a_name_that_is_no_model_is_one_error_line(tmp_path, qa_file, capsys, mo
 def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_path, qa_file, capsys, monkeypatch):
     """With no connection to the Hub, a name tried as a hub id waited on the hub library's retries (about half a
     minute) before its one line; now only the local cache is read and the line says why."""
+    import shutil
     import socket
+    import urllib.request
 
     import huggingface_hub.constants
 
     from rmt.backbones import loading
+    from rmt.build import pretrained_backbone
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
-    for name in loading._PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "getproxies", dict)  # no proxy, whatever this machine's settings
+    monkeypatch.setattr(loading, "_connection_tried", {})
+    clock = [1000.0]
+    monkeypatch.setattr(loading.time, "monotonic", lambda: clock[0])
     tried = []
 
     def no_network(address, timeout):
@@ -254,24 +259,29 @@ def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_pat
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr("huggingface_hub.utils._http._http_backoff_base", lambda *a, **k: pytest.fail("asked the hub"))
-    loading._no_connection.cache_clear()
-    try:
-        assert loading.hub_unreachable() == "no connection to hub.invalid: Name or service not known"
-        for command in (
-            ["train", "--model", "nope", "--data", str(qa_file), *QUICK, "--output", str(tmp_path / "out")],
-            ["eval", "someone/nope", "--task", "copy"],
-        ):
-            code, err = run_cli(command, capsys)
-            [line] = [line for line in err.splitlines() if line.startswith(f"rmt {command[0]}: error: ")]
-            assert code == 2 and "(the Hub cannot be reached: no connection to hub.invalid" in line, line
-        assert tried == [("hub.invalid", 443)]  # once per process
-        monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # a direct connection says nothing behind a proxy
-        assert loading.hub_unreachable() is None
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        assert loading.hub_unreachable() == "HF_HUB_OFFLINE is set"
-    finally:
-        loading._no_connection.cache_clear()
+    assert loading.hub_unreachable() == "no connection to hub.invalid: Name or service not known"
+    for command in (
+        ["train", "--model", "nope", "--data", str(qa_file), *QUICK, "--output", str(tmp_path / "out")],
+        ["eval", "someone/nope", "--task", "copy"],
+    ):
+        code, err = run_cli(command, capsys)
+        [line] = [line for line in err.splitlines() if line.startswith(f"rmt {command[0]}: error: ")]
+        assert code == 2 and "(the Hub cannot be reached: no connection to hub.invalid" in line, line
     assert not (tmp_path / "out").exists()
+    # A model fetched before loads from the cache without a request (its PEFT adapter lookup included).
+    repo = tmp_path / "cache" / "models--someone--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(tiny_model_folder(tmp_path / "tiny"), repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert pretrained_backbone("someone/tiny").config.model_type == "llama"
+    assert tried == [("hub.invalid", 443)]  # tried once
+    clock[0] += 61  # a failure is believed for a minute, then tried again
+    assert loading.hub_unreachable() is not None and len(tried) == 2
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {"https": "http://proxy:3128"})
+    assert loading.hub_unreachable() is None  # a direct connection says nothing where a proxy serves the Hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert loading.hub_unreachable() == "HF_HUB_OFFLINE is set"
 
 
 def test_a_misspelt_offline_model_is_named_at_once_and_its_capitals_do_not_matter(tmp_path, monkeypatch):

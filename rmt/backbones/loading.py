@@ -8,10 +8,10 @@ backbone in BACKBONE_DIR, a plain Hugging Face folder.
 
 from __future__ import annotations
 
-import functools
-import os
 import socket
+import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,34 +59,37 @@ def looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
-# Environment variables of a proxy: a direct connection to the Hub then says nothing about whether it can be reached
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+# How long a failed connection to the Hub is believed (a long-running process may see the network come back)
+_UNREACHABLE_FOR_S = 60.0
+_connection_tried: dict[str, tuple[float, str | None]] = {}
 
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face Hub cannot be reached from here, or None when it may be: HF_HUB_OFFLINE is set, or its
-    endpoint takes no connection within 3 seconds (not tried behind a proxy). A loader that finds it unreachable
-    reads hub ids from the local cache alone (`local_files_only`), so a mistyped name is refused at once instead of
-    after the hub library's retries (about half a minute)."""
+    endpoint takes no direct connection within 3 seconds (not tried where a proxy serves it). A loader that finds it
+    unreachable reads hub ids from the local cache alone (`local_files_only`), so a mistyped name is refused at once
+    instead of after the hub library's retries (about half a minute). A success is remembered for the process, a
+    failure for a minute."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
-        return None
-    return _no_connection(constants.ENDPOINT)
-
-
-@functools.cache
-def _no_connection(endpoint: str) -> str | None:
-    """Why no connection to `endpoint` opens within 3 seconds, or None if one does (tried once per process)."""
-    url = urllib.parse.urlparse(endpoint)
-    host, port = url.hostname or endpoint, url.port or (80 if url.scheme == "http" else 443)
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    host = url.hostname or constants.ENDPOINT
+    proxies = urllib.request.getproxies()
+    if (proxies.get(url.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+        return None  # a direct connection says nothing about the proxy's
+    tried = _connection_tried.get(constants.ENDPOINT)
+    if tried is not None and (tried[1] is None or time.monotonic() - tried[0] < _UNREACHABLE_FOR_S):
+        return tried[1]
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
         socket.create_connection((host, port), timeout=3).close()
+        reason = None
     except OSError as err:
-        return f"no connection to {host}: {err.strerror or err}"
-    return None
+        reason = f"no connection to {host}: {err.strerror or err}"
+    _connection_tried[constants.ENDPOINT] = (time.monotonic(), reason)
+    return reason
 
 
 def model_inside(folder: Path) -> str:
