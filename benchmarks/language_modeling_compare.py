@@ -8,8 +8,9 @@ output folders (another seed, BPTT depth or memory size).
 
 Each run is FOLDER:KIND[=LABEL]: a --output folder of `benchmarks.language_modeling` and a kind its results.json
 holds (the label defaults to FOLDER:KIND). Only the results.json files are read, nothing is trained or scored again.
-The runs must read the same unit in documents of the same length cut into segments of the same size, so that the
-segment positions line up; their other settings (seed, memory, BPTT, steps) may differ and are listed in the table.
+The runs must read the same text the same way (unit, vocabulary, document length and segment size), so that their
+scores and segment positions compare; every other setting in which they differ (seed, steps, memory, BPTT, model
+size...) gets a column of the table.
 The output folder gets comparison.png, comparison.md and comparison.json (the inputs, their settings and the
 values), each written whole or not at all.
 """
@@ -24,13 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write_atomically, write_json
-from benchmarks.language_modeling import ADDED_SETTINGS, document_length, metric_key, predicted_tokens
+from benchmarks.language_modeling import (
+    ADDED_SETTINGS,
+    comparable_settings,
+    document_length,
+    metric_key,
+    predicted_tokens,
+)
+from rmt.config import with_fields_added_later
 from rmt.plotting import pyplot, save_figure
 
-# Settings that must agree for the segment positions of two runs to line up
-SAME_SEGMENTS = ("unit", "document_bytes", "document_words", "segment_size")
-# What is shown beside each run in the table where the runs differ in it (what usually tells them apart)
-SHOWN_SETTINGS = ("seed", "steps", "memory", "cache", "bptt", "write", "contiguous positions")
+# Settings that must agree for two runs' scores and segment positions to compare (the same words, cut alike)
+SAME_TASK = ("unit", "vocabulary", "document_bytes", "document_words", "segment_size")
+# Settings that the model columns of the table show as the model was built (a cache, a BPTT depth only where they
+# apply to the run's kind)
+MODEL_SETTINGS = ("memory", "cache", "bptt", "memory_write_scale", "xl_contiguous_positions")
 
 
 @dataclass
@@ -64,52 +73,57 @@ def read_run(spec: str) -> Run:
     return Run(label or location, folder, kind, settings, results["runs"][kind])
 
 
-def check_same_segments(runs: list[Run]) -> None:
-    """Refuse runs whose segment positions do not line up (another unit, document length or segment size)."""
+def check_same_task(runs: list[Run]) -> None:
+    """Refuse runs that read other text or cut it otherwise (unit, vocabulary, document length, segment size)."""
     first = runs[0]
     for run in runs[1:]:
-        differing = [name for name in SAME_SEGMENTS if run.settings.get(name) != first.settings.get(name)]
+        differing = [name for name in SAME_TASK if run.settings.get(name) != first.settings.get(name)]
         if differing:
             values = ", ".join(
                 f"{name} {first.settings.get(name)} against {run.settings.get(name)}" for name in differing
             )
             raise SystemExit(
-                f"error: {first.label} and {run.label} cut their documents otherwise ({values}): their segments do "
-                "not line up"
+                f"error: {first.label} and {run.label} read other text or cut it otherwise ({values}): their scores "
+                "do not compare"
             )
 
 
 def summary(run: Run) -> dict[str, Any]:
     """The run's score overall, in its first segment and over the rest (each segment weighted by the tokens it
-    predicts, so a shorter last segment counts for less), in bits per token and, for words, as perplexity."""
+    predicts, so a shorter last segment counts for less; None for documents of one segment), in bits per token and,
+    for words, as perplexity."""
     key = metric_key(run.settings)
     by_segment = run.record[f"{key}_by_segment"]
     counts = predicted_tokens(document_length(run.settings), run.settings["segment_size"])
-    later = sum(b * c for b, c in zip(by_segment[1:], counts[1:], strict=True)) / max(sum(counts[1:]), 1)
+    later = None
+    if len(by_segment) > 1:
+        later = sum(b * c for b, c in zip(by_segment[1:], counts[1:], strict=True)) / sum(counts[1:])
     values = {"overall": run.record[key], "segment_1": by_segment[0], "later_segments": later}
     out: dict[str, Any] = {"label": run.label, "folder": run.folder, "kind": run.kind, "measure": key}
     out.update(values)
     if key == "bpw":
-        out.update({f"{name}_perplexity": 2**value for name, value in values.items()})
+        out.update({f"{name}_perplexity": None if v is None else 2**v for name, v in values.items()})
     out["by_segment"] = by_segment
     out["settings"] = shown_settings(run)
     return out
 
 
 def shown_settings(run: Run) -> dict[str, Any]:
-    """SHOWN_SETTINGS of a run as its model was built (from the record's rmt_config), "-" where one does not apply
-    to its kind (a BPTT depth without memory tokens)."""
-    model = run.record["rmt_config"]
+    """What may tell the run apart from others: its model as built (from the record's rmt_config; "-" where a
+    setting does not apply to its kind, such as a BPTT depth without memory tokens), then every other setting of
+    its folder but those all compared runs share by force (SAME_TASK)."""
+    model = with_fields_added_later(run.record["rmt_config"])  # records written before a field existed
     memory, cache = model["num_memory_tokens"], model["xl_cache_tokens"]
-    return {
-        "seed": run.settings["seed"],
-        "steps": run.settings["steps"],
+    shown = {
         "memory": memory,
         "cache": cache,
         "bptt": ("all" if model["bptt_depth"] == -1 else model["bptt_depth"]) if memory else "-",
         "write": model["memory_write_scale"] if memory else "-",
         "contiguous positions": model["xl_contiguous_positions"] if memory and cache else "-",
     }
+    others = comparable_settings(run.settings)
+    shown.update({name: value for name, value in others.items() if name not in (*SAME_TASK, *MODEL_SETTINGS)})
+    return shown
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -117,19 +131,24 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     the later segments, with the settings that tell the runs apart."""
     words = rows[0]["measure"] == "bpw"
     segments = len(rows[0]["by_segment"])
-    shown = [name for name in SHOWN_SETTINGS if len({json.dumps(row["settings"][name]) for row in rows}) > 1]
+    names = list(dict.fromkeys(name for row in rows for name in row["settings"]))
+    shown = [name for name in names if len({json.dumps(row["settings"].get(name)) for row in rows}) > 1]
     columns = ["run", *(["perplexity", "bits per word"] if words else ["bits per byte"])]
-    columns += ["segment 1", f"segments 2-{segments}", *shown]
+    columns += ["segment 1", f"segments 2-{segments}" if segments > 1 else "later segments", *shown]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         if words:
             cells = [f"**{row['overall_perplexity']:.2f}**", f"{row['overall']:.3f}"]
-            cells += [f"{row['segment_1_perplexity']:.2f}", f"{row['later_segments_perplexity']:.2f}"]
+            cells += [_cell(row["segment_1_perplexity"], 2), _cell(row["later_segments_perplexity"], 2)]
         else:
-            cells = [f"**{row['overall']:.3f}**", f"{row['segment_1']:.3f}", f"{row['later_segments']:.3f}"]
-        cells += [str(row["settings"][name]) for name in shown]
+            cells = [f"**{row['overall']:.3f}**", _cell(row["segment_1"], 3), _cell(row["later_segments"], 3)]
+        cells += [str(row["settings"].get(name, "-")) for name in shown]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(value: float | None, decimals: int) -> str:
+    return "-" if value is None else f"{value:.{decimals}f}"
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -163,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = [run.label for run in runs]
     if len(set(labels)) != len(labels):
         raise SystemExit(f"error: two runs share a label ({', '.join(labels)}): give each its own with =LABEL")
-    check_same_segments(runs)
+    check_same_task(runs)
     rows = [summary(run) for run in runs]
     table = format_table(rows)
     output = Path(args.output)

@@ -127,6 +127,8 @@ def test_train_encoder_on_generated_babilong_with_a_curriculum(tmp_path, encoder
     assert main([*args, "--haystack", str(haystack_file), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "| qa1 | memory |" in captured.out and "note: no --output: the table is printed" in captured.err
+    assert main([*args, "--lengths", "zz", "--no-progress"]) == 2  # refused before the note
+    assert "note: no --output" not in capsys.readouterr().err
     single = tmp_path / "single-fact"
     assert (
         main([*args, "--facts", "1", "--haystack", str(haystack_file), "--output", str(single), "--no-progress"]) == 0

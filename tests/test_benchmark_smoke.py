@@ -164,7 +164,13 @@ def test_language_modeling_in_words_smoke(tmp_path, monkeypatch, capsys):
 
     # Runs of separate folders in one plot and table: the later segments weighted by the words each predicts.
     compared = tmp_path / "compared"
-    specs = [f"{tmp_path}:rmt=memory", f"{tmp_path}:baseline", f"{other}:baseline=other vocabulary"]
+    deeper = tmp_path / "deeper"  # another model size, written before memory_write_scale was recorded
+    deeper.mkdir()
+    older_rmt = {k: v for k, v in results["runs"]["rmt"]["rmt_config"].items() if k != "memory_write_scale"}
+    older = {**results, "settings": {**results["settings"], "layers": 2}}
+    older["runs"] = {"rmt": {**results["runs"]["rmt"], "rmt_config": older_rmt}}
+    (deeper / "results.json").write_text(json.dumps(older))
+    specs = [f"{tmp_path}:rmt=memory", f"{tmp_path}:baseline", f"{deeper}:rmt=two layers"]
     assert language_modeling_compare.main([*specs, "--output", str(compared)]) == 0
     rows = json.loads((compared / "comparison.json").read_text())["runs"]
     by_segment = results["runs"]["rmt"]["bpw_by_segment"]
@@ -173,15 +179,19 @@ def test_language_modeling_in_words_smoke(tmp_path, monkeypatch, capsys):
     assert rows[0]["later_segments"] == pytest.approx(
         (32 * by_segment[1] + 32 * by_segment[2] + 4 * by_segment[3]) / 68
     )
-    assert [row["label"] for row in rows] == ["memory", f"{tmp_path}:baseline", "other vocabulary"]
-    assert [row["settings"]["memory"] for row in rows] == [4, 0, 0]
-    assert (compared / "comparison.png").exists() and "| memory |" in (compared / "comparison.md").read_text()
+    assert [row["label"] for row in rows] == ["memory", f"{tmp_path}:baseline", "two layers"]
+    assert [row["settings"]["memory"] for row in rows] == [4, 0, 4]
+    assert [row["settings"]["write"] for row in rows] == ["hidden", "-", "hidden"]
+    table = (compared / "comparison.md").read_text()
+    assert "| memory | bptt | write | layers |" in table and table.count("| hidden |") == 2  # no column alike in all
+    assert (compared / "comparison.png").exists()
     cut = tmp_path / "cut-otherwise"  # segments of another size do not line up: refused
     cut.mkdir()
     recut = {**results, "settings": {**results["settings"], "segment_size": 16}}
     (cut / "results.json").write_text(json.dumps(recut))
     for runs, message in (
         ([f"{tmp_path}:rmt", f"{cut}:rmt"], "segment_size 32 against 16"),
+        ([f"{tmp_path}:rmt", f"{other}:baseline"], "vocabulary 16 against 12"),
         ([f"{tmp_path}:rmt", f"{tmp_path}:trxl"], "holds no 'trxl' run \\(it holds: baseline, rmt\\)"),
         ([f"{tmp_path}:rmt=a", f"{tmp_path}:baseline=a"], "two runs share a label"),
     ):

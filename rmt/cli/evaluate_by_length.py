@@ -130,12 +130,6 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: int | 
     elif args.overwrite or args.resume:
         flag = "--overwrite replaces" if args.overwrite else "--resume continues"
         raise InputError(f"{flag} the results in --output: give --output")
-    else:  # a run of hours that saves nothing deserves a word before it starts
-        print(
-            "note: no --output: the table is printed at the end and nothing is saved (--output DIR keeps "
-            "results.json, predictions and plots after every cell, and an interrupted run continues with --resume)",
-            file=sys.stderr,
-        )
     lengths = parse_lengths(args.lengths if args.lengths is not None else DEFAULT_LENGTHS)
     samples = parse_samples(args.samples if args.samples is not None else str(DEFAULT_SAMPLES), lengths)
     methods = parse_methods(args.methods if args.methods is not None else DEFAULT_METHODS)
@@ -190,6 +184,12 @@ def by_length_plan(args: argparse.Namespace, tasks: list[str], num_facts: int | 
         earlier = _resumed_results(args, contents)
         finished = finished_cells(earlier, ["/".join(cell) for cell in todo])
         todo = [cell for cell in todo if "/".join(cell) not in finished]
+    if args.output is None:  # once every check passed: a run of hours that saves nothing deserves a word first
+        print(
+            "note: no --output: the table is printed at the end and nothing is saved (--output DIR keeps "
+            "results.json, predictions and plots after every cell, and an interrupted run continues with --resume)",
+            file=sys.stderr,
+        )
     return ByLengthPlan(
         tasks=tasks,
         lengths=lengths,

@@ -436,8 +436,8 @@ def _armt_depth_zero_note(model: RecurrentMemoryModel) -> None:
         "note: ARMT at BPTT depth 0 (bptt_depth=0): no loss reaches the memory's writes, so its key, value and gate "
         "projections (w_k, w_v, w_b) get no gradient"
         + (
-            "; its value projection is still zero, so the memory stays empty and this run trains the backbone alone "
-            "(a depth of 1 or more, or -1 for all, trains the memory)"
+            "; its value projection is still zero, so the memory stays empty and adds nothing to what the rest of "
+            "the model learns (a depth of 1 or more, or -1 for all, trains the memory)"
             if empty
             else ""
         ),
