@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Perplexity (words) or bits per byte by segment position, a line per run, its overall score in the legend."""
     plt = pyplot()
     words = rows[0]["measure"] == "bpw"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for row in rows:
         values = [2**b for b in row["by_segment"]] if words else row["by_segment"]
         overall = f"{row['overall_perplexity']:.2f}" if words else f"{row['overall']:.3f}"
@@ -163,7 +164,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("segment of the document")
     ax.set_ylabel("perplexity per word (held out)" if words else "bits per byte (held out)")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
@@ -187,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.language_modeling_compare " + " ".join(
-        f"'{a}'" if any(c.isspace() for c in a) else a for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = "python -m benchmarks.language_modeling_compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_json(output / "comparison.json", {"command": command, "runs": rows})
     write_atomically(output / "comparison.md", table + "\n")
     plot(rows, output / "comparison.png", args.title)
