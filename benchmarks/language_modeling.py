@@ -290,6 +290,25 @@ def load_results(path: Path, settings: dict) -> dict:
     return results
 
 
+def read_run(spec: str, form: str = "FOLDER:KIND") -> tuple[Path, str, dict]:
+    """(folder, kind, the folder's results.json) of FOLDER:KIND, a trained run of this script, refused with one line
+    (naming `form`, how the caller's argument reads) when it names none."""
+    folder, sep, kind = spec.rpartition(":")
+    if not sep or not folder or not kind:
+        raise SystemExit(f"error: {spec!r}: give {form} (a benchmarks.language_modeling --output and a kind)")
+    results_file = Path(folder) / "results.json"
+    if not results_file.is_file():
+        raise SystemExit(f"error: {results_file} does not exist: {folder} is no benchmarks.language_modeling output")
+    try:
+        results = json.loads(results_file.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"error: {results_file} is not valid JSON ({err})") from None
+    if kind not in results.get("runs", {}):
+        held = ", ".join(sorted(results.get("runs", {}))) or "none"
+        raise SystemExit(f"error: {results_file} holds no {kind!r} run (it holds: {held})")
+    return Path(folder), kind, results
+
+
 def format_table(results: dict) -> str:
     """The runs as a Markdown table: bits per byte overall and by segment, or for words perplexity overall and by
     segment beside bits per word."""

@@ -32,6 +32,7 @@ from benchmarks.language_modeling import (
     document_length,
     metric_key,
     predicted_tokens,
+    read_run,
 )
 from rmt.config import with_fields_added_later
 from rmt.plotting import pyplot, save_figure
@@ -54,24 +55,12 @@ class Run:
     record: dict[str, Any]
 
 
-def read_run(spec: str) -> Run:
+def read_labelled_run(spec: str) -> Run:
     """The run FOLDER:KIND[=LABEL] names, refused with one line when its folder holds no such trained run."""
     location, _, label = spec.partition("=")
-    folder, sep, kind = location.rpartition(":")
-    if not sep or not folder or not kind:
-        raise SystemExit(f"error: {spec!r}: give FOLDER:KIND or FOLDER:KIND=LABEL")
-    results_file = Path(folder) / "results.json"
-    if not results_file.is_file():
-        raise SystemExit(f"error: {results_file} does not exist: {folder} is no benchmarks.language_modeling output")
-    try:
-        results = json.loads(results_file.read_text())
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"error: {results_file} is not valid JSON ({err})") from None
-    if kind not in results.get("runs", {}):
-        held = ", ".join(sorted(results.get("runs", {}))) or "none"
-        raise SystemExit(f"error: {results_file} holds no {kind!r} run (it holds: {held})")
+    folder, kind, results = read_run(location, form="FOLDER:KIND or FOLDER:KIND=LABEL")
     settings = {**ADDED_SETTINGS, **results.get("settings", {})}
-    return Run(label or location, folder, kind, settings, results["runs"][kind])
+    return Run(label or location, str(folder), kind, settings, results["runs"][kind])
 
 
 def check_same_task(runs: list[Run]) -> None:
@@ -179,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.runs) < 2:
         parser.error("give two or more runs to compare")
-    runs = [read_run(spec) for spec in args.runs]
+    runs = [read_labelled_run(spec) for spec in args.runs]
     labels = [run.label for run in runs]
     if len(set(labels)) != len(labels):
         raise SystemExit(f"error: two runs share a label ({', '.join(labels)}): give each its own with =LABEL")

@@ -22,7 +22,6 @@ documents). --from-segment 2 leaves out segment 1, where no model has context.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ from benchmarks.language_modeling import (
     metric_key,
     nats_by_document,
     predicted_tokens,
+    read_run,
 )
 from rmt.memory.recurrent import RecurrentMemoryModel
 
@@ -50,21 +50,10 @@ SAME_DOCUMENTS = ("seed", "unit", "document_bytes", "document_words", "vocabular
 
 def side(spec: str) -> tuple[Path, str, dict[str, Any]]:
     """(folder, kind, its results.json) of FOLDER:KIND, refused with one line when it does not name a trained run."""
-    folder, sep, kind = spec.rpartition(":")
-    if not sep or not folder or not kind:
-        raise SystemExit(f"error: {spec!r}: give FOLDER:KIND (a benchmarks.language_modeling --output and a kind)")
-    results_file = Path(folder) / "results.json"
-    if not results_file.is_file():
-        raise SystemExit(f"error: {results_file} does not exist: {folder} is no benchmarks.language_modeling output")
-    results = json.loads(results_file.read_text())
-    if kind not in results.get("runs", {}):
-        held = ", ".join(sorted(results.get("runs", {}))) or "none"
-        raise SystemExit(f"error: {results_file} holds no {kind!r} run (it holds: {held})")
-    if not (Path(folder) / "runs" / kind / "checkpoint" / "model").is_dir():
-        raise SystemExit(
-            f"error: {Path(folder) / 'runs' / kind / 'checkpoint' / 'model'}: the trained model is missing"
-        )
-    return Path(folder), kind, results
+    folder, kind, results = read_run(spec)
+    if not (folder / "runs" / kind / "checkpoint" / "model").is_dir():
+        raise SystemExit(f"error: {folder / 'runs' / kind / 'checkpoint' / 'model'}: the trained model is missing")
+    return folder, kind, results
 
 
 def per_document_bits(nats: torch.Tensor, weights: list[int], from_segment: int) -> torch.Tensor:
