@@ -281,7 +281,7 @@ def pretrained_backbone(
     except SafetensorError as err:  # a damaged or truncated weights file
         raise InputError(f"cannot load a model from {name_or_path!r}: damaged weights in {location}: {err}") from err
     except OSError as err:
-        raise MissingFileError(_load_error(name_or_path, location, err)) from err
+        raise MissingFileError(_load_error(name_or_path, location, err, kwargs.get("local_files_only"))) from err
     except InputError:
         raise
     except struct.error as err:  # the gguf package read past the end of a GGUF file's header
@@ -443,9 +443,11 @@ def backbone_model_type(name_or_path: str | os.PathLike) -> str | None:
     return config["model_type"]
 
 
-def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception) -> str:
+def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception, cache_only: bool | None = True) -> str:
     """One line for a model that transformers could not load; a name that is no local folder or file was tried as a
-    hub id, which the message says (a mistyped folder name reads as a hub id)."""
+    hub id, which the message says (a mistyped folder name reads as a hub id), and that the Hub could not be reached
+    where the load read its cache alone (`cache_only`: its local_files_only; False or None where the caller's own
+    keyword asked for the hub)."""
     tried_hub = not Path(location).exists()
     hint = (
         f" (not {' or '.join(sorted(OFFLINE_MODELS))}, a model folder or a .gguf file here, so it was tried as a "
@@ -453,7 +455,8 @@ def _load_error(name_or_path: str | os.PathLike, location: str, err: Exception) 
         if tried_hub
         else ""
     )
-    return f"cannot load a model from {str(name_or_path)!r}{hint}{_unreachable_hub_hint(location)}: {one_line(err)}"
+    unreachable = _unreachable_hub_hint(location) if cache_only else ""  # not where the caller asked for the hub
+    return f"cannot load a model from {str(name_or_path)!r}{hint}{unreachable}: {one_line(err)}"
 
 
 def _hub_keywords(location: str, model: bool = False) -> dict[str, Any]:

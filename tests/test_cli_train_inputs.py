@@ -284,6 +284,17 @@ def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_pat
     assert loading.hub_unreachable() == "HF_HUB_OFFLINE is set"
 
 
+def test_the_unreachable_hub_is_named_only_where_the_cache_alone_was_read(monkeypatch):
+    """A caller's own local_files_only=False asked for the hub: its error does not claim that only the cache was
+    read."""
+    from rmt import build
+
+    monkeypatch.setattr(build, "hub_unreachable", lambda: "no connection to hub.invalid")
+    error = OSError("not found")
+    assert "the Hub cannot be reached: no connection" in build._load_error("someone/x", "someone/x", error)
+    assert "cannot be reached" not in build._load_error("someone/x", "someone/x", error, cache_only=False)
+
+
 def test_a_misspelt_offline_model_is_named_at_once_and_its_capitals_do_not_matter(tmp_path, monkeypatch):
     """A misspelt offline name was tried on the hub (half a minute of retries) before one line said nothing loaded."""
     from rmt.build import resolve_model
