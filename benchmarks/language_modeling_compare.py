@@ -10,7 +10,8 @@ Each run is FOLDER:KIND[=LABEL]: a --output folder of `benchmarks.language_model
 holds (the label defaults to FOLDER:KIND). Only the results.json files are read, nothing is trained or scored again.
 The runs must read the same text the same way (unit, vocabulary, document length and segment size), so that their
 scores and segment positions compare; every other setting in which they differ (seed, steps, memory, BPTT, model
-size...) gets a column of the table.
+size...) gets a column of the table. Runs of other seeds hold out other documents: for a gap between two runs of one
+seed with its interval, use `benchmarks.language_modeling_paired`.
 The output folder gets comparison.png, comparison.md and comparison.json (the inputs, their settings and the
 values), each written whole or not at all.
 """
