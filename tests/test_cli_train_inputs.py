@@ -253,11 +253,11 @@ def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_pat
     monkeypatch.setattr(loading.time, "monotonic", lambda: clock[0])
     tried = []
 
-    def no_network(address, timeout):
-        tried.append(address)
-        raise OSError(-2, "Name or service not known")
+    def no_name_service(host, port, **kwargs):
+        tried.append((host, port))
+        raise socket.gaierror(-2, "Name or service not known")
 
-    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_name_service)
     monkeypatch.setattr("huggingface_hub.utils._http._http_backoff_base", lambda *a, **k: pytest.fail("asked the hub"))
     assert loading.hub_unreachable() == "no connection to hub.invalid: Name or service not known"
     for command in (
@@ -282,6 +282,46 @@ def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_pat
     assert loading.hub_unreachable() is None  # a direct connection says nothing where a proxy serves the Hub
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert loading.hub_unreachable() == "HF_HUB_OFFLINE is set"
+
+
+def test_a_name_service_that_does_not_answer_counts_as_an_unreachable_hub(monkeypatch):
+    """getaddrinfo takes no timeout: a resolver that does not answer held the probe for the resolver's own retries.
+    The lookup is given as long as the connection; one that answers leads to a connection to its address."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    import huggingface_hub.constants
+
+    from rmt.backbones import loading
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(urllib.request, "getproxies", dict)
+    monkeypatch.setattr(loading, "_connection_tried", {})
+    monkeypatch.setattr(loading, "_PROBE_TIMEOUT_S", 0.2)
+    released = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: released.wait(30))
+    started = time.monotonic()
+    try:
+        assert loading.hub_unreachable() == "no answer from the name service for hub.invalid within 0.2 s"
+        assert time.monotonic() - started < 5
+    finally:
+        released.set()
+    # A name that resolves: the connection goes to the address found (a local listener here).
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"https://hub.invalid:{port}")
+    address = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port_asked, **kwargs: address)
+    try:
+        assert loading.hub_unreachable() is None
+    finally:
+        listener.close()
+    monkeypatch.setattr(loading, "_connection_tried", {})
+    reason = loading.hub_unreachable()  # nothing listens there now
+    assert reason is not None and reason.startswith("no connection to hub.invalid: "), reason
 
 
 def test_the_unreachable_hub_is_named_only_where_the_cache_alone_was_read(monkeypatch):

@@ -9,6 +9,7 @@ backbone in BACKBONE_DIR, a plain Hugging Face folder.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -62,14 +63,16 @@ def looks_like_hub_id(name: str) -> bool:
 # How long a failed connection to the Hub is believed (a long-running process may see the network come back)
 _UNREACHABLE_FOR_S = 60.0
 _connection_tried: dict[str, tuple[float, str | None]] = {}
+# How long the name lookup, and then the connection, may take before the Hub counts as unreachable
+_PROBE_TIMEOUT_S = 3.0
 
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face Hub cannot be reached from here, or None when it may be: HF_HUB_OFFLINE is set, or its
-    endpoint takes no direct connection within 3 seconds (not tried where a proxy serves it). A loader that finds it
-    unreachable reads hub ids from the local cache alone (`local_files_only`), so a mistyped name is refused at once
-    instead of after the hub library's retries (about half a minute). A success is remembered for the process, a
-    failure for a minute."""
+    endpoint's name is not looked up within 3 seconds, or the endpoint takes no direct connection within 3 more (not
+    tried where a proxy serves it). A loader that finds it unreachable reads hub ids from the local cache alone
+    (`local_files_only`), so a mistyped name is refused at once instead of after the hub library's retries (about half
+    a minute). A success is remembered for the process, a failure for a minute."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -82,14 +85,42 @@ def hub_unreachable() -> str | None:
     tried = _connection_tried.get(constants.ENDPOINT)
     if tried is not None and (tried[1] is None or time.monotonic() - tried[0] < _UNREACHABLE_FOR_S):
         return tried[1]
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-        reason = None
-    except OSError as err:
-        reason = f"no connection to {host}: {err.strerror or err}"
+    reason = _connection_problem(host, url.port or (80 if url.scheme == "http" else 443))
     _connection_tried[constants.ENDPOINT] = (time.monotonic(), reason)
     return reason
+
+
+def _connection_problem(host: str, port: int) -> str | None:
+    """Why no direct TCP connection to host:port opens within _PROBE_TIMEOUT_S for the lookup and as long again for
+    the connection, or None when one does. The name lookup runs in a daemon thread because getaddrinfo takes no
+    timeout: a name server that does not answer would hold the caller for the resolver's own retries (5 s per try
+    and server by default), which is what this probe is there to avoid."""
+    found: list = []
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as err:
+            found.append(err)
+
+    lookup = threading.Thread(target=look_up, name="rmt-hub-lookup", daemon=True)
+    lookup.start()
+    lookup.join(_PROBE_TIMEOUT_S)
+    if not found:
+        return f"no answer from the name service for {host} within {_PROBE_TIMEOUT_S:g} s"
+    if isinstance(found[0], OSError):
+        return f"no connection to {host}: {found[0].strerror or found[0]}"
+    deadline = time.monotonic() + _PROBE_TIMEOUT_S
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, protocol, _, address in found[0]:
+        with socket.socket(family, kind, protocol) as connection:
+            connection.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                connection.connect(address)
+                return None
+            except OSError as err:
+                error = err
+    return f"no connection to {host}: {error.strerror or error}"
 
 
 def model_inside(folder: Path) -> str:
