@@ -865,6 +865,30 @@ def test_a_full_attention_baseline_that_cannot_read_the_samples_is_refused_befor
     assert not output.exists()  # a head at random scored the baseline by chance before
 
 
+def test_a_full_attention_baseline_reads_in_the_checkpoints_dtype(decoder, tmp_path, capsys, monkeypatch):
+    """It was read in fp32 whatever the checkpoint's dtype: a bf16 memory model was compared with an fp32 baseline."""
+    from rmt.eval import by_length
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    model = tmp_path / "model"
+    RecurrentMemoryModel.from_pretrained(decoder).to(torch.bfloat16).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(decoder) / "backbone" / name, model / "backbone")
+    read_in = []
+    original = by_length.evaluate_by_length
+
+    def recording(memory_model, *args, full_attention_backbone=None, **kwargs):
+        read_in.append((memory_model.backbone.dtype, full_attention_backbone.dtype))
+        return original(memory_model, *args, full_attention_backbone=full_attention_backbone, **kwargs)
+
+    monkeypatch.setattr(by_length, "evaluate_by_length", recording)
+    baseline = str(Path(decoder) / "backbone")  # saved in fp32
+    args = ["eval", str(model), "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--no-progress"]
+    code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", baseline], capsys)
+    assert code == 0, err
+    assert read_in == [(torch.bfloat16, torch.bfloat16)]
+
+
 def test_a_full_attention_baseline_with_a_smaller_vocabulary_is_refused_before_any_cell(decoder, tmp_path, capsys):
     small = tmp_path / "small"
     random_backbone("llama", 16, 1, 32, 4, 256).save_pretrained(small)

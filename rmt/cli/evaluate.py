@@ -144,7 +144,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     babilong.add_argument(
         "--full-attention-model",
         default=None,
-        help="backbone for full_attention (e.g. smollm2 for the original model; default: the checkpoint's own)",
+        help="backbone for full_attention (e.g. smollm2 for the original model; default: the checkpoint's own), read "
+        "in the checkpoint's dtype",
     )
     babilong.add_argument(
         "--max-new-tokens",

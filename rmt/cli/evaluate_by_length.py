@@ -471,7 +471,9 @@ def run_by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: B
     baseline = None
     if args.full_attention_model and "full_attention" in methods:
         try:
-            baseline = pretrained_backbone(args.full_attention_model, mode=mode).to(model.device).eval()
+            # In the memory model's precision: a bf16 checkpoint against an fp32 baseline would compare precisions.
+            dtype = model.backbone.get_input_embeddings().weight.dtype
+            baseline = pretrained_backbone(args.full_attention_model, mode=mode, dtype=dtype).to(model.device).eval()
         except MissingWeightsError as err:
             if not err.head_only:
                 raise
