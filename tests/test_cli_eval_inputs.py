@@ -883,10 +883,39 @@ def test_a_full_attention_baseline_reads_in_the_checkpoints_dtype(decoder, tmp_p
 
     monkeypatch.setattr(by_length, "evaluate_by_length", recording)
     baseline = str(Path(decoder) / "backbone")  # saved in fp32
-    args = ["eval", str(model), "--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--no-progress"]
-    code, _, err = _run([*args, "--methods", "memory,full_attention", "--full-attention-model", baseline], capsys)
+    args = ["--data", "babilong:qa1", "--lengths", "0k", "--samples", "1", "--no-progress"]
+    args += ["--methods", "memory,full_attention", "--full-attention-model", baseline]
+    code, _, err = _run(["eval", str(model), *args], capsys)
     assert code == 0, err
     assert read_in == [(torch.bfloat16, torch.bfloat16)]
+    code, _, err = _run(["eval", decoder, *args, "--dtype", "bf16"], capsys)  # an fp32 checkpoint, read in bf16
+    assert code == 0, err
+    assert read_in[1:] == [(torch.bfloat16, torch.bfloat16)]
+    code, _, err = _run(["eval", str(model), *args, "--dtype", "fp32"], capsys)
+    assert code == 0, err
+    assert read_in[2:] == [(torch.float32, torch.float32)]
+
+
+def test_dtype_reads_a_checkpoint_in_another_precision_and_a_resume_keeps_it(
+    decoder, haystack, finished, tmp_path, capsys
+):
+    """--dtype casts the weights after loading; the output records the dtype read in, and a resume in another one
+    is refused naming the flag (its kept cells were computed in the first)."""
+    copy = ["eval", decoder, "--task", "copy", "--task-size", "4", "--batches", "1"]
+    code, out, err = _run([*copy, "--dtype", "bf16"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["dtype"] == "bfloat16"
+    output = tmp_path / "by-length"
+    shutil.copytree(finished, output)
+    results = json.loads((output / "results.json").read_text())
+    del results["cells"]["qa1/60/no_memory"]
+    (output / "results.json").write_text(json.dumps({**results, "complete": False}))
+    before = _digest(output)
+    code, _, err = _run([*_resumable(decoder, haystack, output), "--resume", "--dtype", "bf16"], capsys)
+    assert code == 2 and f"the model at {decoder} is read in bfloat16 (--dtype bf16)" in err, err
+    assert "was made with float32 ones" in err and _digest(output) == before
+    code, _, err = _run([*_resumable(decoder, haystack, output), "--resume", "--dtype", "fp32"], capsys)
+    assert code == 0 and "3 of 4 cells kept, 1 to compute" in err, err
 
 
 def test_a_full_attention_baseline_with_a_smaller_vocabulary_is_refused_before_any_cell(decoder, tmp_path, capsys):

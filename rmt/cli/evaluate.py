@@ -53,6 +53,8 @@ from rmt.cli.evaluate_by_length import (
 from rmt.errors import InputError
 
 if TYPE_CHECKING:
+    import torch
+
     from rmt.memory.recurrent import RecurrentMemoryModel
 
 DEFAULT_BATCHES = 4
@@ -116,6 +118,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="text data file: cut documents to this many tokens, as rmt train --max-length did (default: whole "
         "documents)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("fp32", "bf16"),
+        help="the weights' dtype, and so the computation's, for the memory model and a --full-attention-model "
+        "(default: the checkpoint's own)",
     )
     babilong = parser.add_argument_group("BABILong by length")
     babilong.add_argument(
@@ -182,7 +191,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rmt.memory.memory_file import sampled_weights_fingerprint
     from rmt.memory.pretrained import local_checkpoint
-    from rmt.memory.recurrent import RecurrentMemoryModel
 
     device = apply_runtime(args)
     if args.data is not None and args.task is not None:
@@ -205,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
                 print(format_table(plan.earlier))
                 print(f"\n{results} holds every cell already: nothing computed, no file rewritten", file=sys.stderr)
                 return 0
-        model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
+        model = _load_model(args, device)
         plan.weights = sampled_weights_fingerprint(model)  # recorded with the results, and checked on a resume
         plan.dtype = weights_dtype(model)
         if plan.earlier is not None:
@@ -219,10 +227,19 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batches", "batch_size"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    model = RecurrentMemoryModel.from_pretrained(args.checkpoint).to(device).eval()
+    model = _load_model(args, device)
     if kind == "file":
         return _on_file(args, model)
     return _on_task(args, model)
+
+
+def _load_model(args: argparse.Namespace, device: torch.device) -> RecurrentMemoryModel:
+    """The checkpoint's model on `device`, in --dtype when that is given."""
+    from rmt.build import DTYPES
+    from rmt.memory.recurrent import RecurrentMemoryModel
+
+    dtype = {} if args.dtype is None else {"dtype": DTYPES[args.dtype]}
+    return RecurrentMemoryModel.from_pretrained(args.checkpoint, **dtype).to(device).eval()
 
 
 def refuse_unused_flags(args: argparse.Namespace, kind: str) -> None:

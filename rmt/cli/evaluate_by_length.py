@@ -346,9 +346,10 @@ def check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], weight
             "--resume (--overwrite, or another --output)"
         )
     if recorded.get(DTYPE_SETTING) not in (None, dtype):
+        held = f"is read in {dtype} (--dtype {args.dtype})" if args.dtype else f"holds {dtype} weights"
         raise InputError(
-            f"--resume: the model at {args.checkpoint} holds {dtype} weights, and {made} {recorded[DTYPE_SETTING]} "
-            "ones: run without --resume (--overwrite, or another --output), or resume with the checkpoint it read"
+            f"--resume: the model at {args.checkpoint} {held}, and {made} {recorded[DTYPE_SETTING]} ones: run "
+            "without --resume (--overwrite, or another --output), or resume with the checkpoint and --dtype it read"
         )
 
 
