@@ -1,6 +1,6 @@
 """The README's Python examples run as written: each ```python block is executed, in order, in a fresh folder. The
 blocks that continue an earlier example (streaming, the diagonal engine) get the few names they take from it (a
-tokenizer, a document in chunks, prompts) from a prelude here; the training example runs 3 of its 600 steps."""
+tokenizer, a document in chunks, prompts) from a prelude here; the training examples run 3 of their 600 steps."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def stand_in_minilm(folder: Path, monkeypatch) -> None:
 
 def test_the_readme_has_the_examples_this_test_runs():
     blocks = python_blocks()
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     assert all(any(key in block for block in blocks) for key in PRELUDES)
-    assert sum("steps=600" in block for block in blocks) == 1
+    assert sum("steps=600" in block for block in blocks) == 2
 
 
 def stand_in_hub(folder: Path, monkeypatch) -> None:
@@ -86,7 +86,7 @@ def stand_in_hub(folder: Path, monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **hub: str(folder / repo_id))
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stand_in_hub(tmp_path / "hub", monkeypatch)
@@ -115,3 +115,5 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
         assert torch.equal(namespace["generated"].sequences, expected)
     if index == 4:
         assert namespace["records"][-1]["step"] == 3 and "eval_accuracy" in namespace["records"][-1]
+    if index == 5:  # Hugging Face's Trainer continued the training example's model
+        assert namespace["trainer"].state.global_step == 3 and namespace["trainer"].model is namespace["model"]

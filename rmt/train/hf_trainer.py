@@ -1,0 +1,153 @@
+"""`MemoryTrainer`: Hugging Face's `transformers.Trainer` for rmt memory models (RMT and ARMT, decoder and encoder).
+
+A memory model is a torch module, not a `PreTrainedModel`, so the plain Trainer saves its checkpoints as a bare state
+dict (`model.safetensors`), which `from_pretrained` cannot read, and fails at the first save where the backbone ties
+its input and output embeddings (SmolLM2, GPT-2: safetensors refuses shared tensors). `MemoryTrainer` writes every
+checkpoint, `save_model` and the best model in rmt's own layout (`save_pretrained`: backbone/, memory.safetensors,
+rmt_config.json, the tokenizer in backbone/), and reads them back for `resume_from_checkpoint` and
+`load_best_model_at_end`. rmt's collators (`rmt.data.collate.QACollator`, `TextCollator`) serve as its
+`data_collator`, and the record fields they read (`input`, `question`, `target`, `text`) are kept when the Trainer
+drops the columns the model does not take. Everything else (optimizer, schedule, data order, random states,
+logging) is the Trainer's own, so a resumed run continues as the Trainer resumes any model.
+
+    from transformers import TrainingArguments
+    from rmt.train import MemoryTrainer
+
+    trainer = MemoryTrainer(model=model, args=TrainingArguments("runs/qa1", max_steps=1000, save_steps=100),
+                            train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
+    trainer.train()                        # runs/qa1/checkpoint-100/ ... each one RMTForCausalLM.from_pretrained-able
+    trainer.train(resume_from_checkpoint=True)
+
+The Trainer computes `model(**batch).loss` and then its backward pass: the gradients of `forward_backward` at the
+model's `bptt_depth`, but the activations of every segment are held until the backward pass, so memory grows with the
+number of segments. `rmt train` and `rmt.train.train` run `forward_backward` instead, whose memory stays flat. One
+process or DDP (`torchrun`, `accelerate launch`); FSDP and DeepSpeed are refused (`rmt train --fsdp` shards a memory
+model), as is a backbone with LoRA adapters (its checkpoints are written merged, which a resume cannot load into the
+adapters: `rmt train --trainable lora`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from rmt.backbones.lora import has_lora_layers
+from rmt.data.batch import Batch
+from rmt.data.collate import QA_FIELDS, TEXT_FIELDS
+from rmt.errors import InputError
+from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model
+from rmt.memory.recurrent import RecurrentMemoryModel
+
+# Outputs of a memory model that are not predictions: the Trainer's evaluation would gather them over every batch
+NOT_PREDICTIONS = ["memory_state", "segment_outputs"]
+
+
+class MemoryTrainer(Trainer):
+    """`transformers.Trainer` whose checkpoints, `save_model` and best model are rmt memory model folders (see the
+    module docstring). Takes the Trainer's own arguments; `model` must be an rmt memory model."""
+
+    def __init__(self, model: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(model, RecurrentMemoryModel):
+            kind = "no model" if model is None else f"a {type(model).__name__}"
+            raise InputError(
+                f"MemoryTrainer trains rmt memory models (RMTForCausalLM, ARMTForCausalLM, "
+                f"RMTForSequenceClassification), got {kind}: use transformers.Trainer for other models"
+            )
+        if has_lora_layers(model.backbone):
+            raise InputError(
+                "MemoryTrainer: the backbone has LoRA adapters, and its checkpoints would be written with them merged, "
+                "which a resume cannot load back into the adapters: train LoRA with `rmt train --trainable lora` "
+                "(or rmt.train.train with TrainConfig(trainable='lora'))"
+            )
+        super().__init__(model, *args, **kwargs)
+        if self.data_collator is not None:
+            self.data_collator = _AsKeywords(self.data_collator)
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            engine = "FSDP" if self.is_fsdp_enabled else "DeepSpeed"
+            raise InputError(
+                f"MemoryTrainer runs in one process or under DDP, not {engine}: `rmt train --fsdp` (or "
+                "rmt.train.train with TrainConfig(fsdp=True)) shards a memory model"
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """The Trainer drops the dataset columns that the model's forward does not take (remove_unused_columns):
+        the record fields rmt's collators read are kept too."""
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, *QA_FIELDS, *TEXT_FIELDS]
+
+    def _memory_model(self) -> RecurrentMemoryModel:
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the model as `save_pretrained` does (atomically: an interrupted save leaves the folder as it was),
+        the tokenizer into its backbone/ (where rmt eval and rmt generate read it) and the training arguments, as
+        the Trainer does beside its weights."""
+        if not self.args.should_save:
+            return
+        output = Path(output_dir if output_dir is not None else self.args.output_dir)
+        tokenizer = self.processing_class
+        if tokenizer is None:
+            tokenizer = getattr(self.data_collator, "tokenizer", None)
+
+        def save_tokenizer(folder: Path) -> None:
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder / BACKBONE_DIR)
+
+        model = self._memory_model()
+        save_memory_model(model, output, state_dict=state_dict, progress=False, extras=save_tokenizer)
+        torch.save(self.args, os.path.join(output, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        self._load_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_weights(self.state.best_model_checkpoint)
+
+    def _load_weights(self, folder: str | os.PathLike) -> None:
+        """Put the weights of the rmt checkpoint `folder` into the model being trained. Its configuration stays the
+        model's own; a checkpoint whose weights do not fit it (another memory size, backbone or kind) is refused."""
+        model = self._memory_model()
+        saved = load_memory_model(folder)
+        mine, theirs = model.state_dict(), saved.state_dict()
+        differing = sorted(set(mine) ^ set(theirs))
+        differing += [name for name in mine if name in theirs and mine[name].shape != theirs[name].shape]
+        if differing:
+            raise InputError(
+                f"{folder} holds another model than the one being trained (weights that differ in name or shape: "
+                f"{', '.join(differing[:5])})"
+            )
+        model.load_state_dict(theirs)
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The Trainer's, with the memory state and per-segment outputs left out of the predictions it gathers."""
+        ignore_keys = NOT_PREDICTIONS if ignore_keys is None else [*ignore_keys, *NOT_PREDICTIONS]
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+class _AsKeywords:
+    """A data collator whose rmt `Batch` (what QACollator and TextCollator return) comes out as the dict of keyword
+    arguments the Trainer passes to the model; other collators' batches pass through. Its other attributes are the
+    collator's (the Trainer saves `data_collator.tokenizer` with the model)."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, records: list[dict[str, Any]]) -> Any:
+        batch = self.collator(records)
+        return batch.model_inputs() if isinstance(batch, Batch) else batch
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "collator":  # not set yet: a copy being unpickled (data loader workers that spawn)
+            raise AttributeError(name)
+        return getattr(self.collator, name)

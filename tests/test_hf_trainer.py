@@ -1,0 +1,229 @@
+"""`MemoryTrainer`: Hugging Face's Trainer writing and reading rmt memory model folders (checkpoints, save_model,
+the best model), resuming as an uninterrupted run, and refusing what it cannot save and resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
+from rmt.errors import InputError
+from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.train import MemoryTrainer
+from tests.conftest import tiny_decoder, tiny_encoder
+
+LENGTH = 40  # tokens per sample: 3 segments of 16
+
+
+def _model(kind: str, seed: int = 0) -> RecurrentMemoryModel:
+    """A tiny memory model of `kind` whose memory weights start from `seed` (the backbone is always the same)."""
+    backbone = tiny_encoder() if kind == "encoder" else tiny_decoder("gpt2")  # GPT-2 ties its embeddings
+    torch.manual_seed(seed)
+    if kind == "encoder":
+        return RMTForSequenceClassification(backbone, RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=14))
+    if kind == "armt":
+        return ARMTForCausalLM(backbone, RMTConfig(memory_kind="armt", num_memory_tokens=2, segment_size=16, d_mem=8))
+    return RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=2, segment_size=16, bptt_depth=2))
+
+
+def _data(kind: str, samples: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    records = []
+    for _ in range(samples):
+        ids = torch.randint(5, 60, (LENGTH,), generator=generator)  # the tiny vocabularies hold 64 ids
+        label = torch.randint(0, 3, (), generator=generator) if kind == "encoder" else ids.clone()
+        records.append({"input_ids": ids, "attention_mask": torch.ones(LENGTH, dtype=torch.long), "labels": label})
+    return records
+
+
+def _arguments(folder, **overrides) -> TrainingArguments:
+    settings = {
+        "per_device_train_batch_size": 4,
+        "max_steps": 4,
+        "save_steps": 2,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": [],
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        **overrides,
+    }
+    return TrainingArguments(output_dir=str(folder), **settings)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def _assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_plain_trainer_cannot_save_a_memory_model_over_tied_embeddings(tmp_path):
+    """Why MemoryTrainer exists: the Trainer saves a module that is not a PreTrainedModel as a bare state dict, which
+    safetensors refuses where the backbone ties its embeddings (and from_pretrained could not read)."""
+    trainer = Trainer(model=_model("rmt"), args=_arguments(tmp_path / "run"), train_dataset=_data("rmt"))
+    with pytest.raises(RuntimeError, match="share memory"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt", "encoder"])
+def test_checkpoints_are_memory_model_folders_and_a_resume_continues_as_an_uninterrupted_run(kind, tmp_path):
+    straight = MemoryTrainer(model=_model(kind), args=_arguments(tmp_path / "straight"), train_dataset=_data(kind))
+    straight.train()
+    trained = _weights(straight.model)
+    final = RecurrentMemoryModel.from_pretrained(tmp_path / "straight" / "checkpoint-4")
+    assert type(final) is type(straight.model) and final.config == straight.model.config
+    _assert_same_weights(_weights(final), trained)
+    halfway = _weights(RecurrentMemoryModel.from_pretrained(tmp_path / "straight" / "checkpoint-2"))
+    assert any(not torch.equal(halfway[name], trained[name]) for name in trained)
+    # Resumed into a model whose memory starts elsewhere: the checkpoint's weights, optimizer, schedule, data order
+    # and random state make it the uninterrupted run.
+    resumed = MemoryTrainer(
+        model=_model(kind, seed=1), args=_arguments(tmp_path / "resumed"), train_dataset=_data(kind)
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-2"))
+    _assert_same_weights(_weights(resumed.model), trained)
+
+
+def test_save_model_writes_the_tokenizer_where_rmt_reads_it(tmp_path):
+    from rmt.build import pretrained_tokenizer
+    from tests.conftest import tiny_model_folder
+
+    folder = tiny_model_folder(tmp_path / "backbone")
+    tokenizer = pretrained_tokenizer(folder)
+    model = RMTForCausalLM(
+        tiny_decoder("gpt2", vocab_size=len(tokenizer)), RMTConfig(num_memory_tokens=2, segment_size=16)
+    )
+    trainer = MemoryTrainer(model=model, args=_arguments(tmp_path / "run"), processing_class=tokenizer)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert pretrained_tokenizer(tmp_path / "saved").get_vocab() == tokenizer.get_vocab()
+    _assert_same_weights(_weights(RMTForCausalLM.from_pretrained(tmp_path / "saved")), _weights(model))
+    assert (tmp_path / "saved" / "training_args.bin").is_file()
+
+
+@pytest.mark.parametrize("kind", ["qa", "text"])
+def test_rmt_collators_feed_the_trainer_from_a_dataset_of_records(kind, tmp_path):
+    """A datasets.Dataset of question-answer (or text) records with rmt's collator: the Trainer would drop the
+    record fields, which the model's forward does not take, and could not pass a Batch to the model."""
+    from datasets import Dataset
+
+    from rmt.build import pretrained_tokenizer
+    from rmt.data.collate import QACollator, TextCollator
+    from tests.conftest import tiny_model_folder
+
+    tokenizer = pretrained_tokenizer(tiny_model_folder(tmp_path / "backbone"))
+    backbone = tiny_decoder("gpt2", vocab_size=len(tokenizer))
+    model = RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=2, segment_size=8))
+    story = "Mary went to the kitchen. John went to the garden. Mary went to the office."
+    if kind == "qa":
+        records = [{"input": story, "question": "Where is Mary?", "target": "office"}] * 8
+        collator = QACollator(tokenizer, "decoder")
+    else:
+        records = [{"text": story}] * 8
+        collator = TextCollator(tokenizer)
+    arguments = _arguments(tmp_path / "run", max_steps=2, save_steps=2)
+    trainer = MemoryTrainer(
+        model=model, args=arguments, train_dataset=Dataset.from_list(records), data_collator=collator
+    )
+    before = _weights(model)
+    result = trainer.train()
+    assert result.training_loss > 0 and any(not torch.equal(before[n], v) for n, v in _weights(model).items())
+    # The collator's tokenizer is saved with the checkpoint, as the plain Trainer saves it.
+    assert pretrained_tokenizer(tmp_path / "run" / "checkpoint-2").get_vocab() == tokenizer.get_vocab()
+
+
+def test_the_best_model_is_loaded_at_the_end(tmp_path):
+    """The best checkpoint is read back from its folder: here the worst loss counts as best (greater_is_better), so
+    the best is an earlier checkpoint than the last."""
+    arguments = _arguments(
+        tmp_path / "run",
+        eval_strategy="steps",
+        eval_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,
+    )
+    data = _data("rmt")
+    trainer = MemoryTrainer(model=_model("rmt"), args=arguments, train_dataset=data, eval_dataset=data[:8])
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    best = _weights(RMTForCausalLM.from_pretrained(trainer.state.best_model_checkpoint))
+    _assert_same_weights(_weights(trainer.model), best)
+    last = _weights(RMTForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint-4"))
+    assert any(not torch.equal(best[name], last[name]) for name in best)
+
+
+def test_predictions_are_the_logits_alone(tmp_path):
+    """The Trainer gathers every output but the loss over the evaluation: the memory state is not a prediction."""
+    data = _data("rmt", samples=6)
+    trainer = MemoryTrainer(model=_model("rmt"), args=_arguments(tmp_path / "run", per_device_eval_batch_size=4))
+    predictions = trainer.predict(data)
+    assert predictions.predictions.shape == (6, LENGTH, 64)
+    assert predictions.metrics["test_loss"] > 0
+
+
+def test_what_it_cannot_save_and_resume_is_refused(tmp_path):
+    from rmt.backbones.lora import add_lora
+
+    arguments = _arguments(tmp_path / "run")
+    with pytest.raises(InputError, match="MemoryTrainer trains rmt memory models .* got a GPT2LMHeadModel"):
+        MemoryTrainer(model=tiny_decoder("gpt2"), args=arguments)
+    adapted = _model("rmt")
+    add_lora(adapted.backbone)
+    with pytest.raises(InputError, match="LoRA adapters"):
+        MemoryTrainer(model=adapted, args=arguments)
+    # A checkpoint of another model: refused by name before any weight is changed.
+    MemoryTrainer(model=_model("rmt"), args=arguments, train_dataset=_data("rmt")).train()
+    other = RMTForCausalLM(tiny_decoder("gpt2"), RMTConfig(num_memory_tokens=3, segment_size=16))
+    before = _weights(other)
+    trainer = MemoryTrainer(model=other, args=_arguments(tmp_path / "other"), train_dataset=_data("rmt"))
+    with pytest.raises(InputError, match="holds another model than the one being trained .*memory"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    _assert_same_weights(_weights(other), before)
+
+
+def test_two_processes_train_as_one_with_the_same_global_batch_and_resume(tmp_path):
+    """DDP (torchrun, gloo): both processes end with the weights of a one-process run of the same global batch, the
+    checkpoint is written once and loads, and a two-process resume from it ends where the straight run did."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from tests.helpers import hf_trainer_run
+    from tests.test_distributed import TORCHRUN, _free_port
+
+    if not TORCHRUN.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    helper = Path(hf_trainer_run.__file__)
+
+    def launch(output, *extra):
+        command = [str(TORCHRUN), "--nproc_per_node", "2", "--master-port", str(_free_port()), str(helper)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+        done = subprocess.run(
+            [*command, str(output), "2", *extra], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [torch.load(output / f"rank{rank}.pt") for rank in (0, 1)]
+
+    one = MemoryTrainer(
+        model=hf_trainer_run.build(),
+        args=hf_trainer_run.arguments(tmp_path / "one", 4),
+        train_dataset=hf_trainer_run.records(),
+    )
+    one.train()
+    rank0, rank1 = launch(tmp_path / "two")
+    _assert_same_weights(rank0, rank1)
+    for name, tensor in one.model.state_dict().items():
+        # Sums over two halves of the batch round otherwise than over one; Adam turns the attention keys' bias
+        # gradient, zero but for rounding, into steps of its own (7e-6 here, the largest difference).
+        torch.testing.assert_close(rank0[name], tensor, rtol=0, atol=1e-4)
+    saved = RMTForCausalLM.from_pretrained(tmp_path / "two" / "checkpoint-4")
+    _assert_same_weights(_weights(saved), rank0)
+    resumed0, resumed1 = launch(tmp_path / "resumed", str(tmp_path / "two" / "checkpoint-2"))
+    _assert_same_weights(resumed0, rank0)
+    _assert_same_weights(resumed1, rank0)
