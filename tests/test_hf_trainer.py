@@ -173,6 +173,8 @@ def test_what_it_cannot_save_and_resume_is_refused(tmp_path):
     arguments = _arguments(tmp_path / "run")
     with pytest.raises(InputError, match="MemoryTrainer trains rmt memory models .* got a GPT2LMHeadModel"):
         MemoryTrainer(model=tiny_decoder("gpt2"), args=arguments)
+    with pytest.raises(InputError, match="does not push to the Hub while training"):
+        MemoryTrainer(model=_model("rmt"), args=_arguments(tmp_path / "pushed", push_to_hub=True, hub_model_id="a/b"))
     adapted = _model("rmt")
     add_lora(adapted.backbone)
     with pytest.raises(InputError, match="LoRA adapters"):

@@ -21,9 +21,9 @@ logging) is the Trainer's own, so a resumed run continues as the Trainer resumes
 The Trainer computes `model(**batch).loss` and then its backward pass: the gradients of `forward_backward` at the
 model's `bptt_depth`, but the activations of every segment are held until the backward pass, so memory grows with the
 number of segments. `rmt train` and `rmt.train.train` run `forward_backward` instead, whose memory stays flat. One
-process or DDP (`torchrun`, `accelerate launch`); FSDP and DeepSpeed are refused (`rmt train --fsdp` shards a memory
-model), as is a backbone with LoRA adapters (its checkpoints are written merged, which a resume cannot load into the
-adapters: `rmt train --trainable lora`)."""
+process or DDP (`torchrun`, `accelerate launch`). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
+model), a backbone with LoRA adapters (its checkpoints are written merged, which a resume cannot load into the
+adapters: `rmt train --trainable lora`) and `push_to_hub` (upload with `model.push_to_hub` after training)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ class MemoryTrainer(Trainer):
                 "MemoryTrainer: the backbone has LoRA adapters, and its checkpoints would be written with them merged, "
                 "which a resume cannot load back into the adapters: train LoRA with `rmt train --trainable lora` "
                 "(or rmt.train.train with TrainConfig(trainable='lora'))"
+            )
+        arguments = kwargs.get("args", args[0] if args else None)
+        # Before the Trainer starts, which creates the Hub repository. Its uploads copy its own file names out of
+        # each checkpoint, which an rmt checkpoint does not have.
+        if getattr(arguments, "push_to_hub", False):
+            raise InputError(
+                "MemoryTrainer does not push to the Hub while training: leave push_to_hub off and upload the trained "
+                "model with model.push_to_hub(repo_id, tokenizer=tokenizer), which rmt's from_pretrained reads"
             )
         super().__init__(model, *args, **kwargs)
         if self.data_collator is not None:
