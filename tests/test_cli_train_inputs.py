@@ -324,6 +324,54 @@ def test_a_name_service_that_does_not_answer_counts_as_an_unreachable_hub(monkey
     assert reason is not None and reason.startswith("no connection to hub.invalid: "), reason
 
 
+def test_each_address_of_the_hub_gets_the_whole_connection_time(monkeypatch):
+    """An address that drops packets (unrouted IPv6, often listed first) used up the time of the next one, so a hub
+    reachable over IPv4 counted as unreachable and hub ids were read from the cache alone."""
+    import socket
+    import urllib.request
+
+    import huggingface_hub.constants
+
+    from rmt.backbones import loading
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(urllib.request, "getproxies", dict)
+    monkeypatch.setattr(loading, "_connection_tried", {})
+    clock = [0.0]
+    monkeypatch.setattr(loading.time, "monotonic", lambda: clock[0])
+    dropped, answers = ("2001:db8::1", 443, 0, 0), ("192.0.2.1", 443)
+    addresses = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", dropped),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", answers),
+    ]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: addresses)
+    timeouts = {}
+
+    class Connection:
+        def __init__(self, family, kind, protocol):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def settimeout(self, seconds):
+            self.seconds = seconds
+
+        def connect(self, address):
+            timeouts[address] = self.seconds
+            if address == dropped:
+                clock[0] += self.seconds  # waits its whole time for an answer that never comes
+                raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "socket", Connection)
+    assert loading.hub_unreachable() is None
+    assert timeouts == {dropped: loading._PROBE_TIMEOUT_S, answers: loading._PROBE_TIMEOUT_S}
+
+
 def test_the_unreachable_hub_is_named_only_where_the_cache_alone_was_read(monkeypatch):
     """A caller's own local_files_only=False asked for the hub: its error does not claim that only the cache was
     read."""

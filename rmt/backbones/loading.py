@@ -63,16 +63,16 @@ def looks_like_hub_id(name: str) -> bool:
 # How long a failed connection to the Hub is believed (a long-running process may see the network come back)
 _UNREACHABLE_FOR_S = 60.0
 _connection_tried: dict[str, tuple[float, str | None]] = {}
-# How long the name lookup, and then the connection, may take before the Hub counts as unreachable
+# How long the name lookup, and then each address's connection, may take before the Hub counts as unreachable
 _PROBE_TIMEOUT_S = 3.0
 
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face Hub cannot be reached from here, or None when it may be: HF_HUB_OFFLINE is set, or its
-    endpoint's name is not looked up within 3 seconds, or the endpoint takes no direct connection within 3 more (not
-    tried where a proxy serves it). A loader that finds it unreachable reads hub ids from the local cache alone
-    (`local_files_only`), so a mistyped name is refused at once instead of after the hub library's retries (about half
-    a minute). A success is remembered for the process, a failure for a minute."""
+    endpoint's name is not looked up within 3 seconds, or none of its addresses takes a direct connection within 3
+    seconds each (not tried where a proxy serves it). A loader that finds it unreachable reads hub ids from the
+    local cache alone (`local_files_only`), so a mistyped name is refused at once instead of after the hub library's
+    retries (about half a minute). A success is remembered for the process, a failure for a minute."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -91,10 +91,11 @@ def hub_unreachable() -> str | None:
 
 
 def _connection_problem(host: str, port: int) -> str | None:
-    """Why no direct TCP connection to host:port opens within _PROBE_TIMEOUT_S for the lookup and as long again for
-    the connection, or None when one does. The name lookup runs in a daemon thread because getaddrinfo takes no
-    timeout: a name server that does not answer would hold the caller for the resolver's own retries (5 s per try
-    and server by default), which is what this probe is there to avoid."""
+    """Why no direct TCP connection to host:port opens, or None when one does: the name lookup may take
+    _PROBE_TIMEOUT_S, then each address found as long (an address that drops packets, as unrouted IPv6 often does,
+    does not use up the next one's time). The lookup runs in a daemon thread because getaddrinfo takes no timeout: a
+    name server that does not answer would hold the caller for the resolver's own retries (5 s per try and server by
+    default), which is what this probe is there to avoid."""
     found: list = []
 
     def look_up() -> None:
@@ -110,11 +111,10 @@ def _connection_problem(host: str, port: int) -> str | None:
         return f"no answer from the name service for {host} within {_PROBE_TIMEOUT_S:g} s"
     if isinstance(found[0], OSError):
         return f"no connection to {host}: {found[0].strerror or found[0]}"
-    deadline = time.monotonic() + _PROBE_TIMEOUT_S
     error: OSError = OSError(f"{host} has no address")
     for family, kind, protocol, _, address in found[0]:
         with socket.socket(family, kind, protocol) as connection:
-            connection.settimeout(max(deadline - time.monotonic(), 0.01))
+            connection.settimeout(_PROBE_TIMEOUT_S)
             try:
                 connection.connect(address)
                 return None
