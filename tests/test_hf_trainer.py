@@ -137,6 +137,45 @@ def test_rmt_collators_feed_the_trainer_from_a_dataset_of_records(kind, tmp_path
     assert pretrained_tokenizer(tmp_path / "run" / "checkpoint-2").get_vocab() == tokenizer.get_vocab()
 
 
+def test_a_tokenizer_as_processing_class_is_aligned_with_the_backbone_and_saved(tmp_path):
+    """The Trainer aligns a tokenizer's special tokens with `model.config.get_text_config()`, which an RMTConfig
+    lacks: train() failed with AttributeError. They are aligned with the backbone's config, which holds them."""
+    from rmt.build import pretrained_tokenizer
+    from tests.conftest import tiny_model_folder
+
+    tokenizer = pretrained_tokenizer(tiny_model_folder(tmp_path / "backbone"))
+    model = RMTForCausalLM(
+        tiny_decoder("gpt2", vocab_size=len(tokenizer)), RMTConfig(num_memory_tokens=2, segment_size=16)
+    )
+    assert model.backbone.config.pad_token_id != tokenizer.pad_token_id
+    arguments = _arguments(tmp_path / "run", max_steps=2, save_steps=2)
+    trainer = MemoryTrainer(model=model, args=arguments, train_dataset=_data("rmt"), processing_class=tokenizer)
+    trainer.train()
+    assert model.backbone.config.pad_token_id == tokenizer.pad_token_id
+    assert trainer.processing_class is tokenizer
+    assert pretrained_tokenizer(tmp_path / "run" / "checkpoint-2").get_vocab() == tokenizer.get_vocab()
+
+
+def test_hugging_face_collators_get_the_columns_they_expect(tmp_path):
+    """The record fields rmt's collators read are kept for those collators alone: a tokenized dataset that still
+    holds its `text` column reached transformers' own collator with the strings in it."""
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling
+
+    from rmt.build import pretrained_tokenizer
+    from tests.conftest import tiny_model_folder
+
+    tokenizer = pretrained_tokenizer(tiny_model_folder(tmp_path / "backbone"))
+    texts = Dataset.from_list([{"text": "Mary went to the kitchen. John went to the garden."}] * 8)
+    tokenized = texts.map(lambda record: tokenizer(record["text"]))  # keeps the text column
+    model = RMTForCausalLM(
+        tiny_decoder("gpt2", vocab_size=len(tokenizer)), RMTConfig(num_memory_tokens=2, segment_size=8)
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    arguments = _arguments(tmp_path / "run", max_steps=1, save_steps=1)
+    MemoryTrainer(model=model, args=arguments, train_dataset=tokenized, data_collator=collator).train()
+
+
 def test_the_best_model_is_loaded_at_the_end(tmp_path):
     """The best checkpoint is read back from its folder: here the worst loss counts as best (greater_is_better), so
     the best is an earlier checkpoint than the last."""
@@ -175,6 +214,12 @@ def test_what_it_cannot_save_and_resume_is_refused(tmp_path):
         MemoryTrainer(model=tiny_decoder("gpt2"), args=arguments)
     with pytest.raises(InputError, match="does not push to the Hub while training"):
         MemoryTrainer(model=_model("rmt"), args=_arguments(tmp_path / "pushed", push_to_hub=True, hub_model_id="a/b"))
+    trainer = MemoryTrainer(model=_model("rmt"), args=arguments)
+    with pytest.raises(InputError, match="push_to_hub would upload the Trainer's file names"):
+        trainer.push_to_hub()
+    with pytest.raises(InputError, match="label_smoothing_factor with a causal LM memory model is not supported"):
+        MemoryTrainer(model=_model("rmt"), args=_arguments(tmp_path / "smooth", label_smoothing_factor=0.1))
+    MemoryTrainer(model=_model("encoder"), args=_arguments(tmp_path / "smooth", label_smoothing_factor=0.1))
     adapted = _model("rmt")
     add_lora(adapted.backbone)
     with pytest.raises(InputError, match="LoRA adapters"):

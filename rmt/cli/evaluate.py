@@ -154,7 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--full-attention-model",
         default=None,
         help="backbone for full_attention (e.g. smollm2 for the original model; default: the checkpoint's own), read "
-        "in the checkpoint's dtype",
+        "in the memory model's dtype (the checkpoint's, or --dtype)",
     )
     babilong.add_argument(
         "--max-new-tokens",

@@ -23,7 +23,9 @@ model's `bptt_depth`, but the activations of every segment are held until the ba
 number of segments. `rmt train` and `rmt.train.train` run `forward_backward` instead, whose memory stays flat. One
 process or DDP (`torchrun`, `accelerate launch`). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
 model), a backbone with LoRA adapters (its checkpoints are written merged, which a resume cannot load into the
-adapters: `rmt train --trainable lora`) and `push_to_hub` (upload with `model.push_to_hub` after training)."""
+adapters: `rmt train --trainable lora`), `push_to_hub` (upload with `model.push_to_hub` after training) and, for
+decoders, `label_smoothing_factor` (the Trainer would not shift the labels). A resume from a checkpoint written with
+`save_only_model` starts a new optimizer, as the Trainer does for any model."""
 
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import align_special_tokens
 
 from rmt.backbones.lora import has_lora_layers
 from rmt.data.batch import Batch
-from rmt.data.collate import QA_FIELDS, TEXT_FIELDS
+from rmt.data.collate import QA_FIELDS, TEXT_FIELDS, QACollator, TextCollator
 from rmt.errors import InputError
 from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model
 from rmt.memory.recurrent import RecurrentMemoryModel
@@ -53,10 +56,11 @@ class MemoryTrainer(Trainer):
 
     def __init__(self, model: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
         if not isinstance(model, RecurrentMemoryModel):
-            kind = "no model" if model is None else f"a {type(model).__name__}"
+            kind = "no model (model_init and hyperparameter search are not supported)" if model is None else None
             raise InputError(
                 f"MemoryTrainer trains rmt memory models (RMTForCausalLM, ARMTForCausalLM, "
-                f"RMTForSequenceClassification), got {kind}: use transformers.Trainer for other models"
+                f"RMTForSequenceClassification), got {kind or f'a {type(model).__name__}'}: use transformers.Trainer "
+                "for other models"
             )
         if has_lora_layers(model.backbone):
             raise InputError(
@@ -65,6 +69,13 @@ class MemoryTrainer(Trainer):
                 "(or rmt.train.train with TrainConfig(trainable='lora'))"
             )
         arguments = kwargs.get("args", args[0] if args else None)
+        if getattr(arguments, "label_smoothing_factor", 0) and model.token_logits:
+            # The Trainer shifts the labels of label smoothing for the transformers causal LMs it knows by class name
+            # alone: a memory model's would be scored against the tokens at their own places.
+            raise InputError(
+                "MemoryTrainer: label_smoothing_factor with a causal LM memory model is not supported (the Trainer "
+                "would not shift its labels); leave it at 0"
+            )
         # Before the Trainer starts, which creates the Hub repository. Its uploads copy its own file names out of
         # each checkpoint, which an rmt checkpoint does not have.
         if getattr(arguments, "push_to_hub", False):
@@ -73,6 +84,7 @@ class MemoryTrainer(Trainer):
                 "model with model.push_to_hub(repo_id, tokenizer=tokenizer), which rmt's from_pretrained reads"
             )
         super().__init__(model, *args, **kwargs)
+        self._tokenizer_aside = None  # the processing_class while train() runs (see train)
         if self.data_collator is not None:
             self.data_collator = _AsKeywords(self.data_collator)
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
@@ -82,11 +94,32 @@ class MemoryTrainer(Trainer):
                 "rmt.train.train with TrainConfig(fsdp=True)) shards a memory model"
             )
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's `train`. It first aligns the special tokens (pad, bos, eos) of a tokenizer given as
+        `processing_class` with `model.config` and the generation config: here with the backbone's, which hold them
+        (a memory model's config is an RMTConfig, which the Trainer's alignment cannot read)."""
+        tokenizer = self.processing_class
+        if not isinstance(tokenizer, (PreTrainedTokenizerBase, ProcessorMixin)):
+            return super().train(*args, **kwargs)
+        align_special_tokens(self._memory_model().backbone, tokenizer)
+        self.processing_class, self._tokenizer_aside = None, tokenizer  # or the Trainer aligns with the RMTConfig
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.processing_class, self._tokenizer_aside = tokenizer, None
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> str:
+        raise InputError(
+            "MemoryTrainer.push_to_hub would upload the Trainer's file names, not an rmt checkpoint: upload the model "
+            "with trainer.model.push_to_hub(repo_id, tokenizer=tokenizer), which rmt's from_pretrained reads"
+        )
+
     def _set_signature_columns_if_needed(self) -> None:
         """The Trainer drops the dataset columns that the model's forward does not take (remove_unused_columns):
-        the record fields rmt's collators read are kept too."""
+        with one of rmt's collators, the record fields it reads are kept too."""
         super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *QA_FIELDS, *TEXT_FIELDS]
+        if isinstance(getattr(self.data_collator, "collator", None), (QACollator, TextCollator)):
+            self._signature_columns = [*self._signature_columns, *QA_FIELDS, *TEXT_FIELDS]
 
     def _memory_model(self) -> RecurrentMemoryModel:
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -98,7 +131,7 @@ class MemoryTrainer(Trainer):
         if not self.args.should_save:
             return
         output = Path(output_dir if output_dir is not None else self.args.output_dir)
-        tokenizer = self.processing_class
+        tokenizer = self.processing_class if self.processing_class is not None else self._tokenizer_aside
         if tokenizer is None:
             tokenizer = getattr(self.data_collator, "tokenizer", None)
 
