@@ -348,7 +348,8 @@ def check_same_weights(args: argparse.Namespace, earlier: dict[str, Any], weight
     if recorded.get(DTYPE_SETTING) not in (None, dtype):
         held = f"is read in {dtype} (--dtype {args.dtype})" if args.dtype else f"holds {dtype} weights"
         flag = {"float32": "fp32", "bfloat16": "bf16"}.get(recorded[DTYPE_SETTING])
-        again = f"resume with --dtype {flag}" if flag else "resume with the checkpoint it read"
+        # Given --dtype, the flag differs; without it, the checkpoint was saved again in another dtype.
+        again = f"resume with --dtype {flag}" if args.dtype and flag else "resume with the checkpoint it read"
         raise InputError(
             f"--resume: the model at {args.checkpoint} {held}, and {made} {recorded[DTYPE_SETTING]} ones: run "
             f"without --resume (--overwrite, or another --output), or {again}"
