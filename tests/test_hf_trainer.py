@@ -72,7 +72,7 @@ def test_the_plain_trainer_cannot_save_a_memory_model_over_tied_embeddings(tmp_p
 
 
 @pytest.mark.parametrize("kind", ["rmt", "armt", "encoder"])
-def test_checkpoints_are_memory_model_folders_and_a_resume_continues_as_an_uninterrupted_run(kind, tmp_path):
+def test_checkpoints_are_memory_model_folders_and_a_resume_continues_as_an_uninterrupted_run(kind, tmp_path, capfd):
     straight = MemoryTrainer(model=_model(kind), args=_arguments(tmp_path / "straight"), train_dataset=_data(kind))
     straight.train()
     trained = _weights(straight.model)
@@ -86,8 +86,10 @@ def test_checkpoints_are_memory_model_folders_and_a_resume_continues_as_an_unint
     resumed = MemoryTrainer(
         model=_model(kind, seed=1), args=_arguments(tmp_path / "resumed"), train_dataset=_data(kind)
     )
+    capfd.readouterr()
     resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-2"))
     _assert_same_weights(_weights(resumed.model), trained)
+    assert "Loading weights" not in capfd.readouterr().err  # disable_tqdm hides transformers' bar too
 
 
 def test_save_model_writes_the_tokenizer_where_rmt_reads_it(tmp_path):

@@ -83,7 +83,7 @@ def save_memory_model(
         memory_weights = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
     if Path(path).exists() and not Path(path).is_dir():
         raise InputError(f"cannot save a model to {path}: it is a file, not a folder")
-    with atomic_directory(path, owned=_OWNED) as tmp, _progress_bars(progress):
+    with atomic_directory(path, owned=_OWNED) as tmp, transformers_progress_bars(progress):
         shards = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
         model.backbone.save_pretrained(tmp / BACKBONE_DIR, state_dict=backbone_weights, **shards)
         tensors = {k: v.detach().contiguous().cpu() for k, v in memory_weights.items()}
@@ -94,7 +94,7 @@ def save_memory_model(
 
 
 @contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
+def transformers_progress_bars(enabled: bool) -> Iterator[None]:
     """Hide transformers' progress bars inside the block when not `enabled`; restore the global setting after."""
     was_enabled = hf_logging.is_progress_bar_enabled()
     if not enabled:

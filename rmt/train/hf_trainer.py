@@ -43,7 +43,7 @@ from rmt.backbones.lora import has_lora_layers
 from rmt.data.batch import Batch
 from rmt.data.collate import QA_FIELDS, TEXT_FIELDS, QACollator, TextCollator
 from rmt.errors import InputError
-from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model
+from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model, transformers_progress_bars
 from rmt.memory.recurrent import RecurrentMemoryModel
 
 # Outputs of a memory model that are not predictions: the Trainer's evaluation would gather them over every batch
@@ -153,7 +153,8 @@ class MemoryTrainer(Trainer):
         """Put the weights of the rmt checkpoint `folder` into the model being trained. Its configuration stays the
         model's own; a checkpoint whose weights do not fit it (another memory size, backbone or kind) is refused."""
         model = self._memory_model()
-        saved = load_memory_model(folder)
+        with transformers_progress_bars(not self.args.disable_tqdm):
+            saved = load_memory_model(folder)
         mine, theirs = model.state_dict(), saved.state_dict()
         differing = sorted(set(mine) ^ set(theirs))
         differing += [name for name in mine if name in theirs and mine[name].shape != theirs[name].shape]
