@@ -15,8 +15,8 @@ logging) is the Trainer's own, so a resumed run continues as the Trainer resumes
 
     trainer = MemoryTrainer(model=model, args=TrainingArguments("runs/qa1", max_steps=1000, save_steps=100),
                             train_dataset=dataset, data_collator=collator, processing_class=tokenizer)
-    trainer.train()                        # runs/qa1/checkpoint-100/ ... each one RMTForCausalLM.from_pretrained-able
-    trainer.train(resume_from_checkpoint=True)
+    trainer.train()  # runs/qa1/checkpoint-100/ ...: each one loads with RMTForCausalLM.from_pretrained
+    trainer.train(resume_from_checkpoint=True)  # after an interruption: on from the last checkpoint
 
 The Trainer computes `model(**batch).loss` and then its backward pass: the gradients of `forward_backward` at the
 model's `bptt_depth`, but the activations of every segment are held until the backward pass, so memory grows with the
