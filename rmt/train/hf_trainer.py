@@ -21,7 +21,8 @@ logging) is the Trainer's own, so a resumed run continues as the Trainer resumes
 The Trainer computes `model(**batch).loss` and then its backward pass: the gradients of `forward_backward` at the
 model's `bptt_depth`, but the activations of every segment are held until the backward pass, so memory grows with the
 number of segments. `rmt train` and `rmt.train.train` run `forward_backward` instead, whose memory stays flat. One
-process or DDP (`torchrun`, `accelerate launch`). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
+process or DDP (`torchrun`, `accelerate launch`; a resume under DDP is not verified: it hung or aborted in 3 of 5
+test runs, cause not found). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
 model), a backbone with LoRA adapters (its checkpoints are written merged, which a resume cannot load into the
 adapters: `rmt train --trainable lora`), `push_to_hub` (upload with `model.push_to_hub` after training) and, for
 decoders, `label_smoothing_factor` (the Trainer would not shift the labels). A resume from a checkpoint written with

@@ -50,6 +50,7 @@ def main() -> None:
     trainer = MemoryTrainer(model=build(), args=arguments(output, batch_size), train_dataset=records())
     trainer.train(resume_from_checkpoint=checkpoint)
     torch.save(trainer.model.state_dict(), output / f"rank{os.environ.get('RANK', '0')}.pt")
+    trainer.accelerator.end_training()  # tear the process group down before the interpreter exits, not during it
 
 
 if __name__ == "__main__":
