@@ -233,6 +233,21 @@ def test_a_name_that_is_no_model_is_one_error_line(tmp_path, qa_file, capsys, mo
     assert not (tmp_path / "out").exists()
 
 
+def _probe_hub_invalid(monkeypatch) -> None:
+    """The hub probe on its own: online, the endpoint https://hub.invalid, no proxy whatever this machine's settings,
+    nothing remembered from earlier probes."""
+    import urllib.request
+
+    import huggingface_hub.constants
+
+    from rmt.backbones import loading
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(urllib.request, "getproxies", dict)
+    monkeypatch.setattr(loading, "_connection_tried", {})
+
+
 def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_path, qa_file, capsys, monkeypatch):
     """With no connection to the Hub, a name tried as a hub id waited on the hub library's retries (about half a
     minute) before its one line; now only the local cache is read and the line says why."""
@@ -245,10 +260,7 @@ def test_a_hub_id_with_no_hub_to_reach_is_refused_from_the_cache_at_once(tmp_pat
     from rmt.backbones import loading
     from rmt.build import pretrained_backbone
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
-    monkeypatch.setattr(urllib.request, "getproxies", dict)  # no proxy, whatever this machine's settings
-    monkeypatch.setattr(loading, "_connection_tried", {})
+    _probe_hub_invalid(monkeypatch)
     clock = [1000.0]
     monkeypatch.setattr(loading.time, "monotonic", lambda: clock[0])
     tried = []
@@ -290,16 +302,12 @@ def test_a_name_service_that_does_not_answer_counts_as_an_unreachable_hub(monkey
     import socket
     import threading
     import time
-    import urllib.request
 
     import huggingface_hub.constants
 
     from rmt.backbones import loading
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
-    monkeypatch.setattr(urllib.request, "getproxies", dict)
-    monkeypatch.setattr(loading, "_connection_tried", {})
+    _probe_hub_invalid(monkeypatch)
     monkeypatch.setattr(loading, "_PROBE_TIMEOUT_S", 0.2)
     released = threading.Event()
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: released.wait(30))
@@ -328,16 +336,10 @@ def test_each_address_of_the_hub_gets_the_whole_connection_time(monkeypatch):
     """An address that drops packets (unrouted IPv6, often listed first) used up the time of the next one, so a hub
     reachable over IPv4 counted as unreachable and hub ids were read from the cache alone."""
     import socket
-    import urllib.request
-
-    import huggingface_hub.constants
 
     from rmt.backbones import loading
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")
-    monkeypatch.setattr(urllib.request, "getproxies", dict)
-    monkeypatch.setattr(loading, "_connection_tried", {})
+    _probe_hub_invalid(monkeypatch)
     clock = [0.0]
     monkeypatch.setattr(loading.time, "monotonic", lambda: clock[0])
     dropped, answers = ("2001:db8::1", 443, 0, 0), ("192.0.2.1", 443)

@@ -47,6 +47,12 @@ from rmt.errors import InputError
 from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model, transformers_progress_bars
 from rmt.memory.recurrent import RecurrentMemoryModel
 
+# Why neither push_to_hub (argument or method) is taken: the Trainer's uploads name its own files
+NO_PUSH = (
+    "MemoryTrainer does not push to the Hub while training: its push_to_hub would upload the Trainer's file names, "
+    "not an rmt checkpoint; upload the trained model with model.push_to_hub(repo_id, tokenizer=tokenizer), which "
+    "rmt's from_pretrained reads"
+)
 # Outputs of a memory model that are not predictions: the Trainer's evaluation would gather them over every batch
 NOT_PREDICTIONS = ["memory_state", "segment_outputs"]
 
@@ -80,10 +86,7 @@ class MemoryTrainer(Trainer):
         # Before the Trainer starts, which creates the Hub repository. Its uploads copy its own file names out of
         # each checkpoint, which an rmt checkpoint does not have.
         if getattr(arguments, "push_to_hub", False):
-            raise InputError(
-                "MemoryTrainer does not push to the Hub while training: leave push_to_hub off and upload the trained "
-                "model with model.push_to_hub(repo_id, tokenizer=tokenizer), which rmt's from_pretrained reads"
-            )
+            raise InputError(NO_PUSH)
         super().__init__(model, *args, **kwargs)
         self._tokenizer_aside = None  # the processing_class while train() runs (see train)
         if self.data_collator is not None:
@@ -110,10 +113,7 @@ class MemoryTrainer(Trainer):
             self.processing_class, self._tokenizer_aside = tokenizer, None
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> str:
-        raise InputError(
-            "MemoryTrainer.push_to_hub would upload the Trainer's file names, not an rmt checkpoint: upload the model "
-            "with trainer.model.push_to_hub(repo_id, tokenizer=tokenizer), which rmt's from_pretrained reads"
-        )
+        raise InputError(NO_PUSH)
 
     def _set_signature_columns_if_needed(self) -> None:
         """The Trainer drops the dataset columns that the model's forward does not take (remove_unused_columns):
