@@ -72,6 +72,7 @@ from rmt.train.checkpoint import (
 )
 from rmt.train.config import TrainConfig
 from rmt.train.evaluation import evaluate
+from rmt.train.gradients import average_gradients
 from rmt.train.optim import build_optimizer, task_head_ids, trainable_parameters
 from rmt.train.schedules import stage_at
 
@@ -81,7 +82,6 @@ BEST_DIR = "best"  # TrainConfig.save_best's model
 BEST_RECORD = "best.json"
 TENSORBOARD_DIR = "tensorboard"
 _PLATEAU_DELTA = 0.005
-_ALL_REDUCE_BUCKET = 2**24  # gradient elements per all-reduce call: bounds the flat buffer
 
 
 @dataclass
@@ -571,7 +571,7 @@ def _train_step(
             total += float(out.loss) * scale
     if procs > 1:  # sharded parameters' gradients are already reduce-scattered by FSDP
         replicated = [p for p in trainable_parameters(model) if not fsdp.is_sharded(p)]
-        _average_gradients(replicated, accelerator)
+        average_gradients(replicated)
         total = float(reduce(torch.tensor(total, device=accelerator.device), reduction="mean"))
     return total
 
@@ -625,34 +625,6 @@ def _check_same_calls(model: RecurrentMemoryModel, plans: list[SegmentPlan] | No
                 "forever (every layer call gathers its weights from all processes); fsdp trains on samples of one "
                 "layout (a synthetic task, text cut to one length): train this data without --fsdp"
             )
-
-
-def _average_gradients(params: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
-    """Average `.grad` over processes in flat buckets; every process passes the same parameters in the same order
-    (a missing gradient counts as zeros), so the collectives always pair up. A parameter that no process gave a
-    gradient keeps none, as in one process: AdamW skips it (zeros would still move it by its momentum and weight
-    decay, and count an Adam step; ARMT's write projections get no gradient at one segment)."""
-    if not params:
-        return
-    # 1 where this process has a gradient, averaged with the last bucket (no collective of its own): 0 = none had one.
-    given = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    start = 0
-    while start < len(grads):
-        end, size = start, 0
-        while end < len(grads) and (size == 0 or size + grads[end].numel() <= _ALL_REDUCE_BUCKET):
-            size += grads[end].numel()
-            end += 1
-        pieces = [g.reshape(-1).float() for g in grads[start:end]]
-        flat = reduce(torch.cat([*pieces, given] if end == len(grads) else pieces), reduction="mean")
-        offset = 0
-        for param, grad in zip(params[start:end], grads[start:end], strict=True):
-            param.grad = flat[offset : offset + grad.numel()].view_as(grad).to(grad.dtype)
-            offset += grad.numel()
-        start = end
-    for param, share in zip(params, flat[offset:].tolist(), strict=True):
-        if share == 0:
-            param.grad = None
 
 
 def _out_of_time(deadline: float | None, accelerator: Accelerator) -> bool:
