@@ -10,7 +10,14 @@ number of segments):
   no later gradient can reach that segment, so at depth k only k + 1 segments' activations are alive;
 - `recompute`: the same with `recompute=True`: window segments keep only their inputs and are recomputed one at
   a time in the backward pass, so about one segment's activations are alive at any depth;
-- `reference`: `model(...).loss.backward()` (one graph over the whole input), for contrast.
+- `reference`: `model(...).loss.backward()` (one graph over the whole input), for contrast;
+- `memory-trainer`: one `training_step` of `rmt.train.MemoryTrainer` (Hugging Face's Trainer), which runs
+  `forward_backward`;
+- `hf-trainer`: the same Trainer's own `transformers.Trainer.training_step` (`model(**batch).loss`, then backward).
+
+`--paths` picks the rows (default: the first five; the two Trainer rows are measured at depth 2:
+`python -m benchmarks.bptt_memory --paths memory-trainer hf-trainer --json
+benchmarks/results/bptt_memory-trainer-cpu.json`).
 
 How memory is measured: on CUDA, `torch.cuda.max_memory_allocated` minus the memory allocated before the step.
 On CPU there is no allocator counter, so each measurement runs in a fresh subprocess and reports the peak
@@ -18,19 +25,36 @@ resident set size (`ru_maxrss`) minus the resident size just before the step (mo
 Both are peaks of the step itself. The claim checked: at depth 2, 32 segments stay within 1.5x of 2 segments; the
 last line prints PASS or FAIL. The committed CPU run, benchmarks/results/bptt_memory-cpu.json, fails it: 1.59x (the
 2-segment step fills only 2 of the 3 segments' activations that depth 2 keeps; 8 and 32 segments use the same).
+The Trainer rows (benchmarks/results/bptt_memory-trainer-cpu.json): MemoryTrainer's step 1.69x for the same reason,
+787 MiB at 8 segments and 796 MiB at 32; the Trainer's own step 12.89x (510 -> 6,571 MiB).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 from pathlib import Path
 
 import torch
+from transformers import Trainer, TrainingArguments
 
 from benchmarks.common import add_device_argument, rss_bytes, run_module, write_json
 from rmt import RecurrentMemoryModel, RMTConfig
 from rmt.build import memory_model, random_backbone
+from rmt.train import MemoryTrainer
+
+# (path, BPTT depth) of every row this script can measure, in the order it prints them
+ROWS = [
+    ("streaming", 2),
+    ("streaming", -1),
+    ("recompute", 2),
+    ("recompute", -1),
+    ("reference", 2),
+    ("memory-trainer", 2),
+    ("hf-trainer", 2),
+]
+TRAINER_PATHS = ("memory-trainer", "hf-trainer")
 
 
 def build(segments: int, depth: int, args: argparse.Namespace) -> tuple[RecurrentMemoryModel, torch.Tensor]:
@@ -54,20 +78,36 @@ def measure_once(path: str, segments: int, depth: int, args: argparse.Namespace)
     """Peak bytes used by one training step, in this process."""
     model, ids = build(segments, depth, args)
     model.train()
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = rss_bytes()
-    if path in ("streaming", "recompute"):
-        model.forward_backward(ids, labels=ids, recompute=path == "recompute")
-    else:
-        model(ids, labels=ids).loss.backward()
+    with tempfile.TemporaryDirectory() as folder:  # the Trainer's output_dir: it writes nothing there in one step
+        trainer = _trainer(model, path, folder)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        else:
+            before = rss_bytes()
+        if path in ("streaming", "recompute"):
+            model.forward_backward(ids, labels=ids, recompute=path == "recompute")
+        elif trainer is not None:
+            step = MemoryTrainer.training_step if path == "memory-trainer" else Trainer.training_step
+            step(trainer, model, {"input_ids": ids, "labels": ids})
+        else:
+            model(ids, labels=ids).loss.backward()
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+def _trainer(model: RecurrentMemoryModel, path: str, folder: str) -> MemoryTrainer | None:
+    """For the two Trainer paths, a MemoryTrainer around `model` in one process (output_dir `folder`), as its
+    training loop leaves it before a step of one micro-batch; None for the other paths."""
+    if path not in TRAINER_PATHS:
+        return None
+    arguments = TrainingArguments(folder, report_to=[], use_cpu=model.device.type == "cpu", disable_tqdm=True)
+    trainer = MemoryTrainer(model=model, args=arguments)
+    trainer.current_gradient_accumulation_steps = 1  # what the Trainer's loop sets before each step
+    return trainer
 
 
 def measure(path: str, segments: int, depth: int, args: argparse.Namespace) -> float:
@@ -110,6 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segment-size", type=int, default=256, help="input tokens per segment (default: %(default)s)")
     parser.add_argument("--memory-tokens", type=int, default=16, help="RMT memory tokens (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per training step (default: %(default)s)")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=list(dict(ROWS)),
+        default=["streaming", "recompute", "reference"],
+        help="which training paths to measure (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--one", nargs=3, metavar=("PATH", "SEGMENTS", "DEPTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -124,19 +171,21 @@ def main(argv: list[str] | None = None) -> None:
         f"device={args.device}  GPT-2 shape: {args.layers} layers, hidden {args.hidden}, segment {args.segment_size}, "
         f"memory {args.memory_tokens}, batch {args.batch_size}"
     )
-    print(f"{'path':<10} {'depth':>5} " + " ".join(f"{n:>8} seg" for n in args.segments) + "   ratio last/first")
-    for path, depth in (("streaming", 2), ("streaming", -1), ("recompute", 2), ("recompute", -1), ("reference", 2)):
+    print(f"{'path':<14} {'depth':>5} " + " ".join(f"{n:>8} seg" for n in args.segments) + "   ratio last/first")
+    rows_to_measure = [(path, depth) for path, depth in ROWS if path in args.paths]
+    for path, depth in rows_to_measure:
         peaks = [measure(path, n, depth, args) for n in args.segments]
         ratio = peaks[-1] / peaks[0]
         rows.append({"path": path, "bptt_depth": depth, "segments": args.segments, "peak_bytes": peaks, "ratio": ratio})
         cells = " ".join(f"{p / 2**20:>8.0f} MiB" for p in peaks)
-        print(f"{path:<10} {depth:>5} {cells}   {ratio:.2f}x")
-    depth2 = rows[0]
-    verdict = "PASS" if depth2["ratio"] <= 1.5 else "FAIL"
-    print(
-        f"\nstreaming, depth 2: {args.segments[-1]} segments use {depth2['ratio']:.2f}x the memory of "
-        f"{args.segments[0]} (target <= 1.5x): {verdict}"
-    )
+        print(f"{path:<14} {depth:>5} {cells}   {ratio:.2f}x")
+    for row in rows:
+        if row["path"] in ("streaming", "memory-trainer") and row["bptt_depth"] == 2:
+            verdict = "PASS" if row["ratio"] <= 1.5 else "FAIL"
+            print(
+                f"\n{row['path']}, depth 2: {args.segments[-1]} segments use {row['ratio']:.2f}x the memory of "
+                f"{args.segments[0]} (target <= 1.5x): {verdict}"
+            )
     if args.json:
         write_json(args.json, {"device": args.device, "torch": torch.__version__, "rows": rows})
 

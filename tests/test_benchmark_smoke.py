@@ -22,6 +22,7 @@ from benchmarks import (
     babilong_memory_probe,
     babilong_mentions_haystack,
     babilong_rescore,
+    bptt_memory,
     diagonal_precision,
     encoder_memory,
     language_modeling,
@@ -301,6 +302,18 @@ def test_language_modeling_paired_reads_the_models_again_and_pairs_their_documen
         language_modeling_paired.main([f"{tmp_path / 'a'}:trxl", second])
     with pytest.raises(SystemExit, match="--from-segment 5: the documents have segments 1 to 4"):
         language_modeling_paired.main([first, second, "--from-segment", "5"])
+
+
+def test_bptt_memory_measures_the_trainer_steps(tmp_path, monkeypatch):
+    """The two Trainer rows of benchmarks.bptt_memory run and are recorded (measured in this process here: each
+    worker process of a real run imports the Trainer again, 10 s a measurement)."""
+    monkeypatch.setattr(bptt_memory, "measure", bptt_memory.measure_once)
+    output = tmp_path / "bptt.json"
+    tiny = ["--layers", "1", "--hidden", "32", "--heads", "2", "--segment-size", "8", "--batch-size", "2"]
+    bptt_memory.main([*tiny, "--segments", "2", "3", "--paths", "memory-trainer", "hf-trainer", "--json", str(output)])
+    rows = json.loads(output.read_text())["rows"]
+    assert [(row["path"], row["bptt_depth"]) for row in rows] == [("memory-trainer", 2), ("hf-trainer", 2)]
+    assert all(len(row["peak_bytes"]) == 2 for row in rows)  # in one process a high-water mark: no values to check
 
 
 def test_diagonal_precision_smoke(tmp_path):

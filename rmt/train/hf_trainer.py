@@ -18,11 +18,12 @@ logging) is the Trainer's own, so a resumed run continues as the Trainer resumes
     trainer.train()  # runs/qa1/checkpoint-100/ ...: each one loads with RMTForCausalLM.from_pretrained
     trainer.train(resume_from_checkpoint=True)  # after an interruption: on from the last checkpoint
 
-The Trainer computes `model(**batch).loss` and then its backward pass: the gradients of `forward_backward` at the
-model's `bptt_depth`, but the activations of every segment are held until the backward pass, so memory grows with the
-number of segments. `rmt train` and `rmt.train.train` run `forward_backward` instead, whose memory stays flat. One
-process or DDP (`torchrun`, `accelerate launch`; a resume under DDP is not verified: it hung or aborted in 3 of 5
-test runs, cause not found). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
+Each training step runs the model's `forward_backward`, as `rmt train` does: the gradients of `model(**batch).loss`
+and its backward pass (scaled alike for gradient accumulation), with memory that stays flat as segments are added
+at a finite `bptt_depth`. Where the loss is not the model's own (a subclass's `compute_loss`, `compute_loss_func`, a
+label smoother) or with `torch_compile`, the Trainer's own step runs, and memory grows with the segments. One process
+or DDP (`torchrun`, `accelerate launch`; a resume under DDP is not verified: it hung or aborted in 3 of 5 test
+runs, cause not found). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
 model), a backbone with LoRA adapters (its checkpoints are written merged, which a resume cannot load into the
 adapters: `rmt train --trainable lora`), `push_to_hub` (upload with `model.push_to_hub` after training) and, for
 decoders, `label_smoothing_factor` (the Trainer would not shift the labels). A resume from a checkpoint written with
@@ -46,6 +47,7 @@ from rmt.data.collate import QA_FIELDS, TEXT_FIELDS, QACollator, TextCollator
 from rmt.errors import InputError
 from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model, transformers_progress_bars
 from rmt.memory.recurrent import RecurrentMemoryModel
+from rmt.train.gradients import average_gradients
 
 # Why neither push_to_hub (argument or method) is taken: the Trainer's uploads name its own files
 NO_PUSH = (
@@ -55,6 +57,8 @@ NO_PUSH = (
 )
 # Outputs of a memory model that are not predictions: the Trainer's evaluation would gather them over every batch
 NOT_PREDICTIONS = ["memory_state", "segment_outputs"]
+# The batch keys that forward_backward takes
+FORWARD_BACKWARD_INPUTS = {"input_ids", "attention_mask", "labels", "memory_state", "token_type_ids"}
 
 
 class MemoryTrainer(Trainer):
@@ -104,13 +108,57 @@ class MemoryTrainer(Trainer):
         (a memory model's config is an RMTConfig, which the Trainer's alignment cannot read)."""
         tokenizer = self.processing_class
         if not isinstance(tokenizer, (PreTrainedTokenizerBase, ProcessorMixin)):
-            return super().train(*args, **kwargs)
-        align_special_tokens(self._memory_model().backbone, tokenizer)
-        self.processing_class, self._tokenizer_aside = None, tokenizer  # or the Trainer aligns with the RMTConfig
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            self.processing_class, self._tokenizer_aside = tokenizer, None
+            result = super().train(*args, **kwargs)
+        else:
+            align_special_tokens(self._memory_model().backbone, tokenizer)
+            self.processing_class, self._tokenizer_aside = None, tokenizer  # or the Trainer aligns with the RMTConfig
+            try:
+                result = super().train(*args, **kwargs)
+            finally:
+                self.processing_class, self._tokenizer_aside = tokenizer, None
+        return result
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """The Trainer's step computed segment by segment: the model's `forward_backward`, with the loss scaled as the
+        Trainer scales it (by its gradient accumulation), so the gradients are those of `model(**batch).loss` and its
+        backward pass while memory stays flat at a finite `bptt_depth`. Under DDP it runs outside DDP's hooks (they
+        expect one backward pass per forward; this runs one per segment) and averages the gradients over processes
+        once, at the step's last micro-batch. The Trainer's own step runs where the loss is not the model's (a
+        `compute_loss` of a subclass, `compute_loss_func`, a label smoother), with `torch_compile`, under
+        DataParallel, or for inputs `forward_backward` does not take."""
+        if not self._segment_by_segment(inputs):
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+
+        def backward(loss: torch.Tensor) -> None:
+            self.accelerator.backward(loss * scale)
+
+        memory_model = self._memory_model()
+        with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+            out = memory_model.forward_backward(**inputs, backward=backward)
+        if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            average_gradients([p for p in memory_model.parameters() if p.requires_grad])
+        return out.loss.detach() * scale
+
+    def _segment_by_segment(self, inputs: dict[str, Any]) -> bool:
+        """Whether `training_step` can run `forward_backward` (see there)."""
+        return (
+            type(self).compute_loss is Trainer.compute_loss
+            and self.compute_loss_func is None
+            and self.label_smoother is None
+            and not self.args.torch_compile
+            and self.args.n_gpu <= 1
+            and set(inputs) <= FORWARD_BACKWARD_INPUTS
+        )
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> str:
         raise InputError(NO_PUSH)
