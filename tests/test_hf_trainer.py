@@ -324,10 +324,9 @@ def test_what_it_cannot_save_and_resume_is_refused(tmp_path):
     _assert_same_weights(_weights(other), before)
 
 
-def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
-    """DDP (torchrun, gloo): both processes end with the weights of a one-process run of the same global batch, and
-    the checkpoint is written once and loads. (A two-process resume is not tested: it hung or aborted in 3 of 5 runs
-    here, cause not found.)"""
+def test_two_processes_train_as_one_with_the_same_global_batch_and_resume(tmp_path):
+    """DDP (torchrun, gloo): both processes end with the weights of a one-process run of the same global batch, the
+    checkpoint is written once and loads, and a two-process resume from it ends where the straight run did."""
     import os
     import subprocess
     from pathlib import Path
@@ -362,3 +361,6 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(rank0[name], tensor, rtol=0, atol=1e-4)
     saved = RMTForCausalLM.from_pretrained(tmp_path / "two" / "checkpoint-4")
     _assert_same_weights(_weights(saved), rank0)
+    resumed0, resumed1 = launch(tmp_path / "resumed", str(tmp_path / "two" / "checkpoint-2"))
+    _assert_same_weights(resumed0, rank0)
+    _assert_same_weights(resumed1, rank0)

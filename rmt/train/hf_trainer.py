@@ -22,8 +22,7 @@ Each training step runs the model's `forward_backward`, as `rmt train` does: the
 and its backward pass (scaled alike for gradient accumulation), with memory that stays flat as segments are added
 at a finite `bptt_depth`. Where the loss is not the model's own (a subclass's `compute_loss`, `compute_loss_func`, a
 label smoother) or with `torch_compile`, the Trainer's own step runs, and memory grows with the segments. One process
-or DDP (`torchrun`, `accelerate launch`; a resume under DDP is not verified: it hung or aborted in 3 of 5 test
-runs, cause not found). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
+or DDP (`torchrun`, `accelerate launch`). Refused: FSDP and DeepSpeed (`rmt train --fsdp` shards a memory
 model), a backbone with LoRA adapters (its checkpoints are written merged, which a resume cannot load into the
 adapters: `rmt train --trainable lora`), `push_to_hub` (upload with `model.push_to_hub` after training) and, for
 decoders, `label_smoothing_factor` (the Trainer would not shift the labels). A resume from a checkpoint written with
@@ -31,12 +30,14 @@ decoders, `label_smoothing_factor` (the Trainer would not shift the labels). A r
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import align_special_tokens
@@ -116,6 +117,7 @@ class MemoryTrainer(Trainer):
                 result = super().train(*args, **kwargs)
             finally:
                 self.processing_class, self._tokenizer_aside = tokenizer, None
+        self._release_ddp_wrapper()
         return result
 
     def training_step(
@@ -159,6 +161,23 @@ class MemoryTrainer(Trainer):
             and self.args.n_gpu <= 1
             and set(inputs) <= FORWARD_BACKWARD_INPUTS
         )
+
+    def _release_ddp_wrapper(self) -> None:
+        """Drop the DDP wrapper once training is done (a later `train` wraps the model again).
+
+        Why: its C++ reducer holds the process group, and if it is the last holder, freeing it (at the script's end,
+        with the GIL held) joins gloo's worker threads, one of which may still be freeing the last collective's
+        tensors and wait for the GIL forever (two processes on one core: 3 of 3 runs hung at exit, and 3 of 14
+        resumes with a barrier at the end of `train`; none of 22 with this). Freed here, while the process group is
+        still registered, the reducer only lets go of it; the group is freed later through its own Python object,
+        which releases the GIL first."""
+        wrapper = self.model_wrapped
+        if not isinstance(wrapper, DistributedDataParallel):
+            return
+        self.accelerator._models = [model for model in self.accelerator._models if model is not wrapper]
+        self.model_wrapped = self.model
+        del wrapper
+        gc.collect()
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> str:
         raise InputError(NO_PUSH)

@@ -1,10 +1,12 @@
 """A tiny MemoryTrainer run for the multi-process test: `torchrun --nproc_per_node 2 tests/helpers/hf_trainer_run.py
 OUT BATCH [CHECKPOINT]` trains an RMT over a tied-embedding GPT-2 for 4 steps of BATCH samples per process (saving at
 steps 2 and 4), resuming from CHECKPOINT when one is given, and writes each process's final weights to
-OUT/rank{R}.pt. The test runs the same in one process (`build`, `records`, `arguments`) to compare."""
+OUT/rank{R}.pt. The test runs the same in one process (`build`, `records`, `arguments`) to compare. It fails where
+a DDP wrapper outlives training."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -49,6 +51,9 @@ def main() -> None:
     checkpoint = sys.argv[3] if len(sys.argv) > 3 else None
     trainer = MemoryTrainer(model=build(), args=arguments(output, batch_size), train_dataset=records())
     trainer.train(resume_from_checkpoint=checkpoint)
+    # MemoryTrainer lets the DDP wrapper go after training (left alive, its reducer could hang the exit)
+    wrappers = [o for o in gc.get_objects() if isinstance(o, torch.nn.parallel.DistributedDataParallel)]
+    assert not wrappers, f"{len(wrappers)} DDP wrapper(s) still alive after train()"
     torch.save(trainer.model.state_dict(), output / f"rank{os.environ.get('RANK', '0')}.pt")
     trainer.accelerator.end_training()  # tear the process group down before the interpreter exits, not during it
 
