@@ -216,19 +216,24 @@ def _gradients(trainer: Trainer, step, inputs: dict[str, torch.Tensor], accumula
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     trainer.current_gradient_accumulation_steps = accumulation
     trainer.model.zero_grad(set_to_none=True)
-    loss = step(trainer, trainer.model, dict(inputs))
+    loss = step(trainer, trainer.model_wrapped, dict(inputs))
     grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
     return {"loss": loss, **grads}
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("kind", ["rmt", "armt", "encoder"])
-def test_a_step_runs_segment_by_segment_with_the_trainers_gradients(kind, tmp_path):
+def test_a_step_runs_segment_by_segment_with_the_trainers_gradients(kind, bf16, tmp_path):
     """MemoryTrainer's step (forward_backward) gives the loss and gradients of the Trainer's own (model(**batch).loss,
-    then backward), scaled alike for gradient accumulation."""
-    trainer = MemoryTrainer(model=_model(kind), args=_arguments(tmp_path), train_dataset=_data(kind))
+    then backward), scaled alike for gradient accumulation, and in bf16 autocast with bf16=True as the model that
+    accelerate prepares computes."""
+    trainer = MemoryTrainer(model=_model(kind), args=_arguments(tmp_path, bf16=bf16), train_dataset=_data(kind))
+    trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)  # what train() passes to each step
     inputs = {key: torch.stack([r[key] for r in _data(kind, samples=3)]) for key in ("input_ids", "labels")}
     ours = _gradients(trainer, MemoryTrainer.training_step, inputs, accumulation=2)
     theirs = _gradients(trainer, Trainer.training_step, inputs, accumulation=2)
+    fp32 = _gradients(MemoryTrainer(model=_model(kind), args=_arguments(tmp_path)), Trainer.training_step, inputs, 2)
+    assert (ours["loss"] != fp32["loss"]) == bf16  # bf16 computes otherwise
     assert ours.keys() == theirs.keys() and len(ours) > 10
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -294,6 +299,55 @@ def test_a_subclass_loss_runs_the_trainers_own_step(tmp_path):
     trainer = Custom(model=_model("rmt"), args=_arguments(tmp_path, max_steps=1), train_dataset=_data("rmt"))
     trainer.train()
     assert calls == [4]
+
+
+def test_gradient_checkpointing_trains_as_without_it(tmp_path):
+    """TrainingArguments(gradient_checkpointing=True) reaches the backbone's layers (the Trainer passes every_n_layers
+    and offload) and gives the weights of a run without it."""
+    runs = {}
+    for checkpointing in (False, True):
+        arguments = _arguments(tmp_path / str(checkpointing), max_steps=2, gradient_checkpointing=checkpointing)
+        trainer = MemoryTrainer(model=_model("rmt"), args=arguments, train_dataset=_data("rmt"))
+        trainer.train()
+        assert trainer.model.backbone.is_gradient_checkpointing == checkpointing
+        runs[checkpointing] = _weights(trainer.model)
+    for name, tensor in runs[True].items():
+        torch.testing.assert_close(tensor, runs[False][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_device_cache_is_cleared_every_torch_empty_cache_steps(tmp_path, monkeypatch):
+    import rmt.train.hf_trainer as hf_trainer
+
+    calls = []
+    monkeypatch.setattr(hf_trainer, "clear_device_cache", lambda: calls.append(1))
+    arguments = _arguments(tmp_path, max_steps=3, torch_empty_cache_steps=1)
+    MemoryTrainer(model=_model("rmt"), args=arguments, train_dataset=_data("rmt")).train()
+    assert len(calls) == 3
+
+
+def test_the_ddp_wrapper_is_let_go_when_training_fails(tmp_path, monkeypatch):
+    """A train() that raises leaves no DDP wrapper behind either (see MemoryTrainer._release_ddp_wrapper)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tests.test_distributed import _free_port
+
+    wrappers = []
+
+    def interrupted(self, *args, **kwargs):
+        self.model_wrapped = DistributedDataParallel(self.model)
+        wrappers.append(weakref.ref(self.model_wrapped))
+        raise KeyboardInterrupt
+
+    trainer = MemoryTrainer(model=_model("rmt"), args=_arguments(tmp_path), train_dataset=_data("rmt"))
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+        assert trainer.model_wrapped is trainer.model and wrappers[0]() is None
+    finally:
+        dist.destroy_process_group()
 
 
 def test_what_it_cannot_save_and_resume_is_refused(tmp_path):

@@ -674,6 +674,17 @@ def test_hugging_face_model_conveniences(kind):
     )
 
 
+def test_activation_checkpointing_options_need_a_backbone_that_takes_them(monkeypatch):
+    """every_n_layers and offload (what transformers' Trainer passes) are refused where the backbone has only the older
+    gradient_checkpointing_enable, which cannot take them."""
+    from transformers import PreTrainedModel
+
+    model = decoder("llama").train()
+    monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable")
+    with pytest.raises(InputError, match="every_n_layers and offload cannot be set"):
+        model.activation_checkpointing_enable(every_n_layers=2)
+
+
 def test_activation_checkpointing_with_a_transformer_xl_cache_is_refused():
     """transformers' checkpointed layers drop the key/value cache that the Transformer-XL cache feeds them: the
     forward failed with a shape mismatch."""

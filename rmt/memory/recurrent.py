@@ -130,18 +130,28 @@ class RecurrentMemoryModel(nn.Module):
             if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embeddings)
         )
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
         """Recompute each backbone layer's activations in the backward pass instead of keeping them (the backbone's
-        own Hugging Face activation checkpointing; same gradients). `forward_backward(recompute=True)` recomputes
-        whole segments instead. Refused with a Transformer-XL cache, which the layers would then drop."""
+        own Hugging Face activation checkpointing, with its `every_n_layers` and `offload`; same gradients), as
+        transformers' Trainer asks for with `gradient_checkpointing=True`. `forward_backward(recompute=True)`
+        recomputes whole segments instead. Refused with a Transformer-XL cache, which the layers would then drop."""
         if getattr(self, "cache_tokens", 0):
             raise InputError(
                 "activation checkpointing drops the key/value cache the Transformer-XL cache (xl_cache_tokens) "
                 "feeds the layers: use forward_backward(recompute=True), which recomputes whole segments"
             )
         backbone = self.backbone
-        enable = getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)
-        enable(activation_checkpointing_kwargs)
+        if hasattr(backbone, "activation_checkpointing_enable"):
+            backbone.activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
+            return
+        if every_n_layers != 1 or offload:
+            raise InputError(
+                f"{type(backbone).__name__} has no activation_checkpointing_enable, so every_n_layers and offload "
+                "cannot be set: it checkpoints every layer in place"
+            )
+        backbone.gradient_checkpointing_enable(activation_checkpointing_kwargs)
 
     def activation_checkpointing_disable(self) -> None:
         backbone = self.backbone

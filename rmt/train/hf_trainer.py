@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer
@@ -106,19 +107,19 @@ class MemoryTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's `train`. It first aligns the special tokens (pad, bos, eos) of a tokenizer given as
         `processing_class` with `model.config` and the generation config: here with the backbone's, which hold them
-        (a memory model's config is an RMTConfig, which the Trainer's alignment cannot read)."""
+        (a memory model's config is an RMTConfig, which the Trainer's alignment cannot read). When training ends or
+        fails, the DDP wrapper is let go (`_release_ddp_wrapper`)."""
         tokenizer = self.processing_class
-        if not isinstance(tokenizer, (PreTrainedTokenizerBase, ProcessorMixin)):
-            result = super().train(*args, **kwargs)
-        else:
+        aside = isinstance(tokenizer, (PreTrainedTokenizerBase, ProcessorMixin))
+        if aside:
             align_special_tokens(self._memory_model().backbone, tokenizer)
             self.processing_class, self._tokenizer_aside = None, tokenizer  # or the Trainer aligns with the RMTConfig
-            try:
-                result = super().train(*args, **kwargs)
-            finally:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if aside:
                 self.processing_class, self._tokenizer_aside = tokenizer, None
-        self._release_ddp_wrapper()
-        return result
+            self._release_ddp_wrapper()
 
     def training_step(
         self,
@@ -145,10 +146,14 @@ class MemoryTrainer(Trainer):
             self.accelerator.backward(loss * scale)
 
         memory_model = self._memory_model()
-        with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+        # accelerate's autocast (bf16/fp16) wraps the prepared model's forward, which forward_backward does not call
+        with self.accelerator.no_sync(model), self.accelerator.autocast(), self.compute_loss_context_manager():
             out = memory_model.forward_backward(**inputs, backward=backward)
         if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
             average_gradients([p for p in memory_model.parameters() if p.requires_grad])
+        steps = self.args.torch_empty_cache_steps
+        if steps is not None and self.state.global_step % steps == 0:
+            clear_device_cache()
         return out.loss.detach() * scale
 
     def _segment_by_segment(self, inputs: dict[str, Any]) -> bool:
@@ -163,7 +168,7 @@ class MemoryTrainer(Trainer):
         )
 
     def _release_ddp_wrapper(self) -> None:
-        """Drop the DDP wrapper once training is done (a later `train` wraps the model again).
+        """Drop the DDP wrapper once training is done or failed (a later `train` wraps the model again).
 
         Why: its C++ reducer holds the process group, and if it is the last holder, freeing it (at the script's end,
         with the GIL held) joins gloo's worker threads, one of which may still be freeing the last collective's
@@ -171,13 +176,9 @@ class MemoryTrainer(Trainer):
         resumes with a barrier at the end of `train`; none of 22 with this). Freed here, while the process group is
         still registered, the reducer only lets go of it; the group is freed later through its own Python object,
         which releases the GIL first."""
-        wrapper = self.model_wrapped
-        if not isinstance(wrapper, DistributedDataParallel):
-            return
-        self.accelerator._models = [model for model in self.accelerator._models if model is not wrapper]
-        self.model_wrapped = self.model
-        del wrapper
-        gc.collect()
+        if isinstance(self.model_wrapped, DistributedDataParallel):
+            self.model_wrapped = self.model  # the Trainer's only reference (accelerate keeps the module it wrapped)
+            gc.collect()
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> str:
         raise InputError(NO_PUSH)
