@@ -173,7 +173,7 @@ class MemoryTrainer(Trainer):
         Why: its C++ reducer holds the process group, and if it is the last holder, freeing it (at the script's end,
         with the GIL held) joins gloo's worker threads, one of which may still be freeing the last collective's
         tensors and wait for the GIL forever (two processes on one core: 3 of 3 runs hung at exit, and 3 of 14
-        resumes with a barrier at the end of `train`; none of 22 with this). Freed here, while the process group is
+        resumes with a barrier at the end of `train`; none of 36 runs with this). Freed here, while the process group is
         still registered, the reducer only lets go of it; the group is freed later through its own Python object,
         which releases the GIL first."""
         if isinstance(self.model_wrapped, DistributedDataParallel):
