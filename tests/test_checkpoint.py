@@ -299,7 +299,7 @@ def test_loaded_model_is_in_eval_mode(tmp_path):
 
 def test_wrong_class_is_refused(tmp_path):
     RMTForCausalLM(tiny_decoder(), RMTConfig(num_memory_tokens=1, segment_size=5)).save_pretrained(tmp_path / "c")
-    with pytest.raises(ValueError, match="holds a RMTForCausalLM, not a RMTForSequenceClassification"):
+    with pytest.raises(ValueError, match="holds an RMTForCausalLM model, not an RMTForSequenceClassification one"):
         RMTForSequenceClassification.from_pretrained(tmp_path / "c")
 
 

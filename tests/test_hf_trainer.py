@@ -350,6 +350,73 @@ def test_the_ddp_wrapper_is_let_go_when_training_fails(tmp_path, monkeypatch):
         dist.destroy_process_group()
 
 
+def test_data_that_would_train_the_wrong_thing_is_refused_before_anything_changes(tmp_path):
+    """A QACollator of the other mode or with other classes than the encoder's, a tokenizer whose ids do not fit the
+    backbone, and text records with no collator: one line each, at construction (nothing trained or aligned)."""
+    from conftest import word_tokenizer
+
+    from rmt.data.collate import QACollator, TextCollator
+
+    tokenizer = word_tokenizer(tmp_path / "tokenizer")
+    rooms = ["bathroom", "bedroom", "kitchen"]
+
+    def encoder(labels):
+        backbone = tiny_encoder(num_labels=3)
+        backbone.config.id2label = dict(enumerate(labels))  # 128 ids: the word tokenizer's 92 fit
+        return RMTForSequenceClassification(backbone, RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=14))
+
+    def refused(model, collator, match, **extra):
+        with pytest.raises(InputError, match=match):
+            MemoryTrainer(model=model, args=_arguments(tmp_path), data_collator=collator, **extra)
+
+    refused(encoder(rooms), QACollator(tokenizer, "encoder", labels=rooms[::-1]), "are not the model's")
+    refused(encoder(rooms), QACollator(tokenizer, "encoder", labels=[*rooms, "garden"]), "has 4 classes")
+    refused(encoder(rooms), QACollator(tokenizer, "decoder"), "in decoder mode but the model is encoder")
+    decoder = RMTForCausalLM(tiny_decoder("gpt2"), RMTConfig(num_memory_tokens=2, segment_size=16))  # 64 ids
+    refused(decoder, QACollator(tokenizer, "decoder"), "the tokenizer belongs to another model")
+    refused(decoder, None, "the tokenizer belongs to another model", processing_class=tokenizer)
+    records = [{"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "kitchen"}]
+    refused(decoder, None, r"pass data_collator=rmt.data.collate.QACollator", train_dataset=records)
+    refused(decoder, None, r"TextCollator\(tokenizer\)", eval_dataset=[{"text": "Mary went to the kitchen."}])
+    # Accepted: the classes in the backbone's order (any case), and a backbone whose classes have no names.
+    shouting = encoder([room.upper() for room in rooms])
+    MemoryTrainer(model=shouting, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
+    unnamed = encoder(["LABEL_0", "LABEL_1", "LABEL_2"])
+    MemoryTrainer(model=unnamed, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
+    fitting = RMTForCausalLM(tiny_decoder("gpt2", vocab_size=len(tokenizer)), decoder.config)
+    text = [{"text": "Mary went to the kitchen."}]
+    MemoryTrainer(model=fitting, args=_arguments(tmp_path), data_collator=TextCollator(tokenizer), train_dataset=text)
+
+
+def test_babilong_samples_train_as_they_are_built_and_a_missing_field_names_the_records_own(tmp_path):
+    """build_dataset's samples go to the Trainer as they are; a record without a needed field is named with the
+    fields it has (the Trainer does not strip the fields it does not know first)."""
+    from conftest import background_text, word_tokenizer
+
+    from rmt.data.babilong import build_dataset
+    from rmt.data.collate import QACollator
+    from rmt.data.haystack import Haystack
+
+    tokenizer = word_tokenizer(tmp_path / "tokenizer")
+    model = RMTForCausalLM(
+        tiny_decoder("gpt2", vocab_size=len(tokenizer)), RMTConfig(num_memory_tokens=2, segment_size=16)
+    )
+    samples = build_dataset("qa1", 60, 8, tokenizer, Haystack(background_text()), seed=1)
+    arguments = _arguments(tmp_path / "run", max_steps=2, per_device_train_batch_size=2)
+    trainer = MemoryTrainer(
+        model=model, args=arguments, train_dataset=samples, data_collator=QACollator(tokenizer, "decoder")
+    )
+    assert trainer.train().training_loss > 0
+    renamed = [{"context": s.input, "question": s.question, "answer": s.target} for s in samples]
+    trainer = MemoryTrainer(
+        model=model, args=arguments, train_dataset=renamed, data_collator=QACollator(tokenizer, "decoder")
+    )
+    with pytest.raises(InputError, match=r"lacks the field 'input': it has \['answer', 'context', 'question'\]"):
+        trainer.train()
+    with pytest.raises(InputError, match="a record must be a dict of its fields, got a tuple"):
+        QACollator(tokenizer, "decoder")([("Mary went to the kitchen.", "Where is Mary?", "kitchen")])
+
+
 def test_what_it_cannot_save_and_resume_is_refused(tmp_path):
     from rmt.backbones.lora import add_lora
 

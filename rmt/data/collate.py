@@ -86,7 +86,8 @@ class QACollator:
             raise InputError(f"the labels {self.labels} name a class twice when case is ignored")
         self.pad_id = _pad_id(tokenizer)
 
-    def __call__(self, records: Sequence[dict[str, Any]]) -> Batch:
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> Batch:
+        records = [as_record(record) for record in records]
         for position, record in enumerate(records):
             try:
                 check_qa_record(record, f"question-answering record {position} of the batch")
@@ -167,7 +168,8 @@ class TextCollator:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.pad_id = _pad_id(tokenizer)
 
-    def __call__(self, records: Sequence[dict[str, Any]]) -> Batch:
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> Batch:
+        records = [as_record(record) for record in records]
         for position, record in enumerate(records):
             _check_field(record, "text", f"text record {position} of the batch", TEXT_TYPES)
         ids = self.tokenizer([r["text"] for r in records], add_special_tokens=False, verbose=False)["input_ids"]
@@ -189,6 +191,16 @@ class TextCollator:
         if not hasattr(records, "column_names"):
             for position, record in enumerate(records):
                 _check_field(record, "text", f"{name}: record {position}", TEXT_TYPES)
+
+
+def as_record(record: Any) -> Mapping[str, Any]:
+    """A record as the mapping of its fields that the collators read: a dict as it is, a BABILong sample
+    (`rmt.data.babilong.BabilongSample`, what `build_dataset` returns) as its `to_dict()`."""
+    if isinstance(record, Mapping):
+        return record
+    if callable(getattr(record, "to_dict", None)):
+        return record.to_dict()
+    raise InputError(f"a record must be a dict of its fields, got a {type(record).__name__}: {_shorten(record)}")
 
 
 def check_qa_record(record: Mapping[str, Any], where: str) -> None:

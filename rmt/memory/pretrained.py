@@ -163,7 +163,7 @@ def load_memory_model(path: str | os.PathLike, expected: type[MemoryModel] | Non
         config = dataclasses.replace(config, **overrides)
     model_cls = model_class(config)
     if expected is not None and not issubclass(model_cls, expected):
-        raise InputError(f"checkpoint {path} holds a {model_cls.__name__}, not a {expected.__name__}")
+        raise InputError(f"checkpoint {path} holds an {model_cls.__name__} model, not an {expected.__name__} one")
     try:
         tensors = load_file(str(path / MEMORY_WEIGHTS))
     except (SafetensorError, OSError) as err:

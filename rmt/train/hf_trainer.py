@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from transformers.trainer_utils import align_special_tokens
 
 from rmt.backbones.lora import has_lora_layers
 from rmt.data.batch import Batch
-from rmt.data.collate import QA_FIELDS, TEXT_FIELDS, QACollator, TextCollator
+from rmt.data.collate import QA_FIELDS, TEXT_FIELDS, QACollator, TextCollator, check_tokenizer
 from rmt.errors import InputError
 from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model, transformers_progress_bars
 from rmt.memory.recurrent import RecurrentMemoryModel
@@ -93,6 +94,7 @@ class MemoryTrainer(Trainer):
         # each checkpoint, which an rmt checkpoint does not have.
         if getattr(arguments, "push_to_hub", False):
             raise InputError(NO_PUSH)
+        collator_given = kwargs.get("data_collator", args[1] if len(args) > 1 else None) is not None
         super().__init__(model, *args, **kwargs)
         self._tokenizer_aside = None  # the processing_class while train() runs (see train)
         if self.data_collator is not None:
@@ -103,6 +105,7 @@ class MemoryTrainer(Trainer):
                 f"MemoryTrainer runs in one process or under DDP, not {engine}: `rmt train --fsdp` (or "
                 "rmt.train.train with TrainConfig(fsdp=True)) shards a memory model"
             )
+        self._check_data(collator_given)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's `train`. It first aligns the special tokens (pad, bos, eos) of a tokenizer given as
@@ -183,12 +186,44 @@ class MemoryTrainer(Trainer):
     def push_to_hub(self, *args: Any, **kwargs: Any) -> str:
         raise InputError(NO_PUSH)
 
-    def _set_signature_columns_if_needed(self) -> None:
+    def _rmt_collator(self) -> QACollator | TextCollator | None:
+        collator = getattr(self.data_collator, "collator", None)
+        return collator if isinstance(collator, (QACollator, TextCollator)) else None
+
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
         """The Trainer drops the dataset columns that the model's forward does not take (remove_unused_columns):
-        with one of rmt's collators, the record fields it reads are kept too."""
-        super()._set_signature_columns_if_needed()
-        if isinstance(getattr(self.data_collator, "collator", None), (QACollator, TextCollator)):
-            self._signature_columns = [*self._signature_columns, *QA_FIELDS, *TEXT_FIELDS]
+        rmt's collators read records, so theirs see every field (and a missing one is named with what is there)."""
+        if self._rmt_collator() is not None:
+            return dataset
+        return super()._remove_unused_columns(dataset, description)
+
+    def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
+        """The same for datasets that are not a `datasets.Dataset` (lists of records, streamed datasets)."""
+        if self._rmt_collator() is not None:
+            return data_collator
+        return super()._get_collator_with_removed_columns(data_collator, description)
+
+    def _check_data(self, collator_given: bool) -> None:
+        """Refuse, before anything is trained or changed, what would train on wrong data: a tokenizer whose ids do
+        not fit the backbone, a QACollator of the other mode or with other classes than the model's, and records
+        of text with no collator to tokenize them."""
+        model, collator = self._memory_model(), self._rmt_collator()
+        vocabulary = model.backbone.get_input_embeddings().num_embeddings
+        for tokenizer in (self.processing_class, getattr(collator, "tokenizer", None)):
+            if isinstance(tokenizer, PreTrainedTokenizerBase):
+                check_tokenizer(tokenizer, vocabulary)
+        if isinstance(collator, QACollator):
+            if collator.mode != model.config.mode:
+                raise InputError(
+                    f"MemoryTrainer: the QACollator is in {collator.mode} mode but the model is {model.config.mode} "
+                    f"(RMTConfig.mode): build it as QACollator(tokenizer, {model.config.mode!r}"
+                    + (", labels=[...])" if model.config.mode == "encoder" else ")")
+                )
+            if collator.mode == "encoder":
+                _check_classes(collator.labels, model.backbone.config)
+        if not collator_given:
+            for name, dataset in (("train_dataset", self.train_dataset), ("eval_dataset", self.eval_dataset)):
+                _check_tokenized(name, dataset)
 
     def _memory_model(self) -> RecurrentMemoryModel:
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -244,6 +279,42 @@ class MemoryTrainer(Trainer):
         """The Trainer's, with the memory state and per-segment outputs left out of the predictions it gathers."""
         ignore_keys = NOT_PREDICTIONS if ignore_keys is None else [*ignore_keys, *NOT_PREDICTIONS]
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def _check_classes(labels: list[str], config: Any) -> None:
+    """Refuse a QACollator whose classes are not the encoder's: another count, or names other than its id2label
+    (where the backbone names its classes; transformers' default names LABEL_0, LABEL_1, ... name nothing)."""
+    names = [str(config.id2label[index]) for index in sorted(config.id2label)]
+    if len(labels) != len(names):
+        raise InputError(
+            f"MemoryTrainer: the QACollator has {len(labels)} classes {labels} but the model's classifier has "
+            f"{len(names)} ({names}): give the collator the labels the backbone was built with"
+        )
+    named = any(name != f"LABEL_{index}" for index, name in enumerate(names))
+    if named and [label.lower() for label in labels] != [name.lower() for name in names]:
+        raise InputError(
+            f"MemoryTrainer: the QACollator's classes {labels} are not the model's {names} (id2label) in that "
+            "order: the model would learn and name the wrong answers; give the collator the backbone's labels"
+        )
+
+
+def _check_tokenized(name: str, dataset: Any) -> None:
+    """Refuse a dataset of text records (no input_ids) with no data_collator to tokenize them."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None and isinstance(dataset, Sequence) and len(dataset) and isinstance(dataset[0], Mapping):
+        columns = list(dataset[0])
+    if not columns or "input_ids" in columns:
+        return
+    if set(QA_FIELDS) <= set(columns):
+        collator = "QACollator(tokenizer, mode)"
+    elif set(TEXT_FIELDS) <= set(columns):
+        collator = "TextCollator(tokenizer)"
+    else:
+        return
+    raise InputError(
+        f"MemoryTrainer: the {name} records hold text ({', '.join(sorted(columns))}) and no input_ids, and no "
+        f"data_collator tokenizes them: pass data_collator=rmt.data.collate.{collator}"
+    )
 
 
 class _AsKeywords:
