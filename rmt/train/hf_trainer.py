@@ -6,9 +6,10 @@ its input and output embeddings (SmolLM2, GPT-2: safetensors refuses shared tens
 checkpoint, `save_model` and the best model in rmt's own layout (`save_pretrained`: backbone/, memory.safetensors,
 rmt_config.json, the tokenizer in backbone/), and reads them back for `resume_from_checkpoint` and
 `load_best_model_at_end`. rmt's collators (`rmt.data.collate.QACollator`, `TextCollator`) serve as its
-`data_collator`, and the record fields they read (`input`, `question`, `target`, `text`) are kept when the Trainer
-drops the columns the model does not take. Everything else (optimizer, schedule, data order, random states,
-logging) is the Trainer's own, so a resumed run continues as the Trainer resumes any model.
+`data_collator` and see every field of a record (the Trainer's removal of the columns the model does not take is
+skipped for them); data that would train the wrong thing is refused at construction (`_check_data`). Everything
+else (optimizer, schedule, data order, random states, logging) is the Trainer's own, so a resumed run continues as
+the Trainer resumes any model.
 
     from transformers import TrainingArguments
     from rmt.train import MemoryTrainer
