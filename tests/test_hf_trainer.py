@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
@@ -386,6 +387,17 @@ def test_data_that_would_train_the_wrong_thing_is_refused_before_anything_change
     fitting = RMTForCausalLM(tiny_decoder("gpt2", vocab_size=len(tokenizer)), decoder.config)
     text = [{"text": "Mary went to the kitchen."}]
     MemoryTrainer(model=fitting, args=_arguments(tmp_path), data_collator=TextCollator(tokenizer), train_dataset=text)
+    # A dataset that tokenizes as it is read (a datasets transform) has a text column and gives input_ids.
+    tokenized = Dataset.from_list(text).with_transform(lambda rows: {"input_ids": tokenizer(rows["text"])["input_ids"]})
+    MemoryTrainer(model=fitting, args=_arguments(tmp_path, remove_unused_columns=False), train_dataset=tokenized)
+    # Class indices as strings (an id2label read from JSON by hand) are ordered as numbers; no id2label: no names.
+    many = [f"room{index}" for index in range(12)]
+    backbone = tiny_encoder(num_labels=12)
+    backbone.config.id2label = {str(index): name for index, name in enumerate(many)}
+    eleven = RMTForSequenceClassification(backbone, RMTConfig(mode="encoder", num_memory_tokens=2, segment_size=14))
+    MemoryTrainer(model=eleven, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", many))
+    backbone.config.id2label = None
+    MemoryTrainer(model=eleven, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", many))
 
 
 def test_babilong_samples_train_as_they_are_built_and_a_missing_field_names_the_records_own(tmp_path):
@@ -413,6 +425,7 @@ def test_babilong_samples_train_as_they_are_built_and_a_missing_field_names_the_
     )
     with pytest.raises(InputError, match=r"lacks the field 'input': it has \['answer', 'context', 'question'\]"):
         trainer.train()
+    QACollator(tokenizer, "decoder").check_records(samples)  # as rmt train checks records before training
     with pytest.raises(InputError, match="a record must be a dict of its fields, got a tuple"):
         QACollator(tokenizer, "decoder")([("Mary went to the kitchen.", "Where is Mary?", "kitchen")])
 

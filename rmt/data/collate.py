@@ -119,7 +119,7 @@ class QACollator:
         target column is read (`rmt.data.files.load_records` checked its fields)."""
         if not hasattr(records, "column_names"):
             for position, record in enumerate(records):
-                check_qa_record(record, f"{name}: record {position}")
+                check_qa_record(as_record(record), f"{name}: record {position}")
         if self.mode != "encoder":
             return
         # A Dataset gives its target column without decoding the (long) contexts.
@@ -128,10 +128,10 @@ class QACollator:
                 return  # a batch names the missing field when it is drawn
             targets = records["target"]
         else:
-            targets = [r.get("target") for r in records]
+            targets = [as_record(r).get("target") for r in records]
         for position, target in enumerate(targets):
             if target is None or self.answer_key(target) not in self.label_index:
-                record = records[position]
+                record = as_record(records[position])
                 check_qa_record(record, f"{name}: record {position}")
                 raise InputError(f"{name}: record {position} {_excerpt(record)}: {self._outside(target)}")
 
@@ -190,7 +190,7 @@ class TextCollator:
         naming the first bad one; a map-style `datasets.Dataset` was checked by `rmt.data.files.load_records`."""
         if not hasattr(records, "column_names"):
             for position, record in enumerate(records):
-                _check_field(record, "text", f"{name}: record {position}", TEXT_TYPES)
+                _check_field(as_record(record), "text", f"{name}: record {position}", TEXT_TYPES)
 
 
 def as_record(record: Any) -> Mapping[str, Any]:

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from accelerate.utils.memory import clear_device_cache
+from datasets import Dataset
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerBase, ProcessorMixin, Trainer
@@ -285,7 +286,10 @@ class MemoryTrainer(Trainer):
 def _check_classes(labels: list[str], config: Any) -> None:
     """Refuse a QACollator whose classes are not the encoder's: another count, or names other than its id2label
     (where the backbone names its classes; transformers' default names LABEL_0, LABEL_1, ... name nothing)."""
-    names = [str(config.id2label[index]) for index in sorted(config.id2label)]
+    if not config.id2label:
+        return
+    # Keys are class indices, as ints or, in a mapping read from JSON by hand, as strings: ordered as numbers.
+    names = [str(name) for _, name in sorted((int(index), name) for index, name in config.id2label.items())]
     if len(labels) != len(names):
         raise InputError(
             f"MemoryTrainer: the QACollator has {len(labels)} classes {labels} but the model's classifier has "
@@ -300,10 +304,14 @@ def _check_classes(labels: list[str], config: Any) -> None:
 
 
 def _check_tokenized(name: str, dataset: Any) -> None:
-    """Refuse a dataset of text records (no input_ids) with no data_collator to tokenize them."""
-    columns = getattr(dataset, "column_names", None)
-    if columns is None and isinstance(dataset, Sequence) and len(dataset) and isinstance(dataset[0], Mapping):
-        columns = list(dataset[0])
+    """Refuse a dataset of text records (no input_ids) with no data_collator to tokenize them. A map-style dataset
+    is judged by its first record as it comes out (a `datasets` transform may tokenize it then), a streamed one by
+    its column names."""
+    if isinstance(dataset, (Sequence, Dataset)) and len(dataset):
+        first = dataset[0]
+        columns = list(first) if isinstance(first, Mapping) else None
+    else:
+        columns = getattr(dataset, "column_names", None)
     if not columns or "input_ids" in columns:
         return
     if set(QA_FIELDS) <= set(columns):
