@@ -53,6 +53,7 @@ from rmt.errors import InputError
 from rmt.memory.pretrained import BACKBONE_DIR, load_memory_model, save_memory_model, transformers_progress_bars
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.train.gradients import average_gradients
+from rmt.train.optim import trainable_parameters
 
 # Why neither push_to_hub (argument or method) is taken: the Trainer's uploads name its own files
 NO_PUSH = (
@@ -155,7 +156,7 @@ class MemoryTrainer(Trainer):
         with self.accelerator.no_sync(model), self.accelerator.autocast(), self.compute_loss_context_manager():
             out = memory_model.forward_backward(**inputs, backward=backward)
         if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
-            average_gradients([p for p in memory_model.parameters() if p.requires_grad])
+            average_gradients(trainable_parameters(memory_model))
         steps = self.args.torch_empty_cache_steps
         if steps is not None and self.state.global_step % steps == 0:
             clear_device_cache()
