@@ -166,7 +166,7 @@ def generation(args: argparse.Namespace, record: dict[str, Any]) -> None:
         model.generate(prompt, max_new_tokens=2)
         recompute_generate(model, prompt, 2, closed_length)
         started = time.perf_counter()
-        cached = model.generate(prompt, max_new_tokens=args.new_tokens).sequences
+        cached = model.generate(prompt, max_new_tokens=args.new_tokens)
         cached_seconds = time.perf_counter() - started
         started = time.perf_counter()
         recomputed = recompute_generate(model, prompt, args.new_tokens, closed_length)
@@ -267,7 +267,12 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
         for name, model in models.items():
             started = time.perf_counter()
             out = model.generate(
-                ids, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, do_sample=False, output_scores=True
+                ids,
+                max_new_tokens=8,
+                eos_token_id=tokenizer.eos_token_id,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
             )
             seconds[name] += time.perf_counter() - started
             answer_ids[name].append(out.sequences[0, ids.shape[1] :].tolist())

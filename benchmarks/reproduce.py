@@ -344,7 +344,7 @@ def generated_scores(model: RMTForCausalLM, task: Task, samples: int, batch_size
         # Answers have a fixed length: no early stop at a backbone's end-of-sequence token, which would shorten them.
         prompt = batch.input_ids[:, :start].to(model.device)
         out = model.generate(prompt, max_new_tokens=length, eos_token_id=None)
-        generated = out.sequences[:, start:].cpu()  # [b, answer_length]
+        generated = out[:, start:].cpu()  # [b, answer_length]
         target = batch.labels[:, start : start + length]
         scored = target != IGNORE_INDEX
         right = (generated == target) & scored

@@ -292,7 +292,7 @@ def test_generate_equals_argmax_of_full_forward(prompt):
     """The decoding rule: generation == argmax of forward over the prompt and the tokens generated so far."""
     model = armt("llama")
     ids = _ids(2, prompt)
-    out = model.generate(ids, max_new_tokens=2 * SEG, output_scores=True)
+    out = model.generate(ids, max_new_tokens=2 * SEG, output_scores=True, return_dict_in_generate=True)
     sequence = ids
     with torch.no_grad():
         for _ in range(2 * SEG):

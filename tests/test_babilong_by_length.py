@@ -187,7 +187,7 @@ def test_a_generated_answer_stops_at_every_end_token_the_backbone_names(tmp_path
     sample = build_dataset("qa1", 0, 1, tokenizer, None, seed=0)[0]
     reader = readers(model, tokenizer, ["memory"], None, 6)["memory"]
     prompt = torch.tensor(reader.collate.prompt_ids([sample.to_dict()]))
-    tokens = model.generate(prompt, max_new_tokens=6, do_sample=False).sequences[0, prompt.shape[1] :].tolist()
+    tokens = model.generate(prompt, max_new_tokens=6, do_sample=False)[0, prompt.shape[1] :].tolist()
     assert tokenizer.eos_token_id not in tokens[:3]
     model.backbone.generation_config.eos_token_id = [tokens[2], tokens[2] + 1]
     assert stop_token_ids(model, tokenizer) == [tokens[2], tokens[2] + 1, tokenizer.eos_token_id]

@@ -505,7 +505,7 @@ def test_long_inputs_recompute_baseline_generates_what_generate_does(kind):
     if kind == "armt":
         strengthen_memory(model)
     prompt = torch.randint(0, model.vocab_size, (1, 13), generator=torch.Generator().manual_seed(0))
-    cached = model.generate(prompt, max_new_tokens=12, do_sample=False).sequences
+    cached = model.generate(prompt, max_new_tokens=12, do_sample=False)
     recomputed = long_inputs.recompute_generate(model, prompt, 12, closed_length)
     assert torch.equal(cached, recomputed)
 

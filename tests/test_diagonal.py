@@ -242,8 +242,10 @@ def test_generate_equals_sequential_greedy(family, prompt, group_size):
     segment boundaries (memory writes during generation; under a sliding window, through its sliding-window cache)."""
     model = armt(_variant(family))
     ids = _ids(2, prompt, seed=prompt)
-    expected = model.generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
-    got = DiagonalARMT(model, group_size=group_size).generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True)
+    expected = model.generate(ids, max_new_tokens=2 * SEG + 1, output_scores=True, return_dict_in_generate=True)
+    got = DiagonalARMT(model, group_size=group_size).generate(
+        ids, max_new_tokens=2 * SEG + 1, output_scores=True, return_dict_in_generate=True
+    )
     assert torch.equal(got.sequences, expected.sequences)
     assert torch.equal(got.scores, expected.scores)
 
@@ -254,18 +256,24 @@ def test_generate_continues_from_a_memory_state():
     ids = _ids(2, 4 * SEG + 5, seed=7)
     with torch.no_grad():
         state = model(ids[:, : 2 * SEG]).memory_state
-    whole = model.generate(ids, max_new_tokens=SEG, output_scores=True)
-    sequential = model.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state, output_scores=True)
+    whole = model.generate(ids, max_new_tokens=SEG, output_scores=True, return_dict_in_generate=True)
+    sequential = model.generate(
+        ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state, output_scores=True, return_dict_in_generate=True
+    )
     engine = DiagonalARMT(model, group_size=None)
-    diagonal = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state, output_scores=True)
+    diagonal = engine.generate(
+        ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=state, output_scores=True, return_dict_in_generate=True
+    )
     assert torch.equal(sequential.sequences, whole.sequences[:, 2 * SEG :])
     assert torch.equal(diagonal.sequences, sequential.sequences)
     assert torch.equal(diagonal.scores, sequential.scores)
-    fresh = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, output_scores=True)
+    fresh = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, output_scores=True, return_dict_in_generate=True)
     assert not torch.allclose(fresh.scores, diagonal.scores, atol=1e-3)  # the state reaches the prefilled segments
     # A state kept in another precision is put in the model's own, for the prefilled segments too.
     wide = tree_map(lambda t: t.double() if t.is_floating_point() else t, state)
-    again = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=wide, output_scores=True)
+    again = engine.generate(
+        ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=wide, output_scores=True, return_dict_in_generate=True
+    )
     assert torch.equal(again.scores, diagonal.scores)
 
 
@@ -300,7 +308,7 @@ def test_smollm2_engine_equals_sequential():
     prompt = ids[:, : 2 * 32 + 5]
     sequential = model.generate(prompt, max_new_tokens=8)
     diagonal = engine.generate(prompt, max_new_tokens=8)
-    assert torch.equal(diagonal.sequences, sequential.sequences)
+    assert torch.equal(diagonal, sequential)
 
 
 def test_group_size_default_and_bad_values():
@@ -446,9 +454,9 @@ def test_int32_ids_and_a_memory_state_in_another_dtype_run_as_int64_and_the_mode
         expected = model(prompt, memory_state=state, logits="last").logits
         torch.testing.assert_close(model(prompt, memory_state=wide, logits="last").logits, expected)
     torch.testing.assert_close(engine(prompt, memory_state=wide).logits, expected, atol=1e-5, rtol=1e-4)
-    greedy = model.generate(ids, max_new_tokens=4).sequences
-    assert torch.equal(model.generate(ids.int(), max_new_tokens=4).sequences, greedy)
-    assert torch.equal(engine.generate(ids.int(), max_new_tokens=4).sequences, greedy)
+    greedy = model.generate(ids, max_new_tokens=4)
+    assert torch.equal(model.generate(ids.int(), max_new_tokens=4), greedy)
+    assert torch.equal(engine.generate(ids.int(), max_new_tokens=4), greedy)
 
 
 def test_the_engine_runs_without_dropout_and_keeps_the_models_training_flags():

@@ -10,10 +10,12 @@ from collections import Counter
 import pytest
 import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder
+from transformers import GenerationConfig
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
 from rmt.errors import InputError
 from rmt.memory.generation import generate
+from rmt.memory.outputs import GenerateOutput
 
 
 def model_for(family: str, **config) -> RMTForCausalLM:
@@ -58,7 +60,7 @@ def test_greedy_equals_repeated_full_forward(family, name, prompt_length):
         noise = torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0))
         head.weight = torch.nn.Parameter(noise * float(head.weight.detach().std()))
     prompt = torch.randint(0, VOCAB, (2, prompt_length), generator=torch.Generator().manual_seed(1))
-    out = generate(model, prompt, max_new_tokens=9, output_scores=True)
+    out = generate(model, prompt, max_new_tokens=9, output_scores=True, return_dict_in_generate=True)
     expected = reference_greedy(model, prompt, 9)
     assert torch.equal(out.sequences, expected)
     assert out.scores.shape == (2, 9, VOCAB)
@@ -73,7 +75,7 @@ def test_padded_prompts_decode_each_row_as_if_alone():
     out = model.generate(prompt, max_new_tokens=6, attention_mask=mask)
     for row in range(3):
         alone = model.generate(prompt[row : row + 1, mask[row].bool()], max_new_tokens=6)
-        assert torch.equal(out.sequences[row, 8:], alone.sequences[0, -6:])
+        assert torch.equal(out[row, 8:], alone[0, -6:])
 
 
 @pytest.mark.parametrize("pad", [VOCAB - 1, -1])
@@ -82,10 +84,10 @@ def test_eos_stops_a_row_and_pads_it(pad):
     the stream is fed nothing for it (it refused the id before)."""
     model = model_for("gpt2")
     prompt = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(5))
-    free = model.generate(prompt, max_new_tokens=6).sequences[:, 4:]
+    free = model.generate(prompt, max_new_tokens=6)[:, 4:]
     eos = next(int(t) for t in free[0, :4] if t not in free[1])  # row 0 emits it early, row 1 never
     first = int((free[0] == eos).nonzero()[0])  # where row 0 first emits it
-    out = model.generate(prompt, max_new_tokens=6, eos_token_id=eos, pad_token_id=pad).sequences[:, 4:]
+    out = model.generate(prompt, max_new_tokens=6, eos_token_id=eos, pad_token_id=pad)[:, 4:]
     assert out.shape[1] == 6 and first < 4  # row 0 stopped with steps left, which row 1 went on to take
     assert torch.equal(out[1], free[1])
     assert torch.equal(out[0, : first + 1], free[0, : first + 1])
@@ -98,10 +100,10 @@ def test_processors_see_no_pad_id_after_a_row_ends(setting):
     pad id outside it (-1 crashed them), and the other row decodes on as if alone."""
     model = model_for("llama")
     prompt = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(5))
-    free = model.generate(prompt, max_new_tokens=8, **setting).sequences[:, 4:]
+    free = model.generate(prompt, max_new_tokens=8, **setting)[:, 4:]
     eos = int(free[0, 2])
     assert eos not in free[1] and eos not in free[0, :2]  # row 0 ends at step 3 of 8, row 1 never
-    out = model.generate(prompt, max_new_tokens=8, eos_token_id=eos, pad_token_id=-1, **setting).sequences[:, 4:]
+    out = model.generate(prompt, max_new_tokens=8, eos_token_id=eos, pad_token_id=-1, **setting)[:, 4:]
     assert torch.equal(out[1], free[1]) and torch.equal(out[0, :3], free[0, :3]) and bool((out[0, 3:] == -1).all())
 
 
@@ -116,7 +118,9 @@ def test_a_callers_processor_sees_the_vocabulary_as_given_in_padded_and_unpadded
     mask = torch.ones_like(prompt)
     mask[1, :2] = 0
     model.generate(prompt, max_new_tokens=3, logits_processor=caller)
-    padded = model.generate(prompt, mask, max_new_tokens=3, logits_processor=caller, output_scores=True)
+    padded = model.generate(
+        prompt, mask, max_new_tokens=3, logits_processor=caller, output_scores=True, return_dict_in_generate=True
+    )
     assert padded.scores.shape[-1] == VOCAB
 
 
@@ -126,17 +130,17 @@ def test_processors_that_match_ids_do_not_see_the_padding(name):
     sequence-bias checks that would ban X after the padding: they see padding as an id outside the vocabulary."""
     model = model_for("llama")
     row = torch.randint(0, VOCAB, (1, 1), generator=torch.Generator().manual_seed(7))
-    first = int(model.generate(row, max_new_tokens=1).sequences[0, -1])
+    first = int(model.generate(row, max_new_tokens=1)[0, -1])
     assert first != int(row[0, 0])
     setting = {
         "no_repeat_ngram_size": {"no_repeat_ngram_size": 1},
         "bad_words_ids": {"bad_words_ids": [[first, int(row[0, 0]), first]]},
         "sequence_bias": {"sequence_bias": {(first, int(row[0, 0]), first): -1e9}},
     }[name]
-    alone = model.generate(row, max_new_tokens=6, **setting).sequences[0, 1:]
+    alone = model.generate(row, max_new_tokens=6, **setting)[0, 1:]
     padded = torch.cat([torch.full((1, 3), first), row], dim=1)
     mask = torch.tensor([[0, 0, 0, 1]])
-    left = model.generate(padded, mask, max_new_tokens=6, **setting).sequences[0, 4:]
+    left = model.generate(padded, mask, max_new_tokens=6, **setting)[0, 4:]
     assert int(alone[0]) == first and torch.equal(left, alone)
 
 
@@ -174,7 +178,7 @@ def test_an_end_token_outside_the_vocabulary_from_the_backbones_config_is_refuse
     prompt = torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(InputError, match=f"eos_token_id names {VOCAB}, outside .* the backbone's; eos_token_id="):
         model.generate(prompt, max_new_tokens=2)
-    assert model.generate(prompt, max_new_tokens=2, eos_token_id=None).sequences.shape == (1, 5)
+    assert model.generate(prompt, max_new_tokens=2, eos_token_id=None).shape == (1, 5)
 
 
 @pytest.mark.parametrize("argument", ["streamer", "stopping_criteria", "inputs", "past_key_values"])
@@ -189,9 +193,9 @@ def test_any_whole_pad_id_is_taken(pad):
     """The pad id only fills finished rows of the result (it is never fed to the model), as in transformers."""
     model = model_for("gpt2")
     prompt = torch.zeros(1, 3, dtype=torch.long)
-    eos = int(model.generate(prompt, max_new_tokens=1).sequences[0, -1])
+    eos = int(model.generate(prompt, max_new_tokens=1)[0, -1])
     out = model.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=3, eos_token_id=eos, pad_token_id=pad)
-    assert out.sequences[:, 4:].eq(pad).all()
+    assert out[:, 4:].eq(pad).all()
 
 
 def test_bad_arguments():
@@ -220,7 +224,7 @@ def test_prompts_of_different_lengths_decode_together(kind):
     out = model.generate(prompt * mask, mask, max_new_tokens=8)
     for row in range(3):
         alone = reference_greedy(model, prompt[row : row + 1, mask[row].bool()], 8)
-        assert torch.equal(out.sequences[row, 11:], alone[0, -8:])
+        assert torch.equal(out[row, 11:], alone[0, -8:])
 
 
 @pytest.mark.parametrize("kind", ["rmt", "armt"])
@@ -248,14 +252,14 @@ def test_each_new_token_is_one_position_through_the_layers(kind):
 def test_sampling_goes_through_transformers_processors():
     model = model_for("llama")
     prompt = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(7))
-    greedy = model.generate(prompt, max_new_tokens=6).sequences
+    greedy = model.generate(prompt, max_new_tokens=6)
     torch.manual_seed(0)
-    top1 = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=1).sequences  # top-1 sampling = greedy
+    top1 = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=1)  # top-1 sampling = greedy
     assert torch.equal(top1, greedy)
     torch.manual_seed(0)
-    first = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0).sequences
+    first = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0)
     torch.manual_seed(0)
-    again = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0).sequences
+    again = model.generate(prompt, max_new_tokens=6, do_sample=True, temperature=5.0)
     assert torch.equal(first, again) and not torch.equal(first, greedy)
     for bad, name in (({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top_k"), ({"top_p": 1.5}, "top_p")):
         with pytest.raises(InputError, match=f"bad generation settings: `?{name}`? "):
@@ -267,7 +271,7 @@ def test_generation_past_the_learned_positions_is_refused():
     with an error naming the limit, not with an index error."""
     model = model_for("gpt2", xl_cache_tokens=4)
     prompt = torch.randint(0, VOCAB, (1, 150), generator=torch.Generator().manual_seed(9))  # positions 0..239
-    assert model.generate(prompt, max_new_tokens=10).sequences.shape == (1, 160)
+    assert model.generate(prompt, max_new_tokens=10).shape == (1, 160)
     with pytest.raises(ValueError, match=r"reaches position 2\d\d.*embeds at most 256"):
         model.generate(prompt, max_new_tokens=100)
 
@@ -276,13 +280,27 @@ def test_token_lists_given_as_tensors_or_in_range_still_decode():
     """suppress_tokens as a tensor of ids worked before the vocabulary check and still does."""
     model = model_for("gpt2")
     prompt = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(0))
-    free = model.generate(prompt, max_new_tokens=3).sequences[0, 4:].tolist()  # what suppression must change
+    free = model.generate(prompt, max_new_tokens=3)[0, 4:].tolist()  # what suppression must change
     out = model.generate(prompt, max_new_tokens=3, suppress_tokens=torch.tensor(free), sequence_bias={(3,): -1.0})
-    assert out.sequences.shape == (1, 7) and not set(out.sequences[0, 4:].tolist()) & set(free)
+    assert out.shape == (1, 7) and not set(out[0, 4:].tolist()) & set(free)
 
 
 def test_the_output_reads_as_hugging_faces_does():
     model = model_for("gpt2")
-    out = model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2, output_scores=True)
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    out = model.generate(prompt, max_new_tokens=2, output_scores=True, return_dict_in_generate=True)
+    assert isinstance(out, GenerateOutput)
     assert out[0] is out["sequences"] is out.sequences and out[1] is out["scores"] is out.scores
     assert out.to_tuple() == (out.sequences, out.scores)
+    # By default the sequences alone, a tensor, as the backbone's own generate returns them.
+    ids = model.generate(prompt, max_new_tokens=2)
+    theirs = model.backbone.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2, do_sample=False)
+    assert type(ids) is type(theirs) is torch.Tensor and torch.equal(ids, out.sequences)
+    assert model.generate(prompt, max_new_tokens=2, return_dict_in_generate=False).equal(ids)
+    no_scores = model.generate(prompt, max_new_tokens=2, return_dict_in_generate=True)
+    assert no_scores.scores is None and torch.equal(no_scores.sequences, ids)
+    with pytest.warns(UserWarning, match="output_scores=True is ignored without return_dict_in_generate"):
+        assert model.generate(prompt, max_new_tokens=2, output_scores=True).equal(ids)
+    # Set in a generation config, as in Hugging Face.
+    config = GenerationConfig(return_dict_in_generate=True, output_scores=True, max_new_tokens=2)
+    assert torch.equal(model.generate(prompt, generation_config=config).scores, out.scores)

@@ -94,7 +94,7 @@ def _both(model, prompt, seed: int = 0, **settings):
     """Our generate and the backbone's own on the same prompt and seed: (sequences, scores) of each. The backbone gets
     an explicit mask: transformers would otherwise take every prompt token equal to pad_token_id for padding."""
     torch.manual_seed(seed)
-    ours = model.generate(prompt, output_scores=True, **settings)
+    ours = model.generate(prompt, output_scores=True, return_dict_in_generate=True, **settings)
     torch.manual_seed(seed)
     theirs = model.backbone.generate(
         prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
@@ -106,7 +106,7 @@ def _both(model, prompt, seed: int = 0, **settings):
 def test_greedy_settings_match_hugging_face_generate(name):
     model = plain_model()
     prompt = prompts(2, 6, seed=1)
-    free = model.generate(prompt, max_new_tokens=8).sequences[:, 6:]
+    free = model.generate(prompt, max_new_tokens=8)[:, 6:]
     settings = _resolve(GREEDY_SETTINGS[name], free)
     length = {} if "max_length" in settings else {"max_new_tokens": 8}
     (ours, our_scores), (theirs, their_scores) = _both(model, prompt, pad_token_id=0, **length, **settings)
@@ -133,7 +133,9 @@ def test_sampling_settings_match_hugging_face_generate(name):
     assert torch.allclose(our_scores, their_scores, atol=1e-5)
     tested = next(iter(SAMPLING_SETTINGS[name]))
     torch.manual_seed(3)
-    unset = model.generate(prompt, output_scores=True, **{k: v for k, v in settings.items() if k != tested})
+    unset = model.generate(
+        prompt, output_scores=True, return_dict_in_generate=True, **{k: v for k, v in settings.items() if k != tested}
+    )
     assert not torch.equal(our_scores, unset.scores)  # the setting made a difference
 
 
@@ -167,9 +169,9 @@ def test_num_return_sequences_repeats_each_prompt_and_its_memory():
     model = memory_model()
     prompt = prompts(2, 7, seed=4)
     state = model(prompts(2, 9, seed=5)).memory_state
-    greedy = model.generate(prompt, memory_state=state, max_new_tokens=6).sequences
+    greedy = model.generate(prompt, memory_state=state, max_new_tokens=6)
     out = model.generate(prompt, memory_state=state, max_new_tokens=6, do_sample=True, top_k=1, num_return_sequences=3)
-    assert torch.equal(out.sequences, greedy.repeat_interleave(3, dim=0))
+    assert torch.equal(out, greedy.repeat_interleave(3, dim=0))
     with pytest.raises(InputError, match="num_return_sequences"):
         model.generate(prompt, max_new_tokens=6, num_return_sequences=3)  # greedy has one answer, as in HF
 
@@ -180,13 +182,13 @@ def test_max_length_counts_from_the_longest_prompt():
     mask = torch.ones_like(prompt)
     mask[:, :2] = 0  # both rows left-padded: the longest prompt has 7 tokens
     mask[1, :5] = 0
-    expected = model.generate(prompt, mask, max_new_tokens=5).sequences
-    assert torch.equal(model.generate(prompt, mask, max_length=12).sequences, expected)
+    expected = model.generate(prompt, mask, max_new_tokens=5)
+    assert torch.equal(model.generate(prompt, mask, max_length=12), expected)
     # Where both are set, max_new_tokens wins, from the call or from a config (as in Hugging Face).
     config = GenerationConfig(max_new_tokens=2)
     with pytest.warns(UserWarning, match="max_new_tokens=2 .* takes precedence over max_length=12"):
-        assert model.generate(prompt, mask, generation_config=config, max_length=12).sequences.shape == (2, 11)
-    assert torch.equal(model.generate(prompt, mask, max_new_tokens=5, max_length=8).sequences, expected)
+        assert model.generate(prompt, mask, generation_config=config, max_length=12).shape == (2, 11)
+    assert torch.equal(model.generate(prompt, mask, max_new_tokens=5, max_length=8), expected)
     with pytest.raises(InputError, match="max_length=7 leaves no new token"):
         model.generate(prompt, mask, max_length=7)
     with pytest.raises(InputError, match="set max_new_tokens"):
@@ -203,7 +205,9 @@ def test_max_length_counts_from_the_longest_prompt():
 
 def test_max_time_stops_decoding():
     model = memory_model()
-    out = model.generate(prompts(1, 4, seed=7), max_new_tokens=10, max_time=0.0, output_scores=True)
+    out = model.generate(
+        prompts(1, 4, seed=7), max_new_tokens=10, max_time=0.0, output_scores=True, return_dict_in_generate=True
+    )
     assert out.sequences.shape == (1, 5) and out.scores.shape == (1, 1, VOCAB)
 
 
@@ -222,7 +226,6 @@ def test_max_time_stops_decoding():
         ({"encoder_no_repeat_ngram_size": 2}, "encoder_no_repeat_ngram_size"),
         ({"output_logits": True}, "output_logits"),
         ({"do_smaple": True}, "unknown generate argument.*do_smaple"),
-        ({"return_dict_in_generate": False}, "returns a GenerateOutput; take its .sequences"),
         (
             {"streamer": object(), "do_sample": True},
             "streamer: argument.*of Hugging Face.s generate that this generate does not take",
@@ -241,7 +244,7 @@ def test_a_backbone_config_asking_for_beam_search_is_refused_until_overridden():
     prompt = prompts(1, 4, seed=8)
     with pytest.raises(InputError, match="use num_beams=1"):
         model.generate(prompt, max_new_tokens=3)
-    assert model.generate(prompt, max_new_tokens=3, num_beams=1).sequences.shape == (1, 7)
+    assert model.generate(prompt, max_new_tokens=3, num_beams=1).shape == (1, 7)
 
 
 def test_scores_have_one_entry_per_new_token_after_an_early_stop():
@@ -249,10 +252,17 @@ def test_scores_have_one_entry_per_new_token_after_an_early_stop():
     many steps; a row that stopped before the others is padded up to the last row's stop."""
     model = memory_model()
     prompt = prompts(2, 6, seed=9)
-    free = model.generate(prompt, max_new_tokens=10).sequences[:, 6:]
+    free = model.generate(prompt, max_new_tokens=10)[:, 6:]
     eos = int(free[0, 2])
     stops = [int((row == eos).nonzero()[0]) if bool((row == eos).any()) else 9 for row in free]
-    out = model.generate(prompt, max_new_tokens=10, eos_token_id=eos, pad_token_id=VOCAB - 1, output_scores=True)
+    out = model.generate(
+        prompt,
+        max_new_tokens=10,
+        eos_token_id=eos,
+        pad_token_id=VOCAB - 1,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     steps = max(stops) + 1
     assert steps < 10
     assert out.sequences.shape == (2, 6 + steps) and out.scores.shape == (2, steps, VOCAB)
@@ -334,7 +344,7 @@ def test_settings_resolve_as_in_hugging_face(case):
     one-token prompt; min_new_tokens takes the place of min_length where both are set."""
     model = plain_model()
     prompt = prompts(2, 6, seed=8)
-    free = model.generate(prompt, max_new_tokens=6).sequences[:, 6:]
+    free = model.generate(prompt, max_new_tokens=6)[:, 6:]
     if case == "config-filled-from-the-backbone":
         model.backbone.generation_config.eos_token_id = int(free[0, 1])
         model.backbone.generation_config.pad_token_id = 0
@@ -347,7 +357,7 @@ def test_settings_resolve_as_in_hugging_face(case):
         settings = {"max_new_tokens": 6, "eos_token_id": [int(free[0, 1]), int(free[1, 1]), 1]}
     else:
         prompt = prompt[:, :1]
-        first = model.generate(prompt, max_new_tokens=2).sequences[:, 2]
+        first = model.generate(prompt, max_new_tokens=2)[:, 2]
         settings = {"max_new_tokens": 4, "forced_bos_token_id": 3, "begin_suppress_tokens": sorted(set(first.tolist()))}
     (ours, our_scores), (theirs, their_scores) = _both(model, prompt, **settings)
     assert torch.equal(ours, theirs)
@@ -403,7 +413,7 @@ def test_sampling_settings_that_transformers_lets_through_are_refused(setting, m
         model.generate(prompt, **sampling)
     with pytest.raises(InputError, match=message):
         DiagonalARMT(memory_model("armt"), group_size=None).generate(prompt, **sampling)
-    assert model.generate(prompt, max_new_tokens=2, **setting).sequences.shape == (1, 7)
+    assert model.generate(prompt, max_new_tokens=2, **setting).shape == (1, 7)
 
 
 def test_a_whole_number_temperature_samples():
@@ -412,9 +422,7 @@ def test_a_whole_number_temperature_samples():
 
     def sampled(temperature: float) -> torch.Tensor:
         torch.manual_seed(0)
-        return model.generate(
-            prompts(1, 5, seed=6), do_sample=True, temperature=temperature, max_new_tokens=12
-        ).sequences
+        return model.generate(prompts(1, 5, seed=6), do_sample=True, temperature=temperature, max_new_tokens=12)
 
     ours = sampled(2)
     assert torch.equal(ours, sampled(2.0))

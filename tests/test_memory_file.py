@@ -38,12 +38,16 @@ def test_saved_memory_answers_like_the_document(tmp_path, kind):
     path = save_memory(model, stream.memory_state, tmp_path / "doc.memory", tokens=20, document="doc.txt")
     state, metadata = read_memory(model, path)
     assert metadata == {"tokens": 20, "document": "doc.txt"}
-    from_file = model.generate(question, memory_state=state, max_new_tokens=6, output_scores=True)
-    read_again = model.generate(torch.cat([document, question], dim=1), max_new_tokens=6, output_scores=True)
+    from_file = model.generate(
+        question, memory_state=state, max_new_tokens=6, output_scores=True, return_dict_in_generate=True
+    )
+    read_again = model.generate(
+        torch.cat([document, question], dim=1), max_new_tokens=6, output_scores=True, return_dict_in_generate=True
+    )
     # The document ends on a segment boundary: the same input, the same tokens and scores.
     assert torch.equal(from_file.sequences, read_again.sequences[:, 20:])
     torch.testing.assert_close(from_file.scores, read_again.scores)
-    fresh = model.generate(question, max_new_tokens=6, output_scores=True)
+    fresh = model.generate(question, max_new_tokens=6, output_scores=True, return_dict_in_generate=True)
     assert not torch.allclose(from_file.scores, fresh.scores, atol=1e-3)  # the loaded memory changes the answer
 
 
@@ -258,7 +262,7 @@ def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, 
     eos = [tokenizer.eos_token_id]
     answers = {
         name: tokenizer.decode(
-            saved.generate(prompt, memory_state=memory_state, max_new_tokens=3, eos_token_id=eos).sequences[0, -3:],
+            saved.generate(prompt, memory_state=memory_state, max_new_tokens=3, eos_token_id=eos)[0, -3:],
             skip_special_tokens=True,
         ).strip()
         for name, memory_state in (("document", state), ("none", None))

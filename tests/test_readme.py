@@ -106,13 +106,13 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
     if index == 2:  # the stream's memory is the one-pass memory
         one_pass = namespace["model"](namespace["document"], logits="none").memory_state
         torch.testing.assert_close(namespace["state"], one_pass)
-        assert namespace["answer"].sequences.shape[1] <= 5 + 20
+        assert namespace["answer"].shape[1] <= 5 + 20
     if index == 3:  # the engine gives what the model gives (every position's logits last), as its comments say
         model, input_ids = namespace["model"], namespace["input_ids"]
         with torch.no_grad():
             torch.testing.assert_close(namespace["out"].logits, model(input_ids).logits)
-            expected = model.generate(namespace["prompt_ids"], max_new_tokens=20).sequences
-        assert torch.equal(namespace["generated"].sequences, expected)
+            expected = model.generate(namespace["prompt_ids"], max_new_tokens=20)
+        assert torch.equal(namespace["generated"], expected)
     if index == 4:
         assert namespace["records"][-1]["step"] == 3 and "eval_accuracy" in namespace["records"][-1]
     if index == 5:  # Hugging Face's Trainer continued the training example's model

@@ -37,7 +37,7 @@ def test_untrained_armt_generates_what_smollm2_generates(smollm2):
     backbone, tokenizer = smollm2
     prompt = tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
     model = ARMTForCausalLM(backbone, RMTConfig(memory_kind="armt", num_memory_tokens=4, segment_size=64)).eval()
-    ours = model.generate(prompt, max_new_tokens=6).sequences
+    ours = model.generate(prompt, max_new_tokens=6)
     with torch.no_grad():
         theirs = backbone.generate(prompt, max_new_tokens=6, do_sample=False)
     assert torch.equal(ours, theirs)

@@ -425,7 +425,7 @@ def test_generated_scores_read_whole_answers_from_a_backbone_with_an_end_token()
     model = RMTForCausalLM(backbone, RMTConfig(num_memory_tokens=2, segment_size=task.segment_size_for(3))).eval()
     expected, _ = greedy_accuracy(model, task, 4)
     prompts = TaskSource(task).eval_batch(0, 4).input_ids[:, : task.answer_start]
-    first_tokens = model.generate(prompts, max_new_tokens=1).sequences[:, -1]
+    first_tokens = model.generate(prompts, max_new_tokens=1)[:, -1]
     backbone.generation_config.eos_token_id = sorted(set(first_tokens.tolist()))
     backbone.generation_config.pad_token_id = 0
     assert reproduce.generated_scores(model, task, 4, 4)["accuracy"] == pytest.approx(expected)

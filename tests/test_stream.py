@@ -302,10 +302,10 @@ def test_a_float_or_bool_attention_mask_reads_as_the_integer_one():
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, :2] = 0
     expected = model.stream(batch_size=2).feed(ids, mask, logits="last")
-    generated = model.generate(ids, attention_mask=mask, max_new_tokens=3).sequences
+    generated = model.generate(ids, attention_mask=mask, max_new_tokens=3)
     for other in (mask.float(), mask.bool()):
         torch.testing.assert_close(model.stream(batch_size=2).feed(ids, other, logits="last"), expected)
-        assert torch.equal(model.generate(ids, attention_mask=other, max_new_tokens=3).sequences, generated)
+        assert torch.equal(model.generate(ids, attention_mask=other, max_new_tokens=3), generated)
 
 
 def test_a_refused_request_for_last_logits_leaves_the_stream_as_it_was():
@@ -356,7 +356,7 @@ def test_a_sliding_window_shorter_than_the_open_segment_is_refused_for_token_log
     with torch.no_grad():
         reference = wide(ids, logits="last").logits
     torch.testing.assert_close(wide.stream().feed(ids, logits="last"), reference, atol=ATOL, rtol=1e-4)
-    generated = wide.generate(ids, max_new_tokens=12, do_sample=False).sequences
+    generated = wide.generate(ids, max_new_tokens=12, do_sample=False)
     with torch.no_grad():
         for end in range(20, 32):  # greedy: each token is the argmax of one pass over what precedes it
             assert generated[0, end] == wide(generated[:, :end], logits="last").logits.argmax(-1)

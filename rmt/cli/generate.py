@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if save_failed else 0
     torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
     out = model.generate(prompt, memory_state=state, **settings)
-    print(tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip())
+    print(tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip())
     return 1 if save_failed else 0
 
 

@@ -1,8 +1,10 @@
 """Generation for every memory model (RMT, Tr-XL, MemTrXL, ARMT; the diagonal engine too), in Hugging Face terms.
 
-    out = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)                   # greedy
-    out = model.generate(input_ids, max_new_tokens=20, do_sample=True, temperature=0.7, top_p=0.9)
-    out.sequences    # [B, P + N]: each prompt row as given, then its N <= 20 new tokens (pad_token_id after EOS)
+    ids = model.generate(input_ids, attention_mask=mask, max_new_tokens=20)                   # greedy
+    ids = model.generate(input_ids, max_new_tokens=20, do_sample=True, temperature=0.7, top_p=0.9)
+    ids              # [B, P + N]: each prompt row as given, then its N <= 20 new tokens (pad_token_id after EOS)
+    out = model.generate(input_ids, max_new_tokens=20, return_dict_in_generate=True, output_scores=True)
+    out.sequences, out.scores   # a GenerateOutput, as Hugging Face's generate returns with these two settings
 
 The input is read by a `MemoryStream` (rmt.memory.stream), so decoding continues the segment that holds the prompt's
 last token, exactly as `forward` segments prompt + generated tokens: every new token costs one position through the
@@ -93,7 +95,7 @@ def generate(
     output_scores: bool = False,
     prefill: Prefill | None = None,
     **kwargs: Any,
-) -> GenerateOutput:
+) -> torch.Tensor | GenerateOutput:
     """Generate after each prompt row of input_ids [B, P]. `kwargs` set GenerationConfig fields over
     `generation_config` (else the backbone's, else transformers' defaults): see the module docstring for those
     applied; any other setting that changes the result, and any keyword that is no GenerationConfig field, raises an
@@ -110,11 +112,13 @@ def generate(
     num_return_sequences = R > 1 (sampling only) samples R continuations of every prompt: B * R rows, the R of
     prompt b at rows b * R .. b * R + R - 1 (as Hugging Face groups them); `memory_state` rows are repeated alike.
 
-    Result: sequences [B*R, P + N] and, with `output_scores` (or the config's), scores [B*R, N, V]: the processed
-    logits each new token was chosen from, one entry per decoding step run. N = max_new_tokens unless decoding ended
-    early: every row at EOS (or max_time ran out) after N steps. A row that ended before the others is padded with
-    pad_token_id; its scores at those steps are computed from its last real token (Hugging Face feeds it the pad
-    tokens instead): they choose nothing."""
+    Result, as Hugging Face's generate returns it: the sequences [B*R, P + N] as a tensor; with
+    `return_dict_in_generate=True` (a keyword, or set in the generation config) a `GenerateOutput` holding them and,
+    with `output_scores=True` too, scores [B*R, N, V]: the processed logits each new token was chosen from, one entry
+    per decoding step run (without `return_dict_in_generate` the scores are not kept, with a warning).
+    N = max_new_tokens unless decoding ended early: every row at EOS (or max_time ran out) after N steps. A row that
+    ended before the others is padded with pad_token_id; its scores at those steps are computed from its last real
+    token (Hugging Face feeds it the pad tokens instead): they choose nothing."""
     config, mask, max_new_tokens, min_new_tokens = _settings(
         model, input_ids, attention_mask, generation_config, kwargs
     )
@@ -134,7 +138,14 @@ def generate(
     view = input_ids.gather(1, torch.sort(mask.to(torch.int8), dim=1, stable=True).indices)
     processors = _processors(config, logits_processor, eos, width, max_new_tokens, min_new_tokens, padding)
     eos_ids = torch.tensor(eos, device=model.device)
-    keep_scores = output_scores or bool(config.output_scores)
+    as_dict = bool(config.return_dict_in_generate)
+    keep_scores = as_dict and (output_scores or bool(config.output_scores))
+    if output_scores and not as_dict:  # transformers logs the same of a config's output_scores
+        warnings.warn(
+            "output_scores=True is ignored without return_dict_in_generate=True (as in transformers): generate "
+            "returns the sequences only",
+            stacklevel=3,
+        )
     deadline = None if config.max_time is None else time.monotonic() + config.max_time
 
     with evaluation_mode(cast(nn.Module, model)):
@@ -165,6 +176,8 @@ def generate(
             logits = stream.feed(fed, (~finished).long()[:, None], logits="last")
     # As many new columns as steps run, and one score per step (Hugging Face's convention).
     sequences = torch.cat([input_ids, torch.stack(chosen, dim=1)], dim=1)
+    if not as_dict:
+        return sequences
     return GenerateOutput(sequences, torch.stack(scores, dim=1) if keep_scores else None)
 
 
@@ -273,7 +286,7 @@ def _unsupported(config: GenerationConfig) -> list[str]:
         (
             bool(config.output_attentions or config.output_hidden_states or config.output_logits),
             "output_attentions, output_hidden_states and output_logits are not supported: the result holds sequences "
-            "and (output_scores=True) the processed scores",
+            "and (return_dict_in_generate=True, output_scores=True) the processed scores",
         ),
     ]
     return [reason for refused, reason in checks if refused]
@@ -320,10 +333,6 @@ def _generation_config(
             f"max_new_tokens={config.max_new_tokens} (from the generation config) takes precedence over "
             f"max_length={overrides['max_length']}",
             stacklevel=3,
-        )
-    if overrides.get("return_dict_in_generate") is False:  # asked for by name: a tensor is expected back
-        raise InputError(
-            "return_dict_in_generate=False is not supported: generate returns a GenerateOutput; take its .sequences"
         )
     refused = _unsupported(config)
     if refused:

@@ -41,7 +41,8 @@ class RMTOutput(ModelOutput):
 
 @dataclass
 class GenerateOutput(ModelOutput):
-    """sequences [B, P + N]: each prompt row followed by its N generated tokens (pad_token_id after EOS);
+    """What `generate(..., return_dict_in_generate=True)` returns (without it: the sequences alone, a tensor).
+    sequences [B, P + N]: each prompt row followed by its N generated tokens (pad_token_id after EOS);
     scores [B, N, V]: the processed logits each generated token was chosen from (with `output_scores=True`). A
     Hugging Face ModelOutput: `out.sequences`, `out["sequences"]` and `out[0]` are the same."""
 

@@ -268,9 +268,10 @@ class RecurrentMemoryModel(nn.Module):
 
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
-    ) -> GenerateOutput:
+    ) -> torch.Tensor | GenerateOutput:
         """Generate after each prompt row (causal LMs), in Hugging Face terms: max_new_tokens, do_sample, temperature,
-        top_k, top_p, eos_token_id, pad_token_id, memory_state, ... (`rmt.memory.generation.generate`)."""
+        top_k, top_p, eos_token_id, pad_token_id, memory_state, ... (`rmt.memory.generation.generate`). Returns the
+        sequences [B, P + N], or a `GenerateOutput` with `return_dict_in_generate=True`, as Hugging Face does."""
         return generate(self, input_ids, attention_mask, **kwargs)
 
     def stream(self, batch_size: int = 1, memory_state: State | None = None) -> MemoryStream:
