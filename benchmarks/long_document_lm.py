@@ -23,6 +23,8 @@ the document:
 - `memory`: the fine-tuned memory model, reading the whole document through `stream()` one segment at a time.
 - `memory_off`: the memory model's own (fine-tuned) backbone on each segment alone, without memory: what the
   fine-tuning gained apart from the memory.
+- `sliding_tuned`: that fine-tuned backbone with the window sliding as in `sliding`: the baseline that had the same
+  fine-tuning as the memory model (`sliding` reads with the base model, which never saw the training books).
 Logits are computed only where they are scored, one segment or stride block at a time, so nothing of size
 [document, vocabulary] is ever held. Intervals are 95% bootstrap intervals over documents (perplexity of the pooled
 tokens of each resample). Writes results.json and results.md to --output.
@@ -45,8 +47,16 @@ from rmt import RMTConfig
 from rmt.build import pretrained_backbone, pretrained_tokenizer
 from rmt.data.haystack import default_corpus_texts
 
-METHODS = ("sliding", "segments", "memory", "memory_off")
-PAIRS = (("memory", "memory_off"), ("memory", "sliding"), ("memory_off", "segments"), ("segments", "sliding"))
+METHODS = ("sliding", "segments", "memory", "memory_off", "sliding_tuned")
+PAIRS = (
+    ("memory", "memory_off"),
+    ("memory", "sliding"),
+    ("memory", "sliding_tuned"),
+    ("memory_off", "segments"),
+    ("segments", "sliding"),
+    ("sliding_tuned", "sliding"),
+)
+SLIDING = ("sliding", "sliding_tuned")  # scored beyond the window only, not by segment
 
 
 def corpus_blocks(tokenizer, block_tokens: int, limit: int | None = None) -> list[list[int]]:
@@ -195,20 +205,24 @@ def evaluate(args: argparse.Namespace) -> int:
     base = pretrained_backbone(args.base_model).eval() if {"sliding", "segments"} & set(args.methods) else None
     model = (
         RecurrentMemoryModel.from_pretrained(args.model).eval()
-        if {"memory", "memory_off"} & set(args.methods)
+        if {"memory", "memory_off", "sliding_tuned"} & set(args.methods)
         else None
     )
+
+    def sliding(backbone, ids: torch.Tensor) -> torch.Tensor:
+        # Only targets >= window are scored: NaN before them keeps every method's positions aligned.
+        unscored = torch.full((args.window - 1,), float("nan"))
+        return torch.cat([unscored, sliding_nll(backbone, ids, args.window, args.stride)])
+
     scorers = {
-        # sliding scores only targets >= window: NaN before them keeps every method's positions aligned.
-        "sliding": lambda ids: torch.cat(
-            [torch.full((args.window - 1,), float("nan")), sliding_nll(base, ids, args.window, args.stride)]
-        ),
+        "sliding": lambda ids: sliding(base, ids),
         "segments": lambda ids: segment_nll(base, ids, segment),
         "memory": lambda ids: memory_nll(model, ids),
         "memory_off": lambda ids: segment_nll(model.backbone, ids, segment),
+        "sliding_tuned": lambda ids: sliding(model.backbone, ids),
     }
     settings = {
-        "model": str(args.model),  # memory and memory_off are this model's: never paired with another's
+        "model": str(args.model),  # memory, memory_off, sliding_tuned: this model's, never paired with another's
         "base_model": args.base_model,
         "documents": args.documents,
         "document_tokens": args.document_tokens,
@@ -240,7 +254,7 @@ def evaluate(args: argparse.Namespace) -> int:
             "memory_tokens": config.num_memory_tokens if method == "memory" else 0,
             "perplexity_beyond_window": perplexity(beyond),
             "interval_95": [low, high],
-            "perplexity_by_segment": None if method == "sliding" else by_segment(losses, segment),
+            "perplexity_by_segment": None if method in SLIDING else by_segment(losses, segment),
             "document_nll_beyond_window": [loss[~loss.isnan()].double().mean().item() for loss in beyond],
             "document_nll_shared_tokens": [
                 loss[keep].double().mean().item() for loss, keep in zip(beyond, shared, strict=True)
@@ -353,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=METHODS,
         default=list(METHODS),
-        help="sliding, segments: the base model alone; memory: the memory model; "
-        "memory_off: its backbone without memory (default: all)",
+        help="sliding, segments: the base model alone; memory: the memory model; memory_off: its backbone without "
+        "memory; sliding_tuned: its backbone with the window sliding (default: all)",
     )
     args = parser.parse_args(argv)
     with torch_threads(args.threads):

@@ -835,10 +835,13 @@ def test_long_document_lm_prepare_and_evaluate(tmp_path, monkeypatch):
     for method, entry in results["methods"].items():
         assert 1 < entry["perplexity_beyond_window"] < 200 and len(entry["document_nll_beyond_window"]) == 2
         assert entry["interval_95"][0] <= entry["perplexity_beyond_window"] <= entry["interval_95"][1]
-        assert (entry["perplexity_by_segment"] is None) == (method == "sliding")
-    # The memory model's backbone is the base model here: without memory it reads the segments as `segments` does.
+        assert (entry["perplexity_by_segment"] is None) == (method in ("sliding", "sliding_tuned"))
+    # The memory model's backbone is the base model here: without memory it reads the segments as `segments` does,
+    # and with the window sliding as `sliding` does.
     by_segment = {m: results["methods"][m]["perplexity_by_segment"] for m in ("segments", "memory_off")}
     assert len(by_segment["segments"]) == 3 and by_segment["segments"] == by_segment["memory_off"]
+    sliding = {m: results["methods"][m]["document_nll_beyond_window"] for m in ("sliding", "sliding_tuned")}
+    assert sliding["sliding"] == sliding["sliding_tuned"]
     assert "| sliding |" in (out / "results.md").read_text()
     # Paired ratios compare the tokens every method scores: the segment methods leave target 64 (a segment's first)
     # unscored, memory and sliding score it too.
