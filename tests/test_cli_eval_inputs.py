@@ -770,11 +770,22 @@ def test_generate_notes_a_memory_read_in_another_way(decoder, tmp_path, capsys):
     assert code == 0 and "note" not in err
     code, _, err = _run([*args, "--question", "Where is Mary?"], capsys)
     assert code == 0 and (
-        "note: the memory was read with the document's trailing line breaks (by a --prompt run); this --question run "
-        "reads the document without them" in err
+        "note: the memory was read with the document's trailing line breaks; this --question run reads the document "
+        "without them" in err
     )
     code, _, err = _run([*args, "--prompt", "Where", "--dtype", "bf16"], capsys)
     assert code == 0 and "note: the document was read in fp32; the answer is generated in bf16" in err
+    # Read once and saved, then asked with --question (the usage's workflow): read the way --question reads, no note.
+    saved = tmp_path / "saved.memory"
+    save_only = ["generate", decoder, "--document", str(document), "--memory-file", str(saved)]
+    assert _run(save_only, capsys)[0] == 0
+    asked = ["generate", decoder, "--memory-file", str(saved), "--max-new-tokens", "2", "--question", "Where is Mary?"]
+    code, out, err = _run(asked, capsys)
+    assert code == 0 and "note" not in err
+    code, read_again, _ = _run([*args[:4], "--max-new-tokens", "2", "--question", "Where is Mary?"], capsys)
+    assert out.splitlines()[-1] == read_again.splitlines()[-1]
+    code, _, err = _run([*asked[:4], "--max-new-tokens", "2", "--prompt", "Where"], capsys)
+    assert code == 0 and "note: the memory was read without the document's trailing line breaks; this --prompt" in err
 
 
 def test_a_memory_file_names_its_document_for_runs_from_another_folder(decoder, tmp_path, capsys, monkeypatch):

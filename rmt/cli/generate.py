@@ -10,7 +10,8 @@ segment's activations. With --memory-file, an existing file is loaded instead of
 --document names another document, or the same file changed since), and a missing one is written after reading it.
 The prompt starts a new segment after the document's memory. --question asks the
 way `rmt train` and `rmt eval` ask a question-answering model ("Question: TEXT", a line break, then "Answer:", after
-a blank line); --prompt is continued as it is. Any causal memory model works (RMT, ARMT), e.g. one trained from the
+a blank line); --prompt is continued as it is (so it reads the document with its trailing line breaks; --question, and
+a run that only saves the memory, without them). Any causal memory model works (RMT, ARMT), e.g. one trained from the
 offline SmolLM2 weights. Decoding is greedy unless --do-sample is given; --temperature, --top-k and --top-p need
 it. The prompt and the generation settings are checked before the document is read.
 """
@@ -124,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
     save_failed = False
     # How the document is read, recorded with its memory: a later run that reads it otherwise is told
-    reading = {"dtype": args.dtype, "trailing_breaks": args.question is None}
+    # Only a --prompt continues the document's text as typed; --question and a run that only saves the memory (to be
+    # asked with --question, as the usage shows) read it without its trailing line breaks.
+    reading = {"dtype": args.dtype, "trailing_breaks": args.prompt is not None}
     if memory_file is not None and memory_file.exists():
         state = _saved_memory(model, memory_file, args.document, reading)
         if flags_given(args, ["--chunk-tokens"]):
@@ -216,7 +219,7 @@ def _read_document(
     from rmt.data.haystack import decode_text
 
     document_text = decode_text(raw, f"--document {document}")
-    if args.question is not None:  # "\n\nQuestion:" follows the text without its trailing breaks, as in training
+    if args.prompt is None:  # "\n\nQuestion:" follows the text without its trailing breaks, as in training
         document_text = document_text.rstrip()
     ids = tokenizer(document_text, add_special_tokens=False).input_ids
     if not ids:
@@ -271,11 +274,12 @@ def _saved_memory(
         )
     kept = metadata.get("trailing_breaks")
     if kept is not None and kept != reading["trailing_breaks"]:
-        ways = {True: ("with", "--prompt"), False: ("without", "--question")}  # trailing breaks kept: how, by whom
-        (then, then_flag), (now, now_flag) = ways[kept], ways[reading["trailing_breaks"]]
+        then, now = ("with", "without") if kept else ("without", "with")
+        asked = "--prompt" if reading["trailing_breaks"] else "--question"
         print(
-            f"note: the memory was read {then} the document's trailing line breaks (by a {then_flag} run); this "
-            f"{now_flag} run reads the document {now} them",
+            f"note: the memory was read {then} the document's trailing line breaks; this {asked} run reads the "
+            f"document {now} them (--prompt continues the text as typed; --question and saving alone read it "
+            "without them)",
             file=sys.stderr,
         )
     return state
