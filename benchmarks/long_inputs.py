@@ -276,7 +276,7 @@ def precision(args: argparse.Namespace, record: dict[str, Any]) -> None:
             )
             seconds[name] += time.perf_counter() - started
             answer_ids[name].append(out.sequences[0, ids.shape[1] :].tolist())
-            top_two = out.scores[0].float().topk(2, dim=-1).values  # [N, 2]
+            top_two = torch.stack(out.scores, dim=1)[0].float().topk(2, dim=-1).values  # [N, 2]
             margins[name].append((top_two[:, 0] - top_two[:, 1]).tolist())
     results = {}
     for name in models:

@@ -298,4 +298,4 @@ def test_generate_equals_argmax_of_full_forward(prompt):
         for _ in range(2 * SEG):
             sequence = torch.cat([sequence, model(sequence).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out.sequences, sequence)
-    assert out.scores.shape == (2, 2 * SEG, VOCAB)
+    assert torch.stack(out.scores, dim=1).shape == (2, 2 * SEG, VOCAB)

@@ -247,7 +247,7 @@ def test_generate_equals_sequential_greedy(family, prompt, group_size):
         ids, max_new_tokens=2 * SEG + 1, output_scores=True, return_dict_in_generate=True
     )
     assert torch.equal(got.sequences, expected.sequences)
-    assert torch.equal(got.scores, expected.scores)
+    assert torch.equal(torch.stack(got.scores, dim=1), torch.stack(expected.scores, dim=1))
 
 
 def test_generate_continues_from_a_memory_state():
@@ -266,15 +266,17 @@ def test_generate_continues_from_a_memory_state():
     )
     assert torch.equal(sequential.sequences, whole.sequences[:, 2 * SEG :])
     assert torch.equal(diagonal.sequences, sequential.sequences)
-    assert torch.equal(diagonal.scores, sequential.scores)
+    assert torch.equal(torch.stack(diagonal.scores, dim=1), torch.stack(sequential.scores, dim=1))
     fresh = engine.generate(ids[:, 2 * SEG :], max_new_tokens=SEG, output_scores=True, return_dict_in_generate=True)
-    assert not torch.allclose(fresh.scores, diagonal.scores, atol=1e-3)  # the state reaches the prefilled segments
+    assert not torch.allclose(
+        torch.stack(fresh.scores, dim=1), torch.stack(diagonal.scores, dim=1), atol=1e-3
+    )  # the state reaches the prefilled segments
     # A state kept in another precision is put in the model's own, for the prefilled segments too.
     wide = tree_map(lambda t: t.double() if t.is_floating_point() else t, state)
     again = engine.generate(
         ids[:, 2 * SEG :], max_new_tokens=SEG, memory_state=wide, output_scores=True, return_dict_in_generate=True
     )
-    assert torch.equal(again.scores, diagonal.scores)
+    assert torch.equal(torch.stack(again.scores, dim=1), torch.stack(diagonal.scores, dim=1))
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_greedy_equals_repeated_full_forward(family, name, prompt_length):
     out = generate(model, prompt, max_new_tokens=9, output_scores=True, return_dict_in_generate=True)
     expected = reference_greedy(model, prompt, 9)
     assert torch.equal(out.sequences, expected)
-    assert out.scores.shape == (2, 9, VOCAB)
+    assert torch.stack(out.scores, dim=1).shape == (2, 9, VOCAB)
 
 
 def test_padded_prompts_decode_each_row_as_if_alone():
@@ -121,7 +121,7 @@ def test_a_callers_processor_sees_the_vocabulary_as_given_in_padded_and_unpadded
     padded = model.generate(
         prompt, mask, max_new_tokens=3, logits_processor=caller, output_scores=True, return_dict_in_generate=True
     )
-    assert padded.scores.shape[-1] == VOCAB
+    assert torch.stack(padded.scores, dim=1).shape[-1] == VOCAB
 
 
 @pytest.mark.parametrize("name", ["no_repeat_ngram_size", "bad_words_ids", "sequence_bias"])
@@ -181,7 +181,7 @@ def test_an_end_token_outside_the_vocabulary_from_the_backbones_config_is_refuse
     assert model.generate(prompt, max_new_tokens=2, eos_token_id=None).shape == (1, 5)
 
 
-@pytest.mark.parametrize("argument", ["streamer", "stopping_criteria", "inputs", "past_key_values"])
+@pytest.mark.parametrize("argument", ["streamer", "stopping_criteria", "past_key_values"])
 def test_arguments_of_hugging_faces_generate_that_it_does_not_take_are_named_so(argument):
     model = model_for("gpt2")
     with pytest.raises(InputError, match=f"{argument}: argument\\(s\\) of Hugging Face's generate that this"):
@@ -303,4 +303,19 @@ def test_the_output_reads_as_hugging_faces_does():
         assert model.generate(prompt, max_new_tokens=2, output_scores=True).equal(ids)
     # Set in a generation config, as in Hugging Face.
     config = GenerationConfig(return_dict_in_generate=True, output_scores=True, max_new_tokens=2)
-    assert torch.equal(model.generate(prompt, generation_config=config).scores, out.scores)
+    from_config = model.generate(prompt, generation_config=config).scores
+    assert torch.equal(torch.stack(from_config, dim=1), torch.stack(out.scores, dim=1))
+
+
+def test_the_prompt_is_taken_by_hugging_faces_name_and_a_positional_config_is_named():
+    """`inputs=` is Hugging Face's name of the prompt (it was a bare TypeError); a GenerationConfig passed second,
+    where Hugging Face takes it, landed in attention_mask ("attention_mask shape <class GenerationConfig> ...")."""
+    model = model_for("gpt2")
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    assert torch.equal(model.generate(inputs=prompt, max_new_tokens=2), model.generate(prompt, max_new_tokens=2))
+    with pytest.raises(InputError, match="give the prompt once: input_ids or inputs"):
+        model.generate(prompt, inputs=prompt, max_new_tokens=2)
+    with pytest.raises(InputError, match="generate needs a prompt"):
+        model.generate(max_new_tokens=2)
+    with pytest.raises(InputError, match="pass the config by name, generate\\(input_ids, generation_config=config\\)"):
+        model.generate(prompt, GenerationConfig(max_new_tokens=2))

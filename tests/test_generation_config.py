@@ -16,6 +16,7 @@ from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
 )
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
 from rmt.errors import InputError
@@ -99,7 +100,7 @@ def _both(model, prompt, seed: int = 0, **settings):
     theirs = model.backbone.generate(
         prompt, attention_mask=torch.ones_like(prompt), output_scores=True, return_dict_in_generate=True, **settings
     )
-    return (ours.sequences, ours.scores), (theirs.sequences, torch.stack(theirs.scores, dim=1))
+    return (ours.sequences, torch.stack(ours.scores, dim=1)), (theirs.sequences, torch.stack(theirs.scores, dim=1))
 
 
 @pytest.mark.parametrize("name", GREEDY_SETTINGS)
@@ -136,7 +137,7 @@ def test_sampling_settings_match_hugging_face_generate(name):
     unset = model.generate(
         prompt, output_scores=True, return_dict_in_generate=True, **{k: v for k, v in settings.items() if k != tested}
     )
-    assert not torch.equal(our_scores, unset.scores)  # the setting made a difference
+    assert not torch.equal(our_scores, torch.stack(unset.scores, dim=1))  # the setting made a difference
 
 
 class _BanTopToken(LogitsProcessor):
@@ -176,21 +177,25 @@ def test_num_return_sequences_repeats_each_prompt_and_its_memory():
         model.generate(prompt, max_new_tokens=6, num_return_sequences=3)  # greedy has one answer, as in HF
 
 
-def test_max_length_counts_from_the_longest_prompt():
-    model = memory_model()
+def test_max_length_counts_the_prompt_width_as_hugging_face_does():
+    """max_length bounds the result's width, padding included, as in transformers (it counted from the longest
+    prompt's real tokens, so a batch padded wider than its prompts came back longer than max_length)."""
+    model = plain_model()
     prompt = prompts(2, 9, seed=6)
     mask = torch.ones_like(prompt)
     mask[:, :2] = 0  # both rows left-padded: the longest prompt has 7 tokens
     mask[1, :5] = 0
-    expected = model.generate(prompt, mask, max_new_tokens=5)
+    expected = model.generate(prompt, mask, max_new_tokens=3)
     assert torch.equal(model.generate(prompt, mask, max_length=12), expected)
+    theirs = model.backbone.generate(prompt, attention_mask=mask, max_length=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(expected, theirs)
     # Where both are set, max_new_tokens wins, from the call or from a config (as in Hugging Face).
     config = GenerationConfig(max_new_tokens=2)
     with pytest.warns(UserWarning, match="max_new_tokens=2 .* takes precedence over max_length=12"):
         assert model.generate(prompt, mask, generation_config=config, max_length=12).shape == (2, 11)
-    assert torch.equal(model.generate(prompt, mask, max_new_tokens=5, max_length=8), expected)
-    with pytest.raises(InputError, match="max_length=7 leaves no new token"):
-        model.generate(prompt, mask, max_length=7)
+    assert torch.equal(model.generate(prompt, mask, max_new_tokens=3, max_length=10), expected)
+    with pytest.raises(InputError, match="max_length=9 leaves no new token after the prompt's 9 positions"):
+        model.generate(prompt, mask, max_length=9)
     with pytest.raises(InputError, match="set max_new_tokens"):
         model.generate(prompt, mask)
     # Lengths that are not whole numbers, and a config that is not a GenerationConfig, are one error each (they
@@ -203,12 +208,30 @@ def test_max_length_counts_from_the_longest_prompt():
         model.generate(prompt, mask, generation_config={"max_new_tokens": 3})
 
 
+def test_the_dict_output_is_hugging_faces_and_its_tools_take_it():
+    """return_dict_in_generate=True gives transformers' GenerateDecoderOnlyOutput, scores one [B, V] tensor per
+    step, so compute_transition_scores works on it (scores were one [B, N, V] tensor, which it refused)."""
+    model = plain_model()
+    prompt = prompts(2, 6, seed=12)
+    settings = {"max_new_tokens": 4, "output_scores": True, "return_dict_in_generate": True, "do_sample": False}
+    ours = model.generate(prompt, **settings)
+    theirs = model.backbone.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+    assert isinstance(ours, GenerateDecoderOnlyOutput) and isinstance(ours.scores, tuple)
+    shapes = [[tuple(step.shape) for step in out.scores] for out in (ours, theirs)]
+    assert shapes[0] == shapes[1] == [(2, VOCAB)] * 4
+    transitions = [
+        model.backbone.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        for out in (ours, theirs)
+    ]
+    torch.testing.assert_close(*transitions, rtol=1e-5, atol=1e-5)
+
+
 def test_max_time_stops_decoding():
     model = memory_model()
     out = model.generate(
         prompts(1, 4, seed=7), max_new_tokens=10, max_time=0.0, output_scores=True, return_dict_in_generate=True
     )
-    assert out.sequences.shape == (1, 5) and out.scores.shape == (1, 1, VOCAB)
+    assert out.sequences.shape == (1, 5) and torch.stack(out.scores, dim=1).shape == (1, 1, VOCAB)
 
 
 @pytest.mark.parametrize(
@@ -265,12 +288,12 @@ def test_scores_have_one_entry_per_new_token_after_an_early_stop():
     )
     steps = max(stops) + 1
     assert steps < 10
-    assert out.sequences.shape == (2, 6 + steps) and out.scores.shape == (2, steps, VOCAB)
+    assert out.sequences.shape == (2, 6 + steps) and torch.stack(out.scores, dim=1).shape == (2, steps, VOCAB)
     new = out.sequences[:, 6:]
     for row, stop in enumerate(stops):
         assert torch.equal(new[row, : stop + 1], free[row, : stop + 1])
         assert bool((new[row, stop + 1 :] == VOCAB - 1).all())
-        assert torch.equal(out.scores[row, : stop + 1].argmax(-1), new[row, : stop + 1])
+        assert torch.equal(torch.stack(out.scores, dim=1)[row, : stop + 1].argmax(-1), new[row, : stop + 1])
 
 
 def _mixed_modes(model: torch.nn.Module) -> dict[str, bool]:

@@ -46,9 +46,39 @@ def test_saved_memory_answers_like_the_document(tmp_path, kind):
     )
     # The document ends on a segment boundary: the same input, the same tokens and scores.
     assert torch.equal(from_file.sequences, read_again.sequences[:, 20:])
-    torch.testing.assert_close(from_file.scores, read_again.scores)
+    torch.testing.assert_close(torch.stack(from_file.scores, dim=1), torch.stack(read_again.scores, dim=1))
     fresh = model.generate(question, max_new_tokens=6, output_scores=True, return_dict_in_generate=True)
-    assert not torch.allclose(from_file.scores, fresh.scores, atol=1e-3)  # the loaded memory changes the answer
+    assert not torch.allclose(
+        torch.stack(from_file.scores, dim=1), torch.stack(fresh.scores, dim=1), atol=1e-3
+    )  # the loaded memory changes the answer
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_one_documents_memory_answers_a_batch_of_questions(tmp_path, kind):
+    """A memory of one sample is given to every row of a batch (it was refused: "holds 1 samples but the batch has
+    3"): each padded question answers as it does alone, in generate, a stream and forward."""
+    torch.manual_seed(0)
+    rmt = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5)).eval()
+    model = armt() if kind == "armt" else rmt
+    document = torch.randint(0, VOCAB, (1, 23), generator=torch.Generator().manual_seed(2))
+    stream = model.stream()
+    stream.feed(document)
+    state = load_memory(model, save_memory(model, stream.memory_state, tmp_path / "doc.memory"))
+    questions = torch.randint(0, VOCAB, (3, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(questions)
+    mask[1, :2] = 0  # left-padded
+    mask[2, 4:] = 0  # right-padded
+    together = model.generate(questions, mask, memory_state=state, max_new_tokens=5)
+    for row in range(3):
+        alone = model.generate(questions[row : row + 1, mask[row].bool()], memory_state=state, max_new_tokens=5)
+        assert torch.equal(together[row, 6:], alone[0, -5:])
+    logits = model.stream(3, state).feed(questions[:, :4], logits="last")
+    torch.testing.assert_close(logits, model(questions[:, :4], memory_state=state, logits="last").logits)
+    for row in range(3):
+        alone = model(questions[row : row + 1, :4], memory_state=state, logits="last").logits
+        torch.testing.assert_close(logits[row], alone[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="memory_state holds 3 samples but the batch has 2"):
+        model(questions[:2], memory_state=model.initial_state(3))
 
 
 def test_memory_of_another_model_is_refused(tmp_path):

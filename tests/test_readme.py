@@ -21,12 +21,12 @@ def python_blocks() -> list[str]:
 # What each block uses without defining it, by a name it alone defines or calls.
 PRELUDES = {
     "model.stream()": """
-from types import SimpleNamespace
+from conftest import word_tokenizer
 
 document = torch.randint(0, 1000, (1, 700))
 chunks = document.split(97, dim=1)  # chunks that do not align with the segments
 question_ids = torch.randint(0, 1000, (1, 5))
-tokenizer = SimpleNamespace(eos_token_id=2)
+tokenizer = word_tokenizer("readme-tokenizer")  # a real tokenizer with fewer ids than the model's 1000
 prompts = torch.randint(0, 1000, (2, 9))
 mask = torch.ones_like(prompts)
 mask[1, 6:] = 0  # a shorter prompt in the same batch
@@ -106,7 +106,8 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
     if index == 2:  # the stream's memory is the one-pass memory
         one_pass = namespace["model"](namespace["document"], logits="none").memory_state
         torch.testing.assert_close(namespace["state"], one_pass)
-        assert namespace["answer"].shape[1] <= 5 + 20
+        answers = namespace["answers"]
+        assert len(answers) == 2 and all(isinstance(answer, str) for answer in answers)
     if index == 3:  # the engine gives what the model gives (every position's logits last), as its comments say
         model, input_ids = namespace["model"], namespace["input_ids"]
         with torch.no_grad():

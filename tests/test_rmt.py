@@ -541,8 +541,8 @@ def test_shape_mismatches_are_refused():
     first_only[:, 0] = ids[:, 0]
     with pytest.raises(ValueError, match="the label at a sample's first token is predicted by nothing"):
         model(ids, labels=first_only)
-    with pytest.raises(ValueError, match="memory_state holds 1 samples"):
-        model(ids, memory_state=model.initial_state(1))
+    with pytest.raises(ValueError, match="memory_state holds 3 samples but the batch has 2"):
+        model(ids, memory_state=model.initial_state(3))
 
 
 def test_segment_that_does_not_fit_the_backbone_is_refused():

@@ -251,7 +251,7 @@ class DiagonalARMT:
     __call__ = forward
 
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor | GenerateOutput:
         """`model.generate` with the same arguments and result, the prompt's complete segments read by the diagonal
         pass; the open segment and the new tokens then go through the model's stream (one position per token)."""

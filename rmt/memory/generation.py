@@ -4,7 +4,7 @@
     ids = model.generate(input_ids, max_new_tokens=20, do_sample=True, temperature=0.7, top_p=0.9)
     ids              # [B, P + N]: each prompt row as given, then its N <= 20 new tokens (pad_token_id after EOS)
     out = model.generate(input_ids, max_new_tokens=20, return_dict_in_generate=True, output_scores=True)
-    out.sequences, out.scores   # a GenerateOutput, as Hugging Face's generate returns with these two settings
+    out.sequences, out.scores   # transformers' GenerateDecoderOnlyOutput: scores are N tensors [B, V]
 
 The input is read by a `MemoryStream` (rmt.memory.stream), so decoding continues the segment that holds the prompt's
 last token, exactly as `forward` segments prompt + generated tokens: every new token costs one position through the
@@ -87,7 +87,7 @@ Prefill = Callable[[torch.Tensor, torch.Tensor, State | None], State]
 @torch.no_grad()
 def generate(
     model: MemoryModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     generation_config: GenerationConfig | None = None,
     logits_processor: LogitsProcessorList | None = None,
@@ -99,26 +99,30 @@ def generate(
     """Generate after each prompt row of input_ids [B, P]. `kwargs` set GenerationConfig fields over
     `generation_config` (else the backbone's, else transformers' defaults): see the module docstring for those
     applied; any other setting that changes the result, and any keyword that is no GenerationConfig field, raises an
-    InputError. `memory_state` continues from earlier input (e.g. a document's memory loaded from a file).
+    InputError. `memory_state` continues from earlier input (e.g. a document's memory loaded from a file; a state of
+    one sample is given to every prompt row). The prompt may also be passed as `inputs`, its name in Hugging Face.
 
-    Length: `max_new_tokens`, or `max_length` counted from the longest prompt's real tokens (padding not counted):
-    max_new_tokens = max_length - max(attention_mask.sum(1)), the same for every row; with prompts padded to the
-    longest, as a batch usually is, that is Hugging Face's max_length - P. Where both are set, max_new_tokens wins,
-    as in Hugging Face. `min_length` becomes min_new_tokens the same way (min_new_tokens wins where both are set,
-    as in Hugging Face). Settings resolve as Hugging Face resolves them: `kwargs` over `generation_config`, whose
+    Length: `max_new_tokens`, or `max_length` counted as Hugging Face counts it, from the prompt's width P padding
+    included: max_new_tokens = max_length - P, the same for every row, so the result is at most max_length wide.
+    Where both are set, max_new_tokens wins, as in Hugging Face. `min_length` becomes min_new_tokens the same way
+    (min_new_tokens wins where both are set, as in Hugging Face). A call that sets neither, and whose backbone's
+    generation config sets no length either, is refused rather than cut at transformers' default of 20 tokens.
+    Settings resolve as Hugging Face resolves them: `kwargs` over `generation_config`, whose
     unset fields come from the backbone's generation_config and then transformers' defaults (so sampling keeps the
-    50 likeliest tokens unless top_k says otherwise); a call that sets no length at all is refused.
+    50 likeliest tokens unless top_k says otherwise).
 
     num_return_sequences = R > 1 (sampling only) samples R continuations of every prompt: B * R rows, the R of
     prompt b at rows b * R .. b * R + R - 1 (as Hugging Face groups them); `memory_state` rows are repeated alike.
 
     Result, as Hugging Face's generate returns it: the sequences [B*R, P + N] as a tensor; with
-    `return_dict_in_generate=True` (a keyword, or set in the generation config) a `GenerateOutput` holding them and,
-    with `output_scores=True` too, scores [B*R, N, V]: the processed logits each new token was chosen from, one entry
-    per decoding step run (without `return_dict_in_generate` the scores are not kept, with a warning).
+    `return_dict_in_generate=True` (a keyword, or set in the generation config) a `GenerateOutput` (transformers'
+    GenerateDecoderOnlyOutput) holding them and, with `output_scores=True` too, scores: a tuple of one [B*R, V]
+    tensor per decoding step run, the processed logits each new token was chosen from (without
+    `return_dict_in_generate` the scores are not kept, with a warning).
     N = max_new_tokens unless decoding ended early: every row at EOS (or max_time ran out) after N steps. A row that
     ended before the others is padded with pad_token_id; its scores at those steps are computed from its last real
     token (Hugging Face feeds it the pad tokens instead): they choose nothing."""
+    input_ids = _prompt(input_ids, attention_mask, kwargs)
     config, mask, max_new_tokens, min_new_tokens = _settings(
         model, input_ids, attention_mask, generation_config, kwargs
     )
@@ -178,7 +182,25 @@ def generate(
     sequences = torch.cat([input_ids, torch.stack(chosen, dim=1)], dim=1)
     if not as_dict:
         return sequences
-    return GenerateOutput(sequences, torch.stack(scores, dim=1) if keep_scores else None)
+    return GenerateOutput(sequences=sequences, scores=tuple(scores) if keep_scores else None)
+
+
+def _prompt(input_ids: torch.Tensor | None, attention_mask: Any, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The prompt, given as `input_ids` or as `inputs` (Hugging Face's name, taken out of `kwargs`). A
+    GenerationConfig in attention_mask's place (Hugging Face's generate takes it second) is refused by name."""
+    inputs = kwargs.pop("inputs", None)
+    if inputs is not None:
+        if input_ids is not None:
+            raise InputError("give the prompt once: input_ids or inputs (Hugging Face's name for it), not both")
+        input_ids = inputs
+    if input_ids is None:
+        raise InputError("generate needs a prompt: input_ids [batch, tokens]")
+    if isinstance(attention_mask, GenerationConfig):
+        raise InputError(
+            "generate's second argument is attention_mask, not a GenerationConfig: pass the config by name, "
+            "generate(input_ids, generation_config=config)"
+        )
+    return input_ids
 
 
 @contextmanager
@@ -230,7 +252,6 @@ _HF_ONLY_ARGUMENTS = frozenset(
     {
         "assistant_model",
         "custom_generate",
-        "inputs",
         "negative_prompt_attention_mask",
         "negative_prompt_ids",
         "past_key_values",
@@ -379,15 +400,16 @@ def _is_whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _lengths(config: GenerationConfig, longest: int) -> tuple[int, int]:
-    """max_new_tokens and min_new_tokens, the max_length / min_length forms counted from the longest prompt."""
+def _lengths(config: GenerationConfig, width: int) -> tuple[int, int]:
+    """max_new_tokens and min_new_tokens, the max_length / min_length forms counted from the prompt's `width`
+    (padding included, as in transformers)."""
     max_new = config.max_new_tokens
     if max_new is None and config.max_length is not None:  # max_new_tokens wins where both are set, as in transformers
-        max_new = config.max_length - longest
+        max_new = config.max_length - width
         if max_new < 1:
             raise InputError(
-                f"max_length={config.max_length} leaves no new token after the longest prompt's {longest} tokens; "
-                "raise it or set max_new_tokens"
+                f"max_length={config.max_length} leaves no new token after the prompt's {width} positions (padding "
+                "included, as in transformers); raise it or set max_new_tokens"
             )
     elif max_new is None:
         raise InputError("set max_new_tokens (or max_length): how many tokens to generate")
@@ -398,7 +420,7 @@ def _lengths(config: GenerationConfig, longest: int) -> tuple[int, int]:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new}")
     min_new = config.min_new_tokens
     if min_new is None:
-        min_new = max((config.min_length or 0) - longest, 0)
+        min_new = max((config.min_length or 0) - width, 0)
     return max_new, min_new
 
 
@@ -435,7 +457,7 @@ def _settings(
     config = _generation_config(model, generation_config, kwargs)
     validate_input_ids(input_ids, model.vocab_size)
     mask = validate_attention_mask(attention_mask, input_ids).to(model.device)
-    max_new_tokens, min_new_tokens = _lengths(config, int(mask.sum(dim=1).max()))
+    max_new_tokens, min_new_tokens = _lengths(config, input_ids.shape[1])
     return config, mask, max_new_tokens, min_new_tokens
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput
 
 from rmt.memory.state import State
@@ -40,11 +41,11 @@ class RMTOutput(ModelOutput):
 
 
 @dataclass
-class GenerateOutput(ModelOutput):
-    """What `generate(..., return_dict_in_generate=True)` returns (without it: the sequences alone, a tensor).
+class GenerateOutput(GenerateDecoderOnlyOutput):
+    """What `generate(..., return_dict_in_generate=True)` returns (without it: the sequences alone, a tensor):
+    transformers' own output of a decoder's generate, so its tools take it (`compute_transition_scores`).
     sequences [B, P + N]: each prompt row followed by its N generated tokens (pad_token_id after EOS);
-    scores [B, N, V]: the processed logits each generated token was chosen from (with `output_scores=True`). A
-    Hugging Face ModelOutput: `out.sequences`, `out["sequences"]` and `out[0]` are the same."""
-
-    sequences: torch.Tensor
-    scores: torch.Tensor | None = None
+    scores, with `output_scores=True`: a tuple of N tensors [B, V], one per decoding step, the processed logits each
+    step's token was chosen from (`torch.stack(out.scores, dim=1)` is [B, N, V]). The other fields (logits,
+    attentions, hidden_states, past_key_values) stay None. As every Hugging Face ModelOutput: `out.sequences`,
+    `out["sequences"]` and `out[0]` are the same."""

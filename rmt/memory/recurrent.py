@@ -267,7 +267,7 @@ class RecurrentMemoryModel(nn.Module):
         )
 
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor | GenerateOutput:
         """Generate after each prompt row (causal LMs), in Hugging Face terms: max_new_tokens, do_sample, temperature,
         top_k, top_p, eos_token_id, pad_token_id, memory_state, ... (`rmt.memory.generation.generate`). Returns the
@@ -324,13 +324,21 @@ class RecurrentMemoryModel(nn.Module):
 
     def start_state(self, batch_size: int, memory_state: State | None) -> State:
         """`memory_state` checked against this model's own state layout and put in its dtypes and on its device, or
-        the initial state when None."""
+        the initial state when None. A state of one sample is given to every row of a larger batch (one document's
+        memory asked several questions at once)."""
         initial = self.initial_state(batch_size)
         if memory_state is None:
             return initial
         check_state(memory_state, initial)
-        if batch_size_of(memory_state) != batch_size:
-            raise InputError(f"memory_state holds {batch_size_of(memory_state)} samples but the batch has {batch_size}")
+        held = batch_size_of(memory_state)
+        if held == 1 and batch_size > 1:
+            device = pytree.tree_leaves(memory_state)[0].device
+            memory_state = select_rows(memory_state, torch.zeros(batch_size, dtype=torch.long, device=device))
+        elif held != batch_size:
+            raise InputError(
+                f"memory_state holds {held} samples but the batch has {batch_size} (a state of one sample is given "
+                "to every row; otherwise one row of state per sample)"
+            )
         # In this model's own dtypes and on its device (a state kept in another precision, or moved off the GPU).
         return tree_map(lambda leaf, own: leaf.to(own.device, own.dtype), memory_state, initial)
 
