@@ -166,7 +166,7 @@ def generation(args: argparse.Namespace, record: dict[str, Any]) -> None:
         model.generate(prompt, max_new_tokens=2)
         recompute_generate(model, prompt, 2, closed_length)
         started = time.perf_counter()
-        cached = model.generate(prompt, max_new_tokens=args.new_tokens)
+        cached = model.generate(prompt, max_new_tokens=args.new_tokens, return_dict_in_generate=False)
         cached_seconds = time.perf_counter() - started
         started = time.perf_counter()
         recomputed = recompute_generate(model, prompt, args.new_tokens, closed_length)

@@ -343,7 +343,7 @@ def generated_scores(model: RMTForCausalLM, task: Task, samples: int, batch_size
         batch = TaskSource(task).eval_batch(index, rows)
         # Answers have a fixed length: no early stop at a backbone's end-of-sequence token, which would shorten them.
         prompt = batch.input_ids[:, :start].to(model.device)
-        out = model.generate(prompt, max_new_tokens=length, eos_token_id=None)
+        out = model.generate(prompt, max_new_tokens=length, eos_token_id=None, return_dict_in_generate=False)
         generated = out[:, start:].cpu()  # [b, answer_length]
         target = batch.labels[:, start : start + length]
         scored = target != IGNORE_INDEX

@@ -14,7 +14,7 @@ from transformers import GenerationConfig
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM
 from rmt.errors import InputError
-from rmt.memory.generation import generate
+from rmt.memory.generation import check_generation_settings, generate
 from rmt.memory.outputs import GenerateOutput
 
 
@@ -319,3 +319,38 @@ def test_the_prompt_is_taken_by_hugging_faces_name_and_a_positional_config_is_na
         model.generate(max_new_tokens=2)
     with pytest.raises(InputError, match="pass the config by name, generate\\(input_ids, generation_config=config\\)"):
         model.generate(prompt, GenerationConfig(max_new_tokens=2))
+
+
+def test_a_backbone_config_asking_for_the_dict_output_is_followed_and_callers_can_override_it():
+    """return_dict_in_generate comes from the backbone's generation config too, as in Hugging Face; rmt's own callers
+    (rmt generate, evaluation by length) pass False, so a checkpoint whose config sets it still gives them ids."""
+    model = model_for("gpt2")
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    model.backbone.generation_config.return_dict_in_generate = True
+    assert isinstance(model.generate(prompt, max_new_tokens=2), GenerateOutput)
+    assert isinstance(model.generate(prompt, max_new_tokens=2, return_dict_in_generate=False), torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"max_length": "9"}, "max_length must be a whole number of tokens, got '9'"),
+        ({"max_length": True}, "max_length must be a whole number of tokens, got True"),
+        ({"max_new_tokens": 2, "min_length": 9.5}, "min_length must be a whole number of tokens, got 9.5"),
+        ({"max_new_tokens": 2, "min_new_tokens": "1"}, "min_new_tokens must be a whole number of tokens, got '1'"),
+    ],
+)
+def test_lengths_that_are_no_whole_numbers_are_refused(setting, message):
+    """Checked before any arithmetic on them (a string was a TypeError, True "left no new token", 9.5 passed)."""
+    with pytest.raises(InputError, match=message):
+        model_for("gpt2").generate(torch.zeros(1, 3, dtype=torch.long), **setting)
+
+
+def test_check_generation_settings_takes_the_prompt_as_generate_does():
+    model = model_for("gpt2")
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    check_generation_settings(model, inputs=prompt, max_new_tokens=2)
+    with pytest.raises(InputError, match="pass the config by name"):
+        check_generation_settings(model, prompt, GenerationConfig(max_new_tokens=2))
+    with pytest.raises(InputError, match="give the prompt once"):
+        check_generation_settings(model, prompt, inputs=prompt, max_new_tokens=2)

@@ -79,6 +79,12 @@ def test_one_documents_memory_answers_a_batch_of_questions(tmp_path, kind):
         torch.testing.assert_close(logits[row], alone[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(InputError, match="memory_state holds 3 samples but the batch has 2"):
         model(questions[:2], memory_state=model.initial_state(3))
+    # A state whose parts disagree (the first of one row) is no one-sample state: refused, not broadcast.
+    leaves, spec = pytree.tree_flatten(model.initial_state(3))
+    mixed = pytree.tree_unflatten([leaves[0][:1], *leaves[1:]], spec)
+    if len(leaves) > 1:
+        with pytest.raises(InputError, match=r"memory_state's parts hold different numbers of samples \(\[1, 3\]\)"):
+            model(questions, memory_state=mixed)
 
 
 def test_memory_of_another_model_is_refused(tmp_path):

@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None:
         return 1 if save_failed else 0
     torch.manual_seed(args.seed)  # sampled answers repeat with the same --seed
-    out = model.generate(prompt, memory_state=state, **settings)
+    # The ids as a tensor, whatever the backbone's generation config says of return_dict_in_generate.
+    out = model.generate(prompt, memory_state=state, return_dict_in_generate=False, **settings)
     print(tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip())
     return 1 if save_failed else 0
 

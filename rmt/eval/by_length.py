@@ -156,7 +156,13 @@ class Reader:
             total = prompt.shape[1]
             ids = prompt[:, -self.window :] if self.window else prompt
             eos = stop_token_ids(self.model, self.tokenizer)
-            generated = self.model.generate(ids, max_new_tokens=self.max_new_tokens, eos_token_id=eos, do_sample=False)
+            generated = self.model.generate(
+                ids,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=eos,
+                do_sample=False,
+                return_dict_in_generate=False,
+            )
             answer = self.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
         offsets = self._fact_offsets(sample)
         span_start = total - self.window if self.window else (total - 1) // self.span * self.span

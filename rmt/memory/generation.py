@@ -148,7 +148,7 @@ def generate(
         warnings.warn(
             "output_scores=True is ignored without return_dict_in_generate=True (as in transformers): generate "
             "returns the sequences only",
-            stacklevel=3,
+            stacklevel=4,  # the caller of model.generate (torch.no_grad adds a frame)
         )
     deadline = None if config.max_time is None else time.monotonic() + config.max_time
 
@@ -403,6 +403,10 @@ def _is_whole(value: Any) -> bool:
 def _lengths(config: GenerationConfig, width: int) -> tuple[int, int]:
     """max_new_tokens and min_new_tokens, the max_length / min_length forms counted from the prompt's `width`
     (padding included, as in transformers)."""
+    for name in ("max_new_tokens", "max_length", "min_new_tokens", "min_length"):
+        value = getattr(config, name)
+        if value is not None and not _is_whole(value):
+            raise InputError(f"{name} must be a whole number of tokens, got {value!r}")
     max_new = config.max_new_tokens
     if max_new is None and config.max_length is not None:  # max_new_tokens wins where both are set, as in transformers
         max_new = config.max_length - width
@@ -413,9 +417,6 @@ def _lengths(config: GenerationConfig, width: int) -> tuple[int, int]:
             )
     elif max_new is None:
         raise InputError("set max_new_tokens (or max_length): how many tokens to generate")
-    for name, value in (("max_new_tokens", config.max_new_tokens), ("max_length", config.max_length)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InputError(f"{name} must be a whole number of tokens, got {value!r}")
     if max_new < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {max_new}")
     min_new = config.min_new_tokens
@@ -426,7 +427,7 @@ def _lengths(config: GenerationConfig, width: int) -> tuple[int, int]:
 
 def check_generation_settings(
     model: MemoryModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     generation_config: GenerationConfig | None = None,
     **kwargs: Any,
@@ -434,6 +435,7 @@ def check_generation_settings(
     """Raise the InputError that `generate(model, input_ids, attention_mask, generation_config, **kwargs)` would
     raise for its inputs and settings (transformers' checks of the GenerationConfig and of each logits processor
     included), without running the model: a command can refuse bad settings before it reads a long document."""
+    input_ids = _prompt(input_ids, attention_mask, kwargs)
     config, mask, max_new_tokens, min_new_tokens = _settings(
         model, input_ids, attention_mask, generation_config, kwargs
     )

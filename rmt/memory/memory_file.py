@@ -7,7 +7,7 @@ questions without reading the document again.
     save_memory(model, stream.memory_state, "report.memory.safetensors", tokens=int(stream.seen[0]))
     ...
     state = load_memory(model, "report.memory.safetensors")
-    answer = model.generate(question_ids, memory_state=state, max_new_tokens=20)
+    ids = model.generate(question_ids, memory_state=state, max_new_tokens=20)  # [B, P + 20]; the answer: ids[:, P:]
 
 The file is safetensors: one tensor per leaf of the state, its structure, and two fingerprints of the model that
 made it: of its configuration (RMTConfig, less bptt_depth and loss_aggregation, which change only training, and the

@@ -43,7 +43,6 @@ from rmt.memory.pretrained import load_memory_model, save_memory_model, upload_t
 from rmt.memory.segments import SegmentPlan, assemble_logits, plan_segments, select
 from rmt.memory.state import (
     State,
-    batch_size_of,
     check_state,
     detach,
     detach_rows,
@@ -225,7 +224,8 @@ class RecurrentMemoryModel(nn.Module):
         The returned `memory_state` keeps its graph, as a recurrent layer's state does: passed back as
         `memory_state=`, gradients flow into the earlier call as far as `bptt_depth` allows (for the rows of no more
         segments than bptt_depth, and at depth -1 all the way), so a loop that steps its optimizer between calls
-        passes `rmt.memory.detach_state(out.memory_state)`.
+        passes `rmt.memory.detach_state(out.memory_state)`. A `memory_state` holds one row per sample, or one row
+        for the whole batch (given to every sample: one document's memory and several questions).
 
         An encoder gives class logits [B, C] and refuses `logits` other than its default. `token_type_ids`, which
         BERT tokenizers return, is taken so that `model(**tokenizer(texts, add_special_tokens=False, ...))` runs, and
@@ -330,17 +330,19 @@ class RecurrentMemoryModel(nn.Module):
         if memory_state is None:
             return initial
         check_state(memory_state, initial)
-        held = batch_size_of(memory_state)
-        if held == 1 and batch_size > 1:
-            device = pytree.tree_leaves(memory_state)[0].device
-            memory_state = select_rows(memory_state, torch.zeros(batch_size, dtype=torch.long, device=device))
-        elif held != batch_size:
+        rows = sorted({leaf.shape[0] for leaf in pytree.tree_leaves(memory_state)})
+        if len(rows) > 1:  # else a state whose first part has one row would be broadcast with the others dropped
+            raise InputError(f"memory_state's parts hold different numbers of samples ({rows}): not one state")
+        if rows[0] != batch_size and rows[0] != 1:
             raise InputError(
-                f"memory_state holds {held} samples but the batch has {batch_size} (a state of one sample is given "
-                "to every row; otherwise one row of state per sample)"
+                f"memory_state holds {rows[0]} samples but the batch has {batch_size} (a state of one sample is "
+                "given to every row; otherwise one row of state per sample)"
             )
         # In this model's own dtypes and on its device (a state kept in another precision, or moved off the GPU).
-        return tree_map(lambda leaf, own: leaf.to(own.device, own.dtype), memory_state, initial)
+        memory_state = tree_map(lambda leaf, own: leaf.to(own.device, own.dtype), memory_state, initial)
+        if rows[0] == 1 and batch_size > 1:
+            memory_state = select_rows(memory_state, torch.zeros(batch_size, dtype=torch.long, device=self.device))
+        return memory_state
 
     def _links_to_an_earlier_graph(self, memory_state: State) -> bool:
         """Whether a passed-in state is a transition from an earlier call (a state that call returned, with its
