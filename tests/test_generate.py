@@ -354,3 +354,15 @@ def test_check_generation_settings_takes_the_prompt_as_generate_does():
         check_generation_settings(model, prompt, GenerationConfig(max_new_tokens=2))
     with pytest.raises(InputError, match="give the prompt once"):
         check_generation_settings(model, prompt, inputs=prompt, max_new_tokens=2)
+
+
+def test_token_types_of_one_text_are_taken_as_forward_takes_them():
+    """generate(**tokenizer(texts)) with a tokenizer that returns token_type_ids (as forward accepts them)."""
+    model = model_for("gpt2")
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    types = torch.zeros_like(prompt)
+    assert torch.equal(
+        model.generate(prompt, token_type_ids=types, max_new_tokens=2), model.generate(prompt, max_new_tokens=2)
+    )
+    with pytest.raises(InputError, match="token_type_ids marks a second text"):
+        model.generate(prompt, token_type_ids=torch.ones_like(prompt), max_new_tokens=2)

@@ -77,7 +77,7 @@ from transformers.generation.logits_process import (
 from rmt.errors import InputError
 from rmt.memory.interface import MemoryModel
 from rmt.memory.outputs import GenerateOutput
-from rmt.memory.segments import closed_length, validate_attention_mask, validate_input_ids
+from rmt.memory.segments import check_one_text, closed_length, validate_attention_mask, validate_input_ids
 from rmt.memory.state import State, merge_rows, select_rows
 from rmt.memory.stream import MemoryStream
 
@@ -187,7 +187,10 @@ def generate(
 
 def _prompt(input_ids: torch.Tensor | None, attention_mask: Any, kwargs: dict[str, Any]) -> torch.Tensor:
     """The prompt, given as `input_ids` or as `inputs` (Hugging Face's name, taken out of `kwargs`). A
-    GenerationConfig in attention_mask's place (Hugging Face's generate takes it second) is refused by name."""
+    GenerationConfig in attention_mask's place (Hugging Face's generate takes it second) is refused by name. The
+    token_type_ids a tokenizer may return (`generate(**tokenizer(texts))`) are taken out too: one text (all type 0)
+    is read as forward reads it; a second text is refused."""
+    check_one_text(kwargs.pop("token_type_ids", None))
     inputs = kwargs.pop("inputs", None)
     if inputs is not None:
         if input_ids is not None:

@@ -40,7 +40,7 @@ from rmt.errors import InputError
 from rmt.memory.generation import generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput, SegmentOutput
 from rmt.memory.pretrained import load_memory_model, save_memory_model, upload_to_hub
-from rmt.memory.segments import SegmentPlan, assemble_logits, plan_segments, select
+from rmt.memory.segments import SegmentPlan, assemble_logits, check_one_text, plan_segments, select
 from rmt.memory.state import (
     State,
     check_state,
@@ -235,7 +235,7 @@ class RecurrentMemoryModel(nn.Module):
                 f"logits={logits!r} chooses a causal LM's token logits: an encoder gives class logits [B, C] of each "
                 "sample's last segment"
             )
-        _check_one_text(token_type_ids)
+        check_one_text(token_type_ids)
         plan = self.plan(input_ids, attention_mask, labels)
         return self._run(plan, memory_state, backward=None, output_segments=output_segments, logits=logits)
 
@@ -260,7 +260,7 @@ class RecurrentMemoryModel(nn.Module):
         extra forward pass of the window segments (at depth -1 the inputs of every segment, so it still grows)."""
         if labels is None:
             raise InputError("forward_backward needs labels")
-        _check_one_text(token_type_ids)
+        check_one_text(token_type_ids)
         plan = self.plan(input_ids, attention_mask, labels)
         return self._run(
             plan, memory_state, backward=backward or (lambda loss: loss.backward()), recompute=recompute, logits="none"
@@ -509,16 +509,6 @@ class RecurrentMemoryModel(nn.Module):
         targets = select(plan.targets, rows)[:, start : start + width][scored]
         token_loss = F.cross_entropy(self.head(output[scored]).float(), targets, reduction="none")
         return (token_loss * weights[scored]).sum()
-
-
-def _check_one_text(token_type_ids: torch.Tensor | None) -> None:
-    """Refuse token types that mark a second text (a BERT tokenizer's sentence pair): the memory models read one text,
-    cut into segments, and pass no token types on."""
-    if token_type_ids is not None and bool((token_type_ids != 0).any()):
-        raise InputError(
-            "token_type_ids marks a second text (type 1): the model reads one text, cut into segments; join the "
-            "texts into one"
-        )
 
 
 class _LogitsCollector:

@@ -218,3 +218,13 @@ def prefix_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 def select(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     """Rows `rows` of a batch-first tensor (None: all rows, returned as is)."""
     return tensor if rows is None else tensor.index_select(0, rows)
+
+
+def check_one_text(token_type_ids: torch.Tensor | None) -> None:
+    """Refuse token types that mark a second text (a BERT tokenizer's sentence pair): the memory models read one text,
+    cut into segments, and pass no token types on."""
+    if token_type_ids is not None and bool((token_type_ids != 0).any()):
+        raise InputError(
+            "token_type_ids marks a second text (type 1): the model reads one text, cut into segments; join the "
+            "texts into one"
+        )
