@@ -118,8 +118,9 @@ class QACollator:
         checked too (the held-out records of a streamed file), or a map-style `datasets.Dataset`, of which only the
         target column is read (`rmt.data.files.load_records` checked its fields)."""
         if not hasattr(records, "column_names"):
+            records = [as_record(record) for record in records]
             for position, record in enumerate(records):
-                check_qa_record(as_record(record), f"{name}: record {position}")
+                check_qa_record(record, f"{name}: record {position}")
         if self.mode != "encoder":
             return
         # A Dataset gives its target column without decoding the (long) contexts.
@@ -128,10 +129,10 @@ class QACollator:
                 return  # a batch names the missing field when it is drawn
             targets = records["target"]
         else:
-            targets = [as_record(r).get("target") for r in records]
+            targets = [r.get("target") for r in records]
         for position, target in enumerate(targets):
             if target is None or self.answer_key(target) not in self.label_index:
-                record = as_record(records[position])
+                record = records[position]
                 check_qa_record(record, f"{name}: record {position}")
                 raise InputError(f"{name}: record {position} {_excerpt(record)}: {self._outside(target)}")
 

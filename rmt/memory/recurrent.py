@@ -43,6 +43,7 @@ from rmt.memory.pretrained import load_memory_model, save_memory_model, upload_t
 from rmt.memory.segments import SegmentPlan, assemble_logits, check_one_text, plan_segments, select
 from rmt.memory.state import (
     State,
+    batch_size_of,
     check_state,
     detach,
     detach_rows,
@@ -330,17 +331,15 @@ class RecurrentMemoryModel(nn.Module):
         if memory_state is None:
             return initial
         check_state(memory_state, initial)
-        rows = sorted({leaf.shape[0] for leaf in pytree.tree_leaves(memory_state)})
-        if len(rows) > 1:  # else a state whose first part has one row would be broadcast with the others dropped
-            raise InputError(f"memory_state's parts hold different numbers of samples ({rows}): not one state")
-        if rows[0] != batch_size and rows[0] != 1:
+        held = batch_size_of(memory_state)
+        if held not in (1, batch_size):
             raise InputError(
-                f"memory_state holds {rows[0]} samples but the batch has {batch_size} (a state of one sample is "
-                "given to every row; otherwise one row of state per sample)"
+                f"memory_state holds {held} samples but the batch has {batch_size} (a state of one sample is given "
+                "to every row; otherwise one row of state per sample)"
             )
         # In this model's own dtypes and on its device (a state kept in another precision, or moved off the GPU).
         memory_state = tree_map(lambda leaf, own: leaf.to(own.device, own.dtype), memory_state, initial)
-        if rows[0] == 1 and batch_size > 1:
+        if held == 1 and batch_size > 1:
             memory_state = select_rows(memory_state, torch.zeros(batch_size, dtype=torch.long, device=self.device))
         return memory_state
 

@@ -58,7 +58,8 @@ def batch_size_of(state: State) -> int:
 
 def check_state(state: State, reference: State) -> None:
     """Raise an InputError unless `state` has the structure and per-sample shapes of `reference` (a model's
-    `initial_state`), so that a memory state from another model or configuration is refused with a clear message."""
+    `initial_state`) and one number of samples in all its parts, so that a memory state from another model or
+    configuration, or pieced together from several, is refused with a clear message."""
     leaves, spec = pytree.tree_flatten(state)
     ref_leaves, ref_spec = pytree.tree_flatten(reference)
     if spec != ref_spec or not all(isinstance(t, torch.Tensor) for t in leaves):
@@ -66,6 +67,9 @@ def check_state(state: State, reference: State) -> None:
             f"memory_state does not have this model's structure (given: {_layout(state)}; this model's: "
             f"{_layout(reference)}): was it made by another model or configuration?"
         )
+    rows = sorted({leaf.shape[0] for leaf in leaves})
+    if len(rows) > 1:  # batch_size_of reads the first part: one row there would stand for all
+        raise InputError(f"memory_state's parts hold different numbers of samples ({rows}): not one state")
     for index, (leaf, ref) in enumerate(zip(leaves, ref_leaves, strict=True)):
         if leaf.shape[1:] != ref.shape[1:]:
             raise InputError(
