@@ -4,6 +4,7 @@ validation split, streaming), sources as pure functions of the step, and the gen
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -59,6 +60,17 @@ def test_a_tokenizer_of_another_model_is_refused(tokenizer):
     check_tokenizer(tokenizer, len(tokenizer))
     with pytest.raises(InputError, match="belongs to another model"):
         check_tokenizer(tokenizer, len(tokenizer) - 1)
+
+
+def test_a_tokenizer_that_leaves_most_of_the_table_unused_is_named(tokenizer):
+    # A smaller tokenizer of another model (MiniLM's with SmolLM2) fits the table, so only a warning can catch it;
+    # the few percent of rows a model's own tokenizer may leave unused pass quietly.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_tokenizer(tokenizer, len(tokenizer))
+        check_tokenizer(tokenizer, len(tokenizer) * 100 // 95)
+    with pytest.warns(UserWarning, match=f"has {len(tokenizer)} tokens but the model embeds {2 * len(tokenizer)}"):
+        check_tokenizer(tokenizer, 2 * len(tokenizer))
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "json", "csv", "parquet"])
