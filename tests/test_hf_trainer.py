@@ -379,9 +379,11 @@ def test_data_that_would_train_the_wrong_thing_is_refused_before_anything_change
     records = [{"input": "Mary went to the kitchen.", "question": "Where is Mary?", "target": "kitchen"}]
     refused(decoder, None, r"pass data_collator=rmt.data.collate.QACollator", train_dataset=records)
     refused(decoder, None, r"TextCollator\(tokenizer\)", eval_dataset=[{"text": "Mary went to the kitchen."}])
-    # Accepted: the classes in the backbone's order (any case), and a backbone whose classes have no names.
+    # Accepted: the classes in the backbone's order (any case), and a backbone whose classes have no names. The
+    # word tokenizer's 92 ids fill only 72% of the 128-row table, as another model's smaller tokenizer would: named.
     shouting = encoder([room.upper() for room in rooms])
-    MemoryTrainer(model=shouting, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
+    with pytest.warns(UserWarning, match="has 92 tokens but the model embeds 128: is it this model's tokenizer"):
+        MemoryTrainer(model=shouting, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
     unnamed = encoder(["LABEL_0", "LABEL_1", "LABEL_2"])
     MemoryTrainer(model=unnamed, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
     fitting = RMTForCausalLM(tiny_decoder("gpt2", vocab_size=len(tokenizer)), decoder.config)
