@@ -27,7 +27,9 @@ the document:
   fine-tuning as the memory model (`sliding` reads with the base model, which never saw the training books).
 Logits are computed only where they are scored, one segment or stride block at a time, so nothing of size
 [document, vocabulary] is ever held. Intervals are 95% bootstrap intervals over documents (perplexity of the pooled
-tokens of each resample). Writes results.json and results.md to --output.
+tokens of each resample). Writes results.json and results.md to --output, with each method's seconds per document and
+peak resident memory (the process's high-water mark while the method scores, the loaded models included: to compare
+methods, score each in its own process).
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import device_name, results_lock, rss_bytes, torch_threads, write_atomically, write_json
+from benchmarks.common import (
+    device_name,
+    peak_rss_bytes,
+    reset_peak_rss,
+    results_lock,
+    rss_bytes,
+    torch_threads,
+    write_atomically,
+    write_json,
+)
 from rmt import RMTConfig
 from rmt.build import pretrained_backbone, pretrained_tokenizer
 from rmt.data.haystack import default_corpus_texts
@@ -144,7 +155,7 @@ def memory_nll(model, ids: torch.Tensor) -> torch.Tensor:
         if previous is not None:  # the previous chunk's last logits predict this chunk's first token
             losses.append(F.cross_entropy(previous[None], chunk[:1], reduction="none"))
         losses.append(F.cross_entropy(logits[:-1], chunk[1:], reduction="none"))
-        previous = logits[-1]
+        previous = logits[-1].clone()  # a view would keep this chunk's [n, V] logits alive through the next chunk
     return torch.cat(losses)
 
 
@@ -238,10 +249,13 @@ def evaluate(args: argparse.Namespace) -> int:
     with results_lock(args.output):
         check_settings(results_path, settings)
     for method in args.methods:
-        losses, began, peak = [], time.perf_counter(), 0
+        # The peak is the process's high-water mark while this method scores (the loaded models included): the resident
+        # size sampled between documents would miss what a document's forward passes hold, and whatever an earlier
+        # method of this process left in the allocator would count for this one.
+        reset_peak_rss()
+        losses, began, resident_before = [], time.perf_counter(), rss_bytes()
         for number, ids in enumerate(documents, 1):
             losses.append(scorers[method](ids))
-            peak = max(peak, rss_bytes())
             print(f"{method}: document {number}/{len(documents)}, {time.perf_counter() - began:.0f} s", flush=True)
         seconds = time.perf_counter() - began
         beyond = [loss[args.window - 1 :] for loss in losses]
@@ -262,7 +276,9 @@ def evaluate(args: argparse.Namespace) -> int:
             "seconds": seconds,
             "seconds_per_document": seconds / len(documents),
             "threads": torch.get_num_threads(),
-            "peak_rss_mib": peak / 2**20,
+            "peak_rss_mib": peak_rss_bytes() / 2**20,
+            "peak_rss_of": "scoring",
+            "resident_before_scoring_mib": resident_before / 2**20,
         }
         with results_lock(args.output):  # another process may have added its methods meanwhile
             results = check_settings(results_path, settings)

@@ -855,9 +855,20 @@ def test_long_document_lm_prepare_and_evaluate(tmp_path, monkeypatch):
     ratio = long_document_lm.paired_ratio(entries, "memory", "memory_off")[0]
     assert ratio == pytest.approx(long_document_lm.paired_ratio(shared, "memory", "memory_off")[0])
     # A second process adds its methods to the folder; one with other settings is refused before it scores anything.
+    # The peak memory is what a document's scoring holds at its height (here 256 MiB more, freed before the document
+    # ends), not the resident size between documents.
     (out / "results.json").write_text(json.dumps({**results, "methods": {}}))
+    score = long_document_lm.memory_nll
+
+    def holding_256_mib(model, ids):
+        held = torch.ones(64 * 2**20)
+        return score(model, ids) + 0 * held[0]
+
+    monkeypatch.setattr(long_document_lm, "memory_nll", holding_256_mib)
     assert long_document_lm.main([*args, *common, "--methods", "memory", "--output", str(out)]) == 0
-    assert set(json.loads((out / "results.json").read_text())["methods"]) == {"memory"}
+    memory = json.loads((out / "results.json").read_text())["methods"]
+    assert set(memory) == {"memory"} and memory["memory"]["peak_rss_of"] == "scoring"
+    assert memory["memory"]["peak_rss_mib"] - memory["memory"]["resident_before_scoring_mib"] > 250
     with pytest.raises(SystemExit, match="other settings \\(stride\\)"):
         long_document_lm.main([*args[:-1], "32", *common, "--output", str(out)])
     refusals = {

@@ -385,7 +385,8 @@ def test_data_that_would_train_the_wrong_thing_is_refused_before_anything_change
     with pytest.warns(UserWarning, match="has 92 tokens but the model embeds 128: is it this model's tokenizer"):
         MemoryTrainer(model=shouting, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
     unnamed = encoder(["LABEL_0", "LABEL_1", "LABEL_2"])
-    MemoryTrainer(model=unnamed, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
+    with pytest.warns(UserWarning, match="is it this model's tokenizer"):
+        MemoryTrainer(model=unnamed, args=_arguments(tmp_path), data_collator=QACollator(tokenizer, "encoder", rooms))
     fitting = RMTForCausalLM(tiny_decoder("gpt2", vocab_size=len(tokenizer)), decoder.config)
     text = [{"text": "Mary went to the kitchen."}]
     MemoryTrainer(model=fitting, args=_arguments(tmp_path), data_collator=TextCollator(tokenizer), train_dataset=text)
