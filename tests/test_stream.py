@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import VOCAB, strengthen_memory, tiny_decoder, tiny_encoder
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.errors import InputError
@@ -233,6 +234,50 @@ def test_encoder_stream_classifies_like_one_pass():
             stream.classify()
     with pytest.raises(InputError, match=r"row 1 starts with the \[CLS\] id \(101\) and ends with"):
         model(wrapped)
+
+
+class _LogitsSizedStorages(TorchDispatchMode):
+    """Records the storages of the tensors ops make that have the last dimension `vocab` and at least `numel`
+    elements. They are kept alive, so no storage is reused and the distinct ones count the [B, N, V] tensors made;
+    a view or an in-place op shares its input's storage and adds none."""
+
+    def __init__(self, vocab: int, numel: int) -> None:
+        super().__init__()
+        self.vocab, self.numel, self.storages = vocab, numel, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() and tensor.shape[-1] == self.vocab:
+                if tensor.numel() >= self.numel:
+                    storage = tensor.untyped_storage()
+                    self.storages[storage.data_ptr()] = storage
+        return out
+
+
+@pytest.mark.parametrize("kind", ["rmt", "armt"])
+def test_all_logits_are_built_once(kind):
+    # Logits for every position are the largest tensors a long input makes ([B, N, V]: 200 GB at 1M tokens and a 49k
+    # vocabulary): forward and the stream build them once, with the padding zeroed in place and left padding put
+    # back where the caller had it (they were built four times: placed, masked, zeroed and scattered).
+    vocab = 97  # no other tensor of the model ends in this size
+    torch.manual_seed(0)
+    if kind == "armt":
+        config = RMTConfig(memory_kind="armt", num_memory_tokens=3, segment_size=5, d_mem=8)
+        model = ARMTForCausalLM(tiny_decoder("llama", vocab_size=vocab), config).eval()
+    else:
+        model = RMTForCausalLM(tiny_decoder("llama", vocab_size=vocab), RMTConfig(num_memory_tokens=3, segment_size=5))
+        model.eval()
+    ids = torch.randint(0, vocab, (2, 23), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding: packed order differs from the caller's
+    with torch.no_grad(), _LogitsSizedStorages(vocab, ids.numel() * vocab) as made:
+        logits = model(ids, attention_mask=mask, logits="all").logits
+    assert logits.shape == (2, 23, vocab) and len(made.storages) == 1
+    with torch.no_grad(), _LogitsSizedStorages(vocab, ids.numel() * vocab) as made:
+        streamed = model.stream(batch_size=2).feed(ids, attention_mask=mask, logits="all")
+    assert streamed.shape == (2, 23, vocab) and len(made.storages) == 1
+    torch.testing.assert_close(streamed, logits, atol=ATOL, rtol=1e-4)
 
 
 def test_forward_logits_options_match_all():

@@ -62,7 +62,7 @@ from rmt.inference.schedule import layer_range
 from rmt.memory.armt import ARMTForCausalLM, layout_segment
 from rmt.memory.generation import evaluation_mode, generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput
-from rmt.memory.segments import assemble_logits
+from rmt.memory.segments import LogitsCanvas
 from rmt.memory.state import State
 from rmt.ops.associative import associative_read, associative_write
 
@@ -186,7 +186,7 @@ class DiagonalARMT:
         own_layers = adapter.layer_kwargs(wave[0], positions) if group_size == 1 else None
         w_q, w_k, w_v, w_b = model.w_q, model.w_k, model.w_v, model.w_b
 
-        pieces: list[tuple[None, int, torch.Tensor]] = []
+        canvas = LogitsCanvas(plan)
         last_hidden = wave.new_zeros(batch, wave.shape[-1])  # [B, D] final hidden state at each sample's last token
         rows = torch.arange(batch, device=device)
         for step in range(segments + layers - 1):
@@ -234,7 +234,7 @@ class DiagonalARMT:
             if hi == layers:  # segment s has left the last layer
                 s = step - layers + 1
                 if logits == "all":
-                    pieces.append((None, s * seg, adapter.head(wave[layers][:, : widths[s]])))
+                    canvas.put(None, s * seg, adapter.head(wave[layers][:, : widths[s]]))
                 elif logits == "last":
                     ends = plan.num_segments - 1 == s  # [B] samples whose last token is in segment s
                     at_end = wave[layers][rows, (seg_lengths[s] - 1).clamp(min=0)]  # [B, D]
@@ -243,7 +243,7 @@ class DiagonalARMT:
         final_state = (tuple((A[layer], z[layer]) for layer in range(layers)), written[-1])
         out = None
         if logits == "all":
-            out = assemble_logits(plan, pieces, batch, length)
+            out = canvas.result()
         elif logits == "last":
             out = adapter.head(last_hidden)
         return RMTOutput(logits=out, memory_state=final_state)

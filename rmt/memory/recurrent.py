@@ -40,7 +40,7 @@ from rmt.errors import InputError
 from rmt.memory.generation import generate
 from rmt.memory.outputs import GenerateOutput, RMTOutput, SegmentOutput
 from rmt.memory.pretrained import load_memory_model, save_memory_model, upload_to_hub
-from rmt.memory.segments import SegmentPlan, assemble_logits, check_one_text, plan_segments, select
+from rmt.memory.segments import LogitsCanvas, SegmentPlan, check_one_text, plan_segments, select
 from rmt.memory.state import (
     State,
     batch_size_of,
@@ -516,13 +516,13 @@ class _LogitsCollector:
 
     def __init__(self, model: RecurrentMemoryModel, plan: SegmentPlan, request: LogitsRequest) -> None:
         self.model, self.plan = model, plan
-        self.pieces: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
         self.kind = "positions" if isinstance(request, torch.Tensor) else request
         if self.kind not in ("all", "last", "none", "positions"):
             raise InputError(
                 f"logits must be 'all', 'last', 'none' or a [batch, K] tensor of positions, got {request!r}"
             )
         batch, length = plan.input_ids.shape
+        self.canvas = LogitsCanvas(plan)  # "all": filled as segments end, so no segment's logits wait in a list
         self.hidden: torch.Tensor | None = None  # [B, K, D] hidden states at the kept positions
         if self.kind == "last":
             self.wanted = (plan.lengths - 1)[:, None]  # [B, 1] packed position of each sample's last token
@@ -556,7 +556,7 @@ class _LogitsCollector:
         if self.kind == "none":
             return
         if self.kind == "all":
-            self.pieces.append((rows, start, self.model.head(hidden)))
+            self.canvas.put(rows, start, self.model.head(hidden))
             return
         if self.hidden is None:
             self.hidden = hidden.new_zeros(self.wanted.shape[0], self.wanted.shape[1], hidden.shape[-1])
@@ -573,7 +573,6 @@ class _LogitsCollector:
         if self.kind == "none":
             return None
         if self.kind == "all":
-            batch, length = self.plan.input_ids.shape
-            return assemble_logits(self.plan, self.pieces, batch, length)
+            return self.canvas.result()
         logits = self.model.head(self.hidden)  # [B, K, V]
         return logits[:, 0] if self.kind == "last" else logits

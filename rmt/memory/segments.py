@@ -183,23 +183,34 @@ def loss_terms(config: RMTConfig, weights: torch.Tensor) -> int:
     return int(scored.view(scored.shape[0], -1, seg_size).amax(dim=2).sum())
 
 
-def assemble_logits(
-    plan: SegmentPlan, pieces: list[tuple[torch.Tensor | None, int, torch.Tensor]], batch: int, length: int
-) -> torch.Tensor:
-    """[B, N, V] logits at the caller's positions from per-segment pieces (rows or None for all, start, [b, t, V]);
-    padding positions hold zeros."""
-    vocab = pieces[0][2].shape[-1]
-    out = pieces[0][2].new_zeros(batch, length, vocab)
-    for rows, start, logits in pieces:
+class LogitsCanvas:
+    """[B, N, V] logits at the caller's positions, filled segment by segment as the logits are computed; padding
+    positions hold zeros. Each segment's logits go straight to the caller's positions and the padding is zeroed in
+    place at the end, so the result is the only [B, N, V] tensor held (a 1M-token input's logits at a 49k vocabulary
+    are 200 GB)."""
+
+    def __init__(self, plan: SegmentPlan) -> None:
+        self.plan = plan
+        self.out: torch.Tensor | None = None
+
+    def put(self, rows: torch.Tensor | None, start: int, logits: torch.Tensor) -> None:
+        """Logits [b, t, V] of `rows` (None: every sample) at packed positions start..start + t."""
+        batch, length = self.plan.input_ids.shape
+        if self.out is None:
+            self.out = logits.new_zeros(batch, length, logits.shape[-1])
+        index = torch.arange(batch, device=logits.device) if rows is None else rows
         width = logits.shape[1]
-        if rows is None:
-            out[:, start : start + width] = logits
-        else:
-            out[rows, start : start + width] = logits
-    out = out * plan.attention_mask[..., None].to(out.dtype)
-    if plan.order is not None:  # back to the caller's positions
-        out = torch.zeros_like(out).scatter(1, plan.order[..., None].expand_as(out), out)
-    return out
+        packed = torch.arange(start, start + width, device=logits.device).expand(index.shape[0], -1)
+        caller = packed if self.plan.order is None else self.plan.order[index, start : start + width]
+        self.out[index[:, None], caller] = logits
+
+    def result(self) -> torch.Tensor:
+        if self.out is None:
+            raise RuntimeError("LogitsCanvas.result before any logits were put")
+        mask = self.plan.attention_mask
+        if self.plan.order is not None:  # the packed mask at the caller's positions
+            mask = torch.empty_like(mask).scatter_(1, self.plan.order, mask)
+        return self.out.masked_fill_((mask == 0)[..., None], 0)
 
 
 def closed_length(length: int, segment_size: int) -> int:
