@@ -280,6 +280,27 @@ def test_all_logits_are_built_once(kind):
     torch.testing.assert_close(streamed, logits, atol=ATOL, rtol=1e-4)
 
 
+def test_gradients_through_padded_logits_equal_each_sample_alone():
+    # The logits are written into one tensor in place (placed, then the padding zeroed): gradients still flow to
+    # every weight as they do for each sample read alone, without its padding.
+    torch.manual_seed(0)
+    model = RMTForCausalLM(tiny_decoder("llama"), RMTConfig(num_memory_tokens=3, segment_size=5))
+    ids = torch.randint(0, VOCAB, (2, 13), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    weights = torch.randn(2, 13, VOCAB, generator=torch.Generator().manual_seed(2))
+    (model(ids, attention_mask=mask).logits * weights).sum().backward()
+    batched = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    for row in range(2):
+        keep = mask[row].bool()
+        (model(ids[row : row + 1, keep]).logits * weights[row : row + 1, keep]).sum().backward()
+    alone = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert batched.keys() == alone.keys() and batched
+    for name, grad in batched.items():
+        torch.testing.assert_close(grad, alone[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_forward_logits_options_match_all():
     model = decoder("rmt")
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(6))
