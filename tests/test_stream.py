@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rmt import ARMTForCausalLM, RMTConfig, RMTForCausalLM, RMTForSequenceClassification
 from rmt.errors import InputError
+from rmt.inference import DiagonalARMT
 from rmt.memory.state import tree_map
 from rmt.memory.stream import MemoryStream
 
@@ -278,6 +279,11 @@ def test_all_logits_are_built_once(kind):
         streamed = model.stream(batch_size=2).feed(ids, attention_mask=mask, logits="all")
     assert streamed.shape == (2, 23, vocab) and len(made.storages) == 1
     torch.testing.assert_close(streamed, logits, atol=ATOL, rtol=1e-4)
+    if kind == "armt":  # the diagonal engine assembles its logits the same way
+        with _LogitsSizedStorages(vocab, ids.numel() * vocab) as made:
+            diagonal = DiagonalARMT(model)(ids, attention_mask=mask, logits="all").logits
+        assert diagonal.shape == (2, 23, vocab) and len(made.storages) == 1
+        torch.testing.assert_close(diagonal, logits, atol=ATOL, rtol=1e-4)
 
 
 def test_gradients_through_padded_logits_equal_each_sample_alone():
