@@ -522,7 +522,7 @@ class _LogitsCollector:
                 f"logits must be 'all', 'last', 'none' or a [batch, K] tensor of positions, got {request!r}"
             )
         batch, length = plan.input_ids.shape
-        self.canvas = LogitsCanvas(plan)  # "all": filled as segments end, so no segment's logits wait in a list
+        self.canvas = LogitsCanvas(plan) if self.kind == "all" else None  # filled as segments end, not kept in a list
         self.hidden: torch.Tensor | None = None  # [B, K, D] hidden states at the kept positions
         if self.kind == "last":
             self.wanted = (plan.lengths - 1)[:, None]  # [B, 1] packed position of each sample's last token
@@ -555,7 +555,7 @@ class _LogitsCollector:
     def add(self, rows: torch.Tensor | None, start: int, hidden: torch.Tensor) -> None:
         if self.kind == "none":
             return
-        if self.kind == "all":
+        if self.canvas is not None:
             self.canvas.put(rows, start, self.model.head(hidden))
             return
         if self.hidden is None:
@@ -572,7 +572,7 @@ class _LogitsCollector:
     def result(self) -> torch.Tensor | None:
         if self.kind == "none":
             return None
-        if self.kind == "all":
+        if self.canvas is not None:
             return self.canvas.result()
         logits = self.model.head(self.hidden)  # [B, K, V]
         return logits[:, 0] if self.kind == "last" else logits

@@ -192,24 +192,24 @@ class LogitsCanvas:
     def __init__(self, plan: SegmentPlan) -> None:
         self.plan = plan
         self.out: torch.Tensor | None = None
+        batch, length = plan.input_ids.shape
+        device = plan.input_ids.device
+        self.every_row = torch.arange(batch, device=device)
+        # The caller's position of each packed position (the identity where nothing was packed).
+        self.caller = plan.order if plan.order is not None else torch.arange(length, device=device).expand(batch, -1)
 
     def put(self, rows: torch.Tensor | None, start: int, logits: torch.Tensor) -> None:
         """Logits [b, t, V] of `rows` (None: every sample) at packed positions start..start + t."""
-        batch, length = self.plan.input_ids.shape
         if self.out is None:
-            self.out = logits.new_zeros(batch, length, logits.shape[-1])
-        index = torch.arange(batch, device=logits.device) if rows is None else rows
-        width = logits.shape[1]
-        packed = torch.arange(start, start + width, device=logits.device).expand(index.shape[0], -1)
-        caller = packed if self.plan.order is None else self.plan.order[index, start : start + width]
-        self.out[index[:, None], caller] = logits
+            self.out = logits.new_zeros(*self.plan.input_ids.shape, logits.shape[-1])
+        index = self.every_row if rows is None else rows
+        self.out[index[:, None], self.caller[index, start : start + logits.shape[1]]] = logits
 
     def result(self) -> torch.Tensor:
         if self.out is None:
             raise RuntimeError("LogitsCanvas.result before any logits were put")
-        mask = self.plan.attention_mask
-        if self.plan.order is not None:  # the packed mask at the caller's positions
-            mask = torch.empty_like(mask).scatter_(1, self.plan.order, mask)
+        packed = self.plan.attention_mask
+        mask = torch.empty_like(packed).scatter_(1, self.caller, packed)  # at the caller's positions
         return self.out.masked_fill_((mask == 0)[..., None], 0)
 
 
