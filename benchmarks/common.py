@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from rmt import resident
 from rmt.files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,27 +83,27 @@ def time_in_turns(runs: Mapping[str, Callable[[], object]], rounds: int, warmup:
 
 
 def rss_bytes() -> int:
-    """The resident set size of this process now (Linux: /proc/self/statm)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+    """The resident size of this process now (`rmt.resident.rss_bytes`); an error where it cannot be read."""
+    return _measured(resident.rss_bytes(), "the resident size")
 
 
 def reset_peak_rss() -> None:
-    """Start the peak resident size (`peak_rss_bytes`) over from the current size (Linux: writing 5 to
-    /proc/self/clear_refs resets VmHWM), so that a later peak is that of the work after this call: a process's
-    ru_maxrss never goes down, and loading a model (SmolLM2's GGUF de-quantized, a model built in fp32 then cast)
-    can peak above anything the measured work reaches."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
+    """Start the peak resident size over from the current size (`rmt.resident.reset_peak_rss`), so that a later
+    `peak_rss_bytes` is that of the work after this call; an error where that cannot be done, since a benchmark's
+    peak would then include loading the model."""
+    if not resident.reset_peak_rss():
+        raise RuntimeError("cannot reset the peak resident size here: benchmarks need Linux's /proc/self/clear_refs")
 
 
 def peak_rss_bytes() -> int:
-    """The peak resident size of this process since it started or since `reset_peak_rss` (VmHWM)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line")
+    """The peak resident size of this process since `reset_peak_rss` (`rmt.resident.peak_rss_bytes`)."""
+    return _measured(resident.peak_rss_bytes(), "the peak resident size")
+
+
+def _measured(value: int | None, what: str) -> int:
+    if value is None:
+        raise RuntimeError(f"cannot read {what} of this process here: the benchmarks need Linux's /proc")
+    return value
 
 
 def run_module(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -375,28 +374,3 @@ def test_a_decoders_readers_never_score_the_whole_prompt(llama):
             assert rows and max(rows) == 1, (method, rows)
     finally:
         handle.remove()
-
-
-def test_peak_rss_without_proc_is_getrusage_in_mib_and_none_where_there_is_no_resource_module(monkeypatch):
-    """Where /proc is missing the peak comes from getrusage, which counts KiB on Linux and bytes on macOS; on Windows
-    (no resource module) importing it failed after a whole cell had been evaluated."""
-    import resource
-    import sys
-    from types import SimpleNamespace
-
-    from rmt.eval import by_length
-
-    read_text = Path.read_text
-
-    def no_proc(self, *args, **kwargs):
-        if str(self).startswith("/proc/"):
-            raise FileNotFoundError(self)
-        return read_text(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", no_proc)
-    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 2**20))
-    assert by_length.peak_rss_mib() == 3 * 1024  # KiB on Linux
-    monkeypatch.setattr(sys, "platform", "darwin")
-    assert by_length.peak_rss_mib() == 3  # bytes on macOS
-    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: import fails
-    assert by_length.peak_rss_mib() is None

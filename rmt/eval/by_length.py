@@ -60,6 +60,7 @@ from rmt.files import write_atomic
 from rmt.memory.generation import stop_token_ids
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.plotting import pyplot, save_figure
+from rmt.resident import peak_rss_bytes, reset_peak_rss
 
 METHODS = ("memory", "no_memory", "full_attention")
 
@@ -312,7 +313,7 @@ def evaluate_by_length(
                     "task": task,
                     "length": name,
                     "method": method,
-                    "peak_rss_mib": None if (peak := peak_rss_mib()) is None else round(peak, 1),
+                    "peak_rss_mib": None if (peak := peak_rss_bytes()) is None else round(peak / 2**20, 1),
                     "peak_rss_scope": peak_scope,
                 }
                 done[f"{task}/{name}/{method}"] = (
@@ -410,34 +411,6 @@ def _sample_counts(
                 raise InputError(f"{count} samples asked for ({task} {name}): a cell needs at least 1")
             counts[(task, name)] = count
     return counts
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak-RSS measurement for this process: on Linux (4.0 on) writing 5 to /proc/self/clear_refs sets
-    the peak (VmHWM) to the current RSS. False where that cannot be done; the peak is then the process's so far."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mib() -> float | None:
-    """Peak RSS in MiB: Linux's VmHWM (since the last `reset_peak_rss`, else since the process started), or the
-    process's peak from getrusage where /proc is not there; None where neither is (Windows)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        status = ""
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    try:
-        import resource  # POSIX only: imported where /proc is missing (macOS)
-    except ImportError:  # Windows: not measured (None), rather than an error after the cell was evaluated
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _run_cell(
