@@ -155,7 +155,10 @@ def memory_nll(model, ids: torch.Tensor) -> torch.Tensor:
         if previous is not None:  # the previous chunk's last logits predict this chunk's first token
             losses.append(F.cross_entropy(previous[None], chunk[:1], reduction="none"))
         losses.append(F.cross_entropy(logits[:-1], chunk[1:], reduction="none"))
-        previous = logits[-1].clone()  # a view would keep this chunk's [n, V] logits alive through the next chunk
+        # Only the last row is kept (a copy: a view would hold the whole [n, V]), and the chunk's logits are let go
+        # before the next chunk's are made, so one chunk's logits are alive at a time.
+        previous = logits[-1].clone()
+        del logits
     return torch.cat(losses)
 
 

@@ -789,6 +789,36 @@ def test_long_document_lm_scorers_match_full_forward_passes():
     torch.testing.assert_close(long_document_lm.memory_nll(model, ids), oracle, rtol=1e-4, atol=1e-5)
 
 
+def test_long_document_lm_memory_scorer_holds_one_chunks_logits_at_a_time(monkeypatch):
+    """When the stream makes a chunk's logits, no earlier chunk's are alive (the peak memory the benchmark reports
+    would otherwise hold two or three chunks' [n, V] logits)."""
+    import weakref
+
+    backbone = tiny_decoder("llama", vocab_size=50, positions=512)
+    model = memory_model(backbone, RMTConfig(num_memory_tokens=4, segment_size=16)).eval()
+    ids = torch.randint(0, 50, (70,), generator=torch.Generator().manual_seed(0))
+    made, alive_at_feed = [], []
+    stream_of = model.stream
+
+    def watched_stream(*args, **kwargs):
+        stream = stream_of(*args, **kwargs)
+        feed = stream.feed
+
+        def watched_feed(*feed_args, **feed_kwargs):
+            alive_at_feed.append(sum(ref() is not None for ref in made))
+            logits = feed(*feed_args, **feed_kwargs)
+            made.append(weakref.ref(logits))
+            return logits
+
+        stream.feed = watched_feed
+        return stream
+
+    monkeypatch.setattr(model, "stream", watched_stream)
+    with torch.no_grad():
+        long_document_lm.memory_nll(model, ids)
+    assert alive_at_feed == [0] * 5
+
+
 def test_long_document_lm_perplexities():
     nan = float("nan")
     losses = [torch.tensor([nan, 1.0, 1.0, 3.0]), torch.tensor([2.0, 2.0, nan, 0.0])]
