@@ -32,6 +32,7 @@ decoders, `label_smoothing_factor` (the Trainer would not shift the labels). A r
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,8 +64,12 @@ NO_PUSH = (
 )
 # Outputs of a memory model that are not predictions: the Trainer's evaluation would gather them over every batch
 NOT_PREDICTIONS = ["memory_state", "segment_outputs"]
-# The batch keys that forward_backward takes
-FORWARD_BACKWARD_INPUTS = {"input_ids", "attention_mask", "labels", "memory_state", "token_type_ids"}
+# The batch keys that forward_backward takes: its arguments, less those that say how to run it
+FORWARD_BACKWARD_INPUTS = set(inspect.signature(RecurrentMemoryModel.forward_backward).parameters) - {
+    "self",
+    "backward",
+    "recompute",
+}
 
 
 class MemoryTrainer(Trainer):
