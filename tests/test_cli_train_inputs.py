@@ -556,6 +556,48 @@ def test_a_resume_on_a_data_file_split_or_cut_otherwise_is_refused(tmp_path, mod
     assert build_setup(*parsed(held_out)).description == "book.txt (--validation-data other-book.txt)"
 
 
+def test_a_resume_from_files_of_the_same_names_with_other_contents_is_refused(tmp_path, model_folder, qa_file, capsys):
+    """A checkpoint names its data files by their names, so that moved files resume; files of those names with other
+    records (another folder's qa.jsonl, or the file rewritten) are refused, --data, --validation-data and --haystack
+    alike. Moved files with the same contents resume."""
+    import shutil
+
+    records = [json.loads(line) for line in qa_file.read_text().splitlines()]
+    first, moved, other = (tmp_path / name for name in ("first", "moved", "other"))
+    for folder in (first, moved, other):
+        folder.mkdir()
+        shutil.copy(qa_file, folder / "qa.jsonl")
+        (folder / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
+    (other / "qa.jsonl").write_text("".join(json.dumps({**r, "target": "office"}) + "\n" for r in records))
+    (other / "held.jsonl").write_text("".join(json.dumps({**r, "target": "garden"}) + "\n" for r in records[:4]))
+    output = str(tmp_path / "run")
+    quick = [flag for flag in QUICK if flag not in ("--validation-samples", "4")]
+
+    def train(folder, *flags: str) -> tuple[int, str]:
+        files = ["--data", str(folder / "qa.jsonl"), "--validation-data", str(folder / "held.jsonl")]
+        return run_cli(["train", "--model", str(model_folder), *files, "--output", output, *quick, *flags], capsys)
+
+    assert train(first)[0] == 0
+    before = snapshot(tmp_path / "run")
+    code, err = train(other, "--steps", "4", "--resume")
+    assert code == 2 and "--data qa.jsonl; --validation-data held.jsonl: not the contents it trained on" in err
+    shutil.copy(other / "held.jsonl", moved / "held.jsonl")
+    code, err = train(moved, "--steps", "4", "--resume")
+    assert code == 2 and "checkpoint: --validation-data held.jsonl: not the contents it trained on" in err
+    assert snapshot(tmp_path / "run") == before
+    shutil.copy(first / "held.jsonl", moved / "held.jsonl")
+    assert train(moved, "--steps", "4", "--resume")[0] == 0
+    # BABILong's background text: the same check (the flag's value is the file, which the description names)
+    haystack = tmp_path / "book.txt"
+    haystack.write_text(background_text(200))
+    babilong = ["train", "--model", str(model_folder), "--data", "babilong:qa1", "--haystack", str(haystack)]
+    babilong += ["--segment-size", "64", "--segments", "1", "--output", str(tmp_path / "babilong"), *quick]
+    assert run_cli(babilong, capsys)[0] == 0
+    haystack.write_text(background_text(200, seed=1))
+    code, err = run_cli([*babilong, "--steps", "4", "--resume"], capsys)
+    assert code == 2 and "--haystack book.txt: not the contents it trained on (the same names, other bytes)" in err
+
+
 # 6. A failed start leaves no folder
 
 

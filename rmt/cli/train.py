@@ -33,6 +33,7 @@ from rmt.cli.common import (
     task_from_flags,
 )
 from rmt.cli.data_flags import (
+    BABILONG_PREFIX,
     babilong_tasks,
     check_background,
     check_data_files,
@@ -249,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             description=setup.description,
             save_extras=save_tokenizer,
             overwrite=args.overwrite,  # the old run goes once start-up succeeded
+            data_contents=_data_contents(args),
         )
     except ResumeSettingsError as err:  # the same refusal, in the flags' names
         names = {key: flag_name(key, TRAIN_FLAGS) for key, _, _ in err.changes}
@@ -289,6 +291,20 @@ def run(args: argparse.Namespace) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # close the process group while every process is still here, not at interpreter exit
     return 0
+
+
+def _data_contents(args: argparse.Namespace) -> dict[str, str]:
+    """sha256 of each file the data is read from, by flag and file name (as the run's description names them): a
+    resume refuses files of the same names with other contents (moved files are read the same)."""
+    from rmt.files import file_sha256
+
+    named = [("--data", args.data), ("--validation-data", args.validation_data)]
+    named += [("--haystack", path) for path in (args.haystack or "").split(",") if path]
+    return {
+        f"{flag} {Path(path).name}": file_sha256(path)
+        for flag, path in named
+        if path is not None and not path.startswith(BABILONG_PREFIX)
+    }
 
 
 def _best_model_line(output: Path) -> str:
@@ -580,7 +596,8 @@ def _text_setup(
             raise InputError(f"{args.data} holds text for language modelling, which needs a decoder (causal LM)")
         collate, metric = TextCollator(tokenizer, args.max_length), "loss"
     source = DatasetSource(records, collate, seed=args.seed, validation=validation, metric=metric)
-    # Named by the file's name, not its path: a resume from another folder, or of moved data, reads the same file.
+    # Named by the file's name, not its path: a resume from another folder, or of moved data, reads the same file
+    # (its contents are compared too: `_data_contents`).
     split_off = DEFAULT_VALIDATION_SAMPLES if args.validation_data else args.validation_samples  # unused then
     data = _data_identity(
         Path(args.data).name,

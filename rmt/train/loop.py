@@ -36,9 +36,9 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,9 @@ class TrainerState:
     running_loss: float = 0.0
     running_count: int = 0
     data: str = ""  # the run's description of its data: a resume on other data is refused
+    # sha256 of the files the data is read from, by what names them (`rmt train`: --data, --validation-data,
+    # --haystack): a resume from files of the same names with other contents is refused
+    data_contents: dict[str, str] = field(default_factory=dict)
     stop_reason: str = ""  # why it stopped early: "ceiling" (a held-out score of 1.0) or "plateau"
     # save_best: the step whose model OUTPUT/best holds (0: none yet), its held-out score, and which score that is
     # (metric and segments: a resume that changes them starts a new best)
@@ -150,6 +153,7 @@ def train(
     description: str = "train",
     save_extras: SaveExtras | None = None,
     overwrite: bool = False,
+    data_contents: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `model` on `source` for `config.steps` steps; returns the logged records (also in metrics.jsonl):
     every `log_every` steps the mean training loss over those steps, `lr` (the backbone's rate at the last of them;
@@ -164,6 +168,9 @@ def train(
     the run's data: it labels the progress bar and is saved with each checkpoint, and a resume with another
     description is refused (`rmt train` passes the task and its size, the data file's name or the BABILong task, with
     each data flag off its default; a resume from Python passes the description the run started with).
+    `data_contents` (what names a file: its sha256, e.g. `rmt.files.file_sha256`) is saved with each checkpoint too,
+    and a resume whose files of those names hold other contents is refused (`rmt train` passes --data,
+    --validation-data and --haystack: the names alone let a file be moved, not replaced).
     `save_extras(folder)` writes files that belong with the model into checkpoints (e.g. the tokenizer). The model is
     trained in place. With trainable="lora" its backbone gets LoRA adapters first (drawn from `config.seed`), which
     are merged into the backbone's weights when training ends, or stops on an error: the model comes back with its
@@ -205,6 +212,7 @@ def train(
         "description": description,
         "save_extras": save_extras,
         "overwrite": overwrite,
+        "data_contents": dict(data_contents or {}),
     }
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     try:
@@ -234,6 +242,7 @@ def _train(
     description: str,
     save_extras: SaveExtras | None,
     overwrite: bool,
+    data_contents: dict[str, str],
 ) -> list[dict[str, Any]]:
     """`train` on a model whose LoRA adapters, if the config asks for them, are already in place."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -253,13 +262,13 @@ def _train(
     # seed (seed + its index): with one seed for all, every process drew the same dropout masks for its part of the
     # batch. Batches do not come from these generators (sources are pure in the seed and step).
     set_seed(config.seed, device_specific=True)
-    state = TrainerState(data=description)
+    state = TrainerState(data=description, data_contents=data_contents)
     start_step = 0
     best_after = None  # a resume's OUTPUT/best from a step past its checkpoint
     metrics_path = output_dir / METRICS_FILE
     if resume:
         start_step, state, best_after = _resume(
-            model, source, config, output_dir, accelerator, description, scheduler, sharded
+            model, source, config, output_dir, accelerator, description, data_contents, scheduler, sharded
         )
     else:
         _build_first_batches(source, config, accelerator.num_processes)
@@ -452,6 +461,7 @@ def _resume(
     output_dir: Path,
     accelerator: Accelerator,
     description: str,
+    data_contents: dict[str, str],
     scheduler: Any,
     sharded: Any,
 ) -> tuple[int, TrainerState, int | None]:
@@ -464,6 +474,7 @@ def _resume(
     known = {f.name for f in fields(TrainerState)}
     state = TrainerState(**{k: v for k, v in saved.items() if k in known})
     _check_resume(record, state, config, description, output_dir / CHECKPOINT_DIR, main, source.metric)
+    _check_same_contents(state, data_contents, output_dir / CHECKPOINT_DIR)
     best_after = _best_after_checkpoint(output_dir, start_step, accelerator)
     if best_after is not None:
         # The checkpoint's best model was replaced by one of the steps this run goes through again: the best is
@@ -691,6 +702,18 @@ def _check_resume(
                 ),
                 file=sys.stderr,
             )
+
+
+def _check_same_contents(state: TrainerState, data_contents: dict[str, str], path: Path) -> None:
+    """Refuse a resume whose data files have the names the checkpoint recorded but other contents; then record this
+    run's (a checkpoint from before contents were recorded, or a file named for the first time, is not checked)."""
+    changed = [name for name, digest in data_contents.items() if state.data_contents.get(name, digest) != digest]
+    if changed:
+        raise InputError(
+            f"cannot resume from {path}: {'; '.join(changed)}: not the contents it trained on (the same names, other "
+            "bytes): resume with the files it read, or start a new run"
+        )
+    state.data_contents = dict(data_contents)
 
 
 def _rate_of_this_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
