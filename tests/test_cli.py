@@ -143,7 +143,25 @@ def test_running_out_of_memory_is_one_line_with_the_size(tmp_path, capsys):
     args = ["train", "--task", "copy", "--task-size", "8", "--segments", "2", "--memory-tokens", str(10**13)]
     assert main([*args, "--hidden", "64", "--steps", "1", "--no-progress", "--output", str(tmp_path / "run")]) == 1
     last_line = capsys.readouterr().err.splitlines()[-1]
-    assert re.fullmatch(r"rmt train: error: out of memory: could not allocate \d{7}\.\d GiB \(.*\)", last_line)
+    assert re.fullmatch(r"rmt train: error: out of memory: could not allocate \d\.\d PiB \(.*\)", last_line)
+    assert not (tmp_path / "run").exists()  # the run failed before it wrote anything: no empty folder left
+
+
+def test_sizes_in_out_of_memory_lines_are_in_the_unit_they_fill():
+    from rmt.cli import out_of_memory
+
+    def line(size: int) -> str | None:
+        return out_of_memory(
+            RuntimeError(
+                f"[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried to "
+                f"allocate {size} bytes. Error code 12 (Cannot allocate memory)"
+            )
+        )
+
+    assert "could not allocate 15.7 MiB (" in line(16_449_536)
+    assert "could not allocate 3.0 GiB (" in line(3 * 2**30)
+    assert "could not allocate 100 bytes (" in line(100)
+    assert out_of_memory(RuntimeError("something else")) is None
 
 
 def test_a_full_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_path, capsys, monkeypatch):

@@ -613,6 +613,25 @@ def test_a_start_up_that_fails_in_the_trainer_leaves_no_output_folder(tmp_path, 
     assert not (tmp_path / "new").exists()
 
 
+def test_a_run_that_fails_before_it_writes_anything_leaves_no_empty_folder(tmp_path, capsys, monkeypatch):
+    """Out of memory at the first step: the output folder (made once start-up succeeded) is removed again, with the
+    folders made for it; a run that wrote something keeps it."""
+    import rmt.train.loop as loop
+
+    def out_of_memory(*_, **__):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 16449536 bytes.")
+
+    monkeypatch.setattr(loop, "_train_step", out_of_memory)
+    (tmp_path / "kept").mkdir()
+    code, err = run_cli(["train", *TINY, "--output", str(tmp_path / "kept" / "new" / "out")], capsys)
+    assert code == 1 and "could not allocate 15.7 MiB" in error_line(err)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+    monkeypatch.setattr(loop, "_train_step", lambda *_, **__: 1.0)  # trains (no gradients), logs, then fails
+    monkeypatch.setattr(loop, "save_checkpoint", out_of_memory)
+    code, err = run_cli(["train", *TINY, "--log-every", "1", "--output", str(tmp_path / "new" / "out")], capsys)
+    assert code == 1 and (tmp_path / "new" / "out" / "metrics.jsonl").is_file()
+
+
 # 7. Messages name the flags
 
 

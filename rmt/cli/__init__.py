@@ -93,8 +93,16 @@ def out_of_memory(err: BaseException) -> str | None:
     failed = _CPU_ALLOCATION_FAILED.search(text)
     if failed is None:
         return None
-    size = int(failed.group(1)) / 2**30
-    return f"out of memory: could not allocate {size:.1f} GiB (a smaller batch, segment or memory needs less)"
+    size = _size(int(failed.group(1)))
+    return f"out of memory: could not allocate {size} (a smaller batch, segment or memory needs less)"
+
+
+def _size(size: int) -> str:
+    """A size in bytes in the largest unit it fills: "2.3 GiB", "15.7 MiB", "512 bytes"."""
+    for unit, scale in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size} bytes"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,7 +164,8 @@ def train(
     holds an earlier run (`run_entries`: its metrics, checkpoint, model, best model or TensorBoard logs) is refused
     unless overwrite=True, which removes that run first (its checkpoint would be replaced and its best model and logs
     mixed with the new run's). Nothing in `output_dir` is created or removed before
-    start-up succeeded (the optimizer built, a checkpoint to resume loaded, TensorBoard found). `description` names
+    start-up succeeded (the optimizer built, a checkpoint to resume loaded, TensorBoard found), and a run that fails
+    before it writes a file removes the folders it made. `description` names
     the run's data: it labels the progress bar and is saved with each checkpoint, and a resume with another
     description is refused (`rmt train` passes the task and its size, the data file's name or the BABILong task, with
     each data flag off its default; a resume from Python passes the description the run started with).
@@ -215,6 +216,7 @@ def train(
         "data_contents": dict(data_contents or {}),
     }
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
+    created = _folders_to_create(Path(output_dir))
     try:
         if config.trainable != "lora":
             return _train(model, data, **run)
@@ -225,11 +227,32 @@ def train(
             return _train(model, data, **run)
         finally:
             merge_lora(model)
+    except BaseException:
+        _remove_empty(created)  # a run that failed before it wrote anything leaves no empty folders behind
+        raise
     finally:
         for param, flag in requires_grad:  # `trainable` froze parts of the model for this run only
             param.requires_grad_(flag)
         if isinstance(data, PrefetchingSource):
             data.close()
+
+
+def _folders_to_create(path: Path) -> list[Path]:
+    """The folders of `path` that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of `folders` (deepest first) that is an empty folder, up to the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # holds files (or was never made): kept, and so are the folders above it
+            return
 
 
 def _train(
