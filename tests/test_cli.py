@@ -135,6 +135,29 @@ def test_ctrl_c_while_a_command_loads_is_one_line(capsys, monkeypatch):
     assert capsys.readouterr().err == "rmt train: interrupted\n"
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "MODEL", "--data", "babilong:qa1", "--output", "out"],
+        ["generate", "MODEL", "--prompt", "Hi", "--memory-file", "out"],
+        ["babilong", "--output", "out"],
+        ["demo", "--output", "out"],
+    ],
+)
+def test_commands_that_run_in_one_process_refuse_a_multi_process_launch(command, tmp_path, capsys, monkeypatch):
+    """Under torchrun each process ran the whole evaluation and wrote the same output folder at once."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"rmt {command[0]}: error: launched as 2 processes (WORLD_SIZE), and rmt {command[0]} runs in one: each would "
+        "do all of the work and write the same files; start it without torchrun or accelerate launch\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_running_out_of_memory_is_one_line_with_the_size(tmp_path, capsys):
     # A memory of 10^13 tokens of width 64 is 2.3 PiB, beyond any address space: refused before a page is touched,
     # whatever the overcommit policy (torch.empty shows it here first).

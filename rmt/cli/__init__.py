@@ -3,10 +3,11 @@
 Each subcommand (one module here) maps onto plain functions of the library; the memory and training flags are
 generated from `RMTConfig` and `TrainConfig` (`rmt.cli.options`), so the help text and the library never disagree.
 Problems with the input (a bad value, a missing or damaged file, a flag argparse cannot parse) print one line and
-exit with status 2; running out of memory (the CPU's or a GPU's) prints one line with the size asked for, and a
-write the machine refuses (a full disk or quota, a read-only file system, a file this user may not write) one line,
-naming the file where the system names it (torch.save's own failure to write one line too), both with status 1;
-anything else is a bug and shows its traceback. rmt's own warnings print as one line too.
+exit with status 2, as does a command other than `rmt train` launched as several processes (torchrun); running out
+of memory (the CPU's or a GPU's) prints one line with the size asked for, and a write the machine refuses (a full
+disk or quota, a read-only file system, a file this user may not write) one line, naming the file where the system
+names it (torch.save's own failure to write one line too), both with status 1; anything else is a bug and shows its
+traceback. rmt's own warnings print as one line too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import os
 import re
 import sys
 import warnings
@@ -25,6 +27,9 @@ from rmt.cli import babilong, demo, evaluate, generate, train
 from rmt.errors import InputError, RMTWarning
 
 COMMANDS = (demo, train, evaluate, babilong, generate)
+# The commands that share their work among the processes of torchrun or accelerate launch; the others would each do
+# all of it and write the same files at once.
+MULTI_PROCESS_COMMANDS = ("train",)
 # What stops a write for reasons of the machine, not of rmt: a full disk or quota, no permission, a read-only mount.
 _CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -114,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         prog = parser.prog if any(u in before_command for u in unknown) else f"{parser.prog} {args.command}"
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)\n")
     args.command_line = command_line  # to tell a flag given from its default
+    processes = os.environ.get("WORLD_SIZE", "1")  # set by torchrun and accelerate launch for each process
+    if args.command not in MULTI_PROCESS_COMMANDS and processes.isdigit() and int(processes) > 1:
+        parser.exit(
+            2,
+            f"rmt {args.command}: error: launched as {processes} processes (WORLD_SIZE), and rmt {args.command} runs "
+            "in one: each would do all of the work and write the same files; start it without torchrun or accelerate "
+            "launch\n",
+        )
     default_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_format_warning, f"rmt {args.command}", default_format)
     try:
