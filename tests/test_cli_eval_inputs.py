@@ -505,6 +505,27 @@ def test_missing_babilong_dir_files_are_named(decoder, tmp_path, capsys):
     assert code == 2 and f"no file {tmp_path / 'b' / 'data' / 'qa1' / '1k.json'}" in err
 
 
+def test_babilong_dir_files_whose_samples_say_another_task_or_length_are_refused(decoder, tmp_path, capsys):
+    """A file in the public layout's place of one task and length holding samples built for another: its results
+    would be reported under the wrong cell. Samples without metadata (the public files) are taken."""
+    tokenizer = pretrained_tokenizer(decoder)
+    root = tmp_path / "b"
+    args = ["eval", decoder, "--data", "babilong:qa1", "--lengths", "0k", "--babilong-dir", str(root)]
+    qa5 = build_dataset("qa5", 0, 2, tokenizer, None)
+    save_babilong(qa5, root / "data" / "qa1" / "0k.json")
+    code, _, err = _run([*args, "--output", str(tmp_path / "out")], capsys)
+    expected = f"{root / 'data' / 'qa1' / '0k.json'}: record 0 is a qa5 sample (its field 'task'), in qa1's folder"
+    assert code == 2 and expected in err and not (tmp_path / "out").exists()
+    qa1 = build_dataset("qa1", 0, 2, tokenizer, None)
+    save_babilong(qa1, root / "data" / "qa1" / "1k.json")
+    code, _, err = _run([*args[:-3], "1k", *args[-2:], "--output", str(tmp_path / "out")], capsys)
+    expected = f"{root / 'data' / 'qa1' / '1k.json'}: record 0 was built for 0k tokens (its field 'length'), in 1k's"
+    assert code == 2 and expected in err and not (tmp_path / "out").exists()
+    public = [{"input": s.input, "question": s.question, "target": s.target} for s in qa5]  # no metadata
+    save_babilong(public, root / "data" / "qa1" / "0k.json")
+    assert _run([*args, "--samples", "2", "--output", str(tmp_path / "out")], capsys)[0] == 0
+
+
 # ------------------------------------------------------------------------------------------ 3. --samples
 
 

@@ -454,7 +454,7 @@ def run_by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: B
     from tqdm.auto import tqdm
 
     from rmt.build import pretrained_backbone, pretrained_tokenizer
-    from rmt.data.babilong import build_dataset, load_babilong, parse_length
+    from rmt.data.babilong import build_dataset, check_file_cell, load_babilong, parse_length
     from rmt.data.collate import QACollator, check_tokenizer
     from rmt.eval.by_length import evaluate_by_length, format_table
     from rmt.memory.memory_file import sampled_weights_fingerprint
@@ -470,6 +470,8 @@ def run_by_length(args: argparse.Namespace, model: RecurrentMemoryModel, plan: B
     haystack = None
     if plan.files is not None:
         files = {cell: load_babilong(path) for cell, path in plan.files.items()}
+        for (task, name), cell_samples in files.items():
+            check_file_cell(cell_samples, task, name, plan.files[(task, name)])
     elif any(parse_length(n) > 0 for n in lengths):
         haystack = load_background(args.haystack)
     baseline = None

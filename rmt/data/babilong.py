@@ -826,6 +826,21 @@ def load_babilong(path: str | os.PathLike) -> list[BabilongSample]:
     return samples
 
 
+def check_file_cell(samples: Sequence[BabilongSample], task: str, length: int | str, path: str | os.PathLike) -> None:
+    """Refuse samples of a file that the public layout (`babilong_file`) puts at `task` and `length` whose metadata
+    says otherwise (a qa5 sample in data/qa1/, a 1k sample in 4k.json): its results would be reported under the wrong
+    task or length. Public files without metadata pass."""
+    tokens = parse_length(length)
+    for i, sample in enumerate(samples):
+        if sample.task is not None and sample.task != task:
+            raise InputError(f"{path}: record {i} is a {sample.task} sample (its field 'task'), in {task}'s folder")
+        if sample.length is not None and sample.length != tokens:
+            raise InputError(
+                f"{path}: record {i} was built for {length_name(sample.length)} tokens (its field 'length'), in "
+                f"{length_name(tokens)}'s file"
+            )
+
+
 def metadata_problem(sample: BabilongSample) -> str | None:
     """What is wrong with a sample's metadata (read from a file: evaluation reads the facts' depths and supporting
     facts), or None: each field absent or of its type, the supporting facts indices of its facts and depths."""
