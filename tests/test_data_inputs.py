@@ -323,11 +323,33 @@ def test_answers_outside_an_encoders_labels_are_refused_before_training(tmp_path
         DatasetSource(train, collate, validation=held_out)
     DatasetSource(good, QACollator(tokenizer, "decoder"))  # a decoder's answers are any text
 
-    # Streamed records cannot be checked before training: the batch that draws the answer names it.
-    source = DatasetSource(load_records(path, streaming=True), collate, seed=0)
-    with pytest.raises(InputError, match=r"record \d of the batch \(question 'Where is Mary\?'\): the answer 'office'"):
+    # Streamed records cannot be checked before training: the batch that draws the answer names it, by its place in
+    # the file (the batch's records are shuffled).
+    source = DatasetSource(load_records(path, streaming=True), collate, seed=0, name="enc.jsonl")
+    with pytest.raises(InputError, match=r"^enc.jsonl: record 13 \(question 'Where is Mary\?'\): the answer 'office'"):
         for step in range(10):
             source.train_batch(step, 2)
+
+
+@pytest.mark.parametrize("held_out", [0, 20])
+def test_a_bad_streamed_record_is_named_by_its_place_in_the_file(tmp_path, tokenizer, held_out):
+    """Streamed records reach a batch shuffled: "record 0 of the batch" and its question ("Where is Mary?", as in
+    most records) did not find it in the file. Held-out records split off the stream's start are counted."""
+    records = [{**RECORD, "input": f"Mary went to room {i}."} for i in range(300)]
+    records[250] = {**RECORD, "target": "   "}
+    path = _jsonl(tmp_path / "late.jsonl", records)
+    streamed = load_records(path, streaming=True)
+    train, validation = split_validation(streamed, held_out) if held_out else (streamed, None)
+    for collate in (QACollator(tokenizer, "decoder"), QACollator(tokenizer, "encoder", ["kitchen", "garden"])):
+        source = DatasetSource(train, collate, seed=0, validation=validation, name=str(path), first_record=held_out)
+        with pytest.raises(InputError, match=rf"^{path}: record 250: the field 'target' is blank \('   '\)"):
+            for step in range(40):
+                source.train_batch(step, 8)
+    text = _jsonl(tmp_path / "late-text.jsonl", [{"text": f"the old man {i}"} for i in range(49)] + [{"text": " "}])
+    source = DatasetSource(load_records(text, streaming=True), TextCollator(tokenizer), name="late-text.jsonl")
+    with pytest.raises(InputError, match=r"^late-text.jsonl: record 49: the field 'text' is blank"):
+        for step in range(10):
+            source.train_batch(step, 8)
 
 
 # ------------------------------------------------------------------------------------------------ BABILong source

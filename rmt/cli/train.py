@@ -595,7 +595,15 @@ def _text_setup(
         if mode == "encoder":
             raise InputError(f"{args.data} holds text for language modelling, which needs a decoder (causal LM)")
         collate, metric = TextCollator(tokenizer, args.max_length), "loss"
-    source = DatasetSource(records, collate, seed=args.seed, validation=validation, metric=metric)
+    source = DatasetSource(
+        records,
+        collate,
+        seed=args.seed,
+        validation=validation,
+        metric=metric,
+        name=args.data,
+        first_record=0 if args.validation_data else args.validation_samples,  # a stream's held-out records come first
+    )
     # Named by the file's name, not its path: a resume from another folder, or of moved data, reads the same file
     # (its contents are compared too: `_data_contents`).
     split_off = DEFAULT_VALIDATION_SAMPLES if args.validation_data else args.validation_samples  # unused then

@@ -124,16 +124,19 @@ class QACollator:
         labels = [[IGNORE_INDEX] * len(p) + a + eos for p, a in zip(prompts, answers, strict=True)]
         return pad_batch(sequences, labels, self.pad_id)
 
-    def check_records(self, records: Sequence[Mapping[str, Any]], name: str = "data") -> None:
+    def check_records(
+        self, records: Sequence[Mapping[str, Any]], name: str = "data", positions: Sequence[Any] | None = None
+    ) -> None:
         """Check every record's answer before training, so that a bad one is found now rather than when a batch
         draws it (maybe hours in): an encoder's answers must be in the label set. Raises an InputError naming the
-        first offending record (its position in `records`) and its answer. `records`: a list of dicts, whose fields are
-        checked too (the held-out records of a streamed file), or a map-style `datasets.Dataset`, of which only the
-        target column is read (`rmt.data.files.load_records` checked its fields)."""
+        first offending record (its position in `records`, or in `positions` where given: its place in a file) and
+        its answer. `records`: a list of dicts, whose fields are checked too (the held-out records of a streamed
+        file), or a map-style `datasets.Dataset`, of which only the target column is read
+        (`rmt.data.files.load_records` checked its fields)."""
         if not hasattr(records, "column_names"):
             records = [as_record(record) for record in records]
             for position, record in enumerate(records):
-                check_qa_record(record, f"{name}: record {position}")
+                check_qa_record(record, f"{name}: record {_position(position, positions)}")
         if self.mode != "encoder":
             return
         # A Dataset gives its target column without decoding the (long) contexts.
@@ -145,9 +148,9 @@ class QACollator:
             targets = [r.get("target") for r in records]
         for position, target in enumerate(targets):
             if target is None or self.answer_key(target) not in self.label_index:
-                record = records[position]
-                check_qa_record(record, f"{name}: record {position}")
-                raise InputError(f"{name}: record {position} {_excerpt(record)}: {self._outside(target)}")
+                record, where = records[position], f"{name}: record {_position(position, positions)}"
+                check_qa_record(record, where)
+                raise InputError(f"{where} {_excerpt(record)}: {self._outside(target)}")
 
     def prompt_ids(self, records: Sequence[dict[str, Any]]) -> list[list[int]]:
         """Token ids a causal LM reads before it answers (context, question, answer cue)."""
@@ -199,12 +202,16 @@ class TextCollator:
                 )
         return pad_batch(ids, ids, self.pad_id)
 
-    def check_records(self, records: Sequence[Mapping[str, Any]], name: str = "data") -> None:
+    def check_records(
+        self, records: Sequence[Mapping[str, Any]], name: str = "data", positions: Sequence[Any] | None = None
+    ) -> None:
         """Check the text field of every record of a list (the held-out records of a streamed file) before training,
-        naming the first bad one; a map-style `datasets.Dataset` was checked by `rmt.data.files.load_records`."""
+        naming the first bad one (by its position in `records`, or in `positions` where given); a map-style
+        `datasets.Dataset` was checked by `rmt.data.files.load_records`."""
         if not hasattr(records, "column_names"):
             for position, record in enumerate(records):
-                _check_field(as_record(record), "text", f"{name}: record {position}", TEXT_TYPES)
+                where = f"{name}: record {_position(position, positions)}"
+                _check_field(as_record(record), "text", where, TEXT_TYPES)
 
 
 def as_record(record: Any) -> Mapping[str, Any]:
@@ -253,6 +260,11 @@ def _shorten(value: Any, limit: int = 60) -> str:
 def _excerpt(record: Mapping[str, Any]) -> str:
     """A record's question, to find it by: the index alone may not locate it (records are split and shuffled)."""
     return f"(question {_shorten(record.get('question'))})"
+
+
+def _position(index: int, positions: Sequence[Any] | None) -> Any:
+    """How a record is named: its index in the list checked, or the position given for it."""
+    return index if positions is None else positions[index]
 
 
 def _text_to_find(record: Mapping[str, Any]) -> str:

@@ -12,9 +12,9 @@ by reading past the examples already consumed.
 
 Bad records are refused with an InputError that names them, as early as the data allows: a file with no records
 when it is loaded; a missing, empty or non-text field (which `datasets` would fill with None), or a blank target or
-text, when a file read in memory is loaded, else when a batch draws the record (and a new training run draws its
-first batches before it changes its output folder); an encoder's answer outside its label set when a
-`DatasetSource` is made over records in memory, else when a batch draws it.
+text, when a file read in memory is loaded, else when a batch draws the record (named by its place in the file;
+a new training run draws its first batches before it changes its output folder); an encoder's answer outside its
+label set when a `DatasetSource` is made over records in memory, else when a batch draws it.
 """
 
 from __future__ import annotations
@@ -414,8 +414,14 @@ class DatasetSource(Source):
         seed: int = 0,
         validation: Any = None,
         metric: str = "accuracy",
+        name: str = "the training data",
+        first_record: int = 0,
     ) -> None:
+        """`name` (e.g. the file) and `first_record` (the position in it of `train`'s first record: the number of
+        held-out records `split_validation` took from a stream before it) name a bad streamed record by its place in
+        the file."""
         self.train, self.collate, self.seed, self.metric = train, collate, seed, metric
+        self.name, self.first_record = name, first_record
         self.validation = list(validation) if validation is not None else None
         self._stream: Iterator[dict[str, Any]] | None = None
         self._position = 0  # streamed records consumed so far
@@ -442,7 +448,15 @@ class DatasetSource(Source):
     def train_batch(self, step: int, batch_size: int, num_segments: int | None = None) -> Batch:
         if hasattr(self.train, "__len__"):
             return self.collate([self.train[i] for i in self._indices(step, batch_size)])
-        return self.collate(self._streamed(step * batch_size, batch_size))
+        records = self._streamed(step * batch_size, batch_size)
+        check = getattr(self.collate, "check_records", None)
+        if check is not None:
+            try:
+                check(records, self.name)
+            except InputError:  # named by its place in the file, not in a batch of shuffled records
+                check(records, self.name, positions=self._file_positions(records))
+                raise
+        return self.collate(records)
 
     def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
         if not self.validation:
@@ -470,6 +484,19 @@ class DatasetSource(Source):
             while self._position < position:  # resume: read past what earlier steps consumed
                 self._next()
         return [self._next() for _ in range(count)]
+
+    def _file_positions(self, records: list[dict[str, Any]]) -> list[str]:
+        """Where each of `records` is in the (unshuffled) stream: the first record equal to it, counted from the
+        file's first record. Only for an error message: it reads the stream again, up to the last of them."""
+        positions = ["(not found in the file)"] * len(records)
+        wanted = dict(enumerate(records))
+        for index, candidate in enumerate(self.train):
+            for i in [i for i, record in wanted.items() if record == candidate]:
+                positions[i] = str(self.first_record + index)
+                del wanted[i]
+            if not wanted:
+                break
+        return positions
 
     def _restart(self) -> None:
         self._epoch, self._position = 0, 0
