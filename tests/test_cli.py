@@ -153,9 +153,17 @@ def test_commands_that_run_in_one_process_refuse_a_multi_process_launch(command,
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (
         f"rmt {command[0]}: error: launched as 2 processes (WORLD_SIZE), and rmt {command[0]} runs in one: each would "
-        "do all of the work and write the same files; start it without torchrun or accelerate launch\n"
+        "do all of the work and write the same files; start it without torchrun or accelerate launch (or with "
+        "WORLD_SIZE unset, where a job's environment sets it for every process)\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_rmt_train_runs_under_a_multi_process_launch(tmp_path, capsys, monkeypatch):
+    """Not refused as the one-process commands are: the flags are read (here a bad one, refused as such)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--task", "copy", "--lr", "-1", "--output", str(tmp_path / "out")]) == 2
+    assert "--lr: learning_rate must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_running_out_of_memory_is_one_line_with_the_size(tmp_path, capsys):
@@ -184,6 +192,7 @@ def test_sizes_in_out_of_memory_lines_are_in_the_unit_they_fill():
     assert "could not allocate 15.7 MiB (" in line(16_449_536)
     assert "could not allocate 3.0 GiB (" in line(3 * 2**30)
     assert "could not allocate 100 bytes (" in line(100)
+    assert "could not allocate 1.0 GiB (" in line(2**30 - 1)  # not 1,024.0 MiB
     assert out_of_memory(RuntimeError("something else")) is None
 
 

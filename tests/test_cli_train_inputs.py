@@ -598,6 +598,56 @@ def test_a_resume_from_files_of_the_same_names_with_other_contents_is_refused(tm
     assert code == 2 and "--haystack book.txt: not the contents it trained on (the same names, other bytes)" in err
 
 
+def test_recorded_data_contents_survive_old_checkpoints_python_resumes_and_files_of_one_name(
+    tmp_path, model_folder, qa_file, capsys
+):
+    """A checkpoint from before contents were recorded resumes and records them; a resume that names no files (from
+    Python, without data_contents) keeps the record; two background files of one name are told apart."""
+    from rmt.train.loop import TrainerState, _check_same_contents
+
+    output = tmp_path / "run"
+    args = ["train", "--model", str(model_folder), "--data", str(qa_file), "--output", str(output), *QUICK]
+    assert run_cli(args, capsys)[0] == 0
+    state_file = output / "checkpoint" / "trainer_state.json"
+    saved = json.loads(state_file.read_text())
+    del saved["trainer"]["data_contents"]
+    state_file.write_text(json.dumps(saved))
+    assert run_cli([*args, "--steps", "4", "--resume"], capsys)[0] == 0
+    recorded = json.loads(state_file.read_text())["trainer"]["data_contents"]
+    assert list(recorded) == ["--data qa.jsonl"]
+    state = TrainerState(data_contents=dict(recorded))
+    _check_same_contents(state, {}, output)
+    assert state.data_contents == recorded
+    with pytest.raises(InputError, match="--data qa.jsonl: not the contents it trained on"):
+        _check_same_contents(state, {"--data qa.jsonl": "0" * 64}, output)
+    from rmt.cli.train import _data_contents
+
+    class OneProcess:
+        is_main_process, num_processes = True, 1
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "book.txt").write_text("one"), (tmp_path / "b" / "book.txt").write_text("two")
+    both = f"{tmp_path / 'a' / 'book.txt'},{tmp_path / 'b' / 'book.txt'}"
+    contents = _data_contents(parsed(["--data", "babilong:qa1", "--haystack", both])[0], OneProcess())
+    assert list(contents) == ["--haystack book.txt", "--haystack book.txt (file 2)"]
+    assert len(set(contents.values())) == 2
+
+
+def test_a_bad_streamed_record_is_named_by_its_place_in_the_file_with_held_out_records_split_off(
+    tmp_path, model_folder, capsys
+):
+    records = [
+        {"input": f"Mary went to room {i}.", "question": "Where is Mary?", "target": "office"} for i in range(60)
+    ]
+    records[50]["target"] = " "
+    data = tmp_path / "late.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["train", "--model", str(model_folder), "--data", str(data), "--streaming", "--output", str(tmp_path / "r")]
+    args += ["--steps", "40", "--batch-size", "4", "--eval-every", "100", "--no-progress", "--validation-samples", "8"]
+    code, err = run_cli(args, capsys)
+    assert code == 2 and f"{data}: record 50: the field 'target' is blank" in error_line(err)
+
+
 # 6. A failed start leaves no folder
 
 

@@ -335,8 +335,9 @@ def test_answers_outside_an_encoders_labels_are_refused_before_training(tmp_path
 def test_a_bad_streamed_record_is_named_by_its_place_in_the_file(tmp_path, tokenizer, held_out):
     """Streamed records reach a batch shuffled: "record 0 of the batch" and its question ("Where is Mary?", as in
     most records) did not find it in the file. Held-out records split off the stream's start are counted."""
-    records = [{**RECORD, "input": f"Mary went to room {i}."} for i in range(300)]
-    records[250] = {**RECORD, "target": "   "}
+    # NaN in a field of every record (JSON's NaN, read as a float): NaN is not equal to itself, yet the record is found
+    records = [{**RECORD, "input": f"Mary went to room {i}.", "score": float("nan")} for i in range(300)]
+    records[250] = {**RECORD, "target": "   ", "score": float("nan")}
     path = _jsonl(tmp_path / "late.jsonl", records)
     streamed = load_records(path, streaming=True)
     train, validation = split_validation(streamed, held_out) if held_out else (streamed, None)

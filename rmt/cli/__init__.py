@@ -105,7 +105,7 @@ def out_of_memory(err: BaseException) -> str | None:
 def _size(size: int) -> str:
     """A size in bytes in the largest unit it fills: "2.3 GiB", "15.7 MiB", "512 bytes"."""
     for unit, scale in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
+        if size >= scale * 0.99995:  # what prints as 1.0 of this unit, not 1,024.0 of the next smaller
             return f"{size / scale:,.1f} {unit}"
     return f"{size} bytes"
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             2,
             f"rmt {args.command}: error: launched as {processes} processes (WORLD_SIZE), and rmt {args.command} runs "
             "in one: each would do all of the work and write the same files; start it without torchrun or accelerate "
-            "launch\n",
+            "launch (or with WORLD_SIZE unset, where a job's environment sets it for every process)\n",
         )
     default_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_format_warning, f"rmt {args.command}", default_format)

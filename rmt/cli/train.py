@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             description=setup.description,
             save_extras=save_tokenizer,
             overwrite=args.overwrite,  # the old run goes once start-up succeeded
-            data_contents=_data_contents(args),
+            data_contents=_data_contents(args, accelerator),
         )
     except ResumeSettingsError as err:  # the same refusal, in the flags' names
         names = {key: flag_name(key, TRAIN_FLAGS) for key, _, _ in err.changes}
@@ -293,18 +293,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_contents(args: argparse.Namespace) -> dict[str, str]:
-    """sha256 of each file the data is read from, by flag and file name (as the run's description names them): a
-    resume refuses files of the same names with other contents (moved files are read the same)."""
+def _data_contents(args: argparse.Namespace, accelerator: Any) -> dict[str, str]:
+    """sha256 of each file the data is read from, by flag and file name (as the run's description names them; the
+    second of two background files of one name by its place too): a resume refuses files of the same names with other
+    contents (moved files are read the same). Read by the main process alone and given to the others, so that they
+    all decide alike."""
+    from accelerate.utils import broadcast_object_list
+
     from rmt.files import file_sha256
 
-    named = [("--data", args.data), ("--validation-data", args.validation_data)]
-    named += [("--haystack", path) for path in (args.haystack or "").split(",") if path]
-    return {
-        f"{flag} {Path(path).name}": file_sha256(path)
-        for flag, path in named
-        if path is not None and not path.startswith(BABILONG_PREFIX)
-    }
+    contents: list[dict[str, str] | None] = [None]
+    if accelerator.is_main_process:
+        named = [("--data", args.data), ("--validation-data", args.validation_data)]
+        named += [("--haystack", path) for path in (args.haystack or "").split(",") if path]
+        files = [(flag, path) for flag, path in named if path is not None and not path.startswith(BABILONG_PREFIX)]
+        contents[0] = {}
+        for number, (flag, path) in enumerate(files, 1):
+            key = f"{flag} {Path(path).name}"
+            contents[0][f"{key} (file {number})" if key in contents[0] else key] = file_sha256(path)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(contents)
+    return contents[0]
 
 
 def _best_model_line(output: Path) -> str:

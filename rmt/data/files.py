@@ -19,6 +19,7 @@ label set when a `DatasetSource` is made over records in memory, else when a bat
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -388,6 +389,11 @@ def record_shape(columns: list[str] | None, path: str | os.PathLike = "data") ->
     )
 
 
+def _comparable(record: dict[str, Any]) -> str:
+    """A record as text that equal records share, NaN included (NaN != NaN, but both are written "NaN")."""
+    return json.dumps(record, sort_keys=True, default=repr)
+
+
 def split_validation(records: Any, count: int, seed: int = 0) -> tuple[Any, Any]:
     """(training records, `count` held-out records) drawn at random (seeded) from a map-style dataset, or the first
     `count` records of a streamed one."""
@@ -451,11 +457,12 @@ class DatasetSource(Source):
         records = self._streamed(step * batch_size, batch_size)
         check = getattr(self.collate, "check_records", None)
         if check is not None:
-            try:
-                check(records, self.name)
-            except InputError:  # named by its place in the file, not in a batch of shuffled records
-                check(records, self.name, positions=self._file_positions(records))
-                raise
+            for record in records:
+                try:
+                    check([record], self.name)
+                except InputError:  # named by its place in the file, not in a batch of shuffled records
+                    check([record], self.name, positions=[self._file_position(record)])
+                    raise
         return self.collate(records)
 
     def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
@@ -485,18 +492,14 @@ class DatasetSource(Source):
                 self._next()
         return [self._next() for _ in range(count)]
 
-    def _file_positions(self, records: list[dict[str, Any]]) -> list[str]:
-        """Where each of `records` is in the (unshuffled) stream: the first record equal to it, counted from the
-        file's first record. Only for an error message: it reads the stream again, up to the last of them."""
-        positions = ["(not found in the file)"] * len(records)
-        wanted = dict(enumerate(records))
+    def _file_position(self, record: dict[str, Any]) -> str:
+        """Where `record` is in the (unshuffled) stream: the first record equal to it (NaN equal to NaN), counted from
+        the file's first record. Only for an error message: it reads the stream again, up to that record."""
+        key = _comparable(record)
         for index, candidate in enumerate(self.train):
-            for i in [i for i, record in wanted.items() if record == candidate]:
-                positions[i] = str(self.first_record + index)
-                del wanted[i]
-            if not wanted:
-                break
-        return positions
+            if _comparable(candidate) == key:
+                return str(self.first_record + index)
+        return "(its place in the file was not found again)"
 
     def _restart(self) -> None:
         self._epoch, self._position = 0, 0

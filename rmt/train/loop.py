@@ -728,15 +728,16 @@ def _check_resume(
 
 
 def _check_same_contents(state: TrainerState, data_contents: dict[str, str], path: Path) -> None:
-    """Refuse a resume whose data files have the names the checkpoint recorded but other contents; then record this
-    run's (a checkpoint from before contents were recorded, or a file named for the first time, is not checked)."""
+    """Refuse a resume whose data files have the names the checkpoint recorded but other contents; then add this
+    run's to the record (a checkpoint from before contents were recorded, or a file named for the first time, is not
+    checked; a resume that names no files, as from Python without data_contents, keeps the record)."""
     changed = [name for name, digest in data_contents.items() if state.data_contents.get(name, digest) != digest]
     if changed:
         raise InputError(
             f"cannot resume from {path}: {'; '.join(changed)}: not the contents it trained on (the same names, other "
             "bytes): resume with the files it read, or start a new run"
         )
-    state.data_contents = dict(data_contents)
+    state.data_contents = {**state.data_contents, **data_contents}
 
 
 def _rate_of_this_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
