@@ -302,9 +302,46 @@ def test_config_validates_the_cache_size():
 def test_learned_positions_must_cover_the_input():
     model = model_for("gpt2")  # tiny GPT-2 embeds 256 positions; positions run on across segments
     model(random_ids(1, 256))
-    with pytest.raises(ValueError, match="reaches position 256.*embeds at most 256"):
+    with pytest.raises(ValueError, match="this input of 257 tokens needs 257 positions.*embeds at most 256"):
         model(random_ids(1, 257))
     model_for("llama")(random_ids(1, 300))  # rotary: no bound
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"num_memory_tokens": 4, "segment_size": 16, "xl_cache_tokens": 8},
+        {"num_memory_tokens": 4, "segment_size": 16, "xl_cache_tokens": 8, "xl_contiguous_positions": True},
+        {"num_memory_tokens": 3, "segment_size": 10, "xl_cache_tokens": 5, "read_memory_only": True},
+        {"num_memory_tokens": 3, "segment_size": 10, "xl_cache_tokens": 5, "memory_positions": "shared"},
+        {"num_memory_tokens": 0, "segment_size": 7, "xl_cache_tokens": 5},
+    ],
+)
+def test_the_positions_an_input_needs_are_those_its_segments_use(settings, monkeypatch):
+    """The refusal before the first segment names the positions the whole input needs (it named where the first
+    segment that did not fit ended, and a backbone built that large failed again): they are the positions the
+    segments then use, and an input needing exactly the table's size is read."""
+    used = []
+    check_positions = RMTForCausalLM.check_positions
+    monkeypatch.setattr(
+        RMTForCausalLM, "check_positions", lambda self, p: used.append(int(p.max())) or check_positions(self, p)
+    )
+    ids, mask = random_ids(3, 75), torch.ones(3, 75, dtype=torch.long)
+    mask[1, :30], mask[2, : 75 - 16] = 0, 0  # left padding: rows of 75, 45 and 16 real tokens
+    model = model_for("llama", **settings)  # rotary: no bound, so every segment runs
+    plan = model.plan(ids, mask, None, require_targets=False)
+    needed = model._positions_needed(plan.lengths, plan.num_segments)
+    assert needed.shape == (3,)
+    for row, length in enumerate((75, 45, 16)):
+        used.clear()
+        model(ids[row : row + 1, -length:])
+        assert max(used) + 1 == int(needed[row]), (row, used)
+    bounded = model_for("gpt2", **settings)
+    bounded._position_limit = int(needed[0])
+    bounded(ids[:1])
+    bounded._position_limit = int(needed[0]) - 1
+    with pytest.raises(ValueError, match=f"this input of 75 tokens needs {int(needed[0])} positions"):
+        bounded(ids[:1])
 
 
 def test_save_load_round_trip(tmp_path):

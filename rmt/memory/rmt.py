@@ -398,14 +398,42 @@ class RMTForCausalLM(RecurrentMemoryModel):
         positions = torch.cat([state[6], token_positions], dim=1).gather(1, keep)
         return (*cache, hidden, positions)
 
+    def check_planned_input(self, plan: SegmentPlan) -> None:
+        """Refuse, before any segment is read, an input whose positions (numbered across segments with the cache)
+        run past a learned position table, naming how many the whole input needs read from a fresh memory (a memory
+        state carried over from an earlier call starts further on: `check_positions` refuses that segment)."""
+        if not self.cache_tokens or self._position_limit is None:
+            return
+        needed = int(self._positions_needed(plan.lengths, plan.num_segments).max())
+        if needed > self._position_limit:
+            raise InputError(
+                f"the Transformer-XL cache numbers positions across segments, and this input of "
+                f"{int(plan.lengths.max())} tokens needs {needed} positions, but the backbone "
+                f"({self.backbone.config.model_type}, learned absolute positions) embeds at most "
+                f"{self._position_limit}: shorten the input, build the backbone with at least {needed} positions, or "
+                "use a rotary backbone (llama, mistral, qwen2, gpt_neox)"
+            )
+
+    def _positions_needed(self, lengths: torch.Tensor, num_segments: torch.Tensor) -> torch.Tensor:
+        """Positions [B] that rows of `lengths` real tokens in `num_segments` segments take from a fresh memory: every
+        segment but the last advances the next one's start by its tokens (and its M read slots, unless
+        xl_contiguous_positions); the last one spans its read slots, its tokens and its write slots (when they
+        follow the tokens)."""
+        m = self.config.num_memory_tokens
+        last = lengths - (num_segments - 1).clamp(min=0) * self.config.segment_size  # tokens of the last segment
+        writes = m if not self.config.read_memory_only and self.config.memory_positions == "sequential" else 0
+        advance = lengths - last + (0 if self.config.xl_contiguous_positions else m * (num_segments - 1).clamp(min=0))
+        return advance + m + last + writes
+
     def check_positions(self, positions: torch.Tensor) -> None:
         """Raise an InputError when position ids run past a learned position table (they grow with the cache)."""
         if self._position_limit is not None and int(positions.max()) >= self._position_limit:
             raise InputError(
-                f"the Transformer-XL cache numbers positions across segments and this input reaches position "
-                f"{int(positions.max())}, but the backbone ({self.backbone.config.model_type}, learned absolute "
-                f"positions) embeds at most {self._position_limit}: shorten the input, build the backbone with more "
-                f"positions, or use a rotary backbone (llama, mistral, qwen2, gpt_neox)"
+                f"the Transformer-XL cache numbers positions across segments (and across calls that carry the memory "
+                f"state on) and this input reaches position {int(positions.max())}, but the backbone "
+                f"({self.backbone.config.model_type}, learned absolute positions) embeds at most "
+                f"{self._position_limit}: shorten the input, build the backbone with more positions, or use a rotary "
+                "backbone (llama, mistral, qwen2, gpt_neox)"
             )
 
 
