@@ -56,9 +56,9 @@ def stand_in_minilm(folder: Path, monkeypatch) -> None:
 
 def test_the_readme_has_the_examples_this_test_runs():
     blocks = python_blocks()
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     assert all(any(key in block for block in blocks) for key in PRELUDES)
-    assert sum("steps=600" in block for block in blocks) == 2
+    assert sum("steps=600" in block for block in blocks) == 3
 
 
 def stand_in_hub(folder: Path, monkeypatch) -> None:
@@ -86,11 +86,22 @@ def stand_in_hub(folder: Path, monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **hub: str(folder / repo_id))
 
 
-@pytest.mark.parametrize("index", range(6))
+def stand_in_books(monkeypatch) -> None:
+    """The built-in corpus's packages are an optional install: prose-like text stands in for its books."""
+    from conftest import background_text
+
+    import rmt.data.haystack
+
+    books = rmt.data.haystack.Haystack.from_text(background_text(600))
+    monkeypatch.setattr(rmt.data.haystack, "default_haystack", lambda *args, **kwargs: books)
+
+
+@pytest.mark.parametrize("index", range(7))
 def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stand_in_hub(tmp_path / "hub", monkeypatch)
     stand_in_minilm(tmp_path / "minilm-package", monkeypatch)
+    stand_in_books(monkeypatch)
     namespace: dict = {}
     for block in python_blocks()[: index + 1]:  # later blocks continue the earlier ones' model
         prelude = "".join(code for key, code in PRELUDES.items() if key in block)
@@ -118,3 +129,10 @@ def test_readme_example_runs(index, tmp_path, monkeypatch):
         assert namespace["records"][-1]["step"] == 3 and "eval_accuracy" in namespace["records"][-1]
     if index == 5:  # Hugging Face's Trainer continued the training example's model
         assert namespace["trainer"].state.global_step == 3 and namespace["trainer"].model is namespace["model"]
+    if index == 6:  # the Trainer on BABILong samples: three steps of the encoder, a checkpoint it reads back
+        from rmt import RMTForSequenceClassification
+
+        assert namespace["trainer"].state.global_step == 3 and len(namespace["samples"]) == 512
+        saved = tmp_path / "runs" / "qa1-trainer" / "checkpoint-3"
+        loaded = RMTForSequenceClassification.from_pretrained(saved)
+        assert loaded.backbone.config.id2label == dict(enumerate(namespace["rooms"]))
