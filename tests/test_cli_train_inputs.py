@@ -625,8 +625,9 @@ def test_recorded_data_contents_survive_old_checkpoints_python_resumes_and_files
     class OneProcess:
         is_main_process, num_processes = True, 1
 
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    (tmp_path / "a" / "book.txt").write_text("one"), (tmp_path / "b" / "book.txt").write_text("two")
+    for folder, text in (("a", "one"), ("b", "two")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "book.txt").write_text(text)
     both = f"{tmp_path / 'a' / 'book.txt'},{tmp_path / 'b' / 'book.txt'}"
     contents = _data_contents(parsed(["--data", "babilong:qa1", "--haystack", both])[0], OneProcess())
     assert list(contents) == ["--haystack book.txt", "--haystack book.txt (file 2)"]
