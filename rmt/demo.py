@@ -26,7 +26,7 @@ from rmt.config import RMTConfig
 from rmt.data.batch import Batch
 from rmt.data.tasks import CopyTask
 from rmt.errors import InputError
-from rmt.files import check_output_folder, write_atomic
+from rmt.files import atomic_directory, check_output_folder, write_atomic
 from rmt.memory.recurrent import RecurrentMemoryModel
 from rmt.plotting import pyplot, save_figure
 from rmt.train.loop import TaskSource, TrainConfig, evaluate, train
@@ -58,7 +58,13 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     check_output_folder(output_dir, "output folder")  # empty text (an unset shell variable) would be the working folder
     output_dir = Path(output_dir)
     _check_not_another_run(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Written into a new folder that replaces the output folder whole once both models are trained and scored: an
+    # interrupted rerun leaves the earlier demo as it was, not its results beside a half-made run.
+    with atomic_directory(output_dir, owned=_DEMO_OWNED) as new:
+        return _run_demo(new, settings, progress)
+
+
+def _run_demo(output_dir: Path, settings: DemoSettings, progress: bool) -> dict:
     task = CopyTask(length=settings.length)
     segment_size = task.segment_size_for(settings.segments)
     source = TaskSource(task, seed=settings.seed)
@@ -67,9 +73,7 @@ def run_demo(output_dir: str | os.PathLike, settings: DemoSettings | None = None
     for name, memory_tokens in (("RMT", settings.memory_tokens), ("no memory", 0)):
         model = demo_model(settings, memory_tokens)
         started = time.time()
-        # The demo is meant to be run again: each run replaces the last.
-        folder = output_dir / name.replace(" ", "_")
-        history = train(model, source, train_config, folder, description=name, overwrite=True)
+        history = train(model, source, train_config, output_dir / name.replace(" ", "_"), description=name)
         seconds = time.time() - started
         final = evaluate(model, UnwatchedHeldOut(task, train_config.eval_batches), batches=4, batch_size=256)
         runs[name] = {
@@ -107,8 +111,9 @@ class UnwatchedHeldOut(TaskSource):
         return super().eval_batch(self.watched + index, batch_size, num_segments)
 
 
-# What a demo writes into its output folder: a rerun replaces them.
+# What a demo writes into its output folder: a rerun replaces them (and everything under the two run folders).
 _DEMO_ENTRIES = frozenset({"RMT", "no_memory", "results.json", "accuracy.png"})
+_DEMO_OWNED = (*_DEMO_ENTRIES, "RMT/*", "no_memory/*")
 
 
 def _check_not_another_run(output_dir: Path) -> None:

@@ -475,6 +475,33 @@ def test_output_that_is_a_file_is_refused_at_start_up(decoder, haystack, tmp_pat
     assert afile.read_text() == "mine\n"
 
 
+def test_an_interrupted_demo_rerun_leaves_the_earlier_demo_whole(tmp_path, capsys, monkeypatch):
+    """The rerun emptied the earlier demo's RMT/ folder at its start, so Ctrl-C left results.json describing runs
+    that were gone; now the new demo replaces the folder only once it is complete."""
+    import rmt.demo
+
+    demo = ["demo", "--steps", "1", "--no-progress", "--output", str(tmp_path / "demo")]
+    assert _run(demo, capsys)[0] == 0
+    (tmp_path / "demo" / ".DS_Store").write_bytes(b"")
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in (tmp_path / "demo").rglob("*") if p.is_file()}
+
+    before = files()
+    assert "demo/RMT/metrics.jsonl" in before and "demo/no_memory/metrics.jsonl" in before
+    evaluate = rmt.demo.evaluate
+
+    def interrupted_at_the_second_model(model, *args, **kwargs):
+        if model.config.num_memory_tokens == 0:
+            raise KeyboardInterrupt
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(rmt.demo, "evaluate", interrupted_at_the_second_model)
+    assert _run(demo, capsys)[0] == 130
+    assert files() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no temporary folder left
+
+
 def test_demo_replaces_only_an_earlier_demo(tmp_path, capsys):
     """The demo is meant to be rerun into its folder; a folder holding another command's results (it replaced their
     results.json and mixed its files with theirs) is refused, nothing in it touched."""

@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "into 3 segments; print held-out answer accuracy, write results.json and accuracy.png. Each model stops "
         "once its held-out accuracy has stopped improving.",
     )
-    parser.add_argument("--output", default="runs/demo", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--output",
+        default="runs/demo",
+        help="output folder; an earlier demo there is replaced once this one is complete (default: %(default)s)",
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="most training steps per model (default: 600, fewer on a plateau)"
     )
