@@ -276,17 +276,18 @@ def test_generate_command_reads_once_and_answers_from_the_memory_file(tmp_path, 
     args = ["generate", str(tmp_path / "model"), "--document", str(document), "--memory-file", str(memory)]
     assert main([*args, "--prompt", "Where is Mary ?", "--max-new-tokens", "3", "--chunk-tokens", "7"]) == 0
     first, err = capsys.readouterr()
-    assert "read 180 tokens" in first and memory.exists() and "--chunk-tokens" not in err  # it read in chunks of 7
+    assert "read 180 tokens" in err and memory.exists() and "--chunk-tokens" not in err  # it read in chunks of 7
+    assert len(first.splitlines()) == 1 and f"saved the document's memory to {memory}" in err  # stdout: the answer
     args = ["generate", str(tmp_path / "model"), "--memory-file", str(memory), "--prompt", "Where is Mary ?"]
     assert main([*args, "--max-new-tokens", "3", "--no-progress"]) == 0
     second, err = capsys.readouterr()
-    assert "loaded the memory" in second and second.splitlines()[-1] == first.splitlines()[-1]
+    assert "loaded the memory" in err and second == first
     assert "--chunk-tokens" not in err  # not given
     # The command that read the document, run again as it was: the memory is loaded, and --chunk-tokens noted.
     reread = ["generate", str(tmp_path / "model"), "--document", str(document), "--memory-file", str(memory)]
     assert main([*reread, "--chunk-tokens", "7", "--prompt", "Where is Mary ?", "--max-new-tokens", "3"]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[-1] == first.splitlines()[-1] and "loaded the memory" in out
+    assert out == first and "loaded the memory" in err
     assert f"note: --chunk-tokens has no effect: the document's memory is loaded from --memory-file {memory}" in err
     # The answer is the model's from the document's memory, which it reads: without it the answer differs.
     tokenizer = pretrained_tokenizer(str(tmp_path / "model"))

@@ -13,7 +13,9 @@ way `rmt train` and `rmt eval` ask a question-answering model ("Question: TEXT",
 a blank line); --prompt is continued as it is (so it reads the document with its trailing line breaks; --question, and
 a run that only saves the memory, without them). Any causal memory model works (RMT, ARMT), e.g. one trained from the
 offline SmolLM2 weights. Decoding is greedy unless --do-sample is given; --temperature, --top-k and --top-p need
-it. The prompt and the generation settings are checked before the document is read.
+it. The prompt and the generation settings are checked before the document is read. Only the answer goes to standard
+output (`ANSWER=$(rmt generate ...)` holds it alone); what was read, loaded or saved, notes and errors go to
+standard error.
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def _read_document(
             bar.update(chunk.shape[1])
     seconds = time.perf_counter() - started
     state = stream.memory_state
-    print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)")
+    print(f"read {ids.shape[1]} tokens in {seconds:.1f} s ({ids.shape[1] / seconds:,.0f} tokens/s)", file=sys.stderr)
     return state, ids.shape[1]
 
 
@@ -267,7 +269,7 @@ def _saved_memory(
                 f"--memory-file {memory_file} holds {held}, and --document {document} {reason}: give another "
                 "--memory-file to read it (or delete this one), or leave out --document to answer from the saved memory"
             )
-    print(f"loaded the memory of {saved or 'a document'} ({metadata.get('tokens', '?')} tokens)")
+    print(f"loaded the memory of {saved or 'a document'} ({metadata.get('tokens', '?')} tokens)", file=sys.stderr)
     read_in = metadata.get("dtype")
     if read_in is not None and read_in != reading["dtype"]:
         print(
@@ -309,5 +311,5 @@ def _save(
         problem = err.strerror or err
         print(f"rmt generate: error: could not save the memory to {memory_file}: {problem}", file=sys.stderr)
         return False
-    print(f"saved the document's memory to {memory_file}")
+    print(f"saved the document's memory to {memory_file}", file=sys.stderr)
     return True
