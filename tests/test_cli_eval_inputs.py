@@ -1323,3 +1323,7 @@ def test_eval_cuts_text_documents_as_training_did(decoder, tmp_path, capsys):
     assert code == 2 and "--max-length: only for a data file of text" in err
     code, _, err = _run(["eval", decoder, "--task", "copy", "--max-length", "8"], capsys)
     assert code == 2 and "--max-length 8: only for a data file of text" in err
+    train = ["train", "--model", decoder, "--validation-samples", "2", "--output", str(tmp_path / "run")]
+    for command in (["eval", decoder], train):
+        code, _, err = _run([*command, "--data", str(text), "--max-length", "1"], capsys)
+        assert code == 2 and "error: --max-length must be at least 2 (a document's first token predicts" in err

@@ -98,3 +98,15 @@ def load_background(spec: str | None) -> Haystack:
     if spec is None:
         return default_haystack()
     return load_haystack(check_background(spec))
+
+
+def text_collator(tokenizer: object, max_length: int | None) -> object:
+    """The collator of a text data file, with --max-length checked in the flag's name (a document needs 2 tokens
+    for one to predict)."""
+    from rmt.data.collate import TextCollator
+
+    if max_length is not None and max_length < 2:
+        raise InputError(
+            f"--max-length must be at least 2 (a document's first token predicts its second), got {max_length}"
+        )
+    return TextCollator(tokenizer, max_length)

@@ -38,7 +38,7 @@ from rmt.cli.common import (
     flag_with_value,
     task_from_flags,
 )
-from rmt.cli.data_flags import DEFAULT_SEED, babilong_tasks, check_data_files, facts_setting
+from rmt.cli.data_flags import DEFAULT_SEED, babilong_tasks, check_data_files, facts_setting, text_collator
 from rmt.cli.evaluate_by_length import (
     DEFAULT_LENGTHS,
     DEFAULT_MAX_NEW_TOKENS,
@@ -319,7 +319,7 @@ def _on_task(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
 
 def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
     from rmt.build import pretrained_tokenizer
-    from rmt.data.collate import QACollator, TextCollator, check_tokenizer
+    from rmt.data.collate import QACollator, check_tokenizer
     from rmt.data.files import DatasetSource, load_records, record_shape
     from rmt.train.evaluation import evaluate
 
@@ -345,7 +345,7 @@ def _on_file(args: argparse.Namespace, model: RecurrentMemoryModel) -> int:
             raise InputError(
                 f"{args.data} holds text for language modelling, which needs a decoder; {args.checkpoint} is an encoder"
             )
-        collate, metric = TextCollator(tokenizer, args.max_length), "loss"
+        collate, metric = text_collator(tokenizer, args.max_length), "loss"
     source = DatasetSource(head, collate, validation=head, metric=metric)
     scores = evaluate(model, source, batches=args.batches, batch_size=args.batch_size, progress=not args.no_progress)
     print(

@@ -39,6 +39,7 @@ from rmt.cli.data_flags import (
     check_data_files,
     facts_setting,
     load_background,
+    text_collator,
 )
 from rmt.cli.options import add_config_arguments, config_from_args, flag_name, name_flag
 from rmt.config import RMTConfig
@@ -503,7 +504,7 @@ def _text_setup(
     num_facts: int | tuple[int, int] | None,
 ) -> Setup:
     """A pretrained backbone (or rmt checkpoint) on a data file, or on generated BABILong samples of `tasks`."""
-    from rmt.data.collate import QACollator, TextCollator, check_tokenizer
+    from rmt.data.collate import QACollator, check_tokenizer
 
     saved = _checkpoint_config(args.model)
     if saved is not None:
@@ -603,7 +604,7 @@ def _text_setup(
     else:
         if mode == "encoder":
             raise InputError(f"{args.data} holds text for language modelling, which needs a decoder (causal LM)")
-        collate, metric = TextCollator(tokenizer, args.max_length), "loss"
+        collate, metric = text_collator(tokenizer, args.max_length), "loss"
     source = DatasetSource(
         records,
         collate,
