@@ -455,15 +455,24 @@ class DatasetSource(Source):
         if hasattr(self.train, "__len__"):
             return self.collate([self.train[i] for i in self._indices(step, batch_size)])
         records = self._streamed(step * batch_size, batch_size)
+        try:
+            return self.collate(records)
+        except InputError:  # the collator names a record by its place in a batch of shuffled records
+            self._name_bad_record(records)
+            raise
+
+    def _name_bad_record(self, records: list[dict[str, Any]]) -> None:
+        """Raise the collator's refusal of the first bad record of a streamed batch, naming the record by its place in
+        the file; return where the collator's checks find none (the batch's own error stands then)."""
         check = getattr(self.collate, "check_records", None)
-        if check is not None:
-            for record in records:
-                try:
-                    check([record], self.name)
-                except InputError:  # named by its place in the file, not in a batch of shuffled records
-                    check([record], self.name, positions=[self._file_position(record)])
-                    raise
-        return self.collate(records)
+        if check is None:
+            return
+        for record in records:
+            try:
+                check([record], self.name)
+            except InputError:
+                check([record], self.name, positions=[self._file_position(record)])
+                raise
 
     def eval_batch(self, index: int, batch_size: int, num_segments: int | None = None) -> Batch:
         if not self.validation:
