@@ -389,8 +389,12 @@ class RMTForCausalLM(RecurrentMemoryModel):
         keep = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices[:, -c:]  # [b, C]
         index = keep[:, None, None, :, None].expand(-1, keys.shape[1], keys.shape[2], -1, keys.shape[4])
         lengths = attention_mask.sum(dim=1)  # [b]
-        advance = lengths if self.config.xl_contiguous_positions else m + lengths
-        cache = (keys.gather(3, index), values.gather(3, index), valid.gather(1, keep), next_position + advance)
+        cache = (
+            keys.gather(3, index),
+            values.gather(3, index),
+            valid.gather(1, keep),
+            next_position + self._advance(lengths),
+        )
         if layer_inputs is None:
             return cache
         hidden = torch.cat([state[5], layer_inputs.detach()], dim=2)  # [b, L, C + t, D]
@@ -420,10 +424,15 @@ class RMTForCausalLM(RecurrentMemoryModel):
         xl_contiguous_positions); the last one spans its read slots, its tokens and its write slots (when they
         follow the tokens)."""
         m = self.config.num_memory_tokens
-        last = lengths - (num_segments - 1).clamp(min=0) * self.config.segment_size  # tokens of the last segment
+        before = (num_segments - 1).clamp(min=0)  # segments before the last, each of segment_size tokens
+        last = lengths - before * self.config.segment_size  # tokens of the last segment
         writes = m if not self.config.read_memory_only and self.config.memory_positions == "sequential" else 0
-        advance = lengths - last + (0 if self.config.xl_contiguous_positions else m * (num_segments - 1).clamp(min=0))
-        return advance + m + last + writes
+        return before * self._advance(self.config.segment_size) + m + last + writes
+
+    def _advance(self, lengths: torch.Tensor | int) -> torch.Tensor | int:
+        """How far a segment of `lengths` real tokens moves the next segment's first position: its tokens, and its M
+        read slots unless xl_contiguous_positions."""
+        return lengths if self.config.xl_contiguous_positions else self.config.num_memory_tokens + lengths
 
     def check_positions(self, positions: torch.Tensor) -> None:
         """Raise an InputError when position ids run past a learned position table (they grow with the cache)."""
